@@ -1,0 +1,38 @@
+"""Helpers shared by every kernel launcher: interpreter detection, input validation before launch."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton.language as tl
+
+from reference.spec import SpecError
+
+#: True under the Triton CPU interpreter. Kernels upcast bf16 right after each load when it is set,
+#: because the interpreter computes bf16 arithmetic on raw 16-bit patterns (FACTS section 3, triton #11584).
+#: The GPU build prunes the branch.
+INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def require_tensor(
+    name: str,
+    t: torch.Tensor,
+    *,
+    shape: tuple[int, ...] | None = None,
+    dtype: torch.dtype | tuple[torch.dtype, ...] | None = None,
+    device: torch.device | None = None,
+) -> None:
+    """Raise SpecError naming `name` unless t has the shape, dtype and device asked for."""
+    if not isinstance(t, torch.Tensor):
+        raise SpecError(name, "a torch.Tensor", type(t).__name__)
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise SpecError(f"{name}.shape", str(tuple(shape)), tuple(t.shape))
+    if dtype is not None:
+        dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
+        if t.dtype not in dtypes:
+            raise SpecError(f"{name}.dtype", " or ".join(map(str, dtypes)), t.dtype)
+    if device is not None and t.device != device:
+        raise SpecError(f"{name}.device", str(device), str(t.device))
