@@ -102,6 +102,8 @@ def rank_order(keys: np.ndarray, excluded: np.ndarray | None = None) -> np.ndarr
     filled = np.where(nan, -np.inf, keys)
     idx = np.broadcast_to(np.arange(E), (T, E))
     excl = np.zeros((T, E), bool) if excluded is None else excluded
+    if T == 0:  # np.stack needs at least one row
+        return np.zeros((0, E), np.int64)
     # np.lexsort: the last key is the primary one.
     return np.stack([np.lexsort((idx[t], nan[t], -filled[t], excl[t])) for t in range(T)]).reshape(T, E)
 
