@@ -2,8 +2,11 @@
 
 `reference.moe_forward` and the stage functions (`route`, `permute`, `gate_up`, `down`, `shared_expert`,
 `combine`) are the NumPy float64 oracle; `reference.torch_oracle` holds the independent PyTorch twin.
+`reference.presets` has the real models' full-size specs; `reference.hf` reads transformers configs and blocks.
 """
 
+from reference import presets, torch_oracle
+from reference.hf import spec_from_hf_config, weights_from_hf
 from reference.numpy_oracle import (
     GateUp,
     MoEResult,
@@ -35,7 +38,11 @@ __all__ = [
     "gate_up",
     "moe_forward",
     "permute",
+    "presets",
     "route",
     "shared_expert",
+    "spec_from_hf_config",
+    "torch_oracle",
     "weight_shapes",
+    "weights_from_hf",
 ]
