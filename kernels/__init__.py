@@ -1,0 +1,47 @@
+"""moe-cts production Triton MoE kernels: the layer and its stages, twins of `reference`'s.
+
+    fused_moe(spec, weights, x, *, config=None, batch_invariant=False) -> y (T, H)
+    route(spec, weights, x) -> Routing            align(spec, topk_ids, block_m) -> AlignMeta
+    permute(spec, topk_ids)                       gate_up(spec, weights, x, topk_ids) -> act (T, k, I)
+    down(spec, weights, act, topk_ids) -> (T, k, H)   shared_expert(spec, weights, x) -> (T, H)
+    combine(spec, expert_out, topk_weights, kept, shared_out) -> (T, H)
+
+`CAPABILITIES` / `NotSupportedError` (kernels.capabilities) say what is implemented.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kernels.capabilities import CAPABILITIES, NotSupportedError
+from kernels.combine import combine
+from kernels.grouped_gemm import down, gate_up, shared_expert
+from kernels.metadata import AlignMeta, Routing
+from kernels.moe import fused_moe
+
+# The router and alignment modules are imported on first use: importing `kernels` stays cheap.
+_LAZY = {"route": "kernels.router", "align": "kernels.align", "permute": "kernels.align"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+
+
+__all__ = [
+    "CAPABILITIES",
+    "AlignMeta",
+    "NotSupportedError",
+    "Routing",
+    "align",
+    "combine",
+    "down",
+    "fused_moe",
+    "gate_up",
+    "permute",
+    "route",
+    "shared_expert",
+]

@@ -1,0 +1,266 @@
+"""Triton bodies of the grouped GEMMs (launchers: kernels/grouped_gemm.py).
+
+Both kernels walk the aligned slot list of kernels.metadata.AlignMeta: M tile `pid_m` covers slots
+[pid_m * BLOCK_M, (pid_m + 1) * BLOCK_M), all of one expert (`expert_of_block[pid_m]`). A slot holds a
+flat assignment id a = t * k + j, or the pad sentinel T * k, which is masked on every load and store.
+Rows are addressed with 64-bit offsets: a * stride passes 2^31 at T = 50k, k = 8, H = 7168 (FACTS bug 1).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kernels._common import INTERPRET
+
+# Activation codes (constexpr ints: a string constexpr would work too, ints keep AOT signatures simple).
+ACT_SILU = 0
+ACT_GELU = 1
+ACT_GELU_TANH = 2
+ACT_SWIGLU_OAI = 3
+ACT_RELU = 4
+
+
+@triton.jit
+def _tile_coords(pid, num_m_blocks, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """GROUP_M swizzle: GROUP_M consecutive M tiles share each N tile while it is hot in L2."""
+    num_n_blocks = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_n_blocks
+    group = pid // per_group
+    first_m = group * GROUP_M
+    group_size = tl.minimum(num_m_blocks - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_size
+    pid_n = (pid % per_group) // group_size
+    return pid_m, pid_n
+
+
+@triton.jit
+def _activate(gate, up, alpha, limit, GATED: tl.constexpr, ACTIVATION: tl.constexpr):
+    """The expert activation in fp32 registers (reference.numpy_oracle.activate)."""
+    if ACTIVATION == 3:  # swiglu_oai: (clamp(up, -l, l) + 1) * g * sigmoid(alpha * g), g = min(gate, l)
+        g = tl.minimum(gate, limit)
+        u = tl.minimum(tl.maximum(up, -limit), limit)
+        a = (u + 1.0) * g * tl.sigmoid(alpha * g)
+    else:
+        if ACTIVATION == 0:
+            a = gate * tl.sigmoid(gate)
+        elif ACTIVATION == 1:  # exact gelu via erf
+            a = 0.5 * gate * (1.0 + tl.math.erf(gate * 0.7071067811865476))
+        elif ACTIVATION == 2:  # tanh(z) = 2 * sigmoid(2z) - 1: portable, no libdevice tanh
+            z = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
+            a = 0.5 * gate * (1.0 + (2.0 * tl.sigmoid(2.0 * z) - 1.0))
+        else:
+            a = tl.maximum(gate, 0.0)
+        if GATED:
+            a = a * up
+    return a
+
+
+@triton.jit
+def gate_up_kernel(
+    x_ptr,  # (T, H) input rows
+    w13_ptr,  # (E, R, H), R = 2I gated (concat or interleaved rows) / I non-gated
+    b13_ptr,  # (E, R) bias, or any pointer when not HAS_BIAS
+    act_ptr,  # (T*k, I) output, row = flat assignment id
+    sorted_ids_ptr,  # (P,) int32 flat id per slot, num_assignments = pad
+    expert_of_block_ptr,  # (P // BLOCK_M,) int32, -1 = unused tile
+    num_padded_ptr,  # (1,) int32 used slots
+    num_assignments,  # T * k
+    top_k,
+    I,
+    H,
+    num_m_blocks,
+    stride_x_t,
+    stride_x_h,
+    stride_w13_e,
+    stride_w13_r,
+    stride_w13_h,
+    stride_b13_e,
+    stride_b13_r,
+    stride_act_a,
+    stride_act_i,
+    swiglu_alpha,
+    swiglu_limit,
+    GATED: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """act[a] = activation(x[a // k] @ w13[e, gate rows].T (+b), x[a // k] @ w13[e, up rows].T (+b))."""
+    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
+        return
+    expert = tl.load(expert_of_block_ptr + pid_m)
+    if expert < 0:
+        return
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ids = tl.load(sorted_ids_ptr + offs_m)
+    row_ok = ids < num_assignments
+    tok = (ids // top_k).to(tl.int64)
+    # Output columns wrap modulo I so weight loads stay in bounds without a mask; the store masks them.
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n_w = offs_n % I
+    offs_k = tl.arange(0, BLOCK_K)
+
+    x_ptrs = x_ptr + tok[:, None] * stride_x_t + offs_k[None, :] * stride_x_h
+    w_base = w13_ptr + expert.to(tl.int64) * stride_w13_e
+    if INTERLEAVED:  # gate = rows 0::2, up = rows 1::2
+        gate_rows = offs_n_w * 2
+        up_rows = gate_rows + 1
+    else:  # gate = rows [0, I), up = rows [I, 2I)
+        gate_rows = offs_n_w
+        up_rows = offs_n_w + I
+    g_ptrs = w_base + gate_rows[None, :] * stride_w13_r + offs_k[:, None] * stride_w13_h
+    u_ptrs = w_base + up_rows[None, :] * stride_w13_r + offs_k[:, None] * stride_w13_h
+
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kk in range(0, tl.cdiv(H, BLOCK_K)):
+        if EVEN_K:
+            x = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+            wg = tl.load(g_ptrs)
+        else:
+            k_ok = offs_k < H - kk * BLOCK_K
+            x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            wg = tl.load(g_ptrs, mask=k_ok[:, None], other=0.0)
+        if INTERPRET:  # the interpreter computes bf16 on raw bit patterns (FACTS section 3)
+            x = x.to(tl.float32)
+            wg = wg.to(tl.float32)
+        acc_g = tl.dot(x, wg, acc_g, input_precision=DOT_PRECISION)
+        if GATED:  # the up tile reuses the x tile already in registers: x is read once for both
+            if EVEN_K:
+                wu = tl.load(u_ptrs)
+            else:
+                wu = tl.load(u_ptrs, mask=k_ok[:, None], other=0.0)
+            if INTERPRET:
+                wu = wu.to(tl.float32)
+            acc_u = tl.dot(x, wu, acc_u, input_precision=DOT_PRECISION)
+            u_ptrs += BLOCK_K * stride_w13_h
+        x_ptrs += BLOCK_K * stride_x_h
+        g_ptrs += BLOCK_K * stride_w13_h
+
+    if HAS_BIAS:
+        b_base = b13_ptr + expert.to(tl.int64) * stride_b13_e
+        acc_g += tl.load(b_base + gate_rows * stride_b13_r).to(tl.float32)[None, :]
+        if GATED:
+            acc_u += tl.load(b_base + up_rows * stride_b13_r).to(tl.float32)[None, :]
+    act = _activate(acc_g, acc_u, swiglu_alpha, swiglu_limit, GATED, ACTIVATION)
+
+    out_ptrs = act_ptr + ids.to(tl.int64)[:, None] * stride_act_a + offs_n[None, :] * stride_act_i
+    tl.store(out_ptrs, act.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < I))
+
+
+@triton.jit
+def down_kernel(
+    a_ptr,  # (T*k, I) activations, row = flat assignment id
+    w2_ptr,  # (E, H, I)
+    b2_ptr,  # (E, H) bias, or any pointer when not HAS_BIAS
+    out_ptr,  # (T*k, H) output, row = flat assignment id
+    route_w_ptr,  # (T*k,) float32 router weights, or any pointer when not MUL_WEIGHT
+    sorted_ids_ptr,  # (P,) int32
+    expert_of_block_ptr,  # (P // BLOCK_M,) int32
+    num_padded_ptr,  # (1,) int32
+    num_assignments,
+    H,
+    I,
+    num_m_blocks,
+    stride_a_a,
+    stride_a_i,
+    stride_w2_e,
+    stride_w2_h,
+    stride_w2_i,
+    stride_b2_e,
+    stride_b2_h,
+    stride_out_a,
+    stride_out_h,
+    HAS_BIAS: tl.constexpr,
+    MUL_WEIGHT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """out[a] = (act[a] @ w2[e].T + b2[e]) * (route_w[a] if MUL_WEIGHT), weight applied in fp32."""
+    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
+        return
+    expert = tl.load(expert_of_block_ptr + pid_m)
+    if expert < 0:
+        return
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ids = tl.load(sorted_ids_ptr + offs_m)
+    row_ok = ids < num_assignments
+    rows = ids.to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n_w = offs_n % H
+    offs_k = tl.arange(0, BLOCK_K)
+
+    a_ptrs = a_ptr + rows[:, None] * stride_a_a + offs_k[None, :] * stride_a_i
+    w_ptrs = (
+        w2_ptr
+        + expert.to(tl.int64) * stride_w2_e
+        + offs_n_w[None, :] * stride_w2_h
+        + offs_k[:, None] * stride_w2_i
+    )
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kk in range(0, tl.cdiv(I, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            w = tl.load(w_ptrs)
+        else:
+            k_ok = offs_k < I - kk * BLOCK_K
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+        if INTERPRET:
+            a = a.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+        a_ptrs += BLOCK_K * stride_a_i
+        w_ptrs += BLOCK_K * stride_w2_i
+
+    if HAS_BIAS:
+        acc += tl.load(b2_ptr + expert.to(tl.int64) * stride_b2_e + offs_n_w * stride_b2_h).to(tl.float32)[None, :]
+    if MUL_WEIGHT:  # in fp32, before the cast to the output dtype (FACTS bug 2)
+        acc = acc * tl.load(route_w_ptr + rows, mask=row_ok, other=0.0)[:, None]
+    out_ptrs = out_ptr + rows[:, None] * stride_out_a + offs_n[None, :] * stride_out_h
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < H))
+
+
+@triton.jit
+def row_gate_kernel(
+    x_ptr,  # (T, H)
+    g_ptr,  # (H,) gate vector (shared_gate[0])
+    out_ptr,  # (T,) float32: sigmoid(x @ g)
+    T,
+    H,
+    stride_x_t,
+    stride_x_h,
+    stride_g_h,
+    BLOCK_T: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """out[t] = sigmoid(sum_h x[t, h] * g[h]) in fp32 (the Qwen2-MoE shared-expert gate)."""
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = offs_t < T
+    acc = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        h_ok = offs_h < H
+        x = tl.load(
+            x_ptr + offs_t.to(tl.int64)[:, None] * stride_x_t + offs_h[None, :] * stride_x_h,
+            mask=t_ok[:, None] & h_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        g = tl.load(g_ptr + offs_h * stride_g_h, mask=h_ok, other=0.0).to(tl.float32)
+        acc += tl.sum(x * g[None, :], axis=1)
+    tl.store(out_ptr + offs_t, tl.sigmoid(acc), mask=t_ok)

@@ -1,0 +1,183 @@
+"""Tile configurations of the grouped GEMMs: data per backend (kernels/configs/*.json) plus one rule.
+
+    choose(backend, dtype, T, k, E, H, I, batch_invariant) -> TileConfig
+      m    = ceil(T * k / E)                   # mean tokens per expert: the M of each expert's GEMM
+      row  = first table row with m <= max_tokens_per_expert   (batch_invariant: the fixed row)
+      BLOCK_N, BLOCK_K shrink to next_pow2(N), next_pow2(K) (>= 16) so tiny layers waste no tile
+
+Tests and the harness force a config with `fused_moe(..., config=cfg)` or `with forced(cfg): ...`.
+`all_configs()` lists every table entry (the AOT engineer compiles each); `last_config()` is what the
+last launch used (reports record it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reference.spec import SpecError
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+BACKENDS = ("cuda", "hip", "interpreter")
+#: shared memory / LDS per block each backend's table must fit (tests/kernels/test_capabilities.py checks).
+SMEM_LIMIT_BYTES = {"cuda": 160 * 1024, "hip": 64 * 1024, "interpreter": 1 << 62}
+
+
+@dataclass(frozen=True)
+class GemmTile:
+    """Tile of one grouped GEMM (BLOCK_M is shared: it is the alignment block of both GEMMs)."""
+
+    BLOCK_N: int
+    BLOCK_K: int
+    GROUP_M: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def smem_bytes(self, block_m: int, elem_bytes: int, n_b: int) -> int:
+        """Operand buffers of the software pipeline: num_stages copies of the A tile and n_b B tiles."""
+        return self.num_stages * (block_m * self.BLOCK_K + n_b * self.BLOCK_N * self.BLOCK_K) * elem_bytes
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    BLOCK_M: int  # alignment block: every expert's slot run is padded to a multiple of it
+    gate_up: GemmTile
+    down: GemmTile
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TileConfig:
+        try:
+            return cls(BLOCK_M=int(d["BLOCK_M"]), gate_up=GemmTile(**d["gate_up"]), down=GemmTile(**d["down"]))
+        except (KeyError, TypeError) as err:
+            raise SpecError("config", "BLOCK_M, gate_up{BLOCK_N, BLOCK_K, ...}, down{...}", dict(d)) from err
+
+    def validate(self) -> TileConfig:
+        blocks = {"BLOCK_M": self.BLOCK_M}
+        for name in ("gate_up", "down"):
+            t = getattr(self, name)
+            blocks.update({f"{name}.BLOCK_N": t.BLOCK_N, f"{name}.BLOCK_K": t.BLOCK_K})
+            for f in ("GROUP_M", "num_warps", "num_stages"):
+                v = getattr(t, f)
+                if not (isinstance(v, int) and v >= 1):
+                    raise SpecError(f"config.{name}.{f}", "an int >= 1", v)
+        for field_name, v in blocks.items():
+            # tl.dot needs every dimension >= 16; tl.arange needs powers of two
+            if not (isinstance(v, int) and v >= 16 and v & (v - 1) == 0):
+                raise SpecError(f"config.{field_name}", "a power of two >= 16", v)
+        return self
+
+
+def backend() -> str:
+    """'interpreter' under TRITON_INTERPRET=1, else 'hip' on ROCm torch, else 'cuda'."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "interpreter"
+    return "hip" if torch.version.hip else "cuda"
+
+
+def dtype_class(dtype: torch.dtype) -> str:
+    return "fp32" if dtype == torch.float32 else "16bit"
+
+
+@functools.cache
+def load_table(backend_name: str) -> dict[str, Any]:
+    if backend_name not in BACKENDS:
+        raise SpecError("backend", f"one of {BACKENDS}", backend_name)
+    return json.loads((CONFIG_DIR / f"{backend_name}.json").read_text())
+
+
+def _row_config(row: Mapping[str, Any]) -> TileConfig:
+    return TileConfig.from_dict({k: v for k, v in row.items() if k != "max_tokens_per_expert"}).validate()
+
+
+def all_configs() -> list[tuple[str, str, str, TileConfig]]:
+    """Every table entry as (backend, dtype class, bucket name, config)."""
+    out = []
+    for b in BACKENDS:
+        table = load_table(b)
+        for dc, rows in table["tables"].items():
+            for row in rows:
+                limit = row["max_tokens_per_expert"]
+                out.append((b, dc, f"m<={limit}" if limit is not None else "m>any", _row_config(row)))
+        for dc, row in table["batch_invariant"].items():
+            out.append((b, dc, "batch_invariant", _row_config(row)))
+    return out
+
+
+def _pow2_at_least(n: int) -> int:
+    return max(16, 1 << max(0, (n - 1).bit_length()))
+
+
+def fit_to_shape(cfg: TileConfig, H: int, I: int) -> TileConfig:
+    """Shrink N/K blocks that exceed the (power-of-two rounded) layer dims; BLOCK_M stays."""
+
+    def fit(t: GemmTile, N: int, K: int) -> GemmTile:
+        return replace(t, BLOCK_N=min(t.BLOCK_N, _pow2_at_least(N)), BLOCK_K=min(t.BLOCK_K, _pow2_at_least(K)))
+
+    return replace(cfg, gate_up=fit(cfg.gate_up, I, H), down=fit(cfg.down, H, I))
+
+
+def choose(
+    *,
+    dtype: torch.dtype,
+    num_tokens: int,
+    top_k: int,
+    num_experts: int,
+    hidden_size: int,
+    intermediate_size: int,
+    batch_invariant: bool = False,
+    backend_name: str | None = None,
+) -> TileConfig:
+    """The deterministic heuristic (module docstring). A forced config wins over it."""
+    forced_cfg = _FORCED[-1] if _FORCED else None
+    if forced_cfg is not None:
+        return forced_cfg
+    table = load_table(backend_name or backend())
+    dc = dtype_class(dtype)
+    if batch_invariant:  # independent of T by construction: batch composition cannot change a row's bits
+        row = table["batch_invariant"][dc]
+    else:
+        m = -(-num_tokens * top_k // max(num_experts, 1))
+        rows = table["tables"][dc]
+        row = next(
+            (r for r in rows if r["max_tokens_per_expert"] is None or m <= r["max_tokens_per_expert"]), rows[-1]
+        )
+    return fit_to_shape(_row_config(row), hidden_size, intermediate_size)
+
+
+_FORCED: list[TileConfig] = []
+_LAST: list[TileConfig | None] = [None]
+
+
+def as_config(cfg: TileConfig | Mapping[str, Any]) -> TileConfig:
+    return (cfg if isinstance(cfg, TileConfig) else TileConfig.from_dict(cfg)).validate()
+
+
+@contextlib.contextmanager
+def forced(cfg: TileConfig | Mapping[str, Any]) -> Iterator[TileConfig]:
+    """Every launch inside the block uses cfg (as given: no shrinking to the shape)."""
+    c = as_config(cfg)
+    _FORCED.append(c)
+    try:
+        yield c
+    finally:
+        _FORCED.pop()
+
+
+def record(cfg: TileConfig) -> None:
+    _LAST[0] = cfg
+
+
+def last_config() -> TileConfig | None:
+    """The config of the most recent fused_moe / stage launch in this process (None before any)."""
+    return _LAST[0]

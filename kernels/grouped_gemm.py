@@ -1,0 +1,298 @@
+"""Grouped GEMMs over aligned expert slots: GEMM1 + activation (`gate_up`) and GEMM2 (`down`).
+
+Stage twins of reference.gate_up / reference.down / reference.shared_expert (oracle layouts):
+
+    act[t, j]  = activation(x[t] @ w13[e, gate].T + b13, x[t] @ w13[e, up].T + b13),  e = ids[t, j]
+    out[t, j]  = act[t, j] @ w2[e].T + b2[e]                    (unweighted, as the oracle's down)
+    shared[t]  = sigmoid(x[t] @ g.T) * (act(x[t] @ sw13.T) @ sw2.T)
+
+    x (T, H)   topk_ids (T, k) int32   act (T, k, I)   out (T, k, H)   shared (T, H), all in x.dtype
+
+`launch_gate_up` / `launch_down` are the building blocks fused_moe uses on flat (T*k, .) workspaces.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from kernels import _grouped_gemm_kernels as K
+from kernels import config as cfgmod
+from kernels.capabilities import check_supported
+from kernels.config import GemmTile, TileConfig
+from kernels.metadata import AlignMeta, padded_capacity
+from reference.spec import MoESpec, MoEWeights, SpecError
+
+ACTIVATION_CODES = {
+    "silu": K.ACT_SILU,
+    "gelu": K.ACT_GELU,
+    "gelu_tanh": K.ACT_GELU_TANH,
+    "swiglu_oai": K.ACT_SWIGLU_OAI,
+    "relu": K.ACT_RELU,
+}
+
+
+def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str | None:
+    """fp32 is pinned to 'ieee' (CUDA would default to tf32: FACTS section 3); 16-bit dots need none."""
+    if dtype != torch.float32:
+        return None
+    return "tf32" if allow_tf32 else "ieee"
+
+
+def _even(n: int, block: int) -> bool:
+    return n % block == 0
+
+
+def launch_gate_up(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    b13: torch.Tensor | None,
+    act: torch.Tensor,
+    meta: AlignMeta,
+    *,
+    gated: bool,
+    interleaved: bool,
+    activation: str,
+    tile: GemmTile,
+    swiglu_alpha: float = 1.702,
+    swiglu_limit: float = 7.0,
+    allow_tf32: bool = False,
+) -> None:
+    """act[a] for every slot a of meta (x (T, H), w13 (E, R, H), act (T*k, I)); pad slots untouched."""
+    I, H = act.shape[1], x.shape[1]
+    num_m_blocks = meta.num_blocks
+    grid = (num_m_blocks * triton.cdiv(I, tile.BLOCK_N),)
+    bias = b13 if b13 is not None else w13
+    K.gate_up_kernel[grid](
+        x, w13, bias, act,
+        meta.sorted_ids, meta.expert_of_block, meta.num_padded,
+        meta.num_tokens * meta.top_k, meta.top_k, I, H, num_m_blocks,
+        x.stride(0), x.stride(1),
+        w13.stride(0), w13.stride(1), w13.stride(2),
+        bias.stride(0), bias.stride(1) if b13 is not None else 0,
+        act.stride(0), act.stride(1),
+        float(swiglu_alpha), float(swiglu_limit),
+        GATED=gated, INTERLEAVED=interleaved, HAS_BIAS=b13 is not None,
+        ACTIVATION=ACTIVATION_CODES[activation], DOT_PRECISION=dot_precision(x.dtype, allow_tf32),
+        EVEN_K=_even(H, tile.BLOCK_K),
+        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M,
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+    )  # fmt: skip
+
+
+def launch_down(
+    act: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor | None,
+    out: torch.Tensor,
+    meta: AlignMeta,
+    *,
+    tile: GemmTile,
+    route_weights: torch.Tensor | None = None,
+    allow_tf32: bool = False,
+) -> None:
+    """out[a] = act[a] @ w2[e].T + b2[e] (times route_weights[a] in fp32 if given) for every slot a."""
+    H, I = out.shape[1], act.shape[1]
+    num_m_blocks = meta.num_blocks
+    grid = (num_m_blocks * triton.cdiv(H, tile.BLOCK_N),)
+    bias = b2 if b2 is not None else w2
+    rw = route_weights if route_weights is not None else meta.sorted_ids
+    K.down_kernel[grid](
+        act, w2, bias, out, rw,
+        meta.sorted_ids, meta.expert_of_block, meta.num_padded,
+        meta.num_tokens * meta.top_k, H, I, num_m_blocks,
+        act.stride(0), act.stride(1),
+        w2.stride(0), w2.stride(1), w2.stride(2),
+        bias.stride(0), bias.stride(1) if b2 is not None else 0,
+        out.stride(0), out.stride(1),
+        HAS_BIAS=b2 is not None, MUL_WEIGHT=route_weights is not None,
+        DOT_PRECISION=dot_precision(act.dtype, allow_tf32), EVEN_K=_even(I, tile.BLOCK_K),
+        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M,
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def check_weights(spec: MoESpec, weights: MoEWeights, x: torch.Tensor) -> None:
+    """Shapes from the spec; expert matrices in x.dtype on x.device; raise before any launch."""
+    from kernels._common import SUPPORTED_DTYPES, require_tensor
+
+    check_supported(spec)
+    require_tensor("x", x, shape=(x.shape[0], spec.hidden_size) if x.dim() == 2 else None, dtype=SUPPORTED_DTYPES)
+    if x.dim() != 2:
+        raise SpecError("x.shape", f"(T, {spec.hidden_size})", tuple(x.shape))
+    weights.validate(spec)
+    for name in ("w13", "w2", "shared_w13", "shared_w2"):
+        t = getattr(weights, name)
+        if t is not None:
+            require_tensor(name, t, dtype=x.dtype, device=x.device)
+    for name in ("b13", "b2", "shared_gate"):
+        t = getattr(weights, name)
+        if t is not None:
+            require_tensor(name, t, dtype=SUPPORTED_DTYPES, device=x.device)
+
+
+def check_ids(spec: MoESpec, topk_ids: torch.Tensor, num_tokens: int, device: torch.device) -> None:
+    from kernels._common import require_tensor
+
+    require_tensor("topk_ids", topk_ids, shape=(num_tokens, spec.top_k), dtype=torch.int32, device=device)
+
+
+def stage_config(spec: MoESpec, dtype: torch.dtype, num_tokens: int, config, batch_invariant: bool) -> TileConfig:
+    if config is not None:
+        return cfgmod.as_config(config)
+    return cfgmod.choose(
+        dtype=dtype,
+        num_tokens=num_tokens,
+        top_k=spec.top_k,
+        num_experts=spec.num_experts,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        batch_invariant=batch_invariant,
+    )
+
+
+def align_all(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta:
+    """Alignment of every assignment (no local-expert mask): the stage twins compute all of them."""
+    from kernels.align import align
+
+    return align(spec.replace(local_experts=None, capacity_factor=None), topk_ids, block_m)
+
+
+# ----------------------------------------------------------------------------------------------- stages
+def gate_up(
+    spec: MoESpec,
+    weights: MoEWeights,
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    config: TileConfig | dict | None = None,
+    meta: AlignMeta | None = None,
+    allow_tf32: bool = False,
+) -> torch.Tensor:
+    """GEMM1 + activation for every assignment: act (T, k, I) in x.dtype (module docstring)."""
+    check_weights(spec, weights, x)
+    T, k, I = x.shape[0], spec.top_k, spec.intermediate_size
+    check_ids(spec, topk_ids, T, x.device)
+    act = torch.empty((T * k, I), dtype=x.dtype, device=x.device)
+    if T == 0:
+        return act.view(T, k, I)
+    cfg = stage_config(spec, x.dtype, T, config, batch_invariant=False)
+    meta = meta if meta is not None else align_all(spec, topk_ids, cfg.BLOCK_M)
+    _require_block(meta, cfg)
+    cfgmod.record(cfg)
+    launch_gate_up(
+        x, weights.w13, weights.b13, act, meta,
+        gated=spec.gated, interleaved=spec.w13_layout == "interleaved", activation=spec.activation,
+        tile=cfg.gate_up, swiglu_alpha=spec.swiglu_alpha, swiglu_limit=spec.swiglu_limit, allow_tf32=allow_tf32,
+    )  # fmt: skip
+    return act.view(T, k, I)
+
+
+def down(
+    spec: MoESpec,
+    weights: MoEWeights,
+    act: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    config: TileConfig | dict | None = None,
+    meta: AlignMeta | None = None,
+    allow_tf32: bool = False,
+) -> torch.Tensor:
+    """GEMM2 for every assignment, unweighted incl. b2: (T, k, H) in act.dtype (module docstring)."""
+    T, k, H, I = topk_ids.shape[0], spec.top_k, spec.hidden_size, spec.intermediate_size
+    from kernels._common import require_tensor
+
+    require_tensor("act", act, shape=(T, k, I), dtype=weights.w2.dtype, device=weights.w2.device)
+    check_weights(spec, weights, torch.empty((0, H), dtype=act.dtype, device=act.device))
+    check_ids(spec, topk_ids, T, act.device)
+    out = torch.empty((T * k, H), dtype=act.dtype, device=act.device)
+    if T == 0:
+        return out.view(T, k, H)
+    cfg = stage_config(spec, act.dtype, T, config, batch_invariant=False)
+    meta = meta if meta is not None else align_all(spec, topk_ids, cfg.BLOCK_M)
+    _require_block(meta, cfg)
+    cfgmod.record(cfg)
+    launch_down(act.reshape(T * k, I), weights.w2, weights.b2, out, meta, tile=cfg.down, allow_tf32=allow_tf32)
+    return out.view(T, k, H)
+
+
+def dense_meta(num_tokens: int, block_m: int, device: torch.device) -> AlignMeta:
+    """Alignment of a dense MLP as one expert holding every token (the shared expert path)."""
+    P = padded_capacity(num_tokens, 1, block_m)
+    slots = torch.arange(P, dtype=torch.int32, device=device)
+    return AlignMeta(
+        block_m=block_m,
+        num_tokens=num_tokens,
+        top_k=1,
+        expert_counts=torch.full((1,), num_tokens, dtype=torch.int32, device=device),
+        sorted_ids=torch.clamp(slots, max=num_tokens),
+        expert_of_block=torch.zeros(P // block_m, dtype=torch.int32, device=device),
+        num_padded=torch.full((1,), P, dtype=torch.int32, device=device),
+        inverse=slots[:num_tokens],
+    )
+
+
+def shared_forward(
+    spec: MoESpec, weights: MoEWeights, x: torch.Tensor, cfg: TileConfig, *, allow_tf32: bool = False
+) -> torch.Tensor:
+    """The shared MLP through the same grouped kernels (one expert, k = 1); gate in the down epilogue."""
+    T, S, H = x.shape[0], spec.shared_width, spec.hidden_size
+    meta = dense_meta(T, cfg.BLOCK_M, x.device)
+    act = torch.empty((T, S), dtype=x.dtype, device=x.device)
+    tile_gu = cfgmod.fit_to_shape(cfg, H, S).gate_up
+    launch_gate_up(
+        x, weights.shared_w13.unsqueeze(0), None, act, meta,
+        gated=spec.gated, interleaved=False, activation=spec.activation, tile=tile_gu,
+        swiglu_alpha=spec.swiglu_alpha, swiglu_limit=spec.swiglu_limit, allow_tf32=allow_tf32,
+    )  # fmt: skip
+    gate = None
+    if spec.shared_gate:
+        gate = torch.empty((T,), dtype=torch.float32, device=x.device)
+        g = weights.shared_gate
+        K.row_gate_kernel[(triton.cdiv(T, 16),)](
+            x, g, gate, T, H, x.stride(0), x.stride(1), g.stride(1), BLOCK_T=16, BLOCK_H=128
+        )
+    out = torch.empty((T, H), dtype=x.dtype, device=x.device)
+    tile_d = cfgmod.fit_to_shape(cfg, H, S).down
+    launch_down(act, weights.shared_w2.unsqueeze(0), None, out, meta, tile=tile_d, route_weights=gate,
+                allow_tf32=allow_tf32)  # fmt: skip
+    return out
+
+
+def shared_expert(
+    spec: MoESpec,
+    weights: MoEWeights,
+    x: torch.Tensor,
+    *,
+    config: TileConfig | dict | None = None,
+    allow_tf32: bool = False,
+) -> torch.Tensor:
+    """Shared experts (T, H) in x.dtype, incl. the sigmoid gate; zeros when the spec has none."""
+    check_weights(spec, weights, x)
+    T = x.shape[0]
+    if spec.shared_width == 0 or T == 0:
+        return torch.zeros((T, spec.hidden_size), dtype=x.dtype, device=x.device)
+    cfg = shared_config(spec, x.dtype, T, config, batch_invariant=False)
+    cfgmod.record(cfg)
+    return shared_forward(spec, weights, x, cfg, allow_tf32=allow_tf32)
+
+
+def shared_config(spec: MoESpec, dtype: torch.dtype, num_tokens: int, config, batch_invariant: bool) -> TileConfig:
+    """The shared MLP is one dense GEMM pair: M = T rows, N/K from the shared width S."""
+    if config is not None:
+        return cfgmod.as_config(config)
+    return cfgmod.choose(
+        dtype=dtype,
+        num_tokens=num_tokens,
+        top_k=1,
+        num_experts=1,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.shared_width,
+        batch_invariant=batch_invariant,
+    )
+
+
+def _require_block(meta: AlignMeta, cfg: TileConfig) -> None:
+    if meta.block_m != cfg.BLOCK_M:
+        raise SpecError("meta.block_m", f"the config's BLOCK_M ({cfg.BLOCK_M})", meta.block_m)

@@ -1,0 +1,93 @@
+"""The whole MoE layer on the device: route -> align -> gate_up -> down -> combine (+ shared).
+
+    r    = route(spec, weights, x)                        # topk_ids (T, k) int32, topk_weights (T, k) fp32
+    meta = align(spec, r.topk_ids, BLOCK_M)               # slots grouped by expert, padded per expert
+    act[a] = activation(x[a // k] @ w13[e].T + b13)       # (T*k, I) workspace, rows by flat id a
+    ws[a]  = w[a] * (act[a] @ w2[e].T + b2)               # (T*k, H), weight applied in fp32 before the cast
+    y[t]   = shared(x)[t] + sum_j kept(t, j) ? ws[t*k+j] : 0   # fp32, slot order, one cast
+
+    x (T, H) -> y (T, H) in x.dtype. No host synchronization: every size is known on the host from
+    T, k, E and BLOCK_M; tiles past the used ones exit on the device. Capturable in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import config as cfgmod
+from kernels.combine import launch_combine
+from kernels.config import TileConfig
+from kernels.grouped_gemm import (
+    check_weights,
+    launch_down,
+    launch_gate_up,
+    shared_config,
+    shared_forward,
+    stage_config,
+)
+from kernels.metadata import AlignMeta, Routing
+from reference.spec import MoESpec, MoEWeights, SpecError
+
+
+def _route(spec: MoESpec, weights: MoEWeights, x: torch.Tensor) -> Routing:
+    from kernels.router import route
+
+    return route(spec, weights, x)
+
+
+def _align(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta:
+    from kernels.align import align
+
+    return align(spec, topk_ids, block_m)
+
+
+def _check_routing(spec: MoESpec, routing: Routing, x: torch.Tensor) -> None:
+    want = (x.shape[0], spec.top_k)
+    if tuple(routing.topk_ids.shape) != want:
+        raise SpecError("routing.topk_ids.shape", str(want), tuple(routing.topk_ids.shape))
+    if routing.topk_ids.device != x.device:
+        raise SpecError("routing.device", str(x.device), str(routing.topk_ids.device))
+
+
+def fused_moe(
+    spec: MoESpec,
+    weights: MoEWeights,
+    x: torch.Tensor,
+    *,
+    config: TileConfig | dict | None = None,
+    batch_invariant: bool = False,
+    routing: Routing | None = None,
+    allow_tf32: bool = False,
+) -> torch.Tensor:
+    """The MoE layer (module docstring). `routing` skips the router (precomputed ids and weights);
+    `config` forces a tile config; `batch_invariant` picks one independent of T; `allow_tf32` lets
+    fp32 dots use tf32 (pinned to ieee otherwise)."""
+    check_weights(spec, weights, x)
+    if routing is not None:
+        _check_routing(spec, routing, x)
+    T, H, I, k = x.shape[0], spec.hidden_size, spec.intermediate_size, spec.top_k
+    if T == 0:
+        return torch.empty((0, H), dtype=x.dtype, device=x.device)
+    cfg = stage_config(spec, x.dtype, T, config, batch_invariant)
+    cfgmod.record(cfg)
+
+    r = routing if routing is not None else _route(spec, weights, x)
+    meta = _align(spec, r.topk_ids, cfg.BLOCK_M)
+    act = torch.empty((T * k, I), dtype=x.dtype, device=x.device)
+    launch_gate_up(
+        x, weights.w13, weights.b13, act, meta,
+        gated=spec.gated, interleaved=spec.w13_layout == "interleaved", activation=spec.activation,
+        tile=cfg.gate_up, swiglu_alpha=spec.swiglu_alpha, swiglu_limit=spec.swiglu_limit, allow_tf32=allow_tf32,
+    )  # fmt: skip
+    # Rows of dropped / non-local assignments are never written here, and never read by the combine.
+    ws = torch.empty((T * k, H), dtype=x.dtype, device=x.device)
+    route_w = r.topk_weights.reshape(T * k).to(torch.float32)
+    launch_down(act, weights.w2, weights.b2, ws, meta, tile=cfg.down, route_weights=route_w, allow_tf32=allow_tf32)
+
+    shared = None
+    if spec.shared_width:
+        scfg = shared_config(spec, x.dtype, T, config, batch_invariant)
+        shared = shared_forward(spec, weights, x, scfg, allow_tf32=allow_tf32)
+    y = torch.empty((T, H), dtype=x.dtype, device=x.device)
+    launch_combine(ws.view(T, k, H), meta.inverse, y, shared_out=shared)
+    return y
