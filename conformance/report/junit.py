@@ -1,0 +1,46 @@
+"""junit.xml for CI systems: one testsuite per device, one testcase per case."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from conformance.results import Outcome
+
+_SKIPPED = {Outcome.NOT_SUPPORTED.value, Outcome.WAIVED.value}
+
+
+def render_junit(report: dict[str, Any]) -> bytes:
+    root = ET.Element("testsuites", name="moe-cts")
+    for dev in report["devices"]:
+        cases = dev["cases"]
+        bad = [c for c in cases if not c["conformant"]]
+        suite = ET.SubElement(
+            root, "testsuite", name=f"moe-cts[{dev['label']}]", tests=str(len(cases)),
+            failures=str(sum(c["outcome"] == Outcome.FAIL.value for c in bad)),
+            errors=str(sum(c["outcome"] != Outcome.FAIL.value for c in bad)),
+            skipped=str(sum(c["outcome"] in _SKIPPED for c in cases)),
+        )
+        for c in cases:
+            tc = ET.SubElement(
+                suite, "testcase", classname=f"moe_cts.{c['source']}", name=c["case_id"],
+                time=f"{c['duration_s']:.3f}",
+            )
+            text = f"{c['message']}\nreplay: {c['replay']}"
+            if c["outcome"] == Outcome.FAIL.value:
+                ET.SubElement(tc, "failure", message=f"fail at stage {c['failing_stage']}", type="fail").text = text
+            elif not c["conformant"]:
+                ET.SubElement(tc, "error", message=c["outcome"], type=c["outcome"]).text = text
+            elif c["outcome"] in _SKIPPED:
+                ET.SubElement(tc, "skipped", message=f"{c['outcome']}: {c['message']}")
+        for missing in dev["missing_must_pass"]:
+            tc = ET.SubElement(suite, "testcase", classname="moe_cts.must_pass", name=missing)
+            ET.SubElement(tc, "error", message="not run", type="missing")
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def write_junit(report: dict[str, Any], out: Path) -> Path:
+    path = out / "junit.xml"
+    path.write_bytes(render_junit(report))
+    return path

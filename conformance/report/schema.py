@@ -1,0 +1,193 @@
+"""report.json: one certify run, built from the shard directories the plugin wrote (docs/report-schema.md).
+
+A shard is one device: DIR/shards/<label>/ holds run.json (what ran, where) and results-*.jsonl.
+Verdicts, per device and for the node:
+
+    conformant       every case conformant and every must-pass case of the profile present
+    not_conformant   a Fail, Crash or Timeout, or a must-pass case missing
+    partial          the run was interrupted (Ctrl-C): never a certificate
+    void             an InternalError, or the shard never started: the run says nothing about the kernels
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from conformance.report.log import read_results
+from conformance.results import STAGES, CaseResult, Outcome
+
+SCHEMA = "moe-cts/report"
+SCHEMA_VERSION = 1
+VERDICTS = ("conformant", "not_conformant", "partial", "void")
+EXIT_CODES = {"conformant": 0, "not_conformant": 1, "partial": 1, "void": 2}
+#: Worst elements kept per non-conformant stage in the report (the failure directory keeps them all).
+WORST_IN_REPORT = 5
+
+
+def replay_command(case_id: str, impl: str, device: str) -> str:
+    from conformance.plugin import replay_command as cmd
+
+    return cmd(case_id, impl, device)
+
+
+def case_record(source: str, r: CaseResult, impl: str, device_arg: str) -> dict[str, Any]:
+    """One case in report.json: the CaseResult plus the ratio statistics and, when it failed, its replay line."""
+    ratios = [s.max_ratio for s in r.stages if s.max_ratio is not None]
+    p99 = [s.p99_ratio for s in r.stages if s.p99_ratio is not None]
+    stages = []
+    for s in r.stages:
+        d = s.to_json()
+        d["worst"] = d["worst"][:WORST_IN_REPORT] if not s.outcome.conformant else []
+        stages.append(d)
+    return {
+        "case_id": r.case_id,
+        "source": source,
+        "outcome": r.outcome.value,
+        "conformant": r.outcome.conformant,
+        "failing_stage": r.failing_stage,
+        "message": r.message,
+        "params": r.params,
+        "kernel_config": r.kernel_config,
+        "duration_s": r.duration_s,
+        "max_ratio": max(ratios) if ratios else None,
+        "p99_ratio": max(p99) if p99 else None,
+        "stages": stages,
+        "replay": None if r.outcome.conformant else replay_command(r.case_id, impl, device_arg),
+    }
+
+
+def _dedupe(results: list[tuple[str, CaseResult]]) -> list[tuple[str, CaseResult]]:
+    """Last result per (source, case id): a case re-run after a worker restart counts once."""
+    last: dict[tuple[str, str], tuple[str, CaseResult]] = {}
+    for source, r in results:
+        last[(source, r.case_id)] = (source, r)
+    return list(last.values())
+
+
+def device_section(shard: Path, *, partial: bool) -> dict[str, Any]:
+    """Per-device part of the report: run.json, the case records and the device verdict with its reasons."""
+    run_path = shard / "run.json"
+    run = json.loads(run_path.read_text()) if run_path.exists() else None
+    logged = read_results(shard, interrupted=partial)
+    impl = run["impl"] if run else "?"
+    device_arg = run["device_arg"] if run else shard.name
+    cases = [case_record(src, r, impl, device_arg) for src, r in _dedupe(logged.results)]
+    cases.sort(key=lambda c: (c["source"] != "must_pass", c["case_id"]))
+    present = {c["case_id"] for c in cases if c["source"] == "must_pass"}
+    missing = [i for i in (run or {}).get("must_pass_ids", []) if i not in present]
+    counts = Counter(c["outcome"] for c in cases)
+    reasons: list[str] = []
+    if run is None:
+        reasons.append(f"shard {shard.name} never started (no run.json): see its pytest.log")
+    if counts.get(Outcome.INTERNAL_ERROR.value):
+        reasons.append(f"{counts[Outcome.INTERNAL_ERROR.value]} internal error(s) void the run")
+    bad = sum(n for o, n in counts.items() if not Outcome(o).conformant and o != Outcome.INTERNAL_ERROR.value)
+    if bad:
+        reasons.append(f"{bad} case(s) not conformant")
+    if missing:
+        reasons.append(f"{len(missing)} must-pass case(s) missing")
+    if partial:
+        reasons.append(f"interrupted: {len(logged.unfinished)} case(s) cut off, the rest not run")
+    if run is None or counts.get(Outcome.INTERNAL_ERROR.value):
+        verdict = "void"
+    elif partial:
+        verdict = "partial"
+    elif bad or missing:
+        verdict = "not_conformant"
+    else:
+        verdict = "conformant"
+    return {
+        "label": run["label"] if run else shard.name,
+        "device_arg": device_arg,
+        "device": (run or {}).get("device", {}),
+        "verdict": verdict,
+        "reasons": reasons,
+        "counts": dict(sorted(counts.items())),
+        "planned": (run or {}).get("planned"),
+        "must_pass_ids": (run or {}).get("must_pass_ids", []),
+        "missing_must_pass": missing,
+        "unfinished": [e["case_id"] for e in logged.unfinished],
+        "cases": cases,
+        "_run": run,
+    }
+
+
+def node_verdict(devices: list[dict[str, Any]]) -> str:
+    vs = {d["verdict"] for d in devices}
+    for v in ("void", "partial", "not_conformant"):
+        if v in vs:
+            return v
+    return "conformant" if devices else "void"
+
+
+def build_report(
+    shards: list[Path], *, partial: bool = False, command: list[str] | None = None, started: float | None = None
+) -> dict[str, Any]:
+    devices = [device_section(s, partial=partial) for s in shards]
+    runs = [d.pop("_run") for d in devices]
+    first = next((r for r in runs if r), {}) or {}
+    verdict = node_verdict(devices)
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "partial": partial,
+        "suite": {
+            **first.get("suite", {}),
+            "must_pass_version": first.get("must_pass_version"),
+            "must_pass_hash": first.get("must_pass_hash"),
+        },
+        "run": {
+            "impl": first.get("impl"),
+            "profile": first.get("profile"),
+            "hypothesis_profile": first.get("hypothesis_profile"),
+            "generated_examples": first.get("generated_examples"),
+            "seeds": {"base": first.get("seed"), "batches": first.get("batch_seeds", [])},
+            "timeout_s": first.get("timeout_s"),
+            "command": command or [],
+            "started": started or first.get("started"),
+            "duration_s": (time.time() - started) if started else None,
+        },
+        "environment": first.get("environment", {}),
+        "implementation": {"name": first.get("impl"), "capabilities": first.get("capabilities")},
+        "verdict": {
+            "node": verdict,
+            "conformant": verdict == "conformant",
+            "devices": {d["label"]: d["verdict"] for d in devices},
+            "counts": dict(sum((Counter(d["counts"]) for d in devices), Counter())),
+        },
+        "devices": devices,
+    }
+
+
+def write_report(report: dict[str, Any], out: Path) -> Path:
+    path = out / "report.json"
+    tmp = out / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1, sort_keys=True, default=str))
+    tmp.replace(path)
+    return path
+
+
+def all_cases(report: dict[str, Any]):
+    for d in report.get("devices", []):
+        for c in d.get("cases", []):
+            yield d, c
+
+
+def summary_matrix(report: dict[str, Any]) -> dict[tuple[str, str], Counter]:
+    """(stage, dtype) -> Counter of outcomes. A case without stage verdicts (crash, timeout) counts under
+    its failing stage, or "case" when none is known."""
+    m: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for _, c in all_cases(report):
+        dtype = str(c["params"].get("dtype", "?"))
+        if c["stages"]:
+            for s in c["stages"]:
+                m[(s["stage"], dtype)][s["outcome"]] += 1
+        else:
+            m[(c["failing_stage"] or "case", dtype)][c["outcome"]] += 1
+    order = {s: i for i, s in enumerate(STAGES)}
+    return dict(sorted(m.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][0], kv[0][1])))
