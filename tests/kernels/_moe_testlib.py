@@ -149,7 +149,9 @@ def gate_up_expected(inp: Inputs) -> tuple[np.ndarray, np.ndarray]:
             prop = ACT_LIPSCHITZ * (np.abs(up) + 1.0 + eu) * eg + np.abs(act_g) * eu
         else:
             eu = acc * mag.up_pre
-            act_g = ref.activate(spec.replace(gated=False, activation=_nongated(spec.activation)), gate, None)
+            act_g = ref.activate(
+                spec.replace(gated=False, activation=_nongated(spec.activation), w13_layout="concat"), gate, None
+            )
             prop = ACT_LIPSCHITZ * (np.abs(up) + eu) * eg + (np.abs(act_g) + ACT_LIPSCHITZ * eg) * eu
     else:
         prop = ACT_LIPSCHITZ * eg
