@@ -59,9 +59,9 @@ def _cases() -> list[Case]:
         Case("concat silu", dtype=F16),
         Case("concat silu", dtype=BF16),
         Case("interleaved swiglu_oai with biases (gpt-oss)", spec=dict(
-            w13_layout="interleaved", activation="swiglu_oai", expert_bias=True)),  # fmt: skip
+            w13_layout="interleaved", activation="swiglu_oai", expert_bias=True)),
         Case("interleaved swiglu_oai with biases (gpt-oss)", dtype=BF16, spec=dict(
-            w13_layout="interleaved", activation="swiglu_oai", expert_bias=True)),  # fmt: skip
+            w13_layout="interleaved", activation="swiglu_oai", expert_bias=True)),
         Case("gated gelu", spec=dict(activation="gelu")),
         Case("gated gelu_tanh strided", spec=dict(activation="gelu_tanh"), dtype=F16, strided=True),
         Case("non-gated gelu with biases", spec=dict(gated=False, activation="gelu", expert_bias=True)),
@@ -95,11 +95,11 @@ def test_down_matches_the_oracle(case: Case) -> None:
 
 SHARED = [
     Case("shared gated expert with sigmoid gate (Qwen2)", spec=dict(
-        n_shared_experts=1, shared_intermediate_size=48, shared_gate=True)),  # fmt: skip
+        n_shared_experts=1, shared_intermediate_size=48, shared_gate=True)),
     Case("two shared experts, no gate (DeepSeek)", dtype=BF16, spec=dict(
-        n_shared_experts=2, shared_intermediate_size=20)),  # fmt: skip
+        n_shared_experts=2, shared_intermediate_size=20)),
     Case("non-gated shared expert", dtype=F16, spec=dict(
-        gated=False, activation="gelu", n_shared_experts=1, shared_intermediate_size=24, shared_gate=True)),  # fmt: skip
+        gated=False, activation="gelu", n_shared_experts=1, shared_intermediate_size=24, shared_gate=True)),
 ]
 
 
@@ -129,13 +129,13 @@ def test_zero_tokens_give_empty_stage_outputs_without_a_launch(monkeypatch) -> N
 def test_wrong_weight_dtype_raises_before_launch() -> None:
     spec, inp = Case("bad dtype").build()
     bad = inp.weights.replace(w13=inp.weights.w13.to(torch.float16))
-    with pytest.raises(SpecError, match="w13.dtype"):
+    with pytest.raises(SpecError, match=r"w13\.dtype"):
         kernels.gate_up(spec, bad, inp.x, inp.topk_ids)
 
 
 def test_wrong_ids_shape_raises_before_launch() -> None:
     spec, inp = Case("bad ids").build()
-    with pytest.raises(SpecError, match="topk_ids.shape"):
+    with pytest.raises(SpecError, match=r"topk_ids\.shape"):
         kernels.gate_up(spec, inp.weights, inp.x, inp.topk_ids[:, :1])
 
 
@@ -185,7 +185,7 @@ def test_comparison_catches_swapped_gate_and_up(layout) -> None:
 
 
 def test_comparison_catches_an_all_zero_output() -> None:
-    spec, inp = Case("broken", dtype=BF16).build()
+    _, inp = Case("broken", dtype=BF16).build()
     want, bound = gate_up_expected(inp)
     with pytest.raises(AssertionError, match="error/bound"):
         assert_within(torch.zeros(want.shape, dtype=BF16), want, bound, "gate_up")
