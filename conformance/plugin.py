@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -274,43 +273,23 @@ def pytest_handlecrashitem(crashitem: str, report, sched) -> None:
 # -- per-case time limit ---------------------------------------------------------------------------------------
 
 
-class CaseTimeout(BaseException):
-    """Raised by SIGALRM in the case's thread. A BaseException so run_case's `except Exception` lets it pass."""
-
-
 def run_guarded(state: MoECts, case, source: str) -> CaseResult:
-    """run_case under a soft limit (SIGALRM interrupts Python code: Timeout, the run goes on) and a hard one (a
-    watchdog thread records Timeout and ends the process when the case is stuck in native code; xdist then
-    starts a fresh worker)."""
+    """run_case under two limits: its own soft one (SIGALRM interrupts Python code: Timeout naming the stage,
+    the run goes on) and a hard one here: a watchdog thread records Timeout and ends the process when the case
+    is stuck in native code (a kernel that never returns); xdist then starts a fresh worker."""
     from conformance.runner import run_case
 
-    limit = state.timeout_s
-    alarm = bool(limit and limit > 0) and threading.current_thread() is threading.main_thread()
+    limit = state.timeout_s if state.timeout_s and state.timeout_s > 0 else None
     watchdog = None
-    if limit and limit > 0:
+    if limit:
         watchdog = threading.Timer(limit + HARD_TIMEOUT_GRACE_S, _hard_timeout, (state, case, limit, source))
         watchdog.daemon = True
         watchdog.start()
-    old = None
-    if alarm:
-        old = signal.signal(signal.SIGALRM, _raise_timeout)
-        signal.setitimer(signal.ITIMER_REAL, limit)
-    t0 = time.perf_counter()
     try:
-        result = run_case(state.impl, case, state.device)
-    except CaseTimeout:
-        result = timeout_result(state, case, limit, time.perf_counter() - t0)
+        return run_case(state.impl, case, state.device, timeout_s=limit)
     finally:
-        if alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old)
         if watchdog is not None:
             watchdog.cancel()
-    return result
-
-
-def _raise_timeout(signum, frame):
-    raise CaseTimeout
 
 
 def timeout_result(state: MoECts, case, limit: float, elapsed: float) -> CaseResult:

@@ -50,7 +50,7 @@ def case_record(source: str, r: CaseResult, impl: str, device_arg: str) -> dict[
         "conformant": r.outcome.conformant,
         "failing_stage": r.failing_stage,
         "message": r.message,
-        "params": r.params,
+        "params": r.params or _params_of(r.case_id),
         "kernel_config": r.kernel_config,
         "duration_s": r.duration_s,
         "max_ratio": max(ratios) if ratios else None,
@@ -58,6 +58,16 @@ def case_record(source: str, r: CaseResult, impl: str, device_arg: str) -> dict[
         "stages": stages,
         "replay": None if r.outcome.conformant else replay_command(r.case_id, impl, device_arg),
     }
+
+
+def _params_of(case_id: str) -> dict[str, Any]:
+    """Parameters of a case whose result carries none (a Crash recorded from its "started" line)."""
+    try:
+        from conformance.cases import Case
+
+        return Case.from_id(case_id).params()
+    except Exception:  # a foreign or malformed id: the record keeps its id, the report stays writable
+        return {}
 
 
 def _dedupe(results: list[tuple[str, CaseResult]]) -> list[tuple[str, CaseResult]]:
