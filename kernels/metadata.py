@@ -8,6 +8,7 @@
     expert_of_block    (P // block_m,) int32  expert of each M tile; -1 for tiles past the used ones
     num_padded         (1,) int32             used slots: sum over e of ceil(count_e / block_m) * block_m
     inverse            (T*k,) int32           slot of assignment t*k+j in sorted_ids; -1 if not kept
+    routed_counts      (E,) int32             all assignments of expert e, before the local mask (optional)
 
 P = padded_capacity(T*k, E, block_m) is a host-side upper bound known without reading the counts, so
 no host synchronization is needed: tiles past num_padded exit at once.
@@ -55,6 +56,7 @@ class AlignMeta:
     expert_of_block: torch.Tensor  # (P // block_m,) int32: expert of each tile, -1 = unused tile
     num_padded: torch.Tensor  # (1,) int32: used slots (device scalar, never read on the host)
     inverse: torch.Tensor  # (T*k,) int32: slot of each assignment, -1 if dropped
+    routed_counts: torch.Tensor | None = None  # (E,) int32: all assignments per expert, before the local mask
 
     def __post_init__(self) -> None:
         P = self.sorted_ids.numel()

@@ -1,0 +1,204 @@
+"""Triton body of the router: logits GEMM, scoring, grouped and plain top-k, weights (one launch).
+
+One program owns BLOCK_T tokens and every expert (BLOCK_E lanes, E padded to a power of two), so the
+softmax, the group scores and the k iterated argmaxes all run on one register tile without a second pass.
+
+Selection runs on int32 "rank keys": the fp32 key's bits mapped to an int whose order is the float order,
+with NaN placed below -inf and masked / taken / padding lanes below NaN. An int argmax with
+tie_break_left then gives the oracle's rule exactly (descending key, NaN below every number, ties ->
+lower expert id) and never returns a lane twice or a padding lane.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kernels._common import INTERPRET
+
+# Rank keys below every float's key (-inf maps to -2139095041): taken < masked group < NaN.
+KEY_TAKEN = tl.constexpr(-2147483648)
+KEY_MASKED = tl.constexpr(-2147483647)
+KEY_NAN = tl.constexpr(-2147483646)
+
+
+@triton.jit
+def _rank_key(v):
+    """Monotone fp32 -> int32 map (-0.0 and +0.0 equal, NaN just below -inf)."""
+    v = tl.where(v == 0.0, 0.0, v)  # -0.0 would map below +0.0; the oracle treats them as equal
+    b = v.to(tl.int32, bitcast=True)
+    k = b ^ ((b >> 31) & 0x7FFFFFFF)
+    return tl.where(v != v, KEY_NAN, k)
+
+
+@triton.jit
+def _logits_tile(
+    x_ptr,  # (T, H) x dtype
+    w_ptr,  # (E, H) router dtype
+    T,
+    E,
+    H,
+    stride_x_t,
+    stride_x_h,
+    stride_w_e,
+    stride_w_h,
+    offs_t,
+    offs_e,
+    UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """(BLOCK_T, BLOCK_E) fp32 logits x @ router.T, accumulated in fp32 over H in BLOCK_H steps."""
+    offs_h = tl.arange(0, BLOCK_H)
+    # 64-bit row offsets: T * stride_x_t passes 2^31 at T = 50k, H = 7168 (FACTS bug 1).
+    x_rows = x_ptr + offs_t.to(tl.int64)[:, None] * stride_x_t
+    w_rows = w_ptr + offs_e.to(tl.int64)[:, None] * stride_w_e
+    acc = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        hh = h0 + offs_h
+        a = tl.load(
+            x_rows + hh[None, :] * stride_x_h, mask=(offs_t[:, None] < T) & (hh[None, :] < H), other=0.0
+        )
+        b = tl.load(
+            w_rows + hh[None, :] * stride_w_h, mask=(offs_e[:, None] < E) & (hh[None, :] < H), other=0.0
+        )
+        if INTERPRET:  # the interpreter computes bf16 on raw bit patterns (FACTS section 3)
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        if UPCAST:  # x and router of different dtypes: both to fp32 (exact), dot pinned to ieee
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+    return acc
+
+
+@triton.jit
+def _softmax(logits, valid):
+    """Row softmax over the valid lanes; a row holding NaN or +inf, or only -inf, is NaN (as the oracle)."""
+    is_nan = (logits != logits) & valid
+    z = tl.where(valid & ~is_nan, logits, float("-inf"))
+    m = tl.max(z, axis=1)
+    bad = (tl.max(is_nan.to(tl.int32), axis=1) > 0) | (m == float("inf")) | (m == float("-inf"))
+    e = tl.where(valid & ~bad[:, None], tl.exp(z - tl.where(bad, 0.0, m)[:, None]), 0.0)
+    s = e / tl.where(bad, 1.0, tl.sum(e, axis=1))[:, None]  # bad rows: no 0/0, NaN set below
+    return tl.where(bad[:, None], float("nan"), s)
+
+
+@triton.jit
+def _group_keep(keys, valid, offs_e, group_size, n_group, topk_group, GROUP_TOP2: tl.constexpr):
+    """(BLOCK_T, BLOCK_E) bool: experts of the topk_group best groups (NaN keys count as -inf;
+    group ties -> lower group index)."""
+    filled = tl.where(valid & (keys == keys), keys, float("-inf"))
+    group = offs_e // group_size
+    gscore = tl.full(keys.shape, float("-inf"), tl.float32)
+    for g in range(n_group):
+        in_g = (group == g)[None, :] & valid
+        vals = tl.where(in_g, filled, float("-inf"))
+        m1 = tl.max(vals, axis=1)
+        score = m1
+        if GROUP_TOP2:
+            # Remove exactly one lane holding the maximum, then take the maximum again.
+            a1 = tl.argmax(vals, axis=1, tie_break_left=True)
+            m2 = tl.max(tl.where(offs_e[None, :] == a1[:, None], float("-inf"), vals), axis=1)
+            score = m1 + m2
+        score = tl.where(score == score, score, float("-inf"))  # (+inf) + (-inf): the oracle's -inf
+        gscore = tl.where(in_g, score[:, None], gscore)
+    gkey = tl.where(valid, _rank_key(gscore), KEY_TAKEN)
+    keep = tl.zeros(keys.shape, dtype=tl.int1)
+    for _ in range(topk_group):
+        best = tl.argmax(gkey, axis=1, tie_break_left=True)  # lowest lane = lowest group on ties
+        chosen = group[None, :] == (best // group_size)[:, None]
+        keep = keep | chosen
+        gkey = tl.where(chosen, KEY_TAKEN, gkey)
+    return keep
+
+
+@triton.jit(do_not_specialize=["T"])
+def router_kernel(
+    x_ptr,  # (T, H) fp32 | fp16 | bf16, any strides
+    w_ptr,  # (E, H) router weight, any strides
+    rbias_ptr,  # (E,) router bias (HAS_RBIAS)
+    cbias_ptr,  # (E,) correction bias, selection only (HAS_CBIAS)
+    ids_ptr,  # (T, k) int32 out, contiguous
+    topw_ptr,  # (T, k) fp32 out, contiguous
+    logits_ptr,  # (T, E) fp32 out, contiguous (STORE_SCORES)
+    scores_ptr,  # (T, E) fp32 out, contiguous (STORE_SCORES)
+    T,
+    E,
+    H,
+    K,
+    stride_x_t,
+    stride_x_h,
+    stride_w_e,
+    stride_w_h,
+    stride_rbias,
+    stride_cbias,
+    group_size,  # E // n_group
+    n_group,
+    topk_group,
+    scaling,  # routed_scaling_factor
+    SIGMOID: tl.constexpr,
+    HAS_RBIAS: tl.constexpr,
+    HAS_CBIAS: tl.constexpr,
+    GROUPED: tl.constexpr,
+    GROUP_TOP2: tl.constexpr,
+    RENORMALIZE: tl.constexpr,
+    STORE_SCORES: tl.constexpr,
+    UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_t = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_e = tl.arange(0, BLOCK_E)
+    row_ok = offs_t < T
+    valid = (offs_e < E)[None, :] & (offs_t >= 0)[:, None]  # (BLOCK_T, BLOCK_E): real expert lanes
+    logits = _logits_tile(
+        x_ptr, w_ptr, T, E, H, stride_x_t, stride_x_h, stride_w_e, stride_w_h, offs_t, offs_e,
+        UPCAST, INPUT_PRECISION, BLOCK_T, BLOCK_E, BLOCK_H,
+    )  # fmt: skip
+    if HAS_RBIAS:
+        rb = tl.load(rbias_ptr + offs_e * stride_rbias, mask=offs_e < E, other=0.0).to(tl.float32)
+        logits = logits + rb[None, :]
+    if SIGMOID:
+        scores = 1.0 / (1.0 + tl.exp(-logits))
+    else:
+        scores = _softmax(logits, valid)
+    keys = scores
+    if HAS_CBIAS:
+        cb = tl.load(cbias_ptr + offs_e * stride_cbias, mask=offs_e < E, other=0.0).to(tl.float32)
+        keys = keys + cb[None, :]
+
+    rank_key = tl.where(valid, _rank_key(keys), KEY_TAKEN)
+    if GROUPED:
+        keep = _group_keep(keys, valid, offs_e, group_size, n_group, topk_group, GROUP_TOP2)
+        rank_key = tl.where(keep | ~valid, rank_key, KEY_MASKED)
+
+    # Iterated argmax: slot j takes the best remaining lane; rank[t, e] = j, or -1 if not chosen.
+    rank = tl.full((BLOCK_T, BLOCK_E), -1, tl.int32)
+    for j in range(K):
+        best = tl.argmax(rank_key, axis=1, tie_break_left=True)
+        hit = offs_e[None, :] == best[:, None]
+        rank = tl.where(hit, j, rank)
+        rank_key = tl.where(hit, KEY_TAKEN, rank_key)
+
+    chosen = rank >= 0
+    w = tl.where(chosen, scores, 0.0)  # unbiased scores; NaN stays NaN as in the oracle
+    if RENORMALIZE:
+        w = w / (tl.sum(w, axis=1) + 1e-20)[:, None]
+    w = w * scaling
+
+    # Scatter each chosen lane to its slot: one store per output instead of k.
+    out = offs_t.to(tl.int64)[:, None] * K + rank
+    store_mask = chosen & row_ok[:, None]
+    tl.store(ids_ptr + out, (offs_e[None, :] + rank * 0).to(tl.int32), mask=store_mask)
+    tl.store(topw_ptr + out, w, mask=store_mask)
+    if STORE_SCORES:
+        te = offs_t.to(tl.int64)[:, None] * E + offs_e[None, :]
+        m = valid & row_ok[:, None]
+        tl.store(logits_ptr + te, logits, mask=m)
+        tl.store(scores_ptr + te, scores, mask=m)

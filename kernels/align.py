@@ -1,0 +1,171 @@
+"""Alignment stage: per-expert counts, padded per-expert tiles and the sorted assignment list.
+
+`align` is what the grouped GEMMs consume (metadata.AlignMeta); `permute` is the twin of
+`reference.numpy_oracle.permute` built from align's output, for judging the stage against the oracle.
+Kernel bodies: `_align_kernels.py` (a blocked counting sort, deterministic, no atomics).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from kernels._align_kernels import chunk_hist_kernel, chunk_scan_kernel, chunk_scatter_kernel, pad_fill_kernel
+from kernels._common import INTERPRET, require_tensor
+from kernels.metadata import AlignMeta, padded_capacity
+from reference.spec import MoESpec, SpecError
+
+#: The scatter kernel keeps a (BLOCK_E,) running count per expert in registers.
+MAX_EXPERTS = 4096
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Permutation:
+    """Torch twin of reference.numpy_oracle.Permutation (same fields and meanings, int64 / bool)."""
+
+    expert_counts: torch.Tensor  # (E,) assignments routed to expert e (before the local mask)
+    kept: torch.Tensor  # (T, k) bool: assignment on a local expert
+    kept_counts: torch.Tensor  # (E,) kept assignments of e
+    order: torch.Tensor  # (N,) flat ids t*k+j of kept assignments, stably sorted by expert
+    offsets: torch.Tensor  # (E+1,) order[offsets[e]:offsets[e+1]] are expert e's assignments
+
+
+def _block_sizes() -> tuple[int, int, int]:
+    """(BLOCK_N assignments per chunk, SUB ids ranked at once, BLOCK_S slots per pad-fill program).
+
+    4096-id chunks keep the serial scan at 98 steps for T*k = 400k. The interpreter pays per
+    operation, not per element, so it ranks a whole 512-id chunk in one all-pairs step."""
+    return (512, 512, 16384) if INTERPRET else (4096, 128, 1024)
+
+
+@functools.lru_cache(maxsize=64)
+def _local_mask(local_experts: tuple[int, ...], E: int, device: str) -> torch.Tensor:
+    """(E,) int8 mask of local experts, built once per spec and device: a host-to-device copy
+    inside a captured CUDA graph would fail, so the first (warm-up) call makes it."""
+    mask = torch.zeros(E, dtype=torch.int8)
+    mask[list(local_experts)] = 1
+    return mask.to(device)
+
+
+def _check(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> None:
+    """Raise SpecError / NotSupportedError naming the field before any launch.
+
+    Ids are trusted to lie in [0, E) (route guarantees it; checking would need a host sync); an
+    out-of-range id is dropped (inverse -1), never written out of bounds."""
+    from kernels.capabilities import NotSupportedError
+
+    if spec.capacity_factor is not None:
+        raise NotSupportedError(
+            f"capacity_factor: the align kernels do not drop overflow tokens; expected None, got {spec.capacity_factor}"
+        )
+    require_tensor("topk_ids", topk_ids, dtype=(torch.int32, torch.int64))
+    if topk_ids.dim() != 2 or topk_ids.shape[1] != spec.top_k:
+        raise SpecError("topk_ids.shape", f"(T, {spec.top_k})", tuple(topk_ids.shape))
+    if not isinstance(block_m, int) or isinstance(block_m, bool) or block_m < 1:
+        raise SpecError("block_m", "an int >= 1", block_m)
+    if spec.num_experts > MAX_EXPERTS:
+        raise NotSupportedError(f"num_experts: align supports E <= {MAX_EXPERTS}, got {spec.num_experts}")
+    P = padded_capacity(topk_ids.numel(), spec.num_experts, block_m)
+    if P > _INT32_MAX:
+        raise NotSupportedError(f"topk_ids: {P} padded slots do not fit the int32 sorted_ids")
+
+
+def _empty(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta:
+    """T = 0: every slot is a pad, no launch."""
+    dev, E = topk_ids.device, spec.num_experts
+    P = padded_capacity(0, E, block_m)
+    zeros = torch.zeros(E, dtype=torch.int32, device=dev)
+    return AlignMeta(
+        block_m=block_m,
+        num_tokens=0,
+        top_k=spec.top_k,
+        expert_counts=zeros,
+        sorted_ids=torch.zeros(P, dtype=torch.int32, device=dev),  # sentinel T*k = 0
+        expert_of_block=torch.full((P // block_m,), -1, dtype=torch.int32, device=dev),
+        num_padded=torch.zeros(1, dtype=torch.int32, device=dev),
+        inverse=torch.empty(0, dtype=torch.int32, device=dev),
+        routed_counts=zeros.clone(),
+    )
+
+
+def align(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta:
+    """Group the T*k assignments by expert into runs padded to multiples of block_m::
+
+        kept[t, j]   = topk_ids[t, j] is a local expert (every expert when spec.local_experts is None)
+        sorted_ids   = kept flat ids t*k+j by expert, ascending within an expert; each run padded with T*k
+        expert_of_block[b] = expert of slots [b*block_m, (b+1)*block_m), -1 past num_padded
+        inverse[t*k+j]     = slot of the assignment, -1 if not kept
+
+        topk_ids (T, k) int32|int64 -> expert_counts (E,), sorted_ids (P,), expert_of_block (P/block_m,),
+                                       num_padded (1,), inverse (T*k,), routed_counts (E,)  all int32
+
+    P = metadata.padded_capacity(T*k, E, block_m), known on the host; no host synchronization."""
+    _check(spec, topk_ids, block_m)
+    T, k = topk_ids.shape
+    N, E, dev = T * k, spec.num_experts, topk_ids.device
+    if N == 0:
+        return _empty(spec, topk_ids, block_m)
+    BLOCK_N, SUB, BLOCK_S = _block_sizes()
+    BLOCK_E = max(16, triton.next_power_of_2(E))
+    C = triton.cdiv(N, BLOCK_N)
+    P = padded_capacity(N, E, block_m)
+    has_local = spec.local_experts is not None
+    local = _local_mask(spec.local_experts, E, str(dev)) if has_local else topk_ids  # unread if not local
+
+    i32 = dict(dtype=torch.int32, device=dev)
+    hist, base = torch.empty((C, E), **i32), torch.empty((C, E), **i32)
+    routed, counts, pend = torch.empty(E, **i32), torch.empty(E, **i32), torch.empty(E, **i32)
+    num_padded = torch.empty(1, **i32)
+    sorted_ids, inverse = torch.empty(P, **i32), torch.empty(N, **i32)
+    expert_of_block = torch.empty(P // block_m, **i32)
+    s_t, s_k = topk_ids.stride()
+
+    chunk_hist_kernel[(C,)](topk_ids, hist, N, k, E, s_t, s_k, BLOCK_N=BLOCK_N, BLOCK_E=BLOCK_E)
+    chunk_scan_kernel[(1,)](
+        hist, local, base, routed, counts, pend, num_padded, C, E, block_m,
+        HAS_LOCAL=has_local, BLOCK_E=BLOCK_E, num_warps=8 if BLOCK_E >= 1024 else 4,
+    )  # fmt: skip
+    chunk_scatter_kernel[(C,)](
+        topk_ids, local, base, sorted_ids, inverse, N, k, E, s_t, s_k,
+        HAS_LOCAL=has_local, BLOCK_N=BLOCK_N, BLOCK_E=BLOCK_E, SUB=SUB, num_warps=8,
+    )  # fmt: skip
+    pad_fill_kernel[(triton.cdiv(P, BLOCK_S),)](
+        pend, counts, sorted_ids, expert_of_block, N, E, P, block_m, E.bit_length(), BLOCK_S=BLOCK_S
+    )
+    return AlignMeta(
+        block_m=block_m,
+        num_tokens=T,
+        top_k=k,
+        expert_counts=counts,
+        sorted_ids=sorted_ids,
+        expert_of_block=expert_of_block,
+        num_padded=num_padded,
+        inverse=inverse,
+        routed_counts=routed,
+    )
+
+
+def permute(spec: MoESpec, topk_ids: torch.Tensor, *, block_m: int = 16) -> Permutation:
+    """The oracle's permutation from align's output (a judging twin, not part of the forward pass)::
+
+        kept = inverse >= 0;  order = sorted_ids without pad slots;  offsets = [0, cumsum(kept_counts)]
+
+        topk_ids (T, k) -> expert_counts (E,), kept (T, k) bool, kept_counts (E,), order (N,), offsets (E+1,)
+
+    order's length is data-dependent, so this one synchronizes with the host (align does not)."""
+    meta = align(spec, topk_ids, block_m)
+    T, k = topk_ids.shape
+    kept_counts = meta.expert_counts.long()
+    order = meta.sorted_ids[meta.sorted_ids != meta.sentinel].long()
+    zero = torch.zeros(1, dtype=torch.int64, device=topk_ids.device)
+    return Permutation(
+        expert_counts=meta.routed_counts.long(),
+        kept=(meta.inverse >= 0).view(T, k),
+        kept_counts=kept_counts,
+        order=order,
+        offsets=torch.cat([zero, torch.cumsum(kept_counts, 0)]),
+    )

@@ -1,0 +1,122 @@
+"""Router stage: logits, scores, grouped / plain top-k and weights in one Triton launch.
+
+The twin of `reference.numpy_oracle.route`; the kernel body is `_router_kernels.router_kernel`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from kernels import config as _config
+from kernels._common import INTERPRET, SUPPORTED_DTYPES, require_tensor
+from kernels._router_kernels import router_kernel
+from kernels.metadata import Routing
+from reference.spec import MoESpec, MoEWeights, SpecError, check_input
+
+#: Largest E one program can hold: the (BLOCK_T, BLOCK_E) fp32 tiles live in registers.
+MAX_EXPERTS = 1024
+
+
+def _warp_size() -> int:
+    """Threads per warp: 64 on AMD CDNA, 32 on NVIDIA (read through kernels.config.backend, which the
+    AOT capture in kernels/registry.py overrides per target)."""
+    return 64 if _config.backend() == "hip" else 32
+
+
+def _block_sizes(E: int, block_t: int | None) -> tuple[int, int, int, int, int]:
+    """(BLOCK_T, BLOCK_E, BLOCK_H, num_warps, num_stages), bucketed so shapes share compiled kernels.
+
+    BLOCK_E is E's next power of two (>= 16, tl.dot's minimum). BLOCK_H keeps one router tile at
+    8192 elements (16 KiB bf16 at E = 256): two pipeline stages then fit AMD's 64 KiB LDS.
+    Threads per program, not warps, are fixed: AOT for gfx942 measured 131072 B of LDS at E = 1024
+    with 8 warps of 64 (512 threads) and 65536 B with 4 (256 threads, as 8 warps of 32 on NVIDIA)."""
+    BLOCK_E = max(16, triton.next_power_of_2(E))
+    BLOCK_H = max(16, min(128, 8192 // BLOCK_E))
+    if block_t is not None:
+        BLOCK_T = block_t
+    elif INTERPRET:
+        BLOCK_T = 64  # the interpreter pays per program, not per element (FACTS section 3)
+    else:
+        BLOCK_T = 16 if BLOCK_E >= 256 else 32
+    threads = 128 if BLOCK_T * BLOCK_E <= 4096 else 256
+    num_warps = max(1, threads // _warp_size())
+    num_stages = 1 if BLOCK_E >= 1024 else 2
+    return BLOCK_T, BLOCK_E, BLOCK_H, num_warps, num_stages
+
+
+def _check(spec: MoESpec, weights: MoEWeights, x: torch.Tensor, block_t: int | None) -> None:
+    """Raise SpecError / NotSupportedError naming the field before any launch."""
+    from kernels.capabilities import NotSupportedError
+
+    check_input(spec, x)
+    E, H = spec.num_experts, spec.hidden_size
+    require_tensor("x", x, dtype=SUPPORTED_DTYPES)
+    require_tensor("router", weights.router, shape=(E, H), dtype=SUPPORTED_DTYPES, device=x.device)
+    for name, used in (("router_bias", spec.router_bias), ("correction_bias", spec.correction_bias)):
+        t = getattr(weights, name)
+        if used:
+            require_tensor(name, t, shape=(E,), dtype=SUPPORTED_DTYPES, device=x.device)
+        elif t is not None:
+            raise SpecError(name, f"None (spec.{name} is False)", "a tensor")
+    if E > MAX_EXPERTS:
+        raise NotSupportedError(f"num_experts: the router kernel supports E <= {MAX_EXPERTS}, got {E}")
+    if block_t is not None and (block_t < 16 or block_t & (block_t - 1)):
+        raise SpecError("block_t", "a power of two >= 16 (tl.dot's minimum)", block_t)
+
+
+def route(
+    spec: MoESpec,
+    weights: MoEWeights,
+    x: torch.Tensor,
+    *,
+    block_t: int | None = None,
+    allow_tf32: bool = False,
+    keep_scores: bool = True,
+) -> Routing:
+    """Route each token to its top-k experts (the oracle's `route`, in fp32 on the device)::
+
+        logits = x @ router.T + router_bias                 # fp32 accumulation, ieee unless allow_tf32
+        scores = softmax(logits) | sigmoid(logits)
+        ids    = topk(scores + correction_bias, k, groups)   # descending, NaN lowest, ties -> lower id
+        w      = scores[ids]; w /= sum(w) + 1e-20 if renormalize; w *= routed_scaling_factor
+
+        x (T, H) fp32|fp16|bf16 -> topk_ids (T, k) int32, topk_weights (T, k) fp32,
+                                   logits (T, E) fp32, scores (T, E) fp32 (None if not keep_scores)
+
+    No host synchronization; T = 0 launches nothing. `block_t` forces the token tile (tests)."""
+    _check(spec, weights, x, block_t)
+    T, E, H, k = x.shape[0], spec.num_experts, spec.hidden_size, spec.top_k
+    dev = x.device
+    ids = torch.empty((T, k), dtype=torch.int32, device=dev)
+    topw = torch.empty((T, k), dtype=torch.float32, device=dev)
+    logits = scores = None
+    if keep_scores:
+        logits = torch.empty((T, E), dtype=torch.float32, device=dev)
+        scores = torch.empty((T, E), dtype=torch.float32, device=dev)
+    if T == 0:
+        return Routing(topk_ids=ids, topk_weights=topw, logits=logits, scores=scores)
+
+    BLOCK_T, BLOCK_E, BLOCK_H, num_warps, num_stages = _block_sizes(E, block_t)
+    rb = weights.router_bias if spec.router_bias else weights.router
+    cb = weights.correction_bias if spec.correction_bias else weights.router
+    router_kernel[(triton.cdiv(T, BLOCK_T),)](
+        x, weights.router, rb, cb, ids, topw,
+        logits if keep_scores else topw, scores if keep_scores else topw,
+        T, E, H, k,
+        x.stride(0), x.stride(1), weights.router.stride(0), weights.router.stride(1),
+        rb.stride(0), cb.stride(0),
+        E // spec.n_group, spec.n_group, spec.topk_group, float(spec.routed_scaling_factor),
+        SIGMOID=spec.scoring == "sigmoid",
+        HAS_RBIAS=spec.router_bias,
+        HAS_CBIAS=spec.correction_bias,
+        GROUPED=spec.grouped,
+        GROUP_TOP2=spec.group_score == "top2_sum",
+        RENORMALIZE=spec.renormalize,
+        STORE_SCORES=keep_scores,
+        UPCAST=x.dtype != weights.router.dtype,
+        INPUT_PRECISION="tf32" if allow_tf32 else "ieee",
+        BLOCK_T=BLOCK_T, BLOCK_E=BLOCK_E, BLOCK_H=BLOCK_H,
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    return Routing(topk_ids=ids, topk_weights=topw, logits=logits, scores=scores)
