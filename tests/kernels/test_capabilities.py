@@ -1,0 +1,84 @@
+"""The capability table and the tile-config data: what the kernels claim, and configs every backend can load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels.config as cfgmod
+from kernels.capabilities import CAPABILITIES, NotSupportedError, check_supported
+from reference.spec import MoESpec, SpecError
+
+ALL = cfgmod.all_configs()
+ELEM_BYTES = {"fp32": 4, "16bit": 2}
+
+
+def _id(entry) -> str:
+    backend, dc, bucket, _ = entry
+    return f"{backend}-{dc}-{bucket}"
+
+
+@pytest.mark.parametrize("entry", ALL, ids=[_id(e) for e in ALL])
+def test_every_table_entry_fits_its_backends_shared_memory(entry) -> None:
+    backend, dc, _, cfg = entry
+    limit = cfgmod.SMEM_LIMIT_BYTES[backend]
+    gate_up = cfg.gate_up.smem_bytes(cfg.BLOCK_M, ELEM_BYTES[dc], n_b=2)  # gate and up tiles
+    down = cfg.down.smem_bytes(cfg.BLOCK_M, ELEM_BYTES[dc], n_b=1)
+    assert max(gate_up, down) <= limit, f"{_id(entry)}: {gate_up} / {down} B > {limit} B (FACTS bug 13)"
+
+
+@pytest.mark.parametrize("entry", [e for e in ALL if e[0] == "hip"], ids=_id)
+def test_hip_entries_use_wavefront_agnostic_warp_counts(entry) -> None:
+    cfg = entry[3]
+    assert {cfg.gate_up.num_warps, cfg.down.num_warps} <= {4, 8}
+
+
+def test_every_backend_has_both_dtype_classes_and_an_unbounded_last_row() -> None:
+    for backend in cfgmod.BACKENDS:
+        table = cfgmod.load_table(backend)
+        assert set(table["tables"]) == set(table["batch_invariant"]) == {"fp32", "16bit"}
+        assert all(rows[-1]["max_tokens_per_expert"] is None for rows in table["tables"].values())
+
+
+@pytest.mark.parametrize("backend", cfgmod.BACKENDS)
+def test_batch_invariant_choice_does_not_depend_on_the_token_count(backend) -> None:
+    def pick(T: int) -> cfgmod.TileConfig:
+        return cfgmod.choose(dtype=torch.bfloat16, num_tokens=T, top_k=8, num_experts=256, hidden_size=7168,
+                             intermediate_size=2048, batch_invariant=True, backend_name=backend)
+
+    assert pick(1) == pick(4096) == pick(50_000)
+
+
+def test_decode_and_prefill_pick_different_tiles_on_cuda() -> None:
+    def pick(T: int) -> cfgmod.TileConfig:
+        return cfgmod.choose(dtype=torch.bfloat16, num_tokens=T, top_k=2, num_experts=8, hidden_size=4096,
+                             intermediate_size=14336, backend_name="cuda")
+
+    assert pick(1).BLOCK_M == 16 and pick(4096).BLOCK_M == 128
+
+
+def test_tiles_shrink_to_tiny_layers_but_not_below_sixteen() -> None:
+    cfg = cfgmod.choose(dtype=torch.float32, num_tokens=4, top_k=2, num_experts=4, hidden_size=20,
+                        intermediate_size=5, backend_name="cuda")
+    assert (cfg.gate_up.BLOCK_N, cfg.gate_up.BLOCK_K, cfg.down.BLOCK_N, cfg.down.BLOCK_K) == (16, 32, 32, 16)
+
+
+def test_a_bad_forced_config_is_rejected_naming_the_field() -> None:
+    bad = {"BLOCK_M": 24, "gate_up": {"BLOCK_N": 64, "BLOCK_K": 64}, "down": {"BLOCK_N": 64, "BLOCK_K": 64}}
+    with pytest.raises(SpecError, match="BLOCK_M"):
+        cfgmod.as_config(bad)
+
+
+def test_capability_table_declares_what_the_kernels_do() -> None:
+    assert CAPABILITIES["capacity_dropping"] is False
+    assert CAPABILITIES["deterministic"] is True and CAPABILITIES["batch_invariant"] is True
+    assert CAPABILITIES["local_expert_mask"] is True
+    assert set(CAPABILITIES["dtypes"]) == {"float32", "float16", "bfloat16"}
+    assert {"gate_up", "down", "shared_expert", "combine", "fused_moe"} <= set(CAPABILITIES["stages"])
+
+
+def test_capacity_dropping_raises_not_supported_naming_the_field() -> None:
+    spec = MoESpec(hidden_size=8, intermediate_size=8, num_experts=4, top_k=2, capacity_factor=1.25)
+    with pytest.raises(NotSupportedError, match="capacity_factor") as err:
+        check_supported(spec)
+    assert err.value.field == "capacity_factor"
