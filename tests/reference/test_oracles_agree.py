@@ -59,18 +59,20 @@ def specs(draw, *, max_experts: int = 12) -> MoESpec:
 
 
 def tie_weights(spec: MoESpec, seed: int) -> MoEWeights:
-    """Router, biases and inputs on small integer grids with duplicated router rows: equal logits,
-    scores, keys and group scores are exactly equal in both oracles (integer arithmetic is exact)."""
+    """Router, biases and inputs on {0, 1} with duplicated router rows: equal logits give bitwise equal
+    scores, keys and group scores in each oracle. Logits stay non-negative integers and the correction
+    bias is one constant, because ties that hold only in exact arithmetic (sigmoid(z) + sigmoid(-z) == 1,
+    s_a - 0.25 + s_b == s_a + 0.25 + s_b - 0.5) become 1-ulp near-ties that two oracles may round apart."""
     g = torch.Generator().manual_seed(seed)
     w = MoEWeights.random(spec, generator=g)
     E = spec.num_experts
-    router = torch.randint(-1, 2, (E, H), generator=g).double()
+    router = torch.randint(0, 2, (E, H), generator=g).double()
     router[torch.randint(0, E, (E // 2,), generator=g)] = router[torch.randint(0, E, (E // 2,), generator=g)]
     changes = {"router": router}
     if spec.router_bias:
-        changes["router_bias"] = torch.randint(-1, 2, (E,), generator=g).double()
+        changes["router_bias"] = torch.randint(0, 2, (E,), generator=g).double()
     if spec.correction_bias:
-        changes["correction_bias"] = torch.randint(-2, 3, (E,), generator=g).double() / 4
+        changes["correction_bias"] = torch.full((E,), 0.25, dtype=torch.float64)
     return w.replace(**changes)
 
 
@@ -78,7 +80,7 @@ def make_case(spec: MoESpec, T: int, mode: str, seed: int) -> tuple[MoEWeights, 
     """Weights, input and the rows holding only finite inputs, for one generated case."""
     g = torch.Generator().manual_seed(seed)
     if mode == "ties":
-        return tie_weights(spec, seed), torch.randint(-1, 2, (T, H), generator=g).double(), np.ones(T, bool)
+        return tie_weights(spec, seed), torch.randint(0, 2, (T, H), generator=g).double(), np.ones(T, bool)
     w = MoEWeights.random(spec, generator=g)
     x = torch.randn((T, H), generator=g, dtype=torch.float64)
     clean = np.ones(T, bool)
