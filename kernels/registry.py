@@ -1,0 +1,229 @@
+"""Every top-level @triton.jit kernel of kernels/_*_kernels.py, and the exact launches the launchers make.
+
+The AOT compile matrix (conformance/aot.py) needs, per kernel, the ASTSource signature and constexprs that a
+real launch would compile. Writing them by hand would drift from the launchers, so they are captured instead:
+
+    launches = capture(spec, num_tokens, dtype, target=GPUTarget("hip", "gfx942", 64), config=cfg)
+      # runs kernels.fused_moe on "meta" tensors (shapes and strides only, no memory), with
+      # JITFunction.run replaced by a recorder: every kernel[grid](...) call is kept as a Launch
+      # (kernel name, argument descriptions, constexpr and option keywords); nothing is compiled or run.
+
+    Launch.args  : one JSON-able description per positional argument (tensors as dtype/shape/stride)
+    Launch.kwargs: the constexpr keywords plus num_warps / num_stages, as the launcher passed them
+
+`KERNELS` lists the kernels by name; tests/aot/test_registry.py fails when a kernel in a _*_kernels.py file is
+missing here, or when no captured scenario launches it. Names with a leading underscore are @triton.jit
+device helpers (inlined into the kernels), not kernels.
+
+Capture needs the compiled-kernel path of Triton: it raises if TRITON_INTERPRET=1 (under the interpreter the
+launchers pick interpreter tile sizes and triton.jit builds no JITFunction). conformance.aot runs it in a
+subprocess without that variable.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reference.spec import MoESpec, MoEWeights, weight_shapes
+
+KERNEL_DIR = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    module: str  # import path of the _*_kernels.py module that defines it
+    op: str  # the public op whose launcher launches it
+    matrix: bool  # a GEMM whose tiles must use the matrix units (a scalar fallback is a Fail)
+    fp8_operands: tuple[str, ...] = ()  # pointer args retyped to an fp8 flavour for the fp8 compile check
+
+
+KERNELS: dict[str, KernelInfo] = {
+    "router_kernel": KernelInfo("kernels._router_kernels", "route", matrix=False),
+    "chunk_hist_kernel": KernelInfo("kernels._align_kernels", "align", matrix=False),
+    "chunk_scan_kernel": KernelInfo("kernels._align_kernels", "align", matrix=False),
+    "chunk_scatter_kernel": KernelInfo("kernels._align_kernels", "align", matrix=False),
+    "pad_fill_kernel": KernelInfo("kernels._align_kernels", "align", matrix=False),
+    "gate_up_kernel": KernelInfo(
+        "kernels._grouped_gemm_kernels", "gate_up", matrix=True, fp8_operands=("x_ptr", "w13_ptr")
+    ),
+    "down_kernel": KernelInfo("kernels._grouped_gemm_kernels", "down", matrix=True, fp8_operands=("a_ptr", "w2_ptr")),
+    "row_gate_kernel": KernelInfo("kernels._grouped_gemm_kernels", "shared_expert", matrix=False),
+    "combine_kernel": KernelInfo("kernels._combine_kernels", "combine", matrix=False),
+}
+
+
+def declared_kernels() -> dict[str, str]:
+    """{kernel name: module} of every top-level @triton.jit function without a leading underscore in
+    kernels/_*_kernels.py, read from the source (no import, so it works under the interpreter too)."""
+    found = {}
+    for path in sorted(KERNEL_DIR.glob("_*_kernels.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_") and _is_jit(node):
+                found[node.name] = f"kernels.{path.stem}"
+    return found
+
+
+def _is_jit(node: ast.FunctionDef) -> bool:
+    for dec in node.decorator_list:
+        target = dec.func if isinstance(dec, ast.Call) else dec
+        if isinstance(target, ast.Attribute) and target.attr in ("jit", "autotune", "heuristics"):
+            return True
+    return False
+
+
+def jit_function(name: str):
+    """The JITFunction object of a registered kernel."""
+    if name not in KERNELS:
+        raise KeyError(f"kernel {name!r} is not in kernels.registry.KERNELS")
+    return getattr(importlib.import_module(KERNELS[name].module), name)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launch capture
+
+
+@dataclass(frozen=True)
+class Launch:
+    kernel: str
+    args: tuple[Any, ...]  # describe_arg() of each positional argument
+    kwargs: dict[str, Any] = field(default_factory=dict)  # constexpr keywords, num_warps, num_stages
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "args": list(self.args), "kwargs": dict(self.kwargs)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Launch:
+        return cls(kernel=d["kernel"], args=tuple(d["args"]), kwargs=dict(d["kwargs"]))
+
+
+def describe_arg(a: Any) -> Any:
+    """A JSON-able stand-in for one kernel argument; materialize_arg() turns it back into one."""
+    if isinstance(a, torch.Tensor):
+        return {"tensor": str(a.dtype).removeprefix("torch."), "shape": list(a.shape), "stride": list(a.stride())}
+    if a is None or isinstance(a, (bool, int, float, str)):
+        return a
+    raise TypeError(f"kernel argument of type {type(a).__name__} cannot be described for AOT compilation")
+
+
+def materialize_arg(d: Any) -> Any:
+    """A meta tensor (data_ptr 0: 16-byte aligned, like every CUDA/HIP allocation) or the scalar itself."""
+    if isinstance(d, dict) and "tensor" in d:
+        return torch.empty_strided(d["shape"], d["stride"], dtype=getattr(torch, d["tensor"]), device="meta")
+    return d
+
+
+@contextlib.contextmanager
+def _recording(launches: list[Launch]) -> Iterator[None]:
+    from triton.runtime.jit import JITFunction
+
+    original = JITFunction.run
+
+    def record(self, *args, grid, warmup, **kwargs):
+        name = self.fn.__name__
+        if name not in KERNELS:
+            raise KeyError(f"launcher launched {name!r}, which kernels.registry.KERNELS does not list")
+        launches.append(Launch(name, tuple(describe_arg(a) for a in args), dict(kwargs)))
+
+    JITFunction.run = record
+    try:
+        yield
+    finally:
+        JITFunction.run = original
+
+
+class FakeDriver:
+    """Stands in for Triton's active driver during capture and AOT compilation: get_current_target() is
+    the compile target. Launchers read the warp size from it, and in-kernel tl.target_info checks
+    (is_hip, cuda_capability_geq) read it at compile time: on a CPU machine they would otherwise see no
+    driver and answer False for every target (FACTS section 3)."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def is_active(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def active_target(target) -> Iterator[None]:
+    """Make `target` (a triton GPUTarget) the active driver's target, and make the tile heuristic read
+    its backend's table (torch.version.hip cannot be faked)."""
+    from triton.runtime.driver import driver
+
+    from kernels import config as cfgmod
+
+    previous_driver, previous_backend = getattr(driver, "_active", None), cfgmod.backend
+    driver.set_active(FakeDriver(target))
+    cfgmod.backend = lambda: target.backend
+    _clear_launcher_caches()
+    try:
+        yield
+    finally:
+        driver._active = previous_driver  # reset_active() would look for a real GPU driver and raise on a CPU
+        cfgmod.backend = previous_backend
+        _clear_launcher_caches()
+
+
+def _clear_launcher_caches() -> None:
+    """Forget what launchers cached from the driver (router._warp_size is functools.cache'd): the next
+    capture may be for a target with another warp size."""
+    import sys
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("kernels.") and module is not None:
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)):
+                    value.cache_clear()
+
+
+def meta_weights(spec: MoESpec, dtype: torch.dtype) -> MoEWeights:
+    return MoEWeights(
+        **{name: torch.empty(shape, dtype=dtype, device="meta") for name, shape in weight_shapes(spec).items()}
+    )
+
+
+def capture(
+    spec: MoESpec,
+    num_tokens: int,
+    dtype: torch.dtype,
+    *,
+    target: Any,
+    config: Any = None,
+    batch_invariant: bool = False,
+) -> list[Launch]:
+    """The kernel launches of one fused_moe forward on `target` (a triton GPUTarget), module docstring.
+    config=None lets the launchers' heuristic choose, reading the target backend's table.
+
+    Launchers' functools caches are cleared around it (active_target), so one process can capture for
+    several targets."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("kernels.registry.capture needs TRITON_INTERPRET unset (compiled-kernel launch path)")
+    from kernels.moe import fused_moe
+
+    launches: list[Launch] = []
+    x = torch.empty((num_tokens, spec.hidden_size), dtype=dtype, device="meta")
+    with _recording(launches), active_target(target):
+        fused_moe(spec, meta_weights(spec, dtype), x, config=config, batch_invariant=batch_invariant)
+    return launches
+
+
+def table_configs() -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(backend, dtype class, bucket, config dict) of every GPU table entry (kernels/configs/{cuda,hip}.json)."""
+    from kernels.config import all_configs
+
+    return [(b, dc, bucket, cfg.to_dict()) for b, dc, bucket, cfg in all_configs() if b in ("cuda", "hip")]
