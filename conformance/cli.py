@@ -57,7 +57,7 @@ class Profile(str, enum.Enum):
 
 
 def usage_error(msg: str) -> typer.Exit:
-    err.print(f"moe-cts: {msg}", markup=False)
+    err.print(f"moe-cts: {msg}", markup=False, soft_wrap=True)
     return typer.Exit(2)
 
 

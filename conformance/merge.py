@@ -29,7 +29,7 @@ def load_report(path: Path) -> dict[str, Any]:
     try:
         report = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise MergeError(f"{path}: cannot read a report ({e})") from e
+        raise MergeError(f"{path}: not a moe-cts report.json, cannot read it ({e})") from e
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
         raise MergeError(f"{path}: not a moe-cts report.json (schema {SCHEMA!r} expected)")
     return report

@@ -1,0 +1,47 @@
+"""Implementations that misbehave at the process level, for the certify tests (loaded as "module:Class" from a
+PYTHONPATH entry, the way a third-party implementation under development is certified).
+
+    AbortOnOneToken   os.abort() on a case of one token (must-pass "one-token"), torch-eager elsewhere
+                      (a segfault stand-in)
+    HangOnOneToken    sleeps on a case of one token until interrupted (a hung kernel)
+    Slow              torch-eager that takes 0.5 s per forward (time to act on a running shard)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from conformance.adapters.torch_eager import TorchEagerImplementation
+
+
+def _is_one_token(inputs) -> bool:
+    # Only the must-pass case "one-token" has T == 1 in the smoke profile (the tests run no generated cases).
+    return inputs.x.shape[0] == 1
+
+
+class AbortOnOneToken(TorchEagerImplementation):
+    name = "abort-on-one-token"
+
+    def run(self, inputs, stage, device=None, *, out=None):
+        if _is_one_token(inputs):
+            os.abort()
+        return super().run(inputs, stage, device, out=out)
+
+
+class HangOnOneToken(TorchEagerImplementation):
+    name = "hang-on-one-token"
+
+    def run(self, inputs, stage, device=None, *, out=None):
+        if _is_one_token(inputs):
+            time.sleep(3600)
+        return super().run(inputs, stage, device, out=out)
+
+
+class Slow(TorchEagerImplementation):
+    name = "slow"
+
+    def run(self, inputs, stage, device=None, *, out=None):
+        if stage == "forward":
+            time.sleep(0.5)
+        return super().run(inputs, stage, device, out=out)
