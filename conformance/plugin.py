@@ -31,8 +31,10 @@ from conformance.results import CaseResult, Outcome
 PROFILES = ("smoke", "quick", "full")
 #: certify profile -> (hypothesis profile of conformance/profiles.py, generated examples in total)
 HYPOTHESIS_PROFILE = {"smoke": ("ci", 4), "quick": ("cert", 200), "full": ("cert", 2000)}
-#: Generated cases run as this many hypothesis tests, each with its own seed, so xdist spreads them out.
+#: Generated cases run as up to this many hypothesis tests, each with its own seed, so xdist spreads them out;
+#: at least this many examples per batch, because every batch first draws hypothesis's simplest example.
 GENERATED_BATCHES = 4
+MIN_EXAMPLES_PER_BATCH = 25
 DEFAULT_SEED = 0x4D6F45  # "MoE": derandomized batches seed from here, so a profile draws the same cases
 DEFAULT_TIMEOUT_S = 600.0
 #: After the soft timeout, a case stuck in native code gets this long before the watchdog ends its process.
@@ -94,6 +96,12 @@ class MoECts:
         if self._log is None:
             self._log = ResultLog(self.results)
         return self._log
+
+    @property
+    def batches(self) -> int:
+        if self.examples <= 0:
+            return 0
+        return min(GENERATED_BATCHES, max(1, self.examples // MIN_EXAMPLES_PER_BATCH))
 
     def must_pass_ids(self) -> list[str]:
         ids = [c.case_id for c in must_pass_for(self.profile, self.device.backend)]
@@ -175,6 +183,9 @@ def pytest_configure(config: pytest.Config) -> None:
         _device=device,
     )
     config._moe_cts = state
+    from conformance.profiles import register_profiles
+
+    register_profiles()  # the hypothesis profiles the generated batches start from
     state.results.mkdir(parents=True, exist_ok=True)
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) describes the run once
         write_run_json(state)
@@ -198,9 +209,9 @@ def write_run_json(state: MoECts) -> None:
         "subset": bool(state.only),
         "hypothesis_profile": state.hypothesis_profile,
         "generated_examples": state.examples,
-        "generated_batches": GENERATED_BATCHES if state.examples else 0,
+        "generated_batches": state.batches,
         "seed": state.seed,
-        "batch_seeds": [state.seed + b for b in range(GENERATED_BATCHES)] if state.examples else [],
+        "batch_seeds": [state.seed + b for b in range(state.batches)],
         "timeout_s": state.timeout_s,
         "must_pass_version": MUST_PASS_VERSION,
         "must_pass_hash": must_pass_hash(),
@@ -247,7 +258,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         ids = state.must_pass_ids() if state else []
         metafunc.parametrize("moe_cts_case_id", ids, ids=_readable_ids(ids))
     if "moe_cts_batch" in metafunc.fixturenames:
-        n = GENERATED_BATCHES if state and state.examples > 0 else 0
+        n = state.batches if state else 0
         metafunc.parametrize("moe_cts_batch", range(n), ids=[f"g{b}" for b in range(n)])
 
 

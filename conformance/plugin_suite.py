@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conformance.plugin import GENERATED_BATCHES, MoECts, _state
+from conformance.plugin import MoECts, _state
 from conformance.results import CaseResult
 
 
@@ -45,7 +45,7 @@ def test_generated(moe_cts: MoECts, moe_cts_batch: int) -> None:
 
     from conformance.strategies import cases
 
-    per_batch = -(-moe_cts.examples // GENERATED_BATCHES)
+    per_batch = -(-moe_cts.examples // moe_cts.batches)
     bad: list[CaseResult] = []
 
     @seed(moe_cts.seed + moe_cts_batch)
