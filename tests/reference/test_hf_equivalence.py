@@ -3,7 +3,7 @@
 Two checks per model:
 - end to end (block(x) against moe_forward(spec, weights_from_hf(block), x)): ids equal; the output to
   <= 1e-10 where transformers computes everything in float64 (gpt-oss), else to the float32 accuracy of
-  its router (Mixtral, Qwen2/3-MoE and OLMoE run the softmax in float32; DeepSeek-V3 the whole router),
+  its router (Mixtral, Qwen2/3-MoE and OLMoE run the softmax in float32; DeepSeek-V2/V3 the whole router),
   with a bound derived below rather than picked;
 - fed with the oracle's own float64 routing, the block's experts (and shared expert) agree to <= 1e-10.
 Inputs are tokens whose routing has a clear margin, so float32 routing cannot flip an id.
@@ -44,6 +44,10 @@ def _block(model_type: str):
         "deepseek_v3": (m.deepseek_v3.DeepseekV3Config, m.deepseek_v3.modeling_deepseek_v3.DeepseekV3MoE,
                         dict(moe_intermediate_size=I, n_routed_experts=16, num_experts_per_tok=4, n_group=4,
                              topk_group=2, n_shared_experts=2, routed_scaling_factor=2.5, norm_topk_prob=True)),
+        "deepseek_v2": (m.deepseek_v2.DeepseekV2Config, m.deepseek_v2.modeling_deepseek_v2.DeepseekV2Moe,
+                        dict(moe_intermediate_size=I, n_routed_experts=16, num_experts_per_tok=3, n_group=4,
+                             topk_group=2, topk_method="group_limited_greedy", n_shared_experts=2,
+                             routed_scaling_factor=1.5)),
         "gpt_oss": (m.gpt_oss.GptOssConfig, m.gpt_oss.modeling_gpt_oss.GptOssMLP,
                     dict(intermediate_size=I, num_local_experts=8, num_experts_per_tok=4)),
     }
@@ -80,11 +84,11 @@ def _margins(spec: MoESpec, keys: np.ndarray) -> np.ndarray:
     return desc[:, spec.top_k - 1] - desc[:, spec.top_k]
 
 
-def _group_margins(spec: MoESpec, scores: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """Per token: the gap between the last kept and the first dropped group score (top-2 sums)."""
-    G = spec.n_group
-    g = -np.sort(-(scores + bias).reshape(len(scores), G, -1), axis=-1)
-    gs = -np.sort(-(g[..., 0] + g[..., 1]), axis=1)
+def _group_margins(spec: MoESpec, keys: np.ndarray) -> np.ndarray:
+    """Per token: the gap between the last kept and the first dropped group score."""
+    g = -np.sort(-keys.reshape(len(keys), spec.n_group, -1), axis=-1)
+    gscore = g[..., 0] if spec.group_score == "max" else g[..., 0] + g[..., 1]
+    gs = -np.sort(-gscore, axis=1)
     return gs[:, spec.topk_group - 1] - gs[:, spec.topk_group]
 
 
@@ -95,7 +99,8 @@ def _clear_tokens(spec, weights, n: int) -> torch.Tensor:
     r = moe_forward(spec, weights, pool).routing
     ok = _margins(spec, r.keys) >= MARGIN
     if spec.grouped:
-        ok &= _group_margins(spec, r.scores, weights.correction_bias.double().numpy()) >= MARGIN
+        bias = weights.correction_bias.double().numpy() if spec.correction_bias else 0.0
+        ok &= _group_margins(spec, r.scores + bias) >= MARGIN
     assert ok.sum() >= n, f"only {ok.sum()} of {len(pool)} tokens have a clear routing margin"
     return pool[torch.from_numpy(ok)][:n]
 
@@ -103,13 +108,13 @@ def _clear_tokens(spec, weights, n: int) -> torch.Tensor:
 def _weight_bound(model_type: str, spec, weights, x, res) -> np.ndarray:
     """Bound on |y_hf - y_oracle| (T, H) from float32 routing weights.
 
-    Logits: DeepSeek-V3 forms them in float32 (error <= H*u*sum_h |x_h r_eh| plus rounding of x and r);
+    Logits: DeepSeek-V2/V3 form them in float32 (error <= H*u*sum_h |x_h r_eh| plus rounding of x and r);
     the others cast float64 logits to float32 (u*|z|). A logit error dz moves a softmax or sigmoid
     weight by a relative <= 2*max|dz| (softmax: dz_e - sum p dz), renormalizing doubles it, and the
     float32 softmax, sum and division add a few u. Then |dy| <= rel * sum_j |w_j| |eo_j|."""
     xa = x.abs().numpy()
     ra = weights.router.abs().double().numpy()
-    if model_type == "deepseek_v3":
+    if model_type.startswith("deepseek"):
         dz = (H + 2) * U32 * (xa @ ra.T).max(axis=1)
     else:
         dz = U32 * np.abs(res.routing.logits).max(axis=1)
@@ -131,7 +136,7 @@ def _hf_ids(block, x: torch.Tensor) -> np.ndarray:
     return np.sort(ids.numpy(), axis=1)  # DeepSeek returns them unsorted (topk sorted=False)
 
 
-MODELS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss"]
+MODELS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss"]
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -170,7 +175,7 @@ def test_block_experts_fed_the_oracle_routing_agree_to_1e_10(model):
     assert_close(routed, combine(spec, res.expert_out, res.topk_weights, res.permutation.kept), "routed y", rtol=1e-10)
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_moe", "deepseek_v3"])
+@pytest.mark.parametrize("model_type", ["qwen2_moe", "deepseek_v2", "deepseek_v3"])
 def test_shared_expert_matches_transformers_to_1e_10(model_type):
     config, block = _block(model_type)
     spec = spec_from_hf_config(config)
