@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 from refcheck import assert_close, assert_same_ints  # noqa: E402
 
-from reference import MoESpec, combine, moe_forward, spec_from_hf_config, weights_from_hf  # noqa: E402
+from reference import MoESpec, MoEWeights, combine, moe_forward, spec_from_hf_config, weights_from_hf  # noqa: E402
 
 pytestmark = pytest.mark.hf
 
@@ -142,8 +142,8 @@ MODELS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek
 @pytest.fixture(scope="module", params=MODELS)
 def model(request):
     config, block = _block(request.param)
-    spec = spec_from_hf_config(config)
-    weights = weights_from_hf(block, spec)
+    spec = MoESpec.from_hf_config(config)
+    weights = MoEWeights.from_hf(block, spec)
     x = _clear_tokens(spec, weights, T)
     return request.param, block, spec, weights, x, moe_forward(spec, weights, x)
 
@@ -187,3 +187,10 @@ def test_shared_expert_matches_transformers_to_1e_10(model_type):
             shared = block.shared_experts(x)
     res = moe_forward(spec, weights_from_hf(block, spec), x)
     assert_close(shared.numpy(), res.shared_out, "shared_out", rtol=1e-10)
+
+
+def test_deepseek_block_weights_are_read_without_a_spec_from_its_own_config():
+    _, block = _block("deepseek_v3")
+    w = weights_from_hf(block)
+    assert torch.equal(w.correction_bias, block.gate.e_score_correction_bias)
+    assert w.shared_w13.shape == (2 * 2 * I, H)  # two shared experts fused into one MLP of width 2I
