@@ -54,7 +54,8 @@ class AotRecord:
     spill_bytes: int | None = None  # local memory (CUDA) / 4 * (VGPR + SGPR spills) (AMD)
     matrix_found: tuple[str, ...] = ()  # names of the target's matrix_patterns present in the assembly
     matrix_required: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the compile
+    cpu_seconds: float = 0.0  # CPU time of the compile, ptxas / linker included
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -121,6 +122,7 @@ def classify(job: dict[str, Any], result: dict[str, Any], targets_data: dict[str
         shared_limit=target["shared_limit_bytes"],
         matrix_required=matrix_required,
         seconds=round(result.get("seconds", 0.0), 3),
+        cpu_seconds=round(result.get("cpu_seconds", 0.0), 3),
     )
     if not result.get("ok"):
         error = result.get("error", "no result")

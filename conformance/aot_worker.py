@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -110,7 +111,7 @@ def compile_job(job: dict[str, Any], keep_dir: str | None = None) -> dict[str, A
     target = gpu_target(t)
     launch = Launch.from_json(job["launch"])
     result: dict[str, Any] = {"id": job["id"], "ok": False}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     with tempfile.TemporaryDirectory(prefix="moe-cts-aot-") as cache:
         os.environ["TRITON_CACHE_DIR"] = cache
         try:
@@ -122,8 +123,10 @@ def compile_job(job: dict[str, Any], keep_dir: str | None = None) -> dict[str, A
             lines = [ln for ln in str(err).splitlines() if ln.strip()]
             result["error"] = f"{type(err).__name__}: {' | '.join(lines[-3:])[:600]}"
             result["seconds"] = time.perf_counter() - start
+            result["cpu_seconds"] = _cpu_seconds() - cpu_start
             return result
     result["seconds"] = time.perf_counter() - start
+    result["cpu_seconds"] = _cpu_seconds() - cpu_start
     asm_text = ck.asm.get(t["asm"], "")
     if isinstance(asm_text, bytes):
         asm_text = asm_text.decode(errors="replace")
@@ -139,6 +142,13 @@ def compile_job(job: dict[str, Any], keep_dir: str | None = None) -> dict[str, A
     if keep_dir is not None:
         save_binary(ck, Path(keep_dir) / f"{job['id']}")
     return result
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (ptxas, the AMD linker): on a shared machine
+    wall time says little about the cost of a compile."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def save_binary(ck, stem: Path) -> None:

@@ -96,13 +96,16 @@ class Launch:
     kernel: str
     args: tuple[Any, ...]  # describe_arg() of each positional argument
     kwargs: dict[str, Any] = field(default_factory=dict)  # constexpr keywords, num_warps, num_stages
+    grid: tuple[int, ...] | None = None  # programs launched (None if the grid was a callable that failed)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kernel": self.kernel, "args": list(self.args), "kwargs": dict(self.kwargs)}
+        grid = list(self.grid) if self.grid is not None else None
+        return {"kernel": self.kernel, "args": list(self.args), "kwargs": dict(self.kwargs), "grid": grid}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Launch:
-        return cls(kernel=d["kernel"], args=tuple(d["args"]), kwargs=dict(d["kwargs"]))
+        grid = tuple(d["grid"]) if d.get("grid") is not None else None
+        return cls(kernel=d["kernel"], args=tuple(d["args"]), kwargs=dict(d["kwargs"]), grid=grid)
 
 
 def describe_arg(a: Any) -> Any:
@@ -121,6 +124,15 @@ def materialize_arg(d: Any) -> Any:
     return d
 
 
+def _grid(grid: Any, kwargs: dict[str, Any]) -> tuple[int, ...] | None:
+    if callable(grid):
+        try:
+            grid = grid(kwargs)
+        except Exception:  # a grid lambda that reads launch-time values it cannot see here
+            return None
+    return tuple(int(g) for g in grid)
+
+
 @contextlib.contextmanager
 def _recording(launches: list[Launch]) -> Iterator[None]:
     from triton.runtime.jit import JITFunction
@@ -131,7 +143,7 @@ def _recording(launches: list[Launch]) -> Iterator[None]:
         name = self.fn.__name__
         if name not in KERNELS:
             raise KeyError(f"launcher launched {name!r}, which kernels.registry.KERNELS does not list")
-        launches.append(Launch(name, tuple(describe_arg(a) for a in args), dict(kwargs)))
+        launches.append(Launch(name, tuple(describe_arg(a) for a in args), dict(kwargs), _grid(grid, kwargs)))
 
     JITFunction.run = record
     try:

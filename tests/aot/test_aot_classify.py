@@ -1,0 +1,82 @@
+"""Classification of compile results, without compiling: every rule can fail."""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance import aot, aot_plan
+from conformance.aot_report import compile_section
+
+TARGETS = aot_plan.load_targets()
+
+
+def _job(kernel="gate_up_kernel", target="sm90", dtype="bfloat16"):
+    return {"kernel": kernel, "target_name": target, "dtype": dtype, "config": {"BLOCK_M": 64, "BLOCK_N": 64,
+            "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}, "origins": ["test"], "presets": []}  # fmt: skip
+
+
+def _ok(shared=1024, matrix=("wgmma",), **kw):
+    return {"ok": True, "shared": shared, "static_shared": 0, "registers": 128, "spill_bytes": 0,
+            "matrix_found": list(matrix), **kw}  # fmt: skip
+
+
+def test_a_config_under_the_limit_compiles():
+    assert aot.classify(_job(), _ok(), TARGETS).status == aot.COMPILED
+
+
+def test_static_shared_counts_against_the_limit():
+    rec = aot.classify(_job(), _ok(shared=232448 - 512, static_shared=1024), TARGETS)
+    assert rec.status == aot.FAIL and rec.shared_bytes == 232448 + 512
+
+
+@pytest.mark.parametrize(("target", "limit"), [("sm80", 166912), ("sm90", 232448), ("sm100", 232448),
+                                               ("gfx90a", 65536), ("gfx942", 65536), ("gfx950", 163840)])  # fmt: skip
+def test_one_byte_over_the_target_limit_is_a_fail(target, limit):
+    matrix = ("mfma",) if target.startswith("gfx") else ("mma",)
+    assert aot.classify(_job(target=target), _ok(shared=limit, matrix=matrix), TARGETS).status == aot.COMPILED
+    rec = aot.classify(_job(target=target), _ok(shared=limit + 1, matrix=matrix), TARGETS)
+    assert rec.status == aot.FAIL and "would not load" in rec.reason
+
+
+def test_a_gemm_without_matrix_instructions_is_a_scalar_fallback_fail():
+    rec = aot.classify(_job(), _ok(matrix=()), TARGETS)
+    assert rec.status == aot.FAIL and "scalar fallback" in rec.reason
+
+
+def test_an_fp32_ieee_gemm_on_cuda_may_use_fma():
+    assert aot.classify(_job(dtype="float32"), _ok(matrix=()), TARGETS).status == aot.COMPILED
+
+
+def test_a_non_gemm_kernel_needs_no_matrix_instructions():
+    assert aot.classify(_job(kernel="combine_kernel"), _ok(matrix=()), TARGETS).status == aot.COMPILED
+
+
+@pytest.mark.parametrize(("dtype", "target"), [("float8_e4m3fnuz", "sm80"), ("float8_e4m3fnuz", "sm90"),
+                                               ("float8_e4m3fnuz", "sm100"), ("float8_e4m3fn", "sm80")])  # fmt: skip
+def test_a_compile_error_for_a_rejected_fp8_flavour_is_expected(dtype, target):
+    rec = aot.classify(_job(dtype=dtype, target=target), {"ok": False, "error": "CompilationError"}, TARGETS)
+    assert rec.status == aot.EXPECTED_REJECTION
+
+
+def test_an_fp8_flavour_the_table_rejects_that_compiles_is_a_fail():
+    rec = aot.classify(_job(dtype="float8_e4m3fnuz"), _ok(), TARGETS)
+    assert rec.status == aot.FAIL and "update aot_targets.json" in rec.reason
+
+
+def test_a_compile_error_for_a_supported_dtype_is_a_fail():
+    rec = aot.classify(_job(), {"ok": False, "error": "CompilationError: boom"}, TARGETS)
+    assert rec.status == aot.FAIL and "boom" in rec.reason
+
+
+def test_the_report_section_fails_when_any_record_fails():
+    good = aot.classify(_job(), _ok(), TARGETS)
+    bad = aot.classify(_job(target="gfx942"), _ok(shared=70000, matrix=("mfma",)), TARGETS)
+    assert compile_section([good])["verdict"] == "pass"
+    section = compile_section([good, bad])
+    assert section["verdict"] == "fail" and section["counts"]["gfx942"] == {"fail": 1}
+    assert aot.AotRecord.from_json(section["records"][1]) == bad
+
+
+def test_unknown_targets_are_refused_with_the_known_ones_named():
+    with pytest.raises(ValueError, match="sm90"):
+        aot.parse_targets("sm90,sm42")

@@ -1,0 +1,81 @@
+"""The AOT tier on real compiles: shared-memory limits per target, fp8 rejections, the fake active driver,
+compiler crashes, and the config tables (acceptance items 2 and "the tier also guards the tables")."""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance import aot, aot_plan
+
+
+def _one(records, **match):
+    hits = [r for r in records if all(getattr(r, k) == v for k, v in match.items())]
+    assert len(hits) == 1, f"expected one record with {match}, got {len(hits)}: {hits}"
+    return hits[0]
+
+
+def test_an_oversized_config_is_a_shared_memory_fail_on_gfx942(acceptance_records):
+    rec = _one(acceptance_records["test:oversized"], target="gfx942")
+    assert rec.status == aot.FAIL
+    assert "shared memory" in rec.reason and rec.shared_bytes > rec.shared_limit == 65536, rec
+
+
+def test_the_same_oversized_config_compiles_and_fits_on_sm90(acceptance_records):
+    rec = _one(acceptance_records["test:oversized"], target="sm90")
+    assert rec.status == aot.COMPILED, rec.reason
+    assert 65536 < rec.shared_bytes <= rec.shared_limit == 232448, rec
+
+
+def test_an_e4m3fnuz_gemm_on_sm90_is_an_expected_rejection(acceptance_records):
+    rec = _one(acceptance_records["test:fp8-e4m3fnuz"], target="sm90")
+    assert (rec.status, rec.dtype) == (aot.EXPECTED_REJECTION, "float8_e4m3fnuz"), rec
+
+
+def test_gemms_compiled_for_sm90_use_the_matrix_units(acceptance_records):
+    rec = _one(acceptance_records["test:oversized"], target="sm90")
+    assert rec.matrix_required and rec.matrix_found, rec
+
+
+def test_registers_are_read_from_the_binaries(acceptance_records):
+    recs = acceptance_records["test:oversized"]
+    assert all(r.registers and r.registers > 0 and r.spill_bytes is not None for r in recs), recs
+
+
+@pytest.mark.parametrize("target", ["gfx942", "sm90"])
+def test_in_kernel_target_checks_see_the_compile_target(acceptance_records, target):
+    rec = _one(acceptance_records["test:probe:target_probe"], target=target)
+    assert rec.status == aot.COMPILED, rec.reason
+
+
+def test_a_wrong_target_assumption_fails_to_compile(acceptance_records):
+    """Negative control for the probe: it can fail (is_hip() is True on gfx950)."""
+    rec = _one(acceptance_records["test:probe:target_probe"], target="gfx950")
+    assert rec.status == aot.FAIL and "target check" in rec.reason, rec
+
+
+def test_a_compiler_crash_is_a_recorded_fail_and_the_run_goes_on(acceptance_records):
+    rec = _one(acceptance_records["test:probe:die"], target="sm90")
+    assert rec.status == aot.FAIL and "died" in rec.reason, rec
+    # the jobs after it in the same worker still ran
+    assert _one(acceptance_records["test:probe:target_probe"], target="sm90").status == aot.COMPILED
+
+
+@pytest.mark.parametrize("target", aot_plan.target_names())
+def test_the_config_tables_fit_each_targets_shared_memory(table_records, target):
+    over = [r for r in table_records if r.target == target and "shared memory" in r.reason]
+    assert not over, "\n".join(f"{r.kernel} {r.config_label} {r.dtype}: {r.reason}" for r in over)
+
+
+@pytest.mark.parametrize("target", aot_plan.target_names())
+def test_every_table_config_compiles_for_its_targets(table_records, target):
+    recs = [r for r in table_records if r.target == target]
+    bad = [r for r in recs if r.status != aot.COMPILED]
+    assert recs and not bad, "\n".join(f"{r.kernel} {r.config_label} {r.dtype}: {r.reason}" for r in bad)
+
+
+def test_the_table_guard_covers_every_row_of_both_tables(table_records):
+    from kernels.registry import table_configs
+
+    origins = {o for r in table_records for o in r.origins}
+    want = {f"table:{b}/{dc}/{bucket}" for b, dc, bucket, _ in table_configs()}
+    assert want <= origins, sorted(want - origins)
