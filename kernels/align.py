@@ -51,7 +51,7 @@ def _local_mask(local_experts: tuple[int, ...], E: int, device: str) -> torch.Te
     return mask.to(device)
 
 
-def _check(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> None:
+def _check(spec: MoESpec, topk_ids: torch.Tensor, block_m: int, tiles: tuple[int, int, int] | None) -> None:
     """Raise SpecError / NotSupportedError naming the field before any launch.
 
     Ids are trusted to lie in [0, E) (route guarantees it; checking would need a host sync); an
@@ -67,6 +67,10 @@ def _check(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> None:
         raise SpecError("topk_ids.shape", f"(T, {spec.top_k})", tuple(topk_ids.shape))
     if not isinstance(block_m, int) or isinstance(block_m, bool) or block_m < 1:
         raise SpecError("block_m", "an int >= 1", block_m)
+    if tiles is not None:
+        pow2 = all(isinstance(v, int) and v >= 16 and v & (v - 1) == 0 for v in tiles)
+        if len(tiles) != 3 or not pow2 or tiles[1] > tiles[0]:
+            raise SpecError("tiles", "(BLOCK_N, SUB, BLOCK_S), powers of two >= 16, SUB <= BLOCK_N", tiles)
     if spec.num_experts > MAX_EXPERTS:
         raise NotSupportedError(f"num_experts: align supports E <= {MAX_EXPERTS}, got {spec.num_experts}")
     P = padded_capacity(topk_ids.numel(), spec.num_experts, block_m)
@@ -92,7 +96,9 @@ def _empty(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta:
     )
 
 
-def align(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta:
+def align(
+    spec: MoESpec, topk_ids: torch.Tensor, block_m: int, *, tiles: tuple[int, int, int] | None = None
+) -> AlignMeta:
     """Group the T*k assignments by expert into runs padded to multiples of block_m::
 
         kept[t, j]   = topk_ids[t, j] is a local expert (every expert when spec.local_experts is None)
@@ -103,13 +109,14 @@ def align(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta:
         topk_ids (T, k) int32|int64 -> expert_counts (E,), sorted_ids (P,), expert_of_block (P/block_m,),
                                        num_padded (1,), inverse (T*k,), routed_counts (E,)  all int32
 
-    P = metadata.padded_capacity(T*k, E, block_m), known on the host; no host synchronization."""
-    _check(spec, topk_ids, block_m)
+    P = metadata.padded_capacity(T*k, E, block_m), known on the host; no host synchronization.
+    `tiles` forces (BLOCK_N, SUB, BLOCK_S) (tests: the GPU tiles on the interpreter)."""
+    _check(spec, topk_ids, block_m, tiles)
     T, k = topk_ids.shape
     N, E, dev = T * k, spec.num_experts, topk_ids.device
     if N == 0:
         return _empty(spec, topk_ids, block_m)
-    BLOCK_N, SUB, BLOCK_S = _block_sizes()
+    BLOCK_N, SUB, BLOCK_S = tiles or _block_sizes()
     BLOCK_E = max(16, triton.next_power_of_2(E))
     C = triton.cdiv(N, BLOCK_N)
     P = padded_capacity(N, E, block_m)
@@ -149,7 +156,9 @@ def align(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta:
     )
 
 
-def permute(spec: MoESpec, topk_ids: torch.Tensor, *, block_m: int = 16) -> Permutation:
+def permute(
+    spec: MoESpec, topk_ids: torch.Tensor, *, block_m: int = 16, tiles: tuple[int, int, int] | None = None
+) -> Permutation:
     """The oracle's permutation from align's output (a judging twin, not part of the forward pass)::
 
         kept = inverse >= 0;  order = sorted_ids without pad slots;  offsets = [0, cumsum(kept_counts)]
@@ -157,7 +166,7 @@ def permute(spec: MoESpec, topk_ids: torch.Tensor, *, block_m: int = 16) -> Perm
         topk_ids (T, k) -> expert_counts (E,), kept (T, k) bool, kept_counts (E,), order (N,), offsets (E+1,)
 
     order's length is data-dependent, so this one synchronizes with the host (align does not)."""
-    meta = align(spec, topk_ids, block_m)
+    meta = align(spec, topk_ids, block_m, tiles=tiles)
     T, k = topk_ids.shape
     kept_counts = meta.expert_counts.long()
     order = meta.sorted_ids[meta.sorted_ids != meta.sentinel].long()
