@@ -11,25 +11,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+# `from kernels.align import align` rebinds the package attribute `align` from the submodule to the
+# function (same for combine): `kernels.align(...)` is the stage, the module is kernels.align via importlib.
+from kernels.align import align, permute
 from kernels.capabilities import CAPABILITIES, NotSupportedError
 from kernels.combine import combine
 from kernels.grouped_gemm import down, gate_up, shared_expert
 from kernels.metadata import AlignMeta, Routing
 from kernels.moe import fused_moe
-
-# The router and alignment modules are imported on first use: importing `kernels` stays cheap.
-_LAZY = {"route": "kernels.router", "align": "kernels.align", "permute": "kernels.align"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'kernels' has no attribute {name!r}")
-
+from kernels.router import route
 
 __all__ = [
     "CAPABILITIES",
