@@ -169,3 +169,82 @@ def pad_fill_kernel(
     tl.store(sorted_ids_ptr + s, tl.full((BLOCK_S,), 0, tl.int32) + N, mask=in_p & is_pad)
     first = in_p & (s % block_m == 0)
     tl.store(expert_of_block_ptr + s // block_m, tl.where(used, e, -1), mask=first)
+
+
+@triton.jit(do_not_specialize=["N"])
+def align_one_chunk_kernel(
+    ids_ptr,  # (T, K) expert ids, any strides; T*K ids in one chunk (the launcher's choice)
+    local_ptr,  # (E,) int8 local mask (HAS_LOCAL)
+    routed_ptr,  # (E,) int32 out
+    counts_ptr,  # (E,) int32 out
+    num_padded_ptr,  # (1,) int32 out
+    sorted_ids_ptr,  # (P,) int32 out
+    inverse_ptr,  # (N,) int32 out
+    expert_of_block_ptr,  # (P // block_m,) int32 out
+    N,
+    K,
+    E,
+    P,
+    block_m,
+    stride_ids_t,
+    stride_ids_k,
+    search_steps,
+    HAS_LOCAL: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    SUB: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """The four kernels above in one program when all ids fit one chunk (decode-sized T): one launch
+    instead of four, which is most of the alignment's cost there. Per-expert values stay in registers
+    and are read back with tl.gather, so no write-then-read of global memory needs a barrier."""
+    offs_e = tl.arange(0, BLOCK_E)
+    in_e = offs_e < E
+    if HAS_LOCAL:
+        local = tl.load(local_ptr + offs_e, mask=in_e, other=0) != 0
+    else:
+        local = in_e
+    i = tl.arange(0, SUB)
+    routed = tl.zeros((BLOCK_E,), tl.int32)
+    for s0 in range(0, N, SUB):  # runtime bound: T = 1 runs one step, not BLOCK_N / SUB
+        e = _load_ids(ids_ptr, s0 + i, N, K, stride_ids_t, stride_ids_k)
+        routed += tl.histogram(e, BLOCK_E, mask=(e >= 0) & (e < E))
+    kept_counts = tl.where(local, routed, 0)
+    padded = (kept_counts + block_m - 1) // block_m * block_m
+    pend = tl.cumsum(padded, axis=0)
+    start = pend - padded
+    tl.store(routed_ptr + offs_e, routed, mask=in_e)
+    tl.store(counts_ptr + offs_e, kept_counts, mask=in_e)
+    tl.store(num_padded_ptr, tl.sum(padded, axis=0))
+
+    # Stable ranks, SUB ids at a time (as chunk_scatter_kernel, with base = start[e]).
+    earlier = i[None, :] < i[:, None]
+    seen = tl.zeros((BLOCK_E,), tl.int32)
+    for s0 in range(0, N, SUB):
+        f = s0 + i
+        e = _load_ids(ids_ptr, f, N, K, stride_ids_t, stride_ids_k)
+        kept = _kept(e, E, local_ptr, HAS_LOCAL) & (f < N)
+        e = tl.where(kept, e, 0)
+        same = (e[:, None] == e[None, :]) & kept[None, :] & earlier
+        slot = tl.gather(start, e, 0) + tl.gather(seen, e, 0) + tl.sum(same.to(tl.int32), axis=1)
+        tl.store(sorted_ids_ptr + slot, f, mask=kept)
+        tl.store(inverse_ptr + f, tl.where(kept, slot, -1), mask=f < N)
+        seen += tl.histogram(e, BLOCK_E, mask=kept)
+
+    # Pad slots and tile experts (as pad_fill_kernel, searching pend in registers).
+    for s0 in range(0, P, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        lo = tl.zeros((BLOCK_S,), tl.int32)
+        hi = tl.full((BLOCK_S,), E, tl.int32)
+        for _ in range(search_steps):
+            active = lo < hi
+            mid = (lo + hi) // 2
+            right = active & (tl.gather(pend, tl.where(active, mid, 0), 0) <= s)
+            lo = tl.where(right, mid + 1, lo)
+            hi = tl.where(active & ~right, mid, hi)
+        used = lo < E
+        e = tl.where(used, lo, 0)
+        pos = s - tl.gather(start, e, 0)
+        is_pad = ~used | (pos >= tl.gather(kept_counts, e, 0))
+        tl.store(sorted_ids_ptr + s, tl.full((BLOCK_S,), 0, tl.int32) + N, mask=(s < P) & is_pad)
+        first = (s < P) & (s % block_m == 0)
+        tl.store(expert_of_block_ptr + s // block_m, tl.where(used, lo, -1), mask=first)

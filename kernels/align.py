@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from kernels._align_kernels import chunk_hist_kernel, chunk_scan_kernel, chunk_scatter_kernel, pad_fill_kernel
+from kernels._align_kernels import (
+    align_one_chunk_kernel,
+    chunk_hist_kernel,
+    chunk_scan_kernel,
+    chunk_scatter_kernel,
+    pad_fill_kernel,
+)
 from kernels._common import INTERPRET, require_tensor
 from kernels.metadata import AlignMeta, padded_capacity
 from reference.spec import MoESpec, SpecError
@@ -124,25 +130,32 @@ def align(
     local = _local_mask(spec.local_experts, E, str(dev)) if has_local else topk_ids  # unread if not local
 
     i32 = dict(dtype=torch.int32, device=dev)
-    hist, base = torch.empty((C, E), **i32), torch.empty((C, E), **i32)
-    routed, counts, pend = torch.empty(E, **i32), torch.empty(E, **i32), torch.empty(E, **i32)
+    routed, counts = torch.empty(E, **i32), torch.empty(E, **i32)
     num_padded = torch.empty(1, **i32)
     sorted_ids, inverse = torch.empty(P, **i32), torch.empty(N, **i32)
     expert_of_block = torch.empty(P // block_m, **i32)
     s_t, s_k = topk_ids.stride()
 
-    chunk_hist_kernel[(C,)](topk_ids, hist, N, k, E, s_t, s_k, BLOCK_N=BLOCK_N, BLOCK_E=BLOCK_E)
-    chunk_scan_kernel[(1,)](
-        hist, local, base, routed, counts, pend, num_padded, C, E, block_m,
-        HAS_LOCAL=has_local, BLOCK_E=BLOCK_E, num_warps=8 if BLOCK_E >= 1024 else 4,
-    )  # fmt: skip
-    chunk_scatter_kernel[(C,)](
-        topk_ids, local, base, sorted_ids, inverse, N, k, E, s_t, s_k,
-        HAS_LOCAL=has_local, BLOCK_N=BLOCK_N, BLOCK_E=BLOCK_E, SUB=SUB, num_warps=8,
-    )  # fmt: skip
-    pad_fill_kernel[(triton.cdiv(P, BLOCK_S),)](
-        pend, counts, sorted_ids, expert_of_block, N, E, P, block_m, E.bit_length(), BLOCK_S=BLOCK_S
-    )
+    if C == 1:  # decode-sized T: one launch instead of four
+        align_one_chunk_kernel[(1,)](
+            topk_ids, local, routed, counts, num_padded, sorted_ids, inverse, expert_of_block,
+            N, k, E, P, block_m, s_t, s_k, E.bit_length(),
+            HAS_LOCAL=has_local, BLOCK_E=BLOCK_E, SUB=SUB, BLOCK_S=BLOCK_S, num_warps=8,
+        )  # fmt: skip
+    else:
+        hist, base, pend = torch.empty((C, E), **i32), torch.empty((C, E), **i32), torch.empty(E, **i32)
+        chunk_hist_kernel[(C,)](topk_ids, hist, N, k, E, s_t, s_k, BLOCK_N=BLOCK_N, BLOCK_E=BLOCK_E)
+        chunk_scan_kernel[(1,)](
+            hist, local, base, routed, counts, pend, num_padded, C, E, block_m,
+            HAS_LOCAL=has_local, BLOCK_E=BLOCK_E, num_warps=8 if BLOCK_E >= 1024 else 4,
+        )  # fmt: skip
+        chunk_scatter_kernel[(C,)](
+            topk_ids, local, base, sorted_ids, inverse, N, k, E, s_t, s_k,
+            HAS_LOCAL=has_local, BLOCK_N=BLOCK_N, BLOCK_E=BLOCK_E, SUB=SUB, num_warps=8,
+        )  # fmt: skip
+        pad_fill_kernel[(triton.cdiv(P, BLOCK_S),)](
+            pend, counts, sorted_ids, expert_of_block, N, E, P, block_m, E.bit_length(), BLOCK_S=BLOCK_S
+        )
     return AlignMeta(
         block_m=block_m,
         num_tokens=T,

@@ -19,6 +19,7 @@ from kernels.metadata import AlignMeta, padded_capacity
 from reference.spec import MoESpec, SpecError
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+KERNELS = ("align_one_chunk_kernel", "chunk_hist_kernel", "chunk_scan_kernel", "chunk_scatter_kernel", "pad_fill_kernel")
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ def _cases() -> list[Case]:
         Case("many_chunks", 257, 8, 2100, 128),  # 16800 ids: 33 interpreter chunks
         # -- the GPU tiles: several SUB-id steps per chunk (running per-expert counts across steps)
         Case("gpu_tiles", 64, 8, 700, 16, tiles=GPU_TILES),  # 5600 ids: 2 chunks of 32 steps
-        Case("gpu_tiles_local", 257, 6, 300, 32, local=tuple(range(0, 257, 3)), tiles=GPU_TILES),
+        Case("gpu_tiles_local", 257, 6, 300, 32, local=tuple(range(0, 257, 3)), tiles=GPU_TILES),  # one chunk
+        Case("gpu_tiles_one_token", 256, 8, 1, 64, tiles=GPU_TILES),  # decode: the one-launch path
     ]
 
 
@@ -156,7 +158,7 @@ def test_two_runs_are_bitwise_equal():
 def test_zero_tokens_give_all_pad_metadata_without_a_launch(monkeypatch):
     align_mod = importlib.import_module("kernels.align")  # `kernels.align` is the function
 
-    for name in ("chunk_hist_kernel", "chunk_scan_kernel", "chunk_scatter_kernel", "pad_fill_kernel"):
+    for name in KERNELS:
         monkeypatch.setattr(align_mod, name, None)  # any launch would raise TypeError
     spec = MoESpec(16, 8, 8, 2)
     meta = align(spec, torch.empty((0, 2), dtype=torch.int32, device=DEVICE), 16)
@@ -207,6 +209,7 @@ BAD = _bad_inputs()
 def test_bad_input_is_rejected_before_launch(field, spec, ids, block_m, error, monkeypatch):
     align_mod = importlib.import_module("kernels.align")  # `kernels.align` is the function
 
-    monkeypatch.setattr(align_mod, "chunk_hist_kernel", None)
+    for name in KERNELS:
+        monkeypatch.setattr(align_mod, name, None)  # any launch would raise TypeError
     with pytest.raises(error, match=f"^{re.escape(field)}"):
         align(spec, ids, block_m)
