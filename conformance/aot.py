@@ -28,7 +28,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from conformance import aot_plan
 
@@ -304,12 +306,15 @@ def compile_section(records: list[AotRecord]) -> dict[str, Any]:
 
 
 def compile_command(
-    targets: str = "all",
-    full: bool = False,
-    out: Path = Path("moe-cts-compile"),
-    jobs: int = max(1, os.cpu_count() or 1),
+    targets: Annotated[str, typer.Option(help="all, or a comma list of sm80,sm90,sm100,gfx90a,gfx942,gfx950")] = "all",
+    full: Annotated[bool, typer.Option(help="every table config and every preset's choice in every dtype")] = False,
+    out: Annotated[Path, typer.Option(help="writes compile.json (report section) and summary.txt here")] = Path(
+        "moe-cts-compile"
+    ),
+    jobs: Annotated[int, typer.Option(min=1, help="compiler processes in parallel")] = max(1, os.cpu_count() or 1),
 ) -> None:
-    """Compile every kernel ahead of time for sm80/sm90/sm100 and gfx90a/gfx942/gfx950 on this CPU."""
+    """Compile every kernel ahead of time for CUDA sm80/sm90/sm100 and ROCm gfx90a/gfx942/gfx950 on this CPU:
+    shared memory against each target's limit, registers, spills, matrix instructions. Exit 1 on any Fail."""
     from conformance.aot_report import compile_command_impl
 
     compile_command_impl(targets, full, out, jobs)

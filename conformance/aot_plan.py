@@ -9,7 +9,7 @@
     tier      what it compiles (each on the targets of the config table's backend)
     default   per dtype class: the decode row, the largest row and the batch-invariant row of the table
               (fp32; 16-bit in fp16); the heuristic's choices for Mixtral-8x7B, Qwen2-57B and DeepSeek-V3
-              at T in {1, 512} in bf16; the GEMMs with both fp8 flavours. Every kernel, each dtype, each
+              at T in {1, 512} (DeepSeek also 4096) in bf16; the GEMMs with both fp8 flavours. Every kernel, each dtype, each
               config family: the CI tier.
     full      every table row for every dtype of its class, and the heuristic's choices for every preset
               at T in {1, 16, 128, 512, 4096} and every dtype; the fp8 GEMMs.
@@ -33,9 +33,11 @@ CLASS_DTYPES = {"fp32": ("float32",), "16bit": ("float16", "bfloat16")}
 #: H and I (4096, 14336) are multiples of every block, as in most real models.
 TABLE_PRESET = "mixtral-8x7b"
 TABLE_TOKENS = 512
-#: Presets whose heuristic choices the default tier compiles: the H100 acceptance presets, which between
-#: them hit the decode, mid and large rows, the grouped router, the shared expert and its gate.
-DEFAULT_PRESETS = ("mixtral-8x7b", "qwen2-57b-a14b", "deepseek-v3")
+#: Presets and token counts whose heuristic choices the default tier compiles: the H100 acceptance presets,
+#: which between them hit the decode, mid and large rows, the grouped router, the shared expert and its
+#: gate; DeepSeek-V3 also at T = 4096, where T*k passes one alignment chunk (the multi-chunk kernels).
+DEFAULT_PRESETS = {"mixtral-8x7b": (1, 512), "qwen2-57b-a14b": (1, 512), "deepseek-v3": (1, 512, 4096)}
+FULL_TOKENS = (1, 16, 128, 512, 4096)
 
 
 def load_targets() -> dict[str, Any]:
@@ -121,9 +123,9 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
                 )
         if tier == "tables":
             continue
-        tokens = (1, 512) if tier == "default" else (1, 16, 128, 512, 4096)
+        plan = DEFAULT_PRESETS if tier == "default" else dict.fromkeys(presets.names(), FULL_TOKENS)
         dtypes = ("bfloat16",) if tier == "default" else DTYPES
-        for name in DEFAULT_PRESETS if tier == "default" else presets.names():
+        for name, tokens in plan.items():
             for T in tokens:
                 for dt in dtypes:
                     out.append(

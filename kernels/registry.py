@@ -48,6 +48,7 @@ class KernelInfo:
 
 KERNELS: dict[str, KernelInfo] = {
     "router_kernel": KernelInfo("kernels._router_kernels", "route", matrix=False),
+    "align_one_chunk_kernel": KernelInfo("kernels._align_kernels", "align", matrix=False),
     "chunk_hist_kernel": KernelInfo("kernels._align_kernels", "align", matrix=False),
     "chunk_scan_kernel": KernelInfo("kernels._align_kernels", "align", matrix=False),
     "chunk_scatter_kernel": KernelInfo("kernels._align_kernels", "align", matrix=False),
