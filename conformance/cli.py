@@ -355,7 +355,7 @@ def replay(
     from conformance.replay import replay as run_replay
 
     case_id, saved_impl, saved_device = case, None, None
-    if Path(case).is_dir():
+    if _is_dir(case):
         meta_path = Path(case) / "case.json"
         if not meta_path.exists():
             raise usage_error(f"{case} has no case.json: give a case id or a failures/<case>/ directory.")
@@ -374,6 +374,13 @@ def replay(
     result = run_replay(case_id, impl, device, timeout_s=timeout)
     _print_result(result)
     raise typer.Exit(0 if result.outcome.conformant else 2 if result.outcome.value == "internal_error" else 1)
+
+
+def _is_dir(arg: str) -> bool:
+    try:
+        return Path(arg).is_dir()
+    except OSError:  # a case id is longer than a file name may be
+        return False
 
 
 def _print_result(result) -> None:

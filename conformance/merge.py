@@ -50,7 +50,9 @@ def _device_rows(reports: list[tuple[str, dict[str, Any]]]) -> list[dict[str, An
                     "model": f"{dev.get('name', '?')} ({dev.get('arch', '?')})",
                     "verdict": d["verdict"],
                     "counts": d["counts"],
-                    "_cases": {c["case_id"]: c for c in d["cases"]},
+                    # A must-pass case its siblings ran but this device has no result for is a difference too.
+                    "_cases": {c["case_id"]: c for c in d["cases"]}
+                    | {cid: {"outcome": "missing", "failing_stage": None} for cid in d.get("missing_must_pass", [])},
                 }
             )
     # Two reports from one host with the same label would collide; keep ids unique by source order.
