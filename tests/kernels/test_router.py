@@ -37,6 +37,7 @@ class Case:
     strided: bool = False  # x a column slice, router stored transposed (non-contiguous both)
     router_dtype: torch.dtype | None = None  # differs from x's: the kernel upcasts both to fp32
     block_t: int | None = None  # force the token tile: several programs, a partial last one
+    allow_tf32: bool = False  # fp32 inputs rounded to tf32 inside the dot (GPU only; ieee elsewhere)
 
 
 def _cases() -> list[Case]:
@@ -73,6 +74,7 @@ def _cases() -> list[Case]:
         Case("fp16_gpt_oss", gptoss, 25, torch.float16),
         Case("bf16_x_fp32_router", dsv3, 17, torch.bfloat16, router_dtype=torch.float32),
         Case("bf16_strided", qwen, 15, torch.bfloat16, strided=True),
+        Case("fp32_tf32_when_asked", dsv3, 21, allow_tf32=True),
     ]
 
 
@@ -90,12 +92,13 @@ def _inputs(case: Case, seed: int = 0) -> tuple[MoEWeights, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------- judging
-def _bounds(spec: MoESpec, w: MoEWeights, x: torch.Tensor, o: ref.Routing):
-    """(logit bound (T, E), max |dz| per row (T, 1)) from the magnitudes sum|x||w| (+ |bias|)."""
+def _bounds(spec: MoESpec, w: MoEWeights, x: torch.Tensor, o: ref.Routing, tf32: bool = False):
+    """(logit bound (T, E), max |dz| per row (T, 1)) from the magnitudes sum|x||w| (+ |bias|); tf32
+    rounds both dot inputs (2 u_tf32 per product, u_tf32 = 2^-11)."""
     mag = np.abs(ref._np(x)) @ np.abs(ref._np(w.router)).T
     if spec.router_bias:
         mag = mag + np.abs(ref._np(w.router_bias))
-    dz = (spec.hidden_size + 2) * U32 * mag
+    dz = ((spec.hidden_size + 2) * U32 + (2 * 2.0**-11 if tf32 else 0.0)) * mag
     dz_row = np.max(np.where(np.isfinite(dz), dz, 0.0), axis=1, keepdims=True) if dz.size else dz
     return dz, dz_row
 
@@ -132,7 +135,7 @@ def _expected_weights(spec: MoESpec, o: ref.Routing, ids: np.ndarray) -> np.ndar
     return w * spec.routed_scaling_factor
 
 
-def assert_routing_matches(spec, w, x, r, *, exact_ids: bool = False) -> None:
+def assert_routing_matches(spec, w, x, r, *, exact_ids: bool = False, tf32: bool = False) -> None:
     """The one check of this file: ids valid and by the oracle's rule, then logits, scores, weights."""
     o = ref.route(spec, w, x)
     ids = r.topk_ids.cpu().numpy().astype(np.int64)
@@ -140,7 +143,7 @@ def assert_routing_matches(spec, w, x, r, *, exact_ids: bool = False) -> None:
     assert ids.shape == (T, k) and r.topk_weights.shape == (T, k)
     assert ((ids >= 0) & (ids < E)).all(), "expert id out of [0, E)"
     assert all(len(set(row)) == k for row in ids), "duplicate expert id in a row"
-    dz, dz_row = _bounds(spec, w, x, o)
+    dz, dz_row = _bounds(spec, w, x, o, tf32)
     bad = bad_id_rows(ids, o, None if exact_ids else _key_tol(o, dz_row, E))
     assert not bad, f"ids differ in rows {bad[:8]}: got {ids[bad[:3]].tolist()}, want {o.topk_ids[bad[:3]].tolist()}"
     checks = [
@@ -158,8 +161,16 @@ def assert_routing_matches(spec, w, x, r, *, exact_ids: bool = False) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_router_matches_the_oracle(case: Case):
     w, x = _inputs(case)
-    r = route(case.spec, w, x, block_t=case.block_t)
-    assert_routing_matches(case.spec, w, x, r)
+    r = route(case.spec, w, x, block_t=case.block_t, allow_tf32=case.allow_tf32)
+    assert_routing_matches(case.spec, w, x, r, tf32=case.allow_tf32)
+
+
+def test_without_scores_the_ids_and_weights_are_unchanged():
+    case = CASES[2]
+    w, x = _inputs(case)
+    full, lean = route(case.spec, w, x), route(case.spec, w, x, keep_scores=False)
+    assert lean.logits is None and lean.scores is None
+    assert torch.equal(full.topk_ids, lean.topk_ids) and torch.equal(full.topk_weights, lean.topk_weights)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.spec.grouped], ids=lambda c: c.name)
