@@ -101,13 +101,17 @@ def router_bounds(model: ErrorModel, spec: MoESpec, wv: WeightViews, x: np.ndarr
         mag = mag + _f64(wv.abs.router_bias)
     sq = (x * x) @ (_f64(wv.sq.router)).T
     z = routing.logits
-    e_z = _finite(model.dot(spec.hidden_size, mag, sq) + (model.u_store + model.u_fp32) * np.abs(z))
+    e_z = model.dot(spec.hidden_size, mag, sq) + (model.u_store + model.u_fp32) * np.abs(z)
+    if spec.router_bias:  # x @ router.T may be rounded before the bias is added (model code in fp16/bf16)
+        e_z = e_z + model.u_store * np.abs(z - _f64(wv.val.router_bias))
+    e_z = _finite(e_z)
     s = _finite(routing.scores)
     if spec.scoring == "softmax":
         e_s = s * (e_z + np.sum(s * e_z, axis=1, keepdims=True))
     else:
         e_s = s * (1.0 - s) * e_z
-    e_s = e_s + 4 * model.c * model.u_fp32 * s  # exp/sum/division in fp32
+    # exp/sum/division in fp32; below the fp32 normal range scores flush to zero (GPUs flush subnormals)
+    e_s = e_s + 4 * model.c * model.u_fp32 * s + TINY["float32"]
     e_keys = e_s + (model.u_fp32 * np.abs(_f64(wv.val.correction_bias)) if spec.correction_bias else 0.0)
     return e_s, e_keys
 
@@ -147,19 +151,29 @@ def gate_up_bounds(model: ErrorModel, spec: MoESpec, wv: WeightViews, x: np.ndar
     ref = npo.gate_up(spec, wv.val, x, ids)
     mag = npo.gate_up(spec, wv.abs, np.abs(x), ids)
     sq = npo.gate_up(spec, wv.sq, x * x, ids)
-    # the product may be stored before its bias is added: round |x @ w13.T| + |b13|, not |h|
+    # the product may be rounded before its bias is added: one more rounding, of |x @ w13.T|
     store = npo.gate_up(spec, wv.nobias, x, ids) if spec.expert_bias else ref
     u = model.u_store
 
     def e_pre(m_pre, s_pre, pre, dot_part):
-        return _finite(model.dot(spec.hidden_size, m_pre, s_pre) + u * (np.abs(dot_part) + np.abs(pre - dot_part)))
+        return _finite(model.dot(spec.hidden_size, m_pre, s_pre) + u * (np.abs(pre) + (np.abs(dot_part) if spec.expert_bias else 0.0)))
 
     e_g = e_pre(mag.gate_pre, sq.gate_pre, ref.gate_pre, store.gate_pre)
     e_u = None if ref.up_pre is None else e_pre(mag.up_pre, sq.up_pre, ref.up_pre, store.up_pre)
     gate, up = _finite(ref.gate_pre), None if ref.up_pre is None else _finite(ref.up_pre)
-    ops = ACT_OPS["swiglu_oai" if spec.activation == "swiglu_oai" else ("gated" if spec.gated else "nongated")]
-    e_act = _corners(spec, gate, up, e_g, e_u) + ops * u * np.abs(_finite(ref.act))
+    e_act = _corners(spec, gate, up, e_g, e_u) + _evaluation(model, spec, gate, up, ref.act)
     return ref, e_act
+
+
+def _evaluation(model: ErrorModel, spec: MoESpec, gate, up, act) -> np.ndarray:
+    """Error of evaluating the activation itself: one rounding per operation in the storage dtype, and
+    for GELU the cancellation in 1 + erf(g / sqrt 2) for negative g (absolute, ~16 fp32 ulps measured
+    with torch's CPU erf: 2e-4 relative at g = -3.1)."""
+    ops = ACT_OPS["swiglu_oai" if spec.activation == "swiglu_oai" else ("gated" if spec.gated else "nongated")]
+    e = ops * model.u_store * np.abs(_finite(act))
+    if spec.activation in ("gelu", "gelu_tanh"):
+        e = e + 16 * max(model.u_store, model.u_fp32) * 0.5 * np.abs(gate) * (1.0 if up is None else np.abs(up))
+    return e
 
 
 def down_bounds(model: ErrorModel, spec: MoESpec, wv: WeightViews, act: np.ndarray, ids: np.ndarray,
@@ -170,8 +184,10 @@ def down_bounds(model: ErrorModel, spec: MoESpec, wv: WeightViews, act: np.ndarr
     e = model.dot(spec.intermediate_size, npo.down(spec, wv.abs, np.abs(fa), ids), npo.down(spec, wv.sq, fa * fa, ids))
     if e_act is not None:
         e = e + np.sqrt(npo.down(spec, wv.sq, e_act * e_act, ids))
-    dot = npo.down(spec, wv.nobias, act, ids) if spec.expert_bias else ref  # stored before + b2
-    return ref, _finite(e + model.u_store * (np.abs(dot) + np.abs(ref - dot)))
+    e = e + model.u_store * np.abs(ref)
+    if spec.expert_bias:  # the product may be rounded before b2 is added: one more rounding, of |act @ w2.T|
+        e = e + model.u_store * np.abs(npo.down(spec, wv.nobias, act, ids))
+    return ref, _finite(e)
 
 
 def shared_bounds(model: ErrorModel, spec: MoESpec, wv: WeightViews, x: np.ndarray):
@@ -190,7 +206,7 @@ def shared_bounds(model: ErrorModel, spec: MoESpec, wv: WeightViews, x: np.ndarr
     else:
         gate, up, e_g, e_u = h, None, e_h, None
     act = npo.activate(cspec, gate, up)
-    e_act = _corners(cspec, gate, up, e_g, e_u) + 3 * u * np.abs(act)
+    e_act = _corners(cspec, gate, up, e_g, e_u) + _evaluation(model, cspec, gate, up, act)
     w2, a2, s2 = (_f64(v.shared_w2) for v in (wv.val, wv.abs, wv.sq))
     mlp = act @ w2.T
     e_mlp = model.dot(S, np.abs(act) @ a2.T, (act * act) @ s2.T) + np.sqrt((e_act * e_act) @ s2.T) + u * np.abs(mlp)
