@@ -32,8 +32,8 @@ def weights_for(spec, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     fan_in = {"w2": spec.intermediate_size, "shared_w2": max(spec.shared_width, 1)}
     return MoEWeights(**{
-        name: (torch.randn(shape, generator=g, device="cuda", dtype=torch.float32)
-               / fan_in.get(name, spec.hidden_size) ** 0.5).to(torch.bfloat16)
+        name: torch.randn(shape, generator=g, device="cuda", dtype=torch.bfloat16).div_(
+            fan_in.get(name, spec.hidden_size) ** 0.5)
         for name, shape in weight_shapes(spec).items()
     })  # fmt: skip
 
