@@ -83,11 +83,12 @@ def _ref_given_routing(spec, w, x, ids, tw):
     if spec.shared_width:
         S = spec.shared_width
         h = x64 @ w.shared_w13.double().T
-        so = (torch.nn.functional.silu(h[:, :S]) * h[:, S:]) @ w.shared_w2.double().T
-        if spec.shared_gate:
-            so = torch.sigmoid(x64 @ w.shared_gate.double().T) * so
-        y += so
-        var += so**2
+        act = torch.nn.functional.silu(h[:, :S]) * h[:, S:]
+        w2 = w.shared_w2.double()
+        so = act.to(torch.bfloat16).double() @ w2.T  # the kernel stores the shared act in bf16 too
+        gate = torch.sigmoid(x64 @ w.shared_gate.double().T) if spec.shared_gate else torch.ones_like(so[:, :1])
+        y += gate * so
+        var += gate**2 * ((act**2) @ (w2**2).T) + so**2  # + the bf16 rounding of the shared output
     return y, var.sqrt()
 
 

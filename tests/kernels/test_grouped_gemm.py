@@ -163,9 +163,9 @@ def test_comparison_catches_a_dropped_last_k_tile_in_gate_up(dtype) -> None:
 @pytest.mark.parametrize("dtype", BROKEN_DTYPES, ids=str)
 def test_comparison_catches_a_dropped_last_k_tile_in_down(dtype) -> None:
     spec, inp = Case("broken", spec=dict(intermediate_size=80), dtype=dtype).build()
-    act64 = ref.gate_up(spec, inp.weights64, inp.x64, inp.topk_ids.numpy()).act
+    act64 = ref.gate_up(spec, inp.weights64, inp.x64, inp.topk_ids.cpu().numpy()).act
     act = torch.from_numpy(act64).to(dtype)
-    out = kernels.down(spec, inp.weights, _drop_last_k_tile(act, 64), inp.topk_ids)
+    out = kernels.down(spec, inp.weights, _drop_last_k_tile(act, 64).to(inp.x.device), inp.topk_ids)
     want, bound = down_expected(inp, act.double().numpy())
     with pytest.raises(AssertionError, match="error/bound"):
         assert_within(out, want, bound, "down")
