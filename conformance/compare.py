@@ -100,7 +100,8 @@ def compare(got, want, bound, *, mask=None, floor: float = 0.0, top: int = 5) ->
     n = int(judged.sum())
     vals = ratio[judged]
     max_ratio = float(vals.max()) if n else 0.0
-    p99 = float(np.quantile(vals, 0.99)) if n else 0.0
+    with np.errstate(invalid="ignore"):  # inf ratios (NaN mismatches) make the interpolation inf - inf
+        p99 = float(np.quantile(vals, 0.99)) if n else 0.0
     rows = np.broadcast_to(np.arange(want.shape[0]).reshape((-1,) + (1,) * (want.ndim - 1)), want.shape) \
         if want.ndim else np.zeros((), int)
     rms_ratio, bias_z, bias_mean = _statistics(err[fin], want[fin], bound[fin], rows[fin])

@@ -1,0 +1,43 @@
+"""Acceptance 1: the triton and torch-eager implementations conform on the interpreter: the must-pass
+smoke cases, and a few generated cases under the active hypothesis profile (ci: derandomized)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+
+from conformance import strategies
+from conformance.cases import must_pass_cases
+from conformance.impl import get_implementation
+from conformance.runner import run_case
+
+IMPLEMENTATIONS = ("triton", "torch-eager")
+SMOKE = must_pass_cases("smoke")
+#: generated cases stay small: the interpreter costs ~2.4 ms per 32^3 tile iteration (FACTS section 3)
+SMALL_CASES = strategies.cases(max_tokens=20, max_hidden=48, max_intermediate=48, max_experts=9)
+
+
+@pytest.fixture(scope="module", params=IMPLEMENTATIONS)
+def impl(request):
+    return get_implementation(request.param)
+
+
+def _check(impl, case, device) -> None:
+    r = run_case(impl, case, device, timeout_s=120)
+    assert r.outcome.conformant, f"{impl.name} {case} [{case.case_id}]: {r.outcome.value} at {r.failing_stage}: {r.message}"
+
+
+@pytest.mark.parametrize("case", SMOKE, ids=[c.name for c in SMOKE])
+def test_must_pass_smoke_case_conforms(impl, case, device):
+    _check(impl, case, device)
+
+
+@settings(max_examples=4)
+@given(case=SMALL_CASES)
+def test_generated_cases_conform_on_triton(case, device):
+    _check(get_implementation("triton"), case, device)
+
+
+@given(case=SMALL_CASES)
+def test_generated_cases_conform_on_torch_eager(case, device):
+    _check(get_implementation("torch-eager"), case, device)

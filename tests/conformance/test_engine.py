@@ -1,0 +1,70 @@
+"""The engine's contracts: implementation discovery, NotSupported / Crash / Waived taxonomy, devices."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import pytest
+
+from conformance import impl as impl_mod
+from conformance.adapters.torch_eager import TorchEagerImplementation
+from conformance.cases import Case, must_pass_cases
+from conformance.devices import matrix_entry, select_device
+from conformance.impl import available_implementations, get_implementation
+from conformance.results import Outcome
+from conformance.runner import run_case
+from reference.spec import MoESpec
+
+SMALL = Case(MoESpec(hidden_size=32, intermediate_size=32, num_experts=4, top_k=2), 5, seed=3)
+
+
+class _Exploding(TorchEagerImplementation):
+    name = "exploding"
+
+    def gate_up(self, spec, w, x, topk_ids):
+        raise RuntimeError("illegal memory access (simulated)")
+
+
+def test_third_party_entry_point_is_discovered(monkeypatch):
+    ep = metadata.EntryPoint("fake-moe", "conformance.adapters.torch_eager:TorchEagerImplementation",
+                             impl_mod.ENTRY_POINT_GROUP)
+
+    def entry_points(group=None):
+        return [ep] if group == impl_mod.ENTRY_POINT_GROUP else []
+
+    monkeypatch.setattr(impl_mod.metadata, "entry_points", entry_points)
+    assert "fake-moe" in available_implementations()
+    assert isinstance(get_implementation("fake-moe"), TorchEagerImplementation)
+
+
+def test_unknown_implementation_names_the_known_ones():
+    with pytest.raises(ValueError, match="torch-eager"):
+        get_implementation("no-such-impl")
+
+
+def test_unclaimed_capability_is_not_supported(device):
+    case = Case(SMALL.spec.replace(capacity_factor=1.0), 5)
+    r = run_case(get_implementation("triton"), case, device)
+    assert r.outcome == Outcome.NOT_SUPPORTED and "capacity_factor" in r.message
+
+
+def test_exception_in_a_stage_is_a_crash_with_its_traceback(device):
+    r = run_case(_Exploding(), SMALL, device)
+    assert (r.outcome, r.failing_stage) == (Outcome.CRASH, "gemm1") and "illegal memory access" in r.message
+
+
+def test_full_size_preset_is_waived_on_the_interpreter(device, eager):
+    case = must_pass_cases("gpu")[0]
+    r = run_case(eager, case, device)
+    assert r.outcome == Outcome.WAIVED and "interpreter" in r.message
+
+
+@pytest.mark.parametrize("spec", ["cuda:banana", "tpu", "hip:x"])
+def test_unknown_device_is_a_clear_error(spec):
+    with pytest.raises(ValueError, match="device"):
+        select_device(spec)
+
+
+def test_interpreter_matrix_entry_has_an_accumulator_profile(device):
+    entry = matrix_entry(device)
+    assert entry["backend"] == "interpreter" and entry["accumulator_profile"]["c"] > 0
