@@ -68,9 +68,16 @@ def _result_key(c: dict[str, Any]) -> str:
     return c["outcome"] + (f"@{c['failing_stage']}" if c.get("failing_stage") else "")
 
 
+def _conformant(key: str) -> bool:
+    from conformance.results import Outcome
+
+    outcome = key.split("@")[0]
+    return outcome in Outcome._value2member_map_ and Outcome(outcome).conformant
+
+
 def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per model and case run on 2+ devices: the results, the majority, and the devices that differ from it
-    (all of them when there is no strict majority)."""
+    (without a strict majority: the non-conformant ones, else all)."""
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_model[r["model"]].append(r)
@@ -87,6 +94,12 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             top, n = tally.most_common(1)[0]
             majority = top if n * 2 > len(keys) else None
+            flagged = sorted(k for k, v in keys.items() if v != majority)
+            if majority is None:
+                # No majority (two cards, or an even split): the cards with a non-conformant result are the
+                # suspects; when all results are conformant, or none is, every card of the case is flagged.
+                bad = sorted(k for k, v in keys.items() if not _conformant(v))
+                flagged = bad if 0 < len(bad) < len(keys) else flagged
             out.append(
                 {
                     "model": model,
@@ -94,7 +107,7 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "results": keys,
                     "max_ratio": {dev_id: c.get("max_ratio") for dev_id, c in have},
                     "majority": majority,
-                    "flagged": sorted(k for k, v in keys.items() if v != majority),
+                    "flagged": flagged,
                 }
             )
     return out

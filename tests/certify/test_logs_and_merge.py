@@ -98,10 +98,16 @@ def test_the_device_that_differs_from_its_siblings_is_flagged():
     assert (diff["case_id"], diff["majority"], diff["flagged"]) == ("b", "pass", ["n/cuda:7"])
 
 
-def test_without_a_majority_every_device_of_the_case_is_flagged():
+def test_without_a_majority_the_non_conformant_device_is_flagged():
     rows = [_dev("n/cuda:0", "H100", {"a": "pass"}), _dev("n/cuda:1", "H100", {"a": "fail"})]
     (diff,) = compare(rows)
-    assert diff["majority"] is None and diff["flagged"] == ["n/cuda:0", "n/cuda:1"]
+    assert diff["majority"] is None and diff["flagged"] == ["n/cuda:1"]
+
+
+def test_without_a_majority_among_conformant_results_every_device_is_flagged():
+    rows = [_dev("n/cuda:0", "H100", {"a": "pass"}), _dev("n/cuda:1", "H100", {"a": "quality_warning"})]
+    (diff,) = compare(rows)
+    assert diff["flagged"] == ["n/cuda:0", "n/cuda:1"]
 
 
 def test_all_devices_can_be_simulated(monkeypatch):
