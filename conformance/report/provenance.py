@@ -70,14 +70,21 @@ def suite_info() -> dict[str, Any]:
         ver = "unknown"
     sha = _git("rev-parse", "HEAD")
     in_git = sha is not None
+    source = "git" if in_git else None
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no")) if in_git else False
     tags = (_git("tag", "--points-at", "HEAD") or "").split() if in_git else []
-    # A copy installed from a wheel has no git: its version is the released one it was built from.
-    released = (f"v{ver}" in tags or ver in tags) if in_git else ver != "unknown"
+    # A copy installed from a wheel has no git: its version is the released one it was built from. A source
+    # tree copied without .git (a GPU runner's workspace) is not a release: its commit must come from
+    # MOE_CTS_GIT_SHA, set by whoever copied it, and is recorded as such.
+    source_tree = (repo_root() / "pyproject.toml").exists()
+    released = (f"v{ver}" in tags or ver in tags) if in_git else (ver != "unknown" and not source_tree)
+    if not in_git and os.environ.get("MOE_CTS_GIT_SHA"):
+        sha, source = os.environ["MOE_CTS_GIT_SHA"], "MOE_CTS_GIT_SHA"
     return {
         "name": "moe-cts",
         "version": ver,
         "git_sha": sha,
+        "git_source": source,
         "git_dirty": dirty,
         "git_tags": tags,
         "released": released,
