@@ -204,3 +204,23 @@ def test_fifty_thousand_tokens_at_deepseek_width_need_64_bit_offsets() -> None:
     sub = dataclasses.replace(inp, x=inp.x[tail], x64=inp.x64[tail])
     r = kernels.route(spec, sub.weights, sub.x)
     _check(dataclasses.replace(sub, topk_ids=r.topk_ids, topk_weights=r.topk_weights), y[tail], "T=50k tail")
+
+
+def test_out_argument_is_written_in_full_and_nothing_around_it_is_touched() -> None:
+    spec = presets.scaled("mixtral-8x7b", hidden_size=40, intermediate_size=24)
+    inp = make_inputs(spec, F32, 7, seed=3)
+    # a poisoned buffer with a canary row above and below and a canary column beside: out is a strided view
+    buf = torch.full((9, 41), float("nan"), dtype=F32, device=inp.x.device)
+    buf[0], buf[-1], buf[:, -1] = 7.0, 7.0, 7.0
+    out = buf[1:-1, :40]
+    y = kernels.fused_moe(spec, inp.weights, inp.x, out=out)
+    assert y.data_ptr() == out.data_ptr() and torch.isfinite(out).all()
+    assert torch.equal(y, kernels.fused_moe(spec, inp.weights, inp.x))
+    assert (buf[0] == 7).all() and (buf[-1] == 7).all() and (buf[:, -1] == 7).all()
+
+
+def test_out_argument_of_the_wrong_shape_is_refused_before_launch() -> None:
+    spec = presets.scaled("mixtral-8x7b", hidden_size=40, intermediate_size=24)
+    inp = make_inputs(spec, F32, 3, seed=3)
+    with pytest.raises(SpecError, match=r"out\.shape"):
+        kernels.fused_moe(spec, inp.weights, inp.x, out=torch.empty(3, 41, device=inp.x.device))
