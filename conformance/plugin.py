@@ -33,7 +33,7 @@ PROFILES = ("smoke", "quick", "full")
 HYPOTHESIS_PROFILE = {"smoke": ("ci", 4), "quick": ("cert", 200), "full": ("cert", 2000)}
 #: Generated cases run as up to this many hypothesis tests, each with its own seed, so xdist spreads them out;
 #: at least this many examples per batch, because every batch first draws hypothesis's simplest example.
-GENERATED_BATCHES = 4
+GENERATED_BATCHES = 16
 MIN_EXAMPLES_PER_BATCH = 25
 DEFAULT_SEED = 0x4D6F45  # "MoE": derandomized batches seed from here, so a profile draws the same cases
 DEFAULT_TIMEOUT_S = 600.0
