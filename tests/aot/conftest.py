@@ -1,12 +1,16 @@
-"""Shared AOT fixtures: one capture (plan) for all tests, one worker run for the acceptance compiles.
+"""Shared AOT fixtures: one capture (plan) and one worker run for every compile the tests need.
 
 Every compile runs in conformance.aot subprocesses without TRITON_INTERPRET (the test process has it set).
-CPU cost (measured, see docs/aot.md): planning ~25 s, acceptance compiles ~20 s, the table guard the rest.
+CPU cost, measured: see docs/aot.md (the table guard's ~100 GEMM compiles are most of it).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
+from filelock import FileLock
 
 from conformance import aot, aot_plan
 from kernels.registry import Launch
@@ -64,30 +68,66 @@ PROBES = [
 ]
 
 
-@pytest.fixture(scope="session")
-def planned_jobs() -> list[dict]:
-    """The default tier on all six targets plus the acceptance scenarios, captured once (not compiled)."""
-    return aot.plan_jobs(aot_plan.scenarios("default", aot_plan.target_names()) + ACCEPTANCE)
+def guard_scenarios() -> list[aot_plan.Scenario]:
+    """The tables tier (every GEMM config of cuda.json on sm80/sm90/sm100, hip.json on gfx90a/942/950),
+    renamed "guard:..." so its records stay apart from the default tier's table rows."""
+    return [
+        dataclasses.replace(s, origin="guard:" + s.origin)
+        for s in aot_plan.scenarios("tables", aot_plan.target_names())
+    ]
 
 
-@pytest.fixture(scope="session")
-def acceptance_records(planned_jobs) -> dict[str, list]:
-    """{origin: records} of the acceptance scenarios and the probes, compiled in one worker run."""
-    jobs = [j for j in planned_jobs if any(o.startswith("test:") for o in j["origins"])]
-    jobs = [{**j, "origins": [o for o in j["origins"] if o.startswith("test:")]} for j in jobs]
-    for i, p in enumerate(PROBES):
-        jobs.append({**p, "id": 10_000 + i})
+def _compile_everything() -> dict:
+    """One plan (default tier + acceptance + guard) and one worker run (acceptance + guard + probes)."""
+    planned = aot.plan_jobs(aot_plan.scenarios("default", aot_plan.target_names()) + ACCEPTANCE + guard_scenarios())
+    ours = ("test:", "guard:")
+    jobs = [
+        {**j, "origins": [o for o in j["origins"] if o.startswith(ours)]}
+        for j in planned
+        if any(o.startswith(ours) for o in j["origins"])
+    ]
+    jobs += [{**p, "id": 10_000 + i} for i, p in enumerate(PROBES)]
     results = aot.run_jobs(jobs, n_workers=1)
     targets = aot_plan.load_targets()
-    out: dict[str, list] = {}
+    records: dict[str, list] = {}
     for job in jobs:
-        rec = aot.classify(job, results[job["id"]], targets)
+        rec = aot.classify(job, results[job["id"]], targets).to_json()
         for origin in job["origins"]:
-            out.setdefault(origin, []).append(rec)
-    return out
+            key = "guard" if origin.startswith("guard:") else origin
+            records.setdefault(key, []).append({**rec, "origins": [origin]})
+    return {"launched": sorted({(j["kernel"], j["target_name"]) for j in planned}), "records": records}
 
 
 @pytest.fixture(scope="session")
-def table_records() -> list:
-    """Every GEMM config of kernels/configs/cuda.json on sm80/sm90/sm100 and hip.json on gfx90a/942/950."""
-    return aot.run_matrix(tier="tables", jobs=1)
+def compiled(tmp_path_factory, worker_id) -> dict:
+    """Computed once per test run, also under pytest-xdist: the first worker compiles, the others wait
+    on the lock and read its result (a session fixture alone would compile once per worker)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if worker_id != "master" else base  # the parent is shared by the xdist workers
+    path = root / "aot-compiled.json"
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            path.write_text(json.dumps(_compile_everything()))
+        return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def launched(compiled) -> set[tuple[str, str]]:
+    """(kernel, target) pairs that the default tier's captured launches reach."""
+    return {tuple(x) for x in compiled["launched"]}
+
+
+@pytest.fixture(scope="session")
+def acceptance_records(compiled) -> dict[str, list]:
+    """{origin: records} of the acceptance scenarios and the probes."""
+    return {
+        origin: [aot.AotRecord.from_json(r) for r in recs]
+        for origin, recs in compiled["records"].items()
+        if origin != "guard"
+    }
+
+
+@pytest.fixture(scope="session")
+def table_records(compiled) -> list:
+    """The guard's records: every GEMM config of both tables on its three targets."""
+    return [aot.AotRecord.from_json(r) for r in compiled["records"].get("guard", [])]

@@ -77,5 +77,5 @@ def test_the_table_guard_covers_every_row_of_both_tables(table_records):
     from kernels.registry import table_configs
 
     origins = {o for r in table_records for o in r.origins}
-    want = {f"table:{b}/{dc}/{bucket}" for b, dc, bucket, _ in table_configs()}
+    want = {f"guard:table:{b}/{dc}/{bucket}" for b, dc, bucket, _ in table_configs()}
     assert want <= origins, sorted(want - origins)
