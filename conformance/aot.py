@@ -53,7 +53,7 @@ class AotRecord:
     shared_bytes: int | None = None  # dynamic + static shared memory (LDS) per block
     shared_limit: int | None = None
     registers: int | None = None  # per thread: REG (cuobjdump) or VGPRs incl. AGPRs (amdgcn)
-    spill_bytes: int | None = None  # local memory (CUDA) / 4 * (VGPR + SGPR spills) (AMD)
+    spill_bytes: int | None = None  # max(STACK, LOCAL) bytes (CUDA) / 4 * (VGPR + SGPR spills) (AMD)
     matrix_found: tuple[str, ...] = ()  # names of the target's matrix_patterns present in the assembly
     matrix_required: bool = False
     seconds: float = 0.0  # wall time of the compile
@@ -137,7 +137,7 @@ def classify(job: dict[str, Any], result: dict[str, Any], targets_data: dict[str
         registers=result.get("registers"),
         spill_bytes=result.get("spill_bytes"),
         matrix_found=tuple(result.get("matrix_found", ())),
-        extra={k: result[k] for k in ("sgprs", "agprs", "triton") if k in result},
+        extra={k: result[k] for k in ("sgprs", "agprs", "stack_bytes", "triton") if k in result},
     )
     reasons = []
     if flavour == "rejected":

@@ -66,7 +66,9 @@ def _cuobjdump() -> str | None:
 
 
 def cuda_resources(cubin: bytes) -> dict[str, Any]:
-    """REG, static SHARED and LOCAL (spill/stack) bytes from `cuobjdump --dump-resource-usage`."""
+    """REG, static SHARED, and spills from `cuobjdump --dump-resource-usage`. ptxas puts spilled registers
+    in the STACK frame (LOCAL stays 0: gate_up 128x128 on sm80 reads REG:32 STACK:3632), and Triton kernels
+    have no local arrays, so spill bytes = max(STACK, LOCAL)."""
     tool = _cuobjdump()
     if tool is None:
         return {"resource_error": "cuobjdump not found"}
@@ -74,11 +76,12 @@ def cuda_resources(cubin: bytes) -> dict[str, Any]:
         f.write(cubin)
         f.flush()
         out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    found = dict(re.findall(r"\b(REG|SHARED|LOCAL|STACK):(\d+)", out))
+    found = {k: int(v) for k, v in re.findall(r"\b(REG|SHARED|LOCAL|STACK):(\d+)", out)}
     return {
-        "registers": int(found["REG"]) if "REG" in found else None,
-        "static_shared": int(found.get("SHARED", 0)),
-        "spill_bytes": int(found.get("LOCAL", 0)),
+        "registers": found.get("REG"),
+        "static_shared": found.get("SHARED", 0),
+        "spill_bytes": max(found.get("STACK", 0), found.get("LOCAL", 0)),
+        "stack_bytes": found.get("STACK", 0),
     }
 
 
