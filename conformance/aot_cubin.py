@@ -222,10 +222,13 @@ def _bound_ratio(spec, weights64, ref, y) -> tuple[float, float]:
     """(max |y - y64| / (4 u mag), relative RMS error): mag = sum_j w_j |act_j| @ |w2_e|^T."""
     import numpy as np
 
-    ids, w = ref.routing.topk_ids, ref.routing.topk_weights
+    ids, w = ref.routing.topk_ids, np.abs(ref.routing.topk_weights)
     act = np.abs(ref.gate_up.act)  # (T, k, I)
     w2 = np.abs(weights64.w2.numpy())  # (E, H, I)
-    mag = np.einsum("tk,tki,tkhi->th", np.abs(w), act, w2[ids])
+    mag = np.zeros_like(ref.y)
+    for e in range(w2.shape[0]):  # one expert at a time: w2[ids] would be a (T, k, H, I) array
+        t, j = np.nonzero(ids == e)
+        np.add.at(mag, t, (w[t, j, None] * act[t, j]) @ w2[e].T)
     err = np.abs(y - ref.y)
     ratio = float(np.max(err / (4 * U_BF16 * mag + 1e-30)))
     rms = float(np.sqrt(np.mean(err**2)) / np.sqrt(np.mean(ref.y**2)))
