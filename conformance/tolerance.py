@@ -48,13 +48,21 @@ class ErrorModel:
     u_prod: float  # rounding of fp32 operands before the product (tf32: 2^-11), else 0
     u_store: float  # rounding of a value stored in the case dtype (doubled when casts truncate)
     u_fp32: float = UNIT_ROUNDOFF["float32"]
+    fn_ulps: float = 0.0  # fp32 ulps of evaluating exp/sigmoid/erf in registers (backend math library, data)
 
     @classmethod
     def for_case(cls, profile: dict[str, Any], dtype: str, fp32_dot: str = "ieee") -> ErrorModel:
         u = UNIT_ROUNDOFF[dtype]
         truncates = dtype == "bfloat16" and profile.get("bf16_cast") == "truncate"
         u_prod = 2 * UNIT_ROUNDOFF["tf32"] if (dtype == "float32" and fp32_dot == "tf32") else 0.0
-        return cls(dtype, float(profile["c"]), float(profile["u_acc"]), u_prod, u * (2.0 if truncates else 1.0))
+        return cls(
+            dtype,
+            float(profile["c"]),
+            float(profile["u_acc"]),
+            u_prod,
+            u * (2.0 if truncates else 1.0),
+            fn_ulps=float(profile.get("fn_ulps", 0.0)),
+        )
 
     @property
     def tiny(self) -> float:
@@ -170,7 +178,9 @@ def _evaluation(model: ErrorModel, spec: MoESpec, gate, up, act) -> np.ndarray:
     for GELU the cancellation in 1 + erf(g / sqrt 2) for negative g (absolute, ~16 fp32 ulps measured
     with torch's CPU erf: 2e-4 relative at g = -3.1)."""
     ops = ACT_OPS["swiglu_oai" if spec.activation == "swiglu_oai" else ("gated" if spec.gated else "nongated")]
-    e = ops * model.u_store * np.abs(_finite(act))
+    # The special functions themselves are evaluated in fp32 with the backend's math library: at the SiLU
+    # minimum (g = -1.278) the propagated input error vanishes and this term is all that is left.
+    e = (ops * model.u_store + model.fn_ulps * model.u_fp32) * np.abs(_finite(act))
     if spec.activation in ("gelu", "gelu_tanh"):
         e = e + 16 * max(model.u_store, model.u_fp32) * 0.5 * np.abs(gate) * (1.0 if up is None else np.abs(up))
     return e
