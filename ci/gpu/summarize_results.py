@@ -14,8 +14,8 @@ def main(directory: str) -> int:
     for f in sorted(Path(directory).glob("results-*.jsonl")):
         for line in f.read_text().splitlines():
             rec = json.loads(line)
-            if "outcome" in rec:
-                rows.append(rec)
+            if rec.get("event") == "result":
+                rows.append(rec["result"])
     by = collections.Counter((r["params"].get("dtype"), r["outcome"]) for r in rows)
     worst: dict[tuple[str, str], float] = collections.defaultdict(float)
     for r in rows:
