@@ -134,15 +134,16 @@ def load_implementation(name: str):
 
 
 def must_pass_for(profile: str, backend: str) -> list:
-    """Must-pass cases of a profile; cases tagged "gpu" are left out on the interpreter (they need device
-    memory or time the CPU does not have)."""
+    """Must-pass cases of a profile. Cases tagged "gpu" (real-model presets at the sizes a GPU holds) join the
+    quick and full profiles on a GPU, and are left out on the interpreter (they need device memory or time the
+    CPU does not have) and from smoke (a few minutes anywhere)."""
     from conformance.cases import must_pass_cases, must_pass_profiles
 
-    return [
-        c
-        for c in must_pass_cases(profile)
-        if not (backend == "interpreter" and "gpu" in must_pass_profiles(c))
-    ]
+    cases = [c for c in must_pass_cases(profile) if not (backend == "interpreter" and "gpu" in must_pass_profiles(c))]
+    if backend != "interpreter" and profile in ("quick", "full"):
+        seen = {c.case_id for c in cases}
+        cases += [c for c in must_pass_cases("gpu") if c.case_id not in seen]
+    return cases
 
 
 def replay_command(case_id: str, impl: str, device: str) -> str:
