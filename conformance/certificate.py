@@ -127,6 +127,9 @@ def check_report(report: dict[str, Any], *, allow_dirty: bool = False) -> list[s
     verdict = report.get("verdict", {}).get("node")
     if verdict != "conformant":
         problems.append(f"the verdict is {verdict}, not conformant")
+    compiled = report.get("compile") or {}
+    if compiled and compiled.get("verdict") != "pass":
+        problems.append(f"the compile section's verdict is {compiled.get('verdict')}, not pass")
     suite = report.get("suite", {})
     if not suite.get("released"):
         if not suite.get("git_sha"):

@@ -2,6 +2,7 @@
 
     moe-cts certify [--device auto|cuda:N|hip:N|interpreter] [--devices all|LIST] [--impl triton]
                     [--profile smoke|quick|full] [--out DIR] [--jobs N] [--timeout S]
+                    [--compile auto|none|all|sm90,gfx942,...]
     moe-cts list [--profile P] [--device D]        device matrix, implementations, cases of a profile
     moe-cts replay CASE_ID_OR_DIR                  re-run one case: stage verdicts, worst elements
     moe-cts verify CERT                            why a certificate.tgz is (not) valid
@@ -227,6 +228,7 @@ def _summary_table(report: dict) -> Table:
 
 
 def _print_verdict(report: dict, out: Path) -> None:
+    from conformance.report.compile import print_compile
     from conformance.report.html import VERDICT_TEXT
 
     console.print(_summary_table(report))
@@ -239,6 +241,7 @@ def _print_verdict(report: dict, out: Path) -> None:
                 console.print(f"  {c['outcome']}{stage}: {c['params'].get('name') or ''} {c['message']}",
                               markup=False)
                 console.print(f"    replay: {c['replay']}", markup=False, soft_wrap=True)
+    print_compile(console, report.get("compile"))
     style = {"conformant": "bold green", "not_conformant": "bold red"}.get(report["verdict"]["node"], "bold yellow")
     console.print(f"verdict: {VERDICT_TEXT[report['verdict']['node']]}", style=style)
     console.print(f"report: {out / 'report.html'}", markup=False)
@@ -255,10 +258,13 @@ def certify(
     timeout: Annotated[float | None, typer.Option(min=0.0, help="per-case time limit in seconds (0: none)")] = None,
     examples: Annotated[int | None, typer.Option(min=0, help="generated cases per device (default: the profile's)")] = None,
     cases: Annotated[str | None, typer.Option(help="run only these comma-separated must-pass case ids (no certificate)")] = None,
+    compile_spec: Annotated[str, typer.Option("--compile", help="AOT compile tier after the cases: auto (the device's own architecture if it is a target; nothing on the interpreter) | none | all | sm80,sm90,sm100,gfx90a,gfx942,gfx950")] = "auto",
 ) -> None:  # fmt: skip
-    """Run the must-pass list and the generated cases of a profile; write report.json, report.html, junit.xml,
-    failures/ and certificate.tgz to OUT. Exit 0 conformant, 1 not, 2 usage error or void run."""
+    """Run the must-pass list and the generated cases of a profile, then the AOT compile tier (--compile);
+    write report.json, report.html, junit.xml, failures/ and certificate.tgz to OUT.
+    Exit 0 conformant, 1 not (a case or a compile Fail), 2 usage error or void run."""
     from conformance.certificate import pack
+    from conformance.report.compile import CompileSpecError, compile_targets
     from conformance.report.html import write_html
     from conformance.report.junit import write_junit
     from conformance.report.schema import EXIT_CODES, build_report, write_report
@@ -269,6 +275,10 @@ def certify(
         raise usage_error(str(e)) from None
     names = _check_devices(names)
     _check_impl(impl)
+    try:
+        targets = compile_targets(compile_spec, names)
+    except CompileSpecError as e:
+        raise usage_error(str(e)) from None
     shards = shardmod.make_shards(names)
     on_gpu = any(n != "interpreter" for n in names)
     prof = profile.value if profile else ("quick" if on_gpu else "smoke")
@@ -285,11 +295,15 @@ def certify(
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # a scheduler's SIGTERM: partial report too
     try:
         interrupted = _run_shards(shards, out, cmds)
+        section = None if interrupted or not targets else _run_compile(targets, jobs)
+    except KeyboardInterrupt:  # during the compile tier: the cases are done, the report is partial
+        interrupted, section = True, None
     finally:
         signal.signal(signal.SIGTERM, previous)
     report = build_report([sh.directory(out) for sh in shards], partial=interrupted, command=sys.argv,
-                          started=started)  # fmt: skip
+                          started=started, compile_section=section)  # fmt: skip
     report["run"]["subset"] = bool(cases)
+    report["run"]["compile"] = {"requested": compile_spec, "targets": list(targets)}
     write_report(report, out)
     write_html(report, out)
     write_junit(report, out)
@@ -303,6 +317,13 @@ def certify(
             err.print(f"shard {d['label']} produced no results; end of its pytest log:\n{tail}", markup=False)
     _print_verdict(report, out)
     raise typer.Exit(EXIT_CODES[report["verdict"]["node"]])
+
+
+def _run_compile(targets: tuple[str, ...], jobs: int) -> dict:
+    from conformance.report.compile import run_compile
+
+    with console.status(f"compiling the AOT default tier for {', '.join(targets)} with {jobs} process(es)"):
+        return run_compile(targets, jobs)
 
 
 def _sigterm_as_interrupt(signum, frame):

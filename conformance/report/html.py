@@ -12,6 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from conformance.report.compile import compile_html, failure_lines
 from conformance.report.schema import all_cases
 from conformance.results import STAGES, Outcome
 
@@ -163,11 +164,13 @@ def render_html(report: dict[str, Any]) -> str:
 <p id="verdict" class="verdict {v}">{escape(VERDICT_TEXT[v])}</p>
 {"<p><b>This report is partial: the run was interrupted.</b></p>" if report.get("partial") else ""}
 {_kv_table(summary)}
+{"".join(f'<p class="bad">{escape(line)}</p>' for line in failure_lines(report.get("compile")))}
 <h2>Devices</h2>
 <table><tr><th>device</th><th>name</th><th>verdict</th><th>cases</th><th>why</th></tr>{devices}</table>
 <h2>Pass matrix (stage x dtype x routing scenario)</h2>{pass_matrix(report)}
 <h2>Error ratio against the bound</h2>{plots}
 <h2>Failures</h2>{failures}
+{compile_html(report.get("compile"))}
 <h2>Environment</h2>{_kv_table(report.get("environment", {}))}
 </body></html>
 """

@@ -21,7 +21,8 @@ from conformance.report.log import read_results
 from conformance.results import STAGES, CaseResult, Outcome
 
 SCHEMA = "moe-cts/report"
-SCHEMA_VERSION = 1
+#: 2: the top-level "compile" section and verdict.compile / verdict.reasons (certify --compile).
+SCHEMA_VERSION = 2
 VERDICTS = ("conformant", "not_conformant", "partial", "void")
 EXIT_CODES = {"conformant": 0, "not_conformant": 1, "partial": 1, "void": 2}
 #: Worst elements kept per non-conformant stage in the report (the failure directory keeps them all).
@@ -135,13 +136,22 @@ def node_verdict(devices: list[dict[str, Any]]) -> str:
 
 
 def build_report(
-    shards: list[Path], *, partial: bool = False, command: list[str] | None = None, started: float | None = None
+    shards: list[Path],
+    *,
+    partial: bool = False,
+    command: list[str] | None = None,
+    started: float | None = None,
+    compile_section: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The report of the shards; `compile_section` (certify --compile, conformance.report.compile) is added
+    as "compile" and a compile Fail makes a conformant node not conformant."""
+    from conformance.report.compile import apply_compile
+
     devices = [device_section(s, partial=partial) for s in shards]
     runs = [d.pop("_run") for d in devices]
     first = next((r for r in runs if r), {}) or {}
     verdict = node_verdict(devices)
-    return {
+    report = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -172,6 +182,8 @@ def build_report(
         },
         "devices": devices,
     }
+    apply_compile(report, compile_section)
+    return report
 
 
 def write_report(report: dict[str, Any], out: Path) -> Path:

@@ -1,0 +1,166 @@
+"""The "compile" part of a certification: `certify --compile`, its report section, HTML and console tables.
+
+    targets = compile_targets(spec, device_names)    # auto | none | all | sm90,gfx942,...  -> ("sm90",)
+    section = run_compile(targets, jobs)             # aot.run_matrix, default tier -> aot.compile_section + run info
+    apply_compile(report, section)                   # report["compile"]; a Fail makes the node not conformant
+    compile_html(section) / print_compile(console, section)
+
+`auto` compiles for the certified devices' own architectures when they are AOT targets (sm_90 -> sm90, gfx942),
+and nothing on the interpreter, so the CPU smoke run stays fast.
+"""
+
+from __future__ import annotations
+
+import time
+from html import escape
+from typing import Any
+
+COMPILE_CHOICES = "auto, none, all or a comma-separated subset of"
+
+
+class CompileSpecError(ValueError):
+    pass
+
+
+def _known() -> tuple[str, ...]:
+    from conformance import aot_plan
+
+    return aot_plan.target_names()
+
+
+def arch_target(arch: str) -> str | None:
+    """The AOT target of a device architecture: "sm_90" -> "sm90", "gfx942" -> "gfx942", "cpu" -> None."""
+    name = arch.split(":")[0].replace("sm_", "sm")
+    return name if name in _known() else None
+
+
+def compile_targets(spec: str, device_names: list[str]) -> tuple[str, ...]:
+    """Resolve --compile against the devices being certified (names as _check_devices returns them)."""
+    known = _known()
+    spec = spec.strip()
+    if spec == "none":
+        return ()
+    if spec == "all":
+        return known
+    if spec == "auto":
+        from conformance.devices import select_device
+
+        archs = [select_device(n).arch for n in device_names if n != "interpreter"]
+        found = {t for t in (arch_target(a) for a in archs) if t}
+        return tuple(t for t in known if t in found)
+    names = [t.strip() for t in spec.split(",") if t.strip()]
+    unknown = [t for t in names if t not in known]
+    if unknown or not names:
+        raise CompileSpecError(
+            f"--compile: expected {COMPILE_CHOICES} {', '.join(known)}; got {spec!r}"
+            + (f" ({', '.join(repr(u) for u in unknown)} is not a target)." if unknown else ".")
+        )
+    return tuple(t for t in known if t in names)
+
+
+def run_compile(targets: tuple[str, ...], jobs: int) -> dict[str, Any]:
+    """The default AOT tier for `targets` as the report's "compile" section. A planning failure (the launch
+    capture itself broke) is an "error" section: the run then says nothing about compilation."""
+    from conformance import aot
+
+    start = time.perf_counter()
+    try:
+        records = aot.run_matrix(targets=targets, full=False, jobs=jobs)
+    except RuntimeError as e:
+        section: dict[str, Any] = {"verdict": "error", "error": str(e)[-2000:], "records": [], "failures": []}
+    else:
+        section = aot.compile_section(records)
+    section.update(tier="default", requested_targets=list(targets), wall_seconds=round(time.perf_counter() - start, 1))
+    return section
+
+
+def failure_lines(section: dict[str, Any] | None) -> list[str]:
+    """One line per failing (kernel, config, dtype, target), or the tier's own error."""
+    if not section:
+        return []
+    if section["verdict"] == "error":
+        last = (section.get("error") or "no error text").strip().splitlines()[-1]
+        return [f"compile tier did not run: {last}"]
+    return [f"compile FAIL {f['kernel']} [{f['config']}] {f['dtype']} on {f['target']}: {f['reason']}" for f in section["failures"]]
+
+
+def apply_compile(report: dict[str, Any], section: dict[str, Any] | None) -> None:
+    """Put the section into the report; a compile Fail turns a conformant node not conformant, an error
+    (no records) makes it void. Partial and void runs keep their verdict."""
+    report["compile"] = section
+    verdict = report["verdict"]
+    verdict["compile"] = section["verdict"] if section else None
+    verdict["reasons"] = failure_lines(section)
+    if section and section["verdict"] != "pass" and verdict["node"] in ("conformant", "not_conformant"):
+        verdict["node"] = "void" if section["verdict"] == "error" else "not_conformant"
+        verdict["conformant"] = False
+
+
+# ------------------------------------------------------------------------------------------------ output
+COLUMNS = ("kernel", "config", "dtype", "shared memory / limit", "registers", "spills", "matrix instructions", "result")
+
+
+def _row(r: dict[str, Any], *, reason: bool = True) -> list[str]:
+    from conformance.aot import config_label
+
+    shared = "-" if r["shared_bytes"] is None else f"{r['shared_bytes'] / 1024:.1f} / {r['shared_limit'] / 1024:.0f} KiB"
+    matrix = ", ".join(r["matrix_found"]) or ("none (required)" if r["matrix_required"] else "none")
+    result = r["status"] + (f": {r['reason']}" if r["reason"] and reason else "")
+    spills = "-" if r["spill_bytes"] is None else f"{r['spill_bytes']} B"
+    regs = "-" if r["registers"] is None else str(r["registers"])
+    return [r["kernel"], config_label(r["config"]), r["dtype"], shared, regs, spills, matrix, result]
+
+
+def per_target(section: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """target -> its records, in target order, sorted by kernel, dtype, config."""
+    by: dict[str, list[dict[str, Any]]] = {t: [] for t in _known()}
+    for r in section.get("records", []):
+        by.setdefault(r["target"], []).append(r)
+    key = lambda r: (r["kernel"], r["dtype"], str(sorted(r["config"].items())))
+    return {t: sorted(rs, key=key) for t, rs in by.items() if rs}
+
+
+def compile_html(section: dict[str, Any] | None) -> str:
+    """The "Compile" section of report.html: verdict, counts per target, one table per target."""
+    if not section:
+        return '<h2 id="compile">Compile</h2><p>Not run (<code>--compile none</code>, or <code>auto</code> on a device that is no AOT target).</p>'
+    cls = {"pass": "ok", "fail": "bad"}.get(section["verdict"], "warn")
+    head = (
+        f'<h2 id="compile">Compile</h2><p>Ahead-of-time compile matrix, {escape(section.get("tier", ""))} tier, '
+        f"targets {escape(', '.join(section.get('requested_targets', [])))}: "
+        f'<span class="{cls}">{escape(section["verdict"].upper())}</span></p>'
+    )
+    fails = "".join(f"<li>{escape(line)}</li>" for line in failure_lines(section))
+    head += f"<ul>{fails}</ul>" if fails else ""
+    tables = []
+    for target, recs in per_target(section).items():
+        counts = section.get("counts", {}).get(target, {})
+        cells = "".join(f"<th>{escape(c)}</th>" for c in COLUMNS)
+        rows = "".join(
+            f'<tr class="{ {"fail": "bad", "expected_rejection": "warn"}.get(r["status"], "") }">'
+            + "".join(f"<td>{escape(v)}</td>" for v in _row(r))
+            + "</tr>"
+            for r in recs
+        )
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        tables.append(f"<h3>{escape(target)} ({escape(summary)})</h3><table><tr>{cells}</tr>{rows}</table>")
+    return head + "".join(tables)
+
+
+def print_compile(console, section: dict[str, Any] | None) -> None:
+    """Rich tables on the console: counts per target, then one summary table per target."""
+    if not section:
+        return
+    from rich.table import Table
+
+    for target, recs in per_target(section).items():
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(section.get("counts", {}).get(target, {}).items()))
+        t = Table(title=f"compile {target}: {counts}")
+        for c in COLUMNS:
+            t.add_column(c, overflow="fold")
+        for r in recs:
+            t.add_row(*_row(r, reason=False), style="red" if r["status"] == "fail" else None)
+        console.print(t)
+    for line in failure_lines(section):  # the reasons, in full, below the tables
+        console.print(line, style="red", markup=False, soft_wrap=True)
+    console.print(f"compile: {section['verdict']}", markup=False)
