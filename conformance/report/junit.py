@@ -1,4 +1,5 @@
-"""junit.xml for CI systems: one testsuite per device, one testcase per case."""
+"""junit.xml for CI systems: one testsuite per device, one testcase per case; with certify --compile, a
+"moe-cts[compile]" testsuite with one testcase per (kernel, config, dtype, target)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,32 @@ def render_junit(report: dict[str, Any]) -> bytes:
         for missing in dev["missing_must_pass"]:
             tc = ET.SubElement(suite, "testcase", classname="moe_cts.must_pass", name=missing)
             ET.SubElement(tc, "error", message="not run", type="missing")
+    _compile_suite(root, report.get("compile"))
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def _compile_suite(root: ET.Element, section: dict[str, Any] | None) -> None:
+    if not section:
+        return
+    from conformance.aot import config_label
+
+    recs = section.get("records", [])
+    suite = ET.SubElement(
+        root, "testsuite", name="moe-cts[compile]", tests=str(len(recs)),
+        failures=str(sum(r["status"] == "fail" for r in recs)), errors="1" if section["verdict"] == "error" else "0",
+        skipped=str(sum(r["status"] == "expected_rejection" for r in recs)),
+    )  # fmt: skip
+    for r in recs:
+        name = f"{r['kernel']}[{config_label(r['config'])}] {r['dtype']} on {r['target']}"
+        tc = ET.SubElement(suite, "testcase", classname=f"moe_cts.compile.{r['target']}", name=name,
+                           time=f"{r.get('seconds', 0.0):.3f}")  # fmt: skip
+        if r["status"] == "fail":
+            ET.SubElement(tc, "failure", message=r["reason"][:200], type="compile_fail").text = r["reason"]
+        elif r["status"] == "expected_rejection":
+            ET.SubElement(tc, "skipped", message=r["reason"][:200])
+    if section["verdict"] == "error":
+        tc = ET.SubElement(suite, "testcase", classname="moe_cts.compile", name="compile tier")
+        ET.SubElement(tc, "error", message="the compile tier did not run", type="error").text = section.get("error")
 
 
 def write_junit(report: dict[str, Any], out: Path) -> Path:

@@ -10,6 +10,7 @@ shard itself is the real pytest subprocess (torch-eager on the interpreter).
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,13 @@ def test_a_compile_fail_makes_certify_exit_1_and_names_kernel_config_and_target(
     assert r["devices"][0]["verdict"] == "conformant"  # the cases passed: only the compile tier failed
     assert any(line.startswith(OVERSIZED_ON_GFX942) for line in r["verdict"]["reasons"])
     assert OVERSIZED_ON_GFX942 in (failing["out"] / "report.html").read_text()
+
+
+def test_junit_has_a_compile_suite_whose_failure_is_the_gfx942_record(failing):
+    root = ET.parse(failing["out"] / "junit.xml").getroot()
+    suite = next(s for s in root.iter("testsuite") if s.get("name") == "moe-cts[compile]")
+    failed = [tc.get("name") for tc in suite.iter("testcase") if tc.find("failure") is not None]
+    assert failed == ["gate_up_kernel[M64 N64 K64 G8 w4 s4] bfloat16 on gfx942"]
 
 
 # -- resolving --compile ---------------------------------------------------------------------------------------
