@@ -21,7 +21,9 @@ def main(argv=None) -> int:
     device = select_device(a.device)
     impl = get_implementation(a.impl)
     bad = 0
-    for cid in open(a.ids).read().split():
+    with open(a.ids) as f:
+        ids = f.read().split()
+    for cid in ids:
         r = run_case(impl, Case.from_id(cid), device)
         ratios = [s.max_ratio for s in r.stages if s.max_ratio is not None]
         print(f"{r.outcome.value:22s} {r.failing_stage or '-':12s} max ratio {max(ratios, default=float('nan')):.3f} {cid[:40]}")
