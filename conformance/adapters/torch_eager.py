@@ -180,22 +180,15 @@ class TorchEagerImplementation:
         return o + w.b2[e] if spec.expert_bias else o
 
     def gate_up(self, spec: MoESpec, w: MoEWeights, x: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
-        T, k = topk_ids.shape
-        act = torch.zeros((T, k, spec.intermediate_size), dtype=x.dtype, device=x.device)
-        for e in range(spec.num_experts):
-            t_idx, j_idx = torch.nonzero(topk_ids == e, as_tuple=True)
-            if t_idx.numel():
-                act[t_idx, j_idx] = self.activate(spec, *self.split(spec, self.expert_h(spec, w, e, x[t_idx])))
-        return act
+        return _per_expert(
+            spec, topk_ids, spec.intermediate_size, x,
+            lambda e, t, j: self.activate(spec, *self.split(spec, self.expert_h(spec, w, e, x[t]))),
+        )  # fmt: skip
 
     def down(self, spec: MoESpec, w: MoEWeights, act: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
-        T, k = topk_ids.shape
-        out = torch.zeros((T, k, spec.hidden_size), dtype=act.dtype, device=act.device)
-        for e in range(spec.num_experts):
-            t_idx, j_idx = torch.nonzero(topk_ids == e, as_tuple=True)
-            if t_idx.numel():
-                out[t_idx, j_idx] = self.expert_down(spec, w, e, act[t_idx, j_idx])
-        return out
+        return _per_expert(
+            spec, topk_ids, spec.hidden_size, act, lambda e, t, j: self.expert_down(spec, w, e, act[t, j])
+        )
 
     def shared(self, spec: MoESpec, w: MoEWeights, x: torch.Tensor) -> torch.Tensor | None:
         if not spec.shared_width:
@@ -232,3 +225,15 @@ class TorchEagerImplementation:
         act = self.gate_up(spec, w, x, r.topk_ids)
         eo = self.down(spec, w, act, r.topk_ids)
         return self.combine(spec, eo, r.topk_weights, kept, self.shared(spec, w, x))
+
+
+def _per_expert(spec: MoESpec, topk_ids: torch.Tensor, width: int, like: torch.Tensor, rows) -> torch.Tensor:
+    """(T, k, width) in like's dtype: out[t, j] = rows(e, t_idx, j_idx) for each expert's assignments, as model
+    code loops over experts; assignments of no expert stay zero."""
+    T, k = topk_ids.shape
+    out = torch.zeros((T, k, width), dtype=like.dtype, device=like.device)
+    for e in range(spec.num_experts):
+        t_idx, j_idx = torch.nonzero(topk_ids == e, as_tuple=True)
+        if t_idx.numel():
+            out[t_idx, j_idx] = rows(e, t_idx, j_idx)
+    return out
