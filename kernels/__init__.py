@@ -6,20 +6,20 @@
     down(spec, weights, act, topk_ids) -> (T, k, H)   shared_expert(spec, weights, x) -> (T, H)
     combine(spec, expert_out, topk_weights, kept, shared_out) -> (T, H)
 
-`CAPABILITIES` / `NotSupportedError` (kernels.capabilities) say what is implemented.
+`CAPABILITIES` / `NotSupportedError` (moe_cts.kernels.capabilities) say what is implemented.
 """
 
 from __future__ import annotations
 
-# `from kernels.align import align` rebinds the package attribute `align` from the submodule to the
-# function (same for combine): `kernels.align(...)` is the stage, the module is kernels.align via importlib.
-from kernels.align import align, permute
-from kernels.capabilities import CAPABILITIES, NotSupportedError
-from kernels.combine import combine
-from kernels.grouped_gemm import down, gate_up, shared_expert
-from kernels.metadata import AlignMeta, Routing
-from kernels.moe import fused_moe
-from kernels.router import route
+# `from moe_cts.kernels.align import align` rebinds the package attribute `align` from the submodule to the
+# function (same for combine): `moe_cts.kernels.align(...)` is the stage, the module is moe_cts.kernels.align via importlib.
+from moe_cts.kernels.align import align, permute
+from moe_cts.kernels.capabilities import CAPABILITIES, NotSupportedError
+from moe_cts.kernels.combine import combine
+from moe_cts.kernels.grouped_gemm import down, gate_up, shared_expert
+from moe_cts.kernels.metadata import AlignMeta, Routing
+from moe_cts.kernels.moe import fused_moe
+from moe_cts.kernels.router import route
 
 __all__ = [
     "CAPABILITIES",

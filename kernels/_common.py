@@ -7,7 +7,7 @@ import os
 import torch
 import triton.language as tl
 
-from reference.spec import SpecError
+from moe_cts.reference.spec import SpecError
 
 #: True under the Triton CPU interpreter. Kernels upcast bf16 right after each load when it is set,
 #: because the interpreter computes bf16 arithmetic on raw 16-bit patterns (FACTS section 3, triton #11584).

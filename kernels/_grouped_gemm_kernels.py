@@ -1,6 +1,6 @@
 """Triton bodies of the grouped GEMMs (launchers: kernels/grouped_gemm.py).
 
-Both kernels walk the aligned slot list of kernels.metadata.AlignMeta: M tile `pid_m` covers slots
+Both kernels walk the aligned slot list of moe_cts.kernels.metadata.AlignMeta: M tile `pid_m` covers slots
 [pid_m * BLOCK_M, (pid_m + 1) * BLOCK_M), all of one expert (`expert_of_block[pid_m]`). A slot holds a
 flat assignment id a = t * k + j, or the pad sentinel T * k, which is masked on every load and store.
 Rows are addressed with 64-bit offsets: a * stride passes 2^31 at T = 50k, k = 8, H = 7168 (FACTS bug 1).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels._common import INTERPRET
+from moe_cts.kernels._common import INTERPRET
 
 # Activation codes (constexpr ints: a string constexpr would work too, ints keep AOT signatures simple).
 ACT_SILU = 0
@@ -36,7 +36,7 @@ def _tile_coords(pid, num_m_blocks, N, BLOCK_N: tl.constexpr, GROUP_M: tl.conste
 
 @triton.jit
 def _activate(gate, up, alpha, limit, GATED: tl.constexpr, ACTIVATION: tl.constexpr):
-    """The expert activation in fp32 registers (reference.numpy_oracle.activate)."""
+    """The expert activation in fp32 registers (moe_cts.reference.numpy_oracle.activate)."""
     if ACTIVATION == 3:  # swiglu_oai: (clamp(up, -l, l) + 1) * g * sigmoid(alpha * g), g = min(gate, l)
         g = tl.minimum(gate, limit)
         u = tl.minimum(tl.maximum(up, -limit), limit)

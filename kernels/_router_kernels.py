@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels._common import INTERPRET
+from moe_cts.kernels._common import INTERPRET
 
 # Rank keys below every float's key (-inf maps to -2139095041): taken < masked group < NaN.
 KEY_TAKEN = tl.constexpr(-2147483648)

@@ -1,7 +1,7 @@
 """Alignment stage: per-expert counts, padded per-expert tiles and the sorted assignment list.
 
 `align` is what the grouped GEMMs consume (metadata.AlignMeta); `permute` is the twin of
-`reference.numpy_oracle.permute` built from align's output, for judging the stage against the oracle.
+`moe_cts.reference.numpy_oracle.permute` built from align's output, for judging the stage against the oracle.
 Kernel bodies: `_align_kernels.py` (a blocked counting sort, deterministic, no atomics).
 """
 
@@ -13,16 +13,16 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from kernels._align_kernels import (
+from moe_cts.kernels._align_kernels import (
     align_one_chunk_kernel,
     chunk_hist_kernel,
     chunk_scan_kernel,
     chunk_scatter_kernel,
     pad_fill_kernel,
 )
-from kernels._common import INTERPRET, require_tensor
-from kernels.metadata import AlignMeta, padded_capacity
-from reference.spec import MoESpec, SpecError
+from moe_cts.kernels._common import INTERPRET, require_tensor
+from moe_cts.kernels.metadata import AlignMeta, padded_capacity
+from moe_cts.reference.spec import MoESpec, SpecError
 
 #: The scatter kernel keeps a (BLOCK_E,) running count per expert in registers.
 MAX_EXPERTS = 4096
@@ -31,7 +31,7 @@ _INT32_MAX = 2**31 - 1
 
 @dataclass(frozen=True)
 class Permutation:
-    """Torch twin of reference.numpy_oracle.Permutation (same fields and meanings, int64 / bool)."""
+    """Torch twin of moe_cts.reference.numpy_oracle.Permutation (same fields and meanings, int64 / bool)."""
 
     expert_counts: torch.Tensor  # (E,) assignments routed to expert e (before the local mask)
     kept: torch.Tensor  # (T, k) bool: assignment on a local expert
@@ -62,7 +62,7 @@ def _check(spec: MoESpec, topk_ids: torch.Tensor, block_m: int, tiles: tuple[int
 
     Ids are trusted to lie in [0, E) (route guarantees it; checking would need a host sync); an
     out-of-range id is dropped (inverse -1), never written out of bounds."""
-    from kernels.capabilities import NotSupportedError
+    from moe_cts.kernels.capabilities import NotSupportedError
 
     if spec.capacity_factor is not None:
         raise NotSupportedError(

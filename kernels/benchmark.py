@@ -1,8 +1,8 @@
-"""Benchmark of the Triton MoE forward on a GPU (not a test): `python -m kernels.benchmark [--quick]
+"""Benchmark of the Triton MoE forward on a GPU (not a test): `python -m moe_cts.kernels.benchmark [--quick]
 [--check] [--json out.json]`.
 
 For each preset (routed experts only) and T it times, with triton.testing.do_bench (median, warm-up):
-    fwd     kernels.fused_moe, router to combine
+    fwd     moe_cts.kernels.fused_moe, router to combine
     gemms   the gate_up and down launches alone (routing and alignment precomputed)
     gmm     torch._grouped_mm forward (ids precomputed; sort, two grouped GEMMs, silu*up, weighted sum)
     loop    a per-expert torch loop (T in {1, 512, 4096} only: it syncs the host per expert)
@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from reference import presets
-from reference.spec import MoESpec, MoEWeights
+from moe_cts.reference import presets
+from moe_cts.reference.spec import MoESpec, MoEWeights
 
 HBM_BYTES_PER_S = 3.0e12
 BF16_FLOPS = 738e12
@@ -153,10 +153,10 @@ def check_against_float64(spec: MoESpec, w: MoEWeights, x, ids, tw, y) -> dict:
 def bench_point(key: str, T: int, zipf: bool, args) -> Point:
     import triton.testing
 
-    import kernels
-    import kernels.config as cfgmod
-    from kernels.grouped_gemm import launch_down, launch_gate_up
-    from kernels.metadata import Routing
+    import moe_cts.kernels
+    import moe_cts.kernels.config as cfgmod
+    from moe_cts.kernels.grouped_gemm import launch_down, launch_gate_up
+    from moe_cts.kernels.metadata import Routing
 
     spec = routed_spec(key)
     pt = Point(key, T, "zipf1.2" if zipf else "router")
@@ -166,13 +166,13 @@ def bench_point(key: str, T: int, zipf: bool, args) -> Point:
     if zipf:
         ids = zipf_ids(T, spec.num_experts, spec.top_k, 1.2, dev)
         tw = torch.softmax(torch.randn(ids.shape, device=dev), -1)
-        fwd = lambda: kernels.fused_moe(spec, w, x, routing=Routing(ids, tw))
+        fwd = lambda: moe_cts.kernels.fused_moe(spec, w, x, routing=Routing(ids, tw))
     else:
-        r = kernels.route(spec, w, x)
+        r = moe_cts.kernels.route(spec, w, x)
         ids, tw = r.topk_ids, r.topk_weights
-        fwd = lambda: kernels.fused_moe(spec, w, x)
+        fwd = lambda: moe_cts.kernels.fused_moe(spec, w, x)
         pre = Routing(ids, tw)
-        fwd_pre = lambda: kernels.fused_moe(spec, w, x, routing=pre)
+        fwd_pre = lambda: moe_cts.kernels.fused_moe(spec, w, x, routing=pre)
     pt.floor_ms = floor_ms(spec, ids)
     bench = lambda fn: triton.testing.do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median")
     y = fwd()
@@ -182,7 +182,7 @@ def bench_point(key: str, T: int, zipf: bool, args) -> Point:
     pt.ms["fwd_pre"] = bench(fwd_pre) if not zipf else pt.ms["fwd"]
 
     cfg = cfgmod.last_config()
-    meta = kernels.align(spec, ids, cfg.BLOCK_M)
+    meta = moe_cts.kernels.align(spec, ids, cfg.BLOCK_M)
     act = torch.empty((T * spec.top_k, spec.intermediate_size), device=dev, dtype=x.dtype)
     ws = torch.empty((T * spec.top_k, spec.hidden_size), device=dev, dtype=x.dtype)
     twf = tw.reshape(-1).float()
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rep", type=int, default=100)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        print("kernels.benchmark needs a GPU", file=sys.stderr)
+        print("moe_cts.kernels.benchmark needs a GPU", file=sys.stderr)
         return 2
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     print("preset           T   floor   ours fwd (%floor) ours fwd, ids given ours GEMMs       torch._grouped_mm  torch loop"

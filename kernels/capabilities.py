@@ -10,17 +10,8 @@ from typing import Any
 
 import torch
 
-from reference.spec import GATED_ACTIVATIONS, LAYOUTS, NONGATED_ACTIVATIONS, MoESpec
-
-
-class NotSupportedError(RuntimeError):
-    """A valid spec or input that these kernels do not implement; the message names the field."""
-
-    def __init__(self, message: str, *, field: str | None = None):
-        # field: the spec field or argument at fault; defaults to the text before the first ':'
-        self.field = field if field is not None else message.split(":", 1)[0]
-        super().__init__(message)
-
+from moe_cts.reference.errors import NotSupportedError
+from moe_cts.reference.spec import GATED_ACTIVATIONS, LAYOUTS, NONGATED_ACTIVATIONS, MoESpec
 
 CAPABILITIES: dict[str, Any] = {
     "stages": ("route", "permute", "align", "gate_up", "down", "shared_expert", "combine", "fused_moe"),

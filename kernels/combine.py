@@ -1,4 +1,4 @@
-"""The weighted combine of per-assignment expert outputs (stage twin of reference.combine).
+"""The weighted combine of per-assignment expert outputs (stage twin of moe_cts.reference.combine).
 
     y[t] = shared_out[t] + sum_{j = 0..k-1} (kept[t, j] ? topk_weights[t, j] * expert_out[t, j] : 0)
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 import triton
 
-from kernels._combine_kernels import combine_kernel
-from kernels._common import SUPPORTED_DTYPES, require_tensor
-from kernels.capabilities import check_supported
-from reference.spec import MoESpec
+from moe_cts.kernels._combine_kernels import combine_kernel
+from moe_cts.kernels._common import SUPPORTED_DTYPES, require_tensor
+from moe_cts.kernels.capabilities import check_supported
+from moe_cts.reference.spec import MoESpec
 
 #: H block of one combine program; 1024 fp32 lanes keep 4 warps busy without spilling.
 COMBINE_BLOCK_H = 1024
@@ -51,7 +51,7 @@ def combine(
     kept: torch.Tensor,
     shared_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Stage twin of reference.combine (module docstring); the weights are applied here in fp32."""
+    """Stage twin of moe_cts.reference.combine (module docstring); the weights are applied here in fp32."""
     check_supported(spec)
     T, k, H = topk_weights.shape[0] if topk_weights.dim() == 2 else -1, spec.top_k, spec.hidden_size
     require_tensor("topk_weights", topk_weights, shape=(T, k), dtype=torch.float32)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from reference.spec import SpecError
+from moe_cts.reference.spec import SpecError
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 BACKENDS = ("cuda", "hip", "interpreter")

@@ -1,6 +1,6 @@
 """Grouped GEMMs over aligned expert slots: GEMM1 + activation (`gate_up`) and GEMM2 (`down`).
 
-Stage twins of reference.gate_up / reference.down / reference.shared_expert (oracle layouts):
+Stage twins of moe_cts.reference.gate_up / moe_cts.reference.down / moe_cts.reference.shared_expert (oracle layouts):
 
     act[t, j]  = activation(x[t] @ w13[e, gate].T + b13, x[t] @ w13[e, up].T + b13),  e = ids[t, j]
     out[t, j]  = act[t, j] @ w2[e].T + b2[e]                    (unweighted, as the oracle's down)
@@ -16,12 +16,12 @@ from __future__ import annotations
 import torch
 import triton
 
-from kernels import _grouped_gemm_kernels as K
-from kernels import config as cfgmod
-from kernels.capabilities import check_supported
-from kernels.config import GemmTile, TileConfig
-from kernels.metadata import AlignMeta, padded_capacity
-from reference.spec import MoESpec, MoEWeights, SpecError
+from moe_cts.kernels import _grouped_gemm_kernels as K
+from moe_cts.kernels import config as cfgmod
+from moe_cts.kernels.capabilities import check_supported
+from moe_cts.kernels.config import GemmTile, TileConfig
+from moe_cts.kernels.metadata import AlignMeta, padded_capacity
+from moe_cts.reference.spec import MoESpec, MoEWeights, SpecError
 
 ACTIVATION_CODES = {
     "silu": K.ACT_SILU,
@@ -115,7 +115,7 @@ def launch_down(
 # ----------------------------------------------------------------------------------------------- checks
 def check_weights(spec: MoESpec, weights: MoEWeights, x: torch.Tensor) -> None:
     """Shapes from the spec; expert matrices in x.dtype on x.device; raise before any launch."""
-    from kernels._common import SUPPORTED_DTYPES, require_tensor
+    from moe_cts.kernels._common import SUPPORTED_DTYPES, require_tensor
 
     check_supported(spec)
     require_tensor("x", x, shape=(x.shape[0], spec.hidden_size) if x.dim() == 2 else None, dtype=SUPPORTED_DTYPES)
@@ -133,7 +133,7 @@ def check_weights(spec: MoESpec, weights: MoEWeights, x: torch.Tensor) -> None:
 
 
 def check_ids(spec: MoESpec, topk_ids: torch.Tensor, num_tokens: int, device: torch.device) -> None:
-    from kernels._common import require_tensor
+    from moe_cts.kernels._common import require_tensor
 
     require_tensor("topk_ids", topk_ids, shape=(num_tokens, spec.top_k), dtype=torch.int32, device=device)
 
@@ -154,7 +154,7 @@ def stage_config(spec: MoESpec, dtype: torch.dtype, num_tokens: int, config, bat
 
 def align_all(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta:
     """Alignment of every assignment (no local-expert mask): the stage twins compute all of them."""
-    from kernels.align import align
+    from moe_cts.kernels.align import align
 
     return align(spec.replace(local_experts=None, capacity_factor=None), topk_ids, block_m)
 
@@ -201,7 +201,7 @@ def down(
 ) -> torch.Tensor:
     """GEMM2 for every assignment, unweighted incl. b2: (T, k, H) in act.dtype (module docstring)."""
     T, k, H, I = topk_ids.shape[0], spec.top_k, spec.hidden_size, spec.intermediate_size
-    from kernels._common import require_tensor
+    from moe_cts.kernels._common import require_tensor
 
     require_tensor("act", act, shape=(T, k, I), dtype=weights.w2.dtype, device=weights.w2.device)
     check_weights(spec, weights, torch.empty((0, H), dtype=act.dtype, device=act.device))

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import torch
 
-from kernels import config as cfgmod
-from kernels._common import require_tensor
-from kernels.combine import launch_combine
-from kernels.config import TileConfig
-from kernels.grouped_gemm import (
+from moe_cts.kernels import config as cfgmod
+from moe_cts.kernels._common import require_tensor
+from moe_cts.kernels.combine import launch_combine
+from moe_cts.kernels.config import TileConfig
+from moe_cts.kernels.grouped_gemm import (
     check_weights,
     launch_down,
     launch_gate_up,
@@ -26,18 +26,18 @@ from kernels.grouped_gemm import (
     shared_forward,
     stage_config,
 )
-from kernels.metadata import AlignMeta, Routing
-from reference.spec import MoESpec, MoEWeights, SpecError
+from moe_cts.kernels.metadata import AlignMeta, Routing
+from moe_cts.reference.spec import MoESpec, MoEWeights, SpecError
 
 
 def _route(spec: MoESpec, weights: MoEWeights, x: torch.Tensor) -> Routing:
-    from kernels.router import route
+    from moe_cts.kernels.router import route
 
     return route(spec, weights, x)
 
 
 def _align(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta:
-    from kernels.align import align
+    from moe_cts.kernels.align import align
 
     return align(spec, topk_ids, block_m)
 

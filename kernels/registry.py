@@ -4,7 +4,7 @@ The AOT compile matrix (conformance/aot.py) needs, per kernel, the ASTSource sig
 real launch would compile. Writing them by hand would drift from the launchers, so they are captured instead:
 
     launches = capture(spec, num_tokens, dtype, target=GPUTarget("hip", "gfx942", 64), config=cfg)
-      # runs kernels.fused_moe on "meta" tensors (shapes and strides only, no memory), with
+      # runs moe_cts.kernels.fused_moe on "meta" tensors (shapes and strides only, no memory), with
       # JITFunction.run replaced by a recorder: every kernel[grid](...) call is kept as a Launch
       # (kernel name, argument descriptions, constexpr and option keywords); nothing is compiled or run.
 
@@ -16,7 +16,7 @@ missing here, or when no captured scenario launches it. Names with a leading und
 device helpers (inlined into the kernels), not kernels.
 
 Capture needs the compiled-kernel path of Triton: it raises if TRITON_INTERPRET=1 (under the interpreter the
-launchers pick interpreter tile sizes and triton.jit builds no JITFunction). conformance.aot runs it in a
+launchers pick interpreter tile sizes and triton.jit builds no JITFunction). moe_cts.conformance.aot.matrix runs it in a
 subprocess without that variable.
 """
 
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from reference.spec import MoESpec, MoEWeights, weight_shapes
+from moe_cts.reference.spec import MoESpec, MoEWeights, weight_shapes
 
 KERNEL_DIR = Path(__file__).parent
 
@@ -47,18 +47,18 @@ class KernelInfo:
 
 
 KERNELS: dict[str, KernelInfo] = {
-    "router_kernel": KernelInfo("kernels._router_kernels", "route", matrix=False),
-    "align_one_chunk_kernel": KernelInfo("kernels._align_kernels", "align", matrix=False),
-    "chunk_hist_kernel": KernelInfo("kernels._align_kernels", "align", matrix=False),
-    "chunk_scan_kernel": KernelInfo("kernels._align_kernels", "align", matrix=False),
-    "chunk_scatter_kernel": KernelInfo("kernels._align_kernels", "align", matrix=False),
-    "pad_fill_kernel": KernelInfo("kernels._align_kernels", "align", matrix=False),
+    "router_kernel": KernelInfo("moe_cts.kernels._router_kernels", "route", matrix=False),
+    "align_one_chunk_kernel": KernelInfo("moe_cts.kernels._align_kernels", "align", matrix=False),
+    "chunk_hist_kernel": KernelInfo("moe_cts.kernels._align_kernels", "align", matrix=False),
+    "chunk_scan_kernel": KernelInfo("moe_cts.kernels._align_kernels", "align", matrix=False),
+    "chunk_scatter_kernel": KernelInfo("moe_cts.kernels._align_kernels", "align", matrix=False),
+    "pad_fill_kernel": KernelInfo("moe_cts.kernels._align_kernels", "align", matrix=False),
     "gate_up_kernel": KernelInfo(
-        "kernels._grouped_gemm_kernels", "gate_up", matrix=True, fp8_operands=("x_ptr", "w13_ptr")
+        "moe_cts.kernels._grouped_gemm_kernels", "gate_up", matrix=True, fp8_operands=("x_ptr", "w13_ptr")
     ),
-    "down_kernel": KernelInfo("kernels._grouped_gemm_kernels", "down", matrix=True, fp8_operands=("a_ptr", "w2_ptr")),
-    "row_gate_kernel": KernelInfo("kernels._grouped_gemm_kernels", "shared_expert", matrix=False),
-    "combine_kernel": KernelInfo("kernels._combine_kernels", "combine", matrix=False),
+    "down_kernel": KernelInfo("moe_cts.kernels._grouped_gemm_kernels", "down", matrix=True, fp8_operands=("a_ptr", "w2_ptr")),
+    "row_gate_kernel": KernelInfo("moe_cts.kernels._grouped_gemm_kernels", "shared_expert", matrix=False),
+    "combine_kernel": KernelInfo("moe_cts.kernels._combine_kernels", "combine", matrix=False),
 }
 
 
@@ -84,7 +84,7 @@ def _is_jit(node: ast.FunctionDef) -> bool:
 def jit_function(name: str):
     """The JITFunction object of a registered kernel."""
     if name not in KERNELS:
-        raise KeyError(f"kernel {name!r} is not in kernels.registry.KERNELS")
+        raise KeyError(f"kernel {name!r} is not in moe_cts.kernels.registry.KERNELS")
     return getattr(importlib.import_module(KERNELS[name].module), name)
 
 
@@ -143,7 +143,7 @@ def _recording(launches: list[Launch]) -> Iterator[None]:
     def record(self, *args, grid, warmup, **kwargs):
         name = self.fn.__name__
         if name not in KERNELS:
-            raise KeyError(f"launcher launched {name!r}, which kernels.registry.KERNELS does not list")
+            raise KeyError(f"launcher launched {name!r}, which moe_cts.kernels.registry.KERNELS does not list")
         launches.append(Launch(name, tuple(describe_arg(a) for a in args), dict(kwargs), _grid(grid, kwargs)))
 
     JITFunction.run = record
@@ -178,7 +178,7 @@ def active_target(target) -> Iterator[None]:
     its backend's table (torch.version.hip cannot be faked)."""
     from triton.runtime.driver import driver
 
-    from kernels import config as cfgmod
+    from moe_cts.kernels import config as cfgmod
 
     previous_driver, previous_backend = getattr(driver, "_active", None), cfgmod.backend
     driver.set_active(FakeDriver(target))
@@ -225,8 +225,8 @@ def capture(
     Launchers' functools caches are cleared around it (active_target), so one process can capture for
     several targets."""
     if os.environ.get("TRITON_INTERPRET") == "1":
-        raise RuntimeError("kernels.registry.capture needs TRITON_INTERPRET unset (compiled-kernel launch path)")
-    from kernels.moe import fused_moe
+        raise RuntimeError("moe_cts.kernels.registry.capture needs TRITON_INTERPRET unset (compiled-kernel launch path)")
+    from moe_cts.kernels.moe import fused_moe
 
     launches: list[Launch] = []
     x = torch.empty((num_tokens, spec.hidden_size), dtype=dtype, device="meta")
@@ -237,6 +237,6 @@ def capture(
 
 def table_configs() -> list[tuple[str, str, str, dict[str, Any]]]:
     """(backend, dtype class, bucket, config dict) of every GPU table entry (kernels/configs/{cuda,hip}.json)."""
-    from kernels.config import all_configs
+    from moe_cts.kernels.config import all_configs
 
     return [(b, dc, bucket, cfg.to_dict()) for b, dc, bucket, cfg in all_configs() if b in ("cuda", "hip")]

@@ -1,6 +1,6 @@
 """Router stage: logits, scores, grouped / plain top-k and weights in one Triton launch.
 
-The twin of `reference.numpy_oracle.route`; the kernel body is `_router_kernels.router_kernel`.
+The twin of `moe_cts.reference.numpy_oracle.route`; the kernel body is `_router_kernels.router_kernel`.
 """
 
 from __future__ import annotations
@@ -8,18 +8,18 @@ from __future__ import annotations
 import torch
 import triton
 
-from kernels import config as _config
-from kernels._common import INTERPRET, SUPPORTED_DTYPES, require_tensor
-from kernels._router_kernels import router_kernel
-from kernels.metadata import Routing
-from reference.spec import MoESpec, MoEWeights, SpecError, check_input
+from moe_cts.kernels import config as _config
+from moe_cts.kernels._common import INTERPRET, SUPPORTED_DTYPES, require_tensor
+from moe_cts.kernels._router_kernels import router_kernel
+from moe_cts.kernels.metadata import Routing
+from moe_cts.reference.spec import MoESpec, MoEWeights, SpecError, check_input
 
 #: Largest E one program can hold: the (BLOCK_T, BLOCK_E) fp32 tiles live in registers.
 MAX_EXPERTS = 1024
 
 
 def _warp_size() -> int:
-    """Threads per warp: 64 on AMD CDNA, 32 on NVIDIA (read through kernels.config.backend, which the
+    """Threads per warp: 64 on AMD CDNA, 32 on NVIDIA (read through moe_cts.kernels.config.backend, which the
     AOT capture in kernels/registry.py overrides per target)."""
     return 64 if _config.backend() == "hip" else 32
 
@@ -47,7 +47,7 @@ def _block_sizes(E: int, block_t: int | None) -> tuple[int, int, int, int, int]:
 
 def _check(spec: MoESpec, weights: MoEWeights, x: torch.Tensor, block_t: int | None) -> None:
     """Raise SpecError / NotSupportedError naming the field before any launch."""
-    from kernels.capabilities import NotSupportedError
+    from moe_cts.kernels.capabilities import NotSupportedError
 
     check_input(spec, x)
     E, H = spec.num_experts, spec.hidden_size

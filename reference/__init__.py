@@ -1,13 +1,13 @@
 """moe-cts reference: the MoE layer spec and its float64 oracles.
 
-`reference.moe_forward` and the stage functions (`route`, `permute`, `gate_up`, `down`, `shared_expert`,
-`combine`) are the NumPy float64 oracle; `reference.torch_oracle` holds the independent PyTorch twin.
-`reference.presets` has the real models' full-size specs; `reference.hf` reads transformers configs and blocks.
+`moe_cts.reference.moe_forward` and the stage functions (`route`, `permute`, `gate_up`, `down`, `shared_expert`,
+`combine`) are the NumPy float64 oracle; `moe_cts.reference.torch_oracle` holds the independent PyTorch twin.
+`moe_cts.reference.presets` has the real models' full-size specs; `moe_cts.reference.hf` reads transformers configs and blocks.
 """
 
-from reference import presets, torch_oracle
-from reference.hf import spec_from_hf_config, weights_from_hf
-from reference.numpy_oracle import (
+from moe_cts.reference import presets, torch_oracle
+from moe_cts.reference.errors import NotSupportedError, SpecError
+from moe_cts.reference.numpy_oracle import (
     GateUp,
     MoEResult,
     Permutation,
@@ -21,13 +21,18 @@ from reference.numpy_oracle import (
     route,
     shared_expert,
 )
-from reference.spec import MoESpec, MoEWeights, SpecError, check_input, weight_shapes
+from moe_cts.reference.spec import MoESpec, MoEWeights, check_input, weight_shapes
+
+#: the transformers readers under their functional names
+spec_from_hf_config = MoESpec.from_hf_config
+weights_from_hf = MoEWeights.from_hf
 
 __all__ = [
     "GateUp",
     "MoEResult",
     "MoESpec",
     "MoEWeights",
+    "NotSupportedError",
     "Permutation",
     "Routing",
     "SpecError",

@@ -1,5 +1,7 @@
-"""transformers 5.x configs and MoE blocks -> MoESpec / MoEWeights. transformers is never imported here:
-configs are read by field name (dict or config object), blocks by parameter name.
+"""transformers 5.x configs and MoE blocks -> the fields of MoESpec / MoEWeights. transformers is never imported
+here: configs are read by field name (dict or config object), blocks by parameter name. This module returns
+keyword dicts and `spec.py` builds the objects (`MoESpec.from_hf_config`, `MoEWeights.from_hf`), so the
+dependency runs one way: spec -> hf.
 
     model_type     block class                  routing read from the config
     mixtral        MixtralSparseMoeBlock        softmax, top-k, renormalize
@@ -18,7 +20,7 @@ from typing import Any
 
 import torch
 
-from reference.spec import MoESpec, MoEWeights, SpecError
+from moe_cts.reference.errors import SpecError
 
 #: transformers `hidden_act` names -> MoESpec.activation
 HF_ACTIVATIONS = {
@@ -57,8 +59,8 @@ def _activation(f: _Fields) -> str:
     return HF_ACTIVATIONS[act]
 
 
-def spec_from_hf_config(config: Mapping[str, Any] | Any) -> MoESpec:
-    """MoESpec of one MoE layer of a transformers config (a dict such as config.json, or a config object).
+def spec_fields(config: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """MoESpec fields of one MoE layer of a transformers config (a dict such as config.json, or an object).
 
     Only the routed layers are described: first_k_dense_replace / mlp_only_layers are not read."""
     f = _Fields(config)
@@ -68,7 +70,7 @@ def spec_from_hf_config(config: Mapping[str, Any] | Any) -> MoESpec:
     H, k = f.get("hidden_size"), f.get("num_experts_per_tok")
     common: dict[str, Any] = {"hidden_size": H, "top_k": k, "name": f.get("_name_or_path", "") or mt}
     if mt == "mixtral":
-        return MoESpec(
+        return dict(
             intermediate_size=f.get("intermediate_size"),
             num_experts=f.get("num_local_experts"),
             renormalize=True,
@@ -83,7 +85,7 @@ def spec_from_hf_config(config: Mapping[str, Any] | Any) -> MoESpec:
                 "shared_intermediate_size": f.get("shared_expert_intermediate_size"),
                 "shared_gate": True,
             }
-        return MoESpec(
+        return dict(
             intermediate_size=f.get("intermediate_size" if mt == "olmoe" else "moe_intermediate_size"),
             num_experts=f.get("num_experts"),
             renormalize=bool(f.get("norm_topk_prob", False)),
@@ -94,7 +96,7 @@ def spec_from_hf_config(config: Mapping[str, Any] | Any) -> MoESpec:
     if mt in ("deepseek_v2", "deepseek_v3"):
         return _deepseek(f, mt, common)
     # gpt_oss: top-k on logits then softmax over the k == softmax over E, top-k, renormalize (exactly)
-    return MoESpec(
+    return dict(
         intermediate_size=f.get("intermediate_size"),
         num_experts=f.get("num_local_experts"),
         router_bias=True,
@@ -108,7 +110,7 @@ def spec_from_hf_config(config: Mapping[str, Any] | Any) -> MoESpec:
     )
 
 
-def _deepseek(f: _Fields, mt: str, common: dict[str, Any]) -> MoESpec:
+def _deepseek(f: _Fields, mt: str, common: dict[str, Any]) -> dict[str, Any]:
     I = f.get("moe_intermediate_size")
     n_shared = f.get("n_shared_experts", 0)
     routing: dict[str, Any] = {
@@ -129,7 +131,7 @@ def _deepseek(f: _Fields, mt: str, common: dict[str, Any]) -> MoESpec:
         routing.update(n_group=f.get("n_group"), topk_group=f.get("topk_group"), group_score="max")
     elif f.get("topk_method", "greedy") != "greedy":
         raise SpecError("config.topk_method", "'greedy' or 'group_limited_greedy'", f.get("topk_method"))
-    return MoESpec(
+    return dict(
         intermediate_size=I,
         num_experts=f.get("n_routed_experts"),
         activation=_activation(f),
@@ -155,14 +157,8 @@ def _mlp_w13_w2(mlp: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([gate, up], dim=0), _param(mlp.down_proj, "weight", f"{where}.down_proj")
 
 
-def weights_from_hf(block: Any, spec: MoESpec | None = None) -> MoEWeights:
-    """Copy a transformers 5.x MoE block's parameters into the canonical layout (module docstring),
-    then validate them against `spec` (built from block.config when the block has one)."""
-    if spec is None:
-        config = getattr(block, "config", None)
-        if config is None:
-            raise SpecError("spec", "a MoESpec (this block carries no config)", None)
-        spec = spec_from_hf_config(config)
+def weight_fields(block: Any, spec: Any) -> dict[str, torch.Tensor]:
+    """A transformers 5.x MoE block's parameters in the canonical layout (spec.py's docstring), one dtype."""
     experts = getattr(block, "experts", None)
     if experts is None or isinstance(experts, torch.nn.ModuleList):
         raise SpecError("block.experts", "a transformers 5.x fused experts module (gate_up_proj)", type(experts).__name__)
@@ -189,4 +185,4 @@ def weights_from_hf(block: Any, spec: MoESpec | None = None) -> MoEWeights:
         out["shared_gate"] = _param(block.shared_expert_gate, "weight", "block.shared_expert_gate")
     # one dtype (the experts'): DeepSeek keeps its router in float32 even in a float64 model
     dtype = out["w13"].dtype
-    return MoEWeights(**{k: v.to(dtype).contiguous() for k, v in out.items()}).validate(spec)
+    return {k: v.to(dtype).contiguous() for k, v in out.items()}

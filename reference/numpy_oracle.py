@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reference.spec import RENORM_EPS, MoESpec, MoEWeights, SpecError, check_input
+from moe_cts.reference.spec import RENORM_EPS, MoESpec, MoEWeights, SpecError, check_input
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 

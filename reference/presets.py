@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from reference.spec import MoESpec, SpecError
+from moe_cts.reference.spec import MoESpec, SpecError
 
 _PATH = Path(__file__).with_name("presets.json")
 

@@ -29,6 +29,9 @@ from typing import Any, Literal
 
 import torch
 
+from moe_cts.reference import hf
+from moe_cts.reference.errors import SpecError
+
 Scoring = Literal["softmax", "sigmoid"]
 GroupScore = Literal["max", "top2_sum"]
 Activation = Literal["silu", "gelu", "gelu_tanh", "swiglu_oai", "relu"]
@@ -44,17 +47,6 @@ LAYOUTS = ("concat", "interleaved")
 RENORM_EPS = 1e-20
 
 
-class SpecError(ValueError):
-    """A spec, weights or input tensor that does not describe a valid MoE layer.
-
-    The message names the field and the expected value: ``top_k: expected 1 <= top_k <= num_experts (8), got 9``.
-    """
-
-    def __init__(self, field_name: str, expected: str, got: Any):
-        self.field = field_name
-        self.expected = expected
-        self.got = got
-        super().__init__(f"{field_name}: expected {expected}, got {got!r}")
 
 
 def _require(cond: bool, field_name: str, expected: str, got: Any) -> None:
@@ -241,9 +233,7 @@ class MoESpec:
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any] | Any) -> MoESpec:
         """Build the spec of one MoE layer from a transformers config (dict or config object)."""
-        from reference.hf import spec_from_hf_config
-
-        return spec_from_hf_config(config)
+        return cls(**hf.spec_fields(config))
 
 
 def weight_shapes(spec: MoESpec) -> dict[str, tuple[int, ...]]:
@@ -393,10 +383,14 @@ class MoEWeights:
 
     @classmethod
     def from_hf(cls, block: Any, spec: MoESpec | None = None) -> MoEWeights:
-        """Read a transformers MoE block's parameters into the canonical layout."""
-        from reference.hf import weights_from_hf
-
-        return weights_from_hf(block, spec)
+        """Read a transformers 5.x MoE block's parameters into the canonical layout and validate them against
+        `spec` (built from block.config when the block has one)."""
+        if spec is None:
+            config = getattr(block, "config", None)
+            if config is None:
+                raise SpecError("spec", "a MoESpec (this block carries no config)", None)
+            spec = MoESpec.from_hf_config(config)
+        return cls(**hf.weight_fields(block, spec)).validate(spec)
 
 
 def check_input(spec: MoESpec, x: Any, *, name: str = "x") -> None:

@@ -1,4 +1,4 @@
-"""The second float64 oracle: PyTorch, written independently of reference.numpy_oracle.
+"""The second float64 oracle: PyTorch, written independently of moe_cts.reference.numpy_oracle.
 
 Same stage names and result fields; a different formulation, so that one bug cannot hide in both:
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reference.spec import RENORM_EPS, MoESpec, MoEWeights, SpecError, check_input
+from moe_cts.reference.spec import RENORM_EPS, MoESpec, MoEWeights, SpecError, check_input
 
 F64 = torch.float64
 #: Largest temporary, in elements (float64: 256 MiB). Bounds the pairwise rank cube and weight gathers.

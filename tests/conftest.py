@@ -12,6 +12,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from conformance.profiles import register_profiles  # noqa: E402
+from moe_cts.conformance.engine.profiles import register_profiles
 
 register_profiles()

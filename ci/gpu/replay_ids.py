@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from conformance.cases import Case
-from conformance.devices import select_device
-from conformance.impl import get_implementation
-from conformance.runner import run_case
+from moe_cts.conformance.engine.cases import Case
+from moe_cts.conformance.engine.devices import select_device
+from moe_cts.conformance.engine.runner import run_case
+from moe_cts.conformance.impls.registry import get_implementation
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@
 
 For each (preset, T) and each BLOCK_M it aligns once, then times gate_up and down alone for every candidate
 tile (triton.testing.do_bench median, L2 flushed), and prints the best pair per BLOCK_M with the bucket
-m = ceil(T*k/E) it belongs to. Routed experts only, bf16, router ids from kernels.route.
+m = ceil(T*k/E) it belongs to. Routed experts only, bf16, router ids from moe_cts.kernels.route.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import time
 import torch
 import triton.testing
 
-import kernels
-from kernels.config import GemmTile
-from kernels.grouped_gemm import launch_down, launch_gate_up
-from reference import presets
-from reference.spec import MoEWeights, weight_shapes
+import moe_cts.kernels
+from moe_cts.kernels.config import GemmTile
+from moe_cts.kernels.grouped_gemm import launch_down, launch_gate_up
+from moe_cts.reference import presets
+from moe_cts.reference.spec import MoEWeights, weight_shapes
 
 GATE_UP = [  # (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages); two B tiles per stage (gate and up)
     (64, 64, 8, 4, 4), (64, 128, 8, 4, 3), (128, 64, 8, 8, 3), (128, 64, 8, 4, 4), (64, 64, 8, 8, 5),
@@ -54,14 +54,14 @@ def sweep(name: str, T: int, out: list) -> None:
         for n, s in weight_shapes(spec).items()
     })  # fmt: skip
     x = torch.randn((T, spec.hidden_size), device="cuda", dtype=torch.bfloat16)
-    r = kernels.route(spec, weights, x)
+    r = moe_cts.kernels.route(spec, weights, x)
     m = -(-T * spec.top_k // spec.num_experts)
     I, H = spec.intermediate_size, spec.hidden_size
     act = torch.empty((T * spec.top_k, I), device="cuda", dtype=torch.bfloat16)
     ws = torch.empty((T * spec.top_k, H), device="cuda", dtype=torch.bfloat16)
     twf = r.topk_weights.reshape(-1).float()
     for bm in BLOCK_MS["small" if m <= 32 else "large"]:
-        meta = kernels.align(spec, r.topk_ids, bm)
+        meta = moe_cts.kernels.align(spec, r.topk_ids, bm)
         best = {}
         for kind, cands in (("gate_up", GATE_UP), ("down", DOWN)):
             for c in cands:

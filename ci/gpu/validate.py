@@ -3,7 +3,7 @@
     python ci/gpu/validate.py [--json OUT.json] [--tokens 1 16 128 512 4096] [--big 50000]
 
 1. Full-size presets (Mixtral-8x7B, Qwen2-57B-A14B routed + shared, DeepSeek-V3 routed + shared) in bf16 at each
-   T: kernels.fused_moe against the float64 torch oracle run on the same bf16-rounded inputs, with the
+   T: moe_cts.kernels.fused_moe against the float64 torch oracle run on the same bf16-rounded inputs, with the
    conformance tolerance model's per-element bound (error / bound <= 1), ids compared tie-aware.
 2. T = 50,000 at DeepSeek-V3 (H 7168, k 8): no fault, finite output, the last rows (offsets past 2^31) checked.
 3. Two runs are bitwise equal.
@@ -20,9 +20,9 @@ import traceback
 
 import torch
 
-import kernels
-from reference import presets
-from reference.spec import MoEWeights, weight_shapes
+import moe_cts.kernels
+from moe_cts.reference import presets
+from moe_cts.reference.spec import MoEWeights, weight_shapes
 
 PRESETS = ("mixtral-8x7b", "qwen2-57b-a14b", "deepseek-v3")
 
@@ -47,7 +47,7 @@ def judge(spec, w, x, y, rows=None):
     rounds act to bf16 as the kernel stores it, so what remains is the output and shared-output rounding
     (u/2 each) and fp32 accumulation; an all-zero output gives ratio ~ 1/(8u) = 32, a dropped K tile of 64
     at I = 14336 about 2."""
-    r = kernels.route(spec, w, x)
+    r = moe_cts.kernels.route(spec, w, x)
     ids, tw = r.topk_ids.long(), r.topk_weights.double()
     xs = x if rows is None else x[rows]
     ids = ids if rows is None else ids[rows]
@@ -100,8 +100,8 @@ def point(name, T, results, seed=0):
         x = torch.randn((T, spec.hidden_size), generator=torch.Generator().manual_seed(seed + T)).to(
             "cuda", torch.bfloat16
         )
-        y1 = kernels.fused_moe(spec, w, x)
-        y2 = kernels.fused_moe(spec, w, x)
+        y1 = moe_cts.kernels.fused_moe(spec, w, x)
+        y2 = moe_cts.kernels.fused_moe(spec, w, x)
         torch.cuda.synchronize()
         rec["bitwise_equal"] = bool(torch.equal(y1.view(torch.int16), y2.view(torch.int16)))
         rows = None if T <= 4096 else torch.arange(T - 64, T, device="cuda")

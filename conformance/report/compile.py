@@ -23,7 +23,7 @@ class CompileSpecError(ValueError):
 
 
 def _known() -> tuple[str, ...]:
-    from conformance import aot_plan
+    from moe_cts.conformance.aot import plan as aot_plan
 
     return aot_plan.target_names()
 
@@ -43,7 +43,7 @@ def compile_targets(spec: str, device_names: list[str]) -> tuple[str, ...]:
     if spec == "all":
         return known
     if spec == "auto":
-        from conformance.devices import select_device
+        from moe_cts.conformance.engine.devices import select_device
 
         archs = [select_device(n).arch for n in device_names if n != "interpreter"]
         found = {t for t in (arch_target(a) for a in archs) if t}
@@ -61,7 +61,7 @@ def compile_targets(spec: str, device_names: list[str]) -> tuple[str, ...]:
 def run_compile(targets: tuple[str, ...], jobs: int) -> dict[str, Any]:
     """The default AOT tier for `targets` as the report's "compile" section. A planning failure (the launch
     capture itself broke) is an "error" section: the run then says nothing about compilation."""
-    from conformance import aot
+    from moe_cts.conformance.aot import matrix as aot
 
     start = time.perf_counter()
     try:
@@ -101,7 +101,7 @@ COLUMNS = ("kernel", "config", "dtype", "shared memory / limit", "registers", "s
 
 
 def _row(r: dict[str, Any], *, reason: bool = True) -> list[str]:
-    from conformance.aot import config_label
+    from moe_cts.conformance.aot.matrix import config_label
 
     shared = "-" if r["shared_bytes"] is None else f"{r['shared_bytes'] / 1024:.1f} / {r['shared_limit'] / 1024:.0f} KiB"
     matrix = ", ".join(r["matrix_found"]) or ("none (required)" if r["matrix_required"] else "none")

@@ -12,9 +12,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from conformance.report.compile import compile_html, failure_lines
-from conformance.report.schema import all_cases
-from conformance.results import STAGES, Outcome
+from moe_cts.conformance.engine.results import STAGES, Outcome
+from moe_cts.conformance.report.compile import compile_html, failure_lines
+from moe_cts.conformance.report.schema import all_cases
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}

@@ -35,7 +35,7 @@ def repo_root() -> Path:
 
 def kernel_source_hash() -> str:
     """sha256 over kernels/**/*.py and kernels/**/*.json (tile configs), path and bytes, in sorted order."""
-    root = _package_dir("kernels")
+    root = _package_dir("moe_cts.kernels")
     h = hashlib.sha256()
     if root is None:
         return "sha256:" + h.hexdigest()

@@ -17,8 +17,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from conformance.report.log import read_results
-from conformance.results import STAGES, CaseResult, Outcome
+from moe_cts.conformance.engine.log import read_results
+from moe_cts.conformance.engine.results import STAGES, CaseResult, Outcome
+from moe_cts.conformance.engine.session import replay_command
 
 SCHEMA = "moe-cts/report"
 #: 2: the top-level "compile" section and verdict.compile / verdict.reasons (certify --compile).
@@ -27,12 +28,6 @@ VERDICTS = ("conformant", "not_conformant", "partial", "void")
 EXIT_CODES = {"conformant": 0, "not_conformant": 1, "partial": 1, "void": 2}
 #: Worst elements kept per non-conformant stage in the report (the failure directory keeps them all).
 WORST_IN_REPORT = 5
-
-
-def replay_command(case_id: str, impl: str, device: str) -> str:
-    from conformance.plugin import replay_command as cmd
-
-    return cmd(case_id, impl, device)
 
 
 def case_record(source: str, r: CaseResult, impl: str, device_arg: str) -> dict[str, Any]:
@@ -64,7 +59,7 @@ def case_record(source: str, r: CaseResult, impl: str, device_arg: str) -> dict[
 def _params_of(case_id: str) -> dict[str, Any]:
     """Parameters of a case whose result carries none (a Crash recorded from its "started" line)."""
     try:
-        from conformance.cases import Case
+        from moe_cts.conformance.engine.cases import Case
 
         return Case.from_id(case_id).params()
     except Exception:  # a foreign or malformed id: the record keeps its id, the report stays writable
@@ -143,9 +138,9 @@ def build_report(
     started: float | None = None,
     compile_section: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report of the shards; `compile_section` (certify --compile, conformance.report.compile) is added
+    """The report of the shards; `compile_section` (certify --compile, moe_cts.conformance.report.compile) is added
     as "compile" and a compile Fail makes a conformant node not conformant."""
-    from conformance.report.compile import apply_compile
+    from moe_cts.conformance.report.compile import apply_compile
 
     devices = [device_section(s, partial=partial) for s in shards]
     runs = [d.pop("_run") for d in devices]

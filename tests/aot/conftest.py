@@ -1,6 +1,6 @@
 """Shared AOT fixtures: one capture (plan) and one worker run for every compile the tests need.
 
-Every compile runs in conformance.aot subprocesses without TRITON_INTERPRET (the test process has it set).
+Every compile runs in moe_cts.conformance.aot.matrix subprocesses without TRITON_INTERPRET (the test process has it set).
 CPU cost, measured: see docs/aot.md (the table guard's ~100 GEMM compiles are most of it).
 """
 
@@ -12,8 +12,9 @@ import json
 import pytest
 from filelock import FileLock
 
-from conformance import aot, aot_plan
-from kernels.registry import Launch
+from moe_cts.conformance.aot import matrix as aot
+from moe_cts.conformance.aot import plan as aot_plan
+from moe_cts.kernels.registry import Launch
 
 #: 96 KiB of operand buffers for gate_up (BLOCK_M 64, BLOCK_N 64, BLOCK_K 64, 4 stages, bf16, gate and up
 #: tiles): over the 64 KiB LDS of gfx942, well under the 227 KiB of sm90.

@@ -17,12 +17,12 @@ import pytest
 from filelock import FileLock
 from typer.testing import CliRunner
 
-from conformance import aot
-from conformance.certificate import check_report, verify
-from conformance.cli import app
-from conformance.devices import Device
-from conformance.plugin import must_pass_for
-from conformance.report import compile as report_compile
+from moe_cts.conformance.aot import matrix as aot
+from moe_cts.conformance.cli.app import app
+from moe_cts.conformance.engine.devices import Device
+from moe_cts.conformance.engine.must_pass import must_pass_for
+from moe_cts.conformance.report import compile as report_compile
+from moe_cts.conformance.report.certificate import check_report, verify
 
 OVERSIZED_ON_GFX942 = "compile FAIL gate_up_kernel [M64 N64 K64 G8 w4 s4] bfloat16 on gfx942"
 
@@ -160,7 +160,7 @@ def test_a_device_architecture_maps_to_its_aot_target(arch, target):
 )
 def test_compile_option_resolves_against_the_certified_devices(monkeypatch, spec, devices, arch, want):
     fake = Device("cuda", 0, None, "fake", arch)
-    monkeypatch.setattr("conformance.devices.select_device", lambda name: fake)
+    monkeypatch.setattr("moe_cts.conformance.engine.devices.select_device", lambda name: fake)
     assert report_compile.compile_targets(spec, devices) == want
 
 

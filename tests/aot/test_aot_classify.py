@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conformance import aot, aot_plan
-from conformance.aot_report import compile_section
+from moe_cts.conformance.aot import matrix as aot
+from moe_cts.conformance.aot import plan as aot_plan
+from moe_cts.conformance.aot.report import compile_section
 
 TARGETS = aot_plan.load_targets()
 

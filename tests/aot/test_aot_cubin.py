@@ -1,5 +1,5 @@
 """The check of the sm90 cubin proof (conformance/aot_cubin.py) can fail, and its parameter count reads
-the PTX entry. The GPU half itself runs only on an sm90 machine (python -m conformance.aot --run-cubin)."""
+the PTX entry. The GPU half itself runs only on an sm90 machine (python -m moe_cts.conformance.aot.matrix --run-cubin)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from conformance import aot_cubin
-from reference import numpy_oracle
+from moe_cts.conformance.aot import cubin as aot_cubin
+from moe_cts.reference import numpy_oracle
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from conformance import aot, aot_plan
+from moe_cts.conformance.aot import matrix as aot
+from moe_cts.conformance.aot import plan as aot_plan
 
 
 def _one(records, **match):
@@ -74,7 +75,7 @@ def test_every_table_config_compiles_for_its_targets(table_records, target):
 
 
 def test_the_table_guard_covers_every_row_of_both_tables(table_records):
-    from kernels.registry import table_configs
+    from moe_cts.kernels.registry import table_configs
 
     origins = {o for r in table_records for o in r.origins}
     want = {f"guard:table:{b}/{dc}/{bucket}" for b, dc, bucket, _ in table_configs()}

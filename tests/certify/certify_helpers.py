@@ -12,7 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 # The installed console script when there is one (the README's command), else the same app as a module.
 _SCRIPT = Path(sys.executable).with_name("moe-cts")
-MOE_CTS = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "conformance.cli"]
+MOE_CTS = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "moe_cts.conformance.cli.app"]
 
 
 def cli_env(**extra: str) -> dict[str, str]:

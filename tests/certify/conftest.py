@@ -4,6 +4,7 @@ across xdist workers (a file lock in the session's shared temp directory), and f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -39,12 +40,13 @@ def smoke_run(certified) -> Run:
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's chromium (.ci/run installs it). Absent, the browser tests fail: a skipped check is no check."""
+    """Debian's chromium. A newcomer's machine may lack it: the browser tests then skip with the reason. CI
+    installs chromium and sets MOE_CTS_REQUIRE_BROWSER=1, where a missing browser fails instead, so the page is
+    checked in a real browser on every submission."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.fail(
-            "chromium is not installed: the report must be checked in a real browser "
-            "(apt-get install -y chromium; .ci/run does it)",
-            pytrace=False,
-        )
+        why = "chromium is not installed (apt-get install -y chromium): the report page is not checked in a browser"
+        if os.environ.get("MOE_CTS_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{why}, and MOE_CTS_REQUIRE_BROWSER=1 requires it", pytrace=False)
+        pytest.skip(why)
     return exe

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from conformance.adapters.torch_eager import TorchEagerImplementation
+from moe_cts.conformance.impls.torch_eager import TorchEagerImplementation
 
 
 def _is_one_token(inputs) -> bool:

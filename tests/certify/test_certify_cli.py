@@ -11,10 +11,9 @@ import pytest
 from certify_helpers import run_cli
 from typer.testing import CliRunner
 
-from conformance.adapters.broken import BROKEN
-from conformance.cases import must_pass_hash
-from conformance.cli import app
-from conformance.plugin import must_pass_for
+from moe_cts.conformance.cli.app import app
+from moe_cts.conformance.engine.must_pass import must_pass_for, must_pass_hash
+from moe_cts.conformance.impls.broken import BROKEN
 
 OUTPUTS = ("report.json", "report.html", "junit.xml", "certificate.tgz")
 

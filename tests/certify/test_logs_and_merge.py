@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from conformance.merge import compare
-from conformance.report.log import ResultLog, read_results, record_crash
-from conformance.report.schema import EXIT_CODES, build_report
-from conformance.results import CaseResult, Outcome
-from conformance.shard import DeviceListError, make_shards, resolve_devices
+from moe_cts.conformance.engine.log import ResultLog, read_results, record_crash
+from moe_cts.conformance.engine.results import CaseResult, Outcome
+from moe_cts.conformance.harness.shard import DeviceListError, make_shards, resolve_devices
+from moe_cts.conformance.report.fleet import compare
+from moe_cts.conformance.report.schema import EXIT_CODES, build_report
 
 
 def _result(cid: str, outcome: Outcome = Outcome.PASS) -> CaseResult:

@@ -1,5 +1,5 @@
 """report.html in a real headless browser (Debian's chromium): it renders, shows the verdict first, and the
-error-ratio plots are there as decodable images (acceptance 5). Without chromium these tests fail."""
+error-ratio plots are there as decodable images (acceptance 5). Without chromium they skip with the reason, unless MOE_CTS_REQUIRE_BROWSER=1 (CI)."""
 
 from __future__ import annotations
 

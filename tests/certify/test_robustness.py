@@ -14,8 +14,8 @@ import pytest
 from certify_helpers import MOE_CTS, cli_env
 from typer.testing import CliRunner
 
-from conformance.cli import app
-from conformance.plugin import must_pass_for
+from moe_cts.conformance.cli.app import app
+from moe_cts.conformance.engine.must_pass import must_pass_for
 
 SMOKE_IDS = {c.case_id for c in must_pass_for("smoke", "interpreter")}
 ONE_TOKEN = next(c.case_id for c in must_pass_for("smoke", "interpreter") if c.num_tokens == 1)

@@ -8,8 +8,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conformance.certificate import pack_files, read_members, verify
-from conformance.cli import app
+from moe_cts.conformance.cli.app import app
+from moe_cts.conformance.report.certificate import pack_files, read_members, verify
 
 
 @pytest.fixture

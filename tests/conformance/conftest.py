@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.devices import select_device
-from conformance.impl import get_implementation
+from moe_cts.conformance.engine.devices import select_device
+from moe_cts.conformance.impls.registry import get_implementation
 
 
 @pytest.fixture(scope="session")

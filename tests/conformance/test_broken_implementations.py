@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.adapters.broken import BROKEN
-from conformance.impl import get_implementation
-from conformance.results import Outcome
-from conformance.runner import run_case
+from moe_cts.conformance.engine.results import Outcome
+from moe_cts.conformance.engine.runner import run_case
+from moe_cts.conformance.impls.broken import BROKEN
+from moe_cts.conformance.impls.registry import get_implementation
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN))

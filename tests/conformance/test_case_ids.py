@@ -6,11 +6,12 @@ import pytest
 import torch
 from hypothesis import given
 
-from conformance import strategies
-from conformance.adapters.broken import BROKEN
-from conformance.cases import MUST_PASS_VERSION, Case, must_pass_cases, must_pass_hash
-from conformance.impl import get_implementation
-from conformance.runner import run_case
+from moe_cts.conformance.engine import strategies
+from moe_cts.conformance.engine.cases import Case
+from moe_cts.conformance.engine.must_pass import MUST_PASS_VERSION, must_pass_cases, must_pass_hash
+from moe_cts.conformance.engine.runner import run_case
+from moe_cts.conformance.impls.broken import BROKEN
+from moe_cts.conformance.impls.registry import get_implementation
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

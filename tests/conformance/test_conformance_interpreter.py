@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 
-from conformance import strategies
-from conformance.cases import must_pass_cases
-from conformance.impl import get_implementation
-from conformance.runner import run_case
+from moe_cts.conformance.engine import strategies
+from moe_cts.conformance.engine.must_pass import must_pass_cases
+from moe_cts.conformance.engine.runner import run_case
+from moe_cts.conformance.impls.registry import get_implementation
 
 IMPLEMENTATIONS = ("triton", "torch-eager")
 SMOKE = must_pass_cases("smoke")

@@ -6,14 +6,16 @@ from importlib import metadata
 
 import pytest
 
-from conformance import impl as impl_mod
-from conformance.adapters.torch_eager import TorchEagerImplementation
-from conformance.cases import Case, must_pass_cases
-from conformance.devices import matrix_entry, select_device
-from conformance.impl import available_implementations, get_implementation
-from conformance.results import Outcome
-from conformance.runner import run_case
-from reference.spec import MoESpec
+from moe_cts.conformance.engine.cases import Case
+from moe_cts.conformance.engine.devices import matrix_entry, select_device
+from moe_cts.conformance.engine.must_pass import must_pass_cases
+from moe_cts.conformance.engine.protocol import ENTRY_POINT_GROUP
+from moe_cts.conformance.engine.results import Outcome
+from moe_cts.conformance.engine.runner import run_case
+from moe_cts.conformance.impls import registry as impl_mod
+from moe_cts.conformance.impls.registry import available_implementations, get_implementation
+from moe_cts.conformance.impls.torch_eager import TorchEagerImplementation
+from moe_cts.reference.spec import MoESpec
 
 SMALL = Case(MoESpec(hidden_size=32, intermediate_size=32, num_experts=4, top_k=2), 5, seed=3)
 
@@ -26,11 +28,11 @@ class _Exploding(TorchEagerImplementation):
 
 
 def test_third_party_entry_point_is_discovered(monkeypatch):
-    ep = metadata.EntryPoint("fake-moe", "conformance.adapters.torch_eager:TorchEagerImplementation",
-                             impl_mod.ENTRY_POINT_GROUP)
+    ep = metadata.EntryPoint("fake-moe", "moe_cts.conformance.impls.torch_eager:TorchEagerImplementation",
+                             ENTRY_POINT_GROUP)
 
     def entry_points(group=None):
-        return [ep] if group == impl_mod.ENTRY_POINT_GROUP else []
+        return [ep] if group == ENTRY_POINT_GROUP else []
 
     monkeypatch.setattr(impl_mod.metadata, "entry_points", entry_points)
     assert "fake-moe" in available_implementations()

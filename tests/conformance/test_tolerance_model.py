@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from conformance import tolerance
-from conformance.compare import compare
-from conformance.devices import accumulator_profile
-from reference.spec import MoESpec, MoEWeights
+from moe_cts.conformance.engine import tolerance
+from moe_cts.conformance.engine.compare import compare
+from moe_cts.conformance.engine.devices import accumulator_profile
+from moe_cts.reference.spec import MoESpec, MoEWeights
 
 K, N, T, TILE = 2048, 64, 16, 64
 SPEC = MoESpec(hidden_size=N, intermediate_size=K, num_experts=1, top_k=1)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import reference.numpy_oracle as ref
-from kernels.metadata import AlignMeta, padded_capacity
-from reference.spec import MoESpec, MoEWeights
+import moe_cts.reference.numpy_oracle as ref
+from moe_cts.kernels.metadata import AlignMeta, padded_capacity
+from moe_cts.reference.spec import MoESpec, MoEWeights
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -91,7 +91,7 @@ def make_inputs(
 
 
 def standin_align(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta:
-    """Torch stand-in of kernels.align.align (host loops allowed: tests only)."""
+    """Torch stand-in of moe_cts.kernels.align.align (host loops allowed: tests only)."""
     T, k = topk_ids.shape
     E, N = spec.num_experts, T * k
     ids = topk_ids.cpu().long().reshape(-1)

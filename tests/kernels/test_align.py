@@ -1,4 +1,4 @@
-"""kernels.align / kernels.permute against reference.numpy_oracle.permute: counts, kept, order and
+"""moe_cts.kernels.align / moe_cts.kernels.permute against moe_cts.reference.numpy_oracle.permute: counts, kept, order and
 offsets exactly, then the AlignMeta invariants on their own (bijection, padding, tile experts)."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-import reference.numpy_oracle as ref
-from kernels.align import align, permute
-from kernels.capabilities import NotSupportedError
-from kernels.metadata import AlignMeta, padded_capacity
-from reference.spec import MoESpec, SpecError
+import moe_cts.reference.numpy_oracle as ref
+from moe_cts.kernels.align import align, permute
+from moe_cts.kernels.capabilities import NotSupportedError
+from moe_cts.kernels.metadata import AlignMeta, padded_capacity
+from moe_cts.reference.spec import MoESpec, SpecError
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 KERNELS = ("align_one_chunk_kernel", "chunk_hist_kernel", "chunk_scan_kernel", "chunk_scatter_kernel", "pad_fill_kernel")
@@ -36,7 +36,7 @@ class Case:
     tiles: tuple[int, int, int] | None = None  # force (BLOCK_N, SUB, BLOCK_S)
 
 
-GPU_TILES = (4096, 128, 1024)  # kernels.align._block_sizes() off the interpreter
+GPU_TILES = (4096, 128, 1024)  # moe_cts.kernels.align._block_sizes() off the interpreter
 
 
 def _cases() -> list[Case]:
@@ -156,7 +156,7 @@ def test_two_runs_are_bitwise_equal():
 
 
 def test_zero_tokens_give_all_pad_metadata_without_a_launch(monkeypatch):
-    align_mod = importlib.import_module("kernels.align")  # `kernels.align` is the function
+    align_mod = importlib.import_module("moe_cts.kernels.align")  # `moe_cts.kernels.align` is the function
 
     for name in KERNELS:
         monkeypatch.setattr(align_mod, name, None)  # any launch would raise TypeError
@@ -207,7 +207,7 @@ BAD = _bad_inputs()
 
 @pytest.mark.parametrize("field,spec,ids,block_m,error", BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
 def test_bad_input_is_rejected_before_launch(field, spec, ids, block_m, error, monkeypatch):
-    align_mod = importlib.import_module("kernels.align")  # `kernels.align` is the function
+    align_mod = importlib.import_module("moe_cts.kernels.align")  # `moe_cts.kernels.align` is the function
 
     for name in KERNELS:
         monkeypatch.setattr(align_mod, name, None)  # any launch would raise TypeError

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels.config as cfgmod
-from kernels.capabilities import CAPABILITIES, NotSupportedError, check_supported
-from reference.spec import MoESpec, SpecError
+import moe_cts.kernels.config as cfgmod
+from moe_cts.kernels.capabilities import CAPABILITIES, NotSupportedError, check_supported
+from moe_cts.reference.spec import MoESpec, SpecError
 
 ALL = cfgmod.all_configs()
 ELEM_BYTES = {"fp32": 4, "16bit": 2}

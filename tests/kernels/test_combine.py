@@ -1,4 +1,4 @@
-"""kernels.combine against reference.combine: fp32 sum in slot order, dropped rows never read."""
+"""moe_cts.kernels.combine against moe_cts.reference.combine: fp32 sum in slot order, dropped rows never read."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import pytest
 import torch
 from _moe_testlib import DEVICE, U_FP32, assert_within, u_out
 
-import kernels
-import reference.numpy_oracle as ref
-from kernels import _combine_kernels
-from reference.spec import MoESpec, SpecError
+import moe_cts.kernels
+import moe_cts.reference.numpy_oracle as ref
+from moe_cts.kernels import _combine_kernels
+from moe_cts.reference.spec import MoESpec, SpecError
 
-# `kernels.combine` is the function (kernels/__init__.py); the launcher module is reached by name.
-combine_mod = importlib.import_module("kernels.combine")
+# `moe_cts.kernels.combine` is the function (kernels/__init__.py); the launcher module is reached by name.
+combine_mod = importlib.import_module("moe_cts.kernels.combine")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -44,7 +44,7 @@ def _expected(spec, eo, tw, kept, so, dtype):
 
 def _run(spec, eo, tw, kept, so):
     dev = lambda t: None if t is None else t.to(DEVICE)
-    return kernels.combine(spec, dev(eo), dev(tw), dev(kept), dev(so))
+    return moe_cts.kernels.combine(spec, dev(eo), dev(tw), dev(kept), dev(so))
 
 
 GRID = [

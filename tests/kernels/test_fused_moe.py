@@ -1,4 +1,4 @@
-"""kernels.fused_moe against reference.moe_forward: real-model variants, edge cases, determinism."""
+"""moe_cts.kernels.fused_moe against moe_cts.reference.moe_forward: real-model variants, edge cases, determinism."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import pytest
 import torch
 from _moe_testlib import DEVICE, Inputs, assert_within, forward_expected, make_inputs
 
-import kernels
-import kernels.config as cfgmod
-import reference.numpy_oracle as ref
-from kernels import _combine_kernels, _grouped_gemm_kernels, moe
-from kernels.metadata import Routing
-from reference import presets
-from reference.spec import MoESpec, SpecError
+import moe_cts.kernels
+import moe_cts.kernels.config as cfgmod
+import moe_cts.reference.numpy_oracle as ref
+from moe_cts.kernels import _combine_kernels, _grouped_gemm_kernels, moe
+from moe_cts.kernels.metadata import Routing
+from moe_cts.reference import presets
+from moe_cts.reference.spec import MoESpec, SpecError
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -32,7 +32,7 @@ def _with_oracle_routing(inp: Inputs) -> Inputs:
 
 def _run(inp: Inputs, **kw) -> torch.Tensor:
     routing = Routing(inp.topk_ids, inp.topk_weights)
-    return kernels.fused_moe(inp.spec, inp.weights, inp.x, routing=routing, **kw)
+    return moe_cts.kernels.fused_moe(inp.spec, inp.weights, inp.x, routing=routing, **kw)
 
 
 def _kept(inp: Inputs) -> np.ndarray:
@@ -66,8 +66,8 @@ def test_scaled_real_model_layer_matches_the_oracle(name, dtype) -> None:
 def test_whole_forward_with_the_router_kernel_matches_the_oracle(name) -> None:
     spec = presets.scaled(name, hidden_size=40, intermediate_size=24)
     inp = make_inputs(spec, F32, 6, seed=5)
-    y = kernels.fused_moe(spec, inp.weights, inp.x)
-    r = kernels.route(spec, inp.weights, inp.x)  # the ids and weights the forward used (deterministic)
+    y = moe_cts.kernels.fused_moe(spec, inp.weights, inp.x)
+    r = moe_cts.kernels.route(spec, inp.weights, inp.x)  # the ids and weights the forward used (deterministic)
     _check(dataclasses.replace(inp, topk_ids=r.topk_ids, topk_weights=r.topk_weights), y, name)
 
 
@@ -119,7 +119,7 @@ def test_zero_tokens_give_an_empty_output_without_any_launch(monkeypatch) -> Non
         monkeypatch.setattr(mod, name, NoLaunch())
     spec = presets.scaled("qwen2-57b-a14b", hidden_size=40, intermediate_size=24)
     inp = make_inputs(spec, BF16, 0)
-    y = kernels.fused_moe(spec, inp.weights, inp.x)
+    y = moe_cts.kernels.fused_moe(spec, inp.weights, inp.x)
     assert y.shape == (0, 40) and y.dtype == BF16
 
 
@@ -159,8 +159,8 @@ def test_a_forced_config_is_used_and_recorded() -> None:
 def test_capacity_factor_raises_not_supported_before_any_launch() -> None:
     spec = MoESpec(hidden_size=40, intermediate_size=24, num_experts=4, top_k=2, capacity_factor=1.0)
     inp = make_inputs(spec, F32, 3)
-    with pytest.raises(kernels.NotSupportedError, match="capacity_factor") as err:
-        kernels.fused_moe(spec, inp.weights, inp.x)
+    with pytest.raises(moe_cts.kernels.NotSupportedError, match="capacity_factor") as err:
+        moe_cts.kernels.fused_moe(spec, inp.weights, inp.x)
     assert err.value.field == "capacity_factor"
 
 
@@ -168,7 +168,7 @@ def test_wrong_x_width_raises_before_any_launch() -> None:
     spec = MoESpec(hidden_size=40, intermediate_size=24, num_experts=4, top_k=2)
     inp = make_inputs(spec, F32, 3)
     with pytest.raises(SpecError, match=r"x\.shape"):
-        kernels.fused_moe(spec, inp.weights, inp.x[:, :32])
+        moe_cts.kernels.fused_moe(spec, inp.weights, inp.x[:, :32])
 
 
 # ----------------------------------------------------------------------------------------------- the check can fail
@@ -196,13 +196,13 @@ def test_fifty_thousand_tokens_at_deepseek_width_need_64_bit_offsets() -> None:
     spec = MoESpec(hidden_size=7168, intermediate_size=64, num_experts=8, top_k=8)
     T = 50_000
     inp = make_inputs(spec, BF16, T, seed=0)
-    y = kernels.fused_moe(spec, inp.weights, inp.x)
+    y = moe_cts.kernels.fused_moe(spec, inp.weights, inp.x)
     torch.cuda.synchronize()
     assert T * spec.top_k * spec.hidden_size > 2**31
     assert torch.isfinite(y).all()
     tail = slice(T - 4, T)  # the rows whose offsets pass 2^31
     sub = dataclasses.replace(inp, x=inp.x[tail], x64=inp.x64[tail])
-    r = kernels.route(spec, sub.weights, sub.x)
+    r = moe_cts.kernels.route(spec, sub.weights, sub.x)
     _check(dataclasses.replace(sub, topk_ids=r.topk_ids, topk_weights=r.topk_weights), y[tail], "T=50k tail")
 
 
@@ -213,9 +213,9 @@ def test_out_argument_is_written_in_full_and_nothing_around_it_is_touched() -> N
     buf = torch.full((9, 41), float("nan"), dtype=F32, device=inp.x.device)
     buf[0], buf[-1], buf[:, -1] = 7.0, 7.0, 7.0
     out = buf[1:-1, :40]
-    y = kernels.fused_moe(spec, inp.weights, inp.x, out=out)
+    y = moe_cts.kernels.fused_moe(spec, inp.weights, inp.x, out=out)
     assert y.data_ptr() == out.data_ptr() and torch.isfinite(out).all()
-    assert torch.equal(y, kernels.fused_moe(spec, inp.weights, inp.x))
+    assert torch.equal(y, moe_cts.kernels.fused_moe(spec, inp.weights, inp.x))
     assert (buf[0] == 7).all() and (buf[-1] == 7).all() and (buf[:, -1] == 7).all()
 
 
@@ -223,4 +223,4 @@ def test_out_argument_of_the_wrong_shape_is_refused_before_launch() -> None:
     spec = presets.scaled("mixtral-8x7b", hidden_size=40, intermediate_size=24)
     inp = make_inputs(spec, F32, 3, seed=3)
     with pytest.raises(SpecError, match=r"out\.shape"):
-        kernels.fused_moe(spec, inp.weights, inp.x, out=torch.empty(3, 41, device=inp.x.device))
+        moe_cts.kernels.fused_moe(spec, inp.weights, inp.x, out=torch.empty(3, 41, device=inp.x.device))

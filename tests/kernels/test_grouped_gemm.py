@@ -1,4 +1,4 @@
-"""kernels.gate_up / kernels.down / kernels.shared_expert against their float64 oracle twins."""
+"""moe_cts.kernels.gate_up / moe_cts.kernels.down / moe_cts.kernels.shared_expert against their float64 oracle twins."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from _moe_testlib import (
     shared_expected,
 )
 
-import kernels
-import reference.numpy_oracle as ref
-from kernels import _grouped_gemm_kernels
-from reference.spec import MoESpec, SpecError
+import moe_cts.kernels
+import moe_cts.reference.numpy_oracle as ref
+from moe_cts.kernels import _grouped_gemm_kernels
+from moe_cts.reference.spec import MoESpec, SpecError
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -77,7 +77,7 @@ CASES = _cases()
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_gate_up_matches_the_oracle(case: Case) -> None:
     spec, inp = case.build()
-    act = kernels.gate_up(spec, inp.weights, inp.x, inp.topk_ids)
+    act = moe_cts.kernels.gate_up(spec, inp.weights, inp.x, inp.topk_ids)
     want, bound = gate_up_expected(inp)
     assert act.dtype == inp.dtype
     assert_within(act, want, bound, f"gate_up[{case.id}]")
@@ -88,7 +88,7 @@ def test_down_matches_the_oracle(case: Case) -> None:
     spec, inp = case.build()
     act64 = ref.gate_up(spec, inp.weights64, inp.x64, inp.topk_ids.cpu().numpy()).act
     act = torch.from_numpy(act64).to(inp.dtype)  # the oracle's act, rounded to the kernel dtype
-    out = kernels.down(spec, inp.weights, act.to(inp.x.device), inp.topk_ids)
+    out = moe_cts.kernels.down(spec, inp.weights, act.to(inp.x.device), inp.topk_ids)
     want, bound = down_expected(inp, act.double().numpy())
     assert_within(out, want, bound, f"down[{case.id}]")
 
@@ -106,7 +106,7 @@ SHARED = [
 @pytest.mark.parametrize("case", SHARED, ids=[c.id for c in SHARED])
 def test_shared_expert_matches_the_oracle(case: Case) -> None:
     spec, inp = case.build()
-    got = kernels.shared_expert(spec, inp.weights, inp.x)
+    got = moe_cts.kernels.shared_expert(spec, inp.weights, inp.x)
     want, bound = shared_expected(inp)
     assert_within(got, want, bound, f"shared_expert[{case.id}]")
 
@@ -121,8 +121,8 @@ def test_zero_tokens_give_empty_stage_outputs_without_a_launch(monkeypatch) -> N
 
     monkeypatch.setattr(_grouped_gemm_kernels, "gate_up_kernel", NoLaunch())
     monkeypatch.setattr(_grouped_gemm_kernels, "down_kernel", NoLaunch())
-    act = kernels.gate_up(spec, inp.weights, inp.x, inp.topk_ids)
-    out = kernels.down(spec, inp.weights, act, inp.topk_ids)
+    act = moe_cts.kernels.gate_up(spec, inp.weights, inp.x, inp.topk_ids)
+    out = moe_cts.kernels.down(spec, inp.weights, act, inp.topk_ids)
     assert act.shape == (0, 2, 40) and out.shape == (0, 2, 72)
 
 
@@ -130,13 +130,13 @@ def test_wrong_weight_dtype_raises_before_launch() -> None:
     spec, inp = Case("bad dtype").build()
     bad = inp.weights.replace(w13=inp.weights.w13.to(torch.float16))
     with pytest.raises(SpecError, match=r"w13\.dtype"):
-        kernels.gate_up(spec, bad, inp.x, inp.topk_ids)
+        moe_cts.kernels.gate_up(spec, bad, inp.x, inp.topk_ids)
 
 
 def test_wrong_ids_shape_raises_before_launch() -> None:
     spec, inp = Case("bad ids").build()
     with pytest.raises(SpecError, match=r"topk_ids\.shape"):
-        kernels.gate_up(spec, inp.weights, inp.x, inp.topk_ids[:, :1])
+        moe_cts.kernels.gate_up(spec, inp.weights, inp.x, inp.topk_ids[:, :1])
 
 
 # ----------------------------------------------------------------------------------------------- the check can fail
@@ -154,7 +154,7 @@ BROKEN_DTYPES = [F32, BF16]
 @pytest.mark.parametrize("dtype", BROKEN_DTYPES, ids=str)
 def test_comparison_catches_a_dropped_last_k_tile_in_gate_up(dtype) -> None:
     spec, inp = Case("broken", spec=dict(hidden_size=100), dtype=dtype).build()
-    act = kernels.gate_up(spec, inp.weights, _drop_last_k_tile(inp.x, 64), inp.topk_ids)
+    act = moe_cts.kernels.gate_up(spec, inp.weights, _drop_last_k_tile(inp.x, 64), inp.topk_ids)
     want, bound = gate_up_expected(inp)
     with pytest.raises(AssertionError, match="error/bound"):
         assert_within(act, want, bound, "gate_up")
@@ -165,7 +165,7 @@ def test_comparison_catches_a_dropped_last_k_tile_in_down(dtype) -> None:
     spec, inp = Case("broken", spec=dict(intermediate_size=80), dtype=dtype).build()
     act64 = ref.gate_up(spec, inp.weights64, inp.x64, inp.topk_ids.cpu().numpy()).act
     act = torch.from_numpy(act64).to(dtype)
-    out = kernels.down(spec, inp.weights, _drop_last_k_tile(act, 64).to(inp.x.device), inp.topk_ids)
+    out = moe_cts.kernels.down(spec, inp.weights, _drop_last_k_tile(act, 64).to(inp.x.device), inp.topk_ids)
     want, bound = down_expected(inp, act.double().numpy())
     with pytest.raises(AssertionError, match="error/bound"):
         assert_within(out, want, bound, "down")
@@ -178,7 +178,7 @@ def test_comparison_catches_swapped_gate_and_up(layout) -> None:
     I = spec.intermediate_size
     swapped = torch.cat([w13[:, I:], w13[:, :I]], 1) if layout == "concat" else w13.view(4, I, 2, -1).flip(2)
     bad = inp.weights.replace(w13=swapped.reshape(w13.shape).contiguous())
-    act = kernels.gate_up(spec, bad, inp.x, inp.topk_ids)
+    act = moe_cts.kernels.gate_up(spec, bad, inp.x, inp.topk_ids)
     want, bound = gate_up_expected(inp)
     with pytest.raises(AssertionError, match="error/bound"):
         assert_within(act, want, bound, "gate_up")

@@ -1,4 +1,4 @@
-"""kernels.route against reference.numpy_oracle.route: ids exactly (tie-aware only for near ties within
+"""moe_cts.kernels.route against moe_cts.reference.numpy_oracle.route: ids exactly (tie-aware only for near ties within
 fp32 rounding), weights / logits / scores under an error bound, NaN/inf rows, exact ties, bad input.
 
 Error model: the kernel reads the same rounded inputs as the float64 oracle, so only fp32 work is left.
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-import reference.numpy_oracle as ref
-from conformance.compare import compare
-from kernels.capabilities import NotSupportedError
-from kernels.router import route
-from reference.spec import MoESpec, MoEWeights, SpecError
+import moe_cts.reference.numpy_oracle as ref
+from moe_cts.conformance.engine.compare import compare
+from moe_cts.kernels.capabilities import NotSupportedError
+from moe_cts.kernels.router import route
+from moe_cts.reference.spec import MoESpec, MoEWeights, SpecError
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 U32 = 2.0**-24
@@ -182,7 +182,7 @@ def test_grouped_routing_never_picks_a_masked_group(case: Case):
 
 
 def test_zero_tokens_give_empty_outputs_without_a_launch(monkeypatch):
-    import kernels.router as router_mod
+    import moe_cts.kernels.router as router_mod
 
     spec = MoESpec(16, 8, 8, 2)
     w, x = _inputs(Case("t0", spec, 0))
@@ -304,7 +304,7 @@ BAD = _bad_inputs()
 
 @pytest.mark.parametrize("field,spec,w,x,error", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_is_rejected_before_launch(field, spec, w, x, error, monkeypatch):
-    import kernels.router as router_mod
+    import moe_cts.kernels.router as router_mod
 
     monkeypatch.setattr(router_mod, "router_kernel", None)
     with pytest.raises(error, match=f"^{re.escape(field)}"):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from refcheck import as_np
 
-import reference.numpy_oracle as numpy_oracle
-from reference import MoESpec, MoEWeights, torch_oracle
+import moe_cts.reference.numpy_oracle as numpy_oracle
+from moe_cts.reference import MoESpec, MoEWeights, torch_oracle
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 

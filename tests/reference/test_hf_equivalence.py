@@ -17,7 +17,7 @@ import pytest
 import torch
 from refcheck import assert_close, assert_same_ints
 
-from reference import MoESpec, MoEWeights, combine, moe_forward, spec_from_hf_config, weights_from_hf
+from moe_cts.reference import MoESpec, MoEWeights, combine, moe_forward, spec_from_hf_config, weights_from_hf
 
 pytestmark = pytest.mark.hf
 

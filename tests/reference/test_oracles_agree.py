@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from refcheck import assert_results_agree
 
-from reference import MoESpec, MoEWeights, moe_forward, presets, torch_oracle
-from reference.spec import GATED_ACTIVATIONS, GROUP_SCORES, NONGATED_ACTIVATIONS
+from moe_cts.reference import MoESpec, MoEWeights, moe_forward, presets, torch_oracle
+from moe_cts.reference.spec import GATED_ACTIVATIONS, GROUP_SCORES, NONGATED_ACTIVATIONS
 
 # NaN / inf tokens are in the spec; NumPy warns about them, the oracles handle them.
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-import reference.numpy_oracle as numpy_oracle
-from reference import MoESpec, MoEWeights, SpecError, check_input, presets, spec_from_hf_config, torch_oracle
+import moe_cts.reference.numpy_oracle as numpy_oracle
+from moe_cts.reference import (
+    MoESpec,
+    MoEWeights,
+    SpecError,
+    check_input,
+    presets,
+    spec_from_hf_config,
+    torch_oracle,
+)
 
 BASE = dict(hidden_size=8, intermediate_size=4, num_experts=8, top_k=2)
 

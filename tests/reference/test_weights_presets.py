@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from reference import MoESpec, MoEWeights, moe_forward, presets, spec_from_hf_config, weight_shapes
+from moe_cts.reference import MoESpec, MoEWeights, moe_forward, presets, spec_from_hf_config, weight_shapes
 
 FULL = MoESpec(
     hidden_size=8, intermediate_size=4, num_experts=8, top_k=4, scoring="sigmoid", router_bias=True,

@@ -1,0 +1,261 @@
+"""AOT compile plan: which scenarios each tier compiles, and the deduplicated compile jobs they capture.
+
+    scenarios(tier, targets)   -> [Scenario]   pure data, cheap (reads the config tables and presets)
+    plan(scenarios, target)    -> [job]        in a subprocess without TRITON_INTERPRET:
+        for s in scenarios: launches = moe_cts.kernels.registry.capture(preset, T, dtype, target, config | heuristic)
+        one job per distinct compile (Triton's launch binder: signature, constexprs, specializations, options);
+        a job keeps every scenario that asked for it in `origins`
+
+    tier      what it compiles (each on the targets of the config table's backend)
+    default   per dtype class: the decode row, the largest row and the batch-invariant row of the table
+              (fp32; 16-bit in fp16); the heuristic's choices for Mixtral-8x7B, Qwen2-57B and DeepSeek-V3
+              at T in {1, 512} (DeepSeek also 4096) in bf16; the GEMMs with both fp8 flavours. Every kernel, each dtype, each
+              config family: the CI tier.
+    full      every table row for every dtype of its class, and the heuristic's choices for every preset
+              at T in {1, 16, 128, 512, 4096} and every dtype; the fp8 GEMMs.
+    tables    the GEMM kernels only, every table row once per dtype class: guards the tables' shared memory.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+TARGETS_PATH = Path(__file__).parents[1] / "data" / "aot_targets.json"
+TIERS = ("default", "full", "tables")
+DTYPES = ("float32", "float16", "bfloat16")
+FP8 = ("float8_e4m3fn", "float8_e4m3fnuz")
+CLASS_DTYPES = {"fp32": ("float32",), "16bit": ("float16", "bfloat16")}
+#: The spec the table configs are compiled with: forced configs do not depend on the shape, and Mixtral's
+#: H and I (4096, 14336) are multiples of every block, as in most real models.
+TABLE_PRESET = "mixtral-8x7b"
+TABLE_TOKENS = 512
+#: Presets and token counts whose heuristic choices the default tier compiles: the H100 acceptance presets,
+#: which between them hit the decode, mid and large rows, the grouped router, the shared expert and its
+#: gate; DeepSeek-V3 also at T = 4096, where T*k passes one alignment chunk (the multi-chunk kernels).
+DEFAULT_PRESETS = {"mixtral-8x7b": (1, 512), "qwen2-57b-a14b": (1, 512), "deepseek-v3": (1, 512, 4096)}
+FULL_TOKENS = (1, 16, 128, 512, 4096)
+
+
+def load_targets() -> dict[str, Any]:
+    return json.loads(TARGETS_PATH.read_text())
+
+
+def target_names() -> tuple[str, ...]:
+    return tuple(load_targets()["targets"])
+
+
+@dataclass(frozen=True)
+class Scenario:
+    origin: str  # what asked for it: "table:cuda/16bit/m<=8", "heuristic:deepseek-v3@T=512", "fp8", ...
+    preset: str  # moe_cts.reference.presets name (full size: capture uses meta tensors, no memory)
+    num_tokens: int
+    dtype: str  # torch dtype name of x and the weights
+    targets: tuple[str, ...]
+    config: dict[str, Any] | None = None  # forced TileConfig dict; None = the heuristic (target's table)
+    batch_invariant: bool = False
+    kernels: tuple[str, ...] | None = None  # keep only these kernels' launches (None = all)
+    fp8: tuple[str, ...] = ()  # also compile the matrix kernels with their operands retyped to these
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _by_backend(targets: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    info = load_targets()["targets"]
+    out: dict[str, tuple[str, ...]] = {}
+    for name in targets:
+        out.setdefault(info[name]["backend"], ())
+        out[info[name]["backend"]] += (name,)
+    return out
+
+
+def _table_rows(backend: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(dtype class, bucket, config dict) of every row of the backend's table, in table order."""
+    from moe_cts.kernels.registry import table_configs
+
+    return [(dc, bucket, cfg) for b, dc, bucket, cfg in table_configs() if b == backend]
+
+
+def _gemm_kernels() -> tuple[str, ...]:
+    from moe_cts.kernels.registry import KERNELS
+
+    return tuple(name for name, info in KERNELS.items() if info.matrix)
+
+
+def _table_plan(tier: str, backend: str) -> list[tuple[str, str, dict[str, Any], tuple[str, ...]]]:
+    """(dtype class, bucket, config, dtypes) to compile. default: the decode row, the largest row and the
+    batch-invariant row of each class, 16-bit rows in fp16 (the presets' heuristic choices add bf16)."""
+    rows = _table_rows(backend)
+    out = []
+    for dc, bucket, cfg in rows:
+        family = [r for r in rows if r[0] == dc and r[1] != "batch_invariant"]
+        if tier == "default" and bucket != "batch_invariant" and (dc, bucket, cfg) not in (family[0], family[-1]):
+            continue
+        dtypes = {"full": CLASS_DTYPES[dc], "tables": CLASS_DTYPES[dc][-1:], "default": CLASS_DTYPES[dc][:1]}[tier]
+        out.append((dc, bucket, cfg, dtypes))
+    return out
+
+
+def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
+    if tier not in TIERS:
+        raise ValueError(f"tier: expected one of {TIERS}, got {tier!r}")
+    from moe_cts.reference import presets
+
+    out: list[Scenario] = []
+    for backend, tnames in _by_backend(targets).items():
+        for dc, bucket, cfg, dtypes in _table_plan(tier, backend):
+            for dt in dtypes:
+                out.append(
+                    Scenario(
+                        origin=f"table:{backend}/{dc}/{bucket}",
+                        preset=TABLE_PRESET,
+                        num_tokens=TABLE_TOKENS,
+                        dtype=dt,
+                        targets=tnames,
+                        config=cfg,
+                        kernels=_gemm_kernels() if tier == "tables" else None,
+                    )
+                )
+        if tier == "tables":
+            continue
+        plan = DEFAULT_PRESETS if tier == "default" else dict.fromkeys(presets.names(), FULL_TOKENS)
+        dtypes = ("bfloat16",) if tier == "default" else DTYPES
+        for name, tokens in plan.items():
+            for T in tokens:
+                for dt in dtypes:
+                    out.append(
+                        Scenario(
+                            origin=f"heuristic:{name}@T={T}",
+                            preset=name,
+                            num_tokens=T,
+                            dtype=dt,
+                            targets=tnames,
+                            meta={"preset": name, "T": T},
+                        )
+                    )
+        out.append(
+            Scenario(
+                origin="fp8",
+                preset=TABLE_PRESET,
+                num_tokens=TABLE_TOKENS,
+                dtype="bfloat16",
+                targets=tnames,
+                kernels=_gemm_kernels(),
+                fp8=FP8,
+            )
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Planning (runs in the subprocess)
+
+
+def _retyped(launch, names: tuple[str, ...], dtype: str):
+    from moe_cts.kernels.registry import Launch, jit_function
+
+    arg_names = jit_function(launch.kernel).arg_names
+    args = list(launch.args)
+    for n in names:
+        i = arg_names.index(n)
+        args[i] = {**args[i], "tensor": dtype}
+    return Launch(launch.kernel, tuple(args), launch.kwargs)
+
+
+def _data_dtype(launch) -> str:
+    """The dtype a record is filed under: the first floating tensor argument's, 'int' for index kernels."""
+    for a in launch.args:
+        if isinstance(a, dict) and a.get("tensor", "").startswith(("float", "bfloat")):
+            return a["tensor"]
+    return "int"
+
+
+def _scenario_launches(s: dict[str, Any], target):
+    import torch
+
+    from moe_cts.kernels.registry import KERNELS, capture
+    from moe_cts.reference import presets
+
+    launches = capture(
+        presets.get(s["preset"]),
+        s["num_tokens"],
+        getattr(torch, s["dtype"]),
+        target=target,
+        config=s["config"],
+        batch_invariant=s["batch_invariant"],
+    )
+    if s["kernels"] is not None:
+        launches = [ln for ln in launches if ln.kernel in s["kernels"]]
+    if s["fp8"]:
+        launches = [
+            _retyped(ln, KERNELS[ln.kernel].fp8_operands, f8)
+            for ln in launches
+            if KERNELS[ln.kernel].fp8_operands
+            for f8 in s["fp8"]
+        ]
+    return launches
+
+
+def _compile_key(launch, target) -> str:
+    """Two launches with equal keys compile to the same binary: Triton's own launch binder gives the
+    signature (argument types), the constexprs, the divisibility / ==1 specializations and the options."""
+    from moe_cts.conformance.aot.worker import compile_source, jit_function
+    from moe_cts.kernels.registry import active_target, materialize_arg
+
+    with active_target(target):
+        src, options = compile_source(
+            jit_function(launch.kernel), [materialize_arg(a) for a in launch.args], launch.kwargs, target
+        )
+    return json.dumps(
+        [launch.kernel, src.signature, sorted(map(repr, src.constants.items())), repr(src.attrs), options],
+        sort_keys=True,
+        default=repr,
+    )
+
+
+def plan(scenario_dicts: list[dict[str, Any]], target_name: str) -> list[dict[str, Any]]:
+    """The compile jobs of one target."""
+    from moe_cts.conformance.aot.worker import gpu_target
+
+    info = load_targets()["targets"][target_name]
+    target = gpu_target(info)
+    jobs: dict[str, dict[str, Any]] = {}
+    for s in scenario_dicts:
+        if target_name not in s["targets"]:
+            continue
+        for launch in _scenario_launches(s, target):
+            job = jobs.setdefault(
+                _compile_key(launch, target),
+                {
+                    "kernel": launch.kernel,
+                    "target_name": target_name,
+                    "target": info,
+                    "dtype": _data_dtype(launch),
+                    "config": dict(launch.kwargs),
+                    "launch": launch.to_json(),
+                    "origins": [],
+                    "presets": [],
+                },
+            )
+            if s["origin"] not in job["origins"]:
+                job["origins"].append(s["origin"])
+            if s["meta"] and s["meta"] not in job["presets"]:
+                job["presets"].append(s["meta"])
+    return list(jobs.values())
+
+
+def main(argv: list[str]) -> int:
+    """python -m moe_cts.conformance.aot.plan SCENARIOS.json TARGET[,TARGET...] JOBS.json"""
+    scenario_dicts = json.loads(Path(argv[0]).read_text())
+    jobs = [job for t in argv[1].split(",") for job in plan(scenario_dicts, t)]
+    Path(argv[2]).write_text(json.dumps(jobs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,64 @@
+"""One compile of the AOT matrix as data: what was compiled for which target, and how it came out.
+
+    AotRecord(kernel, target, dtype, config, status, reason, shared_bytes, registers, spill_bytes, ...)
+    status: COMPILED | EXPECTED_REJECTION (the matrix says the target cannot run it) | FAIL
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+COMPILED, EXPECTED_REJECTION, FAIL = "compiled", "expected_rejection", "fail"
+
+
+@dataclass(frozen=True)
+class AotRecord:
+    kernel: str
+    target: str
+    dtype: str  # torch dtype name of the kernel's data ('int' for index kernels)
+    config: dict[str, Any]  # constexpr keywords + num_warps / num_stages of the launch
+    status: str  # compiled | expected_rejection | fail
+    reason: str = ""  # why it failed or was rejected
+    origins: tuple[str, ...] = ()  # scenarios that asked for this compile
+    presets: tuple[dict[str, Any], ...] = ()  # {preset, T} whose heuristic chose this config
+    shared_bytes: int | None = None  # dynamic + static shared memory (LDS) per block
+    shared_limit: int | None = None
+    registers: int | None = None  # per thread: REG (cuobjdump) or VGPRs incl. AGPRs (amdgcn)
+    spill_bytes: int | None = None  # max(STACK, LOCAL) bytes (CUDA) / 4 * (VGPR + SGPR spills) (AMD)
+    matrix_found: tuple[str, ...] = ()  # names of the target's matrix_patterns present in the assembly
+    matrix_required: bool = False
+    seconds: float = 0.0  # wall time of the compile
+    cpu_seconds: float = 0.0  # CPU time of the compile, ptxas / linker included
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["origins"], d["presets"], d["matrix_found"] = list(self.origins), list(self.presets), list(self.matrix_found)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> AotRecord:
+        return cls(
+            **{
+                **d,
+                "origins": tuple(d.get("origins", ())),
+                "presets": tuple(d.get("presets", ())),
+                "matrix_found": tuple(d.get("matrix_found", ())),
+            }
+        )
+
+    @property
+    def config_label(self) -> str:
+        return config_label(self.config)
+
+
+def config_label(cfg: dict[str, Any]) -> str:
+    """'M16 N64 K128 G1 w4 s4' for GEMM tiles; 'BLOCK_T=16 BLOCK_E=256 ... w4 s2' for the other kernels."""
+    short = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K", "GROUP_M": "G"}
+    if "BLOCK_K" in cfg and "BLOCK_M" in cfg:
+        parts = [f"{short[k]}{cfg[k]}" for k in short if k in cfg]
+    else:
+        parts = [f"{k}={v}" for k, v in cfg.items() if k.startswith("BLOCK")]
+    parts += [f"w{cfg['num_warps']}" if "num_warps" in cfg else "", f"s{cfg['num_stages']}" if "num_stages" in cfg else ""]
+    return " ".join(p for p in parts if p)

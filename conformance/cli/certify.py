@@ -1,0 +1,268 @@
+"""`moe-cts certify`: one pytest shard per device with live progress, then the report, the HTML page, JUnit,
+failure directories and the certificate (see docs/certify.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from moe_cts.conformance.cli.common import (
+    Profile,
+    check_devices,
+    check_impl,
+    console,
+    err,
+    usage_error,
+)
+from moe_cts.conformance.engine.log import iter_events
+from moe_cts.conformance.engine.results import Outcome
+from moe_cts.conformance.harness import shard as shardmod
+from moe_cts.conformance.harness.replay import write_failure_dir
+from moe_cts.conformance.report.certificate import pack
+from moe_cts.conformance.report.compile import CompileSpecError, compile_targets, print_compile, run_compile
+from moe_cts.conformance.report.html import VERDICT_TEXT, write_html
+from moe_cts.conformance.report.junit import write_junit
+from moe_cts.conformance.report.schema import EXIT_CODES, build_report, summary_matrix, write_report
+
+#: Outputs of a previous run in --out that certify replaces (nothing else there is touched).
+OUTPUTS = ("shards", "failures", "report.json", "report.html", "junit.xml", "certificate.tgz")
+#: Tensors are captured for at most this many failures per run (each costs a re-run in a subprocess).
+MAX_CAPTURED_FAILURES = 20
+INTERRUPT_GRACE_S = 15.0
+
+
+def _clear_outputs(out: Path) -> None:
+    for name in OUTPUTS:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def _progress_counts(shard_dir: Path) -> tuple[int, int, int, int | None]:
+    """(done, passed, failed, planned) from the shard's JSONL files and run.json."""
+    done = passed = failed = 0
+    for ev in iter_events(shard_dir):
+        if ev["event"] == "result":
+            done += 1
+            if Outcome(ev["result"]["outcome"]).conformant:
+                passed += 1
+            else:
+                failed += 1
+    planned = None
+    run = shard_dir / "run.json"
+    if run.exists():
+        try:
+            planned = json.loads(run.read_text())["planned"]
+        except (json.JSONDecodeError, KeyError):
+            planned = None
+    return done, passed, failed, planned
+
+
+def _run_shards(shards, out: Path, cmds: list[list[str]]) -> bool:
+    """Start one pytest process per shard, show progress until all end. Returns True when interrupted."""
+    procs = []
+    for sh, cmd in zip(shards, cmds):
+        d = sh.directory(out)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "command.txt").write_text(" ".join(cmd) + "\n")
+        log = open(d / "pytest.log", "w")  # noqa: SIM115 -- closed after the process ends
+        # Own session: the shard (and its xdist workers) is stopped as a group, and only on our signal.
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        (d / "pid").write_text(str(p.pid))
+        procs.append((sh, d, p, log))
+    interrupted = False
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("[green]{task.fields[passed]} pass[/] [red]{task.fields[failed]} fail[/]"),
+        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=console, transient=False) as progress:
+        tasks = {sh.label: progress.add_task(sh.label, total=None, passed=0, failed=0) for sh in shards}
+        try:
+            while True:
+                running = [p for _, _, p, _ in procs if p.poll() is None]
+                for sh, d, p, _ in procs:
+                    done, ok, bad, planned = _progress_counts(d)
+                    total = planned if p.poll() is None else done
+                    state = "" if p.poll() is None else " (ended)"
+                    progress.update(tasks[sh.label], completed=done, total=max(total or 0, done) or None,
+                                    passed=ok, failed=bad, description=f"{sh.label}{state}")
+                if not running:
+                    break
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            interrupted = True
+            console.print("interrupted: stopping the shards and writing a partial report")
+            _stop(procs)
+    for *_, log in procs:
+        log.close()
+    return interrupted
+
+
+def _stop(procs) -> None:
+    """SIGINT to every shard group (pytest stops cleanly), SIGKILL what is left after a grace period."""
+    for _, _, p, _ in procs:
+        if p.poll() is None:
+            _signal_group(p, signal.SIGINT)
+    deadline = time.time() + INTERRUPT_GRACE_S
+    for _, _, p, _ in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            _signal_group(p, signal.SIGKILL)
+            p.wait()
+
+
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, sig)
+
+
+def _capture_failures(report: dict, out: Path) -> None:
+    """failures/<case>/ for every non-conformant case; tensors (re-run in a subprocess) for the first few."""
+    n = 0
+    for dev in report["devices"]:
+        for c in dev["cases"]:
+            if c["conformant"]:
+                continue
+            root = out / "failures" / (dev["label"] if len(report["devices"]) > 1 else "")
+            d = write_failure_dir(root, c, impl=report["run"]["impl"], device=dev["device_arg"])
+            if n >= MAX_CAPTURED_FAILURES:
+                continue
+            n += 1
+            extra = ["inputs-only"] if c["outcome"] in ("crash", "timeout") else []
+            cmd = [sys.executable, "-m", "moe_cts.conformance.harness.replay", "capture", str(d), c["case_id"],
+                   report["run"]["impl"], dev["device_arg"], *extra]  # fmt: skip
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+                if r.returncode != 0:
+                    (d / "capture-error.txt").write_text(r.stdout + r.stderr)
+            except subprocess.TimeoutExpired:
+                (d / "capture-error.txt").write_text("capturing the tensors exceeded 300 s\n")
+
+
+def _summary_table(report: dict) -> Table:
+    m = summary_matrix(report)
+    outcomes = sorted({o for c in m.values() for o in c})
+    t = Table(title="stage x dtype x result")
+    t.add_column("stage")
+    t.add_column("dtype")
+    for o in outcomes:
+        t.add_column(o, justify="right")
+    for (stage, dtype), counts in m.items():
+        t.add_row(stage, dtype, *[str(counts.get(o, "")) for o in outcomes])
+    return t
+
+
+def _print_verdict(report: dict, out: Path) -> None:
+    console.print(_summary_table(report))
+    for d in report["devices"]:
+        why = f": {'; '.join(d['reasons'])}" if d["reasons"] else ""
+        console.print(f"{d['label']}: {VERDICT_TEXT[d['verdict']]}{why}", markup=False)
+        for c in d["cases"]:
+            if not c["conformant"]:
+                stage = f" at stage {c['failing_stage']}" if c["failing_stage"] else ""
+                console.print(f"  {c['outcome']}{stage}: {c['params'].get('name') or ''} {c['message']}",
+                              markup=False)
+                console.print(f"    replay: {c['replay']}", markup=False, soft_wrap=True)
+    print_compile(console, report.get("compile"))
+    style = {"conformant": "bold green", "not_conformant": "bold red"}.get(report["verdict"]["node"], "bold yellow")
+    console.print(f"verdict: {VERDICT_TEXT[report['verdict']['node']]}", style=style)
+    console.print(f"report: {out / 'report.html'}", markup=False)
+
+
+def certify(
+    device: Annotated[str, typer.Option(help="auto | cuda:N | hip:N | interpreter")] = "auto",
+    devices: Annotated[str | None, typer.Option(help="all, or a list such as cuda:0,cuda:1: one shard per device")] = None,
+    impl: Annotated[str, typer.Option(help="implementation under test (moe-cts list shows them)")] = "triton",
+    profile: Annotated[Profile | None, typer.Option(help="smoke | quick | full; default smoke on the interpreter, quick on a GPU")] = None,
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("moe-cts-out"),
+    jobs: Annotated[int | None, typer.Option(min=1, help="pytest-xdist workers per device (default: CPUs / devices on the interpreter, 2 on a GPU)")] = None,
+    timeout: Annotated[float | None, typer.Option(min=0.0, help="per-case time limit in seconds (0: none)")] = None,
+    examples: Annotated[int | None, typer.Option(min=0, help="generated cases per device (default: the profile's)")] = None,
+    cases: Annotated[str | None, typer.Option(help="run only these comma-separated must-pass case ids (no certificate)")] = None,
+    compile_spec: Annotated[str, typer.Option("--compile", help="AOT compile tier after the cases: auto (the device's own architecture if it is a target; nothing on the interpreter) | none | all | sm80,sm90,sm100,gfx90a,gfx942,gfx950")] = "auto",
+) -> None:  # fmt: skip
+    """Run the must-pass list and the generated cases of a profile, then the AOT compile tier (--compile);
+    write report.json, report.html, junit.xml, failures/ and certificate.tgz to OUT.
+    Exit 0 conformant, 1 not (a case or a compile Fail), 2 usage error or void run."""
+    try:
+        names = shardmod.resolve_devices(device, devices)
+    except shardmod.DeviceListError as e:
+        raise usage_error(str(e)) from None
+    names = check_devices(names)
+    check_impl(impl)
+    try:
+        targets = compile_targets(compile_spec, names)
+    except CompileSpecError as e:
+        raise usage_error(str(e)) from None
+    shards = shardmod.make_shards(names)
+    on_gpu = any(n != "interpreter" for n in names)
+    prof = profile.value if profile else ("quick" if on_gpu else "smoke")
+    jobs = jobs or (2 if on_gpu else max(1, (os.cpu_count() or 1) // len(shards)))
+    out.mkdir(parents=True, exist_ok=True)
+    _clear_outputs(out)
+    cmds = [
+        shardmod.pytest_command(sh, out, impl=impl, profile=prof, jobs=jobs, timeout_s=timeout,
+                                examples=examples, cases=cases)
+        for sh in shards
+    ]  # fmt: skip
+    console.print(f"moe-cts certify: impl {impl}, profile {prof}, devices {', '.join(names)}, {jobs} job(s) each")
+    started = time.time()
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # a scheduler's SIGTERM: partial report too
+    try:
+        interrupted = _run_shards(shards, out, cmds)
+        section = None if interrupted or not targets else _run_compile(targets, jobs)
+    except KeyboardInterrupt:  # during the compile tier: the cases are done, the report is partial
+        interrupted, section = True, None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    report = build_report([sh.directory(out) for sh in shards], partial=interrupted, command=sys.argv,
+                          started=started, compile_section=section)  # fmt: skip
+    report["run"]["subset"] = bool(cases)
+    report["run"]["compile"] = {"requested": compile_spec, "targets": list(targets)}
+    write_report(report, out)
+    write_html(report, out)
+    write_junit(report, out)
+    if not interrupted:
+        _capture_failures(report, out)
+        pack(out)
+    for d in report["devices"]:
+        if d["verdict"] == "void" and not d["cases"]:
+            log = out / "shards" / d["label"] / "pytest.log"
+            tail = log.read_text()[-3000:] if log.exists() else ""
+            err.print(f"shard {d['label']} produced no results; end of its pytest log:\n{tail}", markup=False)
+    _print_verdict(report, out)
+    raise typer.Exit(EXIT_CODES[report["verdict"]["node"]])
+
+
+def _run_compile(targets: tuple[str, ...], jobs: int) -> dict:
+    with console.status(f"compiling the AOT default tier for {', '.join(targets)} with {jobs} process(es)"):
+        return run_compile(targets, jobs)
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+

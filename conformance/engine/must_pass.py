@@ -1,0 +1,67 @@
+"""The curated, versioned must-pass list (data/must_pass.json) and the cases a profile runs on a backend.
+
+    must_pass_cases(profile)         the cases tagged with a profile (smoke | quick | full | gpu), in file order
+    must_pass_for(profile, backend)  what a certify run of that profile executes on that backend
+    MUST_PASS_VERSION, must_pass_hash()   recorded in every report and certificate
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from moe_cts.conformance.engine.cases import Case
+
+MUST_PASS_PATH = Path(__file__).parents[1] / "data" / "must_pass.json"
+
+@functools.cache
+def _must_pass_data() -> dict[str, Any]:
+    return json.loads(MUST_PASS_PATH.read_text())
+
+
+def _load_version() -> str:
+    return str(_must_pass_data()["version"])
+
+
+MUST_PASS_VERSION: str = _load_version()
+
+
+def must_pass_hash() -> str:
+    """sha256 of data/must_pass.json, recorded in every report."""
+    return hashlib.sha256(MUST_PASS_PATH.read_bytes()).hexdigest()
+
+
+def must_pass_entries() -> list[dict[str, Any]]:
+    """The raw entries: name, profiles (smoke | quick | full | gpu), note (the edge it aims at), case."""
+    return list(_must_pass_data()["cases"])
+
+
+def must_pass_cases(profile: str | None = None) -> list[Case]:
+    """The curated cases, in file order; with `profile`, only those tagged with it."""
+    return [
+        Case.from_json({**e["case"], "name": e["name"]})
+        for e in must_pass_entries()
+        if profile is None or profile in e["profiles"]
+    ]
+
+
+def must_pass_profiles(case: Case) -> tuple[str, ...]:
+    """Profile tags of a must-pass case (by name); () for a generated case."""
+    for e in must_pass_entries():
+        if e["name"] == case.name:
+            return tuple(e["profiles"])
+    return ()
+
+
+def must_pass_for(profile: str, backend: str) -> list[Case]:
+    """Must-pass cases of a profile. Cases tagged "gpu" (real-model presets at the sizes a GPU holds) join the
+    quick and full profiles on a GPU, and are left out on the interpreter (they need device memory or time the
+    CPU does not have) and from smoke (a few minutes anywhere)."""
+    cases = [c for c in must_pass_cases(profile) if not (backend == "interpreter" and "gpu" in must_pass_profiles(c))]
+    if backend != "interpreter" and profile in ("quick", "full"):
+        seen = {c.case_id for c in cases}
+        cases += [c for c in must_pass_cases("gpu") if c.case_id not in seen]
+    return cases

@@ -1,0 +1,389 @@
+"""run_case: one case, one implementation, one device -> CaseResult with a verdict per stage.
+
+    1. waivers (device matrix) and claimed capabilities     -> Waived / NotSupported before any input
+    2. inputs from the case seed; float64 oracle on the same rounded inputs; error bounds (tolerance.py)
+    3. each exposed stage, fed the oracle's output of the previous stage (rounded to the storage dtype):
+       router (tie-aware) -> permutation (exact) -> gemm1 -> gemm2 -> combine; the later stages use the
+       implementation's accepted ids, with the oracle re-run on them
+    4. end to end into a NaN-poisoned view with canaries either side (memory), twice when the
+       implementation claims determinism, and token 0 alone when it claims batch invariance
+
+Memory coverage: with `out=` (Capabilities.accepts_out) an element still holding the poison bits is
+unwritten and a changed canary is a write outside the output: both a memory Fail. Without `out=` the
+forward runs with torch's fill_uninitialized_memory on, so torch.empty workspaces start as NaN and an
+unwritten element shows up as a NaN where the oracle is finite (end_to_end Fail); writes past the end of
+the implementation's own allocation are not detectable from Python.
+
+Never raises for implementation errors: NotSupportedError -> NotSupported, any other exception ->
+Crash (traceback summary in the message), exceptions of the harness or oracle -> InternalError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+import moe_cts.reference.numpy_oracle as npo
+from moe_cts.conformance.engine import judge, tolerance
+from moe_cts.conformance.engine.cases import Case, CaseInputs
+from moe_cts.conformance.engine.compare import compare
+from moe_cts.conformance.engine.devices import Device, accumulator_profile, waiver_for
+from moe_cts.conformance.engine.protocol import FORWARD, VERDICT_STAGE, Implementation
+from moe_cts.conformance.engine.results import STAGES, CaseResult, FailKind, Outcome, StageVerdict, worst
+from moe_cts.reference.errors import NotSupportedError
+
+#: (integer view dtype, NaN bit pattern) of the poison inside the output and of the canaries around it
+POISON = {torch.float32: (torch.int32, 0x7FC0DEAD), torch.float16: (torch.int16, 0x7E5A),
+          torch.bfloat16: (torch.int16, 0x7FCD)}  # fmt: skip
+CANARY = {torch.float32: 0x7FC0CAFE, torch.float16: 0x7E3C, torch.bfloat16: 0x7FCA}
+CANARY_ELEMS = 256
+
+
+class _Timeout(BaseException):
+    """Raised by the SIGALRM handler; BaseException so implementation code cannot swallow it."""
+
+
+class _ImplFailure(Exception):
+    def __init__(self, outcome: Outcome, message: str):
+        self.outcome = outcome
+        super().__init__(message)
+
+
+def _summary(err: BaseException) -> str:
+    tb = traceback.extract_tb(err.__traceback__)[-3:]
+    where = " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(tb))
+    return f"{type(err).__name__}: {err} [{where}]"
+
+
+@contextlib.contextmanager
+def _deadline(timeout_s: float | None):
+    usable = timeout_s and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _Timeout()
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, float(timeout_s))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@contextlib.contextmanager
+def _nan_fill_uninitialized():
+    """torch.empty returns NaN-filled memory while active (torch's deterministic-fill switch)."""
+    was_det, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    was_fill = torch.utils.deterministic.fill_uninitialized_memory
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = True
+        try:
+            yield
+        finally:
+            torch.utils.deterministic.fill_uninitialized_memory = was_fill
+            torch.use_deterministic_algorithms(was_det, warn_only=was_warn)
+
+
+def _np(t) -> np.ndarray:
+    return npo._np(t)
+
+
+def _ids_np(t) -> np.ndarray:
+    return np.asarray(t.detach().cpu() if hasattr(t, "detach") else t).astype(np.int64)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    view = {4: torch.int32, 2: torch.int16}[t.element_size()]
+    return t.detach().contiguous().view(view).cpu()
+
+
+def _field(out: Any, name: str) -> Any:
+    return out if isinstance(out, torch.Tensor) else getattr(out, name)
+
+
+# ----------------------------------------------------------------------------------------------- poisoned output
+@dataclass(frozen=True)
+class PoisonedOutput:
+    buf: torch.Tensor  # (CANARY_ELEMS + T*H + CANARY_ELEMS,) case dtype
+    out: torch.Tensor  # (T, H) view into buf
+
+    @classmethod
+    def make(cls, T: int, H: int, dtype: torch.dtype, device: torch.device) -> PoisonedOutput:
+        int_dt, poison = POISON[dtype]
+        buf = torch.empty(T * H + 2 * CANARY_ELEMS, dtype=dtype, device=device)
+        bits = buf.view(int_dt)
+        bits.fill_(CANARY[dtype])
+        bits[CANARY_ELEMS : CANARY_ELEMS + T * H] = poison
+        return cls(buf, buf[CANARY_ELEMS : CANARY_ELEMS + T * H].view(T, H))
+
+    def unwritten(self) -> np.ndarray:
+        """(T, H) bool: elements that still hold the poison bits."""
+        return (_bits(self.out) == POISON[self.out.dtype][1]).numpy()
+
+    def canaries_changed(self) -> int:
+        bits = _bits(self.buf)
+        n = self.out.numel()
+        edges = torch.cat([bits[:CANARY_ELEMS], bits[CANARY_ELEMS + n :]])
+        return int((edges != CANARY[self.out.dtype]).sum())
+
+
+# ----------------------------------------------------------------------------------------------- session
+class _Session:
+    """The oracle's view of one case, and the stage-by-stage run of one implementation against it."""
+
+    def __init__(self, impl: Implementation, case: Case, device: Device):
+        self.impl, self.case, self.device = impl, case, device
+        self.caps = impl.capabilities()
+        self.spec = case.spec
+        self.inputs: CaseInputs = case.build_inputs(device.torch_device)
+        self.model = tolerance.ErrorModel.for_case(accumulator_profile(device), case.dtype, self.caps.fp32_dot)
+        self.wv = tolerance.WeightViews.of(self.inputs.weights)
+        self.x = _np(self.inputs.x)
+        self.routing = npo.route(self.spec, self.wv.val, self.x)
+        self.e_scores, self.e_keys = tolerance.router_bounds(self.model, self.spec, self.wv, self.x, self.routing)
+        raw = self.routing.scores
+        self.raw_keys = raw + _np(self.wv.val.correction_bias) if self.spec.correction_bias else raw
+        self.bad_rows = ~np.isfinite(self.x).all(axis=1) | ~np.isfinite(raw).all(axis=1)
+        self.route_ran = False
+        self.verdicts: list[StageVerdict] = []
+        self.current = "router"
+        self.set_ids(self.routing.topk_ids)
+
+    def set_ids(self, ids: np.ndarray) -> None:
+        self.ids = ids
+        self.tw = tolerance.routing_weights(self.spec, self.routing.scores, ids)
+        self.e_w = tolerance.weight_bounds(self.model, self.spec, self.routing.scores, self.e_scores, ids, self.tw)
+        self.kept = npo.permute(self.spec, ids).kept
+        self._e2e = None
+
+    def mask(self, extra_dims: int) -> np.ndarray:
+        m = ~self.bad_rows
+        return m.reshape(m.shape + (1,) * extra_dims)
+
+    def call(self, stage: str, inputs: CaseInputs | None = None, **kw) -> Any:
+        try:
+            return self.impl.run(inputs or self.inputs, stage, self.device, **kw)
+        except _Timeout:
+            raise
+        except Exception as err:
+            if isinstance(err, NotSupportedError):
+                raise _ImplFailure(Outcome.NOT_SUPPORTED, f"{stage}: {err}") from err
+            raise _ImplFailure(Outcome.CRASH, f"{stage}: {_summary(err)}") from err
+
+    def ids_tensor(self, ids: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(ids)).to(torch.int32).to(self.device.torch_device)
+
+    def rounded(self, a: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(dtype or self.case.torch_dtype).to(self.device.torch_device)
+
+    # -- stages
+    def stage_route(self) -> StageVerdict:
+        out = self.call("route")
+        got_ids, got_w = _ids_np(out.topk_ids), _np(out.topk_weights)
+        T, k = self.ids.shape
+        if got_ids.shape != (T, k) or got_w.shape != (T, k):
+            return StageVerdict("router", Outcome.FAIL, fail_kind=FailKind.ROUTING,
+                                message=f"router: expected ids/weights of shape {(T, k)}, got {got_ids.shape}/{got_w.shape}")
+        ref_ids = self.routing.topk_ids
+        rows = judge.classify_rows(self.spec, self.raw_keys, self.e_keys, ref_ids, got_ids, self.bad_rows)
+        ok = np.array([r not in (judge.ROW_INVALID, judge.ROW_WRONG) for r in rows], bool)
+        accepted = np.where(ok[:, None], got_ids, ref_ids)
+        self.set_ids(accepted)
+        self.route_ran = True
+        cmp = judge.compare_weights(got_w, got_ids, self.tw, accepted, self.e_w, ok & ~self.bad_rows)
+        return judge.routing_verdict(self.spec, rows, got_ids, ref_ids, self.raw_keys, cmp)
+
+    def stage_permute(self) -> StageVerdict:
+        out = self.call("permute", self.inputs.with_feeds(topk_ids=self.ids_tensor(self.ids)))
+        return judge.permutation_verdict(npo.permute(self.spec, self.ids), out)
+
+    def stage_gate_up(self) -> StageVerdict:
+        ref, e_act = tolerance.gate_up_bounds(self.model, self.spec, self.wv, self.x, self.ids)
+        out = self.call("gate_up", self.inputs.with_feeds(topk_ids=self.ids_tensor(self.ids)))
+        return self.numeric("gemm1", _field(out, "act"), ref.act, e_act, self.kept[..., None] & self.mask(2))
+
+    def stage_down(self) -> StageVerdict:
+        ref_act = npo.gate_up(self.spec, self.wv.val, self.x, self.ids).act
+        act = self.rounded(ref_act)
+        ref, e_eo = tolerance.down_bounds(self.model, self.spec, self.wv, _np(act), self.ids)
+        out = self.call("down", self.inputs.with_feeds(topk_ids=self.ids_tensor(self.ids), act=act))
+        return self.numeric("gemm2", out, ref, e_eo, self.kept[..., None] & self.mask(2))
+
+    def stage_combine(self) -> StageVerdict:
+        e2e = self.end_to_end_reference()
+        eo, tw = self.rounded(e2e["eo"]), self.rounded(self.tw, torch.float32)
+        so = self.rounded(e2e["so"]) if self.spec.shared_width else None
+        kept = torch.from_numpy(self.kept).to(self.device.torch_device)
+        ref, e_y = tolerance.combine_bounds(self.model, self.spec, _np(eo), _np(tw), self.kept,
+                                            None if so is None else _np(so))
+        feeds = self.inputs.with_feeds(expert_out=eo, topk_weights=tw, kept=kept, shared_out=so,
+                                       topk_ids=self.ids_tensor(self.ids))
+        return self.numeric("combine", self.call("combine", feeds), ref, e_y, self.mask(1))
+
+    def end_to_end_reference(self) -> dict[str, np.ndarray]:
+        if self._e2e is None:
+            m, spec, wv = self.model, self.spec, self.wv
+            gu, e_act = tolerance.gate_up_bounds(m, spec, wv, self.x, self.ids)
+            eo, e_eo = tolerance.down_bounds(m, spec, wv, gu.act, self.ids, e_act)
+            so, e_so = tolerance.shared_bounds(m, spec, wv, self.x)
+            y, e_y = tolerance.combine_bounds(m, spec, eo, self.tw, self.kept, so if spec.shared_width else None,
+                                              e_eo, self.e_w, e_so)
+            self._e2e = {"eo": eo, "so": so, "y": y, "e_y": e_y}
+        return self._e2e
+
+    def numeric(self, stage: str, got: Any, want: np.ndarray, bound: np.ndarray, mask: np.ndarray) -> StageVerdict:
+        g = _np(got)
+        if g.shape != want.shape:
+            return StageVerdict(stage, Outcome.FAIL, fail_kind=FailKind.NUMERIC,
+                                message=f"{stage}: expected shape {want.shape}, got {g.shape}")
+        return judge.numeric_verdict(stage, compare(g, want, bound, mask=mask, floor=self.model.tiny))
+
+    def stage_forward(self) -> list[StageVerdict]:
+        T, H = self.x.shape
+        poisoned = None
+        if self.caps.accepts_out:
+            poisoned = PoisonedOutput.make(T, H, self.case.torch_dtype, self.device.torch_device)
+            y = _field(self.call(FORWARD, out=poisoned.out), "y")
+        else:
+            with _nan_fill_uninitialized():
+                y = _field(self.call(FORWARD), "y")
+        e2e = self.end_to_end_reference()
+        mask = self.mask(1)
+        if not self.route_ran:  # the forward's own choice on a tie is unknown: do not judge those rows
+            amb = judge.ambiguous_rows(self.spec, self.routing.keys, self.e_keys, self.routing.topk_ids)
+            mask = mask & ~amb[:, None]
+        verdicts = []
+        if poisoned is not None:
+            mem = self.memory_verdict(poisoned, y)
+            mask = mask & ~poisoned.unwritten()
+            verdicts.append(mem)
+        else:
+            verdicts.append(StageVerdict("memory", Outcome.NOT_SUPPORTED, message=(
+                "no out= parameter: unwritten elements show as NaN through torch's NaN fill of uninitialized memory")))
+        verdicts.insert(0, self.numeric("end_to_end", y, e2e["y"], e2e["e_y"], mask))
+        verdicts.append(self.determinism_verdict(y))
+        return verdicts
+
+    def memory_verdict(self, p: PoisonedOutput, y: torch.Tensor) -> StageVerdict:
+        unwritten, canaries = p.unwritten(), p.canaries_changed()
+        same = y.data_ptr() == p.out.data_ptr()
+        if canaries:
+            msg = f"memory: {canaries} canary elements around the output were overwritten (write outside out)"
+        elif unwritten.any():
+            rows = np.flatnonzero(unwritten.any(axis=1))
+            msg = f"memory: {int(unwritten.sum())} output elements never written (rows {rows[:8].tolist()})"
+            if not same:
+                msg += "; the implementation returned a different tensor than out="
+        else:
+            return StageVerdict("memory", Outcome.PASS, message="memory: every element written, canaries intact")
+        return StageVerdict("memory", Outcome.FAIL, fail_kind=FailKind.MEMORY, message=msg)
+
+    def determinism_verdict(self, y: torch.Tensor) -> StageVerdict:
+        msgs = []
+        if self.caps.deterministic:
+            y2 = _field(self.call(FORWARD), "y")
+            diff = int((_bits(y) != _bits(y2)).sum())
+            if diff:
+                msgs.append(f"two runs differ in {diff} elements")
+        if self.caps.batch_invariant and self.x.shape[0] >= 2:
+            one = CaseInputs(spec=self.spec, x=self.inputs.x[:1].clone(), weights=self.inputs.weights)
+            y1 = _field(self.call(FORWARD, one), "y")
+            diff = int((_bits(y[:1]) != _bits(y1)).sum())
+            if diff:
+                msgs.append(f"token 0 alone differs from token 0 in the batch in {diff} elements")
+        if not (self.caps.deterministic or self.caps.batch_invariant):
+            return StageVerdict("determinism", Outcome.NOT_SUPPORTED, message="no determinism claimed")
+        if msgs:
+            return StageVerdict("determinism", Outcome.FAIL, fail_kind=FailKind.DETERMINISM,
+                                message="determinism: " + "; ".join(msgs))
+        return StageVerdict("determinism", Outcome.PASS, message="determinism: bitwise equal")
+
+    def run(self) -> list[StageVerdict]:
+        verdicts = self.verdicts = []  # kept on the session so a timeout keeps the finished stages
+        plan = [("route", self.stage_route), ("permute", self.stage_permute), ("gate_up", self.stage_gate_up),
+                ("down", self.stage_down), ("combine", self.stage_combine)]
+        for stage, fn in plan:
+            self.current = VERDICT_STAGE[stage]
+            verdicts.append(self.guarded(stage, fn))
+        self.current = "end_to_end"
+        if FORWARD in self.caps.stages:
+            try:
+                verdicts.extend(self.stage_forward())
+            except _ImplFailure as f:
+                verdicts.append(StageVerdict("end_to_end", f.outcome, message=str(f)))
+        else:
+            verdicts.append(StageVerdict("end_to_end", Outcome.NOT_SUPPORTED, message="forward not exposed"))
+        return verdicts
+
+    def guarded(self, stage: str, fn) -> StageVerdict:
+        name = VERDICT_STAGE[stage]
+        if stage not in self.caps.stages:
+            return StageVerdict(name, Outcome.NOT_SUPPORTED, message=f"{stage}: stage not exposed")
+        try:
+            return fn()
+        except _ImplFailure as f:
+            return StageVerdict(name, f.outcome, message=str(f))
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+def _failing_stage(verdicts: list[StageVerdict]) -> str | None:
+    """First stage in pipeline order that is not conformant; else the first with a warning."""
+    ordered = sorted(verdicts, key=lambda v: STAGES.index(v.stage))
+    bad = [v for v in ordered if not v.outcome.conformant]
+    warn = [v for v in ordered if v.outcome in (Outcome.QUALITY_WARNING, Outcome.COMPATIBILITY_WARNING)]
+    return (bad or warn)[0].stage if (bad or warn) else None
+
+
+def run_case(impl: Implementation, case: Case, device: Device, *, timeout_s: float | None = None) -> CaseResult:
+    """Run and judge one case; never raises for the implementation's errors (module docstring)."""
+    t0 = time.perf_counter()
+    name = getattr(impl, "name", type(impl).__name__)
+    meta = {"case_id": case.case_id, "params": case.params(), "impl": name, "device": str(device)}
+
+    def result(outcome: Outcome, verdicts=(), message: str = "", failing: str | None = None) -> CaseResult:
+        cfg: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            cfg = dict(impl.kernel_config() or {})
+        return CaseResult(outcome=outcome, stages=tuple(verdicts), failing_stage=failing, kernel_config=cfg,
+                          duration_s=time.perf_counter() - t0, message=message, **meta)
+
+    try:
+        reason = waiver_for(device, case)
+        if reason:
+            return result(Outcome.WAIVED, message=reason)
+        why = impl.capabilities().unsupported(case.spec, case.dtype)
+        if why:
+            return result(Outcome.NOT_SUPPORTED, message=why)
+        with np.errstate(all="ignore"):  # NaN/inf rows are expected; they are judged by placement
+            session = _Session(impl, case, device)
+    except Exception as err:
+        return result(Outcome.INTERNAL_ERROR, message=f"harness: {_summary(err)}")
+    verdicts: list[StageVerdict] = []
+    try:
+        with _deadline(timeout_s), np.errstate(all="ignore"):
+            verdicts = session.run()
+    except _Timeout:
+        verdicts = list(session.verdicts)
+        verdicts.append(StageVerdict(session.current, Outcome.TIMEOUT, message=f"exceeded {timeout_s} s"))
+        return result(Outcome.TIMEOUT, verdicts, f"timeout after {timeout_s} s in {session.current}", session.current)
+    except Exception as err:
+        return result(Outcome.INTERNAL_ERROR, verdicts, f"harness: {_summary(err)}")
+    outcome = worst(v.outcome for v in verdicts)
+    failing = _failing_stage(verdicts)
+    msg = next((v.message for v in verdicts if v.stage == failing), "") if failing else ""
+    return result(outcome, verdicts, msg, failing)

@@ -1,0 +1,96 @@
+"""Replay one case, and keep what a failure needs to be reproduced elsewhere.
+
+    replay(case_id, impl, device)          -> CaseResult, the same verdict as in the run (ids replay bit for bit)
+    write_failure_dir(dir, record, ...)    -> failures/<case>/: case.json, worst.json, replay.txt
+    capture_tensors(dir, case_id, ...)     -> inputs.safetensors, outputs.safetensors (got: implementation,
+                                              want: float64 oracle), run in a subprocess by certify because the
+                                              case may crash its process
+
+`python -m moe_cts.conformance.harness.replay capture DIR CASE_ID IMPL DEVICE` is that subprocess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from moe_cts.conformance.engine.cases import Case
+from moe_cts.conformance.engine.devices import select_device
+from moe_cts.conformance.engine.results import CaseResult
+from moe_cts.conformance.engine.session import DEFAULT_TIMEOUT_S, Session
+from moe_cts.conformance.impls.registry import load_implementation
+from moe_cts.reference.numpy_oracle import moe_forward
+
+_SAFE = re.compile(r"[^\w.-]")
+
+
+def failure_dir_name(case_id: str, name: str = "") -> str:
+    """failures/<case-id>/; ids longer than a comfortable path component keep a readable prefix and a hash."""
+    safe = _SAFE.sub("_", case_id)
+    if len(safe) <= 120:
+        return safe
+    digest = hashlib.sha256(case_id.encode()).hexdigest()[:16]
+    return f"{_SAFE.sub('_', name) or safe[:40]}-{digest}"
+
+
+def replay(case_id: str, impl_name: str, device_arg: str, *, timeout_s: float | None = None) -> CaseResult:
+    """Re-run one case exactly as certify did (the same engine Session, so a hang becomes a Timeout)."""
+    s = Session(
+        impl=load_implementation(impl_name), impl_name=impl_name, device=select_device(device_arg),
+        label=device_arg, timeout_s=timeout_s if timeout_s is not None else DEFAULT_TIMEOUT_S,
+    )  # fmt: skip
+    return s.run(Case.from_id(case_id), "replay")
+
+
+def write_failure_dir(root: Path, record: dict[str, Any], *, impl: str, device: str) -> Path:
+    """case.json (the report record, the case spec), worst.json (worst elements per failing stage), replay.txt."""
+    case = Case.from_id(record["case_id"])
+    d = root / failure_dir_name(record["case_id"], case.name)
+    d.mkdir(parents=True, exist_ok=True)
+    doc = {"case_id": record["case_id"], "case": case.to_json(), "impl": impl, "device": device, "record": record}
+    (d / "case.json").write_text(json.dumps(doc, indent=1, sort_keys=True, default=str))
+    worst = {s["stage"]: s.get("worst", []) for s in record.get("stages", []) if s.get("worst")}
+    (d / "worst.json").write_text(json.dumps(worst, indent=1, default=str))
+    (d / "replay.txt").write_text(record["replay"] + "\n")
+    return d
+
+
+def capture_tensors(d: Path, case_id: str, impl_name: str, device_arg: str, *, outputs: bool = True) -> None:
+    """inputs.safetensors (x and every weight), then outputs.safetensors: got (the implementation's forward
+    output) and want (the float64 oracle on the same rounded inputs)."""
+    device = select_device(device_arg)
+    case = Case.from_id(case_id)
+    inputs = case.build_inputs(device.torch_device)
+    tensors = {"x": inputs.x}
+    tensors |= {k: v for k, v in vars(inputs.weights).items() if isinstance(v, torch.Tensor)}
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(d / "inputs.safetensors"))
+    if not outputs:
+        return
+    want = torch.from_numpy(moe_forward(inputs.spec, inputs.weights, inputs.x).y)
+    got = load_implementation(impl_name).run(inputs, "forward", device)
+    save_file(
+        {"got": got.detach().cpu().contiguous(), "want": want.contiguous()}, str(d / "outputs.safetensors")
+    )
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 6 or argv[1] != "capture":
+        print("usage: python -m moe_cts.conformance.harness.replay capture DIR CASE_ID IMPL DEVICE [inputs-only]", file=sys.stderr)
+        return 2
+    _, _, d, case_id, impl, device = argv[:6]
+    capture_tensors(Path(d), case_id, impl, device)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 7 and sys.argv[6] == "inputs-only":
+        capture_tensors(Path(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], outputs=False)
+        sys.exit(0)
+    sys.exit(main(sys.argv))

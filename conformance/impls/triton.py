@@ -1,0 +1,123 @@
+"""The "triton" implementation: moe-cts's own kernels, through their public API only.
+
+    stage     kernels call                                      output
+    route     moe_cts.kernels.router.route(spec, w, x)                  metadata.Routing (ids int32, weights fp32)
+    permute   moe_cts.kernels.align.permute(spec, ids)                  Permutation (counts, kept, order, offsets)
+    gate_up   moe_cts.kernels.grouped_gemm.gate_up(spec, w, x, ids)     act (T, k, I)
+    down      moe_cts.kernels.grouped_gemm.down(spec, w, act, ids)      expert_out (T, k, H)
+    combine   moe_cts.kernels.combine.combine(spec, eo, tw, kept, so)   y (T, H)
+    forward   moe_cts.kernels.moe.fused_moe(spec, w, x[, out=])         y (T, H)
+
+Capabilities come from moe_cts.kernels.capabilities.CAPABILITIES; a kernel module that is missing (not written
+yet, or no Triton on this platform) makes its stage NotSupported rather than an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from moe_cts.conformance.engine.protocol import FORWARD, Capabilities
+from moe_cts.reference.errors import NotSupportedError
+
+#: stage -> (module, function)
+ENTRY = {
+    "route": ("moe_cts.kernels.router", "route"),
+    "permute": ("moe_cts.kernels.align", "permute"),
+    "gate_up": ("moe_cts.kernels.grouped_gemm", "gate_up"),
+    "down": ("moe_cts.kernels.grouped_gemm", "down"),
+    "combine": ("moe_cts.kernels.combine", "combine"),
+    FORWARD: ("moe_cts.kernels.moe", "fused_moe"),
+}
+
+
+def _resolve(stage: str):
+    module, fn = ENTRY[stage]
+    try:
+        return getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as err:
+        raise NotSupportedError(f"{stage}: {module}.{fn} is not available ({err})") from err
+
+
+def _table() -> dict[str, Any]:
+    try:
+        from moe_cts.kernels.capabilities import CAPABILITIES
+    except ImportError:
+        return {}
+    return CAPABILITIES
+
+
+class TritonImplementation:
+    name = "triton"
+
+    def __init__(self, *, batch_invariant: bool = False, allow_tf32: bool = False):
+        self.batch_invariant = batch_invariant
+        self.allow_tf32 = allow_tf32
+
+    def capabilities(self) -> Capabilities:
+        t = _table()
+        stages = {s for s in ENTRY if self._available(s)}
+        if "fused_moe" not in t.get("stages", ()):
+            stages.discard(FORWARD)
+        routing = {"renormalize", "router_bias", "correction_bias", "grouped", "scaling"}
+        flags = {"renormalize": "renormalize", "router_bias": "router_bias", "correction_bias": "correction_bias",
+                 "grouped": "grouped_topk", "scaling": "routed_scaling_factor"}
+        routing = {r for r in routing if t.get(flags[r], False)}
+        forward = self._available(FORWARD)
+        return Capabilities(
+            stages=frozenset(stages),
+            dtypes=frozenset(t.get("dtypes", ())),
+            layouts=frozenset(t.get("layouts", ())),
+            gated_activations=frozenset(t.get("gated_activations", ())),
+            nongated_activations=frozenset(t.get("nongated_activations", ())),
+            scorings=frozenset(t.get("scoring", ())),
+            routing=frozenset(routing),
+            expert_bias=bool(t.get("expert_bias", False)),
+            shared_experts=bool(t.get("shared_experts", False)),
+            shared_gate=bool(t.get("shared_gate", False)),
+            capacity_dropping=bool(t.get("capacity_dropping", False)),
+            local_mask=bool(t.get("local_expert_mask", False)),
+            deterministic=bool(t.get("deterministic", False)),
+            batch_invariant=self.batch_invariant and bool(t.get("batch_invariant", False)),
+            accepts_out=forward and "out" in inspect.signature(_resolve(FORWARD)).parameters,
+            fp32_dot="tf32" if self.allow_tf32 else "ieee",
+        )
+
+    def _available(self, stage: str) -> bool:
+        try:
+            _resolve(stage)
+        except NotSupportedError:
+            return False
+        return True
+
+    def kernel_config(self) -> dict[str, Any]:
+        try:
+            from moe_cts.kernels.config import last_config
+        except ImportError:
+            return {}
+        cfg = last_config()
+        return {} if cfg is None else cfg.to_dict()
+
+    def run(self, inputs, stage: str, device=None, *, out=None) -> Any:
+        caps = self.capabilities()
+        why = caps.unsupported(inputs.spec, str(inputs.x.dtype).removeprefix("torch."))
+        if why is None and stage not in caps.stages:
+            why = f"stage: {stage} not exposed by the Triton kernels"
+        if why:
+            raise NotSupportedError(why)
+        fn = _resolve(stage)
+        spec, w = inputs.spec, inputs.weights
+        tf32 = {"allow_tf32": True} if self.allow_tf32 else {}
+        if stage == FORWARD:
+            kw = {"out": out} if out is not None else {}
+            return fn(spec, w, inputs.x, batch_invariant=self.batch_invariant, **kw, **tf32)
+        if stage == "route":
+            return fn(spec, w, inputs.x, **tf32)
+        if stage == "permute":
+            return fn(spec, inputs.topk_ids)
+        if stage == "gate_up":
+            return fn(spec, w, inputs.x, inputs.topk_ids, **tf32)
+        if stage == "down":
+            return fn(spec, w, inputs.act, inputs.topk_ids, **tf32)
+        return fn(spec, inputs.expert_out, inputs.topk_weights, inputs.kept, inputs.shared_out)
