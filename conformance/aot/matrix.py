@@ -53,6 +53,8 @@ def _scalar_ok(targets_data: dict[str, Any], backend: str, dtype: str, flavour: 
 
 
 def classify(job: dict[str, Any], result: dict[str, Any], targets_data: dict[str, Any]) -> AotRecord:
+    # The registry imports moe_cts.kernels and so triton; this parent process only reads its table, while the
+    # workers import triton under a fake driver per target: keep triton out of the parent until needed.
     from moe_cts.kernels.registry import KERNELS
 
     tname, target = job["target_name"], targets_data["targets"][job["target_name"]]

@@ -29,6 +29,7 @@ from moe_cts.conformance.cli.common import (
     Profile,
     check_devices,
     check_impl,
+    check_out_dir,
     console,
     err,
     usage_error,
@@ -197,7 +198,7 @@ def certify(
     devices: Annotated[str | None, typer.Option(help="all, or a list such as cuda:0,cuda:1: one shard per device")] = None,
     impl: Annotated[str, typer.Option(help="implementation under test (moe-cts list shows them)")] = "triton",
     profile: Annotated[Profile | None, typer.Option(help="smoke | quick | full; default smoke on the interpreter, quick on a GPU")] = None,
-    out: Annotated[Path, typer.Option(help="output directory")] = Path("moe-cts-out"),
+    out: Annotated[str, typer.Option(help="output directory (created; must be writable)")] = "moe-cts-out",
     jobs: Annotated[int | None, typer.Option(min=1, help="pytest-xdist workers per device (default: CPUs / devices on the interpreter, 2 on a GPU)")] = None,
     timeout: Annotated[float | None, typer.Option(min=0.0, help="per-case time limit in seconds (0: none)")] = None,
     examples: Annotated[int | None, typer.Option(min=0, help="generated cases per device (default: the profile's)")] = None,
@@ -207,11 +208,14 @@ def certify(
     """Run the must-pass list and the generated cases of a profile, then the AOT compile tier (--compile);
     write report.json, report.html, junit.xml, failures/ and certificate.tgz to OUT.
     Exit 0 conformant, 1 not (a case or a compile Fail), 2 usage error or void run."""
+    out_dir = check_out_dir(out)
     try:
         names = shardmod.resolve_devices(device, devices)
     except shardmod.DeviceListError as e:
         raise usage_error(str(e)) from None
     names = check_devices(names)
+    if devices is not None and devices.strip() == "all" and names == ["interpreter"] and not shardmod.fake_devices():
+        console.print("--devices all: no GPU found, falling back to the Triton interpreter on the CPU", markup=False)
     check_impl(impl)
     try:
         targets = compile_targets(compile_spec, names)
@@ -221,7 +225,7 @@ def certify(
     on_gpu = any(n != "interpreter" for n in names)
     prof = profile.value if profile else ("quick" if on_gpu else "smoke")
     jobs = jobs or (2 if on_gpu else max(1, (os.cpu_count() or 1) // len(shards)))
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir
     _clear_outputs(out)
     cmds = [
         shardmod.pytest_command(sh, out, impl=impl, profile=prof, jobs=jobs, timeout_s=timeout,

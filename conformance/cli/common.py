@@ -58,10 +58,11 @@ def check_impl(impl: str) -> None:
         raise usage_error(f"unknown implementation {impl!r}: {e}") from None
 
 
-def check_out_dir(out: Path) -> Path:
+def check_out_dir(arg: str | Path) -> Path:
     """--out must be a directory this user can write (created if missing); exit 2 with one sentence if not."""
-    if not str(out).strip():
+    if not str(arg).strip():
         raise usage_error("--out is empty: give a directory for the report, for example --out moe-cts-out.")
+    out = Path(arg)
     if out.exists() and not out.is_dir():
         raise usage_error(f"--out {out} is an existing file, not a directory: give a directory for the report.")
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -39,28 +38,26 @@ class _Bar:
 def compile_(
     targets: Annotated[str, typer.Option(help="all, or a comma list of sm80,sm90,sm100,gfx90a,gfx942,gfx950")] = "all",
     full: Annotated[bool, typer.Option(help="every table config and every preset's choice in every dtype")] = False,
-    out: Annotated[Path, typer.Option(help="writes compile.json (report section) and summary.txt here")] = Path(
-        "moe-cts-compile"
-    ),
+    out: Annotated[str, typer.Option(help="writes compile.json (report section) and summary.txt here")] = "moe-cts-compile",
     jobs: Annotated[int, typer.Option(min=1, help="compiler processes in parallel")] = max(1, os.cpu_count() or 1),
 ) -> None:
     """Compile every kernel ahead of time for CUDA sm80/sm90/sm100 and ROCm gfx90a/gfx942/gfx950 on this CPU:
     shared memory against each target's limit, registers, spills, matrix instructions. Exit 1 on any Fail."""
-    check_out_dir(out)
+    out_dir = check_out_dir(out)
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("left"), TimeRemainingColumn())  # fmt: skip
     try:
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task(f"planning the {'full' if full else 'default'} tier", total=None)
-            records = run_matrix(targets=targets, full=full, out=out, jobs=jobs, progress=_Bar(progress, task))
+            records = run_matrix(targets=targets, full=full, out=out_dir, jobs=jobs, progress=_Bar(progress, task))
     except ValueError as e:
         raise usage_error(str(e)) from None
     render(console, records)
     fails = sum(r.status == FAIL for r in records)
     console.print(
         f"{len(records)} compiles in {time.perf_counter() - start:.0f} s with {jobs} process(es), {fails} fail(s); "
-        f"report section in {out / 'compile.json'}",
+        f"report section in {out_dir / 'compile.json'}",
         markup=False,
     )
     if fails:

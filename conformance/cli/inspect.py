@@ -46,11 +46,15 @@ def list_(
     console.print("implementations: " + ", ".join(sorted(available_implementations())), markup=False)
     cases = must_pass_for(profile.value, dev.backend)
     t = Table(title=f"must-pass cases of profile {profile.value} on {dev.backend} ({len(cases)})")
-    for col in ("name", "profiles", "case", "case id"):
+    for col in ("name", "profiles", "case"):
         t.add_column(col, overflow="fold")
     for c in cases:
-        t.add_row(c.name, ",".join(must_pass_profiles(c)), str(c), c.case_id)
+        t.add_row(c.name, ",".join(must_pass_profiles(c)), str(c))
     console.print(t)
+    # Case ids go on lines of their own, never folded inside a table cell: they are copied into `replay`.
+    console.print("case ids:", markup=False)
+    for c in cases:
+        console.print(f"{c.name} {c.case_id}", markup=False, soft_wrap=True)
 
 
 def replay(

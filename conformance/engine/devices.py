@@ -106,7 +106,7 @@ def device_info(device: Device) -> dict[str, Any]:
         "torch": torch.__version__,
     }
     try:
-        import triton
+        import triton  # triton reads TRITON_INTERPRET once, at import: select_device sets it before this runs
 
         info["triton"] = triton.__version__
     except ImportError:  # triton is optional on non-Linux machines

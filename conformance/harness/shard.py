@@ -17,6 +17,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from moe_cts.conformance.harness import suite
+
 FAKE_DEVICES_ENV = "MOE_CTS_FAKE_DEVICES"
 _DEVICE_RE = re.compile(r"auto|interpreter|(cuda|hip):\d+")
 
@@ -36,12 +40,16 @@ class Shard:
 
 def visible_gpus() -> list[str]:
     """cuda:i (or hip:i on ROCm torch) for every device torch sees."""
-    import torch
-
     if not torch.cuda.is_available():
         return []
     kind = "hip" if getattr(torch.version, "hip", None) else "cuda"
     return [f"{kind}:{i}" for i in range(torch.cuda.device_count())]
+
+
+def fake_devices() -> int:
+    """N when MOE_CTS_FAKE_DEVICES=N simulates N devices (tests), else 0."""
+    fake = os.environ.get(FAKE_DEVICES_ENV, "")
+    return int(fake) if fake.isdigit() else 0
 
 
 def resolve_devices(device: str, devices: str | None) -> list[str]:
@@ -79,8 +87,6 @@ def make_shards(names: list[str]) -> list[Shard]:
 
 
 def suite_file() -> str:
-    import moe_cts.conformance.harness.suite as suite
-
     return suite.__file__
 
 

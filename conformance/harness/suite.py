@@ -9,11 +9,15 @@ pytest_generate_tests twice (once as a plugin, once as the test module's own hoo
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
+from hypothesis import Phase, given, seed, settings
 
+from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.results import CaseResult
+from moe_cts.conformance.engine.strategies import cases
 from moe_cts.conformance.harness.plugin import MoECts, _state
 
 
@@ -31,8 +35,6 @@ def _failure_text(state: MoECts, r: CaseResult) -> str:
 
 
 def test_must_pass(moe_cts: MoECts, moe_cts_case_id: str) -> None:
-    from moe_cts.conformance.engine.cases import Case
-
     result = moe_cts.run(Case.from_id(moe_cts_case_id), "must_pass")
     if not result.outcome.conformant:
         pytest.fail(_failure_text(moe_cts, result), pytrace=False)
@@ -41,10 +43,6 @@ def test_must_pass(moe_cts: MoECts, moe_cts_case_id: str) -> None:
 def test_generated(moe_cts: MoECts, moe_cts_batch: int) -> None:
     """One hypothesis run of generated cases. Every case is recorded and the run continues past failures
     (no shrinking: a certification wants every case's verdict, and every case id replays on its own)."""
-    from hypothesis import Phase, given, seed, settings
-
-    from moe_cts.conformance.engine.strategies import cases
-
     per_batch = -(-moe_cts.examples // moe_cts.batches)
     bad: list[CaseResult] = []
 
@@ -71,10 +69,6 @@ def test_generated(moe_cts: MoECts, moe_cts_batch: int) -> None:
 
 def _strategy_kwargs(state: MoECts) -> dict[str, Any]:
     """Pass the device (or backend) to the strategy when it takes one, so shapes fit the device."""
-    import inspect
-
-    from moe_cts.conformance.engine.strategies import cases
-
     params = inspect.signature(cases).parameters
     if "device" in params:
         return {"device": state.device}

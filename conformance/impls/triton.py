@@ -42,6 +42,7 @@ def _resolve(stage: str):
 
 def _table() -> dict[str, Any]:
     try:
+        # moe_cts.kernels imports triton, which must come after TRITON_INTERPRET is set (select_device)
         from moe_cts.kernels.capabilities import CAPABILITIES
     except ImportError:
         return {}
@@ -93,7 +94,7 @@ class TritonImplementation:
 
     def kernel_config(self) -> dict[str, Any]:
         try:
-            from moe_cts.kernels.config import last_config
+            from moe_cts.kernels.config import last_config  # after TRITON_INTERPRET, as above
         except ImportError:
             return {}
         cfg = last_config()

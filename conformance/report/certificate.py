@@ -12,14 +12,18 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import tarfile
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from moe_cts.conformance.engine.must_pass import must_pass_for, must_pass_hash
+from moe_cts.conformance.report.provenance import kernel_source_hash
 from moe_cts.conformance.report.schema import SCHEMA, SCHEMA_VERSION
 
 CERT_FILES = ("report.json", "report.html", "junit.xml")
@@ -45,11 +49,25 @@ def pack(out: Path) -> Path:
     return pack_files({n: (out / n).read_bytes() for n in CERT_FILES}, out / "certificate.tgz")
 
 
+def archive_error(e: BaseException) -> str:
+    """Why an archive could not be read, in words: a truncated gzip raises EOFError, which click would turn
+    into a bare "Aborted!"."""
+    if isinstance(e, EOFError):
+        return "gzip stream ends early (the file is truncated)"
+    if isinstance(e, gzip.BadGzipFile) or "not a gzip file" in str(e):
+        return "not a gzip file"
+    if isinstance(e, zlib.error):
+        return f"gzip data is corrupt ({e})"
+    if isinstance(e, tarfile.TarError):
+        return f"not a tar archive inside the gzip stream ({e})"
+    return f"cannot be read ({e})"
+
+
 def read_members(path: Path) -> tuple[dict[str, bytes], list[str]]:
     """Regular files of the archive, and problems with its shape (links, directories, duplicates)."""
     blobs: dict[str, bytes] = {}
     problems: list[str] = []
-    with tarfile.open(path, "r:*") as tar:
+    with tarfile.open(path, "r:gz") as tar:
         for m in tar.getmembers():
             if not m.isfile():
                 problems.append(f"{m.name} is not a regular file")
@@ -79,8 +97,6 @@ def check_manifest(blobs: dict[str, bytes]) -> list[str]:
 
 def expected_must_pass(report: dict[str, Any], dev: dict[str, Any]) -> tuple[list[str] | None, str | None]:
     """The must-pass ids this installation expects for the report's profile on that device's backend."""
-    from moe_cts.conformance.engine.must_pass import must_pass_for, must_pass_hash
-
     ours = must_pass_hash()
     theirs = report.get("suite", {}).get("must_pass_hash")
     if theirs != ours:
@@ -114,8 +130,6 @@ _ALLOWED = {"pass", "quality_warning", "compatibility_warning", "not_supported",
 
 
 def check_report(report: dict[str, Any], *, allow_dirty: bool = False) -> list[str]:
-    from moe_cts.conformance.report.provenance import kernel_source_hash
-
     if report.get("schema") != SCHEMA or report.get("schema_version") != SCHEMA_VERSION:
         return [f"report.json is not a {SCHEMA} v{SCHEMA_VERSION} report"]
     problems = []
@@ -144,8 +158,8 @@ def verify(path: Path, *, allow_dirty: bool = False) -> list[str]:
     """Every reason the certificate at `path` is not valid; empty when it is."""
     try:
         blobs, problems = read_members(path)
-    except (OSError, tarfile.TarError) as e:
-        return [f"{path} is not a readable .tgz archive: {e}"]
+    except (OSError, EOFError, zlib.error, tarfile.TarError) as e:
+        return [f"not a valid certificate: {archive_error(e)}"]
     problems += check_manifest(blobs)
     if "report.json" not in blobs:
         return problems

@@ -15,6 +15,13 @@ import time
 from html import escape
 from typing import Any
 
+from rich.table import Table
+
+from moe_cts.conformance.aot import matrix as aot
+from moe_cts.conformance.aot import plan as aot_plan
+from moe_cts.conformance.aot.matrix import config_label
+from moe_cts.conformance.engine.devices import select_device
+
 COMPILE_CHOICES = "auto, none, all or a comma-separated subset of"
 
 
@@ -23,8 +30,6 @@ class CompileSpecError(ValueError):
 
 
 def _known() -> tuple[str, ...]:
-    from moe_cts.conformance.aot import plan as aot_plan
-
     return aot_plan.target_names()
 
 
@@ -43,8 +48,6 @@ def compile_targets(spec: str, device_names: list[str]) -> tuple[str, ...]:
     if spec == "all":
         return known
     if spec == "auto":
-        from moe_cts.conformance.engine.devices import select_device
-
         archs = [select_device(n).arch for n in device_names if n != "interpreter"]
         found = {t for t in (arch_target(a) for a in archs) if t}
         return tuple(t for t in known if t in found)
@@ -61,8 +64,6 @@ def compile_targets(spec: str, device_names: list[str]) -> tuple[str, ...]:
 def run_compile(targets: tuple[str, ...], jobs: int) -> dict[str, Any]:
     """The default AOT tier for `targets` as the report's "compile" section. A planning failure (the launch
     capture itself broke) is an "error" section: the run then says nothing about compilation."""
-    from moe_cts.conformance.aot import matrix as aot
-
     start = time.perf_counter()
     try:
         records = aot.run_matrix(targets=targets, full=False, jobs=jobs)
@@ -101,8 +102,6 @@ COLUMNS = ("kernel", "config", "dtype", "shared memory / limit", "registers", "s
 
 
 def _row(r: dict[str, Any], *, reason: bool = True) -> list[str]:
-    from moe_cts.conformance.aot.matrix import config_label
-
     shared = "-" if r["shared_bytes"] is None else f"{r['shared_bytes'] / 1024:.1f} / {r['shared_limit'] / 1024:.0f} KiB"
     matrix = ", ".join(r["matrix_found"]) or ("none (required)" if r["matrix_required"] else "none")
     result = r["status"] + (f": {r['reason']}" if r["reason"] and reason else "")
@@ -151,7 +150,6 @@ def print_compile(console, section: dict[str, Any] | None) -> None:
     """Rich tables on the console: counts per target, then one summary table per target."""
     if not section:
         return
-    from rich.table import Table
 
     for target, recs in per_target(section).items():
         counts = ", ".join(f"{n} {s}" for s, n in sorted(section.get("counts", {}).get(target, {}).items()))

@@ -14,6 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from moe_cts.conformance.engine.results import Outcome
 from moe_cts.conformance.report.html import CSS, VERDICT_TEXT
 from moe_cts.conformance.report.schema import SCHEMA
 
@@ -69,8 +70,6 @@ def _result_key(c: dict[str, Any]) -> str:
 
 
 def _conformant(key: str) -> bool:
-    from moe_cts.conformance.engine.results import Outcome
-
     outcome = key.split("@")[0]
     return outcome in Outcome._value2member_map_ and Outcome(outcome).conformant
 

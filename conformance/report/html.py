@@ -84,6 +84,8 @@ def ratio_samples(report: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
 def ratio_plots(report: dict[str, Any]) -> list[tuple[str, str]]:
     """One PNG per dtype: per stage, every case's max error ratio on a log axis, with the bound (ratio 1) as a
     red line. Returns (title, data URI) pairs."""
+    # matplotlib costs about a second to import and fixes its backend then: Agg is chosen before pyplot,
+    # and only when a page with plots is drawn.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from moe_cts.conformance.aot.matrix import config_label
 from moe_cts.conformance.engine.results import Outcome
 
 _SKIPPED = {Outcome.NOT_SUPPORTED.value, Outcome.WAIVED.value}
@@ -45,7 +46,6 @@ def render_junit(report: dict[str, Any]) -> bytes:
 def _compile_suite(root: ET.Element, section: dict[str, Any] | None) -> None:
     if not section:
         return
-    from moe_cts.conformance.aot.matrix import config_label
 
     recs = section.get("records", [])
     suite = ET.SubElement(

@@ -13,8 +13,11 @@ import shutil
 import socket
 import subprocess
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+import torch
 
 #: Environment variables that change what a run computes or where it runs.
 ENV_PREFIXES = ("TRITON_", "MOE_CTS_", "CUDA_", "HIP_", "ROCR_", "ROCM_", "PYTORCH_", "NVIDIA_", "HSA_")
@@ -62,8 +65,6 @@ def _git(*args: str) -> str | None:
 
 def suite_info() -> dict[str, Any]:
     """Suite version, git SHA, dirty state (tracked files only: build outputs don't count), release tag."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         ver = version("moe-cts")
     except PackageNotFoundError:
@@ -130,10 +131,6 @@ def _gpu_driver() -> dict[str, str | None]:
 
 
 def _torch_gpus() -> list[dict[str, Any]]:
-    try:
-        import torch
-    except Exception:
-        return []
     if not torch.cuda.is_available():
         return []
     gpus = []
@@ -154,12 +151,7 @@ def _torch_gpus() -> list[dict[str, Any]]:
 
 def environment() -> dict[str, Any]:
     """The machine and software a run used. GPU fields are empty on a CPU-only machine."""
-    try:
-        import torch
-
-        cuda, hip = torch.version.cuda, getattr(torch.version, "hip", None)
-    except Exception:
-        cuda = hip = None
+    cuda, hip = torch.version.cuda, getattr(torch.version, "hip", None)
     env = {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES) or k in ENV_NAMES}
     return {
         "host": socket.gethostname(),

@@ -17,9 +17,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.log import read_results
 from moe_cts.conformance.engine.results import STAGES, CaseResult, Outcome
 from moe_cts.conformance.engine.session import replay_command
+from moe_cts.conformance.report.compile import apply_compile
 
 SCHEMA = "moe-cts/report"
 #: 2: the top-level "compile" section and verdict.compile / verdict.reasons (certify --compile).
@@ -59,8 +61,6 @@ def case_record(source: str, r: CaseResult, impl: str, device_arg: str) -> dict[
 def _params_of(case_id: str) -> dict[str, Any]:
     """Parameters of a case whose result carries none (a Crash recorded from its "started" line)."""
     try:
-        from moe_cts.conformance.engine.cases import Case
-
         return Case.from_id(case_id).params()
     except Exception:  # a foreign or malformed id: the record keeps its id, the report stays writable
         return {}
@@ -140,8 +140,6 @@ def build_report(
 ) -> dict[str, Any]:
     """The report of the shards; `compile_section` (certify --compile, moe_cts.conformance.report.compile) is added
     as "compile" and a compile Fail makes a conformant node not conformant."""
-    from moe_cts.conformance.report.compile import apply_compile
-
     devices = [device_section(s, partial=partial) for s in shards]
     runs = [d.pop("_run") for d in devices]
     first = next((r for r in runs if r), {}) or {}
