@@ -43,7 +43,8 @@ def combine_kernel(
     for j in range(0, top_k):
         slot = tl.load(slot_ptr + t * top_k + j)
         kept = tl.full((BLOCK_H,), 0, tl.int32) + slot >= 0  # as a vector: a scalar mask breaks the interpreter
-        # A dropped row is never read (masked load): it may hold stale data from another call (FACTS bug 9).
+        # A dropped row is never read (masked load): it may hold stale data from another call
+        # (docs/bugs.md#bug-09-stale-workspace-rows).
         v = tl.load(
             eo_ptr + t * stride_eo_t + j * stride_eo_j + offs_h * stride_eo_h, mask=h_ok & kept, other=0.0
         ).to(tl.float32)

@@ -10,8 +10,8 @@ import triton.language as tl
 from moe_cts.reference.spec import SpecError
 
 #: True under the Triton CPU interpreter. Kernels upcast bf16 right after each load when it is set,
-#: because the interpreter computes bf16 arithmetic on raw 16-bit patterns (FACTS section 3, triton #11584).
-#: The GPU build prunes the branch.
+#: because the interpreter computes bf16 arithmetic on raw 16-bit patterns
+#: (docs/bugs.md#facts-triton-interpreter, triton #11584). The GPU build prunes the branch.
 INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -3,7 +3,8 @@
 Both kernels walk the aligned slot list of moe_cts.kernels.metadata.AlignMeta: M tile `pid_m` covers slots
 [pid_m * BLOCK_M, (pid_m + 1) * BLOCK_M), all of one expert (`expert_of_block[pid_m]`). A slot holds a
 flat assignment id a = t * k + j, or the pad sentinel T * k, which is masked on every load and store.
-Rows are addressed with 64-bit offsets: a * stride passes 2^31 at T = 50k, k = 8, H = 7168 (FACTS bug 1).
+Rows are addressed with 64-bit offsets: a * stride passes 2^31 at T = 50k, k = 8, H = 7168
+(docs/bugs.md#bug-01-int32-address-overflow).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def gate_up_kernel(
             k_ok = offs_k < H - kk * BLOCK_K
             x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             wg = tl.load(g_ptrs, mask=k_ok[:, None], other=0.0)
-        if INTERPRET:  # the interpreter computes bf16 on raw bit patterns (FACTS section 3)
+        if INTERPRET:  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
             x = x.to(tl.float32)
             wg = wg.to(tl.float32)
         acc_g = tl.dot(x, wg, acc_g, input_precision=DOT_PRECISION)
@@ -230,7 +231,7 @@ def down_kernel(
 
     if HAS_BIAS:
         acc += tl.load(b2_ptr + expert.to(tl.int64) * stride_b2_e + offs_n_w * stride_b2_h).to(tl.float32)[None, :]
-    if MUL_WEIGHT:  # in fp32, before the cast to the output dtype (FACTS bug 2)
+    if MUL_WEIGHT:  # in fp32, before the cast to the output dtype (docs/bugs.md#bug-02-router-weight-after-cast)
         acc = acc * tl.load(route_w_ptr + rows, mask=row_ok, other=0.0)[:, None]
     out_ptrs = out_ptr + rows[:, None] * stride_out_a + offs_n[None, :] * stride_out_h
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < H))

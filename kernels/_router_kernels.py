@@ -52,7 +52,7 @@ def _logits_tile(
 ):
     """(BLOCK_T, BLOCK_E) fp32 logits x @ router.T, accumulated in fp32 over H in BLOCK_H steps."""
     offs_h = tl.arange(0, BLOCK_H)
-    # 64-bit row offsets: T * stride_x_t passes 2^31 at T = 50k, H = 7168 (FACTS bug 1).
+    # 64-bit row offsets: T * stride_x_t passes 2^31 at T = 50k, H = 7168 (docs/bugs.md#bug-01-int32-address-overflow).
     x_rows = x_ptr + offs_t.to(tl.int64)[:, None] * stride_x_t
     w_rows = w_ptr + offs_e.to(tl.int64)[:, None] * stride_w_e
     acc = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
@@ -64,7 +64,7 @@ def _logits_tile(
         b = tl.load(
             w_rows + hh[None, :] * stride_w_h, mask=(offs_e[:, None] < E) & (hh[None, :] < H), other=0.0
         )
-        if INTERPRET:  # the interpreter computes bf16 on raw bit patterns (FACTS section 3)
+        if INTERPRET:  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         if UPCAST:  # x and router of different dtypes: both to fp32 (exact), dot pinned to ieee

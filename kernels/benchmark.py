@@ -6,8 +6,8 @@ For each preset (routed experts only) and T it times, with triton.testing.do_ben
     gemms   the gate_up and down launches alone (routing and alignment precomputed)
     gmm     torch._grouped_mm forward (ids precomputed; sort, two grouped GEMMs, silu*up, weighted sum)
     loop    a per-expert torch loop (T in {1, 512, 4096} only: it syncs the host per expert)
-and prints % of the roofline floor (FACTS section 5) beside vLLM's figures. `--check` compares the bf16
-output against a float64 per-expert reference with a probabilistic bound (fails on an all-zero output).
+and prints % of the roofline floor beside vLLM's figures (docs/bugs.md#facts-peer-timings). `--check` compares
+the bf16 output against a float64 per-expert reference with a probabilistic bound (fails on an all-zero output).
 One failing point prints its error and the table goes on.
 """
 
@@ -32,7 +32,7 @@ PRESETS = {"mixtral": "mixtral-8x7b", "qwen2": "qwen2-57b-a14b", "deepseek-v3": 
 TOKENS = (1, 16, 128, 512, 2048, 4096)
 QUICK_TOKENS = (1, 128, 2048)
 LOOP_TOKENS = (1, 512, 4096)
-# FACTS section 5: vLLM fwd / vLLM GEMMs / torch._grouped_mm fwd, ms on the H100 ("512z" = Zipf 1.2).
+# docs/bugs.md#facts-peer-timings: vLLM fwd / vLLM GEMMs / torch._grouped_mm fwd, ms on the H100 ("512z" = Zipf 1.2).
 VLLM = {
     "mixtral": {1: (0.278, 0.259, 0.411), 16: (1.062, 0.958, 1.140), 128: (1.136, 0.990, 1.205),
                 512: (2.230, 2.001, 1.610), 2048: (3.526, 3.115, 2.946), 4096: (6.763, 6.046, 5.512),
@@ -57,7 +57,7 @@ class Point:
 
 
 def routed_spec(key: str) -> MoESpec:
-    """The preset's routed experts only (shared experts off): the shapes of FACTS section 5."""
+    """The preset's routed experts only (shared experts off): the shapes of docs/bugs.md#facts-peer-timings."""
     return presets.get(PRESETS[key]).replace(n_shared_experts=0, shared_intermediate_size=0, shared_gate=False)
 
 
@@ -94,7 +94,8 @@ def floor_ms(spec: MoESpec, ids: torch.Tensor) -> float:
 
 # ----------------------------------------------------------------------------------------------- peers
 def grouped_mm_forward(spec: MoESpec, w: MoEWeights, x, ids, tw):
-    """torch._grouped_mm forward with precomputed ids: the FACTS section 5 'torch._grouped_mm fwd'."""
+    """torch._grouped_mm forward with precomputed ids: the 'torch._grouped_mm fwd' column of
+    docs/bugs.md#facts-peer-timings."""
     T, k, I = ids.shape[0], spec.top_k, spec.intermediate_size
     flat = ids.reshape(-1).long()
     order = torch.argsort(flat, stable=True)
@@ -111,7 +112,7 @@ def grouped_mm_forward(spec: MoESpec, w: MoEWeights, x, ids, tw):
 
 
 def loop_forward(spec: MoESpec, w: MoEWeights, x, ids, tw):
-    """The per-expert torch loop (host-synchronizing): the FACTS section 5 baseline."""
+    """The per-expert torch loop (host-synchronizing): the baseline of docs/bugs.md#facts-peer-timings."""
     I = spec.intermediate_size
     y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     for e in torch.unique(ids).tolist():
@@ -178,7 +179,7 @@ def bench_point(key: str, T: int, zipf: bool, args) -> Point:
     y = fwd()
     pt.config = cfgmod.last_config().to_dict()
     pt.ms["fwd"] = bench(fwd)
-    # FACTS section 5 times its peers with top-k ids and weights precomputed: compare like with like.
+    # The peers were timed with top-k ids and weights precomputed: compare like with like.
     pt.ms["fwd_pre"] = bench(fwd_pre) if not zipf else pt.ms["fwd"]
 
     cfg = cfgmod.last_config()

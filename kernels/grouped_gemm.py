@@ -33,7 +33,8 @@ ACTIVATION_CODES = {
 
 
 def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str | None:
-    """fp32 is pinned to 'ieee' (CUDA would default to tf32: FACTS section 3); 16-bit dots need none."""
+    """fp32 is pinned to 'ieee' (CUDA would default to tf32: docs/bugs.md#facts-fp32-dot-precision); 16-bit
+    dots need none."""
     if dtype != torch.float32:
         return None
     return "tf32" if allow_tf32 else "ieee"

@@ -157,7 +157,7 @@ class FakeDriver:
     """Stands in for Triton's active driver during capture and AOT compilation: get_current_target() is
     the compile target. Launchers read the warp size from it, and in-kernel tl.target_info checks
     (is_hip, cuda_capability_geq) read it at compile time: on a CPU machine they would otherwise see no
-    driver and answer False for every target (FACTS section 3)."""
+    driver and answer False for every target (docs/bugs.md#facts-aot-target-checks)."""
 
     def __init__(self, target) -> None:
         self.target = target

@@ -1,4 +1,4 @@
-"""Full-size MoE layer specs of the real models in FACTS.md section 1, read from presets.json (data).
+"""Full-size MoE layer specs of real models (docs/bugs.md#facts-model-shapes), read from presets.json (data).
 
     presets.names()                     -> ("deepseek-v2-lite", "deepseek-v3", ...)
     presets.get("deepseek-v3")          -> MoESpec(H=7168, I=2048, E=256, k=8, sigmoid, 8 groups, ...)

@@ -43,7 +43,8 @@ GATED_ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "swiglu_oai")
 NONGATED_ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 LAYOUTS = ("concat", "interleaved")
 
-#: Added to the renormalization denominator, as DeepSeek-V3 does; keeps 0/0 away (FACTS bug 7).
+#: Added to the renormalization denominator, as DeepSeek-V3 does; keeps 0/0 away
+#: (docs/bugs.md#bug-07-renormalize-zero-by-zero).
 RENORM_EPS = 1e-20
 
 

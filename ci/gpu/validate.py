@@ -41,8 +41,8 @@ def weights_for(spec, seed=0):
 def judge(spec, w, x, y, rows=None):
     """Max error/bound and relative RMS of y (bf16) against the float64 oracle on the kernel's routing.
 
-    Bound per element (FACTS 4): 4*sqrt(K)*u_fp32 accumulation terms are negligible next to the bf16 roundings
-    of act (u_bf16 * |act| propagated through w2) and of the output (u_bf16 * |y|), so we use
+    Bound per element (docs/bugs.md#facts-tolerance-model): 4*sqrt(K)*u_fp32 accumulation terms are negligible
+    next to the bf16 roundings of act (u_bf16 * |act| propagated through w2) and of the output (u_bf16 * |y|), so we use
     bound = c * u_bf16 * (sqrt(sum_j w_j^2 |act_j|^2 @ |w2|^2) + |y_ref|) + 1e-30 with c = 4. The reference
     rounds act to bf16 as the kernel stores it, so what remains is the output and shared-output rounding
     (u/2 each) and fp32 accumulation; an all-zero output gives ratio ~ 1/(8u) = 32, a dropped K tile of 64

@@ -10,11 +10,13 @@ logit offset o (E,) and x[t, c] a per-row switch, so logits[t] = (random part) +
     all_to_one          o_hot = +12                                               every token's first choice is one expert
     empty_experts(f)    o_e = -30 for a fraction f of experts (>= k stay live)    experts with zero tokens
     exact_ties          softmax: two equal router rows at the k-th place;         tie rule (lower id wins),
-                        sigmoid: k+1 experts saturated (o = +60 -> score 1.0)     FACTS bug 17
+                        sigmoid: k+1 experts saturated (o = +60 -> score 1.0)     bug-17-topk-ties
     near_ties           two router rows one ulp (of the dtype) apart              gap within score rounding
-    nan_rows(f)         x[t, c] = NaN on a fraction f of rows                     FACTS bug 6 (ids stay distinct)
+    nan_rows(f)         x[t, c] = NaN on a fraction f of rows                     bug-06-nan-router-logits
     inf_rows(f)         x[t, c] = +inf on a fraction f of rows (logits +-inf)     softmax NaN / sigmoid 0-1 ties
-    sigmoid_underflow(f) x[t, c] = 1, o = -200 on a fraction f of rows            renormalize 0/0 (FACTS bug 7)
+    sigmoid_underflow(f) x[t, c] = 1, o = -200 on a fraction f of rows            bug-07-renormalize-zero-by-zero
+
+bug-NN-... names are anchors of docs/bugs.md (e.g. docs/bugs.md#bug-17-topk-ties).
 """
 
 from __future__ import annotations

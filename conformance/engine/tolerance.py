@@ -1,4 +1,5 @@
-"""The error-bound model (FACTS section 4): per-element bounds from unit roundoffs and magnitude tensors.
+"""The error-bound model: per-element bounds from unit roundoffs and magnitude tensors
+(docs/bugs.md#facts-tolerance-model).
 
 The float64 oracle runs on the same already-rounded inputs as the implementation, so only the
 implementation's own arithmetic is bounded. For a dot product y = sum_i a_i b_i of length K:

@@ -1,18 +1,19 @@
-"""Deliberately broken implementations: each reproduces one shipped MoE bug (FACTS section 2) on top of
-torch-eager, and names the case that exposes it and the verdict the suite must give.
+"""Deliberately broken implementations: each reproduces one shipped MoE bug class on top of torch-eager,
+and names the case that exposes it and the verdict the suite must give. The last column names the bug's
+anchor in docs/bugs.md (docs/bugs.md#bug-17-topk-ties and so on).
 
-    name                        bug                                              caught at     as
-    zero-output                 output never computed (all zeros)                end_to_end    fail
-    dropped-k-tile              GEMM2 skips its last K tile                       gemm2         fail
-    dropped-k-tile-gemm1        GEMM1 skips its last K tile                       gemm1         fail
-    wrong-tie-break             exact ties go to the higher id (FACTS 17)        router        compatibility_warning
-    weight-after-bf16-cast      router weight rounded to bf16 first (FACTS 2)    combine       fail
-    scaling-twice               routed_scaling_factor applied twice (FACTS 5)    router        fail
-    correction-bias-in-weights  e_score_correction_bias leaks into w (FACTS 4)   router        fail
-    gate-up-swapped             gate and up halves swapped (FACTS 11)            gemm1         fail
-    unwritten-row               last output row never written (FACTS 9)          memory        fail
-    write-past-end              one row written past the output's end            memory        fail
-    nan-duplicate-id            NaN logits give duplicate ids (FACTS 6)          router        fail
+    name                        caught at   as                     bug: docs/bugs.md anchor, or what it does
+    zero-output                 end_to_end  fail                   all-zero output: facts-checks-that-can-fail
+    dropped-k-tile              gemm2       fail                   GEMM2 skips its last K tile: same
+    dropped-k-tile-gemm1        gemm1       fail                   GEMM1 skips its last K tile: same
+    wrong-tie-break             router      compatibility_warning  bug-17-topk-ties (higher id wins)
+    weight-after-bf16-cast      combine     fail                   bug-02-router-weight-after-cast
+    scaling-twice               router      fail                   bug-05-routed-scaling-factor
+    correction-bias-in-weights  router      fail                   bug-04-grouped-topk (bias in w)
+    gate-up-swapped             gemm1       fail                   bug-11-gate-up-layout
+    unwritten-row               memory      fail                   bug-09-stale-workspace-rows
+    write-past-end              memory      fail                   one row written past the output's end
+    nan-duplicate-id            router      fail                   bug-06-nan-router-logits
 """
 
 from __future__ import annotations

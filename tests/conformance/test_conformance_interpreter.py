@@ -13,7 +13,8 @@ from moe_cts.conformance.impls.registry import get_implementation
 
 IMPLEMENTATIONS = ("triton", "torch-eager")
 SMOKE = must_pass_cases("smoke")
-#: generated cases stay small: the interpreter costs ~2.4 ms per 32^3 tile iteration (FACTS section 3)
+#: generated cases stay small: the interpreter costs ~2.4 ms per 32^3 tile iteration
+#: (docs/bugs.md#facts-triton-interpreter)
 SMALL_CASES = strategies.cases(max_tokens=20, max_hidden=48, max_intermediate=48, max_experts=9)
 
 

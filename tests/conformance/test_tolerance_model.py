@@ -1,5 +1,6 @@
-"""The error-bound model (FACTS section 4) can fail: a dropped K tile at a DeepSeek-like reduction length
-(K = 7168 scaled down to 2048, tile 64) is outside the bound, and honest fp32 / bf16 results are inside it."""
+"""The error-bound model (docs/bugs.md#facts-tolerance-model) can fail: a dropped K tile at a DeepSeek-like
+reduction length (K = 7168 scaled down to 2048, tile 64) is outside the bound, and honest fp32 / bf16 results
+are inside it."""
 
 from __future__ import annotations
 

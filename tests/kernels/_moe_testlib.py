@@ -1,10 +1,11 @@
 """Test helpers of the grouped-GEMM / combine / fused_moe tests: inputs, the error-bound model, one
 comparison helper. Private to those tests (the conformance engine has the full model).
 
-Error model (FACTS section 4): inputs are rounded to the kernel dtype first and the float64 oracle runs on
-those rounded values, so the only errors left are fp32 accumulation (~ c * sqrt(K) * u_acc * sum|a||b|)
-and the final rounding to the output dtype (u_out * |y|; 2 u_out for the interpreter's truncating bf16
-cast, FACTS section 3: allowed there only). Magnitude tensors come from the oracle run on |inputs|.
+Error model (docs/bugs.md#facts-tolerance-model): inputs are rounded to the kernel dtype first and the
+float64 oracle runs on those rounded values, so the only errors left are fp32 accumulation
+(~ c * sqrt(K) * u_acc * sum|a||b|) and the final rounding to the output dtype (u_out * |y|; 2 u_out for the
+interpreter's truncating bf16 cast, docs/bugs.md#facts-triton-interpreter: allowed there only). Magnitude
+tensors come from the oracle run on |inputs|.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def _cases() -> list[Case]:
         Case("mixtral_like", 8, 2, 37, 16),
         Case("qwen_like_several_chunks", 64, 8, 300, 16),  # 2400 ids: 5 interpreter chunks of 512
         Case("dsv3_like", 256, 8, 70, 64),
-        # -- expert-count edges (FACTS bug 10: alignment limits at 128+ and 1024+ experts)
+        # -- expert-count edges (docs/bugs.md#bug-10-alignment-expert-count-limits: 128+ and 1024+ experts)
         Case("single_expert", 1, 1, 5, 16),
         Case("prime_E_257", 257, 8, 100, 32),
         Case("E_1024", 1024, 8, 200, 16),

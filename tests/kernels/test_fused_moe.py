@@ -191,7 +191,9 @@ def test_comparison_catches_a_broken_forward(broken) -> None:
 
 # ----------------------------------------------------------------------------------------------- GPU only
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: T*k*H passes 2^31 (FACTS bug 1)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU: T*k*H passes 2^31 (docs/bugs.md#bug-01-int32-address-overflow)"
+)
 def test_fifty_thousand_tokens_at_deepseek_width_need_64_bit_offsets() -> None:
     spec = MoESpec(hidden_size=7168, intermediate_size=64, num_experts=8, top_k=8)
     T = 50_000

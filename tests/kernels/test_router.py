@@ -42,7 +42,8 @@ class Case:
 
 def _cases() -> list[Case]:
     mixtral = MoESpec(48, 8, 8, 2, renormalize=True)
-    qwen = MoESpec(32, 8, 64, 8)  # softmax, no renormalize (Qwen2-MoE / OLMoE): FACTS bug 8
+    # softmax, no renormalize (Qwen2-MoE / OLMoE): docs/bugs.md#bug-08-no-renormalize-skips-softmax
+    qwen = MoESpec(32, 8, 64, 8)
     dsv3 = MoESpec(
         40, 8, 64, 8, scoring="sigmoid", correction_bias=True, n_group=8, topk_group=4,
         renormalize=True, routed_scaling_factor=2.5,
@@ -266,7 +267,7 @@ def _zero_weights(spec, w, x):
     return replace(r, topk_weights=torch.zeros_like(r.topk_weights))
 
 
-def _scaling_applied_twice(spec, w, x):  # FACTS bug 5
+def _scaling_applied_twice(spec, w, x):  # docs/bugs.md#bug-05-routed-scaling-factor
     r = route(spec, w, x)
     return replace(r, topk_weights=r.topk_weights * spec.routed_scaling_factor)
 

@@ -55,7 +55,7 @@ def test_exact_ties_go_to_the_lower_expert_index(oracle):
 
 
 def test_saturated_sigmoid_ties_go_to_the_lower_expert_index(oracle):
-    # sigmoid(40) == sigmoid(50) == 1.0 exactly in float64 (FACTS bug 17)
+    # sigmoid(40) == sigmoid(50) == 1.0 exactly in float64 (docs/bugs.md#bug-17-topk-ties)
     ids, w, _ = route(oracle, spec_of(4, 2, scoring="sigmoid"), [[40.0, 50.0, -3.0, 60.0]])
     assert ids == [[0, 1]]
     np.testing.assert_array_equal(w, [[1.0, 1.0]])
@@ -72,7 +72,7 @@ def test_grouped_topk_keeps_the_groups_with_the_best_top2_sums(oracle):
     ids, w, keys = route(oracle, spec, GROUP_LOGITS)
     assert ids == [[4, 2]]
     np.testing.assert_allclose(w, [[sig(2), sig(1)]], rtol=1e-15)
-    assert np.isneginf(keys[0, [0, 1, 6, 7]]).all()  # dropped groups are -inf, not 0 (FACTS bug 4)
+    assert np.isneginf(keys[0, [0, 1, 6, 7]]).all()  # dropped groups are -inf, not 0 (docs/bugs.md#bug-04-grouped-topk)
 
 
 def test_grouped_topk_by_group_max_keeps_other_groups(oracle):
@@ -105,7 +105,7 @@ PROBS_LOGITS = [[math.log(1.0), math.log(2.0), math.log(3.0), math.log(4.0)]]  #
         (False, 1.0, [0.4, 0.3]),
         (True, 1.0, [4 / 7, 3 / 7]),
         (False, 2.5, [1.0, 0.75]),
-        (True, 2.5, [10 / 7, 7.5 / 7]),  # scaled once, after renormalizing (FACTS bug 5)
+        (True, 2.5, [10 / 7, 7.5 / 7]),  # scaled once, after renormalizing (docs/bugs.md#bug-05-routed-scaling-factor)
     ],
 )
 def test_weights_renormalize_then_scale(oracle, renormalize, scale, expected):
@@ -116,7 +116,7 @@ def test_weights_renormalize_then_scale(oracle, renormalize, scale, expected):
 
 
 def test_renormalize_of_underflowed_weights_is_zero_not_nan(oracle):
-    # sigmoid(-800) == 0.0: 0 / (0 + 1e-20) = 0 (FACTS bug 7)
+    # sigmoid(-800) == 0.0: 0 / (0 + 1e-20) = 0 (docs/bugs.md#bug-07-renormalize-zero-by-zero)
     spec = spec_of(4, 2, scoring="sigmoid", renormalize=True)
     np.testing.assert_array_equal(route(oracle, spec, [[-800.0] * 4])[1], [[0.0, 0.0]])
 

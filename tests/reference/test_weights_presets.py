@@ -46,8 +46,9 @@ def test_spec_survives_a_json_round_trip(spec):
     assert back == spec and back.name == spec.name and back.local_experts == spec.local_experts
 
 
-# Numbers from FACTS.md section 1: (H, I, E, k, shared width S, scoring, renormalize)
-FACTS_TABLE = {
+# Numbers from the public model cards (docs/bugs.md#facts-model-shapes):
+# (H, I, E, k, shared width S, scoring, renormalize)
+MODEL_CARD_TABLE = {
     "mixtral-8x7b": (4096, 14336, 8, 2, 0, "softmax", True),
     "mixtral-8x22b": (6144, 16384, 8, 2, 0, "softmax", True),
     "qwen2-57b-a14b": (3584, 2560, 64, 8, 20480, "softmax", False),
@@ -61,14 +62,14 @@ FACTS_TABLE = {
 
 
 def test_presets_cover_every_model_in_facts():
-    assert set(presets.names()) == set(FACTS_TABLE)
+    assert set(presets.names()) == set(MODEL_CARD_TABLE)
 
 
-@pytest.mark.parametrize("name", sorted(FACTS_TABLE))
+@pytest.mark.parametrize("name", sorted(MODEL_CARD_TABLE))
 def test_preset_has_the_published_shape_and_routing(name):
     s = presets.get(name)
     got = (s.hidden_size, s.intermediate_size, s.num_experts, s.top_k, s.shared_width, s.scoring, s.renormalize)
-    assert got == FACTS_TABLE[name]
+    assert got == MODEL_CARD_TABLE[name]
     assert s.name == name
 
 
@@ -86,7 +87,7 @@ def test_gpt_oss_preset_has_biases_and_interleaved_clamped_swiglu():
     )
 
 
-@pytest.mark.parametrize("name", sorted(FACTS_TABLE))
+@pytest.mark.parametrize("name", sorted(MODEL_CARD_TABLE))
 def test_scaled_preset_keeps_the_routing_semantics(name):
     full, small = presets.get(name), presets.scaled(name)
     keep = ("scoring", "router_bias", "correction_bias", "n_group", "topk_group", "group_score", "renormalize",
