@@ -1,6 +1,6 @@
 """Every top-level @triton.jit kernel of kernels/_*_kernels.py, and the exact launches the launchers make.
 
-The AOT compile matrix (conformance/aot.py) needs, per kernel, the ASTSource signature and constexprs that a
+The AOT compile matrix (conformance/aot/matrix.py) needs, per kernel, the ASTSource signature and constexprs that a
 real launch would compile. Writing them by hand would drift from the launchers, so they are captured instead:
 
     launches = capture(spec, num_tokens, dtype, target=GPUTarget("hip", "gfx942", 64), config=cfg)

@@ -1,4 +1,4 @@
-"""The check of the sm90 cubin proof (conformance/aot_cubin.py) can fail, and its parameter count reads
+"""The check of the sm90 cubin proof (conformance/aot/cubin.py) can fail, and its parameter count reads
 the PTX entry. The GPU half itself runs only on an sm90 machine (python -m moe_cts.conformance.aot.matrix --run-cubin)."""
 
 from __future__ import annotations
