@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 py=${PYTHON:-python3}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$py" -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" . >/dev/null
+"$py" -m pip wheel -q --no-deps -w "$work/dist" . >/dev/null
 "$py" -m venv "$work/venv"
 pip="$work/venv/bin/pip"
 "$pip" install -q --disable-pip-version-check --no-deps "$work"/dist/moe_cts-*.whl kernels reference
