@@ -18,7 +18,6 @@ import sys
 import traceback
 
 import torch
-
 from bench_timing import Timer, capture_graph
 
 MAX_REL = 2e-2  # bf16 outputs of different summation orders differ by ~1e-3 relative; a wrong path by ~1
@@ -29,7 +28,9 @@ def grouped_mm_forward(spec, w, x, ids, tw):
     T, k, I, E = ids.shape[0], spec.top_k, spec.intermediate_size, spec.num_experts
     flat = ids.reshape(-1).long()
     order = torch.argsort(flat, stable=True)
-    counts = torch.zeros(E, dtype=torch.int32, device=x.device).scatter_add_(0, flat, torch.ones_like(ids).view(-1))
+    counts = torch.zeros(E, dtype=torch.int32, device=x.device).scatter_add_(
+        0, flat, torch.ones_like(ids).view(-1)
+    )
     offs = torch.cumsum(counts, 0, dtype=torch.int32)
     h = torch._grouped_mm(x[order // k], w.w13.transpose(1, 2), offs=offs)
     e_sorted = flat[order]
@@ -67,7 +68,9 @@ def forwards(ctx, spec, w, x, ids, tw, routing_obj, zipf: bool) -> dict:
     if ctx.peer is not None:
         act = "swigluoai" if spec.activation == "swiglu_oai" else "silu"
         vp = ctx.peer
-        fns["vllm"] = lambda: vp.vllm_forward(x, w.w13, w.w2, ids, tw, tuned=True, b13=w.b13, b2=w.b2, activation=act)
+        fns["vllm"] = lambda: vp.vllm_forward(
+            x, w.w13, w.w2, ids, tw, tuned=True, b13=w.b13, b2=w.b2, activation=act
+        )
     if hasattr(torch, "_grouped_mm"):
         fns["gmm"] = lambda: grouped_mm_forward(spec, w, x, ids, tw)
     return fns

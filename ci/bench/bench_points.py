@@ -26,7 +26,8 @@ class PresetChoice:
     key: str  # the name used on the command line and in the table
     label: str  # the model the shapes come from
     base: str  # preset in reference/presets.json whose routing semantics the point keeps
-    overrides: tuple[tuple[str, int], ...] = ()  # shape fields replaced on the base (models not in presets.json)
+    # shape fields replaced on the base (models not in presets.json)
+    overrides: tuple[tuple[str, int], ...] = ()
 
 
 PRESETS = (
@@ -81,7 +82,8 @@ def build_spec(presets_mod: ModuleType, key: str, smoke: bool):
     spec = spec.replace(n_shared_experts=0, shared_intermediate_size=0, shared_gate=False)
     if smoke:
         spec = spec.replace(num_experts=min(spec.num_experts, 8), **SMOKE_SHAPE)
-        if spec.n_group > 1:  # grouped routing needs E divisible by the groups; the smoke presets are ungrouped
+        # grouped routing needs E divisible by the groups and k experts in the kept ones: not scaled here
+        if spec.n_group > 1:
             raise ValueError(f"--cpu-smoke preset {key}: grouped routing is not scaled here")
     return spec
 
@@ -101,7 +103,8 @@ def make_tensors(spec, dtype: torch.dtype, device: str, t_max: int, seed: int = 
     E, H, I = spec.num_experts, spec.hidden_size, spec.intermediate_size
 
     def rnd(shape, fan_in, scale=1.0):
-        return (torch.randn(shape, generator=gen, device=device, dtype=dtype) * (scale / math.sqrt(fan_in))).to(dtype)
+        t = torch.randn(shape, generator=gen, device=device, dtype=dtype)
+        return (t * (scale / math.sqrt(fan_in))).to(dtype)
 
     f = {"router": rnd((E, H), H), "w13": rnd((E, spec.w13_rows, H), H), "w2": rnd((E, H, I), I)}
     if spec.correction_bias:

@@ -1,9 +1,9 @@
 """The table, the geometric means and the JSON of a run.
 
-    ratios per point (times; > 1 means ours is faster):   vllm/ours, vllm/ours_router, gmm/ours (eager and graph)
-    pct_floor per path = 100 * floor_ms / ms              (the floor of this point from this run's ceilings)
-    summary = geometric mean of each ratio (and of ours' % floor) over the points that have it
-    files: DIR/moe_bench.json (everything), DIR/moe_bench.md (the table as printed)
+ratios per point (times; > 1 means ours is faster):   vllm/ours, vllm/ours_router, gmm/ours (eager and graph)
+pct_floor per path = 100 * floor_ms / ms              (the floor of this point from this run's ceilings)
+summary = geometric mean of each ratio (and of ours' % floor) over the points that have it
+files: DIR/moe_bench.json (everything), DIR/moe_bench.md (the table as printed)
 """
 
 from __future__ import annotations
@@ -82,19 +82,21 @@ def table_lines(meta: dict, points: list[dict], baseline: list[dict], summary: d
          f"{c['matmul_dtype']} {c['matmul_n']}^3 matmul {c['matmul_flops'] / 1e9:.1f} GFLOP/s",
          "ms; floor = max(touched experts' weight bytes / copy BW, 2*T*k*3*H*I / matmul rate); vLLM/ours > 1: "
          "ours faster; %fl = floor / ours (ids given)", ""]  # fmt: skip
-    head = ("preset", "T", "routing", "floor", "ours", "+router", "vLLM", "gmm", "vLLM/ours", "%fl",
-            "| g:ours", "g:+router", "g:vLLM", "g:gmm", "g:vLLM/ours", "g:%fl")  # fmt: skip
-    fmt = "{:12s} {:>5s} {:>8s} {:>8s} {:>8s} {:>8s} {:>8s} {:>8s} {:>9s} {:>5s} {:>8s} {:>9s} {:>8s} {:>8s} {:>11s} {:>6s}"
+    head = ("preset", "T", "routing", "floor", "ours", "+router", "vLLM", "gmm", "vLLM/ours", "vLLM/+r", "%fl",
+            "| g:ours", "g:+router", "g:vLLM", "g:gmm", "vLLM/ours", "vLLM/+r", "%fl")  # fmt: skip
+    fmt = ("{:12s} {:>5s} {:>8s} {:>8s} {:>8s} {:>8s} {:>8s} {:>8s} {:>9s} {:>7s} {:>5s} "
+           "{:>8s} {:>9s} {:>8s} {:>8s} {:>9s} {:>7s} {:>5s}")  # fmt: skip
     L.append(fmt.format(*head))
     for p in points:
         row = [p["preset"], str(p["T"]), p["routing"]]
         if p.get("error"):
-            L.append(fmt.format(*row, "ERROR", *[""] * 12) + "  " + p["error"])
+            L.append(fmt.format(*row, "ERROR", *[""] * 14) + "  " + p["error"])
             continue
         R = p["ratios"]
-        row += [f"{p['floor']['ms']:.3f}"] + [_cell(p, n) for n in COLS] + [_r(R["vllm/ours"]), _pct(p, "ours")]
+        row += [f"{p['floor']['ms']:.3f}"] + [_cell(p, n) for n in COLS]
+        row += [_r(R["vllm/ours"]), _r(R["vllm/ours_router"]), _pct(p, "ours")]
         row += ["| " + _cell(p, "ours_graph")] + [_cell(p, n + "_graph") for n in COLS[1:]]
-        row += [_r(R["vllm_graph/ours_graph"]), _pct(p, "ours_graph")]
+        row += [_r(R["vllm_graph/ours_graph"]), _r(R["vllm_graph/ours_router_graph"]), _pct(p, "ours_graph")]
         L.append(fmt.format(*row))
     if baseline:
         L += ["", "old (--baseline-src) vs new, same inputs; new/old = time ratio, flagged above 1.03",
@@ -103,7 +105,9 @@ def table_lines(meta: dict, points: list[dict], baseline: list[dict], summary: d
         for b in baseline:
             no = b.get("new_over_old") or {}
             eq = "ERROR" if b.get("error") else ("equal" if b["bitwise_equal"] else "DIFFER")
-            flag = ("SLOWER" if b.get("slower") else "") + ("" if b.get("bitwise_equal") in (True, None) else " BITS")
+            flag = ("SLOWER" if b.get("slower") else "") + (
+                "" if b.get("bitwise_equal") in (True, None) else " BITS"
+            )
             L.append(f"{b['preset']:12s} {b['T']:>5d} {b['routing']:>8s} {eq:>8s} {_r(no.get('ids')):>11s} "
                      f"{_r(no.get('router')):>14s}  {flag.strip()}{'  ' + b['error'] if b.get('error') else ''}")  # fmt: skip
     L += ["", "geometric means:"]

@@ -77,18 +77,13 @@ def measure_ceilings(timer: Timer, device: str) -> dict:
     --cpu-smoke: the same measurements at 8 MiB and fp32 256^3 on the host, marked as a CPU stand-in."""
     cpu = device == "cpu"
     n_copy = (8 << 20) if cpu else (2 << 30)
-    src = torch.ones(n_copy, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    copy_ms = timer(lambda: dst.copy_(src))["ms"]
-    del src, dst
     n = 256 if cpu else 8192
     dt = torch.float32 if cpu else torch.bfloat16
-    gen = torch.Generator(device=device).manual_seed(7)
-    a = torch.randn((n, n), generator=gen, device=device, dtype=dt)
-    b = torch.randn((n, n), generator=gen, device=device, dtype=dt)
-    mm_ms = timer(lambda: a @ b)["ms"]
+    copy_ms, mm_ms = _copy_ms(timer, device, n_copy), _matmul_ms(timer, device, n, dt)
     return {
-        "source": "CPU stand-in (host copy and fp32 matmul; not a GPU ceiling)" if cpu else "measured on this GPU",
+        "source": "CPU stand-in (host copy and fp32 matmul; not a GPU ceiling)"
+        if cpu
+        else "measured on this GPU",
         "copy_bytes": n_copy,
         "copy_ms": copy_ms,
         "copy_bw_Bps": 2 * n_copy / (copy_ms * 1e-3),
@@ -97,3 +92,18 @@ def measure_ceilings(timer: Timer, device: str) -> dict:
         "matmul_ms": mm_ms,
         "matmul_flops": 2 * n**3 / (mm_ms * 1e-3),
     }
+
+
+def _copy_ms(timer: Timer, device: str, n: int) -> float:
+    """Median time of dst.copy_(src) for n bytes (the buffers are freed on return)."""
+    src = torch.ones(n, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return timer(lambda: dst.copy_(src))["ms"]
+
+
+def _matmul_ms(timer: Timer, device: str, n: int, dtype: torch.dtype) -> float:
+    """Median time of an n x n x n matmul of N(0, 1) data."""
+    gen = torch.Generator(device=device).manual_seed(7)
+    a = torch.randn((n, n), generator=gen, device=device, dtype=dtype)
+    b = torch.randn((n, n), generator=gen, device=device, dtype=dtype)
+    return timer(lambda: a @ b)["ms"]

@@ -49,11 +49,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", help="folder for moe_bench.json and moe_bench.md")
     ap.add_argument("--peer", help="folder holding vllm_peer.py (vLLM's Triton fused-MoE path), e.g. .peer")
     ap.add_argument("--baseline-src", help="folder with an older revision's flat kernels/ and reference/")
-    ap.add_argument("--cpu-smoke", action="store_true", help="Triton interpreter, tiny shapes, fp32, 1 call per time")
+    ap.add_argument(
+        "--cpu-smoke", action="store_true", help="Triton interpreter, tiny shapes, fp32, 1 call per time"
+    )
     ap.add_argument("--presets", help=f"comma list of {','.join(p.key for p in PRESETS)}")
     ap.add_argument("--tokens", help="comma list of T (default 1,16,128,512,2048,4096)")
     ap.add_argument("--no-zipf", action="store_true", help="leave out the Zipf(1.2) point of each preset")
     ap.add_argument("--no-graph", action="store_true", help="leave out the CUDA-graph replays")
+    ap.add_argument(
+        "--budget-s", type=float, help="start no new point after this many seconds (partial table)"
+    )
     ap.add_argument("--warmup-ms", type=float, default=25.0)
     ap.add_argument("--rep-ms", type=float, default=100.0)
     ap.add_argument("--min-reps", type=int, default=25)
@@ -79,7 +84,9 @@ def import_peer(peer_dir: str | None) -> ModuleType | None:
         return None
     d = str(Path(peer_dir).resolve())
     if not (Path(d) / "vllm_peer.py").is_file():
-        raise SystemExit(f"--peer: expected {d}/vllm_peer.py (copy ../shared/peer into the checkout), not found")
+        raise SystemExit(
+            f"--peer: expected {d}/vllm_peer.py (copy ../shared/peer into the checkout), not found"
+        )
     sys.path.insert(0, d)
     import vllm_peer
 
@@ -90,10 +97,11 @@ def import_peer(peer_dir: str | None) -> ModuleType | None:
 
 def run_point(ctx: Ctx, point: Point, spec, w, tensors, sides) -> tuple[dict, dict | None]:
     """(record, baseline record) of one point."""
-    import moe_cts.kernels as K
     from bench_baseline import compare_point
     from bench_paths import forwards, run_paths
     from bench_points import roofline_floor, zipf_routing
+
+    import moe_cts.kernels as K
 
     x = tensors.x_full[: point.T].contiguous()
     if point.zipf:
@@ -123,51 +131,52 @@ def fits(ctx: Ctx, spec) -> str | None:
 
     need = spec.num_experts * (spec.w13_rows + spec.intermediate_size) * spec.hidden_size * 2
     free, _ = torch.cuda.mem_get_info()
-    return None if free > 1.3 * need + (8 << 30) else f"weights {need / 2**30:.1f} GiB do not fit ({free / 2**30:.1f} free)"
+    return (
+        None
+        if free > 1.3 * need + (8 << 30)
+        else f"weights {need / 2**30:.1f} GiB do not fit ({free / 2**30:.1f} free)"
+    )
 
 
-def run_preset(ctx: Ctx, key: str, pts: list[Point], sides, log) -> tuple[list[dict], list[dict]]:
-    """Every point of one preset, on one set of tensors."""
+def run_preset(ctx: Ctx, key: str, pts: list[Point], sides, log):
+    """Yield (record, baseline record or None) for every point of one preset, on one set of tensors."""
     import torch
-
-    import moe_cts.reference as R
     from bench_paths import _err
     from bench_points import build_spec, make_tensors
 
-    records, base = [], []
-    spec = build_spec(R.presets, key, ctx.smoke)
-    reason = fits(ctx, spec)
+    import moe_cts.reference as R
+
     try:
+        spec = build_spec(R.presets, key, ctx.smoke)
+        reason = fits(ctx, spec)
         if reason:
             raise MemoryError(reason)
         tensors = make_tensors(spec, ctx.dtype, ctx.device, max(p.T for p in pts))
         w = R.MoEWeights(**tensors.fields)
     except Exception as exc:
         msg = _err(exc)
-        return [{**asdict(p), "error": f"setup: {msg}"} for p in pts], []
+        for p in pts:
+            yield {**asdict(p), "error": f"setup: {msg}"}, None
+        return
     for p in pts:
         try:
             rec, b = run_point(ctx, p, spec, w, tensors, sides)
         except Exception as exc:  # one point that fails leaves its row marked, the table goes on
             rec, b = {**asdict(p), "error": _err(exc)}, None
-        records.append(rec)
-        if b is not None:
-            base.append(b)
         log(f"{key} T={p.T} {p.routing}: " + ", ".join(
             f"{n} {r['ms']:.3f}" if r.get("ms") else f"{n} -" for n, r in rec.get("paths", {}).items()))  # fmt: skip
+        yield rec, b
         if not ctx.smoke:
             torch.cuda.empty_cache()
-    return records, base
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.cpu_smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (by moe_cts or the peer)
+    import bench_report
     import torch
     import triton
-
-    import bench_report
     from bench_baseline import new_side, old_side
     from bench_timing import Timer, measure_ceilings
 
@@ -188,7 +197,11 @@ def main(argv=None) -> int:
               peer, ceilings)  # fmt: skip
     presets = tuple(args.presets.split(",")) if args.presets else (SMOKE_PRESETS if ctx.smoke else
                                                                     tuple(p.key for p in PRESETS))  # fmt: skip
-    tokens = tuple(int(t) for t in args.tokens.split(",")) if args.tokens else (SMOKE_TOKENS if ctx.smoke else TOKENS)
+    tokens = (
+        tuple(int(t) for t in args.tokens.split(","))
+        if args.tokens
+        else (SMOKE_TOKENS if ctx.smoke else TOKENS)
+    )
     zipf_t = None if args.no_zipf else (SMOKE_ZIPF_T if ctx.smoke else ZIPF_T)
     meta = {"device": "CPU (Triton interpreter, --cpu-smoke)" if ctx.smoke else torch.cuda.get_device_name(),
             "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
@@ -197,16 +210,19 @@ def main(argv=None) -> int:
             "baseline_src": args.baseline_src, "args": vars(args)}  # fmt: skip
     log(f"ceilings: copy {ceilings['copy_bw_Bps'] / 1e9:.1f} GB/s, matmul {ceilings['matmul_flops'] / 1e9:.1f} "
         f"GFLOP/s ({ceilings['source']})")  # fmt: skip
-    points, baseline = [], []
+    points, baseline, skipped = [], [], []
     for key in presets:
-        pts = [p for p in point_list((key,), tokens, zipf_t)]
-        recs, base = run_preset(ctx, key, pts, sides, log)
-        points += recs
-        baseline += base
-        for pt in recs:
-            if "paths" in pt:
-                bench_report.add_ratios(pt)
-        bench_report.write(args.out, meta, points, baseline)  # partial results survive a killed run
+        for rec, base in run_preset(ctx, key, point_list((key,), tokens, zipf_t), sides, log):
+            if "paths" in rec:
+                bench_report.add_ratios(rec)
+            points.append(rec)
+            baseline += [base] if base else []
+            bench_report.write(args.out, meta, points, baseline)  # partial results survive a killed run
+            if args.budget_s and time.time() - t0 > args.budget_s:
+                break
+        if args.budget_s and time.time() - t0 > args.budget_s:
+            skipped.append(key)  # the rest of this preset and every later one
+    meta["skipped_presets_over_budget"] = skipped
     meta["wall_s"] = round(time.time() - t0, 1)
     if peer is not None:
         meta["vllm_peer_log"] = peer.logger.messages[:50]
