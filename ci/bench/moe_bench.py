@@ -130,6 +130,7 @@ def fits(ctx: Ctx, spec) -> str | None:
     import torch
 
     need = spec.num_experts * (spec.w13_rows + spec.intermediate_size) * spec.hidden_size * 2
+    torch.cuda.empty_cache()  # the previous preset's freed blocks would otherwise count as used
     free, _ = torch.cuda.mem_get_info()
     return (
         None
