@@ -6,4 +6,5 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels -n 8 2>&1 | tail -8 | tee "$OUT/kernels_tests.log"
 timeout 200 python3 ci/gpu/validate.py --json "$OUT/validate.json" 2>&1 | tee "$OUT/validate.log" | grep -v "^  File\|^    " 
-timeout 180 python3 -m kernels.benchmark --json "$OUT/bench.json" --rep 50 --warmup 10 2>"$OUT/bench.err" | tee "$OUT/bench.log"
+PEER=(); [ -f .peer/vllm_peer.py ] && PEER=(--peer .peer)
+timeout 300 python3 ci/bench/moe_bench.py --out "$OUT/bench" --budget-s 240 --rep-ms 50 --warmup-ms 10 ${PEER[@]+"${PEER[@]}"} 2>"$OUT/bench.err" | tee "$OUT/bench.log"
