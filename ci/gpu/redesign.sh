@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The redesign's GPU acceptance in two device calls (each under 10 minutes):
+#   ci/gpu/redesign.sh bench OUT    kernel tests on the GPU; old (6e80182, .baseline) vs new: bitwise outputs on the
+#                                   full-size presets and speed side by side, with vLLM's path (.peer) and the
+#                                   ceilings measured in the same run
+#   ci/gpu/redesign.sh certify OUT  moe-cts certify --profile quick (with the sm90 compile tier), then verify
+# Carry .peer (a copy of ../shared/peer) and .baseline (git archive 6e80182 kernels reference).
+set -u
+what=$1; OUT=${2:-/tmp/moe-cts-gpu}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING\|already" | tail -2
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+case $what in
+bench)
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/kernels -n 8 2>&1 | tail -4
+  timeout 400 python3 ci/bench/moe_bench.py --out "$OUT/bench" --budget-s 330 --rep-ms 60 --warmup-ms 10 \
+    --peer .peer --baseline-src .baseline 2>"$OUT/bench/stderr.log" | tail -70
+  ;;
+certify)
+  start=$(date +%s)
+  timeout 560 moe-cts certify --profile quick --out "$OUT/cert" 2>&1 | tail -30
+  echo "certify exit ${PIPESTATUS[0]} in $(( $(date +%s) - start )) s"
+  moe-cts verify "$OUT/cert/certificate.tgz" --allow-dirty | tail -5
+  ;;
+esac
