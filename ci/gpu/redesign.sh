@@ -14,6 +14,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 case $what in
 bench)
   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/kernels -n 8 2>&1 | tail -4
+  mkdir -p "$OUT/bench"
   timeout 400 python3 ci/bench/moe_bench.py --out "$OUT/bench" --budget-s 330 --rep-ms 60 --warmup-ms 10 \
     --peer .peer --baseline-src .baseline 2>"$OUT/bench/stderr.log" | tail -70
   ;;
