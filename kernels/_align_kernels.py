@@ -37,6 +37,19 @@ def _kept(e, E, local_ptr, HAS_LOCAL: tl.constexpr):
     return ok
 
 
+@triton.jit
+def _expert_lanes(local_ptr, E, HAS_LOCAL: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Per-expert lanes of a one-program kernel: offs_e (BLOCK_E,), in_e = offs_e < E, and local = the
+    lane is a local expert (every real expert when not HAS_LOCAL); padding lanes are never local."""
+    offs_e = tl.arange(0, BLOCK_E)
+    in_e = offs_e < E
+    if HAS_LOCAL:
+        local = tl.load(local_ptr + offs_e, mask=in_e, other=0) != 0
+    else:
+        local = in_e
+    return offs_e, in_e, local
+
+
 @triton.jit(do_not_specialize=["N"])
 def chunk_hist_kernel(
     ids_ptr,  # (T, K) int32 | int64 expert ids, any strides
@@ -73,12 +86,7 @@ def chunk_scan_kernel(
     HAS_LOCAL: tl.constexpr,
     BLOCK_E: tl.constexpr,
 ):
-    offs_e = tl.arange(0, BLOCK_E)
-    in_e = offs_e < E
-    if HAS_LOCAL:
-        local = tl.load(local_ptr + offs_e, mask=in_e, other=0) != 0
-    else:
-        local = in_e
+    offs_e, in_e, local = _expert_lanes(local_ptr, E, HAS_LOCAL, BLOCK_E)
     total = tl.zeros((BLOCK_E,), tl.int32)
     for c in range(C):
         total += tl.load(hist_ptr + c * E + offs_e, mask=in_e, other=0)
@@ -197,12 +205,7 @@ def align_one_chunk_kernel(
     """The four kernels above in one program when all ids fit one chunk (decode-sized T): one launch
     instead of four, which is most of the alignment's cost there. Per-expert values stay in registers
     and are read back with tl.gather, so no write-then-read of global memory needs a barrier."""
-    offs_e = tl.arange(0, BLOCK_E)
-    in_e = offs_e < E
-    if HAS_LOCAL:
-        local = tl.load(local_ptr + offs_e, mask=in_e, other=0) != 0
-    else:
-        local = in_e
+    offs_e, in_e, local = _expert_lanes(local_ptr, E, HAS_LOCAL, BLOCK_E)
     i = tl.arange(0, SUB)
     routed = tl.zeros((BLOCK_E,), tl.int32)
     for s0 in range(0, N, SUB):  # runtime bound: T = 1 runs one step, not BLOCK_N / SUB

@@ -14,12 +14,22 @@ import triton.language as tl
 
 from moe_cts.kernels._common import INTERPRET
 
-# Activation codes (constexpr ints: a string constexpr would work too, ints keep AOT signatures simple).
-ACT_SILU = 0
-ACT_GELU = 1
-ACT_GELU_TANH = 2
-ACT_SWIGLU_OAI = 3
-ACT_RELU = 4
+# The ACTIVATION constexpr: named codes, read by _activate below and (through ACTIVATIONS) by the launcher.
+# Ints, not strings: they keep AOT signatures and compile keys simple. Module globals read inside a
+# @triton.jit body must be tl.constexpr.
+ACT_SILU = tl.constexpr(0)
+ACT_GELU = tl.constexpr(1)
+ACT_GELU_TANH = tl.constexpr(2)
+ACT_SWIGLU_OAI = tl.constexpr(3)
+ACT_RELU = tl.constexpr(4)
+#: MoESpec.activation -> the int passed as ACTIVATION=.
+ACTIVATIONS = {
+    "silu": ACT_SILU.value,
+    "gelu": ACT_GELU.value,
+    "gelu_tanh": ACT_GELU_TANH.value,
+    "swiglu_oai": ACT_SWIGLU_OAI.value,
+    "relu": ACT_RELU.value,
+}
 
 
 @triton.jit
@@ -36,21 +46,67 @@ def _tile_coords(pid, num_m_blocks, N, BLOCK_N: tl.constexpr, GROUP_M: tl.conste
 
 
 @triton.jit
+def _live_tile(
+    num_padded_ptr,
+    expert_of_block_ptr,
+    num_m_blocks,
+    N,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """(pid_m, pid_n, expert) of this program; expert < 0 tells the kernel to exit: the M tile is past
+    num_padded (the expert table is not read then) or unused (-1). The exit itself stays in the kernel:
+    a helper cannot end the program, and _tile_rows must not load ids of a dead tile."""
+    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, N, BLOCK_N, GROUP_M)
+    expert = tl.full((), -1, tl.int32)
+    if pid_m * BLOCK_M < tl.load(num_padded_ptr):
+        expert = tl.load(expert_of_block_ptr + pid_m)
+    return pid_m, pid_n, expert
+
+
+@triton.jit
+def _tile_rows(
+    sorted_ids_ptr,
+    pid_m,
+    pid_n,
+    num_assignments,
+    N,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Row ids and column offsets of a live tile:
+
+        ids      (BLOCK_M,) flat assignment ids of the tile's slots; row_ok = not the pad sentinel
+        offs_n   (BLOCK_N,) output columns; offs_n_w = offs_n % N: weight rows wrap so their loads need
+                 no mask (the store masks offs_n >= N)
+        offs_k   (BLOCK_K,) reduction offsets of the first K step"""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ids = tl.load(sorted_ids_ptr + offs_m)
+    row_ok = ids < num_assignments
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n_w = offs_n % N
+    offs_k = tl.arange(0, BLOCK_K)
+    return ids, row_ok, offs_n, offs_n_w, offs_k
+
+
+@triton.jit
 def _activate(gate, up, alpha, limit, GATED: tl.constexpr, ACTIVATION: tl.constexpr):
     """The expert activation in fp32 registers (moe_cts.reference.numpy_oracle.activate)."""
-    if ACTIVATION == 3:  # swiglu_oai: (clamp(up, -l, l) + 1) * g * sigmoid(alpha * g), g = min(gate, l)
+    if ACTIVATION == ACT_SWIGLU_OAI:  # (clamp(up, -l, l) + 1) * g * sigmoid(alpha * g), g = min(gate, l)
         g = tl.minimum(gate, limit)
         u = tl.minimum(tl.maximum(up, -limit), limit)
         a = (u + 1.0) * g * tl.sigmoid(alpha * g)
     else:
-        if ACTIVATION == 0:
+        if ACTIVATION == ACT_SILU:
             a = gate * tl.sigmoid(gate)
-        elif ACTIVATION == 1:  # exact gelu via erf
+        elif ACTIVATION == ACT_GELU:  # exact, via erf
             a = 0.5 * gate * (1.0 + tl.math.erf(gate * 0.7071067811865476))
-        elif ACTIVATION == 2:  # tanh(z) = 2 * sigmoid(2z) - 1: portable, no libdevice tanh
+        elif ACTIVATION == ACT_GELU_TANH:  # tanh(z) = 2 * sigmoid(2z) - 1: portable, no libdevice tanh
             z = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
             a = 0.5 * gate * (1.0 + (2.0 * tl.sigmoid(2.0 * z) - 1.0))
-        else:
+        else:  # ACT_RELU
             a = tl.maximum(gate, 0.0)
         if GATED:
             a = a * up
@@ -94,21 +150,13 @@ def gate_up_kernel(
     GROUP_M: tl.constexpr,
 ):
     """act[a] = activation(x[a // k] @ w13[e, gate rows].T (+b), x[a // k] @ w13[e, up rows].T (+b))."""
-    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
-        return
-    expert = tl.load(expert_of_block_ptr + pid_m)
+    pid_m, pid_n, expert = _live_tile(num_padded_ptr, expert_of_block_ptr, num_m_blocks, I, BLOCK_M, BLOCK_N, GROUP_M)
     if expert < 0:
         return
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    ids = tl.load(sorted_ids_ptr + offs_m)
-    row_ok = ids < num_assignments
+    ids, row_ok, offs_n, offs_n_w, offs_k = _tile_rows(
+        sorted_ids_ptr, pid_m, pid_n, num_assignments, I, BLOCK_M, BLOCK_N, BLOCK_K
+    )
     tok = (ids // top_k).to(tl.int64)
-    # Output columns wrap modulo I so weight loads stay in bounds without a mask; the store masks them.
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_n_w = offs_n % I
-    offs_k = tl.arange(0, BLOCK_K)
 
     x_ptrs = x_ptr + tok[:, None] * stride_x_t + offs_k[None, :] * stride_x_h
     w_base = w13_ptr + expert.to(tl.int64) * stride_w13_e
@@ -191,20 +239,13 @@ def down_kernel(
     GROUP_M: tl.constexpr,
 ):
     """out[a] = (act[a] @ w2[e].T + b2[e]) * (route_w[a] if MUL_WEIGHT), weight applied in fp32."""
-    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
-        return
-    expert = tl.load(expert_of_block_ptr + pid_m)
+    pid_m, pid_n, expert = _live_tile(num_padded_ptr, expert_of_block_ptr, num_m_blocks, H, BLOCK_M, BLOCK_N, GROUP_M)
     if expert < 0:
         return
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    ids = tl.load(sorted_ids_ptr + offs_m)
-    row_ok = ids < num_assignments
+    ids, row_ok, offs_n, offs_n_w, offs_k = _tile_rows(
+        sorted_ids_ptr, pid_m, pid_n, num_assignments, H, BLOCK_M, BLOCK_N, BLOCK_K
+    )
     rows = ids.to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_n_w = offs_n % H
-    offs_k = tl.arange(0, BLOCK_K)
 
     a_ptrs = a_ptr + rows[:, None] * stride_a_a + offs_k[None, :] * stride_a_i
     w_ptrs = (

@@ -138,24 +138,64 @@ def align(
 
     if C == 1:  # decode-sized T: one launch instead of four
         align_one_chunk_kernel[(1,)](
-            topk_ids, local, routed, counts, num_padded, sorted_ids, inverse, expert_of_block,
-            N, k, E, P, block_m, s_t, s_k, E.bit_length(),
-            HAS_LOCAL=has_local, BLOCK_E=BLOCK_E, SUB=SUB, BLOCK_S=BLOCK_S, num_warps=8,
+            # inputs
+            ids_ptr=topk_ids, local_ptr=local,
+            # outputs
+            routed_ptr=routed, counts_ptr=counts, num_padded_ptr=num_padded,
+            sorted_ids_ptr=sorted_ids, inverse_ptr=inverse, expert_of_block_ptr=expert_of_block,
+            # sizes and strides
+            N=N, K=k, E=E, P=P, block_m=block_m, stride_ids_t=s_t, stride_ids_k=s_k, search_steps=E.bit_length(),
+            # constexprs
+            HAS_LOCAL=has_local, BLOCK_E=BLOCK_E, SUB=SUB, BLOCK_S=BLOCK_S,
+            # launch options
+            num_warps=8,
         )  # fmt: skip
     else:
         hist, base, pend = torch.empty((C, E), **i32), torch.empty((C, E), **i32), torch.empty(E, **i32)
-        chunk_hist_kernel[(C,)](topk_ids, hist, N, k, E, s_t, s_k, BLOCK_N=BLOCK_N, BLOCK_E=BLOCK_E)
+        chunk_hist_kernel[(C,)](
+            # inputs
+            ids_ptr=topk_ids,
+            # outputs
+            hist_ptr=hist,
+            # sizes and strides
+            N=N, K=k, E=E, stride_ids_t=s_t, stride_ids_k=s_k,
+            # constexprs
+            BLOCK_N=BLOCK_N, BLOCK_E=BLOCK_E,
+        )  # fmt: skip
         chunk_scan_kernel[(1,)](
-            hist, local, base, routed, counts, pend, num_padded, C, E, block_m,
-            HAS_LOCAL=has_local, BLOCK_E=BLOCK_E, num_warps=8 if BLOCK_E >= 1024 else 4,
+            # inputs
+            hist_ptr=hist, local_ptr=local,
+            # outputs
+            base_ptr=base, routed_ptr=routed, counts_ptr=counts, pend_ptr=pend, num_padded_ptr=num_padded,
+            # sizes
+            C=C, E=E, block_m=block_m,
+            # constexprs
+            HAS_LOCAL=has_local, BLOCK_E=BLOCK_E,
+            # launch options
+            num_warps=8 if BLOCK_E >= 1024 else 4,
         )  # fmt: skip
         chunk_scatter_kernel[(C,)](
-            topk_ids, local, base, sorted_ids, inverse, N, k, E, s_t, s_k,
-            HAS_LOCAL=has_local, BLOCK_N=BLOCK_N, BLOCK_E=BLOCK_E, SUB=SUB, num_warps=8,
+            # inputs
+            ids_ptr=topk_ids, local_ptr=local, base_ptr=base,
+            # outputs
+            sorted_ids_ptr=sorted_ids, inverse_ptr=inverse,
+            # sizes and strides
+            N=N, K=k, E=E, stride_ids_t=s_t, stride_ids_k=s_k,
+            # constexprs
+            HAS_LOCAL=has_local, BLOCK_N=BLOCK_N, BLOCK_E=BLOCK_E, SUB=SUB,
+            # launch options
+            num_warps=8,
         )  # fmt: skip
         pad_fill_kernel[(triton.cdiv(P, BLOCK_S),)](
-            pend, counts, sorted_ids, expert_of_block, N, E, P, block_m, E.bit_length(), BLOCK_S=BLOCK_S
-        )
+            # inputs
+            pend_ptr=pend, counts_ptr=counts,
+            # outputs
+            sorted_ids_ptr=sorted_ids, expert_of_block_ptr=expert_of_block,
+            # sizes
+            N=N, E=E, P=P, block_m=block_m, search_steps=E.bit_length(),
+            # constexprs
+            BLOCK_S=BLOCK_S,
+        )  # fmt: skip
     return AlignMeta(
         block_m=block_m,
         num_tokens=T,

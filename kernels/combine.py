@@ -36,10 +36,19 @@ def launch_combine(
     w = topk_weights if topk_weights is not None else slot_of.view(T, k)
     sh = shared_out if shared_out is not None else y
     combine_kernel[(T, triton.cdiv(H, block_h))](
-        expert_out, w, slot_of, sh, y, k, H,
-        expert_out.stride(0), expert_out.stride(1), expert_out.stride(2),
-        w.stride(0), w.stride(1), sh.stride(0), sh.stride(1), y.stride(0), y.stride(1),
+        # inputs
+        eo_ptr=expert_out, w_ptr=w, slot_ptr=slot_of, shared_ptr=sh,
+        # outputs
+        y_ptr=y,
+        # sizes
+        top_k=k, H=H,
+        # strides
+        stride_eo_t=expert_out.stride(0), stride_eo_j=expert_out.stride(1), stride_eo_h=expert_out.stride(2),
+        stride_w_t=w.stride(0), stride_w_j=w.stride(1), stride_sh_t=sh.stride(0), stride_sh_h=sh.stride(1),
+        stride_y_t=y.stride(0), stride_y_h=y.stride(1),
+        # constexprs
         HAS_SHARED=shared_out is not None, WEIGHTED=topk_weights is not None, BLOCK_H=block_h,
+        # launch options
         num_warps=4,
     )  # fmt: skip
 

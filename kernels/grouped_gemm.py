@@ -23,14 +23,6 @@ from moe_cts.kernels.config import GemmTile, TileConfig
 from moe_cts.kernels.metadata import AlignMeta, padded_capacity
 from moe_cts.reference.spec import MoESpec, MoEWeights, SpecError
 
-ACTIVATION_CODES = {
-    "silu": K.ACT_SILU,
-    "gelu": K.ACT_GELU,
-    "gelu_tanh": K.ACT_GELU_TANH,
-    "swiglu_oai": K.ACT_SWIGLU_OAI,
-    "relu": K.ACT_RELU,
-}
-
 
 def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str | None:
     """fp32 is pinned to 'ieee' (CUDA would default to tf32: docs/bugs.md#facts-fp32-dot-precision); 16-bit
@@ -65,18 +57,25 @@ def launch_gate_up(
     grid = (num_m_blocks * triton.cdiv(I, tile.BLOCK_N),)
     bias = b13 if b13 is not None else w13
     K.gate_up_kernel[grid](
-        x, w13, bias, act,
-        meta.sorted_ids, meta.expert_of_block, meta.num_padded,
-        meta.num_tokens * meta.top_k, meta.top_k, I, H, num_m_blocks,
-        x.stride(0), x.stride(1),
-        w13.stride(0), w13.stride(1), w13.stride(2),
-        bias.stride(0), bias.stride(1) if b13 is not None else 0,
-        act.stride(0), act.stride(1),
-        float(swiglu_alpha), float(swiglu_limit),
+        # inputs
+        x_ptr=x, w13_ptr=w13, b13_ptr=bias,
+        sorted_ids_ptr=meta.sorted_ids, expert_of_block_ptr=meta.expert_of_block, num_padded_ptr=meta.num_padded,
+        # outputs
+        act_ptr=act,
+        # sizes and scalars
+        num_assignments=meta.num_tokens * meta.top_k, top_k=meta.top_k, I=I, H=H, num_m_blocks=num_m_blocks,
+        swiglu_alpha=float(swiglu_alpha), swiglu_limit=float(swiglu_limit),
+        # strides
+        stride_x_t=x.stride(0), stride_x_h=x.stride(1),
+        stride_w13_e=w13.stride(0), stride_w13_r=w13.stride(1), stride_w13_h=w13.stride(2),
+        stride_b13_e=bias.stride(0), stride_b13_r=bias.stride(1) if b13 is not None else 0,
+        stride_act_a=act.stride(0), stride_act_i=act.stride(1),
+        # constexprs
         GATED=gated, INTERLEAVED=interleaved, HAS_BIAS=b13 is not None,
-        ACTIVATION=ACTIVATION_CODES[activation], DOT_PRECISION=dot_precision(x.dtype, allow_tf32),
+        ACTIVATION=K.ACTIVATIONS[activation], DOT_PRECISION=dot_precision(x.dtype, allow_tf32),
         EVEN_K=_even(H, tile.BLOCK_K),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M,
+        # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip
 
@@ -99,16 +98,23 @@ def launch_down(
     bias = b2 if b2 is not None else w2
     rw = route_weights if route_weights is not None else meta.sorted_ids
     K.down_kernel[grid](
-        act, w2, bias, out, rw,
-        meta.sorted_ids, meta.expert_of_block, meta.num_padded,
-        meta.num_tokens * meta.top_k, H, I, num_m_blocks,
-        act.stride(0), act.stride(1),
-        w2.stride(0), w2.stride(1), w2.stride(2),
-        bias.stride(0), bias.stride(1) if b2 is not None else 0,
-        out.stride(0), out.stride(1),
+        # inputs
+        a_ptr=act, w2_ptr=w2, b2_ptr=bias, route_w_ptr=rw,
+        sorted_ids_ptr=meta.sorted_ids, expert_of_block_ptr=meta.expert_of_block, num_padded_ptr=meta.num_padded,
+        # outputs
+        out_ptr=out,
+        # sizes
+        num_assignments=meta.num_tokens * meta.top_k, H=H, I=I, num_m_blocks=num_m_blocks,
+        # strides
+        stride_a_a=act.stride(0), stride_a_i=act.stride(1),
+        stride_w2_e=w2.stride(0), stride_w2_h=w2.stride(1), stride_w2_i=w2.stride(2),
+        stride_b2_e=bias.stride(0), stride_b2_h=bias.stride(1) if b2 is not None else 0,
+        stride_out_a=out.stride(0), stride_out_h=out.stride(1),
+        # constexprs
         HAS_BIAS=b2 is not None, MUL_WEIGHT=route_weights is not None,
         DOT_PRECISION=dot_precision(act.dtype, allow_tf32), EVEN_K=_even(I, tile.BLOCK_K),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M,
+        # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip
 
@@ -252,8 +258,15 @@ def shared_forward(
         gate = torch.empty((T,), dtype=torch.float32, device=x.device)
         g = weights.shared_gate
         K.row_gate_kernel[(triton.cdiv(T, 16),)](
-            x, g, gate, T, H, x.stride(0), x.stride(1), g.stride(1), BLOCK_T=16, BLOCK_H=128
-        )
+            # inputs
+            x_ptr=x, g_ptr=g,
+            # outputs
+            out_ptr=gate,
+            # sizes and strides
+            T=T, H=H, stride_x_t=x.stride(0), stride_x_h=x.stride(1), stride_g_h=g.stride(1),
+            # constexprs
+            BLOCK_T=16, BLOCK_H=128,
+        )  # fmt: skip
     out = torch.empty((T, H), dtype=x.dtype, device=x.device)
     tile_d = cfgmod.fit_to_shape(cfg, H, S).down
     launch_down(act, weights.shared_w2.unsqueeze(0), None, out, meta, tile=tile_d, route_weights=gate,

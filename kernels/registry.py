@@ -8,7 +8,8 @@ real launch would compile. Writing them by hand would drift from the launchers, 
       # JITFunction.run replaced by a recorder: every kernel[grid](...) call is kept as a Launch
       # (kernel name, argument descriptions, constexpr and option keywords); nothing is compiled or run.
 
-    Launch.args  : one JSON-able description per positional argument (tensors as dtype/shape/stride)
+    Launch.args  : one JSON-able description per non-constexpr argument, in parameter order (tensors as
+                   dtype/shape/stride); launchers pass them by keyword, positional_form() orders them
     Launch.kwargs: the constexpr keywords plus num_warps / num_stages, as the launcher passed them
 
 `KERNELS` lists the kernels by name; tests/aot/test_registry.py fails when a kernel in a _*_kernels.py file is
@@ -134,6 +135,21 @@ def _grid(grid: Any, kwargs: dict[str, Any]) -> tuple[int, ...] | None:
     return tuple(int(g) for g in grid)
 
 
+def positional_form(fn, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """Launchers pass arguments by keyword; a Launch keeps the non-constexpr ones positionally, in the
+    kernel's parameter order (as Launch.args and the AOT worker's binder expect), and the constexprs and
+    launch options as keywords. Raises TypeError naming a non-constexpr parameter that was not given."""
+    kwargs = dict(kwargs)
+    positional = list(args)
+    for param in fn.params[len(args) :]:
+        if param.is_constexpr:
+            continue
+        if param.name not in kwargs:
+            raise TypeError(f"{fn.fn.__name__}: argument {param.name!r} was not given")
+        positional.append(kwargs.pop(param.name))
+    return positional, kwargs
+
+
 @contextlib.contextmanager
 def _recording(launches: list[Launch]) -> Iterator[None]:
     from triton.runtime.jit import JITFunction
@@ -144,7 +160,8 @@ def _recording(launches: list[Launch]) -> Iterator[None]:
         name = self.fn.__name__
         if name not in KERNELS:
             raise KeyError(f"launcher launched {name!r}, which moe_cts.kernels.registry.KERNELS does not list")
-        launches.append(Launch(name, tuple(describe_arg(a) for a in args), dict(kwargs), _grid(grid, kwargs)))
+        args, kwargs = positional_form(self, args, kwargs)
+        launches.append(Launch(name, tuple(describe_arg(a) for a in args), kwargs, _grid(grid, kwargs)))
 
     JITFunction.run = record
     try:

@@ -101,12 +101,20 @@ def route(
     rb = weights.router_bias if spec.router_bias else weights.router
     cb = weights.correction_bias if spec.correction_bias else weights.router
     router_kernel[(triton.cdiv(T, BLOCK_T),)](
-        x, weights.router, rb, cb, ids, topw,
-        logits if keep_scores else topw, scores if keep_scores else topw,
-        T, E, H, k,
-        x.stride(0), x.stride(1), weights.router.stride(0), weights.router.stride(1),
-        rb.stride(0), cb.stride(0),
-        E // spec.n_group, spec.n_group, spec.topk_group, float(spec.routed_scaling_factor),
+        # inputs
+        x_ptr=x, w_ptr=weights.router, rbias_ptr=rb, cbias_ptr=cb,
+        # outputs
+        ids_ptr=ids, topw_ptr=topw,
+        logits_ptr=logits if keep_scores else topw, scores_ptr=scores if keep_scores else topw,
+        # sizes and scalars
+        T=T, E=E, H=H, K=k,
+        group_size=E // spec.n_group, n_group=spec.n_group, topk_group=spec.topk_group,
+        scaling=float(spec.routed_scaling_factor),
+        # strides
+        stride_x_t=x.stride(0), stride_x_h=x.stride(1),
+        stride_w_e=weights.router.stride(0), stride_w_h=weights.router.stride(1),
+        stride_rbias=rb.stride(0), stride_cbias=cb.stride(0),
+        # constexprs
         SIGMOID=spec.scoring == "sigmoid",
         HAS_RBIAS=spec.router_bias,
         HAS_CBIAS=spec.correction_bias,
@@ -117,6 +125,7 @@ def route(
         UPCAST=x.dtype != weights.router.dtype,
         INPUT_PRECISION="tf32" if allow_tf32 else "ieee",
         BLOCK_T=BLOCK_T, BLOCK_E=BLOCK_E, BLOCK_H=BLOCK_H,
+        # launch options
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return Routing(topk_ids=ids, topk_weights=topw, logits=logits, scores=scores)
