@@ -160,7 +160,8 @@ class QuantScheme:
 
     @classmethod
     def fp8_block(cls, block: tuple[int, int] = (128, 128), **kw: Any) -> QuantScheme:
-        return cls(method="fp8_block", weight_block=tuple(block), act_group=block[1], **kw)
+        group = block[1] if kw.get("activation_dtype", "fp8") == "fp8" else None  # weight-only: no groups
+        return cls(method="fp8_block", weight_block=tuple(block), act_group=group, **kw)
 
     @classmethod
     def mxfp4(cls, activation_dtype: str = "bfloat16", scale_rounding: str = "ceil") -> QuantScheme:
