@@ -87,7 +87,7 @@ def down(spec: MoESpec, qw: QuantizedMoEWeights, act, topk_ids) -> np.ndarray:
     """GEMM2 on the requantized activation (every assignment's row) and the dequantized w2."""
     act, ids = base._np(act), np.asarray(topk_ids, dtype=np.int64)
     T, k = ids.shape
-    aq = _maybe_quant(spec, act.reshape(T * k, -1), "gemm2", qw.a2_scale).reshape(act.shape)
+    aq = _maybe_quant(spec, act.reshape(T * k, spec.intermediate_size), "gemm2", qw.a2_scale).reshape(act.shape)
     w2, b2 = qw.w2.dequantize(), base._np(qw.base.b2)
     out = np.zeros((T, k, spec.hidden_size))
     for e in range(spec.num_experts):

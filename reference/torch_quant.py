@@ -151,7 +151,7 @@ def gate_up(spec: MoESpec, qw: QuantizedMoEWeights, x, topk_ids) -> base.GateUp:
     T, k = ids.shape
     qx, sx, g = _inputs(spec, x, "gemm1", qw.a13_scale)
     tokens = torch.arange(T, device=dev).repeat_interleave(k)
-    h = _experts(spec, qw.w13, qw.base.b13, tokens, ids.reshape(-1), qx, sx, g, spec.w13_rows).view(T, k, -1)
+    h = _experts(spec, qw.w13, qw.base.b13, tokens, ids.reshape(-1), qx, sx, g, spec.w13_rows).view(T, k, spec.w13_rows)
     if not spec.gated:
         return base.GateUp(gate_pre=h, up_pre=None, act=base.activate(spec, h, None))
     I = spec.intermediate_size
@@ -166,7 +166,7 @@ def down(spec: MoESpec, qw: QuantizedMoEWeights, act, topk_ids) -> torch.Tensor:
     T, k = ids.shape
     qa, sa, g = _inputs(spec, act.reshape(T * k, spec.intermediate_size), "gemm2", qw.a2_scale)
     flat = torch.arange(T * k, device=dev)
-    return _experts(spec, qw.w2, qw.base.b2, flat, ids.reshape(-1), qa, sa, g, spec.hidden_size).view(T, k, -1)
+    return _experts(spec, qw.w2, qw.base.b2, flat, ids.reshape(-1), qa, sa, g, spec.hidden_size).view(T, k, spec.hidden_size)
 
 
 def shared_expert(spec: MoESpec, qw: QuantizedMoEWeights, x) -> torch.Tensor:
