@@ -22,8 +22,8 @@ from moe_cts.reference.numpy_oracle import (
     route,
     shared_expert,
 )
-from moe_cts.reference.qweights import QuantizedMoEWeights, QuantTensor
 from moe_cts.reference.quant import QuantScheme
+from moe_cts.reference.qweights import QuantizedMoEWeights, QuantTensor
 from moe_cts.reference.spec import MoESpec, MoEWeights, check_input, weight_shapes
 
 #: the transformers readers under their functional names
@@ -43,10 +43,10 @@ __all__ = [
     "Routing",
     "SpecError",
     "activate",
-    "formats",
     "check_input",
     "combine",
     "down",
+    "formats",
     "gate_up",
     "moe_forward",
     "permute",

@@ -48,23 +48,45 @@ def _deepseek_mlp(tensors, prefix: str, spec: MoESpec) -> tuple[QuantTensor, Qua
     """One gate/up/down MLP as (w13 = [gate; up], w2) QuantTensors."""
     q = spec.quant
     bn, bk = q.weight_block
-    parts = {p: (_codes(_get(tensors, f"{prefix}{p}_proj.weight")), _get(tensors, f"{prefix}{p}_proj.weight_scale_inv"))
-             for p in ("gate", "up", "down")}
+    parts = {
+        p: (
+            _codes(_get(tensors, f"{prefix}{p}_proj.weight")),
+            _get(tensors, f"{prefix}{p}_proj.weight_scale_inv"),
+        )
+        for p in ("gate", "up", "down")
+    }
     rows = parts["gate"][0].shape[0]
     if rows % bn:
-        raise SpecError("quant.weight_block", f"bn dividing the gate/up rows ({rows}) to fuse them into w13", (bn, bk))
-    w13 = QuantTensor(torch.cat([parts["gate"][0], parts["up"][0]]), torch.cat([parts["gate"][1], parts["up"][1]]).float(),
-                      q.fp8_format, (bn, bk), "float32")
+        raise SpecError(
+            "quant.weight_block", f"bn dividing the gate/up rows ({rows}) to fuse them into w13", (bn, bk)
+        )
+    w13 = QuantTensor(
+        torch.cat([parts["gate"][0], parts["up"][0]]),
+        torch.cat([parts["gate"][1], parts["up"][1]]).float(),
+        q.fp8_format,
+        (bn, bk),
+        "float32",
+    )
     w2 = QuantTensor(parts["down"][0], parts["down"][1].float(), q.fp8_format, (bn, bk), "float32")
     return w13, w2
 
 
 def _deepseek(tensors, spec: MoESpec, P: str) -> QuantizedMoEWeights:
     experts = [_deepseek_mlp(tensors, f"{P}experts.{e}.", spec) for e in range(spec.num_experts)]
-    w13 = QuantTensor(torch.stack([a.codes for a, _ in experts]), torch.stack([a.scales for a, _ in experts]),
-                      experts[0][0].fmt, experts[0][0].block, "float32")
-    w2 = QuantTensor(torch.stack([b.codes for _, b in experts]), torch.stack([b.scales for _, b in experts]),
-                     experts[0][1].fmt, experts[0][1].block, "float32")
+    w13 = QuantTensor(
+        torch.stack([a.codes for a, _ in experts]),
+        torch.stack([a.scales for a, _ in experts]),
+        experts[0][0].fmt,
+        experts[0][0].block,
+        "float32",
+    )
+    w2 = QuantTensor(
+        torch.stack([b.codes for _, b in experts]),
+        torch.stack([b.scales for _, b in experts]),
+        experts[0][1].fmt,
+        experts[0][1].block,
+        "float32",
+    )
     quantized = {"w13": w13, "w2": w2}
     floats = {"router": _get(tensors, f"{P}gate.weight").double()}
     if spec.correction_bias:
@@ -82,7 +104,9 @@ def _gpt_oss(tensors, spec: MoESpec, P: str) -> QuantizedMoEWeights:
         if nbytes != 16:
             raise SpecError(f"{P}experts.{theirs}_blocks.shape", "(E, N, K/32, 16)", tuple(blocks.shape))
         codes = blocks.reshape(E, N, nb * 16)  # 16 bytes = 32 elements: the blocks are contiguous along K
-        quantized[ours] = QuantTensor(codes, _get(tensors, f"{P}experts.{theirs}_scales"), "e2m1", (1, 32), "e8m0")
+        quantized[ours] = QuantTensor(
+            codes, _get(tensors, f"{P}experts.{theirs}_scales"), "e2m1", (1, 32), "e8m0"
+        )
     floats = {
         "router": _get(tensors, f"{P}router.weight").double(),
         "router_bias": _get(tensors, f"{P}router.bias").double(),
@@ -99,11 +123,17 @@ def _assemble(spec: MoESpec, floats: dict, quantized: dict) -> QuantizedMoEWeigh
     return QuantizedMoEWeights.from_codes(spec, base, **quantized)
 
 
-def load_layer(source: str | Path | Mapping[str, torch.Tensor], spec: MoESpec, layer: int) -> QuantizedMoEWeights:
+def load_layer(
+    source: str | Path | Mapping[str, torch.Tensor], spec: MoESpec, layer: int
+) -> QuantizedMoEWeights:
     """The quantized weights of MoE layer `layer` from a safetensors file (or a name -> tensor mapping),
     read by spec.quant.method: fp8_block -> DeepSeek names, mxfp4 -> gpt-oss names (module docstring)."""
     if spec.quant is None or spec.quant.method not in ("fp8_block", "mxfp4"):
-        raise SpecError("spec.quant.method", "'fp8_block' (DeepSeek) or 'mxfp4' (gpt-oss)", getattr(spec.quant, "method", None))
+        raise SpecError(
+            "spec.quant.method",
+            "'fp8_block' (DeepSeek) or 'mxfp4' (gpt-oss)",
+            getattr(spec.quant, "method", None),
+        )
     if not isinstance(source, Mapping):
         from safetensors.torch import load_file
 

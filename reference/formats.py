@@ -78,20 +78,20 @@ def get(fmt: str | Format) -> Format:
 
 # ----------------------------------------------------------------------------------------------- decode
 def _code_values(f: Format) -> np.ndarray:
-    """float64 value of every code 0 .. 2^bits - 1, from the bit fields."""
+    """float64 value of every code 0 .. 2^bits - 1, from the bit fields (ef exponent, mf mantissa)."""
     codes = np.arange(1 << f.bits)
     sign = np.where(codes >> (f.bits - 1), -1.0, 1.0)
-    E = (codes >> f.mbits) & ((1 << f.ebits) - 1)
-    M = codes & ((1 << f.mbits) - 1)
-    frac = M / float(1 << f.mbits)
-    mag = np.where(E == 0, np.ldexp(frac, f.emin), np.ldexp(1.0 + frac, E - f.bias))
+    ef = (codes >> f.mbits) & ((1 << f.ebits) - 1)
+    mf = codes & ((1 << f.mbits) - 1)
+    frac = mf / float(1 << f.mbits)
+    mag = np.where(ef == 0, np.ldexp(frac, f.emin), np.ldexp(1.0 + frac, ef - f.bias))
     vals = sign * mag
     top = (1 << f.ebits) - 1
     if f.name == "e4m3fn":  # S.1111.111 is NaN; S.1111.000-110 are finite
-        vals[(E == top) & (M == (1 << f.mbits) - 1)] = np.nan
-    elif f.name == "e5m2":  # IEEE-like: E all ones is inf (M = 0) or NaN
-        vals[(E == top) & (M == 0)] = sign[(E == top) & (M == 0)] * np.inf
-        vals[(E == top) & (M != 0)] = np.nan
+        vals[(ef == top) & (mf == (1 << f.mbits) - 1)] = np.nan
+    elif f.name == "e5m2":  # IEEE-like: ef all ones is inf (mf = 0) or NaN
+        vals[(ef == top) & (mf == 0)] = sign[(ef == top) & (mf == 0)] * np.inf
+        vals[(ef == top) & (mf != 0)] = np.nan
     elif f.name == "e4m3fnuz":  # the -0 pattern is the only NaN
         vals[1 << (f.bits - 1)] = np.nan
     return vals
@@ -166,7 +166,7 @@ def pack_e2m1(codes) -> np.ndarray:
 def unpack_e2m1(packed) -> np.ndarray:
     """(..., K/2) bytes -> (..., K) 4-bit codes (low nibble first)."""
     p = np.asarray(packed, dtype=np.uint8)
-    out = np.empty(p.shape[:-1] + (2 * p.shape[-1],), np.uint8)
+    out = np.empty((*p.shape[:-1], 2 * p.shape[-1]), np.uint8)
     out[..., 0::2], out[..., 1::2] = p & 0xF, p >> 4
     return out
 
@@ -213,7 +213,7 @@ def ue8m0_scale(amax, elem: str | Format, rounding: str) -> np.ndarray:
     elif rounding == "threshold_1p75":
         e = fl + (m >= 0.875) - f.emax
     else:
-        m_max, e_max = np.frexp(f.max)
+        _, e_max = np.frexp(f.max)
         e = e2 - e_max  # first guess for ceil(log2(amax / max)), then correct it exactly
         e = np.where(np.ldexp(f.max, e - 1) >= safe, e - 1, e)
         e = np.where(np.ldexp(f.max, e) < safe, e + 1, e)

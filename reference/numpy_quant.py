@@ -24,9 +24,9 @@ from moe_cts.reference.spec import MoESpec, check_input
 def act_scales(spec: MoESpec, x: np.ndarray, static: float | None) -> np.ndarray:
     """Activation scales of rows x (R, K): (1, 1) per tensor, (R, 1) per token, (R, ceil(K/g)) per group.
 
-        amax  = max |x| over the group, floored at amax_eps (when set)
-        scale = fp32(amax / fp8.max)                        scale_format "fp32"
-              = formats.ue8m0_scale(amax, fp8, rounding)    scale_format "ue8m0"
+    amax  = max |x| over the group, floored at amax_eps (when set)
+    scale = fp32(amax / fp8.max)                        scale_format "fp32"
+          = formats.ue8m0_scale(amax, fp8, rounding)    scale_format "ue8m0"
     """
     q = spec.quant
     f = formats.get(q.fp8_format)
@@ -87,7 +87,9 @@ def down(spec: MoESpec, qw: QuantizedMoEWeights, act, topk_ids) -> np.ndarray:
     """GEMM2 on the requantized activation (every assignment's row) and the dequantized w2."""
     act, ids = base._np(act), np.asarray(topk_ids, dtype=np.int64)
     T, k = ids.shape
-    aq = _maybe_quant(spec, act.reshape(T * k, spec.intermediate_size), "gemm2", qw.a2_scale).reshape(act.shape)
+    aq = _maybe_quant(spec, act.reshape(T * k, spec.intermediate_size), "gemm2", qw.a2_scale).reshape(
+        act.shape
+    )
     w2, b2 = qw.w2.dequantize(), base._np(qw.base.b2)
     out = np.zeros((T, k, spec.hidden_size))
     for e in range(spec.num_experts):
@@ -104,7 +106,11 @@ def shared_expert(spec: MoESpec, qw: QuantizedMoEWeights, x) -> np.ndarray:
         return np.zeros((x.shape[0], spec.hidden_size))
     h = _maybe_quant(spec, x, "gemm1", qw.a13_scale) @ qw.shared_w13.dequantize().T
     S = spec.shared_width
-    a = base.activate(spec.replace(w13_layout="concat"), h[:, :S], h[:, S:]) if spec.gated else base.activate(spec, h, None)
+    a = (
+        base.activate(spec.replace(w13_layout="concat"), h[:, :S], h[:, S:])
+        if spec.gated
+        else base.activate(spec, h, None)
+    )
     out = _maybe_quant(spec, a, "gemm2", qw.a2_scale) @ qw.shared_w2.dequantize().T
     if spec.shared_gate:
         out = base.sigmoid(x @ base._np(qw.base.shared_gate).T) * out

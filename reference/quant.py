@@ -61,7 +61,9 @@ class QuantScheme:
     scale_format: str = "fp32"  # fp32 scales, or powers of two (ue8m0) rounded by scale_rounding
     scale_rounding: str = "ceil"  # ue8m0 only: formats.SCALE_ROUNDINGS (the producer's mode)
     amax_eps: float | None = 1e-10  # amax floor on dynamic groups; None = no floor (zero group -> 0/0 = NaN)
-    quantize_inputs: tuple[str, ...] = QUANT_POINTS  # subset of QUANT_POINTS where activations are requantized
+    quantize_inputs: tuple[str, ...] = (
+        QUANT_POINTS  # subset of QUANT_POINTS where activations are requantized
+    )
     epilogue: tuple[str, ...] = EPILOGUE  # declared epilogue order; only EPILOGUE is valid
 
     def __post_init__(self) -> None:
@@ -71,15 +73,38 @@ class QuantScheme:
                 object.__setattr__(self, name, tuple(v))
         m = self.method
         _req(m in QUANT_METHODS, "method", f"one of {QUANT_METHODS}", m)
-        _req(self.fp8_format in formats.FP8_FORMATS, "fp8_format", f"one of {formats.FP8_FORMATS}", self.fp8_format)
-        _req(self.activation_scale in ACTIVATION_SCALES, "activation_scale", f"one of {ACTIVATION_SCALES}", self.activation_scale)
-        _req(self.activation_dtype in ACTIVATION_DTYPES, "activation_dtype", f"one of {ACTIVATION_DTYPES}", self.activation_dtype)
+        _req(
+            self.fp8_format in formats.FP8_FORMATS,
+            "fp8_format",
+            f"one of {formats.FP8_FORMATS}",
+            self.fp8_format,
+        )
+        _req(
+            self.activation_scale in ACTIVATION_SCALES,
+            "activation_scale",
+            f"one of {ACTIVATION_SCALES}",
+            self.activation_scale,
+        )
+        _req(
+            self.activation_dtype in ACTIVATION_DTYPES,
+            "activation_dtype",
+            f"one of {ACTIVATION_DTYPES}",
+            self.activation_dtype,
+        )
         _req(self.scale_format in SCALE_FORMATS, "scale_format", f"one of {SCALE_FORMATS}", self.scale_format)
-        _req(self.scale_rounding in formats.SCALE_ROUNDINGS, "scale_rounding", f"one of {formats.SCALE_ROUNDINGS}", self.scale_rounding)
+        _req(
+            self.scale_rounding in formats.SCALE_ROUNDINGS,
+            "scale_rounding",
+            f"one of {formats.SCALE_ROUNDINGS}",
+            self.scale_rounding,
+        )
         _req(self.epilogue == EPILOGUE, "epilogue", f"{EPILOGUE} (the reference order)", self.epilogue)
         eps = self.amax_eps
         _req(
-            eps is None or (isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0),
+            eps is None
+            or (
+                isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0
+            ),
             "amax_eps",
             "None or a finite float > 0 (1e-10 vLLM/SGLang, 1e-4 DeepEP)",
             eps,
@@ -90,14 +115,25 @@ class QuantScheme:
     def _check_activations(self) -> None:
         a8 = self.activation_dtype == "fp8"
         if self.method == "mxfp4":
-            _req(not a8, "activation_dtype", "bfloat16 or float16 for mxfp4 (fp8 x mx needs sm100/gfx950)", "fp8")
+            _req(
+                not a8,
+                "activation_dtype",
+                "bfloat16 or float16 for mxfp4 (fp8 x mx needs sm100/gfx950)",
+                "fp8",
+            )
         _req(
             self.quantize_inputs == (QUANT_POINTS if a8 else ()),
             "quantize_inputs",
             f"{QUANT_POINTS if a8 else ()} when activation_dtype is {self.activation_dtype!r}",
             self.quantize_inputs,
         )
-        allowed = ("none",) if not a8 else ("dynamic", "static") if self.method == "fp8_per_tensor" else ("dynamic",)
+        allowed = (
+            ("none",)
+            if not a8
+            else ("dynamic", "static")
+            if self.method == "fp8_per_tensor"
+            else ("dynamic",)
+        )
         _req(
             self.activation_scale in allowed,
             "activation_scale",
@@ -117,19 +153,48 @@ class QuantScheme:
             _req(wb is None, "weight_block", f"None for {m} (the scale covers a whole expert / row)", wb)
             _req(self.act_group is None, "act_group", f"None for {m}", self.act_group)
             _req(self.scale_format == "fp32", "scale_format", f"'fp32' for {m}", self.scale_format)
-        ok = isinstance(wb, tuple) and len(wb) == 2 and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in wb)
+        ok = (
+            isinstance(wb, tuple)
+            and len(wb) == 2
+            and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in wb)
+        )
         if m == "fp8_block":
             _req(ok, "weight_block", "a pair of ints >= 1 (bn, bk), e.g. (128, 128)", wb)
             if self.activation_dtype == "fp8":
-                _req(self.act_group == wb[1], "act_group", f"weight_block[1] ({wb[1]}): groups must align with K blocks", self.act_group)
+                _req(
+                    self.act_group == wb[1],
+                    "act_group",
+                    f"weight_block[1] ({wb[1]}): groups must align with K blocks",
+                    self.act_group,
+                )
             else:
-                _req(self.act_group is None, "act_group", "None when activations are not quantized", self.act_group)
+                _req(
+                    self.act_group is None,
+                    "act_group",
+                    "None when activations are not quantized",
+                    self.act_group,
+                )
         if m == "mxfp4":
             _req(wb == (1, 32), "weight_block", "(1, 32) (OCP MX: 32 elements along K per E8M0 scale)", wb)
-            _req(self.act_group is None, "act_group", "None for mxfp4 (activations are not quantized)", self.act_group)
-            _req(self.scale_format == "ue8m0", "scale_format", "'ue8m0' for mxfp4 (E8M0 scales)", self.scale_format)
+            _req(
+                self.act_group is None,
+                "act_group",
+                "None for mxfp4 (activations are not quantized)",
+                self.act_group,
+            )
+            _req(
+                self.scale_format == "ue8m0",
+                "scale_format",
+                "'ue8m0' for mxfp4 (E8M0 scales)",
+                self.scale_format,
+            )
         if self.scale_format == "fp32":
-            _req(self.scale_rounding == "ceil", "scale_rounding", "'ceil' (unused) when scale_format is 'fp32'", self.scale_rounding)
+            _req(
+                self.scale_rounding == "ceil",
+                "scale_rounding",
+                "'ceil' (unused) when scale_format is 'fp32'",
+                self.scale_rounding,
+            )
 
     # -- derived
     @property
@@ -192,10 +257,10 @@ class QuantScheme:
     def from_hf(cls, qc: Mapping[str, Any] | Any) -> QuantScheme:
         """A transformers `quantization_config` (dict or object) -> QuantScheme.
 
-            {quant_method: fp8, fmt: e4m3, activation_scheme: dynamic, weight_block_size: [128, 128]}  DeepSeek-V3
-            ... plus scale_fmt: ue8m0                                                                 DeepSeek-V3.1/V4
-            {quant_method: fp8, activation_scheme: static|dynamic} (no weight_block_size)             per-tensor w8a8
-            {quant_method: mxfp4}                                                                     gpt-oss
+        {quant_method: fp8, fmt: e4m3, activation_scheme: dynamic, weight_block_size: [128, 128]}  DeepSeek-V3
+        ... plus scale_fmt: ue8m0                                                                 DeepSeek-V3.1/V4
+        {quant_method: fp8, activation_scheme: static|dynamic} (no weight_block_size)             per-tensor w8a8
+        {quant_method: mxfp4}                                                                     gpt-oss
         """
         get = (lambda k: qc.get(k)) if isinstance(qc, Mapping) else (lambda k: getattr(qc, k, None))
         method = get("quant_method")
@@ -217,7 +282,9 @@ class QuantScheme:
         if block is None:
             return cls.fp8_per_tensor(fp8_format=fmts[fmt], activation_scale=act)
         if act != "dynamic":
-            raise SpecError("config.quantization_config.activation_scheme", "'dynamic' with weight_block_size", act)
+            raise SpecError(
+                "config.quantization_config.activation_scheme", "'dynamic' with weight_block_size", act
+            )
         return cls.fp8_block(tuple(block), fp8_format=fmts[fmt], scale_format=scale_fmt)
 
 
@@ -240,4 +307,9 @@ def check_spec(spec: Any) -> None:
     if q.method == "mxfp4":
         for f in ("hidden_size", "intermediate_size", "shared_intermediate_size"):
             v = getattr(spec, f)
-            _req(v % 32 == 0, "weight_block", f"(1, 32) dividing {f} ({v}): MX blocks are never partial", q.weight_block)
+            _req(
+                v % 32 == 0,
+                "weight_block",
+                f"(1, 32) dividing {f} ({v}): MX blocks are never partial",
+                q.weight_block,
+            )

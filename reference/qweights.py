@@ -149,7 +149,12 @@ class QuantizedMoEWeights:
         self.base.validate(spec)
         for name in QUANT_FIELDS:
             qt, ref = getattr(self, name), getattr(self.base, name)
-            _req((qt is None) == (ref is None), name, "a QuantTensor exactly when the spec uses it", qt is not None)
+            _req(
+                (qt is None) == (ref is None),
+                name,
+                "a QuantTensor exactly when the spec uses it",
+                qt is not None,
+            )
             if qt is None:
                 continue
             _req(qt.shape == tuple(ref.shape), f"{name}.shape", str(tuple(ref.shape)), qt.shape)
@@ -167,20 +172,33 @@ class QuantizedMoEWeights:
     def from_codes(cls, spec: MoESpec, base: MoEWeights, **quantized) -> QuantizedMoEWeights:
         """Carry weights quantized elsewhere: `base` holds the float tensors (router, biases; its expert
         matrices may be anything of the right shape, they are replaced by the dequantized values)."""
-        deq = {n: torch.from_numpy(quantized[n].dequantize()) for n in QUANT_FIELDS if quantized.get(n) is not None}
+        deq = {
+            n: torch.from_numpy(quantized[n].dequantize())
+            for n in QUANT_FIELDS
+            if quantized.get(n) is not None
+        }
         changes = {n: t.to(base.device) for n, t in deq.items()}
         full = base.map(lambda t: t.to(torch.float64)).replace(**changes)
         return cls(base=full, **quantized).validate(spec)
 
     @classmethod
     def quantize(
-        cls, spec: MoESpec, weights: MoEWeights, *, a13_scale: float | None = None, a2_scale: float | None = None
+        cls,
+        spec: MoESpec,
+        weights: MoEWeights,
+        *,
+        a13_scale: float | None = None,
+        a2_scale: float | None = None,
     ) -> QuantizedMoEWeights:
         """Quantize float weights under spec.quant (router, biases and gates stay as they are)."""
         q = spec.quant
         _req(q is not None, "spec.quant", "a QuantScheme to quantize under", None)
         weights.validate(spec)
-        qts = {n: quantize_tensor(getattr(weights, n), q) for n in QUANT_FIELDS if getattr(weights, n) is not None}
+        qts = {
+            n: quantize_tensor(getattr(weights, n), q)
+            for n in QUANT_FIELDS
+            if getattr(weights, n) is not None
+        }
         return cls.from_codes(spec, weights, a13_scale=a13_scale, a2_scale=a2_scale, **qts)
 
     def replace(self, **changes) -> QuantizedMoEWeights:
@@ -191,5 +209,10 @@ def as_quantized(spec: MoESpec, weights) -> QuantizedMoEWeights:
     """What the oracles take: QuantizedMoEWeights as given (validated), or float MoEWeights quantized now."""
     if isinstance(weights, QuantizedMoEWeights):
         return weights.validate(spec)
-    _req(isinstance(weights, MoEWeights), "weights", "MoEWeights or QuantizedMoEWeights", type(weights).__name__)
+    _req(
+        isinstance(weights, MoEWeights),
+        "weights",
+        "MoEWeights or QuantizedMoEWeights",
+        type(weights).__name__,
+    )
     return QuantizedMoEWeights.quantize(spec, weights)

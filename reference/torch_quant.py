@@ -78,7 +78,9 @@ def _ue8m0(amax: torch.Tensor, elem_max: float, elem_emax: int, rounding: str) -
     return torch.where(torch.isnan(amax), amax, s)
 
 
-def quantize_act(spec: MoESpec, x: torch.Tensor, static: float | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+def quantize_act(
+    spec: MoESpec, x: torch.Tensor, static: float | None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Rows (R, K) -> (q (R, K) element values, s (R, G) scales, group width g); x' = q * s per group."""
     q = spec.quant
     R, K = x.shape
@@ -151,7 +153,9 @@ def gate_up(spec: MoESpec, qw: QuantizedMoEWeights, x, topk_ids) -> base.GateUp:
     T, k = ids.shape
     qx, sx, g = _inputs(spec, x, "gemm1", qw.a13_scale)
     tokens = torch.arange(T, device=dev).repeat_interleave(k)
-    h = _experts(spec, qw.w13, qw.base.b13, tokens, ids.reshape(-1), qx, sx, g, spec.w13_rows).view(T, k, spec.w13_rows)
+    h = _experts(spec, qw.w13, qw.base.b13, tokens, ids.reshape(-1), qx, sx, g, spec.w13_rows).view(
+        T, k, spec.w13_rows
+    )
     if not spec.gated:
         return base.GateUp(gate_pre=h, up_pre=None, act=base.activate(spec, h, None))
     I = spec.intermediate_size
@@ -166,7 +170,9 @@ def down(spec: MoESpec, qw: QuantizedMoEWeights, act, topk_ids) -> torch.Tensor:
     T, k = ids.shape
     qa, sa, g = _inputs(spec, act.reshape(T * k, spec.intermediate_size), "gemm2", qw.a2_scale)
     flat = torch.arange(T * k, device=dev)
-    return _experts(spec, qw.w2, qw.base.b2, flat, ids.reshape(-1), qa, sa, g, spec.hidden_size).view(T, k, spec.hidden_size)
+    return _experts(spec, qw.w2, qw.base.b2, flat, ids.reshape(-1), qa, sa, g, spec.hidden_size).view(
+        T, k, spec.hidden_size
+    )
 
 
 def shared_expert(spec: MoESpec, qw: QuantizedMoEWeights, x) -> torch.Tensor:

@@ -63,7 +63,7 @@ def fp8(rows: list[list[int]]) -> torch.Tensor:
 
 def deepseek_tensors() -> dict[str, torch.Tensor]:
     P = "model.layers.0.mlp."
-    f32 = lambda rows: torch.tensor(rows, dtype=torch.float32)  # noqa: E731
+    f32 = lambda rows: torch.tensor(rows, dtype=torch.float32)
     return {
         f"{P}gate.weight": torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.bfloat16),
         f"{P}gate.e_score_correction_bias": torch.zeros(2, dtype=torch.float32),
@@ -88,7 +88,10 @@ def deepseek_tensors() -> dict[str, torch.Tensor]:
 def deepseek_expected() -> dict[str, np.ndarray]:
     # token 0 -> expert 0. x' = [7, 1.125, 3.5]: group {7, 1.1} has s = 7/448 = 1/64, 1.1*64 = 70.4 -> 72;
     # group {3.5} has s = 1/128, 3.5*128 = 448.
-    gate0, up0 = [0.5 * 7 + 2 * 3.5, 1 * 7 - 2 * 3.5], [7 + 1.125, 2 * 7 + 0.25 * 3.5]  # [10.5, 0], [8.125, 14.875]
+    gate0, up0 = (
+        [0.5 * 7 + 2 * 3.5, 1 * 7 - 2 * 3.5],
+        [7 + 1.125, 2 * 7 + 0.25 * 3.5],
+    )  # [10.5, 0], [8.125, 14.875]
     a0 = requant_single(silu(10.5) * 8.125)  # silu(0) * 14.875 = 0 is the group's other element
     # token 1 -> expert 1. x' = [1.0, 7, -0.875]: 1.0625*64 = 68 ties between 64 and 72 -> 64 (even code);
     # group {-0.875} has s = 1/512, -0.875*512 = -448.
@@ -125,8 +128,11 @@ def test_the_loader_reads_weight_scale_inv_as_block_scales(tmp_path):
 
 
 def test_gate_up_blocks_that_straddle_gate_and_up_are_refused():
-    cfg = {**DEEPSEEK_TINY, "quantization_config": {**DEEPSEEK_TINY["quantization_config"], "weight_block_size": [3, 2]}}
-    with pytest.raises(SpecError, match="quant.weight_block"):
+    cfg = {
+        **DEEPSEEK_TINY,
+        "quantization_config": {**DEEPSEEK_TINY["quantization_config"], "weight_block_size": [3, 2]},
+    }
+    with pytest.raises(SpecError, match=r"quant\.weight_block"):
         load_layer(deepseek_tensors(), MoESpec.from_hf_config(cfg), layer=0)
 
 
@@ -146,7 +152,9 @@ def gpt_oss_tensors() -> dict[str, torch.Tensor]:
     """Every code 0 except the bytes set below; every E8M0 scale 127 (= 1) except those set below.
     e2m1 codes: 1 = 0.5, 2 = 1.0, 4 = 2.0, 5 = 3.0, 7 = 6.0, 9 = -0.5, 0xC = -2.0."""
     P = "model.layers.0.mlp."
-    gu_blocks = torch.zeros(2, 64, 1, 16, dtype=torch.uint8)  # (E, 2I, H/32, 16); row 2i = gate_i, 2i+1 = up_i
+    gu_blocks = torch.zeros(
+        2, 64, 1, 16, dtype=torch.uint8
+    )  # (E, 2I, H/32, 16); row 2i = gate_i, 2i+1 = up_i
     gu_scales = torch.full((2, 64, 1), 127, dtype=torch.uint8)
     gu_bias = torch.zeros(2, 64, dtype=torch.bfloat16)
     gu_blocks[0, 0, 0, 0], gu_scales[0, 0, 0] = 0x05, 126  # gate_0 of expert 0: element 0 = 3.0 * 2^-1 = 1.5

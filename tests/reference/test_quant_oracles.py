@@ -12,7 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from refcheck import assert_results_agree
 
-from moe_cts.reference import MoESpec, MoEWeights, QuantizedMoEWeights, QuantScheme, formats, moe_forward, torch_oracle
+from moe_cts.reference import (
+    MoESpec,
+    MoEWeights,
+    QuantizedMoEWeights,
+    QuantScheme,
+    formats,
+    moe_forward,
+    torch_oracle,
+)
 from moe_cts.reference.spec import GATED_ACTIVATIONS, NONGATED_ACTIVATIONS
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -30,7 +38,10 @@ def schemes(draw, *, method: str | None = None) -> QuantScheme:
             activation_dtype=draw(st.sampled_from(["bfloat16", "float16"])),
             scale_rounding=draw(st.sampled_from(formats.SCALE_ROUNDINGS)),
         )
-    kw = dict(fp8_format=draw(st.sampled_from(formats.FP8_FORMATS)), amax_eps=draw(st.sampled_from([None, 1e-10, 1e-4])))
+    kw = dict(
+        fp8_format=draw(st.sampled_from(formats.FP8_FORMATS)),
+        amax_eps=draw(st.sampled_from([None, 1e-10, 1e-4])),
+    )
     if m == "fp8_per_tensor":
         static = draw(st.booleans())
         if static:
@@ -100,7 +111,9 @@ def make_case(spec: MoESpec, T: int, mode: str, seed: int) -> tuple[QuantizedMoE
     if mode == "zero_blocks":  # an all-zero expert matrix: every weight block of it is zero
         w = w.replace(w13=w.w13.clone().index_fill_(0, torch.tensor([0]), 0.0))
     static = spec.quant.activation_scale == "static"
-    scales = dict(a13_scale=float(np.float32(2.0 / 448)), a2_scale=float(np.float32(0.5 / 448))) if static else {}
+    scales = (
+        dict(a13_scale=float(np.float32(2.0 / 448)), a2_scale=float(np.float32(0.5 / 448))) if static else {}
+    )
     qw = QuantizedMoEWeights.quantize(spec, w, **scales)
     if mode == "ties":
         return qw, tie_input(spec, T, g)
@@ -119,22 +132,38 @@ def test_oracles_agree_on_generated_quantized_specs(mode, spec, T, seed):
 
 
 def _spec(q: QuantScheme, H: int = 10, I: int = 6, **kw) -> MoESpec:
-    return MoESpec(H, I, 4, 2, renormalize=True, n_shared_experts=1, shared_intermediate_size=I, quant=q, **kw)
+    return MoESpec(
+        H, I, 4, 2, renormalize=True, n_shared_experts=1, shared_intermediate_size=I, quant=q, **kw
+    )
 
 
 # Curated: every method whatever hypothesis draws (the ci profile runs few examples).
 CURATED = {
     "deepseek block 128 at unaligned H, I": _spec(QuantScheme.fp8_block(), H=200, I=136),
-    "block 4x3, ue8m0 ceil, no epsilon": _spec(QuantScheme.fp8_block((4, 3), scale_format="ue8m0", amax_eps=None)),
-    "block 2x5 e4m3fnuz, DeepEP epsilon": _spec(QuantScheme.fp8_block((2, 5), fp8_format="e4m3fnuz", amax_eps=1e-4)),
+    "block 4x3, ue8m0 ceil, no epsilon": _spec(
+        QuantScheme.fp8_block((4, 3), scale_format="ue8m0", amax_eps=None)
+    ),
+    "block 2x5 e4m3fnuz, DeepEP epsilon": _spec(
+        QuantScheme.fp8_block((2, 5), fp8_format="e4m3fnuz", amax_eps=1e-4)
+    ),
     "block weight-only bf16": _spec(
-        QuantScheme.fp8_block((4, 4), activation_dtype="bfloat16", activation_scale="none", quantize_inputs=())
+        QuantScheme.fp8_block(
+            (4, 4), activation_dtype="bfloat16", activation_scale="none", quantize_inputs=()
+        )
     ),
     "per-tensor dynamic e5m2": _spec(QuantScheme.fp8_per_tensor(fp8_format="e5m2")),
     "per-token": _spec(QuantScheme.fp8_per_token(), expert_bias=True),
     "mxfp4 gpt-oss style": MoESpec(
-        64, 32, 4, 2, router_bias=True, renormalize=True, activation="swiglu_oai", expert_bias=True,
-        w13_layout="interleaved", quant=QuantScheme.mxfp4(),
+        64,
+        32,
+        4,
+        2,
+        router_bias=True,
+        renormalize=True,
+        activation="swiglu_oai",
+        expert_bias=True,
+        w13_layout="interleaved",
+        quant=QuantScheme.mxfp4(),
     ),
     "mxfp4 floor rounding": _spec(QuantScheme.mxfp4(scale_rounding="floor"), H=32, I=64),
 }

@@ -40,9 +40,16 @@ SCHEMES = [
     QuantScheme.fp8_block(),
     QuantScheme.fp8_block((2, 4), scale_format="ue8m0", amax_eps=1e-4),
     QuantScheme.fp8_block((128, 128), amax_eps=None, fp8_format="e5m2"),
-    QuantScheme.fp8_block((128, 128), activation_dtype="bfloat16", activation_scale="none", quantize_inputs=()),
-    QuantScheme(method="fp8_block", weight_block=(128, 128), activation_dtype="float16", activation_scale="none",
-                quantize_inputs=()),
+    QuantScheme.fp8_block(
+        (128, 128), activation_dtype="bfloat16", activation_scale="none", quantize_inputs=()
+    ),
+    QuantScheme(
+        method="fp8_block",
+        weight_block=(128, 128),
+        activation_dtype="float16",
+        activation_scale="none",
+        quantize_inputs=(),
+    ),
     QuantScheme.mxfp4(),
     QuantScheme.mxfp4(activation_dtype="float16", scale_rounding="floor"),
     QuantScheme.mxfp4(scale_rounding="threshold_1p75"),
@@ -73,20 +80,53 @@ BAD = [
     ("quant.weight_block", dict(method="fp8_per_tensor", weight_block=(128, 128))),
     ("quant.act_group", dict(method="fp8_block", weight_block=(128, 128), act_group=64)),
     ("quant.act_group", dict(method="fp8_per_token", act_group=128)),
-    ("quant.activation_scale", dict(method="fp8_block", weight_block=(128, 128), act_group=128, activation_scale="static")),
+    (
+        "quant.activation_scale",
+        dict(method="fp8_block", weight_block=(128, 128), act_group=128, activation_scale="static"),
+    ),
     ("quant.activation_scale", dict(method="fp8_per_token", activation_scale="none")),
     ("quant.activation_dtype", dict(method="mxfp4", weight_block=(1, 32), scale_format="ue8m0")),
     ("quant.activation_dtype", dict(method="fp8_per_token", activation_dtype="int8")),
     ("quant.quantize_inputs", dict(method="fp8_per_token", quantize_inputs=("gemm1",))),
-    ("quant.quantize_inputs", dict(method="mxfp4", weight_block=(1, 32), scale_format="ue8m0", activation_dtype="bfloat16",
-                                   activation_scale="none")),
+    (
+        "quant.quantize_inputs",
+        dict(
+            method="mxfp4",
+            weight_block=(1, 32),
+            scale_format="ue8m0",
+            activation_dtype="bfloat16",
+            activation_scale="none",
+        ),
+    ),
     ("quant.scale_format", dict(method="fp8_per_token", scale_format="ue8m0")),
-    ("quant.scale_format", dict(method="mxfp4", weight_block=(1, 32), activation_dtype="bfloat16",
-                                activation_scale="none", quantize_inputs=())),
-    ("quant.scale_format", dict(method="fp8_block", weight_block=(128, 128), act_group=128, scale_format="e8m0")),
-    ("quant.scale_rounding", dict(method="fp8_block", weight_block=(128, 128), act_group=128, scale_rounding="floor")),
-    ("quant.scale_rounding", dict(method="fp8_block", weight_block=(128, 128), act_group=128, scale_format="ue8m0",
-                                  scale_rounding="nearest")),
+    (
+        "quant.scale_format",
+        dict(
+            method="mxfp4",
+            weight_block=(1, 32),
+            activation_dtype="bfloat16",
+            activation_scale="none",
+            quantize_inputs=(),
+        ),
+    ),
+    (
+        "quant.scale_format",
+        dict(method="fp8_block", weight_block=(128, 128), act_group=128, scale_format="e8m0"),
+    ),
+    (
+        "quant.scale_rounding",
+        dict(method="fp8_block", weight_block=(128, 128), act_group=128, scale_rounding="floor"),
+    ),
+    (
+        "quant.scale_rounding",
+        dict(
+            method="fp8_block",
+            weight_block=(128, 128),
+            act_group=128,
+            scale_format="ue8m0",
+            scale_rounding="nearest",
+        ),
+    ),
     ("quant.amax_eps", dict(method="fp8_per_token", amax_eps=0.0)),
     ("quant.amax_eps", dict(method="fp8_per_token", amax_eps=float("nan"))),
     ("quant.amax_eps", dict(method="fp8_per_tensor", activation_scale="static", amax_eps=1e-4)),
@@ -105,12 +145,26 @@ def test_invalid_schemes_name_the_field(field, kw):
 @pytest.mark.parametrize(
     ("field", "spec_kw"),
     [
-        ("quant.weight_block", dict(hidden_size=48, intermediate_size=32, quant=QuantScheme.mxfp4())),  # 48 % 32
+        (
+            "quant.weight_block",
+            dict(hidden_size=48, intermediate_size=32, quant=QuantScheme.mxfp4()),
+        ),  # 48 % 32
         ("quant.weight_block", dict(hidden_size=64, intermediate_size=40, quant=QuantScheme.mxfp4())),
-        ("quant.activation_scale", dict(hidden_size=8, intermediate_size=4, capacity_factor=1.0, quant=QuantScheme.fp8_per_tensor())),
-        ("quant.activation_scale", dict(hidden_size=8, intermediate_size=4, local_experts=(0, 1), quant=QuantScheme.fp8_per_tensor())),
+        (
+            "quant.activation_scale",
+            dict(hidden_size=8, intermediate_size=4, capacity_factor=1.0, quant=QuantScheme.fp8_per_tensor()),
+        ),
+        (
+            "quant.activation_scale",
+            dict(
+                hidden_size=8, intermediate_size=4, local_experts=(0, 1), quant=QuantScheme.fp8_per_tensor()
+            ),
+        ),
         ("quant", dict(hidden_size=8, intermediate_size=4, quant="fp8")),
-        ("quant.fields", dict(hidden_size=8, intermediate_size=4, quant={"method": "fp8_per_token", "bits": 8})),
+        (
+            "quant.fields",
+            dict(hidden_size=8, intermediate_size=4, quant={"method": "fp8_per_token", "bits": 8}),
+        ),
     ],
 )
 def test_bad_spec_and_scheme_combinations_name_the_field(field, spec_kw):
@@ -169,7 +223,11 @@ def test_ue8m0_scale_fmt_gives_power_of_two_scales_rounded_up():
 def test_gpt_oss_quantization_config_is_mxfp4_with_bf16_activations():
     spec = MoESpec.from_hf_config(GPT_OSS_20B)
     assert spec.quant == QuantScheme.mxfp4()
-    assert (spec.quant.weight_format, spec.quant.weight_block, spec.quant.activation_dtype) == ("e2m1", (1, 32), "bfloat16")
+    assert (spec.quant.weight_format, spec.quant.weight_block, spec.quant.activation_dtype) == (
+        "e2m1",
+        (1, 32),
+        "bfloat16",
+    )
 
 
 def test_a_config_without_quantization_config_stays_unquantized():
@@ -182,10 +240,14 @@ def test_a_config_without_quantization_config_stays_unquantized():
     [
         ("config.quantization_config.quant_method", {"quant_method": "gptq"}),
         ("config.quantization_config.fmt", {"quant_method": "fp8", "fmt": "e3m4"}),
-        ("config.quantization_config.activation_scheme", {"quant_method": "fp8", "activation_scheme": "static",
-                                                          "weight_block_size": [128, 128]}),
-        ("config.quantization_config.scale_fmt", {"quant_method": "fp8", "scale_fmt": "e4m3",
-                                                  "weight_block_size": [128, 128]}),
+        (
+            "config.quantization_config.activation_scheme",
+            {"quant_method": "fp8", "activation_scheme": "static", "weight_block_size": [128, 128]},
+        ),
+        (
+            "config.quantization_config.scale_fmt",
+            {"quant_method": "fp8", "scale_fmt": "e4m3", "weight_block_size": [128, 128]},
+        ),
     ],
 )
 def test_unsupported_quantization_configs_name_the_field(field, qc):
@@ -195,5 +257,7 @@ def test_unsupported_quantization_configs_name_the_field(field, qc):
 
 
 def test_per_tensor_fp8_config_reads_the_activation_scheme():
-    q = MoESpec.from_hf_config({**DEEPSEEK_V3, "quantization_config": {"quant_method": "fp8", "activation_scheme": "static"}}).quant
+    q = MoESpec.from_hf_config(
+        {**DEEPSEEK_V3, "quantization_config": {"quant_method": "fp8", "activation_scheme": "static"}}
+    ).quant
     assert (q.method, q.activation_scale) == ("fp8_per_tensor", "static")
