@@ -120,7 +120,7 @@ def _weight_parts(qt: QuantTensor, e: int | None) -> tuple[torch.Tensor, torch.T
 def grouped_gemm(qx: torch.Tensor, sx: torch.Tensor, gx: int, qt: QuantTensor, e: int | None) -> torch.Tensor:
     """y[r, n] = sum_g sx[r, g] * sw[n // bn, g] * sum_{k in g} qx[r, k] qw[n, k]. Activation groups are
     gx wide and the weight blocks bk wide; g runs over the finer of the two (one always divides the other)."""
-    qw, sw = _weight_parts(qt, e)
+    qw, sw = (t.to(qx.device) for t in _weight_parts(qt, e))  # codes may live on the CPU
     (N, K), (bn, bk) = qw.shape, qt.block
     g = min(gx, bk)
     out = qx.new_zeros((qx.shape[0], N))
