@@ -2,10 +2,11 @@
 
 `moe_cts.reference.moe_forward` and the stage functions (`route`, `permute`, `gate_up`, `down`, `shared_expert`,
 `combine`) are the NumPy float64 oracle; `moe_cts.reference.torch_oracle` holds the independent PyTorch twin.
-`moe_cts.reference.presets` has the real models' full-size specs; `moe_cts.reference.hf` reads transformers configs and blocks.
+`moe_cts.reference.formats` has the fp8/fp4/E8M0 codecs, `moe_cts.reference.quant` the quantization
+schemes (`MoESpec.quant`), `moe_cts.reference.qweights` quantized weights. `moe_cts.reference.presets` has the real models' full-size specs; `moe_cts.reference.hf` reads transformers configs and blocks.
 """
 
-from moe_cts.reference import presets, torch_oracle
+from moe_cts.reference import formats, presets, quant, torch_oracle
 from moe_cts.reference.errors import NotSupportedError, SpecError
 from moe_cts.reference.numpy_oracle import (
     GateUp,
@@ -21,6 +22,8 @@ from moe_cts.reference.numpy_oracle import (
     route,
     shared_expert,
 )
+from moe_cts.reference.quant import QuantScheme
+from moe_cts.reference.qweights import QuantizedMoEWeights, QuantTensor
 from moe_cts.reference.spec import MoESpec, MoEWeights, check_input, weight_shapes
 
 #: the transformers readers under their functional names
@@ -34,16 +37,21 @@ __all__ = [
     "MoEWeights",
     "NotSupportedError",
     "Permutation",
+    "QuantScheme",
+    "QuantTensor",
+    "QuantizedMoEWeights",
     "Routing",
     "SpecError",
     "activate",
     "check_input",
     "combine",
     "down",
+    "formats",
     "gate_up",
     "moe_forward",
     "permute",
     "presets",
+    "quant",
     "route",
     "shared_expert",
     "spec_from_hf_config",

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 
-from moe_cts.reference import hf
+from moe_cts.reference import hf, quant
 from moe_cts.reference.errors import SpecError
 
 Scoring = Literal["softmax", "sigmoid"]
@@ -98,6 +98,8 @@ class MoESpec:
     # -- dispatch
     capacity_factor: float | None = None  # Switch/GShard: capacity = ceil(cf*T*k/E); overflow dropped
     local_experts: tuple[int, ...] | None = None  # expert parallelism: others contribute zero
+    # -- quantization (reference/quant.py); None = unquantized, serialized as before (no "quant" key)
+    quant: quant.QuantScheme | None = None
     # -- provenance (not semantics)
     name: str = field(default="", compare=False)
 
@@ -190,6 +192,8 @@ class MoESpec:
                 le,
             )
             _require(list(le) == sorted(set(le)), "local_experts", "sorted, distinct ids", le)
+        if self.quant is not None:
+            quant.check_spec(self)  # turns a dict into a QuantScheme; refuses bad combinations
 
     # -- derived
     @property
@@ -219,6 +223,10 @@ class MoESpec:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         if d["local_experts"] is not None:
             d["local_experts"] = list(d["local_experts"])
+        if d["quant"] is None:
+            del d["quant"]  # an unquantized spec serializes exactly as before the field existed
+        else:
+            d["quant"] = d["quant"].to_dict()
         return d
 
     @classmethod
@@ -233,8 +241,10 @@ class MoESpec:
 
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any] | Any) -> MoESpec:
-        """Build the spec of one MoE layer from a transformers config (dict or config object)."""
-        return cls(**hf.spec_fields(config))
+        """Build the spec of one MoE layer from a transformers config (dict or config object); its
+        `quantization_config`, when present, becomes `quant` (QuantScheme.from_hf)."""
+        qc = config.get("quantization_config") if isinstance(config, Mapping) else getattr(config, "quantization_config", None)
+        return cls(**hf.spec_fields(config), quant=None if qc is None else quant.QuantScheme.from_hf(qc))
 
 
 def weight_shapes(spec: MoESpec) -> dict[str, tuple[int, ...]]:
