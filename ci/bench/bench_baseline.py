@@ -20,9 +20,10 @@ from types import ModuleType
 import torch
 from bench_paths import _err
 from bench_points import build_spec
+from bench_timing import capture_graph
 
 SLOWER_BY = 0.03  # a point where new takes more than 3% longer than old is flagged
-ROUNDS = 2  # interleaved timing rounds per side on the GPU
+ROUNDS = 4  # interleaved timing rounds per side on the GPU, each timing graph replays
 
 
 @dataclass(frozen=True)
@@ -82,15 +83,25 @@ def compare_point(ctx, sides: tuple[Side, Side], key: str, tensors, x, ids, tw, 
                                         for m in modes}  # fmt: skip
         rec["bitwise_equal"] = all(rec["bitwise_equal_by_mode"].values())
         del outs
-        # GPU: ROUNDS interleaved rounds, each side's lowest median kept (clock or thermal drift during the
-        # run must not read as a regression of whichever side ran later); CPU: the checked call was the timed one
+        # GPU: each run as a CUDA-graph replay (decode points are otherwise dominated by host launch jitter),
+        # ROUNDS interleaved rounds; a side's time is its lowest round, and the spread of its rounds (max/min - 1)
+        # is the noise of this point: a difference inside it is not a regression. CPU: the checked call.
+        graphs = {} if ctx.timer.cpu else {k_: capture_graph(fn) for k_, fn in runs.items()}
+        rounds: dict[str, list[float]] = {}
         for _ in range(1 if ctx.timer.cpu else ROUNDS):
             for (side, mode), fn in runs.items():
-                t = (once[(side, mode)] if ctx.timer.cpu else ctx.timer(fn))["ms"]
-                rec["ms"][f"{side}_{mode}"] = min(t, rec["ms"].get(f"{side}_{mode}", t))
+                g = graphs.get((side, mode))
+                t = once[(side, mode)] if ctx.timer.cpu else ctx.timer(g[0].replay)
+                rounds.setdefault(f"{side}_{mode}", []).append(t["ms"])
+        del graphs
+        rec["ms"] = {k_: min(v) for k_, v in rounds.items()}
+        rec["rounds_ms"] = rounds
         ms = rec["ms"]
         rec["new_over_old"] = {m: ms[f"new_{m}"] / ms[f"old_{m}"] for m in modes}
+        rec["noise"] = {m: max(max(rounds[f"{s}_{m}"]) / min(rounds[f"{s}_{m}"]) - 1 for s in ("old", "new"))
+                        for m in modes}  # fmt: skip
         rec["slower"] = any(v > 1 + SLOWER_BY for v in rec["new_over_old"].values())
+        rec["slower_than_noise"] = any(v > 1 + max(SLOWER_BY, rec["noise"][m]) for m, v in rec["new_over_old"].items())
     except Exception as exc:
         rec["error"] = _err(exc)
     return rec

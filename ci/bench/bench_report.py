@@ -99,17 +99,20 @@ def table_lines(meta: dict, points: list[dict], baseline: list[dict], summary: d
         row += [_r(R["vllm_graph/ours_graph"]), _r(R["vllm_graph/ours_router_graph"]), _pct(p, "ours_graph")]
         L.append(fmt.format(*row))
     if baseline:
-        L += ["", "old (--baseline-src) vs new, same inputs; new/old = time ratio, flagged above 1.03",
+        L += ["", "old (--baseline-src) vs new, same inputs, graph replays; new/old = time ratio (lowest of the rounds),",
+              "noise = largest spread of a side's rounds; SLOWER above 1.03, NOISE when inside the noise",
               f"{'preset':12s} {'T':>5s} {'routing':>8s} {'bitwise':>8s} {'new/old ids':>11s} "
-              f"{'new/old router':>14s}  flag"]  # fmt: skip
+              f"{'new/old router':>14s} {'noise':>6s}  flag"]  # fmt: skip
         for b in baseline:
             no = b.get("new_over_old") or {}
             eq = "ERROR" if b.get("error") else ("equal" if b["bitwise_equal"] else "DIFFER")
-            flag = ("SLOWER" if b.get("slower") else "") + (
+            noise = max((b.get("noise") or {}).values(), default=None)
+            slower = "SLOWER" if b.get("slower_than_noise") else ("NOISE" if b.get("slower") else "")
+            flag = slower + (
                 "" if b.get("bitwise_equal") in (True, None) else " BITS"
             )
             L.append(f"{b['preset']:12s} {b['T']:>5d} {b['routing']:>8s} {eq:>8s} {_r(no.get('ids')):>11s} "
-                     f"{_r(no.get('router')):>14s}  {flag.strip()}{'  ' + b['error'] if b.get('error') else ''}")  # fmt: skip
+                     f"{_r(no.get('router')):>14s} {_r(noise):>6s}  {flag.strip()}{'  ' + b['error'] if b.get('error') else ''}")  # fmt: skip
     L += ["", "geometric means:"]
     for name, v in summary.items():
         g = f"{v['geomean']:.3f}" if v["geomean"] else "-"

@@ -56,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tokens", help="comma list of T (default 1,16,128,512,2048,4096)")
     ap.add_argument("--no-zipf", action="store_true", help="leave out the Zipf(1.2) point of each preset")
     ap.add_argument("--no-graph", action="store_true", help="leave out the CUDA-graph replays")
+    ap.add_argument("--baseline-only", action="store_true", help="with --baseline-src: only old vs new, no paths")
     ap.add_argument(
         "--budget-s", type=float, help="start no new point after this many seconds (partial table)"
     )
@@ -76,6 +77,7 @@ class Ctx:
     no_graph: bool
     peer: ModuleType | None  # vllm_peer, imported from --peer
     ceilings: dict  # measure_ceilings()
+    baseline_only: bool = False  # --baseline-only: old vs new alone, no timing paths
 
 
 def import_peer(peer_dir: str | None) -> ModuleType | None:
@@ -116,7 +118,7 @@ def run_point(ctx: Ctx, point: Point, spec, w, tensors, sides) -> tuple[dict, di
     if ctx.peer is not None:
         cfg, src = ctx.peer.pick_config(x, w.w13, w.w2, spec.top_k, tuned=True)
         pt["vllm_config"] = {"config": cfg, "source": src}
-    pt["paths"] = run_paths(ctx, forwards(ctx, spec, w, x, ids, tw, K.Routing(ids, tw), point.zipf))
+    pt["paths"] = {} if ctx.baseline_only else run_paths(ctx, forwards(ctx, spec, w, x, ids, tw, K.Routing(ids, tw), point.zipf))
     base = None
     if sides:
         base = {**asdict(point), **compare_point(ctx, sides, point.preset, tensors, x, ids, tw, point.zipf)}
@@ -195,7 +197,7 @@ def main(argv=None) -> int:
     timer = Timer(cpu=args.cpu_smoke, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms, min_reps=args.min_reps)
     ceilings = measure_ceilings(timer, device)
     ctx = Ctx(args.cpu_smoke, device, torch.float32 if args.cpu_smoke else torch.bfloat16, timer, args.no_graph,
-              peer, ceilings)  # fmt: skip
+              peer, ceilings, args.baseline_only and bool(args.baseline_src))  # fmt: skip
     presets = tuple(args.presets.split(",")) if args.presets else (SMOKE_PRESETS if ctx.smoke else
                                                                     tuple(p.key for p in PRESETS))  # fmt: skip
     tokens = (
