@@ -89,7 +89,7 @@ def compare_point(ctx, sides: tuple[Side, Side], key: str, tensors, x, ids, tw, 
         graphs = {} if ctx.timer.cpu else {k_: capture_graph(fn) for k_, fn in runs.items()}
         rounds: dict[str, list[float]] = {}
         for _ in range(1 if ctx.timer.cpu else ROUNDS):
-            for (side, mode), fn in runs.items():
+            for side, mode in runs:
                 g = graphs.get((side, mode))
                 t = once[(side, mode)] if ctx.timer.cpu else ctx.timer(g[0].replay)
                 rounds.setdefault(f"{side}_{mode}", []).append(t["ms"])
