@@ -25,6 +25,8 @@ from moe_cts.reference.spec import GATED_ACTIVATIONS, LAYOUTS, NONGATED_ACTIVATI
 
 ENTRY_POINT_GROUP = "moe_cts.implementations"
 FORWARD = "forward"
+#: Capabilities.router_weights_dtype: route() returns fp32 weights, or weights in the case (input) dtype
+ROUTER_WEIGHTS_DTYPES = ("float32", "input")
 STAGE_METHODS = ("route", "permute", "gate_up", "down", "combine")
 #: implementation stage -> verdict stage (moe_cts.conformance.engine.results.STAGES)
 VERDICT_STAGE = {
@@ -60,7 +62,15 @@ class Capabilities:
     accepts_out: bool = False  # forward(..., out=) writes into a caller's buffer (memory checks)
     fp32_dot: str = "ieee"  # "ieee" or "tf32": how fp32 products are formed (tf32 loosens the fp32 bound)
     max_experts: int | None = None
+    # The dtype of route()'s topk_weights: "float32" (the oracle's fp32 weights, fp32 bound) or "input" (the
+    # case dtype: the oracle's weights are rounded to it and the bound grows by that rounding).
+    router_weights_dtype: str = "float32"
     notes: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.router_weights_dtype not in ROUTER_WEIGHTS_DTYPES:
+            raise ValueError(f"router_weights_dtype: expected one of {ROUTER_WEIGHTS_DTYPES}, "
+                             f"got {self.router_weights_dtype!r}")
 
     def unsupported(self, spec: MoESpec, dtype: str) -> str | None:
         """Why this implementation cannot run a case of (spec, dtype), or None when it claims it."""
