@@ -35,11 +35,13 @@ from moe_cts.conformance.cli.common import (
     usage_error,
 )
 from moe_cts.conformance.engine.log import iter_events
+from moe_cts.conformance.engine.must_pass import must_pass_cases, must_pass_for
 from moe_cts.conformance.engine.results import Outcome
 from moe_cts.conformance.harness import shard as shardmod
 from moe_cts.conformance.harness.replay import write_failure_dir
 from moe_cts.conformance.report.certificate import pack
 from moe_cts.conformance.report.compile import CompileSpecError, compile_targets, print_compile, run_compile
+from moe_cts.conformance.report.coverage import coverage_line
 from moe_cts.conformance.report.html import VERDICT_TEXT, write_html
 from moe_cts.conformance.report.junit import write_junit
 from moe_cts.conformance.report.schema import EXIT_CODES, build_report, summary_matrix, write_report
@@ -49,6 +51,8 @@ OUTPUTS = ("shards", "failures", "report.json", "report.html", "junit.xml", "cer
 #: Tensors are captured for at most this many failures per run (each costs a re-run in a subprocess).
 MAX_CAPTURED_FAILURES = 20
 INTERRUPT_GRACE_S = 15.0
+#: A run is also void when it is below its coverage minimum, not only on an internal error.
+_TEXT = {**VERDICT_TEXT, "void": "VOID: the run says nothing about the implementation"}
 
 
 def _clear_outputs(out: Path) -> None:
@@ -180,7 +184,8 @@ def _print_verdict(report: dict, out: Path) -> None:
     console.print(_summary_table(report))
     for d in report["devices"]:
         why = f": {'; '.join(d['reasons'])}" if d["reasons"] else ""
-        console.print(f"{d['label']}: {VERDICT_TEXT[d['verdict']]}{why}", markup=False)
+        console.print(f"{d['label']}: {_TEXT[d['verdict']]}{why}", markup=False)
+        console.print(f"  {coverage_line(d['coverage'])}", markup=False)
         for c in d["cases"]:
             if not c["conformant"]:
                 stage = f" at stage {c['failing_stage']}" if c["failing_stage"] else ""
@@ -189,7 +194,9 @@ def _print_verdict(report: dict, out: Path) -> None:
                 console.print(f"    replay: {c['replay']}", markup=False, soft_wrap=True)
     print_compile(console, report.get("compile"))
     style = {"conformant": "bold green", "not_conformant": "bold red"}.get(report["verdict"]["node"], "bold yellow")
-    console.print(f"verdict: {VERDICT_TEXT[report['verdict']['node']]}", style=style)
+    console.print(f"verdict: {_TEXT[report['verdict']['node']]}", style=style)
+    if report["verdict"]["node"] == "void":
+        console.print("no certificate written: a void run certifies nothing", markup=False)
     console.print(f"report: {out / 'report.html'}", markup=False)
 
 
@@ -224,6 +231,7 @@ def certify(
     shards = shardmod.make_shards(names)
     on_gpu = any(n != "interpreter" for n in names)
     prof = profile.value if profile else ("quick" if on_gpu else "smoke")
+    _check_cases(cases, prof, names)
     jobs = jobs or (2 if on_gpu else max(1, (os.cpu_count() or 1) // len(shards)))
     out = out_dir
     _clear_outputs(out)
@@ -251,6 +259,7 @@ def certify(
     write_junit(report, out)
     if not interrupted:
         _capture_failures(report, out)
+    if not interrupted and report["verdict"]["node"] != "void":  # a void run certifies nothing
         pack(out)
     for d in report["devices"]:
         if d["verdict"] == "void" and not d["cases"]:
@@ -259,6 +268,20 @@ def certify(
             err.print(f"shard {d['label']} produced no results; end of its pytest log:\n{tail}", markup=False)
     _print_verdict(report, out)
     raise typer.Exit(EXIT_CODES[report["verdict"]["node"]])
+
+
+def _check_cases(cases: str | None, profile: str, names: list[str]) -> None:
+    """--cases must name must-pass cases of the profile that run on these devices (exit 2 before any shard
+    starts): ids that match nothing would make a run of zero cases."""
+    if cases is None:
+        return
+    ids = [i for i in cases.split(",") if i]
+    known = {c.case_id for c in must_pass_cases(profile)} | {
+        c.case_id for n in names for c in must_pass_for(profile, n.split(":")[0])}
+    unknown = [i for i in ids if i not in known]
+    if not ids or unknown:
+        raise usage_error(f"--cases: {unknown[0] if unknown else repr(cases)} is not a must-pass case id of profile "
+                          f"{profile} (moe-cts list --profile {profile} shows them)")
 
 
 def _run_compile(targets: tuple[str, ...], jobs: int) -> dict:

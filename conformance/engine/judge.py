@@ -158,6 +158,18 @@ def routing_verdict(spec: MoESpec, rows: list[str], got_ids: np.ndarray, ref_ids
     return StageVerdict("router", Outcome.PASS, message="router: ids match")
 
 
+def weights_dtype_mismatch(got_w, declared: str, case_dtype: str) -> str | None:
+    """Why route()'s topk_weights tensor is not in the declared dtype (Capabilities.router_weights_dtype:
+    "float32", or "input" = the case dtype), or None. Only a 16-bit tensor that was not declared is flagged:
+    wider weights are judged by value, and arrays without a dtype name too."""
+    dtype = str(getattr(got_w, "dtype", "")).removeprefix("torch.")
+    want = case_dtype if declared == "input" else "float32"
+    if dtype in ("float16", "bfloat16") and dtype != want:
+        return (f"router weights: dtype {dtype}, but router_weights_dtype={declared!r} declares {want} "
+                f"(declare \"input\" for weights in the case dtype)")
+    return None
+
+
 def compare_weights(got_w: np.ndarray, got_ids: np.ndarray, want_w: np.ndarray, want_ids: np.ndarray,
                     bound: np.ndarray, mask: np.ndarray) -> Comparison:
     """Weights matched by expert id (the order within a row is free)."""

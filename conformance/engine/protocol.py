@@ -25,6 +25,8 @@ from moe_cts.reference.spec import GATED_ACTIVATIONS, LAYOUTS, NONGATED_ACTIVATI
 
 ENTRY_POINT_GROUP = "moe_cts.implementations"
 FORWARD = "forward"
+#: Capabilities.router_weights_dtype: route() returns fp32 weights, or weights in the case (input) dtype
+ROUTER_WEIGHTS_DTYPES = ("float32", "input")
 STAGE_METHODS = ("route", "permute", "gate_up", "down", "combine")
 #: implementation stage -> verdict stage (moe_cts.conformance.engine.results.STAGES)
 VERDICT_STAGE = {
@@ -60,7 +62,22 @@ class Capabilities:
     accepts_out: bool = False  # forward(..., out=) writes into a caller's buffer (memory checks)
     fp32_dot: str = "ieee"  # "ieee" or "tf32": how fp32 products are formed (tf32 loosens the fp32 bound)
     max_experts: int | None = None
+    # The dtype of route()'s topk_weights: "float32" (the oracle's fp32 weights, fp32 bound) or "input" (the
+    # case dtype: the oracle's weights are rounded to it and the bound grows by that rounding).
+    router_weights_dtype: str = "float32"
+    # Features the implementation always applies (mandatory): a case without one is NotSupported. A feature is
+    # forbidden when it is not claimed above, optional when claimed and not required. Names: the routing
+    # variants, "expert_bias", "shared_experts", "shared_gate".
+    required: frozenset[str] = frozenset()
     notes: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.required) - set(REQUIRABLE))
+        if unknown:
+            raise ValueError(f"required: {unknown} are not features; expected names from {list(REQUIRABLE)}")
+        if self.router_weights_dtype not in ROUTER_WEIGHTS_DTYPES:
+            raise ValueError(f"router_weights_dtype: expected one of {ROUTER_WEIGHTS_DTYPES}, "
+                             f"got {self.router_weights_dtype!r}")
 
     def unsupported(self, spec: MoESpec, dtype: str) -> str | None:
         """Why this implementation cannot run a case of (spec, dtype), or None when it claims it."""
@@ -82,6 +99,8 @@ class Capabilities:
             (spec.local_experts is None or self.local_mask, "local_experts: local expert mask not claimed"),
             (self.max_experts is None or spec.num_experts <= self.max_experts,
              f"num_experts: at most {self.max_experts} claimed"),
+            *((features(spec)[f], f"{f}: always applied by this implementation, absent from the case")
+              for f in sorted(self.required)),
         ]
         return next((why for ok, why in checks if not ok), None)
 
@@ -90,6 +109,20 @@ class Capabilities:
         for k, v in self.__dict__.items():
             out[k] = sorted(v) if isinstance(v, frozenset) else v
         return out
+
+
+#: features an implementation can make mandatory (Capabilities.required)
+REQUIRABLE = ("renormalize", "router_bias", "correction_bias", "grouped", "scaling", "expert_bias",
+              "shared_experts", "shared_gate")
+
+
+def features(spec: MoESpec) -> dict[str, bool]:
+    """Which REQUIRABLE features a spec uses."""
+    return {
+        "renormalize": spec.renormalize, "router_bias": spec.router_bias, "correction_bias": spec.correction_bias,
+        "grouped": spec.grouped, "scaling": spec.routed_scaling_factor != 1.0, "expert_bias": spec.expert_bias,
+        "shared_experts": bool(spec.shared_width), "shared_gate": spec.shared_gate,
+    }  # fmt: skip
 
 
 @runtime_checkable

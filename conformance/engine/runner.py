@@ -205,7 +205,15 @@ class _Session:
         accepted = np.where(ok[:, None], got_ids, ref_ids)
         self.set_ids(accepted)
         self.route_ran = True
-        cmp = judge.compare_weights(got_w, got_ids, self.tw, accepted, self.e_w, ok & ~self.bad_rows)
+        declared = self.caps.router_weights_dtype
+        wrong_dtype = judge.weights_dtype_mismatch(out.topk_weights, declared, self.case.dtype)
+        if wrong_dtype:
+            return StageVerdict("router", Outcome.FAIL, fail_kind=FailKind.NUMERIC, message=wrong_dtype)
+        want, bound = self.tw, self.e_w
+        if declared == "input":  # weights stored in the case dtype: the oracle's rounded the same way
+            want = _np(self.rounded(self.tw))
+            bound = tolerance.stored_weight_bounds(self.model, self.tw, self.e_w)
+        cmp = judge.compare_weights(got_w, got_ids, want, accepted, bound, ok & ~self.bad_rows)
         return judge.routing_verdict(self.spec, rows, got_ids, ref_ids, self.raw_keys, cmp)
 
     def stage_permute(self) -> StageVerdict:

@@ -21,6 +21,7 @@ from hypothesis.errors import InvalidArgument
 from hypothesis.strategies import SearchStrategy
 
 from moe_cts.conformance.engine.cases import DISTRIBUTIONS, DTYPES, Case
+from moe_cts.conformance.engine.protocol import Capabilities
 from moe_cts.conformance.engine.scenarios import SCENARIOS, Scenario
 from moe_cts.reference.spec import GATED_ACTIVATIONS, NONGATED_ACTIVATIONS, MoESpec
 
@@ -102,34 +103,61 @@ def shapes(*, max_tokens: int | SearchStrategy[int] = 40, max_hidden: int | Sear
 _shapes_strategy = shapes  # the public names are shadowed by keyword arguments below
 
 
+def _flag(caps: Capabilities | None, name: str, claimed: bool) -> SearchStrategy[bool]:
+    """A feature's draw under the claims: always when required, never when not claimed, else either."""
+    if caps is None:
+        return st.booleans()
+    if name in caps.required:
+        return st.just(True)
+    return st.booleans() if claimed else st.just(False)
+
+
+def _acts(caps: Capabilities | None, gated: bool) -> tuple[str, ...]:
+    acts = GATED_ACTIVATIONS if gated else NONGATED_ACTIVATIONS
+    if caps is not None:
+        acts = tuple(a for a in acts if a in (caps.gated_activations if gated else caps.nongated_activations))
+    return acts
+
+
 @st.composite
-def _specs(draw, shape_st, scorings, gated, grouped, shared, capacity, local) -> MoESpec:
+def _specs(draw, shape_st, scorings, gated, grouped, shared, capacity, local, caps=None) -> MoESpec:
     shape: Shape = draw(shape_st)
     H, I, E, k = shape.hidden_size, shape.intermediate_size, shape.num_experts, shape.top_k
     is_gated = draw(_strategy(gated))
+    if caps is not None and not _acts(caps, is_gated):  # only one kind of expert is claimed
+        is_gated = not is_gated
+    routing = caps.routing if caps is not None else frozenset()
+    factors = (1.0, 1.0, 2.5, 16.0)  # half the time unscaled, as without claims
+    if caps is not None and "scaling" in caps.required:
+        factors = (2.5, 16.0)
+    elif caps is not None and "scaling" not in routing:
+        factors = (1.0,)
     fields: dict[str, Any] = {
         "hidden_size": H, "intermediate_size": I, "num_experts": E, "top_k": k,
         "scoring": draw(scorings),
         "gated": is_gated,
-        "activation": draw(st.sampled_from(GATED_ACTIVATIONS if is_gated else NONGATED_ACTIVATIONS)),
-        "renormalize": draw(st.booleans()),
-        "routed_scaling_factor": draw(st.sampled_from((1.0, 1.0, 2.5, 16.0))),
-        "router_bias": draw(st.booleans()),
-        "correction_bias": draw(st.booleans()),
-        "expert_bias": draw(st.booleans()),
+        "activation": draw(st.sampled_from(_acts(caps, is_gated))),
+        "renormalize": draw(_flag(caps, "renormalize", "renormalize" in routing)),
+        "routed_scaling_factor": draw(st.sampled_from(factors)),
+        "router_bias": draw(_flag(caps, "router_bias", "router_bias" in routing)),
+        "correction_bias": draw(_flag(caps, "correction_bias", "correction_bias" in routing)),
+        "expert_bias": draw(_flag(caps, "expert_bias", caps is None or caps.expert_bias)),
     }  # fmt: skip
     if is_gated:
-        fields["w13_layout"] = draw(st.sampled_from(("concat", "interleaved")))
-    if draw(_strategy(grouped)):
+        layouts = ("concat", "interleaved")
+        fields["w13_layout"] = draw(st.sampled_from([v for v in layouts if caps is None or v in caps.layouts]))
+    may_group = caps is None or "grouped" in routing
+    if may_group and (draw(_strategy(grouped)) or (caps is not None and "grouped" in caps.required)):
         divisors = [g for g in range(2, E + 1) if E % g == 0 and E // g >= 2]
         if divisors:
             G = draw(st.sampled_from(divisors))
             per = E // G
             topk_group = draw(st.integers(max(1, -(-k // per)), G))
             fields.update(n_group=G, topk_group=topk_group, group_score=draw(st.sampled_from(("top2_sum", "max"))))
-    if draw(_strategy(shared)) and draw(st.booleans()):
+    if draw(_strategy(shared)) and draw(_flag(caps, "shared_experts", caps is None or caps.shared_experts)):
+        gate = _flag(caps, "shared_gate", caps is None or caps.shared_gate)
         fields.update(n_shared_experts=draw(st.integers(1, 2)), shared_intermediate_size=draw(st.integers(1, I)),
-                      shared_gate=draw(st.booleans()))
+                      shared_gate=draw(gate))
     if draw(_strategy(capacity)) and draw(st.booleans()):
         fields["capacity_factor"] = draw(st.sampled_from((0.5, 1.0, 1.25)))
     if draw(_strategy(local)) and draw(st.booleans()):
@@ -140,7 +168,8 @@ def _specs(draw, shape_st, scorings, gated, grouped, shared, capacity, local) ->
 def specs(*, shapes: SearchStrategy[Shape] | None = None, scorings: Any = ("softmax", "sigmoid"),
           gated: bool | SearchStrategy[bool] = _EITHER, grouped: bool | SearchStrategy[bool] = _EITHER,
           shared: bool | SearchStrategy[bool] = True, capacity: bool | SearchStrategy[bool] = False,
-          local: bool | SearchStrategy[bool] = False) -> SearchStrategy[MoESpec]:
+          local: bool | SearchStrategy[bool] = False,
+          capabilities: Capabilities | None = None) -> SearchStrategy[MoESpec]:
     """Valid MoE specs over every routing and expert variant of the oracle.
 
     - shapes: a strategy of Shape. Default ``shapes()``.
@@ -150,6 +179,9 @@ def specs(*, shapes: SearchStrategy[Shape] | None = None, scorings: Any = ("soft
     - shared: allow shared experts (drawn half the time). Default True.
     - capacity: allow a capacity factor (Switch dropping). Default False (few kernels claim it).
     - local: allow an expert-parallel local mask. Default False.
+    - capabilities: draw only what they claim (scorings, activations, layouts, routing variants, expert bias,
+      shared experts and gate; capacity and local only when claimed); a feature in ``required`` is always on.
+      Default None: everything.
 
     Example: ``specs(scorings="sigmoid", grouped=True).example()``.
     """
@@ -159,8 +191,15 @@ def specs(*, shapes: SearchStrategy[Shape] | None = None, scorings: Any = ("soft
                     ("local", local)):
         if not isinstance(v, (bool, SearchStrategy)):
             raise InvalidArgument(f"{name}: expected a bool or a strategy, got {v!r}")
+    if capabilities is not None and not isinstance(capabilities, Capabilities):
+        raise InvalidArgument(f"capabilities: expected a Capabilities, got {capabilities!r}")
     sc = _choices("scorings", scorings, ("softmax", "sigmoid"))
-    return _specs(shapes if shapes is not None else _shapes_strategy(), sc, gated, grouped, shared, capacity, local)
+    if capabilities is not None:
+        sc = sc.filter(lambda v: v in capabilities.scorings)
+        capacity = capacity if capabilities.capacity_dropping else False
+        local = local if capabilities.local_mask else False
+    return _specs(shapes if shapes is not None else _shapes_strategy(), sc, gated, grouped, shared, capacity, local,
+                  capabilities)
 
 
 _specs_strategy = specs
@@ -209,7 +248,8 @@ def _cases(draw, spec_st, tokens, dtypes, scenario_st, distributions) -> Case:
 def cases(*, specs: SearchStrategy[MoESpec] | None = None, dtypes: Any = tuple(DTYPES),
           max_tokens: int | SearchStrategy[int] = 40, max_hidden: int | SearchStrategy[int] = 64,
           max_intermediate: int | SearchStrategy[int] = 64, max_experts: int | SearchStrategy[int] = 16,
-          scenarios: SearchStrategy[Scenario] | None = None, distributions: Any = DISTRIBUTIONS) -> SearchStrategy[Case]:
+          scenarios: SearchStrategy[Scenario] | None = None, distributions: Any = DISTRIBUTIONS,
+          capabilities: Capabilities | None = None) -> SearchStrategy[Case]:
     """Conformance cases: a spec, T, dtype, routing scenario, value distribution and a 64-bit seed.
 
     - specs: a strategy of MoESpec. Default ``specs(shapes=shapes(max_hidden=..., ...))``.
@@ -218,6 +258,8 @@ def cases(*, specs: SearchStrategy[MoESpec] | None = None, dtypes: Any = tuple(D
     - max_hidden / max_intermediate / max_experts: bounds of the default specs. Default 64 / 64 / 16.
     - scenarios: a strategy of Scenario. Default ``scenarios()``.
     - distributions: "normal" / "uniform" / "outliers". Default all.
+    - capabilities: an implementation's Capabilities: only claimed dtypes, at most its max_experts, and the
+      default specs draw only claimed features (``specs(capabilities=...)``). Default None: everything.
 
     Example: ``cases(dtypes="bfloat16", max_tokens=17).example().case_id`` -> ``"c1-eNp..."``.
     """
@@ -228,10 +270,19 @@ def cases(*, specs: SearchStrategy[MoESpec] | None = None, dtypes: Any = tuple(D
         raise InvalidArgument(f"specs: expected a strategy of MoESpec, got {specs!r}")
     if scenarios is not None and not isinstance(scenarios, SearchStrategy):
         raise InvalidArgument(f"scenarios: expected a strategy of Scenario, got {scenarios!r}")
+    if capabilities is not None and capabilities.max_experts is not None and not isinstance(max_experts, SearchStrategy):
+        max_experts = max(1, min(max_experts, capabilities.max_experts))
     spec_st = specs if specs is not None else _specs_strategy(
-        shapes=shapes(max_tokens=0, max_hidden=max_hidden, max_intermediate=max_intermediate, max_experts=max_experts)
+        shapes=shapes(max_tokens=0, max_hidden=max_hidden, max_intermediate=max_intermediate, max_experts=max_experts),
+        capabilities=capabilities,
     )
     dt = _choices("dtypes", dtypes, tuple(DTYPES))
+    if capabilities is not None:
+        claimed = [d for d in DTYPES if d in capabilities.dtypes and not isinstance(dtypes, SearchStrategy)
+                   and d in ([dtypes] if isinstance(dtypes, str) else list(dtypes))]
+        if not claimed and not isinstance(dtypes, SearchStrategy):
+            raise InvalidArgument(f"capabilities: claims dtypes {sorted(capabilities.dtypes)}, none of {dtypes!r}")
+        dt = st.sampled_from(claimed) if claimed else dt.filter(lambda v: v in capabilities.dtypes)
     dist = _choices("distributions", distributions, DISTRIBUTIONS)
     sc = scenarios if scenarios is not None else _scenarios_strategy()
     return _cases(spec_st, max_tokens, dt, sc, dist)

@@ -143,6 +143,14 @@ def weight_bounds(model: ErrorModel, spec: MoESpec, scores, e_scores, ids, w: np
     return np.abs(_finite(w)) * (rel + 4 * model.c * model.u_fp32) + TINY["float32"]
 
 
+def stored_weight_bounds(model: ErrorModel, w: np.ndarray, e_w: np.ndarray) -> np.ndarray:
+    """Bound of router weights stored in the case dtype against the oracle's weights rounded to it
+    (Capabilities.router_weights_dtype == "input"): round-to-nearest is monotone, so two values a and w
+    rounded to the same grid differ by at most |a - w| plus one grid step, 2 u_store |w| (u_store is half a
+    step; doubled already where the backend's cast truncates)."""
+    return e_w + 2 * model.u_store * np.abs(_finite(w))
+
+
 # ----------------------------------------------------------------------------------------------- experts
 def _corners(spec: MoESpec, gate, up, e_g, e_u) -> np.ndarray:
     """max |act(gate +- e_g, up +- e_u) - act(gate, up)| over the corners of the box."""

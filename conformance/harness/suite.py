@@ -16,6 +16,7 @@ import pytest
 from hypothesis import Phase, given, seed, settings
 
 from moe_cts.conformance.engine.cases import Case
+from moe_cts.conformance.engine.protocol import Capabilities
 from moe_cts.conformance.engine.results import CaseResult
 from moe_cts.conformance.engine.strategies import cases
 from moe_cts.conformance.harness.plugin import MoECts, _state
@@ -68,10 +69,15 @@ def test_generated(moe_cts: MoECts, moe_cts_batch: int) -> None:
 
 
 def _strategy_kwargs(state: MoECts) -> dict[str, Any]:
-    """Pass the device (or backend) to the strategy when it takes one, so shapes fit the device."""
+    """Pass the device (or backend) to the strategy when it takes one, so shapes fit the device, and the
+    implementation's Capabilities, so generation draws only what it claims."""
     params = inspect.signature(cases).parameters
+    kw: dict[str, Any] = {}
     if "device" in params:
-        return {"device": state.device}
-    if "backend" in params:
-        return {"backend": state.device.backend}
-    return {}
+        kw["device"] = state.device
+    elif "backend" in params:
+        kw["backend"] = state.device.backend
+    caps = state.session.impl.capabilities()
+    if "capabilities" in params and isinstance(caps, Capabilities):
+        kw["capabilities"] = caps
+    return kw

@@ -6,6 +6,8 @@
 - the report is complete (not partial, not a subset) and its verdict is conformant;
 - every must-pass case of the profile appears exactly once per device with a conformant result, and the
   report's must-pass hash is this installation's (so the expected list is the one that was run);
+- each device's coverage section equals the coverage recomputed from its case records and the claimed
+  capabilities (report/coverage.py), and meets the profile's minimum (an edited-down section fails here);
 - for the `triton` implementation, the kernel source hash is that of the installed kernels;
 - the suite is a released version or a clean git commit (dirty trees are refused unless allow_dirty).
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_cts.conformance.engine.must_pass import must_pass_for, must_pass_hash
+from moe_cts.conformance.report.coverage import coverage
 from moe_cts.conformance.report.provenance import kernel_source_hash
 from moe_cts.conformance.report.schema import SCHEMA, SCHEMA_VERSION
 
@@ -126,6 +129,25 @@ def check_cases(report: dict[str, Any]) -> list[str]:
     return problems
 
 
+def check_coverage(report: dict[str, Any]) -> list[str]:
+    """Recompute each device's coverage from its case records; the recorded section must equal it and meet
+    the profile's minimum (the expected must-pass ids are this installation's, as in check_cases)."""
+    problems = []
+    caps = report.get("implementation", {}).get("capabilities")
+    for dev in report.get("devices", []):
+        label = dev.get("label", "?")
+        expected, _ = expected_must_pass(report, dev)  # a foreign hash is reported by check_cases
+        recomputed = coverage(dev.get("cases", []), caps, expected or [], report.get("run", {}).get("profile"))
+        recorded = dev.get("coverage")
+        if recorded is None:
+            problems.append(f"the report has no coverage section for {label}")
+        elif recorded != recomputed:
+            diff = sorted(k for k in recomputed if recorded.get(k) != recomputed[k])
+            problems.append(f"the coverage section of {label} disagrees with its case records ({', '.join(diff)})")
+        problems += [f"coverage on {label} is below the profile's minimum: {m}" for m in recomputed["missing"]]
+    return problems
+
+
 _ALLOWED = {"pass", "quality_warning", "compatibility_warning", "not_supported", "waived"}
 
 
@@ -151,7 +173,7 @@ def check_report(report: dict[str, Any], *, allow_dirty: bool = False) -> list[s
             problems.append(f"the suite ran from commit {suite['git_sha'][:12]} with uncommitted changes (dirty)")
     if report.get("run", {}).get("impl") == "triton" and suite.get("kernel_source_hash") != kernel_source_hash():
         problems.append("the kernel source hash is not that of the installed kernels")
-    return problems + check_cases(report)
+    return problems + check_cases(report) + check_coverage(report)
 
 
 def verify(path: Path, *, allow_dirty: bool = False) -> list[str]:

@@ -3,10 +3,13 @@
 A shard is one device: DIR/shards/<label>/ holds run.json (what ran, where) and results-*.jsonl.
 Verdicts, per device and for the node:
 
-    conformant       every case conformant and every must-pass case of the profile present
+    conformant       every case conformant, every must-pass case of the profile present, and the coverage
+                     minimum of the profile met (report/coverage.py)
     not_conformant   a Fail, Crash or Timeout, or a must-pass case missing
     partial          the run was interrupted (Ctrl-C): never a certificate
-    void             an InternalError, or the shard never started: the run says nothing about the kernels
+    void             an InternalError, the shard never started, or a run that would be conformant but is below
+                     its coverage minimum (all NotSupported, a claimed dtype or stage never run, --cases bogus):
+                     the run says nothing about the kernels
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from moe_cts.conformance.engine.log import read_results
 from moe_cts.conformance.engine.results import STAGES, CaseResult, Outcome
 from moe_cts.conformance.engine.session import replay_command
 from moe_cts.conformance.report.compile import apply_compile
+from moe_cts.conformance.report.coverage import coverage
 
 SCHEMA = "moe-cts/report"
 #: 2: the top-level "compile" section and verdict.compile / verdict.reasons (certify --compile).
@@ -98,12 +102,18 @@ def device_section(shard: Path, *, partial: bool) -> dict[str, Any]:
         reasons.append(f"{len(missing)} must-pass case(s) missing")
     if partial:
         reasons.append(f"interrupted: {len(logged.unfinished)} case(s) cut off, the rest not run")
+    cov = coverage(cases, (run or {}).get("capabilities"), (run or {}).get("must_pass_ids", []),
+                   (run or {}).get("profile"), subset=bool((run or {}).get("subset")))
+    if run is not None and not partial:
+        reasons += [f"coverage below the profile's minimum: {m}" for m in cov["missing"]]
     if run is None or counts.get(Outcome.INTERNAL_ERROR.value):
         verdict = "void"
     elif partial:
         verdict = "partial"
     elif bad or missing:
-        verdict = "not_conformant"
+        verdict = "not_conformant"  # a Fail is a finding however little ran
+    elif cov["missing"]:
+        verdict = "void"
     else:
         verdict = "conformant"
     return {
@@ -116,6 +126,7 @@ def device_section(shard: Path, *, partial: bool) -> dict[str, Any]:
         "planned": (run or {}).get("planned"),
         "must_pass_ids": (run or {}).get("must_pass_ids", []),
         "missing_must_pass": missing,
+        "coverage": cov,
         "unfinished": [e["case_id"] for e in logged.unfinished],
         "cases": cases,
         "_run": run,

@@ -5,6 +5,8 @@ PYTHONPATH entry, the way a third-party implementation under development is cert
                       (a segfault stand-in)
     HangOnOneToken    sleeps on a case of one token until interrupted (a hung kernel)
     Slow              torch-eager that takes 0.5 s per forward (time to act on a running shard)
+    SupportsNothing   claims every dtype but raises NotSupportedError from every stage (a run with nothing
+                      executed: void, never a certificate)
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import time
 
 from moe_cts.conformance.impls.torch_eager import TorchEagerImplementation
+from moe_cts.reference.errors import NotSupportedError
 
 
 def _is_one_token(inputs) -> bool:
@@ -45,3 +48,10 @@ class Slow(TorchEagerImplementation):
         if stage == "forward":
             time.sleep(0.5)
         return super().run(inputs, stage, device, out=out)
+
+
+class SupportsNothing(TorchEagerImplementation):
+    name = "supports-nothing"
+
+    def run(self, inputs, stage, device=None, *, out=None):
+        raise NotSupportedError(f"{stage}: not implemented yet")

@@ -8,14 +8,20 @@ import json
 import pytest
 
 from moe_cts.conformance.engine.log import ResultLog, read_results, record_crash
-from moe_cts.conformance.engine.results import CaseResult, Outcome
+from moe_cts.conformance.engine.protocol import Capabilities
+from moe_cts.conformance.engine.results import CaseResult, Outcome, StageVerdict
 from moe_cts.conformance.harness.shard import DeviceListError, make_shards, resolve_devices
 from moe_cts.conformance.report.fleet import compare
 from moe_cts.conformance.report.schema import EXIT_CODES, build_report
 
 
 def _result(cid: str, outcome: Outcome = Outcome.PASS) -> CaseResult:
-    return CaseResult(case_id=cid, outcome=outcome, params={"dtype": "float32"})
+    return CaseResult(case_id=cid, outcome=outcome, params={"dtype": "float32"},
+                      stages=(StageVerdict("end_to_end", outcome),))
+
+
+#: what the made-up shards claim: fp32 end to end, so two float32 cases judged end to end meet the smoke minimum
+CLAIMS = Capabilities(dtypes=frozenset({"float32"})).to_json()
 
 
 def test_a_started_case_without_a_result_is_a_crash(tmp_path):
@@ -54,7 +60,8 @@ def _shard(tmp_path, name, ids, results):
     d = tmp_path / name
     d.mkdir()
     (d / "run.json").write_text(json.dumps({"label": name, "device_arg": "interpreter", "impl": "x",
-                                            "must_pass_ids": ids, "device": {"backend": "interpreter"}}))
+                                            "must_pass_ids": ids, "device": {"backend": "interpreter"},
+                                            "profile": "smoke", "capabilities": CLAIMS}))
     log = ResultLog(d, "gw0")
     for r in results:
         log.result(r, "must_pass")
@@ -67,6 +74,7 @@ VERDICTS = {
     "a fail": ([_result("a"), _result("b", Outcome.FAIL)], "not_conformant"),
     "a missing must-pass case": ([_result("a")], "not_conformant"),
     "an internal error voids": ([_result("a"), _result("b", Outcome.INTERNAL_ERROR)], "void"),
+    "nothing executed voids": ([_result("a", Outcome.NOT_SUPPORTED), _result("b", Outcome.WAIVED)], "void"),
 }
 
 

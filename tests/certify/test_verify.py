@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from moe_cts.conformance.cli.app import app
 from moe_cts.conformance.report.certificate import pack_files, read_members, verify
+from moe_cts.conformance.report.coverage import coverage
 
 
 @pytest.fixture
@@ -59,6 +60,26 @@ def _edit_without_manifest(blobs):
     return {**blobs, "report.json": blobs["report.json"].replace(b'"outcome": "pass"', b'"outcome": "fail"', 1)}
 
 
+def _coverage_edited_down(blobs):
+    """The coverage section says a dtype ran less than it did (consistent manifest)."""
+    r = _report(blobs)
+    r["devices"][0]["coverage"]["per_dtype"]["float16"]["executed"] = 0
+    return _with_report(blobs, r)
+
+
+def _nothing_executed(blobs):
+    """Every case record turned NotSupported, with a coverage section recomputed to match: still below the
+    profile's minimum."""
+    r = _report(blobs)
+    dev = r["devices"][0]
+    for c in dev["cases"]:
+        c["outcome"] = "not_supported"
+        for s in c["stages"]:
+            s["outcome"] = "not_supported"
+    dev["coverage"] = coverage(dev["cases"], r["implementation"]["capabilities"], dev["must_pass_ids"], "smoke")
+    return _with_report(blobs, r)
+
+
 def _extra_file(blobs):
     return {n: b for n, b in blobs.items() if n != "MANIFEST.sha256"} | {"notes.txt": b"trust me\n"}
 
@@ -70,6 +91,8 @@ TAMPERING = {
     "extra file": (_extra_file, "unexpected file notes.txt"),
     "dirty tree": (_dirty, "uncommitted changes"),
     "partial run": (_partial, "partial"),
+    "coverage edited down": (_coverage_edited_down, "coverage section of interpreter disagrees with its case records"),
+    "nothing executed": (_nothing_executed, "below the profile's minimum: no case was executed"),
 }
 
 
