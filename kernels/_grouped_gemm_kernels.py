@@ -71,24 +71,32 @@ def _tile_rows(
     pid_m,
     pid_n,
     num_assignments,
+    top_k,
     N,
+    BY_TOKEN: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """Row ids and column offsets of a live tile:
+    """Rows and column offsets of a live tile:
 
-        ids      (BLOCK_M,) flat assignment ids of the tile's slots; row_ok = not the pad sentinel
+        ids      (BLOCK_M,) flat assignment ids a of the tile's slots; row_ok = not the pad sentinel
+        in_rows  (BLOCK_M,) int64 input row of each slot: the token a // top_k (BY_TOKEN, gate_up reads x)
+                 or a itself (down reads the per-assignment activations; top_k is not read)
         offs_n   (BLOCK_N,) output columns; offs_n_w = offs_n % N: weight rows wrap so their loads need
                  no mask (the store masks offs_n >= N)
         offs_k   (BLOCK_K,) reduction offsets of the first K step"""
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     ids = tl.load(sorted_ids_ptr + offs_m)
     row_ok = ids < num_assignments
+    if BY_TOKEN:
+        in_rows = (ids // top_k).to(tl.int64)
+    else:
+        in_rows = ids.to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_n_w = offs_n % N
     offs_k = tl.arange(0, BLOCK_K)
-    return ids, row_ok, offs_n, offs_n_w, offs_k
+    return ids, row_ok, in_rows, offs_n, offs_n_w, offs_k
 
 
 @triton.jit
@@ -153,10 +161,9 @@ def gate_up_kernel(
     pid_m, pid_n, expert = _live_tile(num_padded_ptr, expert_of_block_ptr, num_m_blocks, I, BLOCK_M, BLOCK_N, GROUP_M)
     if expert < 0:
         return
-    ids, row_ok, offs_n, offs_n_w, offs_k = _tile_rows(
-        sorted_ids_ptr, pid_m, pid_n, num_assignments, I, BLOCK_M, BLOCK_N, BLOCK_K
+    ids, row_ok, tok, offs_n, offs_n_w, offs_k = _tile_rows(
+        sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
     )
-    tok = (ids // top_k).to(tl.int64)
 
     x_ptrs = x_ptr + tok[:, None] * stride_x_t + offs_k[None, :] * stride_x_h
     w_base = w13_ptr + expert.to(tl.int64) * stride_w13_e
@@ -242,10 +249,9 @@ def down_kernel(
     pid_m, pid_n, expert = _live_tile(num_padded_ptr, expert_of_block_ptr, num_m_blocks, H, BLOCK_M, BLOCK_N, GROUP_M)
     if expert < 0:
         return
-    ids, row_ok, offs_n, offs_n_w, offs_k = _tile_rows(
-        sorted_ids_ptr, pid_m, pid_n, num_assignments, H, BLOCK_M, BLOCK_N, BLOCK_K
+    _, row_ok, rows, offs_n, offs_n_w, offs_k = _tile_rows(
+        sorted_ids_ptr, pid_m, pid_n, num_assignments, 1, H, False, BLOCK_M, BLOCK_N, BLOCK_K
     )
-    rows = ids.to(tl.int64)
 
     a_ptrs = a_ptr + rows[:, None] * stride_a_a + offs_k[None, :] * stride_a_i
     w_ptrs = (

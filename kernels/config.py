@@ -23,12 +23,14 @@ from typing import Any
 
 import torch
 
+from moe_cts.kernels import target_info
 from moe_cts.reference.spec import SpecError
 
 CONFIG_DIR = Path(__file__).with_name("configs")
-BACKENDS = ("cuda", "hip", "interpreter")
-#: shared memory / LDS per block each backend's table must fit (tests/kernels/test_capabilities.py checks).
-SMEM_LIMIT_BYTES = {"cuda": 160 * 1024, "hip": 64 * 1024, "interpreter": 1 << 62}
+BACKENDS = target_info.BACKENDS
+#: shared memory / LDS per block each backend's table must fit (tests/kernels/test_capabilities.py checks):
+#: the smallest limit of the backend's targets (kernels/target_info.py); None = no limit (the interpreter).
+SMEM_LIMIT_BYTES = {b: target_info.backend_shared_limit(b) for b in BACKENDS}
 
 
 @dataclass(frozen=True)

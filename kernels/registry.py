@@ -70,7 +70,7 @@ def declared_kernels() -> dict[str, str]:
     for path in sorted(KERNEL_DIR.glob("_*_kernels.py")):
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.FunctionDef) and not node.name.startswith("_") and _is_jit(node):
-                found[node.name] = f"kernels.{path.stem}"
+                found[node.name] = f"moe_cts.kernels.{path.stem}"
     return found
 
 
@@ -210,12 +210,12 @@ def active_target(target) -> Iterator[None]:
 
 
 def _clear_launcher_caches() -> None:
-    """Forget what launchers cached from the driver (router._warp_size is functools.cache'd): the next
-    capture may be for a target with another warp size."""
+    """Forget what the moe_cts.kernels modules cached (functools caches: config tables, local masks): the next
+    capture may be for another target. The prefix is the package's since the moe_cts namespace move."""
     import sys
 
     for name, module in list(sys.modules.items()):
-        if name.startswith("kernels.") and module is not None:
+        if name.startswith("moe_cts.kernels.") and module is not None:
             for value in list(vars(module).values()):
                 if callable(getattr(value, "cache_clear", None)):
                     value.cache_clear()

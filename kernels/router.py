@@ -9,6 +9,7 @@ import torch
 import triton
 
 from moe_cts.kernels import config as _config
+from moe_cts.kernels import target_info
 from moe_cts.kernels._common import INTERPRET, SUPPORTED_DTYPES, require_tensor
 from moe_cts.kernels._router_kernels import router_kernel
 from moe_cts.kernels.metadata import Routing
@@ -19,9 +20,9 @@ MAX_EXPERTS = 1024
 
 
 def _warp_size() -> int:
-    """Threads per warp: 64 on AMD CDNA, 32 on NVIDIA (read through moe_cts.kernels.config.backend, which the
-    AOT capture in kernels/registry.py overrides per target)."""
-    return 64 if _config.backend() == "hip" else 32
+    """Threads per warp: 64 on AMD CDNA, 32 on NVIDIA (kernels/target_info.py; the backend is read through
+    moe_cts.kernels.config.backend, which the AOT capture in kernels/registry.py overrides per target)."""
+    return target_info.backend_warp_size(_config.backend())
 
 
 def _block_sizes(E: int, block_t: int | None) -> tuple[int, int, int, int, int]:

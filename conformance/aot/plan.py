@@ -38,10 +38,29 @@ TABLE_TOKENS = 512
 #: gate; DeepSeek-V3 also at T = 4096, where T*k passes one alignment chunk (the multi-chunk kernels).
 DEFAULT_PRESETS = {"mixtral-8x7b": (1, 512), "qwen2-57b-a14b": (1, 512), "deepseek-v3": (1, 512, 4096)}
 FULL_TOKENS = (1, 16, 128, 512, 4096)
+#: Fields of a target row that come from moe_cts.kernels.target_info (never from the JSON file).
+HARDWARE_FIELDS = ("backend", "arch", "warp_size", "shared_limit_bytes")
 
 
 def load_targets() -> dict[str, Any]:
-    return json.loads(TARGETS_PATH.read_text())
+    """aot_targets.json with each target's hardware facts (backend, arch, warp_size, shared_limit_bytes)
+    filled in from moe_cts.kernels.target_info, the one table of them; the JSON keeps the compile-side data
+    (assembly kind, matrix-instruction patterns, fp8 compile outcomes, scalar_ok)."""
+    from moe_cts.kernels import target_info
+
+    data = json.loads(TARGETS_PATH.read_text())
+    for name, row in data["targets"].items():
+        facts = target_info.get(name)
+        clash = sorted(set(row) & set(HARDWARE_FIELDS))
+        if clash:
+            raise ValueError(f"{TARGETS_PATH.name} targets.{name}: {clash} belong in kernels/target_info.py, not here")
+        row.update(
+            backend=facts.backend,
+            arch=facts.arch,
+            warp_size=facts.warp_size,
+            shared_limit_bytes=facts.shared_limit_bytes,
+        )
+    return data
 
 
 def target_names() -> tuple[str, ...]:

@@ -132,9 +132,34 @@ def _driver_version() -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------- matrix
+#: Fields of a matrix row that come from moe_cts.kernels.target_info (never from the JSON file).
+HARDWARE_FIELDS = ("shared_memory_per_block", "fp8")
+
+
+def hardware_fields(backend: str, arch: str) -> dict[str, Any]:
+    """The row's hardware facts from moe_cts.kernels.target_info: shared memory per block in bytes and the
+    native fp8 flavour ("e4m3fn" / "e4m3fnuz"), None for both when the target table does not list the device."""
+    from moe_cts.kernels import target_info
+
+    t = target_info.by_device(backend, arch)
+    native = t.fp8_native if t is not None else ()
+    return {
+        "shared_memory_per_block": t.shared_limit_bytes if t is not None else None,
+        "fp8": native[0].removeprefix("float8_") if native else None,
+    }
+
+
 @functools.cache
 def load_matrix() -> dict[str, Any]:
-    return json.loads(MATRIX_PATH.read_text())
+    """device_matrix.json, each entry completed with hardware_fields() (the JSON holds the accumulator
+    profiles, notes and waivers; the limits live in kernels/target_info.py)."""
+    m = json.loads(MATRIX_PATH.read_text())
+    for row in m["entries"]:
+        clash = sorted(set(row) & set(HARDWARE_FIELDS))
+        if clash:
+            raise ValueError(f"{MATRIX_PATH.name} entry {row['backend']}/{row['arch']}: {clash} belong in kernels/target_info.py")
+        row.update(hardware_fields(row["backend"], row["arch"]))
+    return m
 
 
 def matrix_entry(device: Device) -> dict[str, Any]:
@@ -148,8 +173,7 @@ def matrix_entry(device: Device) -> dict[str, Any]:
         row = {
             "backend": device.backend,
             "arch": device.arch,
-            "shared_memory_per_block": None,
-            "fp8": None,
+            **hardware_fields(device.backend, device.arch),
             "accumulator": "fp32_fma",
             "note": "not in the device matrix: generic profile",
             "waivers": [],

@@ -7,6 +7,7 @@ import pytest
 from moe_cts.conformance.aot import matrix as aot
 from moe_cts.conformance.aot import plan as aot_plan
 from moe_cts.conformance.aot.report import compile_section
+from moe_cts.kernels import target_info
 
 TARGETS = aot_plan.load_targets()
 
@@ -26,13 +27,14 @@ def test_a_config_under_the_limit_compiles():
 
 
 def test_static_shared_counts_against_the_limit():
-    rec = aot.classify(_job(), _ok(shared=232448 - 512, static_shared=1024), TARGETS)
-    assert rec.status == aot.FAIL and rec.shared_bytes == 232448 + 512
+    limit = target_info.get("sm90").shared_limit_bytes
+    rec = aot.classify(_job(), _ok(shared=limit - 512, static_shared=1024), TARGETS)
+    assert rec.status == aot.FAIL and rec.shared_bytes == limit + 512
 
 
-@pytest.mark.parametrize(("target", "limit"), [("sm80", 166912), ("sm90", 232448), ("sm100", 232448),
-                                               ("gfx90a", 65536), ("gfx942", 65536), ("gfx950", 163840)])  # fmt: skip
-def test_one_byte_over_the_target_limit_is_a_fail(target, limit):
+@pytest.mark.parametrize("target", target_info.GPU_TARGETS)
+def test_one_byte_over_the_target_limit_is_a_fail(target):
+    limit = target_info.get(target).shared_limit_bytes
     matrix = ("mfma",) if target.startswith("gfx") else ("mma",)
     assert aot.classify(_job(target=target), _ok(shared=limit, matrix=matrix), TARGETS).status == aot.COMPILED
     rec = aot.classify(_job(target=target), _ok(shared=limit + 1, matrix=matrix), TARGETS)

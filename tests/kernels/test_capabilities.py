@@ -24,9 +24,9 @@ def test_every_table_entry_fits_its_backends_shared_memory(entry) -> None:
     limit = cfgmod.SMEM_LIMIT_BYTES[backend]
     gate_up = cfg.gate_up.smem_bytes(cfg.BLOCK_M, ELEM_BYTES[dc], n_b=2)  # gate and up tiles
     down = cfg.down.smem_bytes(cfg.BLOCK_M, ELEM_BYTES[dc], n_b=1)
-    assert max(gate_up, down) <= limit, (
-        f"{_id(entry)}: {gate_up} / {down} B > {limit} B (docs/bugs.md#bug-13-lds-overflow)"
-    )
+    if limit is None:  # the interpreter: no shared memory, only a sanity bound on the table entry
+        limit = 1 << 30
+    assert max(gate_up, down) <= limit, f"{_id(entry)}: {gate_up} / {down} B > {limit} B (docs/bugs.md#bug-13-lds-overflow)"
 
 
 @pytest.mark.parametrize("entry", [e for e in ALL if e[0] == "hip"], ids=_id)

@@ -1,0 +1,107 @@
+"""One hardware-facts table: what each compile target can hold and compute, in one place.
+
+    TARGETS["sm90"]               -> TargetInfo(backend="cuda", arch=90, warp_size=32, shared_limit_bytes=232448, ...)
+    by_device("cuda", "sm_90")    -> the same row, keyed as torch / the device matrix name the device
+    backend_shared_limit("hip")   -> 65536: the smallest limit of the backend's GPU targets (a backend's
+                                     config table is compiled for all of them, so it must fit the smallest)
+
+Read by the AOT plan and matrix (conformance/aot: shared-memory check per compile), the device matrix
+reader (conformance/engine/devices.py: limits in matrix_entry) and the config-table guard (kernels/config.py).
+The JSON data files keep what is not a hardware fact: assembly patterns, measured fp8 compile outcomes,
+accumulator profiles and waivers.
+
+Sources: FACTS section 3 (sm90 limit read on an H100: 232448 B; gfx942 configs of 73728 B fail at load,
+FACTS bug 13), CUDA programming guide (sm80 163 KiB opt-in, sm100 227 KiB), AMD CDNA2/3 ISA (64 KiB LDS),
+CDNA4 ISA (160 KiB LDS, block-scaled MFMA), triton `tl.dot_scaled` (native on sm100 and gfx950 only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BACKENDS = ("cuda", "hip", "interpreter")
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    name: str  # short target name used by the AOT tier and reports: "sm90", "gfx942", "interpreter"
+    backend: str  # triton backend: "cuda" | "hip" | "interpreter"
+    arch: int | str  # triton GPUTarget arch: 90 for CUDA, "gfx942" for HIP; "cpu" for the interpreter
+    device_arch: str  # the arch as torch reports the device (devices.Device.arch): "sm_90", "gfx942", "cpu"
+    warp_size: int  # threads per warp (NVIDIA) or wavefront (AMD CDNA); the interpreter ignores warps,
+    # launchers size num_warps for it as for NVIDIA
+    shared_limit_bytes: int | None  # largest shared memory / LDS one block may use; None = no limit (CPU)
+    fp8_native: tuple[str, ...]  # torch fp8 dtypes the matrix unit takes without conversion
+    scaled_mma: bool  # block-scaled MMA in hardware (tl.dot_scaled without emulation)
+    bf16_dot: bool  # tl.dot on bf16 operands is exact-product hardware math (False: the interpreter
+    # computes bf16 on raw bit patterns, so the kernels upcast there; FACTS section 3)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"{self.name}.backend: expected one of {BACKENDS}, got {self.backend!r}")
+        if self.warp_size not in (32, 64):
+            raise ValueError(f"{self.name}.warp_size: expected 32 or 64, got {self.warp_size}")
+        limit = self.shared_limit_bytes
+        if (limit is None) != (self.backend == "interpreter") or (limit is not None and limit <= 0):
+            raise ValueError(
+                f"{self.name}.shared_limit_bytes: expected bytes > 0 on a GPU, None on the CPU, got {limit}"
+            )
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.backend != "interpreter"
+
+
+E4M3FN, E4M3FNUZ = "float8_e4m3fn", "float8_e4m3fnuz"
+
+# fmt: off
+TARGETS: dict[str, TargetInfo] = {
+    t.name: t
+    for t in (
+        # A100: 163 KiB opt-in shared memory per block; the compiler rejects e4m3fn.
+        TargetInfo("sm80", "cuda", 80, "sm_80", 32, 166912, (), scaled_mma=False, bf16_dot=True),
+        # H100: 227 KiB per block (232448 B read on an H100); dot_scaled is emulated on wgmma.
+        TargetInfo("sm90", "cuda", 90, "sm_90", 32, 232448, (E4M3FN,), scaled_mma=False, bf16_dot=True),
+        # B200: 227 KiB per block; tcgen05 block-scaled MMA.
+        TargetInfo("sm100", "cuda", 100, "sm_100", 32, 232448, (E4M3FN,), scaled_mma=True, bf16_dot=True),
+        # MI200: 64 KiB LDS; no fp8 matrix instructions.
+        TargetInfo("gfx90a", "hip", "gfx90a", "gfx90a", 64, 65536, (), scaled_mma=False, bf16_dot=True),
+        # MI300: 64 KiB LDS; fnuz fp8 MFMA (e4m3fn is converted before the matrix unit).
+        TargetInfo("gfx942", "hip", "gfx942", "gfx942", 64, 65536, (E4M3FNUZ,), scaled_mma=False, bf16_dot=True),
+        # MI350: 160 KiB LDS; OCP fp8 MFMA and block-scaled MFMA.
+        TargetInfo("gfx950", "hip", "gfx950", "gfx950", 64, 163840, (E4M3FN,), scaled_mma=True, bf16_dot=True),
+        # The Triton interpreter on the CPU: no shared memory limit, no fp8, bf16 emulated (kernels upcast).
+        TargetInfo("interpreter", "interpreter", "cpu", "cpu", 32, None, (), scaled_mma=False, bf16_dot=False),
+    )
+}
+# fmt: on
+GPU_TARGETS = tuple(name for name, t in TARGETS.items() if t.is_gpu)
+
+
+def get(name: str) -> TargetInfo:
+    if name not in TARGETS:
+        raise KeyError(f"target: expected one of {sorted(TARGETS)}, got {name!r}")
+    return TARGETS[name]
+
+
+def by_device(backend: str, device_arch: str) -> TargetInfo | None:
+    """The row of a device as torch names it (backend, "sm_90" / "gfx942" / "cpu"); None if not listed."""
+    return next((t for t in TARGETS.values() if t.backend == backend and t.device_arch == device_arch), None)
+
+
+def backend_warp_size(backend: str) -> int:
+    """Threads per warp of a backend's targets (one value per backend: checked by tests/aot/test_target_info.py)."""
+    sizes = {t.warp_size for t in TARGETS.values() if t.backend == backend}
+    if len(sizes) != 1:
+        raise KeyError(
+            f"backend: expected one of {BACKENDS} with one warp size, got {backend!r} ({sorted(sizes)})"
+        )
+    return sizes.pop()
+
+
+def backend_shared_limit(backend: str) -> int | None:
+    """Shared memory a backend's config table must fit: the smallest limit of its targets (None = unlimited)."""
+    if backend not in BACKENDS:
+        raise KeyError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    limits = [t.shared_limit_bytes for t in TARGETS.values() if t.backend == backend]
+    return None if None in limits else min(limits)
