@@ -10,8 +10,8 @@ reader (conformance/engine/devices.py: limits in matrix_entry) and the config-ta
 The JSON data files keep what is not a hardware fact: assembly patterns, measured fp8 compile outcomes,
 accumulator profiles and waivers.
 
-Sources: FACTS section 3 (sm90 limit read on an H100: 232448 B; gfx942 configs of 73728 B fail at load,
-FACTS bug 13), CUDA programming guide (sm80 163 KiB opt-in, sm100 227 KiB), AMD CDNA2/3 ISA (64 KiB LDS),
+Sources: docs/bugs.md#facts-shared-memory-limits (sm90 limit read on an H100: 232448 B; gfx942 configs of 73728 B fail at load,
+docs/bugs.md#bug-13-lds-overflow), CUDA programming guide (sm80 163 KiB opt-in, sm100 227 KiB), AMD CDNA2/3 ISA (64 KiB LDS),
 CDNA4 ISA (160 KiB LDS, block-scaled MFMA), triton `tl.dot_scaled` (native on sm100 and gfx950 only).
 """
 
@@ -34,7 +34,7 @@ class TargetInfo:
     fp8_native: tuple[str, ...]  # torch fp8 dtypes the matrix unit takes without conversion
     scaled_mma: bool  # block-scaled MMA in hardware (tl.dot_scaled without emulation)
     bf16_dot: bool  # tl.dot on bf16 operands is exact-product hardware math (False: the interpreter
-    # computes bf16 on raw bit patterns, so the kernels upcast there; FACTS section 3)
+    # computes bf16 on raw bit patterns, so the kernels upcast there; docs/bugs.md#facts-triton-interpreter)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

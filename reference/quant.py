@@ -35,7 +35,7 @@ ACTIVATION_DTYPES = ("fp8", "bfloat16", "float16")
 SCALE_FORMATS = ("fp32", "ue8m0")
 #: where activations are requantized: before GEMM1, and after the activation function before GEMM2
 QUANT_POINTS = ("gemm1", "gemm2")
-#: the only epilogue order the reference computes (vllm PR 31962; FACTS bugs 2 and 3 are the others)
+#: the only epilogue order the reference computes (vllm PR 31962; docs/bugs.md#bug-02-router-weight-after-cast and #bug-03-bias-before-dequant are the others)
 EPILOGUE = ("dequant", "bias", "router_weight", "cast")
 #: the amax floors real code uses on zero groups: none (DeepSeek inference/kernel.py: 0/0 = NaN),
 #: 1e-10 (vLLM, SGLang), 1e-4 (DeepEP); any finite float > 0 is accepted

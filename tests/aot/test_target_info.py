@@ -13,7 +13,7 @@ from moe_cts.conformance.engine import devices
 from moe_cts.kernels import config as cfgmod
 from moe_cts.kernels import target_info
 
-#: The measured limits (FACTS section 3, vendor guides): pinned here once so that an edit of the table is seen.
+#: The measured limits (docs/bugs.md#facts-shared-memory-limits, vendor guides): pinned here once so that an edit of the table is seen.
 MEASURED_SHARED_LIMITS = {"sm80": 166912, "sm90": 232448, "sm100": 232448,
                           "gfx90a": 65536, "gfx942": 65536, "gfx950": 163840, "interpreter": None}  # fmt: skip
 
