@@ -3,6 +3,7 @@
 #   ci/gpu/redesign.sh bench OUT    kernel tests on the GPU; old (6e80182, .baseline) vs new: bitwise outputs on the
 #                                   full-size presets and speed side by side, with vLLM's path (.peer) and the
 #                                   ceilings measured in the same run
+#   ci/gpu/redesign.sh baseline OUT old vs new alone: bitwise and graph-replay speed in interleaved rounds
 #   ci/gpu/redesign.sh certify OUT  moe-cts certify --profile quick (with the sm90 compile tier), then verify
 # Carry .peer (a copy of ../shared/peer) and .baseline (git archive 6e80182 kernels reference).
 set -u
@@ -17,6 +18,12 @@ bench)
   mkdir -p "$OUT/bench"
   timeout 400 python3 ci/bench/moe_bench.py --out "$OUT/bench" --budget-s 330 --rep-ms 60 --warmup-ms 10 \
     --peer .peer --baseline-src .baseline 2>"$OUT/bench/stderr.log" | tail -70
+  ;;
+baseline)
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/kernels -n 8 2>&1 | tail -2
+  mkdir -p "$OUT/baseline"
+  timeout 420 python3 ci/bench/moe_bench.py --out "$OUT/baseline" --budget-s 380 --rep-ms 40 --warmup-ms 10 \
+    --baseline-src .baseline --baseline-only 2>"$OUT/baseline/stderr.log" | tail -42
   ;;
 certify)
   start=$(date +%s)
