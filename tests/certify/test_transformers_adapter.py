@@ -21,7 +21,7 @@ pytestmark = [
     pytest.mark.skipif(
         importlib.util.find_spec("transformers") is None,
         reason="transformers is not installed (it is in the `test` extra)",
-    )),
+    ),
 ]
 SMOKE = {c.name: c for c in must_pass_cases("smoke")}
 BASE = dict(hidden_size=32, intermediate_size=16, num_experts=8, top_k=2)
@@ -44,7 +44,7 @@ BASE = dict(hidden_size=32, intermediate_size=16, num_experts=8, top_k=2)
                 w13_layout="interleaved",
             ),
             "gpt_oss",
-        )),
+        ),
     ],
 )
 def test_each_spec_is_built_by_the_family_that_computes_it(spec, family):
