@@ -7,7 +7,8 @@ Two kinds of entry, each with an `id`, a `reason` and an optional `not_for` list
 
     {"exception": "InterpreterError", "message": "All-NaN slice", ...}   a crash whose exception type (or a base
         class) has that name and whose message matches the regex: the stage is Waived with the reason
-    {"on_fail": {"dtypes": ["bfloat16"]}, ...}   a limit that gives wrong numbers without an exception: the
+    {"on_fail": {"dtypes": [...], "scenarios": [...]}, ...}   a limit that gives wrong numbers without an
+        exception (each key optional, all given keys must match): the
         Fail stays a Fail (the result is wrong on this device) and its message names the likely cause
 
 `not_for` names implementations written around the limit (moe-cts's own kernels widen bf16 and avoid
@@ -22,7 +23,7 @@ from typing import Any
 from moe_cts.conformance.engine.devices import Device, matrix_entry
 
 ENTRY_KEYS = frozenset({"id", "exception", "message", "on_fail", "reason", "not_for"})
-ON_FAIL_KEYS = frozenset({"dtypes"})
+ON_FAIL_KEYS = frozenset({"dtypes", "scenarios"})
 
 
 def _issues(device: Device) -> list[dict[str, Any]]:
@@ -67,6 +68,8 @@ def fail_note(device: Device, impl_name: str, case) -> str | None:
             raise ValueError(
                 f"device_matrix known_issues {issue['id']}: unknown on_fail keys {sorted(unknown)}"
             )
-        if case.dtype in on_fail.get("dtypes", (case.dtype,)):
+        dtype_ok = case.dtype in on_fail.get("dtypes", (case.dtype,))
+        scenario_ok = case.scenario.name in on_fail.get("scenarios", (case.scenario.name,))
+        if dtype_ok and scenario_ok:
             return f"[{issue['id']}] {issue['reason']}"
     return None

@@ -114,3 +114,15 @@ def test_a_fp32_fail_on_the_interpreter_names_no_limit(device):
     r = run_case(_WrongInBf16(), SMALL, device)
     assert r.outcome == Outcome.FAIL
     assert "known limit" not in r.message
+
+
+def test_a_silent_limit_can_be_limited_to_scenarios():
+    from moe_cts.conformance.engine.known_issues import fail_note
+    from moe_cts.conformance.engine.scenarios import Scenario
+
+    cpu = select_device("cpu")
+    nan_rows = Case(
+        SMALL.spec, 5, dtype="bfloat16", scenario=Scenario.make("nan_rows", fraction=0.25), seed=3
+    )
+    assert "cpu-bf16-gemm-nan-spreads-across-rows" in fail_note(cpu, "torch-eager", nan_rows)
+    assert fail_note(cpu, "torch-eager", SMALL_BF16) is None
