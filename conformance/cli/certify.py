@@ -201,7 +201,7 @@ def _print_verdict(report: dict, out: Path) -> None:
 
 
 def certify(
-    device: Annotated[str, typer.Option(help="auto | cuda:N | hip:N | interpreter")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cuda:N | hip:N | interpreter | cpu (PyTorch implementations)")] = "auto",
     devices: Annotated[str | None, typer.Option(help="all, or a list such as cuda:0,cuda:1: one shard per device")] = None,
     impl: Annotated[str, typer.Option(help="implementation under test (moe-cts list shows them)")] = "triton",
     profile: Annotated[Profile | None, typer.Option(help="smoke | quick | full; default smoke on the interpreter, quick on a GPU")] = None,
@@ -229,7 +229,7 @@ def certify(
     except CompileSpecError as e:
         raise usage_error(str(e)) from None
     shards = shardmod.make_shards(names)
-    on_gpu = any(n != "interpreter" for n in names)
+    on_gpu = any(n not in ("interpreter", "cpu") for n in names)
     prof = profile.value if profile else ("quick" if on_gpu else "smoke")
     _check_cases(cases, prof, names)
     jobs = jobs or (2 if on_gpu else max(1, (os.cpu_count() or 1) // len(shards)))

@@ -41,7 +41,7 @@ def check_devices(names: list[str]) -> list[str]:
             d = select_device(n)
         except ValueError as e:
             raise usage_error(device_error(e)) from None
-        out.append("interpreter" if d.backend == "interpreter" else f"{d.backend}:{d.index}")
+        out.append(d.arg)
     return out
 
 

@@ -21,7 +21,7 @@ from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.devices import load_matrix, select_device
 from moe_cts.conformance.engine.must_pass import must_pass_for, must_pass_profiles
 from moe_cts.conformance.harness.replay import replay as run_replay
-from moe_cts.conformance.impls.registry import available_implementations
+from moe_cts.conformance.impls.validate import summary, survey
 from moe_cts.conformance.report.certificate import verify as run_verify
 from moe_cts.conformance.report.fleet import MergeError, merge_reports, write_fleet
 
@@ -43,7 +43,7 @@ def list_(
         t.add_row(str(row.get("backend")), str(row.get("arch")), json.dumps(rest, default=str)[:160])
     console.print(t)
     console.print(f"this machine: {dev}", markup=False)
-    console.print("implementations: " + ", ".join(sorted(available_implementations())), markup=False)
+    _print_implementations()
     cases = must_pass_for(profile.value, dev.backend)
     t = Table(title=f"must-pass cases of profile {profile.value} on {dev.backend} ({len(cases)})")
     for col in ("name", "profiles", "case"):
@@ -55,6 +55,23 @@ def list_(
     console.print("case ids:", markup=False)
     for c in cases:
         console.print(f"{c.name} {c.case_id}", markup=False, soft_wrap=True)
+
+
+def _print_implementations() -> None:
+    """Every implementation, built-in or entry point, loaded and checked; a broken one shows its error."""
+    found = survey()
+    t = Table(title=f"implementations ({len(found)}; {sum(1 for f in found if f.error)} broken)")
+    for col in ("name", "source", "capabilities"):
+        t.add_column(col, overflow="fold")
+    for f in found:
+        t.add_row(f.name, f.source, f"BROKEN: {f.error}" if f.error else summary(f.capabilities))
+    console.print(t)
+    # names on a line of their own too, as `--impl` takes them (a folded cell is hard to copy)
+    console.print("implementations: " + ", ".join(f.name for f in found if not f.error), markup=False,
+                  soft_wrap=True)
+    for f in found:
+        if f.error:
+            console.print(f"broken implementation {f.name} ({f.source}): {f.error}", markup=False, soft_wrap=True)
 
 
 def replay(

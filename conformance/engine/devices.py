@@ -3,6 +3,7 @@
     select_device("auto")        -> first CUDA/ROCm GPU, else the Triton interpreter on the CPU
     select_device("cuda:1")      -> Device(backend="cuda", index=1, arch="sm_90", ...)
     select_device("interpreter") -> sets TRITON_INTERPRET=1 (before triton is imported) and runs on the CPU
+    select_device("cpu")         -> plain PyTorch on the CPU, for PyTorch implementations (TRITON_INTERPRET untouched)
     matrix_entry(device)         -> the matrix row for (backend, arch): limits, fp8 flavour, accumulator, waivers
     waiver_for(device, case)     -> reason string when the matrix waives the case on this device, else None
 
@@ -23,15 +24,17 @@ from typing import Any
 import torch
 
 MATRIX_PATH = Path(__file__).parents[1] / "data" / "device_matrix.json"
-BACKENDS = ("cuda", "hip", "interpreter")
+BACKENDS = ("cuda", "hip", "interpreter", "cpu")
+#: backends whose tensors live on the host CPU (no GPU memory, no GPU-sized cases)
+HOST_BACKENDS = ("interpreter", "cpu")
 
 
 @dataclass(frozen=True)
 class Device:
-    backend: str  # "cuda" | "hip" | "interpreter"
-    index: int  # GPU ordinal; 0 for the interpreter
+    backend: str  # "cuda" | "hip" | "interpreter" | "cpu"
+    index: int  # GPU ordinal; 0 for the interpreter and the cpu
     torch_device: torch.device  # where tensors live: cuda:N (ROCm uses the cuda namespace too) or cpu
-    name: str  # marketing name, "NVIDIA H100 80GB HBM3" or "Triton interpreter (CPU)"
+    name: str  # marketing name, "NVIDIA H100 80GB HBM3", "Triton interpreter (CPU)" or "CPU (PyTorch)"
     arch: str  # "sm_90", "gfx942", "cpu"
 
     def __str__(self) -> str:
@@ -39,7 +42,12 @@ class Device:
 
     @property
     def is_gpu(self) -> bool:
-        return self.backend != "interpreter"
+        return self.backend not in HOST_BACKENDS
+
+    @property
+    def arg(self) -> str:
+        """The --device argument that selects this device again: "interpreter", "cpu" or "cuda:N"."""
+        return self.backend if self.backend in HOST_BACKENDS else f"{self.backend}:{self.index}"
 
 
 def _gpu_backend() -> str:
@@ -65,6 +73,12 @@ def _interpreter() -> Device:
     return Device("interpreter", 0, torch.device("cpu"), "Triton interpreter (CPU)", "cpu")
 
 
+def _cpu() -> Device:
+    # No TRITON_INTERPRET here: a PyTorch implementation needs none, and setting it would change how any
+    # Triton code imported later in this process behaves.
+    return Device("cpu", 0, torch.device("cpu"), "CPU (PyTorch)", "cpu")
+
+
 def _gpu(backend: str, index: int) -> Device:
     if not torch.cuda.is_available():
         raise ValueError(f"device: {backend}:{index} requested, but torch sees no GPU (try 'interpreter')")
@@ -78,20 +92,22 @@ def _gpu(backend: str, index: int) -> Device:
 
 
 def select_device(spec: str = "auto") -> Device:
-    """Parse "auto" | "cuda" | "cuda:N" | "hip" | "hip:N" | "interpreter" into a Device.
+    """Parse "auto" | "cuda" | "cuda:N" | "hip" | "hip:N" | "interpreter" | "cpu" into a Device.
 
     Raises ValueError naming the accepted forms for anything else, or when the device is missing."""
     if not isinstance(spec, str):
-        raise ValueError(f"device: expected a string like 'auto', 'cuda:0', 'interpreter', got {spec!r}")
+        raise ValueError(f"device: expected a string like 'auto', 'cuda:0', 'interpreter', 'cpu', got {spec!r}")
     s = spec.strip().lower()
     if s == "auto":
         return _gpu(_gpu_backend(), 0) if torch.cuda.is_available() else _interpreter()
-    if s in ("interpreter", "cpu"):
+    if s == "interpreter":
         return _interpreter()
+    if s == "cpu":
+        return _cpu()
     m = re.fullmatch(r"(cuda|hip)(?::(\d+))?", s)
     if not m:
         raise ValueError(
-            f"device: expected 'auto', 'cuda', 'cuda:N', 'hip', 'hip:N' or 'interpreter', got {spec!r}"
+            f"device: expected 'auto', 'cuda', 'cuda:N', 'hip', 'hip:N', 'interpreter' or 'cpu', got {spec!r}"
         )
     return _gpu(m.group(1), int(m.group(2) or 0))
 

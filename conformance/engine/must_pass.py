@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_cts.conformance.engine.cases import Case
+from moe_cts.conformance.engine.devices import HOST_BACKENDS
 
 MUST_PASS_PATH = Path(__file__).parents[1] / "data" / "must_pass.json"
 
@@ -58,10 +59,11 @@ def must_pass_profiles(case: Case) -> tuple[str, ...]:
 
 def must_pass_for(profile: str, backend: str) -> list[Case]:
     """Must-pass cases of a profile. Cases tagged "gpu" (real-model presets at the sizes a GPU holds) join the
-    quick and full profiles on a GPU, and are left out on the interpreter (they need device memory or time the
+    quick and full profiles on a GPU, and are left out on the interpreter and the cpu (they need device memory or time the
     CPU does not have) and from smoke (a few minutes anywhere)."""
-    cases = [c for c in must_pass_cases(profile) if not (backend == "interpreter" and "gpu" in must_pass_profiles(c))]
-    if backend != "interpreter" and profile in ("quick", "full"):
+    host = backend in HOST_BACKENDS  # the interpreter and the plain cpu: no GPU-sized presets
+    cases = [c for c in must_pass_cases(profile) if not (host and "gpu" in must_pass_profiles(c))]
+    if not host and profile in ("quick", "full"):
         seen = {c.case_id for c in cases}
         cases += [c for c in must_pass_cases("gpu") if c.case_id not in seen]
     return cases

@@ -14,8 +14,10 @@ forward runs with torch's fill_uninitialized_memory on, so torch.empty workspace
 unwritten element shows up as a NaN where the oracle is finite (end_to_end Fail); writes past the end of
 the implementation's own allocation are not detectable from Python.
 
-Never raises for implementation errors: NotSupportedError -> NotSupported, any other exception ->
-Crash (traceback summary in the message), exceptions of the harness or oracle -> InternalError.
+Never raises for implementation errors: NotSupportedError -> NotSupported (its message kept in the result),
+an exception that matches a known limit of the device (device matrix `known_issues`) -> Waived with the
+limit's reason, any other exception -> Crash (traceback summary in the message), exceptions of the harness
+or oracle -> InternalError. A case with a waived stage and nothing worse is Waived, never Pass.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 import moe_cts.reference.numpy_oracle as npo
-from moe_cts.conformance.engine import judge, tolerance
+from moe_cts.conformance.engine import judge, known_issues, tolerance
 from moe_cts.conformance.engine.cases import Case, CaseInputs
 from moe_cts.conformance.engine.compare import compare
 from moe_cts.conformance.engine.devices import Device, accumulator_profile, waiver_for
@@ -148,6 +150,8 @@ class _Session:
 
     def __init__(self, impl: Implementation, case: Case, device: Device):
         self.impl, self.case, self.device = impl, case, device
+        self.impl_name = str(getattr(impl, "name", type(impl).__name__))
+        self.declined: list[str] = []  # messages of the NotSupportedErrors the implementation raised
         self.caps = impl.capabilities()
         self.spec = case.spec
         self.inputs: CaseInputs = case.build_inputs(device.torch_device)
@@ -182,7 +186,11 @@ class _Session:
             raise
         except Exception as err:
             if isinstance(err, NotSupportedError):
+                self.declined.append(f"{stage}: {err}")
                 raise _ImplFailure(Outcome.NOT_SUPPORTED, f"{stage}: {err}") from err
+            known = known_issues.crash_waiver(self.device, self.impl_name, err)
+            if known:
+                raise _ImplFailure(Outcome.WAIVED, f"{stage}: waived, known limit {known}; raised {_summary(err)}") from err
             raise _ImplFailure(Outcome.CRASH, f"{stage}: {_summary(err)}") from err
 
     def ids_tensor(self, ids: np.ndarray) -> torch.Tensor:
@@ -394,4 +402,20 @@ def run_case(impl: Implementation, case: Case, device: Device, *, timeout_s: flo
     outcome = worst(v.outcome for v in verdicts)
     failing = _failing_stage(verdicts)
     msg = next((v.message for v in verdicts if v.stage == failing), "") if failing else ""
+    outcome, msg = _explain(session, verdicts, outcome, msg)
     return result(outcome, verdicts, msg, failing)
+
+
+def _explain(session: _Session, verdicts: list[StageVerdict], outcome: Outcome, msg: str) -> tuple[Outcome, str]:
+    """A waived stage makes a conformant case Waived (never Pass); a case the implementation declined keeps
+    the implementation's own reason; a Fail on a device with a silent known limit names the limit."""
+    waived = [v for v in verdicts if v.outcome == Outcome.WAIVED]
+    if waived and outcome.conformant:
+        return Outcome.WAIVED, waived[0].message
+    if outcome == Outcome.NOT_SUPPORTED and not msg:
+        return outcome, (session.declined or [next((v.message for v in verdicts if v.message), "")])[0]
+    if outcome == Outcome.FAIL:
+        note = known_issues.fail_note(session.device, session.impl_name, session.case)
+        if note:
+            msg = f"{msg} (known limit of this device may apply: {note})"
+    return outcome, msg

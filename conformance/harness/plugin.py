@@ -45,7 +45,7 @@ DEFAULT_SEED = 0x4D6F45  # "MoE": derandomized batches seed from here, so a prof
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("moe-cts", "moe-cts conformance")
-    g.addoption("--moe-cts-device", default=None, help="auto | cuda:N | hip:N | interpreter (activates moe-cts)")
+    g.addoption("--moe-cts-device", default=None, help="auto | cuda:N | hip:N | interpreter | cpu (activates moe-cts)")
     g.addoption("--moe-cts-impl", default=None, help="implementation under test (default: triton)")
     g.addoption("--moe-cts-profile", default=None, choices=PROFILES, help="case profile (default by device)")
     g.addoption("--moe-cts-results", default=None, help="directory for results-<worker>.jsonl and run.json")
@@ -104,7 +104,7 @@ class MoECts:
 
 
 def default_profile(backend: str) -> str:
-    return "smoke" if backend == "interpreter" else "quick"
+    return "smoke" if backend in ("interpreter", "cpu") else "quick"
 
 
 def _state(config: pytest.Config) -> MoECts | None:

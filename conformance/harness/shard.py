@@ -1,6 +1,6 @@
 """One shard per device: device lists, shard labels and directories, and the pytest command of a shard.
 
-    --device D            one shard on D (auto | cuda:N | hip:N | interpreter)
+    --device D            one shard on D (auto | cuda:N | hip:N | interpreter | cpu)
     --devices all         one shard per visible GPU (the interpreter when there is none)
     --devices a,b,...     one shard per listed device; a device may repeat (interpreter,interpreter)
 
@@ -22,7 +22,7 @@ import torch
 from moe_cts.conformance.harness import suite
 
 FAKE_DEVICES_ENV = "MOE_CTS_FAKE_DEVICES"
-_DEVICE_RE = re.compile(r"auto|interpreter|(cuda|hip):\d+")
+_DEVICE_RE = re.compile(r"auto|interpreter|cpu|(cuda|hip):\d+")
 
 
 class DeviceListError(ValueError):
@@ -70,7 +70,7 @@ def resolve_devices(device: str, devices: str | None) -> list[str]:
     for n in names:
         if not _DEVICE_RE.fullmatch(n):
             raise DeviceListError(
-                f"Unknown device {n!r}: use auto, interpreter, cuda:N or hip:N (for example cuda:0)."
+                f"Unknown device {n!r}: use auto, interpreter, cpu, cuda:N or hip:N (for example cuda:0)."
             )
     return names
 

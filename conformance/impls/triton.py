@@ -9,7 +9,8 @@
     forward   moe_cts.kernels.moe.fused_moe(spec, w, x[, out=])         y (T, H)
 
 Capabilities come from moe_cts.kernels.capabilities.CAPABILITIES; a kernel module that is missing (not written
-yet, or no Triton on this platform) makes its stage NotSupported rather than an error.
+yet, or no Triton on this platform) makes its stage NotSupported rather than an error, and so does the plain
+`cpu` device (Triton kernels need a GPU or TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from typing import Any
 
 from moe_cts.conformance.engine.protocol import FORWARD, Capabilities
 from moe_cts.reference.errors import NotSupportedError
+
+#: why the plain `cpu` device runs no Triton kernel (data/device_matrix.json, backend "cpu")
+CPU_REASON = ("device: the triton implementation needs a GPU (cuda:N, hip:N) or the Triton interpreter "
+              "(--device interpreter); the plain cpu device runs PyTorch implementations only")
 
 #: stage -> (module, function)
 ENTRY = {
@@ -101,6 +106,8 @@ class TritonImplementation:
         return {} if cfg is None else cfg.to_dict()
 
     def run(self, inputs, stage: str, device=None, *, out=None) -> Any:
+        if getattr(device, "backend", None) == "cpu":
+            raise NotSupportedError(CPU_REASON)
         caps = self.capabilities()
         why = caps.unsupported(inputs.spec, str(inputs.x.dtype).removeprefix("torch."))
         if why is None and stage not in caps.stages:
