@@ -60,6 +60,7 @@ class Capabilities:
     accepts_out: bool = False  # forward(..., out=) writes into a caller's buffer (memory checks)
     fp32_dot: str = "ieee"  # "ieee" or "tf32": how fp32 products are formed (tf32 loosens the fp32 bound)
     max_experts: int | None = None
+    quant_schemes: frozenset[str] = frozenset()  # QuantScheme methods claimed (reference/quant.py QUANT_METHODS)
     notes: dict[str, str] = field(default_factory=dict, compare=False)
 
     def unsupported(self, spec: MoESpec, dtype: str) -> str | None:
@@ -82,6 +83,8 @@ class Capabilities:
             (spec.local_experts is None or self.local_mask, "local_experts: local expert mask not claimed"),
             (self.max_experts is None or spec.num_experts <= self.max_experts,
              f"num_experts: at most {self.max_experts} claimed"),
+            (spec.quant is None or spec.quant.method in self.quant_schemes,
+             f"quant: {spec.quant.method if spec.quant else None} not in {sorted(self.quant_schemes)}"),
         ]
         return next((why for ok, why in checks if not ok), None)
 
