@@ -107,9 +107,10 @@ def quantized_inputs(spec: MoESpec, x: torch.Tensor, tensors: dict[str, torch.Te
             f64[n] = torch.from_numpy(adversarial_matrix(f64[n].numpy(), spec))
     base = MoEWeights(**f64).validate(spec)
     adversarial_x(spec, x)
-    qw = QuantizedMoEWeights.quantize(spec, base)
+    static = spec.quant.activation_scale == "static"
+    qw = QuantizedMoEWeights.quantize(spec, base, a13_scale=1.0 if static else None, a2_scale=1.0 if static else None)
     xs = x.double().numpy()
-    if spec.quant.activation_scale == "static":
+    if static:  # provisional 1.0 above, now half the amax of x and of the activation
         a13, a2 = _static_scales(spec, qw, xs)
         qw = qw.replace(a13_scale=a13, a2_scale=a2).validate(spec)
     if "gemm1" in spec.quant.quantize_inputs and xs.shape[0]:
