@@ -98,8 +98,9 @@ def _static_scales(spec: MoESpec, qw: QuantizedMoEWeights, x: np.ndarray) -> tup
     return a13, a2
 
 
-def quantized_inputs(spec: MoESpec, x: torch.Tensor, tensors: dict[str, torch.Tensor], dtype: torch.dtype,
-                     device) -> tuple[torch.Tensor, MoEWeights, QuantizedMoEWeights]:
+def quantized_inputs(
+    spec: MoESpec, x: torch.Tensor, tensors: dict[str, torch.Tensor], dtype: torch.dtype, device
+) -> tuple[torch.Tensor, MoEWeights, QuantizedMoEWeights]:
     """(x, weights, qweights) of a quantized case from its float32 draws (module docstring)."""
     f64 = {n: t.double() for n, t in tensors.items()}
     for n in QUANT_FIELDS:
@@ -108,7 +109,9 @@ def quantized_inputs(spec: MoESpec, x: torch.Tensor, tensors: dict[str, torch.Te
     base = MoEWeights(**f64).validate(spec)
     adversarial_x(spec, x)
     static = spec.quant.activation_scale == "static"
-    qw = QuantizedMoEWeights.quantize(spec, base, a13_scale=1.0 if static else None, a2_scale=1.0 if static else None)
+    qw = QuantizedMoEWeights.quantize(
+        spec, base, a13_scale=1.0 if static else None, a2_scale=1.0 if static else None
+    )
     xs = x.double().numpy()
     if static:  # provisional 1.0 above, now half the amax of x and of the activation
         a13, a2 = _static_scales(spec, qw, xs)

@@ -22,7 +22,7 @@ import torch
 
 from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.results import Outcome
-from moe_cts.conformance.impls.eager_quant import FP8_DTYPES, F32
+from moe_cts.conformance.impls.eager_quant import F32, FP8_DTYPES
 from moe_cts.conformance.impls.torch_eager import TorchEagerImplementation
 from moe_cts.reference.quant import QuantScheme
 from moe_cts.reference.spec import MoESpec
@@ -58,7 +58,7 @@ class FnuzMax224(TorchEagerImplementation):
 class E8m0RoundedDown(TorchEagerImplementation):
     def pow2_scale(self, spec, amax):
         a = torch.where(torch.isfinite(amax) & (amax > 0), amax, torch.ones_like(amax))
-        m, e = torch.frexp(a / self.fp8_max(spec.quant.fp8_format))  # floor(log2 ratio) = e - 1
+        _m, e = torch.frexp(a / self.fp8_max(spec.quant.fp8_format))  # floor(log2 ratio) = e - 1
         s = torch.ldexp(torch.ones_like(a), (e - 1).clamp(-127, 127).to(F32))
         return torch.where(amax == 0, torch.zeros_like(s), s)
 
@@ -93,4 +93,6 @@ _TABLE = [
 ]
 
 #: (name, class, stage, outcome, case) rows; broken.py registers them in BROKEN
-QUANT_TABLE = [(n, cls, "gemm1", Outcome.FAIL, Case(spec, 9, dtype, seed=seed)) for n, cls, spec, dtype, seed in _TABLE]
+QUANT_TABLE = [
+    (n, cls, "gemm1", Outcome.FAIL, Case(spec, 9, dtype, seed=seed)) for n, cls, spec, dtype, seed in _TABLE
+]

@@ -115,7 +115,9 @@ class QuantEagerMixin:
         return (q * s).to(device)
 
     # -- GEMMs and the epilogue
-    def add_bias(self, spec: MoESpec, y: torch.Tensor, bias: torch.Tensor | None, xq: torch.Tensor, qt, e) -> torch.Tensor:
+    def add_bias(
+        self, spec: MoESpec, y: torch.Tensor, bias: torch.Tensor | None, xq: torch.Tensor, qt, e
+    ) -> torch.Tensor:
         """Epilogue after the dequantized product: + bias in fp32 (dequant -> bias)."""
         return y if bias is None else y + bias.to(F32)
 
@@ -128,8 +130,15 @@ class QuantEagerMixin:
         """act (T, k, I) fp32: GEMM1 on the quantized x, bias, activation."""
         xq = self.quantize_act(spec, x, qw.a13_scale, "gemm1")
         b13 = qw.base.b13 if spec.expert_bias else None
-        return self.q_per_expert(spec, topk_ids, spec.intermediate_size, xq, lambda e, t, j: self.activate(
-            spec, *self.split(spec, self.qgemm(spec, xq[t], qw.w13, e, None if b13 is None else b13[e]))))
+        return self.q_per_expert(
+            spec,
+            topk_ids,
+            spec.intermediate_size,
+            xq,
+            lambda e, t, j: self.activate(
+                spec, *self.split(spec, self.qgemm(spec, xq[t], qw.w13, e, None if b13 is None else b13[e]))
+            ),
+        )
 
     def q_down(self, spec: MoESpec, qw, act: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         """expert_out (T, k, H) fp32: GEMM2 on the requantized activation of every assignment."""
@@ -137,8 +146,13 @@ class QuantEagerMixin:
         aq = self.quantize_act(spec, act.reshape(T * k, spec.intermediate_size), qw.a2_scale, "gemm2")
         aq = aq.view(T, k, spec.intermediate_size)
         b2 = qw.base.b2 if spec.expert_bias else None
-        return self.q_per_expert(spec, topk_ids, spec.hidden_size, aq, lambda e, t, j: self.qgemm(
-            spec, aq[t, j], qw.w2, e, None if b2 is None else b2[e]))
+        return self.q_per_expert(
+            spec,
+            topk_ids,
+            spec.hidden_size,
+            aq,
+            lambda e, t, j: self.qgemm(spec, aq[t, j], qw.w2, e, None if b2 is None else b2[e]),
+        )
 
     def q_shared(self, spec: MoESpec, qw, x: torch.Tensor) -> torch.Tensor | None:
         if not spec.shared_width:

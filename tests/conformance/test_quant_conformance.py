@@ -19,8 +19,14 @@ from moe_cts.reference import numpy_quant as npq
 from moe_cts.reference.quant import QuantScheme
 from moe_cts.reference.spec import MoESpec
 
-BLOCK = MoESpec(hidden_size=320, intermediate_size=192, num_experts=4, top_k=2, renormalize=True,
-                quant=QuantScheme.fp8_block())
+BLOCK = MoESpec(
+    hidden_size=320,
+    intermediate_size=192,
+    num_experts=4,
+    top_k=2,
+    renormalize=True,
+    quant=QuantScheme.fp8_block(),
+)
 QUANT_NAMES = [row[0] for row in QUANT_TABLE]
 
 
@@ -65,7 +71,9 @@ def test_an_implementation_that_claims_no_scheme_gets_not_supported(device):
 def test_quantized_broken_implementation_is_caught_at_its_stage(name, device):
     b = BROKEN[name]
     r = run_case(get_implementation(f"broken:{name}"), b.case, device)
-    assert (r.failing_stage, r.outcome) == (b.stage, b.outcome), f"{name}: {r.outcome.value} at {r.failing_stage}: {r.message}"
+    assert (r.failing_stage, r.outcome) == (b.stage, b.outcome), (
+        f"{name}: {r.outcome.value} at {r.failing_stage}: {r.message}"
+    )
 
 
 class DroppedScale(TorchEagerImplementation):
