@@ -10,8 +10,9 @@
     x (float32)
       -> adversarial_x: token 0's last activation group all zeros (the epsilon policy), token 1's last
          group tiny (1e-12); only when a row has >= 2 groups (a zero row would make the router tie)
-      -> snap: x' = quantize_act(x) (the oracle's own activation quantization), so GEMM1's requantization
-         is idempotent; static per-tensor scales are set at half the amax (the largest values saturate)
+      -> snap (dynamic scales): x' = quantize_act(x) (the oracle's own activation quantization), so GEMM1's
+         requantization is idempotent; static per-tensor scales are set at half the amax and x is left as
+         drawn, so its largest values saturate
 
     field of CaseInputs   quantized case
     weights               MoEWeights in the case dtype: router and biases as drawn, expert matrices the
@@ -116,7 +117,7 @@ def quantized_inputs(
     if static:  # provisional 1.0 above, now half the amax of x and of the activation
         a13, a2 = _static_scales(spec, qw, xs)
         qw = qw.replace(a13_scale=a13, a2_scale=a2).validate(spec)
-    if "gemm1" in spec.quant.quantize_inputs and xs.shape[0]:
+    if "gemm1" in spec.quant.quantize_inputs and xs.shape[0] and not static:  # static: keep x past max
         xs = npq.quantize_act(spec, xs, qw.a13_scale)
     xt = torch.from_numpy(xs).to(dtype).to(device)
     weights = qw.base.map(lambda t: t.to(dtype).to(device)).validate(spec)
