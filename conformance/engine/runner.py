@@ -39,6 +39,7 @@ from moe_cts.conformance.engine.compare import compare
 from moe_cts.conformance.engine.devices import Device, accumulator_profile, waiver_for
 from moe_cts.conformance.engine.protocol import FORWARD, VERDICT_STAGE, Implementation
 from moe_cts.conformance.engine.results import STAGES, CaseResult, FailKind, Outcome, StageVerdict, worst
+from moe_cts.reference import numpy_quant
 from moe_cts.reference.errors import NotSupportedError
 
 #: (integer view dtype, NaN bit pattern) of the poison inside the output and of the canaries around it
@@ -225,7 +226,9 @@ class _Session:
         return self.numeric("gemm1", _field(out, "act"), ref.act, e_act, self.kept[..., None] & self.mask(2))
 
     def stage_down(self) -> StageVerdict:
-        act = self.rounded(self.gate_up_bounds(self.x)[0].act)
+        oracle = npo.gate_up(self.spec, self.wv.val, self.x, self.ids) if self.qw is None else \
+            numpy_quant.gate_up(self.spec, self.qw, self.x, self.ids)
+        act = self.rounded(oracle.act)
         if self.qw is not None:
             ref, e_eo = quant_tolerance.down_bounds(self.model, self.spec, self.qw, self.qv, _np(act), self.ids)
         else:
