@@ -49,6 +49,7 @@ class CaseInputs:
     expert_out: torch.Tensor | None = None  # (T, k, H) case dtype: input of combine
     kept: torch.Tensor | None = None  # (T, k) bool
     shared_out: torch.Tensor | None = None  # (T, H) case dtype
+    qweights: Any = None  # QuantizedMoEWeights when spec.quant is set (quant_cases.py), else None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -165,6 +166,7 @@ class Case:
             "capacity_factor": s.capacity_factor,
             "local_experts": None if s.local_experts is None else len(s.local_experts),
             "preset": s.name,
+            "quant": None if s.quant is None else s.quant.method,
         }
 
     # -- inputs
@@ -190,6 +192,11 @@ class Case:
     def build_inputs(self, device: torch.device | str = "cpu") -> CaseInputs:
         x, tensors = self.build_tensors()
         dt = self.torch_dtype
+        if self.spec.quant is not None:  # codes + scales beside the weights (quant_cases.py)
+            from moe_cts.conformance.engine.quant_cases import quantized_inputs
+
+            xq, wq, qw = quantized_inputs(self.spec, x, tensors, dt, device)
+            return CaseInputs(spec=self.spec, x=xq, weights=wq, qweights=qw)
         w = MoEWeights(**{k: v.to(dt).to(device) for k, v in tensors.items()}).validate(self.spec)
         return CaseInputs(spec=self.spec, x=x.to(dt).to(device), weights=w)
 

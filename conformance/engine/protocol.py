@@ -69,6 +69,7 @@ class Capabilities:
     # forbidden when it is not claimed above, optional when claimed and not required. Names: the routing
     # variants, "expert_bias", "shared_experts", "shared_gate".
     required: frozenset[str] = frozenset()
+    quant_schemes: frozenset[str] = frozenset()  # QuantScheme methods claimed (reference/quant.py QUANT_METHODS)
     notes: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +102,8 @@ class Capabilities:
              f"num_experts: at most {self.max_experts} claimed"),
             *((features(spec)[f], f"{f}: always applied by this implementation, absent from the case")
               for f in sorted(self.required)),
+            (spec.quant is None or spec.quant.method in self.quant_schemes,
+             f"quant: {spec.quant.method if spec.quant else None} not in {sorted(self.quant_schemes)}"),
         ]
         return next((why for ok, why in checks if not ok), None)
 

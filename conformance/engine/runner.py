@@ -35,12 +35,13 @@ import numpy as np
 import torch
 
 import moe_cts.reference.numpy_oracle as npo
-from moe_cts.conformance.engine import judge, known_issues, tolerance
+from moe_cts.conformance.engine import judge, known_issues, quant_tolerance, tolerance
 from moe_cts.conformance.engine.cases import Case, CaseInputs
 from moe_cts.conformance.engine.compare import compare
 from moe_cts.conformance.engine.devices import Device, accumulator_profile, waiver_for
 from moe_cts.conformance.engine.protocol import FORWARD, VERDICT_STAGE, Implementation
 from moe_cts.conformance.engine.results import STAGES, CaseResult, FailKind, Outcome, StageVerdict, worst
+from moe_cts.reference import numpy_quant
 from moe_cts.reference.errors import NotSupportedError
 
 #: (integer view dtype, NaN bit pattern) of the poison inside the output and of the canaries around it
@@ -157,6 +158,8 @@ class _Session:
         self.inputs: CaseInputs = case.build_inputs(device.torch_device)
         self.model = tolerance.ErrorModel.for_case(accumulator_profile(device), case.dtype, self.caps.fp32_dot)
         self.wv = tolerance.WeightViews.of(self.inputs.weights)
+        self.qw = self.inputs.qweights  # quantized cases: codes + scales, base = exact dequantized (float64)
+        self.qv = None if self.qw is None else tolerance.WeightViews.of(self.qw.base)
         self.x = _np(self.inputs.x)
         self.routing = npo.route(self.spec, self.wv.val, self.x)
         self.e_scores, self.e_keys = tolerance.router_bounds(self.model, self.spec, self.wv, self.x, self.routing)
@@ -228,15 +231,24 @@ class _Session:
         out = self.call("permute", self.inputs.with_feeds(topk_ids=self.ids_tensor(self.ids)))
         return judge.permutation_verdict(npo.permute(self.spec, self.ids), out)
 
+    def gate_up_bounds(self, x: np.ndarray):
+        if self.qw is not None:
+            return quant_tolerance.gate_up_bounds(self.model, self.spec, self.qw, self.qv, x, self.ids)
+        return tolerance.gate_up_bounds(self.model, self.spec, self.wv, x, self.ids)
+
     def stage_gate_up(self) -> StageVerdict:
-        ref, e_act = tolerance.gate_up_bounds(self.model, self.spec, self.wv, self.x, self.ids)
+        ref, e_act = self.gate_up_bounds(self.x)
         out = self.call("gate_up", self.inputs.with_feeds(topk_ids=self.ids_tensor(self.ids)))
         return self.numeric("gemm1", _field(out, "act"), ref.act, e_act, self.kept[..., None] & self.mask(2))
 
     def stage_down(self) -> StageVerdict:
-        ref_act = npo.gate_up(self.spec, self.wv.val, self.x, self.ids).act
-        act = self.rounded(ref_act)
-        ref, e_eo = tolerance.down_bounds(self.model, self.spec, self.wv, _np(act), self.ids)
+        oracle = npo.gate_up(self.spec, self.wv.val, self.x, self.ids) if self.qw is None else \
+            numpy_quant.gate_up(self.spec, self.qw, self.x, self.ids)
+        act = self.rounded(oracle.act)
+        if self.qw is not None:
+            ref, e_eo = quant_tolerance.down_bounds(self.model, self.spec, self.qw, self.qv, _np(act), self.ids)
+        else:
+            ref, e_eo = tolerance.down_bounds(self.model, self.spec, self.wv, _np(act), self.ids)
         out = self.call("down", self.inputs.with_feeds(topk_ids=self.ids_tensor(self.ids), act=act))
         return self.numeric("gemm2", out, ref, e_eo, self.kept[..., None] & self.mask(2))
 
@@ -252,6 +264,9 @@ class _Session:
         return self.numeric("combine", self.call("combine", feeds), ref, e_y, self.mask(1))
 
     def end_to_end_reference(self) -> dict[str, np.ndarray]:
+        if self._e2e is None and self.qw is not None:
+            self._e2e = quant_tolerance.end_to_end(self.model, self.spec, self.qw, self.qv, self.x, self.ids,
+                                                   self.tw, self.kept, self.e_w)
         if self._e2e is None:
             m, spec, wv = self.model, self.spec, self.wv
             gu, e_act = tolerance.gate_up_bounds(m, spec, wv, self.x, self.ids)
@@ -317,7 +332,8 @@ class _Session:
             if diff:
                 msgs.append(f"two runs differ in {diff} elements")
         if self.caps.batch_invariant and self.x.shape[0] >= 2:
-            one = CaseInputs(spec=self.spec, x=self.inputs.x[:1].clone(), weights=self.inputs.weights)
+            one = CaseInputs(spec=self.spec, x=self.inputs.x[:1].clone(), weights=self.inputs.weights,
+                             qweights=self.inputs.qweights)
             y1 = _field(self.call(FORWARD, one), "y")
             diff = int((_bits(y[:1]) != _bits(y1)).sum())
             if diff:

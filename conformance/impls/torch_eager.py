@@ -10,6 +10,7 @@ weights cast to the input dtype before they scale the expert output, index_add i
     combine   y (T, H) input dtype
     forward   y (T, H), written into `out` when given
 
+Quantized specs (spec.quant) run eager_quant.py for GEMM1, GEMM2 and the forward.
 It runs on any torch device; the deliberately broken implementations (broken.py) subclass it.
 """
 
@@ -22,7 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from moe_cts.conformance.engine.protocol import FORWARD, STAGE_METHODS, Capabilities
+from moe_cts.conformance.impls.eager_quant import QuantEagerMixin
 from moe_cts.reference.errors import NotSupportedError
+from moe_cts.reference.quant import QUANT_METHODS
 from moe_cts.reference.spec import RENORM_EPS, MoESpec, MoEWeights
 
 
@@ -45,7 +48,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-class TorchEagerImplementation:
+class TorchEagerImplementation(QuantEagerMixin):
     name = "torch-eager"
 
     def capabilities(self) -> Capabilities:
@@ -55,6 +58,7 @@ class TorchEagerImplementation:
             local_mask=True,
             deterministic=True,
             accepts_out=True,
+            quant_schemes=frozenset(QUANT_METHODS),  # eager_quant.py: fp8 GEMMs emulated in fp32
         )
 
     def kernel_config(self) -> dict[str, Any]:
@@ -68,6 +72,9 @@ class TorchEagerImplementation:
         if why is not None:
             raise NotSupportedError(why)
         spec, w = inputs.spec, inputs.weights
+        if spec.quant is not None and stage in (FORWARD, "gate_up", "down"):
+            y = self.run_quant(inputs, stage)
+            return self.write_out(y, out) if stage == FORWARD else y
         if stage == FORWARD:
             return self.write_out(self.forward(spec, w, inputs.x), out)
         if stage == "route":
