@@ -160,7 +160,7 @@ def test_a_device_architecture_maps_to_its_aot_target(arch, target):
 )
 def test_compile_option_resolves_against_the_certified_devices(monkeypatch, spec, devices, arch, want):
     fake = Device("cuda", 0, None, "fake", arch)
-    monkeypatch.setattr("moe_cts.conformance.engine.devices.select_device", lambda name: fake)
+    monkeypatch.setattr("moe_cts.conformance.report.compile.select_device", lambda name: fake)
     assert report_compile.compile_targets(spec, devices) == want
 
 

@@ -45,6 +45,9 @@ def test_every_aot_target_is_a_row_of_the_table_with_its_facts():
 def test_the_device_matrix_reads_limits_and_fp8_from_the_table(fresh_matrix):
     gpu_rows = 0
     for row in devices.load_matrix()["entries"]:
+        if row["backend"] == "cpu":  # plain PyTorch on the CPU runs no Triton code: no target, no limits
+            assert row["shared_memory_per_block"] is None and row["fp8"] is None, row
+            continue
         t = target_info.by_device(row["backend"], row["arch"])
         assert t is not None, (
             f"device matrix row {row['backend']}/{row['arch']} has no kernels/target_info.py row"
