@@ -1,13 +1,15 @@
 """moe-cts reference: the MoE layer spec and its float64 oracles.
 
-`moe_cts.reference.moe_forward` and the stage functions (`route`, `permute`, `gate_up`, `down`, `shared_expert`,
-`combine`) are the NumPy float64 oracle; `moe_cts.reference.torch_oracle` holds the independent PyTorch twin.
+`moe_cts.reference.moe_forward` (any spec, quantized ones too: reference/layer.py) and the stage functions
+(`route`, `permute`, `gate_up`, `down`, `shared_expert`, `combine`) are the NumPy float64 oracle;
+`moe_cts.reference.torch_oracle` holds the independent PyTorch twin (`layer.torch_moe_forward` for any spec).
 `moe_cts.reference.formats` has the fp8/fp4/E8M0 codecs, `moe_cts.reference.quant` the quantization
 schemes (`MoESpec.quant`), `moe_cts.reference.qweights` quantized weights. `moe_cts.reference.presets` has the real models' full-size specs; `moe_cts.reference.hf` reads transformers configs and blocks.
 """
 
-from moe_cts.reference import formats, presets, quant, torch_oracle
+from moe_cts.reference import formats, layer, presets, quant, torch_oracle
 from moe_cts.reference.errors import NotSupportedError, SpecError
+from moe_cts.reference.layer import moe_forward
 from moe_cts.reference.numpy_oracle import (
     GateUp,
     MoEResult,
@@ -17,7 +19,6 @@ from moe_cts.reference.numpy_oracle import (
     combine,
     down,
     gate_up,
-    moe_forward,
     permute,
     route,
     shared_expert,
@@ -48,6 +49,7 @@ __all__ = [
     "down",
     "formats",
     "gate_up",
+    "layer",
     "moe_forward",
     "permute",
     "presets",

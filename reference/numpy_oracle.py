@@ -272,10 +272,8 @@ def combine(spec: MoESpec, expert_out, topk_weights, kept, shared_out=None) -> n
 # ----------------------------------------------------------------------------------------------- forward
 def moe_forward(spec: MoESpec, weights: MoEWeights, x) -> MoEResult:
     """The whole layer: route -> permute -> gate_up -> down -> combine (+ shared)."""
-    if spec.quant is not None:  # quantized experts: numpy_quant.py (imported here: it builds on this module)
-        from moe_cts.reference import numpy_quant
-
-        return numpy_quant.moe_forward(spec, weights, x)
+    if spec.quant is not None:  # numpy_quant.py builds on this module; layer.py chooses between the two
+        raise SpecError("quant", "None here: quantized layers go through moe_cts.reference.moe_forward", spec.quant.method)
     x = _np(x)
     check_input(spec, x)
     weights.validate(spec)

@@ -274,10 +274,8 @@ def combine(spec: MoESpec, expert_out, topk_weights, kept, shared_out=None) -> t
 # ----------------------------------------------------------------------------------------------- forward
 def moe_forward(spec: MoESpec, weights: MoEWeights, x) -> MoEResult:
     """The whole layer: route -> permute -> gate_up -> down -> combine (+ shared), on weights.device."""
-    if spec.quant is not None:  # quantized experts: torch_quant.py (imported here: it builds on this module)
-        from moe_cts.reference import torch_quant
-
-        return torch_quant.moe_forward(spec, weights, x)
+    if spec.quant is not None:  # torch_quant.py builds on this module; layer.py chooses between the two
+        raise SpecError("quant", "None here: quantized layers go through reference.layer.torch_moe_forward", spec.quant.method)
     x = _f64(x, weights.device)
     check_input(spec, x)
     weights.validate(spec)

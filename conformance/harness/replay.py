@@ -26,7 +26,7 @@ from moe_cts.conformance.engine.devices import select_device
 from moe_cts.conformance.engine.results import CaseResult
 from moe_cts.conformance.engine.session import DEFAULT_TIMEOUT_S, Session
 from moe_cts.conformance.impls.registry import load_implementation
-from moe_cts.reference.numpy_oracle import moe_forward
+from moe_cts.reference.layer import moe_forward
 
 _SAFE = re.compile(r"[^\w.-]")
 

@@ -17,10 +17,10 @@ import torch
 from refcheck import assert_close
 from safetensors.torch import save_file
 
-from moe_cts.reference import MoESpec, SpecError, moe_forward, torch_oracle
+from moe_cts.reference import MoESpec, SpecError, layer, moe_forward
 from moe_cts.reference.checkpoint import load_layer
 
-ORACLES = {"numpy": moe_forward, "torch": torch_oracle.moe_forward}
+ORACLES = {"numpy": moe_forward, "torch": layer.torch_moe_forward}
 
 # e4m3fn codes used below (sign | 4-bit exponent, bias 7 | 3-bit mantissa)
 ONE, TWO, MINUS_ONE = 0x38, 0x40, 0xB8

@@ -18,8 +18,8 @@ from moe_cts.reference import (
     QuantizedMoEWeights,
     QuantScheme,
     formats,
+    layer,
     moe_forward,
-    torch_oracle,
 )
 from moe_cts.reference.spec import GATED_ACTIVATIONS, NONGATED_ACTIVATIONS
 
@@ -128,7 +128,7 @@ def make_case(spec: MoESpec, T: int, mode: str, seed: int) -> tuple[QuantizedMoE
 @given(spec=quant_specs(), T=st.integers(0, 6), seed=st.integers(0, 2**63 - 1))
 def test_oracles_agree_on_generated_quantized_specs(mode, spec, T, seed):
     qw, x = make_case(spec, T, mode, seed)
-    assert_results_agree(moe_forward(spec, qw, x), torch_oracle.moe_forward(spec, qw, x))
+    assert_results_agree(moe_forward(spec, qw, x), layer.torch_moe_forward(spec, qw, x))
 
 
 def _spec(q: QuantScheme, H: int = 10, I: int = 6, **kw) -> MoESpec:
@@ -174,7 +174,7 @@ CURATED = {
 def test_oracles_agree_on_curated_quantized_specs(case, mode):
     spec = CURATED[case]
     qw, x = make_case(spec, 7, mode, seed=11)
-    assert_results_agree(moe_forward(spec, qw, x), torch_oracle.moe_forward(spec, qw, x))
+    assert_results_agree(moe_forward(spec, qw, x), layer.torch_moe_forward(spec, qw, x))
 
 
 def test_static_scales_saturate_in_both_oracles():
@@ -182,7 +182,7 @@ def test_static_scales_saturate_in_both_oracles():
     w = MoEWeights.random(spec, seed=4)
     qw = QuantizedMoEWeights.quantize(spec, w, a13_scale=2.0**-9, a2_scale=2.0**-9)  # |x| > 0.875 saturates
     x = torch.randn(5, spec.hidden_size, dtype=torch.float64) * 4
-    a, b = moe_forward(spec, qw, x), torch_oracle.moe_forward(spec, qw, x)
+    a, b = moe_forward(spec, qw, x), layer.torch_moe_forward(spec, qw, x)
     assert_results_agree(a, b)
     unsat = moe_forward(spec, QuantizedMoEWeights.quantize(spec, w, a13_scale=1.0, a2_scale=1.0), x)
     assert np.abs(a.y - unsat.y).max() > 1e-3 * np.abs(unsat.y).max(), "saturation changed nothing"
