@@ -60,13 +60,13 @@ def list_(
 def _print_implementations() -> None:
     """Every implementation, built-in or entry point, loaded and checked; a broken one shows its error."""
     found = survey()
-    t = Table(title=f"implementations ({len(found)}; {sum(1 for f in found if f.error)} broken)")
-    for col in ("name", "source", "capabilities"):
-        t.add_column(col, overflow="fold")
+    # One line per implementation, never a table: capabilities are long and a folded cell is hard to read or
+    # grep at 80 columns.
+    console.print(f"implementations ({len(found)}; {sum(1 for f in found if f.error)} broken):", markup=False)
     for f in found:
-        t.add_row(f.name, f.source, f"BROKEN: {f.error}" if f.error else summary(f.capabilities))
-    console.print(t)
-    # names on a line of their own too, as `--impl` takes them (a folded cell is hard to copy)
+        what = f"BROKEN: {f.error}" if f.error else summary(f.capabilities)
+        console.print(f"  {f.name} [{f.source}]: {what}", markup=False, soft_wrap=True)
+    # the usable names on one line, as `--impl` takes them
     console.print("implementations: " + ", ".join(f.name for f in found if not f.error), markup=False,
                   soft_wrap=True)
     for f in found:

@@ -3,6 +3,8 @@ certificate; the report and the console say what was executed, NotSupported and 
 
 from __future__ import annotations
 
+import re
+
 from typer.testing import CliRunner
 
 from moe_cts.conformance.cli.app import app
@@ -19,7 +21,7 @@ def test_a_run_whose_cases_are_all_not_supported_is_void_without_a_certificate(c
     assert dev["coverage"]["cases"]["executed"] == 0
     assert dev["coverage"]["not_supported_share"] == 1.0
     assert any("no case was executed" in m for m in dev["coverage"]["missing"])
-    assert "no case was executed" in run.stdout and "100% of 10" in run.stdout
+    assert "no case was executed" in run.stdout and re.search(r"100% of \d+", run.stdout), run.stdout
     assert "no certificate written" in run.stdout
 
 
