@@ -14,7 +14,7 @@ A fault is one of:
 Each entry names: bug (docs/bugs.md anchor), reference (public thread), stage and outcome expected to catch it,
 profile (smoke | quick | gpu) and device (interpreter | gpu) where it must be caught, checks (what sees it),
 cases (names from `cases` of the catalog or of data/must_pass.json), impl (options of the Triton
-implementation, e.g. batch_invariant) and missing_check: non-empty when the suite is known to lack the check
+implementation, e.g. batch_invariant), fill (false: run only the named cases) and missing_check: non-empty when the suite is known to lack the check
 that would catch the fault (the entry then documents the gap; a kill means the note is out of date).
 `old` / `new` may be a string or a list of lines (joined with newlines), so multi-line snippets stay readable.
 """
@@ -66,6 +66,7 @@ class Fault:
     broken: str = ""  # broken: name in moe_cts.conformance.impls.broken.BROKEN
     impl: dict[str, Any] = field(default_factory=dict)  # TritonImplementation options
     missing_check: str = ""  # the suite's known gap that lets this fault survive
+    fill: bool = True  # False: only its own cases (the fault is about one input, e.g. fp16 overflow)
 
     @property
     def impl_key(self) -> str:
@@ -116,7 +117,7 @@ class Catalog:
 
             out.append(dataclasses.replace(BROKEN[fault.broken].case, name=f"broken:{fault.broken}"))
         out += [self.case(n) for n in fault.cases]
-        if fault.kind == "config":
+        if fault.kind == "config" or not fault.fill:
             return out
         mp = must_pass_for("smoke" if profile == "gpu" else profile, backend)
         seen = {c.case_id for c in out}
@@ -179,6 +180,7 @@ def parse_fault(d: dict[str, Any]) -> Fault:
         profile=_choice(d, "profile", PROFILES, where), device=_choice(d, "device", DEVICES, where),
         checks=d["checks"], note=d.get("note", ""), cases=tuple(d.get("cases", ())), edits=edits,
         broken=d.get("broken", ""), impl=dict(d.get("impl", {})), missing_check=d.get("missing_check", ""),
+        fill=bool(d.get("fill", True)),
     )  # fmt: skip
 
 

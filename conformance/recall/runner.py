@@ -82,25 +82,36 @@ def _pool(device: str, jobs: int) -> cf.ProcessPoolExecutor:
     )
 
 
-def _map(
-    device: str, jobs: int, tasks: list[tuple[Callable, tuple]], on_crash: Callable[[int], Any]
-) -> list[Any]:
-    """Run tasks (fn, args) in a pool, results in task order. Tasks lost to a dying worker are retried
+class _Pool:
+    """The worker pool of one run; replaced by a fresh one when a dying worker breaks it."""
+
+    def __init__(self, device: str, jobs: int):
+        self.device, self.jobs = device, jobs
+        self.pool = _pool(device, jobs)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _map(p: _Pool, tasks: list[tuple[Callable, tuple]], on_crash: Callable[[int], Any]) -> list[Any]:
+    """Run tasks (fn, args) in the pool, results in task order. Tasks lost to a dying worker are retried
     one at a time in a fresh one-worker pool; a second loss gives on_crash(index)."""
     results: list[Any] = [None] * len(tasks)
     lost: list[int] = []
-    with _pool(device, jobs) as pool:
-        futs = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(tasks)}
-        for fut in cf.as_completed(futs):
-            try:
-                results[futs[fut]] = fut.result()
-            except cf.process.BrokenProcessPool:
-                lost.append(futs[fut])
+    futs = {p.pool.submit(fn, *args): i for i, (fn, args) in enumerate(tasks)}
+    for fut in cf.as_completed(futs):
+        try:
+            results[futs[fut]] = fut.result()
+        except cf.process.BrokenProcessPool:
+            lost.append(futs[fut])
+    if lost:  # a broken pool takes every pending task with it: start a fresh one for what follows
+        p.close()
+        p.pool = _pool(p.device, p.jobs)
     for i in sorted(lost):
         fn, args = tasks[i]
         try:
-            with _pool(device, 1) as pool:
-                results[i] = pool.submit(fn, *args).result()
+            with _pool(p.device, 1) as single:
+                results[i] = single.submit(fn, *args).result()
         except cf.process.BrokenProcessPool:
             results[i] = on_crash(i)
     return results
@@ -125,21 +136,31 @@ def run_recall(
     cases = plan(cat, faults, profile, "interpreter" if backend == "interpreter" else "cuda", cap)
     say = progress or (lambda s: None)
 
-    pairs: dict[tuple[str, str], tuple[Fault, Case]] = {}
-    for f in faults:
-        if f.kind != "config":
-            for c in cases[f.name]:
-                pairs.setdefault((f.impl_key, c.case_id), (f, c))
-    say(f"control: {len(pairs)} (implementation, case) pairs on {device}")
-    ctl_tasks = [(worker.run_control, (f, c, timeout_s)) for f, c in pairs.values()]
-    ctl = _map(device, jobs, ctl_tasks, lambda i: CaseRun(ctl_tasks[i][1][1].name, "crash", None, "", 0.0,
-                                                          "worker process died"))  # fmt: skip
-    control = tuple((f.impl_key, r) for (f, _), r in zip(pairs.values(), ctl))
-
     say(f"faults: {len(faults)} in {jobs} workers")
-    tasks = [(worker.run_fault, (f, cases[f.name], timeout_s)) for f in faults]
-    results = _map(device, jobs, tasks, lambda i: FaultResult(faults[i].name, "caught_elsewhere",
-                                                              message="worker process died (crash)"))  # fmt: skip
+    pool = _Pool(device, jobs)
+    try:
+        results, control = _faults_then_control(pool, faults, cases, timeout_s, say)
+    finally:
+        pool.close()
     return RecallReport(profile=profile, device=device, catalog_version=cat.version, faults=tuple(faults),
                         results=tuple(results), control=control, wall_s=round(time.perf_counter() - t0, 2),
                         jobs=jobs)  # fmt: skip
+
+
+def _faults_then_control(pool: _Pool, faults: list[Fault], cases: dict[str, list[Case]], timeout_s: float,
+                         say: Callable[[str], None]) -> tuple[list[FaultResult], tuple[tuple[str, CaseRun], ...]]:  # fmt: skip
+    tasks = [(worker.run_fault, (f, cases[f.name], timeout_s)) for f in faults]
+    results = _map(pool, tasks, lambda i: FaultResult(faults[i].name, "caught_elsewhere",
+                                                              message="worker process died (crash)"))  # fmt: skip
+
+    # Control: exactly the cases the faults ran (runs[i] is cases[i]), on the unmutated implementation.
+    pairs: dict[tuple[str, str], tuple[Fault, Case]] = {}
+    for f, r in zip(faults, results):
+        for c in cases[f.name][: len(r.runs)]:
+            pairs.setdefault((f.impl_key, c.case_id), (f, c))
+    say(f"control: {len(pairs)} (implementation, case) pairs")
+    ctl_tasks = [(worker.run_control, (f, c, timeout_s)) for f, c in pairs.values()]
+    ctl = _map(pool, ctl_tasks, lambda i: CaseRun(ctl_tasks[i][1][1].name, "crash", None, "", 0.0,
+                                                          "worker process died"))  # fmt: skip
+    control = tuple((f.impl_key, r) for (f, _), r in zip(pairs.values(), ctl))
+    return results, control
