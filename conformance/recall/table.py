@@ -31,13 +31,13 @@ def _why(status: str, r, fault) -> str:
 
 def render(report: RecallReport, width: int = 60) -> str:
     by_name = {r.name: r for r in report.results}
-    head = f"{'fault':34} {'bug':3} {'stage':11} {'profile':7} {'status':16} {'killed by / why':{width}} {'time':>7}"
+    head = f"{'fault':42} {'bug':3} {'stage':11} {'profile':7} {'status':16} {'killed by / why':{width}} {'time':>7}"
     lines = [head, "-" * len(head)]
     for f in report.faults:
         r = by_name[f.name]
         why = _why(r.status, r, f)
         why = why if len(why) <= width else why[: width - 3] + "..."
-        lines.append(f"{f.name:34} {f.bug[4:6]:3} {f.stage:11} {f.profile:7} {r.status:16} {why:{width}} "
+        lines.append(f"{f.name:42} {f.bug[4:6]:3} {f.stage:11} {f.profile:7} {r.status:16} {why:{width}} "
                      f"{r.time_s:6.1f}s")  # fmt: skip
     lines.append("")
     for profile, row in report.recall().items():
