@@ -119,7 +119,7 @@ class Catalog:
         out += [self.case(n) for n in fault.cases]
         if fault.kind == "config" or not fault.fill:
             return out
-        mp = must_pass_for("smoke" if profile == "gpu" else profile, backend)
+        mp = must_pass_for("quick" if profile == "gpu" else profile, backend)
         seen = {c.case_id for c in out}
         for c in mp:
             if len(out) >= max(cap, len(fault.cases) + (fault.kind == "broken")):
