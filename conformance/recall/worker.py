@@ -56,11 +56,24 @@ class FaultResult:
 
 def init_worker(device: str) -> None:
     """Pool initializer: the device first (TRITON_INTERPRET must be set before triton is imported), then the
-    real kernels folder, read before any mutation replaces the package."""
+    real kernels folder, read before any mutation replaces the package.
+
+    torch.empty is poisoned for the worker's life (torch's fill_uninitialized_memory: NaN for floats, the
+    largest value for ints), for faults and control alike. A mutated alignment leaves slots of sorted_ids
+    unwritten; with garbage there the interpreter follows the garbage ids out of bounds and corrupts the
+    heap (measured: `malloc(): unaligned tcache chunk detected`, the same fault killed in one run and
+    crashing the next). Poisoned, an unwritten slot is past every row (masked), and the run is repeatable."""
+    import warnings
+
+    import torch
+
     from moe_cts.conformance.engine.devices import select_device
 
     _STATE["device"] = select_device(device)
     _STATE["root"] = kernels_root()
+    warnings.filterwarnings("ignore", message=".*deterministic.*")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
 
 
 def _label(case: Case) -> str:
