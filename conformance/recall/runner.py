@@ -17,7 +17,7 @@ import concurrent.futures as cf
 import multiprocessing
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from moe_cts.conformance.engine.cases import Case
@@ -39,7 +39,6 @@ class RecallReport:
     control: tuple[tuple[str, CaseRun], ...]  # (impl key, run) of every control case
     wall_s: float
     jobs: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def control_failures(self) -> list[tuple[str, CaseRun]]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,6 @@ class FaultResult:
     runs: tuple[CaseRun, ...] = ()
     time_s: float = 0.0
     message: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def init_worker(device: str) -> None:
