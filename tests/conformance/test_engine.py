@@ -31,8 +31,10 @@ def test_third_party_entry_point_is_discovered(monkeypatch):
     ep = metadata.EntryPoint("fake-moe", "moe_cts.conformance.impls.torch_eager:TorchEagerImplementation",
                              ENTRY_POINT_GROUP)
 
-    def entry_points(group=None):
-        return [ep] if group == ENTRY_POINT_GROUP else []
+    real = metadata.entry_points
+
+    def entry_points(**selection):  # only our group: other libraries read theirs through the same function
+        return [ep] if selection.get("group") == ENTRY_POINT_GROUP else real(**selection)
 
     monkeypatch.setattr(impl_mod.metadata, "entry_points", entry_points)
     assert "fake-moe" in available_implementations()
