@@ -37,12 +37,16 @@ def combine_kernel(
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     h_ok = offs_h < H
     if HAS_SHARED:
-        acc = tl.load(shared_ptr + t * stride_sh_t + offs_h * stride_sh_h, mask=h_ok, other=0.0).to(tl.float32)
+        acc = tl.load(shared_ptr + t * stride_sh_t + offs_h * stride_sh_h, mask=h_ok, other=0.0).to(
+            tl.float32
+        )
     else:
         acc = tl.zeros((BLOCK_H,), dtype=tl.float32)
     for j in range(0, top_k):
         slot = tl.load(slot_ptr + t * top_k + j)
-        kept = tl.full((BLOCK_H,), 0, tl.int32) + slot >= 0  # as a vector: a scalar mask breaks the interpreter
+        kept = (
+            tl.full((BLOCK_H,), 0, tl.int32) + slot >= 0
+        )  # as a vector: a scalar mask breaks the interpreter
         # A dropped row is never read (masked load): it may hold stale data from another call
         # (docs/bugs.md#bug-09-stale-workspace-rows).
         v = tl.load(

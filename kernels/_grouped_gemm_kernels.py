@@ -171,7 +171,9 @@ def gate_up_kernel(
             k_ok = offs_k < H - kk * BLOCK_K
             x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             wg = tl.load(g_ptrs, mask=k_ok[:, None], other=0.0)
-        if INTERPRET:  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
+        if (
+            INTERPRET
+        ):  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
             x = x.to(tl.float32)
             wg = wg.to(tl.float32)
         acc_g = tl.dot(x, wg, acc_g, input_precision=DOT_PRECISION)
@@ -265,8 +267,12 @@ def down_kernel(
         w_ptrs += BLOCK_K * stride_w2_i
 
     if HAS_BIAS:
-        acc += tl.load(b2_ptr + expert.to(tl.int64) * stride_b2_e + offs_n_w * stride_b2_h).to(tl.float32)[None, :]
-    if MUL_WEIGHT:  # in fp32, before the cast to the output dtype (docs/bugs.md#bug-02-router-weight-after-cast)
+        acc += tl.load(b2_ptr + expert.to(tl.int64) * stride_b2_e + offs_n_w * stride_b2_h).to(tl.float32)[
+            None, :
+        ]
+    if (
+        MUL_WEIGHT
+    ):  # in fp32, before the cast to the output dtype (docs/bugs.md#bug-02-router-weight-after-cast)
         acc = acc * tl.load(route_w_ptr + rows, mask=row_ok, other=0.0)[:, None]
     out_ptrs = out_ptr + rows[:, None] * stride_out_a + offs_n[None, :] * stride_out_h
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < H))

@@ -64,7 +64,9 @@ def _logits_tile(
         b = tl.load(
             w_rows + hh[None, :] * stride_w_h, mask=(offs_e[:, None] < E) & (hh[None, :] < H), other=0.0
         )
-        if INTERPRET:  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
+        if (
+            INTERPRET
+        ):  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         if UPCAST:  # x and router of different dtypes: both to fp32 (exact), dot pinned to ieee

@@ -1,9 +1,9 @@
 """The weighted combine of per-assignment expert outputs (stage twin of moe_cts.reference.combine).
 
-    y[t] = shared_out[t] + sum_{j = 0..k-1} (kept[t, j] ? topk_weights[t, j] * expert_out[t, j] : 0)
+y[t] = shared_out[t] + sum_{j = 0..k-1} (kept[t, j] ? topk_weights[t, j] * expert_out[t, j] : 0)
 
-    expert_out (T, k, H)   topk_weights (T, k) float32   kept (T, k) bool   shared_out (T, H) | None
-    y (T, H) in expert_out.dtype; fp32 sum in slot order, one cast at the end, no atomics.
+expert_out (T, k, H)   topk_weights (T, k) float32   kept (T, k) bool   shared_out (T, H) | None
+y (T, H) in expert_out.dtype; fp32 sum in slot order, one cast at the end, no atomics.
 """
 
 from __future__ import annotations

@@ -60,7 +60,9 @@ class TileConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TileConfig:
         try:
-            return cls(BLOCK_M=int(d["BLOCK_M"]), gate_up=GemmTile(**d["gate_up"]), down=GemmTile(**d["down"]))
+            return cls(
+                BLOCK_M=int(d["BLOCK_M"]), gate_up=GemmTile(**d["gate_up"]), down=GemmTile(**d["down"])
+            )
         except (KeyError, TypeError) as err:
             raise SpecError("config", "BLOCK_M, gate_up{BLOCK_N, BLOCK_K, ...}, down{...}", dict(d)) from err
 
@@ -124,7 +126,9 @@ def fit_to_shape(cfg: TileConfig, H: int, I: int) -> TileConfig:
     """Shrink N/K blocks that exceed the (power-of-two rounded) layer dims; BLOCK_M stays."""
 
     def fit(t: GemmTile, N: int, K: int) -> GemmTile:
-        return replace(t, BLOCK_N=min(t.BLOCK_N, _pow2_at_least(N)), BLOCK_K=min(t.BLOCK_K, _pow2_at_least(K)))
+        return replace(
+            t, BLOCK_N=min(t.BLOCK_N, _pow2_at_least(N)), BLOCK_K=min(t.BLOCK_K, _pow2_at_least(K))
+        )
 
     return replace(cfg, gate_up=fit(cfg.gate_up, I, H), down=fit(cfg.down, H, I))
 
@@ -152,7 +156,8 @@ def choose(
         m = -(-num_tokens * top_k // max(num_experts, 1))
         rows = table["tables"][dc]
         row = next(
-            (r for r in rows if r["max_tokens_per_expert"] is None or m <= r["max_tokens_per_expert"]), rows[-1]
+            (r for r in rows if r["max_tokens_per_expert"] is None or m <= r["max_tokens_per_expert"]),
+            rows[-1],
         )
     return fit_to_shape(_row_config(row), hidden_size, intermediate_size)
 

@@ -125,7 +125,9 @@ def check_weights(spec: MoESpec, weights: MoEWeights, x: torch.Tensor) -> None:
     from moe_cts.kernels._common import SUPPORTED_DTYPES, require_tensor
 
     check_supported(spec)
-    require_tensor("x", x, shape=(x.shape[0], spec.hidden_size) if x.dim() == 2 else None, dtype=SUPPORTED_DTYPES)
+    require_tensor(
+        "x", x, shape=(x.shape[0], spec.hidden_size) if x.dim() == 2 else None, dtype=SUPPORTED_DTYPES
+    )
     if x.dim() != 2:
         raise SpecError("x.shape", f"(T, {spec.hidden_size})", tuple(x.shape))
     weights.validate(spec)
@@ -145,7 +147,9 @@ def check_ids(spec: MoESpec, topk_ids: torch.Tensor, num_tokens: int, device: to
     require_tensor("topk_ids", topk_ids, shape=(num_tokens, spec.top_k), dtype=torch.int32, device=device)
 
 
-def stage_config(spec: MoESpec, dtype: torch.dtype, num_tokens: int, config, batch_invariant: bool) -> TileConfig:
+def stage_config(
+    spec: MoESpec, dtype: torch.dtype, num_tokens: int, config, batch_invariant: bool
+) -> TileConfig:
     if config is not None:
         return cfgmod.as_config(config)
     return cfgmod.choose(
@@ -220,7 +224,9 @@ def down(
     meta = meta if meta is not None else align_all(spec, topk_ids, cfg.BLOCK_M)
     _require_block(meta, cfg)
     cfgmod.record(cfg)
-    launch_down(act.reshape(T * k, I), weights.w2, weights.b2, out, meta, tile=cfg.down, allow_tf32=allow_tf32)
+    launch_down(
+        act.reshape(T * k, I), weights.w2, weights.b2, out, meta, tile=cfg.down, allow_tf32=allow_tf32
+    )
     return out.view(T, k, H)
 
 
@@ -292,7 +298,9 @@ def shared_expert(
     return shared_forward(spec, weights, x, cfg, allow_tf32=allow_tf32)
 
 
-def shared_config(spec: MoESpec, dtype: torch.dtype, num_tokens: int, config, batch_invariant: bool) -> TileConfig:
+def shared_config(
+    spec: MoESpec, dtype: torch.dtype, num_tokens: int, config, batch_invariant: bool
+) -> TileConfig:
     """The shared MLP is one dense GEMM pair: M = T rows, N/K from the shared width S."""
     if config is not None:
         return cfgmod.as_config(config)

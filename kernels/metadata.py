@@ -38,7 +38,9 @@ class Routing:
 
     def __post_init__(self) -> None:
         if self.topk_ids.dtype != torch.int32 or self.topk_ids.dim() != 2:
-            raise ValueError(f"topk_ids: expected (T, k) int32, got {tuple(self.topk_ids.shape)} {self.topk_ids.dtype}")
+            raise ValueError(
+                f"topk_ids: expected (T, k) int32, got {tuple(self.topk_ids.shape)} {self.topk_ids.dtype}"
+            )
         if self.topk_weights.shape != self.topk_ids.shape or self.topk_weights.dtype != torch.float32:
             raise ValueError(
                 f"topk_weights: expected {tuple(self.topk_ids.shape)} float32, "

@@ -1,13 +1,13 @@
 """The whole MoE layer on the device: route -> align -> gate_up -> down -> combine (+ shared).
 
-    r    = route(spec, weights, x)                        # topk_ids (T, k) int32, topk_weights (T, k) fp32
-    meta = align(spec, r.topk_ids, BLOCK_M)               # slots grouped by expert, padded per expert
-    act[a] = activation(x[a // k] @ w13[e].T + b13)       # (T*k, I) workspace, rows by flat id a
-    ws[a]  = w[a] * (act[a] @ w2[e].T + b2)               # (T*k, H), weight applied in fp32 before the cast
-    y[t]   = shared(x)[t] + sum_j kept(t, j) ? ws[t*k+j] : 0   # fp32, slot order, one cast
+r    = route(spec, weights, x)                        # topk_ids (T, k) int32, topk_weights (T, k) fp32
+meta = align(spec, r.topk_ids, BLOCK_M)               # slots grouped by expert, padded per expert
+act[a] = activation(x[a // k] @ w13[e].T + b13)       # (T*k, I) workspace, rows by flat id a
+ws[a]  = w[a] * (act[a] @ w2[e].T + b2)               # (T*k, H), weight applied in fp32 before the cast
+y[t]   = shared(x)[t] + sum_j kept(t, j) ? ws[t*k+j] : 0   # fp32, slot order, one cast
 
-    x (T, H) -> y (T, H) in x.dtype. No host synchronization: every size is known on the host from
-    T, k, E and BLOCK_M; tiles past the used ones exit on the device. Capturable in a CUDA graph.
+x (T, H) -> y (T, H) in x.dtype. No host synchronization: every size is known on the host from
+T, k, E and BLOCK_M; tiles past the used ones exit on the device. Capturable in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -87,7 +87,9 @@ def fused_moe(
     # Rows of dropped / non-local assignments are never written here, and never read by the combine.
     ws = torch.empty((T * k, H), dtype=x.dtype, device=x.device)
     route_w = r.topk_weights.reshape(T * k).to(torch.float32)
-    launch_down(act, weights.w2, weights.b2, ws, meta, tile=cfg.down, route_weights=route_w, allow_tf32=allow_tf32)
+    launch_down(
+        act, weights.w2, weights.b2, ws, meta, tile=cfg.down, route_weights=route_w, allow_tf32=allow_tf32
+    )
 
     shared = None
     if spec.shared_width:

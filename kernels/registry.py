@@ -57,7 +57,9 @@ KERNELS: dict[str, KernelInfo] = {
     "gate_up_kernel": KernelInfo(
         "moe_cts.kernels._grouped_gemm_kernels", "gate_up", matrix=True, fp8_operands=("x_ptr", "w13_ptr")
     ),
-    "down_kernel": KernelInfo("moe_cts.kernels._grouped_gemm_kernels", "down", matrix=True, fp8_operands=("a_ptr", "w2_ptr")),
+    "down_kernel": KernelInfo(
+        "moe_cts.kernels._grouped_gemm_kernels", "down", matrix=True, fp8_operands=("a_ptr", "w2_ptr")
+    ),
     "row_gate_kernel": KernelInfo("moe_cts.kernels._grouped_gemm_kernels", "shared_expert", matrix=False),
     "combine_kernel": KernelInfo("moe_cts.kernels._combine_kernels", "combine", matrix=False),
 }
@@ -113,7 +115,11 @@ class Launch:
 def describe_arg(a: Any) -> Any:
     """A JSON-able stand-in for one kernel argument; materialize_arg() turns it back into one."""
     if isinstance(a, torch.Tensor):
-        return {"tensor": str(a.dtype).removeprefix("torch."), "shape": list(a.shape), "stride": list(a.stride())}
+        return {
+            "tensor": str(a.dtype).removeprefix("torch."),
+            "shape": list(a.shape),
+            "stride": list(a.stride()),
+        }
     if a is None or isinstance(a, (bool, int, float, str)):
         return a
     raise TypeError(f"kernel argument of type {type(a).__name__} cannot be described for AOT compilation")
@@ -159,7 +165,9 @@ def _recording(launches: list[Launch]) -> Iterator[None]:
     def record(self, *args, grid, warmup, **kwargs):
         name = self.fn.__name__
         if name not in KERNELS:
-            raise KeyError(f"launcher launched {name!r}, which moe_cts.kernels.registry.KERNELS does not list")
+            raise KeyError(
+                f"launcher launched {name!r}, which moe_cts.kernels.registry.KERNELS does not list"
+            )
         args, kwargs = positional_form(self, args, kwargs)
         launches.append(Launch(name, tuple(describe_arg(a) for a in args), kwargs, _grid(grid, kwargs)))
 
@@ -223,7 +231,10 @@ def _clear_launcher_caches() -> None:
 
 def meta_weights(spec: MoESpec, dtype: torch.dtype) -> MoEWeights:
     return MoEWeights(
-        **{name: torch.empty(shape, dtype=dtype, device="meta") for name, shape in weight_shapes(spec).items()}
+        **{
+            name: torch.empty(shape, dtype=dtype, device="meta")
+            for name, shape in weight_shapes(spec).items()
+        }
     )
 
 
@@ -242,7 +253,9 @@ def capture(
     Launchers' functools caches are cleared around it (active_target), so one process can capture for
     several targets."""
     if os.environ.get("TRITON_INTERPRET") == "1":
-        raise RuntimeError("moe_cts.kernels.registry.capture needs TRITON_INTERPRET unset (compiled-kernel launch path)")
+        raise RuntimeError(
+            "moe_cts.kernels.registry.capture needs TRITON_INTERPRET unset (compiled-kernel launch path)"
+        )
     from moe_cts.kernels.moe import fused_moe
 
     launches: list[Launch] = []

@@ -37,7 +37,9 @@ def _block_sizes(E: int, block_t: int | None) -> tuple[int, int, int, int, int]:
     if block_t is not None:
         BLOCK_T = block_t
     elif INTERPRET:
-        BLOCK_T = 64  # the interpreter pays per program, not per element (docs/bugs.md#facts-triton-interpreter)
+        BLOCK_T = (
+            64  # the interpreter pays per program, not per element (docs/bugs.md#facts-triton-interpreter)
+        )
     else:
         BLOCK_T = 16 if BLOCK_E >= 256 else 32
     threads = 128 if BLOCK_T * BLOCK_E <= 4096 else 256

@@ -33,7 +33,15 @@ HF_ACTIVATIONS = {
     "relu": "relu",
 }
 
-SUPPORTED_MODEL_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss")
+SUPPORTED_MODEL_TYPES = (
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "gpt_oss",
+)
 
 
 class _Fields:
@@ -161,7 +169,9 @@ def weight_fields(block: Any, spec: Any) -> dict[str, torch.Tensor]:
     """A transformers 5.x MoE block's parameters in the canonical layout (spec.py's docstring), one dtype."""
     experts = getattr(block, "experts", None)
     if experts is None or isinstance(experts, torch.nn.ModuleList):
-        raise SpecError("block.experts", "a transformers 5.x fused experts module (gate_up_proj)", type(experts).__name__)
+        raise SpecError(
+            "block.experts", "a transformers 5.x fused experts module (gate_up_proj)", type(experts).__name__
+        )
     out: dict[str, torch.Tensor | None] = {}
     if hasattr(block, "router"):  # gpt-oss: x @ W layout, gate/up interleaved along the last axis
         out["router"] = _param(block.router, "weight", "block.router")

@@ -219,7 +219,9 @@ def gate_up(spec: MoESpec, weights: MoEWeights, x, topk_ids) -> GateUp:
             he = he + b13[e]
         h[t_idx, j_idx] = he
     gate, up = split_gate_up(spec, h)
-    return GateUp(gate_pre=gate.copy(), up_pre=None if up is None else up.copy(), act=activate(spec, gate, up))
+    return GateUp(
+        gate_pre=gate.copy(), up_pre=None if up is None else up.copy(), act=activate(spec, gate, up)
+    )
 
 
 def down(spec: MoESpec, weights: MoEWeights, act, topk_ids) -> np.ndarray:
@@ -273,7 +275,9 @@ def combine(spec: MoESpec, expert_out, topk_weights, kept, shared_out=None) -> n
 def moe_forward(spec: MoESpec, weights: MoEWeights, x) -> MoEResult:
     """The whole layer: route -> permute -> gate_up -> down -> combine (+ shared)."""
     if spec.quant is not None:  # numpy_quant.py builds on this module; layer.py chooses between the two
-        raise SpecError("quant", "None here: quantized layers go through moe_cts.reference.moe_forward", spec.quant.method)
+        raise SpecError(
+            "quant", "None here: quantized layers go through moe_cts.reference.moe_forward", spec.quant.method
+        )
     x = _np(x)
     check_input(spec, x)
     weights.validate(spec)

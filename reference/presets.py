@@ -1,8 +1,8 @@
 """Full-size MoE layer specs of real models (docs/bugs.md#facts-model-shapes), read from presets.json (data).
 
-    presets.names()                     -> ("deepseek-v2-lite", "deepseek-v3", ...)
-    presets.get("deepseek-v3")          -> MoESpec(H=7168, I=2048, E=256, k=8, sigmoid, 8 groups, ...)
-    presets.scaled("deepseek-v3")       -> the same routing semantics at CPU-test size (H=32, I=16, E=16)
+presets.names()                     -> ("deepseek-v2-lite", "deepseek-v3", ...)
+presets.get("deepseek-v3")          -> MoESpec(H=7168, I=2048, E=256, k=8, sigmoid, 8 groups, ...)
+presets.scaled("deepseek-v3")       -> the same routing semantics at CPU-test size (H=32, I=16, E=16)
 """
 
 from __future__ import annotations

@@ -48,8 +48,6 @@ LAYOUTS = ("concat", "interleaved")
 RENORM_EPS = 1e-20
 
 
-
-
 def _require(cond: bool, field_name: str, expected: str, got: Any) -> None:
     if not cond:
         raise SpecError(field_name, expected, got)
@@ -63,11 +61,11 @@ def _is_int(v: Any) -> bool:
 class MoESpec:
     """One MoE layer. Pseudo-code of what it computes (docs/semantics.md has the formulas)::
 
-        logits = x @ router.T + router_bias                      # (T, E)
-        scores = softmax(logits) | sigmoid(logits)               # (T, E)
-        ids    = topk(scores + correction_bias, k, groups, ties -> lower index)
-        w      = scores[ids]; w /= sum(w) + 1e-20 if renormalize; w *= routed_scaling_factor
-        y[t]   = sum_j w[t, j] * kept[t, j] * FFN_{ids[t, j]}(x[t]) + shared(x[t])
+    logits = x @ router.T + router_bias                      # (T, E)
+    scores = softmax(logits) | sigmoid(logits)               # (T, E)
+    ids    = topk(scores + correction_bias, k, groups, ties -> lower index)
+    w      = scores[ids]; w /= sum(w) + 1e-20 if renormalize; w *= routed_scaling_factor
+    y[t]   = sum_j w[t, j] * kept[t, j] * FFN_{ids[t, j]}(x[t]) + shared(x[t])
     """
 
     # -- shape
@@ -159,9 +157,7 @@ class MoESpec:
         )
         for f in ("swiglu_alpha", "swiglu_limit"):
             v = getattr(self, f)
-            _require(
-                isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f, "a finite float > 0", v
-            )
+            _require(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f, "a finite float > 0", v)
         ns, si = self.n_shared_experts, self.shared_intermediate_size
         _require(_is_int(ns) and ns >= 0, "n_shared_experts", "an int >= 0", ns)
         _require(_is_int(si) and si >= 0, "shared_intermediate_size", "an int >= 0", si)
@@ -171,9 +167,7 @@ class MoESpec:
             "> 0 exactly when n_shared_experts > 0",
             si,
         )
-        _require(
-            not self.shared_gate or ns > 0, "shared_gate", "False when there is no shared expert", True
-        )
+        _require(not self.shared_gate or ns > 0, "shared_gate", "False when there is no shared expert", True)
         cf = self.capacity_factor
         if cf is not None:
             _require(
@@ -243,7 +237,11 @@ class MoESpec:
     def from_hf_config(cls, config: Mapping[str, Any] | Any) -> MoESpec:
         """Build the spec of one MoE layer from a transformers config (dict or config object); its
         `quantization_config`, when present, becomes `quant` (QuantScheme.from_hf)."""
-        qc = config.get("quantization_config") if isinstance(config, Mapping) else getattr(config, "quantization_config", None)
+        qc = (
+            config.get("quantization_config")
+            if isinstance(config, Mapping)
+            else getattr(config, "quantization_config", None)
+        )
         return cls(**hf.spec_fields(config), quant=None if qc is None else quant.QuantScheme.from_hf(qc))
 
 
@@ -341,12 +339,7 @@ class MoEWeights:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> MoEWeights:
         """A converted copy. Biases and the router follow `dtype` too; pass dtype=None to keep dtypes."""
-        return MoEWeights(
-            **{
-                name: t.to(device=device, dtype=dtype, copy=True)
-                for name, t in self.items()
-            }
-        )
+        return MoEWeights(**{name: t.to(device=device, dtype=dtype, copy=True) for name, t in self.items()})
 
     def map(self, fn) -> MoEWeights:
         """A copy with fn applied to every tensor present."""

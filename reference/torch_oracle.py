@@ -191,7 +191,9 @@ def activate(spec: MoESpec, gate: torch.Tensor, up: torch.Tensor | None) -> torc
     """act(gate) * up (GLU), the gpt-oss clamped SwiGLU, or act(h) when non-gated."""
     if spec.activation == "swiglu_oai":
         g = gate.clamp(max=spec.swiglu_limit)
-        return (up.clamp(-spec.swiglu_limit, spec.swiglu_limit) + 1) * (g * torch.sigmoid(spec.swiglu_alpha * g))
+        return (up.clamp(-spec.swiglu_limit, spec.swiglu_limit) + 1) * (
+            g * torch.sigmoid(spec.swiglu_alpha * g)
+        )
     a = {
         "silu": F.silu,
         "gelu": F.gelu,
@@ -239,7 +241,9 @@ def down(spec: MoESpec, weights: MoEWeights, act, topk_ids) -> torch.Tensor:
     act, ids = _f64(act, dev), _ids(topk_ids, dev)
     T, k = ids.shape
     flat = torch.arange(T * k, device=dev)
-    out = _per_assignment(weights.w2, weights.b2, act.reshape(T * k, spec.intermediate_size), flat, ids.reshape(-1))
+    out = _per_assignment(
+        weights.w2, weights.b2, act.reshape(T * k, spec.intermediate_size), flat, ids.reshape(-1)
+    )
     return out.view(T, k, spec.hidden_size)
 
 
@@ -267,7 +271,9 @@ def combine(spec: MoESpec, expert_out, topk_weights, kept, shared_out=None) -> t
     dev = w.device
     eo, w = _f64(expert_out, dev), _f64(w, dev)
     kept = torch.as_tensor(kept).to(device=dev, dtype=torch.bool)
-    routed = torch.where(kept[..., None], w[..., None] * eo, torch.zeros((), dtype=F64, device=dev)).sum(dim=1)
+    routed = torch.where(kept[..., None], w[..., None] * eo, torch.zeros((), dtype=F64, device=dev)).sum(
+        dim=1
+    )
     return routed if shared_out is None else routed + _f64(shared_out, dev)
 
 
@@ -275,7 +281,11 @@ def combine(spec: MoESpec, expert_out, topk_weights, kept, shared_out=None) -> t
 def moe_forward(spec: MoESpec, weights: MoEWeights, x) -> MoEResult:
     """The whole layer: route -> permute -> gate_up -> down -> combine (+ shared), on weights.device."""
     if spec.quant is not None:  # torch_quant.py builds on this module; layer.py chooses between the two
-        raise SpecError("quant", "None here: quantized layers go through reference.layer.torch_moe_forward", spec.quant.method)
+        raise SpecError(
+            "quant",
+            "None here: quantized layers go through reference.layer.torch_moe_forward",
+            spec.quant.method,
+        )
     x = _f64(x, weights.device)
     check_input(spec, x)
     weights.validate(spec)

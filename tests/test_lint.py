@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def _ruff(*args: str) -> subprocess.CompletedProcess:
     exe = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     if exe is None:
-        pytest.fail("ruff is not installed: pip install -e '.[test]' brings the pinned version", pytrace=False)
+        pytest.fail(
+            "ruff is not installed: pip install -e '.[test]' brings the pinned version", pytrace=False
+        )
     return subprocess.run([exe, *args], cwd=ROOT, capture_output=True, text=True, check=False)
 
 

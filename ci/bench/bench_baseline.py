@@ -101,7 +101,9 @@ def compare_point(ctx, sides: tuple[Side, Side], key: str, tensors, x, ids, tw, 
         rec["noise"] = {m: max(max(rounds[f"{s}_{m}"]) / min(rounds[f"{s}_{m}"]) - 1 for s in ("old", "new"))
                         for m in modes}  # fmt: skip
         rec["slower"] = any(v > 1 + SLOWER_BY for v in rec["new_over_old"].values())
-        rec["slower_than_noise"] = any(v > 1 + max(SLOWER_BY, rec["noise"][m]) for m, v in rec["new_over_old"].items())
+        rec["slower_than_noise"] = any(
+            v > 1 + max(SLOWER_BY, rec["noise"][m]) for m, v in rec["new_over_old"].items()
+        )
     except Exception as exc:
         rec["error"] = _err(exc)
     return rec

@@ -108,9 +108,7 @@ def table_lines(meta: dict, points: list[dict], baseline: list[dict], summary: d
             eq = "ERROR" if b.get("error") else ("equal" if b["bitwise_equal"] else "DIFFER")
             noise = max((b.get("noise") or {}).values(), default=None)
             slower = "SLOWER" if b.get("slower_than_noise") else ("NOISE" if b.get("slower") else "")
-            flag = slower + (
-                "" if b.get("bitwise_equal") in (True, None) else " BITS"
-            )
+            flag = slower + ("" if b.get("bitwise_equal") in (True, None) else " BITS")
             L.append(f"{b['preset']:12s} {b['T']:>5d} {b['routing']:>8s} {eq:>8s} {_r(no.get('ids')):>11s} "
                      f"{_r(no.get('router')):>14s} {_r(noise):>6s}  {flag.strip()}{'  ' + b['error'] if b.get('error') else ''}")  # fmt: skip
     L += ["", "geometric means:"]

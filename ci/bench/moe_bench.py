@@ -56,7 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tokens", help="comma list of T (default 1,16,128,512,2048,4096)")
     ap.add_argument("--no-zipf", action="store_true", help="leave out the Zipf(1.2) point of each preset")
     ap.add_argument("--no-graph", action="store_true", help="leave out the CUDA-graph replays")
-    ap.add_argument("--baseline-only", action="store_true", help="with --baseline-src: only old vs new, no paths")
+    ap.add_argument(
+        "--baseline-only", action="store_true", help="with --baseline-src: only old vs new, no paths"
+    )
     ap.add_argument(
         "--budget-s", type=float, help="start no new point after this many seconds (partial table)"
     )
@@ -118,7 +120,11 @@ def run_point(ctx: Ctx, point: Point, spec, w, tensors, sides) -> tuple[dict, di
     if ctx.peer is not None:
         cfg, src = ctx.peer.pick_config(x, w.w13, w.w2, spec.top_k, tuned=True)
         pt["vllm_config"] = {"config": cfg, "source": src}
-    pt["paths"] = {} if ctx.baseline_only else run_paths(ctx, forwards(ctx, spec, w, x, ids, tw, K.Routing(ids, tw), point.zipf))
+    pt["paths"] = (
+        {}
+        if ctx.baseline_only
+        else run_paths(ctx, forwards(ctx, spec, w, x, ids, tw, K.Routing(ids, tw), point.zipf))
+    )
     base = None
     if sides:
         base = {**asdict(point), **compare_point(ctx, sides, point.preset, tensors, x, ids, tw, point.zipf)}

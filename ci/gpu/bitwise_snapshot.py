@@ -47,17 +47,28 @@ def cases() -> list[Case]:
         out.append(Case(f"deepseek-v3-{dt}", "deepseek-v3", dt))  # grouped top-k, correction bias, shared
     # -- shared experts with the sigmoid shared gate (Qwen2-MoE)
     out.append(Case("qwen2-shared-gate-bf16", "qwen2-57b-a14b", "bfloat16"))
-    out.append(Case("qwen2-no-shared-fp16", "qwen2-57b-a14b", "float16", (("n_shared_experts", 0), ("shared_gate", False))))
+    out.append(
+        Case(
+            "qwen2-no-shared-fp16",
+            "qwen2-57b-a14b",
+            "float16",
+            (("n_shared_experts", 0), ("shared_gate", False)),
+        )
+    )
     # -- interleaved swiglu_oai with router and expert biases (gpt-oss)
     out.append(Case("gpt-oss-fp32", "gpt-oss-20b", "float32"))
     out.append(Case("gpt-oss-bf16", "gpt-oss-20b", "bfloat16"))
     # -- non-gated activations (plain Linear -> act -> Linear)
     for act in ("gelu", "gelu_tanh", "relu", "silu"):
-        out.append(Case(f"nongated-{act}-fp32", "olmoe-1b-7b", "float32", (("gated", False), ("activation", act))))
+        out.append(
+            Case(f"nongated-{act}-fp32", "olmoe-1b-7b", "float32", (("gated", False), ("activation", act)))
+        )
     out.append(Case("gated-gelu-bf16", "qwen3-30b-a3b", "bfloat16", (("activation", "gelu"),)))
     # -- expert parallelism: the align kernels' local-expert mask
     out.append(Case("local-experts-fp16", "mixtral-8x7b", "float16", (("local_experts", (0, 2, 3, 5)),)))
-    out.append(Case("local-experts-deepseek-fp32", "deepseek-v2-lite", "float32", (("local_experts", (1, 4, 6)),)))
+    out.append(
+        Case("local-experts-deepseek-fp32", "deepseek-v2-lite", "float32", (("local_experts", (1, 4, 6)),))
+    )
     return out
 
 
@@ -97,7 +108,9 @@ def run_case(case: Case, device: str, seed: int) -> dict:
     p = case.name
 
     r = kernels.route(spec, w, x)
-    _put(snap, f"{p}/route", topk_ids=r.topk_ids, topk_weights=r.topk_weights, logits=r.logits, scores=r.scores)
+    _put(
+        snap, f"{p}/route", topk_ids=r.topk_ids, topk_weights=r.topk_weights, logits=r.logits, scores=r.scores
+    )
     ids = r.topk_ids
     _put(snap, f"{p}/align", **_meta_fields(kernels.align(spec, ids, BLOCK_M)))
     _put(snap, f"{p}/align_multi", **_meta_fields(kernels.align(spec, ids, BLOCK_M, tiles=MULTI_CHUNK_TILES)))
@@ -155,7 +168,9 @@ def main(argv: list[str]) -> int:
         diffs = compare(snap, torch.load(args.compare))
         for line in diffs:
             print("DIFF", line)
-        print(f"bitwise compare with {args.compare}: {'IDENTICAL' if not diffs else f'{len(diffs)} differences'}")
+        print(
+            f"bitwise compare with {args.compare}: {'IDENTICAL' if not diffs else f'{len(diffs)} differences'}"
+        )
         return 1 if diffs else 0
     return 0
 

@@ -26,7 +26,9 @@ def main(argv=None) -> int:
     for cid in ids:
         r = run_case(impl, Case.from_id(cid), device)
         ratios = [s.max_ratio for s in r.stages if s.max_ratio is not None]
-        print(f"{r.outcome.value:22s} {r.failing_stage or '-':12s} max ratio {max(ratios, default=float('nan')):.3f} {cid[:40]}")
+        print(
+            f"{r.outcome.value:22s} {r.failing_stage or '-':12s} max ratio {max(ratios, default=float('nan')):.3f} {cid[:40]}"
+        )
         bad += not r.outcome.conformant
     return 1 if bad else 0
 

@@ -32,7 +32,9 @@ def main(directory: str) -> int:
     fails = [r for r in rows if r["outcome"] not in ("pass", "quality_warning", "compatibility_warning",
                                                      "not_supported", "waived")]  # fmt: skip
     for r in fails[:20]:
-        print(f"NONCONFORMANT {r['outcome']} {r.get('failing_stage')} {r['case_id']} {r.get('message', '')[:200]}")
+        print(
+            f"NONCONFORMANT {r['outcome']} {r.get('failing_stage')} {r['case_id']} {r.get('message', '')[:200]}"
+        )
     return 1 if fails else 0
 
 

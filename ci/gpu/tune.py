@@ -71,7 +71,9 @@ def sweep(name: str, T: int, out: list) -> None:
                 except Exception as err:  # out of resources etc.: record, go on
                     ms = float("inf")
                     print(f"  {kind} {c}: {type(err).__name__}", flush=True)
-                out.append({"preset": name, "T": T, "m": m, "BLOCK_M": bm, "kernel": kind, "tile": c, "ms": ms})
+                out.append(
+                    {"preset": name, "T": T, "m": m, "BLOCK_M": bm, "kernel": kind, "tile": c, "ms": ms}
+                )
                 if ms < best.get(kind, (float("inf"),))[0]:
                     best[kind] = (ms, c)
         tot = best["gate_up"][0] + best["down"][0]

@@ -86,7 +86,9 @@ def _ref_given_routing(spec, w, x, ids, tw):
         act = torch.nn.functional.silu(h[:, :S]) * h[:, S:]
         w2 = w.shared_w2.double()
         so = act.to(torch.bfloat16).double() @ w2.T  # the kernel stores the shared act in bf16 too
-        gate = torch.sigmoid(x64 @ w.shared_gate.double().T) if spec.shared_gate else torch.ones_like(so[:, :1])
+        gate = (
+            torch.sigmoid(x64 @ w.shared_gate.double().T) if spec.shared_gate else torch.ones_like(so[:, :1])
+        )
         y += gate * so
         var += gate**2 * ((act**2) @ (w2**2).T) + so**2  # + the bf16 rounding of the shared output
     return y, var.sqrt()

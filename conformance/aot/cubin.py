@@ -1,17 +1,17 @@
 """Proof that the AOT path makes working code: GEMM cubins built on a CPU for sm90, run on a Hopper GPU.
 
-    python -m moe_cts.conformance.aot.matrix --build-sm90 DIR   (any machine, no GPU used: CUDA_VISIBLE_DEVICES is cleared)
-        case  = a Mixtral-like layer at test size (H 512, I 256, E 8, k 2, T 512, bf16, 128-row tiles)
-        for the gate_up and down launches of fused_moe(case) captured on meta tensors:
-            DIR/<kernel>.cubin / .ptx / .json  built by triton.compile for GPUTarget("cuda", 90, 32)
-        DIR/manifest.json: case, signature, constexprs, shared bytes, warps, parameter count, triton version
-    python -m moe_cts.conformance.aot.matrix --run-cubin DIR    (on an sm90 GPU)
-        fused_moe(case) with the oracle's routing, its two GEMM launches served from DIR's cubins through
-        the CUDA driver API (cuModuleLoadData + cuLaunchKernel, ctypes: independent of the local triton),
-        the other stages JIT-compiled as usual; y is compared with the float64 oracle
-        (|y - y64| <= 4 u_bf16 * sum_j w_j |act_j| @ |w2_e|^T per element: act, the per-assignment outputs
-        and y are each rounded to bf16 once; a zero output or a dropped K tile exceeds it by ~4x and more)
-    python -m moe_cts.conformance.aot.matrix --prove-sm90 DIR   both halves, the build in a subprocess without a GPU
+python -m moe_cts.conformance.aot.matrix --build-sm90 DIR   (any machine, no GPU used: CUDA_VISIBLE_DEVICES is cleared)
+    case  = a Mixtral-like layer at test size (H 512, I 256, E 8, k 2, T 512, bf16, 128-row tiles)
+    for the gate_up and down launches of fused_moe(case) captured on meta tensors:
+        DIR/<kernel>.cubin / .ptx / .json  built by triton.compile for GPUTarget("cuda", 90, 32)
+    DIR/manifest.json: case, signature, constexprs, shared bytes, warps, parameter count, triton version
+python -m moe_cts.conformance.aot.matrix --run-cubin DIR    (on an sm90 GPU)
+    fused_moe(case) with the oracle's routing, its two GEMM launches served from DIR's cubins through
+    the CUDA driver API (cuModuleLoadData + cuLaunchKernel, ctypes: independent of the local triton),
+    the other stages JIT-compiled as usual; y is compared with the float64 oracle
+    (|y - y64| <= 4 u_bf16 * sum_j w_j |act_j| @ |w2_e|^T per element: act, the per-assignment outputs
+    and y are each rounded to bf16 once; a zero output or a dropped K tile exceeds it by ~4x and more)
+python -m moe_cts.conformance.aot.matrix --prove-sm90 DIR   both halves, the build in a subprocess without a GPU
 """
 
 from __future__ import annotations
@@ -84,14 +84,18 @@ def build_sm90(out_dir: Path | str, case: dict[str, Any] = PROOF_CASE) -> dict[s
     out.mkdir(parents=True, exist_ok=True)
     target = GPUTarget("cuda", 90, 32)
     spec = _spec(case)
-    launches = capture(spec, case["num_tokens"], getattr(torch, case["dtype"]), target=target, config=case["config"])
+    launches = capture(
+        spec, case["num_tokens"], getattr(torch, case["dtype"]), target=target, config=case["config"]
+    )
     manifest: dict[str, Any] = {"case": case, "target": "sm90", "triton": triton.__version__, "kernels": {}}
     for launch in launches:
         if launch.kernel not in PROOF_KERNELS or launch.kernel in manifest["kernels"]:
             continue
         fn = jit_function(launch.kernel)
         with active_target(target):
-            src, options = compile_source(fn, [materialize_arg(a) for a in launch.args], launch.kwargs, target)
+            src, options = compile_source(
+                fn, [materialize_arg(a) for a in launch.args], launch.kwargs, target
+            )
             ck = triton.compile(src, target=target, options=options)
         (out / f"{launch.kernel}.cubin").write_bytes(ck.asm["cubin"])
         (out / f"{launch.kernel}.ptx").write_text(ck.asm["ptx"])
@@ -137,14 +141,22 @@ class CudaDriver:
 
     def load(self, cubin: bytes, name: str, shared: int) -> ctypes.c_void_p:
         module, func = ctypes.c_void_p(), ctypes.c_void_p()
-        self.check(self.lib.cuModuleLoadData(ctypes.byref(module), ctypes.c_char_p(cubin)), "cuModuleLoadData")
-        self.check(self.lib.cuModuleGetFunction(ctypes.byref(func), module, name.encode()), "cuModuleGetFunction")
+        self.check(
+            self.lib.cuModuleLoadData(ctypes.byref(module), ctypes.c_char_p(cubin)), "cuModuleLoadData"
+        )
+        self.check(
+            self.lib.cuModuleGetFunction(ctypes.byref(func), module, name.encode()), "cuModuleGetFunction"
+        )
         if shared > 48 * 1024:  # above 48 KiB a kernel must opt in to dynamic shared memory
-            self.check(self.lib.cuFuncSetAttribute(func, self.MAX_DYNAMIC_SHARED, shared), "cuFuncSetAttribute")
+            self.check(
+                self.lib.cuFuncSetAttribute(func, self.MAX_DYNAMIC_SHARED, shared), "cuFuncSetAttribute"
+            )
         return func
 
     def launch(self, func, grid, threads: int, shared: int, stream: int, params: list[Any]) -> None:
-        holders = (ctypes.c_void_p * len(params))(*[ctypes.cast(ctypes.byref(p), ctypes.c_void_p) for p in params])
+        holders = (ctypes.c_void_p * len(params))(
+            *[ctypes.cast(ctypes.byref(p), ctypes.c_void_p) for p in params]
+        )
         g = tuple(grid) + (1,) * (3 - len(grid))
         rc = self.lib.cuLaunchKernel(
             func, *map(ctypes.c_uint, g), ctypes.c_uint(threads), ctypes.c_uint(1), ctypes.c_uint(1),
@@ -185,20 +197,29 @@ class CubinServer:
         for name, want in entry["constexprs"].items():
             got = bound.arguments.get(name)
             if got != want and not (isinstance(want, str) and str(got) == want):
-                raise RuntimeError(f"{fn.__name__}: launch has {name}={got!r}, the cubin was built for {want!r}")
+                raise RuntimeError(
+                    f"{fn.__name__}: launch has {name}={got!r}, the cubin was built for {want!r}"
+                )
         if fn.__name__ not in self.funcs:
             cubin = (self.dir / entry["cubin"]).read_bytes()
             self.funcs[fn.__name__] = self.cuda.load(cubin, entry["name"], entry["shared"])
         grid = grid(kwargs) if callable(grid) else grid
-        params = [_c_value(ty, bound.arguments[n]) for n, ty in entry["signature"].items() if ty != "constexpr"]
+        params = [
+            _c_value(ty, bound.arguments[n]) for n, ty in entry["signature"].items() if ty != "constexpr"
+        ]
         n_blocks = int(torch.tensor(grid).prod())
         scratch = None
         if entry["global_scratch_size"]:
             scratch = torch.empty(n_blocks * entry["global_scratch_size"], dtype=torch.uint8, device="cuda")
         extra = entry["n_params"] - len(params)
-        params += [ctypes.c_uint64(scratch.data_ptr() if (scratch is not None and i == 0) else 0) for i in range(extra)]
+        params += [
+            ctypes.c_uint64(scratch.data_ptr() if (scratch is not None and i == 0) else 0)
+            for i in range(extra)
+        ]
         stream = torch.cuda.current_stream().cuda_stream
-        self.cuda.launch(self.funcs[fn.__name__], grid, 32 * entry["num_warps"], entry["shared"], stream, params)
+        self.cuda.launch(
+            self.funcs[fn.__name__], grid, 32 * entry["num_warps"], entry["shared"], stream, params
+        )
         self.launched.append(fn.__name__)
 
 
@@ -292,7 +313,9 @@ def run_cubin(directory: Path | str) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m moe_cts.conformance.aot.matrix", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m moe_cts.conformance.aot.matrix", description=__doc__.split("\n")[0]
+    )
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--build-sm90", metavar="DIR", help="compile the GEMM cubins for sm90 on this CPU")
     g.add_argument("--run-cubin", metavar="DIR", help="load DIR's cubins on an sm90 GPU and check them")
@@ -300,12 +323,23 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.build_sm90:
         manifest = build_sm90(a.build_sm90)
-        print(json.dumps({k: {f: v[f] for f in ("shared", "registers", "wgmma")} for k, v in manifest["kernels"].items()}))
+        print(
+            json.dumps(
+                {
+                    k: {f: v[f] for f in ("shared", "registers", "wgmma")}
+                    for k, v in manifest["kernels"].items()
+                }
+            )
+        )
         return 0
     if a.prove_sm90:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
         env.pop("TRITON_INTERPRET", None)
-        subprocess.run([sys.executable, "-m", "moe_cts.conformance.aot.matrix", "--build-sm90", a.prove_sm90], env=env, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "moe_cts.conformance.aot.matrix", "--build-sm90", a.prove_sm90],
+            env=env,
+            check=True,
+        )
     result = run_cubin(a.run_cubin or a.prove_sm90)
     print(json.dumps(result, indent=1))
     return 0 if result["pass"] else 1

@@ -60,7 +60,9 @@ def classify(job: dict[str, Any], result: dict[str, Any], targets_data: dict[str
     tname, target = job["target_name"], targets_data["targets"][job["target_name"]]
     flavour = fp8_flavour(targets_data, job["dtype"], tname)
     info = KERNELS.get(job["kernel"])
-    matrix_required = bool(info and info.matrix) and not _scalar_ok(targets_data, target["backend"], job["dtype"], flavour)
+    matrix_required = bool(info and info.matrix) and not _scalar_ok(
+        targets_data, target["backend"], job["dtype"], flavour
+    )
     base = dict(
         kernel=job["kernel"],
         target=tname,
@@ -76,7 +78,11 @@ def classify(job: dict[str, Any], result: dict[str, Any], targets_data: dict[str
     if not result.get("ok"):
         error = result.get("error", "no result")
         if flavour == "rejected":
-            return AotRecord(**base, status=EXPECTED_REJECTION, reason=f"{job['dtype']} is not supported on {tname}: {error}")
+            return AotRecord(
+                **base,
+                status=EXPECTED_REJECTION,
+                reason=f"{job['dtype']} is not supported on {tname}: {error}",
+            )
         return AotRecord(**base, status=FAIL, reason=error)
     shared = result["shared"] + result.get("static_shared", 0)
     measured = dict(
@@ -88,9 +94,13 @@ def classify(job: dict[str, Any], result: dict[str, Any], targets_data: dict[str
     )
     reasons = []
     if flavour == "rejected":
-        reasons.append(f"the fp8 table says {job['dtype']} is rejected on {tname}, but it compiled: update aot_targets.json")
+        reasons.append(
+            f"the fp8 table says {job['dtype']} is rejected on {tname}, but it compiled: update aot_targets.json"
+        )
     if shared > target["shared_limit_bytes"]:
-        reasons.append(f"shared memory {shared} B > {target['shared_limit_bytes']} B per block: would not load on {tname}")
+        reasons.append(
+            f"shared memory {shared} B > {target['shared_limit_bytes']} B per block: would not load on {tname}"
+        )
     if matrix_required and not measured["matrix_found"]:
         want = "/".join(target["matrix_patterns"].values())
         reasons.append(f"scalar fallback: no matrix instruction ({want}) in the {target['asm']}")
@@ -227,7 +237,10 @@ def run_jobs(
 
 
 def run_scenarios(
-    scenarios: list[aot_plan.Scenario], jobs: int = 1, keep_dir: str | None = None, progress: Progress | None = None
+    scenarios: list[aot_plan.Scenario],
+    jobs: int = 1,
+    keep_dir: str | None = None,
+    progress: Progress | None = None,
 ) -> list[AotRecord]:
     planned = plan_jobs(scenarios)
     if progress is not None:
@@ -244,7 +257,9 @@ def parse_targets(targets: str | list[str] | tuple[str, ...] | None) -> tuple[st
     names = tuple(t.strip() for t in targets.split(",")) if isinstance(targets, str) else tuple(targets)
     unknown = [t for t in names if t not in known]
     if unknown or not names:
-        raise ValueError(f"targets: expected 'all' or a comma-separated subset of {', '.join(known)}, got {targets!r}")
+        raise ValueError(
+            f"targets: expected 'all' or a comma-separated subset of {', '.join(known)}, got {targets!r}"
+        )
     return names
 
 
@@ -260,7 +275,9 @@ def run_matrix(
     targets; with `out`, write out/compile.json (the report section) and out/summary.txt."""
     names = parse_targets(targets)
     start = time.perf_counter()
-    records = run_scenarios(aot_plan.scenarios(tier or ("full" if full else "default"), names), jobs, progress=progress)
+    records = run_scenarios(
+        aot_plan.scenarios(tier or ("full" if full else "default"), names), jobs, progress=progress
+    )
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

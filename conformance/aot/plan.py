@@ -1,19 +1,19 @@
 """AOT compile plan: which scenarios each tier compiles, and the deduplicated compile jobs they capture.
 
-    scenarios(tier, targets)   -> [Scenario]   pure data, cheap (reads the config tables and presets)
-    plan(scenarios, target)    -> [job]        in a subprocess without TRITON_INTERPRET:
-        for s in scenarios: launches = moe_cts.kernels.registry.capture(preset, T, dtype, target, config | heuristic)
-        one job per distinct compile (Triton's launch binder: signature, constexprs, specializations, options);
-        a job keeps every scenario that asked for it in `origins`
+scenarios(tier, targets)   -> [Scenario]   pure data, cheap (reads the config tables and presets)
+plan(scenarios, target)    -> [job]        in a subprocess without TRITON_INTERPRET:
+    for s in scenarios: launches = moe_cts.kernels.registry.capture(preset, T, dtype, target, config | heuristic)
+    one job per distinct compile (Triton's launch binder: signature, constexprs, specializations, options);
+    a job keeps every scenario that asked for it in `origins`
 
-    tier      what it compiles (each on the targets of the config table's backend)
-    default   per dtype class: the decode row, the largest row and the batch-invariant row of the table
-              (fp32; 16-bit in fp16); the heuristic's choices for Mixtral-8x7B, Qwen2-57B and DeepSeek-V3
-              at T in {1, 512} (DeepSeek also 4096) in bf16; the GEMMs with both fp8 flavours. Every kernel, each dtype, each
-              config family: the CI tier.
-    full      every table row for every dtype of its class, and the heuristic's choices for every preset
-              at T in {1, 16, 128, 512, 4096} and every dtype; the fp8 GEMMs.
-    tables    the GEMM kernels only, every table row once per dtype class: guards the tables' shared memory.
+tier      what it compiles (each on the targets of the config table's backend)
+default   per dtype class: the decode row, the largest row and the batch-invariant row of the table
+          (fp32; 16-bit in fp16); the heuristic's choices for Mixtral-8x7B, Qwen2-57B and DeepSeek-V3
+          at T in {1, 512} (DeepSeek also 4096) in bf16; the GEMMs with both fp8 flavours. Every kernel, each dtype, each
+          config family: the CI tier.
+full      every table row for every dtype of its class, and the heuristic's choices for every preset
+          at T in {1, 16, 128, 512, 4096} and every dtype; the fp8 GEMMs.
+tables    the GEMM kernels only, every table row once per dtype class: guards the tables' shared memory.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def load_targets() -> dict[str, Any]:
         facts = target_info.get(name)
         clash = sorted(set(row) & set(HARDWARE_FIELDS))
         if clash:
-            raise ValueError(f"{TARGETS_PATH.name} targets.{name}: {clash} belong in kernels/target_info.py, not here")
+            raise ValueError(
+                f"{TARGETS_PATH.name} targets.{name}: {clash} belong in kernels/target_info.py, not here"
+            )
         row.update(
             backend=facts.backend,
             arch=facts.arch,
@@ -113,9 +115,15 @@ def _table_plan(tier: str, backend: str) -> list[tuple[str, str, dict[str, Any],
     out = []
     for dc, bucket, cfg in rows:
         family = [r for r in rows if r[0] == dc and r[1] != "batch_invariant"]
-        if tier == "default" and bucket != "batch_invariant" and (dc, bucket, cfg) not in (family[0], family[-1]):
+        if (
+            tier == "default"
+            and bucket != "batch_invariant"
+            and (dc, bucket, cfg) not in (family[0], family[-1])
+        ):
             continue
-        dtypes = {"full": CLASS_DTYPES[dc], "tables": CLASS_DTYPES[dc][-1:], "default": CLASS_DTYPES[dc][:1]}[tier]
+        dtypes = {"full": CLASS_DTYPES[dc], "tables": CLASS_DTYPES[dc][-1:], "default": CLASS_DTYPES[dc][:1]}[
+            tier
+        ]
         out.append((dc, bucket, cfg, dtypes))
     return out
 

@@ -1,9 +1,9 @@
 """Probe kernels for testing the AOT machinery itself (not kernels under test; not in moe_cts.kernels.registry).
 
-    target_probe   compiles only if tl.target_info.is_hip() equals EXPECT_HIP: proves that in-kernel
-                   target checks see the compile target during AOT (the fake active driver)
-    die            looking it up kills the worker process with SIGSEGV: proves that a compiler crash is
-                   recorded as a Fail of that job and the run goes on
+target_probe   compiles only if tl.target_info.is_hip() equals EXPECT_HIP: proves that in-kernel
+               target checks see the compile target during AOT (the fake active driver)
+die            looking it up kills the worker process with SIGSEGV: proves that a compiler crash is
+               recorded as a Fail of that job and the run goes on
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One compile of the AOT matrix as data: what was compiled for which target, and how it came out.
 
-    AotRecord(kernel, target, dtype, config, status, reason, shared_bytes, registers, spill_bytes, ...)
-    status: COMPILED | EXPECTED_REJECTION (the matrix says the target cannot run it) | FAIL
+AotRecord(kernel, target, dtype, config, status, reason, shared_bytes, registers, spill_bytes, ...)
+status: COMPILED | EXPECTED_REJECTION (the matrix says the target cannot run it) | FAIL
 """
 
 from __future__ import annotations
@@ -34,7 +34,11 @@ class AotRecord:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d["origins"], d["presets"], d["matrix_found"] = list(self.origins), list(self.presets), list(self.matrix_found)
+        d["origins"], d["presets"], d["matrix_found"] = (
+            list(self.origins),
+            list(self.presets),
+            list(self.matrix_found),
+        )
         return d
 
     @classmethod
@@ -60,5 +64,8 @@ def config_label(cfg: dict[str, Any]) -> str:
         parts = [f"{short[k]}{cfg[k]}" for k in short if k in cfg]
     else:
         parts = [f"{k}={v}" for k, v in cfg.items() if k.startswith("BLOCK")]
-    parts += [f"w{cfg['num_warps']}" if "num_warps" in cfg else "", f"s{cfg['num_stages']}" if "num_stages" in cfg else ""]
+    parts += [
+        f"w{cfg['num_warps']}" if "num_warps" in cfg else "",
+        f"s{cfg['num_stages']}" if "num_stages" in cfg else "",
+    ]
     return " ".join(p for p in parts if p)

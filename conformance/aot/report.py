@@ -1,9 +1,9 @@
 """Reporting of the AOT compile matrix: the report section, the rich summary tables, the CLI body.
 
-    compile_section(records) -> {"verdict", "counts": {target: {status: n}}, "chosen": [...], "records": [...]}
-    summary_table(records)   -> rich Table: one row per (kernel, config) the heuristic chose for the presets,
-                                one column per target: "shared KiB / registers" (red: Fail on that target)
-    status_table(records)    -> rich Table: compiled / expected rejections / fails per target
+compile_section(records) -> {"verdict", "counts": {target: {status: n}}, "chosen": [...], "records": [...]}
+summary_table(records)   -> rich Table: one row per (kernel, config) the heuristic chose for the presets,
+                            one column per target: "shared KiB / registers" (red: Fail on that target)
+status_table(records)    -> rich Table: compiled / expected rejections / fails per target
 """
 
 from __future__ import annotations
@@ -68,7 +68,13 @@ def compile_section(records) -> dict[str, Any]:
         },
         "counts": {t: dict(c) for t, c in counts.items()},
         "failures": [
-            {"kernel": r.kernel, "target": r.target, "dtype": r.dtype, "config": r.config_label, "reason": r.reason}
+            {
+                "kernel": r.kernel,
+                "target": r.target,
+                "dtype": r.dtype,
+                "config": r.config_label,
+                "reason": r.reason,
+            }
             for r in fails
         ],
         "chosen": chosen_rows(records),
@@ -89,7 +95,9 @@ def _cell(c: dict[str, Any] | None) -> str:
 
 def summary_table(records) -> Table:
     targets = _targets_in(records)
-    table = Table(title="Configs chosen for the presets: shared memory (KiB) / registers per thread, per target")
+    table = Table(
+        title="Configs chosen for the presets: shared memory (KiB) / registers per thread, per target"
+    )
     for col in ("kernel", "dtype", "config", "chosen for"):
         table.add_column(col, overflow="fold")
     for t in targets:
@@ -97,7 +105,9 @@ def summary_table(records) -> Table:
     for row in chosen_rows(records):
         presets = row["presets"]
         who = ", ".join(presets[:3]) + (f" +{len(presets) - 3}" if len(presets) > 3 else "")
-        table.add_row(row["kernel"], row["dtype"], row["config"], who, *[_cell(row["targets"].get(t)) for t in targets])
+        table.add_row(
+            row["kernel"], row["dtype"], row["config"], who, *[_cell(row["targets"].get(t)) for t in targets]
+        )
     return table
 
 
@@ -118,7 +128,9 @@ def status_table(records) -> Table:
 
 def failure_lines(records) -> list[str]:
     return [
-        f"FAIL {r.kernel} [{r.config_label}] {r.dtype} on {r.target}: {r.reason}" for r in records if r.status == "fail"
+        f"FAIL {r.kernel} [{r.config_label}] {r.dtype} on {r.target}: {r.reason}"
+        for r in records
+        if r.status == "fail"
     ]
 
 

@@ -54,7 +54,9 @@ def compile_source(fn, args: list[Any], kwargs: dict[str, Any], target):
     backend = make_backend(target)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound_args, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
+    options, signature, constexprs, attrs = fn._pack_args(
+        backend, kwargs, bound_args, specialization, options
+    )
     return ASTSource(fn, signature, constexprs, attrs), options.__dict__
 
 
@@ -120,7 +122,9 @@ def compile_job(job: dict[str, Any], keep_dir: str | None = None) -> dict[str, A
         try:
             fn = jit_function(launch.kernel)
             with active_target(target):
-                src, options = compile_source(fn, [materialize_arg(a) for a in launch.args], launch.kwargs, target)
+                src, options = compile_source(
+                    fn, [materialize_arg(a) for a in launch.args], launch.kwargs, target
+                )
                 ck = triton.compile(src, target=target, options=options)
         except Exception as err:  # a compiler error is a result to record, not a crash of the run
             lines = [ln for ln in str(err).splitlines() if ln.strip()]
@@ -179,7 +183,10 @@ def main(argv: list[str]) -> int:
     jobs_path, results_path = argv[0], argv[1]
     keep_dir = argv[2] if len(argv) > 2 else None
     if os.environ.get("TRITON_INTERPRET") == "1":
-        print("moe_cts.conformance.aot.worker: TRITON_INTERPRET=1 is set; AOT compilation needs it unset", file=sys.stderr)
+        print(
+            "moe_cts.conformance.aot.worker: TRITON_INTERPRET=1 is set; AOT compilation needs it unset",
+            file=sys.stderr,
+        )
         return 2
     jobs = json.loads(Path(jobs_path).read_text())
     with open(results_path, "a") as out:

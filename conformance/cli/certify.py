@@ -111,8 +111,14 @@ def _run_shards(shards, out: Path, cmds: list[list[str]]) -> bool:
                     done, ok, bad, planned = _progress_counts(d)
                     total = planned if p.poll() is None else done
                     state = "" if p.poll() is None else " (ended)"
-                    progress.update(tasks[sh.label], completed=done, total=max(total or 0, done) or None,
-                                    passed=ok, failed=bad, description=f"{sh.label}{state}")
+                    progress.update(
+                        tasks[sh.label],
+                        completed=done,
+                        total=max(total or 0, done) or None,
+                        passed=ok,
+                        failed=bad,
+                        description=f"{sh.label}{state}",
+                    )
                 if not running:
                     break
                 time.sleep(0.5)
@@ -189,11 +195,14 @@ def _print_verdict(report: dict, out: Path) -> None:
         for c in d["cases"]:
             if not c["conformant"]:
                 stage = f" at stage {c['failing_stage']}" if c["failing_stage"] else ""
-                console.print(f"  {c['outcome']}{stage}: {c['params'].get('name') or ''} {c['message']}",
-                              markup=False)
+                console.print(
+                    f"  {c['outcome']}{stage}: {c['params'].get('name') or ''} {c['message']}", markup=False
+                )
                 console.print(f"    replay: {c['replay']}", markup=False, soft_wrap=True)
     print_compile(console, report.get("compile"))
-    style = {"conformant": "bold green", "not_conformant": "bold red"}.get(report["verdict"]["node"], "bold yellow")
+    style = {"conformant": "bold green", "not_conformant": "bold red"}.get(
+        report["verdict"]["node"], "bold yellow"
+    )
     console.print(f"verdict: {_TEXT[report['verdict']['node']]}", style=style)
     if report["verdict"]["node"] == "void":
         console.print("no certificate written: a void run certifies nothing", markup=False)
@@ -221,8 +230,15 @@ def certify(
     except shardmod.DeviceListError as e:
         raise usage_error(str(e)) from None
     names = check_devices(names)
-    if devices is not None and devices.strip() == "all" and names == ["interpreter"] and not shardmod.fake_devices():
-        console.print("--devices all: no GPU found, falling back to the Triton interpreter on the CPU", markup=False)
+    if (
+        devices is not None
+        and devices.strip() == "all"
+        and names == ["interpreter"]
+        and not shardmod.fake_devices()
+    ):
+        console.print(
+            "--devices all: no GPU found, falling back to the Triton interpreter on the CPU", markup=False
+        )
     check_impl(impl)
     try:
         targets = compile_targets(compile_spec, names)
@@ -240,9 +256,13 @@ def certify(
                                 examples=examples, cases=cases)
         for sh in shards
     ]  # fmt: skip
-    console.print(f"moe-cts certify: impl {impl}, profile {prof}, devices {', '.join(names)}, {jobs} job(s) each")
+    console.print(
+        f"moe-cts certify: impl {impl}, profile {prof}, devices {', '.join(names)}, {jobs} job(s) each"
+    )
     started = time.time()
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # a scheduler's SIGTERM: partial report too
+    previous = signal.signal(
+        signal.SIGTERM, _sigterm_as_interrupt
+    )  # a scheduler's SIGTERM: partial report too
     try:
         interrupted = _run_shards(shards, out, cmds)
         section = None if interrupted or not targets else _run_compile(targets, jobs)
@@ -277,11 +297,14 @@ def _check_cases(cases: str | None, profile: str, names: list[str]) -> None:
         return
     ids = [i for i in cases.split(",") if i]
     known = {c.case_id for c in must_pass_cases(profile)} | {
-        c.case_id for n in names for c in must_pass_for(profile, n.split(":")[0])}
+        c.case_id for n in names for c in must_pass_for(profile, n.split(":")[0])
+    }
     unknown = [i for i in ids if i not in known]
     if not ids or unknown:
-        raise usage_error(f"--cases: {unknown[0] if unknown else repr(cases)} is not a must-pass case id of profile "
-                          f"{profile} (moe-cts list --profile {profile} shows them)")
+        raise usage_error(
+            f"--cases: {unknown[0] if unknown else repr(cases)} is not a must-pass case id of profile "
+            f"{profile} (moe-cts list --profile {profile} shows them)"
+        )
 
 
 def _run_compile(targets: tuple[str, ...], jobs: int) -> dict:
@@ -291,5 +314,3 @@ def _run_compile(targets: tuple[str, ...], jobs: int) -> dict:
 
 def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
-
-

@@ -64,11 +64,15 @@ def check_out_dir(arg: str | Path) -> Path:
         raise usage_error("--out is empty: give a directory for the report, for example --out moe-cts-out.")
     out = Path(arg)
     if out.exists() and not out.is_dir():
-        raise usage_error(f"--out {out} is an existing file, not a directory: give a directory for the report.")
+        raise usage_error(
+            f"--out {out} is an existing file, not a directory: give a directory for the report."
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise usage_error(f"--out {out} cannot be created ({e.strerror}): give a writable directory.") from None
+        raise usage_error(
+            f"--out {out} cannot be created ({e.strerror}): give a writable directory."
+        ) from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise usage_error(f"--out {out} is not writable by this user: give a writable directory.")
     return out

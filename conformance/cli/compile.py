@@ -36,10 +36,18 @@ class _Bar:
 
 
 def compile_(
-    targets: Annotated[str, typer.Option(help="all, or a comma list of sm80,sm90,sm100,gfx90a,gfx942,gfx950")] = "all",
-    full: Annotated[bool, typer.Option(help="every table config and every preset's choice in every dtype")] = False,
-    out: Annotated[str, typer.Option(help="writes compile.json (report section) and summary.txt here")] = "moe-cts-compile",
-    jobs: Annotated[int, typer.Option(min=1, help="compiler processes in parallel")] = max(1, os.cpu_count() or 1),
+    targets: Annotated[
+        str, typer.Option(help="all, or a comma list of sm80,sm90,sm100,gfx90a,gfx942,gfx950")
+    ] = "all",
+    full: Annotated[
+        bool, typer.Option(help="every table config and every preset's choice in every dtype")
+    ] = False,
+    out: Annotated[
+        str, typer.Option(help="writes compile.json (report section) and summary.txt here")
+    ] = "moe-cts-compile",
+    jobs: Annotated[int, typer.Option(min=1, help="compiler processes in parallel")] = max(
+        1, os.cpu_count() or 1
+    ),
 ) -> None:
     """Compile every kernel ahead of time for CUDA sm80/sm90/sm100 and ROCm gfx90a/gfx942/gfx950 on this CPU:
     shared memory against each target's limit, registers, spills, matrix instructions. Exit 1 on any Fail."""
@@ -50,7 +58,9 @@ def compile_(
     try:
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task(f"planning the {'full' if full else 'default'} tier", total=None)
-            records = run_matrix(targets=targets, full=full, out=out_dir, jobs=jobs, progress=_Bar(progress, task))
+            records = run_matrix(
+                targets=targets, full=full, out=out_dir, jobs=jobs, progress=_Bar(progress, task)
+            )
     except ValueError as e:
         raise usage_error(str(e)) from None
     render(console, records)

@@ -67,16 +67,21 @@ def _print_implementations() -> None:
         what = f"BROKEN: {f.error}" if f.error else summary(f.capabilities)
         console.print(f"  {f.name} [{f.source}]: {what}", markup=False, soft_wrap=True)
     # the usable names on one line, as `--impl` takes them
-    console.print("implementations: " + ", ".join(f.name for f in found if not f.error), markup=False,
-                  soft_wrap=True)
+    console.print(
+        "implementations: " + ", ".join(f.name for f in found if not f.error), markup=False, soft_wrap=True
+    )
     for f in found:
         if f.error:
-            console.print(f"broken implementation {f.name} ({f.source}): {f.error}", markup=False, soft_wrap=True)
+            console.print(
+                f"broken implementation {f.name} ({f.source}): {f.error}", markup=False, soft_wrap=True
+            )
 
 
 def replay(
     case: Annotated[str, typer.Argument(help="a case id, or a failures/<case>/ directory of a report")],
-    impl: Annotated[str | None, typer.Option(help="implementation (default: the failure's, else triton)")] = None,
+    impl: Annotated[
+        str | None, typer.Option(help="implementation (default: the failure's, else triton)")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="device (default: the failure's, else auto)")] = None,
     timeout: Annotated[float | None, typer.Option(min=0.0, help="time limit in seconds")] = None,
 ) -> None:
@@ -114,7 +119,9 @@ def _print_result(result) -> None:
         t.add_column(col, overflow="fold")
     for s in result.stages:
         f = lambda v: "" if v is None else f"{v:.3g}"
-        t.add_row(s.stage, s.outcome.value, f(s.max_ratio), f(s.p99_ratio), f(s.rms_ratio), f(s.bias_z), s.message)
+        t.add_row(
+            s.stage, s.outcome.value, f(s.max_ratio), f(s.p99_ratio), f(s.rms_ratio), f(s.bias_z), s.message
+        )
     console.print(t)
     for s in result.stages:
         if s.worst and not s.outcome.conformant:
@@ -144,7 +151,9 @@ def verify(
 
 def merge(
     reports: Annotated[list[Path], typer.Argument(help="report.json files (one per node or run)")],
-    out: Annotated[Path, typer.Option(help="directory for fleet.json and fleet.html")] = Path("moe-cts-fleet"),
+    out: Annotated[Path, typer.Option(help="directory for fleet.json and fleet.html")] = Path(
+        "moe-cts-fleet"
+    ),
 ) -> None:
     """Merge reports into a fleet report with per-device verdicts and a cross-device comparison.
     Exit 0 when every device is conformant and no device differs from its siblings, else 1."""

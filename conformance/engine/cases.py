@@ -31,7 +31,9 @@ from moe_cts.reference.spec import MoESpec, MoEWeights, weight_shapes
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DISTRIBUTIONS = ("normal", "uniform", "outliers")
 ID_PREFIX = "c1-"
-_DEFAULT_SPEC = {f.name: f.default for f in dataclasses.fields(MoESpec) if f.default is not dataclasses.MISSING}
+_DEFAULT_SPEC = {
+    f.name: f.default for f in dataclasses.fields(MoESpec) if f.default is not dataclasses.MISSING
+}
 _FAN_IN_SCALE = {"correction_bias": 0.1, "router_bias": 0.5, "b13": 0.5, "b2": 0.5}
 
 
@@ -80,7 +82,12 @@ class Case:
             (isinstance(self.spec, MoESpec), "spec", "a MoESpec", type(self.spec).__name__),
             (_is_int(self.num_tokens) and self.num_tokens >= 0, "num_tokens", "an int >= 0", self.num_tokens),
             (self.dtype in DTYPES, "dtype", f"one of {tuple(DTYPES)}", self.dtype),
-            (self.distribution in DISTRIBUTIONS, "distribution", f"one of {DISTRIBUTIONS}", self.distribution),
+            (
+                self.distribution in DISTRIBUTIONS,
+                "distribution",
+                f"one of {DISTRIBUTIONS}",
+                self.distribution,
+            ),
             (_is_int(self.seed) and 0 <= self.seed < 2**64, "seed", "an int in [0, 2**64)", self.seed),
             (isinstance(self.name, str), "name", "a str", self.name),
         ]
@@ -179,9 +186,14 @@ class Case:
         g = torch.Generator().manual_seed(self.seed)
         spec = self.spec
         tensors: dict[str, torch.Tensor] = {}
-        fan_in = {"router": spec.hidden_size, "w13": spec.hidden_size, "w2": spec.intermediate_size,
-                  "shared_w13": spec.hidden_size, "shared_w2": max(spec.shared_width, 1),
-                  "shared_gate": spec.hidden_size}
+        fan_in = {
+            "router": spec.hidden_size,
+            "w13": spec.hidden_size,
+            "w2": spec.intermediate_size,
+            "shared_w13": spec.hidden_size,
+            "shared_w2": max(spec.shared_width, 1),
+            "shared_gate": spec.hidden_size,
+        }
         for name, shape in weight_shapes(spec).items():
             t = torch.randn(shape, generator=g, dtype=torch.float32)
             tensors[name] = t * (_FAN_IN_SCALE.get(name, 1.0) / math.sqrt(fan_in.get(name, 1)))

@@ -88,7 +88,9 @@ def compare(got, want, bound, *, mask=None, floor: float = 0.0, top: int = 5) ->
     got, want, bound = _as_np(got), _as_np(want), _as_np(bound) + floor
     if got.shape != want.shape:
         raise ValueError(f"compare: shape {got.shape} against the oracle's {want.shape}")
-    judged = np.ones(want.shape, bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), want.shape)
+    judged = (
+        np.ones(want.shape, bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), want.shape)
+    )
     finite_want = np.isfinite(want)
     fin = judged & finite_want & np.isfinite(got)
     mismatch = judged & ~fin & ~_same_nonfinite(got, want)
@@ -102,8 +104,11 @@ def compare(got, want, bound, *, mask=None, floor: float = 0.0, top: int = 5) ->
     max_ratio = float(vals.max()) if n else 0.0
     with np.errstate(invalid="ignore"):  # inf ratios (NaN mismatches) make the interpolation inf - inf
         p99 = float(np.quantile(vals, 0.99)) if n else 0.0
-    rows = np.broadcast_to(np.arange(want.shape[0]).reshape((-1,) + (1,) * (want.ndim - 1)), want.shape) \
-        if want.ndim else np.zeros((), int)
+    rows = (
+        np.broadcast_to(np.arange(want.shape[0]).reshape((-1,) + (1,) * (want.ndim - 1)), want.shape)
+        if want.ndim
+        else np.zeros((), int)
+    )
     rms_ratio, bias_z, bias_mean = _statistics(err[fin], want[fin], bound[fin], rows[fin])
     wmax = float(np.abs(want[fin]).max()) if fin.any() else 0.0
     max_rel = float(np.abs(err[fin]).max() / wmax) if wmax > 0 else 0.0
@@ -123,7 +128,9 @@ def compare(got, want, bound, *, mask=None, floor: float = 0.0, top: int = 5) ->
     )
 
 
-def _statistics(err: np.ndarray, want: np.ndarray, bound: np.ndarray, rows: np.ndarray) -> tuple[float, float, float]:
+def _statistics(
+    err: np.ndarray, want: np.ndarray, bound: np.ndarray, rows: np.ndarray
+) -> tuple[float, float, float]:
     """RMS ratio, and the bias z-score over token rows: errors within a row share the token's routing
     weight rounding, so rows (not elements) are the independent samples of the signed mean."""
     sigma = bound / SIGMAS_PER_BOUND

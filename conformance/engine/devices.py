@@ -96,7 +96,9 @@ def select_device(spec: str = "auto") -> Device:
 
     Raises ValueError naming the accepted forms for anything else, or when the device is missing."""
     if not isinstance(spec, str):
-        raise ValueError(f"device: expected a string like 'auto', 'cuda:0', 'interpreter', 'cpu', got {spec!r}")
+        raise ValueError(
+            f"device: expected a string like 'auto', 'cuda:0', 'interpreter', 'cpu', got {spec!r}"
+        )
     s = spec.strip().lower()
     if s == "auto":
         return _gpu(_gpu_backend(), 0) if torch.cuda.is_available() else _interpreter()
@@ -173,7 +175,9 @@ def load_matrix() -> dict[str, Any]:
     for row in m["entries"]:
         clash = sorted(set(row) & set(HARDWARE_FIELDS))
         if clash:
-            raise ValueError(f"{MATRIX_PATH.name} entry {row['backend']}/{row['arch']}: {clash} belong in kernels/target_info.py")
+            raise ValueError(
+                f"{MATRIX_PATH.name} entry {row['backend']}/{row['arch']}: {clash} belong in kernels/target_info.py"
+            )
         row.update(hardware_fields(row["backend"], row["arch"]))
     return m
 
@@ -212,7 +216,9 @@ def _matches(match: dict[str, Any], case) -> bool:
     }
     unknown = set(match) - set(checks)
     if unknown:
-        raise ValueError(f"device_matrix waiver match: unknown keys {sorted(unknown)}; known {sorted(checks)}")
+        raise ValueError(
+            f"device_matrix waiver match: unknown keys {sorted(unknown)}; known {sorted(checks)}"
+        )
     return all(checks[k](v) for k, v in match.items())
 
 

@@ -16,7 +16,13 @@ from moe_cts.conformance.engine.compare import Comparison, compare
 from moe_cts.conformance.engine.results import FailKind, Outcome, StageVerdict
 from moe_cts.reference.spec import MoESpec
 
-ROW_SAME, ROW_EXACT_TIE, ROW_NEAR_TIE, ROW_WRONG, ROW_INVALID = "same", "exact_tie", "near_tie", "wrong", "invalid"
+ROW_SAME, ROW_EXACT_TIE, ROW_NEAR_TIE, ROW_WRONG, ROW_INVALID = (
+    "same",
+    "exact_tie",
+    "near_tie",
+    "wrong",
+    "invalid",
+)
 
 
 def numeric_verdict(stage: str, c: Comparison, what: str = "") -> StageVerdict:
@@ -24,8 +30,10 @@ def numeric_verdict(stage: str, c: Comparison, what: str = "") -> StageVerdict:
     if not c.within_bound:
         outcome, kind = Outcome.FAIL, FailKind.NUMERIC
         w = c.worst[0] if c.worst else {}
-        msg = f"{what or stage}: outside the error bound at {w.get('index')}: got {w.get('got')}, " \
-              f"want {w.get('want')}, bound {w.get('bound')}; {c.summary()}"
+        msg = (
+            f"{what or stage}: outside the error bound at {w.get('index')}: got {w.get('got')}, "
+            f"want {w.get('want')}, bound {w.get('bound')}; {c.summary()}"
+        )
     elif not c.quality_ok:
         outcome, kind = Outcome.QUALITY_WARNING, None
         why = "RMS error above the model" if not c.rms_ok else "signed bias"
@@ -93,8 +101,14 @@ def _valid_choice(spec: MoESpec, keys: np.ndarray, tol: np.ndarray, ids: np.ndar
     return _separates(keys, tol, chosen, eligible)
 
 
-def classify_rows(spec: MoESpec, keys: np.ndarray, tol: np.ndarray, ref_ids: np.ndarray, got_ids: np.ndarray,
-                  bad_rows: np.ndarray) -> list[str]:
+def classify_rows(
+    spec: MoESpec,
+    keys: np.ndarray,
+    tol: np.ndarray,
+    ref_ids: np.ndarray,
+    got_ids: np.ndarray,
+    bad_rows: np.ndarray,
+) -> list[str]:
     """Per row: same | exact_tie | near_tie | wrong | invalid (duplicate or out-of-range ids)."""
     E = spec.num_experts
     out = []
@@ -128,15 +142,23 @@ def ambiguous_rows(spec: MoESpec, keys: np.ndarray, tol: np.ndarray, ref_ids: np
     return amb
 
 
-def routing_verdict(spec: MoESpec, rows: list[str], got_ids: np.ndarray, ref_ids: np.ndarray, keys: np.ndarray,
-                    weights_cmp: Comparison | None) -> StageVerdict:
+def routing_verdict(
+    spec: MoESpec,
+    rows: list[str],
+    got_ids: np.ndarray,
+    ref_ids: np.ndarray,
+    keys: np.ndarray,
+    weights_cmp: Comparison | None,
+) -> StageVerdict:
     """Combine the per-row id classification and the weights comparison into the router verdict."""
     bad = [t for t, r in enumerate(rows) if r in (ROW_INVALID, ROW_WRONG)]
     if bad:
         t = bad[0]
         kind = "duplicate or out-of-range ids" if rows[t] == ROW_INVALID else "ids not a top-k of the keys"
-        msg = (f"router: {len(bad)} rows with {kind}; row {t}: got {got_ids[t].tolist()}, "
-               f"want {ref_ids[t].tolist()} (keys {np.round(keys[t], 6).tolist()[:16]})")
+        msg = (
+            f"router: {len(bad)} rows with {kind}; row {t}: got {got_ids[t].tolist()}, "
+            f"want {ref_ids[t].tolist()} (keys {np.round(keys[t], 6).tolist()[:16]})"
+        )
         return StageVerdict("router", Outcome.FAIL, fail_kind=FailKind.ROUTING, message=msg)
     if weights_cmp is not None and not weights_cmp.within_bound:
         return numeric_verdict("router", weights_cmp, "router weights")
@@ -144,8 +166,10 @@ def routing_verdict(spec: MoESpec, rows: list[str], got_ids: np.ndarray, ref_ids
     base = numeric_verdict("router", weights_cmp, "router weights") if weights_cmp is not None else None
     if ties:
         t = ties[0]
-        msg = (f"router: exact ties broken differently from the lower-id rule in {len(ties)} rows; row {t}: "
-               f"got {got_ids[t].tolist()}, oracle {ref_ids[t].tolist()}")
+        msg = (
+            f"router: exact ties broken differently from the lower-id rule in {len(ties)} rows; row {t}: "
+            f"got {got_ids[t].tolist()}, oracle {ref_ids[t].tolist()}"
+        )
         return StageVerdict(
             "router",
             Outcome.COMPATIBILITY_WARNING,
@@ -165,13 +189,21 @@ def weights_dtype_mismatch(got_w, declared: str, case_dtype: str) -> str | None:
     dtype = str(getattr(got_w, "dtype", "")).removeprefix("torch.")
     want = case_dtype if declared == "input" else "float32"
     if dtype in ("float16", "bfloat16") and dtype != want:
-        return (f"router weights: dtype {dtype}, but router_weights_dtype={declared!r} declares {want} "
-                f"(declare \"input\" for weights in the case dtype)")
+        return (
+            f"router weights: dtype {dtype}, but router_weights_dtype={declared!r} declares {want} "
+            f'(declare "input" for weights in the case dtype)'
+        )
     return None
 
 
-def compare_weights(got_w: np.ndarray, got_ids: np.ndarray, want_w: np.ndarray, want_ids: np.ndarray,
-                    bound: np.ndarray, mask: np.ndarray) -> Comparison:
+def compare_weights(
+    got_w: np.ndarray,
+    got_ids: np.ndarray,
+    want_w: np.ndarray,
+    want_ids: np.ndarray,
+    bound: np.ndarray,
+    mask: np.ndarray,
+) -> Comparison:
     """Weights matched by expert id (the order within a row is free)."""
     order_got = np.argsort(got_ids, axis=1, kind="stable")
     order_want = np.argsort(want_ids, axis=1, kind="stable")

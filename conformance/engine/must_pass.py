@@ -1,8 +1,8 @@
 """The curated, versioned must-pass list (data/must_pass.json) and the cases a profile runs on a backend.
 
-    must_pass_cases(profile)         the cases tagged with a profile (smoke | quick | full | gpu), in file order
-    must_pass_for(profile, backend)  what a certify run of that profile executes on that backend
-    MUST_PASS_VERSION, must_pass_hash()   recorded in every report and certificate
+must_pass_cases(profile)         the cases tagged with a profile (smoke | quick | full | gpu), in file order
+must_pass_for(profile, backend)  what a certify run of that profile executes on that backend
+MUST_PASS_VERSION, must_pass_hash()   recorded in every report and certificate
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.devices import HOST_BACKENDS
 
 MUST_PASS_PATH = Path(__file__).parents[1] / "data" / "must_pass.json"
+
 
 @functools.cache
 def _must_pass_data() -> dict[str, Any]:

@@ -69,7 +69,9 @@ class Capabilities:
     # forbidden when it is not claimed above, optional when claimed and not required. Names: the routing
     # variants, "expert_bias", "shared_experts", "shared_gate".
     required: frozenset[str] = frozenset()
-    quant_schemes: frozenset[str] = frozenset()  # QuantScheme methods claimed (reference/quant.py QUANT_METHODS)
+    quant_schemes: frozenset[str] = (
+        frozenset()
+    )  # QuantScheme methods claimed (reference/quant.py QUANT_METHODS)
     notes: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -77,8 +79,10 @@ class Capabilities:
         if unknown:
             raise ValueError(f"required: {unknown} are not features; expected names from {list(REQUIRABLE)}")
         if self.router_weights_dtype not in ROUTER_WEIGHTS_DTYPES:
-            raise ValueError(f"router_weights_dtype: expected one of {ROUTER_WEIGHTS_DTYPES}, "
-                             f"got {self.router_weights_dtype!r}")
+            raise ValueError(
+                f"router_weights_dtype: expected one of {ROUTER_WEIGHTS_DTYPES}, "
+                f"got {self.router_weights_dtype!r}"
+            )
 
     def unsupported(self, spec: MoESpec, dtype: str) -> str | None:
         """Why this implementation cannot run a case of (spec, dtype), or None when it claims it."""
@@ -86,24 +90,36 @@ class Capabilities:
         checks = [
             (dtype in self.dtypes, f"dtype: {dtype} not in {sorted(self.dtypes)}"),
             (spec.w13_layout in self.layouts, f"w13_layout: {spec.w13_layout} not claimed"),
-            (spec.activation in acts, f"activation: {spec.activation} ({'gated' if spec.gated else 'non-gated'})"),
+            (
+                spec.activation in acts,
+                f"activation: {spec.activation} ({'gated' if spec.gated else 'non-gated'})",
+            ),
             (spec.scoring in self.scorings, f"scoring: {spec.scoring} not claimed"),
             (not spec.renormalize or "renormalize" in self.routing, "renormalize: not claimed"),
             (not spec.router_bias or "router_bias" in self.routing, "router_bias: not claimed"),
             (not spec.correction_bias or "correction_bias" in self.routing, "correction_bias: not claimed"),
             (not spec.grouped or "grouped" in self.routing, "n_group/topk_group: grouped top-k not claimed"),
-            (spec.routed_scaling_factor == 1.0 or "scaling" in self.routing, "routed_scaling_factor: not claimed"),
+            (
+                spec.routed_scaling_factor == 1.0 or "scaling" in self.routing,
+                "routed_scaling_factor: not claimed",
+            ),
             (not spec.expert_bias or self.expert_bias, "expert_bias: not claimed"),
             (not spec.shared_width or self.shared_experts, "n_shared_experts: shared experts not claimed"),
             (not spec.shared_gate or self.shared_gate, "shared_gate: not claimed"),
             (spec.capacity_factor is None or self.capacity_dropping, "capacity_factor: dropping not claimed"),
             (spec.local_experts is None or self.local_mask, "local_experts: local expert mask not claimed"),
-            (self.max_experts is None or spec.num_experts <= self.max_experts,
-             f"num_experts: at most {self.max_experts} claimed"),
-            *((features(spec)[f], f"{f}: always applied by this implementation, absent from the case")
-              for f in sorted(self.required)),
-            (spec.quant is None or spec.quant.method in self.quant_schemes,
-             f"quant: {spec.quant.method if spec.quant else None} not in {sorted(self.quant_schemes)}"),
+            (
+                self.max_experts is None or spec.num_experts <= self.max_experts,
+                f"num_experts: at most {self.max_experts} claimed",
+            ),
+            *(
+                (features(spec)[f], f"{f}: always applied by this implementation, absent from the case")
+                for f in sorted(self.required)
+            ),
+            (
+                spec.quant is None or spec.quant.method in self.quant_schemes,
+                f"quant: {spec.quant.method if spec.quant else None} not in {sorted(self.quant_schemes)}",
+            ),
         ]
         return next((why for ok, why in checks if not ok), None)
 
@@ -115,8 +131,16 @@ class Capabilities:
 
 
 #: features an implementation can make mandatory (Capabilities.required)
-REQUIRABLE = ("renormalize", "router_bias", "correction_bias", "grouped", "scaling", "expert_bias",
-              "shared_experts", "shared_gate")
+REQUIRABLE = (
+    "renormalize",
+    "router_bias",
+    "correction_bias",
+    "grouped",
+    "scaling",
+    "expert_bias",
+    "shared_experts",
+    "shared_gate",
+)
 
 
 def features(spec: MoESpec) -> dict[str, bool]:

@@ -1,15 +1,15 @@
 """Result taxonomy of moe-cts: what one case, and one stage of a case, can end as.
 
-    outcome                 meaning                                                         conformant?
-    pass                    every check inside its bound                                     yes
-    quality_warning         inside the bound, but the RMS or signed-bias check failed         yes (flagged)
-    compatibility_warning   implementation-defined difference (e.g. choice on an exact tie)   yes (flagged)
-    not_supported           the implementation does not claim this capability                 yes (not counted)
-    waived                  the device matrix waives it, with a reason                        yes (not counted)
-    fail                    numeric, routing, memory or determinism failure                   no
-    crash                   the case killed its process (segfault, illegal memory access)     no
-    timeout                 the case exceeded its time limit                                  no
-    internal_error          the harness or the oracle failed: voids the run                   void
+outcome                 meaning                                                         conformant?
+pass                    every check inside its bound                                     yes
+quality_warning         inside the bound, but the RMS or signed-bias check failed         yes (flagged)
+compatibility_warning   implementation-defined difference (e.g. choice on an exact tie)   yes (flagged)
+not_supported           the implementation does not claim this capability                 yes (not counted)
+waived                  the device matrix waives it, with a reason                        yes (not counted)
+fail                    numeric, routing, memory or determinism failure                   no
+crash                   the case killed its process (segfault, illegal memory access)     no
+timeout                 the case exceeded its time limit                                  no
+internal_error          the harness or the oracle failed: voids the run                   void
 """
 
 from __future__ import annotations

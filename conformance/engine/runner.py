@@ -69,7 +69,9 @@ def _summary(err: BaseException) -> str:
 
 @contextlib.contextmanager
 def _deadline(timeout_s: float | None):
-    usable = timeout_s and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    usable = (
+        timeout_s and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    )
     if not usable:
         yield
         return
@@ -89,7 +91,10 @@ def _deadline(timeout_s: float | None):
 @contextlib.contextmanager
 def _nan_fill_uninitialized():
     """torch.empty returns NaN-filled memory while active (torch's deterministic-fill switch)."""
-    was_det, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    was_det, was_warn = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     was_fill = torch.utils.deterministic.fill_uninitialized_memory
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -156,13 +161,17 @@ class _Session:
         self.caps = impl.capabilities()
         self.spec = case.spec
         self.inputs: CaseInputs = case.build_inputs(device.torch_device)
-        self.model = tolerance.ErrorModel.for_case(accumulator_profile(device), case.dtype, self.caps.fp32_dot)
+        self.model = tolerance.ErrorModel.for_case(
+            accumulator_profile(device), case.dtype, self.caps.fp32_dot
+        )
         self.wv = tolerance.WeightViews.of(self.inputs.weights)
         self.qw = self.inputs.qweights  # quantized cases: codes + scales, base = exact dequantized (float64)
         self.qv = None if self.qw is None else tolerance.WeightViews.of(self.qw.base)
         self.x = _np(self.inputs.x)
         self.routing = npo.route(self.spec, self.wv.val, self.x)
-        self.e_scores, self.e_keys = tolerance.router_bounds(self.model, self.spec, self.wv, self.x, self.routing)
+        self.e_scores, self.e_keys = tolerance.router_bounds(
+            self.model, self.spec, self.wv, self.x, self.routing
+        )
         raw = self.routing.scores
         self.raw_keys = raw + _np(self.wv.val.correction_bias) if self.spec.correction_bias else raw
         self.bad_rows = ~np.isfinite(self.x).all(axis=1) | ~np.isfinite(raw).all(axis=1)
@@ -174,7 +183,9 @@ class _Session:
     def set_ids(self, ids: np.ndarray) -> None:
         self.ids = ids
         self.tw = tolerance.routing_weights(self.spec, self.routing.scores, ids)
-        self.e_w = tolerance.weight_bounds(self.model, self.spec, self.routing.scores, self.e_scores, ids, self.tw)
+        self.e_w = tolerance.weight_bounds(
+            self.model, self.spec, self.routing.scores, self.e_scores, ids, self.tw
+        )
         self.kept = npo.permute(self.spec, ids).kept
         self._e2e = None
 
@@ -193,14 +204,20 @@ class _Session:
                 raise _ImplFailure(Outcome.NOT_SUPPORTED, f"{stage}: {err}") from err
             known = known_issues.crash_waiver(self.device, self.impl_name, err)
             if known:
-                raise _ImplFailure(Outcome.WAIVED, f"{stage}: waived, known limit {known}; raised {_summary(err)}") from err
+                raise _ImplFailure(
+                    Outcome.WAIVED, f"{stage}: waived, known limit {known}; raised {_summary(err)}"
+                ) from err
             raise _ImplFailure(Outcome.CRASH, f"{stage}: {_summary(err)}") from err
 
     def ids_tensor(self, ids: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(ids)).to(torch.int32).to(self.device.torch_device)
 
     def rounded(self, a: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(dtype or self.case.torch_dtype).to(self.device.torch_device)
+        return (
+            torch.from_numpy(np.ascontiguousarray(a))
+            .to(dtype or self.case.torch_dtype)
+            .to(self.device.torch_device)
+        )
 
     # -- stages
     def stage_route(self) -> StageVerdict:
@@ -208,8 +225,12 @@ class _Session:
         got_ids, got_w = _ids_np(out.topk_ids), _np(out.topk_weights)
         T, k = self.ids.shape
         if got_ids.shape != (T, k) or got_w.shape != (T, k):
-            return StageVerdict("router", Outcome.FAIL, fail_kind=FailKind.ROUTING,
-                                message=f"router: expected ids/weights of shape {(T, k)}, got {got_ids.shape}/{got_w.shape}")
+            return StageVerdict(
+                "router",
+                Outcome.FAIL,
+                fail_kind=FailKind.ROUTING,
+                message=f"router: expected ids/weights of shape {(T, k)}, got {got_ids.shape}/{got_w.shape}",
+            )
         ref_ids = self.routing.topk_ids
         rows = judge.classify_rows(self.spec, self.raw_keys, self.e_keys, ref_ids, got_ids, self.bad_rows)
         ok = np.array([r not in (judge.ROW_INVALID, judge.ROW_WRONG) for r in rows], bool)
@@ -242,11 +263,16 @@ class _Session:
         return self.numeric("gemm1", _field(out, "act"), ref.act, e_act, self.kept[..., None] & self.mask(2))
 
     def stage_down(self) -> StageVerdict:
-        oracle = npo.gate_up(self.spec, self.wv.val, self.x, self.ids) if self.qw is None else \
-            numpy_quant.gate_up(self.spec, self.qw, self.x, self.ids)
+        oracle = (
+            npo.gate_up(self.spec, self.wv.val, self.x, self.ids)
+            if self.qw is None
+            else numpy_quant.gate_up(self.spec, self.qw, self.x, self.ids)
+        )
         act = self.rounded(oracle.act)
         if self.qw is not None:
-            ref, e_eo = quant_tolerance.down_bounds(self.model, self.spec, self.qw, self.qv, _np(act), self.ids)
+            ref, e_eo = quant_tolerance.down_bounds(
+                self.model, self.spec, self.qw, self.qv, _np(act), self.ids
+            )
         else:
             ref, e_eo = tolerance.down_bounds(self.model, self.spec, self.wv, _np(act), self.ids)
         out = self.call("down", self.inputs.with_feeds(topk_ids=self.ids_tensor(self.ids), act=act))
@@ -257,31 +283,41 @@ class _Session:
         eo, tw = self.rounded(e2e["eo"]), self.rounded(self.tw, torch.float32)
         so = self.rounded(e2e["so"]) if self.spec.shared_width else None
         kept = torch.from_numpy(self.kept).to(self.device.torch_device)
-        ref, e_y = tolerance.combine_bounds(self.model, self.spec, _np(eo), _np(tw), self.kept,
-                                            None if so is None else _np(so))
-        feeds = self.inputs.with_feeds(expert_out=eo, topk_weights=tw, kept=kept, shared_out=so,
-                                       topk_ids=self.ids_tensor(self.ids))
+        ref, e_y = tolerance.combine_bounds(
+            self.model, self.spec, _np(eo), _np(tw), self.kept, None if so is None else _np(so)
+        )
+        feeds = self.inputs.with_feeds(
+            expert_out=eo, topk_weights=tw, kept=kept, shared_out=so, topk_ids=self.ids_tensor(self.ids)
+        )
         return self.numeric("combine", self.call("combine", feeds), ref, e_y, self.mask(1))
 
     def end_to_end_reference(self) -> dict[str, np.ndarray]:
         if self._e2e is None and self.qw is not None:
-            self._e2e = quant_tolerance.end_to_end(self.model, self.spec, self.qw, self.qv, self.x, self.ids,
-                                                   self.tw, self.kept, self.e_w)
+            self._e2e = quant_tolerance.end_to_end(
+                self.model, self.spec, self.qw, self.qv, self.x, self.ids, self.tw, self.kept, self.e_w
+            )
         if self._e2e is None:
             m, spec, wv = self.model, self.spec, self.wv
             gu, e_act = tolerance.gate_up_bounds(m, spec, wv, self.x, self.ids)
             eo, e_eo = tolerance.down_bounds(m, spec, wv, gu.act, self.ids, e_act)
             so, e_so = tolerance.shared_bounds(m, spec, wv, self.x)
-            y, e_y = tolerance.combine_bounds(m, spec, eo, self.tw, self.kept, so if spec.shared_width else None,
-                                              e_eo, self.e_w, e_so)
+            y, e_y = tolerance.combine_bounds(
+                m, spec, eo, self.tw, self.kept, so if spec.shared_width else None, e_eo, self.e_w, e_so
+            )
             self._e2e = {"eo": eo, "so": so, "y": y, "e_y": e_y}
         return self._e2e
 
-    def numeric(self, stage: str, got: Any, want: np.ndarray, bound: np.ndarray, mask: np.ndarray) -> StageVerdict:
+    def numeric(
+        self, stage: str, got: Any, want: np.ndarray, bound: np.ndarray, mask: np.ndarray
+    ) -> StageVerdict:
         g = _np(got)
         if g.shape != want.shape:
-            return StageVerdict(stage, Outcome.FAIL, fail_kind=FailKind.NUMERIC,
-                                message=f"{stage}: expected shape {want.shape}, got {g.shape}")
+            return StageVerdict(
+                stage,
+                Outcome.FAIL,
+                fail_kind=FailKind.NUMERIC,
+                message=f"{stage}: expected shape {want.shape}, got {g.shape}",
+            )
         return judge.numeric_verdict(stage, compare(g, want, bound, mask=mask, floor=self.model.tiny))
 
     def stage_forward(self) -> list[StageVerdict]:
@@ -304,8 +340,15 @@ class _Session:
             mask = mask & ~poisoned.unwritten()
             verdicts.append(mem)
         else:
-            verdicts.append(StageVerdict("memory", Outcome.NOT_SUPPORTED, message=(
-                "no out= parameter: unwritten elements show as NaN through torch's NaN fill of uninitialized memory")))
+            verdicts.append(
+                StageVerdict(
+                    "memory",
+                    Outcome.NOT_SUPPORTED,
+                    message=(
+                        "no out= parameter: unwritten elements show as NaN through torch's NaN fill of uninitialized memory"
+                    ),
+                )
+            )
         verdicts.insert(0, self.numeric("end_to_end", y, e2e["y"], e2e["e_y"], mask))
         verdicts.append(self.determinism_verdict(y))
         return verdicts
@@ -321,7 +364,9 @@ class _Session:
             if not same:
                 msg += "; the implementation returned a different tensor than out="
         else:
-            return StageVerdict("memory", Outcome.PASS, message="memory: every element written, canaries intact")
+            return StageVerdict(
+                "memory", Outcome.PASS, message="memory: every element written, canaries intact"
+            )
         return StageVerdict("memory", Outcome.FAIL, fail_kind=FailKind.MEMORY, message=msg)
 
     def determinism_verdict(self, y: torch.Tensor) -> StageVerdict:
@@ -332,8 +377,12 @@ class _Session:
             if diff:
                 msgs.append(f"two runs differ in {diff} elements")
         if self.caps.batch_invariant and self.x.shape[0] >= 2:
-            one = CaseInputs(spec=self.spec, x=self.inputs.x[:1].clone(), weights=self.inputs.weights,
-                             qweights=self.inputs.qweights)
+            one = CaseInputs(
+                spec=self.spec,
+                x=self.inputs.x[:1].clone(),
+                weights=self.inputs.weights,
+                qweights=self.inputs.qweights,
+            )
             y1 = _field(self.call(FORWARD, one), "y")
             diff = int((_bits(y[:1]) != _bits(y1)).sum())
             if diff:
@@ -341,14 +390,23 @@ class _Session:
         if not (self.caps.deterministic or self.caps.batch_invariant):
             return StageVerdict("determinism", Outcome.NOT_SUPPORTED, message="no determinism claimed")
         if msgs:
-            return StageVerdict("determinism", Outcome.FAIL, fail_kind=FailKind.DETERMINISM,
-                                message="determinism: " + "; ".join(msgs))
+            return StageVerdict(
+                "determinism",
+                Outcome.FAIL,
+                fail_kind=FailKind.DETERMINISM,
+                message="determinism: " + "; ".join(msgs),
+            )
         return StageVerdict("determinism", Outcome.PASS, message="determinism: bitwise equal")
 
     def run(self) -> list[StageVerdict]:
         verdicts = self.verdicts = []  # kept on the session so a timeout keeps the finished stages
-        plan = [("route", self.stage_route), ("permute", self.stage_permute), ("gate_up", self.stage_gate_up),
-                ("down", self.stage_down), ("combine", self.stage_combine)]
+        plan = [
+            ("route", self.stage_route),
+            ("permute", self.stage_permute),
+            ("gate_up", self.stage_gate_up),
+            ("down", self.stage_down),
+            ("combine", self.stage_combine),
+        ]
         for stage, fn in plan:
             self.current = VERDICT_STAGE[stage]
             verdicts.append(self.guarded(stage, fn))
@@ -381,7 +439,9 @@ def _failing_stage(verdicts: list[StageVerdict]) -> str | None:
     return (bad or warn)[0].stage if (bad or warn) else None
 
 
-def run_case(impl: Implementation, case: Case, device: Device, *, timeout_s: float | None = None) -> CaseResult:
+def run_case(
+    impl: Implementation, case: Case, device: Device, *, timeout_s: float | None = None
+) -> CaseResult:
     """Run and judge one case; never raises for the implementation's errors (module docstring)."""
     t0 = time.perf_counter()
     name = getattr(impl, "name", type(impl).__name__)
@@ -391,8 +451,15 @@ def run_case(impl: Implementation, case: Case, device: Device, *, timeout_s: flo
         cfg: dict[str, Any] = {}
         with contextlib.suppress(Exception):
             cfg = dict(impl.kernel_config() or {})
-        return CaseResult(outcome=outcome, stages=tuple(verdicts), failing_stage=failing, kernel_config=cfg,
-                          duration_s=time.perf_counter() - t0, message=message, **meta)
+        return CaseResult(
+            outcome=outcome,
+            stages=tuple(verdicts),
+            failing_stage=failing,
+            kernel_config=cfg,
+            duration_s=time.perf_counter() - t0,
+            message=message,
+            **meta,
+        )
 
     try:
         reason = waiver_for(device, case)
@@ -412,7 +479,9 @@ def run_case(impl: Implementation, case: Case, device: Device, *, timeout_s: flo
     except _Timeout:
         verdicts = list(session.verdicts)
         verdicts.append(StageVerdict(session.current, Outcome.TIMEOUT, message=f"exceeded {timeout_s} s"))
-        return result(Outcome.TIMEOUT, verdicts, f"timeout after {timeout_s} s in {session.current}", session.current)
+        return result(
+            Outcome.TIMEOUT, verdicts, f"timeout after {timeout_s} s in {session.current}", session.current
+        )
     except Exception as err:
         return result(Outcome.INTERNAL_ERROR, verdicts, f"harness: {_summary(err)}")
     outcome = worst(v.outcome for v in verdicts)
@@ -422,7 +491,9 @@ def run_case(impl: Implementation, case: Case, device: Device, *, timeout_s: flo
     return result(outcome, verdicts, msg, failing)
 
 
-def _explain(session: _Session, verdicts: list[StageVerdict], outcome: Outcome, msg: str) -> tuple[Outcome, str]:
+def _explain(
+    session: _Session, verdicts: list[StageVerdict], outcome: Outcome, msg: str
+) -> tuple[Outcome, str]:
     """A waived stage makes a conformant case Waived (never Pass); a case the implementation declined keeps
     the implementation's own reason; a Fail on a device with a silent known limit names the limit."""
     waived = [v for v in verdicts if v.outcome == Outcome.WAIVED]

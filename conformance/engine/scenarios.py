@@ -71,8 +71,14 @@ class Scenario:
             return cls(v["name"], tuple(v.get("params", {}).items()))
         return cls(v[0], tuple((v[1] if len(v) > 1 else {}).items()))
 
-    def apply(self, spec: MoESpec, tensors: dict[str, torch.Tensor], x: torch.Tensor, g: torch.Generator,
-              dtype: torch.dtype) -> None:
+    def apply(
+        self,
+        spec: MoESpec,
+        tensors: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        g: torch.Generator,
+        dtype: torch.dtype,
+    ) -> None:
         """Edit the float32 router tensors and x in place (before the cast to `dtype`)."""
         SCENARIOS[self.name][0](self, spec, tensors, x, g, dtype)
 

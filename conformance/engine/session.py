@@ -52,7 +52,9 @@ class Session:
         limit = self.timeout_s if self.timeout_s and self.timeout_s > 0 else None
         watchdog = None
         if limit:
-            watchdog = threading.Timer(limit + HARD_TIMEOUT_GRACE_S, self._hard_timeout, (case, limit, source))
+            watchdog = threading.Timer(
+                limit + HARD_TIMEOUT_GRACE_S, self._hard_timeout, (case, limit, source)
+            )
             watchdog.daemon = True
             watchdog.start()
         try:

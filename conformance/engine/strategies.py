@@ -72,7 +72,9 @@ def _edge_int(lo: int, hi: int, edges: Sequence[int]) -> SearchStrategy[int]:
 
 @st.composite
 def _shapes(draw, max_tokens, max_hidden, max_intermediate, max_experts, tile) -> Shape:
-    mt, mh, mi, me, tl = (draw(_strategy(v)) for v in (max_tokens, max_hidden, max_intermediate, max_experts, tile))
+    mt, mh, mi, me, tl = (
+        draw(_strategy(v)) for v in (max_tokens, max_hidden, max_intermediate, max_experts, tile)
+    )
     T = draw(_edge_int(0, mt, (0, 1, tl - 1, tl, tl + 1)))
     H = draw(_edge_int(1, mh, (*ODD_WIDTHS, 16, 32, 64)))
     I = draw(_edge_int(1, mi, (*ODD_WIDTHS, 16, 32, 64)))
@@ -81,9 +83,14 @@ def _shapes(draw, max_tokens, max_hidden, max_intermediate, max_experts, tile) -
     return Shape(T, H, I, E, k)
 
 
-def shapes(*, max_tokens: int | SearchStrategy[int] = 40, max_hidden: int | SearchStrategy[int] = 64,
-           max_intermediate: int | SearchStrategy[int] = 64, max_experts: int | SearchStrategy[int] = 16,
-           tile: int | SearchStrategy[int] = DEFAULT_TILE) -> SearchStrategy[Shape]:
+def shapes(
+    *,
+    max_tokens: int | SearchStrategy[int] = 40,
+    max_hidden: int | SearchStrategy[int] = 64,
+    max_intermediate: int | SearchStrategy[int] = 64,
+    max_experts: int | SearchStrategy[int] = 16,
+    tile: int | SearchStrategy[int] = DEFAULT_TILE,
+) -> SearchStrategy[Shape]:
     """Shapes biased to the edges.
 
     - max_tokens: largest T (T = 0, 1, tile-1, tile, tile+1 drawn often). Default 40.
@@ -94,8 +101,12 @@ def shapes(*, max_tokens: int | SearchStrategy[int] = 40, max_hidden: int | Sear
     Example: ``shapes(max_tokens=17, max_experts=8).example()`` -> ``Shape(16, 40, 24, 7, 7)``.
     """
     _positive("max_tokens", max_tokens, 0)
-    for name, v in (("max_hidden", max_hidden), ("max_intermediate", max_intermediate),
-                    ("max_experts", max_experts), ("tile", tile)):
+    for name, v in (
+        ("max_hidden", max_hidden),
+        ("max_intermediate", max_intermediate),
+        ("max_experts", max_experts),
+        ("tile", tile),
+    ):
         _positive(name, v)
     return _shapes(max_tokens, max_hidden, max_intermediate, max_experts, tile)
 
@@ -145,7 +156,9 @@ def _specs(draw, shape_st, scorings, gated, grouped, shared, capacity, local, ca
     }  # fmt: skip
     if is_gated:
         layouts = ("concat", "interleaved")
-        fields["w13_layout"] = draw(st.sampled_from([v for v in layouts if caps is None or v in caps.layouts]))
+        fields["w13_layout"] = draw(
+            st.sampled_from([v for v in layouts if caps is None or v in caps.layouts])
+        )
     may_group = caps is None or "grouped" in routing
     if may_group and (draw(_strategy(grouped)) or (caps is not None and "grouped" in caps.required)):
         divisors = [g for g in range(2, E + 1) if E % g == 0 and E // g >= 2]
@@ -153,11 +166,16 @@ def _specs(draw, shape_st, scorings, gated, grouped, shared, capacity, local, ca
             G = draw(st.sampled_from(divisors))
             per = E // G
             topk_group = draw(st.integers(max(1, -(-k // per)), G))
-            fields.update(n_group=G, topk_group=topk_group, group_score=draw(st.sampled_from(("top2_sum", "max"))))
+            fields.update(
+                n_group=G, topk_group=topk_group, group_score=draw(st.sampled_from(("top2_sum", "max")))
+            )
     if draw(_strategy(shared)) and draw(_flag(caps, "shared_experts", caps is None or caps.shared_experts)):
         gate = _flag(caps, "shared_gate", caps is None or caps.shared_gate)
-        fields.update(n_shared_experts=draw(st.integers(1, 2)), shared_intermediate_size=draw(st.integers(1, I)),
-                      shared_gate=draw(gate))
+        fields.update(
+            n_shared_experts=draw(st.integers(1, 2)),
+            shared_intermediate_size=draw(st.integers(1, I)),
+            shared_gate=draw(gate),
+        )
     if draw(_strategy(capacity)) and draw(st.booleans()):
         fields["capacity_factor"] = draw(st.sampled_from((0.5, 1.0, 1.25)))
     if draw(_strategy(local)) and draw(st.booleans()):
@@ -165,11 +183,17 @@ def _specs(draw, shape_st, scorings, gated, grouped, shared, capacity, local, ca
     return MoESpec(**fields)
 
 
-def specs(*, shapes: SearchStrategy[Shape] | None = None, scorings: Any = ("softmax", "sigmoid"),
-          gated: bool | SearchStrategy[bool] = _EITHER, grouped: bool | SearchStrategy[bool] = _EITHER,
-          shared: bool | SearchStrategy[bool] = True, capacity: bool | SearchStrategy[bool] = False,
-          local: bool | SearchStrategy[bool] = False,
-          capabilities: Capabilities | None = None) -> SearchStrategy[MoESpec]:
+def specs(
+    *,
+    shapes: SearchStrategy[Shape] | None = None,
+    scorings: Any = ("softmax", "sigmoid"),
+    gated: bool | SearchStrategy[bool] = _EITHER,
+    grouped: bool | SearchStrategy[bool] = _EITHER,
+    shared: bool | SearchStrategy[bool] = True,
+    capacity: bool | SearchStrategy[bool] = False,
+    local: bool | SearchStrategy[bool] = False,
+    capabilities: Capabilities | None = None,
+) -> SearchStrategy[MoESpec]:
     """Valid MoE specs over every routing and expert variant of the oracle.
 
     - shapes: a strategy of Shape. Default ``shapes()``.
@@ -187,8 +211,13 @@ def specs(*, shapes: SearchStrategy[Shape] | None = None, scorings: Any = ("soft
     """
     if shapes is not None and not isinstance(shapes, SearchStrategy):
         raise InvalidArgument(f"shapes: expected a strategy of Shape, got {shapes!r}")
-    for name, v in (("gated", gated), ("grouped", grouped), ("shared", shared), ("capacity", capacity),
-                    ("local", local)):
+    for name, v in (
+        ("gated", gated),
+        ("grouped", grouped),
+        ("shared", shared),
+        ("capacity", capacity),
+        ("local", local),
+    ):
         if not isinstance(v, (bool, SearchStrategy)):
             raise InvalidArgument(f"{name}: expected a bool or a strategy, got {v!r}")
     if capabilities is not None and not isinstance(capabilities, Capabilities):
@@ -198,8 +227,16 @@ def specs(*, shapes: SearchStrategy[Shape] | None = None, scorings: Any = ("soft
         sc = sc.filter(lambda v: v in capabilities.scorings)
         capacity = capacity if capabilities.capacity_dropping else False
         local = local if capabilities.local_mask else False
-    return _specs(shapes if shapes is not None else _shapes_strategy(), sc, gated, grouped, shared, capacity, local,
-                  capabilities)
+    return _specs(
+        shapes if shapes is not None else _shapes_strategy(),
+        sc,
+        gated,
+        grouped,
+        shared,
+        capacity,
+        local,
+        capabilities,
+    )
 
 
 _specs_strategy = specs
@@ -245,11 +282,18 @@ def _cases(draw, spec_st, tokens, dtypes, scenario_st, distributions) -> Case:
     )
 
 
-def cases(*, specs: SearchStrategy[MoESpec] | None = None, dtypes: Any = tuple(DTYPES),
-          max_tokens: int | SearchStrategy[int] = 40, max_hidden: int | SearchStrategy[int] = 64,
-          max_intermediate: int | SearchStrategy[int] = 64, max_experts: int | SearchStrategy[int] = 16,
-          scenarios: SearchStrategy[Scenario] | None = None, distributions: Any = DISTRIBUTIONS,
-          capabilities: Capabilities | None = None) -> SearchStrategy[Case]:
+def cases(
+    *,
+    specs: SearchStrategy[MoESpec] | None = None,
+    dtypes: Any = tuple(DTYPES),
+    max_tokens: int | SearchStrategy[int] = 40,
+    max_hidden: int | SearchStrategy[int] = 64,
+    max_intermediate: int | SearchStrategy[int] = 64,
+    max_experts: int | SearchStrategy[int] = 16,
+    scenarios: SearchStrategy[Scenario] | None = None,
+    distributions: Any = DISTRIBUTIONS,
+    capabilities: Capabilities | None = None,
+) -> SearchStrategy[Case]:
     """Conformance cases: a spec, T, dtype, routing scenario, value distribution and a 64-bit seed.
 
     - specs: a strategy of MoESpec. Default ``specs(shapes=shapes(max_hidden=..., ...))``.
@@ -264,24 +308,48 @@ def cases(*, specs: SearchStrategy[MoESpec] | None = None, dtypes: Any = tuple(D
     Example: ``cases(dtypes="bfloat16", max_tokens=17).example().case_id`` -> ``"c1-eNp..."``.
     """
     _positive("max_tokens", max_tokens, 0)
-    for name, v in (("max_hidden", max_hidden), ("max_intermediate", max_intermediate), ("max_experts", max_experts)):
+    for name, v in (
+        ("max_hidden", max_hidden),
+        ("max_intermediate", max_intermediate),
+        ("max_experts", max_experts),
+    ):
         _positive(name, v)
     if specs is not None and not isinstance(specs, SearchStrategy):
         raise InvalidArgument(f"specs: expected a strategy of MoESpec, got {specs!r}")
     if scenarios is not None and not isinstance(scenarios, SearchStrategy):
         raise InvalidArgument(f"scenarios: expected a strategy of Scenario, got {scenarios!r}")
-    if capabilities is not None and capabilities.max_experts is not None and not isinstance(max_experts, SearchStrategy):
+    if (
+        capabilities is not None
+        and capabilities.max_experts is not None
+        and not isinstance(max_experts, SearchStrategy)
+    ):
         max_experts = max(1, min(max_experts, capabilities.max_experts))
-    spec_st = specs if specs is not None else _specs_strategy(
-        shapes=shapes(max_tokens=0, max_hidden=max_hidden, max_intermediate=max_intermediate, max_experts=max_experts),
-        capabilities=capabilities,
+    spec_st = (
+        specs
+        if specs is not None
+        else _specs_strategy(
+            shapes=shapes(
+                max_tokens=0,
+                max_hidden=max_hidden,
+                max_intermediate=max_intermediate,
+                max_experts=max_experts,
+            ),
+            capabilities=capabilities,
+        )
     )
     dt = _choices("dtypes", dtypes, tuple(DTYPES))
     if capabilities is not None:
-        claimed = [d for d in DTYPES if d in capabilities.dtypes and not isinstance(dtypes, SearchStrategy)
-                   and d in ([dtypes] if isinstance(dtypes, str) else list(dtypes))]
+        claimed = [
+            d
+            for d in DTYPES
+            if d in capabilities.dtypes
+            and not isinstance(dtypes, SearchStrategy)
+            and d in ([dtypes] if isinstance(dtypes, str) else list(dtypes))
+        ]
         if not claimed and not isinstance(dtypes, SearchStrategy):
-            raise InvalidArgument(f"capabilities: claims dtypes {sorted(capabilities.dtypes)}, none of {dtypes!r}")
+            raise InvalidArgument(
+                f"capabilities: claims dtypes {sorted(capabilities.dtypes)}, none of {dtypes!r}"
+            )
         dt = st.sampled_from(claimed) if claimed else dt.filter(lambda v: v in capabilities.dtypes)
     dist = _choices("distributions", distributions, DISTRIBUTIONS)
     sc = scenarios if scenarios is not None else _scenarios_strategy()

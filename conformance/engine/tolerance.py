@@ -88,7 +88,11 @@ class WeightViews:
     def of(cls, weights: MoEWeights) -> WeightViews:
         val = weights.to("cpu", torch.float64)
         sq = val.map(torch.square)
-        biases = {n: torch.zeros_like(getattr(sq, n)) for n in ("b13", "b2", "router_bias") if getattr(sq, n) is not None}
+        biases = {
+            n: torch.zeros_like(getattr(sq, n))
+            for n in ("b13", "b2", "router_bias")
+            if getattr(sq, n) is not None
+        }
         return cls(val, val.map(torch.abs), sq.replace(**biases), val.replace(**biases))
 
 
@@ -173,7 +177,10 @@ def gate_up_bounds(model: ErrorModel, spec: MoESpec, wv: WeightViews, x: np.ndar
     u = model.u_store
 
     def e_pre(m_pre, s_pre, pre, dot_part):
-        return _finite(model.dot(spec.hidden_size, m_pre, s_pre) + u * (np.abs(pre) + (np.abs(dot_part) if spec.expert_bias else 0.0)))
+        return _finite(
+            model.dot(spec.hidden_size, m_pre, s_pre)
+            + u * (np.abs(pre) + (np.abs(dot_part) if spec.expert_bias else 0.0))
+        )
 
     e_g = e_pre(mag.gate_pre, sq.gate_pre, ref.gate_pre, store.gate_pre)
     e_u = None if ref.up_pre is None else e_pre(mag.up_pre, sq.up_pre, ref.up_pre, store.up_pre)
@@ -186,21 +193,33 @@ def _evaluation(model: ErrorModel, spec: MoESpec, gate, up, act) -> np.ndarray:
     """Error of evaluating the activation itself: one rounding per operation in the storage dtype, and
     for GELU the cancellation in 1 + erf(g / sqrt 2) for negative g (absolute, ~16 fp32 ulps measured
     with torch's CPU erf: 2e-4 relative at g = -3.1)."""
-    ops = ACT_OPS["swiglu_oai" if spec.activation == "swiglu_oai" else ("gated" if spec.gated else "nongated")]
+    ops = ACT_OPS[
+        "swiglu_oai" if spec.activation == "swiglu_oai" else ("gated" if spec.gated else "nongated")
+    ]
     # The special functions themselves are evaluated in fp32 with the backend's math library: at the SiLU
     # minimum (g = -1.278) the propagated input error vanishes and this term is all that is left.
     e = (ops * model.u_store + model.fn_ulps * model.u_fp32) * np.abs(_finite(act))
     if spec.activation in ("gelu", "gelu_tanh"):
-        e = e + 16 * max(model.u_store, model.u_fp32) * 0.5 * np.abs(gate) * (1.0 if up is None else np.abs(up))
+        e = e + 16 * max(model.u_store, model.u_fp32) * 0.5 * np.abs(gate) * (
+            1.0 if up is None else np.abs(up)
+        )
     return e
 
 
-def down_bounds(model: ErrorModel, spec: MoESpec, wv: WeightViews, act: np.ndarray, ids: np.ndarray,
-                e_act: np.ndarray | None = None):
+def down_bounds(
+    model: ErrorModel,
+    spec: MoESpec,
+    wv: WeightViews,
+    act: np.ndarray,
+    ids: np.ndarray,
+    e_act: np.ndarray | None = None,
+):
     """(reference expert_out (T, k, H), e_eo) for GEMM2; e_act: errors of act to propagate."""
     ref = npo.down(spec, wv.val, act, ids)
     fa = _finite(act)
-    e = model.dot(spec.intermediate_size, npo.down(spec, wv.abs, np.abs(fa), ids), npo.down(spec, wv.sq, fa * fa, ids))
+    e = model.dot(
+        spec.intermediate_size, npo.down(spec, wv.abs, np.abs(fa), ids), npo.down(spec, wv.sq, fa * fa, ids)
+    )
     if e_act is not None:
         e = e + np.sqrt(npo.down(spec, wv.sq, e_act * e_act, ids))
     e = e + model.u_store * np.abs(ref)
@@ -228,7 +247,11 @@ def shared_bounds(model: ErrorModel, spec: MoESpec, wv: WeightViews, x: np.ndarr
     e_act = _corners(cspec, gate, up, e_g, e_u) + _evaluation(model, cspec, gate, up, act)
     w2, a2, s2 = (_f64(v.shared_w2) for v in (wv.val, wv.abs, wv.sq))
     mlp = act @ w2.T
-    e_mlp = model.dot(S, np.abs(act) @ a2.T, (act * act) @ s2.T) + np.sqrt((e_act * e_act) @ s2.T) + u * np.abs(mlp)
+    e_mlp = (
+        model.dot(S, np.abs(act) @ a2.T, (act * act) @ s2.T)
+        + np.sqrt((e_act * e_act) @ s2.T)
+        + u * np.abs(mlp)
+    )
     if spec.shared_gate:
         g = _f64(wv.val.shared_gate)
         zg = fx @ g.T

@@ -45,7 +45,9 @@ DEFAULT_SEED = 0x4D6F45  # "MoE": derandomized batches seed from here, so a prof
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("moe-cts", "moe-cts conformance")
-    g.addoption("--moe-cts-device", default=None, help="auto | cuda:N | hip:N | interpreter | cpu (activates moe-cts)")
+    g.addoption(
+        "--moe-cts-device", default=None, help="auto | cuda:N | hip:N | interpreter | cpu (activates moe-cts)"
+    )
     g.addoption("--moe-cts-impl", default=None, help="implementation under test (default: triton)")
     g.addoption("--moe-cts-profile", default=None, choices=PROFILES, help="case profile (default by device)")
     g.addoption("--moe-cts-results", default=None, help="directory for results-<worker>.jsonl and run.json")
@@ -54,7 +56,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--moe-cts-seed", default=None, type=int, help="base seed of the generated batches")
     g.addoption("--moe-cts-label", default=None, help="device label of this shard in reports")
     g.addoption(
-        "--moe-cts-cases", default=None, help="comma-separated must-pass case ids to run (a subset: no certificate)"
+        "--moe-cts-cases",
+        default=None,
+        help="comma-separated must-pass case ids to run (a subset: no certificate)",
     )
 
 

@@ -54,7 +54,13 @@ def write_failure_dir(root: Path, record: dict[str, Any], *, impl: str, device: 
     case = Case.from_id(record["case_id"])
     d = root / failure_dir_name(record["case_id"], case.name)
     d.mkdir(parents=True, exist_ok=True)
-    doc = {"case_id": record["case_id"], "case": case.to_json(), "impl": impl, "device": device, "record": record}
+    doc = {
+        "case_id": record["case_id"],
+        "case": case.to_json(),
+        "impl": impl,
+        "device": device,
+        "record": record,
+    }
     (d / "case.json").write_text(json.dumps(doc, indent=1, sort_keys=True, default=str))
     worst = {s["stage"]: s.get("worst", []) for s in record.get("stages", []) if s.get("worst")}
     (d / "worst.json").write_text(json.dumps(worst, indent=1, default=str))
@@ -82,7 +88,10 @@ def capture_tensors(d: Path, case_id: str, impl_name: str, device_arg: str, *, o
 
 def main(argv: list[str]) -> int:
     if len(argv) != 6 or argv[1] != "capture":
-        print("usage: python -m moe_cts.conformance.harness.replay capture DIR CASE_ID IMPL DEVICE [inputs-only]", file=sys.stderr)
+        print(
+            "usage: python -m moe_cts.conformance.harness.replay capture DIR CASE_ID IMPL DEVICE [inputs-only]",
+            file=sys.stderr,
+        )
         return 2
     _, _, d, case_id, impl, device = argv[:6]
     capture_tensors(Path(d), case_id, impl, device)

@@ -66,7 +66,9 @@ def resolve_devices(device: str, devices: str | None) -> list[str]:
     else:
         names = [d.strip() for d in devices.split(",") if d.strip()]
         if not names:
-            raise DeviceListError(f"--devices {devices!r} names no device; use all or a list such as cuda:0,cuda:1.")
+            raise DeviceListError(
+                f"--devices {devices!r} names no device; use all or a list such as cuda:0,cuda:1."
+            )
     for n in names:
         if not _DEVICE_RE.fullmatch(n):
             raise DeviceListError(

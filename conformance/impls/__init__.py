@@ -15,4 +15,11 @@ from moe_cts.conformance.engine.protocol import (
 )
 from moe_cts.reference.errors import NotSupportedError
 
-__all__ = ["ENTRY_POINT_GROUP", "FORWARD", "STAGE_METHODS", "Capabilities", "Implementation", "NotSupportedError"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "FORWARD",
+    "STAGE_METHODS",
+    "Capabilities",
+    "Implementation",
+    "NotSupportedError",
+]

@@ -150,7 +150,9 @@ _TABLE = [
     ("nan-duplicate-id", NanDuplicateId, "router", Outcome.FAIL, Case(_BASE, 12, scenario=Scenario("nan_rows"), seed=11)),
 ]  # fmt: skip
 
-BROKEN: dict[str, Broken] = {n: Broken(_named(cls, n), stage, out, case) for n, cls, stage, out, case in _TABLE}
+BROKEN: dict[str, Broken] = {
+    n: Broken(_named(cls, n), stage, out, case) for n, cls, stage, out, case in _TABLE
+}
 
 # the quantized ones (broken_quant.py) register beside these, so "broken:<name>" finds them too
 BROKEN.update({n: Broken(_named(cls, n), stage, out, case) for n, cls, stage, out, case in QUANT_TABLE})

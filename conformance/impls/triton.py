@@ -23,8 +23,10 @@ from moe_cts.conformance.engine.protocol import FORWARD, Capabilities
 from moe_cts.reference.errors import NotSupportedError
 
 #: why the plain `cpu` device runs no Triton kernel (data/device_matrix.json, backend "cpu")
-CPU_REASON = ("device: the triton implementation needs a GPU (cuda:N, hip:N) or the Triton interpreter "
-              "(--device interpreter); the plain cpu device runs PyTorch implementations only")
+CPU_REASON = (
+    "device: the triton implementation needs a GPU (cuda:N, hip:N) or the Triton interpreter "
+    "(--device interpreter); the plain cpu device runs PyTorch implementations only"
+)
 
 #: stage -> (module, function)
 ENTRY = {
@@ -67,8 +69,13 @@ class TritonImplementation:
         if "fused_moe" not in t.get("stages", ()):
             stages.discard(FORWARD)
         routing = {"renormalize", "router_bias", "correction_bias", "grouped", "scaling"}
-        flags = {"renormalize": "renormalize", "router_bias": "router_bias", "correction_bias": "correction_bias",
-                 "grouped": "grouped_topk", "scaling": "routed_scaling_factor"}
+        flags = {
+            "renormalize": "renormalize",
+            "router_bias": "router_bias",
+            "correction_bias": "correction_bias",
+            "grouped": "grouped_topk",
+            "scaling": "routed_scaling_factor",
+        }
         routing = {r for r in routing if t.get(flags[r], False)}
         forward = self._available(FORWARD)
         return Capabilities(

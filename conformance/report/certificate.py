@@ -122,10 +122,14 @@ def check_cases(report: dict[str, Any]) -> list[str]:
                 problems.append(f"must-pass case {cid} is missing on {label}")
             elif seen[cid] > 1:
                 problems.append(f"must-pass case {cid} appears {seen[cid]} times on {label}")
-        problems += [f"{cid} on {label} is not a must-pass case of this profile" for cid in seen if cid not in expected]
+        problems += [
+            f"{cid} on {label} is not a must-pass case of this profile" for cid in seen if cid not in expected
+        ]
         for c in dev.get("cases", []):
             if not c.get("conformant") or c.get("outcome") not in _ALLOWED:
-                problems.append(f"case {c['case_id']} on {label} has result {c.get('outcome')}, not an allowed one")
+                problems.append(
+                    f"case {c['case_id']} on {label} has result {c.get('outcome')}, not an allowed one"
+                )
     return problems
 
 
@@ -137,14 +141,20 @@ def check_coverage(report: dict[str, Any]) -> list[str]:
     for dev in report.get("devices", []):
         label = dev.get("label", "?")
         expected, _ = expected_must_pass(report, dev)  # a foreign hash is reported by check_cases
-        recomputed = coverage(dev.get("cases", []), caps, expected or [], report.get("run", {}).get("profile"))
+        recomputed = coverage(
+            dev.get("cases", []), caps, expected or [], report.get("run", {}).get("profile")
+        )
         recorded = dev.get("coverage")
         if recorded is None:
             problems.append(f"the report has no coverage section for {label}")
         elif recorded != recomputed:
             diff = sorted(k for k in recomputed if recorded.get(k) != recomputed[k])
-            problems.append(f"the coverage section of {label} disagrees with its case records ({', '.join(diff)})")
-        problems += [f"coverage on {label} is below the profile's minimum: {m}" for m in recomputed["missing"]]
+            problems.append(
+                f"the coverage section of {label} disagrees with its case records ({', '.join(diff)})"
+            )
+        problems += [
+            f"coverage on {label} is below the profile's minimum: {m}" for m in recomputed["missing"]
+        ]
     return problems
 
 
@@ -170,8 +180,13 @@ def check_report(report: dict[str, Any], *, allow_dirty: bool = False) -> list[s
         if not suite.get("git_sha"):
             problems.append(f"suite version {suite.get('version')} is not released and has no git commit")
         elif suite.get("git_dirty") and not allow_dirty:
-            problems.append(f"the suite ran from commit {suite['git_sha'][:12]} with uncommitted changes (dirty)")
-    if report.get("run", {}).get("impl") == "triton" and suite.get("kernel_source_hash") != kernel_source_hash():
+            problems.append(
+                f"the suite ran from commit {suite['git_sha'][:12]} with uncommitted changes (dirty)"
+            )
+    if (
+        report.get("run", {}).get("impl") == "triton"
+        and suite.get("kernel_source_hash") != kernel_source_hash()
+    ):
         problems.append("the kernel source hash is not that of the installed kernels")
     return problems + check_cases(report) + check_coverage(report)
 

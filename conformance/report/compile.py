@@ -71,7 +71,9 @@ def run_compile(targets: tuple[str, ...], jobs: int) -> dict[str, Any]:
         section: dict[str, Any] = {"verdict": "error", "error": str(e)[-2000:], "records": [], "failures": []}
     else:
         section = aot.compile_section(records)
-    section.update(tier="default", requested_targets=list(targets), wall_seconds=round(time.perf_counter() - start, 1))
+    section.update(
+        tier="default", requested_targets=list(targets), wall_seconds=round(time.perf_counter() - start, 1)
+    )
     return section
 
 
@@ -82,7 +84,10 @@ def failure_lines(section: dict[str, Any] | None) -> list[str]:
     if section["verdict"] == "error":
         last = (section.get("error") or "no error text").strip().splitlines()[-1]
         return [f"compile tier did not run: {last}"]
-    return [f"compile FAIL {f['kernel']} [{f['config']}] {f['dtype']} on {f['target']}: {f['reason']}" for f in section["failures"]]
+    return [
+        f"compile FAIL {f['kernel']} [{f['config']}] {f['dtype']} on {f['target']}: {f['reason']}"
+        for f in section["failures"]
+    ]
 
 
 def apply_compile(report: dict[str, Any], section: dict[str, Any] | None) -> None:
@@ -98,11 +103,24 @@ def apply_compile(report: dict[str, Any], section: dict[str, Any] | None) -> Non
 
 
 # ------------------------------------------------------------------------------------------------ output
-COLUMNS = ("kernel", "config", "dtype", "shared memory / limit", "registers", "spills", "matrix instructions", "result")
+COLUMNS = (
+    "kernel",
+    "config",
+    "dtype",
+    "shared memory / limit",
+    "registers",
+    "spills",
+    "matrix instructions",
+    "result",
+)
 
 
 def _row(r: dict[str, Any], *, reason: bool = True) -> list[str]:
-    shared = "-" if r["shared_bytes"] is None else f"{r['shared_bytes'] / 1024:.1f} / {r['shared_limit'] / 1024:.0f} KiB"
+    shared = (
+        "-"
+        if r["shared_bytes"] is None
+        else f"{r['shared_bytes'] / 1024:.1f} / {r['shared_limit'] / 1024:.0f} KiB"
+    )
     matrix = ", ".join(r["matrix_found"]) or ("none (required)" if r["matrix_required"] else "none")
     result = r["status"] + (f": {r['reason']}" if r["reason"] and reason else "")
     spills = "-" if r["spill_bytes"] is None else f"{r['spill_bytes']} B"

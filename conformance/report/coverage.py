@@ -105,30 +105,48 @@ def _counts(cases: list[dict[str, Any]]) -> tuple[dict, dict, dict]:
     fields = ("executed", "not_supported", "waived")
     dtypes = {k: {f: v[f] for f in (*fields, "generated_executed")} for k, v in sorted(per_dtype.items())}
     order = {s: i for i, s in enumerate(STAGES)}
-    stages = {k: {f: v[f] for f in fields} for k, v in sorted(per_stage.items(), key=lambda kv: order.get(kv[0], 99))}
+    stages = {
+        k: {f: v[f] for f in fields}
+        for k, v in sorted(per_stage.items(), key=lambda kv: order.get(kv[0], 99))
+    }
     return {**{f: total[f] for f in fields}, "total": sum(total.values())}, dtypes, stages
 
 
-def _shortfalls(minimum: CoverageMinimum, caps: Capabilities, cases: list[dict[str, Any]], must_pass_ids: list[str],
-                counts: dict, dtypes: dict, stages: dict) -> list[str]:
+def _shortfalls(
+    minimum: CoverageMinimum,
+    caps: Capabilities,
+    cases: list[dict[str, Any]],
+    must_pass_ids: list[str],
+    counts: dict,
+    dtypes: dict,
+    stages: dict,
+) -> list[str]:
     missing: list[str] = []
     if counts["executed"] == 0:
-        missing.append(f"no case was executed ({counts['not_supported']} not supported, {counts['waived']} waived)")
+        missing.append(
+            f"no case was executed ({counts['not_supported']} not supported, {counts['waived']} waived)"
+        )
     if minimum.must_pass_claimed:
         outcome = {c["case_id"]: c["outcome"] for c in cases if c.get("source") == "must_pass"}
         skipped = [i for i in must_pass_ids if outcome.get(i) in NOT_EXECUTED and _claimed(caps, i)]
         if skipped:
-            missing.append(f"{len(skipped)} must-pass case(s) inside the claimed capabilities were not executed "
-                           f"({outcome[skipped[0]]}: {skipped[0]})")
+            missing.append(
+                f"{len(skipped)} must-pass case(s) inside the claimed capabilities were not executed "
+                f"({outcome[skipped[0]]}: {skipped[0]})"
+            )
     for dt in sorted(caps.dtypes):
         d = dtypes.get(dt, {"executed": 0, "not_supported": 0, "waived": 0, "generated_executed": 0})
         if d["waived"] and not d["executed"] and not d["not_supported"]:
             continue  # the device matrix waives this dtype on this device
         if d["executed"] < minimum.per_dtype:
-            missing.append(f"dtype {dt}: {d['executed']} executed case(s), the profile needs {minimum.per_dtype}")
+            missing.append(
+                f"dtype {dt}: {d['executed']} executed case(s), the profile needs {minimum.per_dtype}"
+            )
         if d["generated_executed"] < minimum.generated_per_dtype:
-            missing.append(f"dtype {dt}: {d['generated_executed']} executed generated case(s), the profile needs "
-                           f"{minimum.generated_per_dtype}")
+            missing.append(
+                f"dtype {dt}: {d['generated_executed']} executed generated case(s), the profile needs "
+                f"{minimum.generated_per_dtype}"
+            )
     if minimum.stages_judged:
         for s in claimed_stages(caps):
             if stages.get(s, {}).get("executed", 0) == 0:
@@ -136,8 +154,14 @@ def _shortfalls(minimum: CoverageMinimum, caps: Capabilities, cases: list[dict[s
     return missing
 
 
-def coverage(cases: list[dict[str, Any]], capabilities: dict[str, Any] | None, must_pass_ids: list[str],
-             profile: str | None, *, subset: bool = False) -> dict[str, Any]:
+def coverage(
+    cases: list[dict[str, Any]],
+    capabilities: dict[str, Any] | None,
+    must_pass_ids: list[str],
+    profile: str | None,
+    *,
+    subset: bool = False,
+) -> dict[str, Any]:
     """The coverage section of one device (module docstring) from its case records."""
     counts, dtypes, stages = _counts(cases)
     caps = capabilities_from_json(capabilities)
@@ -163,5 +187,7 @@ def coverage(cases: list[dict[str, Any]], capabilities: dict[str, Any] | None, m
 def coverage_line(section: dict[str, Any]) -> str:
     """One console line: executed, NotSupported (with its share) and waived cases."""
     c = section["cases"]
-    return (f"coverage: {c['executed']} executed, {c['not_supported']} not supported "
-            f"({100 * section['not_supported_share']:.0f}% of {c['total']}), {c['waived']} waived")
+    return (
+        f"coverage: {c['executed']} executed, {c['not_supported']} not supported "
+        f"({100 * section['not_supported_share']:.0f}% of {c['total']}), {c['waived']} waived"
+    )

@@ -53,7 +53,10 @@ def _device_rows(reports: list[tuple[str, dict[str, Any]]]) -> list[dict[str, An
                     "counts": d["counts"],
                     # A must-pass case its siblings ran but this device has no result for is a difference too.
                     "_cases": {c["case_id"]: c for c in d["cases"]}
-                    | {cid: {"outcome": "missing", "failing_stage": None} for cid in d.get("missing_must_pass", [])},
+                    | {
+                        cid: {"outcome": "missing", "failing_stage": None}
+                        for cid in d.get("missing_must_pass", [])
+                    },
                 }
             )
     # Two reports from one host with the same label would collide; keep ids unique by source order.
@@ -141,13 +144,17 @@ def merge_reports(paths: list[Path]) -> dict[str, Any]:
                 "partial": rep.get("partial", False),
                 "profile": rep.get("run", {}).get("profile"),
                 "impl": rep.get("run", {}).get("impl"),
-                "suite": {k: rep.get("suite", {}).get(k) for k in ("version", "git_sha", "kernel_source_hash",
-                                                                    "must_pass_hash")},
+                "suite": {
+                    k: rep.get("suite", {}).get(k)
+                    for k in ("version", "git_sha", "kernel_source_hash", "must_pass_hash")
+                },
             }
             for src, rep in reports
         ],
-        "devices": [{k: v for k, v in r.items() if not k.startswith("_")} | {"flagged_cases": flagged[r["id"]]}
-                    for r in rows],
+        "devices": [
+            {k: v for k, v in r.items() if not k.startswith("_")} | {"flagged_cases": flagged[r["id"]]}
+            for r in rows
+        ],
         "comparison": diffs,
         "verdict": {"fleet": fleet, "devices": verdicts, "flagged_devices": dict(sorted(flagged.items()))},
         "warnings": warnings,
@@ -157,27 +164,32 @@ def merge_reports(paths: list[Path]) -> dict[str, Any]:
 def render_fleet_html(fleet: dict[str, Any]) -> str:
     v = fleet["verdict"]["fleet"]
     devs = "".join(
-        f"<tr><td>{escape(d['id'])}</td><td>{escape(d['model'])}</td><td class=\"{d['verdict']}\">"
+        f'<tr><td>{escape(d["id"])}</td><td>{escape(d["model"])}</td><td class="{d["verdict"]}">'
         f"{escape(VERDICT_TEXT[d['verdict']])}</td><td>{d['flagged_cases']}</td></tr>"
         for d in fleet["devices"]
     )
     diffs = "".join(
         f"<tr><td>{escape(d['model'])}</td><td>{escape(d['case_id'])}</td><td>{escape(str(d['majority']))}</td>"
         f"<td>{escape(', '.join(f'{k}: {r}' for k, r in d['results'].items()))}</td>"
-        f"<td class=\"bad\">{escape(', '.join(d['flagged']))}</td></tr>"
+        f'<td class="bad">{escape(", ".join(d["flagged"]))}</td></tr>'
         for d in fleet["comparison"]
     )
     warn = "".join(f"<li>{escape(w)}</li>" for w in fleet["warnings"])
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>moe-cts fleet report</title><style>{CSS}</style></head><body>
+<html lang="en"><head><meta charset="utf-8"><title>moe-cts fleet report</title><style>{
+        CSS
+    }</style></head><body>
 <h1>moe-cts fleet report</h1>
 <p id="verdict" class="verdict {v}">{escape(VERDICT_TEXT[v])}</p>
 {f"<ul>{warn}</ul>" if warn else ""}
 <h2>Devices</h2><table><tr><th>device</th><th>model</th><th>verdict</th><th>cases differing from siblings</th></tr>
 {devs}</table>
 <h2>Cross-device comparison (devices of the same model)</h2>
-{f"<table><tr><th>model</th><th>case</th><th>majority</th><th>results</th><th>flagged</th></tr>{diffs}</table>"
- if diffs else "<p>All devices of each model agree on every shared case.</p>"}
+{
+        f"<table><tr><th>model</th><th>case</th><th>majority</th><th>results</th><th>flagged</th></tr>{diffs}</table>"
+        if diffs
+        else "<p>All devices of each model agree on every shared case.</p>"
+    }
 </body></html>
 """
 

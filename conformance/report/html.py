@@ -63,7 +63,8 @@ def pass_matrix(report: dict[str, Any]) -> str:
     rows = []
     for (dtype, scen), cols in sorted(m.items()):
         cells = "".join(
-            f'<td class="{_cell_class(cols[s])}">{escape(_fmt_counts(cols[s]))}</td>' if s in cols
+            f'<td class="{_cell_class(cols[s])}">{escape(_fmt_counts(cols[s]))}</td>'
+            if s in cols
             else '<td class="na">-</td>'
             for s in stages
         )
@@ -102,8 +103,13 @@ def ratio_plots(report: dict[str, Any]) -> list[tuple[str, str]]:
         for i, st in enumerate(stages):
             v = np.clip(np.asarray(by_stage[st]), 1e-6, None)
             ax.boxplot([v], positions=[i], widths=0.5, showfliers=False)
-            ax.scatter(i + rng.uniform(-0.18, 0.18, len(v)), v, s=9, alpha=0.6,
-                       c=np.where(v > 1, "tab:red", "tab:blue"))
+            ax.scatter(
+                i + rng.uniform(-0.18, 0.18, len(v)),
+                v,
+                s=9,
+                alpha=0.6,
+                c=np.where(v > 1, "tab:red", "tab:blue"),
+            )
         ax.axhline(1.0, color="red", lw=1.2, ls="--", label="bound (ratio 1)")
         ax.set_yscale("log")
         ax.set_xticks(range(len(stages)), stages, rotation=20)
@@ -140,23 +146,30 @@ def render_html(report: dict[str, Any]) -> str:
     v = report["verdict"]["node"]
     suite, run = report.get("suite", {}), report.get("run", {})
     devices = "".join(
-        f'<tr><td>{escape(d["label"])}</td><td>{escape(str(d["device"].get("name", "")))}</td>'
+        f"<tr><td>{escape(d['label'])}</td><td>{escape(str(d['device'].get('name', '')))}</td>"
         f'<td class="{d["verdict"]}">{escape(VERDICT_TEXT[d["verdict"]])}</td>'
         f"<td>{escape(_fmt_counts(Counter(d['counts'])))}</td><td>{escape('; '.join(d['reasons']))}</td></tr>"
         for d in report["devices"]
     )
-    plots = "".join(
-        f'<h3>{escape(t)}</h3><img class="plot" alt="error ratio plot {escape(t)}" src="{uri}">'
-        for t, uri in ratio_plots(report)
-    ) or "<p>No stage reported an error ratio.</p>"
-    failures = "".join(
-        _failure_block(d, c) for d, c in all_cases(report) if not c["conformant"]
-    ) or "<p>None.</p>"
+    plots = (
+        "".join(
+            f'<h3>{escape(t)}</h3><img class="plot" alt="error ratio plot {escape(t)}" src="{uri}">'
+            for t, uri in ratio_plots(report)
+        )
+        or "<p>No stage reported an error ratio.</p>"
+    )
+    failures = (
+        "".join(_failure_block(d, c) for d, c in all_cases(report) if not c["conformant"]) or "<p>None.</p>"
+    )
     summary = {
-        "implementation": run.get("impl"), "profile": run.get("profile"), "suite version": suite.get("version"),
+        "implementation": run.get("impl"),
+        "profile": run.get("profile"),
+        "suite version": suite.get("version"),
         "git": f"{suite.get('git_sha')}{' (dirty)' if suite.get('git_dirty') else ''}",
-        "kernel source hash": suite.get("kernel_source_hash"), "must-pass hash": suite.get("must_pass_hash"),
-        "seeds": run.get("seeds"), "cases": sum(len(d["cases"]) for d in report["devices"]),
+        "kernel source hash": suite.get("kernel_source_hash"),
+        "must-pass hash": suite.get("must_pass_hash"),
+        "seeds": run.get("seeds"),
+        "cases": sum(len(d["cases"]) for d in report["devices"]),
         "duration (s)": round(run["duration_s"], 1) if run.get("duration_s") else None,
     }
     return f"""<!DOCTYPE html>

@@ -19,19 +19,27 @@ def render_junit(report: dict[str, Any]) -> bytes:
         cases = dev["cases"]
         bad = [c for c in cases if not c["conformant"]]
         suite = ET.SubElement(
-            root, "testsuite", name=f"moe-cts[{dev['label']}]", tests=str(len(cases)),
+            root,
+            "testsuite",
+            name=f"moe-cts[{dev['label']}]",
+            tests=str(len(cases)),
             failures=str(sum(c["outcome"] == Outcome.FAIL.value for c in bad)),
             errors=str(sum(c["outcome"] != Outcome.FAIL.value for c in bad)),
             skipped=str(sum(c["outcome"] in _SKIPPED for c in cases)),
         )
         for c in cases:
             tc = ET.SubElement(
-                suite, "testcase", classname=f"moe_cts.{c['source']}", name=c["case_id"],
+                suite,
+                "testcase",
+                classname=f"moe_cts.{c['source']}",
+                name=c["case_id"],
                 time=f"{c['duration_s']:.3f}",
             )
             text = f"{c['message']}\nreplay: {c['replay']}"
             if c["outcome"] == Outcome.FAIL.value:
-                ET.SubElement(tc, "failure", message=f"fail at stage {c['failing_stage']}", type="fail").text = text
+                ET.SubElement(
+                    tc, "failure", message=f"fail at stage {c['failing_stage']}", type="fail"
+                ).text = text
             elif not c["conformant"]:
                 ET.SubElement(tc, "error", message=c["outcome"], type=c["outcome"]).text = text
             elif c["outcome"] in _SKIPPED:
@@ -63,7 +71,9 @@ def _compile_suite(root: ET.Element, section: dict[str, Any] | None) -> None:
             ET.SubElement(tc, "skipped", message=r["reason"][:200])
     if section["verdict"] == "error":
         tc = ET.SubElement(suite, "testcase", classname="moe_cts.compile", name="compile tier")
-        ET.SubElement(tc, "error", message="the compile tier did not run", type="error").text = section.get("error")
+        ET.SubElement(tc, "error", message="the compile tier did not run", type="error").text = section.get(
+            "error"
+        )
 
 
 def write_junit(report: dict[str, Any], out: Path) -> Path:

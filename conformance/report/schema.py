@@ -102,8 +102,13 @@ def device_section(shard: Path, *, partial: bool) -> dict[str, Any]:
         reasons.append(f"{len(missing)} must-pass case(s) missing")
     if partial:
         reasons.append(f"interrupted: {len(logged.unfinished)} case(s) cut off, the rest not run")
-    cov = coverage(cases, (run or {}).get("capabilities"), (run or {}).get("must_pass_ids", []),
-                   (run or {}).get("profile"), subset=bool((run or {}).get("subset")))
+    cov = coverage(
+        cases,
+        (run or {}).get("capabilities"),
+        (run or {}).get("must_pass_ids", []),
+        (run or {}).get("profile"),
+        subset=bool((run or {}).get("subset")),
+    )
     if run is not None and not partial:
         reasons += [f"coverage below the profile's minimum: {m}" for m in cov["missing"]]
     if run is None or counts.get(Outcome.INTERNAL_ERROR.value):

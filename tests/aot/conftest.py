@@ -80,7 +80,9 @@ def guard_scenarios() -> list[aot_plan.Scenario]:
 
 def _compile_everything() -> dict:
     """One plan (default tier + acceptance + guard) and one worker run (acceptance + guard + probes)."""
-    planned = aot.plan_jobs(aot_plan.scenarios("default", aot_plan.target_names()) + ACCEPTANCE + guard_scenarios())
+    planned = aot.plan_jobs(
+        aot_plan.scenarios("default", aot_plan.target_names()) + ACCEPTANCE + guard_scenarios()
+    )
     ours = ("test:", "guard:")
     jobs = [
         {**j, "origins": [o for o in j["origins"] if o.startswith(ours)]}

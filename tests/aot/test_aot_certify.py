@@ -68,7 +68,18 @@ def passing(shared_dir, compiled) -> dict:
 @pytest.fixture(scope="session")
 def failing(shared_dir, compiled) -> dict:
     one = must_pass_for("smoke", "interpreter")[0].case_id
-    args = ["--impl", "torch-eager", "--examples", "0", "--jobs", "1", "--cases", one, "--compile", "gfx942,sm90"]
+    args = [
+        "--impl",
+        "torch-eager",
+        "--examples",
+        "0",
+        "--jobs",
+        "1",
+        "--cases",
+        one,
+        "--compile",
+        "gfx942,sm90",
+    ]
     return _certify(shared_dir, "gfx942", args, compiled)
 
 
@@ -140,7 +151,8 @@ def test_junit_has_a_compile_suite_whose_failure_is_the_gfx942_record(failing):
 
 # -- resolving --compile ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "arch,target", [("sm_90", "sm90"), ("sm_100", "sm100"), ("gfx942", "gfx942"), ("sm_89", None), ("cpu", None)]
+    "arch,target",
+    [("sm_90", "sm90"), ("sm_100", "sm100"), ("gfx942", "gfx942"), ("sm_89", None), ("cpu", None)],
 )
 def test_a_device_architecture_maps_to_its_aot_target(arch, target):
     assert report_compile.arch_target(arch) == target

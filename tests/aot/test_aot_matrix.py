@@ -27,7 +27,9 @@ def test_an_oversized_config_is_a_shared_memory_fail_on_gfx942(acceptance_record
 def test_the_same_oversized_config_compiles_and_fits_on_sm90(acceptance_records):
     rec = _one(acceptance_records["test:oversized"], target="sm90")
     assert rec.status == aot.COMPILED, rec.reason
-    assert GFX942_LIMIT < rec.shared_bytes <= rec.shared_limit == target_info.get("sm90").shared_limit_bytes, rec
+    assert (
+        GFX942_LIMIT < rec.shared_bytes <= rec.shared_limit == target_info.get("sm90").shared_limit_bytes
+    ), rec
 
 
 def test_an_e4m3fnuz_gemm_on_sm90_is_an_expected_rejection(acceptance_records):

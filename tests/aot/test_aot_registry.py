@@ -25,7 +25,12 @@ def test_each_registered_kernel_lives_in_the_module_the_registry_names(name):
 
 
 def test_a_launch_description_round_trips_through_json():
-    launch = Launch("down_kernel", ({"tensor": "bfloat16", "shape": [4, 8], "stride": [8, 1]}, 3, 1.5), {"BLOCK_M": 64}, (7,))
+    launch = Launch(
+        "down_kernel",
+        ({"tensor": "bfloat16", "shape": [4, 8], "stride": [8, 1]}, 3, 1.5),
+        {"BLOCK_M": 64},
+        (7,),
+    )
     assert Launch.from_json(launch.to_json()) == launch
 
 

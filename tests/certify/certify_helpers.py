@@ -37,8 +37,11 @@ class Run:
 
 def run_cli(args: list[str], *, cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*MOE_CTS, *args], cwd=cwd, env=cli_env(**env), capture_output=True, text=True, timeout=timeout,
+        [*MOE_CTS, *args],
+        cwd=cwd,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         check=False,
     )
-
-

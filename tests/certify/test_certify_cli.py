@@ -29,7 +29,11 @@ def test_certify_with_no_options_is_conformant_and_writes_every_output(smoke_run
 def test_report_records_provenance_and_one_record_per_must_pass_case(smoke_run):
     r = smoke_run.report
     assert (r["schema"], r["schema_version"], r["run"]["profile"], r["run"]["impl"]) == (
-        "moe-cts/report", 2, "smoke", "triton")
+        "moe-cts/report",
+        2,
+        "smoke",
+        "triton",
+    )
     assert r["suite"]["must_pass_hash"] == must_pass_hash()
     assert r["suite"]["kernel_source_hash"].startswith("sha256:")
     assert r["environment"]["versions"]["torch"] and r["environment"]["versions"]["python"]
@@ -113,4 +117,3 @@ def test_bad_usage_exits_2_with_one_clear_sentence(args, says):
 def test_every_command_has_help(command):
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
-

@@ -16,8 +16,12 @@ from moe_cts.conformance.report.schema import EXIT_CODES, build_report
 
 
 def _result(cid: str, outcome: Outcome = Outcome.PASS) -> CaseResult:
-    return CaseResult(case_id=cid, outcome=outcome, params={"dtype": "float32"},
-                      stages=(StageVerdict("end_to_end", outcome),))
+    return CaseResult(
+        case_id=cid,
+        outcome=outcome,
+        params={"dtype": "float32"},
+        stages=(StageVerdict("end_to_end", outcome),),
+    )
 
 
 #: what the made-up shards claim: fp32 end to end, so two float32 cases judged end to end meet the smoke minimum
@@ -52,16 +56,26 @@ def test_the_controller_records_a_crash_once_per_unfinished_case(tmp_path):
     log.started("a", "generated")
     assert record_crash(tmp_path, "gw3", "worker gw3 crashed") == ["a"]
     assert record_crash(tmp_path, "gw3", "again") == []
-    (source, r), = read_results(tmp_path).results
+    ((source, r),) = read_results(tmp_path).results
     assert (source, r.outcome, r.message) == ("generated", Outcome.CRASH, "worker gw3 crashed")
 
 
 def _shard(tmp_path, name, ids, results):
     d = tmp_path / name
     d.mkdir()
-    (d / "run.json").write_text(json.dumps({"label": name, "device_arg": "interpreter", "impl": "x",
-                                            "must_pass_ids": ids, "device": {"backend": "interpreter"},
-                                            "profile": "smoke", "capabilities": CLAIMS}))
+    (d / "run.json").write_text(
+        json.dumps(
+            {
+                "label": name,
+                "device_arg": "interpreter",
+                "impl": "x",
+                "must_pass_ids": ids,
+                "device": {"backend": "interpreter"},
+                "profile": "smoke",
+                "capabilities": CLAIMS,
+            }
+        )
+    )
     log = ResultLog(d, "gw0")
     for r in results:
         log.result(r, "must_pass")
@@ -94,8 +108,11 @@ def test_one_bad_device_makes_the_node_not_conformant(tmp_path):
 
 
 def _dev(dev_id, model, outcomes):
-    return {"id": dev_id, "model": model, "_cases": {c: {"outcome": o, "failing_stage": None}
-                                                       for c, o in outcomes.items()}}
+    return {
+        "id": dev_id,
+        "model": model,
+        "_cases": {c: {"outcome": o, "failing_stage": None} for c, o in outcomes.items()},
+    }
 
 
 def test_the_device_that_differs_from_its_siblings_is_flagged():

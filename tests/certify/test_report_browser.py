@@ -40,7 +40,9 @@ def _png_size(uri: str) -> tuple[int, int]:
 
 
 def test_the_error_ratio_plots_are_embedded_images(dom, smoke_run):
-    uris = re.findall(r'<img class="plot" alt="error ratio plot [^"]+" src="(data:image/png;base64,[^"]+)"', dom)
+    uris = re.findall(
+        r'<img class="plot" alt="error ratio plot [^"]+" src="(data:image/png;base64,[^"]+)"', dom
+    )
     dtypes = {str(c["params"]["dtype"]) for c in smoke_run.report["devices"][0]["cases"] if c["stages"]}
     assert len(uris) == len(dtypes)
     assert all(w > 100 and h > 100 for w, h in map(_png_size, uris))
@@ -48,7 +50,9 @@ def test_the_error_ratio_plots_are_embedded_images(dom, smoke_run):
 
 def test_a_screenshot_of_the_page_is_not_blank(chromium, smoke_run, tmp_path):
     shot = tmp_path / "report.png"
-    p = _chromium(chromium, f"--screenshot={shot}", "--window-size=1200,1600", (smoke_run.out / "report.html").as_uri())
+    p = _chromium(
+        chromium, f"--screenshot={shot}", "--window-size=1200,1600", (smoke_run.out / "report.html").as_uri()
+    )
     assert shot.exists(), p.stderr[-2000:]
     # A blank page compresses to a few KB; the verdict, tables and plots make it far larger.
     assert shot.stat().st_size > 30_000

@@ -49,7 +49,11 @@ def test_a_case_that_aborts_its_worker_is_a_crash_and_the_rest_still_run(certifi
 def test_ctrl_c_stops_cleanly_and_writes_a_partial_report(tmp_path):
     p = subprocess.Popen(
         [*MOE_CTS, "certify", "--impl", "cts_test_impls:HangOnOneToken", "--timeout", "0", *QUIET],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     shard = tmp_path / "moe-cts-out" / "shards" / "interpreter"
     try:
@@ -72,7 +76,10 @@ def two_devices(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("two-devices")
     p = subprocess.Popen(
         [*MOE_CTS, "certify", "--devices", "all", "--impl", "cts_test_impls:Slow", *QUIET],
-        cwd=cwd, env=cli_env(MOE_CTS_FAKE_DEVICES="2"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=cwd,
+        env=cli_env(MOE_CTS_FAKE_DEVICES="2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     victim = cwd / "moe-cts-out" / "shards" / "interpreter#1"
@@ -102,7 +109,9 @@ def test_progress_is_shown_per_device(two_devices):
 
 def test_merge_flags_the_device_that_differs_from_its_sibling(two_devices, tmp_path):
     _, _, _, cwd = two_devices
-    result = CliRunner().invoke(app, ["merge", str(cwd / "moe-cts-out" / "report.json"), "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["merge", str(cwd / "moe-cts-out" / "report.json"), "--out", str(tmp_path)]
+    )
     assert result.exit_code == 1, result.output
     fleet = json.loads((tmp_path / "fleet.json").read_text())
     host = fleet["devices"][0]["host"]

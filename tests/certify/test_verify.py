@@ -57,7 +57,10 @@ def _partial(blobs):
 
 
 def _edit_without_manifest(blobs):
-    return {**blobs, "report.json": blobs["report.json"].replace(b'"outcome": "pass"', b'"outcome": "fail"', 1)}
+    return {
+        **blobs,
+        "report.json": blobs["report.json"].replace(b'"outcome": "pass"', b'"outcome": "fail"', 1),
+    }
 
 
 def _coverage_edited_down(blobs):
@@ -76,7 +79,9 @@ def _nothing_executed(blobs):
         c["outcome"] = "not_supported"
         for s in c["stages"]:
             s["outcome"] = "not_supported"
-    dev["coverage"] = coverage(dev["cases"], r["implementation"]["capabilities"], dev["must_pass_ids"], "smoke")
+    dev["coverage"] = coverage(
+        dev["cases"], r["implementation"]["capabilities"], dev["must_pass_ids"], "smoke"
+    )
     return _with_report(blobs, r)
 
 
@@ -91,7 +96,10 @@ TAMPERING = {
     "extra file": (_extra_file, "unexpected file notes.txt"),
     "dirty tree": (_dirty, "uncommitted changes"),
     "partial run": (_partial, "partial"),
-    "coverage edited down": (_coverage_edited_down, "coverage section of interpreter disagrees with its case records"),
+    "coverage edited down": (
+        _coverage_edited_down,
+        "coverage section of interpreter disagrees with its case records",
+    ),
     "nothing executed": (_nothing_executed, "below the profile's minimum: no case was executed"),
 }
 

@@ -25,7 +25,9 @@ def impl(request):
 
 def _check(impl, case, device) -> None:
     r = run_case(impl, case, device, timeout_s=120)
-    assert r.outcome.conformant, f"{impl.name} {case} [{case.case_id}]: {r.outcome.value} at {r.failing_stage}: {r.message}"
+    assert r.outcome.conformant, (
+        f"{impl.name} {case} [{case.case_id}]: {r.outcome.value} at {r.failing_stage}: {r.message}"
+    )
 
 
 @pytest.mark.parametrize("case", SMOKE, ids=[c.name for c in SMOKE])

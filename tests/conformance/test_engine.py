@@ -28,8 +28,9 @@ class _Exploding(TorchEagerImplementation):
 
 
 def test_third_party_entry_point_is_discovered(monkeypatch):
-    ep = metadata.EntryPoint("fake-moe", "moe_cts.conformance.impls.torch_eager:TorchEagerImplementation",
-                             ENTRY_POINT_GROUP)
+    ep = metadata.EntryPoint(
+        "fake-moe", "moe_cts.conformance.impls.torch_eager:TorchEagerImplementation", ENTRY_POINT_GROUP
+    )
 
     real = metadata.entry_points
 

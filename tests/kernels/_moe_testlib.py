@@ -145,14 +145,20 @@ def gate_up_expected(inp: Inputs) -> tuple[np.ndarray, np.ndarray]:
     eg = acc * mag.gate_pre
     gate, up = gu.gate_pre, gu.up_pre
     if spec.gated:
-        if spec.activation == "swiglu_oai":  # (u + 1) * g * sigmoid(alpha g): d/dg <= 1.1 |u + 1|, d/du = |g s|
+        if (
+            spec.activation == "swiglu_oai"
+        ):  # (u + 1) * g * sigmoid(alpha g): d/dg <= 1.1 |u + 1|, d/du = |g s|
             eu = acc * mag.up_pre
-            act_g = np.minimum(gate, spec.swiglu_limit) * ref.sigmoid(spec.swiglu_alpha * np.minimum(gate, spec.swiglu_limit))
+            act_g = np.minimum(gate, spec.swiglu_limit) * ref.sigmoid(
+                spec.swiglu_alpha * np.minimum(gate, spec.swiglu_limit)
+            )
             prop = ACT_LIPSCHITZ * (np.abs(up) + 1.0 + eu) * eg + np.abs(act_g) * eu
         else:
             eu = acc * mag.up_pre
             act_g = ref.activate(
-                spec.replace(gated=False, activation=_nongated(spec.activation), w13_layout="concat"), gate, None
+                spec.replace(gated=False, activation=_nongated(spec.activation), w13_layout="concat"),
+                gate,
+                None,
             )
             prop = ACT_LIPSCHITZ * (np.abs(up) + eu) * eg + (np.abs(act_g) + ACT_LIPSCHITZ * eg) * eu
     else:
@@ -165,7 +171,9 @@ def _nongated(act: str) -> str:
     return act if act in ("gelu", "gelu_tanh", "relu", "silu") else "silu"
 
 
-def down_expected(inp: Inputs, act64: np.ndarray, act_err: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def down_expected(
+    inp: Inputs, act64: np.ndarray, act_err: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(out64, bound) of the down stage fed with act64 (act_err: its error bound, propagated)."""
     spec, ids = inp.spec, inp.topk_ids.cpu().numpy()
     out = ref.down(spec, inp.weights64, act64, ids)
@@ -173,7 +181,9 @@ def down_expected(inp: Inputs, act64: np.ndarray, act_err: np.ndarray | None = N
     mag = ref.down(spec, w_abs, np.abs(act64), ids)
     bound = LAMBDA * math.sqrt(spec.intermediate_size) * U_FP32 * mag + u_out(inp.dtype) * np.abs(out)
     if act_err is not None:
-        bound = bound + ref.down(spec, w_abs.replace(b2=None if w_abs.b2 is None else 0 * w_abs.b2), act_err, ids)
+        bound = bound + ref.down(
+            spec, w_abs.replace(b2=None if w_abs.b2 is None else 0 * w_abs.b2), act_err, ids
+        )
     return out, bound
 
 

@@ -19,7 +19,13 @@ from moe_cts.kernels.metadata import AlignMeta, padded_capacity
 from moe_cts.reference.spec import MoESpec, SpecError
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
-KERNELS = ("align_one_chunk_kernel", "chunk_hist_kernel", "chunk_scan_kernel", "chunk_scatter_kernel", "pad_fill_kernel")
+KERNELS = (
+    "align_one_chunk_kernel",
+    "chunk_hist_kernel",
+    "chunk_scan_kernel",
+    "chunk_scatter_kernel",
+    "pad_fill_kernel",
+)
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,10 @@ def assert_align_invariants(meta: AlignMeta, ids: torch.Tensor, spec: MoESpec) -
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_permute_matches_the_oracle(case: Case):
     spec, ids = _spec(case), _ids(case)
-    got, want = permute(spec, ids, block_m=case.block_m, tiles=case.tiles), ref.permute(spec, ids.cpu().numpy())
+    got, want = (
+        permute(spec, ids, block_m=case.block_m, tiles=case.tiles),
+        ref.permute(spec, ids.cpu().numpy()),
+    )
     for field in ("expert_counts", "kept", "kept_counts", "order", "offsets"):
         g, w = getattr(got, field).cpu().numpy(), getattr(want, field)
         assert g.shape == w.shape and np.array_equal(g, w), f"{field}: got {g[:12]}..., want {w[:12]}..."

@@ -26,7 +26,9 @@ def test_every_table_entry_fits_its_backends_shared_memory(entry) -> None:
     down = cfg.down.smem_bytes(cfg.BLOCK_M, ELEM_BYTES[dc], n_b=1)
     if limit is None:  # the interpreter: no shared memory, only a sanity bound on the table entry
         limit = 1 << 30
-    assert max(gate_up, down) <= limit, f"{_id(entry)}: {gate_up} / {down} B > {limit} B (docs/bugs.md#bug-13-lds-overflow)"
+    assert max(gate_up, down) <= limit, (
+        f"{_id(entry)}: {gate_up} / {down} B > {limit} B (docs/bugs.md#bug-13-lds-overflow)"
+    )
 
 
 @pytest.mark.parametrize("entry", [e for e in ALL if e[0] == "hip"], ids=_id)
@@ -45,23 +47,45 @@ def test_every_backend_has_both_dtype_classes_and_an_unbounded_last_row() -> Non
 @pytest.mark.parametrize("backend", cfgmod.BACKENDS)
 def test_batch_invariant_choice_does_not_depend_on_the_token_count(backend) -> None:
     def pick(T: int) -> cfgmod.TileConfig:
-        return cfgmod.choose(dtype=torch.bfloat16, num_tokens=T, top_k=8, num_experts=256, hidden_size=7168,
-                             intermediate_size=2048, batch_invariant=True, backend_name=backend)
+        return cfgmod.choose(
+            dtype=torch.bfloat16,
+            num_tokens=T,
+            top_k=8,
+            num_experts=256,
+            hidden_size=7168,
+            intermediate_size=2048,
+            batch_invariant=True,
+            backend_name=backend,
+        )
 
     assert pick(1) == pick(4096) == pick(50_000)
 
 
 def test_decode_and_prefill_pick_different_tiles_on_cuda() -> None:
     def pick(T: int) -> cfgmod.TileConfig:
-        return cfgmod.choose(dtype=torch.bfloat16, num_tokens=T, top_k=2, num_experts=8, hidden_size=4096,
-                             intermediate_size=14336, backend_name="cuda")
+        return cfgmod.choose(
+            dtype=torch.bfloat16,
+            num_tokens=T,
+            top_k=2,
+            num_experts=8,
+            hidden_size=4096,
+            intermediate_size=14336,
+            backend_name="cuda",
+        )
 
     assert pick(1).BLOCK_M == 16 and pick(4096).BLOCK_M == 128
 
 
 def test_tiles_shrink_to_tiny_layers_but_not_below_sixteen() -> None:
-    cfg = cfgmod.choose(dtype=torch.float32, num_tokens=4, top_k=2, num_experts=4, hidden_size=20,
-                        intermediate_size=5, backend_name="cuda")
+    cfg = cfgmod.choose(
+        dtype=torch.float32,
+        num_tokens=4,
+        top_k=2,
+        num_experts=4,
+        hidden_size=20,
+        intermediate_size=5,
+        backend_name="cuda",
+    )
     assert (cfg.gate_up.BLOCK_N, cfg.gate_up.BLOCK_K, cfg.down.BLOCK_N, cfg.down.BLOCK_K) == (16, 32, 32, 16)
 
 

@@ -67,7 +67,9 @@ def test_whole_forward_with_the_router_kernel_matches_the_oracle(name) -> None:
     spec = presets.scaled(name, hidden_size=40, intermediate_size=24)
     inp = make_inputs(spec, F32, 6, seed=5)
     y = moe_cts.kernels.fused_moe(spec, inp.weights, inp.x)
-    r = moe_cts.kernels.route(spec, inp.weights, inp.x)  # the ids and weights the forward used (deterministic)
+    r = moe_cts.kernels.route(
+        spec, inp.weights, inp.x
+    )  # the ids and weights the forward used (deterministic)
     _check(dataclasses.replace(inp, topk_ids=r.topk_ids, topk_weights=r.topk_weights), y, name)
 
 
@@ -184,7 +186,11 @@ def test_comparison_catches_a_broken_forward(broken) -> None:
         y = _run(dataclasses.replace(inp, x=x))
     else:
         w13 = inp.weights.w13
-        y = _run(dataclasses.replace(inp, weights=inp.weights.replace(w13=torch.cat([w13[:, 24:], w13[:, :24]], 1))))
+        y = _run(
+            dataclasses.replace(
+                inp, weights=inp.weights.replace(w13=torch.cat([w13[:, 24:], w13[:, :24]], 1))
+            )
+        )
     with pytest.raises(AssertionError, match="error/bound"):
         _check(inp, y, "fused_moe")
 
@@ -192,7 +198,8 @@ def test_comparison_catches_a_broken_forward(broken) -> None:
 # ----------------------------------------------------------------------------------------------- GPU only
 @pytest.mark.gpu
 @pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a GPU: T*k*H passes 2^31 (docs/bugs.md#bug-01-int32-address-overflow)"
+    not torch.cuda.is_available(),
+    reason="needs a GPU: T*k*H passes 2^31 (docs/bugs.md#bug-01-int32-address-overflow)",
 )
 def test_fifty_thousand_tokens_at_deepseek_width_need_64_bit_offsets() -> None:
     spec = MoESpec(hidden_size=7168, intermediate_size=64, num_experts=8, top_k=8)

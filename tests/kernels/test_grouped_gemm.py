@@ -58,10 +58,15 @@ def _cases() -> list[Case]:
         # -- layouts and activations
         Case("concat silu", dtype=F16),
         Case("concat silu", dtype=BF16),
-        Case("interleaved swiglu_oai with biases (gpt-oss)", spec=dict(
-            w13_layout="interleaved", activation="swiglu_oai", expert_bias=True)),
-        Case("interleaved swiglu_oai with biases (gpt-oss)", dtype=BF16, spec=dict(
-            w13_layout="interleaved", activation="swiglu_oai", expert_bias=True)),
+        Case(
+            "interleaved swiglu_oai with biases (gpt-oss)",
+            spec=dict(w13_layout="interleaved", activation="swiglu_oai", expert_bias=True),
+        ),
+        Case(
+            "interleaved swiglu_oai with biases (gpt-oss)",
+            dtype=BF16,
+            spec=dict(w13_layout="interleaved", activation="swiglu_oai", expert_bias=True),
+        ),
         Case("gated gelu", spec=dict(activation="gelu")),
         Case("gated gelu_tanh strided", spec=dict(activation="gelu_tanh"), dtype=F16, strided=True),
         Case("non-gated gelu with biases", spec=dict(gated=False, activation="gelu", expert_bias=True)),
@@ -94,12 +99,22 @@ def test_down_matches_the_oracle(case: Case) -> None:
 
 
 SHARED = [
-    Case("shared gated expert with sigmoid gate (Qwen2)", spec=dict(
-        n_shared_experts=1, shared_intermediate_size=48, shared_gate=True)),
-    Case("two shared experts, no gate (DeepSeek)", dtype=BF16, spec=dict(
-        n_shared_experts=2, shared_intermediate_size=20)),
-    Case("non-gated shared expert", dtype=F16, spec=dict(
-        gated=False, activation="gelu", n_shared_experts=1, shared_intermediate_size=24, shared_gate=True)),
+    Case(
+        "shared gated expert with sigmoid gate (Qwen2)",
+        spec=dict(n_shared_experts=1, shared_intermediate_size=48, shared_gate=True),
+    ),
+    Case(
+        "two shared experts, no gate (DeepSeek)",
+        dtype=BF16,
+        spec=dict(n_shared_experts=2, shared_intermediate_size=20),
+    ),
+    Case(
+        "non-gated shared expert",
+        dtype=F16,
+        spec=dict(
+            gated=False, activation="gelu", n_shared_experts=1, shared_intermediate_size=24, shared_gate=True
+        ),
+    ),
 ]
 
 

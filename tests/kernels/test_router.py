@@ -58,11 +58,17 @@ def _cases() -> list[Case]:
         Case("grouped_by_group_max", replace(dsv3, group_score="max", topk_group=2), 21),
         Case("grouped_one_expert_groups", one_per_group, 17),
         Case("gpt_oss_router_bias", gptoss, 25),
-        Case("sigmoid_without_renormalize", MoESpec(24, 8, 16, 3, scoring="sigmoid", routed_scaling_factor=1.5), 19),
+        Case(
+            "sigmoid_without_renormalize",
+            MoESpec(24, 8, 16, 3, scoring="sigmoid", routed_scaling_factor=1.5),
+            19,
+        ),
         # -- shape edges
         Case("k_equals_E", MoESpec(24, 8, 8, 8, renormalize=True), 9),
         Case("single_expert", MoESpec(24, 8, 1, 1), 7),
-        Case("prime_E_257", MoESpec(40, 8, 257, 8, renormalize=True), 6),  # BLOCK_E 512, BLOCK_H 16: 3 H steps
+        Case(
+            "prime_E_257", MoESpec(40, 8, 257, 8, renormalize=True), 6
+        ),  # BLOCK_E 512, BLOCK_H 16: 3 H steps
         Case("prime_E_257_k_equals_E", MoESpec(16, 8, 257, 257), 2),
         Case("one_token", mixtral, 1),
         Case("H_not_a_block_multiple", replace(qwen, hidden_size=200), 11),  # BLOCK_H 128: 2 steps, masked
@@ -146,13 +152,17 @@ def assert_routing_matches(spec, w, x, r, *, exact_ids: bool = False, tf32: bool
     assert all(len(set(row)) == k for row in ids), "duplicate expert id in a row"
     dz, dz_row = _bounds(spec, w, x, o, tf32)
     bad = bad_id_rows(ids, o, None if exact_ids else _key_tol(o, dz_row, E))
-    assert not bad, f"ids differ in rows {bad[:8]}: got {ids[bad[:3]].tolist()}, want {o.topk_ids[bad[:3]].tolist()}"
+    assert not bad, (
+        f"ids differ in rows {bad[:8]}: got {ids[bad[:3]].tolist()}, want {o.topk_ids[bad[:3]].tolist()}"
+    )
     checks = [
         ("logits", r.logits, o.logits, dz),
         ("scores", r.scores, o.scores, np.abs(o.scores) * (2 * dz_row + (E + 8) * U32)),
     ]
     want_w = _expected_weights(spec, o, ids)
-    checks.append(("topk_weights", r.topk_weights, want_w, np.abs(want_w) * (4 * dz_row + (2 * E + 2 * k + 16) * U32)))
+    checks.append(
+        ("topk_weights", r.topk_weights, want_w, np.abs(want_w) * (4 * dz_row + (2 * E + 2 * k + 16) * U32))
+    )
     for name, got, want, bound in checks:
         c = compare(got.cpu(), want, bound, floor=1e-37)
         assert c.within_bound, f"{name}: {c.summary()}; worst {list(c.worst[:3])}"
@@ -259,7 +269,9 @@ def _higher_id_wins_ties(spec, w, x):
     flip = lambda t: None if t is None else t.flip(0)
     r = route(spec, w.replace(router=flip(w.router), correction_bias=flip(w.correction_bias)), x)
     E = spec.num_experts
-    return replace(r, topk_ids=(E - 1 - r.topk_ids).to(torch.int32), logits=r.logits.flip(1), scores=r.scores.flip(1))
+    return replace(
+        r, topk_ids=(E - 1 - r.topk_ids).to(torch.int32), logits=r.logits.flip(1), scores=r.scores.flip(1)
+    )
 
 
 def _zero_weights(spec, w, x):
@@ -296,7 +308,13 @@ def _bad_inputs():
         ("router.device", spec, w.map(lambda t: t.to("meta")), x, SpecError),
         ("correction_bias", spec, w.replace(correction_bias=None), x, SpecError),
         ("router_bias", spec, w.replace(router_bias=w.correction_bias), x, SpecError),
-        ("num_experts", big, MoEWeights.random(big).map(lambda t: t.float().to(DEVICE)), x, NotSupportedError),
+        (
+            "num_experts",
+            big,
+            MoEWeights.random(big).map(lambda t: t.float().to(DEVICE)),
+            x,
+            NotSupportedError,
+        ),
     ]
 
 

@@ -21,7 +21,9 @@ def assert_same_ints(a, b, what: str) -> None:
     a, b = as_np(a), as_np(b)
     assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
     bad = np.argwhere(a != b)
-    assert bad.size == 0, f"{what}: {len(bad)} differ, first at {tuple(bad[0])}: {a[tuple(bad[0])]} != {b[tuple(bad[0])]}"
+    assert bad.size == 0, (
+        f"{what}: {len(bad)} differ, first at {tuple(bad[0])}: {a[tuple(bad[0])]} != {b[tuple(bad[0])]}"
+    )
 
 
 def assert_close(a, b, what: str, *, rtol: float = 1e-12, rows: np.ndarray | None = None) -> None:

@@ -28,16 +28,22 @@ def identity_weights(spec: MoESpec, **extra) -> MoEWeights:
     returns (e+1) * relu(x)."""
     E = spec.num_experts
     eye = torch.eye(E, dtype=torch.float64)
-    w = MoEWeights(router=eye, w13=torch.stack([(e + 1) * eye for e in range(E)]), w2=eye.expand(E, E, E).clone())
+    w = MoEWeights(
+        router=eye, w13=torch.stack([(e + 1) * eye for e in range(E)]), w2=eye.expand(E, E, E).clone()
+    )
     return w.replace(**{k: torch.tensor(v, dtype=torch.float64) for k, v in extra.items()})
 
 
 def spec_of(E: int, k: int, **kw) -> MoESpec:
-    return MoESpec(hidden_size=E, intermediate_size=E, num_experts=E, top_k=k, gated=False, activation="relu", **kw)
+    return MoESpec(
+        hidden_size=E, intermediate_size=E, num_experts=E, top_k=k, gated=False, activation="relu", **kw
+    )
 
 
 def route(oracle: str, spec: MoESpec, logits, **extra):
-    r = ORACLES[oracle].route(spec, identity_weights(spec, **extra), torch.tensor(logits, dtype=torch.float64))
+    r = ORACLES[oracle].route(
+        spec, identity_weights(spec, **extra), torch.tensor(logits, dtype=torch.float64)
+    )
     return as_np(r.topk_ids).tolist(), as_np(r.topk_weights), as_np(r.keys)
 
 
@@ -72,7 +78,9 @@ def test_grouped_topk_keeps_the_groups_with_the_best_top2_sums(oracle):
     ids, w, keys = route(oracle, spec, GROUP_LOGITS)
     assert ids == [[4, 2]]
     np.testing.assert_allclose(w, [[sig(2), sig(1)]], rtol=1e-15)
-    assert np.isneginf(keys[0, [0, 1, 6, 7]]).all()  # dropped groups are -inf, not 0 (docs/bugs.md#bug-04-grouped-topk)
+    assert np.isneginf(
+        keys[0, [0, 1, 6, 7]]
+    ).all()  # dropped groups are -inf, not 0 (docs/bugs.md#bug-04-grouped-topk)
 
 
 def test_grouped_topk_by_group_max_keeps_other_groups(oracle):
@@ -105,7 +113,11 @@ PROBS_LOGITS = [[math.log(1.0), math.log(2.0), math.log(3.0), math.log(4.0)]]  #
         (False, 1.0, [0.4, 0.3]),
         (True, 1.0, [4 / 7, 3 / 7]),
         (False, 2.5, [1.0, 0.75]),
-        (True, 2.5, [10 / 7, 7.5 / 7]),  # scaled once, after renormalizing (docs/bugs.md#bug-05-routed-scaling-factor)
+        (
+            True,
+            2.5,
+            [10 / 7, 7.5 / 7],
+        ),  # scaled once, after renormalizing (docs/bugs.md#bug-05-routed-scaling-factor)
     ],
 )
 def test_weights_renormalize_then_scale(oracle, renormalize, scale, expected):
@@ -158,13 +170,17 @@ def test_expert_outputs_are_weighted_and_summed(oracle):
     x = [[1.0, 2.0, 3.0, 4.0]]
     res = ORACLES[oracle].moe_forward(spec, identity_weights(spec), torch.tensor(x, dtype=torch.float64))
     z = math.exp(1) + math.exp(2) + math.exp(3) + math.exp(4)
-    np.testing.assert_allclose(as_np(res.y), [[(4 * math.exp(4) + 3 * math.exp(3)) / z * v for v in x[0]]], rtol=1e-14)
+    np.testing.assert_allclose(
+        as_np(res.y), [[(4 * math.exp(4) + 3 * math.exp(3)) / z * v for v in x[0]]], rtol=1e-14
+    )
 
 
 # ----------------------------------------------------------------------------------------------- NaN / inf
 # Non-finite logits come in through the router bias (x = 0): a NaN in x would make the whole row NaN.
 def route_bias(oracle: str, spec: MoESpec, logits, **extra):
-    return route(oracle, spec.replace(router_bias=True), [[0.0] * spec.num_experts], router_bias=logits, **extra)
+    return route(
+        oracle, spec.replace(router_bias=True), [[0.0] * spec.num_experts], router_bias=logits, **extra
+    )
 
 
 def test_nan_keys_rank_below_every_number(oracle):

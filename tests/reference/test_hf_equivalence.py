@@ -30,24 +30,65 @@ def _block(model_type: str):
     from transformers import models as m
 
     cfgs = {
-        "mixtral": (m.mixtral.MixtralConfig, m.mixtral.modeling_mixtral.MixtralSparseMoeBlock,
-                    dict(intermediate_size=I, num_local_experts=8, num_experts_per_tok=2)),
-        "qwen2_moe": (m.qwen2_moe.Qwen2MoeConfig, m.qwen2_moe.modeling_qwen2_moe.Qwen2MoeSparseMoeBlock,
-                      dict(moe_intermediate_size=I, shared_expert_intermediate_size=24, num_experts=8,
-                           num_experts_per_tok=4, norm_topk_prob=False)),
-        "qwen3_moe": (m.qwen3_moe.Qwen3MoeConfig, m.qwen3_moe.modeling_qwen3_moe.Qwen3MoeSparseMoeBlock,
-                      dict(moe_intermediate_size=I, num_experts=8, num_experts_per_tok=4, norm_topk_prob=True)),
-        "olmoe": (m.olmoe.OlmoeConfig, m.olmoe.modeling_olmoe.OlmoeSparseMoeBlock,
-                  dict(intermediate_size=I, num_experts=8, num_experts_per_tok=4, norm_topk_prob=False)),
-        "deepseek_v3": (m.deepseek_v3.DeepseekV3Config, m.deepseek_v3.modeling_deepseek_v3.DeepseekV3MoE,
-                        dict(moe_intermediate_size=I, n_routed_experts=16, num_experts_per_tok=4, n_group=4,
-                             topk_group=2, n_shared_experts=2, routed_scaling_factor=2.5, norm_topk_prob=True)),
-        "deepseek_v2": (m.deepseek_v2.DeepseekV2Config, m.deepseek_v2.modeling_deepseek_v2.DeepseekV2Moe,
-                        dict(moe_intermediate_size=I, n_routed_experts=16, num_experts_per_tok=3, n_group=4,
-                             topk_group=2, topk_method="group_limited_greedy", n_shared_experts=2,
-                             routed_scaling_factor=1.5)),
-        "gpt_oss": (m.gpt_oss.GptOssConfig, m.gpt_oss.modeling_gpt_oss.GptOssMLP,
-                    dict(intermediate_size=I, num_local_experts=8, num_experts_per_tok=4)),
+        "mixtral": (
+            m.mixtral.MixtralConfig,
+            m.mixtral.modeling_mixtral.MixtralSparseMoeBlock,
+            dict(intermediate_size=I, num_local_experts=8, num_experts_per_tok=2),
+        ),
+        "qwen2_moe": (
+            m.qwen2_moe.Qwen2MoeConfig,
+            m.qwen2_moe.modeling_qwen2_moe.Qwen2MoeSparseMoeBlock,
+            dict(
+                moe_intermediate_size=I,
+                shared_expert_intermediate_size=24,
+                num_experts=8,
+                num_experts_per_tok=4,
+                norm_topk_prob=False,
+            ),
+        ),
+        "qwen3_moe": (
+            m.qwen3_moe.Qwen3MoeConfig,
+            m.qwen3_moe.modeling_qwen3_moe.Qwen3MoeSparseMoeBlock,
+            dict(moe_intermediate_size=I, num_experts=8, num_experts_per_tok=4, norm_topk_prob=True),
+        ),
+        "olmoe": (
+            m.olmoe.OlmoeConfig,
+            m.olmoe.modeling_olmoe.OlmoeSparseMoeBlock,
+            dict(intermediate_size=I, num_experts=8, num_experts_per_tok=4, norm_topk_prob=False),
+        ),
+        "deepseek_v3": (
+            m.deepseek_v3.DeepseekV3Config,
+            m.deepseek_v3.modeling_deepseek_v3.DeepseekV3MoE,
+            dict(
+                moe_intermediate_size=I,
+                n_routed_experts=16,
+                num_experts_per_tok=4,
+                n_group=4,
+                topk_group=2,
+                n_shared_experts=2,
+                routed_scaling_factor=2.5,
+                norm_topk_prob=True,
+            ),
+        ),
+        "deepseek_v2": (
+            m.deepseek_v2.DeepseekV2Config,
+            m.deepseek_v2.modeling_deepseek_v2.DeepseekV2Moe,
+            dict(
+                moe_intermediate_size=I,
+                n_routed_experts=16,
+                num_experts_per_tok=3,
+                n_group=4,
+                topk_group=2,
+                topk_method="group_limited_greedy",
+                n_shared_experts=2,
+                routed_scaling_factor=1.5,
+            ),
+        ),
+        "gpt_oss": (
+            m.gpt_oss.GptOssConfig,
+            m.gpt_oss.modeling_gpt_oss.GptOssMLP,
+            dict(intermediate_size=I, num_local_experts=8, num_experts_per_tok=4),
+        ),
     }
     config_cls, block_cls, kw = cfgs[model_type]
     config = config_cls(hidden_size=H, **kw)
@@ -159,7 +200,9 @@ def test_oracle_reproduces_the_transformers_block(model):
         return
     err, bound = np.abs(y_hf - res.y), _weight_bound(model_type, spec, weights, x, res)
     worst = np.unravel_index(np.argmax(err / bound), err.shape)
-    assert (err <= bound).all(), f"y: error {err[worst]:.3e} > float32-routing bound {bound[worst]:.3e} at {worst}"
+    assert (err <= bound).all(), (
+        f"y: error {err[worst]:.3e} > float32-routing bound {bound[worst]:.3e} at {worst}"
+    )
     # the bound must be able to fail: dropping one routed expert's contribution exceeds it everywhere
     missing = np.abs(res.topk_weights[:, -1, None] * res.expert_out[:, -1]).max(axis=1)
     assert (missing > bound.max(axis=1)).all()
@@ -170,7 +213,9 @@ def test_block_experts_fed_the_oracle_routing_agree_to_1e_10(model):
     ids = torch.from_numpy(res.topk_ids)
     with torch.no_grad():
         routed = block.experts(x, ids, torch.from_numpy(res.topk_weights)).numpy()
-    assert_close(routed, combine(spec, res.expert_out, res.topk_weights, res.permutation.kept), "routed y", rtol=1e-10)
+    assert_close(
+        routed, combine(spec, res.expert_out, res.topk_weights, res.permutation.kept), "routed y", rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_moe", "deepseek_v2", "deepseek_v3"])

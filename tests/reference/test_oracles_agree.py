@@ -102,25 +102,38 @@ def test_oracles_agree_on_generated_specs(mode, spec, T, seed):
 # Curated specs so that every option is exercised whatever hypothesis draws (the ci profile runs few).
 CURATED = {
     "zero tokens, grouped sigmoid": (
-        MoESpec(H, I, 8, 3, scoring="sigmoid", correction_bias=True, n_group=4, topk_group=2), 0
+        MoESpec(H, I, 8, 3, scoring="sigmoid", correction_bias=True, n_group=4, topk_group=2),
+        0,
     ),
     "k == E": (MoESpec(H, I, 5, 5, renormalize=True), 7),
     "one expert": (MoESpec(H, I, 1, 1, n_shared_experts=1, shared_intermediate_size=3, shared_gate=True), 4),
     "group max, one expert per group": (
-        MoESpec(H, I, 6, 2, n_group=6, topk_group=3, group_score="max", routed_scaling_factor=2.5), 9
+        MoESpec(H, I, 6, 2, n_group=6, topk_group=3, group_score="max", routed_scaling_factor=2.5),
+        9,
     ),
     "gpt-oss style": (
         MoESpec(
-            H, I, 8, 4, router_bias=True, renormalize=True, activation="swiglu_oai", expert_bias=True,
+            H,
+            I,
+            8,
+            4,
+            router_bias=True,
+            renormalize=True,
+            activation="swiglu_oai",
+            expert_bias=True,
             w13_layout="interleaved",
         ),
         9,
     ),
     "non-gated book FFN with capacity": (
-        MoESpec(H, I, 4, 2, gated=False, activation="gelu", expert_bias=True, capacity_factor=0.5), 9
+        MoESpec(H, I, 4, 2, gated=False, activation="gelu", expert_bias=True, capacity_factor=0.5),
+        9,
     ),
     "gelu_tanh GeGLU, local experts": (MoESpec(H, I, 6, 2, activation="gelu_tanh", local_experts=(1, 4)), 8),
-    "relu, no local experts at all": (MoESpec(H, I, 4, 1, gated=False, activation="relu", local_experts=()), 5),
+    "relu, no local experts at all": (
+        MoESpec(H, I, 4, 1, gated=False, activation="relu", local_experts=()),
+        5,
+    ),
 }
 
 
@@ -141,7 +154,9 @@ def test_oracles_agree_on_scaled_presets(name):
 
 def test_torch_oracle_bounds_its_temporaries(monkeypatch):
     """Chunking (rank cube, weight gathers) changes no bit of the result: run with tiny chunks."""
-    spec = MoESpec(H, I, 8, 3, scoring="sigmoid", correction_bias=True, n_group=4, topk_group=2, expert_bias=True)
+    spec = MoESpec(
+        H, I, 8, 3, scoring="sigmoid", correction_bias=True, n_group=4, topk_group=2, expert_bias=True
+    )
     w, x, _ = make_case(spec, 9, "ties", seed=5)
     whole = torch_oracle.moe_forward(spec, w, x)
     monkeypatch.setattr(torch_oracle, "CHUNK_ELEMS", 1)
@@ -153,4 +168,6 @@ def test_torch_oracle_upcasts_low_precision_weights_itself():
     spec = presets.scaled("qwen2-57b-a14b")
     w = MoEWeights.random(spec, seed=2, dtype=torch.bfloat16)
     x = torch.randn(6, spec.hidden_size, dtype=torch.float64)
-    assert_results_agree(torch_oracle.moe_forward(spec, w, x), torch_oracle.moe_forward(spec, w.to(dtype=torch.float64), x))
+    assert_results_agree(
+        torch_oracle.moe_forward(spec, w, x), torch_oracle.moe_forward(spec, w.to(dtype=torch.float64), x)
+    )

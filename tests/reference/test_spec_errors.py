@@ -40,7 +40,11 @@ BAD_SPECS = [
     ("non-bool renormalize", "renormalize", dict(renormalize="yes")),
     ("unknown activation", "activation", dict(activation="tanh")),
     ("swiglu_oai without gate", "activation", dict(gated=False, activation="swiglu_oai")),
-    ("interleaved non-gated expert", "w13_layout", dict(gated=False, activation="relu", w13_layout="interleaved")),
+    (
+        "interleaved non-gated expert",
+        "w13_layout",
+        dict(gated=False, activation="relu", w13_layout="interleaved"),
+    ),
     ("unknown layout", "w13_layout", dict(w13_layout="blocked")),
     ("zero swiglu limit", "swiglu_limit", dict(swiglu_limit=0.0)),
     ("shared experts without width", "shared_intermediate_size", dict(n_shared_experts=1)),
@@ -101,7 +105,9 @@ def test_one_dimensional_input_is_refused():
 
 
 @pytest.mark.parametrize("oracle", [numpy_oracle, torch_oracle], ids=["numpy", "torch"])
-@pytest.mark.parametrize(("field", "ids"), [("topk_ids", [[0, 8]]), ("topk_ids", [[-1, 0]]), ("topk_ids.shape", [[0]])])
+@pytest.mark.parametrize(
+    ("field", "ids"), [("topk_ids", [[0, 8]]), ("topk_ids", [[-1, 0]]), ("topk_ids.shape", [[0]])]
+)
 def test_permute_refuses_ids_out_of_range_or_of_the_wrong_k(oracle, field, ids):
     with pytest.raises(SpecError) as err:
         oracle.permute(SPEC, np.array(ids))
@@ -117,11 +123,32 @@ def test_unknown_preset_lists_the_known_ones():
     ("field", "config"),
     [
         ("config.model_type", {"model_type": "llama", "hidden_size": 8}),
-        ("config.num_local_experts", {"model_type": "mixtral", "hidden_size": 8, "intermediate_size": 4, "num_experts_per_tok": 2}),
-        ("config.hidden_act", {"model_type": "olmoe", "hidden_size": 8, "intermediate_size": 4, "num_experts": 8,
-                               "num_experts_per_tok": 2, "hidden_act": "mish"}),
-        ("config.topk_method", {"model_type": "deepseek_v2", "hidden_size": 8, "moe_intermediate_size": 4,
-                                "n_routed_experts": 8, "num_experts_per_tok": 2, "topk_method": "sinkhorn"}),
+        (
+            "config.num_local_experts",
+            {"model_type": "mixtral", "hidden_size": 8, "intermediate_size": 4, "num_experts_per_tok": 2},
+        ),
+        (
+            "config.hidden_act",
+            {
+                "model_type": "olmoe",
+                "hidden_size": 8,
+                "intermediate_size": 4,
+                "num_experts": 8,
+                "num_experts_per_tok": 2,
+                "hidden_act": "mish",
+            },
+        ),
+        (
+            "config.topk_method",
+            {
+                "model_type": "deepseek_v2",
+                "hidden_size": 8,
+                "moe_intermediate_size": 4,
+                "n_routed_experts": 8,
+                "num_experts_per_tok": 2,
+                "topk_method": "sinkhorn",
+            },
+        ),
     ],
 )
 def test_unusable_hf_config_names_the_field(field, config):

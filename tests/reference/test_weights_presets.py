@@ -11,10 +11,25 @@ import torch
 from moe_cts.reference import MoESpec, MoEWeights, moe_forward, presets, spec_from_hf_config, weight_shapes
 
 FULL = MoESpec(
-    hidden_size=8, intermediate_size=4, num_experts=8, top_k=4, scoring="sigmoid", router_bias=True,
-    correction_bias=True, n_group=4, topk_group=2, renormalize=True, routed_scaling_factor=2.5,
-    expert_bias=True, w13_layout="interleaved", n_shared_experts=2, shared_intermediate_size=3,
-    shared_gate=True, capacity_factor=1.25, local_experts=(0, 3, 5), name="every option",
+    hidden_size=8,
+    intermediate_size=4,
+    num_experts=8,
+    top_k=4,
+    scoring="sigmoid",
+    router_bias=True,
+    correction_bias=True,
+    n_group=4,
+    topk_group=2,
+    renormalize=True,
+    routed_scaling_factor=2.5,
+    expert_bias=True,
+    w13_layout="interleaved",
+    n_shared_experts=2,
+    shared_intermediate_size=3,
+    shared_gate=True,
+    capacity_factor=1.25,
+    local_experts=(0, 3, 5),
+    name="every option",
 )
 
 
@@ -68,7 +83,15 @@ def test_presets_cover_every_model_in_facts():
 @pytest.mark.parametrize("name", sorted(MODEL_CARD_TABLE))
 def test_preset_has_the_published_shape_and_routing(name):
     s = presets.get(name)
-    got = (s.hidden_size, s.intermediate_size, s.num_experts, s.top_k, s.shared_width, s.scoring, s.renormalize)
+    got = (
+        s.hidden_size,
+        s.intermediate_size,
+        s.num_experts,
+        s.top_k,
+        s.shared_width,
+        s.scoring,
+        s.renormalize,
+    )
     assert got == MODEL_CARD_TABLE[name]
     assert s.name == name
 
@@ -76,52 +99,144 @@ def test_preset_has_the_published_shape_and_routing(name):
 def test_deepseek_v3_preset_has_grouped_biased_scaled_routing():
     s = presets.get("deepseek-v3")
     assert (s.correction_bias, s.n_group, s.topk_group, s.group_score, s.routed_scaling_factor) == (
-        True, 8, 4, "top2_sum", 2.5,
+        True,
+        8,
+        4,
+        "top2_sum",
+        2.5,
     )
 
 
 def test_gpt_oss_preset_has_biases_and_interleaved_clamped_swiglu():
     s = presets.get("gpt-oss-120b")
     assert (s.router_bias, s.expert_bias, s.activation, s.w13_layout, s.swiglu_alpha, s.swiglu_limit) == (
-        True, True, "swiglu_oai", "interleaved", 1.702, 7.0,
+        True,
+        True,
+        "swiglu_oai",
+        "interleaved",
+        1.702,
+        7.0,
     )
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_CARD_TABLE))
 def test_scaled_preset_keeps_the_routing_semantics(name):
     full, small = presets.get(name), presets.scaled(name)
-    keep = ("scoring", "router_bias", "correction_bias", "n_group", "topk_group", "group_score", "renormalize",
-            "routed_scaling_factor", "activation", "gated", "expert_bias", "w13_layout", "n_shared_experts",
-            "shared_gate", "top_k")
+    keep = (
+        "scoring",
+        "router_bias",
+        "correction_bias",
+        "n_group",
+        "topk_group",
+        "group_score",
+        "renormalize",
+        "routed_scaling_factor",
+        "activation",
+        "gated",
+        "expert_bias",
+        "w13_layout",
+        "n_shared_experts",
+        "shared_gate",
+        "top_k",
+    )
     assert {f: getattr(small, f) for f in keep} == {f: getattr(full, f) for f in keep}
-    assert small.hidden_size == 32 and small.num_experts <= full.num_experts and small.top_k < small.num_experts
+    assert (
+        small.hidden_size == 32 and small.num_experts <= full.num_experts and small.top_k < small.num_experts
+    )
 
 
 # config.json fields of the released checkpoints (routing-relevant part)
 CONFIG_JSON = {
-    "mixtral-8x7b": {"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
-                     "num_local_experts": 8, "num_experts_per_tok": 2, "hidden_act": "silu"},
-    "mixtral-8x22b": {"model_type": "mixtral", "hidden_size": 6144, "intermediate_size": 16384,
-                      "num_local_experts": 8, "num_experts_per_tok": 2, "hidden_act": "silu"},
-    "qwen2-57b-a14b": {"model_type": "qwen2_moe", "hidden_size": 3584, "moe_intermediate_size": 2560,
-                       "shared_expert_intermediate_size": 20480, "num_experts": 64, "num_experts_per_tok": 8,
-                       "norm_topk_prob": False, "hidden_act": "silu"},
-    "qwen3-30b-a3b": {"model_type": "qwen3_moe", "hidden_size": 2048, "moe_intermediate_size": 768,
-                      "num_experts": 128, "num_experts_per_tok": 8, "norm_topk_prob": True, "hidden_act": "silu"},
-    "olmoe-1b-7b": {"model_type": "olmoe", "hidden_size": 2048, "intermediate_size": 1024, "num_experts": 64,
-                    "num_experts_per_tok": 8, "norm_topk_prob": False, "hidden_act": "silu"},
-    "deepseek-v2-lite": {"model_type": "deepseek_v2", "hidden_size": 2048, "moe_intermediate_size": 1408,
-                         "n_routed_experts": 64, "num_experts_per_tok": 6, "n_shared_experts": 2,
-                         "topk_method": "greedy", "n_group": 1, "topk_group": 1, "norm_topk_prob": False,
-                         "routed_scaling_factor": 1.0, "scoring_func": "softmax", "hidden_act": "silu"},
-    "deepseek-v3": {"model_type": "deepseek_v3", "hidden_size": 7168, "moe_intermediate_size": 2048,
-                    "n_routed_experts": 256, "num_experts_per_tok": 8, "n_shared_experts": 1, "n_group": 8,
-                    "topk_group": 4, "norm_topk_prob": True, "routed_scaling_factor": 2.5,
-                    "scoring_func": "sigmoid", "topk_method": "noaux_tc", "hidden_act": "silu"},
-    "gpt-oss-20b": {"model_type": "gpt_oss", "hidden_size": 2880, "intermediate_size": 2880,
-                    "num_local_experts": 32, "num_experts_per_tok": 4, "swiglu_limit": 7.0},
-    "gpt-oss-120b": {"model_type": "gpt_oss", "hidden_size": 2880, "intermediate_size": 2880,
-                     "num_local_experts": 128, "num_experts_per_tok": 4, "swiglu_limit": 7.0},
+    "mixtral-8x7b": {
+        "model_type": "mixtral",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "hidden_act": "silu",
+    },
+    "mixtral-8x22b": {
+        "model_type": "mixtral",
+        "hidden_size": 6144,
+        "intermediate_size": 16384,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "hidden_act": "silu",
+    },
+    "qwen2-57b-a14b": {
+        "model_type": "qwen2_moe",
+        "hidden_size": 3584,
+        "moe_intermediate_size": 2560,
+        "shared_expert_intermediate_size": 20480,
+        "num_experts": 64,
+        "num_experts_per_tok": 8,
+        "norm_topk_prob": False,
+        "hidden_act": "silu",
+    },
+    "qwen3-30b-a3b": {
+        "model_type": "qwen3_moe",
+        "hidden_size": 2048,
+        "moe_intermediate_size": 768,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "norm_topk_prob": True,
+        "hidden_act": "silu",
+    },
+    "olmoe-1b-7b": {
+        "model_type": "olmoe",
+        "hidden_size": 2048,
+        "intermediate_size": 1024,
+        "num_experts": 64,
+        "num_experts_per_tok": 8,
+        "norm_topk_prob": False,
+        "hidden_act": "silu",
+    },
+    "deepseek-v2-lite": {
+        "model_type": "deepseek_v2",
+        "hidden_size": 2048,
+        "moe_intermediate_size": 1408,
+        "n_routed_experts": 64,
+        "num_experts_per_tok": 6,
+        "n_shared_experts": 2,
+        "topk_method": "greedy",
+        "n_group": 1,
+        "topk_group": 1,
+        "norm_topk_prob": False,
+        "routed_scaling_factor": 1.0,
+        "scoring_func": "softmax",
+        "hidden_act": "silu",
+    },
+    "deepseek-v3": {
+        "model_type": "deepseek_v3",
+        "hidden_size": 7168,
+        "moe_intermediate_size": 2048,
+        "n_routed_experts": 256,
+        "num_experts_per_tok": 8,
+        "n_shared_experts": 1,
+        "n_group": 8,
+        "topk_group": 4,
+        "norm_topk_prob": True,
+        "routed_scaling_factor": 2.5,
+        "scoring_func": "sigmoid",
+        "topk_method": "noaux_tc",
+        "hidden_act": "silu",
+    },
+    "gpt-oss-20b": {
+        "model_type": "gpt_oss",
+        "hidden_size": 2880,
+        "intermediate_size": 2880,
+        "num_local_experts": 32,
+        "num_experts_per_tok": 4,
+        "swiglu_limit": 7.0,
+    },
+    "gpt-oss-120b": {
+        "model_type": "gpt_oss",
+        "hidden_size": 2880,
+        "intermediate_size": 2880,
+        "num_local_experts": 128,
+        "num_experts_per_tok": 4,
+        "swiglu_limit": 7.0,
+    },
 }
 
 
