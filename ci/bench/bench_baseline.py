@@ -23,7 +23,7 @@ from bench_points import build_spec
 from bench_timing import capture_graph
 
 SLOWER_BY = 0.03  # a point where new takes more than 3% longer than old is flagged
-ROUNDS = 4  # interleaved timing rounds per side on the GPU, each timing graph replays
+ROUNDS = 4  # default interleaved timing rounds per side on the GPU (--rounds), each timing graph replays
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def compare_point(ctx, sides: tuple[Side, Side], key: str, tensors, x, ids, tw, 
         # is the noise of this point: a difference inside it is not a regression. CPU: the checked call.
         graphs = {} if ctx.timer.cpu else {k_: capture_graph(fn) for k_, fn in runs.items()}
         rounds: dict[str, list[float]] = {}
-        for _ in range(1 if ctx.timer.cpu else ROUNDS):
+        for _ in range(1 if ctx.timer.cpu else ctx.rounds):
             for side, mode in runs:
                 g = graphs.get((side, mode))
                 t = once[(side, mode)] if ctx.timer.cpu else ctx.timer(g[0].replay)

@@ -80,6 +80,7 @@ class Ctx:
     peer: ModuleType | None  # vllm_peer, imported from --peer
     ceilings: dict  # measure_ceilings()
     baseline_only: bool = False  # --baseline-only: old vs new alone, no timing paths
+    rounds: int = 4  # --rounds: interleaved old-vs-new timing rounds
 
 
 def import_peer(peer_dir: str | None) -> ModuleType | None:
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
     timer = Timer(cpu=args.cpu_smoke, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms, min_reps=args.min_reps)
     ceilings = measure_ceilings(timer, device)
     ctx = Ctx(args.cpu_smoke, device, torch.float32 if args.cpu_smoke else torch.bfloat16, timer, args.no_graph,
-              peer, ceilings, args.baseline_only and bool(args.baseline_src))  # fmt: skip
+              peer, ceilings, args.baseline_only and bool(args.baseline_src), args.rounds)  # fmt: skip
     presets = tuple(args.presets.split(",")) if args.presets else (SMOKE_PRESETS if ctx.smoke else
                                                                     tuple(p.key for p in PRESETS))  # fmt: skip
     tokens = (
