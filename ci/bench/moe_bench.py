@@ -59,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--baseline-only", action="store_true", help="with --baseline-src: only old vs new, no paths"
     )
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds of old vs new (GPU)")
     ap.add_argument(
         "--budget-s", type=float, help="start no new point after this many seconds (partial table)"
     )
