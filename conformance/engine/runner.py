@@ -23,19 +23,14 @@ or oracle -> InternalError. A case with a waived stage and nothing worse is Waiv
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import time
-import traceback
-import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 import moe_cts.reference.numpy_oracle as npo
-from moe_cts.conformance.engine import judge, known_issues, quant_tolerance, tolerance
+from moe_cts.conformance.engine import judge, known_issues, quant_tolerance, sandbox, tolerance
 from moe_cts.conformance.engine.cases import Case, CaseInputs
 from moe_cts.conformance.engine.compare import compare
 from moe_cts.conformance.engine.devices import Device, accumulator_profile, waiver_for
@@ -44,16 +39,6 @@ from moe_cts.conformance.engine.results import STAGES, CaseResult, FailKind, Out
 from moe_cts.reference import numpy_quant
 from moe_cts.reference.errors import NotSupportedError
 
-#: (integer view dtype, NaN bit pattern) of the poison inside the output and of the canaries around it
-POISON = {torch.float32: (torch.int32, 0x7FC0DEAD), torch.float16: (torch.int16, 0x7E5A),
-          torch.bfloat16: (torch.int16, 0x7FCD)}  # fmt: skip
-CANARY = {torch.float32: 0x7FC0CAFE, torch.float16: 0x7E3C, torch.bfloat16: 0x7FCA}
-CANARY_ELEMS = 256
-
-
-class _Timeout(BaseException):
-    """Raised by the SIGALRM handler; BaseException so implementation code cannot swallow it."""
-
 
 class _ImplFailure(Exception):
     def __init__(self, outcome: Outcome, message: str):
@@ -61,96 +46,6 @@ class _ImplFailure(Exception):
         super().__init__(message)
 
 
-def _summary(err: BaseException) -> str:
-    tb = traceback.extract_tb(err.__traceback__)[-3:]
-    where = " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(tb))
-    return f"{type(err).__name__}: {err} [{where}]"
-
-
-@contextlib.contextmanager
-def _deadline(timeout_s: float | None):
-    usable = (
-        timeout_s and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    )
-    if not usable:
-        yield
-        return
-
-    def on_alarm(signum, frame):
-        raise _Timeout()
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, float(timeout_s))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0.0)
-        signal.signal(signal.SIGALRM, old)
-
-
-@contextlib.contextmanager
-def _nan_fill_uninitialized():
-    """torch.empty returns NaN-filled memory while active (torch's deterministic-fill switch)."""
-    was_det, was_warn = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    was_fill = torch.utils.deterministic.fill_uninitialized_memory
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.utils.deterministic.fill_uninitialized_memory = True
-        try:
-            yield
-        finally:
-            torch.utils.deterministic.fill_uninitialized_memory = was_fill
-            torch.use_deterministic_algorithms(was_det, warn_only=was_warn)
-
-
-def _np(t) -> np.ndarray:
-    return npo._np(t)
-
-
-def _ids_np(t) -> np.ndarray:
-    return np.asarray(t.detach().cpu() if hasattr(t, "detach") else t).astype(np.int64)
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    view = {4: torch.int32, 2: torch.int16}[t.element_size()]
-    return t.detach().contiguous().view(view).cpu()
-
-
-def _field(out: Any, name: str) -> Any:
-    return out if isinstance(out, torch.Tensor) else getattr(out, name)
-
-
-# ----------------------------------------------------------------------------------------------- poisoned output
-@dataclass(frozen=True)
-class PoisonedOutput:
-    buf: torch.Tensor  # (CANARY_ELEMS + T*H + CANARY_ELEMS,) case dtype
-    out: torch.Tensor  # (T, H) view into buf
-
-    @classmethod
-    def make(cls, T: int, H: int, dtype: torch.dtype, device: torch.device) -> PoisonedOutput:
-        int_dt, poison = POISON[dtype]
-        buf = torch.empty(T * H + 2 * CANARY_ELEMS, dtype=dtype, device=device)
-        bits = buf.view(int_dt)
-        bits.fill_(CANARY[dtype])
-        bits[CANARY_ELEMS : CANARY_ELEMS + T * H] = poison
-        return cls(buf, buf[CANARY_ELEMS : CANARY_ELEMS + T * H].view(T, H))
-
-    def unwritten(self) -> np.ndarray:
-        """(T, H) bool: elements that still hold the poison bits."""
-        return (_bits(self.out) == POISON[self.out.dtype][1]).numpy()
-
-    def canaries_changed(self) -> int:
-        bits = _bits(self.buf)
-        n = self.out.numel()
-        edges = torch.cat([bits[:CANARY_ELEMS], bits[CANARY_ELEMS + n :]])
-        return int((edges != CANARY[self.out.dtype]).sum())
-
-
-# ----------------------------------------------------------------------------------------------- session
 class _Session:
     """The oracle's view of one case, and the stage-by-stage run of one implementation against it."""
 
@@ -167,13 +62,13 @@ class _Session:
         self.wv = tolerance.WeightViews.of(self.inputs.weights)
         self.qw = self.inputs.qweights  # quantized cases: codes + scales, base = exact dequantized (float64)
         self.qv = None if self.qw is None else tolerance.WeightViews.of(self.qw.base)
-        self.x = _np(self.inputs.x)
+        self.x = sandbox.as_np(self.inputs.x)
         self.routing = npo.route(self.spec, self.wv.val, self.x)
         self.e_scores, self.e_keys = tolerance.router_bounds(
             self.model, self.spec, self.wv, self.x, self.routing
         )
         raw = self.routing.scores
-        self.raw_keys = raw + _np(self.wv.val.correction_bias) if self.spec.correction_bias else raw
+        self.raw_keys = raw + sandbox.as_np(self.wv.val.correction_bias) if self.spec.correction_bias else raw
         self.bad_rows = ~np.isfinite(self.x).all(axis=1) | ~np.isfinite(raw).all(axis=1)
         self.route_ran = False
         self.verdicts: list[StageVerdict] = []
@@ -196,7 +91,7 @@ class _Session:
     def call(self, stage: str, inputs: CaseInputs | None = None, **kw) -> Any:
         try:
             return self.impl.run(inputs or self.inputs, stage, self.device, **kw)
-        except _Timeout:
+        except sandbox.CaseTimeout:
             raise
         except Exception as err:
             if isinstance(err, NotSupportedError):
@@ -205,9 +100,9 @@ class _Session:
             known = known_issues.crash_waiver(self.device, self.impl_name, err)
             if known:
                 raise _ImplFailure(
-                    Outcome.WAIVED, f"{stage}: waived, known limit {known}; raised {_summary(err)}"
+                    Outcome.WAIVED, f"{stage}: waived, known limit {known}; raised {sandbox.summary(err)}"
                 ) from err
-            raise _ImplFailure(Outcome.CRASH, f"{stage}: {_summary(err)}") from err
+            raise _ImplFailure(Outcome.CRASH, f"{stage}: {sandbox.summary(err)}") from err
 
     def ids_tensor(self, ids: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(ids)).to(torch.int32).to(self.device.torch_device)
@@ -222,7 +117,7 @@ class _Session:
     # -- stages
     def stage_route(self) -> StageVerdict:
         out = self.call("route")
-        got_ids, got_w = _ids_np(out.topk_ids), _np(out.topk_weights)
+        got_ids, got_w = sandbox.ids_np(out.topk_ids), sandbox.as_np(out.topk_weights)
         T, k = self.ids.shape
         if got_ids.shape != (T, k) or got_w.shape != (T, k):
             return StageVerdict(
@@ -243,7 +138,7 @@ class _Session:
             return StageVerdict("router", Outcome.FAIL, fail_kind=FailKind.NUMERIC, message=wrong_dtype)
         want, bound = self.tw, self.e_w
         if declared == "input":  # weights stored in the case dtype: the oracle's rounded the same way
-            want = _np(self.rounded(self.tw))
+            want = sandbox.as_np(self.rounded(self.tw))
             bound = tolerance.stored_weight_bounds(self.model, self.tw, self.e_w)
         cmp = judge.compare_weights(got_w, got_ids, want, accepted, bound, ok & ~self.bad_rows)
         return judge.routing_verdict(self.spec, rows, got_ids, ref_ids, self.raw_keys, cmp)
@@ -260,7 +155,9 @@ class _Session:
     def stage_gate_up(self) -> StageVerdict:
         ref, e_act = self.gate_up_bounds(self.x)
         out = self.call("gate_up", self.inputs.with_feeds(topk_ids=self.ids_tensor(self.ids)))
-        return self.numeric("gemm1", _field(out, "act"), ref.act, e_act, self.kept[..., None] & self.mask(2))
+        return self.numeric(
+            "gemm1", sandbox.field_of(out, "act"), ref.act, e_act, self.kept[..., None] & self.mask(2)
+        )
 
     def stage_down(self) -> StageVerdict:
         oracle = (
@@ -271,10 +168,10 @@ class _Session:
         act = self.rounded(oracle.act)
         if self.qw is not None:
             ref, e_eo = quant_tolerance.down_bounds(
-                self.model, self.spec, self.qw, self.qv, _np(act), self.ids
+                self.model, self.spec, self.qw, self.qv, sandbox.as_np(act), self.ids
             )
         else:
-            ref, e_eo = tolerance.down_bounds(self.model, self.spec, self.wv, _np(act), self.ids)
+            ref, e_eo = tolerance.down_bounds(self.model, self.spec, self.wv, sandbox.as_np(act), self.ids)
         out = self.call("down", self.inputs.with_feeds(topk_ids=self.ids_tensor(self.ids), act=act))
         return self.numeric("gemm2", out, ref, e_eo, self.kept[..., None] & self.mask(2))
 
@@ -284,7 +181,12 @@ class _Session:
         so = self.rounded(e2e["so"]) if self.spec.shared_width else None
         kept = torch.from_numpy(self.kept).to(self.device.torch_device)
         ref, e_y = tolerance.combine_bounds(
-            self.model, self.spec, _np(eo), _np(tw), self.kept, None if so is None else _np(so)
+            self.model,
+            self.spec,
+            sandbox.as_np(eo),
+            sandbox.as_np(tw),
+            self.kept,
+            None if so is None else sandbox.as_np(so),
         )
         feeds = self.inputs.with_feeds(
             expert_out=eo, topk_weights=tw, kept=kept, shared_out=so, topk_ids=self.ids_tensor(self.ids)
@@ -310,7 +212,7 @@ class _Session:
     def numeric(
         self, stage: str, got: Any, want: np.ndarray, bound: np.ndarray, mask: np.ndarray
     ) -> StageVerdict:
-        g = _np(got)
+        g = sandbox.as_np(got)
         if g.shape != want.shape:
             return StageVerdict(
                 stage,
@@ -324,11 +226,11 @@ class _Session:
         T, H = self.x.shape
         poisoned = None
         if self.caps.accepts_out:
-            poisoned = PoisonedOutput.make(T, H, self.case.torch_dtype, self.device.torch_device)
-            y = _field(self.call(FORWARD, out=poisoned.out), "y")
+            poisoned = sandbox.PoisonedOutput.make(T, H, self.case.torch_dtype, self.device.torch_device)
+            y = sandbox.field_of(self.call(FORWARD, out=poisoned.out), "y")
         else:
-            with _nan_fill_uninitialized():
-                y = _field(self.call(FORWARD), "y")
+            with sandbox.nan_fill_uninitialized():
+                y = sandbox.field_of(self.call(FORWARD), "y")
         e2e = self.end_to_end_reference()
         mask = self.mask(1)
         if not self.route_ran:  # the forward's own choice on a tie is unknown: do not judge those rows
@@ -353,7 +255,7 @@ class _Session:
         verdicts.append(self.determinism_verdict(y))
         return verdicts
 
-    def memory_verdict(self, p: PoisonedOutput, y: torch.Tensor) -> StageVerdict:
+    def memory_verdict(self, p: sandbox.PoisonedOutput, y: torch.Tensor) -> StageVerdict:
         unwritten, canaries = p.unwritten(), p.canaries_changed()
         same = y.data_ptr() == p.out.data_ptr()
         if canaries:
@@ -372,8 +274,8 @@ class _Session:
     def determinism_verdict(self, y: torch.Tensor) -> StageVerdict:
         msgs = []
         if self.caps.deterministic:
-            y2 = _field(self.call(FORWARD), "y")
-            diff = int((_bits(y) != _bits(y2)).sum())
+            y2 = sandbox.field_of(self.call(FORWARD), "y")
+            diff = int((sandbox.bits(y) != sandbox.bits(y2)).sum())
             if diff:
                 msgs.append(f"two runs differ in {diff} elements")
         if self.caps.batch_invariant and self.x.shape[0] >= 2:
@@ -383,8 +285,8 @@ class _Session:
                 weights=self.inputs.weights,
                 qweights=self.inputs.qweights,
             )
-            y1 = _field(self.call(FORWARD, one), "y")
-            diff = int((_bits(y[:1]) != _bits(y1)).sum())
+            y1 = sandbox.field_of(self.call(FORWARD, one), "y")
+            diff = int((sandbox.bits(y[:1]) != sandbox.bits(y1)).sum())
             if diff:
                 msgs.append(f"token 0 alone differs from token 0 in the batch in {diff} elements")
         if not (self.caps.deterministic or self.caps.batch_invariant):
@@ -471,19 +373,19 @@ def run_case(
         with np.errstate(all="ignore"):  # NaN/inf rows are expected; they are judged by placement
             session = _Session(impl, case, device)
     except Exception as err:
-        return result(Outcome.INTERNAL_ERROR, message=f"harness: {_summary(err)}")
+        return result(Outcome.INTERNAL_ERROR, message=f"harness: {sandbox.summary(err)}")
     verdicts: list[StageVerdict] = []
     try:
-        with _deadline(timeout_s), np.errstate(all="ignore"):
+        with sandbox.deadline(timeout_s), np.errstate(all="ignore"):
             verdicts = session.run()
-    except _Timeout:
+    except sandbox.CaseTimeout:
         verdicts = list(session.verdicts)
         verdicts.append(StageVerdict(session.current, Outcome.TIMEOUT, message=f"exceeded {timeout_s} s"))
         return result(
             Outcome.TIMEOUT, verdicts, f"timeout after {timeout_s} s in {session.current}", session.current
         )
     except Exception as err:
-        return result(Outcome.INTERNAL_ERROR, verdicts, f"harness: {_summary(err)}")
+        return result(Outcome.INTERNAL_ERROR, verdicts, f"harness: {sandbox.summary(err)}")
     outcome = worst(v.outcome for v in verdicts)
     failing = _failing_stage(verdicts)
     msg = next((v.message for v in verdicts if v.stage == failing), "") if failing else ""
