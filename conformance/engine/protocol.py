@@ -18,15 +18,17 @@ A third party registers a factory under the entry-point group "moe_cts.implement
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
-from moe_cts.reference.spec import GATED_ACTIVATIONS, LAYOUTS, NONGATED_ACTIVATIONS, MoESpec
+from moe_cts.reference.spec import GATED_ACTIVATIONS, GROUP_SCORES, LAYOUTS, NONGATED_ACTIVATIONS, MoESpec
 
 ENTRY_POINT_GROUP = "moe_cts.implementations"
 FORWARD = "forward"
 #: Capabilities.router_weights_dtype: route() returns fp32 weights, or weights in the case (input) dtype
 ROUTER_WEIGHTS_DTYPES = ("float32", "input")
+#: Capabilities.shared_size
+SHARED_SIZES = ("any", "intermediate")
 STAGE_METHODS = ("route", "permute", "gate_up", "down", "combine")
 #: implementation stage -> verdict stage (moe_cts.conformance.engine.results.STAGES)
 VERDICT_STAGE = {
@@ -72,12 +74,30 @@ class Capabilities:
     quant_schemes: frozenset[str] = (
         frozenset()
     )  # QuantScheme methods claimed (reference/quant.py QUANT_METHODS)
+    group_scores: frozenset[str] = frozenset(GROUP_SCORES)  # how groups are scored in grouped top-k
+    # "any": shared experts of any width; "intermediate": shared_intermediate_size == intermediate_size
+    # (DeepSeek-V3 builds its shared MLP from moe_intermediate_size)
+    shared_size: str = "any"
+    # experts per group (num_experts // n_group; the whole E when ungrouped) at least this: DeepSeek-V3
+    # scores every group by its top-2 keys, so it needs 2
+    min_group_size: int = 1
+    # Feature combinations that come together (a model family): when any are named, a case is supported
+    # only when one bundle claims it whole, and generation draws a bundle first, then features inside it.
+    # The fields above stay the union (what `moe-cts list` prints) and keep dtypes, stages and max_experts.
+    bundles: tuple[Bundle, ...] = ()
     notes: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.required) - set(REQUIRABLE))
         if unknown:
             raise ValueError(f"required: {unknown} are not features; expected names from {list(REQUIRABLE)}")
+        if self.shared_size not in SHARED_SIZES:
+            raise ValueError(f"shared_size: expected one of {SHARED_SIZES}, got {self.shared_size!r}")
+        if isinstance(self.bundles, list):  # JSON gives lists
+            object.__setattr__(self, "bundles", tuple(self.bundles))
+        bad = [b for b in self.bundles if not isinstance(b, Bundle)]
+        if bad:
+            raise ValueError(f"bundles: expected Bundle(name, features) items, got {bad[0]!r}")
         if self.router_weights_dtype not in ROUTER_WEIGHTS_DTYPES:
             raise ValueError(
                 f"router_weights_dtype: expected one of {ROUTER_WEIGHTS_DTYPES}, "
@@ -85,10 +105,29 @@ class Capabilities:
             )
 
     def unsupported(self, spec: MoESpec, dtype: str) -> str | None:
-        """Why this implementation cannot run a case of (spec, dtype), or None when it claims it."""
+        """Why this implementation cannot run a case of (spec, dtype), or None when it claims it.
+
+        With bundles: the union's checks first (dtype, max_experts, ...), then the case must sit whole
+        inside one bundle; the reason names each bundle's first objection."""
+        why = self._reason(spec, dtype)
+        if why is not None or not self.bundles:
+            return why
+        objections = []
+        for b in self.bundles:
+            bwhy = b.features._reason(spec, dtype, features_only=True)
+            if bwhy is None:
+                return None
+            objections.append(f"{b.name}: {bwhy}")
+        return "no claimed bundle computes this case (" + "; ".join(objections) + ")"
+
+    def bundle_of(self, spec: MoESpec, dtype: str) -> str | None:
+        """The name of the first bundle that claims (spec, dtype); None without bundles or when none does."""
+        return next((b.name for b in self.bundles if b.features._reason(spec, dtype, True) is None), None)
+
+    def _reason(self, spec: MoESpec, dtype: str, features_only: bool = False) -> str | None:
         acts = self.gated_activations if spec.gated else self.nongated_activations
         checks = [
-            (dtype in self.dtypes, f"dtype: {dtype} not in {sorted(self.dtypes)}"),
+            (features_only or dtype in self.dtypes, f"dtype: {dtype} not in {sorted(self.dtypes)}"),
             (spec.w13_layout in self.layouts, f"w13_layout: {spec.w13_layout} not claimed"),
             (
                 spec.activation in acts,
@@ -109,7 +148,21 @@ class Capabilities:
             (spec.capacity_factor is None or self.capacity_dropping, "capacity_factor: dropping not claimed"),
             (spec.local_experts is None or self.local_mask, "local_experts: local expert mask not claimed"),
             (
-                self.max_experts is None or spec.num_experts <= self.max_experts,
+                not spec.grouped or spec.group_score in self.group_scores,
+                f"group_score: {spec.group_score} not claimed",
+            ),
+            (
+                spec.num_experts // (spec.n_group if spec.grouped else 1) >= self.min_group_size,
+                f"num_experts / n_group: at least {self.min_group_size} experts per group claimed",
+            ),
+            (
+                not spec.shared_width
+                or self.shared_size == "any"
+                or spec.shared_intermediate_size == spec.intermediate_size,
+                "shared_intermediate_size: shared experts as wide as intermediate_size claimed",
+            ),
+            (
+                features_only or self.max_experts is None or spec.num_experts <= self.max_experts,
                 f"num_experts: at most {self.max_experts} claimed",
             ),
             *(
@@ -117,7 +170,7 @@ class Capabilities:
                 for f in sorted(self.required)
             ),
             (
-                spec.quant is None or spec.quant.method in self.quant_schemes,
+                features_only or spec.quant is None or spec.quant.method in self.quant_schemes,
                 f"quant: {spec.quant.method if spec.quant else None} not in {sorted(self.quant_schemes)}",
             ),
         ]
@@ -126,8 +179,32 @@ class Capabilities:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in self.__dict__.items():
+            if k == "bundles":
+                v = [{"name": b.name, "features": b.features.to_json()} for b in v]
             out[k] = sorted(v) if isinstance(v, frozenset) else v
         return out
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Capabilities:
+        """The inverse of to_json (run.json, report.json, certificates); unknown keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        kw = {
+            k: (frozenset(v) if isinstance(v, list) else v) for k, v in doc.items() if k in names - {"bundles"}
+        }
+        kw["bundles"] = tuple(
+            Bundle(b["name"], cls.from_json(b["features"])) for b in doc.get("bundles") or ()
+        )
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A named feature combination that comes together, e.g. gpt-oss: router bias, expert biases, the
+    interleaved layout and swiglu_oai. `features` says what is claimed inside it (its `required` are the
+    features always on there); its dtypes, stages, max_experts and quant_schemes are not read."""
+
+    name: str
+    features: Capabilities
 
 
 #: features an implementation can make mandatory (Capabilities.required)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hypothesis import assume
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from hypothesis.strategies import SearchStrategy
@@ -134,6 +135,10 @@ def _acts(caps: Capabilities | None, gated: bool) -> tuple[str, ...]:
 def _specs(draw, shape_st, scorings, gated, grouped, shared, capacity, local, caps=None) -> MoESpec:
     shape: Shape = draw(shape_st)
     H, I, E, k = shape.hidden_size, shape.intermediate_size, shape.num_experts, shape.top_k
+    if caps is not None and caps.bundles:  # a whole family first, then features inside it
+        caps = draw(st.sampled_from(caps.bundles)).features
+    if caps is not None:
+        assume(E >= caps.min_group_size)  # rare (E = 1): hypothesis draws again
     is_gated = draw(_strategy(gated))
     if caps is not None and not _acts(caps, is_gated):  # only one kind of expert is claimed
         is_gated = not is_gated
@@ -145,7 +150,7 @@ def _specs(draw, shape_st, scorings, gated, grouped, shared, capacity, local, ca
         factors = (1.0,)
     fields: dict[str, Any] = {
         "hidden_size": H, "intermediate_size": I, "num_experts": E, "top_k": k,
-        "scoring": draw(scorings),
+        "scoring": draw(scorings if caps is None else scorings.filter(lambda v: v in caps.scorings)),
         "gated": is_gated,
         "activation": draw(st.sampled_from(_acts(caps, is_gated))),
         "renormalize": draw(_flag(caps, "renormalize", "renormalize" in routing)),
@@ -167,13 +172,18 @@ def _specs(draw, shape_st, scorings, gated, grouped, shared, capacity, local, ca
             per = E // G
             topk_group = draw(st.integers(max(1, -(-k // per)), G))
             fields.update(
-                n_group=G, topk_group=topk_group, group_score=draw(st.sampled_from(("top2_sum", "max")))
+                n_group=G,
+                topk_group=topk_group,
+                group_score=draw(st.sampled_from(sorted(caps.group_scores) if caps else ("top2_sum", "max"))),
             )
-    if draw(_strategy(shared)) and draw(_flag(caps, "shared_experts", caps is None or caps.shared_experts)):
+    want_shared = draw(_strategy(shared)) or (caps is not None and "shared_experts" in caps.required)
+    if want_shared and draw(_flag(caps, "shared_experts", caps is None or caps.shared_experts)):
         gate = _flag(caps, "shared_gate", caps is None or caps.shared_gate)
         fields.update(
             n_shared_experts=draw(st.integers(1, 2)),
-            shared_intermediate_size=draw(st.integers(1, I)),
+            shared_intermediate_size=I
+            if caps is not None and caps.shared_size == "intermediate"
+            else draw(st.integers(1, I)),
             shared_gate=draw(gate),
         )
     if draw(_strategy(capacity)) and draw(st.booleans()):
@@ -224,7 +234,8 @@ def specs(
         raise InvalidArgument(f"capabilities: expected a Capabilities, got {capabilities!r}")
     sc = _choices("scorings", scorings, ("softmax", "sigmoid"))
     if capabilities is not None:
-        sc = sc.filter(lambda v: v in capabilities.scorings)
+        if not capabilities.bundles:  # with bundles, each bundle's own scorings filter inside _specs
+            sc = sc.filter(lambda v: v in capabilities.scorings)
         capacity = capacity if capabilities.capacity_dropping else False
         local = local if capabilities.local_mask else False
     return _specs(

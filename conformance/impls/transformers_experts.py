@@ -27,10 +27,13 @@ from typing import Any
 
 import torch
 
+from moe_cts.conformance.engine.bundles import BUNDLES
 from moe_cts.conformance.engine.protocol import FORWARD, Capabilities
 from moe_cts.reference.errors import NotSupportedError
 from moe_cts.reference.spec import MoESpec, MoEWeights
 
+#: the families family_for() builds, as Capabilities bundles (generation draws a family, then its features)
+FAMILY_BUNDLES = tuple(BUNDLES[f] for f in ("deepseek_v3", "gpt_oss", "qwen2_moe", "mixtral", "olmoe"))
 #: MoESpec.activation -> transformers `hidden_act` (the inverse of reference/hf.py HF_ACTIVATIONS)
 HIDDEN_ACT = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
 
@@ -238,7 +241,9 @@ class TransformersExperts:
             stages=frozenset({FORWARD}),
             gated_activations=frozenset({"silu", "gelu", "gelu_tanh", "swiglu_oai"}),
             nongated_activations=frozenset(),
-            notes={"combinations": "family_for() refuses specs no transformers family computes"},
+            group_scores=frozenset({"top2_sum"}),
+            bundles=FAMILY_BUNDLES,
+            notes={"bundles": "one per transformers model family (family_for picks the block)"},
         )
 
     def kernel_config(self) -> dict[str, Any]:

@@ -65,9 +65,7 @@ def capabilities_from_json(doc: dict[str, Any] | None) -> Capabilities | None:
     """The Capabilities recorded in run.json / report.json, or None when the implementation recorded none."""
     if not isinstance(doc, dict):
         return None
-    names = {f.name: f for f in dataclasses.fields(Capabilities)}
-    kw = {k: (frozenset(v) if isinstance(v, list) else v) for k, v in doc.items() if k in names}
-    return Capabilities(**kw)
+    return Capabilities.from_json(doc)
 
 
 def claimed_stages(caps: Capabilities) -> list[str]:

@@ -1,0 +1,82 @@
+"""Named feature bundles of real MoE model families, for Capabilities.bundles.
+
+A bundle is what comes together in one model: an implementation that computes gpt-oss computes router bias,
+expert biases, the interleaved layout and swiglu_oai at once, and nothing else of them. Declaring bundles makes
+generation draw whole families and keeps the NotSupported share of a run near zero.
+
+    bundle       scoring   routing (required | optional)                 experts                     shared
+    mixtral      softmax   renormalize | -                              concat, silu/gelu            -
+    olmoe        softmax   - | - (renormalize forbidden)                concat, silu/gelu            -
+    qwen2_moe    softmax   - | renormalize                              concat, silu/gelu            gated, any width
+    deepseek_v3  sigmoid   - | renormalize, correction bias, grouped    concat, silu/gelu            ungated, width I
+                           (top2_sum groups), routed scaling
+    gpt_oss      softmax   renormalize, router bias | -                 interleaved swiglu_oai,      -
+                                                                        expert biases (required)
+
+Sources: the transformers 5.x model files (MixtralSparseMoeBlock, OlmoeSparseMoeBlock, Qwen2MoeSparseMoeBlock,
+DeepseekV3MoE, GptOssMLP) and the models' config.json files (docs/semantics.md names them).
+"""
+
+from __future__ import annotations
+
+from moe_cts.conformance.engine.protocol import Bundle, Capabilities
+
+#: activations of the HF families with a plain hidden_act (gpt-oss has its own)
+HF_ACTS = frozenset({"silu", "gelu", "gelu_tanh"})
+
+_SOFTMAX_BASE = dict(
+    scorings=frozenset({"softmax"}),
+    gated_activations=HF_ACTS,
+    nongated_activations=frozenset(),
+    layouts=frozenset({"concat"}),
+    expert_bias=False,
+    shared_experts=False,
+    shared_gate=False,
+)
+
+MIXTRAL = Bundle(
+    "mixtral",
+    Capabilities(routing=frozenset({"renormalize"}), required=frozenset({"renormalize"}), **_SOFTMAX_BASE),
+)
+OLMOE = Bundle("olmoe", Capabilities(routing=frozenset(), **_SOFTMAX_BASE))
+QWEN2_MOE = Bundle(
+    "qwen2_moe",
+    Capabilities(
+        routing=frozenset({"renormalize"}),
+        required=frozenset({"shared_experts", "shared_gate"}),
+        **{**_SOFTMAX_BASE, "shared_experts": True, "shared_gate": True},
+    ),
+)
+DEEPSEEK_V3 = Bundle(
+    "deepseek_v3",
+    Capabilities(
+        scorings=frozenset({"sigmoid"}),
+        routing=frozenset({"renormalize", "correction_bias", "grouped", "scaling"}),
+        group_scores=frozenset({"top2_sum"}),
+        gated_activations=HF_ACTS,
+        nongated_activations=frozenset(),
+        layouts=frozenset({"concat"}),
+        expert_bias=False,
+        shared_experts=True,
+        shared_gate=False,
+        shared_size="intermediate",
+        min_group_size=2,
+    ),
+)
+GPT_OSS = Bundle(
+    "gpt_oss",
+    Capabilities(
+        scorings=frozenset({"softmax"}),
+        routing=frozenset({"renormalize", "router_bias"}),
+        required=frozenset({"renormalize", "router_bias", "expert_bias"}),
+        gated_activations=frozenset({"swiglu_oai"}),
+        nongated_activations=frozenset(),
+        layouts=frozenset({"interleaved"}),
+        expert_bias=True,
+        shared_experts=False,
+        shared_gate=False,
+    ),
+)
+
+#: every bundle above, by name
+BUNDLES: dict[str, Bundle] = {b.name: b for b in (MIXTRAL, OLMOE, QWEN2_MOE, DEEPSEEK_V3, GPT_OSS)}
