@@ -189,7 +189,9 @@ class Capabilities:
         """The inverse of to_json (run.json, report.json, certificates); unknown keys are ignored."""
         names = {f.name for f in fields(cls)}
         kw = {
-            k: (frozenset(v) if isinstance(v, list) else v) for k, v in doc.items() if k in names - {"bundles"}
+            k: (frozenset(v) if isinstance(v, list) else v)
+            for k, v in doc.items()
+            if k in names - {"bundles"}
         }
         kw["bundles"] = tuple(
             Bundle(b["name"], cls.from_json(b["features"])) for b in doc.get("bundles") or ()

@@ -138,7 +138,7 @@ def _specs(draw, shape_st, scorings, gated, grouped, shared, capacity, local, ca
     if caps is not None and caps.bundles:  # a whole family first, then features inside it
         caps = draw(st.sampled_from(caps.bundles)).features
     if caps is not None:
-        assume(E >= caps.min_group_size)  # rare (E = 1): hypothesis draws again
+        assume(caps.min_group_size <= E)  # rare (E = 1): hypothesis draws again
     is_gated = draw(_strategy(gated))
     if caps is not None and not _acts(caps, is_gated):  # only one kind of expert is claimed
         is_gated = not is_gated
