@@ -5,7 +5,8 @@
     old = import kernels, reference from DIR (sys.path)     new = moe_cts.kernels, moe_cts.reference
     per point, each side builds its own MoESpec / MoEWeights / Routing from the same tensors, then
         bitwise   = y_old and y_new have the same bits (ids given; and with the router at router points)
-        new/old   = median time of new / median time of old, same run; > 1 + SLOWER_BY is flagged
+        new/old   = median over interleaved rounds of (new time / old time) in that round; > 1 + SLOWER_BY is
+                    flagged (each time is a median of many graph replays)
 
 The two trees never share a module: the old names are `kernels.*` / `reference.*`, the new `moe_cts.*`.
 """
@@ -13,6 +14,7 @@ The two trees never share a module: the old names are `kernels.*` / `reference.*
 from __future__ import annotations
 
 import importlib
+import statistics
 import sys
 from dataclasses import dataclass
 from types import ModuleType
@@ -88,8 +90,10 @@ def compare_point(ctx, sides: tuple[Side, Side], key: str, tensors, x, ids, tw, 
         # is the noise of this point: a difference inside it is not a regression. CPU: the checked call.
         graphs = {} if ctx.timer.cpu else {k_: capture_graph(fn) for k_, fn in runs.items()}
         rounds: dict[str, list[float]] = {}
-        for _ in range(1 if ctx.timer.cpu else ctx.rounds):
-            for side, mode in runs:
+        order = list(runs)
+        for r in range(1 if ctx.timer.cpu else ctx.rounds):
+            # odd rounds run the sides in reverse, so a clock ramp within a round favours neither side
+            for side, mode in order if r % 2 == 0 else order[::-1]:
                 g = graphs.get((side, mode))
                 t = once[(side, mode)] if ctx.timer.cpu else ctx.timer(g[0].replay)
                 rounds.setdefault(f"{side}_{mode}", []).append(t["ms"])
@@ -97,9 +101,18 @@ def compare_point(ctx, sides: tuple[Side, Side], key: str, tensors, x, ids, tw, 
         rec["ms"] = {k_: min(v) for k_, v in rounds.items()}
         rec["rounds_ms"] = rounds
         ms = rec["ms"]
-        rec["new_over_old"] = {m: ms[f"new_{m}"] / ms[f"old_{m}"] for m in modes}
-        rec["noise"] = {m: max(max(rounds[f"{s}_{m}"]) / min(rounds[f"{s}_{m}"]) - 1 for s in ("old", "new"))
-                        for m in modes}  # fmt: skip
+        # Paired estimate: each round times both sides back to back under the same clocks, so the median of
+        # the per-round ratios cancels the drift between rounds that the lowest-of-rounds estimate keeps.
+        rec["new_over_old_lowest"] = {m: ms[f"new_{m}"] / ms[f"old_{m}"] for m in modes}
+        rec["new_over_old"] = {
+            m: statistics.median(n / o for n, o in zip(rounds[f"new_{m}"], rounds[f"old_{m}"], strict=True))
+            for m in modes
+        }
+        ratios = {
+            m: [n / o for n, o in zip(rounds[f"new_{m}"], rounds[f"old_{m}"], strict=True)] for m in modes
+        }
+        rec["round_ratios"] = ratios
+        rec["noise"] = {m: max(ratios[m]) / min(ratios[m]) - 1 for m in modes}  # spread of the paired ratios
         rec["slower"] = any(v > 1 + SLOWER_BY for v in rec["new_over_old"].values())
         rec["slower_than_noise"] = any(
             v > 1 + max(SLOWER_BY, rec["noise"][m]) for m, v in rec["new_over_old"].items()

@@ -99,8 +99,8 @@ def table_lines(meta: dict, points: list[dict], baseline: list[dict], summary: d
         row += [_r(R["vllm_graph/ours_graph"]), _r(R["vllm_graph/ours_router_graph"]), _pct(p, "ours_graph")]
         L.append(fmt.format(*row))
     if baseline:
-        L += ["", "old (--baseline-src) vs new, same inputs, graph replays; new/old = time ratio (lowest of the rounds),",
-              "noise = largest spread of a side's rounds; SLOWER above 1.03, NOISE when inside the noise",
+        L += ["", "old (--baseline-src) vs new, same inputs, graph replays; new/old = median over interleaved rounds of",
+              "the round's time ratio; noise = spread of those ratios; SLOWER above 1.03, NOISE when inside the noise",
               f"{'preset':12s} {'T':>5s} {'routing':>8s} {'bitwise':>8s} {'new/old ids':>11s} "
               f"{'new/old router':>14s} {'noise':>6s}  flag"]  # fmt: skip
         for b in baseline:

@@ -91,9 +91,9 @@ def test_the_experts_implementation_switch_is_the_one_that_runs(monkeypatch):
     assert r.outcome == Outcome.CRASH and "batched_mm ran" in r.message
 
 
-def test_transformers_eager_certifies_on_the_cpu(certified):
-    run = certified("transformers-eager",
-                    ["--device", "cpu", "--impl", "transformers-eager", "--profile", "smoke", "--jobs", "2"])  # fmt: skip
+@pytest.mark.parametrize("impl", ["transformers-eager", "transformers-batched_mm", "transformers-grouped_mm"])
+def test_each_experts_implementation_certifies_smoke_on_the_cpu(certified, impl):
+    run = certified(impl, ["--device", "cpu", "--impl", impl, "--profile", "smoke", "--jobs", "2"])
     assert run.returncode == 0, run.stdout[-3000:]
     cases = run.report["devices"][0]["cases"]
     counts = {o: sum(c["outcome"] == o for c in cases) for o in ("pass", "not_supported")}
