@@ -5,6 +5,7 @@
 #                                   ceilings measured in the same run
 #   ci/gpu/redesign.sh baseline OUT old vs new alone: bitwise and graph-replay speed in interleaved rounds
 #   ci/gpu/redesign.sh recheck OUT  the T=2048 points (and Zipf 512) again with 10 rounds
+#   ci/gpu/redesign.sh paired OUT   every point, old vs new, 12 paired rounds (median of per-round ratios)
 #   ci/gpu/redesign.sh certify OUT  moe-cts certify --profile quick (with the sm90 compile tier), then verify
 # Carry .peer (a copy of ../shared/peer) and .baseline (git archive 6e80182 kernels reference).
 set -u
@@ -31,6 +32,12 @@ recheck)
   timeout 300 python3 ci/bench/moe_bench.py --out "$OUT/recheck" --rounds 10 --rep-ms 60 --warmup-ms 10 \
     --presets mixtral,qwen2,deepseek-v3,qwen3-235b,gpt-oss-120b --tokens 2048 \
     --baseline-src .baseline --baseline-only 2>"$OUT/recheck/stderr.log" | grep -A12 "^old"
+  ;;
+paired)
+  # every point, old vs new as the median of 12 paired rounds (ci/bench/bench_baseline.py)
+  mkdir -p "$OUT/paired"
+  timeout 540 python3 ci/bench/moe_bench.py --out "$OUT/paired" --rounds 12 --rep-ms 40 --warmup-ms 10 \
+    --baseline-src .baseline --baseline-only 2>"$OUT/paired/stderr.log" | grep -A40 "^old"
   ;;
 certify)
   start=$(date +%s)
