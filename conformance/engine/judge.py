@@ -134,8 +134,24 @@ def ambiguous_rows(spec: MoESpec, keys: np.ndarray, tol: np.ndarray, ref_ids: np
     for t in range(T):
         chosen = np.zeros(E, bool)
         chosen[ref_ids[t]] = True
-        rest = ~chosen
-        if not rest.any() or not np.isfinite(keys[t]).all():
+        if not np.isfinite(keys[t]).all():
+            continue
+        eligible = np.ones(E, bool)
+        if spec.grouped:  # a near tie between group scores changes the eligible experts themselves
+            per = E // spec.n_group
+            gs, gt = _group_scores(spec, keys[t], tol[t])
+            gchosen = np.zeros(spec.n_group, bool)
+            gchosen[np.unique(ref_ids[t] // per)] = True
+            fill = [g for g in np.argsort(-gs, kind="stable") if not gchosen[g]][
+                : spec.topk_group - gchosen.sum()
+            ]
+            gchosen[fill] = True
+            if (~gchosen).any() and np.min(gs[gchosen] - gt[gchosen]) <= np.max(gs[~gchosen] + gt[~gchosen]):
+                amb[t] = True
+                continue
+            eligible = np.repeat(gchosen, per)
+        rest = eligible & ~chosen
+        if not rest.any():
             continue
         lo = np.min(keys[t][chosen] - tol[t][chosen])
         amb[t] = lo <= np.max(keys[t][rest] + tol[t][rest])

@@ -234,7 +234,7 @@ class _Session:
         e2e = self.end_to_end_reference()
         mask = self.mask(1)
         if not self.route_ran:  # the forward's own choice on a tie is unknown: do not judge those rows
-            amb = judge.ambiguous_rows(self.spec, self.routing.keys, self.e_keys, self.routing.topk_ids)
+            amb = judge.ambiguous_rows(self.spec, self.raw_keys, self.e_keys, self.routing.topk_ids)
             mask = mask & ~amb[:, None]
         verdicts = []
         if poisoned is not None:

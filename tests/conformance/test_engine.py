@@ -73,3 +73,20 @@ def test_unknown_device_is_a_clear_error(spec):
 def test_interpreter_matrix_entry_has_an_accumulator_profile(device):
     entry = matrix_entry(device)
     assert entry["backend"] == "interpreter" and entry["accumulator_profile"]["c"] > 0
+
+
+def test_a_near_tie_between_group_scores_makes_the_row_ambiguous_for_a_forward_only_judge():
+    """Grouped top-k: when two groups' scores tie, another group choice is as valid as the oracle's, so a
+    forward-only implementation's output is not judged on that row (it was a false alarm on transformers'
+    DeepSeek-V3 block with saturated sigmoid scores)."""
+    import numpy as np
+
+    from moe_cts.conformance.engine import judge
+
+    spec = MoESpec(hidden_size=8, intermediate_size=8, num_experts=8, top_k=2, scoring="sigmoid",
+                   n_group=4, topk_group=1)  # fmt: skip
+    keys = np.array([[1.0, 0.5, 0.2, 0.1, 1.0, 0.5, 0.3, 0.0]])  # groups 0 and 2 tie on top-2 sum 1.5
+    tol = np.full_like(keys, 1e-7)
+    assert judge.ambiguous_rows(spec, keys, tol, np.array([[0, 1]]))[0]
+    keys[0, 5] = 0.4  # group 2 now scores 1.4: the choice of group 0 is clear, and inside it so is {0, 1}
+    assert not judge.ambiguous_rows(spec, keys, tol, np.array([[0, 1]]))[0]
