@@ -91,10 +91,20 @@ def test_the_experts_implementation_switch_is_the_one_that_runs(monkeypatch):
     assert r.outcome == Outcome.CRASH and "batched_mm ran" in r.message
 
 
+#: transformers' grouped_mm on the CPU raises for rows that are not a multiple of 16 bytes instead of falling
+#: back (docs/third-party.md; reproducer: docs/repro/transformers_grouped_mm_cpu_strides.py)
+GROUPED_MM_CPU_DEFECT = "strides should be multiple of 16 bytes"
+
+
 @pytest.mark.parametrize("impl", ["transformers-eager", "transformers-batched_mm", "transformers-grouped_mm"])
-def test_each_experts_implementation_certifies_smoke_on_the_cpu(certified, impl):
+def test_each_experts_implementation_gets_its_smoke_verdict_on_the_cpu(certified, impl):
     run = certified(impl, ["--device", "cpu", "--impl", impl, "--profile", "smoke", "--jobs", "2"])
-    assert run.returncode == 0, run.stdout[-3000:]
     cases = run.report["devices"][0]["cases"]
     counts = {o: sum(c["outcome"] == o for c in cases) for o in ("pass", "not_supported")}
-    assert counts["pass"] >= 10 and counts["pass"] + counts["not_supported"] == len(cases), counts
+    bad = [c for c in cases if c["outcome"] not in ("pass", "not_supported")]
+    assert counts["pass"] >= 10 and counts["not_supported"] <= 0.35 * len(cases), counts
+    if impl == "transformers-grouped_mm" and bad:  # the real defect, and nothing else
+        assert run.returncode == 1 and "NOT CONFORMANT" in run.stdout, run.stdout[-3000:]
+        assert all(c["outcome"] == "crash" and GROUPED_MM_CPU_DEFECT in c["message"] for c in bad), bad
+    else:
+        assert run.returncode == 0 and not bad, run.stdout[-3000:]
