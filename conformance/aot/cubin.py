@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from moe_cts.conformance.aot import registry_ref
+
 PROOF_KERNELS = ("gate_up_kernel", "down_kernel")
 PROOF_CASE = {
     "preset": "mixtral-8x7b",
@@ -78,7 +80,14 @@ def build_sm90(out_dir: Path | str, case: dict[str, Any] = PROOF_CASE) -> dict[s
     from triton.backends.compiler import GPUTarget
 
     from moe_cts.conformance.aot.worker import compile_source, cuda_resources
-    from moe_cts.kernels.registry import active_target, capture, jit_function, materialize_arg
+
+    reg = registry_ref.registry()
+    active_target, capture, jit_function, materialize_arg = (
+        reg.active_target,
+        reg.capture,
+        reg.jit_function,
+        reg.materialize_arg,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

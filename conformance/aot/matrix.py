@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from moe_cts.conformance.aot import plan as aot_plan
+from moe_cts.conformance.aot import registry_ref
 from moe_cts.conformance.aot.records import COMPILED, EXPECTED_REJECTION, FAIL, AotRecord, config_label
 from moe_cts.conformance.aot.report import compile_section, render_text
 
@@ -55,7 +56,7 @@ def _scalar_ok(targets_data: dict[str, Any], backend: str, dtype: str, flavour: 
 def classify(job: dict[str, Any], result: dict[str, Any], targets_data: dict[str, Any]) -> AotRecord:
     # The registry imports moe_cts.kernels and so triton; this parent process only reads its table, while the
     # workers import triton under a fake driver per target: keep triton out of the parent until needed.
-    from moe_cts.kernels.registry import KERNELS
+    KERNELS = registry_ref.registry().KERNELS
 
     tname, target = job["target_name"], targets_data["targets"][job["target_name"]]
     flavour = fp8_flavour(targets_data, job["dtype"], tname)

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moe_cts.conformance.aot import registry_ref
+
 TARGETS_PATH = Path(__file__).parents[1] / "data" / "aot_targets.json"
 TIERS = ("default", "full", "tables")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -97,13 +99,13 @@ def _by_backend(targets: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
 
 def _table_rows(backend: str) -> list[tuple[str, str, dict[str, Any]]]:
     """(dtype class, bucket, config dict) of every row of the backend's table, in table order."""
-    from moe_cts.kernels.registry import table_configs
+    table_configs = registry_ref.registry().table_configs
 
     return [(dc, bucket, cfg) for b, dc, bucket, cfg in table_configs() if b == backend]
 
 
 def _gemm_kernels() -> tuple[str, ...]:
-    from moe_cts.kernels.registry import KERNELS
+    KERNELS = registry_ref.registry().KERNELS
 
     return tuple(name for name, info in KERNELS.items() if info.matrix)
 
@@ -184,7 +186,8 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
 
 
 def _retyped(launch, names: tuple[str, ...], dtype: str):
-    from moe_cts.kernels.registry import Launch, jit_function
+    reg = registry_ref.registry()
+    Launch, jit_function = reg.Launch, reg.jit_function
 
     arg_names = jit_function(launch.kernel).arg_names
     args = list(launch.args)
@@ -205,7 +208,8 @@ def _data_dtype(launch) -> str:
 def _scenario_launches(s: dict[str, Any], target):
     import torch
 
-    from moe_cts.kernels.registry import KERNELS, capture
+    reg = registry_ref.registry()
+    KERNELS, capture = reg.KERNELS, reg.capture
     from moe_cts.reference import presets
 
     launches = capture(
@@ -232,7 +236,9 @@ def _compile_key(launch, target) -> str:
     """Two launches with equal keys compile to the same binary: Triton's own launch binder gives the
     signature (argument types), the constexprs, the divisibility / ==1 specializations and the options."""
     from moe_cts.conformance.aot.worker import compile_source, jit_function
-    from moe_cts.kernels.registry import active_target, materialize_arg
+
+    reg = registry_ref.registry()
+    active_target, materialize_arg = reg.active_target, reg.materialize_arg
 
     with active_target(target):
         src, options = compile_source(

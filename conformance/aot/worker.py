@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from moe_cts.conformance.aot import registry_ref
+
 
 def gpu_target(t: dict[str, Any]):
     from triton.backends.compiler import GPUTarget
@@ -41,7 +43,7 @@ def jit_function(kernel: str):
         from moe_cts.conformance.aot import probe as aot_probe
 
         return getattr(aot_probe, kernel.removeprefix("probe:"))
-    from moe_cts.kernels.registry import jit_function as registered
+    registered = registry_ref.registry().jit_function
 
     return registered(kernel)
 
@@ -110,7 +112,8 @@ def compile_job(job: dict[str, Any], keep_dir: str | None = None) -> dict[str, A
     """Compile one job; never raises for a compiler error (it is returned as the result)."""
     import triton
 
-    from moe_cts.kernels.registry import Launch, active_target, materialize_arg
+    reg = registry_ref.registry()
+    Launch, active_target, materialize_arg = reg.Launch, reg.active_target, reg.materialize_arg
 
     t = job["target"]
     target = gpu_target(t)

@@ -39,8 +39,16 @@ from moe_cts.conformance.engine.must_pass import must_pass_cases, must_pass_for
 from moe_cts.conformance.engine.results import Outcome
 from moe_cts.conformance.harness import shard as shardmod
 from moe_cts.conformance.harness.replay import write_failure_dir
+from moe_cts.conformance.impls.registry import load_implementation
 from moe_cts.conformance.report.certificate import pack
-from moe_cts.conformance.report.compile import CompileSpecError, compile_targets, print_compile, run_compile
+from moe_cts.conformance.report.compile import (
+    CompileSpecError,
+    compile_targets,
+    kernel_registry_of,
+    not_applicable,
+    print_compile,
+    run_compile,
+)
 from moe_cts.conformance.report.coverage import coverage_line
 from moe_cts.conformance.report.html import VERDICT_TEXT, write_html
 from moe_cts.conformance.report.junit import write_junit
@@ -265,7 +273,7 @@ def certify(
     )  # a scheduler's SIGTERM: partial report too
     try:
         interrupted = _run_shards(shards, out, cmds)
-        section = None if interrupted or not targets else _run_compile(targets, jobs)
+        section = None if interrupted or not targets else _run_compile(impl, targets, jobs)
     except KeyboardInterrupt:  # during the compile tier: the cases are done, the report is partial
         interrupted, section = True, None
     finally:
@@ -307,9 +315,13 @@ def _check_cases(cases: str | None, profile: str, names: list[str]) -> None:
         )
 
 
-def _run_compile(targets: tuple[str, ...], jobs: int) -> dict:
+def _run_compile(impl: str, targets: tuple[str, ...], jobs: int) -> dict:
+    """The compile tier judges the implementation under test: its own kernel registry, or not applicable."""
+    registry = kernel_registry_of(load_implementation(impl))
+    if registry is None:
+        return not_applicable(impl, targets)
     with console.status(f"compiling the AOT default tier for {', '.join(targets)} with {jobs} process(es)"):
-        return run_compile(targets, jobs)
+        return run_compile(targets, jobs, registry)
 
 
 def _sigterm_as_interrupt(signum, frame):

@@ -104,6 +104,10 @@ class TritonImplementation:
             return False
         return True
 
+    def kernel_registry(self) -> str:
+        """The module `certify --compile` compiles ahead of time for this implementation (aot/registry_ref.py)."""
+        return "moe_cts.kernels.registry"
+
     def kernel_config(self) -> dict[str, Any]:
         try:
             from moe_cts.kernels.config import last_config  # after TRITON_INTERPRET, as above

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from moe_cts.conformance.aot import matrix as aot
 from moe_cts.conformance.aot import plan as aot_plan
+from moe_cts.conformance.aot import registry_ref
 from moe_cts.conformance.aot.matrix import config_label
 from moe_cts.conformance.engine.devices import select_device
 
@@ -61,18 +62,43 @@ def compile_targets(spec: str, device_names: list[str]) -> tuple[str, ...]:
     return tuple(t for t in known if t in names)
 
 
-def run_compile(targets: tuple[str, ...], jobs: int) -> dict[str, Any]:
-    """The default AOT tier for `targets` as the report's "compile" section. A planning failure (the launch
-    capture itself broke) is an "error" section: the run then says nothing about compilation."""
+def kernel_registry_of(impl: Any) -> str | None:
+    """The kernel registry module an implementation exposes for the compile tier, or None (not applicable)."""
+    fn = getattr(impl, "kernel_registry", None)
+    return fn() if callable(fn) else None
+
+
+def not_applicable(impl_name: str, targets: tuple[str, ...]) -> dict[str, Any]:
+    """The compile section of an implementation that exposes no kernel registry: nothing of ours is compiled
+    in its name, and the verdict does not depend on it."""
+    return {
+        "verdict": "not_applicable",
+        "reason": f"{impl_name} exposes no kernel registry (kernel_registry()); the AOT tier compiles the "
+        "implementation under test only",
+        "records": [],
+        "failures": [],
+        "tier": "default",
+        "requested_targets": list(targets),
+    }
+
+
+def run_compile(targets: tuple[str, ...], jobs: int, registry: str = registry_ref.DEFAULT) -> dict[str, Any]:
+    """The default AOT tier for `targets` as the report's "compile" section, compiling the kernels of
+    `registry` (a module path). A planning failure (the launch capture itself broke) is an "error" section:
+    the run then says nothing about compilation."""
     start = time.perf_counter()
     try:
-        records = aot.run_matrix(targets=targets, full=False, jobs=jobs)
+        with registry_ref.using(registry):
+            records = aot.run_matrix(targets=targets, full=False, jobs=jobs)
     except RuntimeError as e:
         section: dict[str, Any] = {"verdict": "error", "error": str(e)[-2000:], "records": [], "failures": []}
     else:
         section = aot.compile_section(records)
     section.update(
-        tier="default", requested_targets=list(targets), wall_seconds=round(time.perf_counter() - start, 1)
+        tier="default",
+        requested_targets=list(targets),
+        registry=registry,
+        wall_seconds=round(time.perf_counter() - start, 1),
     )
     return section
 
@@ -84,6 +110,8 @@ def failure_lines(section: dict[str, Any] | None) -> list[str]:
     if section["verdict"] == "error":
         last = (section.get("error") or "no error text").strip().splitlines()[-1]
         return [f"compile tier did not run: {last}"]
+    if section["verdict"] == "not_applicable":
+        return []
     return [
         f"compile FAIL {f['kernel']} [{f['config']}] {f['dtype']} on {f['target']}: {f['reason']}"
         for f in section["failures"]
@@ -97,7 +125,8 @@ def apply_compile(report: dict[str, Any], section: dict[str, Any] | None) -> Non
     verdict = report["verdict"]
     verdict["compile"] = section["verdict"] if section else None
     verdict["reasons"] = failure_lines(section)
-    if section and section["verdict"] != "pass" and verdict["node"] in ("conformant", "not_conformant"):
+    judged = section and section["verdict"] not in ("pass", "not_applicable")
+    if judged and verdict["node"] in ("conformant", "not_conformant"):
         verdict["node"] = "void" if section["verdict"] == "error" else "not_conformant"
         verdict["conformant"] = False
 
@@ -141,6 +170,8 @@ def compile_html(section: dict[str, Any] | None) -> str:
     """The "Compile" section of report.html: verdict, counts per target, one table per target."""
     if not section:
         return '<h2 id="compile">Compile</h2><p>Not run (<code>--compile none</code>, or <code>auto</code> on a device that is no AOT target).</p>'
+    if section["verdict"] == "not_applicable":
+        return f'<h2 id="compile">Compile</h2><p>Not applicable: {escape(section["reason"])}.</p>'
     cls = {"pass": "ok", "fail": "bad"}.get(section["verdict"], "warn")
     head = (
         f'<h2 id="compile">Compile</h2><p>Ahead-of-time compile matrix, {escape(section.get("tier", ""))} tier, '
@@ -168,7 +199,9 @@ def print_compile(console, section: dict[str, Any] | None) -> None:
     """Rich tables on the console: counts per target, then one summary table per target."""
     if not section:
         return
-
+    if section["verdict"] == "not_applicable":
+        console.print(f"compile: not applicable ({section['reason']})", markup=False)
+        return
     for target, recs in per_target(section).items():
         counts = ", ".join(f"{n} {s}" for s, n in sorted(section.get("counts", {}).get(target, {}).items()))
         t = Table(title=f"compile {target}: {counts}")

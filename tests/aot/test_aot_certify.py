@@ -4,12 +4,13 @@ compile Fail makes the verdict non-conformant (issue 6, "the results go into the
 certify runs in this process (typer's CliRunner) with `aot.run_matrix` replaced by the real sm90 / gfx942
 records that the shared `compiled` fixture already compiled (conftest.py): the table guard's GEMMs and the
 oversized acceptance config, which fits sm90 and is a real shared-memory Fail on gfx942. The conformance
-shard itself is the real pytest subprocess (torch-eager on the interpreter).
+shard itself is the real pytest subprocess (torch-eager naming our kernel registry, on the interpreter).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from moe_cts.conformance.engine.must_pass import must_pass_for
 from moe_cts.conformance.report import compile as report_compile
 from moe_cts.conformance.report.certificate import check_report, verify
 
+#: torch-eager naming our kernel registry (tests/certify/cts_test_impls.py): the compile tier applies to it
+WITH_REGISTRY = "cts_test_impls:EagerWithOurRegistry"
+DOUBLES = Path(__file__).parents[1] / "certify"
 OVERSIZED_ON_GFX942 = "compile FAIL gate_up_kernel [M64 N64 K64 G8 w4 s4] bfloat16 on gfx942"
 
 
@@ -47,6 +51,10 @@ def _certify(shared: Path, key: str, args: list[str], compiled: dict) -> dict:
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(aot, "run_matrix", fake_run_matrix)
                 mp.delenv("PYTEST_XDIST_WORKER", raising=False)  # the shard's own xdist workers set theirs
+                mp.syspath_prepend(str(DOUBLES))  # this process loads the implementation too
+                mp.setenv(
+                    "PYTHONPATH", os.pathsep.join(filter(None, (str(DOUBLES), os.environ.get("PYTHONPATH"))))
+                )
                 result = CliRunner().invoke(app, ["certify", "--out", str(out), *args])
             text = result.output + (str(result.exception) if result.exit_code not in (0, 1, 2) else "")
             done.write_text(json.dumps({"rc": result.exit_code, "output": text, "calls": calls}))
@@ -61,7 +69,7 @@ def shared_dir(tmp_path_factory, worker_id) -> Path:
 
 @pytest.fixture(scope="session")
 def passing(shared_dir, compiled) -> dict:
-    args = ["--impl", "torch-eager", "--examples", "0", "--jobs", "1", "--compile", "sm90"]
+    args = ["--impl", WITH_REGISTRY, "--examples", "0", "--jobs", "1", "--compile", "sm90"]
     return _certify(shared_dir, "sm90", args, compiled)
 
 
@@ -70,7 +78,7 @@ def failing(shared_dir, compiled) -> dict:
     one = must_pass_for("smoke", "interpreter")[0].case_id
     args = [
         "--impl",
-        "torch-eager",
+        WITH_REGISTRY,
         "--examples",
         "0",
         "--jobs",
@@ -183,3 +191,21 @@ def test_a_bad_compile_option_is_a_usage_error_in_one_sentence(spec):
     assert result.exit_code == 2, text
     assert "--compile: expected auto, none, all or a comma-separated subset of sm80" in text
     assert len(text.strip().splitlines()) == 1, text
+
+
+@pytest.fixture(scope="session")
+def no_registry(shared_dir, compiled) -> dict:
+    one = must_pass_for("smoke", "interpreter")[0].case_id
+    args = ["--impl", "torch-eager", "--examples", "0", "--jobs", "1", "--cases", one, "--compile", "sm90"]
+    return _certify(shared_dir, "no-registry", args, compiled)
+
+
+def test_the_compile_tier_is_not_applicable_to_an_implementation_without_a_kernel_registry(no_registry):
+    assert no_registry["rc"] == 0, no_registry["output"][-2000:]
+    assert no_registry["calls"] == []  # nothing of ours was compiled in its name
+    section = _report(no_registry)["compile"]
+    assert (
+        section["verdict"] == "not_applicable"
+        and "torch-eager exposes no kernel registry" in section["reason"]
+    )
+    assert "compile: not applicable" in no_registry["output"]

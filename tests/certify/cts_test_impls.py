@@ -5,6 +5,7 @@ PYTHONPATH entry, the way a third-party implementation under development is cert
                       (a segfault stand-in)
     HangOnOneToken    sleeps on a case of one token until interrupted (a hung kernel)
     Slow              torch-eager that takes 0.5 s per forward (time to act on a running shard)
+    EagerWithOurRegistry torch-eager exposing our kernel registry (certify --compile applies)
     SupportsNothing   claims every dtype but raises NotSupportedError from every stage (a run with nothing
                       executed: void, never a certificate)
 """
@@ -55,3 +56,13 @@ class SupportsNothing(TorchEagerImplementation):
 
     def run(self, inputs, stage, device=None, *, out=None):
         raise NotSupportedError(f"{stage}: not implemented yet")
+
+
+class EagerWithOurRegistry(TorchEagerImplementation):
+    """torch-eager that names moe-cts' own kernel registry for `certify --compile` (the AOT certify tests
+    compile without running the Triton kernels on the interpreter)."""
+
+    name = "eager-with-our-registry"
+
+    def kernel_registry(self) -> str:
+        return "moe_cts.kernels.registry"
