@@ -87,23 +87,32 @@ class Mxfp4Config:
         return {**self.tile.to_dict(), "scale_at": self.scale_at, "dot": self.dot, "quant": "mxfp4"}
 
 
-def _k_at_least_32(t: GemmTile) -> GemmTile:
-    return t if t.BLOCK_K >= 32 else replace(t, BLOCK_K=32)
+#: largest BLOCK_K of the MXFP4 GEMMs on a GPU: the decoded lo / hi tiles (BLOCK_K / 2, BLOCK_N) live in fp32
+#: registers; at BLOCK_K 128, BLOCK_N 128 both GEMMs hit 255 registers and spill 72-136 B on sm90 (AOT, triton
+#: 3.9). The interpreter has no registers: its table's BLOCK_K stays (fewer program-iterations).
+GPU_MAX_BLOCK_K = 64
+
+
+def _mx_tile(t: GemmTile, max_k: int | None) -> GemmTile:
+    bk = max(t.BLOCK_K, 32)
+    return replace(t, BLOCK_K=bk if max_k is None else min(bk, max_k))
 
 
 def choose_config(
     spec: MoESpec, dtype: torch.dtype, num_tokens: int, config: Mxfp4Config | TileConfig | Mapping | None
 ) -> Mxfp4Config:
-    """The float path's table row (config.choose) with BLOCK_K raised to one MX block, or the caller's config
-    (a Mxfp4Config, a TileConfig, or a dict with optional "scale_at" / "dot" keys)."""
+    """The float path's table row (config.choose) with BLOCK_K in [32, GPU_MAX_BLOCK_K], or the caller's
+    config (a Mxfp4Config, a TileConfig, or a dict with optional "scale_at" / "dot" keys; its BLOCK_K is
+    raised to 32 but not capped)."""
     if isinstance(config, Mxfp4Config):
         return config
     scale_at, dot = default_scale_at(dtype), "portable"
     if isinstance(config, Mapping):
         scale_at, dot = config.get("scale_at", scale_at), config.get("dot", dot)
         config = {k: v for k, v in config.items() if k not in ("scale_at", "dot", "quant")}
+    max_k = None if cfgmod.backend() == "interpreter" else GPU_MAX_BLOCK_K
     if config is not None:
-        tile = cfgmod.as_config(config)
+        tile, max_k = cfgmod.as_config(config), None
     else:
         tile = cfgmod.choose(
             dtype=dtype,
@@ -113,7 +122,7 @@ def choose_config(
             hidden_size=spec.hidden_size,
             intermediate_size=spec.intermediate_size,
         )
-    tile = replace(tile, gate_up=_k_at_least_32(tile.gate_up), down=_k_at_least_32(tile.down))
+    tile = replace(tile, gate_up=_mx_tile(tile.gate_up, max_k), down=_mx_tile(tile.down, max_k))
     return Mxfp4Config(tile=tile, scale_at=scale_at, dot=dot)
 
 
