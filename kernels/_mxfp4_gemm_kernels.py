@@ -133,6 +133,54 @@ def _mx_accumulate(
 
 
 @triton.jit
+def _mx_gemm(
+    x_rows,  # (BLOCK_M,) pointers to the activation rows
+    x_ok,  # (BLOCK_M,) live rows
+    stride_x_k,
+    w1_rows,  # (BLOCK_N,) pointers to packed code rows; w2_rows / s2_rows only read when TWO
+    s1_rows,
+    w2_rows,
+    s2_rows,
+    stride_w_k,
+    stride_s_k,
+    K,
+    TWO: tl.constexpr,  # a second weight (gate_up's up rows) on the same activation tiles
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SUB_K: tl.constexpr,
+    SCALE_AT: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    """(x @ W1.T, x @ W2.T) in fp32 over the whole K (acc2 stays zero unless TWO)."""
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kk in range(0, tl.cdiv(K, BLOCK_K)):
+        for sub in tl.static_range(BLOCK_K // SUB_K):
+            k0 = kk * BLOCK_K + sub * SUB_K
+            xe, xo = _load_x_pair(x_rows, x_ok, stride_x_k, k0, K, SUB_K // 2, EVEN_K)
+            acc1 = _mx_accumulate(
+                acc1, xe, xo, w1_rows, s1_rows, stride_w_k, stride_s_k, k0, K, SUB_K // 2, SCALE_AT, EVEN_K
+            )
+            if TWO:  # the up tile reuses the x tiles already in registers
+                acc2 = _mx_accumulate(
+                    acc2,
+                    xe,
+                    xo,
+                    w2_rows,
+                    s2_rows,
+                    stride_w_k,
+                    stride_s_k,
+                    k0,
+                    K,
+                    SUB_K // 2,
+                    SCALE_AT,
+                    EVEN_K,
+                )
+    return acc1, acc2
+
+
+@triton.jit
 def mx_gate_up_kernel(
     x_ptr,  # (T, H) bf16 / fp16 input rows
     w13_ptr,  # (E, R, H / 2) uint8 packed e2m1, R = 2I gated (concat or interleaved rows) / I non-gated
@@ -197,19 +245,10 @@ def mx_gate_up_kernel(
     sg = s13_ptr + e64 * stride_s13_e + gate_rows * stride_s13_r
     su = s13_ptr + e64 * stride_s13_e + up_rows * stride_s13_r
 
-    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kk in range(0, tl.cdiv(H, BLOCK_K)):
-        for sub in tl.static_range(BLOCK_K // SUB_K):
-            k0 = kk * BLOCK_K + sub * SUB_K
-            xe, xo = _load_x_pair(x_rows, row_ok, stride_x_h, k0, H, SUB_K // 2, EVEN_K)
-            acc_g = _mx_accumulate(
-                acc_g, xe, xo, wg, sg, stride_w13_hb, stride_s13_hb, k0, H, SUB_K // 2, SCALE_AT, EVEN_K
-            )
-            if GATED:  # the up tile reuses the x tiles already in registers
-                acc_u = _mx_accumulate(
-                    acc_u, xe, xo, wu, su, stride_w13_hb, stride_s13_hb, k0, H, SUB_K // 2, SCALE_AT, EVEN_K
-                )
+    acc_g, acc_u = _mx_gemm(
+        x_rows, row_ok, stride_x_h, wg, sg, wu, su, stride_w13_hb, stride_s13_hb, H,
+        GATED, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K,
+    )  # fmt: skip
 
     if HAS_BIAS:  # after the dequantized product (docs/bugs.md#bug-03-bias-before-dequant)
         b_base = b13_ptr + e64 * stride_b13_e
@@ -272,14 +311,10 @@ def mx_down_kernel(
     a_rows = a_ptr + rows * stride_a_a
     w = w2_ptr + e64 * stride_w2_e + offs_n_w * stride_w2_h
     s = s2_ptr + e64 * stride_s2_e + offs_n_w * stride_s2_h
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kk in range(0, tl.cdiv(I, BLOCK_K)):
-        for sub in tl.static_range(BLOCK_K // SUB_K):
-            k0 = kk * BLOCK_K + sub * SUB_K
-            ae, ao = _load_x_pair(a_rows, row_ok, stride_a_i, k0, I, SUB_K // 2, EVEN_K)
-            acc = _mx_accumulate(
-                acc, ae, ao, w, s, stride_w2_ib, stride_s2_ib, k0, I, SUB_K // 2, SCALE_AT, EVEN_K
-            )
+    acc, _ = _mx_gemm(
+        a_rows, row_ok, stride_a_i, w, s, w, s, stride_w2_ib, stride_s2_ib, I,
+        False, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K,
+    )  # fmt: skip
 
     if HAS_BIAS:
         acc += tl.load(b2_ptr + e64 * stride_b2_e + offs_n_w * stride_b2_h).to(tl.float32)[None, :]
