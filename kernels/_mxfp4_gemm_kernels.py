@@ -17,8 +17,10 @@ Where the scale goes (SCALE_AT, chosen by the launcher and recorded in the confi
                        partial times 2^(s-127) added to the accumulator. Needed for fp16 activations:
                        6 * 2^(s-127) leaves fp16's range (65504 .. 2^-24) for s outside ~[114, 140].
 
-Scaled MMA (`tl.dot_scaled(x, "bf16", w_packed, "e2m1", rhs_scale=s)`, sm100 / gfx950) would be a third
-SCALE_AT value in `_mx_accumulate` below, selected by the launcher from the target (not written yet).
+    SCALE_IN_MMA       tl.dot_scaled(x, None, "bf16" | "fp16", codes, scales, "e2m1"): the packed codes and
+                       the E8M0 codes go to the dot as stored. Native scaled MMA on sm100 / gfx950; Triton
+                       decomposes it (upcast, then a plain dot) elsewhere. Opt-in (config dot="dot_scaled"):
+                       compiled for every target, checked on the interpreter, never timed on a GPU here.
 
 Under the Triton interpreter (INTERPRET) the activations are upcast to fp32 right after their loads and the
 decoded weights stay fp32: the interpreter computes bf16 arithmetic on raw bit patterns
@@ -36,8 +38,9 @@ from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile
 
 SCALE_ON_WEIGHTS = tl.constexpr(0)
 SCALE_ON_ACC = tl.constexpr(1)
+SCALE_IN_MMA = tl.constexpr(2)  # tl.dot_scaled: packed codes and scale codes straight into the dot
 #: Mxfp4Config.scale_at -> the int passed as SCALE_AT=
-SCALE_AT = {"weights": SCALE_ON_WEIGHTS.value, "accumulator": SCALE_ON_ACC.value}
+SCALE_AT = {"weights": SCALE_ON_WEIGHTS.value, "accumulator": SCALE_ON_ACC.value, "mma": SCALE_IN_MMA.value}
 MX_BLOCK = tl.constexpr(32)  # elements along K per E8M0 scale (OCP MX)
 
 
@@ -133,6 +136,30 @@ def _mx_accumulate(
 
 
 @triton.jit
+def _mx_dot_scaled(
+    acc, x_rows, x_ok, stride_x_k, w_rows, s_rows, stride_w_k, stride_s_k, k0, K,
+    X_FMT: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+):  # fmt: skip
+    """acc + x[:, k0:k0+BLOCK_K] @ W.T by tl.dot_scaled: x (BLOCK_M, BLOCK_K) as loaded (no interpreter
+    upcast: the interpreter's dot_scaled decodes its operands itself), codes (BLOCK_K/2, BLOCK_N) packed
+    along K, scales (BLOCK_N, BLOCK_K/32)."""
+    kel = k0 + tl.arange(0, BLOCK_K)
+    kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    ks = k0 // MX_BLOCK + tl.arange(0, BLOCK_K // MX_BLOCK)
+    if EVEN_K:
+        x = tl.load(x_rows[:, None] + kel[None, :] * stride_x_k, mask=x_ok[:, None], other=0.0)
+        w = tl.load(w_rows[None, :] + kb[:, None] * stride_w_k)
+        s = tl.load(s_rows[:, None] + ks[None, :] * stride_s_k)
+    else:
+        x = tl.load(
+            x_rows[:, None] + kel[None, :] * stride_x_k, mask=x_ok[:, None] & (kel < K)[None, :], other=0.0
+        )
+        w = tl.load(w_rows[None, :] + kb[:, None] * stride_w_k, mask=(2 * kb < K)[:, None], other=0)
+        s = tl.load(s_rows[:, None] + ks[None, :] * stride_s_k, mask=(ks * MX_BLOCK < K)[None, :], other=127)
+    return tl.dot_scaled(x, None, X_FMT, w, s, "e2m1", acc)
+
+
+@triton.jit
 def _mx_gemm(
     x_rows,  # (BLOCK_M,) pointers to the activation rows
     x_ok,  # (BLOCK_M,) live rows
@@ -151,10 +178,46 @@ def _mx_gemm(
     SUB_K: tl.constexpr,
     SCALE_AT: tl.constexpr,
     EVEN_K: tl.constexpr,
+    X_FMT: tl.constexpr,  # "bf16" | "fp16": the activation format for tl.dot_scaled (SCALE_IN_MMA)
 ):
     """(x @ W1.T, x @ W2.T) in fp32 over the whole K (acc2 stays zero unless TWO)."""
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if SCALE_AT == SCALE_IN_MMA:
+        for kk in range(0, tl.cdiv(K, BLOCK_K)):
+            k0 = kk * BLOCK_K
+            acc1 = _mx_dot_scaled(
+                acc1,
+                x_rows,
+                x_ok,
+                stride_x_k,
+                w1_rows,
+                s1_rows,
+                stride_w_k,
+                stride_s_k,
+                k0,
+                K,
+                X_FMT,
+                BLOCK_K,
+                EVEN_K,
+            )
+            if TWO:
+                acc2 = _mx_dot_scaled(
+                    acc2,
+                    x_rows,
+                    x_ok,
+                    stride_x_k,
+                    w2_rows,
+                    s2_rows,
+                    stride_w_k,
+                    stride_s_k,
+                    k0,
+                    K,
+                    X_FMT,
+                    BLOCK_K,
+                    EVEN_K,
+                )
+        return acc1, acc2
     for kk in range(0, tl.cdiv(K, BLOCK_K)):
         for sub in tl.static_range(BLOCK_K // SUB_K):
             k0 = kk * BLOCK_K + sub * SUB_K
@@ -220,6 +283,7 @@ def mx_gate_up_kernel(
     BLOCK_K: tl.constexpr,
     SUB_K: tl.constexpr,  # elements per dot pair: BLOCK_K (SCALE_ON_WEIGHTS) or 32 (SCALE_ON_ACC)
     GROUP_M: tl.constexpr,
+    X_FMT: tl.constexpr,  # "bf16" | "fp16" (read by SCALE_IN_MMA only)
 ):
     """act[a] = activation(x[a // k] @ W13[e, gate rows].T (+b), x[a // k] @ W13[e, up rows].T (+b)),
     W13 the dequantized MXFP4 weight; dequant -> bias -> activation in fp32 -> cast."""
@@ -247,7 +311,7 @@ def mx_gate_up_kernel(
 
     acc_g, acc_u = _mx_gemm(
         x_rows, row_ok, stride_x_h, wg, sg, wu, su, stride_w13_hb, stride_s13_hb, H,
-        GATED, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K,
+        GATED, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT,
     )  # fmt: skip
 
     if HAS_BIAS:  # after the dequantized product (docs/bugs.md#bug-03-bias-before-dequant)
@@ -296,6 +360,7 @@ def mx_down_kernel(
     BLOCK_K: tl.constexpr,
     SUB_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    X_FMT: tl.constexpr,
 ):
     """out[a] = (act[a] @ W2[e].T + b2[e]) * (route_w[a] if MUL_WEIGHT): dequant -> bias -> weight in fp32."""
     pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
@@ -313,7 +378,7 @@ def mx_down_kernel(
     s = s2_ptr + e64 * stride_s2_e + offs_n_w * stride_s2_h
     acc, _ = _mx_gemm(
         a_rows, row_ok, stride_a_i, w, s, w, s, stride_w2_ib, stride_s2_ib, I,
-        False, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K,
+        False, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT,
     )  # fmt: skip
 
     if HAS_BIAS:

@@ -37,8 +37,11 @@ from moe_cts.reference.qweights import QuantTensor
 from moe_cts.reference.spec import MoESpec, SpecError
 
 MX_DTYPES = (torch.bfloat16, torch.float16)
-SCALE_AT_CHOICES = tuple(MK.SCALE_AT)
-DOT_KINDS = ("portable",)  # "dot_scaled" (sm100 / gfx950 scaled MMA) would be the second entry
+SCALE_AT_CHOICES = ("weights", "accumulator")
+#: "portable": bf16/fp16 tl.dot on weights decoded in registers; "dot_scaled": tl.dot_scaled (scaled MMA on
+#: sm100 / gfx950, decomposed by Triton elsewhere), opt-in: never timed on a GPU here
+DOT_KINDS = ("portable", "dot_scaled")
+X_FMT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def default_scale_at(dtype: torch.dtype) -> str:
@@ -79,6 +82,11 @@ class Mxfp4Config:
         return self.tile.down
 
     @property
+    def scale_code(self) -> int:
+        """SCALE_AT constexpr of the kernels: dot_scaled puts the scale in the MMA whatever scale_at says."""
+        return MK.SCALE_AT["mma" if self.dot == "dot_scaled" else self.scale_at]
+
+    @property
     def sub_k(self) -> int:
         """Elements per dot pair inside a K step: the whole BLOCK_K, or one 32-block."""
         return 32 if self.scale_at == "accumulator" else 0  # 0 = BLOCK_K of the GEMM
@@ -103,13 +111,13 @@ def choose_config(
 ) -> Mxfp4Config:
     """The float path's table row (config.choose) with BLOCK_K in [32, GPU_MAX_BLOCK_K], or the caller's
     config (a Mxfp4Config, a TileConfig, or a dict with optional "scale_at" / "dot" keys; its BLOCK_K is
-    raised to 32 but not capped)."""
+    raised to 32 but not capped). A dict of only those keys keeps the heuristic's tiles."""
     if isinstance(config, Mxfp4Config):
         return config
     scale_at, dot = default_scale_at(dtype), "portable"
     if isinstance(config, Mapping):
         scale_at, dot = config.get("scale_at", scale_at), config.get("dot", dot)
-        config = {k: v for k, v in config.items() if k not in ("scale_at", "dot", "quant")}
+        config = {k: v for k, v in config.items() if k not in ("scale_at", "dot", "quant")} or None
     max_k = None if cfgmod.backend() == "interpreter" else GPU_MAX_BLOCK_K
     if config is not None:
         tile, max_k = cfgmod.as_config(config), None
@@ -127,6 +135,30 @@ def choose_config(
 
 
 # ----------------------------------------------------------------------------------------------- checks
+def _active_target():
+    """The active driver's GPUTarget (the compile target under AOT's FakeDriver), None without a GPU driver."""
+    try:
+        from triton.runtime import driver
+
+        return driver.active.get_current_target()
+    except Exception:  # the interpreter, or no GPU: nothing target-specific to refuse
+        return None
+
+
+def check_dot_kind(cfg: Mxfp4Config, dtype: torch.dtype) -> None:
+    """dot_scaled with fp16 activations on CUDA below sm89 is refused (NotSupportedError) before any launch:
+    Triton lowers it through fp8 conversions that ptxas rejects there ("cvt with .e4m3x2 requires sm_89",
+    AOT with triton 3.9). bf16 compiles on all six AOT targets."""
+    if cfg.dot != "dot_scaled" or dtype != torch.float16:
+        return
+    t = _active_target()
+    if t is not None and t.backend == "cuda" and int(t.arch) < 89:
+        raise NotSupportedError(
+            f"config.dot: 'dot_scaled' with float16 activations needs sm89 or newer, got sm{t.arch}; "
+            "expected dot='portable' there"
+        )
+
+
 def check_mx_tensor(name: str, qt: QuantTensor, shape: tuple[int, ...], device: torch.device) -> None:
     """One MXFP4 QuantTensor: e2m1 codes packed (..., N, K/2), E8M0 scales (..., N, K/32), 1 x 32 blocks."""
     if not isinstance(qt, QuantTensor):
@@ -197,9 +229,9 @@ def launch_mx_gate_up(
         stride_act_a=act.stride(0), stride_act_i=act.stride(1),
         # constexprs
         GATED=spec.gated, INTERLEAVED=inter, HAS_BIAS=b13 is not None, ACTIVATION=ACTIVATIONS[spec.activation],
-        SCALE_AT=MK.SCALE_AT[cfg.scale_at], EVEN_K=H % tile.BLOCK_K == 0,
+        SCALE_AT=cfg.scale_code, EVEN_K=H % tile.BLOCK_K == 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
-        GROUP_M=tile.GROUP_M,
+        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[x.dtype],
         # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip
@@ -238,9 +270,9 @@ def launch_mx_down(
         stride_out_a=out.stride(0), stride_out_h=out.stride(1),
         # constexprs
         HAS_BIAS=b2 is not None, MUL_WEIGHT=route_weights is not None,
-        SCALE_AT=MK.SCALE_AT[cfg.scale_at], EVEN_K=I % tile.BLOCK_K == 0,
+        SCALE_AT=cfg.scale_code, EVEN_K=I % tile.BLOCK_K == 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
-        GROUP_M=tile.GROUP_M,
+        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[act.dtype],
         # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip

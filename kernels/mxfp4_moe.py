@@ -34,6 +34,7 @@ from moe_cts.kernels.metadata import AlignMeta, Routing
 from moe_cts.kernels.mxfp4_gemm import (
     Mxfp4Config,
     check_activations,
+    check_dot_kind,
     check_mx_tensor,
     choose_config,
     launch_mx_down,
@@ -135,6 +136,7 @@ def fused_moe_mxfp4(
     if T == 0:
         return out if out is not None else torch.empty((0, H), dtype=x.dtype, device=x.device)
     cfg = choose_config(spec, x.dtype, T, config)
+    check_dot_kind(cfg, x.dtype)
     cfgmod.record(cfg)
 
     if routing is None:
@@ -207,6 +209,7 @@ def gate_up_mxfp4(
     if T == 0:
         return act.view(T, k, I)
     cfg = choose_config(spec, x.dtype, T, config)
+    check_dot_kind(cfg, x.dtype)
     cfgmod.record(cfg)
     launch_mx_gate_up(
         x, qw.w13, _biases(spec, qw.base)[0], act, _stage_meta(spec, topk_ids, cfg, meta), cfg, spec=spec
@@ -232,6 +235,7 @@ def down_mxfp4(
     if T == 0:
         return out.view(T, k, H)
     cfg = choose_config(spec, act.dtype, T, config)
+    check_dot_kind(cfg, act.dtype)
     cfgmod.record(cfg)
     meta = _stage_meta(spec, topk_ids, cfg, meta)
     launch_mx_down(act.reshape(T * k, I), qw.w2, _biases(spec, qw.base)[1], out, meta, cfg)

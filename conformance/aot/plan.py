@@ -16,7 +16,7 @@ full      every table row for every dtype of its class, and the heuristic's choi
 tables    the GEMM kernels only, every table row once per dtype class: guards the tables' shared memory.
 
 default and full also compile the MXFP4 layer (gpt-oss-120b, MXFP4_TOKENS, bf16 and fp16: both scale
-placements of kernels/_mxfp4_gemm_kernels.py).
+placements of kernels/_mxfp4_gemm_kernels.py), and its opt-in tl.dot_scaled variant in bf16 at the largest T.
 """
 
 from __future__ import annotations
@@ -187,6 +187,23 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
                         meta={"preset": MXFP4_PRESET, "T": T, "quant": "mxfp4"},
                     )
                 )
+        out.append(  # the opt-in tl.dot_scaled variant; bf16 only: fp16 is refused on sm80 (mxfp4_gemm.py)
+            Scenario(
+                origin=f"mxfp4-dot_scaled:{MXFP4_PRESET}@T={MXFP4_TOKENS[tier][-1]}",
+                preset=MXFP4_PRESET,
+                num_tokens=MXFP4_TOKENS[tier][-1],
+                dtype="bfloat16",
+                targets=tnames,
+                config={"dot": "dot_scaled"},
+                quant="mxfp4",
+                meta={
+                    "preset": MXFP4_PRESET,
+                    "T": MXFP4_TOKENS[tier][-1],
+                    "quant": "mxfp4",
+                    "dot": "dot_scaled",
+                },
+            )
+        )
         out.append(
             Scenario(
                 origin="fp8",

@@ -147,6 +147,27 @@ def test_both_scale_placements_agree_with_the_oracle_in_bf16(device):
     assert r.kernel_config["scale_at"] == "accumulator"
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_the_dot_scaled_variant_matches_the_oracle(dtype, device):
+    r = run_case(
+        MxImplementation(config={"dot": "dot_scaled"}), Case(mx(GPT_OSS, dtype), 5, dtype, seed=7), device
+    )
+    assert r.outcome == Outcome.PASS, _verdicts(r)
+    assert r.kernel_config["dot"] == "dot_scaled"
+
+
+def test_fp16_dot_scaled_is_refused_below_sm89_before_any_launch(monkeypatch):
+    from triton.backends.compiler import GPUTarget
+
+    import moe_cts.kernels.mxfp4_gemm as mg
+
+    spec, qw, x = _gpt_inputs()
+    monkeypatch.setattr(mg, "_active_target", lambda: GPUTarget("cuda", 80, 32))
+    with pytest.raises(NotSupportedError, match=r"config\.dot.*sm89"):
+        fused_moe_mxfp4(spec, qw, x.to(F16), config={"dot": "dot_scaled"})
+    fused_moe_mxfp4(spec, qw, x, config={"dot": "dot_scaled"})  # bf16 compiles there: accepted
+
+
 def test_zero_tokens_give_an_empty_output():
     spec = mx(GPT_OSS)
     inp = Case(spec, 2, "bfloat16", seed=1).build_inputs()
