@@ -62,6 +62,8 @@ KERNELS: dict[str, KernelInfo] = {
     ),
     "row_gate_kernel": KernelInfo("moe_cts.kernels._grouped_gemm_kernels", "shared_expert", matrix=False),
     "combine_kernel": KernelInfo("moe_cts.kernels._combine_kernels", "combine", matrix=False),
+    "mx_gate_up_kernel": KernelInfo("moe_cts.kernels._mxfp4_gemm_kernels", "fused_moe_mxfp4", matrix=True),
+    "mx_down_kernel": KernelInfo("moe_cts.kernels._mxfp4_gemm_kernels", "fused_moe_mxfp4", matrix=True),
 }
 
 
@@ -238,6 +240,24 @@ def meta_weights(spec: MoESpec, dtype: torch.dtype) -> MoEWeights:
     )
 
 
+def meta_qweights(spec: MoESpec, dtype: torch.dtype):
+    """QuantizedMoEWeights of an MXFP4 spec on the meta device: packed e2m1 codes (..., N, K/2) and E8M0
+    scale codes (..., N, K/32); base holds the router and biases in `dtype`."""
+    from moe_cts.reference.qweights import QuantizedMoEWeights, QuantTensor
+
+    base = meta_weights(spec, dtype)
+
+    def qt(shape):
+        *lead, n, k = shape
+        codes = torch.empty((*lead, n, k // 2), dtype=torch.uint8, device="meta")
+        scales = torch.empty((*lead, n, k // 32), dtype=torch.uint8, device="meta")
+        return QuantTensor(codes, scales, "e2m1", (1, 32), "e8m0")
+
+    shapes = weight_shapes(spec)
+    fields = {n: qt(shapes[n]) for n in ("w13", "w2", "shared_w13", "shared_w2") if n in shapes}
+    return QuantizedMoEWeights(base=base, **fields)
+
+
 def capture(
     spec: MoESpec,
     num_tokens: int,
@@ -261,7 +281,12 @@ def capture(
     launches: list[Launch] = []
     x = torch.empty((num_tokens, spec.hidden_size), dtype=dtype, device="meta")
     with _recording(launches), active_target(target):
-        fused_moe(spec, meta_weights(spec, dtype), x, config=config, batch_invariant=batch_invariant)
+        if spec.quant is not None and spec.quant.method == "mxfp4":
+            from moe_cts.kernels.mxfp4_moe import fused_moe_mxfp4
+
+            fused_moe_mxfp4(spec, meta_qweights(spec, dtype), x, config=config)
+        else:
+            fused_moe(spec, meta_weights(spec, dtype), x, config=config, batch_invariant=batch_invariant)
     return launches
 
 

@@ -14,6 +14,9 @@ default   per dtype class: the decode row, the largest row and the batch-invaria
 full      every table row for every dtype of its class, and the heuristic's choices for every preset
           at T in {1, 16, 128, 512, 4096} and every dtype; the fp8 GEMMs.
 tables    the GEMM kernels only, every table row once per dtype class: guards the tables' shared memory.
+
+default and full also compile the MXFP4 layer (gpt-oss-120b, MXFP4_TOKENS, bf16 and fp16: both scale
+placements of kernels/_mxfp4_gemm_kernels.py), and its opt-in tl.dot_scaled variant in bf16 at the largest T.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ TABLE_TOKENS = 512
 #: gate; DeepSeek-V3 also at T = 4096, where T*k passes one alignment chunk (the multi-chunk kernels).
 DEFAULT_PRESETS = {"mixtral-8x7b": (1, 512), "qwen2-57b-a14b": (1, 512), "deepseek-v3": (1, 512, 4096)}
 FULL_TOKENS = (1, 16, 128, 512, 4096)
+#: MXFP4 scenarios (kernels/mxfp4_moe.py): gpt-oss-120b at these T, in bf16 (scale on the weights) and fp16
+#: (scale on the fp32 partial of each 32-block): both SCALE_AT variants of both MXFP4 GEMMs
+MXFP4_PRESET = "gpt-oss-120b"
+MXFP4_TOKENS = {"default": (1, 512), "full": FULL_TOKENS}
+MXFP4_DTYPES = ("bfloat16", "float16")
 #: Fields of a target row that come from moe_cts.kernels.target_info (never from the JSON file).
 HARDWARE_FIELDS = ("backend", "arch", "warp_size", "shared_limit_bytes")
 
@@ -82,6 +90,7 @@ class Scenario:
     batch_invariant: bool = False
     kernels: tuple[str, ...] | None = None  # keep only these kernels' launches (None = all)
     fp8: tuple[str, ...] = ()  # also compile the matrix kernels with their operands retyped to these
+    quant: str | None = None  # "mxfp4": the preset with QuantScheme.mxfp4(activation_dtype=dtype)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -167,6 +176,36 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
                             meta={"preset": name, "T": T},
                         )
                     )
+        for T in MXFP4_TOKENS[tier]:
+            for dt in MXFP4_DTYPES:
+                out.append(
+                    Scenario(
+                        origin=f"mxfp4:{MXFP4_PRESET}@T={T}",
+                        preset=MXFP4_PRESET,
+                        num_tokens=T,
+                        dtype=dt,
+                        targets=tnames,
+                        quant="mxfp4",
+                        meta={"preset": MXFP4_PRESET, "T": T, "quant": "mxfp4"},
+                    )
+                )
+        out.append(  # the opt-in tl.dot_scaled variant; bf16 only: fp16 is refused on sm80 (mxfp4_gemm.py)
+            Scenario(
+                origin=f"mxfp4-dot_scaled:{MXFP4_PRESET}@T={MXFP4_TOKENS[tier][-1]}",
+                preset=MXFP4_PRESET,
+                num_tokens=MXFP4_TOKENS[tier][-1],
+                dtype="bfloat16",
+                targets=tnames,
+                config={"dot": "dot_scaled"},
+                quant="mxfp4",
+                meta={
+                    "preset": MXFP4_PRESET,
+                    "T": MXFP4_TOKENS[tier][-1],
+                    "quant": "mxfp4",
+                    "dot": "dot_scaled",
+                },
+            )
+        )
         out.append(
             Scenario(
                 origin="fp8",
@@ -212,8 +251,13 @@ def _scenario_launches(s: dict[str, Any], target):
     KERNELS, capture = reg.KERNELS, reg.capture
     from moe_cts.reference import presets
 
+    spec = presets.get(s["preset"])
+    if s.get("quant") == "mxfp4":
+        from moe_cts.reference.quant import QuantScheme
+
+        spec = spec.replace(quant=QuantScheme.mxfp4(activation_dtype=s["dtype"]))
     launches = capture(
-        presets.get(s["preset"]),
+        spec,
         s["num_tokens"],
         getattr(torch, s["dtype"]),
         target=target,

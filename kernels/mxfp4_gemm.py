@@ -1,0 +1,278 @@
+"""MXFP4 grouped GEMMs over aligned expert slots: checks, config and launches (bodies: _mxfp4_gemm_kernels.py).
+
+Stage twins of moe_cts.reference.torch_quant.gate_up / down for spec.quant.method == "mxfp4":
+
+    act[t, j] = activation(x[t] @ W13[e, gate].T + b13, x[t] @ W13[e, up].T + b13),  e = ids[t, j]
+    out[t, j] = act[t, j] @ W2[e].T + b2[e]           W = e2m1(codes) * 2^(scale - 127) per 1 x 32 block
+
+    field                 dtype / shape                      note
+    x / act               bf16 | fp16 (T, H) / (T, k, I)     unquantized activations; x.dtype is the dot dtype
+    qweights.w13.codes    uint8 (E, R, H / 2)                R = 2I gated, I non-gated; low nibble = even k
+    qweights.w13.scales   uint8 (E, R, H / 32)               E8M0 codes (255 = NaN)
+    qweights.w2.codes     uint8 (E, H, I / 2)
+    qweights.w2.scales    uint8 (E, H, I / 32)
+    qweights.base         biases b13 (E, R), b2 (E, H), router: any float dtype, read in fp32
+
+H and I are multiples of 32 (reference/quant.py check_spec: MX blocks are never partial), so K tails are
+whole 32-blocks; BLOCK_K is a power of two >= 32 and the K mask works per packed byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import triton
+
+from moe_cts.kernels import _mxfp4_gemm_kernels as MK
+from moe_cts.kernels import config as cfgmod
+from moe_cts.kernels._common import require_tensor
+from moe_cts.kernels._grouped_gemm_kernels import ACTIVATIONS
+from moe_cts.kernels.config import GemmTile, TileConfig
+from moe_cts.kernels.metadata import AlignMeta
+from moe_cts.reference.errors import NotSupportedError
+from moe_cts.reference.qweights import QuantTensor
+from moe_cts.reference.spec import MoESpec, SpecError
+
+MX_DTYPES = (torch.bfloat16, torch.float16)
+SCALE_AT_CHOICES = ("weights", "accumulator")
+#: "portable": bf16/fp16 tl.dot on weights decoded in registers; "dot_scaled": tl.dot_scaled (scaled MMA on
+#: sm100 / gfx950, decomposed by Triton elsewhere), opt-in: never timed on a GPU here
+DOT_KINDS = ("portable", "dot_scaled")
+X_FMT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def default_scale_at(dtype: torch.dtype) -> str:
+    """bf16: scale folded into the weights (exact, fp32's exponent range); fp16: scale on the fp32 partial
+    of each 32-block, because scaled weights leave fp16's range (_mxfp4_gemm_kernels.py docstring)."""
+    return "weights" if dtype == torch.bfloat16 else "accumulator"
+
+
+@dataclass(frozen=True)
+class Mxfp4Config:
+    """Tiles of the MXFP4 GEMMs plus the choices the float path does not have. Duck-compatible with
+    TileConfig (BLOCK_M, gate_up, down, to_dict) so config.record / last_config report it."""
+
+    tile: TileConfig  # BLOCK_K of both GEMMs a power of two >= 32 (whole MX blocks per K step)
+    scale_at: str  # "weights" | "accumulator": where 2^(s-127) is applied (SCALE_AT_CHOICES)
+    dot: str = "portable"  # "portable": bf16/fp16 tl.dot on decoded weights (DOT_KINDS)
+
+    def __post_init__(self) -> None:
+        if self.scale_at not in SCALE_AT_CHOICES:
+            raise SpecError("config.scale_at", f"one of {SCALE_AT_CHOICES}", self.scale_at)
+        if self.dot not in DOT_KINDS:
+            raise SpecError("config.dot", f"one of {DOT_KINDS}", self.dot)
+        for name in ("gate_up", "down"):
+            bk = getattr(self.tile, name).BLOCK_K
+            if bk < 32:
+                raise SpecError(f"config.{name}.BLOCK_K", "a power of two >= 32 (one MX block)", bk)
+
+    @property
+    def BLOCK_M(self) -> int:
+        return self.tile.BLOCK_M
+
+    @property
+    def gate_up(self) -> GemmTile:
+        return self.tile.gate_up
+
+    @property
+    def down(self) -> GemmTile:
+        return self.tile.down
+
+    @property
+    def scale_code(self) -> int:
+        """SCALE_AT constexpr of the kernels: dot_scaled puts the scale in the MMA whatever scale_at says."""
+        return MK.SCALE_AT["mma" if self.dot == "dot_scaled" else self.scale_at]
+
+    @property
+    def sub_k(self) -> int:
+        """Elements per dot pair inside a K step: the whole BLOCK_K, or one 32-block."""
+        return 32 if self.scale_at == "accumulator" else 0  # 0 = BLOCK_K of the GEMM
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.tile.to_dict(), "scale_at": self.scale_at, "dot": self.dot, "quant": "mxfp4"}
+
+
+#: largest BLOCK_K of the MXFP4 GEMMs on a GPU: the decoded lo / hi tiles (BLOCK_K / 2, BLOCK_N) live in fp32
+#: registers; at BLOCK_K 128, BLOCK_N 128 both GEMMs hit 255 registers and spill 72-136 B on sm90 (AOT, triton
+#: 3.9). The interpreter has no registers: its table's BLOCK_K stays (fewer program-iterations).
+GPU_MAX_BLOCK_K = 64
+
+
+def _mx_tile(t: GemmTile, max_k: int | None) -> GemmTile:
+    bk = max(t.BLOCK_K, 32)
+    return replace(t, BLOCK_K=bk if max_k is None else min(bk, max_k))
+
+
+def choose_config(
+    spec: MoESpec, dtype: torch.dtype, num_tokens: int, config: Mxfp4Config | TileConfig | Mapping | None
+) -> Mxfp4Config:
+    """The float path's table row (config.choose) with BLOCK_K in [32, GPU_MAX_BLOCK_K], or the caller's
+    config (a Mxfp4Config, a TileConfig, or a dict with optional "scale_at" / "dot" keys; its BLOCK_K is
+    raised to 32 but not capped). A dict of only those keys keeps the heuristic's tiles."""
+    if isinstance(config, Mxfp4Config):
+        return config
+    scale_at, dot = default_scale_at(dtype), "portable"
+    if isinstance(config, Mapping):
+        scale_at, dot = config.get("scale_at", scale_at), config.get("dot", dot)
+        config = {k: v for k, v in config.items() if k not in ("scale_at", "dot", "quant")} or None
+    max_k = None if cfgmod.backend() == "interpreter" else GPU_MAX_BLOCK_K
+    if config is not None:
+        tile, max_k = cfgmod.as_config(config), None
+    else:
+        tile = cfgmod.choose(
+            dtype=dtype,
+            num_tokens=num_tokens,
+            top_k=spec.top_k,
+            num_experts=spec.num_experts,
+            hidden_size=spec.hidden_size,
+            intermediate_size=spec.intermediate_size,
+        )
+    tile = replace(tile, gate_up=_mx_tile(tile.gate_up, max_k), down=_mx_tile(tile.down, max_k))
+    return Mxfp4Config(tile=tile, scale_at=scale_at, dot=dot)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def _active_target():
+    """The active driver's GPUTarget (the compile target under AOT's FakeDriver), None without a GPU driver."""
+    try:
+        from triton.runtime import driver
+
+        return driver.active.get_current_target()
+    except Exception:  # the interpreter, or no GPU: nothing target-specific to refuse
+        return None
+
+
+def check_dot_kind(cfg: Mxfp4Config, dtype: torch.dtype) -> None:
+    """dot_scaled with fp16 activations on CUDA below sm89 is refused (NotSupportedError) before any launch:
+    Triton lowers it through fp8 conversions that ptxas rejects there ("cvt with .e4m3x2 requires sm_89",
+    AOT with triton 3.9). bf16 compiles on all six AOT targets."""
+    if cfg.dot != "dot_scaled" or dtype != torch.float16:
+        return
+    t = _active_target()
+    if t is not None and t.backend == "cuda" and int(t.arch) < 89:
+        raise NotSupportedError(
+            f"config.dot: 'dot_scaled' with float16 activations needs sm89 or newer, got sm{t.arch}; "
+            "expected dot='portable' there"
+        )
+
+
+def check_mx_tensor(name: str, qt: QuantTensor, shape: tuple[int, ...], device: torch.device) -> None:
+    """One MXFP4 QuantTensor: e2m1 codes packed (..., N, K/2), E8M0 scales (..., N, K/32), 1 x 32 blocks."""
+    if not isinstance(qt, QuantTensor):
+        raise SpecError(name, "a QuantTensor (reference/qweights.py)", type(qt).__name__)
+    *lead, N, K = shape
+    want = {
+        f"{name}.fmt": ("e2m1", qt.fmt),
+        f"{name}.block": ((1, 32), tuple(qt.block)),
+        f"{name}.scale_dtype": ("e8m0", qt.scale_dtype),
+    }
+    for field_name, (expected, got) in want.items():
+        if got != expected:
+            raise SpecError(field_name, repr(expected), got)
+    if K % 32:
+        raise SpecError(f"{name}.shape", f"K = {K} a multiple of 32 (whole MX blocks)", tuple(shape))
+    require_tensor(f"{name}.codes", qt.codes, shape=(*lead, N, K // 2), dtype=torch.uint8, device=device)
+    require_tensor(f"{name}.scales", qt.scales, shape=(*lead, N, K // 32), dtype=torch.uint8, device=device)
+
+
+def check_activations(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """bf16 / fp16 only: fp32 activations x MXFP4 are not a gpt-oss path (NotSupportedError)."""
+    require_tensor(name, t, shape=shape)
+    if t.dtype not in MX_DTYPES:
+        raise NotSupportedError(
+            f"{name}.dtype: MXFP4 weights take bfloat16 or float16 activations, got {t.dtype}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------- launches
+def _bias_args(b: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    if b is None:
+        return like, 0, 0
+    return b, b.stride(0), b.stride(1)
+
+
+def launch_mx_gate_up(
+    x: torch.Tensor,
+    w13: QuantTensor,
+    b13: torch.Tensor | None,
+    act: torch.Tensor,
+    meta: AlignMeta,
+    cfg: Mxfp4Config,
+    *,
+    spec: MoESpec,
+    interleaved: bool | None = None,
+) -> None:
+    """act[a] for every slot a of meta (x (T, H), w13 codes (E, R, H/2), act (T*k, I)); pad slots untouched."""
+    I, H = act.shape[1], x.shape[1]
+    tile = cfg.gate_up
+    grid = (meta.num_blocks * triton.cdiv(I, tile.BLOCK_N),)
+    c, s = w13.codes, w13.scales
+    bias, sb_e, sb_r = _bias_args(b13, c)
+    inter = spec.w13_layout == "interleaved" if interleaved is None else interleaved
+    MK.mx_gate_up_kernel[grid](
+        # inputs
+        x_ptr=x, w13_ptr=c, s13_ptr=s, b13_ptr=bias,
+        sorted_ids_ptr=meta.sorted_ids, expert_of_block_ptr=meta.expert_of_block, num_padded_ptr=meta.num_padded,
+        # outputs
+        act_ptr=act,
+        # sizes and scalars
+        num_assignments=meta.num_tokens * meta.top_k, top_k=meta.top_k, I=I, H=H, num_m_blocks=meta.num_blocks,
+        swiglu_alpha=float(spec.swiglu_alpha), swiglu_limit=float(spec.swiglu_limit),
+        # strides
+        stride_x_t=x.stride(0), stride_x_h=x.stride(1),
+        stride_w13_e=c.stride(0), stride_w13_r=c.stride(1), stride_w13_hb=c.stride(2),
+        stride_s13_e=s.stride(0), stride_s13_r=s.stride(1), stride_s13_hb=s.stride(2),
+        stride_b13_e=sb_e, stride_b13_r=sb_r,
+        stride_act_a=act.stride(0), stride_act_i=act.stride(1),
+        # constexprs
+        GATED=spec.gated, INTERLEAVED=inter, HAS_BIAS=b13 is not None, ACTIVATION=ACTIVATIONS[spec.activation],
+        SCALE_AT=cfg.scale_code, EVEN_K=H % tile.BLOCK_K == 0,
+        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
+        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[x.dtype],
+        # launch options
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+    )  # fmt: skip
+
+
+def launch_mx_down(
+    act: torch.Tensor,
+    w2: QuantTensor,
+    b2: torch.Tensor | None,
+    out: torch.Tensor,
+    meta: AlignMeta,
+    cfg: Mxfp4Config,
+    *,
+    route_weights: torch.Tensor | None = None,
+) -> None:
+    """out[a] = act[a] @ W2[e].T + b2[e] (times route_weights[a] in fp32 if given) for every slot a."""
+    H, I = out.shape[1], act.shape[1]
+    tile = cfg.down
+    grid = (meta.num_blocks * triton.cdiv(H, tile.BLOCK_N),)
+    c, s = w2.codes, w2.scales
+    bias, sb_e, sb_h = _bias_args(b2, c)
+    rw = route_weights if route_weights is not None else meta.sorted_ids
+    MK.mx_down_kernel[grid](
+        # inputs
+        a_ptr=act, w2_ptr=c, s2_ptr=s, b2_ptr=bias, route_w_ptr=rw,
+        sorted_ids_ptr=meta.sorted_ids, expert_of_block_ptr=meta.expert_of_block, num_padded_ptr=meta.num_padded,
+        # outputs
+        out_ptr=out,
+        # sizes
+        num_assignments=meta.num_tokens * meta.top_k, H=H, I=I, num_m_blocks=meta.num_blocks,
+        # strides
+        stride_a_a=act.stride(0), stride_a_i=act.stride(1),
+        stride_w2_e=c.stride(0), stride_w2_h=c.stride(1), stride_w2_ib=c.stride(2),
+        stride_s2_e=s.stride(0), stride_s2_h=s.stride(1), stride_s2_ib=s.stride(2),
+        stride_b2_e=sb_e, stride_b2_h=sb_h,
+        stride_out_a=out.stride(0), stride_out_h=out.stride(1),
+        # constexprs
+        HAS_BIAS=b2 is not None, MUL_WEIGHT=route_weights is not None,
+        SCALE_AT=cfg.scale_code, EVEN_K=I % tile.BLOCK_K == 0,
+        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
+        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[act.dtype],
+        # launch options
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+    )  # fmt: skip
