@@ -28,6 +28,7 @@ device_matrix interpreter-bf16-arithmetic): certify bf16 on a GPU.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
@@ -66,10 +67,12 @@ class LigerFusedMoE:
         self._last: dict[str, Any] = {}
 
     def capabilities(self) -> Capabilities:
-        try:
-            glue.optional_import("liger_kernel", INSTALL)
-        except NotSupportedError as err:
-            return Capabilities(stages=frozenset(), notes={"liger": str(err)})
+        # find_spec, not import: Liger reads its autotune knob when its kernels module is first imported,
+        # and run() sets the knob on the interpreter before that
+        if importlib.util.find_spec("liger_kernel") is None:
+            return Capabilities(
+                stages=frozenset(), notes={"liger": f"liger_kernel: not installed; {INSTALL}"}
+            )
         return Capabilities(
             stages=frozenset({FORWARD}),
             dtypes=frozenset({"float32", "float16", "bfloat16"}),
