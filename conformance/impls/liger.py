@@ -101,6 +101,7 @@ class LigerFusedMoE:
         why = self.capabilities().unsupported(spec, str(inputs.x.dtype).removeprefix("torch."))
         if why is None and stage != FORWARD:
             why = f"stage: {stage} not exposed (LigerFusedMoEFunction is one forward)"
+        why = why or glue.triton_device(device, "Liger's fused MoE")
         if why:
             raise NotSupportedError(why)
         fresh = not glue.imported("liger_kernel.ops.fused_moe")

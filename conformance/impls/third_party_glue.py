@@ -60,6 +60,13 @@ def _every_other(t: torch.Tensor, spec: MoESpec, start: int) -> torch.Tensor:
     return torch.arange(start, 2 * spec.intermediate_size, 2, device=t.device)
 
 
+def triton_device(device, who: str) -> str | None:
+    """Why `who` (Triton code) cannot run on `device`, or None: the plain cpu device runs PyTorch only."""
+    if getattr(device, "backend", None) == "cpu":
+        return f"device: cpu runs PyTorch implementations only; {who} is Triton code: use a GPU or --device interpreter"
+    return None
+
+
 def interpreter_env(device, name: str, value: str) -> None:
     """Set `name` (a package's documented knob, read at its import) when running on the Triton interpreter.
     A package already imported keeps the value it read: the caller's kernel_config() says which applied."""

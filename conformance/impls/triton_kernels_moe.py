@@ -126,6 +126,7 @@ class TritonKernelsMoE:
         why = self.capabilities().unsupported(spec, str(x.dtype).removeprefix("torch."))
         if why is None and stage != FORWARD:
             why = f"stage: {stage} not exposed (routing + two matmul_ogs calls are one forward)"
+        why = why or glue.triton_device(device, "triton_kernels")
         if why:
             raise NotSupportedError(why)
         routing, mo, swiglu = import_triton_kernels()

@@ -70,3 +70,20 @@ def test_a_bf16_case_on_the_interpreter_is_waived_naming_the_limit():
     r = run_case(LigerFusedMoE(), Case(SPEC, 5, dtype="bfloat16", seed=3), select_device("interpreter"))
     assert r.outcome == Outcome.WAIVED
     assert "interpreter-liger-bf16-dot" in r.message
+
+
+def test_moe_cts_list_shows_liger_and_triton_kernels_with_their_claims():
+    from typer.testing import CliRunner
+
+    from moe_cts.conformance.cli.app import app
+
+    out = CliRunner().invoke(app, ["list"], terminal_width=400).output
+    liger = next(line for line in out.splitlines() if line.strip().startswith("liger ["))
+    assert "moe_cts.conformance.impls.liger:LigerFusedMoE" in liger and "act silu" in liger
+    assert "triton-kernels [moe_cts.conformance.impls.triton_kernels_moe:TritonKernelsMoE]" in out
+
+
+def test_on_the_plain_cpu_device_liger_is_not_supported_naming_the_device():
+    r = run_case(LigerFusedMoE(), Case(SPEC, 5, seed=3), select_device("cpu"))
+    assert r.outcome == Outcome.NOT_SUPPORTED
+    assert r.message.startswith("device: cpu")
