@@ -46,6 +46,10 @@ INSTALL = ("pip install a triton_kernels wheel (docs/third-party.md: built from 
            "'triton_kernels @ git+https://github.com/triton-lang/triton@v3.5.1#subdirectory=python/triton_kernels')")  # fmt: skip
 
 
+#: topk_forward keeps expert ids in int16 and asserts E < 32768 (triton_kernels/topk.py)
+MAX_EXPERTS = 32767
+
+
 def _find_module(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
@@ -111,6 +115,7 @@ class TritonKernelsMoE:
             shared_experts=False,
             shared_gate=False,
             fp32_dot="tf32",
+            max_experts=MAX_EXPERTS,
             notes={
                 "router": "logits by moe-cts glue (fp32); top-k, softmax and token sort by triton_kernels.routing",
                 "activation": "their fused swiglu (gpt-oss) is the only activation matmul_ogs fuses",

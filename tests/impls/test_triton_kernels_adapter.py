@@ -59,3 +59,19 @@ def test_on_the_interpreter_a_case_is_waived_naming_the_tensor_wrapper_limit():
     r = run_case(TritonKernelsMoE(), Case(OAI, 3, dtype="float32", seed=3), select_device("interpreter"))
     assert r.outcome == Outcome.WAIVED, r.message
     assert "interpreter-tensor-wrapper-args" in r.message
+
+
+def test_their_topk_kernel_does_not_compile_for_a_non_power_of_two_k(tmp_path):
+    """The defect the H200 run finds at every non-power-of-two top-k (docs/third-party.md): the reproducer,
+    run as a user would (no interpreter: it compiles their kernel for sm90 ahead of time)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("repro_triton_kernels_nonpow2_topk.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(CUDA_VISIBLE_DEVICES="", TRITON_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert "k=4: compiles for sm90" in out.stdout, out.stdout + out.stderr
+    assert "k=6: CompilationError: arange's range must be a power of 2" in out.stdout, out.stdout + out.stderr
