@@ -88,3 +88,19 @@ def test_on_the_plain_cpu_device_liger_is_not_supported_naming_the_device():
     r = run_case(LigerFusedMoE(), Case(SPEC, 5, seed=3), select_device("cpu"))
     assert r.outcome == Outcome.NOT_SUPPORTED
     assert "device: cpu runs PyTorch implementations only" in r.message
+
+
+class _GateUpSwapped(LigerFusedMoE):
+    """The adapter with the classic layout mistake (bug class 11): up rows handed to Liger as gate rows."""
+
+    def run(self, inputs, stage, device=None, *, out=None):
+        I = inputs.spec.intermediate_size
+        w13 = inputs.weights.w13
+        swapped = inputs.weights.replace(w13=torch.cat([w13[:, I:], w13[:, :I]], dim=1))
+        return super().run(inputs.with_feeds(weights=swapped), stage, device, out=out)
+
+
+def test_a_gate_up_mix_up_in_the_mapping_fails_end_to_end():
+    r = run_case(_GateUpSwapped(), Case(SPEC, 5, seed=3), select_device("interpreter"))
+    assert r.outcome == Outcome.FAIL
+    assert r.failing_stage == "end_to_end"
