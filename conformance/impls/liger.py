@@ -29,7 +29,7 @@ device_matrix interpreter-bf16-arithmetic): certify bf16 on a GPU.
 from __future__ import annotations
 
 import importlib.util
-import os
+import sys
 from typing import Any
 
 import torch
@@ -47,6 +47,12 @@ MAX_EXPERTS = 0xFFFF
 def _liger_op():
     glue.optional_import("liger_kernel", INSTALL)
     return glue.optional_import("liger_kernel.ops.fused_moe", INSTALL).LigerFusedMoEFunction
+
+
+def _autotune() -> str:
+    """What Liger read from LIGER_FUSED_MOE_AUTOTUNE at its first import: "on" (its config sweep) or "off"."""
+    kernels = sys.modules.get("liger_kernel.ops.fused_moe_kernels")
+    return "off" if getattr(kernels, "_AUTOTUNE_DISABLED", False) else "on"
 
 
 def _version() -> str:
@@ -104,11 +110,9 @@ class LigerFusedMoE:
         why = why or glue.triton_device(device, "Liger's fused MoE")
         if why:
             raise NotSupportedError(why)
-        fresh = not glue.imported("liger_kernel.ops.fused_moe")
         glue.interpreter_env(device, AUTOTUNE_KNOB, "0")
         op = _liger_op()
-        self._last = {"kind": "liger", "liger_kernel": _version(),
-                      "autotune": os.environ.get(AUTOTUNE_KNOB, "1") if fresh else "as first imported"}  # fmt: skip
+        self._last = {"kind": "liger", "liger_kernel": _version(), "autotune": _autotune()}
         w = inputs.weights
         ids, topk_w = glue.softmax_topk(inputs.x, w, spec)
         gate_up_proj = glue.rows_concat(w.w13, spec, axis=1).contiguous()

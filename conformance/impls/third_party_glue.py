@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 
 import torch
 
@@ -82,7 +81,3 @@ def optional_import(module: str, install_hint: str):
         return importlib.import_module(module)
     except ImportError as err:
         raise NotSupportedError(f"{module.split('.')[0]}: not installed ({err}); {install_hint}") from err
-
-
-def imported(module: str) -> bool:
-    return module in sys.modules

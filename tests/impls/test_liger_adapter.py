@@ -64,6 +64,7 @@ def test_a_tiny_fp32_case_passes_on_the_interpreter(layout):
     r = run_case(LigerFusedMoE(), Case(spec, 5, seed=3), select_device("interpreter"))
     assert r.outcome == Outcome.PASS, r.message
     assert r.kernel_config["kind"] == "liger"
+    assert r.kernel_config["autotune"] == "off"  # Liger's own knob: autotuning needs a GPU driver
 
 
 def test_a_bf16_case_on_the_interpreter_is_waived_naming_the_limit():
