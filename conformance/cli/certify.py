@@ -73,15 +73,17 @@ def _clear_outputs(out: Path) -> None:
 
 
 def _progress_counts(shard_dir: Path) -> tuple[int, int, int, int | None]:
-    """(done, passed, failed, planned) from the shard's JSONL files and run.json."""
+    """(done, passed, failed, planned) from the shard's JSONL files and run.json. NotSupported and Waived
+    cases are done but neither passed nor failed (an all-waived run showed "24 pass")."""
     done = passed = failed = 0
     for ev in iter_events(shard_dir):
         if ev["event"] == "result":
             done += 1
-            if Outcome(ev["result"]["outcome"]).conformant:
-                passed += 1
-            else:
+            outcome = Outcome(ev["result"]["outcome"])
+            if not outcome.conformant:
                 failed += 1
+            elif outcome not in (Outcome.NOT_SUPPORTED, Outcome.WAIVED):
+                passed += 1
     planned = None
     run = shard_dir / "run.json"
     if run.exists():

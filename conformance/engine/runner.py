@@ -23,6 +23,7 @@ or oracle -> InternalError. A case with a waived stage and nothing worse is Waiv
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from typing import Any
 
@@ -404,6 +405,13 @@ def _explain(
     if outcome == Outcome.NOT_SUPPORTED and not msg:
         return outcome, (session.declined or [next((v.message for v in verdicts if v.message), "")])[0]
     if outcome == Outcome.FAIL:
+        waiver = known_issues.fail_waiver(session.device, session.impl_name, session.case)
+        if waiver:  # the device cannot compute this case right for this implementation: Waived, never Pass
+            for i, v in enumerate(verdicts):
+                if v.outcome == Outcome.FAIL:
+                    verdicts[i] = dataclasses.replace(v, outcome=Outcome.WAIVED,
+                                                      message=f"{v.message} (waived, known limit {waiver})")  # fmt: skip
+            return Outcome.WAIVED, f"{msg} (waived, known limit {waiver})"
         note = known_issues.fail_note(session.device, session.impl_name, session.case)
         if note:
             msg = f"{msg} (known limit of this device may apply: {note})"
