@@ -8,6 +8,10 @@
     4. end to end into a NaN-poisoned view with canaries either side (memory), twice when the
        implementation claims determinism, and token 0 alone when it claims batch invariance
 
+strict_ties=True (`moe-cts certify --strict-ties`): one tie rule everywhere. A tie broken differently from
+the oracle's lower-id rule is a routing Fail instead of a CompatibilityWarning, and a forward-only
+implementation is judged on exact-tie rows too (only near ties, within the score error, stay unjudged).
+
 Memory coverage: with `out=` (Capabilities.accepts_out) an element still holding the poison bits is
 unwritten and a changed canary is a write outside the output: both a memory Fail. Without `out=` the
 forward runs with torch's fill_uninitialized_memory on, so torch.empty workspaces start as NaN and an
@@ -49,8 +53,9 @@ class _ImplFailure(Exception):
 class _Session:
     """The oracle's view of one case, and the stage-by-stage run of one implementation against it."""
 
-    def __init__(self, impl: Implementation, case: Case, device: Device):
+    def __init__(self, impl: Implementation, case: Case, device: Device, strict_ties: bool = False):
         self.impl, self.case, self.device = impl, case, device
+        self.strict_ties = strict_ties
         self.impl_name = str(getattr(impl, "name", type(impl).__name__))
         self.declined: list[str] = []  # messages of the NotSupportedErrors the implementation raised
         self.caps = impl.capabilities()
@@ -141,7 +146,8 @@ class _Session:
             want = sandbox.as_np(self.rounded(self.tw))
             bound = tolerance.stored_weight_bounds(self.model, self.tw, self.e_w)
         cmp = judge.compare_weights(got_w, got_ids, want, accepted, bound, ok & ~self.bad_rows)
-        return judge.routing_verdict(self.spec, rows, got_ids, ref_ids, self.raw_keys, cmp)
+        verdict = judge.routing_verdict(self.spec, rows, got_ids, ref_ids, self.raw_keys, cmp)
+        return judge.strict_tie_verdict(verdict) if self.strict_ties else verdict
 
     def stage_permute(self) -> StageVerdict:
         out = self.call("permute", self.inputs.with_feeds(topk_ids=self.ids_tensor(self.ids)))
@@ -235,6 +241,10 @@ class _Session:
         mask = self.mask(1)
         if not self.route_ran:  # the forward's own choice on a tie is unknown: do not judge those rows
             amb = judge.ambiguous_rows(self.spec, self.routing.keys, self.e_keys, self.routing.topk_ids)
+            if self.strict_ties:  # exact ties follow the lower-id rule: only near ties stay unjudged
+                ids = self.routing.topk_ids
+                exact = judge.ambiguous_rows(self.spec, self.routing.keys, 0 * self.e_keys, ids)
+                amb &= ~exact
             mask = mask & ~amb[:, None]
         verdicts = []
         if poisoned is not None:
@@ -342,7 +352,12 @@ def _failing_stage(verdicts: list[StageVerdict]) -> str | None:
 
 
 def run_case(
-    impl: Implementation, case: Case, device: Device, *, timeout_s: float | None = None
+    impl: Implementation,
+    case: Case,
+    device: Device,
+    *,
+    timeout_s: float | None = None,
+    strict_ties: bool = False,
 ) -> CaseResult:
     """Run and judge one case; never raises for the implementation's errors (module docstring)."""
     t0 = time.perf_counter()
@@ -371,7 +386,7 @@ def run_case(
         if why:
             return result(Outcome.NOT_SUPPORTED, message=why)
         with np.errstate(all="ignore"):  # NaN/inf rows are expected; they are judged by placement
-            session = _Session(impl, case, device)
+            session = _Session(impl, case, device, strict_ties)
     except Exception as err:
         return result(Outcome.INTERNAL_ERROR, message=f"harness: {sandbox.summary(err)}")
     verdicts: list[StageVerdict] = []
