@@ -6,7 +6,8 @@
        router (tie-aware) -> permutation (exact) -> gemm1 -> gemm2 -> combine; the later stages use the
        implementation's accepted ids, with the oracle re-run on them
     4. end to end into a NaN-poisoned view with canaries either side (memory), twice when the
-       implementation claims determinism, and token 0 alone when it claims batch invariance
+       implementation claims determinism, and on sub-batches (engine/invariance.py: single tokens, the batch
+       reversed, its first half) when it claims batch invariance
 
 strict_ties=True (`moe-cts certify --strict-ties`): one tie rule everywhere. A tie broken differently from
 the oracle's lower-id rule is a routing Fail instead of a CompatibilityWarning, and a forward-only
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 import moe_cts.reference.numpy_oracle as npo
-from moe_cts.conformance.engine import judge, known_issues, quant_tolerance, sandbox, tolerance
+from moe_cts.conformance.engine import invariance, judge, known_issues, quant_tolerance, sandbox, tolerance
 from moe_cts.conformance.engine.cases import Case, CaseInputs
 from moe_cts.conformance.engine.compare import compare
 from moe_cts.conformance.engine.devices import Device, accumulator_profile, waiver_for
@@ -288,17 +289,18 @@ class _Session:
             diff = int((sandbox.bits(y) != sandbox.bits(y2)).sum())
             if diff:
                 msgs.append(f"two runs differ in {diff} elements")
-        if self.caps.batch_invariant and self.x.shape[0] >= 2:
-            one = CaseInputs(
-                spec=self.spec,
-                x=self.inputs.x[:1].clone(),
-                weights=self.inputs.weights,
-                qweights=self.inputs.qweights,
-            )
-            y1 = sandbox.field_of(self.call(FORWARD, one), "y")
-            diff = int((sandbox.bits(y[:1]) != sandbox.bits(y1)).sum())
-            if diff:
-                msgs.append(f"token 0 alone differs from token 0 in the batch in {diff} elements")
+        if self.caps.batch_invariant:
+            for label, rows in invariance.batch_variants(self.x.shape[0]):
+                sub = CaseInputs(
+                    spec=self.spec,
+                    x=self.inputs.x[rows.to(self.inputs.x.device)].clone(),
+                    weights=self.inputs.weights,
+                    qweights=self.inputs.qweights,
+                )
+                y_sub = sandbox.field_of(self.call(FORWARD, sub), "y")
+                diff = int((sandbox.bits(y[rows.to(y.device)]) != sandbox.bits(y_sub)).sum())
+                if diff:
+                    msgs.append(f"{label}: differs from the same tokens in the full batch in {diff} elements")
         if not (self.caps.deterministic or self.caps.batch_invariant):
             return StageVerdict("determinism", Outcome.NOT_SUPPORTED, message="no determinism claimed")
         if msgs:

@@ -195,8 +195,31 @@ def build_report(
         },
         "devices": devices,
     }
+    report["claims"] = claims_section(devices, first.get("capabilities") or {})
     apply_compile(report, compile_section)
     return report
+
+
+def claims_section(devices: list[dict[str, Any]], caps: dict[str, Any]) -> dict[str, Any]:
+    """The determinism claims as checked: per claim, whether it is made and over how many cases the
+    `determinism` stage judged it (runner.determinism_verdict: two runs bitwise; sub-batches of
+    engine/invariance.py), with the failures. A claim made and judged on no case is checked on nothing."""
+    judged = [
+        s["outcome"]
+        for d in devices
+        for c in d["cases"]
+        for s in c.get("stages", [])
+        if s["stage"] == "determinism" and s["outcome"] not in ("not_supported", "waived")
+    ]
+    out = {}
+    for claim in ("deterministic", "batch_invariant"):
+        made = bool(caps.get(claim, False))
+        out[claim] = {
+            "claimed": made,
+            "cases_checked": len(judged) if made else 0,
+            "failed": sum(o == "fail" for o in judged) if made else 0,
+        }
+    return out
 
 
 def write_report(report: dict[str, Any], out: Path) -> Path:
