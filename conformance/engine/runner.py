@@ -35,7 +35,15 @@ import numpy as np
 import torch
 
 import moe_cts.reference.numpy_oracle as npo
-from moe_cts.conformance.engine import invariance, judge, known_issues, quant_tolerance, sandbox, tolerance
+from moe_cts.conformance.engine import (
+    invariance,
+    judge,
+    known_issues,
+    quant_tolerance,
+    sampled,
+    sandbox,
+    tolerance,
+)
 from moe_cts.conformance.engine.cases import Case, CaseInputs
 from moe_cts.conformance.engine.compare import compare
 from moe_cts.conformance.engine.devices import Device, accumulator_profile, waiver_for
@@ -54,14 +62,21 @@ class _ImplFailure(Exception):
 class _Session:
     """The oracle's view of one case, and the stage-by-stage run of one implementation against it."""
 
-    def __init__(self, impl: Implementation, case: Case, device: Device, strict_ties: bool = False):
+    def __init__(
+        self,
+        impl: Implementation,
+        case: Case,
+        device: Device,
+        strict_ties: bool = False,
+        inputs: CaseInputs | None = None,  # given: a sub-batch of the case (sampled.py)
+    ):
         self.impl, self.case, self.device = impl, case, device
         self.strict_ties = strict_ties
         self.impl_name = str(getattr(impl, "name", type(impl).__name__))
         self.declined: list[str] = []  # messages of the NotSupportedErrors the implementation raised
         self.caps = impl.capabilities()
         self.spec = case.spec
-        self.inputs: CaseInputs = case.build_inputs(device.torch_device)
+        self.inputs: CaseInputs = inputs or case.build_inputs(device.torch_device)
         self.model = tolerance.ErrorModel.for_case(
             accumulator_profile(device), case.dtype, self.caps.fp32_dot
         )
@@ -353,6 +368,11 @@ def _failing_stage(verdicts: list[StageVerdict]) -> str | None:
     return (bad or warn)[0].stage if (bad or warn) else None
 
 
+def _first_message(verdicts: list[StageVerdict]) -> str:
+    failing = _failing_stage(verdicts)
+    return next((v.message for v in verdicts if v.stage == failing), "") if failing else ""
+
+
 def run_case(
     impl: Implementation,
     case: Case,
@@ -387,20 +407,26 @@ def run_case(
         why = impl.capabilities().unsupported(case.spec, case.dtype)
         if why:
             return result(Outcome.NOT_SUPPORTED, message=why)
-        with np.errstate(all="ignore"):  # NaN/inf rows are expected; they are judged by placement
-            session = _Session(impl, case, device, strict_ties)
+        if sampled.needs_sampling(case):  # past the host judge: whole batch on the device, rows sampled
+            session = None
+        else:
+            with np.errstate(all="ignore"):  # NaN/inf rows are expected; they are judged by placement
+                session = _Session(impl, case, device, strict_ties)
     except Exception as err:
         return result(Outcome.INTERNAL_ERROR, message=f"harness: {sandbox.summary(err)}")
     verdicts: list[StageVerdict] = []
     try:
         with sandbox.deadline(timeout_s), np.errstate(all="ignore"):
+            if session is None:
+                verdicts = sampled.run_sampled(_Session, impl, case, device, strict_ties)
+                return result(worst(v.outcome for v in verdicts), verdicts,
+                              _first_message(verdicts), _failing_stage(verdicts))  # fmt: skip
             verdicts = session.run()
     except sandbox.CaseTimeout:
-        verdicts = list(session.verdicts)
-        verdicts.append(StageVerdict(session.current, Outcome.TIMEOUT, message=f"exceeded {timeout_s} s"))
-        return result(
-            Outcome.TIMEOUT, verdicts, f"timeout after {timeout_s} s in {session.current}", session.current
-        )
+        verdicts = list(session.verdicts) if session else []
+        current = session.current if session else "end_to_end"
+        verdicts.append(StageVerdict(current, Outcome.TIMEOUT, message=f"exceeded {timeout_s} s"))
+        return result(Outcome.TIMEOUT, verdicts, f"timeout after {timeout_s} s in {current}", current)
     except Exception as err:
         return result(Outcome.INTERNAL_ERROR, verdicts, f"harness: {sandbox.summary(err)}")
     outcome = worst(v.outcome for v in verdicts)
