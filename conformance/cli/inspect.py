@@ -84,6 +84,9 @@ def replay(
     ] = None,
     device: Annotated[str | None, typer.Option(help="device (default: the failure's, else auto)")] = None,
     timeout: Annotated[float | None, typer.Option(min=0.0, help="time limit in seconds")] = None,
+    strict_ties: Annotated[
+        bool, typer.Option("--strict-ties", help="a tie-rule difference fails (as certify --strict-ties)")
+    ] = False,
 ) -> None:
     """Re-run one case; print its stage verdicts and worst elements. Exit 0 conformant, 1 not, 2 void."""
     case_id, saved_impl, saved_device = case, None, None
@@ -101,7 +104,7 @@ def replay(
         raise usage_error(str(e)) from None
     check_devices([device])
     check_impl(impl)
-    result = run_replay(case_id, impl, device, timeout_s=timeout)
+    result = run_replay(case_id, impl, device, timeout_s=timeout, strict_ties=strict_ties)
     _print_result(result)
     raise typer.Exit(0 if result.outcome.conformant else 2 if result.outcome.value == "internal_error" else 1)
 

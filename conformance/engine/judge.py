@@ -198,6 +198,21 @@ def routing_verdict(
     return StageVerdict("router", Outcome.PASS, message="router: ids match")
 
 
+def strict_tie_verdict(v: StageVerdict) -> StageVerdict:
+    """Under --strict-ties a tie broken differently from the lower-id rule is a routing Fail (users who need
+    one tie rule everywhere: batch invariance, RL rollouts); every other verdict is unchanged."""
+    if v.outcome != Outcome.COMPATIBILITY_WARNING:
+        return v
+    return StageVerdict(
+        v.stage,
+        Outcome.FAIL,
+        max_ratio=v.max_ratio,
+        p99_ratio=v.p99_ratio,
+        fail_kind=FailKind.ROUTING,
+        message=f"strict ties: {v.message}",
+    )
+
+
 def weights_dtype_mismatch(got_w, declared: str, case_dtype: str) -> str | None:
     """Why route()'s topk_weights tensor is not in the declared dtype (Capabilities.router_weights_dtype:
     "float32", or "input" = the case dtype), or None. Only a 16-bit tensor that was not declared is flagged:

@@ -1,7 +1,8 @@
 """The curated, versioned must-pass list (data/must_pass.json) and the cases a profile runs on a backend.
 
 must_pass_cases(profile)         the cases tagged with a profile (smoke | quick | full | gpu), in file order
-must_pass_for(profile, backend)  what a certify run of that profile executes on that backend
+must_pass_for(profile, backend)  what a certify run of that profile executes on that backend: the tagged
+                                 cases plus the tile-table cases of the backend (tile_cases.py)
 MUST_PASS_VERSION, must_pass_hash()   recorded in every report and certificate
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.devices import HOST_BACKENDS
+from moe_cts.conformance.engine.tile_cases import tile_cases
 
 MUST_PASS_PATH = Path(__file__).parents[1] / "data" / "must_pass.json"
 
@@ -67,4 +69,4 @@ def must_pass_for(profile: str, backend: str) -> list[Case]:
     if not host and profile in ("quick", "full"):
         seen = {c.case_id for c in cases}
         cases += [c for c in must_pass_cases("gpu") if c.case_id not in seen]
-    return cases
+    return cases + tile_cases(backend)  # every tile-table row at its bucket edges, in every profile

@@ -6,7 +6,12 @@
        router (tie-aware) -> permutation (exact) -> gemm1 -> gemm2 -> combine; the later stages use the
        implementation's accepted ids, with the oracle re-run on them
     4. end to end into a NaN-poisoned view with canaries either side (memory), twice when the
-       implementation claims determinism, and token 0 alone when it claims batch invariance
+       implementation claims determinism, and on sub-batches (engine/invariance.py: single tokens, the batch
+       reversed, its first half) when it claims batch invariance
+
+strict_ties=True (`moe-cts certify --strict-ties`): one tie rule everywhere. A tie broken differently from
+the oracle's lower-id rule is a routing Fail instead of a CompatibilityWarning, and a forward-only
+implementation is judged on exact-tie rows too (only near ties, within the score error, stay unjudged).
 
 Memory coverage: with `out=` (Capabilities.accepts_out) an element still holding the poison bits is
 unwritten and a changed canary is a write outside the output: both a memory Fail. Without `out=` the
@@ -31,7 +36,15 @@ import numpy as np
 import torch
 
 import moe_cts.reference.numpy_oracle as npo
-from moe_cts.conformance.engine import judge, known_issues, quant_tolerance, sandbox, tolerance
+from moe_cts.conformance.engine import (
+    invariance,
+    judge,
+    known_issues,
+    quant_tolerance,
+    sampled,
+    sandbox,
+    tolerance,
+)
 from moe_cts.conformance.engine.cases import Case, CaseInputs
 from moe_cts.conformance.engine.compare import compare
 from moe_cts.conformance.engine.devices import Device, accumulator_profile, waiver_for
@@ -50,13 +63,21 @@ class _ImplFailure(Exception):
 class _Session:
     """The oracle's view of one case, and the stage-by-stage run of one implementation against it."""
 
-    def __init__(self, impl: Implementation, case: Case, device: Device):
+    def __init__(
+        self,
+        impl: Implementation,
+        case: Case,
+        device: Device,
+        strict_ties: bool = False,
+        inputs: CaseInputs | None = None,  # given: a sub-batch of the case (sampled.py)
+    ):
         self.impl, self.case, self.device = impl, case, device
+        self.strict_ties = strict_ties
         self.impl_name = str(getattr(impl, "name", type(impl).__name__))
         self.declined: list[str] = []  # messages of the NotSupportedErrors the implementation raised
         self.caps = impl.capabilities()
         self.spec = case.spec
-        self.inputs: CaseInputs = case.build_inputs(device.torch_device)
+        self.inputs: CaseInputs = inputs or case.build_inputs(device.torch_device)
         self.model = tolerance.ErrorModel.for_case(
             accumulator_profile(device), case.dtype, self.caps.fp32_dot
         )
@@ -142,7 +163,8 @@ class _Session:
             want = sandbox.as_np(self.rounded(self.tw))
             bound = tolerance.stored_weight_bounds(self.model, self.tw, self.e_w)
         cmp = judge.compare_weights(got_w, got_ids, want, accepted, bound, ok & ~self.bad_rows)
-        return judge.routing_verdict(self.spec, rows, got_ids, ref_ids, self.raw_keys, cmp)
+        verdict = judge.routing_verdict(self.spec, rows, got_ids, ref_ids, self.raw_keys, cmp)
+        return judge.strict_tie_verdict(verdict) if self.strict_ties else verdict
 
     def stage_permute(self) -> StageVerdict:
         out = self.call("permute", self.inputs.with_feeds(topk_ids=self.ids_tensor(self.ids)))
@@ -236,6 +258,10 @@ class _Session:
         mask = self.mask(1)
         if not self.route_ran:  # the forward's own choice on a tie is unknown: do not judge those rows
             amb = judge.ambiguous_rows(self.spec, self.raw_keys, self.e_keys, self.routing.topk_ids)
+            if self.strict_ties:  # exact ties follow the lower-id rule: only near ties stay unjudged
+                ids = self.routing.topk_ids
+                exact = judge.ambiguous_rows(self.spec, self.raw_keys, 0 * self.e_keys, ids)
+                amb &= ~exact
             mask = mask & ~amb[:, None]
         verdicts = []
         if poisoned is not None:
@@ -279,17 +305,18 @@ class _Session:
             diff = int((sandbox.bits(y) != sandbox.bits(y2)).sum())
             if diff:
                 msgs.append(f"two runs differ in {diff} elements")
-        if self.caps.batch_invariant and self.x.shape[0] >= 2:
-            one = CaseInputs(
-                spec=self.spec,
-                x=self.inputs.x[:1].clone(),
-                weights=self.inputs.weights,
-                qweights=self.inputs.qweights,
-            )
-            y1 = sandbox.field_of(self.call(FORWARD, one), "y")
-            diff = int((sandbox.bits(y[:1]) != sandbox.bits(y1)).sum())
-            if diff:
-                msgs.append(f"token 0 alone differs from token 0 in the batch in {diff} elements")
+        if self.caps.batch_invariant:
+            for label, rows in invariance.batch_variants(self.x.shape[0]):
+                sub = CaseInputs(
+                    spec=self.spec,
+                    x=self.inputs.x[rows.to(self.inputs.x.device)].clone(),
+                    weights=self.inputs.weights,
+                    qweights=self.inputs.qweights,
+                )
+                y_sub = sandbox.field_of(self.call(FORWARD, sub), "y")
+                diff = int((sandbox.bits(y[rows.to(y.device)]) != sandbox.bits(y_sub)).sum())
+                if diff:
+                    msgs.append(f"{label}: differs from the same tokens in the full batch in {diff} elements")
         if not (self.caps.deterministic or self.caps.batch_invariant):
             return StageVerdict("determinism", Outcome.NOT_SUPPORTED, message="no determinism claimed")
         if msgs:
@@ -342,8 +369,18 @@ def _failing_stage(verdicts: list[StageVerdict]) -> str | None:
     return (bad or warn)[0].stage if (bad or warn) else None
 
 
+def _first_message(verdicts: list[StageVerdict]) -> str:
+    failing = _failing_stage(verdicts)
+    return next((v.message for v in verdicts if v.stage == failing), "") if failing else ""
+
+
 def run_case(
-    impl: Implementation, case: Case, device: Device, *, timeout_s: float | None = None
+    impl: Implementation,
+    case: Case,
+    device: Device,
+    *,
+    timeout_s: float | None = None,
+    strict_ties: bool = False,
 ) -> CaseResult:
     """Run and judge one case; never raises for the implementation's errors (module docstring)."""
     t0 = time.perf_counter()
@@ -371,20 +408,26 @@ def run_case(
         why = impl.capabilities().unsupported(case.spec, case.dtype)
         if why:
             return result(Outcome.NOT_SUPPORTED, message=why)
-        with np.errstate(all="ignore"):  # NaN/inf rows are expected; they are judged by placement
-            session = _Session(impl, case, device)
+        if sampled.needs_sampling(case):  # past the host judge: whole batch on the device, rows sampled
+            session = None
+        else:
+            with np.errstate(all="ignore"):  # NaN/inf rows are expected; they are judged by placement
+                session = _Session(impl, case, device, strict_ties)
     except Exception as err:
         return result(Outcome.INTERNAL_ERROR, message=f"harness: {sandbox.summary(err)}")
     verdicts: list[StageVerdict] = []
     try:
         with sandbox.deadline(timeout_s), np.errstate(all="ignore"):
+            if session is None:
+                verdicts = sampled.run_sampled(_Session, impl, case, device, strict_ties)
+                return result(worst(v.outcome for v in verdicts), verdicts,
+                              _first_message(verdicts), _failing_stage(verdicts))  # fmt: skip
             verdicts = session.run()
     except sandbox.CaseTimeout:
-        verdicts = list(session.verdicts)
-        verdicts.append(StageVerdict(session.current, Outcome.TIMEOUT, message=f"exceeded {timeout_s} s"))
-        return result(
-            Outcome.TIMEOUT, verdicts, f"timeout after {timeout_s} s in {session.current}", session.current
-        )
+        verdicts = list(session.verdicts) if session else []
+        current = session.current if session else "end_to_end"
+        verdicts.append(StageVerdict(current, Outcome.TIMEOUT, message=f"exceeded {timeout_s} s"))
+        return result(Outcome.TIMEOUT, verdicts, f"timeout after {timeout_s} s in {current}", current)
     except Exception as err:
         return result(Outcome.INTERNAL_ERROR, verdicts, f"harness: {sandbox.summary(err)}")
     outcome = worst(v.outcome for v in verdicts)

@@ -15,6 +15,11 @@ logit offset o (E,) and x[t, c] a per-row switch, so logits[t] = (random part) +
     nan_rows(f)         x[t, c] = NaN on a fraction f of rows                     bug-06-nan-router-logits
     inf_rows(f)         x[t, c] = +inf on a fraction f of rows (logits +-inf)     softmax NaN / sigmoid 0-1 ties
     sigmoid_underflow(f) x[t, c] = 1, o = -200 on a fraction f of rows            bug-07-renormalize-zero-by-zero
+    large_logits(s)     router *= s: logits of std ~s (softmax must subtract       exp overflow, one-hot scores
+                        the row max; exp(88) already overflows fp32)
+    beyond_clamp(s)     w13, b13 *= s: gate/up pre-activations of std ~s, past     bug-11-gate-up-layout (the
+                        gpt-oss's swiglu_limit 7 for ~1 in 12 at s = 4;           clamp must act)
+                        w2 /= s keeps the output's magnitude
 
 bug-NN-... names are anchors of docs/bugs.md (e.g. docs/bugs.md#bug-17-topk-ties).
 """
@@ -200,6 +205,21 @@ def _sigmoid_underflow(sc, spec, tensors, x, g, dtype) -> None:
     _steer(tensors, x, torch.full((spec.num_experts,), -200.0), rows=_rows(x, float(sc.param("fraction")), g))
 
 
+def _large_logits(sc, spec, tensors, x, g, dtype) -> None:
+    # a uniform scale keeps the ranking of the random logits: ties stay as rare as in `uniform`
+    tensors["router"] *= float(sc.param("s"))
+
+
+def _beyond_clamp(sc, spec, tensors, x, g, dtype) -> None:
+    # scaling w13 (and its bias) scales gate and up; the clamp (swiglu_limit) must then cut the gate
+    # from above and up on both sides. Dividing w2 keeps the expert output, so 16-bit outputs stay in range.
+    s = float(sc.param("s"))
+    tensors["w13"] *= s
+    if tensors.get("b13") is not None:
+        tensors["b13"] *= s
+    tensors["w2"] /= s
+
+
 _Builder = Callable[..., None]
 #: name -> (builder, parameter defaults)
 SCENARIOS: dict[str, tuple[_Builder, dict[str, Any]]] = {
@@ -213,4 +233,6 @@ SCENARIOS: dict[str, tuple[_Builder, dict[str, Any]]] = {
     "nan_rows": (_nan_rows, {"fraction": 0.25}),
     "inf_rows": (_inf_rows, {"fraction": 0.25}),
     "sigmoid_underflow": (_sigmoid_underflow, {"fraction": 0.25}),
+    "large_logits": (_large_logits, {"s": 50.0}),
+    "beyond_clamp": (_beyond_clamp, {"s": 4.0}),
 }

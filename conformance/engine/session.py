@@ -42,6 +42,7 @@ class Session:
     label: str
     timeout_s: float | None = DEFAULT_TIMEOUT_S
     log: ResultLog | None = None  # None: nothing is logged (replay)
+    strict_ties: bool = False  # a tie-rule difference is a Fail, not a CompatibilityWarning (runner.py)
 
     def run(self, case: Case, source: str) -> CaseResult:
         """run_case under two limits: its own soft one (SIGALRM interrupts Python code: Timeout naming the
@@ -58,7 +59,7 @@ class Session:
             watchdog.daemon = True
             watchdog.start()
         try:
-            result = run_case(self.impl, case, self.device, timeout_s=limit)
+            result = run_case(self.impl, case, self.device, timeout_s=limit, strict_ties=self.strict_ties)
         finally:
             if watchdog is not None:
                 watchdog.cancel()
@@ -86,8 +87,9 @@ class Session:
         os._exit(WATCHDOG_EXIT)
 
 
-def replay_command(case_id: str, impl: str, device: str) -> str:
-    return f"moe-cts replay {shlex.quote(case_id)} --impl {shlex.quote(impl)} --device {shlex.quote(device)}"
+def replay_command(case_id: str, impl: str, device: str, strict_ties: bool = False) -> str:
+    cmd = f"moe-cts replay {shlex.quote(case_id)} --impl {shlex.quote(impl)} --device {shlex.quote(device)}"
+    return cmd + (" --strict-ties" if strict_ties else "")
 
 
 def capabilities_of(impl: Any) -> Any:

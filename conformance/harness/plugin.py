@@ -56,6 +56,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--moe-cts-seed", default=None, type=int, help="base seed of the generated batches")
     g.addoption("--moe-cts-label", default=None, help="device label of this shard in reports")
     g.addoption(
+        "--moe-cts-strict-ties",
+        action="store_true",
+        default=False,
+        help="one tie rule everywhere: a tie broken differently from the lower-id rule fails the case",
+    )
+    g.addoption(
         "--moe-cts-cases",
         default=None,
         help="comma-separated must-pass case ids to run (a subset: no certificate)",
@@ -78,6 +84,7 @@ class MoECts:
     hypothesis_profile: str
     device: object
     only: tuple[str, ...] = ()  # must-pass subset chosen by --moe-cts-cases; empty: the whole profile
+    strict_ties: bool = False  # --moe-cts-strict-ties: tie-rule differences fail
     _session: sessionmod.Session | None = None
     _seen: set[str] = field(default_factory=set)
 
@@ -87,6 +94,7 @@ class MoECts:
             self._session = sessionmod.Session(
                 impl=load_implementation(self.impl_name), impl_name=self.impl_name, device=self.device,
                 label=self.label, timeout_s=self.timeout_s, log=ResultLog(self.results),
+                strict_ties=self.strict_ties,
             )  # fmt: skip
         return self._session
 
@@ -101,7 +109,7 @@ class MoECts:
         return [i for i in ids if i in self.only] if self.only else ids
 
     def replay_command(self, case_id: str) -> str:
-        return sessionmod.replay_command(case_id, self.impl_name, self.device_arg)
+        return sessionmod.replay_command(case_id, self.impl_name, self.device_arg, self.strict_ties)
 
     def run(self, case: Case, source: str) -> CaseResult:
         return self.session.run(case, source)
@@ -136,6 +144,7 @@ def pytest_configure(config: pytest.Config) -> None:
         hypothesis_profile=hyp_profile,
         device=device,
         only=tuple(i for i in (opt.moe_cts_cases or "").split(",") if i),
+        strict_ties=bool(getattr(opt, "moe_cts_strict_ties", False)),
     )
     config._moe_cts = state
     register_profiles()  # the hypothesis profiles the generated batches start from
@@ -162,6 +171,7 @@ def write_run_json(state: MoECts) -> None:
         "seed": state.seed,
         "batch_seeds": [state.seed + b for b in range(state.batches)],
         "timeout_s": state.timeout_s,
+        "strict_ties": state.strict_ties,
         "must_pass_version": MUST_PASS_VERSION,
         "must_pass_hash": must_pass_hash(),
         "must_pass_ids": ids,

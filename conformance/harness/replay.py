@@ -40,11 +40,19 @@ def failure_dir_name(case_id: str, name: str = "") -> str:
     return f"{_SAFE.sub('_', name) or safe[:40]}-{digest}"
 
 
-def replay(case_id: str, impl_name: str, device_arg: str, *, timeout_s: float | None = None) -> CaseResult:
+def replay(
+    case_id: str,
+    impl_name: str,
+    device_arg: str,
+    *,
+    timeout_s: float | None = None,
+    strict_ties: bool = False,
+) -> CaseResult:
     """Re-run one case exactly as certify did (the same engine Session, so a hang becomes a Timeout)."""
     s = Session(
         impl=load_implementation(impl_name), impl_name=impl_name, device=select_device(device_arg),
         label=device_arg, timeout_s=timeout_s if timeout_s is not None else DEFAULT_TIMEOUT_S,
+        strict_ties=strict_ties,
     )  # fmt: skip
     return s.run(Case.from_id(case_id), "replay")
 

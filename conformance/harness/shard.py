@@ -102,6 +102,7 @@ def pytest_command(
     timeout_s: float | None,
     examples: int | None = None,
     cases: str | None = None,
+    strict_ties: bool = False,
 ) -> list[str]:
     """The pytest command line of one shard: xdist always (so a crashing case only costs its worker, and xdist
     starts another), as many worker restarts as there could be crashes, no cache or project addopts."""
@@ -120,4 +121,6 @@ def pytest_command(
         cmd += ["--moe-cts-examples", str(examples)]
     if cases:
         cmd += ["--moe-cts-cases", cases]
+    if strict_ties:
+        cmd += ["--moe-cts-strict-ties"]
     return cmd

@@ -31,6 +31,7 @@ from typing import Any
 from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.must_pass import must_pass_cases, must_pass_for
 from moe_cts.conformance.engine.results import STAGES, Outcome
+from moe_cts.conformance.engine.tile_cases import tile_cases
 
 CATALOG_PATH = Path(__file__).parents[1] / "data" / "faults.json"
 KINDS = ("mutation", "broken", "config")
@@ -132,7 +133,8 @@ class Catalog:
 
 @functools.cache
 def _must_pass_by_name() -> dict[str, Case]:
-    return {c.name: c for c in must_pass_cases()}
+    """Must-pass cases by name, and the tile-table cases of the interpreter (engine/tile_cases.py)."""
+    return {c.name: c for c in [*must_pass_cases(), *tile_cases("interpreter")]}
 
 
 def _text(v: Any, where: str) -> str:

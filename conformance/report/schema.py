@@ -36,7 +36,9 @@ EXIT_CODES = {"conformant": 0, "not_conformant": 1, "partial": 1, "void": 2}
 WORST_IN_REPORT = 5
 
 
-def case_record(source: str, r: CaseResult, impl: str, device_arg: str) -> dict[str, Any]:
+def case_record(
+    source: str, r: CaseResult, impl: str, device_arg: str, strict_ties: bool = False
+) -> dict[str, Any]:
     """One case in report.json: the CaseResult plus the ratio statistics and, when it failed, its replay line."""
     ratios = [s.max_ratio for s in r.stages if s.max_ratio is not None]
     p99 = [s.p99_ratio for s in r.stages if s.p99_ratio is not None]
@@ -58,7 +60,7 @@ def case_record(source: str, r: CaseResult, impl: str, device_arg: str) -> dict[
         "max_ratio": max(ratios) if ratios else None,
         "p99_ratio": max(p99) if p99 else None,
         "stages": stages,
-        "replay": None if r.outcome.conformant else replay_command(r.case_id, impl, device_arg),
+        "replay": None if r.outcome.conformant else replay_command(r.case_id, impl, device_arg, strict_ties),
     }
 
 
@@ -85,7 +87,8 @@ def device_section(shard: Path, *, partial: bool) -> dict[str, Any]:
     logged = read_results(shard, interrupted=partial)
     impl = run["impl"] if run else "?"
     device_arg = run["device_arg"] if run else shard.name
-    cases = [case_record(src, r, impl, device_arg) for src, r in _dedupe(logged.results)]
+    strict = bool((run or {}).get("strict_ties", False))
+    cases = [case_record(src, r, impl, device_arg, strict) for src, r in _dedupe(logged.results)]
     cases.sort(key=lambda c: (c["source"] != "must_pass", c["case_id"]))
     present = {c["case_id"] for c in cases if c["source"] == "must_pass"}
     missing = [i for i in (run or {}).get("must_pass_ids", []) if i not in present]
@@ -177,6 +180,7 @@ def build_report(
             "generated_examples": first.get("generated_examples"),
             "seeds": {"base": first.get("seed"), "batches": first.get("batch_seeds", [])},
             "timeout_s": first.get("timeout_s"),
+            "strict_ties": bool(first.get("strict_ties", False)),
             "command": command or [],
             "started": started or first.get("started"),
             "duration_s": (time.time() - started) if started else None,
@@ -191,8 +195,31 @@ def build_report(
         },
         "devices": devices,
     }
+    report["claims"] = claims_section(devices, first.get("capabilities") or {})
     apply_compile(report, compile_section)
     return report
+
+
+def claims_section(devices: list[dict[str, Any]], caps: dict[str, Any]) -> dict[str, Any]:
+    """The determinism claims as checked: per claim, whether it is made and over how many cases the
+    `determinism` stage judged it (runner.determinism_verdict: two runs bitwise; sub-batches of
+    engine/invariance.py), with the failures. A claim made and judged on no case is checked on nothing."""
+    judged = [
+        s["outcome"]
+        for d in devices
+        for c in d["cases"]
+        for s in c.get("stages", [])
+        if s["stage"] == "determinism" and s["outcome"] not in ("not_supported", "waived")
+    ]
+    out = {}
+    for claim in ("deterministic", "batch_invariant"):
+        made = bool(caps.get(claim, False))
+        out[claim] = {
+            "claimed": made,
+            "cases_checked": len(judged) if made else 0,
+            "failed": sum(o == "fail" for o in judged) if made else 0,
+        }
+    return out
 
 
 def write_report(report: dict[str, Any], out: Path) -> Path:

@@ -1,0 +1,73 @@
+"""Cases that run every row of a backend's tile table (kernels/configs/<backend>.json) at its bucket edges.
+
+The Triton kernels pick a tile row from m = ceil(T * k / E), the mean tokens per expert (kernels/config.py):
+the first row with m <= max_tokens_per_expert. A row that only large batches reach is never run by small
+must-pass cases, and real kernels returned garbage under one config only
+(docs/bugs.md#bug-25-config-miscompiles-on-one-target, docs/bugs.md#bug-12-bad-tuned-config-small-m).
+So for every dtype class and every row of the backend's table there are cases at both ends of its bucket:
+
+    name              m = ceil(T k / E)                           row chosen
+    tile-<dc>-m<lo>   lo = 1, or the previous row's limit + 1     the row, at its smallest batch
+    tile-<dc>-m<hi>   hi = its limit; the open last row:          the row, at its largest batch
+                      BLOCK_M + 1 (a full M tile and a tail; at least lo + 1)
+
+with E = 4, k = 2 (T = 2 m) and H = 168, I = 152: not multiples of 16 and past every table's BLOCK_K
+and BLOCK_N (128), so each GEMM has at least two K tiles with a masked tail and two N tiles, and, past the
+largest case of a row, a full M tile and a tail per expert (m is the mean load of the 4 experts). Each case runs
+through run_case like a must-pass case (a poisoned out= buffer where the implementation accepts one), on every
+implementation: they are plain shapes, so a non-tiled implementation just runs them too.
+
+    tile_cases(backend) -> list[Case]      backend: interpreter | cpu (the interpreter's table) | cuda | hip
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from moe_cts.conformance.engine.cases import Case
+from moe_cts.reference.spec import MoESpec
+
+#: kernels/configs, read as data (importing moe_cts.kernels would import Triton and fix the kernels
+#: package before the recall's mutated copy replaces it)
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "kernels" / "configs"
+#: the table that a backend's kernels read; the plain cpu device has none, it runs the interpreter's shapes
+TABLE_OF = {"interpreter": "interpreter", "cpu": "interpreter", "cuda": "cuda", "hip": "hip"}
+DTYPE_OF_CLASS = {"16bit": "bfloat16", "fp32": "float32"}
+E, K = 4, 2
+HIDDEN, INTERMEDIATE = 168, 152
+SEED = 5000
+
+
+@functools.cache
+def _table(name: str) -> dict[str, Any]:
+    return json.loads((CONFIG_DIR / f"{name}.json").read_text())
+
+
+def bucket_edges(rows: list[dict[str, Any]]) -> list[int]:
+    """The m values that run every row at both ends of its bucket [lo, hi]: lo = previous limit + 1,
+    hi = its limit, or BLOCK_M + 1 for the open last row (a full M tile and a tail per expert)."""
+    out, lo = set(), 1
+    for r in rows:
+        hi = r["max_tokens_per_expert"]
+        out |= {lo, hi if hi is not None else max(lo + 1, int(r["BLOCK_M"]) + 1)}
+        if hi is None:
+            break
+        lo = hi + 1
+    return sorted(out)
+
+
+def tile_cases(backend: str) -> list[Case]:
+    """Cases at both ends of every row's bucket, per dtype class of the backend's table (module docstring)."""
+    table = _table(TABLE_OF.get(backend, backend))
+    spec = MoESpec(
+        hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_experts=E, top_k=K, renormalize=True
+    )
+    out = []
+    for i, (dc, rows) in enumerate(sorted(table["tables"].items())):
+        for m in bucket_edges(rows):
+            T = -(-m * E // K)  # ceil(T k / E) == m
+            out.append(Case(spec, T, DTYPE_OF_CLASS[dc], seed=SEED + 1000 * i + m, name=f"tile-{dc}-m{m}"))
+    return out
