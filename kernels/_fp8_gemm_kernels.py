@@ -112,9 +112,13 @@ def fp8_gate_up_kernel(
         u_ptrs += BLOCK_K * stride_w_h
     if not BLOCKWISE:  # one scale per row of x and per weight row: dequantize once
         sa = tl.load(sa_rows, mask=row_ok, other=0.0)
-        acc_g = acc_g * (sa[:, None] * _w_scale(sw_base, gate_rows, 0, BN_W, stride_sw_n, stride_sw_k)[None, :])
+        acc_g = acc_g * (
+            sa[:, None] * _w_scale(sw_base, gate_rows, 0, BN_W, stride_sw_n, stride_sw_k)[None, :]
+        )
         if GATED:
-            acc_u = acc_u * (sa[:, None] * _w_scale(sw_base, up_rows, 0, BN_W, stride_sw_n, stride_sw_k)[None, :])
+            acc_u = acc_u * (
+                sa[:, None] * _w_scale(sw_base, up_rows, 0, BN_W, stride_sw_n, stride_sw_k)[None, :]
+            )
 
     if HAS_BIAS:  # after dequantization (docs/bugs.md#bug-03-bias-before-dequant)
         b_base = b_ptr + expert.to(tl.int64) * stride_b_e
@@ -130,7 +134,9 @@ def fp8_gate_up_kernel(
         NG: tl.constexpr = BLOCK_N // G2
         act3 = tl.reshape(act, (BLOCK_M, NG, G2))
         s = act_scale(tl.max(tl.abs(act3), axis=2), amax_eps, HAS_EPS, SCALE_FMT, FP8_MAX, FP8_EMAX)
-        q3 = round_fp8(tl.math.div_rn(act3, s[:, :, None] + tl.zeros_like(act3)), FP8_MBITS, FP8_EMIN, FP8_MAX)
+        q3 = round_fp8(
+            tl.math.div_rn(act3, s[:, :, None] + tl.zeros_like(act3)), FP8_MBITS, FP8_EMIN, FP8_MAX
+        )
         q = tl.reshape(q3, (BLOCK_M, BLOCK_N))
         tl.store(out_ptrs, q.to(act_ptr.dtype.element_ty), mask=out_mask)
         offs_g = pid_n * NG + tl.arange(0, NG)
@@ -168,7 +174,12 @@ def fp8_down_kernel(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, 1, H, False, BLOCK_M, BLOCK_N, BLOCK_K
     )
     a_ptrs = a_ptr + rows[:, None] * stride_a_a + offs_k[None, :] * stride_a_i
-    w_ptrs = w_ptr + expert.to(tl.int64) * stride_w_e + offs_n_w[None, :] * stride_w_h + offs_k[:, None] * stride_w_i
+    w_ptrs = (
+        w_ptr
+        + expert.to(tl.int64) * stride_w_e
+        + offs_n_w[None, :] * stride_w_h
+        + offs_k[:, None] * stride_w_i
+    )
     sw_base = sw_ptr + expert.to(tl.int64) * stride_sw_e
     sa_rows = sa_ptr + rows * stride_sa_a
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -189,8 +200,10 @@ def fp8_down_kernel(
         sa = tl.load(sa_rows, mask=row_ok, other=0.0)
         acc = acc * (sa[:, None] * _w_scale(sw_base, offs_n_w, 0, BN_W, stride_sw_n, stride_sw_k)[None, :])
     if HAS_BIAS:
-        acc += tl.load(b_ptr + expert.to(tl.int64) * stride_b_e + offs_n_w * stride_b_h).to(tl.float32)[None, :]
-    if MUL_WEIGHT:  # fp32, after dequant and bias, before the cast (docs/bugs.md#bug-02-router-weight-after-cast)
+        b2 = tl.load(b_ptr + expert.to(tl.int64) * stride_b_e + offs_n_w * stride_b_h).to(tl.float32)
+        acc += b2[None, :]
+    # fp32, after dequant and bias, before the cast (docs/bugs.md#bug-02-router-weight-after-cast)
+    if MUL_WEIGHT:
         acc = acc * tl.load(route_w_ptr + rows, mask=row_ok, other=0.0)[:, None]
     out_ptrs = out_ptr + rows[:, None] * stride_out_a + offs_n[None, :] * stride_out_h
     acc = store_round(acc, out_ptr.dtype.element_ty)

@@ -114,7 +114,9 @@ def weight_operands(qt, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
     """(codes (E, N, K) fp8 view (GPU) or uint8 (interpreter), scales (E, Nb, Kb) fp32, bn) on device.
     A 2-D tensor (shared expert) gets a leading expert dim of 1."""
     if qt.scale_dtype != "float32" or qt.fmt not in FP8_TORCH:
-        raise NotSupportedError(f"quant: fp8 weights with float32 scales expected, got {qt.fmt} / {qt.scale_dtype}")
+        raise NotSupportedError(
+            f"quant: fp8 weights with float32 scales expected, got {qt.fmt} / {qt.scale_dtype}"
+        )
     codes, scales = qt.codes.to(device), qt.scales.to(device)
     if codes.dim() == 2:
         codes, scales = codes.unsqueeze(0), scales.unsqueeze(0)

@@ -50,7 +50,9 @@ def check_fp8(spec: MoESpec, qweights, device) -> None:
 
     q = spec.quant
     if q is None or q.method not in FP8_METHODS:
-        raise NotSupportedError(f"quant.method: expected one of {FP8_METHODS}, got {None if q is None else q.method}")
+        raise NotSupportedError(
+            f"quant.method: expected one of {FP8_METHODS}, got {None if q is None else q.method}"
+        )
     if not q.quantizes_activations:
         raise NotSupportedError(
             f"quant.activation_dtype: the fp8 kernels are w8a8 (expected 'fp8'), got {q.activation_dtype!r}"
@@ -68,7 +70,9 @@ def _bias(t: torch.Tensor | None, device) -> torch.Tensor | None:
     return None if t is None else t.to(device=device, dtype=F32)
 
 
-def fp8_config(spec: MoESpec, T: int, config, batch_invariant: bool = False, *, shared: bool = False) -> TileConfig:
+def fp8_config(
+    spec: MoESpec, T: int, config, batch_invariant: bool = False, *, shared: bool = False
+) -> TileConfig:
     """The float path's 16-bit table row (fp8 tiles hold twice the K per byte; tuning is future work)."""
     if config is not None:
         return cfgmod.as_config(config)
@@ -80,7 +84,9 @@ def fp8_config(spec: MoESpec, T: int, config, batch_invariant: bool = False, *, 
     )  # fmt: skip
 
 
-def _gemm1(spec, qw_w13, b13, xq, sx, meta: AlignMeta, tile, rows: int, I: int, device, a2_scale, *, interleaved=None):
+def _gemm1(
+    spec, qw_w13, b13, xq, sx, meta: AlignMeta, tile, rows: int, I: int, device, a2_scale, *, interleaved=None
+):
     """(aq, sa): GEMM1 + activation + the activation's quantization for GEMM2 (fused when possible;
     a2_scale: the static scale of GEMM2's input, or None)."""
     fmt = spec.quant.fp8_format
@@ -104,8 +110,9 @@ def _shared(spec: MoESpec, qw: QuantizedMoEWeights, x, xq, sx, cfg: TileConfig) 
     meta = dense_meta(T, cfg.BLOCK_M, x.device)
     fit = cfgmod.fit_to_shape(cfg, H, S)
     sspec = spec.replace(expert_bias=False)
-    aq, sa = _gemm1(sspec, qw.shared_w13, None, xq, sx, meta, fit.gate_up, T, S, x.device, qw.a2_scale,
-                    interleaved=False)
+    aq, sa = _gemm1(
+        sspec, qw.shared_w13, None, xq, sx, meta, fit.gate_up, T, S, x.device, qw.a2_scale, interleaved=False
+    )
     gate = None
     if spec.shared_gate:
         gate = torch.empty((T,), dtype=F32, device=x.device)
@@ -124,7 +131,9 @@ def _router_weights(qw: QuantizedMoEWeights, x: torch.Tensor):
     """The float router's weights in x.dtype (the router is never quantized)."""
     b = qw.base
     cast = lambda t: None if t is None else t.to(device=x.device, dtype=x.dtype)
-    return b.replace(router=cast(b.router), router_bias=cast(b.router_bias), correction_bias=cast(b.correction_bias))
+    return b.replace(
+        router=cast(b.router), router_bias=cast(b.router_bias), correction_bias=cast(b.correction_bias)
+    )
 
 
 def fused_moe_fp8(
@@ -142,7 +151,9 @@ def fused_moe_fp8(
     from moe_cts.kernels.align import align
 
     check_fp8(spec, qweights, x.device)
-    require_tensor("x", x, shape=(x.shape[0], spec.hidden_size) if x.dim() == 2 else None, dtype=SUPPORTED_DTYPES)
+    require_tensor(
+        "x", x, shape=(x.shape[0], spec.hidden_size) if x.dim() == 2 else None, dtype=SUPPORTED_DTYPES
+    )
     T, H, I, k = x.shape[0], spec.hidden_size, spec.intermediate_size, spec.top_k
     if out is not None:
         require_tensor("out", out, shape=(T, H), dtype=x.dtype, device=x.device)
