@@ -190,3 +190,13 @@ def test_a_target_that_cannot_run_the_flavour_is_rejected_before_any_launch(targ
 @pytest.mark.parametrize("target", [("cuda", 90), ("cuda", 89), ("hip", "gfx942"), ("hip", "gfx90a")])
 def test_targets_with_an_fp8_dot_accept_e4m3fn(target):
     assert target_info.fp8_rejection(*target, "e4m3fn") is None
+
+
+def test_the_rejection_table_agrees_with_the_measured_fp8_compile_outcomes():
+    from moe_cts.conformance.aot import plan as aot_plan
+
+    flavours = aot_plan.load_targets()["fp8_flavours"]
+    for name in target_info.GPU_TARGETS:
+        rejected = {dt.removeprefix("float8_") for dt, row in flavours.items() if row[name] == "rejected"}
+        measured = {f for f in target_info.FP8_REJECTED[name] if f"float8_{f}" in flavours}
+        assert measured == rejected, name
