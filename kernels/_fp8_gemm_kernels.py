@@ -16,7 +16,7 @@ wgmma / MFMA want it); under the interpreter both operands are fp32 and products
 differ only by accumulation order.
 
 GEMM1's fused requantization (QUANT_OUT, fp8_block with BLOCK_N a multiple of the group width): the tile's
-activation (BLOCK_M, BLOCK_N) is viewed as (BLOCK_M, BLOCK_N / G2, G2), amax per group, act_scale, round_fp8,
+activation (BLOCK_M, BLOCK_N) is viewed as (BLOCK_M, BLOCK_N / G2, G2), amax per group, _act_scale, _round_fp8,
 and the codes and scales are stored for GEMM2. Columns past I are zeroed before the amax.
 """
 
@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from moe_cts.kernels._common import INTERPRET
-from moe_cts.kernels._fp8_quant_kernels import act_scale, decode_fp8, round_fp8, store_round
+from moe_cts.kernels._fp8_quant_kernels import _act_scale, _decode_fp8, _round_fp8, _store_round
 from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_rows
 
 
@@ -34,7 +34,7 @@ from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile
 def _load_w(ptrs, mask, MBITS: tl.constexpr, EBITS: tl.constexpr, BIAS: tl.constexpr, NAN: tl.constexpr):
     """A weight tile: fp8 as stored (GPU), or uint8 codes decoded to fp32 (interpreter)."""
     if INTERPRET:
-        return decode_fp8(tl.load(ptrs, mask=mask, other=0), MBITS, EBITS, BIAS, NAN)
+        return _decode_fp8(tl.load(ptrs, mask=mask, other=0), MBITS, EBITS, BIAS, NAN)
     else:
         return tl.load(ptrs, mask=mask, other=0.0)
 
@@ -133,8 +133,8 @@ def fp8_gate_up_kernel(
         act = tl.where(col_ok[None, :], act, 0.0)
         NG: tl.constexpr = BLOCK_N // G2
         act3 = tl.reshape(act, (BLOCK_M, NG, G2))
-        s = act_scale(tl.max(tl.abs(act3), axis=2), amax_eps, HAS_EPS, SCALE_FMT, FP8_MAX, FP8_EMAX)
-        q3 = round_fp8(
+        s = _act_scale(tl.max(tl.abs(act3), axis=2), amax_eps, HAS_EPS, SCALE_FMT, FP8_MAX, FP8_EMAX)
+        q3 = _round_fp8(
             tl.math.div_rn(act3, s[:, :, None] + tl.zeros_like(act3)), FP8_MBITS, FP8_EMIN, FP8_MAX
         )
         q = tl.reshape(q3, (BLOCK_M, BLOCK_N))
@@ -143,7 +143,7 @@ def fp8_gate_up_kernel(
         sq_ptrs = sq_ptr + ids.to(tl.int64)[:, None] * stride_sq_a + offs_g[None, :] * stride_sq_g
         tl.store(sq_ptrs, s, mask=row_ok[:, None] & (offs_g[None, :] * G2 < I))
     else:
-        act = store_round(act, act_ptr.dtype.element_ty)
+        act = _store_round(act, act_ptr.dtype.element_ty)
         tl.store(out_ptrs, act.to(act_ptr.dtype.element_ty), mask=out_mask)
 
 
@@ -206,5 +206,5 @@ def fp8_down_kernel(
     if MUL_WEIGHT:
         acc = acc * tl.load(route_w_ptr + rows, mask=row_ok, other=0.0)[:, None]
     out_ptrs = out_ptr + rows[:, None] * stride_out_a + offs_n[None, :] * stride_out_h
-    acc = store_round(acc, out_ptr.dtype.element_ty)
+    acc = _store_round(acc, out_ptr.dtype.element_ty)
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < H))

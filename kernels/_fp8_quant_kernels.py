@@ -3,12 +3,12 @@
 Everything is fp32 arithmetic the Triton interpreter computes right (its fp32 -> fp8 casts are wrong:
 7.93 -> 4, no saturation; docs/bugs.md#facts-triton-interpreter). The rounding is exact:
 
-    round_fp8(v)   e = max(floor(log2 |v|), EMIN)        from the fp32 exponent bits (exact)
+    _round_fp8(v)   e = max(floor(log2 |v|), EMIN)        from the fp32 exponent bits (exact)
                    q = 2^(e - MBITS)                     the format's quantum at |v| (a power of two)
                    r = ((|v| / q + 2^23) - 2^23) * q     RTNE of |v| / q < 2^(MBITS+1): the 2^23 trick
                    r = min(r, FMAX), sign of v           saturate (the OCP "satfinite" conversion)
-    act_scale(amax)  fp32: amax / FMAX (div_rn);  ue8m0: 2^e by the scheme's rounding, e exact from bits
-    decode_fp8(c)  uint8 code -> fp32 value from the bit fields (the interpreter's fp8 loads turn NaN
+    _act_scale(amax)  fp32: amax / FMAX (div_rn);  ue8m0: 2^e by the scheme's rounding, e exact from bits
+    _decode_fp8(c)  uint8 code -> fp32 value from the bit fields (the interpreter's fp8 loads turn NaN
                    codes into finite values, so it reads codes as uint8)
 
 On the GPU the rounded value is representable, so its cast to fp8 is exact; under the interpreter the
@@ -49,7 +49,7 @@ def _floor_log2(a):
 
 
 @triton.jit
-def round_fp8(v, MBITS: tl.constexpr, EMIN: tl.constexpr, FMAX: tl.constexpr):
+def _round_fp8(v, MBITS: tl.constexpr, EMIN: tl.constexpr, FMAX: tl.constexpr):
     """v (fp32) rounded to the fp8 grid: RTNE, saturating at +-FMAX, NaN stays NaN (module docstring)."""
     a = tl.abs(v)
     e = tl.maximum(_floor_log2(a), EMIN)
@@ -63,7 +63,7 @@ def round_fp8(v, MBITS: tl.constexpr, EMIN: tl.constexpr, FMAX: tl.constexpr):
 
 
 @triton.jit
-def decode_fp8(c, MBITS: tl.constexpr, EBITS: tl.constexpr, BIAS: tl.constexpr, NAN: tl.constexpr):
+def _decode_fp8(c, MBITS: tl.constexpr, EBITS: tl.constexpr, BIAS: tl.constexpr, NAN: tl.constexpr):
     """uint8 codes -> fp32 values, every code (formats.decode)."""
     ci = c.to(tl.int32)
     E = (ci >> MBITS) & ((1 << EBITS) - 1)
@@ -84,7 +84,7 @@ def decode_fp8(c, MBITS: tl.constexpr, EBITS: tl.constexpr, BIAS: tl.constexpr, 
 
 
 @triton.jit
-def store_round(v, OUT_DTYPE: tl.constexpr):
+def _store_round(v, OUT_DTYPE: tl.constexpr):
     """v (fp32) as it will be stored: under the interpreter, bf16 is rounded to nearest even here in int
     arithmetic (its fp32 -> bf16 cast truncates, a signed bias the judge sees); elsewhere v unchanged."""
     if INTERPRET and OUT_DTYPE == tl.bfloat16:  # noqa: SIM300 (a constexpr, not a constant)
@@ -95,7 +95,7 @@ def store_round(v, OUT_DTYPE: tl.constexpr):
 
 
 @triton.jit
-def act_scale(
+def _act_scale(
     amax, amax_eps, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr, FMAX: tl.constexpr, EMAX: tl.constexpr
 ):
     """Scale of groups of largest magnitude amax (fp32): floor at amax_eps, then
@@ -149,7 +149,7 @@ def quantize_rows_kernel(
     FP8_EMAX: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """q[r, k] = round_fp8(x[r, k] / s[r, g]) for k in group g, s = act_scale(amax of the group)."""
+    """q[r, k] = _round_fp8(x[r, k] / s[r, g]) for k in group g, s = _act_scale(amax of the group)."""
     r = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     k0 = g * GW
@@ -164,10 +164,10 @@ def quantize_rows_kernel(
             kk = k + offs
             v = tl.load(x_row + kk * stride_x_k, mask=kk < k1, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.abs(v))
-        s = act_scale(tl.max(amax, axis=0), amax_eps, HAS_EPS, SCALE_FMT, FP8_MAX, FP8_EMAX)
+        s = _act_scale(tl.max(amax, axis=0), amax_eps, HAS_EPS, SCALE_FMT, FP8_MAX, FP8_EMAX)
     tl.store(s_ptr + r * stride_s_r + g * stride_s_g, s)
     for k in range(k0, k1, BLOCK):
         kk = k + offs
         v = tl.load(x_row + kk * stride_x_k, mask=kk < k1, other=0.0).to(tl.float32)
-        q = round_fp8(tl.math.div_rn(v, s + tl.zeros_like(v)), FP8_MBITS, FP8_EMIN, FP8_MAX)
+        q = _round_fp8(tl.math.div_rn(v, s + tl.zeros_like(v)), FP8_MBITS, FP8_EMIN, FP8_MAX)
         tl.store(q_ptr + r * stride_q_r + kk * stride_q_k, q.to(q_ptr.dtype.element_ty), mask=kk < k1)

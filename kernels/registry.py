@@ -62,6 +62,10 @@ KERNELS: dict[str, KernelInfo] = {
     ),
     "row_gate_kernel": KernelInfo("moe_cts.kernels._grouped_gemm_kernels", "shared_expert", matrix=False),
     "combine_kernel": KernelInfo("moe_cts.kernels._combine_kernels", "combine", matrix=False),
+    # fp8 w8a8 (kernels/fp8_moe.py): operands are fp8 already, so no retyping; captured with a quantized spec
+    "quantize_rows_kernel": KernelInfo("moe_cts.kernels._fp8_quant_kernels", "fused_moe_fp8", matrix=False),
+    "fp8_gate_up_kernel": KernelInfo("moe_cts.kernels._fp8_gemm_kernels", "fused_moe_fp8", matrix=True),
+    "fp8_down_kernel": KernelInfo("moe_cts.kernels._fp8_gemm_kernels", "fused_moe_fp8", matrix=True),
 }
 
 
@@ -238,6 +242,26 @@ def meta_weights(spec: MoESpec, dtype: torch.dtype) -> MoEWeights:
     )
 
 
+def meta_qweights(spec: MoESpec):
+    """QuantizedMoEWeights of meta tensors: uint8 codes and fp32 scales in spec.quant's blocks."""
+    from moe_cts.reference.qweights import QUANT_FIELDS, QuantizedMoEWeights, QuantTensor
+
+    base = meta_weights(spec, torch.float32)
+    q = spec.quant
+    qts = {}
+    for name in QUANT_FIELDS:
+        w = getattr(base, name)
+        if w is None:
+            continue
+        *lead, N, K = w.shape
+        bn, bk = q.block_for(N, K)
+        codes = torch.empty(w.shape, dtype=torch.uint8, device="meta")
+        scales = torch.empty((*lead, -(-N // bn), -(-K // bk)), dtype=torch.float32, device="meta")
+        qts[name] = QuantTensor(codes, scales, q.fp8_format, (bn, bk), "float32")
+    static = 1.0 if q.activation_scale == "static" else None
+    return QuantizedMoEWeights(base=base, a13_scale=static, a2_scale=static, **qts)
+
+
 def capture(
     spec: MoESpec,
     num_tokens: int,
@@ -260,8 +284,9 @@ def capture(
 
     launches: list[Launch] = []
     x = torch.empty((num_tokens, spec.hidden_size), dtype=dtype, device="meta")
+    weights = meta_weights(spec, dtype) if spec.quant is None else meta_qweights(spec)
     with _recording(launches), active_target(target):
-        fused_moe(spec, meta_weights(spec, dtype), x, config=config, batch_invariant=batch_invariant)
+        fused_moe(spec, weights, x, config=config, batch_invariant=batch_invariant)
     return launches
 
 

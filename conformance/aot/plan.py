@@ -38,6 +38,10 @@ TABLE_TOKENS = 512
 #: gate; DeepSeek-V3 also at T = 4096, where T*k passes one alignment chunk (the multi-chunk kernels).
 DEFAULT_PRESETS = {"mixtral-8x7b": (1, 512), "qwen2-57b-a14b": (1, 512), "deepseek-v3": (1, 512, 4096)}
 FULL_TOKENS = (1, 16, 128, 512, 4096)
+#: The fp8 w8a8 MoE (kernels/fp8_moe.py) is compiled for DeepSeek-V3 block fp8 in both e4m3 flavours; the
+#: targets that refuse a flavour are expected rejections (aot_targets.json fp8_flavours, target_info.FP8_REJECTED).
+FP8_MOE_PRESET = "deepseek-v3"
+FP8_MOE_FLAVOURS = ("e4m3fn", "e4m3fnuz")
 #: Fields of a target row that come from moe_cts.kernels.target_info (never from the JSON file).
 HARDWARE_FIELDS = ("backend", "arch", "warp_size", "shared_limit_bytes")
 
@@ -81,6 +85,7 @@ class Scenario:
     kernels: tuple[str, ...] | None = None  # keep only these kernels' launches (None = all)
     fp8: tuple[str, ...] = ()  # also compile the matrix kernels with their operands retyped to these
     meta: dict[str, Any] = field(default_factory=dict)
+    quant: dict[str, Any] | None = None  # QuantScheme.to_dict() the preset runs under (fp8 kernels)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,6 +137,7 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
     if tier not in TIERS:
         raise ValueError(f"tier: expected one of {TIERS}, got {tier!r}")
     from moe_cts.reference import presets
+    from moe_cts.reference.quant import QuantScheme
 
     out: list[Scenario] = []
     for backend, tnames in _by_backend(targets).items():
@@ -165,6 +171,17 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
                             meta={"preset": name, "T": T},
                         )
                     )
+        for fmt in FP8_MOE_FLAVOURS:  # the fp8 w8a8 kernels in their own fp8 operands
+            out.append(
+                Scenario(
+                    origin=f"fp8-moe:{fmt}",
+                    preset=FP8_MOE_PRESET,
+                    num_tokens=TABLE_TOKENS,
+                    dtype="bfloat16",
+                    targets=tnames,
+                    quant=QuantScheme.fp8_block(fp8_format=fmt).to_dict(),
+                )
+            )
         out.append(
             Scenario(
                 origin="fp8",
@@ -195,7 +212,11 @@ def _retyped(launch, names: tuple[str, ...], dtype: str):
 
 
 def _data_dtype(launch) -> str:
-    """The dtype a record is filed under: the first floating tensor argument's, 'int' for index kernels."""
+    """The dtype a record is filed under: the first fp8 tensor argument's (its flavour decides expected
+    rejections), else the first floating one's, 'int' for index kernels."""
+    for a in launch.args:
+        if isinstance(a, dict) and a.get("tensor", "").startswith("float8"):
+            return a["tensor"]
     for a in launch.args:
         if isinstance(a, dict) and a.get("tensor", "").startswith(("float", "bfloat")):
             return a["tensor"]
@@ -208,8 +229,13 @@ def _scenario_launches(s: dict[str, Any], target):
     from moe_cts.kernels.registry import KERNELS, capture
     from moe_cts.reference import presets
 
+    spec = presets.get(s["preset"])
+    if s.get("quant"):
+        from moe_cts.reference.quant import QuantScheme
+
+        spec = spec.replace(quant=QuantScheme.from_dict(s["quant"]))
     launches = capture(
-        presets.get(s["preset"]),
+        spec,
         s["num_tokens"],
         getattr(torch, s["dtype"]),
         target=target,
