@@ -200,3 +200,12 @@ def test_the_rejection_table_agrees_with_the_measured_fp8_compile_outcomes():
         rejected = {dt.removeprefix("float8_") for dt, row in flavours.items() if row[name] == "rejected"}
         measured = {f for f in target_info.FP8_REJECTED[name] if f"float8_{f}" in flavours}
         assert measured == rejected, name
+
+
+def test_the_triton_adapter_claims_the_fp8_schemes_and_mxfp4_only_with_its_module():
+    import importlib.util
+
+    caps = get_implementation("triton").capabilities()
+    assert {"fp8_per_tensor", "fp8_per_token", "fp8_block"} <= caps.quant_schemes
+    has_mx = importlib.util.find_spec("moe_cts.kernels.mxfp4_moe") is not None
+    assert ("mxfp4" in caps.quant_schemes) == has_mx
