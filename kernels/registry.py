@@ -242,7 +242,7 @@ def meta_weights(spec: MoESpec, dtype: torch.dtype) -> MoEWeights:
     )
 
 
-def meta_qweights(spec: MoESpec):
+def meta_fp8_qweights(spec: MoESpec):
     """QuantizedMoEWeights of meta tensors: uint8 codes and fp32 scales in spec.quant's blocks."""
     from moe_cts.reference.qweights import QUANT_FIELDS, QuantizedMoEWeights, QuantTensor
 
@@ -284,7 +284,7 @@ def capture(
 
     launches: list[Launch] = []
     x = torch.empty((num_tokens, spec.hidden_size), dtype=dtype, device="meta")
-    weights = meta_weights(spec, dtype) if spec.quant is None else meta_qweights(spec)
+    weights = meta_weights(spec, dtype) if spec.quant is None else meta_fp8_qweights(spec)
     with _recording(launches), active_target(target):
         fused_moe(spec, weights, x, config=config, batch_invariant=batch_invariant)
     return launches

@@ -85,7 +85,7 @@ class Scenario:
     kernels: tuple[str, ...] | None = None  # keep only these kernels' launches (None = all)
     fp8: tuple[str, ...] = ()  # also compile the matrix kernels with their operands retyped to these
     meta: dict[str, Any] = field(default_factory=dict)
-    quant: dict[str, Any] | None = None  # QuantScheme.to_dict() the preset runs under (fp8 kernels)
+    quant: str | None = None  # "fp8_block:<fp8_format>": the preset under QuantScheme.fp8_block(fp8_format=...)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,7 +137,6 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
     if tier not in TIERS:
         raise ValueError(f"tier: expected one of {TIERS}, got {tier!r}")
     from moe_cts.reference import presets
-    from moe_cts.reference.quant import QuantScheme
 
     out: list[Scenario] = []
     for backend, tnames in _by_backend(targets).items():
@@ -179,7 +178,7 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
                     num_tokens=TABLE_TOKENS,
                     dtype="bfloat16",
                     targets=tnames,
-                    quant=QuantScheme.fp8_block(fp8_format=fmt).to_dict(),
+                    quant=f"fp8_block:{fmt}",
                 )
             )
         out.append(
@@ -230,10 +229,11 @@ def _scenario_launches(s: dict[str, Any], target):
     from moe_cts.reference import presets
 
     spec = presets.get(s["preset"])
-    if s.get("quant"):
+    if (s.get("quant") or "").startswith("fp8"):
         from moe_cts.reference.quant import QuantScheme
 
-        spec = spec.replace(quant=QuantScheme.from_dict(s["quant"]))
+        method, fmt = s["quant"].split(":")
+        spec = spec.replace(quant=getattr(QuantScheme, method)(fp8_format=fmt))
     launches = capture(
         spec,
         s["num_tokens"],
