@@ -37,7 +37,22 @@ CAPABILITIES: dict[str, Any] = {
     "deterministic": True,
     "batch_invariant": True,
     "host_sync_free": True,
+    # quantized experts (spec.quant): fp8 w8a8 in kernels/fp8_moe.py; the fp8 flavours a target refuses are
+    # data in kernels/target_info.FP8_REJECTED (NotSupportedError before any launch)
+    "quant_schemes": ("fp8_per_tensor", "fp8_per_token", "fp8_block"),
+    "fp8_formats": ("e4m3fn", "e4m3fnuz", "e5m2"),
+    "quant_scale_formats": ("fp32", "ue8m0"),
+    "quant_activations": ("fp8",),  # w8a8 only: weight-only fp8 (bf16 activations) is NotSupported
 }
+
+
+def quant_schemes() -> tuple[str, ...]:
+    """The claimed quant methods: the fp8 ones, plus mxfp4 once kernels/mxfp4_moe.py exists."""
+    import importlib.util
+
+    mx = importlib.util.find_spec("moe_cts.kernels.mxfp4_moe") is not None
+    return CAPABILITIES["quant_schemes"] + (("mxfp4",) if mx else ())
+
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

@@ -6,6 +6,9 @@ act[a] = activation(x[a // k] @ w13[e].T + b13)       # (T*k, I) workspace, rows
 ws[a]  = w[a] * (act[a] @ w2[e].T + b2)               # (T*k, H), weight applied in fp32 before the cast
 y[t]   = shared(x)[t] + sum_j kept(t, j) ? ws[t*k+j] : 0   # fp32, slot order, one cast
 
+Quantized specs (spec.quant set, weights a QuantizedMoEWeights) delegate: fp8 methods to
+kernels/fp8_moe.fused_moe_fp8, mxfp4 to kernels/mxfp4_moe.fused_moe_mxfp4 (NotSupportedError while absent).
+
 x (T, H) -> y (T, H) in x.dtype. No host synchronization: every size is known on the host from
 T, k, E and BLOCK_M; tiles past the used ones exit on the device. Capturable in a CUDA graph.
 """
@@ -27,7 +30,27 @@ from moe_cts.kernels.grouped_gemm import (
     stage_config,
 )
 from moe_cts.kernels.metadata import AlignMeta, Routing
+from moe_cts.reference.errors import NotSupportedError
 from moe_cts.reference.spec import MoESpec, MoEWeights, SpecError
+
+FP8_METHODS = ("fp8_per_tensor", "fp8_per_token", "fp8_block")
+
+
+def quantized_entry(method: str):
+    """The fused MoE of a quantized method: fp8 -> fused_moe_fp8; mxfp4 -> fused_moe_mxfp4 (imported lazily:
+    NotSupportedError naming quant.method while that module does not exist)."""
+    if method in FP8_METHODS:
+        from moe_cts.kernels.fp8_moe import fused_moe_fp8
+
+        return fused_moe_fp8
+    try:
+        from moe_cts.kernels.mxfp4_moe import fused_moe_mxfp4
+    except ImportError as err:
+        raise NotSupportedError(
+            f"quant.method: {method!r} has no Triton kernel here (expected one of {FP8_METHODS}"
+            f" or 'mxfp4' with kernels/mxfp4_moe.py): {err}"
+        ) from err
+    return fused_moe_mxfp4
 
 
 def _route(spec: MoESpec, weights: MoEWeights, x: torch.Tensor) -> Routing:
@@ -64,7 +87,12 @@ def fused_moe(
     """The MoE layer (module docstring). `routing` skips the router (precomputed ids and weights);
     `config` forces a tile config; `batch_invariant` picks one independent of T; `allow_tf32` lets
     fp32 dots use tf32 (pinned to ieee otherwise); `out` (T, H) in x.dtype, any strides, receives y
-    (the conformance harness passes a poisoned view with canaries around it)."""
+    (the conformance harness passes a poisoned view with canaries around it). A quantized spec takes
+    QuantizedMoEWeights and runs quantized_entry(spec.quant.method) (allow_tf32 does not apply)."""
+    if spec.quant is not None:
+        fn = quantized_entry(spec.quant.method)
+        extra = {"batch_invariant": batch_invariant} if spec.quant.method in FP8_METHODS else {}
+        return fn(spec, weights, x, routing=routing, config=config, out=out, **extra)
     check_weights(spec, weights, x)
     if routing is not None:
         _check_routing(spec, routing, x)

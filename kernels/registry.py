@@ -64,6 +64,10 @@ KERNELS: dict[str, KernelInfo] = {
     "combine_kernel": KernelInfo("moe_cts.kernels._combine_kernels", "combine", matrix=False),
     "mx_gate_up_kernel": KernelInfo("moe_cts.kernels._mxfp4_gemm_kernels", "fused_moe_mxfp4", matrix=True),
     "mx_down_kernel": KernelInfo("moe_cts.kernels._mxfp4_gemm_kernels", "fused_moe_mxfp4", matrix=True),
+    # fp8 w8a8 (kernels/fp8_moe.py): operands are fp8 already, so no retyping; captured with a quantized spec
+    "quantize_rows_kernel": KernelInfo("moe_cts.kernels._fp8_quant_kernels", "fused_moe_fp8", matrix=False),
+    "fp8_gate_up_kernel": KernelInfo("moe_cts.kernels._fp8_gemm_kernels", "fused_moe_fp8", matrix=True),
+    "fp8_down_kernel": KernelInfo("moe_cts.kernels._fp8_gemm_kernels", "fused_moe_fp8", matrix=True),
 }
 
 
@@ -258,6 +262,26 @@ def meta_qweights(spec: MoESpec, dtype: torch.dtype):
     return QuantizedMoEWeights(base=base, **fields)
 
 
+def meta_fp8_qweights(spec: MoESpec):
+    """QuantizedMoEWeights of meta tensors: uint8 codes and fp32 scales in spec.quant's blocks."""
+    from moe_cts.reference.qweights import QUANT_FIELDS, QuantizedMoEWeights, QuantTensor
+
+    base = meta_weights(spec, torch.float32)
+    q = spec.quant
+    qts = {}
+    for name in QUANT_FIELDS:
+        w = getattr(base, name)
+        if w is None:
+            continue
+        *lead, N, K = w.shape
+        bn, bk = q.block_for(N, K)
+        codes = torch.empty(w.shape, dtype=torch.uint8, device="meta")
+        scales = torch.empty((*lead, -(-N // bn), -(-K // bk)), dtype=torch.float32, device="meta")
+        qts[name] = QuantTensor(codes, scales, q.fp8_format, (bn, bk), "float32")
+    static = 1.0 if q.activation_scale == "static" else None
+    return QuantizedMoEWeights(base=base, a13_scale=static, a2_scale=static, **qts)
+
+
 def capture(
     spec: MoESpec,
     num_tokens: int,
@@ -280,13 +304,14 @@ def capture(
 
     launches: list[Launch] = []
     x = torch.empty((num_tokens, spec.hidden_size), dtype=dtype, device="meta")
-    with _recording(launches), active_target(target):
-        if spec.quant is not None and spec.quant.method == "mxfp4":
-            from moe_cts.kernels.mxfp4_moe import fused_moe_mxfp4
-
-            fused_moe_mxfp4(spec, meta_qweights(spec, dtype), x, config=config)
-        else:
-            fused_moe(spec, meta_weights(spec, dtype), x, config=config, batch_invariant=batch_invariant)
+    if spec.quant is None:
+        weights = meta_weights(spec, dtype)
+    elif spec.quant.method == "mxfp4":
+        weights = meta_qweights(spec, dtype)
+    else:
+        weights = meta_fp8_qweights(spec)
+    with _recording(launches), active_target(target):  # fused_moe dispatches quantized specs (kernels/moe.py)
+        fused_moe(spec, weights, x, config=config, batch_invariant=batch_invariant)
     return launches
 
 

@@ -105,3 +105,51 @@ def backend_shared_limit(backend: str) -> int | None:
         raise KeyError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     limits = [t.shared_limit_bytes for t in TARGETS.values() if t.backend == backend]
     return None if None in limits else min(limits)
+
+
+# ----------------------------------------------------------------------------------------------- fp8 flavours
+#: fp8 flavours (QuantScheme.fp8_format) Triton refuses to compile a dot for, per listed target: the
+#: "rejected" entries of conformance/data/aot_targets.json "fp8_flavours" (measured with the fp8 probe on
+#: triton 3.9.0 and 3.6.0). e5m2 is not in that probe: it follows e4m3fn (same hardware path). Targets not
+#: listed follow FP8_MIN_CUDA_ARCH. HIP targets reject none (gfx90a/gfx942 emulate what they lack).
+FP8_REJECTED: dict[str, tuple[str, ...]] = {
+    "sm80": ("e4m3fn", "e4m3fnuz", "e5m2"),
+    "sm90": ("e4m3fnuz",),
+    "sm100": ("e4m3fnuz",),
+    "gfx90a": (),
+    "gfx942": (),
+    "gfx950": (),
+    "interpreter": (),  # the kernels round in fp32 and dot in fp32 there (kernels/_fp8_quant_kernels.py)
+}
+#: CUDA targets below this arch have no fp8 dot (Ada sm89 is the first); e4m3fnuz is AMD-only everywhere.
+FP8_MIN_CUDA_ARCH = 89
+
+
+def fp8_rejection(backend: str, arch: int | str, fmt: str) -> str | None:
+    """Why a target cannot run fp8 flavour `fmt` (None if it can): the table first, the CUDA rule after."""
+    t = next((t for t in TARGETS.values() if t.backend == backend and t.arch == arch), None)
+    name = t.name if t is not None else f"{backend}:{arch}"
+    if t is not None:
+        rejected = fmt in FP8_REJECTED[t.name]
+    elif backend == "cuda":
+        rejected = fmt == "e4m3fnuz" or int(arch) < FP8_MIN_CUDA_ARCH
+    else:
+        rejected = False
+    if not rejected:
+        return None
+    why = "e4m3fnuz is an AMD format" if fmt == "e4m3fnuz" else f"no fp8 dot below sm{FP8_MIN_CUDA_ARCH}"
+    return f"quant.fp8_format: {fmt} is not supported on target {name} ({why}); expected a target that compiles it"
+
+
+def device_target(device) -> tuple[str, int | str]:
+    """(backend, arch) of a torch device as TARGETS names them: ("cuda", 90), ("hip", "gfx942"), or
+    ("interpreter", "cpu") for a CPU tensor under the Triton interpreter."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return ("interpreter", "cpu")
+    if torch.version.hip:
+        return ("hip", torch.cuda.get_device_properties(dev).gcnArchName.split(":")[0])
+    major, minor = torch.cuda.get_device_capability(dev)
+    return ("cuda", 10 * major + minor)

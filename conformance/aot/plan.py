@@ -48,6 +48,10 @@ FULL_TOKENS = (1, 16, 128, 512, 4096)
 MXFP4_PRESET = "gpt-oss-120b"
 MXFP4_TOKENS = {"default": (1, 512), "full": FULL_TOKENS}
 MXFP4_DTYPES = ("bfloat16", "float16")
+#: The fp8 w8a8 MoE (kernels/fp8_moe.py) is compiled for DeepSeek-V3 block fp8 in both e4m3 flavours; the
+#: targets that refuse a flavour are expected rejections (aot_targets.json fp8_flavours, target_info.FP8_REJECTED).
+FP8_MOE_PRESET = "deepseek-v3"
+FP8_MOE_FLAVOURS = ("e4m3fn", "e4m3fnuz")
 #: Fields of a target row that come from moe_cts.kernels.target_info (never from the JSON file).
 HARDWARE_FIELDS = ("backend", "arch", "warp_size", "shared_limit_bytes")
 
@@ -90,7 +94,9 @@ class Scenario:
     batch_invariant: bool = False
     kernels: tuple[str, ...] | None = None  # keep only these kernels' launches (None = all)
     fp8: tuple[str, ...] = ()  # also compile the matrix kernels with their operands retyped to these
-    quant: str | None = None  # "mxfp4": the preset with QuantScheme.mxfp4(activation_dtype=dtype)
+    # "mxfp4": the preset with QuantScheme.mxfp4(activation_dtype=dtype);
+    # "fp8_block:<fp8_format>": the preset under QuantScheme.fp8_block(fp8_format=...)
+    quant: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -206,6 +212,17 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
                 },
             )
         )
+        for fmt in FP8_MOE_FLAVOURS:  # the fp8 w8a8 kernels in their own fp8 operands
+            out.append(
+                Scenario(
+                    origin=f"fp8-moe:{fmt}",
+                    preset=FP8_MOE_PRESET,
+                    num_tokens=TABLE_TOKENS,
+                    dtype="bfloat16",
+                    targets=tnames,
+                    quant=f"fp8_block:{fmt}",
+                )
+            )
         out.append(
             Scenario(
                 origin="fp8",
@@ -237,7 +254,11 @@ def _retyped(launch, names: tuple[str, ...], dtype: str):
 
 
 def _data_dtype(launch) -> str:
-    """The dtype a record is filed under: the first floating tensor argument's, 'int' for index kernels."""
+    """The dtype a record is filed under: the first fp8 tensor argument's (its flavour decides expected
+    rejections), else the first floating one's, 'int' for index kernels."""
+    for a in launch.args:
+        if isinstance(a, dict) and a.get("tensor", "").startswith("float8"):
+            return a["tensor"]
     for a in launch.args:
         if isinstance(a, dict) and a.get("tensor", "").startswith(("float", "bfloat")):
             return a["tensor"]
@@ -256,6 +277,11 @@ def _scenario_launches(s: dict[str, Any], target):
         from moe_cts.reference.quant import QuantScheme
 
         spec = spec.replace(quant=QuantScheme.mxfp4(activation_dtype=s["dtype"]))
+    elif (s.get("quant") or "").startswith("fp8"):
+        from moe_cts.reference.quant import QuantScheme
+
+        method, fmt = s["quant"].split(":")
+        spec = spec.replace(quant=getattr(QuantScheme, method)(fp8_format=fmt))
     launches = capture(
         spec,
         s["num_tokens"],

@@ -8,6 +8,15 @@
     combine   moe_cts.kernels.combine.combine(spec, eo, tw, kept, so)   y (T, H)
     forward   moe_cts.kernels.moe.fused_moe(spec, w, x[, out=])         y (T, H)
 
+Quantized cases (spec.quant set) run through the same API with inputs.qweights (codes + scales):
+
+    stage     fp8 methods                                         mxfp4 (once kernels/mxfp4_moe.py exists)
+    gate_up   moe_cts.kernels.fp8_moe.gate_up_fp8(spec, qw, x, ids)       mxfp4_moe.gate_up_mxfp4
+    down      moe_cts.kernels.fp8_moe.down_fp8(spec, qw, act, ids)        mxfp4_moe.down_mxfp4
+    forward   moe_cts.kernels.moe.fused_moe(spec, qw, x[, out=]) -> fused_moe_fp8 / fused_moe_mxfp4
+
+    act is the activation before its requantization, in x.dtype (the eager quantized adapter's contract).
+
 Capabilities come from moe_cts.kernels.capabilities.CAPABILITIES; a kernel module that is missing (not written
 yet, or no Triton on this platform) makes its stage NotSupported rather than an error, and so does the plain
 `cpu` device (Triton kernels need a GPU or TRITON_INTERPRET=1).
@@ -39,12 +48,33 @@ ENTRY = {
 }
 
 
-def _resolve(stage: str):
-    module, fn = ENTRY[stage]
+#: (quant family, stage) -> (module, function) of the staged quantized GEMMs
+QUANT_ENTRY = {
+    ("fp8", "gate_up"): ("moe_cts.kernels.fp8_moe", "gate_up_fp8"),
+    ("fp8", "down"): ("moe_cts.kernels.fp8_moe", "down_fp8"),
+    ("mxfp4", "gate_up"): ("moe_cts.kernels.mxfp4_moe", "gate_up_mxfp4"),
+    ("mxfp4", "down"): ("moe_cts.kernels.mxfp4_moe", "down_mxfp4"),
+}
+
+
+def _quant_family(spec) -> str | None:
+    return None if spec.quant is None else "mxfp4" if spec.quant.method == "mxfp4" else "fp8"
+
+
+def _resolve(stage: str, family: str | None = None):
+    module, fn = QUANT_ENTRY[(family, stage)] if (family, stage) in QUANT_ENTRY else ENTRY[stage]
     try:
         return getattr(importlib.import_module(module), fn)
     except (ImportError, AttributeError) as err:
         raise NotSupportedError(f"{stage}: {module}.{fn} is not available ({err})") from err
+
+
+def _quant_schemes() -> frozenset[str]:
+    try:
+        from moe_cts.kernels.capabilities import quant_schemes  # after TRITON_INTERPRET, as below
+    except ImportError:
+        return frozenset()
+    return frozenset(quant_schemes())
 
 
 def _table() -> dict[str, Any]:
@@ -95,6 +125,7 @@ class TritonImplementation:
             batch_invariant=self.batch_invariant and bool(t.get("batch_invariant", False)),
             accepts_out=forward and "out" in inspect.signature(_resolve(FORWARD)).parameters,
             fp32_dot="tf32" if self.allow_tf32 else "ieee",
+            quant_schemes=_quant_schemes(),
         )
 
     def _available(self, stage: str) -> bool:
@@ -125,8 +156,11 @@ class TritonImplementation:
             why = f"stage: {stage} not exposed by the Triton kernels"
         if why:
             raise NotSupportedError(why)
-        fn = _resolve(stage)
         spec, w = inputs.spec, inputs.weights
+        family = _quant_family(spec)
+        if family is not None and stage in (FORWARD, "gate_up", "down"):
+            return self._run_quant(inputs, stage, family, out)
+        fn = _resolve(stage)
         tf32 = {"allow_tf32": True} if self.allow_tf32 else {}
         if stage == FORWARD:
             kw = {"out": out} if out is not None else {}
@@ -140,3 +174,14 @@ class TritonImplementation:
         if stage == "down":
             return fn(spec, w, inputs.act, inputs.topk_ids, **tf32)
         return fn(spec, inputs.expert_out, inputs.topk_weights, inputs.kept, inputs.shared_out)
+
+    def _run_quant(self, inputs, stage: str, family: str, out) -> Any:
+        """Quantized GEMM stages and the forward on inputs.qweights (module docstring)."""
+        spec, qw = inputs.spec, inputs.qweights
+        if stage == FORWARD:
+            kw = {"out": out} if out is not None else {}
+            return _resolve(FORWARD)(spec, qw, inputs.x, batch_invariant=self.batch_invariant, **kw)
+        fn = _resolve(stage, family)
+        if stage == "gate_up":
+            return fn(spec, qw, inputs.x, inputs.topk_ids)
+        return fn(spec, qw, inputs.act, inputs.topk_ids)

@@ -3,6 +3,8 @@ every quantized broken implementation is caught at its stage, and the inputs are
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -62,8 +64,13 @@ def test_snapped_x_requantizes_to_itself_within_fp32_and_has_a_zero_group():
     assert (x[0, 256:] == 0).all() and (x[0, :256] != 0).any()
 
 
+class ClaimsNoScheme(TorchEagerImplementation):
+    def capabilities(self):
+        return dataclasses.replace(super().capabilities(), quant_schemes=frozenset())
+
+
 def test_an_implementation_that_claims_no_scheme_gets_not_supported(device):
-    r = run_case(get_implementation("triton"), Case(BLOCK, 4, seed=1), device)
+    r = run_case(ClaimsNoScheme(), Case(BLOCK, 4, seed=1), device)
     assert r.outcome == Outcome.NOT_SUPPORTED and "quant" in r.message
 
 

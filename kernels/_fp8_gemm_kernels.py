@@ -1,0 +1,210 @@
+"""Triton bodies of the fp8 w8a8 grouped GEMMs (launchers: kernels/fp8_gemm.py).
+
+Same slot walk as _grouped_gemm_kernels.py (aligned expert tiles, pad sentinel, 64-bit row offsets). Operands:
+
+    A   quantized activations (R, K): fp8 (GPU) or their fp32 values (interpreter), scales s_a (R, G) fp32
+    W   weight codes (E, N, K): fp8 (GPU) or uint8 decoded in-kernel (interpreter), scales s_w (E, Nb, Kb) fp32
+
+    BLOCKWISE (fp8_block): BLOCK_K divides the group width GROUP_K; per K tile kk, g = kk BLOCK_K // GROUP_K
+        acc += tl.dot(a_q, w_q) * s_a[row, g] * s_w[e, n // BN_W, g]      (fp32 partials: DeepSeek's promotion)
+    otherwise (per tensor / per token): acc = sum_kk tl.dot(a_q, w_q); acc *= s_a[row, 0] * s_w[e, n // BN_W, 0]
+    epilogue: dequant (above) -> + bias (fp32) -> [GEMM1: activation, optional fused requantization]
+              -> [GEMM2: * router weight (fp32)] -> cast
+
+On the GPU the dot is fp8 x fp8 with fp32 accumulation (weights streamed as fp8, B tile K-contiguous as fp8
+wgmma / MFMA want it); under the interpreter both operands are fp32 and products are exact, so the sums
+differ only by accumulation order.
+
+GEMM1's fused requantization (QUANT_OUT, fp8_block with BLOCK_N a multiple of the group width): the tile's
+activation (BLOCK_M, BLOCK_N) is viewed as (BLOCK_M, BLOCK_N / G2, G2), amax per group, _act_scale, _round_fp8,
+and the codes and scales are stored for GEMM2. Columns past I are zeroed before the amax.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from moe_cts.kernels._common import INTERPRET
+from moe_cts.kernels._fp8_quant_kernels import _act_scale, _decode_fp8, _round_fp8, _store_round
+from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_rows
+
+
+@triton.jit
+def _load_w(ptrs, mask, MBITS: tl.constexpr, EBITS: tl.constexpr, BIAS: tl.constexpr, NAN: tl.constexpr):
+    """A weight tile: fp8 as stored (GPU), or uint8 codes decoded to fp32 (interpreter)."""
+    if INTERPRET:
+        return _decode_fp8(tl.load(ptrs, mask=mask, other=0), MBITS, EBITS, BIAS, NAN)
+    else:
+        return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _w_scale(sw_base, rows, g, BN_W, stride_sw_n, stride_sw_k):
+    """(BLOCK_N,) fp32 weight scales of weight rows `rows` in K group g."""
+    return tl.load(sw_base + (rows // BN_W) * stride_sw_n + g * stride_sw_k)
+
+
+@triton.jit
+def fp8_gate_up_kernel(
+    a_ptr, sa_ptr,  # (T, H) quantized x, (T, G1) scales
+    w_ptr, sw_ptr,  # (E, R, H) codes, (E, Rb, Hb) scales; R = 2I gated / I
+    b_ptr,  # (E, R) fp32 bias or any pointer
+    act_ptr,  # (T*k, I) out: activation (not QUANT_OUT) or its quantized values (QUANT_OUT)
+    sq_ptr,  # (T*k, G2) out: scales of the quantized activation (QUANT_OUT), or any pointer
+    sorted_ids_ptr, expert_of_block_ptr, num_padded_ptr,
+    num_assignments, top_k, I, H, num_m_blocks, BN_W, GROUP_K,
+    stride_a_t, stride_a_h, stride_sa_t, stride_sa_g,
+    stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k,
+    stride_b_e, stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g,
+    swiglu_alpha, swiglu_limit, amax_eps,
+    GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    BLOCKWISE: tl.constexpr, QUANT_OUT: tl.constexpr, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr,
+    FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
+    FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, G2: tl.constexpr,
+):  # fmt: skip
+    """act[a] = activation(dequant(x_q[a // k] @ w13_q[e, gate].T) + b, dequant(... up ...) + b)."""
+    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
+        return
+    expert = tl.load(expert_of_block_ptr + pid_m)
+    if expert < 0:
+        return
+    ids, row_ok, tok, offs_n, offs_n_w, offs_k = _tile_rows(
+        sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
+    )
+    if INTERLEAVED:
+        gate_rows = offs_n_w * 2
+        up_rows = gate_rows + 1
+    else:
+        gate_rows = offs_n_w
+        up_rows = offs_n_w + I
+    a_ptrs = a_ptr + tok[:, None] * stride_a_t + offs_k[None, :] * stride_a_h
+    w_base = w_ptr + expert.to(tl.int64) * stride_w_e
+    g_ptrs = w_base + gate_rows[None, :] * stride_w_r + offs_k[:, None] * stride_w_h
+    u_ptrs = w_base + up_rows[None, :] * stride_w_r + offs_k[:, None] * stride_w_h
+    sw_base = sw_ptr + expert.to(tl.int64) * stride_sw_e
+    sa_rows = sa_ptr + tok * stride_sa_t
+
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kk in range(0, tl.cdiv(H, BLOCK_K)):
+        k_ok = offs_k < H - kk * BLOCK_K
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        wg = _load_w(g_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
+        if GATED:
+            wu = _load_w(u_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
+        if BLOCKWISE:  # fp32 partial per K tile, scaled by its group's scales
+            g = (kk * BLOCK_K) // GROUP_K
+            sa = tl.load(sa_rows + g * stride_sa_g, mask=row_ok, other=0.0)
+            sg = _w_scale(sw_base, gate_rows, g, BN_W, stride_sw_n, stride_sw_k)
+            acc_g += tl.dot(a, wg) * (sa[:, None] * sg[None, :])
+            if GATED:
+                su = _w_scale(sw_base, up_rows, g, BN_W, stride_sw_n, stride_sw_k)
+                acc_u += tl.dot(a, wu) * (sa[:, None] * su[None, :])
+        else:
+            acc_g = tl.dot(a, wg, acc_g)
+            if GATED:
+                acc_u = tl.dot(a, wu, acc_u)
+        a_ptrs += BLOCK_K * stride_a_h
+        g_ptrs += BLOCK_K * stride_w_h
+        u_ptrs += BLOCK_K * stride_w_h
+    if not BLOCKWISE:  # one scale per row of x and per weight row: dequantize once
+        sa = tl.load(sa_rows, mask=row_ok, other=0.0)
+        acc_g = acc_g * (
+            sa[:, None] * _w_scale(sw_base, gate_rows, 0, BN_W, stride_sw_n, stride_sw_k)[None, :]
+        )
+        if GATED:
+            acc_u = acc_u * (
+                sa[:, None] * _w_scale(sw_base, up_rows, 0, BN_W, stride_sw_n, stride_sw_k)[None, :]
+            )
+
+    if HAS_BIAS:  # after dequantization (docs/bugs.md#bug-03-bias-before-dequant)
+        b_base = b_ptr + expert.to(tl.int64) * stride_b_e
+        acc_g += tl.load(b_base + gate_rows * stride_b_r).to(tl.float32)[None, :]
+        if GATED:
+            acc_u += tl.load(b_base + up_rows * stride_b_r).to(tl.float32)[None, :]
+    act = _activate(acc_g, acc_u, swiglu_alpha, swiglu_limit, GATED, ACTIVATION)
+    col_ok = offs_n < I
+    out_mask = row_ok[:, None] & col_ok[None, :]
+    out_ptrs = act_ptr + ids.to(tl.int64)[:, None] * stride_act_a + offs_n[None, :] * stride_act_i
+    if QUANT_OUT:
+        act = tl.where(col_ok[None, :], act, 0.0)
+        NG: tl.constexpr = BLOCK_N // G2
+        act3 = tl.reshape(act, (BLOCK_M, NG, G2))
+        s = _act_scale(tl.max(tl.abs(act3), axis=2), amax_eps, HAS_EPS, SCALE_FMT, FP8_MAX, FP8_EMAX)
+        q3 = _round_fp8(
+            tl.math.div_rn(act3, s[:, :, None] + tl.zeros_like(act3)), FP8_MBITS, FP8_EMIN, FP8_MAX
+        )
+        q = tl.reshape(q3, (BLOCK_M, BLOCK_N))
+        tl.store(out_ptrs, q.to(act_ptr.dtype.element_ty), mask=out_mask)
+        offs_g = pid_n * NG + tl.arange(0, NG)
+        sq_ptrs = sq_ptr + ids.to(tl.int64)[:, None] * stride_sq_a + offs_g[None, :] * stride_sq_g
+        tl.store(sq_ptrs, s, mask=row_ok[:, None] & (offs_g[None, :] * G2 < I))
+    else:
+        act = _store_round(act, act_ptr.dtype.element_ty)
+        tl.store(out_ptrs, act.to(act_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def fp8_down_kernel(
+    a_ptr, sa_ptr,  # (T*k, I) quantized act, (T*k, G2) scales
+    w_ptr, sw_ptr,  # (E, H, I) codes, (E, Hb, Ib) scales
+    b_ptr,  # (E, H) fp32 bias or any pointer
+    out_ptr,  # (T*k, H)
+    route_w_ptr,  # (T*k,) fp32 router weights (MUL_WEIGHT), or any pointer
+    sorted_ids_ptr, expert_of_block_ptr, num_padded_ptr,
+    num_assignments, H, I, num_m_blocks, BN_W, GROUP_K,
+    stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
+    stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k,
+    stride_b_e, stride_b_h, stride_out_a, stride_out_h,
+    HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr, BLOCKWISE: tl.constexpr,
+    FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """out[a] = (dequant(act_q[a] @ w2_q[e].T) + b2[e]) * (route_w[a] if MUL_WEIGHT), all in fp32, one cast."""
+    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
+        return
+    expert = tl.load(expert_of_block_ptr + pid_m)
+    if expert < 0:
+        return
+    _, row_ok, rows, offs_n, offs_n_w, offs_k = _tile_rows(
+        sorted_ids_ptr, pid_m, pid_n, num_assignments, 1, H, False, BLOCK_M, BLOCK_N, BLOCK_K
+    )
+    a_ptrs = a_ptr + rows[:, None] * stride_a_a + offs_k[None, :] * stride_a_i
+    w_ptrs = (
+        w_ptr
+        + expert.to(tl.int64) * stride_w_e
+        + offs_n_w[None, :] * stride_w_h
+        + offs_k[:, None] * stride_w_i
+    )
+    sw_base = sw_ptr + expert.to(tl.int64) * stride_sw_e
+    sa_rows = sa_ptr + rows * stride_sa_a
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kk in range(0, tl.cdiv(I, BLOCK_K)):
+        k_ok = offs_k < I - kk * BLOCK_K
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w = _load_w(w_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
+        if BLOCKWISE:
+            g = (kk * BLOCK_K) // GROUP_K
+            sa = tl.load(sa_rows + g * stride_sa_g, mask=row_ok, other=0.0)
+            sw = _w_scale(sw_base, offs_n_w, g, BN_W, stride_sw_n, stride_sw_k)
+            acc += tl.dot(a, w) * (sa[:, None] * sw[None, :])
+        else:
+            acc = tl.dot(a, w, acc)
+        a_ptrs += BLOCK_K * stride_a_i
+        w_ptrs += BLOCK_K * stride_w_i
+    if not BLOCKWISE:
+        sa = tl.load(sa_rows, mask=row_ok, other=0.0)
+        acc = acc * (sa[:, None] * _w_scale(sw_base, offs_n_w, 0, BN_W, stride_sw_n, stride_sw_k)[None, :])
+    if HAS_BIAS:
+        b2 = tl.load(b_ptr + expert.to(tl.int64) * stride_b_e + offs_n_w * stride_b_h).to(tl.float32)
+        acc += b2[None, :]
+    # fp32, after dequant and bias, before the cast (docs/bugs.md#bug-02-router-weight-after-cast)
+    if MUL_WEIGHT:
+        acc = acc * tl.load(route_w_ptr + rows, mask=row_ok, other=0.0)[:, None]
+    out_ptrs = out_ptr + rows[:, None] * stride_out_a + offs_n[None, :] * stride_out_h
+    acc = _store_round(acc, out_ptr.dtype.element_ty)
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < H))

@@ -1,0 +1,201 @@
+"""fp8 w8a8 grouped GEMMs: activation quantization, GEMM1 + activation, GEMM2 (launchers; bodies in
+_fp8_quant_kernels.py and _fp8_gemm_kernels.py). Stage twins of reference/numpy_quant.py:
+
+    xq, sx      = quantize_rows(spec, x, static)     # x (R, K) -> fp8 values (R, K), scales (R, G) fp32
+    act[t, j]   = activation(dequant(xq[t] @ w13_q[e].T) + b13[e])          gate_up  (T, k, I) x.dtype
+    out[t, j]   = dequant(quantize_rows(act[t, j]) @ w2_q[e].T) + b2[e]      down     (T, k, H) act.dtype
+
+    scheme           activation scales (G groups)        weight scales (E, Nb, Kb)   GEMM scaling
+    fp8_per_tensor   one (dynamic: torch amax on device,  (E, 1, 1)                   once, after the K loop
+                     no host sync; static: given)
+    fp8_per_token    (R, 1) per row                       (E, N, 1)                   once, after the K loop
+    fp8_block        (R, ceil(K/g)) per 1 x g group       (E, ceil(N/bn), ceil(K/bk)) per K tile (fp32 partials)
+
+Quantized operand storage: fp8 (torch.float8_*) on a GPU, fp32 values under the Triton interpreter (its
+fp32 -> fp8 casts are wrong; the rounding is done in fp32 arithmetic either way, see _fp8_quant_kernels.py).
+Weight codes are passed as fp8 views on a GPU and as uint8 (decoded in the kernel) under the interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+from moe_cts.kernels import _fp8_gemm_kernels as K
+from moe_cts.kernels import _fp8_quant_kernels as Q
+from moe_cts.kernels._grouped_gemm_kernels import ACTIVATIONS
+from moe_cts.kernels.config import GemmTile
+from moe_cts.kernels.metadata import AlignMeta
+from moe_cts.reference import formats
+from moe_cts.reference.errors import NotSupportedError
+from moe_cts.reference.spec import MoESpec
+
+FP8_METHODS = ("fp8_per_tensor", "fp8_per_token", "fp8_block")
+FP8_TORCH = {"e4m3fn": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz, "e5m2": torch.float8_e5m2}
+NAN_CODES = {"e4m3fn": Q.NAN_FN.value, "e4m3fnuz": Q.NAN_FNUZ.value, "e5m2": Q.NAN_IEEE.value}
+#: (scale_format, scale_rounding) -> SCALE_FMT constexpr
+SCALE_CODES = {
+    ("fp32", "ceil"): Q.SCALE_FP32.value,
+    ("ue8m0", "ceil"): Q.SCALE_UE8M0_CEIL.value,
+    ("ue8m0", "floor"): Q.SCALE_UE8M0_FLOOR.value,
+    ("ue8m0", "threshold_1p75"): Q.SCALE_UE8M0_T175.value,
+}
+QUANT_BLOCK = 128  # columns per program-iteration of quantize_rows_kernel
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def operand_dtype(fmt: str) -> torch.dtype:
+    """Storage of quantized activations: fp8 on a GPU, their fp32 values under the interpreter."""
+    return torch.float32 if interpreting() else FP8_TORCH[fmt]
+
+
+def fmt_constexprs(fmt: str) -> dict[str, int | float]:
+    f = formats.get(fmt)
+    return {
+        "FP8_MBITS": f.mbits, "FP8_EBITS": f.ebits, "FP8_BIAS": f.bias, "FP8_NAN": NAN_CODES[fmt],
+        "FP8_EMIN": f.emin, "FP8_MAX": float(f.max), "FP8_EMAX": f.emax,
+    }  # fmt: skip
+
+
+def scale_constexprs(spec: MoESpec) -> dict:
+    q = spec.quant
+    return {"SCALE_FMT": SCALE_CODES[(q.scale_format, q.scale_rounding)], "HAS_EPS": q.amax_eps is not None}
+
+
+def group_width(spec: MoESpec, K: int) -> int:
+    """Activation group along K: act_group for the block scheme, the whole row otherwise."""
+    return spec.quant.act_group if spec.quant.method == "fp8_block" else max(K, 1)
+
+
+# ----------------------------------------------------------------------------------------------- activations
+def _per_tensor_scale(spec: MoESpec, x: torch.Tensor) -> torch.Tensor:
+    """(1,) fp32 dynamic per-tensor scale on the device: fp32(max(amax, eps) / fp8 max)."""
+    amax = x.abs().amax().to(torch.float32).reshape(1) if x.numel() else x.new_zeros(1, dtype=torch.float32)
+    if spec.quant.amax_eps is not None:
+        amax = amax.clamp(min=spec.quant.amax_eps)
+    return amax / formats.get(spec.quant.fp8_format).max
+
+
+def quantize_rows(
+    spec: MoESpec, x: torch.Tensor, static: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(xq (R, K) in operand_dtype, scales (R, G) fp32) of rows x (R, K) under spec.quant (module docstring)."""
+    q = spec.quant
+    R, Kd = x.shape
+    gw = group_width(spec, Kd)
+    G = max(1, triton.cdiv(Kd, gw))
+    xq = torch.empty((R, Kd), dtype=operand_dtype(q.fp8_format), device=x.device)
+    s = torch.empty((R, G), dtype=torch.float32, device=x.device)
+    if R == 0:
+        return xq, s
+    scale_in = None
+    if static is not None:
+        scale_in = torch.full((1,), float(static), dtype=torch.float32, device=x.device)
+    elif q.method == "fp8_per_tensor":
+        scale_in = _per_tensor_scale(spec, x)
+    Q.quantize_rows_kernel[(R, G)](
+        x_ptr=x, q_ptr=xq, s_ptr=s, scale_in_ptr=scale_in if scale_in is not None else s,
+        K=Kd, GW=gw, stride_x_r=x.stride(0), stride_x_k=x.stride(1), stride_q_r=xq.stride(0),
+        stride_q_k=xq.stride(1), stride_s_r=s.stride(0), stride_s_g=s.stride(1),
+        amax_eps=float(q.amax_eps or 0.0), STATIC=scale_in is not None, **scale_constexprs(spec),
+        **{k: v for k, v in fmt_constexprs(q.fp8_format).items() if k in ("FP8_MBITS", "FP8_EMIN", "FP8_MAX", "FP8_EMAX")},
+        BLOCK=min(QUANT_BLOCK, triton.next_power_of_2(max(min(gw, Kd), 16))),
+    )  # fmt: skip
+    return xq, s
+
+
+# ----------------------------------------------------------------------------------------------- weights
+def weight_operands(qt, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(codes (E, N, K) fp8 view (GPU) or uint8 (interpreter), scales (E, Nb, Kb) fp32, bn) on device.
+    A 2-D tensor (shared expert) gets a leading expert dim of 1."""
+    if qt.scale_dtype != "float32" or qt.fmt not in FP8_TORCH:
+        raise NotSupportedError(
+            f"quant: fp8 weights with float32 scales expected, got {qt.fmt} / {qt.scale_dtype}"
+        )
+    codes, scales = qt.codes.to(device), qt.scales.to(device)
+    if codes.dim() == 2:
+        codes, scales = codes.unsqueeze(0), scales.unsqueeze(0)
+    if not interpreting():
+        codes = codes.view(FP8_TORCH[qt.fmt])
+    return codes, scales, qt.block[0]
+
+
+def k_block(spec: MoESpec, tile_k: int) -> int:
+    """BLOCK_K of an fp8 GEMM: the block scheme needs tiles inside one scale group (BLOCK_K | group)."""
+    q = spec.quant
+    if q.method != "fp8_block":
+        return tile_k
+    g = q.weight_block[1]
+    if g < 16 or g & (g - 1):
+        raise NotSupportedError(
+            f"quant.weight_block: the fp8 kernels need a K block that is a power of two >= 16, got {q.weight_block}"
+        )
+    return min(tile_k, g)
+
+
+# ----------------------------------------------------------------------------------------------- GEMMs
+def launch_fp8_gate_up(
+    spec: MoESpec, xq, sx, w, bias, act, meta: AlignMeta, tile: GemmTile, *, sq=None, interleaved=None
+) -> None:
+    """act[a] for every slot of meta. w = weight_operands(w13); bias fp32 (E, R) or None. With sq (R, G2)
+    the activation is quantized in the epilogue: act receives fp8 values, sq their scales (QUANT_OUT)."""
+    codes, scales, bn = w
+    I, H = act.shape[1], xq.shape[1]
+    q = spec.quant
+    block_k = k_block(spec, tile.BLOCK_K)
+    grid = (meta.num_blocks * triton.cdiv(I, tile.BLOCK_N),)
+    b = bias if bias is not None else scales
+    so = sq if sq is not None else sx
+    K.fp8_gate_up_kernel[grid](
+        xq, sx, codes, scales, b, act, so,
+        meta.sorted_ids, meta.expert_of_block, meta.num_padded,
+        meta.num_tokens * meta.top_k, meta.top_k, I, H, meta.num_blocks, bn, group_width(spec, H),
+        xq.stride(0), xq.stride(1), sx.stride(0), sx.stride(1),
+        codes.stride(0), codes.stride(1), codes.stride(2), scales.stride(0), scales.stride(1), scales.stride(2),
+        b.stride(0), b.stride(1) if bias is not None else 0, act.stride(0), act.stride(1), so.stride(0), so.stride(1),
+        float(spec.swiglu_alpha), float(spec.swiglu_limit), float(q.amax_eps or 0.0),
+        GATED=spec.gated, INTERLEAVED=spec.w13_layout == "interleaved" if interleaved is None else interleaved,
+        HAS_BIAS=bias is not None, ACTIVATION=ACTIVATIONS[spec.activation],
+        BLOCKWISE=q.method == "fp8_block", QUANT_OUT=sq is not None, **scale_constexprs(spec),
+        **fmt_constexprs(q.fp8_format),
+        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
+        G2=q.act_group if sq is not None else 16,
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+    )  # fmt: skip
+
+
+def launch_fp8_down(
+    spec: MoESpec, aq, sa, w, bias, out, meta: AlignMeta, tile: GemmTile, *, route_weights=None
+) -> None:
+    """out[a] = dequant(aq[a] @ w2_q[e].T) + b2[e] (times route_weights[a] in fp32 if given)."""
+    codes, scales, bn = w
+    H, I = out.shape[1], aq.shape[1]
+    q = spec.quant
+    grid = (meta.num_blocks * triton.cdiv(H, tile.BLOCK_N),)
+    b = bias if bias is not None else scales
+    rw = route_weights if route_weights is not None else meta.sorted_ids
+    fc = fmt_constexprs(q.fp8_format)
+    K.fp8_down_kernel[grid](
+        aq, sa, codes, scales, b, out, rw,
+        meta.sorted_ids, meta.expert_of_block, meta.num_padded,
+        meta.num_tokens * meta.top_k, H, I, meta.num_blocks, bn, group_width(spec, I),
+        aq.stride(0), aq.stride(1), sa.stride(0), sa.stride(1),
+        codes.stride(0), codes.stride(1), codes.stride(2), scales.stride(0), scales.stride(1), scales.stride(2),
+        b.stride(0), b.stride(1) if bias is not None else 0, out.stride(0), out.stride(1),
+        HAS_BIAS=bias is not None, MUL_WEIGHT=route_weights is not None, BLOCKWISE=q.method == "fp8_block",
+        FP8_MBITS=fc["FP8_MBITS"], FP8_EBITS=fc["FP8_EBITS"], FP8_BIAS=fc["FP8_BIAS"], FP8_NAN=fc["FP8_NAN"],
+        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=k_block(spec, tile.BLOCK_K), GROUP_M=tile.GROUP_M,
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+    )  # fmt: skip
+
+
+def fused_requant(spec: MoESpec, tile: GemmTile) -> bool:
+    """GEMM1 quantizes its activation in the epilogue when a tile holds whole groups (the block scheme with
+    BLOCK_N a multiple of the group width); otherwise quantize_rows runs on the fp32 activation."""
+    q = spec.quant
+    return q.method == "fp8_block" and "gemm2" in q.quantize_inputs and tile.BLOCK_N % q.act_group == 0
