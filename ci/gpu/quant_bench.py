@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from bench_timing import Timer, capture_graph, measure_ceilings  # noqa: E402
+from bench_timing import Timer, capture_graph, measure_ceilings
 
-from moe_cts.kernels import Routing, fused_moe  # noqa: E402
-from moe_cts.reference import presets  # noqa: E402
-from moe_cts.reference.qweights import QuantizedMoEWeights, QuantTensor  # noqa: E402
-from moe_cts.reference.quant import QuantScheme  # noqa: E402
-from moe_cts.reference.spec import MoEWeights, weight_shapes  # noqa: E402
+from moe_cts.kernels import Routing, fused_moe
+from moe_cts.reference import presets
+from moe_cts.reference.quant import QuantScheme
+from moe_cts.reference.qweights import QuantizedMoEWeights, QuantTensor
+from moe_cts.reference.spec import MoEWeights, weight_shapes
 
 TOKENS = (1, 16, 128, 512, 4096)
 FP8_MAX = 448.0
@@ -101,8 +101,8 @@ def bench_preset(name, qscheme, kind, tokens, timer, ceil, dev, cpu) -> list[dic
         touched = int(torch.unique(r.topk_ids).numel())
         rec = {"preset": name, "kind": kind, "T": T, "touched": touched}
         try:
-            fb = lambda: fused_moe(spec, base, x, routing=r)  # noqa: E731
-            fq = lambda: fused_moe(qspec, qw, x, routing=r)  # noqa: E731
+            fb = lambda x=x, r=r: fused_moe(spec, base, x, routing=r)
+            fq = lambda x=x, r=r: fused_moe(qspec, qw, x, routing=r)
             y1, y2 = fq(), fq()
             rec["finite"] = bool(torch.isfinite(y1.float()).all())
             rec["bitwise_repeat"] = bool(torch.equal(y1.view(torch.int16), y2.view(torch.int16)))
