@@ -130,6 +130,10 @@ def _shared(spec: MoESpec, qw: QuantizedMoEWeights, x, xq, sx, cfg: TileConfig) 
 def _router_weights(qw: QuantizedMoEWeights, x: torch.Tensor):
     """The float router's weights in x.dtype (the router is never quantized)."""
     b = qw.base
+    if (
+        b.device != x.device
+    ):  # one device for every field (MoEWeights checks it); a no-op where they already are
+        b = b.to(device=x.device)
     cast = lambda t: None if t is None else t.to(device=x.device, dtype=x.dtype)
     return b.replace(
         router=cast(b.router), router_bias=cast(b.router_bias), correction_bias=cast(b.correction_bias)

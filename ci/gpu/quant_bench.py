@@ -156,6 +156,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--cpu-smoke", action="store_true")
+    ap.add_argument("--kinds", default="fp8,mxfp4", help="which quantized paths (fp8, mxfp4)")
+    ap.add_argument("--tokens", help="comma-separated T (default 1,16,128,512,4096)")
+    ap.add_argument("--no-50k", action="store_true", help="skip the T = 50,000 fp8 run")
     args = ap.parse_args()
     cpu = args.cpu_smoke
     if cpu:
@@ -164,11 +167,17 @@ def main() -> None:
     timer = Timer(cpu=cpu, warmup_ms=10, rep_ms=40)
     ceil = measure_ceilings(timer, dev)
     tokens = (1, 5) if cpu else TOKENS
+    if args.tokens:
+        tokens = tuple(int(t) for t in args.tokens.split(","))
+    kinds = args.kinds.split(",")
     meta = {"device": "cpu" if cpu else torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": __import__("triton").__version__, "ceilings": ceil}  # fmt: skip
-    rows = bench_preset("deepseek-v3", QuantScheme.fp8_block(), "fp8", tokens, timer, ceil, dev, cpu)
-    rows += bench_preset("gpt-oss-120b", QuantScheme.mxfp4(), "mxfp4", tokens, timer, ceil, dev, cpu)
-    big = fifty_thousand(timer, dev, cpu)
+    rows = []
+    if "fp8" in kinds:
+        rows += bench_preset("deepseek-v3", QuantScheme.fp8_block(), "fp8", tokens, timer, ceil, dev, cpu)
+    if "mxfp4" in kinds:
+        rows += bench_preset("gpt-oss-120b", QuantScheme.mxfp4(), "mxfp4", tokens, timer, ceil, dev, cpu)
+    big = None if args.no_50k else fifty_thousand(timer, dev, cpu)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "quant_bench.json").write_text(
         json.dumps({"meta": meta, "rows": rows, "t50k": big}, indent=1)
