@@ -29,13 +29,6 @@ from moe_cts.kernels._common import INTERPRET
 from moe_cts.kernels._fp8_quant_kernels import _act_scale, _decode_fp8, _round_fp8, _store_round
 from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_rows
 
-# Hopper's fp8 tensor cores add products into an accumulator of ~14 mantissa bits, and Triton lets an sm90 fp8
-# dot run the whole K that way by default (max_num_imprecise_acc 2**30). On the H200 that put gemm2 of the
-# quantized must-pass cases just past the fp32-accumulation bound. Promoting into the fp32 accumulator after
-# every 32 products (one wgmma K step) is what DeepSeek-V3 does with its 128-element promotion, finer; other
-# targets ignore the value.
-IMPRECISE_ACC = tl.constexpr(32)
-
 
 @triton.jit
 def _load_w(ptrs, mask, MBITS: tl.constexpr, EBITS: tl.constexpr, BIAS: tl.constexpr, NAN: tl.constexpr):
@@ -106,14 +99,14 @@ def fp8_gate_up_kernel(
             g = (kk * BLOCK_K) // GROUP_K
             sa = tl.load(sa_rows + g * stride_sa_g, mask=row_ok, other=0.0)
             sg = _w_scale(sw_base, gate_rows, g, BN_W, stride_sw_n, stride_sw_k)
-            acc_g += tl.dot(a, wg, max_num_imprecise_acc=IMPRECISE_ACC) * (sa[:, None] * sg[None, :])
+            acc_g += tl.dot(a, wg) * (sa[:, None] * sg[None, :])
             if GATED:
                 su = _w_scale(sw_base, up_rows, g, BN_W, stride_sw_n, stride_sw_k)
-                acc_u += tl.dot(a, wu, max_num_imprecise_acc=IMPRECISE_ACC) * (sa[:, None] * su[None, :])
+                acc_u += tl.dot(a, wu) * (sa[:, None] * su[None, :])
         else:
-            acc_g = tl.dot(a, wg, acc_g, max_num_imprecise_acc=IMPRECISE_ACC)
+            acc_g = tl.dot(a, wg, acc_g)
             if GATED:
-                acc_u = tl.dot(a, wu, acc_u, max_num_imprecise_acc=IMPRECISE_ACC)
+                acc_u = tl.dot(a, wu, acc_u)
         a_ptrs += BLOCK_K * stride_a_h
         g_ptrs += BLOCK_K * stride_w_h
         u_ptrs += BLOCK_K * stride_w_h
@@ -198,9 +191,9 @@ def fp8_down_kernel(
             g = (kk * BLOCK_K) // GROUP_K
             sa = tl.load(sa_rows + g * stride_sa_g, mask=row_ok, other=0.0)
             sw = _w_scale(sw_base, offs_n_w, g, BN_W, stride_sw_n, stride_sw_k)
-            acc += tl.dot(a, w, max_num_imprecise_acc=IMPRECISE_ACC) * (sa[:, None] * sw[None, :])
+            acc += tl.dot(a, w) * (sa[:, None] * sw[None, :])
         else:
-            acc = tl.dot(a, w, acc, max_num_imprecise_acc=IMPRECISE_ACC)
+            acc = tl.dot(a, w, acc)
         a_ptrs += BLOCK_K * stride_a_i
         w_ptrs += BLOCK_K * stride_w_i
     if not BLOCKWISE:
