@@ -182,47 +182,7 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
                             meta={"preset": name, "T": T},
                         )
                     )
-        for T in MXFP4_TOKENS[tier]:
-            for dt in MXFP4_DTYPES:
-                out.append(
-                    Scenario(
-                        origin=f"mxfp4:{MXFP4_PRESET}@T={T}",
-                        preset=MXFP4_PRESET,
-                        num_tokens=T,
-                        dtype=dt,
-                        targets=tnames,
-                        quant="mxfp4",
-                        meta={"preset": MXFP4_PRESET, "T": T, "quant": "mxfp4"},
-                    )
-                )
-        out.append(  # the opt-in tl.dot_scaled variant; bf16 only: fp16 is refused on sm80 (mxfp4_gemm.py)
-            Scenario(
-                origin=f"mxfp4-dot_scaled:{MXFP4_PRESET}@T={MXFP4_TOKENS[tier][-1]}",
-                preset=MXFP4_PRESET,
-                num_tokens=MXFP4_TOKENS[tier][-1],
-                dtype="bfloat16",
-                targets=tnames,
-                config={"dot": "dot_scaled"},
-                quant="mxfp4",
-                meta={
-                    "preset": MXFP4_PRESET,
-                    "T": MXFP4_TOKENS[tier][-1],
-                    "quant": "mxfp4",
-                    "dot": "dot_scaled",
-                },
-            )
-        )
-        for fmt in FP8_MOE_FLAVOURS:  # the fp8 w8a8 kernels in their own fp8 operands
-            out.append(
-                Scenario(
-                    origin=f"fp8-moe:{fmt}",
-                    preset=FP8_MOE_PRESET,
-                    num_tokens=TABLE_TOKENS,
-                    dtype="bfloat16",
-                    targets=tnames,
-                    quant=f"fp8_block:{fmt}",
-                )
-            )
+        out += _quant_scenarios(tier, tnames)
         out.append(
             Scenario(
                 origin="fp8",
@@ -232,6 +192,54 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
                 targets=tnames,
                 kernels=_gemm_kernels(),
                 fp8=FP8,
+            )
+        )
+    return out
+
+
+def _quant_scenarios(tier: str, tnames: tuple[str, ...]) -> list[Scenario]:
+    """The quantized families in their own operands: MXFP4 (gpt-oss-120b, both scale placements and the opt-in
+    tl.dot_scaled variant) and fp8 w8a8 (DeepSeek-V3 block fp8 in each e4m3 flavour)."""
+    out: list[Scenario] = []
+    for T in MXFP4_TOKENS[tier]:
+        for dt in MXFP4_DTYPES:
+            out.append(
+                Scenario(
+                    origin=f"mxfp4:{MXFP4_PRESET}@T={T}",
+                    preset=MXFP4_PRESET,
+                    num_tokens=T,
+                    dtype=dt,
+                    targets=tnames,
+                    quant="mxfp4",
+                    meta={"preset": MXFP4_PRESET, "T": T, "quant": "mxfp4"},
+                )
+            )
+    out.append(  # the opt-in tl.dot_scaled variant; bf16 only: fp16 is refused on sm80 (mxfp4_gemm.py)
+        Scenario(
+            origin=f"mxfp4-dot_scaled:{MXFP4_PRESET}@T={MXFP4_TOKENS[tier][-1]}",
+            preset=MXFP4_PRESET,
+            num_tokens=MXFP4_TOKENS[tier][-1],
+            dtype="bfloat16",
+            targets=tnames,
+            config={"dot": "dot_scaled"},
+            quant="mxfp4",
+            meta={
+                "preset": MXFP4_PRESET,
+                "T": MXFP4_TOKENS[tier][-1],
+                "quant": "mxfp4",
+                "dot": "dot_scaled",
+            },
+        )
+    )
+    for fmt in FP8_MOE_FLAVOURS:  # the fp8 w8a8 kernels in their own fp8 operands
+        out.append(
+            Scenario(
+                origin=f"fp8-moe:{fmt}",
+                preset=FP8_MOE_PRESET,
+                num_tokens=TABLE_TOKENS,
+                dtype="bfloat16",
+                targets=tnames,
+                quant=f"fp8_block:{fmt}",
             )
         )
     return out
