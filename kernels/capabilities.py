@@ -36,6 +36,8 @@ CAPABILITIES: dict[str, Any] = {
     "local_expert_mask": True,
     "deterministic": True,
     "batch_invariant": True,
+    # the down epilogue multiplies by the router weight in fp32 before its one cast (kernels/moe.py)
+    "weight_before_cast": True,
     "host_sync_free": True,
     # quantized experts (spec.quant): fp8 w8a8 in kernels/fp8_moe.py; the fp8 flavours a target refuses are
     # data in kernels/target_info.FP8_REJECTED (NotSupportedError before any launch)

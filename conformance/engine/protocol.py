@@ -27,6 +27,8 @@ ENTRY_POINT_GROUP = "moe_cts.implementations"
 FORWARD = "forward"
 #: Capabilities.router_weights_dtype: route() returns fp32 weights, or weights in the case (input) dtype
 ROUTER_WEIGHTS_DTYPES = ("float32", "input")
+#: scenarios whose expert outputs overflow the storage dtype until the router weight shrinks them
+NEEDS_WEIGHT_BEFORE_CAST = ("overflow_before_weight",)
 #: Capabilities.shared_size
 SHARED_SIZES = ("any", "intermediate")
 STAGE_METHODS = ("route", "permute", "gate_up", "down", "combine")
@@ -81,6 +83,11 @@ class Capabilities:
     # experts per group (num_experts // n_group; the whole E when ungrouped) at least this: DeepSeek-V3
     # scores every group by its top-2 keys, so it needs 2
     min_group_size: int = 1
+    # The router weight multiplies each expert's output in fp32 before that output is cast to the storage
+    # dtype (the oracle's epilogue order). Cases whose expert outputs overflow fp16 before the weight brings
+    # them back into range (NEEDS_WEIGHT_BEFORE_CAST scenarios) run only for implementations that claim it:
+    # model code stores the unweighted output first and gets inf there by design.
+    weight_before_cast: bool = False
     # Feature combinations that come together (a model family): when any are named, a case is supported
     # only when one bundle claims it whole, and generation draws a bundle first, then features inside it.
     # The fields above stay the union (what `moe-cts list` prints) and keep dtypes, stages and max_experts.
@@ -119,6 +126,16 @@ class Capabilities:
                 return None
             objections.append(f"{b.name}: {bwhy}")
         return "no claimed bundle computes this case (" + "; ".join(objections) + ")"
+
+    def unsupported_case(self, case: Any) -> str | None:
+        """unsupported(spec, dtype) of a Case, plus the claims its scenario needs (weight_before_cast)."""
+        why = self.unsupported(case.spec, case.dtype)
+        if why is None and case.scenario.name in NEEDS_WEIGHT_BEFORE_CAST and not self.weight_before_cast:
+            why = (
+                f"weight_before_cast: scenario {case.scenario.name} overflows the expert outputs before the "
+                "router weight; the implementation does not claim to weight before the cast"
+            )
+        return why
 
     def bundle_of(self, spec: MoESpec, dtype: str) -> str | None:
         """The name of the first bundle that claims (spec, dtype); None without bundles or when none does."""

@@ -20,6 +20,9 @@ logit offset o (E,) and x[t, c] a per-row switch, so logits[t] = (random part) +
     beyond_clamp(s)     w13, b13 *= s: gate/up pre-activations of std ~s, past     bug-11-gate-up-layout (the
                         gpt-oss's swiglu_limit 7 for ~1 in 12 at s = 4;           clamp must act)
                         w2 /= s keeps the output's magnitude
+    overflow_before_weight(s) one expert's w2 scaled to max |w2| = s, its logit   weight before the cast
+                        -(log factor + 2) (k = E keeps it chosen): its output    (Capabilities.weight_before_cast)
+                        passes fp16's max, its weighted term is small             bug-15-fp16-overflow-and-tiny-scales
 
 bug-NN-... names are anchors of docs/bugs.md (e.g. docs/bugs.md#bug-17-topk-ties).
 """
@@ -220,6 +223,22 @@ def _beyond_clamp(sc, spec, tensors, x, g, dtype) -> None:
     tensors["w2"] /= s
 
 
+def _overflow_before_weight(sc, spec, tensors, x, g, dtype) -> None:
+    # One expert's down projection grows by a factor f and its router logit drops by log(f) + 2: with k = E it
+    # is still chosen, its output passes fp16's 65504, and its router weight (~1 / (e^2 f E)) brings the
+    # weighted term back below one. Only a kernel that weights in fp32 before the cast keeps it finite.
+    # The weights themselves stay finite in 16 bits: the largest of the expert's w2 becomes s (< 65504), so the
+    # factor is s / max|w2| and outputs of order one grow past fp16's max.
+    hot = _perm(spec.num_experts, g)[0]
+    f = float(sc.param("s")) / max(float(tensors["w2"][hot].abs().max()), 1e-30)
+    tensors["w2"][hot] *= f
+    if tensors.get("b2") is not None:
+        tensors["b2"][hot] *= f
+    o = torch.zeros(spec.num_experts)
+    o[hot] = -(math.log(f) + 2.0)
+    _steer(tensors, x, o)
+
+
 _Builder = Callable[..., None]
 #: name -> (builder, parameter defaults)
 SCENARIOS: dict[str, tuple[_Builder, dict[str, Any]]] = {
@@ -235,4 +254,5 @@ SCENARIOS: dict[str, tuple[_Builder, dict[str, Any]]] = {
     "sigmoid_underflow": (_sigmoid_underflow, {"fraction": 0.25}),
     "large_logits": (_large_logits, {"s": 50.0}),
     "beyond_clamp": (_beyond_clamp, {"s": 4.0}),
+    "overflow_before_weight": (_overflow_before_weight, {"s": 5.0e4}),
 }

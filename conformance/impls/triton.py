@@ -126,6 +126,7 @@ class TritonImplementation:
             accepts_out=forward and "out" in inspect.signature(_resolve(FORWARD)).parameters,
             fp32_dot="tf32" if self.allow_tf32 else "ieee",
             quant_schemes=_quant_schemes(),
+            weight_before_cast=bool(t.get("weight_before_cast", False)),
         )
 
     def _available(self, stage: str) -> bool:

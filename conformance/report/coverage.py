@@ -4,7 +4,7 @@ A verdict needs coverage: a run whose cases are all NotSupported says nothing ab
 from the case records of report.json (so `verify` recomputes it from the same records):
 
     executed(case)   = outcome not in {not_supported, waived}
-    claimed(case)    = Capabilities.unsupported(spec, dtype) is None
+    claimed(case)    = Capabilities.unsupported_case(case) is None
     missing          = [must-pass case claimed but not executed]
                      + [claimed dtype with < per_dtype executed cases (any source)]
                      + [claimed dtype with < generated_per_dtype executed generated cases]
@@ -84,7 +84,7 @@ def _claimed(caps: Capabilities, case_id: str) -> bool:
         case = Case.from_id(case_id)
     except Exception:  # a foreign id cannot be claimed: it is not counted as a must-pass shortfall either
         return False
-    return caps.unsupported(case.spec, case.dtype) is None
+    return caps.unsupported_case(case) is None
 
 
 def _counts(cases: list[dict[str, Any]]) -> tuple[dict, dict, dict]:
