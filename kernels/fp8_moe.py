@@ -127,19 +127,6 @@ def _shared(spec: MoESpec, qw: QuantizedMoEWeights, x, xq, sx, cfg: TileConfig) 
     return out
 
 
-def _router_weights(qw: QuantizedMoEWeights, x: torch.Tensor):
-    """The float router's weights in x.dtype (the router is never quantized)."""
-    b = qw.base
-    if (
-        b.device != x.device
-    ):  # one device for every field (MoEWeights checks it); a no-op where they already are
-        b = b.to(device=x.device)
-    cast = lambda t: None if t is None else t.to(device=x.device, dtype=x.dtype)
-    return b.replace(
-        router=cast(b.router), router_bias=cast(b.router_bias), correction_bias=cast(b.correction_bias)
-    )
-
-
 def fused_moe_fp8(
     spec: MoESpec,
     qweights: QuantizedMoEWeights,
@@ -166,9 +153,9 @@ def fused_moe_fp8(
     cfg = fp8_config(spec, T, config, batch_invariant)
     cfgmod.record(cfg)
     if routing is None:
-        from moe_cts.kernels.router import route
+        from moe_cts.kernels.router import route, router_weights
 
-        routing = route(spec, _router_weights(qweights, x), x)
+        routing = route(spec, router_weights(qweights.base, x), x)
     check_ids(spec, routing.topk_ids, T, x.device)
     qw = qweights
     meta = align(spec, routing.topk_ids, cfg.BLOCK_M)

@@ -87,18 +87,6 @@ def on_device(qw: QuantizedMoEWeights, device: torch.device) -> QuantizedMoEWeig
     return qw.replace(base=base, **moved)
 
 
-def _router_weights(spec: MoESpec, base: MoEWeights, x: torch.Tensor) -> MoEWeights:
-    """The router's tensors in x.dtype (what the float path stores); w13/w2 are placeholders the router
-    never reads (the float64 dequantized copies in base would be converted for nothing)."""
-    r = base.router.to(x.dtype)
-    opt = {
-        n: getattr(base, n).to(x.dtype)
-        for n in ("router_bias", "correction_bias")
-        if getattr(base, n) is not None
-    }
-    return MoEWeights(router=r, w13=r, w2=r, **opt)
-
-
 def _prepare(spec: MoESpec, qweights: QuantizedMoEWeights, x: torch.Tensor) -> QuantizedMoEWeights:
     check_mx_spec(spec)
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
@@ -140,9 +128,9 @@ def fused_moe_mxfp4(
     cfgmod.record(cfg)
 
     if routing is None:
-        from moe_cts.kernels.router import route
+        from moe_cts.kernels.router import route, router_weights
 
-        routing = route(spec, _router_weights(spec, qw.base, x), x)
+        routing = route(spec, router_weights(qw.base, x), x)
     from moe_cts.kernels.align import align
 
     meta = align(spec, routing.topk_ids, cfg.BLOCK_M)

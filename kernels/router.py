@@ -68,6 +68,18 @@ def _check(spec: MoESpec, weights: MoEWeights, x: torch.Tensor, block_t: int | N
         raise SpecError("block_t", "a power of two >= 16 (tl.dot's minimum)", block_t)
 
 
+def router_weights(weights: MoEWeights, x: torch.Tensor) -> MoEWeights:
+    """What route() reads (router, router_bias, correction_bias) on x's device in x.dtype, as the float path
+    stores them. w13 / w2 are placeholders route() never reads: a quantized layer's base holds float64
+    dequantized experts, and converting or moving them to route would be wasted work."""
+    cast = lambda t: None if t is None else t.to(device=x.device, dtype=x.dtype)
+    r = cast(weights.router)
+    return MoEWeights(
+        router=r, w13=r, w2=r,
+        router_bias=cast(weights.router_bias), correction_bias=cast(weights.correction_bias),
+    )  # fmt: skip
+
+
 def route(
     spec: MoESpec,
     weights: MoEWeights,

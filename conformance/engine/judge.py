@@ -79,6 +79,15 @@ def _separates(keys: np.ndarray, tol: np.ndarray, chosen: np.ndarray, among: np.
     return bool(np.min(keys[chosen] + tol[chosen]) >= np.max(keys[rest] - tol[rest]))
 
 
+def _group_choice(spec: MoESpec, gs: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(G,) bool: the groups `ids` use, filled up to topk_group with the best-scoring others."""
+    gchosen = np.zeros(spec.n_group, bool)
+    gchosen[np.unique(ids // (spec.num_experts // spec.n_group))] = True
+    fill = [g for g in np.argsort(-gs, kind="stable") if not gchosen[g]][: spec.topk_group - gchosen.sum()]
+    gchosen[fill] = True
+    return gchosen
+
+
 def _valid_choice(spec: MoESpec, keys: np.ndarray, tol: np.ndarray, ids: np.ndarray) -> bool:
     """Whether `ids` is a top-k of one row for some keys within keys +- tol (tie rule aside)."""
     E = spec.num_experts
@@ -91,10 +100,7 @@ def _valid_choice(spec: MoESpec, keys: np.ndarray, tol: np.ndarray, ids: np.ndar
         used = np.unique(ids // per)
         if used.size > spec.topk_group:
             return False
-        gchosen = np.zeros(G, bool)
-        gchosen[used] = True
-        fill = [g for g in np.argsort(-gs, kind="stable") if not gchosen[g]][: spec.topk_group - used.size]
-        gchosen[fill] = True
+        gchosen = _group_choice(spec, gs, ids)
         if not _separates(gs, gt, gchosen, np.ones(G, bool)):
             return False
         eligible = np.repeat(gchosen, per)
@@ -140,12 +146,7 @@ def ambiguous_rows(spec: MoESpec, keys: np.ndarray, tol: np.ndarray, ref_ids: np
         if spec.grouped:  # a near tie between group scores changes the eligible experts themselves
             per = E // spec.n_group
             gs, gt = _group_scores(spec, keys[t], tol[t])
-            gchosen = np.zeros(spec.n_group, bool)
-            gchosen[np.unique(ref_ids[t] // per)] = True
-            fill = [g for g in np.argsort(-gs, kind="stable") if not gchosen[g]][
-                : spec.topk_group - gchosen.sum()
-            ]
-            gchosen[fill] = True
+            gchosen = _group_choice(spec, gs, ref_ids[t])
             if (~gchosen).any() and np.min(gs[gchosen] - gt[gchosen]) <= np.max(gs[~gchosen] + gt[~gchosen]):
                 amb[t] = True
                 continue
