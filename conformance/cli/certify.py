@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import (
@@ -39,7 +39,6 @@ from moe_cts.conformance.engine.must_pass import must_pass_cases, must_pass_for
 from moe_cts.conformance.engine.results import Outcome
 from moe_cts.conformance.harness import shard as shardmod
 from moe_cts.conformance.harness.replay import write_failure_dir
-from moe_cts.conformance.impls.registry import load_implementation
 from moe_cts.conformance.report.certificate import pack
 from moe_cts.conformance.report.compile import (
     CompileSpecError,
@@ -250,7 +249,7 @@ def certify(
         console.print(
             "--devices all: no GPU found, falling back to the Triton interpreter on the CPU", markup=False
         )
-    check_impl(impl)
+    loaded = check_impl(impl)
     try:
         targets = compile_targets(compile_spec, names)
     except CompileSpecError as e:
@@ -276,7 +275,7 @@ def certify(
     )  # a scheduler's SIGTERM: partial report too
     try:
         interrupted = _run_shards(shards, out, cmds)
-        section = None if interrupted or not targets else _run_compile(impl, targets, jobs)
+        section = None if interrupted or not targets else _run_compile(impl, loaded, targets, jobs)
     except KeyboardInterrupt:  # during the compile tier: the cases are done, the report is partial
         interrupted, section = True, None
     finally:
@@ -318,9 +317,9 @@ def _check_cases(cases: str | None, profile: str, names: list[str]) -> None:
         )
 
 
-def _run_compile(impl: str, targets: tuple[str, ...], jobs: int) -> dict:
+def _run_compile(impl: str, loaded: Any, targets: tuple[str, ...], jobs: int) -> dict:
     """The compile tier judges the implementation under test: its own kernel registry, or not applicable."""
-    registry = kernel_registry_of(load_implementation(impl))
+    registry = kernel_registry_of(loaded)
     if registry is None:
         return not_applicable(impl, targets)
     with console.status(f"compiling the AOT default tier for {', '.join(targets)} with {jobs} process(es)"):

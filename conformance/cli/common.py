@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -51,9 +52,10 @@ def device_error(e: Exception) -> str:
     return f"{text}."
 
 
-def check_impl(impl: str) -> None:
+def check_impl(impl: str) -> Any:
+    """The loaded implementation; exit 2 with one sentence when `impl` names none."""
     try:
-        load_implementation(impl)
+        return load_implementation(impl)
     except (ValueError, ImportError, AttributeError) as e:
         raise usage_error(f"unknown implementation {impl!r}: {e}") from None
 

@@ -24,8 +24,11 @@ from moe_cts.conformance.engine.protocol import Bundle, Capabilities
 #: activations of the HF families with a plain hidden_act (gpt-oss has its own)
 HF_ACTS = frozenset({"silu", "gelu", "gelu_tanh"})
 
-_SOFTMAX_BASE = dict(
+#: what every family here has unless it says otherwise: softmax scores, a plain gated expert in the concat
+#: layout, no expert biases, no shared experts, no routing variant
+_HF_FAMILY = dict(
     scorings=frozenset({"softmax"}),
+    routing=frozenset(),
     gated_activations=HF_ACTS,
     nongated_activations=frozenset(),
     layouts=frozenset({"concat"}),
@@ -34,48 +37,36 @@ _SOFTMAX_BASE = dict(
     shared_gate=False,
 )
 
-MIXTRAL = Bundle(
-    "mixtral",
-    Capabilities(routing=frozenset({"renormalize"}), required=frozenset({"renormalize"}), **_SOFTMAX_BASE),
-)
-OLMOE = Bundle("olmoe", Capabilities(routing=frozenset(), **_SOFTMAX_BASE))
-QWEN2_MOE = Bundle(
+
+def _family(name: str, **differences) -> Bundle:
+    return Bundle(name, Capabilities(**{**_HF_FAMILY, **differences}))
+
+
+MIXTRAL = _family("mixtral", routing=frozenset({"renormalize"}), required=frozenset({"renormalize"}))
+OLMOE = _family("olmoe")
+QWEN2_MOE = _family(
     "qwen2_moe",
-    Capabilities(
-        routing=frozenset({"renormalize"}),
-        required=frozenset({"shared_experts", "shared_gate"}),
-        **{**_SOFTMAX_BASE, "shared_experts": True, "shared_gate": True},
-    ),
+    routing=frozenset({"renormalize"}),
+    required=frozenset({"shared_experts", "shared_gate"}),
+    shared_experts=True,
+    shared_gate=True,
 )
-DEEPSEEK_V3 = Bundle(
+DEEPSEEK_V3 = _family(
     "deepseek_v3",
-    Capabilities(
-        scorings=frozenset({"sigmoid"}),
-        routing=frozenset({"renormalize", "correction_bias", "grouped", "scaling"}),
-        group_scores=frozenset({"top2_sum"}),
-        gated_activations=HF_ACTS,
-        nongated_activations=frozenset(),
-        layouts=frozenset({"concat"}),
-        expert_bias=False,
-        shared_experts=True,
-        shared_gate=False,
-        shared_size="intermediate",
-        min_group_size=2,
-    ),
+    scorings=frozenset({"sigmoid"}),
+    routing=frozenset({"renormalize", "correction_bias", "grouped", "scaling"}),
+    group_scores=frozenset({"top2_sum"}),
+    shared_experts=True,
+    shared_size="intermediate",
+    min_group_size=2,
 )
-GPT_OSS = Bundle(
+GPT_OSS = _family(
     "gpt_oss",
-    Capabilities(
-        scorings=frozenset({"softmax"}),
-        routing=frozenset({"renormalize", "router_bias"}),
-        required=frozenset({"renormalize", "router_bias", "expert_bias"}),
-        gated_activations=frozenset({"swiglu_oai"}),
-        nongated_activations=frozenset(),
-        layouts=frozenset({"interleaved"}),
-        expert_bias=True,
-        shared_experts=False,
-        shared_gate=False,
-    ),
+    routing=frozenset({"renormalize", "router_bias"}),
+    required=frozenset({"renormalize", "router_bias", "expert_bias"}),
+    gated_activations=frozenset({"swiglu_oai"}),
+    layouts=frozenset({"interleaved"}),
+    expert_bias=True,
 )
 
 #: every bundle above, by name
