@@ -120,8 +120,9 @@ def gate_up_bounds(
     u, u32 = model.u_store, model.u_fp32
 
     def e_pre(m, s2, fl, pre, dot_part):
-        e = model.dot(spec.hidden_size, m, s2) + 2 * u32 * m + fl + u * np.abs(pre)
-        return _f(e + (u * np.abs(dot_part) if spec.expert_bias else 0.0))
+        e = model.dot(spec.hidden_size, m, s2) + 2 * u32 * m + fl
+        e = e + (u * (np.abs(dot_part) + e) if spec.expert_bias else 0.0)
+        return _f(tol.stored(model, pre, e))
 
     e_g = e_pre(mag.gate_pre, sq.gate_pre, flip.gate_pre, ref.gate_pre, store.gate_pre)
     e_u = None if ref.up_pre is None else e_pre(mag.up_pre, sq.up_pre, flip.up_pre, ref.up_pre, store.up_pre)
@@ -149,10 +150,10 @@ def down_bounds(
     fa = _f(aq)
     mag = npo.down(spec, qv.abs, np.abs(fa), ids)
     e = model.dot(I, mag, npo.down(spec, qv.sq, fa * fa, ids)) + 2 * model.u_fp32 * mag
-    e = e + npo.down(spec, qv.nobias.map(lambda t: t.abs()), e_aq, ids) + model.u_store * np.abs(ref)
-    if spec.expert_bias:
-        e = e + model.u_store * np.abs(npo.down(spec, qv.nobias, aq, ids))
-    return ref, _f(e)
+    e = e + npo.down(spec, qv.nobias.map(lambda t: t.abs()), e_aq, ids)
+    if spec.expert_bias:  # the product may be rounded before b2 is added
+        e = e + model.u_store * (np.abs(npo.down(spec, qv.nobias, aq, ids)) + e)
+    return ref, _f(tol.stored(model, ref, e))
 
 
 def _qgemm(model: tol.ErrorModel, a: np.ndarray, e_a: np.ndarray, w: np.ndarray):
@@ -161,7 +162,7 @@ def _qgemm(model: tol.ErrorModel, a: np.ndarray, e_a: np.ndarray, w: np.ndarray)
     mag = np.abs(fa) @ aw.T
     y = a @ w.T
     e = model.dot(w.shape[1], mag, (fa * fa) @ (w * w).T) + 2 * model.u_fp32 * mag + e_a @ aw.T
-    return y, e + model.u_store * np.abs(_f(y))
+    return y, tol.stored(model, y, e)
 
 
 def shared_bounds(model: tol.ErrorModel, spec: MoESpec, qw: QuantizedMoEWeights, x: np.ndarray):
@@ -189,8 +190,8 @@ def shared_bounds(model: tol.ErrorModel, spec: MoESpec, qw: QuantizedMoEWeights,
             spec.hidden_size, np.abs(fx) @ np.abs(g).T, (fx * fx) @ (g * g).T
         ) + model.u_store * np.abs(zg)
         sg = npo.sigmoid(zg)
-        e_mlp = sg * e_mlp + np.abs(mlp) * sg * (1 - sg) * e_zg + model.u_store * np.abs(sg * mlp)
-    return ref, _f(e_mlp) + model.u_store * np.abs(_f(ref))
+        e_mlp = tol.stored(model, sg * mlp, sg * e_mlp + np.abs(mlp) * sg * (1 - sg) * e_zg)
+    return ref, _f(tol.stored(model, ref, _f(e_mlp)))
 
 
 def end_to_end(
