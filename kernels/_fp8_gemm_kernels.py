@@ -7,7 +7,13 @@ Same slot walk as _grouped_gemm_kernels.py (aligned expert tiles, pad sentinel, 
 
     BLOCKWISE (fp8_block): BLOCK_K divides the group width GROUP_K; per K tile kk, g = kk BLOCK_K // GROUP_K
         acc += tl.dot(a_q, w_q) * s_a[row, g] * s_w[e, n // BN_W, g]      (fp32 partials: DeepSeek's promotion)
-    otherwise (per tensor / per token): acc = sum_kk tl.dot(a_q, w_q); acc *= s_a[row, 0] * s_w[e, n // BN_W, 0]
+    otherwise (per tensor / per token): acc += tl.dot(a_q, w_q) per K tile; acc *= s_a[row, 0] * s_w[e, n // BN_W, 0]
+
+Every K tile's dot starts from zero and is added to the fp32 accumulator ("promotion" every BLOCK_K <= 128
+products, DeepSeek-V3's interval): Hopper's fp8 MMA adds its products into the accumulator with about 13
+significant bits. Measured on an H200 (triton 3.6, ci/gpu/fp8_diag.py, one 64 x 64 tile of positive
+e4m3fn values): chained through the MMA (acc = tl.dot(a, w, acc)) the error reaches 1.8% of sum|a||b| at
+K = 1024 and 11% at K = 7168; promoted per 128-tile it stays under 0.14% at every K.
     epilogue: dequant (above) -> + bias (fp32) -> [GEMM1: activation, optional fused requantization]
               -> [GEMM2: * router weight (fp32)] -> cast
 
@@ -103,10 +109,10 @@ def fp8_gate_up_kernel(
             if GATED:
                 su = _w_scale(sw_base, up_rows, g, BN_W, stride_sw_n, stride_sw_k)
                 acc_u += tl.dot(a, wu) * (sa[:, None] * su[None, :])
-        else:
-            acc_g = tl.dot(a, wg, acc_g)
+        else:  # promoted per K tile, as for blocks: fp8 MMAs accumulate in ~13 bits (module docstring)
+            acc_g += tl.dot(a, wg)
             if GATED:
-                acc_u = tl.dot(a, wu, acc_u)
+                acc_u += tl.dot(a, wu)
         a_ptrs += BLOCK_K * stride_a_h
         g_ptrs += BLOCK_K * stride_w_h
         u_ptrs += BLOCK_K * stride_w_h
@@ -192,8 +198,8 @@ def fp8_down_kernel(
             sa = tl.load(sa_rows + g * stride_sa_g, mask=row_ok, other=0.0)
             sw = _w_scale(sw_base, offs_n_w, g, BN_W, stride_sw_n, stride_sw_k)
             acc += tl.dot(a, w) * (sa[:, None] * sw[None, :])
-        else:
-            acc = tl.dot(a, w, acc)
+        else:  # promoted per K tile (module docstring)
+            acc += tl.dot(a, w)
         a_ptrs += BLOCK_K * stride_a_i
         w_ptrs += BLOCK_K * stride_w_i
     if not BLOCKWISE:

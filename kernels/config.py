@@ -3,6 +3,8 @@
     choose(backend, dtype, T, k, E, H, I, batch_invariant) -> TileConfig
       m    = ceil(T * k / E)                   # mean tokens per expert: the M of each expert's GEMM
       row  = first table row with m <= max_tokens_per_expert   (batch_invariant: the fixed row)
+             of the dtype class's table: fp32 | 16bit | fp8 (fp8 x fp8 GEMMs; a backend without an fp8
+             table uses its 16bit rows, whose 2-byte buffers hold the 1-byte fp8 tiles)
       BLOCK_N, BLOCK_K shrink to next_pow2(N), next_pow2(K) (>= 16) so tiny layers waste no tile
 
 Tests and the harness force a config with `fused_moe(..., config=cfg)` or `with forced(cfg): ...`.
@@ -31,6 +33,11 @@ BACKENDS = target_info.BACKENDS
 #: shared memory / LDS per block each backend's table must fit (tests/kernels/test_capabilities.py checks):
 #: the smallest limit of the backend's targets (kernels/target_info.py); None = no limit (the interpreter).
 SMEM_LIMIT_BYTES = {b: target_info.backend_shared_limit(b) for b in BACKENDS}
+#: bytes per operand element of each dtype class's tiles (the shared-memory check of every table entry)
+ELEM_BYTES = {"fp32": 4, "16bit": 2, "fp8": 1}
+FP8_DTYPES = tuple(
+    getattr(torch, n) for n in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2") if hasattr(torch, n)
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,9 @@ def backend() -> str:
 
 
 def dtype_class(dtype: torch.dtype) -> str:
+    """Table of a GEMM operand dtype: fp32, fp8 (fp8 x fp8 w8a8) or 16bit."""
+    if dtype in FP8_DTYPES:
+        return "fp8"
     return "fp32" if dtype == torch.float32 else "16bit"
 
 
@@ -151,10 +161,10 @@ def choose(
     table = load_table(backend_name or backend())
     dc = dtype_class(dtype)
     if batch_invariant:  # independent of T by construction: batch composition cannot change a row's bits
-        row = table["batch_invariant"][dc]
+        row = table["batch_invariant"].get(dc) or table["batch_invariant"]["16bit"]
     else:
         m = -(-num_tokens * top_k // max(num_experts, 1))
-        rows = table["tables"][dc]
+        rows = table["tables"].get(dc) or table["tables"]["16bit"]
         row = next(
             (r for r in rows if r["max_tokens_per_expert"] is None or m <= r["max_tokens_per_expert"]),
             rows[-1],

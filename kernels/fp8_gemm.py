@@ -125,17 +125,22 @@ def weight_operands(qt, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
     return codes, scales, qt.block[0]
 
 
+#: most products per fp8 MMA run before the fp32 add (the kernels promote per K tile: _fp8_gemm_kernels.py)
+FP8_PROMOTION = 128
+
+
 def k_block(spec: MoESpec, tile_k: int) -> int:
-    """BLOCK_K of an fp8 GEMM: the block scheme needs tiles inside one scale group (BLOCK_K | group)."""
+    """BLOCK_K of an fp8 GEMM: at most FP8_PROMOTION (each K tile's dot is one promoted MMA run); the block
+    scheme also needs tiles inside one scale group (BLOCK_K | group)."""
     q = spec.quant
     if q.method != "fp8_block":
-        return tile_k
+        return min(tile_k, FP8_PROMOTION)
     g = q.weight_block[1]
     if g < 16 or g & (g - 1):
         raise NotSupportedError(
             f"quant.weight_block: the fp8 kernels need a K block that is a power of two >= 16, got {q.weight_block}"
         )
-    return min(tile_k, g)
+    return min(tile_k, g, FP8_PROMOTION)
 
 
 # ----------------------------------------------------------------------------------------------- GEMMs

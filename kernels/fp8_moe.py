@@ -35,7 +35,7 @@ from moe_cts.kernels.fp8_gemm import (
     quantize_rows,
     weight_operands,
 )
-from moe_cts.kernels.grouped_gemm import align_all, check_ids, dense_meta, stage_config
+from moe_cts.kernels.grouped_gemm import align_all, check_ids, dense_meta
 from moe_cts.kernels.metadata import AlignMeta, Routing
 from moe_cts.reference.errors import NotSupportedError
 from moe_cts.reference.qweights import QuantizedMoEWeights
@@ -73,14 +73,14 @@ def _bias(t: torch.Tensor | None, device) -> torch.Tensor | None:
 def fp8_config(
     spec: MoESpec, T: int, config, batch_invariant: bool = False, *, shared: bool = False
 ) -> TileConfig:
-    """The float path's 16-bit table row (fp8 tiles hold twice the K per byte; tuning is future work)."""
+    """The backend table's fp8 row (kernels/config.py: the 16bit rows where a backend has no fp8 table)."""
     if config is not None:
         return cfgmod.as_config(config)
-    if not shared:
-        return stage_config(spec, torch.bfloat16, T, None, batch_invariant)
+    routed = dict(top_k=spec.top_k, num_experts=spec.num_experts, intermediate_size=spec.intermediate_size)
+    shared_mlp = dict(top_k=1, num_experts=1, intermediate_size=spec.shared_width)
     return cfgmod.choose(
-        dtype=torch.bfloat16, num_tokens=T, top_k=1, num_experts=1, hidden_size=spec.hidden_size,
-        intermediate_size=spec.shared_width, batch_invariant=batch_invariant,
+        dtype=torch.float8_e4m3fn, num_tokens=T, hidden_size=spec.hidden_size, batch_invariant=batch_invariant,
+        **(shared_mlp if shared else routed),
     )  # fmt: skip
 
 

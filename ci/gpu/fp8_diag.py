@@ -9,7 +9,8 @@ acc     one (64, K) x (K, 64) tile of random e4m3fn values, tl.dot chained over 
 cases   each named must-pass case's gemm2 stage on the GPU: the kernel's requantized codes against the oracle's
         (flips), the kernel output against float64 of the kernel's own codes (accumulation), against the oracle
         and its bound (the verdict); arrays to DIR/<case>.npz
-sweep   fused_moe in block fp8 at DeepSeek-V3 width (ids given), a few tile configs per T, do_bench median
+sweep   fused_moe in block fp8 at DeepSeek-V3 width (ids given), the table and a few tile configs per T,
+        CUDA-graph replays timed with do_bench (median, L2 flushed)
 """
 
 from __future__ import annotations
@@ -60,13 +61,17 @@ def part_acc() -> list[dict]:
                         if K % bk:
                             continue
                         c = torch.empty((64, 64), device="cuda", dtype=torch.float32)
-                        aa, bb = (a8, b8) if dtype == "fp8" else (a8.to(torch.bfloat16), b8.to(torch.bfloat16))
+                        aa, bb = (
+                            (a8, b8) if dtype == "fp8" else (a8.to(torch.bfloat16), b8.to(torch.bfloat16))
+                        )
                         _probe[(1,)](aa, bb, c, K, BK=bk, CHAIN=chain, num_warps=4)
                         rel = ((c.double() - exact).abs() / mag).max().item()
                         rows.append({"sign": sign, "K": K, "dtype": dtype, "chain": chain, "BK": bk,
                                      "max_err_over_mag": rel, "over_sqrtK": rel / math.sqrt(K),
                                      "log2": math.log2(rel) if rel > 0 else None})  # fmt: skip
-    print(f"{'sign':8s} {'K':>5s} {'dt':4s} {'chain':5s} {'BK':>3s} {'max|err|/mag':>12s} {'log2':>6s} {'/sqrtK':>9s}")
+    print(
+        f"{'sign':8s} {'K':>5s} {'dt':4s} {'chain':5s} {'BK':>3s} {'max|err|/mag':>12s} {'log2':>6s} {'/sqrtK':>9s}"
+    )
     for r in rows:
         print(f"{r['sign']:8s} {r['K']:5d} {r['dtype']:4s} {r['chain']!s:5s} {r['BK']:3d} "
               f"{r['max_err_over_mag']:12.3e} {r['log2'] or float('-inf'):6.1f} {r['over_sqrtK']:9.2e}")  # fmt: skip
@@ -74,12 +79,11 @@ def part_acc() -> list[dict]:
 
 
 def part_cases(names: list[str], out: Path, device: str = "cuda:0") -> list[dict]:
-    from moe_cts.conformance.engine import quant_tolerance, runner
+    from moe_cts.conformance.engine import quant_tolerance, runner, sandbox
     from moe_cts.conformance.engine.compare import compare
     from moe_cts.conformance.engine.devices import select_device
     from moe_cts.conformance.engine.must_pass import must_pass_cases
     from moe_cts.conformance.impls.registry import get_implementation
-    from moe_cts.conformance.engine import sandbox
     from moe_cts.kernels.fp8_gemm import quantize_rows
     from moe_cts.reference import numpy_quant
 
@@ -128,7 +132,11 @@ def part_cases(names: list[str], out: Path, device: str = "cuda:0") -> list[dict
 
 
 def part_sweep(tokens: list[int]) -> list[dict]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    """Block fp8 at DeepSeek-V3 width, ids given: the table's config and candidates per bucket, each forward a
+    CUDA-graph replay timed like quant_bench.py (do_bench median, L2 flushed), our bf16 path beside it."""
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here), str(here.parent / "bench")]
+    from bench_timing import Timer, capture_graph
     from quant_bench import _base, quantized, routing
 
     from moe_cts.kernels import fused_moe
@@ -141,6 +149,7 @@ def part_sweep(tokens: list[int]) -> list[dict]:
     gen = torch.Generator(device="cuda").manual_seed(0)
     base = _base(spec, torch.bfloat16, "cuda", gen)
     qw = quantized(qspec, base, gen)
+    timer = Timer(cpu=False, warmup_ms=10, rep_ms=40)
 
     def tile(bn, bk, w, st, gm=8):
         return {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": gm, "num_warps": w, "num_stages": st}
@@ -148,44 +157,48 @@ def part_sweep(tokens: list[int]) -> list[dict]:
     cands = {
         "small": [  # m = T k / E <= 8: decode
             (16, tile(64, 128, 4, 4, 1), tile(64, 128, 4, 4, 1)),
-            (16, tile(128, 128, 4, 4, 1), tile(128, 128, 4, 4, 1)),
-            (16, tile(64, 128, 4, 6, 1), tile(64, 128, 4, 6, 1)),
             (16, tile(32, 128, 4, 6, 1), tile(64, 128, 4, 6, 1)),
+            (16, tile(64, 128, 4, 8, 1), tile(64, 128, 4, 8, 1)),
+            (16, tile(128, 128, 4, 4, 1), tile(128, 128, 4, 4, 1)),
         ],
         "mid": [
-            (32, tile(128, 128, 8, 2), tile(128, 128, 4, 3)),
-            (32, tile(128, 128, 4, 4), tile(128, 128, 4, 4)),
-            (64, tile(128, 128, 4, 3), tile(128, 128, 4, 3)),
+            (32, tile(128, 128, 8, 4), tile(128, 128, 8, 4)),
+            (16, tile(128, 128, 4, 6), tile(128, 128, 4, 6)),
             (64, tile(128, 128, 4, 4), tile(128, 128, 4, 4)),
         ],
         "large": [
-            (128, tile(128, 64, 8, 3), tile(128, 64, 8, 3)),
-            (128, tile(128, 128, 8, 3), tile(128, 128, 8, 3)),
-            (128, tile(128, 128, 8, 4), tile(128, 128, 8, 4)),
-            (64, tile(128, 128, 4, 4), tile(128, 128, 4, 4)),
-            (128, tile(256, 128, 8, 3), tile(256, 128, 8, 3)),
             (64, tile(256, 128, 8, 3), tile(128, 128, 4, 4)),
+            (64, tile(128, 128, 4, 4), tile(128, 128, 4, 4)),
+            (64, tile(256, 128, 8, 2), tile(256, 128, 8, 2)),
+            (128, tile(128, 128, 8, 2), tile(128, 128, 8, 2)),
         ],
     }
+
+    def replay_ms(fn) -> float:
+        g = capture_graph(fn)
+        try:
+            return timer(g[0].replay)["ms"]
+        finally:
+            del g
+
     res = []
     for T in tokens:
         x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
         r = routing(spec, T, "cuda", gen)
         m = T * spec.top_k / spec.num_experts
         group = "small" if m <= 8 else "mid" if m <= 32 else "large"
-        bf = triton.testing.do_bench(lambda: fused_moe(spec, base, x, routing=r), warmup=10, rep=60)
-        fused_moe(qspec, qw, x, routing=r)
+        bf = replay_ms(lambda x=x, r=r: fused_moe(spec, base, x, routing=r))
+        dq = replay_ms(lambda x=x, r=r: fused_moe(qspec, qw, x, routing=r))
         default = last_config().to_dict()
-        dq = triton.testing.do_bench(lambda: fused_moe(qspec, qw, x, routing=r), warmup=10, rep=60)
-        print(f"T={T} bf16 {bf:.3f} ms | fp8 table {dq:.3f} ms  {json.dumps(default)}", flush=True)
+        print(
+            f"T={T} bf16 {bf:.3f} ms | fp8 table {dq:.3f} ms ({bf / dq:.2f}x)  {json.dumps(default)}",
+            flush=True,
+        )
         res.append({"T": T, "bf16_ms": bf, "fp8_table_ms": dq, "table": default})
         for bm, gu, dn in cands[group]:
             cfg = {"BLOCK_M": bm, "gate_up": gu, "down": dn}
             try:
-                fused_moe(qspec, qw, x, routing=r, config=cfg)
-                ms = triton.testing.do_bench(
-                    lambda cfg=cfg: fused_moe(qspec, qw, x, routing=r, config=cfg), warmup=10, rep=60
-                )
+                ms = replay_ms(lambda cfg=cfg, x=x, r=r: fused_moe(qspec, qw, x, routing=r, config=cfg))
             except Exception as e:  # a config that does not compile or fit is recorded, the sweep goes on
                 ms = None
                 print("  error", type(e).__name__, str(e)[:200])
@@ -206,7 +219,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = args.parts.split(",")
-    doc = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__, "triton": triton.__version__}
+    doc = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+    }
     print(json.dumps(doc), flush=True)
     for p, fn in (
         ("acc", part_acc),

@@ -33,7 +33,10 @@ TARGETS_PATH = Path(__file__).parents[1] / "data" / "aot_targets.json"
 TIERS = ("default", "full", "tables")
 DTYPES = ("float32", "float16", "bfloat16")
 FP8 = ("float8_e4m3fn", "float8_e4m3fnuz")
-CLASS_DTYPES = {"fp32": ("float32",), "16bit": ("float16", "bfloat16")}
+CLASS_DTYPES = {"fp32": ("float32",), "16bit": ("float16", "bfloat16"), "fp8": ("bfloat16",)}
+#: fp8 table rows compile through the fp8 w8a8 kernels (block fp8 e4m3fn, the CUDA flavour: the fp8 table
+#: is cuda.json's; sm80 rejects it as data, like the fp8-moe scenario)
+CLASS_QUANT = {"fp8": "fp8_block:e4m3fn"}
 #: The spec the table configs are compiled with: forced configs do not depend on the shape, and Mixtral's
 #: H and I (4096, 14336) are multiples of every block, as in most real models.
 TABLE_PRESET = "mixtral-8x7b"
@@ -154,15 +157,17 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
     for backend, tnames in _by_backend(targets).items():
         for dc, bucket, cfg, dtypes in _table_plan(tier, backend):
             for dt in dtypes:
+                quant = CLASS_QUANT.get(dc)
                 out.append(
                     Scenario(
                         origin=f"table:{backend}/{dc}/{bucket}",
-                        preset=TABLE_PRESET,
+                        preset=FP8_MOE_PRESET if quant else TABLE_PRESET,
                         num_tokens=TABLE_TOKENS,
                         dtype=dt,
                         targets=tnames,
                         config=cfg,
-                        kernels=_gemm_kernels() if tier == "tables" else None,
+                        kernels=_gemm_kernels() if tier == "tables" and not quant else None,
+                        quant=quant,
                     )
                 )
         if tier == "tables":

@@ -3,7 +3,8 @@
 The oracle dequantizes exactly (QuantTensor.dequantize, float64), so what an implementation may differ by is
 
     accumulation     tolerance.ErrorModel.dot on the dequantized GEMM (|x'| |W|), plus 2 u_fp32 |x'||W| for
-                     forming x' = q s and W = q s in fp32
+                     forming x' = q s and W = q s in fp32, plus ErrorModel.fp8_dot where both operands are fp8
+                     (the GPU's fp8 MMA keeps ~13 bits per step; device_matrix.json fp8_mma_u_step)
     requantization   x' = RTNE_sat(x / s) s may land on another code when x or s differ by a rounding:
                      an fp32 amax / scale off by one rounding, or (end to end) the implementation's own GEMM1
                      output feeding GEMM2. Per element, with e_x the error of x and rel_s that of the scale,
@@ -97,6 +98,13 @@ def requant_error(spec: MoESpec, a: np.ndarray, static, e_a: np.ndarray | None, 
     return aq, worst
 
 
+def _mma(model: tol.ErrorModel, spec: MoESpec, point: str, K: int, mag: np.ndarray):
+    """The fp8 MMA's accumulation term (ErrorModel.fp8_dot) where both operands of the dot are fp8 codes:
+    an fp8 scheme that quantizes the activation at this point; 0 for MXFP4 (bf16 / fp16 dots)."""
+    q = spec.quant
+    return model.fp8_dot(K, mag) if q.method != "mxfp4" and point in q.quantize_inputs else 0.0
+
+
 def _absw(w) -> np.ndarray:
     return np.abs(tol._f64(w))
 
@@ -120,7 +128,8 @@ def gate_up_bounds(
     u, u32 = model.u_store, model.u_fp32
 
     def e_pre(m, s2, fl, pre, dot_part):
-        e = model.dot(spec.hidden_size, m, s2) + 2 * u32 * m + fl
+        e = model.dot(spec.hidden_size, m, s2) + _mma(model, spec, "gemm1", spec.hidden_size, m)
+        e = e + 2 * u32 * m + fl
         e = e + (u * (np.abs(dot_part) + e) if spec.expert_bias else 0.0)
         return _f(tol.stored(model, pre, e))
 
@@ -150,18 +159,20 @@ def down_bounds(
     fa = _f(aq)
     mag = npo.down(spec, qv.abs, np.abs(fa), ids)
     e = model.dot(I, mag, npo.down(spec, qv.sq, fa * fa, ids)) + 2 * model.u_fp32 * mag
+    e = e + _mma(model, spec, "gemm2", I, mag)
     e = e + npo.down(spec, qv.nobias.map(lambda t: t.abs()), e_aq, ids)
     if spec.expert_bias:  # the product may be rounded before b2 is added
         e = e + model.u_store * (np.abs(npo.down(spec, qv.nobias, aq, ids)) + e)
     return ref, _f(tol.stored(model, ref, e))
 
 
-def _qgemm(model: tol.ErrorModel, a: np.ndarray, e_a: np.ndarray, w: np.ndarray):
+def _qgemm(model: tol.ErrorModel, spec: MoESpec, point: str, a: np.ndarray, e_a: np.ndarray, w: np.ndarray):
     """(a @ w.T, its error) for one dense quantized GEMM (the shared MLP)."""
     fa, aw = _f(a), np.abs(w)
     mag = np.abs(fa) @ aw.T
     y = a @ w.T
     e = model.dot(w.shape[1], mag, (fa * fa) @ (w * w).T) + 2 * model.u_fp32 * mag + e_a @ aw.T
+    e = e + _mma(model, spec, point, w.shape[1], mag)
     return y, tol.stored(model, y, e)
 
 
@@ -172,7 +183,7 @@ def shared_bounds(model: tol.ErrorModel, spec: MoESpec, qw: QuantizedMoEWeights,
         return ref, np.zeros_like(ref)
     S = spec.shared_width
     xq, e_xq = requant_error(spec, x, qw.a13_scale, None, "gemm1")
-    h, e_h = _qgemm(model, xq, e_xq, qw.shared_w13.dequantize())
+    h, e_h = _qgemm(model, spec, "gemm1", xq, e_xq, qw.shared_w13.dequantize())
     cspec = spec.replace(w13_layout="concat")
     gate, up, e_g, e_u = (h[:, :S], h[:, S:], e_h[:, :S], e_h[:, S:]) if spec.gated else (h, None, e_h, None)
     act = npo.activate(cspec, gate, up)
@@ -181,7 +192,7 @@ def shared_bounds(model: tol.ErrorModel, spec: MoESpec, qw: QuantizedMoEWeights,
     )
     e_act = e_act + tol._evaluation(model, cspec, gate, up, act)
     aq, e_aq = requant_error(spec, act, qw.a2_scale, e_act, "gemm2")
-    mlp, e_mlp = _qgemm(model, aq, e_aq, qw.shared_w2.dequantize())
+    mlp, e_mlp = _qgemm(model, spec, "gemm2", aq, e_aq, qw.shared_w2.dequantize())
     if spec.shared_gate:
         g = tol._f64(qw.base.shared_gate)
         fx = _f(x)

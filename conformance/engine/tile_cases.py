@@ -11,7 +11,8 @@ So for every dtype class and every row of the backend's table there are cases at
     tile-<dc>-m<hi>   hi = its limit; the open last row:          the row, at its largest batch
                       BLOCK_M + 1 (a full M tile and a tail; at least lo + 1)
 
-with E = 4, k = 2 (T = 2 m) and H = 168, I = 152: not multiples of 16 and past every table's BLOCK_K
+The fp8 class (a backend's fp8 x fp8 table) runs as bf16 cases in block fp8 (QuantScheme.fp8_block(): partial
+128-blocks at these widths). With E = 4, k = 2 (T = 2 m) and H = 168, I = 152: not multiples of 16 and past every table's BLOCK_K
 and BLOCK_N (128), so each GEMM has at least two K tiles with a masked tail and two N tiles, and, past the
 largest case of a row, a full M tile and a tail per expert (m is the mean load of the 4 experts). Each case runs
 through run_case like a must-pass case (a poisoned out= buffer where the implementation accepts one), on every
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_cts.conformance.engine.cases import Case
+from moe_cts.reference.quant import QuantScheme
 from moe_cts.reference.spec import MoESpec
 
 #: kernels/configs, read as data (importing moe_cts.kernels would import Triton and fix the kernels
@@ -35,7 +37,9 @@ from moe_cts.reference.spec import MoESpec
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "kernels" / "configs"
 #: the table that a backend's kernels read; the plain cpu device has none, it runs the interpreter's shapes
 TABLE_OF = {"interpreter": "interpreter", "cpu": "interpreter", "cuda": "cuda", "hip": "hip"}
-DTYPE_OF_CLASS = {"16bit": "bfloat16", "fp32": "float32"}
+DTYPE_OF_CLASS = {"16bit": "bfloat16", "fp32": "float32", "fp8": "bfloat16"}
+#: the quantization of each dtype class's cases (None: float weights)
+QUANT_OF_CLASS = {"fp8": QuantScheme.fp8_block()}
 E, K = 4, 2
 HIDDEN, INTERMEDIATE = 168, 152
 SEED = 5000
@@ -69,5 +73,6 @@ def tile_cases(backend: str) -> list[Case]:
     for i, (dc, rows) in enumerate(sorted(table["tables"].items())):
         for m in bucket_edges(rows):
             T = -(-m * E // K)  # ceil(T k / E) == m
-            out.append(Case(spec, T, DTYPE_OF_CLASS[dc], seed=SEED + 1000 * i + m, name=f"tile-{dc}-m{m}"))
+            s = spec.replace(quant=QUANT_OF_CLASS[dc]) if dc in QUANT_OF_CLASS else spec
+            out.append(Case(s, T, DTYPE_OF_CLASS[dc], seed=SEED + 1000 * i + m, name=f"tile-{dc}-m{m}"))
     return out

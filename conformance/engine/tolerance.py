@@ -42,6 +42,12 @@ TINY = {"float32": float(np.finfo(np.float32).tiny), "float16": 6.0e-8, "bfloat1
 ACT_OPS = {"swiglu_oai": 5, "gated": 3, "nongated": 2}
 
 
+#: products per promoted fp8 MMA run the model allows: DeepSeek-V3's promotion interval (arXiv 2412.19437,
+#: section 3.3.2), which the fp8 kernels keep (BLOCK_K <= 128). An implementation that chains a longer K
+#: through the MMA accumulator is outside the bound at large K, as its error is.
+FP8_PROMOTION = 128
+
+
 @dataclass(frozen=True)
 class ErrorModel:
     dtype: str  # case dtype: inputs, stored intermediates, output
@@ -51,6 +57,7 @@ class ErrorModel:
     u_store: float  # rounding of a value stored in the case dtype (doubled when casts truncate)
     u_fp32: float = UNIT_ROUNDOFF["float32"]
     fn_ulps: float = 0.0  # fp32 ulps of evaluating exp/sigmoid/erf in registers (backend math library, data)
+    u_mma_fp8: float = 0.0  # fp8 x fp8 MMA: relative error per 32-product step into its accumulator (data)
 
     @classmethod
     def for_case(cls, profile: dict[str, Any], dtype: str, fp32_dot: str = "ieee") -> ErrorModel:
@@ -64,6 +71,7 @@ class ErrorModel:
             u_prod,
             u * (2.0 if truncates else 1.0),
             fn_ulps=float(profile.get("fn_ulps", 0.0)),
+            u_mma_fp8=float(profile.get("fp8_mma_u_step", 0.0)),
         )
 
     @property
@@ -73,6 +81,13 @@ class ErrorModel:
     def dot(self, K: int, mag: np.ndarray, sq: np.ndarray) -> np.ndarray:
         """Accumulation and product-input terms of dots of length K (mag = sum |a||b|, sq = sum (ab)^2)."""
         return self.c * (self.u_acc * math.sqrt(max(K, 1)) * mag + self.u_prod * np.sqrt(sq))
+
+    def fp8_dot(self, K: int, mag: np.ndarray) -> np.ndarray:
+        """Extra error of an fp8 x fp8 MMA dot of length K promoted to fp32 every FP8_PROMOTION products:
+        u_mma_fp8 per 32-product step of one promoted run, linear (the MMA's additions truncate, so they do
+        not cancel), times sum |a||b|. 0 where fp8 products are exact in fp32 (interpreter, CPU)."""
+        steps = math.ceil(min(max(K, 1), FP8_PROMOTION) / 32)
+        return self.u_mma_fp8 * steps * mag
 
 
 # ----------------------------------------------------------------------------------------------- oracle views

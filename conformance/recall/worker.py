@@ -129,7 +129,7 @@ def smem_violations() -> list[str]:
     buffers must fit its backend's shared memory (docs/bugs.md#bug-13-lds-overflow)."""
     import moe_cts.kernels.config as cfgmod
 
-    elem = {"fp32": 4, "16bit": 2}
+    elem = cfgmod.ELEM_BYTES
     out = []
     for backend, dc, bucket, cfg in cfgmod.all_configs():
         need = max(

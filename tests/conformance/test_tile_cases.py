@@ -18,10 +18,11 @@ BACKENDS = ("interpreter", "cuda", "hip")
 def _chosen_row(backend: str, case) -> tuple[str, int]:
     """(dtype class, index of the table row that kernels/config.py picks for the case)."""
     table = cfgmod.load_table(backend)
-    dc = cfgmod.dtype_class(getattr(torch, case.dtype))
+    dtype = torch.float8_e4m3fn if case.spec.quant is not None else getattr(torch, case.dtype)
+    dc = cfgmod.dtype_class(dtype)
     rows = table["tables"][dc]
     s = case.spec
-    cfg = cfgmod.choose(dtype=getattr(torch, case.dtype), num_tokens=case.num_tokens, top_k=s.top_k,
+    cfg = cfgmod.choose(dtype=dtype, num_tokens=case.num_tokens, top_k=s.top_k,
                         num_experts=s.num_experts, hidden_size=s.hidden_size,
                         intermediate_size=s.intermediate_size, backend_name=backend)  # fmt: skip
     matches = [i for i, r in enumerate(rows) if cfgmod._row_config(r) == cfg]
