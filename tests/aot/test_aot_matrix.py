@@ -76,7 +76,9 @@ def test_the_config_tables_fit_each_targets_shared_memory(table_records, target)
 def test_every_table_config_compiles_for_its_targets(table_records, target):
     recs = [r for r in table_records if r.target == target]
     bad = [r for r in recs if r.status == aot.FAIL]  # an expected rejection (fp8 rows on sm80) is data
-    assert any(r.status == aot.COMPILED for r in recs) and not bad, "\n".join(f"{r.kernel} {r.config_label} {r.dtype}: {r.reason}" for r in bad)
+    assert any(r.status == aot.COMPILED for r in recs) and not bad, "\n".join(
+        f"{r.kernel} {r.config_label} {r.dtype}: {r.reason}" for r in bad
+    )
 
 
 def test_the_table_guard_covers_every_row_of_both_tables(table_records):
