@@ -23,7 +23,7 @@ from hypothesis.strategies import SearchStrategy
 
 from moe_cts.conformance.engine.cases import DISTRIBUTIONS, DTYPES, Case
 from moe_cts.conformance.engine.protocol import NEEDS_WEIGHT_BEFORE_CAST, Capabilities
-from moe_cts.conformance.engine.scenarios import SCENARIOS, Scenario
+from moe_cts.conformance.engine.scenarios import CURATED_ONLY, SCENARIOS, Scenario
 from moe_cts.reference.spec import GATED_ACTIVATIONS, NONGATED_ACTIVATIONS, MoESpec
 
 PRIMES = (2, 3, 5, 7, 11, 13, 17, 31, 61, 127, 257)
@@ -266,8 +266,8 @@ def _scenarios(draw, names) -> Scenario:
 
 
 #: scenarios generation draws by default: all but those that need a claim (protocol.NEEDS_WEIGHT_BEFORE_CAST,
-#: run as must-pass cases for the implementations that make it)
-GENERATED_SCENARIOS = tuple(n for n in SCENARIOS if n not in NEEDS_WEIGHT_BEFORE_CAST)
+#: run as must-pass cases for the implementations that make it) and those built for one curated check
+GENERATED_SCENARIOS = tuple(n for n in SCENARIOS if n not in NEEDS_WEIGHT_BEFORE_CAST + CURATED_ONLY)
 
 
 def scenarios(*, names: Any = GENERATED_SCENARIOS) -> SearchStrategy[Scenario]:
