@@ -274,7 +274,7 @@ def scenarios(*, names: Any = GENERATED_SCENARIOS) -> SearchStrategy[Scenario]:
     """Routing scenarios with their parameters.
 
     - names: scenario names (value, list or strategy). Default GENERATED_SCENARIOS (every scenario of
-      moe_cts.conformance.engine.scenarios.SCENARIOS that needs no claim),
+      moe_cts.conformance.engine.scenarios.SCENARIOS that needs no claim and is not CURATED_ONLY),
       uniform included.
 
     Example: ``scenarios(names=["exact_ties", "nan_rows"]).example()`` -> ``Scenario('nan_rows', (('fraction', 0.25),))``.
