@@ -106,3 +106,12 @@ def test_an_implementation_without_the_claim_is_judged_by_the_bound_only():
     outcome, msg = _end_to_end(_OracleRounded(twice=True, claims=False))
     assert outcome == Outcome.PASS, msg
     assert "weight_before_cast" not in msg
+
+
+def test_two_experts_per_token_or_no_claim_leave_the_check_out():
+    caps = _OracleRounded(twice=False, claims=True).capabilities()
+    case = _case()
+    assert sr.applies(caps, case) is None
+    two = dataclasses.replace(case, spec=case.spec.replace(top_k=2))
+    assert "top_k 2" in sr.applies(caps, two)
+    assert "not claimed" in sr.applies(dataclasses.replace(caps, weight_before_cast=False), case)
