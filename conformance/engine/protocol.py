@@ -86,7 +86,8 @@ class Capabilities:
     # The router weight multiplies each expert's output in fp32 before that output is cast to the storage
     # dtype (the oracle's epilogue order). Cases whose expert outputs overflow fp16 before the weight brings
     # them back into range (NEEDS_WEIGHT_BEFORE_CAST scenarios) run only for implementations that claim it:
-    # model code stores the unweighted output first and gets inf there by design.
+    # model code stores the unweighted output first and gets inf there by design. Claimants are also held to
+    # one rounding, rnd(w * expert_out), on exact integer experts (engine/single_rounding.py).
     weight_before_cast: bool = False
     # Feature combinations that come together (a model family): when any are named, a case is supported
     # only when one bundle claims it whole, and generation draws a bundle first, then features inside it.

@@ -43,6 +43,7 @@ from moe_cts.conformance.engine import (
     quant_tolerance,
     sampled,
     sandbox,
+    single_rounding,
     tolerance,
 )
 from moe_cts.conformance.engine.cases import Case, CaseInputs
@@ -288,9 +289,25 @@ class _Session:
                     ),
                 )
             )
-        verdicts.insert(0, self.numeric("end_to_end", y, e2e["y"], e2e["e_y"], mask))
+        verdicts.insert(
+            0, self.single_rounding(self.numeric("end_to_end", y, e2e["y"], e2e["e_y"], mask), y, mask)
+        )
         verdicts.append(self.determinism_verdict(y))
         return verdicts
+
+    def single_rounding(self, v: StageVerdict, y: torch.Tensor, mask: np.ndarray) -> StageVerdict:
+        """Tighten end_to_end for implementations claiming weight_before_cast (engine/single_rounding.py)."""
+        checked = (
+            single_rounding.forward_check(self, sandbox.as_np(y), mask) if v.outcome.conformant else None
+        )
+        if checked is None:
+            return v
+        ok, msg = checked
+        if ok:
+            return dataclasses.replace(v, message=f"{v.message}; {msg}")
+        return dataclasses.replace(
+            v, outcome=Outcome.FAIL, fail_kind=FailKind.NUMERIC, message=f"end_to_end: {msg}"
+        )
 
     def memory_verdict(self, p: sandbox.PoisonedOutput, y: torch.Tensor) -> StageVerdict:
         unwritten, canaries = p.unwritten(), p.canaries_changed()

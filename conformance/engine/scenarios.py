@@ -23,6 +23,9 @@ logit offset o (E,) and x[t, c] a per-row switch, so logits[t] = (random part) +
     overflow_before_weight(s) one expert's w2 scaled to max |w2| = s, its logit   weight before the cast
                         -(log factor + 2) (k = E keeps it chosen): its output    (Capabilities.weight_before_cast)
                         passes fp16's max, its weighted term is small             bug-15-fp16-overflow-and-tiny-scales
+    integer_experts(s)  x, w13, b13 in {-2..2}, w2, b2 in {-s..s}, router in         one rounding of w * expert
+                        {-1, 0, 1} / 8: with relu the expert output is an exact     output (single_rounding.py,
+                        integer wider than 16-bit floats hold (curated only)        bug-02-router-weight-after-cast)
 
 bug-NN-... names are anchors of docs/bugs.md (e.g. docs/bugs.md#bug-17-topk-ties).
 """
@@ -239,6 +242,22 @@ def _overflow_before_weight(sc, spec, tensors, x, g, dtype) -> None:
     _steer(tensors, x, o)
 
 
+def _integer_experts(sc, spec, tensors, x, g, dtype) -> None:
+    # Small integers make every expert product exact in fp32 and every relu activation exact in 16 bits
+    # (|x @ w13.T| <= 4 H <= 256 for H <= 64), wherever an implementation stores it: the expert output eo is
+    # then an integer known exactly, of more bits than the output dtype holds (s = 256, I = 16: |eo| ~ 5e3,
+    # 13 bits), so one rounding of w * eo and two (rnd(w * rnd(eo))) differ and no error bound blurs which is
+    # which. Router entries in {-1, 0, 1} / 8 make the logits multiples of 1/8 below 8, exact in 16 bits too:
+    # the weights are then fp32 softmax values (not powers of two) known to a few fp32 ulps.
+    s = int(sc.param("s"))
+    x.copy_(torch.randint(-2, 3, x.shape, generator=g).float())
+    tensors["router"].copy_(torch.randint(-1, 2, tensors["router"].shape, generator=g).float() / 8)
+    for name, lim in (("w13", 2), ("b13", 2), ("w2", s), ("b2", s)):
+        t = tensors.get(name)
+        if t is not None:
+            t.copy_(torch.randint(-lim, lim + 1, t.shape, generator=g).float())
+
+
 _Builder = Callable[..., None]
 #: name -> (builder, parameter defaults)
 SCENARIOS: dict[str, tuple[_Builder, dict[str, Any]]] = {
@@ -255,4 +274,8 @@ SCENARIOS: dict[str, tuple[_Builder, dict[str, Any]]] = {
     "large_logits": (_large_logits, {"s": 50.0}),
     "beyond_clamp": (_beyond_clamp, {"s": 4.0}),
     "overflow_before_weight": (_overflow_before_weight, {"s": 5.0e4}),
+    "integer_experts": (_integer_experts, {"s": 256}),
 }
+#: scenarios built for one curated check (must_pass.json), left out of generation: integer_experts only makes
+#: exact experts for small H and relu, and adds nothing to the random draws elsewhere
+CURATED_ONLY = ("integer_experts",)

@@ -23,7 +23,7 @@ from hypothesis.strategies import SearchStrategy
 
 from moe_cts.conformance.engine.cases import DISTRIBUTIONS, DTYPES, Case
 from moe_cts.conformance.engine.protocol import NEEDS_WEIGHT_BEFORE_CAST, Capabilities
-from moe_cts.conformance.engine.scenarios import SCENARIOS, Scenario
+from moe_cts.conformance.engine.scenarios import CURATED_ONLY, SCENARIOS, Scenario
 from moe_cts.reference.spec import GATED_ACTIVATIONS, NONGATED_ACTIVATIONS, MoESpec
 
 PRIMES = (2, 3, 5, 7, 11, 13, 17, 31, 61, 127, 257)
@@ -266,15 +266,15 @@ def _scenarios(draw, names) -> Scenario:
 
 
 #: scenarios generation draws by default: all but those that need a claim (protocol.NEEDS_WEIGHT_BEFORE_CAST,
-#: run as must-pass cases for the implementations that make it)
-GENERATED_SCENARIOS = tuple(n for n in SCENARIOS if n not in NEEDS_WEIGHT_BEFORE_CAST)
+#: run as must-pass cases for the implementations that make it) and those built for one curated check
+GENERATED_SCENARIOS = tuple(n for n in SCENARIOS if n not in NEEDS_WEIGHT_BEFORE_CAST + CURATED_ONLY)
 
 
 def scenarios(*, names: Any = GENERATED_SCENARIOS) -> SearchStrategy[Scenario]:
     """Routing scenarios with their parameters.
 
     - names: scenario names (value, list or strategy). Default GENERATED_SCENARIOS (every scenario of
-      moe_cts.conformance.engine.scenarios.SCENARIOS that needs no claim),
+      moe_cts.conformance.engine.scenarios.SCENARIOS that needs no claim and is not CURATED_ONLY),
       uniform included.
 
     Example: ``scenarios(names=["exact_ties", "nan_rows"]).example()`` -> ``Scenario('nan_rows', (('fraction', 0.25),))``.
