@@ -35,12 +35,17 @@ import triton.language as tl
 
 from moe_cts.kernels._common import INTERPRET
 from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_rows
+from moe_cts.kernels._mxfp4_decode import mx_accumulate_native
 
 SCALE_ON_WEIGHTS = tl.constexpr(0)
 SCALE_ON_ACC = tl.constexpr(1)
 SCALE_IN_MMA = tl.constexpr(2)  # tl.dot_scaled: packed codes and scale codes straight into the dot
 #: Mxfp4Config.scale_at -> the int passed as SCALE_AT=
 SCALE_AT = {"weights": SCALE_ON_WEIGHTS.value, "accumulator": SCALE_ON_ACC.value, "mma": SCALE_IN_MMA.value}
+#: Mxfp4Config.decode -> the int passed as DECODE=: "fp32" = _mx_accumulate below, "native" =
+#: _mxfp4_decode.mx_accumulate_native (bits of the dot dtype, one scale per 32-block and column)
+DECODE = {"fp32": 0, "native": 1}
+DECODE_NATIVE = tl.constexpr(1)
 MX_BLOCK = tl.constexpr(32)  # elements along K per E8M0 scale (OCP MX)
 
 
@@ -178,7 +183,8 @@ def _mx_gemm(
     SUB_K: tl.constexpr,
     SCALE_AT: tl.constexpr,
     EVEN_K: tl.constexpr,
-    X_FMT: tl.constexpr,  # "bf16" | "fp16": the activation format for tl.dot_scaled (SCALE_IN_MMA)
+    X_FMT: tl.constexpr,  # "bf16" | "fp16": the activation format (tl.dot_scaled, the native decode)
+    DECODE: tl.constexpr,  # 0 = fp32 decode (_mx_accumulate), DECODE_NATIVE = _mxfp4_decode
 ):
     """(x @ W1.T, x @ W2.T) in fp32 over the whole K (acc2 stays zero unless TWO)."""
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -222,24 +228,25 @@ def _mx_gemm(
         for sub in tl.static_range(BLOCK_K // SUB_K):
             k0 = kk * BLOCK_K + sub * SUB_K
             xe, xo = _load_x_pair(x_rows, x_ok, stride_x_k, k0, K, SUB_K // 2, EVEN_K)
-            acc1 = _mx_accumulate(
-                acc1, xe, xo, w1_rows, s1_rows, stride_w_k, stride_s_k, k0, K, SUB_K // 2, SCALE_AT, EVEN_K
-            )
-            if TWO:  # the up tile reuses the x tiles already in registers
-                acc2 = _mx_accumulate(
-                    acc2,
-                    xe,
-                    xo,
-                    w2_rows,
-                    s2_rows,
-                    stride_w_k,
-                    stride_s_k,
-                    k0,
-                    K,
-                    SUB_K // 2,
-                    SCALE_AT,
-                    EVEN_K,
+            if DECODE == DECODE_NATIVE:
+                acc1 = mx_accumulate_native(
+                    acc1, xe, xo, w1_rows, s1_rows, stride_w_k, stride_s_k, k0, K,
+                    SUB_K // 2, SCALE_AT, EVEN_K, X_FMT,
+                )  # fmt: skip
+                if TWO:  # the up tile reuses the x tiles already in registers
+                    acc2 = mx_accumulate_native(
+                        acc2, xe, xo, w2_rows, s2_rows, stride_w_k, stride_s_k, k0, K,
+                        SUB_K // 2, SCALE_AT, EVEN_K, X_FMT,
+                    )  # fmt: skip
+            else:
+                acc1 = _mx_accumulate(
+                    acc1, xe, xo, w1_rows, s1_rows, stride_w_k, stride_s_k, k0, K, SUB_K // 2, SCALE_AT, EVEN_K
                 )
+                if TWO:
+                    acc2 = _mx_accumulate(
+                        acc2, xe, xo, w2_rows, s2_rows, stride_w_k, stride_s_k, k0, K,
+                        SUB_K // 2, SCALE_AT, EVEN_K,
+                    )  # fmt: skip
     return acc1, acc2
 
 
@@ -283,7 +290,8 @@ def mx_gate_up_kernel(
     BLOCK_K: tl.constexpr,
     SUB_K: tl.constexpr,  # elements per dot pair: BLOCK_K (SCALE_ON_WEIGHTS) or 32 (SCALE_ON_ACC)
     GROUP_M: tl.constexpr,
-    X_FMT: tl.constexpr,  # "bf16" | "fp16" (read by SCALE_IN_MMA only)
+    X_FMT: tl.constexpr,  # "bf16" | "fp16" (read by SCALE_IN_MMA and the native decode)
+    DECODE: tl.constexpr,  # Mxfp4Config.decode as DECODE[...]
 ):
     """act[a] = activation(x[a // k] @ W13[e, gate rows].T (+b), x[a // k] @ W13[e, up rows].T (+b)),
     W13 the dequantized MXFP4 weight; dequant -> bias -> activation in fp32 -> cast."""
@@ -311,7 +319,7 @@ def mx_gate_up_kernel(
 
     acc_g, acc_u = _mx_gemm(
         x_rows, row_ok, stride_x_h, wg, sg, wu, su, stride_w13_hb, stride_s13_hb, H,
-        GATED, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT,
+        GATED, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE,
     )  # fmt: skip
 
     if HAS_BIAS:  # after the dequantized product (docs/bugs.md#bug-03-bias-before-dequant)
@@ -361,6 +369,7 @@ def mx_down_kernel(
     SUB_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     X_FMT: tl.constexpr,
+    DECODE: tl.constexpr,
 ):
     """out[a] = (act[a] @ W2[e].T + b2[e]) * (route_w[a] if MUL_WEIGHT): dequant -> bias -> weight in fp32."""
     pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
@@ -378,7 +387,7 @@ def mx_down_kernel(
     s = s2_ptr + e64 * stride_s2_e + offs_n_w * stride_s2_h
     acc, _ = _mx_gemm(
         a_rows, row_ok, stride_a_i, w, s, w, s, stride_w2_ib, stride_s2_ib, I,
-        False, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT,
+        False, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE,
     )  # fmt: skip
 
     if HAS_BIAS:

@@ -41,6 +41,10 @@ SCALE_AT_CHOICES = ("weights", "accumulator")
 #: "portable": bf16/fp16 tl.dot on weights decoded in registers; "dot_scaled": tl.dot_scaled (scaled MMA on
 #: sm100 / gfx950, decomposed by Triton elsewhere), opt-in: never timed on a GPU here
 DOT_KINDS = ("portable", "dot_scaled")
+#: how the portable path decodes the weights: "native" (default) builds the dot dtype's bits with 16-bit integer
+#: ops and loads one E8M0 code per (32-block, column) (_mxfp4_decode.py); "fp32" is the first version (fp32 bits,
+#: a per-element scale gather, fp32 multiply, cast), kept to compare against
+DECODE_KINDS = ("native", "fp32")
 X_FMT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -58,12 +62,15 @@ class Mxfp4Config:
     tile: TileConfig  # BLOCK_K of both GEMMs a power of two >= 32 (whole MX blocks per K step)
     scale_at: str  # "weights" | "accumulator": where 2^(s-127) is applied (SCALE_AT_CHOICES)
     dot: str = "portable"  # "portable": bf16/fp16 tl.dot on decoded weights (DOT_KINDS)
+    decode: str = "native"  # the portable path's weight decode (DECODE_KINDS); dot_scaled ignores it
 
     def __post_init__(self) -> None:
         if self.scale_at not in SCALE_AT_CHOICES:
             raise SpecError("config.scale_at", f"one of {SCALE_AT_CHOICES}", self.scale_at)
         if self.dot not in DOT_KINDS:
             raise SpecError("config.dot", f"one of {DOT_KINDS}", self.dot)
+        if self.decode not in DECODE_KINDS:
+            raise SpecError("config.decode", f"one of {DECODE_KINDS}", self.decode)
         for name in ("gate_up", "down"):
             bk = getattr(self.tile, name).BLOCK_K
             if bk < 32:
@@ -91,14 +98,26 @@ class Mxfp4Config:
         """Elements per dot pair inside a K step: the whole BLOCK_K, or one 32-block."""
         return 32 if self.scale_at == "accumulator" else 0  # 0 = BLOCK_K of the GEMM
 
+    @property
+    def decode_code(self) -> int:
+        """DECODE constexpr of the kernels."""
+        return MK.DECODE[self.decode]
+
     def to_dict(self) -> dict[str, Any]:
-        return {**self.tile.to_dict(), "scale_at": self.scale_at, "dot": self.dot, "quant": "mxfp4"}
+        return {
+            **self.tile.to_dict(),
+            "scale_at": self.scale_at,
+            "dot": self.dot,
+            "decode": self.decode,
+            "quant": "mxfp4",
+        }
 
 
-#: largest BLOCK_K of the MXFP4 GEMMs on a GPU: the decoded lo / hi tiles (BLOCK_K / 2, BLOCK_N) live in fp32
-#: registers; at BLOCK_K 128, BLOCK_N 128 both GEMMs hit 255 registers and spill 72-136 B on sm90 (AOT, triton
-#: 3.9). The interpreter has no registers: its table's BLOCK_K stays (fewer program-iterations).
-GPU_MAX_BLOCK_K = 64
+#: largest BLOCK_K of the MXFP4 GEMMs on a GPU per decode: the fp32 decode's lo / hi tiles (BLOCK_K / 2, BLOCK_N)
+#: live in fp32 registers; at BLOCK_K 128, BLOCK_N 128 both GEMMs hit 255 registers and spill 72-136 B on sm90
+#: (AOT, triton 3.9). The native decode holds 16-bit values: the table's BLOCK_K (128 at decode sizes) stays.
+#: The interpreter has no registers: its table's BLOCK_K stays (fewer program-iterations).
+GPU_MAX_BLOCK_K = {"fp32": 64, "native": 128}
 
 
 def _mx_tile(t: GemmTile, max_k: int | None) -> GemmTile:
@@ -106,19 +125,23 @@ def _mx_tile(t: GemmTile, max_k: int | None) -> GemmTile:
     return replace(t, BLOCK_K=bk if max_k is None else min(bk, max_k))
 
 
+_MX_KEYS = ("scale_at", "dot", "decode", "quant")  # Mxfp4Config keys of a config dict beyond the tiles
+
+
 def choose_config(
     spec: MoESpec, dtype: torch.dtype, num_tokens: int, config: Mxfp4Config | TileConfig | Mapping | None
 ) -> Mxfp4Config:
     """The float path's table row (config.choose) with BLOCK_K in [32, GPU_MAX_BLOCK_K], or the caller's
-    config (a Mxfp4Config, a TileConfig, or a dict with optional "scale_at" / "dot" keys; its BLOCK_K is
+    config (a Mxfp4Config, a TileConfig, or a dict with optional "scale_at" / "dot" / "decode" keys; its BLOCK_K is
     raised to 32 but not capped). A dict of only those keys keeps the heuristic's tiles."""
     if isinstance(config, Mxfp4Config):
         return config
-    scale_at, dot = default_scale_at(dtype), "portable"
+    scale_at, dot, decode = default_scale_at(dtype), "portable", "native"
     if isinstance(config, Mapping):
         scale_at, dot = config.get("scale_at", scale_at), config.get("dot", dot)
-        config = {k: v for k, v in config.items() if k not in ("scale_at", "dot", "quant")} or None
-    max_k = None if cfgmod.backend() == "interpreter" else GPU_MAX_BLOCK_K
+        decode = config.get("decode", decode)
+        config = {k: v for k, v in config.items() if k not in _MX_KEYS} or None
+    max_k = None if cfgmod.backend() == "interpreter" else GPU_MAX_BLOCK_K.get(decode, 64)
     if config is not None:
         tile, max_k = cfgmod.as_config(config), None
     else:
@@ -131,7 +154,7 @@ def choose_config(
             intermediate_size=spec.intermediate_size,
         )
     tile = replace(tile, gate_up=_mx_tile(tile.gate_up, max_k), down=_mx_tile(tile.down, max_k))
-    return Mxfp4Config(tile=tile, scale_at=scale_at, dot=dot)
+    return Mxfp4Config(tile=tile, scale_at=scale_at, dot=dot, decode=decode)
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -231,7 +254,7 @@ def launch_mx_gate_up(
         GATED=spec.gated, INTERLEAVED=inter, HAS_BIAS=b13 is not None, ACTIVATION=ACTIVATIONS[spec.activation],
         SCALE_AT=cfg.scale_code, EVEN_K=H % tile.BLOCK_K == 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
-        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[x.dtype],
+        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[x.dtype], DECODE=cfg.decode_code,
         # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip
@@ -272,7 +295,7 @@ def launch_mx_down(
         HAS_BIAS=b2 is not None, MUL_WEIGHT=route_weights is not None,
         SCALE_AT=cfg.scale_code, EVEN_K=I % tile.BLOCK_K == 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
-        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[act.dtype],
+        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[act.dtype], DECODE=cfg.decode_code,
         # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip
