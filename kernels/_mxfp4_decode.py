@@ -67,19 +67,22 @@ def _decode_pair(b, X_FMT: tl.constexpr):
         HALF: tl.constexpr = 0x3800
     lo = _e2m1_bits(b & 7, (b & 0x08) << 12, MSH, HALF)  # element 2j
     hi = _e2m1_bits((b >> 4) & 7, (b & 0x80) << 8, MSH, HALF)  # element 2j + 1
-    return lo, hi
+    return lo.to(tl.uint16), hi.to(tl.uint16)
 
 
 @triton.jit
 def _as_float(bits, X_FMT: tl.constexpr):
-    """bits (uint16) as the dot dtype, or as fp32 under the interpreter (exact widening)."""
+    """bits (uint16) as the dot dtype, or as fp32 under the interpreter (exact widening). One return: the
+    compiler types every return of a function, taken or not."""
     if X_FMT == "bf16":
         if INTERPRET:
-            return (bits.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
-        return bits.to(tl.bfloat16, bitcast=True)
-    v = bits.to(tl.float16, bitcast=True)
-    if INTERPRET:
-        v = v.to(tl.float32)
+            v = (bits.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        else:
+            v = bits.to(tl.bfloat16, bitcast=True)
+    else:
+        v = bits.to(tl.float16, bitcast=True)
+        if INTERPRET:
+            v = v.to(tl.float32)
     return v
 
 
@@ -90,8 +93,10 @@ def _scale_tile(s, X_FMT: tl.constexpr):
     if INTERPRET:  # fp32 bits: the exponent field is s, s = 0 the subnormal 2^-127, 255 NaN
         s32 = s.to(tl.uint32)
         bits = tl.where(s32 == 0, 1 << 22, s32 << 23)
-        return tl.where(s32 == 255, 0x7FC00000, bits).to(tl.float32, bitcast=True)
-    return _e8m0_bf16_bits(s).to(tl.bfloat16, bitcast=True)
+        sc = tl.where(s32 == 255, 0x7FC00000, bits).to(tl.float32, bitcast=True)
+    else:
+        sc = _e8m0_bf16_bits(s).to(tl.bfloat16, bitcast=True)
+    return sc
 
 
 @triton.jit
@@ -122,19 +127,19 @@ def mx_accumulate_native(
     SCALE_ON_WEIGHTS) requires 2 * HALF_K == 32: one scale per output column, applied to the fp32 partial."""
     NB: tl.constexpr = HALF_K // BYTES_PER_BLOCK
     b, s = _load_codes(w_rows, s_rows, stride_w_k, stride_s_k, k0, K, NB, EVEN_K)
-    lo_bits, hi_bits = _decode_pair(b.to(tl.uint16), X_FMT)
+    lo_bits, hi_bits = _decode_pair(b.to(tl.uint32), X_FMT)
     lo = _as_float(lo_bits, X_FMT)
     hi = _as_float(hi_bits, X_FMT)
     BLOCK_N: tl.constexpr = lo.shape[2]
     if SCALE_AT == SCALE_ON_WEIGHTS:  # exact in bf16 (module docstring); fp16 never takes this branch
         sc = _scale_tile(s, X_FMT)
-        lo = tl.reshape(lo * sc, (HALF_K, BLOCK_N))
-        hi = tl.reshape(hi * sc, (HALF_K, BLOCK_N))
-        acc = tl.dot(xe, lo, acc)
-        return tl.dot(xo, hi, acc)
-    part = tl.dot(xe, tl.reshape(lo, (HALF_K, BLOCK_N)))
-    part = tl.dot(xo, tl.reshape(hi, (HALF_K, BLOCK_N)), part)
-    s32 = tl.reshape(s, (BLOCK_N,)).to(tl.uint32)  # NB == 1
-    bits = tl.where(s32 == 0, 1 << 22, s32 << 23)  # fp32 2^(s-127), as _mxfp4_gemm_kernels._e8m0_to_f32
-    bits = tl.where(s32 == 255, 0x7FC00000, bits)
-    return acc + part * bits.to(tl.float32, bitcast=True)[None, :]
+        acc = tl.dot(xe, tl.reshape(lo * sc, (HALF_K, BLOCK_N)), acc)
+        acc = tl.dot(xo, tl.reshape(hi * sc, (HALF_K, BLOCK_N)), acc)
+    else:  # one return for both branches: the compiler types every return, taken or not
+        part = tl.dot(xe, tl.reshape(lo, (HALF_K, BLOCK_N)))
+        part = tl.dot(xo, tl.reshape(hi, (HALF_K, BLOCK_N)), part)
+        s32 = tl.reshape(s, (BLOCK_N,)).to(tl.uint32)  # NB == 1
+        bits = tl.where(s32 == 0, 1 << 22, s32 << 23)  # fp32 2^(s-127), as _mxfp4_gemm_kernels._e8m0_to_f32
+        bits = tl.where(s32 == 255, 0x7FC00000, bits)
+        acc += part * bits.to(tl.float32, bitcast=True)[None, :]
+    return acc

@@ -36,6 +36,7 @@ import triton.language as tl
 from moe_cts.kernels._common import INTERPRET
 from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_rows
 from moe_cts.kernels._mxfp4_decode import mx_accumulate_native
+from moe_cts.kernels._mxfp4_swar import mx_accumulate_swar
 
 SCALE_ON_WEIGHTS = tl.constexpr(0)
 SCALE_ON_ACC = tl.constexpr(1)
@@ -43,9 +44,11 @@ SCALE_IN_MMA = tl.constexpr(2)  # tl.dot_scaled: packed codes and scale codes st
 #: Mxfp4Config.scale_at -> the int passed as SCALE_AT=
 SCALE_AT = {"weights": SCALE_ON_WEIGHTS.value, "accumulator": SCALE_ON_ACC.value, "mma": SCALE_IN_MMA.value}
 #: Mxfp4Config.decode -> the int passed as DECODE=: "fp32" = _mx_accumulate below, "native" =
-#: _mxfp4_decode.mx_accumulate_native (bits of the dot dtype, one scale per 32-block and column)
-DECODE = {"fp32": 0, "native": 1}
+#: _mxfp4_decode.mx_accumulate_native (bits of the dot dtype, one scale per 32-block and column), "swar" =
+#: _mxfp4_swar.mx_accumulate_swar (32-bit words, two codes per integer op; bf16, SCALE_ON_WEIGHTS)
+DECODE = {"fp32": 0, "native": 1, "swar": 2}
 DECODE_NATIVE = tl.constexpr(1)
+DECODE_SWAR = tl.constexpr(2)
 MX_BLOCK = tl.constexpr(32)  # elements along K per E8M0 scale (OCP MX)
 
 
@@ -224,6 +227,15 @@ def _mx_gemm(
                     EVEN_K,
                 )
         return acc1, acc2
+    if DECODE == DECODE_SWAR:  # packed codes read as 32-bit words (the launcher checks 4-byte alignment)
+        w1_words = w1_rows.to(tl.pointer_type(tl.uint32))
+        w2_words = w2_rows.to(tl.pointer_type(tl.uint32))
+        for kk in range(0, tl.cdiv(K, BLOCK_K)):
+            acc1, acc2 = mx_accumulate_swar(
+                acc1, acc2, x_rows, x_ok, stride_x_k, w1_words, s1_rows, w2_words, s2_rows, stride_s_k,
+                kk * BLOCK_K, K, TWO, BLOCK_K, EVEN_K,
+            )  # fmt: skip
+        return acc1, acc2
     for kk in range(0, tl.cdiv(K, BLOCK_K)):
         for sub in tl.static_range(BLOCK_K // SUB_K):
             k0 = kk * BLOCK_K + sub * SUB_K
@@ -240,8 +252,9 @@ def _mx_gemm(
                     )  # fmt: skip
             else:
                 acc1 = _mx_accumulate(
-                    acc1, xe, xo, w1_rows, s1_rows, stride_w_k, stride_s_k, k0, K, SUB_K // 2, SCALE_AT, EVEN_K
-                )
+                    acc1, xe, xo, w1_rows, s1_rows, stride_w_k, stride_s_k, k0, K,
+                    SUB_K // 2, SCALE_AT, EVEN_K,
+                )  # fmt: skip
                 if TWO:
                     acc2 = _mx_accumulate(
                         acc2, xe, xo, w2_rows, s2_rows, stride_w_k, stride_s_k, k0, K,

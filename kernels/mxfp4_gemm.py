@@ -41,10 +41,14 @@ SCALE_AT_CHOICES = ("weights", "accumulator")
 #: "portable": bf16/fp16 tl.dot on weights decoded in registers; "dot_scaled": tl.dot_scaled (scaled MMA on
 #: sm100 / gfx950, decomposed by Triton elsewhere), opt-in: never timed on a GPU here
 DOT_KINDS = ("portable", "dot_scaled")
-#: how the portable path decodes the weights: "native" (default) builds the dot dtype's bits with 16-bit integer
-#: ops and loads one E8M0 code per (32-block, column) (_mxfp4_decode.py); "fp32" is the first version (fp32 bits,
-#: a per-element scale gather, fp32 multiply, cast), kept to compare against
-DECODE_KINDS = ("native", "fp32")
+#: how the portable path decodes the weights (the default: default_decode):
+#:   "swar"    32-bit words, two codes per integer op, bf16 with the scale on the weights, BLOCK_K >= 128
+#:             (_mxfp4_swar.py); ~8 SASS instructions per weight element in the sm90 loop
+#:   "native"  bytes, straight to the dot dtype's bits, one E8M0 code per (32-block, column)
+#:             (_mxfp4_decode.py); ~15 per element
+#:   "fp32"    the first version: fp32 bits, a per-element scale gather, fp32 multiply, cast; ~18 per element
+DECODE_KINDS = ("swar", "native", "fp32")
+SWAR_MIN_BLOCK_K = 128  # 8 phase dots of BLOCK_K / 8 >= 16 (tl.dot's smallest K)
 X_FMT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -71,6 +75,13 @@ class Mxfp4Config:
             raise SpecError("config.dot", f"one of {DOT_KINDS}", self.dot)
         if self.decode not in DECODE_KINDS:
             raise SpecError("config.decode", f"one of {DECODE_KINDS}", self.decode)
+        if self.decode == "swar" and self.dot == "portable":
+            if self.scale_at != "weights":
+                raise SpecError("config.decode", "'native' or 'fp32' with scale_at='accumulator'", "swar")
+            for name in ("gate_up", "down"):
+                bk = getattr(self.tile, name).BLOCK_K
+                if bk < SWAR_MIN_BLOCK_K:
+                    raise SpecError(f"config.{name}.BLOCK_K", f">= {SWAR_MIN_BLOCK_K} for decode='swar'", bk)
         for name in ("gate_up", "down"):
             bk = getattr(self.tile, name).BLOCK_K
             if bk < 32:
@@ -117,7 +128,15 @@ class Mxfp4Config:
 #: live in fp32 registers; at BLOCK_K 128, BLOCK_N 128 both GEMMs hit 255 registers and spill 72-136 B on sm90
 #: (AOT, triton 3.9). The native decode holds 16-bit values: the table's BLOCK_K (128 at decode sizes) stays.
 #: The interpreter has no registers: its table's BLOCK_K stays (fewer program-iterations).
-GPU_MAX_BLOCK_K = {"fp32": 64, "native": 128}
+GPU_MAX_BLOCK_K = {"fp32": 64, "native": 128, "swar": 128}
+
+
+def default_decode(dtype: torch.dtype, scale_at: str, dot: str, tile: TileConfig) -> str:
+    """'swar' where it applies (bf16, scale on the weights, portable dot, BLOCK_K >= 128 in both GEMMs), else
+    "native". All decodes are exact; they differ only in the fp32 summation order (swar: 8 phase dots)."""
+    ok = dtype == torch.bfloat16 and scale_at == "weights" and dot == "portable"
+    ok = ok and min(tile.gate_up.BLOCK_K, tile.down.BLOCK_K) >= SWAR_MIN_BLOCK_K
+    return "swar" if ok else "native"
 
 
 def _mx_tile(t: GemmTile, max_k: int | None) -> GemmTile:
@@ -136,12 +155,12 @@ def choose_config(
     raised to 32 but not capped). A dict of only those keys keeps the heuristic's tiles."""
     if isinstance(config, Mxfp4Config):
         return config
-    scale_at, dot, decode = default_scale_at(dtype), "portable", "native"
+    scale_at, dot, decode = default_scale_at(dtype), "portable", None
     if isinstance(config, Mapping):
         scale_at, dot = config.get("scale_at", scale_at), config.get("dot", dot)
         decode = config.get("decode", decode)
         config = {k: v for k, v in config.items() if k not in _MX_KEYS} or None
-    max_k = None if cfgmod.backend() == "interpreter" else GPU_MAX_BLOCK_K.get(decode, 64)
+    max_k = None if cfgmod.backend() == "interpreter" else GPU_MAX_BLOCK_K.get(decode or "native", 64)
     if config is not None:
         tile, max_k = cfgmod.as_config(config), None
     else:
@@ -154,6 +173,7 @@ def choose_config(
             intermediate_size=spec.intermediate_size,
         )
     tile = replace(tile, gate_up=_mx_tile(tile.gate_up, max_k), down=_mx_tile(tile.down, max_k))
+    decode = decode or default_decode(dtype, scale_at, dot, tile)
     return Mxfp4Config(tile=tile, scale_at=scale_at, dot=dot, decode=decode)
 
 
@@ -171,7 +191,12 @@ def _active_target():
 def check_dot_kind(cfg: Mxfp4Config, dtype: torch.dtype) -> None:
     """dot_scaled with fp16 activations on CUDA below sm89 is refused (NotSupportedError) before any launch:
     Triton lowers it through fp8 conversions that ptxas rejects there ("cvt with .e4m3x2 requires sm_89",
-    AOT with triton 3.9). bf16 compiles on all six AOT targets."""
+    AOT with triton 3.9). bf16 compiles on all six AOT targets. decode='swar' builds bf16 bits: float16
+    activations with it raise SpecError."""
+    if cfg.dot == "portable" and cfg.decode == "swar" and dtype != torch.bfloat16:
+        raise SpecError(
+            "config.decode", "'native' or 'fp32' for float16 activations ('swar' decodes to bf16)", "swar"
+        )
     if cfg.dot != "dot_scaled" or dtype != torch.float16:
         return
     t = _active_target()
@@ -211,6 +236,16 @@ def check_activations(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> Non
 
 
 # ----------------------------------------------------------------------------------------------- launches
+def _decode_code(cfg: Mxfp4Config, codes: torch.Tensor) -> int:
+    """cfg's DECODE, or the native decode where the codes cannot be read as 32-bit words (swar needs rows
+    4-byte aligned and contiguous along K; the weights the reference builds always are)."""
+    if cfg.decode != "swar":
+        return cfg.decode_code
+    st = codes.stride()
+    aligned = st[-1] == 1 and codes.data_ptr() % 4 == 0 and all(s % 4 == 0 for s in st[:-1])
+    return cfg.decode_code if aligned else MK.DECODE["native"]
+
+
 def _bias_args(b: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     if b is None:
         return like, 0, 0
@@ -254,7 +289,7 @@ def launch_mx_gate_up(
         GATED=spec.gated, INTERLEAVED=inter, HAS_BIAS=b13 is not None, ACTIVATION=ACTIVATIONS[spec.activation],
         SCALE_AT=cfg.scale_code, EVEN_K=H % tile.BLOCK_K == 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
-        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[x.dtype], DECODE=cfg.decode_code,
+        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[x.dtype], DECODE=_decode_code(cfg, c),
         # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip
@@ -295,7 +330,7 @@ def launch_mx_down(
         HAS_BIAS=b2 is not None, MUL_WEIGHT=route_weights is not None,
         SCALE_AT=cfg.scale_code, EVEN_K=I % tile.BLOCK_K == 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
-        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[act.dtype], DECODE=cfg.decode_code,
+        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[act.dtype], DECODE=_decode_code(cfg, c),
         # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip
