@@ -124,19 +124,26 @@ class Mxfp4Config:
         }
 
 
-#: largest BLOCK_K of the MXFP4 GEMMs on a GPU per decode: the fp32 decode's lo / hi tiles (BLOCK_K / 2, BLOCK_N)
-#: live in fp32 registers; at BLOCK_K 128, BLOCK_N 128 both GEMMs hit 255 registers and spill 72-136 B on sm90
-#: (AOT, triton 3.9). The native decode holds 16-bit values: the table's BLOCK_K (128 at decode sizes) stays.
-#: The interpreter has no registers: its table's BLOCK_K stays (fewer program-iterations).
-GPU_MAX_BLOCK_K = {"fp32": 64, "native": 128, "swar": 128}
+#: largest BLOCK_K of the MXFP4 GEMMs on a GPU per decode (AOT, triton 3.9, gpt-oss-120b): the fp32 decode's lo / hi
+#: tiles (BLOCK_K / 2, BLOCK_N) live in fp32 registers; at BLOCK_K 128, BLOCK_N 128 both GEMMs hit 255 registers
+#: and spill 72-136 B on sm90. The native decode spills 8-16 B at 128 in fp16 (sm90 / sm100). swar at 128: no
+#: spill on sm80 / sm90 / sm100 (68-167 registers). The interpreter has no registers: its table's BLOCK_K stays.
+GPU_MAX_BLOCK_K = {"fp32": 64, "native": 64, "swar": 128}
 
 
-def default_decode(dtype: torch.dtype, scale_at: str, dot: str, tile: TileConfig) -> str:
-    """'swar' where it applies (bf16, scale on the weights, portable dot, BLOCK_K >= 128 in both GEMMs), else
-    "native". All decodes are exact; they differ only in the fp32 summation order (swar: 8 phase dots)."""
+def swar_applies(dtype: torch.dtype, scale_at: str, dot: str, tile: TileConfig) -> bool:
+    """bf16, scale on the weights, the portable dot, BLOCK_K >= 128 in both GEMMs (_mxfp4_swar.py)."""
     ok = dtype == torch.bfloat16 and scale_at == "weights" and dot == "portable"
-    ok = ok and min(tile.gate_up.BLOCK_K, tile.down.BLOCK_K) >= SWAR_MIN_BLOCK_K
-    return "swar" if ok else "native"
+    return ok and min(tile.gate_up.BLOCK_K, tile.down.BLOCK_K) >= SWAR_MIN_BLOCK_K
+
+
+def default_decode(dtype: torch.dtype, scale_at: str, dot: str, tile: TileConfig, backend: str) -> str:
+    """'swar' where it applies; else 'native' on CUDA and the interpreter, 'fp32' on ROCm, where the native
+    decode spills more (AOT: 12-36 B on gfx90a / gfx942 / gfx950 against 0 for fp32) and nothing was timed.
+    All decodes are exact; they differ only in the fp32 summation order (swar: 8 phase dots)."""
+    if swar_applies(dtype, scale_at, dot, tile):
+        return "swar"
+    return "fp32" if backend == "hip" else "native"
 
 
 def _mx_tile(t: GemmTile, max_k: int | None) -> GemmTile:
@@ -150,7 +157,7 @@ _MX_KEYS = ("scale_at", "dot", "decode", "quant")  # Mxfp4Config keys of a confi
 def choose_config(
     spec: MoESpec, dtype: torch.dtype, num_tokens: int, config: Mxfp4Config | TileConfig | Mapping | None
 ) -> Mxfp4Config:
-    """The float path's table row (config.choose) with BLOCK_K in [32, GPU_MAX_BLOCK_K], or the caller's
+    """The float path's table row (config.choose) with BLOCK_K in [32, GPU_MAX_BLOCK_K[decode]], or the caller's
     config (a Mxfp4Config, a TileConfig, or a dict with optional "scale_at" / "dot" / "decode" keys; its BLOCK_K is
     raised to 32 but not capped). A dict of only those keys keeps the heuristic's tiles."""
     if isinstance(config, Mxfp4Config):
@@ -160,9 +167,8 @@ def choose_config(
         scale_at, dot = config.get("scale_at", scale_at), config.get("dot", dot)
         decode = config.get("decode", decode)
         config = {k: v for k, v in config.items() if k not in _MX_KEYS} or None
-    max_k = None if cfgmod.backend() == "interpreter" else GPU_MAX_BLOCK_K.get(decode or "native", 64)
     if config is not None:
-        tile, max_k = cfgmod.as_config(config), None
+        tile = cfgmod.as_config(config)
     else:
         tile = cfgmod.choose(
             dtype=dtype,
@@ -172,8 +178,12 @@ def choose_config(
             hidden_size=spec.hidden_size,
             intermediate_size=spec.intermediate_size,
         )
+    backend = cfgmod.backend()
+    raised = replace(tile, gate_up=_mx_tile(tile.gate_up, None), down=_mx_tile(tile.down, None))
+    decode = decode or default_decode(dtype, scale_at, dot, raised, backend)
+    # the caller's tiles are not capped; the interpreter has no registers
+    max_k = None if config is not None or backend == "interpreter" else GPU_MAX_BLOCK_K[decode]
     tile = replace(tile, gate_up=_mx_tile(tile.gate_up, max_k), down=_mx_tile(tile.down, max_k))
-    decode = decode or default_decode(dtype, scale_at, dot, tile)
     return Mxfp4Config(tile=tile, scale_at=scale_at, dot=dot, decode=decode)
 
 

@@ -210,13 +210,31 @@ def _tile(block_k: int):
     return mg.choose_config(SPEC, BF16, 5, _config(BF16, "weights", "native", block_k)).tile
 
 
-def test_the_default_decode_is_swar_where_it_applies_and_native_elsewhere():
-    assert mg.default_decode(BF16, "weights", "portable", _tile(128)) == "swar"
-    assert mg.default_decode(F16, "accumulator", "portable", _tile(128)) == "native"
-    assert mg.default_decode(BF16, "accumulator", "portable", _tile(128)) == "native"
-    assert mg.default_decode(BF16, "weights", "dot_scaled", _tile(128)) == "native"
-    assert mg.default_decode(BF16, "weights", "portable", _tile(64)) == "native"
+def test_the_default_decode_is_swar_where_it_applies_else_native_or_fp32_on_rocm():
+    for backend in ("cuda", "interpreter"):
+        assert mg.default_decode(BF16, "weights", "portable", _tile(128), backend) == "swar"
+        assert mg.default_decode(F16, "accumulator", "portable", _tile(128), backend) == "native"
+        assert mg.default_decode(BF16, "accumulator", "portable", _tile(128), backend) == "native"
+        assert mg.default_decode(BF16, "weights", "dot_scaled", _tile(128), backend) == "native"
+        assert mg.default_decode(BF16, "weights", "portable", _tile(64), backend) == "native"
+    assert mg.default_decode(BF16, "weights", "portable", _tile(128), "hip") == "swar"
+    assert mg.default_decode(BF16, "weights", "portable", _tile(64), "hip") == "fp32"
     assert Mxfp4Config(tile=_tile(64), scale_at="weights").decode == "native"  # the dataclass default
+
+
+def test_the_gpu_caps_block_k_by_decode(monkeypatch):
+    monkeypatch.setattr(cfgmod, "backend", lambda: "cuda")
+    spec = SPEC.replace(quant=QuantScheme.mxfp4())
+    wide = {
+        k: v for k, v in _config(BF16, "weights", "swar", 256).items() if k in ("BLOCK_M", "gate_up", "down")
+    }
+    monkeypatch.setattr(cfgmod, "choose", lambda **_: cfgmod.as_config(wide))
+    bf16 = mg.choose_config(spec, BF16, 5, None)
+    assert (bf16.decode, bf16.gate_up.BLOCK_K, bf16.down.BLOCK_K) == ("swar", 128, 128)
+    f16 = mg.choose_config(spec, F16, 5, None)
+    assert (f16.decode, f16.gate_up.BLOCK_K) == ("native", 64)
+    forced = mg.choose_config(spec, BF16, 5, {**wide, "decode": "swar"})  # the caller's tiles stay
+    assert forced.gate_up.BLOCK_K == 256
 
 
 def test_a_decode_that_does_not_apply_is_refused_naming_its_field():
