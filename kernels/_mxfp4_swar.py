@@ -1,26 +1,27 @@
 """MXFP4 decode two elements per 32-bit integer op (Mxfp4Config.decode == "swar", DECODE_SWAR), bf16 only.
 
-The byte decode (_mxfp4_decode.py) spends its integer ops one element at a time, and 16-bit values cost the
-compiler byte / half-word shuffles (PRMT) on NVIDIA. Here the packed codes are read as 32-bit words (8 e2m1
+The byte decode (_mxfp4_decode.py) spends its integer ops one element at a time, and sub-word values cost the
+compiler byte / half-word shuffles (PRMT on NVIDIA). Here the packed codes are read as 32-bit words (8 e2m1
 codes along K; the launcher checks 4-byte alignment) and each op works on two codes at once, one per 16-bit
-half ("SIMD within a register"), the carry never crossing a half:
+half ("SIMD within a register"):
 
-    B   = word i of column n          element 8i + q in bits 4q .. 4q+3, q < 8
-    Y_q = (B >> 4q) & 0x000F000F      q < 4: element 8i + q in the low half, 8i + q + 4 in the high half
-    t   = Y & 0x00070007              magnitude codes; sign bits 3 / 19 -> 15 / 31: (Y << 12) & 0x80008000
-    v   = (t << 6) + 0x3F003F00       t >= 2: bf16 bits of 2^(e-1) (1 + m/2) (exponent e + 126, mantissa m)
-    big = ((t + 0x00060006) & 0x00080008) * 0x1FFF     0xFFF8 in a half where t >= 2, else 0
-    one = (t & 0x00010001) * 0x3F00                    0x3F00 (0.5) in a half where t is odd
-    r   = (v & big) | (one & ~big) | sign              t = 0 -> 0, t = 1 -> 0.5 (v's low 3 bits are 0)
+    B    = word i of column n                element 8i + q in bits 4q .. 4q+3, q < 8
+    r_q  = ((B << (6 - 4q)) & 0x01C001C0)    q < 4: code q's bits e e m at bf16 bits 8 7 6 (low half) and
+         | ((B << (12 - 4q)) & 0x80008000)          code q + 4's (high half); its sign bit at bit 15 / 31
+    w    = bf16(half of r_q) * 2^126 * 2^(s - 127)       one packed bf16 multiply each (HMUL2 on sm90)
 
-~12 integer ops per word of two elements. The halves become two bf16 tensors, are multiplied by the bf16 scale
-of their 32-block (exact: _mxfp4_decode.py docstring) and meet x's columns of the same phase:
+Bits e e m read as a bf16 are e2m1 * 2^-126 exactly: exponent field e, mantissa m / 2; e = 0 is bf16's
+subnormal m * 2^-127, as e2m1's subnormal 0.5 is m * 2^-1. So 2 shifts and 2 masks per word (the sm90 loop
+has 4 integer instructions per word) and 2 multiplies per element pair, no compare and no select. The
+multiplies are exact (2 significant bits, results in bf16's range wherever the fp32 decode's are finite) and
+rely on bf16 arithmetic keeping subnormal inputs, the default everywhere we compile for: PTX mul.bf16x2 /
+fma.bf16x2 have no flush-to-zero, and Triton's ROCm backend compiles with denormal-fp-math-f32 "ieee" unless
+allow_flush_denorm is set (tests/kernels/test_mxfp4_decode.py checks every code and scale on the device).
 
-    x @ W.T = sum_{q < 8} x[:, q::8] @ W[:, q::8].T          8 dots of K = BLOCK_K / 8 per K step
-
-so BLOCK_K >= 128 (a dot needs K >= 16). SCALE_ON_WEIGHTS only: a 32-block holds 4 elements per phase, too
-few for a dot per block (SCALE_ON_ACC stays on the byte decode). Under the interpreter (INTERPRET) bits widen
-to fp32 and the multiply is in fp32, as in the byte decode.
+The eight (NB, 4, BLOCK_N) tiles go back to K order with tl.join (new axis last, in registers), one permute
+and one reshape, and meet one contiguous x tile: one dot per K step and weight, as the float kernel. BLOCK_K
+>= 128 (the default tables' decode rows). SCALE_ON_WEIGHTS only (SCALE_ON_ACC stays on the byte decode).
+Under the interpreter (INTERPRET) bits widen to fp32 and the multiplies are fp32, exact as well.
 """
 
 from __future__ import annotations
@@ -59,6 +60,29 @@ def _half_as_float(bits16):
 
 
 @triton.jit
+def _weights(b, sc, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(BLOCK_K, BLOCK_N) weights in K order (bf16; fp32 under the interpreter) from words b (NB, 4, BLOCK_N)
+    uint32 and the scales sc (NB, 1, BLOCK_N) of their 32-blocks."""
+    r0 = _e2m1_pair_bits(b, 0)
+    r1 = _e2m1_pair_bits(b, 1)
+    r2 = _e2m1_pair_bits(b, 2)
+    r3 = _e2m1_pair_bits(b, 3)
+    w0 = _half_as_float(r0 & 0xFFFF) * sc
+    w1 = _half_as_float(r1 & 0xFFFF) * sc
+    w2 = _half_as_float(r2 & 0xFFFF) * sc
+    w3 = _half_as_float(r3 & 0xFFFF) * sc
+    w4 = _half_as_float(r0 >> 16) * sc
+    w5 = _half_as_float(r1 >> 16) * sc
+    w6 = _half_as_float(r2 >> 16) * sc
+    w7 = _half_as_float(r3 >> 16) * sc
+    # q = 4a + 2b + c; tl.join appends its new axis last, so the outermost join (a) is the last axis:
+    # (NB, 4, BN, c, b, a) -> (NB, 4, a, b, c, BN) -> K index 8 (4 nb + word) + q
+    w = tl.join(tl.join(tl.join(w0, w1), tl.join(w2, w3)), tl.join(tl.join(w4, w5), tl.join(w6, w7)))
+    w = tl.permute(w, (0, 1, 5, 4, 3, 2))
+    return tl.reshape(w, (BLOCK_K, BLOCK_N))
+
+
+@triton.jit
 def _load_words(w_rows, s_rows, stride_s_k, k0, K, NB: tl.constexpr, EVEN_K: tl.constexpr):
     """words (NB, 4, BLOCK_N) uint32 of elements [k0, k0 + 32 NB) and their scale codes (NB, 1, BLOCK_N).
     w_rows are uint32 pointers to 4-byte aligned, K-contiguous code rows. Blocks past K: code 0, scale 127."""
@@ -77,20 +101,6 @@ def _load_words(w_rows, s_rows, stride_s_k, k0, K, NB: tl.constexpr, EVEN_K: tl.
 
 
 @triton.jit
-def _load_x_phase(x_rows, x_ok, stride_x_k, k0, K, q, NW: tl.constexpr, EVEN_K: tl.constexpr):
-    """x[:, k0 + 8i + q], i < NW: (BLOCK_M, NW) in the activation dtype (fp32 under the interpreter)."""
-    kel = k0 + 8 * tl.arange(0, NW) + q
-    if EVEN_K:
-        mask = x_ok[:, None]
-    else:
-        mask = x_ok[:, None] & (kel < K)[None, :]
-    x = tl.load(x_rows[:, None] + kel[None, :] * stride_x_k, mask=mask, other=0.0)
-    if INTERPRET:  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
-        x = x.to(tl.float32)
-    return x
-
-
-@triton.jit
 def mx_accumulate_swar(
     acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, k0, K,
     TWO: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
@@ -98,21 +108,21 @@ def mx_accumulate_swar(
     """(acc1 + x[:, k0:k0+BLOCK_K] @ W1.T, acc2 + ... @ W2.T if TWO) for one K step (module docstring);
     w*_rows uint32 pointers to the code rows, s*_rows uint8 pointers to the scale rows."""
     NB: tl.constexpr = BLOCK_K // 32
-    NW: tl.constexpr = BLOCK_K // 8
     b1, s1 = _load_words(w1_rows, s1_rows, stride_s_k, k0, K, NB, EVEN_K)
     sc1 = _scale_tile(s1, "bf16")
     BLOCK_N: tl.constexpr = b1.shape[2]
     if TWO:
         b2, s2 = _load_words(w2_rows, s2_rows, stride_s_k, k0, K, NB, EVEN_K)
         sc2 = _scale_tile(s2, "bf16")
-    for q in tl.static_range(4):
-        x_lo = _load_x_phase(x_rows, x_ok, stride_x_k, k0, K, q, NW, EVEN_K)  # element 8i + q
-        x_hi = _load_x_phase(x_rows, x_ok, stride_x_k, k0, K, q + 4, NW, EVEN_K)  # element 8i + q + 4
-        r = _e2m1_pair_bits(b1, q)
-        acc1 = tl.dot(x_lo, tl.reshape(_half_as_float(r & 0xFFFF) * sc1, (NW, BLOCK_N)), acc1)
-        acc1 = tl.dot(x_hi, tl.reshape(_half_as_float(r >> 16) * sc1, (NW, BLOCK_N)), acc1)
-        if TWO:  # the up tile reuses the x phases already in registers
-            r = _e2m1_pair_bits(b2, q)
-            acc2 = tl.dot(x_lo, tl.reshape(_half_as_float(r & 0xFFFF) * sc2, (NW, BLOCK_N)), acc2)
-            acc2 = tl.dot(x_hi, tl.reshape(_half_as_float(r >> 16) * sc2, (NW, BLOCK_N)), acc2)
+    kel = k0 + tl.arange(0, BLOCK_K)
+    if EVEN_K:
+        xm = x_ok[:, None]
+    else:
+        xm = x_ok[:, None] & (kel < K)[None, :]
+    x = tl.load(x_rows[:, None] + kel[None, :] * stride_x_k, mask=xm, other=0.0)
+    if INTERPRET:  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
+        x = x.to(tl.float32)
+    acc1 = tl.dot(x, _weights(b1, sc1, BLOCK_K, BLOCK_N), acc1)
+    if TWO:
+        acc2 = tl.dot(x, _weights(b2, sc2, BLOCK_K, BLOCK_N), acc2)
     return acc1, acc2

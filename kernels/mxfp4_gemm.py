@@ -42,13 +42,12 @@ SCALE_AT_CHOICES = ("weights", "accumulator")
 #: sm100 / gfx950, decomposed by Triton elsewhere), opt-in: never timed on a GPU here
 DOT_KINDS = ("portable", "dot_scaled")
 #: how the portable path decodes the weights (the default: default_decode):
-#:   "swar"    32-bit words, two codes per integer op, bf16 with the scale on the weights, BLOCK_K >= 128
-#:             (_mxfp4_swar.py); ~8 SASS instructions per weight element in the sm90 loop
-#:   "native"  bytes, straight to the dot dtype's bits, one E8M0 code per (32-block, column)
-#:             (_mxfp4_decode.py); ~15 per element
-#:   "fp32"    the first version: fp32 bits, a per-element scale gather, fp32 multiply, cast; ~18 per element
+#:   "swar"    32-bit words, two codes per integer op, bf16 with the scale on the weights (_mxfp4_swar.py)
+#:   "native"  bytes, straight to the dot dtype's bits, one E8M0 code per (32-block, column) (_mxfp4_decode.py)
+#:   "fp32"    the first version: fp32 bits, a per-element scale gather, fp32 multiply, cast
+#: SASS instructions per weight element in the sm90 K loop (gpt-oss-120b, T = 1, docs/mxfp4.md): fp32 17.7 /
+#: 18.4 (gate_up / down), native 14.4 / 15.2, swar 6.3 / 6.7
 DECODE_KINDS = ("swar", "native", "fp32")
-SWAR_MIN_BLOCK_K = 128  # 8 phase dots of BLOCK_K / 8 >= 16 (tl.dot's smallest K)
 X_FMT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -75,13 +74,8 @@ class Mxfp4Config:
             raise SpecError("config.dot", f"one of {DOT_KINDS}", self.dot)
         if self.decode not in DECODE_KINDS:
             raise SpecError("config.decode", f"one of {DECODE_KINDS}", self.decode)
-        if self.decode == "swar" and self.dot == "portable":
-            if self.scale_at != "weights":
-                raise SpecError("config.decode", "'native' or 'fp32' with scale_at='accumulator'", "swar")
-            for name in ("gate_up", "down"):
-                bk = getattr(self.tile, name).BLOCK_K
-                if bk < SWAR_MIN_BLOCK_K:
-                    raise SpecError(f"config.{name}.BLOCK_K", f">= {SWAR_MIN_BLOCK_K} for decode='swar'", bk)
+        if self.decode == "swar" and self.dot == "portable" and self.scale_at != "weights":
+            raise SpecError("config.decode", "'native' or 'fp32' with scale_at='accumulator'", "swar")
         for name in ("gate_up", "down"):
             bk = getattr(self.tile, name).BLOCK_K
             if bk < 32:
@@ -131,19 +125,16 @@ class Mxfp4Config:
 GPU_MAX_BLOCK_K = {"fp32": 64, "native": 64, "swar": 128}
 
 
-def swar_applies(dtype: torch.dtype, scale_at: str, dot: str, tile: TileConfig) -> bool:
-    """bf16, scale on the weights, the portable dot, BLOCK_K >= 128 in both GEMMs (_mxfp4_swar.py)."""
-    ok = dtype == torch.bfloat16 and scale_at == "weights" and dot == "portable"
-    return ok and min(tile.gate_up.BLOCK_K, tile.down.BLOCK_K) >= SWAR_MIN_BLOCK_K
-
-
-def default_decode(dtype: torch.dtype, scale_at: str, dot: str, tile: TileConfig, backend: str) -> str:
-    """'swar' where it applies; else 'native' on CUDA and the interpreter, 'fp32' on ROCm, where the native
-    decode spills more (AOT: 12-36 B on gfx90a / gfx942 / gfx950 against 0 for fp32) and nothing was timed.
-    All decodes are exact; they differ only in the fp32 summation order (swar: 8 phase dots)."""
-    if swar_applies(dtype, scale_at, dot, tile):
+def default_decode(dtype: torch.dtype, scale_at: str, dot: str, backend: str) -> str:
+    """CUDA and the interpreter: 'swar' for bf16 with the scale on the weights (the portable dot), else
+    'native'. ROCm: 'fp32' as before, nothing was timed there (AOT registers: docs/mxfp4.md). All decodes are
+    exact; they differ in the fp32 summation order only (fp32 / native: even and odd columns in two dots per K
+    step, swar: one dot in K order)."""
+    if backend == "hip":
+        return "fp32"
+    if dtype == torch.bfloat16 and scale_at == "weights" and dot == "portable":
         return "swar"
-    return "fp32" if backend == "hip" else "native"
+    return "native"
 
 
 def _mx_tile(t: GemmTile, max_k: int | None) -> GemmTile:
@@ -179,8 +170,7 @@ def choose_config(
             intermediate_size=spec.intermediate_size,
         )
     backend = cfgmod.backend()
-    raised = replace(tile, gate_up=_mx_tile(tile.gate_up, None), down=_mx_tile(tile.down, None))
-    decode = decode or default_decode(dtype, scale_at, dot, raised, backend)
+    decode = decode or default_decode(dtype, scale_at, dot, backend)
     # the caller's tiles are not capped; the interpreter has no registers
     max_k = None if config is not None or backend == "interpreter" else GPU_MAX_BLOCK_K[decode]
     tile = replace(tile, gate_up=_mx_tile(tile.gate_up, max_k), down=_mx_tile(tile.down, max_k))
