@@ -2,17 +2,23 @@
 
 Weights are OCP MX: e2m1 codes two per byte along K (element 2i in the low nibble, 2i+1 in the high one)
 and one E8M0 scale code per 1 x 32 block along K, W[n, k] = e2m1(q[n, k]) * 2^(s[n, k // 32] - 127).
-Activations are bf16 / fp16, unquantized. Per K step the kernels load the packed bytes of a
-(BLOCK_K / 2, BLOCK_N) tile, decode both nibbles to fp32 in registers and split the activation tile into its
-even and odd columns, so no interleave of the decoded weights is needed:
+Activations are bf16 / fp16, unquantized. How the weights are decoded in registers (DECODE, the config's
+`decode`, recorded in it):
 
-    x @ W.T  =  x[:, 0::2] @ lo(W).T  +  x[:, 1::2] @ hi(W).T        lo / hi = low / high nibbles
+    "fp32"    (_mx_accumulate, the first version) per K step the packed bytes of a (BLOCK_K / 2, BLOCK_N)
+              tile, both nibbles to fp32, one scale code gathered per byte; the activation tile split into
+              its even and odd columns, so no interleave of the decoded weights is needed:
+                  x @ W.T  =  x[:, 0::2] @ lo(W).T  +  x[:, 1::2] @ hi(W).T     lo / hi = low / high nibbles
+    "native"  (_mxfp4_decode.py) the same split; nibbles straight to the dot dtype's 16-bit bits, one scale
+              code per (32-block, column), the scale multiplied in the dot dtype
+    "swar"    (_mxfp4_swar.py) bf16 with SCALE_ON_WEIGHTS: codes read as 32-bit words, two codes per integer
+              op, decoded tiles back in K order in registers, one dot per K step (the default on CUDA)
 
 Where the scale goes (SCALE_AT, chosen by the launcher and recorded in the config):
 
-    SCALE_ON_WEIGHTS   w = e2m1 * 2^(s-127) in fp32, cast to the dot dtype, one dot pair per BLOCK_K.
-                       Exact for bf16 (fp32's exponent range: every E8M0 code but the NaN code 255);
-                       what triton_kernels does for bf16 x mxfp4 on Hopper. The fast path.
+    SCALE_ON_WEIGHTS   w = e2m1 * 2^(s-127), in the dot dtype, one dot (pair) per BLOCK_K. Exact for bf16
+                       (fp32's exponent range: every E8M0 code but the NaN code 255); what triton_kernels
+                       does for bf16 x mxfp4 on Hopper. The fast path.
     SCALE_ON_ACC       one dot pair per 32-block on the bare e2m1 values (exact in fp16 and bf16), the fp32
                        partial times 2^(s-127) added to the accumulator. Needed for fp16 activations:
                        6 * 2^(s-127) leaves fp16's range (65504 .. 2^-24) for s outside ~[114, 140].
@@ -196,36 +202,14 @@ def _mx_gemm(
         for kk in range(0, tl.cdiv(K, BLOCK_K)):
             k0 = kk * BLOCK_K
             acc1 = _mx_dot_scaled(
-                acc1,
-                x_rows,
-                x_ok,
-                stride_x_k,
-                w1_rows,
-                s1_rows,
-                stride_w_k,
-                stride_s_k,
-                k0,
-                K,
-                X_FMT,
-                BLOCK_K,
-                EVEN_K,
-            )
+                acc1, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, stride_w_k, stride_s_k, k0, K,
+                X_FMT, BLOCK_K, EVEN_K,
+            )  # fmt: skip
             if TWO:
                 acc2 = _mx_dot_scaled(
-                    acc2,
-                    x_rows,
-                    x_ok,
-                    stride_x_k,
-                    w2_rows,
-                    s2_rows,
-                    stride_w_k,
-                    stride_s_k,
-                    k0,
-                    K,
-                    X_FMT,
-                    BLOCK_K,
-                    EVEN_K,
-                )
+                    acc2, x_rows, x_ok, stride_x_k, w2_rows, s2_rows, stride_w_k, stride_s_k, k0, K,
+                    X_FMT, BLOCK_K, EVEN_K,
+                )  # fmt: skip
         return acc1, acc2
     if DECODE == DECODE_SWAR:  # packed codes read as 32-bit words (the launcher checks 4-byte alignment)
         w1_words = w1_rows.to(tl.pointer_type(tl.uint32))
