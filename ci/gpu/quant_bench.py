@@ -160,9 +160,10 @@ def main() -> None:
     ap.add_argument("--tokens", help="comma-separated T (default 1,16,128,512,4096)")
     ap.add_argument("--no-50k", action="store_true", help="skip the T = 50,000 fp8 run")
     ap.add_argument(
-        "--mxfp4-decodes",
+        "--mxfp4-configs",
         default="default",
-        help="comma-separated MXFP4 weight decodes to time (default = the config's choice; swar, native, fp32)",
+        help="';'-separated MXFP4 configs to time: default (the heuristic), a weight decode (swar, native, fp32), "
+        'or a config dict as JSON, e.g. \'{"decode": "swar", "BLOCK_M": 16, "gate_up": {...}, "down": {...}}\'',
     )
     args = ap.parse_args()
     cpu = args.cpu_smoke
@@ -181,8 +182,8 @@ def main() -> None:
     if "fp8" in kinds:
         rows += bench_preset("deepseek-v3", QuantScheme.fp8_block(), "fp8", tokens, timer, ceil, dev, cpu)
     if "mxfp4" in kinds:
-        for d in args.mxfp4_decodes.split(","):  # Mxfp4Config.decode (kernels/mxfp4_gemm.py)
-            cfg = None if d == "default" else {"decode": d}
+        for d in args.mxfp4_configs.split(";"):  # Mxfp4Config fields (kernels/mxfp4_gemm.py choose_config)
+            cfg = None if d == "default" else json.loads(d) if d.lstrip().startswith("{") else {"decode": d}
             rows += bench_preset("gpt-oss-120b", QuantScheme.mxfp4(), "mxfp4", tokens, timer, ceil, dev, cpu, cfg)
     big = None if args.no_50k else fifty_thousand(timer, dev, cpu)
     Path(args.out).mkdir(parents=True, exist_ok=True)
