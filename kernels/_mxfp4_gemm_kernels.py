@@ -42,7 +42,7 @@ import triton.language as tl
 from moe_cts.kernels._common import INTERPRET
 from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_rows
 from moe_cts.kernels._mxfp4_decode import mx_accumulate_native
-from moe_cts.kernels._mxfp4_swar import mx_accumulate_swar
+from moe_cts.kernels._mxfp4_swar import mx_gemm_swar
 
 SCALE_ON_WEIGHTS = tl.constexpr(0)
 SCALE_ON_ACC = tl.constexpr(1)
@@ -51,7 +51,7 @@ SCALE_IN_MMA = tl.constexpr(2)  # tl.dot_scaled: packed codes and scale codes st
 SCALE_AT = {"weights": SCALE_ON_WEIGHTS.value, "accumulator": SCALE_ON_ACC.value, "mma": SCALE_IN_MMA.value}
 #: Mxfp4Config.decode -> the int passed as DECODE=: "fp32" = _mx_accumulate below, "native" =
 #: _mxfp4_decode.mx_accumulate_native (bits of the dot dtype, one scale per 32-block and column), "swar" =
-#: _mxfp4_swar.mx_accumulate_swar (32-bit words, two codes per integer op; bf16, SCALE_ON_WEIGHTS)
+#: _mxfp4_swar.mx_gemm_swar (32-bit words, two codes per integer op; bf16, SCALE_ON_WEIGHTS)
 DECODE = {"fp32": 0, "native": 1, "swar": 2}
 DECODE_NATIVE = tl.constexpr(1)
 DECODE_SWAR = tl.constexpr(2)
@@ -212,14 +212,10 @@ def _mx_gemm(
                 )  # fmt: skip
         return acc1, acc2
     if DECODE == DECODE_SWAR:  # packed codes read as 32-bit words (the launcher checks 4-byte alignment)
-        w1_words = w1_rows.to(tl.pointer_type(tl.uint32))
-        w2_words = w2_rows.to(tl.pointer_type(tl.uint32))
-        for kk in range(0, tl.cdiv(K, BLOCK_K)):
-            acc1, acc2 = mx_accumulate_swar(
-                acc1, acc2, x_rows, x_ok, stride_x_k, w1_words, s1_rows, w2_words, s2_rows, stride_s_k,
-                kk * BLOCK_K, K, TWO, BLOCK_K, EVEN_K,
-            )  # fmt: skip
-        return acc1, acc2
+        return mx_gemm_swar(
+            acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, K,
+            TWO, BLOCK_K, EVEN_K,
+        )  # fmt: skip
     for kk in range(0, tl.cdiv(K, BLOCK_K)):
         for sub in tl.static_range(BLOCK_K // SUB_K):
             k0 = kk * BLOCK_K + sub * SUB_K

@@ -46,7 +46,7 @@ DOT_KINDS = ("portable", "dot_scaled")
 #:   "native"  bytes, straight to the dot dtype's bits, one E8M0 code per (32-block, column) (_mxfp4_decode.py)
 #:   "fp32"    the first version: fp32 bits, a per-element scale gather, fp32 multiply, cast
 #: SASS instructions per weight element in the sm90 K loop (gpt-oss-120b, T = 1, docs/mxfp4.md): fp32 17.7 /
-#: 18.4 (gate_up / down), native 14.4 / 15.2, swar 6.3 / 6.7
+#: 18.4 (gate_up / down), native 14.4 / 15.2, swar 5.0 / 5.6
 DECODE_KINDS = ("swar", "native", "fp32")
 X_FMT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
