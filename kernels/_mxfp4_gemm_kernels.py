@@ -2,17 +2,23 @@
 
 Weights are OCP MX: e2m1 codes two per byte along K (element 2i in the low nibble, 2i+1 in the high one)
 and one E8M0 scale code per 1 x 32 block along K, W[n, k] = e2m1(q[n, k]) * 2^(s[n, k // 32] - 127).
-Activations are bf16 / fp16, unquantized. Per K step the kernels load the packed bytes of a
-(BLOCK_K / 2, BLOCK_N) tile, decode both nibbles to fp32 in registers and split the activation tile into its
-even and odd columns, so no interleave of the decoded weights is needed:
+Activations are bf16 / fp16, unquantized. How the weights are decoded in registers (DECODE, the config's
+`decode`, recorded in it):
 
-    x @ W.T  =  x[:, 0::2] @ lo(W).T  +  x[:, 1::2] @ hi(W).T        lo / hi = low / high nibbles
+    "fp32"    (_mx_accumulate, the first version) per K step the packed bytes of a (BLOCK_K / 2, BLOCK_N)
+              tile, both nibbles to fp32, one scale code gathered per byte; the activation tile split into
+              its even and odd columns, so no interleave of the decoded weights is needed:
+                  x @ W.T  =  x[:, 0::2] @ lo(W).T  +  x[:, 1::2] @ hi(W).T     lo / hi = low / high nibbles
+    "native"  (_mxfp4_decode.py) the same split; nibbles straight to the dot dtype's 16-bit bits, one scale
+              code per (32-block, column), the scale multiplied in the dot dtype
+    "swar"    (_mxfp4_swar.py) bf16 with SCALE_ON_WEIGHTS: codes read as 32-bit words, two codes per integer
+              op, decoded tiles back in K order in registers, one dot per K step (the default on CUDA)
 
 Where the scale goes (SCALE_AT, chosen by the launcher and recorded in the config):
 
-    SCALE_ON_WEIGHTS   w = e2m1 * 2^(s-127) in fp32, cast to the dot dtype, one dot pair per BLOCK_K.
-                       Exact for bf16 (fp32's exponent range: every E8M0 code but the NaN code 255);
-                       what triton_kernels does for bf16 x mxfp4 on Hopper. The fast path.
+    SCALE_ON_WEIGHTS   w = e2m1 * 2^(s-127), in the dot dtype, one dot (pair) per BLOCK_K. Exact for bf16
+                       (fp32's exponent range: every E8M0 code but the NaN code 255); what triton_kernels
+                       does for bf16 x mxfp4 on Hopper. The fast path.
     SCALE_ON_ACC       one dot pair per 32-block on the bare e2m1 values (exact in fp16 and bf16), the fp32
                        partial times 2^(s-127) added to the accumulator. Needed for fp16 activations:
                        6 * 2^(s-127) leaves fp16's range (65504 .. 2^-24) for s outside ~[114, 140].
@@ -35,12 +41,20 @@ import triton.language as tl
 
 from moe_cts.kernels._common import INTERPRET
 from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_rows
+from moe_cts.kernels._mxfp4_decode import mx_accumulate_native
+from moe_cts.kernels._mxfp4_swar import mx_gemm_swar
 
 SCALE_ON_WEIGHTS = tl.constexpr(0)
 SCALE_ON_ACC = tl.constexpr(1)
 SCALE_IN_MMA = tl.constexpr(2)  # tl.dot_scaled: packed codes and scale codes straight into the dot
 #: Mxfp4Config.scale_at -> the int passed as SCALE_AT=
 SCALE_AT = {"weights": SCALE_ON_WEIGHTS.value, "accumulator": SCALE_ON_ACC.value, "mma": SCALE_IN_MMA.value}
+#: Mxfp4Config.decode -> the int passed as DECODE=: "fp32" = _mx_accumulate below, "native" =
+#: _mxfp4_decode.mx_accumulate_native (bits of the dot dtype, one scale per 32-block and column), "swar" =
+#: _mxfp4_swar.mx_gemm_swar (32-bit words, two codes per integer op; bf16, SCALE_ON_WEIGHTS)
+DECODE = {"fp32": 0, "native": 1, "swar": 2}
+DECODE_NATIVE = tl.constexpr(1)
+DECODE_SWAR = tl.constexpr(2)
 MX_BLOCK = tl.constexpr(32)  # elements along K per E8M0 scale (OCP MX)
 
 
@@ -178,7 +192,8 @@ def _mx_gemm(
     SUB_K: tl.constexpr,
     SCALE_AT: tl.constexpr,
     EVEN_K: tl.constexpr,
-    X_FMT: tl.constexpr,  # "bf16" | "fp16": the activation format for tl.dot_scaled (SCALE_IN_MMA)
+    X_FMT: tl.constexpr,  # "bf16" | "fp16": the activation format (tl.dot_scaled, the native decode)
+    DECODE: tl.constexpr,  # 0 = fp32 decode (_mx_accumulate), DECODE_NATIVE = _mxfp4_decode
 ):
     """(x @ W1.T, x @ W2.T) in fp32 over the whole K (acc2 stays zero unless TWO)."""
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -187,59 +202,44 @@ def _mx_gemm(
         for kk in range(0, tl.cdiv(K, BLOCK_K)):
             k0 = kk * BLOCK_K
             acc1 = _mx_dot_scaled(
-                acc1,
-                x_rows,
-                x_ok,
-                stride_x_k,
-                w1_rows,
-                s1_rows,
-                stride_w_k,
-                stride_s_k,
-                k0,
-                K,
-                X_FMT,
-                BLOCK_K,
-                EVEN_K,
-            )
+                acc1, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, stride_w_k, stride_s_k, k0, K,
+                X_FMT, BLOCK_K, EVEN_K,
+            )  # fmt: skip
             if TWO:
                 acc2 = _mx_dot_scaled(
-                    acc2,
-                    x_rows,
-                    x_ok,
-                    stride_x_k,
-                    w2_rows,
-                    s2_rows,
-                    stride_w_k,
-                    stride_s_k,
-                    k0,
-                    K,
-                    X_FMT,
-                    BLOCK_K,
-                    EVEN_K,
-                )
+                    acc2, x_rows, x_ok, stride_x_k, w2_rows, s2_rows, stride_w_k, stride_s_k, k0, K,
+                    X_FMT, BLOCK_K, EVEN_K,
+                )  # fmt: skip
         return acc1, acc2
+    if DECODE == DECODE_SWAR:  # packed codes read as 32-bit words (the launcher checks 4-byte alignment)
+        return mx_gemm_swar(
+            acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, K,
+            TWO, BLOCK_K, EVEN_K,
+        )  # fmt: skip
     for kk in range(0, tl.cdiv(K, BLOCK_K)):
         for sub in tl.static_range(BLOCK_K // SUB_K):
             k0 = kk * BLOCK_K + sub * SUB_K
             xe, xo = _load_x_pair(x_rows, x_ok, stride_x_k, k0, K, SUB_K // 2, EVEN_K)
-            acc1 = _mx_accumulate(
-                acc1, xe, xo, w1_rows, s1_rows, stride_w_k, stride_s_k, k0, K, SUB_K // 2, SCALE_AT, EVEN_K
-            )
-            if TWO:  # the up tile reuses the x tiles already in registers
-                acc2 = _mx_accumulate(
-                    acc2,
-                    xe,
-                    xo,
-                    w2_rows,
-                    s2_rows,
-                    stride_w_k,
-                    stride_s_k,
-                    k0,
-                    K,
-                    SUB_K // 2,
-                    SCALE_AT,
-                    EVEN_K,
-                )
+            if DECODE == DECODE_NATIVE:
+                acc1 = mx_accumulate_native(
+                    acc1, xe, xo, w1_rows, s1_rows, stride_w_k, stride_s_k, k0, K,
+                    SUB_K // 2, SCALE_AT, EVEN_K, X_FMT,
+                )  # fmt: skip
+                if TWO:  # the up tile reuses the x tiles already in registers
+                    acc2 = mx_accumulate_native(
+                        acc2, xe, xo, w2_rows, s2_rows, stride_w_k, stride_s_k, k0, K,
+                        SUB_K // 2, SCALE_AT, EVEN_K, X_FMT,
+                    )  # fmt: skip
+            else:
+                acc1 = _mx_accumulate(
+                    acc1, xe, xo, w1_rows, s1_rows, stride_w_k, stride_s_k, k0, K,
+                    SUB_K // 2, SCALE_AT, EVEN_K,
+                )  # fmt: skip
+                if TWO:
+                    acc2 = _mx_accumulate(
+                        acc2, xe, xo, w2_rows, s2_rows, stride_w_k, stride_s_k, k0, K,
+                        SUB_K // 2, SCALE_AT, EVEN_K,
+                    )  # fmt: skip
     return acc1, acc2
 
 
@@ -283,7 +283,8 @@ def mx_gate_up_kernel(
     BLOCK_K: tl.constexpr,
     SUB_K: tl.constexpr,  # elements per dot pair: BLOCK_K (SCALE_ON_WEIGHTS) or 32 (SCALE_ON_ACC)
     GROUP_M: tl.constexpr,
-    X_FMT: tl.constexpr,  # "bf16" | "fp16" (read by SCALE_IN_MMA only)
+    X_FMT: tl.constexpr,  # "bf16" | "fp16" (read by SCALE_IN_MMA and the native decode)
+    DECODE: tl.constexpr,  # Mxfp4Config.decode as DECODE[...]
 ):
     """act[a] = activation(x[a // k] @ W13[e, gate rows].T (+b), x[a // k] @ W13[e, up rows].T (+b)),
     W13 the dequantized MXFP4 weight; dequant -> bias -> activation in fp32 -> cast."""
@@ -311,7 +312,7 @@ def mx_gate_up_kernel(
 
     acc_g, acc_u = _mx_gemm(
         x_rows, row_ok, stride_x_h, wg, sg, wu, su, stride_w13_hb, stride_s13_hb, H,
-        GATED, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT,
+        GATED, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE,
     )  # fmt: skip
 
     if HAS_BIAS:  # after the dequantized product (docs/bugs.md#bug-03-bias-before-dequant)
@@ -361,6 +362,7 @@ def mx_down_kernel(
     SUB_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     X_FMT: tl.constexpr,
+    DECODE: tl.constexpr,
 ):
     """out[a] = (act[a] @ W2[e].T + b2[e]) * (route_w[a] if MUL_WEIGHT): dequant -> bias -> weight in fp32."""
     pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
@@ -378,7 +380,7 @@ def mx_down_kernel(
     s = s2_ptr + e64 * stride_s2_e + offs_n_w * stride_s2_h
     acc, _ = _mx_gemm(
         a_rows, row_ok, stride_a_i, w, s, w, s, stride_w2_ib, stride_s2_ib, I,
-        False, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT,
+        False, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE,
     )  # fmt: skip
 
     if HAS_BIAS:

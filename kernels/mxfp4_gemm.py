@@ -41,6 +41,13 @@ SCALE_AT_CHOICES = ("weights", "accumulator")
 #: "portable": bf16/fp16 tl.dot on weights decoded in registers; "dot_scaled": tl.dot_scaled (scaled MMA on
 #: sm100 / gfx950, decomposed by Triton elsewhere), opt-in: never timed on a GPU here
 DOT_KINDS = ("portable", "dot_scaled")
+#: how the portable path decodes the weights (the default: default_decode):
+#:   "swar"    32-bit words, two codes per integer op, bf16 with the scale on the weights (_mxfp4_swar.py)
+#:   "native"  bytes, straight to the dot dtype's bits, one E8M0 code per (32-block, column) (_mxfp4_decode.py)
+#:   "fp32"    the first version: fp32 bits, a per-element scale gather, fp32 multiply, cast
+#: SASS instructions per weight element in the sm90 K loop (gpt-oss-120b, T = 1, docs/mxfp4.md): fp32 17.7 /
+#: 18.4 (gate_up / down), native 14.4 / 15.2, swar 5.0 / 5.6
+DECODE_KINDS = ("swar", "native", "fp32")
 X_FMT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -58,12 +65,17 @@ class Mxfp4Config:
     tile: TileConfig  # BLOCK_K of both GEMMs a power of two >= 32 (whole MX blocks per K step)
     scale_at: str  # "weights" | "accumulator": where 2^(s-127) is applied (SCALE_AT_CHOICES)
     dot: str = "portable"  # "portable": bf16/fp16 tl.dot on decoded weights (DOT_KINDS)
+    decode: str = "native"  # the portable path's weight decode (DECODE_KINDS); dot_scaled ignores it
 
     def __post_init__(self) -> None:
         if self.scale_at not in SCALE_AT_CHOICES:
             raise SpecError("config.scale_at", f"one of {SCALE_AT_CHOICES}", self.scale_at)
         if self.dot not in DOT_KINDS:
             raise SpecError("config.dot", f"one of {DOT_KINDS}", self.dot)
+        if self.decode not in DECODE_KINDS:
+            raise SpecError("config.decode", f"one of {DECODE_KINDS}", self.decode)
+        if self.decode == "swar" and self.dot == "portable" and self.scale_at != "weights":
+            raise SpecError("config.decode", "'native' or 'fp32' with scale_at='accumulator'", "swar")
         for name in ("gate_up", "down"):
             bk = getattr(self.tile, name).BLOCK_K
             if bk < 32:
@@ -91,14 +103,38 @@ class Mxfp4Config:
         """Elements per dot pair inside a K step: the whole BLOCK_K, or one 32-block."""
         return 32 if self.scale_at == "accumulator" else 0  # 0 = BLOCK_K of the GEMM
 
+    @property
+    def decode_code(self) -> int:
+        """DECODE constexpr of the kernels."""
+        return MK.DECODE[self.decode]
+
     def to_dict(self) -> dict[str, Any]:
-        return {**self.tile.to_dict(), "scale_at": self.scale_at, "dot": self.dot, "quant": "mxfp4"}
+        return {
+            **self.tile.to_dict(),
+            "scale_at": self.scale_at,
+            "dot": self.dot,
+            "decode": self.decode,
+            "quant": "mxfp4",
+        }
 
 
-#: largest BLOCK_K of the MXFP4 GEMMs on a GPU: the decoded lo / hi tiles (BLOCK_K / 2, BLOCK_N) live in fp32
-#: registers; at BLOCK_K 128, BLOCK_N 128 both GEMMs hit 255 registers and spill 72-136 B on sm90 (AOT, triton
-#: 3.9). The interpreter has no registers: its table's BLOCK_K stays (fewer program-iterations).
-GPU_MAX_BLOCK_K = 64
+#: largest BLOCK_K of the MXFP4 GEMMs on a GPU per decode (AOT, triton 3.9, gpt-oss-120b): the fp32 decode's lo / hi
+#: tiles (BLOCK_K / 2, BLOCK_N) live in fp32 registers; at BLOCK_K 128, BLOCK_N 128 both GEMMs hit 255 registers
+#: and spill 72-136 B on sm90. The native decode spills 8-16 B at 128 in fp16 (sm90 / sm100). swar at 128: no
+#: spill on sm80 / sm90 / sm100 (68-167 registers). The interpreter has no registers: its table's BLOCK_K stays.
+GPU_MAX_BLOCK_K = {"fp32": 64, "native": 64, "swar": 128}
+
+
+def default_decode(dtype: torch.dtype, scale_at: str, dot: str, backend: str) -> str:
+    """CUDA and the interpreter: 'swar' for bf16 with the scale on the weights (the portable dot), else
+    'native'. ROCm: 'fp32' as before, nothing was timed there (AOT registers: docs/mxfp4.md). All decodes are
+    exact; they differ in the fp32 summation order only (fp32 / native: even and odd columns in two dots per K
+    step, swar: one dot in K order)."""
+    if backend == "hip":
+        return "fp32"
+    if dtype == torch.bfloat16 and scale_at == "weights" and dot == "portable":
+        return "swar"
+    return "native"
 
 
 def _mx_tile(t: GemmTile, max_k: int | None) -> GemmTile:
@@ -106,21 +142,24 @@ def _mx_tile(t: GemmTile, max_k: int | None) -> GemmTile:
     return replace(t, BLOCK_K=bk if max_k is None else min(bk, max_k))
 
 
+_MX_KEYS = ("scale_at", "dot", "decode", "quant")  # Mxfp4Config keys of a config dict beyond the tiles
+
+
 def choose_config(
     spec: MoESpec, dtype: torch.dtype, num_tokens: int, config: Mxfp4Config | TileConfig | Mapping | None
 ) -> Mxfp4Config:
-    """The float path's table row (config.choose) with BLOCK_K in [32, GPU_MAX_BLOCK_K], or the caller's
-    config (a Mxfp4Config, a TileConfig, or a dict with optional "scale_at" / "dot" keys; its BLOCK_K is
+    """The float path's table row (config.choose) with BLOCK_K in [32, GPU_MAX_BLOCK_K[decode]], or the caller's
+    config (a Mxfp4Config, a TileConfig, or a dict with optional "scale_at" / "dot" / "decode" keys; its BLOCK_K is
     raised to 32 but not capped). A dict of only those keys keeps the heuristic's tiles."""
     if isinstance(config, Mxfp4Config):
         return config
-    scale_at, dot = default_scale_at(dtype), "portable"
+    scale_at, dot, decode = default_scale_at(dtype), "portable", None
     if isinstance(config, Mapping):
         scale_at, dot = config.get("scale_at", scale_at), config.get("dot", dot)
-        config = {k: v for k, v in config.items() if k not in ("scale_at", "dot", "quant")} or None
-    max_k = None if cfgmod.backend() == "interpreter" else GPU_MAX_BLOCK_K
+        decode = config.get("decode", decode)
+        config = {k: v for k, v in config.items() if k not in _MX_KEYS} or None
     if config is not None:
-        tile, max_k = cfgmod.as_config(config), None
+        tile = cfgmod.as_config(config)
     else:
         tile = cfgmod.choose(
             dtype=dtype,
@@ -130,8 +169,12 @@ def choose_config(
             hidden_size=spec.hidden_size,
             intermediate_size=spec.intermediate_size,
         )
+    backend = cfgmod.backend()
+    decode = decode or default_decode(dtype, scale_at, dot, backend)
+    # the caller's tiles are not capped; the interpreter has no registers
+    max_k = None if config is not None or backend == "interpreter" else GPU_MAX_BLOCK_K[decode]
     tile = replace(tile, gate_up=_mx_tile(tile.gate_up, max_k), down=_mx_tile(tile.down, max_k))
-    return Mxfp4Config(tile=tile, scale_at=scale_at, dot=dot)
+    return Mxfp4Config(tile=tile, scale_at=scale_at, dot=dot, decode=decode)
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -148,7 +191,12 @@ def _active_target():
 def check_dot_kind(cfg: Mxfp4Config, dtype: torch.dtype) -> None:
     """dot_scaled with fp16 activations on CUDA below sm89 is refused (NotSupportedError) before any launch:
     Triton lowers it through fp8 conversions that ptxas rejects there ("cvt with .e4m3x2 requires sm_89",
-    AOT with triton 3.9). bf16 compiles on all six AOT targets."""
+    AOT with triton 3.9). bf16 compiles on all six AOT targets. decode='swar' builds bf16 bits: float16
+    activations with it raise SpecError."""
+    if cfg.dot == "portable" and cfg.decode == "swar" and dtype != torch.bfloat16:
+        raise SpecError(
+            "config.decode", "'native' or 'fp32' for float16 activations ('swar' decodes to bf16)", "swar"
+        )
     if cfg.dot != "dot_scaled" or dtype != torch.float16:
         return
     t = _active_target()
@@ -188,6 +236,16 @@ def check_activations(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> Non
 
 
 # ----------------------------------------------------------------------------------------------- launches
+def _decode_code(cfg: Mxfp4Config, codes: torch.Tensor) -> int:
+    """cfg's DECODE, or the native decode where the codes cannot be read as 32-bit words (swar needs rows
+    4-byte aligned and contiguous along K; the weights the reference builds always are)."""
+    if cfg.decode != "swar":
+        return cfg.decode_code
+    st = codes.stride()
+    aligned = st[-1] == 1 and codes.data_ptr() % 4 == 0 and all(s % 4 == 0 for s in st[:-1])
+    return cfg.decode_code if aligned else MK.DECODE["native"]
+
+
 def _bias_args(b: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     if b is None:
         return like, 0, 0
@@ -231,7 +289,7 @@ def launch_mx_gate_up(
         GATED=spec.gated, INTERLEAVED=inter, HAS_BIAS=b13 is not None, ACTIVATION=ACTIVATIONS[spec.activation],
         SCALE_AT=cfg.scale_code, EVEN_K=H % tile.BLOCK_K == 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
-        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[x.dtype],
+        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[x.dtype], DECODE=_decode_code(cfg, c),
         # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip
@@ -272,7 +330,7 @@ def launch_mx_down(
         HAS_BIAS=b2 is not None, MUL_WEIGHT=route_weights is not None,
         SCALE_AT=cfg.scale_code, EVEN_K=I % tile.BLOCK_K == 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
-        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[act.dtype],
+        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[act.dtype], DECODE=_decode_code(cfg, c),
         # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip

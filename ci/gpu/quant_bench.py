@@ -83,7 +83,7 @@ def routing(spec, T, dev, gen) -> Routing:
     return Routing(ids, (w / w.sum(1, keepdim=True)).float())
 
 
-def bench_preset(name, qscheme, kind, tokens, timer, ceil, dev, cpu) -> list[dict]:
+def bench_preset(name, qscheme, kind, tokens, timer, ceil, dev, cpu, config=None) -> list[dict]:
     spec = presets.scaled(name) if cpu else presets.get(name)
     if cpu:  # the scaled preset's widths are not whole 128-blocks / MX blocks
         w = 128 if kind == "fp8" else 64
@@ -99,10 +99,10 @@ def bench_preset(name, qscheme, kind, tokens, timer, ceil, dev, cpu) -> list[dic
         x = torch.randn((T, spec.hidden_size), generator=gen, device=dev).to(torch.bfloat16)
         r = routing(spec, T, dev, gen)
         touched = int(torch.unique(r.topk_ids).numel())
-        rec = {"preset": name, "kind": kind, "T": T, "touched": touched}
+        rec = {"preset": name, "kind": kind, "T": T, "touched": touched, "config": config}
         try:
             fb = lambda x=x, r=r: fused_moe(spec, base, x, routing=r)
-            fq = lambda x=x, r=r: fused_moe(qspec, qw, x, routing=r)
+            fq = lambda x=x, r=r: fused_moe(qspec, qw, x, routing=r, config=config)
             y1, y2 = fq(), fq()
             rec["finite"] = bool(torch.isfinite(y1.float()).all())
             rec["bitwise_repeat"] = bool(torch.equal(y1.view(torch.int16), y2.view(torch.int16)))
@@ -159,6 +159,12 @@ def main() -> None:
     ap.add_argument("--kinds", default="fp8,mxfp4", help="which quantized paths (fp8, mxfp4)")
     ap.add_argument("--tokens", help="comma-separated T (default 1,16,128,512,4096)")
     ap.add_argument("--no-50k", action="store_true", help="skip the T = 50,000 fp8 run")
+    ap.add_argument(
+        "--mxfp4-configs",
+        default="default",
+        help="';'-separated MXFP4 configs to time: default (the heuristic), a weight decode (swar, native, fp32), "
+        'or a config dict as JSON, e.g. \'{"decode": "swar", "BLOCK_M": 16, "gate_up": {...}, "down": {...}}\'',
+    )
     args = ap.parse_args()
     cpu = args.cpu_smoke
     if cpu:
@@ -176,7 +182,9 @@ def main() -> None:
     if "fp8" in kinds:
         rows += bench_preset("deepseek-v3", QuantScheme.fp8_block(), "fp8", tokens, timer, ceil, dev, cpu)
     if "mxfp4" in kinds:
-        rows += bench_preset("gpt-oss-120b", QuantScheme.mxfp4(), "mxfp4", tokens, timer, ceil, dev, cpu)
+        for d in args.mxfp4_configs.split(";"):  # Mxfp4Config fields (kernels/mxfp4_gemm.py choose_config)
+            cfg = None if d == "default" else json.loads(d) if d.lstrip().startswith("{") else {"decode": d}
+            rows += bench_preset("gpt-oss-120b", QuantScheme.mxfp4(), "mxfp4", tokens, timer, ceil, dev, cpu, cfg)
     big = None if args.no_50k else fifty_thousand(timer, dev, cpu)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "quant_bench.json").write_text(
@@ -186,7 +194,7 @@ def main() -> None:
         f"{meta['device']} | torch {meta['torch']} | triton {meta['triton']} | copy {ceil['copy_bw_Bps'] / 1e9:.0f} GB/s"
     )
     print(
-        f"{'preset':13s} {'kind':5s} {'T':>5s} {'bf16 ms':>8s} {'q ms':>8s} {'speedup':>7s} {'%fl bf16':>8s} {'%fl q':>6s} bits"
+        f"{'preset':13s} {'kind':5s} {'T':>5s} {'bf16 ms':>8s} {'q ms':>8s} {'speedup':>7s} {'%fl bf16':>8s} {'%fl q':>6s} bits config"
     )
     for r in rows:
         if "error" in r:
@@ -194,7 +202,7 @@ def main() -> None:
             continue
         print(f"{r['preset']:13s} {r['kind']:5s} {r['T']:>5d} {r['ms_bf16']:8.3f} {r['ms_q']:8.3f} {r['speedup']:7.2f} "
               f"{r['pct_floor_bf16']:7.1f}% {r['pct_floor_q']:5.1f}% {'same' if r['bitwise_repeat'] else 'DIFFER'}"
-              f"{'' if r['finite'] else ' NONFINITE'}")  # fmt: skip
+              f"{'' if r['finite'] else ' NONFINITE'} {r['config'] or ''}")  # fmt: skip
     print("T=50k fp8 DeepSeek-V3 width:", json.dumps(big))
 
 
