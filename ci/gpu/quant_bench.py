@@ -184,7 +184,9 @@ def main() -> None:
     if "mxfp4" in kinds:
         for d in args.mxfp4_configs.split(";"):  # Mxfp4Config fields (kernels/mxfp4_gemm.py choose_config)
             cfg = None if d == "default" else json.loads(d) if d.lstrip().startswith("{") else {"decode": d}
-            rows += bench_preset("gpt-oss-120b", QuantScheme.mxfp4(), "mxfp4", tokens, timer, ceil, dev, cpu, cfg)
+            rows += bench_preset(
+                "gpt-oss-120b", QuantScheme.mxfp4(), "mxfp4", tokens, timer, ceil, dev, cpu, cfg
+            )
     big = None if args.no_50k else fifty_thousand(timer, dev, cpu)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "quant_bench.json").write_text(
