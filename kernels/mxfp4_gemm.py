@@ -172,7 +172,7 @@ def choose_config(
     backend = cfgmod.backend()
     decode = decode or default_decode(dtype, scale_at, dot, backend)
     # the caller's tiles are not capped; the interpreter has no registers
-    max_k = None if config is not None or backend == "interpreter" else GPU_MAX_BLOCK_K[decode]
+    max_k = None if config is not None or backend == "interpreter" else GPU_MAX_BLOCK_K.get(decode)
     tile = replace(tile, gate_up=_mx_tile(tile.gate_up, max_k), down=_mx_tile(tile.down, max_k))
     return Mxfp4Config(tile=tile, scale_at=scale_at, dot=dot, decode=decode)
 

@@ -113,7 +113,9 @@ class _Session:
 
     def call(self, stage: str, inputs: CaseInputs | None = None, **kw) -> Any:
         try:
-            return self.impl.run(inputs or self.inputs, stage, self.device, **kw)
+            out = self.impl.run(inputs or self.inputs, stage, self.device, **kw)
+            sandbox.settle(self.device.torch_device)
+            return out
         except sandbox.CaseTimeout:
             raise
         except Exception as err:

@@ -71,6 +71,7 @@ def run_sampled(session_cls, impl, case: Case, device: Device, strict_ties: bool
         with sandbox.nan_fill_uninitialized():
             kw = {} if poisoned is None else {"out": poisoned.out}
             y = sandbox.field_of(impl.run(inputs, FORWARD, device, **kw), "y")
+            sandbox.settle(device.torch_device)
     except sandbox.CaseTimeout:
         raise
     except NotSupportedError as err:

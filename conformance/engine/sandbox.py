@@ -4,6 +4,7 @@ holds only the order of the stages and their verdicts.
 
     with deadline(timeout_s): ...          CaseTimeout (a BaseException) when the limit passes
     with nan_fill_uninitialized(): ...     torch.empty returns NaN-filled memory (unwritten elements show)
+    settle(device)                         asynchronous GPU kernel faults surface here, in the caller's call
     p = PoisonedOutput.make(T, H, dtype, device); impl.run(..., out=p.view); p.unwritten(); p.canaries_changed()
 """
 
@@ -58,6 +59,15 @@ def deadline(timeout_s: float | None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0.0)
         signal.signal(signal.SIGALRM, old)
+
+
+def settle(device: torch.device) -> None:
+    """Wait for the device's queued work. Kernel faults on a GPU (an illegal address from a wrapped int32
+    offset) are reported asynchronously, at the next synchronizing call: waiting inside the implementation's
+    call makes them its Crash at its stage, not a harness error in the judge that reads the output next."""
+    device = torch.device(device)
+    if device.type == "cuda":  # ROCm devices are "cuda" too
+        torch.cuda.synchronize(device)
 
 
 @contextlib.contextmanager

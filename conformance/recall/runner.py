@@ -8,7 +8,11 @@ report.control_failures  cases the unmutated implementation does not pass (then 
 2. control    every (implementation, case) pair of the plan on the unmutated implementation
 3. faults     each fault in some worker (a worker handles many faults: torch and Triton stay
               imported); a worker that dies (a segfaulting mutation) fails only its own task,
-              which is retried once alone, then reported as caught_elsewhere
+              which is retried once alone, then reported as caught_elsewhere. Faults expected to crash
+              (wrapped int32 offsets: an illegal address on a GPU) run each in a process of its own: an
+              illegal address poisons the CUDA context for the rest of its process (H200, session 4:
+              every control case after one in the same worker reported it)
+4. control    in a fresh pool, for the same reason
 """
 
 from __future__ import annotations
@@ -146,11 +150,35 @@ def run_recall(
                         jobs=jobs)  # fmt: skip
 
 
+def _isolated(p: _Pool, tasks: list[tuple[Callable, tuple]], on_crash: Callable[[int], Any]) -> list[Any]:
+    """Each task in a one-worker pool of its own, up to p.jobs at a time (module docstring, step 3)."""
+    results: list[Any] = [None] * len(tasks)
+    for start in range(0, len(tasks), p.jobs):
+        pools = {i: _pool(p.device, 1) for i in range(start, min(start + p.jobs, len(tasks)))}
+        futs = {pl.submit(tasks[i][0], *tasks[i][1]): i for i, pl in pools.items()}
+        for fut in cf.as_completed(futs):
+            try:
+                results[futs[fut]] = fut.result()
+            except cf.process.BrokenProcessPool:
+                results[futs[fut]] = on_crash(futs[fut])
+        for pl in pools.values():
+            pl.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
 def _faults_then_control(pool: _Pool, faults: list[Fault], cases: dict[str, list[Case]], timeout_s: float,
                          say: Callable[[str], None]) -> tuple[list[FaultResult], tuple[tuple[str, CaseRun], ...]]:  # fmt: skip
     tasks = [(worker.run_fault, (f, cases[f.name], timeout_s)) for f in faults]
-    results = _map(pool, tasks, lambda i: FaultResult(faults[i].name, "caught_elsewhere",
-                                                              message="worker process died (crash)"))  # fmt: skip
+    died = lambda i: FaultResult(faults[i].name, "caught_elsewhere", message="worker process died (crash)")
+    alone = [i for i, f in enumerate(faults) if f.outcome.value == "crash"]
+    shared = [i for i in range(len(faults)) if i not in alone]
+    results: list[FaultResult] = [None] * len(faults)  # type: ignore[list-item]
+    for i, r in zip(shared, _map(pool, [tasks[i] for i in shared], lambda j: died(shared[j]))):
+        results[i] = r
+    for i, r in zip(alone, _isolated(pool, [tasks[i] for i in alone], lambda j: died(alone[j]))):
+        results[i] = r
+    pool.close()  # control in fresh workers: a fault may have left a worker's GPU context unusable
+    pool.pool = _pool(pool.device, pool.jobs)
 
     # Control: exactly the cases the faults ran (runs[i] is cases[i]), on the unmutated implementation.
     pairs: dict[tuple[str, str], tuple[Fault, Case]] = {}

@@ -97,11 +97,13 @@ def _impl(fault: Fault, *, control: bool):
 
 def judge(fault: Fault, result: CaseResult, label: str, elapsed: float) -> tuple[CaseRun, str]:
     """(the run, 'killed' | 'elsewhere' | 'conformant'): killed when the expected stage got the expected
-    outcome (a Fail where a warning was expected also counts: the suite is stricter, not blind)."""
+    outcome (a Fail where a warning or a crash was expected also counts: the suite is stricter, not blind).
+    Expected crashes are the memory faults of wrapped int32 offsets: on a GPU the wrapped address is an
+    illegal access, reported inside the implementation's call (sandbox.settle)."""
     at = next((v.outcome for v in result.stages if v.stage == fault.stage), None)
     run = CaseRun(label, result.outcome.value, result.failing_stage,
                   at.value if at else "", round(elapsed, 3), result.message[:300])  # fmt: skip
-    if at == fault.outcome or (fault.outcome in WARNINGS and at == Outcome.FAIL):
+    if at == fault.outcome or (fault.outcome in (*WARNINGS, Outcome.CRASH) and at == Outcome.FAIL):
         return run, "killed"
     if not result.outcome.conformant:
         return run, "elsewhere"
