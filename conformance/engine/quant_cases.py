@@ -43,8 +43,9 @@ def _block_exponents(nb: int, kb: int, e: int) -> np.ndarray:
     return (3 * i + j + 2 * e) % 7 - 3
 
 
-def adversarial_matrix(w: np.ndarray, spec: MoESpec) -> np.ndarray:
-    """(..., N, K) float64 weights reshaped block by block (module docstring); leading dims are experts."""
+def adversarial_matrix(w: np.ndarray, spec: MoESpec, first: int = 0) -> np.ndarray:
+    """(..., N, K) float64 weights reshaped block by block (module docstring); leading dims are experts,
+    the first of them expert `first` (a slice of the experts gets the pattern of its place in the whole)."""
     q = spec.quant
     *lead, N, K = w.shape
     bn, bk = q.block_for(N, K)
@@ -52,7 +53,7 @@ def adversarial_matrix(w: np.ndarray, spec: MoESpec) -> np.ndarray:
     w = w.reshape(-1, N, K).copy()
     elem = formats.get(q.weight_format)
     for e in range(w.shape[0]):
-        ex = _block_exponents(nb, kb, e)
+        ex = _block_exponents(nb, kb, first + e)
         full = np.repeat(np.repeat(ex, bn, 0), bk, 1)[:N, :K]
         w[e] *= np.ldexp(1.0, full)
         per_tensor = nb == 1 and kb == 1
@@ -62,7 +63,7 @@ def adversarial_matrix(w: np.ndarray, spec: MoESpec) -> np.ndarray:
                 if blk.size > 1:  # one element deep in the subnormal range of the element format
                     amax = np.abs(blk).max()
                     blk.flat[1] = np.copysign(amax / elem.max * np.ldexp(0.5, elem.emin), blk.flat[1])
-        if e == 0 and not per_tensor and nb * kb >= 3:
+        if first + e == 0 and not per_tensor and nb * kb >= 3:
             w[e, :bn, (kb - 1) * bk :] *= TINY_BLOCK  # the last K block of the first row block: tiny
             w[e, (nb - 1) * bn :, :bk] = 0.0  # the first K block of the last row block: all zero
     return w.reshape(*lead, N, K)

@@ -42,6 +42,7 @@ from moe_cts.conformance.engine import (
     known_issues,
     quant_tolerance,
     sampled,
+    sampled_experts,
     sandbox,
     single_rounding,
     tolerance,
@@ -71,6 +72,7 @@ class _Session:
         device: Device,
         strict_ties: bool = False,
         inputs: CaseInputs | None = None,  # given: a sub-batch of the case (sampled.py)
+        routing: tuple | None = None,  # given: (Routing, e_scores, e_keys), full router (sampled_experts.py)
     ):
         self.impl, self.case, self.device = impl, case, device
         self.strict_ties = strict_ties
@@ -86,9 +88,11 @@ class _Session:
         self.qw = self.inputs.qweights  # quantized cases: codes + scales, base = exact dequantized (float64)
         self.qv = None if self.qw is None else tolerance.WeightViews.of(self.qw.base)
         self.x = sandbox.as_np(self.inputs.x)
-        self.routing = npo.route(self.spec, self.wv.val, self.x)
-        self.e_scores, self.e_keys = tolerance.router_bounds(
-            self.model, self.spec, self.wv, self.x, self.routing
+        self.routing = routing[0] if routing else npo.route(self.spec, self.wv.val, self.x)
+        self.e_scores, self.e_keys = (
+            routing[1:]
+            if routing
+            else tolerance.router_bounds(self.model, self.spec, self.wv, self.x, self.routing)
         )
         raw = self.routing.scores
         self.raw_keys = raw + sandbox.as_np(self.wv.val.correction_bias) if self.spec.correction_bias else raw
@@ -437,7 +441,8 @@ def run_case(
         why = impl.capabilities().unsupported_case(case)
         if why:
             return result(Outcome.NOT_SUPPORTED, message=why)
-        if sampled.needs_sampling(case):  # past the host judge: whole batch on the device, rows sampled
+        experts = sampled_experts.needs_expert_sampling(case)  # past the host: the oracle on touched experts
+        if experts or sampled.needs_sampling(case):  # past the host judge: whole batch on the device
             session = None
         else:
             with np.errstate(all="ignore"):  # NaN/inf rows are expected; they are judged by placement
@@ -448,7 +453,8 @@ def run_case(
     try:
         with sandbox.deadline(timeout_s), np.errstate(all="ignore"):
             if session is None:
-                verdicts = sampled.run_sampled(_Session, impl, case, device, strict_ties)
+                run = sampled_experts.run_sampled_experts if experts else sampled.run_sampled
+                verdicts = run(_Session, impl, case, device, strict_ties)
                 return result(worst(v.outcome for v in verdicts), verdicts,
                               _first_message(verdicts), _failing_stage(verdicts))  # fmt: skip
             verdicts = session.run()

@@ -63,6 +63,27 @@ def run_sampled(session_cls, impl, case: Case, device: Device, strict_ties: bool
     if case.spec.capacity_factor is not None:  # dropping depends on the whole batch: rows are not independent
         raise ValueError("sampled judging: capacity_factor makes rows depend on each other")
     inputs = case.build_inputs(device.torch_device)
+    y, verdicts = whole_batch(impl, inputs, case, device)
+    if y is None:
+        return verdicts
+    rows = torch.from_numpy(sample_rows(case))
+    x_rows = inputs.x[rows.to(inputs.x.device)].clone()
+    sub = CaseInputs(spec=inputs.spec, x=x_rows, weights=inputs.weights, qweights=inputs.qweights)
+    del inputs
+    s = session_cls(impl, case, device, strict_ties, inputs=sub)
+    e2e = s.end_to_end_reference()
+    amb = judge.ambiguous_rows(s.spec, s.routing.keys, s.e_keys, s.routing.topk_ids)
+    if strict_ties:
+        amb &= ~judge.ambiguous_rows(s.spec, s.routing.keys, 0 * s.e_keys, s.routing.topk_ids)
+    got = y[rows.to(y.device)]
+    v = s.numeric("end_to_end", got, e2e["y"], e2e["e_y"], s.mask(1) & ~amb[:, None])
+    note = f" (sampled: {len(rows)} of {case.num_tokens} rows; worst indices count sampled rows)"
+    return [dataclasses.replace(v, message=v.message + note), *verdicts]
+
+
+def whole_batch(impl, inputs: CaseInputs, case: Case, device: Device):
+    """(y, [memory verdict]) of the implementation's forward on the whole batch, or (None, [its NotSupported
+    or Crash verdict])."""
     poisoned = None
     if impl.capabilities().accepts_out:  # NaN poison (its bits) and canaries either side, as the runner's
         T, H = inputs.x.shape
@@ -75,22 +96,10 @@ def run_sampled(session_cls, impl, case: Case, device: Device, strict_ties: bool
     except sandbox.CaseTimeout:
         raise
     except NotSupportedError as err:
-        return [StageVerdict("end_to_end", Outcome.NOT_SUPPORTED, message=f"forward: {err}")]
+        return None, [StageVerdict("end_to_end", Outcome.NOT_SUPPORTED, message=f"forward: {err}")]
     except Exception as err:  # the implementation's error, as the runner's call() reports it
-        return [StageVerdict("end_to_end", Outcome.CRASH, message=f"forward: {sandbox.summary(err)}")]
-    verdicts = [_unwritten_verdict(inputs.x, y, poisoned.canaries_changed() if poisoned else 0)]
-    rows = torch.from_numpy(sample_rows(case))
-    sub = CaseInputs(spec=inputs.spec, x=inputs.x[rows.to(inputs.x.device)].clone(), weights=inputs.weights)
-    del inputs
-    s = session_cls(impl, case, device, strict_ties, inputs=sub)
-    e2e = s.end_to_end_reference()
-    amb = judge.ambiguous_rows(s.spec, s.routing.keys, s.e_keys, s.routing.topk_ids)
-    if strict_ties:
-        amb &= ~judge.ambiguous_rows(s.spec, s.routing.keys, 0 * s.e_keys, s.routing.topk_ids)
-    got = y[rows.to(y.device)]
-    v = s.numeric("end_to_end", got, e2e["y"], e2e["e_y"], s.mask(1) & ~amb[:, None])
-    note = f" (sampled: {len(rows)} of {case.num_tokens} rows; worst indices count sampled rows)"
-    return [dataclasses.replace(v, message=v.message + note), *verdicts]
+        return None, [StageVerdict("end_to_end", Outcome.CRASH, message=f"forward: {sandbox.summary(err)}")]
+    return y, [_unwritten_verdict(inputs.x, y, poisoned.canaries_changed() if poisoned else 0)]
 
 
 def _unwritten_verdict(x: torch.Tensor, y: torch.Tensor, canaries: int) -> StageVerdict:

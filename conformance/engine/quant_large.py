@@ -1,0 +1,96 @@
+"""Inputs of quantized cases too large for a float64 copy of every expert (DeepSeek-V3: 256 x 44 M parameters,
+90 GB in float64): the same codes, scales and x as quant_cases.quantized_inputs, built a slice of experts at a
+time, with no float64 base of the routed experts.
+
+    case.build_tensors()                      float32 draws, as Case.build_inputs (same generator, same bits)
+    for each slice of EXPERT_SLICE experts    (threads: numpy releases the GIL in its loops)
+        adversarial_matrix(w[e0:e1], first=e0)    the block pattern of the experts' places in the whole
+        quantize_tensor                            codes + scales, per expert (blocks never span experts)
+        dequantize -> case dtype                   the values a reader of `weights` sees
+    shared experts, router, biases            whole, as quantized_inputs builds them
+
+    field                    quantized_inputs                  lean_quantized_inputs
+    qweights.w13 / w2        QuantTensor (E, N, K) codes       the same codes and scales
+    qweights.base.w13 / w2   float64 exact dequantized         case dtype (rounded): never read by an oracle;
+                                                               sampled_experts.py dequantizes the touched
+                                                               experts' codes itself
+    qweights.base (others)   float64 from the draws            the same
+    weights                  base in the case dtype            the same values
+
+Static activation scales need the activation of every (token, expert) pair: refused (SpecError).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from moe_cts.conformance.engine.cases import Case, CaseInputs
+from moe_cts.conformance.engine.quant_cases import adversarial_matrix, adversarial_x
+from moe_cts.reference import numpy_quant as npq
+from moe_cts.reference.errors import SpecError
+from moe_cts.reference.qweights import QuantizedMoEWeights, QuantTensor, quantize_tensor
+from moe_cts.reference.spec import MoEWeights
+
+#: experts per slice: DeepSeek-V3's w13 slice is 4 x 29 M float64 values (~1 GB) per thread
+EXPERT_SLICE = 4
+ROUTED = ("w13", "w2")
+
+
+def _quantize_slice(spec, w: torch.Tensor, e0: int, dtype: torch.dtype):
+    """(QuantTensor, dequantized values in dtype) of experts e0.. of one routed matrix (float32 draws)."""
+    qt = quantize_tensor(adversarial_matrix(w.double().numpy(), spec, first=e0), spec.quant)
+    return qt, torch.from_numpy(qt.dequantize()).to(dtype)
+
+
+def quantize_routed(spec, w: torch.Tensor, dtype: torch.dtype, workers: int | None = None):
+    """(QuantTensor (E, N, K), dequantized (E, N, K) in dtype) of one routed matrix, slice by slice, each
+    written into preallocated outputs (no second copy of the whole)."""
+    E = w.shape[0]
+    first, deq0 = _quantize_slice(spec, w[:EXPERT_SLICE], 0, dtype)
+    n0 = first.codes.shape[0]
+    codes = torch.empty((E, *first.codes.shape[1:]), dtype=first.codes.dtype)
+    scales = torch.empty((E, *first.scales.shape[1:]), dtype=first.scales.dtype)
+    deq = torch.empty((E, *deq0.shape[1:]), dtype=dtype)
+    codes[:n0], scales[:n0], deq[:n0] = first.codes, first.scales, deq0
+
+    def fill(e0: int) -> None:
+        qt, d = _quantize_slice(spec, w[e0 : e0 + EXPERT_SLICE], e0, dtype)
+        e1 = e0 + qt.codes.shape[0]
+        codes[e0:e1], scales[e0:e1], deq[e0:e1] = qt.codes, qt.scales, d
+
+    starts = list(range(EXPERT_SLICE, E, EXPERT_SLICE))
+    workers = workers or max(1, min(len(starts), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(fill, starts))
+    return QuantTensor(codes, scales, first.fmt, first.block, first.scale_dtype), deq
+
+
+def lean_quantized_inputs(case: Case, device) -> CaseInputs:
+    """CaseInputs of a quantized case with the same codes, scales and x as Case.build_inputs, and no
+    float64 copy of the routed experts (module docstring)."""
+    spec, dt = case.spec, case.torch_dtype
+    q = spec.quant
+    if q is None or q.activation_scale == "static":
+        raise SpecError("spec.quant", "a quantized scheme with dynamic or no activation scales", q)
+    x, tensors = case.build_tensors()
+    routed = {}
+    for name in ROUTED:  # one matrix at a time: its float32 draws go as soon as it is quantized
+        routed[name] = quantize_routed(spec, tensors.pop(name), dt)
+    f64 = {n: t.double() for n, t in tensors.items()}
+    for n in ("shared_w13", "shared_w2"):
+        if n in f64:
+            f64[n] = torch.from_numpy(adversarial_matrix(f64[n].numpy(), spec))
+    shared = {n: quantize_tensor(f64[n], q) for n in ("shared_w13", "shared_w2") if n in f64}
+    f64.update({n: torch.from_numpy(qt.dequantize()) for n, qt in shared.items()})
+    base = MoEWeights(**f64, **{n: deq for n, (_, deq) in routed.items()})
+    qw = QuantizedMoEWeights(base=base, **{n: qt for n, (qt, _) in routed.items()}, **shared).validate(spec)
+    adversarial_x(spec, x)
+    xs = x.double().numpy()
+    if "gemm1" in q.quantize_inputs and xs.shape[0]:
+        xs = npq.quantize_act(spec, xs, qw.a13_scale)
+    xt = torch.from_numpy(xs).to(dt).to(device)
+    weights = base.map(lambda t: t.to(dt).to(device)).validate(spec)
+    return CaseInputs(spec=spec, x=xt, weights=weights, qweights=qw)
