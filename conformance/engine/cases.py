@@ -184,6 +184,11 @@ class Case:
     def build_tensors(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """x and the weight tensors in float32 on the CPU, before the cast (scenario applied)."""
         g = torch.Generator().manual_seed(self.seed)
+        tensors = self.draw_weights(g)
+        return self.draw_x(g, tensors), tensors
+
+    def draw_weights(self, g: torch.Generator) -> dict[str, torch.Tensor]:
+        """The weight tensors (float32, CPU), drawn first from the case generator: they do not depend on T."""
         spec = self.spec
         tensors: dict[str, torch.Tensor] = {}
         fan_in = {
@@ -197,9 +202,13 @@ class Case:
         for name, shape in weight_shapes(spec).items():
             t = torch.randn(shape, generator=g, dtype=torch.float32)
             tensors[name] = t * (_FAN_IN_SCALE.get(name, 1.0) / math.sqrt(fan_in.get(name, 1)))
-        x = _draw_x(self.distribution, (self.num_tokens, spec.hidden_size), g)
-        self.scenario.apply(spec, tensors, x, g, self.torch_dtype)
-        return x, tensors
+        return tensors
+
+    def draw_x(self, g: torch.Generator, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """x from g after the weights, then the scenario (it edits x and the router tensors in place)."""
+        x = _draw_x(self.distribution, (self.num_tokens, self.spec.hidden_size), g)
+        self.scenario.apply(self.spec, tensors, x, g, self.torch_dtype)
+        return x
 
     def build_inputs(self, device: torch.device | str = "cpu") -> CaseInputs:
         x, tensors = self.build_tensors()

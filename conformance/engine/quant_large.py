@@ -2,7 +2,9 @@
 90 GB in float64): the same codes, scales and x as quant_cases.quantized_inputs, built a slice of experts at a
 time, with no float64 base of the routed experts.
 
-    case.build_tensors()                      float32 draws, as Case.build_inputs (same generator, same bits)
+    case.draw_weights(g), case.draw_x(g)      float32 draws, as Case.build_inputs (same generator, same bits);
+                                              the routed experts' codes are kept for the next case of the
+                                              same spec, dtype and seed (_CACHE: the weights do not depend on T)
     for each slice of EXPERT_SLICE experts    (threads: numpy releases the GIL in its loops)
         adversarial_matrix(w[e0:e1], first=e0)    the block pattern of the experts' places in the whole
         quantize_tensor                            codes + scales, per expert (blocks never span experts)
@@ -22,6 +24,7 @@ Static activation scales need the activation of every (token, expert) pair: refu
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,6 +40,8 @@ from moe_cts.reference.spec import MoEWeights
 #: experts per slice: DeepSeek-V3's w13 slice is 4 x 29 M float64 values (~1 GB) per thread
 EXPERT_SLICE = 4
 ROUTED = ("w13", "w2")
+#: the last case's routed experts (routed_experts): a driver running T = 1 ... 4096 quantizes them once
+_CACHE: dict = {}
 
 
 def _quantize_slice(spec, w: torch.Tensor, e0: int, dtype: torch.dtype):
@@ -68,6 +73,22 @@ def quantize_routed(spec, w: torch.Tensor, dtype: torch.dtype, workers: int | No
     return QuantTensor(codes, scales, first.fmt, first.block, first.scale_dtype), deq
 
 
+def routed_experts(case: Case):
+    """(routed {name: (QuantTensor, dequantized in the case dtype)}, the other weight draws (float32), the
+    generator state after the weights) of the case, from _CACHE when only T (or the scenario, which edits
+    x and the router only) differs from the last case built."""
+    key = (json.dumps(case.spec.to_dict(), sort_keys=True), case.dtype, case.seed)
+    if key not in _CACHE:
+        _CACHE.clear()  # one entry: DeepSeek-V3's codes and case-dtype experts are ~34 GB
+        g = torch.Generator().manual_seed(case.seed)
+        tensors = case.draw_weights(g)
+        routed = {}
+        for name in ROUTED:  # one matrix at a time: its float32 draws go as soon as it is quantized
+            routed[name] = quantize_routed(case.spec, tensors.pop(name), case.torch_dtype)
+        _CACHE[key] = (routed, tensors, g.get_state())
+    return _CACHE[key]
+
+
 def lean_quantized_inputs(case: Case, device) -> CaseInputs:
     """CaseInputs of a quantized case with the same codes, scales and x as Case.build_inputs, and no
     float64 copy of the routed experts (module docstring)."""
@@ -75,10 +96,11 @@ def lean_quantized_inputs(case: Case, device) -> CaseInputs:
     q = spec.quant
     if q is None or q.activation_scale == "static":
         raise SpecError("spec.quant", "a quantized scheme with dynamic or no activation scales", q)
-    x, tensors = case.build_tensors()
-    routed = {}
-    for name in ROUTED:  # one matrix at a time: its float32 draws go as soon as it is quantized
-        routed[name] = quantize_routed(spec, tensors.pop(name), dt)
+    routed, drawn, state = routed_experts(case)
+    g = torch.Generator()
+    g.set_state(state)
+    tensors = {n: t.clone() for n, t in drawn.items()}
+    x = case.draw_x(g, tensors)  # the scenario edits x and the router tensors only
     f64 = {n: t.double() for n, t in tensors.items()}
     for n in ("shared_w13", "shared_w2"):
         if n in f64:

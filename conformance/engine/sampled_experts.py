@@ -163,6 +163,33 @@ def run_sampled_experts(
     if y is None:
         return verdicts
     rows = sampled.sample_rows(case)
+    o = oracle_rows(session_cls, impl, case, device, inputs, rows, strict_ties)
+    if o is None:  # no tokens: nothing to judge beyond the whole-batch check
+        return [StageVerdict("end_to_end", Outcome.PASS, message="end_to_end: no rows"), *verdicts]
+    got = y[torch.from_numpy(rows[o.judged]).to(y.device)]
+    v = o.session.numeric("end_to_end", got, o.y, o.e_y, o.mask)
+    note = (
+        f" (sampled experts: {len(o.judged)} of {case.num_tokens} rows judged, {o.experts} of "
+        f"{spec.num_experts} experts touched, in {o.groups} sub-problems; only end_to_end and memory; "
+        "worst indices count judged rows)"
+    )
+    return [dataclasses.replace(v, message=v.message + note), *verdicts]
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleRows:
+    judged: np.ndarray  # (R,) indices into the sampled rows, group by group
+    y: np.ndarray  # (R, H) the oracle's output of those rows
+    e_y: np.ndarray  # (R, H) its bound
+    mask: np.ndarray  # (R, H) judged elements: finite rows, no (near) tie
+    experts: int  # distinct experts touched
+    groups: int  # sub-problems
+    session: object  # the last sub-problem's session (its numeric() judge)
+
+
+def oracle_rows(session_cls, impl, case: Case, device: Device, inputs: CaseInputs, rows, strict_ties):
+    """OracleRows of the sampled rows, one sub-problem per group (module docstring); None without rows."""
+    spec = case.spec
     x_rows = inputs.x[torch.from_numpy(rows).to(inputs.x.device)].cpu()
     model = tolerance.ErrorModel.for_case(
         accumulator_profile(device), case.dtype, impl.capabilities().fp32_dot
@@ -172,8 +199,8 @@ def run_sampled_experts(
     if strict_ties:
         amb &= ~judge.ambiguous_rows(spec, full.keys, 0 * e_keys, full.topk_ids)
     groups = group_rows(full.topk_ids, max_experts(spec), MAX_GROUPS)
-    if not groups:  # no tokens: nothing to judge beyond the whole-batch check
-        return [StageVerdict("end_to_end", Outcome.PASS, message="end_to_end: no rows"), *verdicts]
+    if not groups:
+        return None
     parts, experts = [], set()
     for g in groups:
         touched = np.unique(full.topk_ids[g])
@@ -185,16 +212,8 @@ def run_sampled_experts(
         e2e = s.end_to_end_reference()
         parts.append((g, e2e["y"], e2e["e_y"], s.mask(1) & ~amb[g, None]))
         del sub, e2e
-    judged = np.concatenate([p[0] for p in parts])
-    got = y[torch.from_numpy(rows[judged]).to(y.device)]
     cat = lambda i: np.concatenate([p[i] for p in parts])
-    v = s.numeric("end_to_end", got, cat(1), cat(2), cat(3))
-    note = (
-        f" (sampled experts: {len(judged)} of {case.num_tokens} rows judged, {len(experts)} of "
-        f"{spec.num_experts} experts touched, in {len(groups)} sub-problems; only end_to_end and memory; "
-        "worst indices count judged rows)"
-    )
-    return [dataclasses.replace(v, message=v.message + note), *verdicts]
+    return OracleRows(cat(0), cat(1), cat(2), cat(3), len(experts), len(groups), s)
 
 
 def full_inputs(case: Case, device: Device) -> CaseInputs:
