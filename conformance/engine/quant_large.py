@@ -20,6 +20,11 @@ time, with no float64 base of the routed experts.
     weights                  base in the case dtype            the same values
 
 Static activation scales need the activation of every (token, expert) pair: refused (SpecError).
+
+Host cost at full size (DeepSeek-V3, bf16): float32 draws 45 GB, codes 11 GB, case-dtype experts 22.5 GB,
+slices in flight <= WORK_BYTES: ~92 GB at the peak (w13's slices). quantize_tensor ran at 3.3 M values/s
+per thread on a CI core (DeepSeek-V3: ~57 CPU-minutes; gpt-oss-120b MXFP4 at 1.8 M/s: ~29); how far the
+threads scale on the GPU host is not measured yet.
 """
 
 from __future__ import annotations
@@ -37,8 +42,13 @@ from moe_cts.reference.errors import SpecError
 from moe_cts.reference.qweights import QuantizedMoEWeights, QuantTensor, quantize_tensor
 from moe_cts.reference.spec import MoEWeights
 
-#: experts per slice: DeepSeek-V3's w13 slice is 4 x 29 M float64 values (~1 GB) per thread
-EXPERT_SLICE = 4
+#: experts per slice (one task of the thread pool)
+EXPERT_SLICE = 1
+#: host bytes the slices in flight may hold: a slice holds ~SLICE_COPIES float64 copies of its values
+#: (the adversarial copy, W / scale, the codes' float work, the dequantized values); DeepSeek-V3's w13
+#: expert is 29 M values: 1.4 GB per thread, 16 threads in 24 GB
+WORK_BYTES = 24 * 2**30
+SLICE_COPIES = 6
 ROUTED = ("w13", "w2")
 #: the last case's routed experts (routed_experts): a driver running T = 1 ... 4096 quantizes them once
 _CACHE: dict = {}
@@ -67,7 +77,8 @@ def quantize_routed(spec, w: torch.Tensor, dtype: torch.dtype, workers: int | No
         codes[e0:e1], scales[e0:e1], deq[e0:e1] = qt.codes, qt.scales, d
 
     starts = list(range(EXPERT_SLICE, E, EXPERT_SLICE))
-    workers = workers or max(1, min(len(starts), os.cpu_count() or 1))
+    per = EXPERT_SLICE * w[0].numel() * 8 * SLICE_COPIES
+    workers = workers or max(1, min(len(starts), os.cpu_count() or 1, WORK_BYTES // per))
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(fill, starts))
     return QuantTensor(codes, scales, first.fmt, first.block, first.scale_dtype), deq

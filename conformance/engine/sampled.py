@@ -14,6 +14,8 @@ the host. Tokens are independent (no capacity dropping), so the oracle of x[rows
 
     needs_sampling(case) -> bool                 T*k*max(H, I) above SAMPLE_ABOVE elements
     run_sampled(impl, case, device, strict_ties) -> list[StageVerdict]
+    whole_batch(impl, inputs, case, device) -> (y | None, verdicts)     the forward and the memory check
+                                                 (also sampled_experts.py's: experts too large for the host)
 
 Only the end_to_end stage is judged (the staged path would hold T*k*H float64 intermediates).
 """

@@ -201,8 +201,9 @@ def oracle_rows(session_cls, impl, case: Case, device: Device, inputs: CaseInput
     groups = group_rows(full.topk_ids, max_experts(spec), MAX_GROUPS)
     if not groups:
         return None
-    parts, experts = [], set()
+    parts, experts, s = [], set(), None
     for g in groups:
+        s = None  # the previous sub-problem's float64 views go before the next one's are built
         touched = np.unique(full.topk_ids[g])
         experts |= set(touched.tolist())
         sspec = sub_spec(spec, touched)
