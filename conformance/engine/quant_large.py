@@ -79,8 +79,11 @@ def quantize_routed(spec, w: torch.Tensor, dtype: torch.dtype, workers: int | No
     starts = list(range(EXPERT_SLICE, E, EXPERT_SLICE))
     per = EXPERT_SLICE * w[0].numel() * 8 * SLICE_COPIES
     workers = workers or max(1, min(len(starts), os.cpu_count() or 1, WORK_BYTES // per))
-    with ThreadPoolExecutor(workers) as pool:
+    pool = ThreadPoolExecutor(workers)
+    try:
         list(pool.map(fill, starts))
+    finally:  # a case timeout (SIGALRM in this thread) drops the slices not started
+        pool.shutdown(wait=False, cancel_futures=True)
     return QuantTensor(codes, scales, first.fmt, first.block, first.scale_dtype), deq
 
 

@@ -30,6 +30,7 @@ Only end_to_end and the whole-batch memory check are judged; the verdict message
 experts were sampled.
 
     needs_expert_sampling(case) -> bool       expert parameters E (w13_rows H + H I) above SAMPLE_EXPERTS_ABOVE
+                                              (quantized: twice the parameters above it)
     run_sampled_experts(session_cls, impl, case, device, strict_ties) -> list[StageVerdict]
 """
 
@@ -48,10 +49,14 @@ from moe_cts.conformance.engine.results import Outcome, StageVerdict
 from moe_cts.reference.qweights import QuantizedMoEWeights, QuantTensor
 from moe_cts.reference.spec import MoESpec, MoEWeights
 
-#: routed expert parameters above this: sampled experts. 2^30 parameters are 8 GB per float64 copy and the
-#: session holds ~6 copies (views of the case weights and of the dequantized base): past the host's memory.
-#: DeepSeek-V3 (11.3 G), gpt-oss-120b (3.2 G), Mixtral 8x7B (1.4 G) are above; gpt-oss-20b (0.8 G) below.
-SAMPLE_EXPERTS_ABOVE = 2**30
+#: routed expert parameters above this (float cases; quantized cases count twice): sampled experts. The
+#: session holds ~4 float64 copies of every expert for a float case (values, |values|, squares, a temporary):
+#: 2^31 parameters are 64 GiB of them; a quantized case holds ~8 (the case weights' views and the dequantized
+#: base's). Past it: DeepSeek-V3 (11.3 G), gpt-oss-120b MXFP4 (3.2 G x 2), Mixtral 8x7B quantized (1.4 G x 2);
+#: below it, judged whole as before: Mixtral 8x7B float (1.4 G, the must-pass mixtral-8x7b-full), gpt-oss-20b
+#: MXFP4 (0.8 G x 2).
+SAMPLE_EXPERTS_ABOVE = 2**31
+QUANT_COPIES_FACTOR = 2
 #: host bytes of one sub-problem's float64 copies of its experts (quantized: base, val, abs, sq and one
 #: temporary |nobias|; float: val, abs, sq, the case weights and one temporary)
 SUB_BYTES = 24 * 2**30
@@ -67,7 +72,8 @@ def expert_params(spec: MoESpec) -> int:
 
 
 def needs_expert_sampling(case: Case) -> bool:
-    return expert_params(case.spec) > SAMPLE_EXPERTS_ABOVE
+    factor = 1 if case.spec.quant is None else QUANT_COPIES_FACTOR
+    return expert_params(case.spec) * factor > SAMPLE_EXPERTS_ABOVE
 
 
 def max_experts(spec: MoESpec) -> int:

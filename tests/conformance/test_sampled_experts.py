@@ -68,8 +68,11 @@ class WrongExpert(TorchEagerImplementation):
 def test_full_size_presets_sample_experts_and_a_small_one_does_not():
     ds, gpt120 = presets.get("deepseek-v3"), presets.get("gpt-oss-120b")
     assert sampled_experts.needs_expert_sampling(Case(ds, 1))
-    assert sampled_experts.needs_expert_sampling(Case(gpt120, 1))
-    assert not sampled_experts.needs_expert_sampling(Case(presets.get("gpt-oss-20b"), 1))
+    assert sampled_experts.needs_expert_sampling(Case(gpt120.replace(quant=QuantScheme.mxfp4()), 1))
+    gpt20, mixtral = presets.get("gpt-oss-20b"), presets.get("mixtral-8x7b")
+    assert not sampled_experts.needs_expert_sampling(Case(gpt20.replace(quant=QuantScheme.mxfp4()), 1))
+    assert not sampled_experts.needs_expert_sampling(Case(mixtral, 1))  # judged whole, stage by stage
+    assert sampled_experts.needs_expert_sampling(Case(mixtral.replace(quant=QuantScheme.fp8_block()), 1))
     assert ds.top_k <= sampled_experts.max_experts(ds) < ds.num_experts
 
 
