@@ -198,6 +198,8 @@ def _mx_gemm(
     """(x @ W1.T, x @ W2.T) in fp32 over the whole K (acc2 stays zero unless TWO)."""
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # One if / elif / else and one return: the compiler generates code after a taken early return too, and
+    # the native decode does not compile with SCALE_AT = SCALE_IN_MMA (a reshape of the wrong size).
     if SCALE_AT == SCALE_IN_MMA:
         for kk in range(0, tl.cdiv(K, BLOCK_K)):
             k0 = kk * BLOCK_K
@@ -210,12 +212,26 @@ def _mx_gemm(
                     acc2, x_rows, x_ok, stride_x_k, w2_rows, s2_rows, stride_w_k, stride_s_k, k0, K,
                     X_FMT, BLOCK_K, EVEN_K,
                 )  # fmt: skip
-        return acc1, acc2
-    if DECODE == DECODE_SWAR:  # packed codes read as 32-bit words (the launcher checks 4-byte alignment)
-        return mx_gemm_swar(
+    elif DECODE == DECODE_SWAR:  # packed codes read as 32-bit words (the launcher checks 4-byte alignment)
+        acc1, acc2 = mx_gemm_swar(
             acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, K,
             TWO, BLOCK_K, EVEN_K,
         )  # fmt: skip
+    else:
+        acc1, acc2 = _mx_portable(
+            acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_w_k, stride_s_k,
+            K, TWO, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE,
+        )  # fmt: skip
+    return acc1, acc2
+
+
+@triton.jit
+def _mx_portable(
+    acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_w_k, stride_s_k, K,
+    TWO: tl.constexpr, BLOCK_K: tl.constexpr, SUB_K: tl.constexpr, SCALE_AT: tl.constexpr,
+    EVEN_K: tl.constexpr, X_FMT: tl.constexpr, DECODE: tl.constexpr,
+):  # fmt: skip
+    """The portable decodes (fp32, native) over the whole K, SUB_K elements per step (even / odd columns)."""
     for kk in range(0, tl.cdiv(K, BLOCK_K)):
         for sub in tl.static_range(BLOCK_K // SUB_K):
             k0 = kk * BLOCK_K + sub * SUB_K

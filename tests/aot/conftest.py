@@ -69,6 +69,19 @@ PROBES = [
 ]
 
 
+def quant_scenarios() -> list[aot_plan.Scenario]:
+    """The default tier's quantized scenarios (MXFP4 with both scale placements and tl.dot_scaled, fp8 w8a8
+    in each flavour, the cuda fp8 table rows) on one CUDA and one AMD target, renamed "test:quant:...": the
+    interpreter runs only the branches a call takes, so a dead constexpr branch that does not compile is
+    seen only here (session 4: the native MXFP4 decode under SCALE_AT = SCALE_IN_MMA)."""
+    targets = ("sm90", "gfx942")
+    return [
+        dataclasses.replace(s, origin="test:quant:" + s.origin)
+        for s in aot_plan.scenarios("default", targets)
+        if s.quant is not None
+    ]
+
+
 def guard_scenarios() -> list[aot_plan.Scenario]:
     """The tables tier (every GEMM config of cuda.json on sm80/sm90/sm100, hip.json on gfx90a/942/950),
     renamed "guard:..." so its records stay apart from the default tier's table rows."""
@@ -81,7 +94,10 @@ def guard_scenarios() -> list[aot_plan.Scenario]:
 def _compile_everything() -> dict:
     """One plan (default tier + acceptance + guard) and one worker run (acceptance + guard + probes)."""
     planned = aot.plan_jobs(
-        aot_plan.scenarios("default", aot_plan.target_names()) + ACCEPTANCE + guard_scenarios()
+        aot_plan.scenarios("default", aot_plan.target_names())
+        + ACCEPTANCE
+        + quant_scenarios()
+        + guard_scenarios()
     )
     ours = ("test:", "guard:")
     jobs = [

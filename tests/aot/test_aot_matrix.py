@@ -87,3 +87,16 @@ def test_the_table_guard_covers_every_row_of_both_tables(table_records):
     origins = {o for r in table_records for o in r.origins}
     want = {f"guard:table:{b}/{dc}/{bucket}" for b, dc, bucket, _ in table_configs()}
     assert want <= origins, sorted(want - origins)
+
+
+def test_the_quantized_kernels_compile_for_a_cuda_and_an_amd_target(acceptance_records):
+    recs = [r for origin, rs in acceptance_records.items() if origin.startswith("test:quant:") for r in rs]
+    bad = [r for r in recs if r.status == aot.FAIL]
+    assert recs and not bad, "\n".join(
+        f"{r.kernel} {r.target} {r.config_label} {r.dtype}: {r.reason}" for r in bad
+    )
+    compiled = {(r.kernel, r.target) for r in recs if r.status == aot.COMPILED}
+    for kernel in ("mx_gate_up_kernel", "mx_down_kernel", "fp8_gate_up_kernel", "fp8_down_kernel"):
+        assert {(kernel, "sm90"), (kernel, "gfx942")} <= compiled, kernel
+    dot_scaled = [r for r in recs if r.config.get("SCALE_AT") == 2 and r.target == "sm90"]
+    assert dot_scaled and all(r.status == aot.COMPILED for r in dot_scaled)
