@@ -1,0 +1,29 @@
+# Shared steps of the ci/gpu/session*.sh device calls (sourced, not run).
+#   gpu_setup OUT              OUT created, unbuffered Python, the project installed, the card and clocks printed;
+#                              sets T0 (the call's start) for slot_left
+#   certify_quick OUT JOBS S   `moe-cts certify --profile quick --jobs JOBS` into OUT/cert (log OUT/cert.log),
+#                              at most S seconds, its exit and wall time appended to the log
+#   certify_summary OUT        the log's verdict, coverage and non-passing lines
+#   slot_left SLOT             seconds left of a SLOT-second call
+gpu_setup() {
+  mkdir -p "$1"
+  export PYTHONUNBUFFERED=1
+  T0=$(date +%s)
+  python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING\|already" | tail -2
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw --format=csv,noheader
+}
+
+certify_quick() {
+  local s; s=$(date +%s)
+  timeout "$3" moe-cts certify --profile quick --jobs "$2" --out "$1/cert" > "$1/cert.log" 2>&1
+  echo "certify exit $? in $(( $(date +%s) - s )) s" >> "$1/cert.log"
+}
+
+certify_summary() {
+  tail -1 "$1/cert.log"
+  grep -E "coverage|verdict|fail at|crash at|NOT|pass|Fail|Crash|compile" "$1/cert.log" | grep -v "^│" | head -30
+}
+
+slot_left() {
+  echo $(( $1 - ($(date +%s) - T0) ))
+}
