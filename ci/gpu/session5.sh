@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Session 5's GPU calls (one 590 s slot each), chosen by the first argument:
+#   a   `moe-cts certify --profile quick --jobs 10` on main (issue 10's last item), then
+#       `moe-cts recall --profile gpu` (catalog v7) in the time left
+#   b   ci/gpu/quant_fullsize.py (gpt-oss-120b MXFP4, then DeepSeek-V3 block fp8) against the float64 oracle
+#   c   ci/bench/moe_bench.py beside vLLM's Triton path (.peer), then certify quick again, timed
+set -u
+MODE=${1:-a}
+OUT=${2:-/tmp/moe-cts-gpu}
+source "$(dirname "$0")/common.sh"
+gpu_setup "$OUT"
+case "$MODE" in
+a)
+  certify_quick "$OUT" "${CERT_JOBS:-10}" "${CERT_TIMEOUT:-340}"
+  certify_summary "$OUT"
+  left=$(slot_left "${SLOT:-585}")
+  s=$(date +%s)
+  timeout "$left" moe-cts recall --profile gpu --device cuda:0 --jobs ${RECALL_JOBS:-8} --out "$OUT/recall" > "$OUT/recall.log" 2>&1
+  echo "recall exit $? in $(( $(date +%s) - s )) s (limit $left s)"
+  grep -vE "^\s*$" "$OUT/recall.log" | grep -v " killed " | tail -30
+  ;;
+b)
+  timeout "$(slot_left ${SLOT:-585})" python3 ci/gpu/quant_fullsize.py --out "$OUT/full" ${QF_ARGS:-} 2>"$OUT/full-stderr.log"
+  echo "quant_fullsize exit $?"
+  tail -5 "$OUT/full-stderr.log"
+  ;;
+c)
+  (cd .peer && timeout 240 env MOE_CTS_SRC=.. python3 ../ci/bench/moe_bench.py --peer . --out "$OUT/bench" ${BENCH_ARGS:-}) 2>"$OUT/bench-stderr.log" | tail -60
+  certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left ${SLOT:-585})"
+  certify_summary "$OUT"
+  ;;
+esac
+echo "total $(( $(date +%s) - T0 )) s"
