@@ -9,7 +9,7 @@
 
 Tests and the harness force a config with `fused_moe(..., config=cfg)` or `with forced(cfg): ...`.
 `all_configs()` lists every table entry (the AOT engineer compiles each); `last_config()` is what the
-last launch used (reports record it).
+last launch used and `last_table()` the target its table was tuned for (reports record both).
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ def dtype_class(dtype: torch.dtype) -> str:
 
 @functools.cache
 def load_table(backend_name: str) -> dict[str, Any]:
+    """The tile table of a backend. Its `backend` field names the target it was tuned for: choose() reports
+    it (last_table) so a run can check that the table it read is the running device's (bug-27)."""
     if backend_name not in BACKENDS:
         raise SpecError("backend", f"one of {BACKENDS}", backend_name)
     return json.loads((CONFIG_DIR / f"{backend_name}.json").read_text())
@@ -157,8 +159,10 @@ def choose(
     """The deterministic heuristic (module docstring). A forced config wins over it."""
     forced_cfg = _FORCED[-1] if _FORCED else None
     if forced_cfg is not None:
+        _TABLE[0] = None
         return forced_cfg
     table = load_table(backend_name or backend())
+    _TABLE[0] = table["backend"]
     dc = dtype_class(dtype)
     if batch_invariant:  # independent of T by construction: batch composition cannot change a row's bits
         row = table["batch_invariant"].get(dc) or table["batch_invariant"]["16bit"]
@@ -174,9 +178,12 @@ def choose(
 
 _FORCED: list[TileConfig] = []
 _LAST: list[TileConfig | None] = [None]
+_TABLE: list[str | None] = [None]
 
 
 def as_config(cfg: TileConfig | Mapping[str, Any]) -> TileConfig:
+    """A config the caller gives (no table row): last_table() reads None until the next choose()."""
+    _TABLE[0] = None
     return (cfg if isinstance(cfg, TileConfig) else TileConfig.from_dict(cfg)).validate()
 
 
@@ -198,3 +205,8 @@ def record(cfg: TileConfig) -> None:
 def last_config() -> TileConfig | None:
     """The config of the most recent fused_moe / stage launch in this process (None before any)."""
     return _LAST[0]
+
+
+def last_table() -> str | None:
+    """The `backend` field of the table the most recent choose() read (None: a forced config, or none yet)."""
+    return _TABLE[0]

@@ -8,7 +8,9 @@
     impl.run(inputs, "gate_up", device)          -> act (T, k, I)      fed inputs.topk_ids
     impl.run(inputs, "down", device)             -> expert_out (T, k, H)  fed inputs.act, inputs.topk_ids
     impl.run(inputs, "combine", device)          -> y (T, H)  fed expert_out, topk_weights, kept, shared_out
-    impl.kernel_config()                         -> dict: the tile config of the last run (for reports)
+    impl.kernel_config()                         -> dict: the tile config of the last run (for reports);
+                                                    its optional "table" names the target the tuned table
+                                                    was made for, checked against the device (provenance.py)
 
 A third party registers a factory under the entry-point group "moe_cts.implementations":
 

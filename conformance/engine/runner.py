@@ -7,7 +7,7 @@
        implementation's accepted ids, with the oracle re-run on them
     4. end to end into a NaN-poisoned view with canaries either side (memory), twice when the
        implementation claims determinism, and on sub-batches (engine/invariance.py: single tokens, the batch
-       reversed, its first half) when it claims batch invariance
+       reversed, its first half) when it claims batch invariance; the tile table it read (engine/provenance.py)
 
 strict_ties=True (`moe-cts certify --strict-ties`): one tie rule everywhere. A tie broken differently from
 the oracle's lower-id rule is a routing Fail instead of a CompatibilityWarning, and a forward-only
@@ -40,6 +40,7 @@ from moe_cts.conformance.engine import (
     invariance,
     judge,
     known_issues,
+    provenance,
     quant_tolerance,
     sampled,
     sampled_experts,
@@ -350,7 +351,9 @@ class _Session:
                 diff = int((sandbox.bits(y[rows.to(y.device)]) != sandbox.bits(y_sub)).sum())
                 if diff:
                     msgs.append(f"{label}: differs from the same tokens in the full batch in {diff} elements")
-        if not (self.caps.deterministic or self.caps.batch_invariant):
+        wrong_table = provenance.check(self.impl.kernel_config() or {}, self.device)
+        msgs += [wrong_table] if wrong_table else []
+        if not (self.caps.deterministic or self.caps.batch_invariant or msgs):
             return StageVerdict("determinism", Outcome.NOT_SUPPORTED, message="no determinism claimed")
         if msgs:
             return StageVerdict(

@@ -142,11 +142,14 @@ class TritonImplementation:
 
     def kernel_config(self) -> dict[str, Any]:
         try:
-            from moe_cts.kernels.config import last_config  # after TRITON_INTERPRET, as above
+            from moe_cts.kernels.config import last_config, last_table  # after TRITON_INTERPRET, as above
         except ImportError:
             return {}
-        cfg = last_config()
-        return {} if cfg is None else cfg.to_dict()
+        cfg, table = last_config(), last_table()
+        if cfg is None:
+            return {}
+        # "table": the target the tile table was tuned for; the engine checks it against the device (provenance.py)
+        return cfg.to_dict() | ({"table": table} if table else {})
 
     def run(self, inputs, stage: str, device=None, *, out=None) -> Any:
         if getattr(device, "backend", None) == "cpu":

@@ -13,11 +13,15 @@ report.control_failures  cases the unmutated implementation does not pass (then 
               illegal address poisons the CUDA context for the rest of its process (H200, session 4:
               every control case after one in the same worker reported it)
 4. control    in a fresh pool, for the same reason
+5. equivalent a surviving mutation whose forward outputs equal the control's bit for bit on every case it
+              ran (worker.digest) changes nothing this device computes: an equivalent mutant, reported
+              as `equivalent` and left out of the recall's denominator (listed beside it)
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -54,8 +58,12 @@ class RecallReport:
         by_name = {r.name: r for r in self.results}
         for f in self.faults:
             r = by_name[f.name]
-            row = out.setdefault(f.profile, {"killed": 0, "run": 0, "survived": [], "elsewhere": []})
-            if r.status in ("stale", "error"):
+            row = out.setdefault(
+                f.profile, {"killed": 0, "run": 0, "survived": [], "elsewhere": [], "equivalent": []}
+            )
+            if r.status == "equivalent":
+                row["equivalent"].append(f.name)
+            if r.status in ("stale", "error", "equivalent"):
                 continue
             row["run"] += 1
             row["killed"] += r.status == "killed"
@@ -190,4 +198,16 @@ def _faults_then_control(pool: _Pool, faults: list[Fault], cases: dict[str, list
     ctl = _map(pool, ctl_tasks, lambda i: CaseRun(ctl_tasks[i][1][1].name, "crash", None, "", 0.0,
                                                           "worker process died"))  # fmt: skip
     control = tuple((f.impl_key, r) for (f, _), r in zip(pairs.values(), ctl))
-    return results, control
+    return [_equivalent(f, r, control) for f, r in zip(faults, results)], control
+
+
+def _equivalent(fault: Fault, r: FaultResult, control: tuple[tuple[str, CaseRun], ...]) -> FaultResult:
+    """A survivor whose every case has the control's forward digest is an equivalent mutant (step 5)."""
+    if r.status != "survived" or fault.kind != "mutation" or not r.runs:
+        return r
+    ctl = {(k, c.case): c.digest for k, c in control}
+    if all(run.digest and ctl.get((fault.impl_key, run.case)) == run.digest for run in r.runs):
+        n = len(r.runs)
+        why = f"forward outputs bitwise equal to the unmutated kernels' on {n} case{'s' * (n > 1)}"
+        return dataclasses.replace(r, status="equivalent", message=why)
+    return r

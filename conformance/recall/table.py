@@ -46,6 +46,8 @@ def render(report: RecallReport, width: int = 60) -> str:
             extra.append("survived: " + ", ".join(row["survived"]))
         if row["elsewhere"]:
             extra.append("caught elsewhere: " + ", ".join(row["elsewhere"]))
+        if row["equivalent"]:
+            extra.append("equivalent here, not counted: " + ", ".join(row["equivalent"]))
         tail = f"   ({'; '.join(extra)})" if extra else ""
         lines.append(f"recall {profile}: {row['killed']}/{row['run']} = {row['recall']}{tail}")
     bad = report.control_failures

@@ -7,20 +7,26 @@
     status            meaning
     killed            a case got the expected outcome at the expected stage
     survived          every case ran and stayed conformant
+    equivalent        survived, and the mutant's forward output equals the unmutated kernels' bit for bit on
+                      every case (runner.py marks it from the digests below): the mutation changes nothing
+                      this device computes, so no check could catch it here (an equivalent mutant)
     caught_elsewhere  some case was non-conformant, but only through a crash or a Fail at another stage
     stale             a mutation's `old` snippet no longer occurs exactly once in the kernels
     error             the fault could not be injected (the mutated copy does not import, for example)
 
 Cases run through moe_cts.conformance.engine.runner.run_case, the same judge a certify run uses; a fault's
-worker keeps torch and Triton imported between faults, so one process handles many faults.
+worker keeps torch and Triton imported between faults, so one process handles many faults. A mutation's
+conformant cases, and their control runs, carry a digest: sha256 of the forward output's bits on the
+case's inputs (float cases judged whole on the host; others get no digest and are never called equivalent).
 """
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +47,13 @@ class CaseRun:
     at_stage: str  # outcome of the fault's expected stage ("" when the case did not reach it)
     time_s: float
     message: str = ""
+    digest: str = ""  # sha256 of the forward output's bits ("" when not computed)
 
 
 @dataclass(frozen=True)
 class FaultResult:
     name: str
-    status: str  # killed | survived | caught_elsewhere | stale | error
+    status: str  # killed | survived | equivalent | caught_elsewhere | stale | error
     killed_by: tuple[str, ...] = ()
     runs: tuple[CaseRun, ...] = ()
     time_s: float = 0.0
@@ -110,6 +117,27 @@ def judge(fault: Fault, result: CaseResult, label: str, elapsed: float) -> tuple
     return run, "conformant"
 
 
+def digest(impl, case: Case) -> str:
+    """sha256 of the bits of impl's forward output on the case's inputs; "" for cases judged by sampling
+    or quantized (their inputs are built elsewhere) and when the forward raises (run_case judged that)."""
+    # here, not at the top: the engine imports triton, which must follow init_worker's TRITON_INTERPRET
+    from moe_cts.conformance.engine import sampled, sampled_experts, sandbox
+    from moe_cts.conformance.engine.protocol import FORWARD
+
+    if (
+        case.spec.quant is not None
+        or sampled.needs_sampling(case)
+        or sampled_experts.needs_expert_sampling(case)
+    ):
+        return ""
+    device = _STATE["device"]
+    try:
+        y = sandbox.field_of(impl.run(case.build_inputs(device.torch_device), FORWARD, device), "y")
+        return hashlib.sha256(sandbox.bits(y).cpu().numpy().tobytes()).hexdigest()
+    except Exception:
+        return ""
+
+
 def _run_cases(fault: Fault, cases: list[Case], timeout_s: float) -> tuple[str, list[CaseRun], list[str]]:
     from moe_cts.conformance.engine.runner import run_case
 
@@ -118,6 +146,8 @@ def _run_cases(fault: Fault, cases: list[Case], timeout_s: float) -> tuple[str, 
         t0 = time.perf_counter()
         result = run_case(impl, case, _STATE["device"], timeout_s=timeout_s)
         run, verdict = judge(fault, result, _label(case), time.perf_counter() - t0)
+        if verdict == "conformant" and fault.kind == "mutation":
+            run = replace(run, digest=digest(impl, case))
         runs.append(run)
         if verdict == "killed":
             return "killed", runs, [run.case]
@@ -175,6 +205,8 @@ def run_control(fault: Fault, case: Case, timeout_s: float) -> CaseRun:
     from moe_cts.conformance.engine.runner import run_case
 
     t0 = time.perf_counter()
-    result = run_case(_impl(fault, control=True), case, _STATE["device"], timeout_s=timeout_s)
+    impl = _impl(fault, control=True)
+    result = run_case(impl, case, _STATE["device"], timeout_s=timeout_s)
     return CaseRun(_label(case), result.outcome.value, result.failing_stage, "",
-                   round(time.perf_counter() - t0, 3), result.message[:300])  # fmt: skip
+                   round(time.perf_counter() - t0, 3), result.message[:300],
+                   digest(impl, case) if fault.kind == "mutation" else "")  # fmt: skip
