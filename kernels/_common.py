@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
 import triton.language as tl
 
 from moe_cts.reference.spec import SpecError
@@ -15,6 +16,20 @@ from moe_cts.reference.spec import SpecError
 INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def dot_acc(a, b, acc, INPUT_PRECISION: tl.constexpr):
+    """acc + a @ b, (M, K) x (K, N) -> (M, N) fp32: tl.dot on GPUs; under the interpreter a broadcast
+    product summed over K, because the interpreter's tl.dot is the host BLAS (numpy's matmul), whose fp32
+    results depend on a row's position in the tile (measured: OpenBLAS 0.3.31 in numpy 2.4.6 on an AMD EPYC,
+    thousands of differing elements between a row computed alone and inside a 32-row tile). A token's
+    bits would then change with the batch around it and no batch-invariance claim could hold there. The
+    sum runs over K the same way for every row, so each row's bits depend on its own data only."""
+    if INTERPRET:
+        return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    else:
+        return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
 
 def require_tensor(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moe_cts.kernels._common import INTERPRET
+from moe_cts.kernels._common import INTERPRET, dot_acc
 
 # The ACTIVATION constexpr: named codes, read by _activate below and (through ACTIVATIONS) by the launcher.
 # Ints, not strings: they keep AOT signatures and compile keys simple. Module globals read inside a
@@ -176,7 +176,7 @@ def gate_up_kernel(
         ):  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
             x = x.to(tl.float32)
             wg = wg.to(tl.float32)
-        acc_g = tl.dot(x, wg, acc_g, input_precision=DOT_PRECISION)
+        acc_g = dot_acc(x, wg, acc_g, DOT_PRECISION)
         if GATED:  # the up tile reuses the x tile already in registers: x is read once for both
             if EVEN_K:
                 wu = tl.load(u_ptrs)
@@ -184,7 +184,7 @@ def gate_up_kernel(
                 wu = tl.load(u_ptrs, mask=k_ok[:, None], other=0.0)
             if INTERPRET:
                 wu = wu.to(tl.float32)
-            acc_u = tl.dot(x, wu, acc_u, input_precision=DOT_PRECISION)
+            acc_u = dot_acc(x, wu, acc_u, DOT_PRECISION)
             u_ptrs += BLOCK_K * stride_w13_h
         x_ptrs += BLOCK_K * stride_x_h
         g_ptrs += BLOCK_K * stride_w13_h
@@ -262,7 +262,7 @@ def down_kernel(
         if INTERPRET:
             a = a.to(tl.float32)
             w = w.to(tl.float32)
-        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+        acc = dot_acc(a, w, acc, DOT_PRECISION)
         a_ptrs += BLOCK_K * stride_a_i
         w_ptrs += BLOCK_K * stride_w2_i
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moe_cts.kernels._common import INTERPRET
+from moe_cts.kernels._common import INTERPRET, dot_acc
 
 # Rank keys below every float's key (-inf maps to -2139095041): taken < masked group < NaN.
 KEY_TAKEN = tl.constexpr(-2147483648)
@@ -72,7 +72,7 @@ def _logits_tile(
         if UPCAST:  # x and router of different dtypes: both to fp32 (exact), dot pinned to ieee
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+        acc = dot_acc(a, tl.trans(b), acc, INPUT_PRECISION)
     return acc
 
 
