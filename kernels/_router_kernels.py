@@ -90,15 +90,19 @@ def router_logits_kernel(
         b = tl.load(
             w_rows + hh[None, :] * stride_w_h, mask=(offs_e[:, None] < E) & (hh[None, :] < H), other=0.0
         )
-        if (
-            INTERPRET
-        ):  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
         if UPCAST:  # x and router of different dtypes: both to fp32 (exact), dot pinned to ieee
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+        if INTERPRET:
+            # fp32 (the interpreter computes bf16 on raw bit patterns, docs/bugs.md#facts-triton-interpreter),
+            # and products summed per row instead of tl.dot: the interpreter's tl.dot is numpy's matmul, and
+            # OpenBLAS (0.3.31, Haswell kernel) gives rows 6.. of a 16-row tile other bits than the same row at
+            # position 0, which would hide the batch invariance the decomposition gives (a GPU's MMA
+            # computes every row of the tile the same way; tests/kernels/test_router_split.py checks both).
+            prod = a.to(tl.float32)[:, None, :] * b.to(tl.float32)[None, :, :]
+            acc += tl.sum(prod, axis=2)
+        else:
+            acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
     out = (pid_s * T + offs_t).to(tl.int64)[:, None] * E + offs_e[None, :]
     tl.store(part_ptr + out, acc, mask=(offs_t < T)[:, None] & (offs_e < E)[None, :])
 
