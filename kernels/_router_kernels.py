@@ -1,7 +1,17 @@
-"""Triton body of the router: logits GEMM, scoring, grouped and plain top-k, weights (one launch).
+"""Triton bodies of the router, two launches (kernels/router.py chooses the tiles):
 
-One program owns BLOCK_T tokens and every expert (BLOCK_E lanes, E padded to a power of two), so the
-softmax, the group scores and the k iterated argmaxes all run on one register tile without a second pass.
+    router_logits_kernel   grid (E tiles x H splits x T tiles,) flattened, E tile fastest
+        part[s, t, e] = sum_{h in split s} x[t, h] * router[e, h]     fp32, (SPLIT_H, T, E)
+    router_select_kernel   grid (cdiv(T, SEL_BLOCK_T),)
+        logits = ((part[0] + part[1]) + ...) + router_bias           fixed order s = 0, 1, ...
+        scores, grouped / plain top-k, weights                        as the oracle's route
+
+The GEMM is spread over many programs so that a decode-size call (T <= 16: one token tile) still reads the
+router matrix with many SMs / CUs; every tile size and the split depend on (E, H, dtypes, backend) only, never
+on T, so a token's logits are the same bits whatever batch it is in (kernels/router.py says why).
+
+One select program owns SEL_BLOCK_T tokens and every expert (BLOCK_E lanes, E padded to a power of two), so
+the softmax, the group scores and the k iterated argmaxes all run on one register tile without a second pass.
 
 Selection runs on int32 "rank keys": the fp32 key's bits mapped to an int whose order is the float order,
 with NaN placed below -inf and masked / taken / padding lanes below NaN. An int argmax with
@@ -31,32 +41,48 @@ def _rank_key(v):
     return tl.where(v != v, KEY_NAN, k)
 
 
-@triton.jit
-def _logits_tile(
-    x_ptr,  # (T, H) x dtype
-    w_ptr,  # (E, H) router dtype
+@triton.jit(do_not_specialize=["T"])
+def router_logits_kernel(
+    x_ptr,  # (T, H) fp32 | fp16 | bf16, any strides
+    w_ptr,  # (E, H) router weight, any strides
+    part_ptr,  # (SPLIT_H, T, E) fp32 out, contiguous: partial logits of each H split
     T,
     E,
     H,
+    h_chunk,  # H columns per split, a multiple of BLOCK_H (the last split may be shorter)
     stride_x_t,
     stride_x_h,
     stride_w_e,
     stride_w_h,
-    offs_t,
-    offs_e,
     UPCAST: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    """(BLOCK_T, BLOCK_E) fp32 logits x @ router.T, accumulated in fp32 over H in BLOCK_H steps."""
+    """One (BLOCK_T, BLOCK_E) tile of one split's partial logits, accumulated in fp32 over the split's
+    columns in BLOCK_H steps:
+
+        pid -> (e tile, split s, t tile), e fastest: programs running together share the x chunk (L2)
+        acc = 0; for h0 in [s * h_chunk, min(H, (s + 1) * h_chunk)) step BLOCK_H: acc = dot(x, w.T, acc)
+        part[s, t, e] = acc                                  (rows t < T, lanes e < E)
+    """
+    n_e = tl.cdiv(E, BLOCK_E)
+    n_s = tl.cdiv(H, h_chunk)
+    pid = tl.program_id(0)
+    pid_e = pid % n_e
+    pid_s = (pid // n_e) % n_s
+    pid_t = pid // (n_e * n_s)
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
     offs_h = tl.arange(0, BLOCK_H)
     # 64-bit row offsets: T * stride_x_t passes 2^31 at T = 50k, H = 7168 (docs/bugs.md#bug-01-int32-address-overflow).
     x_rows = x_ptr + offs_t.to(tl.int64)[:, None] * stride_x_t
     w_rows = w_ptr + offs_e.to(tl.int64)[:, None] * stride_w_e
+    h_begin = pid_s * h_chunk
+    h_end = tl.minimum(h_begin + h_chunk, H)
     acc = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
-    for h0 in range(0, H, BLOCK_H):
+    for h0 in range(h_begin, h_end, BLOCK_H):
         hh = h0 + offs_h
         a = tl.load(
             x_rows + hh[None, :] * stride_x_h, mask=(offs_t[:, None] < T) & (hh[None, :] < H), other=0.0
@@ -64,16 +90,17 @@ def _logits_tile(
         b = tl.load(
             w_rows + hh[None, :] * stride_w_h, mask=(offs_e[:, None] < E) & (hh[None, :] < H), other=0.0
         )
-        if (
-            INTERPRET
-        ):  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
         if UPCAST:  # x and router of different dtypes: both to fp32 (exact), dot pinned to ieee
             a = a.to(tl.float32)
             b = b.to(tl.float32)
+        if INTERPRET:  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        # _common.dot_acc: each row's bits depend on that row only, on the interpreter too (its tl.dot is
+        # numpy's matmul, whose rows depend on their tile position); tests/kernels/test_router_split.py
         acc = dot_acc(a, tl.trans(b), acc, INPUT_PRECISION)
-    return acc
+    out = (pid_s * T + offs_t).to(tl.int64)[:, None] * E + offs_e[None, :]
+    tl.store(part_ptr + out, acc, mask=(offs_t < T)[:, None] & (offs_e < E)[None, :])
 
 
 @triton.jit
@@ -118,9 +145,8 @@ def _group_keep(keys, valid, offs_e, group_size, n_group, topk_group, GROUP_TOP2
 
 
 @triton.jit(do_not_specialize=["T"])
-def router_kernel(
-    x_ptr,  # (T, H) fp32 | fp16 | bf16, any strides
-    w_ptr,  # (E, H) router weight, any strides
+def router_select_kernel(
+    part_ptr,  # (n_split, T, E) fp32 partial logits (router_logits_kernel)
     rbias_ptr,  # (E,) router bias (HAS_RBIAS)
     cbias_ptr,  # (E,) correction bias, selection only (HAS_CBIAS)
     ids_ptr,  # (T, k) int32 out, contiguous
@@ -129,12 +155,8 @@ def router_kernel(
     scores_ptr,  # (T, E) fp32 out, contiguous (STORE_SCORES)
     T,
     E,
-    H,
     K,
-    stride_x_t,
-    stride_x_h,
-    stride_w_e,
-    stride_w_h,
+    n_split,  # SPLIT_H
     stride_rbias,
     stride_cbias,
     group_size,  # E // n_group
@@ -148,21 +170,22 @@ def router_kernel(
     GROUP_TOP2: tl.constexpr,
     RENORMALIZE: tl.constexpr,
     STORE_SCORES: tl.constexpr,
-    UPCAST: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_E: tl.constexpr,
-    BLOCK_H: tl.constexpr,
 ):
+    """Sum the partial logits in split order, then score, select and weight (module docstring)."""
     pid = tl.program_id(0)
     offs_t = pid * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_e = tl.arange(0, BLOCK_E)
     row_ok = offs_t < T
     valid = (offs_e < E)[None, :] & (offs_t >= 0)[:, None]  # (BLOCK_T, BLOCK_E): real expert lanes
-    logits = _logits_tile(
-        x_ptr, w_ptr, T, E, H, stride_x_t, stride_x_h, stride_w_e, stride_w_h, offs_t, offs_e,
-        UPCAST, INPUT_PRECISION, BLOCK_T, BLOCK_E, BLOCK_H,
-    )  # fmt: skip
+    te = offs_t.to(tl.int64)[:, None] * E + offs_e[None, :]
+    m = valid & row_ok[:, None]
+    # Always s = 0, 1, ..., n_split - 1 in this order: fp32 addition is not associative, and a fixed order is
+    # what keeps a token's logits independent of T and of how the programs were scheduled.
+    logits = tl.load(part_ptr + te, mask=m, other=0.0)
+    for s in range(1, n_split):
+        logits += tl.load(part_ptr + (s * T).to(tl.int64) * E + te, mask=m, other=0.0)
     if HAS_RBIAS:
         rb = tl.load(rbias_ptr + offs_e * stride_rbias, mask=offs_e < E, other=0.0).to(tl.float32)
         logits = logits + rb[None, :]
@@ -200,7 +223,5 @@ def router_kernel(
     tl.store(ids_ptr + out, (offs_e[None, :] + rank * 0).to(tl.int32), mask=store_mask)
     tl.store(topw_ptr + out, w, mask=store_mask)
     if STORE_SCORES:
-        te = offs_t.to(tl.int64)[:, None] * E + offs_e[None, :]
-        m = valid & row_ok[:, None]
         tl.store(logits_ptr + te, logits, mask=m)
         tl.store(scores_ptr + te, scores, mask=m)

@@ -48,7 +48,10 @@ class KernelInfo:
 
 
 KERNELS: dict[str, KernelInfo] = {
-    "router_kernel": KernelInfo("moe_cts.kernels._router_kernels", "route", matrix=False),
+    # matrix=False as for the single-kernel router before: the router tiles are not the config tables' (which
+    # the tables tier compiles for every matrix kernel), and an fp32 ieee dot may use FMA on NVIDIA
+    "router_logits_kernel": KernelInfo("moe_cts.kernels._router_kernels", "route", matrix=False),
+    "router_select_kernel": KernelInfo("moe_cts.kernels._router_kernels", "route", matrix=False),
     "align_one_chunk_kernel": KernelInfo("moe_cts.kernels._align_kernels", "align", matrix=False),
     "chunk_hist_kernel": KernelInfo("moe_cts.kernels._align_kernels", "align", matrix=False),
     "chunk_scan_kernel": KernelInfo("moe_cts.kernels._align_kernels", "align", matrix=False),

@@ -1,9 +1,27 @@
-"""Router stage: logits, scores, grouped / plain top-k and weights in one Triton launch.
+"""Router stage: logits, scores, grouped / plain top-k and weights in two Triton launches.
 
-The twin of `moe_cts.reference.numpy_oracle.route`; the kernel body is `_router_kernels.router_kernel`.
+The twin of `moe_cts.reference.numpy_oracle.route`; the kernel bodies are in `_router_kernels`:
+
+    part   = router_logits_kernel(x, router)     # (SPLIT_H, T, E) fp32, grid: E tiles x H splits x T tiles
+    logits = sum_s part[s] (+ router_bias)       # router_select_kernel, s = 0, 1, ... in that order,
+    ids, w = select(logits)                      #   then softmax / sigmoid, top-k, weights
+
+Why two launches: one program per token tile cannot use the GPU at decode sizes. At T <= 16 the old single
+kernel ran ONE program that read the whole router matrix on one SM (DeepSeek-V3, E 256, H 7168, bf16: 3.7 MB;
+at T = 1 the forward with that router took 0.42 ms against 0.19 ms with the ids given: H200, CUDA-graph replay).
+The logits GEMM is now split over E tiles and H splits, so a decode call runs E/BLOCK_E * SPLIT_H programs.
+
+Why one path for every T (no fused kernel kept for large T): batch invariance. The tiles and the split are a
+function of (E, H, dtypes, backend) only (`logits_tile_for`), and the partials are summed in one fixed order, so
+a token's logits are the same bits whether it is routed alone or inside 4096 tokens. A second path for large T
+would need bitwise-equal logits from another tl.dot shape, which nothing guarantees. The price at large T is
+the partial-logits traffic, SPLIT_H * T * E * 4 bytes written and read once: `logits_tile_for` caps SPLIT_H so
+that it stays at most the bytes of x itself (T * H * element size).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -11,12 +29,62 @@ import triton
 from moe_cts.kernels import config as _config
 from moe_cts.kernels import target_info
 from moe_cts.kernels._common import INTERPRET, SUPPORTED_DTYPES, require_tensor
-from moe_cts.kernels._router_kernels import router_kernel
+from moe_cts.kernels._router_kernels import router_logits_kernel, router_select_kernel
 from moe_cts.kernels.metadata import Routing
 from moe_cts.reference.spec import MoESpec, MoEWeights, SpecError, check_input
 
-#: Largest E one program can hold: the (BLOCK_T, BLOCK_E) fp32 tiles live in registers.
+#: Largest E one select program can hold: the (BLOCK_T, BLOCK_E) fp32 tiles live in registers.
 MAX_EXPERTS = 1024
+#: Programs the logits GEMM aims for at T <= LOGITS_BLOCK_T (one token tile): about one per SM / CU of the
+#: GPUs this targets (H100 / H200: 132 SMs; MI300X: 304 CUs). A target, not a device query: the split must
+#: not depend on the device a call runs on more than on the backend (AOT compiles it per backend).
+DECODE_PROGRAMS = 128
+#: Token rows of one logits tile: tl.dot's minimum M, so a decode call computes one tile row of 16.
+LOGITS_BLOCK_T = 16
+#: Largest E tile of the logits GEMM: E / BLOCK_E tiles times SPLIT_H splits make the decode programs.
+LOGITS_MAX_BLOCK_E = 64
+#: Bytes of one router tile (BLOCK_E x BLOCK_H) per pipeline stage: with the x tile (16 x BLOCK_H, at most
+#: 4 KiB) two stages need at most 40 KiB, inside AMD's 64 KiB LDS (gfx90a / gfx942) with room for the
+#: layout conversions of tl.dot's operands.
+ROUTER_TILE_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class LogitsTile:
+    """The decomposition of the logits GEMM (router_logits_kernel). A function of (E, H, dtypes, backend):
+    never of T, so a token's logits do not depend on the batch (module docstring).
+
+        BLOCK_T   token rows per program (tl.dot M)      BLOCK_E   experts per program (tl.dot N)
+        BLOCK_H   columns per dot step (tl.dot K)        H_CHUNK   columns per split, a multiple of BLOCK_H
+        SPLIT_H   cdiv(H, H_CHUNK): partial logits (SPLIT_H, T, E) fp32, summed in order s = 0, 1, ...
+    """
+
+    BLOCK_T: int
+    BLOCK_E: int
+    BLOCK_H: int
+    H_CHUNK: int
+    SPLIT_H: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def validate(self, H: int) -> LogitsTile:
+        for name in ("BLOCK_T", "BLOCK_E", "BLOCK_H"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 16 and v & (v - 1) == 0):
+                raise SpecError(f"logits_tile.{name}", "a power of two >= 16 (tl.dot's minimum)", v)
+        if not (isinstance(self.H_CHUNK, int) and self.H_CHUNK >= 1 and self.H_CHUNK % self.BLOCK_H == 0):
+            raise SpecError(
+                "logits_tile.H_CHUNK", f"a positive multiple of BLOCK_H ({self.BLOCK_H})", self.H_CHUNK
+            )
+        if self.SPLIT_H != -(-H // self.H_CHUNK):
+            raise SpecError(
+                "logits_tile.SPLIT_H", f"cdiv(H, H_CHUNK) = {-(-H // self.H_CHUNK)}", self.SPLIT_H
+            )
+        for name in ("num_warps", "num_stages"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise SpecError(f"logits_tile.{name}", "an int >= 1", v)
+        return self
 
 
 def _warp_size() -> int:
@@ -25,15 +93,41 @@ def _warp_size() -> int:
     return target_info.backend_warp_size(_config.backend())
 
 
-def _block_sizes(E: int, block_t: int | None) -> tuple[int, int, int, int, int]:
-    """(BLOCK_T, BLOCK_E, BLOCK_H, num_warps, num_stages), bucketed so shapes share compiled kernels.
+def logits_tile_for(E: int, H: int, x_dtype: torch.dtype, w_dtype: torch.dtype) -> LogitsTile:
+    """The heuristic (a function of E, H, the dtypes and the backend's warp size only)::
 
-    BLOCK_E is E's next power of two (>= 16, tl.dot's minimum). BLOCK_H keeps one router tile at
-    8192 elements (16 KiB bf16 at E = 256): two pipeline stages then fit AMD's 64 KiB LDS.
-    Threads per program, not warps, are fixed: AOT for gfx942 measured 131072 B of LDS at E = 1024
-    with 8 warps of 64 (512 threads) and 65536 B with 4 (256 threads, as 8 warps of 32 on NVIDIA)."""
+        BLOCK_T = 16                                   decode calls fill one tile row; fixed for invariance
+        BLOCK_E = min(64, next_pow2(E)), >= 16         E / BLOCK_E tiles
+        BLOCK_H = ROUTER_TILE_BYTES / (BLOCK_E * larger element size of x and router), in [16, 128]
+        steps   = cdiv(H, BLOCK_H)                     dot steps over the whole of H
+        split   = min(cdiv(DECODE_PROGRAMS, E tiles),  enough programs at decode,
+                      H * x bytes // (E * 4),          partial traffic <= x's own bytes (large T),
+                      steps), >= 1
+        H_CHUNK = cdiv(steps, split) * BLOCK_H;  SPLIT_H = cdiv(H, H_CHUNK)   (no empty split)
+
+    Examples (bf16): DeepSeek-V3 E 256, H 7168 -> BLOCK_E 64, BLOCK_H 128, SPLIT_H 14 (56 programs at decode);
+    Mixtral E 8, H 4096 -> BLOCK_E 16, SPLIT_H 32 (32 programs). num_warps: 128 threads (4 warps of 32, or 2
+    of 64 on AMD), the old router's rule for tiles of <= 4096 fp32 accumulators."""
+    elt_w = torch.empty((), dtype=w_dtype).element_size()
+    elt_x = torch.empty((), dtype=x_dtype).element_size()
+    BLOCK_E = max(16, min(LOGITS_MAX_BLOCK_E, triton.next_power_of_2(E)))
+    BLOCK_H = max(16, min(128, ROUTER_TILE_BYTES // (BLOCK_E * max(elt_w, elt_x))))
+    steps = triton.cdiv(H, BLOCK_H)
+    e_tiles = triton.cdiv(E, BLOCK_E)
+    split = max(1, min(triton.cdiv(DECODE_PROGRAMS, e_tiles), (H * elt_x) // (E * 4), steps))
+    h_chunk = triton.cdiv(steps, split) * BLOCK_H
+    num_warps = max(1, 128 // _warp_size())
+    return LogitsTile(LOGITS_BLOCK_T, BLOCK_E, BLOCK_H, h_chunk, triton.cdiv(H, h_chunk), num_warps, 2)
+
+
+def _select_sizes(E: int, block_t: int | None) -> tuple[int, int, int]:
+    """(BLOCK_T, BLOCK_E, num_warps) of router_select_kernel, a function of E and the backend (never of T:
+    the softmax and renormalizing sums reduce along a layout that depends on the tile shape).
+
+    BLOCK_E is E's next power of two (>= 16). Threads per program, not warps, are fixed: AOT for gfx942
+    measured 131072 B of LDS at E = 1024 with 8 warps of 64 (512 threads) and 65536 B with 4 (256 threads,
+    as 8 warps of 32 on NVIDIA) for the single-kernel router this select stage comes from."""
     BLOCK_E = max(16, triton.next_power_of_2(E))
-    BLOCK_H = max(16, min(128, 8192 // BLOCK_E))
     if block_t is not None:
         BLOCK_T = block_t
     elif INTERPRET:
@@ -43,12 +137,12 @@ def _block_sizes(E: int, block_t: int | None) -> tuple[int, int, int, int, int]:
     else:
         BLOCK_T = 16 if BLOCK_E >= 256 else 32
     threads = 128 if BLOCK_T * BLOCK_E <= 4096 else 256
-    num_warps = max(1, threads // _warp_size())
-    num_stages = 1 if BLOCK_E >= 1024 else 2
-    return BLOCK_T, BLOCK_E, BLOCK_H, num_warps, num_stages
+    return BLOCK_T, BLOCK_E, max(1, threads // _warp_size())
 
 
-def _check(spec: MoESpec, weights: MoEWeights, x: torch.Tensor, block_t: int | None) -> None:
+def _check(
+    spec: MoESpec, weights: MoEWeights, x: torch.Tensor, block_t: int | None, tile: LogitsTile | None
+) -> None:
     """Raise SpecError / NotSupportedError naming the field before any launch."""
     from moe_cts.kernels.capabilities import NotSupportedError
 
@@ -65,7 +159,11 @@ def _check(spec: MoESpec, weights: MoEWeights, x: torch.Tensor, block_t: int | N
     if E > MAX_EXPERTS:
         raise NotSupportedError(f"num_experts: the router kernel supports E <= {MAX_EXPERTS}, got {E}")
     if block_t is not None and (block_t < 16 or block_t & (block_t - 1)):
-        raise SpecError("block_t", "a power of two >= 16 (tl.dot's minimum)", block_t)
+        raise SpecError("block_t", "a power of two >= 16", block_t)
+    if tile is not None:
+        if not isinstance(tile, LogitsTile):
+            raise SpecError("logits_tile", "a moe_cts.kernels.router.LogitsTile", tile)
+        tile.validate(H)
 
 
 def router_weights(weights: MoEWeights, x: torch.Tensor) -> MoEWeights:
@@ -86,6 +184,7 @@ def route(
     x: torch.Tensor,
     *,
     block_t: int | None = None,
+    logits_tile: LogitsTile | None = None,
     allow_tf32: bool = False,
     keep_scores: bool = True,
 ) -> Routing:
@@ -98,9 +197,12 @@ def route(
 
         x (T, H) fp32|fp16|bf16 -> topk_ids (T, k) int32, topk_weights (T, k) fp32,
                                    logits (T, E) fp32, scores (T, E) fp32 (None if not keep_scores)
+        workspace: partial logits (SPLIT_H, T, E) fp32
 
-    No host synchronization; T = 0 launches nothing. `block_t` forces the token tile (tests)."""
-    _check(spec, weights, x, block_t)
+    No host synchronization; T = 0 launches nothing. `block_t` forces the select kernel's token tile and
+    `logits_tile` the GEMM's decomposition (tests and benchmarks; both change a row's bits, so a caller that
+    needs batch invariance keeps the defaults)."""
+    _check(spec, weights, x, block_t, logits_tile)
     T, E, H, k = x.shape[0], spec.num_experts, spec.hidden_size, spec.top_k
     dev = x.device
     ids = torch.empty((T, k), dtype=torch.int32, device=dev)
@@ -111,24 +213,48 @@ def route(
         scores = torch.empty((T, E), dtype=torch.float32, device=dev)
     if T == 0:
         return Routing(topk_ids=ids, topk_weights=topw, logits=logits, scores=scores)
+    lt = logits_tile or logits_tile_for(E, H, x.dtype, weights.router.dtype)
+    part = _launch_logits(x, weights.router, lt, allow_tf32)
+    _launch_select(spec, weights, part, lt.SPLIT_H, ids, topw, logits, scores, block_t)
+    return Routing(topk_ids=ids, topk_weights=topw, logits=logits, scores=scores)
 
-    BLOCK_T, BLOCK_E, BLOCK_H, num_warps, num_stages = _block_sizes(E, block_t)
+
+def _launch_logits(x: torch.Tensor, w: torch.Tensor, lt: LogitsTile, allow_tf32: bool) -> torch.Tensor:
+    """part (SPLIT_H, T, E) fp32 from router_logits_kernel, one program per (E tile, split, T tile)."""
+    T, H = x.shape
+    E = w.shape[0]
+    part = torch.empty((lt.SPLIT_H, T, E), dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(E, lt.BLOCK_E) * lt.SPLIT_H * triton.cdiv(T, lt.BLOCK_T),)
+    router_logits_kernel[grid](
+        x_ptr=x, w_ptr=w, part_ptr=part,
+        T=T, E=E, H=H, h_chunk=lt.H_CHUNK,
+        stride_x_t=x.stride(0), stride_x_h=x.stride(1), stride_w_e=w.stride(0), stride_w_h=w.stride(1),
+        UPCAST=x.dtype != w.dtype,
+        INPUT_PRECISION="tf32" if allow_tf32 else "ieee",
+        BLOCK_T=lt.BLOCK_T, BLOCK_E=lt.BLOCK_E, BLOCK_H=lt.BLOCK_H,
+        num_warps=lt.num_warps, num_stages=lt.num_stages,
+    )  # fmt: skip
+    return part
+
+
+def _launch_select(spec, weights, part, n_split, ids, topw, logits, scores, block_t) -> None:
+    """router_select_kernel over cdiv(T, BLOCK_T) token tiles: sum the partials, score, select, weight."""
+    T, E, k = part.shape[1], spec.num_experts, spec.top_k
+    BLOCK_T, BLOCK_E, num_warps = _select_sizes(E, block_t)
+    keep_scores = logits is not None
     rb = weights.router_bias if spec.router_bias else weights.router
     cb = weights.correction_bias if spec.correction_bias else weights.router
-    router_kernel[(triton.cdiv(T, BLOCK_T),)](
+    router_select_kernel[(triton.cdiv(T, BLOCK_T),)](
         # inputs
-        x_ptr=x, w_ptr=weights.router, rbias_ptr=rb, cbias_ptr=cb,
+        part_ptr=part, rbias_ptr=rb, cbias_ptr=cb,
         # outputs
         ids_ptr=ids, topw_ptr=topw,
         logits_ptr=logits if keep_scores else topw, scores_ptr=scores if keep_scores else topw,
         # sizes and scalars
-        T=T, E=E, H=H, K=k,
+        T=T, E=E, K=k, n_split=n_split,
+        stride_rbias=rb.stride(0), stride_cbias=cb.stride(0),
         group_size=E // spec.n_group, n_group=spec.n_group, topk_group=spec.topk_group,
         scaling=float(spec.routed_scaling_factor),
-        # strides
-        stride_x_t=x.stride(0), stride_x_h=x.stride(1),
-        stride_w_e=weights.router.stride(0), stride_w_h=weights.router.stride(1),
-        stride_rbias=rb.stride(0), stride_cbias=cb.stride(0),
         # constexprs
         SIGMOID=spec.scoring == "sigmoid",
         HAS_RBIAS=spec.router_bias,
@@ -137,10 +263,7 @@ def route(
         GROUP_TOP2=spec.group_score == "top2_sum",
         RENORMALIZE=spec.renormalize,
         STORE_SCORES=keep_scores,
-        UPCAST=x.dtype != weights.router.dtype,
-        INPUT_PRECISION="tf32" if allow_tf32 else "ieee",
-        BLOCK_T=BLOCK_T, BLOCK_E=BLOCK_E, BLOCK_H=BLOCK_H,
+        BLOCK_T=BLOCK_T, BLOCK_E=BLOCK_E,
         # launch options
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=1,
     )  # fmt: skip
-    return Routing(topk_ids=ids, topk_weights=topw, logits=logits, scores=scores)

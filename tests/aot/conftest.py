@@ -47,6 +47,21 @@ ACCEPTANCE = [
 ]
 
 
+#: The router's two kernels on every target (issue 15): DeepSeek-V3's logits tiles are the largest the heuristic
+#: picks (E 256: BLOCK_E 64), in bf16 (the matrix units) and fp32 (the widest elements).
+ROUTER = [
+    aot_plan.Scenario(
+        origin=f"test:router:{dtype}",
+        preset="deepseek-v3",
+        num_tokens=1,
+        dtype=dtype,
+        targets=aot_plan.target_names(),
+        kernels=("router_logits_kernel", "router_select_kernel"),
+    )
+    for dtype in ("bfloat16", "float32")
+]
+
+
 def probe_job(kernel: str, target: str, **constexprs) -> dict:
     launch = Launch(kernel, ({"tensor": "float32", "shape": [1], "stride": [1]},), constexprs)
     info = aot_plan.load_targets()["targets"][target]
@@ -92,10 +107,11 @@ def guard_scenarios() -> list[aot_plan.Scenario]:
 
 
 def _compile_everything() -> dict:
-    """One plan (default tier + acceptance + guard) and one worker run (acceptance + guard + probes)."""
+    """One plan (default tier + acceptance + router + guard) and one worker run (the same, and the probes)."""
     planned = aot.plan_jobs(
         aot_plan.scenarios("default", aot_plan.target_names())
         + ACCEPTANCE
+        + ROUTER
         + quant_scenarios()
         + guard_scenarios()
     )

@@ -197,7 +197,8 @@ def test_zero_tokens_give_empty_outputs_without_a_launch(monkeypatch):
 
     spec = MoESpec(16, 8, 8, 2)
     w, x = _inputs(Case("t0", spec, 0))
-    monkeypatch.setattr(router_mod, "router_kernel", None)  # any launch would raise TypeError
+    monkeypatch.setattr(router_mod, "router_logits_kernel", None)  # any launch would raise TypeError
+    monkeypatch.setattr(router_mod, "router_select_kernel", None)
     r = route(spec, w, x)
     assert r.topk_ids.shape == (0, 2) and r.topk_weights.shape == (0, 2)
     assert r.logits.shape == (0, 8) and r.scores.shape == (0, 8)
@@ -325,7 +326,8 @@ BAD = _bad_inputs()
 def test_bad_input_is_rejected_before_launch(field, spec, w, x, error, monkeypatch):
     import moe_cts.kernels.router as router_mod
 
-    monkeypatch.setattr(router_mod, "router_kernel", None)
+    monkeypatch.setattr(router_mod, "router_logits_kernel", None)
+    monkeypatch.setattr(router_mod, "router_select_kernel", None)
     with pytest.raises(error, match=f"^{re.escape(field)}"):
         route(spec, w, x)
 
