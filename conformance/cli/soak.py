@@ -64,7 +64,7 @@ def _print(report: SoakReport, out_dir: Path) -> None:
     t = Table(title=f"soak: {report.impl} on {report.device}")
     t.add_column("what")
     t.add_column("value", overflow="fold")
-    t.add_row("cases run", f"{d['cases_run']} of {report.plan['cases']}")
+    t.add_row("cases run", f"{d['cases_run']} of {report.plan['cases']} ({d['cases_with_T0']} with T = 0)")
     for outcome, n in d["counts"].items():
         t.add_row(outcome, str(n))
     t.add_row("compiles", str(d["compiles"]))

@@ -100,6 +100,8 @@ class SoakReport:
     compiles: int = 0
     generated: int = 0
     duplicates: int = 0
+    started: int = 0  # cases taken off the stream; equals ran once soak() returns (none lost)
+    empty: int = 0  # cases with T = 0 (the strategy draws the edge often): counted, but nothing to judge
     elapsed_s: float = 0.0
     stopped: str = ""  # why the run ended before plan.cases ("time limit", "device lost: ...")
     worst_ratio: dict = field(default_factory=dict)  # stage -> largest max_ratio among conformant cases
@@ -113,6 +115,7 @@ class SoakReport:
         return {
             "impl": self.impl, "device": self.device, "plan": self.plan, "cases_run": ran,
             "counts": dict(sorted(self.counts.items())), "compiles": self.compiles,
+            "cases_started": self.started, "cases_with_T0": self.empty,
             "generated": self.generated, "duplicates_skipped": self.duplicates,
             "elapsed_s": round(self.elapsed_s, 3),
             "cases_per_s": round(ran / self.elapsed_s, 2) if self.elapsed_s > 0 else None,
@@ -261,6 +264,7 @@ class _Loop:
         """Run one case on the device; False when the device can take no more."""
         case = Case.from_id(cid)
         self.started += 1
+        self.report.started = self.started
         kind, payload = run_on_device(self.impl, case, self.device, self.caps)
         if kind == "recorded":
             self.chunk.append((cid, payload))
@@ -300,6 +304,7 @@ class _Loop:
         r = self.report
         r.counts[rec["outcome"]] += 1
         p = case.params()
+        r.empty += p["T"] == 0
         for key in SHAPE_KEYS:
             lo, hi = r.ranges.get(key, (p[key], p[key]))
             r.ranges[key] = [min(lo, p[key]), max(hi, p[key])]
