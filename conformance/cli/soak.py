@@ -30,7 +30,7 @@ def soak(
     out: Annotated[str, typer.Option(help="directory for soak.json and soak-fails.txt")] = "moe-cts-soak",
     impl: Annotated[str, typer.Option(help="implementation under test (moe-cts list shows them)")] = "triton",
     time_limit: Annotated[float | None, typer.Option(min=0.0, help="stop launching cases after this many seconds; what ran is reported")] = None,
-    workers: Annotated[int, typer.Option(min=0, help="judge and generation processes (0: CPUs less one)")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="worker processes: each generates, runs on the device and judges (0: CPUs less one)")] = 0,
     spec_pool: Annotated[int, typer.Option(min=0, help="distinct specs per run, bounds Triton compiles (0: a fresh spec per case)")] = 64,
     batch: Annotated[int, typer.Option(min=1, help="generated cases per hypothesis run")] = 500,
 ) -> None:  # fmt: skip
@@ -67,7 +67,7 @@ def _print(report: SoakReport, out_dir: Path) -> None:
     t.add_row("cases run", f"{d['cases_run']} of {report.plan['cases']} ({d['cases_with_T0']} with T = 0)")
     for outcome, n in d["counts"].items():
         t.add_row(outcome, str(n))
-    t.add_row("compiles", str(d["compiles"]))
+    t.add_row("compiles", f"{d['compiles']} (and {d['cache_loads']} loaded from Triton's cache)")
     t.add_row("elapsed", f"{d['elapsed_s']:.1f} s ({d['cases_per_s']} cases/s)")
     for key in ("T", "H", "I", "E", "k"):
         if key in d["ranges"]:

@@ -50,7 +50,7 @@ class SoakJob:
 
     impl_name: str
     caps: Capabilities  # the real implementation's claims
-    device: Device  # the real device (backend, arch: the accumulator profile), torch_device on the host
+    device: Device  # the device under test (its backend and arch pick the accumulator profile)
     seed: int
     batch: int  # generated cases per batch
     spec_pool: int  # distinct specs per run (0: a fresh spec per case); bounds Triton compiles
@@ -59,6 +59,7 @@ class SoakJob:
     max_intermediate: int
     max_experts: int
     strict_ties: bool = False
+    impl: Any = None  # the implementation object (pickled into each worker); None for a judge-only job
 
 
 # ----------------------------------------------------------------------------------------------- generation
