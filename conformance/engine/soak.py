@@ -105,7 +105,7 @@ class SoakReport:
     generated: int = 0
     duplicates: int = 0
     started: int = 0  # cases the workers ran; ran + duplicates once soak() returns (none lost)
-    empty: int = 0  # cases with T = 0 (the strategy draws the edge often): counted, but nothing to judge
+    empty: int = 0  # cases with T = 0: none, as generate_batch leaves them out (kept as a check of that)
     elapsed_s: float = 0.0
     stopped: str = ""  # why the run ended before plan.cases ("time limit", "device lost: ...")
     worst_ratio: dict = field(default_factory=dict)  # stage -> largest max_ratio among conformant cases
