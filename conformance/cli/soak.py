@@ -31,7 +31,7 @@ def soak(
     impl: Annotated[str, typer.Option(help="implementation under test (moe-cts list shows them)")] = "triton",
     time_limit: Annotated[float | None, typer.Option(min=0.0, help="stop launching cases after this many seconds; what ran is reported")] = None,
     workers: Annotated[int, typer.Option(min=0, help="worker processes: each generates, runs on the device and judges (0: CPUs less one)")] = 0,
-    spec_pool: Annotated[int, typer.Option(min=0, help="distinct specs per run, bounds Triton compiles (0: a fresh spec per case)")] = 64,
+    spec_pool: Annotated[int, typer.Option(min=0, help="distinct specs per run, bounds Triton compiles (0: a fresh spec per case)")] = 16,
     batch: Annotated[int, typer.Option(min=1, help="generated cases per hypothesis run")] = 500,
 ) -> None:  # fmt: skip
     """Run N generated cases through route() and the forward on one device, judge each against the float64

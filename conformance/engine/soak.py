@@ -71,7 +71,7 @@ class SoakPlan:
     time_limit_s: float | None = None  # stop launching new cases after this many seconds
     workers: int = 0  # judge/generation processes; 0: the CPU count less one
     batch: int = 500  # generated cases per hypothesis run (per seed)
-    spec_pool: int = 64  # distinct specs per run (0: a fresh spec per case)
+    spec_pool: int = 16  # distinct specs per run (0: a fresh spec per case); bounds compiles (docs/soak.md)
     shapes: dict = field(default_factory=dict)  # strategy bounds; empty: GPU_SHAPES or HOST_SHAPES
     strict_ties: bool = False
 

@@ -111,7 +111,9 @@ def _counter() -> CompileCounter:
 
 
 def run_batch(job: SoakJob, b: int, n: int, pool: list | None, deadline: float | None) -> BatchResult:
-    """Up to n cases of batch b (module docstring); stops at `deadline` (time.time()) with what it judged."""
+    """Up to n cases of batch b (module docstring); stops at `deadline` (time.time()) with what it judged.
+    The deadline counts from soak()'s start, so worker start-up (spawn, imports: ~5 to 20 s on the test VM)
+    is inside it."""
     counter = _counter()
     c0, l0 = counter.compiles, counter.cache_loads
     ids = generate_batch(job, b, pool)

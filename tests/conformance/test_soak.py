@@ -114,7 +114,7 @@ def test_soak_cli_catches_a_broken_implementation_and_its_fails_replay(tmp_path,
 
 def test_time_limit_stops_early_and_keeps_every_result(device):
     rep = soak(get_implementation("torch-eager"), device,
-               SoakPlan(cases=10**6, time_limit_s=12, workers=1, batch=20, spec_pool=4))  # fmt: skip
+               SoakPlan(cases=10**6, time_limit_s=25, workers=1, batch=20, spec_pool=4))  # fmt: skip
     assert rep.stopped.startswith("time limit")
     assert 0 < rep.ran == rep.started - rep.duplicates < 10**6
     assert rep.to_json()["cases_run"] == rep.ran
