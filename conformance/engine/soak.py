@@ -42,6 +42,7 @@ device calls per case (route, forward) and only the judgement of their outputs, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -50,6 +51,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.devices import Device
@@ -150,10 +153,35 @@ def soak(impl, device: Device, plan: SoakPlan, progress: Callable[[str], None] |
     deadline = None if plan.time_limit_s is None else time.time() + plan.time_limit_s
     pool_specs = spec_pool(job) if plan.spec_pool else None
     ctx = multiprocessing.get_context("spawn")  # fork after CUDA or triton initialization is unsafe
-    with ctx.Pool(_workers(plan)) as pool:
+    with _one_thread_each(), ctx.Pool(_workers(plan), initializer=_worker_init) as pool:
         _Loop(job, plan, pool, pool_specs, deadline, report, progress).run()
     report.elapsed_s = time.perf_counter() - t0
     return report
+
+
+#: BLAS/OpenMP pools of one thread in the workers: W workers each with a pool per core would oversubscribe the
+#: host W-fold on the judge's small NumPy and torch operations
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _one_thread_each():
+    """Spawned workers copy the environment when they start, before they import NumPy: set it while the pool
+    runs (a worker the pool restarts gets it too), then restore this process's own."""
+    old = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: "1" for k in _THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
 
 
 class _Loop:

@@ -16,10 +16,11 @@ from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.results import Outcome
 from moe_cts.conformance.engine.runner import run_case
 from moe_cts.conformance.engine.soak import HOST_SHAPES, SoakPlan, soak
-from moe_cts.conformance.engine.soak_worker import CompileCounter
+from moe_cts.conformance.engine.soak_worker import CompileCounter, run_on_device
 from moe_cts.conformance.impls.broken import BROKEN
 from moe_cts.conformance.impls.broken_quant import QUANT_TABLE
 from moe_cts.conformance.impls.registry import get_implementation
+from moe_cts.reference.errors import NotSupportedError
 
 #: the broken implementations on unquantized cases (the soak stream draws no quantized case: docs/soak.md)
 PLAIN_BROKEN = sorted(set(BROKEN) - {row[0] for row in QUANT_TABLE})
@@ -141,3 +142,29 @@ def test_compile_counter_counts_and_restores_the_listener():
         for hit in (False, False, True):
             knobs.compilation.listener(src=None, metadata={}, metadata_group={}, times=None, cache_hit=hit)
     assert (c.compiles, c.cache_loads) == (2, 1) and knobs.compilation.listener is before
+
+
+class _Raising:
+    """A test double whose forward raises: the soak lane records a Crash (or NotSupported) without judging."""
+
+    name = "raising"
+
+    def __init__(self, err: Exception):
+        self.err, self.inner = err, get_implementation("torch-eager")
+
+    def capabilities(self):
+        return self.inner.capabilities()
+
+    def run(self, inputs, stage, device=None, *, out=None):
+        raise self.err
+
+
+@pytest.mark.parametrize(
+    ("err", "kind"), [(RuntimeError("boom"), "crash"), (NotSupportedError("declined"), "not_supported")]
+)
+def test_an_implementation_error_is_counted_not_raised(err, kind, device):
+    case = BROKEN["zero-output"].case
+    got, message = run_on_device(
+        _Raising(err), case, device, get_implementation("torch-eager").capabilities()
+    )
+    assert got == kind and str(err) in message
