@@ -70,7 +70,7 @@ class CompileCounter:
 
 # ----------------------------------------------------------------------------------------------- device side
 def run_on_device(impl, case: Case, device: Device, caps) -> tuple[str, Any]:
-    """("recorded", Recorded) to judge, or (outcome, message) settled without the judge: waived by the device
+    """("recorded", (Recorded, host CaseInputs)) to judge, or (outcome, message) settled without the judge: waived by the device
     matrix, NotSupported (claims, or the implementation declined), Crash (it raised)."""
     reason = waiver_for(device, case)
     if reason:
@@ -78,8 +78,16 @@ def run_on_device(impl, case: Case, device: Device, caps) -> tuple[str, Any]:
     why = caps.unsupported_case(case)
     if why:
         return "not_supported", why
+    host = case.build_inputs("cpu")  # built once: moved to the device here, handed to the judge as it is
+    on_device = host
+    if host.qweights is not None and host.device != device.torch_device:  # codes + scales: build there
+        on_device = case.build_inputs(device.torch_device)
+    elif host.device != device.torch_device:
+        on_device = dataclasses.replace(
+            host, x=host.x.to(device.torch_device), weights=host.weights.to(device.torch_device)
+        )
     try:
-        return "recorded", record(impl, case.build_inputs(device.torch_device), device, caps)
+        return "recorded", (record(impl, on_device, device, caps), host)
     except NotSupportedError as err:
         return "not_supported", str(err)
     except Exception as err:
@@ -127,7 +135,8 @@ def run_batch(job: SoakJob, b: int, n: int, pool: list | None, deadline: float |
         case = Case.from_id(cid)
         kind, payload = run_on_device(job.impl, case, job.device, caps)
         if kind == "recorded":
-            rec = summary(judge_one(dataclasses.replace(job, device=host), cid, payload))
+            recording, inputs = payload
+            rec = summary(judge_one(dataclasses.replace(job, device=host), cid, recording, inputs))
         else:
             rec = {"case_id": cid, "outcome": kind, "failing_stage": None, "message": payload[:400],
                    "max_ratio": {}}  # fmt: skip

@@ -34,8 +34,9 @@ def _job(impl, device, **kw) -> sj.SoakJob:
 
 def _soak_verdict(impl, case: Case, device) -> dict:
     caps = impl.capabilities()
-    rec = sj.record(impl, case.build_inputs(device.torch_device), device, caps)
-    r = sj.judge_one(_job(impl, device), case.case_id, rec)
+    inputs = case.build_inputs(device.torch_device)
+    rec = sj.record(impl, inputs, device, caps)
+    r = sj.judge_one(_job(impl, device), case.case_id, rec, inputs)  # the worker's path: inputs built once
     return {v.stage: (v.outcome, v.max_ratio) for v in r.stages if v.stage in sj.JUDGED} | {"case": r.outcome}
 
 
