@@ -9,6 +9,7 @@
     moe-cts merge REPORT... --out DIR              fleet report of several report.json
     moe-cts compile [--targets] [--full]           ahead-of-time compile matrix (cli/compile.py)
     moe-cts recall [--profile P] [--jobs N]        injected-bug catalog: killed / survived (cli/recall.py)
+    moe-cts soak --cases N [--time-limit S]        many generated cases, judged and counted (cli/soak.py)
 
 Exit codes: 0 conformant / valid, 1 not conformant / not valid (also an interrupted run), 2 usage error or a
 void run (InternalError, a shard that never started).
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import typer
 
-from moe_cts.conformance.cli import certify, compile, inspect, recall
+from moe_cts.conformance.cli import certify, compile, inspect, recall, soak
 
 app = typer.Typer(
     name="moe-cts",
-    help="Conformance test suite for fused MoE kernels: certify, list, replay, verify, merge, compile, recall.",
+    help="Conformance test suite for fused MoE kernels: certify, list, replay, verify, merge, compile, recall, soak.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -35,6 +36,7 @@ app.command()(inspect.verify)
 app.command()(inspect.merge)
 app.command("compile")(compile.compile_)
 app.command()(recall.recall)
+app.command()(soak.soak)
 
 
 def main() -> None:

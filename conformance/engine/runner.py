@@ -417,6 +417,7 @@ def run_case(
     *,
     timeout_s: float | None = None,
     strict_ties: bool = False,
+    inputs: CaseInputs | None = None,  # the case's inputs already built on this device (the soak lane's)
 ) -> CaseResult:
     """Run and judge one case; never raises for the implementation's errors (module docstring)."""
     t0 = time.perf_counter()
@@ -449,7 +450,7 @@ def run_case(
             session = None
         else:
             with np.errstate(all="ignore"):  # NaN/inf rows are expected; they are judged by placement
-                session = _Session(impl, case, device, strict_ties)
+                session = _Session(impl, case, device, strict_ties, inputs)
     except Exception as err:
         return result(Outcome.INTERNAL_ERROR, message=f"harness: {sandbox.summary(err)}")
     verdicts: list[StageVerdict] = []
