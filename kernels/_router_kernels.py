@@ -93,7 +93,9 @@ def router_logits_kernel(
         if UPCAST:  # x and router of different dtypes: both to fp32 (exact), dot pinned to ieee
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        if INTERPRET:  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
+        if (
+            INTERPRET
+        ):  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         # _common.dot_acc: each row's bits depend on that row only, on the interpreter too (its tl.dot is
