@@ -92,10 +92,15 @@ class QuantTensor:
 
     @functools.cached_property
     def _dequantized(self) -> np.ndarray:
+        """Matrix by matrix (one expert at a time): element by element the same products, without
+        full-size temporaries of the repeated scales and the decoded codes."""
         N, K = self.shape[-2:]
-        s = self.scale_values()
-        s = np.repeat(np.repeat(s, self.block[0], axis=-2), self.block[1], axis=-1)[..., :N, :K]
-        return formats.decode(self.fmt, self.element_codes()) * s
+        codes, scales = self.element_codes(), self.scale_values()
+        out = np.empty((*codes.shape[:-2], N, K))
+        for i in np.ndindex(codes.shape[:-2]):
+            s = np.repeat(np.repeat(scales[i], self.block[0], axis=-2), self.block[1], axis=-1)[:N, :K]
+            out[i] = formats.decode(self.fmt, codes[i]) * s
+        return out
 
 
 def _block_amax(w: np.ndarray, bn: int, bk: int) -> np.ndarray:
