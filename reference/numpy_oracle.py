@@ -33,6 +33,18 @@ def _np(t) -> np.ndarray | None:
     return np.array(t, dtype=np.float64)
 
 
+def _weight(t) -> np.ndarray | None:
+    """float64 NumPy array of a weight, for reading only: the tensor's own memory where it already is a
+    C-contiguous float64 CPU tensor or array (the judge's weight views are), else the same copy as _np.
+    Same values and the same layout either way, so the same BLAS calls and bits; the copy of a whole
+    expert tensor cost more than the GEMMs of a small batch on it (issue 15)."""
+    if t is None:
+        return None
+    if hasattr(t, "detach"):
+        t = t.detach().to("cpu").double().numpy()  # a view when already float64 on the CPU
+    return np.ascontiguousarray(t, dtype=np.float64)  # no copy when already C-contiguous float64
+
+
 # ----------------------------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class Routing:
@@ -129,11 +141,11 @@ def route(spec: MoESpec, weights: MoEWeights, x) -> Routing:
     """Router: logits, scores, grouped/plain top-k by the tie rule, weights."""
     x = _np(x)
     check_input(spec, x)
-    logits = x @ _np(weights.router).T
+    logits = x @ _weight(weights.router).T
     if spec.router_bias:
-        logits = logits + _np(weights.router_bias)
+        logits = logits + _weight(weights.router_bias)
     scores = softmax(logits) if spec.scoring == "softmax" else sigmoid(logits)
-    keys = scores + _np(weights.correction_bias) if spec.correction_bias else scores.copy()
+    keys = scores + _weight(weights.correction_bias) if spec.correction_bias else scores.copy()
     masked = select_groups(spec, keys)
     ids = rank_order(keys, masked)[:, : spec.top_k].astype(np.int64)
     keys = np.where(masked, -np.inf, keys)
@@ -208,7 +220,7 @@ def gate_up(spec: MoESpec, weights: MoEWeights, x, topk_ids) -> GateUp:
     """GEMM1 + activation for every assignment (t, j), expert by expert."""
     x, ids = _np(x), np.asarray(topk_ids, dtype=np.int64)
     T, k = ids.shape
-    w13, b13 = _np(weights.w13), _np(weights.b13)
+    w13, b13 = _weight(weights.w13), _weight(weights.b13)
     h = np.zeros((T, k, spec.w13_rows))
     for e in range(spec.num_experts):
         t_idx, j_idx = np.nonzero(ids == e)
@@ -228,7 +240,7 @@ def down(spec: MoESpec, weights: MoEWeights, act, topk_ids) -> np.ndarray:
     """GEMM2: expert_out[t, j] = act[t, j] @ w2[e].T + b2[e] with e = topk_ids[t, j]."""
     act, ids = _np(act), np.asarray(topk_ids, dtype=np.int64)
     T, k = ids.shape
-    w2, b2 = _np(weights.w2), _np(weights.b2)
+    w2, b2 = _weight(weights.w2), _weight(weights.b2)
     out = np.zeros((T, k, spec.hidden_size))
     for e in range(spec.num_experts):
         t_idx, j_idx = np.nonzero(ids == e)
@@ -246,14 +258,14 @@ def shared_expert(spec: MoESpec, weights: MoEWeights, x) -> np.ndarray:
     x = _np(x)
     if spec.shared_width == 0:
         return np.zeros((x.shape[0], spec.hidden_size))
-    h = x @ _np(weights.shared_w13).T
+    h = x @ _weight(weights.shared_w13).T
     if spec.gated:
         S = spec.shared_width
-        out = activate(spec.replace(w13_layout="concat"), h[:, :S], h[:, S:]) @ _np(weights.shared_w2).T
+        out = activate(spec.replace(w13_layout="concat"), h[:, :S], h[:, S:]) @ _weight(weights.shared_w2).T
     else:
-        out = activate(spec, h, None) @ _np(weights.shared_w2).T
+        out = activate(spec, h, None) @ _weight(weights.shared_w2).T
     if spec.shared_gate:
-        out = sigmoid(x @ _np(weights.shared_gate).T) * out
+        out = sigmoid(x @ _weight(weights.shared_gate).T) * out
     return out
 
 

@@ -21,6 +21,7 @@ An all-zero block gets scale 1 (any scale decodes it to zeros). Checkpoint reade
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,11 +82,25 @@ class QuantTensor:
         return formats.e8m0_decode(s) if self.scale_dtype == "e8m0" else s.astype(np.float64)
 
     def dequantize(self) -> np.ndarray:
-        """The exact float64 values W (..., N, K) (elem * scale: at most 4 + 24 significant bits)."""
+        """The exact float64 values W (..., N, K) (elem * scale: at most 4 + 24 significant bits).
+
+        Computed once per tensor and shared (the codes and scales of a QuantTensor are never changed after
+        it is made): the judge of one quantized case asked for the same values up to six times, each a full
+        decode of every expert (issue 15), and QuantizedMoEWeights.base holds this same array. Read it, do
+        not write to it."""
+        return self._dequantized
+
+    @functools.cached_property
+    def _dequantized(self) -> np.ndarray:
+        """Matrix by matrix (one expert at a time): element by element the same products, without
+        full-size temporaries of the repeated scales and the decoded codes."""
         N, K = self.shape[-2:]
-        s = self.scale_values()
-        s = np.repeat(np.repeat(s, self.block[0], axis=-2), self.block[1], axis=-1)[..., :N, :K]
-        return formats.decode(self.fmt, self.element_codes()) * s
+        codes, scales = self.element_codes(), self.scale_values()
+        out = np.empty((*codes.shape[:-2], N, K))
+        for i in np.ndindex(codes.shape[:-2]):
+            s = np.repeat(np.repeat(scales[i], self.block[0], axis=-2), self.block[1], axis=-1)[:N, :K]
+            out[i] = formats.decode(self.fmt, codes[i]) * s
+        return out
 
 
 def _block_amax(w: np.ndarray, bn: int, bk: int) -> np.ndarray:

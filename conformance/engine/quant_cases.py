@@ -57,16 +57,29 @@ def adversarial_matrix(w: np.ndarray, spec: MoESpec, first: int = 0) -> np.ndarr
         full = np.repeat(np.repeat(ex, bn, 0), bk, 1)[:N, :K]
         w[e] *= np.ldexp(1.0, full)
         per_tensor = nb == 1 and kb == 1
-        for b_n in range(nb):
-            for b_k in range(kb):
-                blk = w[e, b_n * bn : (b_n + 1) * bn, b_k * bk : (b_k + 1) * bk]
-                if blk.size > 1:  # one element deep in the subnormal range of the element format
-                    amax = np.abs(blk).max()
-                    blk.flat[1] = np.copysign(amax / elem.max * np.ldexp(0.5, elem.emin), blk.flat[1])
+        _subnormal_elements(w[e], bn, bk, elem)
         if first + e == 0 and not per_tensor and nb * kb >= 3:
             w[e, :bn, (kb - 1) * bk :] *= TINY_BLOCK  # the last K block of the first row block: tiny
             w[e, (nb - 1) * bn :, :bk] = 0.0  # the first K block of the last row block: all zero
     return w.reshape(*lead, N, K)
+
+
+def _subnormal_elements(w: np.ndarray, bn: int, bk: int, elem: formats.Format) -> None:
+    """In place, per (bn, bk) block of w (N, K) with >= 2 elements: its element flat[1] (row 0, column 1; row
+    1, column 0 in a one-column block) becomes amax / elem.max * 2^(emin - 1) with that element's sign, one
+    element deep in the subnormal range of the element format. All blocks at once (blocks are disjoint, so
+    each amax is the one the block had before its own change, as block by block)."""
+    N, K = w.shape
+    nb, kb = -(-N // bn), -(-K // bk)
+    pad = np.zeros((nb * bn, kb * bk))
+    pad[:N, :K] = np.abs(w)
+    amax = pad.reshape(nb, bn, kb, bk).max(axis=(1, 3))  # zero padding never wins over |w| >= 0
+    r0, c0 = np.meshgrid(np.arange(nb) * bn, np.arange(kb) * bk, indexing="ij")
+    height, width = np.minimum(N - r0, bn), np.minimum(K - c0, bk)
+    r, c = np.where(width >= 2, r0, r0 + 1), np.where(width >= 2, c0 + 1, c0)
+    ok = height * width > 1
+    r, c, amax = r[ok], c[ok], amax[ok]
+    w[r, c] = np.copysign(amax / elem.max * np.ldexp(0.5, elem.emin), w[r, c])
 
 
 def adversarial_x(spec: MoESpec, x: torch.Tensor) -> None:

@@ -123,7 +123,7 @@ def gate_up_bounds(
     ref = npo.gate_up(spec, qv.val, xq, ids)
     mag = npo.gate_up(spec, qv.abs, np.abs(_f(xq)), ids)
     sq = npo.gate_up(spec, qv.sq, _f(xq) ** 2, ids)
-    flip = npo.gate_up(spec, qv.nobias.map(lambda t: t.abs()), e_xq, ids)
+    flip = npo.gate_up(spec, qv.abs_nobias, e_xq, ids)
     store = npo.gate_up(spec, qv.nobias, xq, ids) if spec.expert_bias else ref
     u, u32 = model.u_store, model.u_fp32
 
@@ -160,7 +160,7 @@ def down_bounds(
     mag = npo.down(spec, qv.abs, np.abs(fa), ids)
     e = model.dot(I, mag, npo.down(spec, qv.sq, fa * fa, ids)) + 2 * model.u_fp32 * mag
     e = e + _mma(model, spec, "gemm2", I, mag)
-    e = e + npo.down(spec, qv.nobias.map(lambda t: t.abs()), e_aq, ids)
+    e = e + npo.down(spec, qv.abs_nobias, e_aq, ids)
     if spec.expert_bias:  # the product may be rounded before b2 is added
         e = e + model.u_store * (np.abs(npo.down(spec, qv.nobias, aq, ids)) + e)
     return ref, _f(tol.stored(model, ref, e))
@@ -215,9 +215,11 @@ def end_to_end(
     tw: np.ndarray,
     kept: np.ndarray,
     e_w: np.ndarray,
+    gate_up: tuple | None = None,
 ) -> dict:
-    """The runner's end-to-end reference of a quantized case: eo, so, y and e_y (runner._Session)."""
-    gu, e_act = gate_up_bounds(model, spec, qw, qv, x, ids)
+    """The runner's end-to-end reference of a quantized case: eo, so, y and e_y (runner._Session).
+    gate_up: gate_up_bounds(model, spec, qw, qv, x, ids) when the caller has it already."""
+    gu, e_act = gate_up or gate_up_bounds(model, spec, qw, qv, x, ids)
     eo, e_eo = down_bounds(model, spec, qw, qv, gu.act, ids, e_act)
     so, e_so = shared_bounds(model, spec, qw, x)
     y, e_y = tol.combine_bounds(model, spec, eo, tw, kept, so if spec.shared_width else None, e_eo, e_w, e_so)

@@ -85,9 +85,10 @@ class _Session:
         self.model = tolerance.ErrorModel.for_case(
             accumulator_profile(device), case.dtype, self.caps.fp32_dot
         )
-        self.wv = tolerance.WeightViews.of(self.inputs.weights)
         self.qw = self.inputs.qweights  # quantized cases: codes + scales, base = exact dequantized (float64)
         self.qv = None if self.qw is None else tolerance.WeightViews.of(self.qw.base)
+        w = self.inputs.weights if self.qw is None else sampled_experts.router_only(self.inputs.weights)
+        self.wv = tolerance.WeightViews.of(w)  # quantized: the router's only (experts judged on qv; issue 15)
         self.x = sandbox.as_np(self.inputs.x)
         self.routing = routing[0] if routing else npo.route(self.spec, self.wv.val, self.x)
         self.e_scores, self.e_keys = (
@@ -110,7 +111,7 @@ class _Session:
             self.model, self.spec, self.routing.scores, self.e_scores, ids, self.tw
         )
         self.kept = npo.permute(self.spec, ids).kept
-        self._e2e = None
+        self._e2e = self._gu = None  # the oracle on these ids
 
     def mask(self, extra_dims: int) -> np.ndarray:
         m = ~self.bad_rows
@@ -178,23 +179,26 @@ class _Session:
         out = self.call("permute", self.inputs.with_feeds(topk_ids=self.ids_tensor(self.ids)))
         return judge.permutation_verdict(npo.permute(self.spec, self.ids), out)
 
-    def gate_up_bounds(self, x: np.ndarray):
-        if self.qw is not None:
-            return quant_tolerance.gate_up_bounds(self.model, self.spec, self.qw, self.qv, x, self.ids)
-        return tolerance.gate_up_bounds(self.model, self.spec, self.wv, x, self.ids)
+    def gate_up_bounds(self):
+        """(GateUp, e_act) of x on the current ids, computed once: stage gemm1's and end to end's."""
+        if self._gu is None:
+            m, spec, x, ids = self.model, self.spec, self.x, self.ids
+            self._gu = (tolerance.gate_up_bounds(m, spec, self.wv, x, ids) if self.qw is None
+                        else quant_tolerance.gate_up_bounds(m, spec, self.qw, self.qv, x, ids))  # fmt: skip
+        return self._gu
 
     def stage_gate_up(self) -> StageVerdict:
-        ref, e_act = self.gate_up_bounds(self.x)
+        ref, e_act = self.gate_up_bounds()
         out = self.call("gate_up", self.inputs.with_feeds(topk_ids=self.ids_tensor(self.ids)))
         return self.numeric(
             "gemm1", sandbox.field_of(out, "act"), ref.act, e_act, self.kept[..., None] & self.mask(2)
         )
 
     def stage_down(self) -> StageVerdict:
+        # float: gate_up_bounds's reference is this same npo.gate_up(spec, wv.val, x, ids) call
+        qw = self.qw
         oracle = (
-            npo.gate_up(self.spec, self.wv.val, self.x, self.ids)
-            if self.qw is None
-            else numpy_quant.gate_up(self.spec, self.qw, self.x, self.ids)
+            self.gate_up_bounds()[0] if qw is None else numpy_quant.gate_up(self.spec, qw, self.x, self.ids)
         )
         act = self.rounded(oracle.act)
         if self.qw is not None:
@@ -226,12 +230,11 @@ class _Session:
 
     def end_to_end_reference(self) -> dict[str, np.ndarray]:
         if self._e2e is None and self.qw is not None:
-            self._e2e = quant_tolerance.end_to_end(
-                self.model, self.spec, self.qw, self.qv, self.x, self.ids, self.tw, self.kept, self.e_w
-            )
+            self._e2e = quant_tolerance.end_to_end(self.model, self.spec, self.qw, self.qv, self.x, self.ids,
+                                                   self.tw, self.kept, self.e_w, self.gate_up_bounds())  # fmt: skip
         if self._e2e is None:
             m, spec, wv = self.model, self.spec, self.wv
-            gu, e_act = tolerance.gate_up_bounds(m, spec, wv, self.x, self.ids)
+            gu, e_act = self.gate_up_bounds()
             eo, e_eo = tolerance.down_bounds(m, spec, wv, gu.act, self.ids, e_act)
             so, e_so = tolerance.shared_bounds(m, spec, wv, self.x)
             y, e_y = tolerance.combine_bounds(

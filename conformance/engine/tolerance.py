@@ -91,6 +91,9 @@ class ErrorModel:
 
 
 # ----------------------------------------------------------------------------------------------- oracle views
+_BIASES = ("b13", "b2", "router_bias")  # zeroed in WeightViews.nobias and .sq
+
+
 @dataclass(frozen=True)
 class WeightViews:
     """float64 CPU copies of the case weights: values, absolute values, squares (biases zeroed)."""
@@ -104,16 +107,20 @@ class WeightViews:
     def of(cls, weights: MoEWeights) -> WeightViews:
         val = weights.to("cpu", torch.float64)
         sq = val.map(torch.square)
-        biases = {
-            n: torch.zeros_like(getattr(sq, n))
-            for n in ("b13", "b2", "router_bias")
-            if getattr(sq, n) is not None
-        }
+        biases = {n: torch.zeros_like(getattr(sq, n)) for n in _BIASES if getattr(sq, n) is not None}
         return cls(val, val.map(torch.abs), sq.replace(**biases), val.replace(**biases))
+
+    @property
+    def abs_nobias(self) -> MoEWeights:
+        """|nobias|: abs's tensors with nobias's zero biases (|0| = +0 = the zeros), the same values as
+        nobias.map(abs) without a pass over every expert weight."""
+        zeros = {n: getattr(self.nobias, n) for n in _BIASES if getattr(self.nobias, n) is not None}
+        return self.abs.replace(**zeros)
 
 
 def _f64(t) -> np.ndarray:
-    return npo._np(t)
+    """float64 array of a weight view, read only (no copy of a float64 CPU tensor: npo._weight)."""
+    return npo._weight(t)
 
 
 def _finite(a: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from moe_cts.conformance.engine.log import ResultLog, record_crash
 from moe_cts.conformance.engine.must_pass import MUST_PASS_VERSION, must_pass_for, must_pass_hash
 from moe_cts.conformance.engine.profiles import register_profiles
 from moe_cts.conformance.engine.results import CaseResult
+from moe_cts.conformance.harness.schedule import LongestFirst, order_items
 from moe_cts.conformance.impls.registry import load_implementation
 from moe_cts.conformance.report.provenance import environment, suite_info
 
@@ -200,6 +201,21 @@ def _readable_ids(ids: list[str]) -> list[str]:
     """Test ids: the must-pass case's name (ids are long base64 strings), the id itself as a fallback."""
     names = [Case.from_id(i).name or i for i in ids]
     return names if len(set(names)) == len(names) else ids
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest cases first (harness/schedule.py), so the critical path does not start last."""
+    state = _state(config)
+    if state is not None:
+        order_items(items, -(-state.examples // state.batches) if state.batches else 0)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> LongestFirst | None:
+    """xdist's load scheduling, dealing the longest cases to different workers first (harness/schedule.py)."""
+    if _state(config) is None or config.getoption("dist", "load") != "load":
+        return None
+    return LongestFirst(config, log)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -21,7 +21,14 @@ import torch
 
 #: Environment variables that change what a run computes or where it runs.
 ENV_PREFIXES = ("TRITON_", "MOE_CTS_", "CUDA_", "HIP_", "ROCR_", "ROCM_", "PYTORCH_", "NVIDIA_", "HSA_")
-ENV_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LD_LIBRARY_PATH", "PYTEST_XDIST_WORKER_COUNT")
+#: OPENBLAS_NUM_THREADS: the float64 judge's GEMMs round differently with another BLAS thread count (docs/certify.md)
+ENV_NAMES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "LD_LIBRARY_PATH",
+    "PYTEST_XDIST_WORKER_COUNT",
+)
 
 
 def _package_dir(name: str) -> Path | None:
