@@ -57,6 +57,9 @@ from moe_cts.reference import numpy_quant
 from moe_cts.reference.errors import NotSupportedError
 
 
+_NO_OUT = "no out= parameter: unwritten elements show as NaN through torch's NaN fill of uninitialized memory"
+
+
 class _ImplFailure(Exception):
     def __init__(self, outcome: Outcome, message: str):
         self.outcome = outcome
@@ -290,15 +293,7 @@ class _Session:
             mask = mask & ~poisoned.unwritten()
             verdicts.append(mem)
         else:
-            verdicts.append(
-                StageVerdict(
-                    "memory",
-                    Outcome.NOT_SUPPORTED,
-                    message=(
-                        "no out= parameter: unwritten elements show as NaN through torch's NaN fill of uninitialized memory"
-                    ),
-                )
-            )
+            verdicts.append(StageVerdict("memory", Outcome.NOT_SUPPORTED, message=_NO_OUT))
         verdicts.insert(
             0, self.single_rounding(self.numeric("end_to_end", y, e2e["y"], e2e["e_y"], mask), y, mask)
         )
