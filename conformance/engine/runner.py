@@ -56,7 +56,6 @@ from moe_cts.conformance.engine.results import STAGES, CaseResult, FailKind, Out
 from moe_cts.reference import numpy_quant
 from moe_cts.reference.errors import NotSupportedError
 
-
 _NO_OUT = "no out= parameter: unwritten elements show as NaN through torch's NaN fill of uninitialized memory"
 
 
