@@ -4,6 +4,8 @@ with the device."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 import moe_cts.kernels.config as cfgmod
@@ -47,8 +49,9 @@ def test_our_kernels_report_the_table_they_read(monkeypatch):
     impl = TritonImplementation()
     ok = _determinism(impl, device)
     assert ok.outcome == Outcome.PASS and impl.kernel_config()["table"] == "interpreter", ok.message
-    # the cuda table read on the interpreter: what config-other-device-table injects on a GPU
-    monkeypatch.setattr(cfgmod, "backend", lambda: "cuda")
+    # the cuda table read on the interpreter: what config-other-device-table injects on a GPU. The module is
+    # looked up now, not at collection: tests/recall swaps the kernels package for a mutated copy and back
+    monkeypatch.setattr(importlib.import_module("moe_cts.kernels.config"), "backend", lambda: "cuda")
     bad = _determinism(impl, device)
     assert bad.outcome == Outcome.FAIL and "tuned for cuda" in bad.message, bad.message
 
