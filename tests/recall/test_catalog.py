@@ -38,7 +38,7 @@ def test_fault_anchors_exist_in_docs_bugs() -> None:
 
 
 def test_no_class_waits_for_kernels() -> None:
-    # the quantized classes (03, 21-24) joined once the fp8 and MXFP4 kernels landed (catalog v9)
+    # the quantized classes (03, 21-24) joined once the fp8 and MXFP4 kernels landed (catalog v10)
     waiting = {d["bug"] for d in CATALOG.not_applicable}
     assert waiting == set(), {b: _formats(b) for b in waiting}
 
