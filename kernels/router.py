@@ -39,6 +39,8 @@ MAX_EXPERTS = 1024
 #: GPUs this targets (H100 / H200: 132 SMs; MI300X: 304 CUs). A target, not a device query: the split must
 #: not depend on the device a call runs on more than on the backend (AOT compiles it per backend).
 DECODE_PROGRAMS = 128
+#: Token rows of one select program: no tl.dot there, so fewer than 16 (_select_sizes).
+SELECT_BLOCK_T = 4
 #: Token rows of one logits tile: tl.dot's minimum M, so a decode call computes one tile row of 16.
 LOGITS_BLOCK_T = 16
 #: Largest E tile of the logits GEMM: E / BLOCK_E tiles times SPLIT_H splits make the decode programs.
@@ -124,9 +126,11 @@ def _select_sizes(E: int, block_t: int | None) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_E, num_warps) of router_select_kernel, a function of E and the backend (never of T:
     the softmax and renormalizing sums reduce along a layout that depends on the tile shape).
 
-    BLOCK_E is E's next power of two (>= 16). Threads per program, not warps, are fixed: AOT for gfx942
-    measured 131072 B of LDS at E = 1024 with 8 warps of 64 (512 threads) and 65536 B with 4 (256 threads,
-    as 8 warps of 32 on NVIDIA) for the single-kernel router this select stage comes from."""
+    BLOCK_E is E's next power of two (>= 16). The select stage has no tl.dot, so BLOCK_T need not be 16: a
+    small tile (4 rows) and about 32 elements per thread keep its ~k + 2 n_group row reductions inside one
+    warp (shuffles, no shared-memory round trip and barrier per reduction), which is what a decode call
+    waits on: k argmax passes, group scores, the softmax sum. At E = 1024 that is 4 warps (128 threads),
+    inside AMD's LDS (the single-kernel router measured 65536 B on gfx942 at 256 threads)."""
     BLOCK_E = max(16, triton.next_power_of_2(E))
     if block_t is not None:
         BLOCK_T = block_t
@@ -135,8 +139,8 @@ def _select_sizes(E: int, block_t: int | None) -> tuple[int, int, int]:
             64  # the interpreter pays per program, not per element (docs/bugs.md#facts-triton-interpreter)
         )
     else:
-        BLOCK_T = 16 if BLOCK_E >= 256 else 32
-    threads = 128 if BLOCK_T * BLOCK_E <= 4096 else 256
+        BLOCK_T = SELECT_BLOCK_T
+    threads = max(_warp_size(), min(256, BLOCK_T * BLOCK_E // 32))
     return BLOCK_T, BLOCK_E, max(1, threads // _warp_size())
 
 
