@@ -3,10 +3,12 @@
     moe-cts recall [--profile smoke|quick|full|gpu] [--device interpreter|cuda:N|hip:N] [--jobs N]
                    [--out DIR] [--faults a,b] [--max-cases N] [--timeout S]
 
-Prints one row per fault (killed / survived / equivalent / caught_elsewhere / stale / error, the stage, the
+Prints one row per fault (killed / survived / equivalent / not_exercised /
+caught_elsewhere / stale / error, the stage, the
 cases that killed it, the time) and the recall per profile; writes DIR/recall.json and DIR/recall.txt.
 Exit codes: 0 every fault that must be caught was (faults with a documented missing_check, and equivalent
-mutants: outputs bitwise equal to the unmutated kernels' on this device, excepted),
+mutants: outputs bitwise equal to the unmutated kernels' on this device, and faults whose every case the
+device declines, excepted),
 1 a fault survived or the catalog is stale, 2 usage error or a void run (the control run failed).
 """
 
@@ -27,7 +29,7 @@ def _exit_code(report) -> int:
     for r in report.results:
         f = faults[r.name]
         if r.status in ("stale", "error") or (
-            r.status not in ("killed", "equivalent") and not f.missing_check
+            r.status not in ("killed", "equivalent", "not_exercised") and not f.missing_check
         ):
             return 1
     return 0

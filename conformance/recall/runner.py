@@ -13,7 +13,9 @@ report.control_failures  cases the unmutated implementation does not pass (then 
               illegal address poisons the CUDA context for the rest of its process (H200, session 4:
               every control case after one in the same worker reported it)
 4. control    in a fresh pool, for the same reason
-5. equivalent a surviving mutation whose forward outputs equal the control's bit for bit on every case it
+5. not run   a fault whose every case the device declines (NotSupported) is `not_exercised`, out of the
+              denominator and listed beside it, like
+   equivalent a surviving mutation whose forward outputs equal the control's bit for bit on every case it
               ran (worker.digest) changes nothing this device computes: an equivalent mutant, reported
               as `equivalent` and left out of the recall's denominator (listed beside it)
 """
@@ -59,11 +61,19 @@ class RecallReport:
         for f in self.faults:
             r = by_name[f.name]
             row = out.setdefault(
-                f.profile, {"killed": 0, "run": 0, "survived": [], "elsewhere": [], "equivalent": []}
+                f.profile,
+                {
+                    "killed": 0,
+                    "run": 0,
+                    "survived": [],
+                    "elsewhere": [],
+                    "equivalent": [],
+                    "not_exercised": [],
+                },
             )
-            if r.status == "equivalent":
-                row["equivalent"].append(f.name)
-            if r.status in ("stale", "error", "equivalent"):
+            if r.status in ("equivalent", "not_exercised"):
+                row[r.status].append(f.name)
+            if r.status in ("stale", "error", "equivalent", "not_exercised"):
                 continue
             row["run"] += 1
             row["killed"] += r.status == "killed"

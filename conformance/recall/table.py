@@ -48,6 +48,8 @@ def render(report: RecallReport, width: int = 60) -> str:
             extra.append("caught elsewhere: " + ", ".join(row["elsewhere"]))
         if row["equivalent"]:
             extra.append("equivalent here, not counted: " + ", ".join(row["equivalent"]))
+        if row["not_exercised"]:
+            extra.append("not supported here, not counted: " + ", ".join(row["not_exercised"]))
         tail = f"   ({'; '.join(extra)})" if extra else ""
         lines.append(f"recall {profile}: {row['killed']}/{row['run']} = {row['recall']}{tail}")
     bad = report.control_failures

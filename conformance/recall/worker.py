@@ -7,6 +7,7 @@
     status            meaning
     killed            a case got the expected outcome at the expected stage
     survived          every case ran and stayed conformant
+    not_exercised     every case was NotSupported on this device (e4m3fnuz cases on CUDA, say): nothing ran
     equivalent        survived, and the mutant's forward output equals the unmutated kernels' bit for bit on
                       every case (runner.py marks it from the digests below): the mutation changes nothing
                       this device computes, so no check could catch it here (an equivalent mutant)
@@ -17,7 +18,7 @@
 Cases run through moe_cts.conformance.engine.runner.run_case, the same judge a certify run uses; a fault's
 worker keeps torch and Triton imported between faults, so one process handles many faults. A mutation's
 conformant cases, and their control runs, carry a digest: sha256 of the forward output's bits on the
-case's inputs (float cases judged whole on the host; others get no digest and are never called equivalent).
+case's inputs (cases judged whole on the host; sampled ones get no digest and are never called equivalent).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class CaseRun:
 @dataclass(frozen=True)
 class FaultResult:
     name: str
-    status: str  # killed | survived | equivalent | caught_elsewhere | stale | error
+    status: str  # killed | survived | not_exercised | equivalent | caught_elsewhere | stale | error
     killed_by: tuple[str, ...] = ()
     runs: tuple[CaseRun, ...] = ()
     time_s: float = 0.0
@@ -119,16 +120,12 @@ def judge(fault: Fault, result: CaseResult, label: str, elapsed: float) -> tuple
 
 def digest(impl, case: Case) -> str:
     """sha256 of the bits of impl's forward output on the case's inputs; "" for cases judged by sampling
-    or quantized (their inputs are built elsewhere) and when the forward raises (run_case judged that)."""
+    and when the forward raises (run_case judged that)."""
     # here, not at the top: the engine imports triton, which must follow init_worker's TRITON_INTERPRET
     from moe_cts.conformance.engine import sampled, sampled_experts, sandbox
     from moe_cts.conformance.engine.protocol import FORWARD
 
-    if (
-        case.spec.quant is not None
-        or sampled.needs_sampling(case)
-        or sampled_experts.needs_expert_sampling(case)
-    ):
+    if sampled.needs_sampling(case) or sampled_experts.needs_expert_sampling(case):
         return ""
     device = _STATE["device"]
     try:
@@ -153,6 +150,8 @@ def _run_cases(fault: Fault, cases: list[Case], timeout_s: float) -> tuple[str, 
             return "killed", runs, [run.case]
         if verdict == "elsewhere":
             status = "caught_elsewhere"
+    if status == "survived" and runs and all(r.outcome == Outcome.NOT_SUPPORTED.value for r in runs):
+        status = "not_exercised"
     return status, runs, []
 
 

@@ -51,3 +51,24 @@ def test_the_digest_is_the_forward_outputs_bits(monkeypatch):
     d = worker.digest(impl, case)
     assert len(d) == 64 and d == worker.digest(impl, case)
     assert worker.digest(TritonImplementation(batch_invariant=True), case) != d  # another tile, other bits
+
+
+def test_a_fault_whose_cases_the_device_declines_is_not_exercised(monkeypatch):
+    """Every case NotSupported (an e4m3fnuz case on CUDA): nothing ran, so neither caught nor missed."""
+    fault = load_catalog().by_name(["fp8-fnuz-max-224"])[0]
+    declined = lambda *a, **k: type("R", (), {"outcome": worker.Outcome.NOT_SUPPORTED, "stages": (),
+                                              "failing_stage": None, "message": "e4m3fnuz: not on cuda"})()  # fmt: skip
+    monkeypatch.setattr("moe_cts.conformance.engine.runner.run_case", declined)
+    monkeypatch.setitem(worker._STATE, "device", select_device("interpreter"))
+    status, runs, killed = worker._run_cases(fault, [load_catalog().case(fault.cases[0])], 10.0)
+    assert status == "not_exercised" and killed == [] and runs[0].outcome == "not_supported"
+    report = runner.RecallReport("smoke", "cuda:0", "10", (fault,),
+                                 (FaultResult(fault.name, status, runs=tuple(runs)),), (), 0.0, 1)  # fmt: skip
+    row = report.recall()[fault.profile]
+    assert row["run"] == 0 and row["not_exercised"] == [fault.name]
+
+
+def test_quantized_cases_get_a_digest(monkeypatch):
+    monkeypatch.setitem(worker._STATE, "device", select_device("interpreter"))
+    case = load_catalog().case("quant-fp8-block-small")
+    assert len(worker.digest(TritonImplementation(), case)) == 64
