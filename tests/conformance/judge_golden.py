@@ -7,6 +7,9 @@
 One BLAS thread: OpenBLAS's float64 GEMM gives other last bits with two threads than with one (measured: bias_z
 -1.6479099115216689 vs -1.647909911521664 on the same case), so the numbers are pinned at one thread. Recorded
 at 91ebd48 (before the speed-ups) on a 2-core x86-64 CPU machine, numpy 2.4.6 (scipy-openblas 0.3.31), torch 2.13.0.
+Re-recorded in session 5 after the split router and `_common.dot_acc` changed what the Triton kernels compute on
+the interpreter: only the two triton@interpreter entries moved (their router weights' error statistics); the
+torch-eager entries, which measure the judge alone, were checked equal first.
 
 Scaled: the must-pass gpu cases (quant-deepseek-v3-fp8-block-width, the *-width and *-full presets) with
 H, I and the shared width divided by SCALE[name], T unchanged; the quick quantized cases as they are. Each
