@@ -204,7 +204,9 @@ def _faults_then_control(pool: _Pool, faults: list[Fault], cases: dict[str, list
         for c in cases[f.name][: len(r.runs)]:
             pairs.setdefault((f.impl_key, c.case_id), (f, c))
     say(f"control: {len(pairs)} (implementation, case) pairs")
-    ctl_tasks = [(worker.run_control, (f, c, timeout_s)) for f, c in pairs.values()]
+    survivors = {(f.impl_key, c.case_id) for f, r in zip(faults, results) if r.status == "survived"
+                 and f.kind == "mutation" for c in cases[f.name][: len(r.runs)]}  # fmt: skip
+    ctl_tasks = [(worker.run_control, (f, c, timeout_s, key in survivors)) for key, (f, c) in pairs.items()]
     ctl = _map(pool, ctl_tasks, lambda i: CaseRun(ctl_tasks[i][1][1].name, "crash", None, "", 0.0,
                                                           "worker process died"))  # fmt: skip
     control = tuple((f.impl_key, r) for (f, _), r in zip(pairs.values(), ctl))

@@ -16,8 +16,8 @@
     error             the fault could not be injected (the mutated copy does not import, for example)
 
 Cases run through moe_cts.conformance.engine.runner.run_case, the same judge a certify run uses; a fault's
-worker keeps torch and Triton imported between faults, so one process handles many faults. A mutation's
-conformant cases, and their control runs, carry a digest: sha256 of the forward output's bits on the
+worker keeps torch and Triton imported between faults, so one process handles many faults. A surviving
+mutation's cases, and their control runs, carry a digest: sha256 of the forward output's bits on the
 case's inputs (cases judged whole on the host; sampled ones get no digest and are never called equivalent).
 """
 
@@ -143,8 +143,6 @@ def _run_cases(fault: Fault, cases: list[Case], timeout_s: float) -> tuple[str, 
         t0 = time.perf_counter()
         result = run_case(impl, case, _STATE["device"], timeout_s=timeout_s)
         run, verdict = judge(fault, result, _label(case), time.perf_counter() - t0)
-        if verdict == "conformant" and fault.kind == "mutation":
-            run = replace(run, digest=digest(impl, case))
         runs.append(run)
         if verdict == "killed":
             return "killed", runs, [run.case]
@@ -152,6 +150,8 @@ def _run_cases(fault: Fault, cases: list[Case], timeout_s: float) -> tuple[str, 
             status = "caught_elsewhere"
     if status == "survived" and runs and all(r.outcome == Outcome.NOT_SUPPORTED.value for r in runs):
         status = "not_exercised"
+    if status == "survived" and fault.kind == "mutation":  # only a survivor can be equivalent: digest it
+        runs = [replace(r, digest=digest(impl, case)) for r, case in zip(runs, cases)]
     return status, runs, []
 
 
@@ -199,8 +199,9 @@ def run_fault(fault: Fault, cases: list[Case], timeout_s: float) -> FaultResult:
         return done("error", message=f"injecting the fault failed: {tb}")
 
 
-def run_control(fault: Fault, case: Case, timeout_s: float) -> CaseRun:
-    """The case on the unmutated implementation the fault wraps; conformant or the recall means nothing."""
+def run_control(fault: Fault, case: Case, timeout_s: float, want_digest: bool = False) -> CaseRun:
+    """The case on the unmutated implementation the fault wraps; conformant or the recall means nothing.
+    want_digest: a surviving mutation ran this case (runner.py step 5 compares the digests)."""
     from moe_cts.conformance.engine.runner import run_case
 
     t0 = time.perf_counter()
@@ -208,4 +209,4 @@ def run_control(fault: Fault, case: Case, timeout_s: float) -> CaseRun:
     result = run_case(impl, case, _STATE["device"], timeout_s=timeout_s)
     return CaseRun(_label(case), result.outcome.value, result.failing_stage, "",
                    round(time.perf_counter() - t0, 3), result.message[:300],
-                   digest(impl, case) if fault.kind == "mutation" else "")  # fmt: skip
+                   digest(impl, case) if want_digest else "")  # fmt: skip

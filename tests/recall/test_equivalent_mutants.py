@@ -72,3 +72,17 @@ def test_quantized_cases_get_a_digest(monkeypatch):
     monkeypatch.setitem(worker._STATE, "device", select_device("interpreter"))
     case = load_catalog().case("quant-fp8-block-small")
     assert len(worker.digest(TritonImplementation(), case)) == 64
+
+
+def test_only_a_surviving_mutation_gets_digests(monkeypatch):
+    """Digests cost a forward each: a killed fault's runs get none, a survivor's every run one."""
+    monkeypatch.setitem(worker._STATE, "device", select_device("interpreter"))
+    case = load_catalog().case("wide-batch")
+    result = lambda outcome: (lambda *a, **k: type("R", (), {"outcome": outcome, "stages": (),
+                                                             "failing_stage": None, "message": ""})())  # fmt: skip
+    monkeypatch.setattr("moe_cts.conformance.engine.runner.run_case", result(worker.Outcome.PASS))
+    status, runs, _ = worker._run_cases(FAULT, [case], 10.0)
+    assert status == "survived" and len(runs[0].digest) == 64
+    monkeypatch.setattr("moe_cts.conformance.engine.runner.run_case", result(worker.Outcome.FAIL))
+    status, runs, _ = worker._run_cases(FAULT, [case], 10.0)
+    assert status != "survived" and runs[0].digest == ""
