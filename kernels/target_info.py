@@ -125,6 +125,15 @@ FP8_REJECTED: dict[str, tuple[str, ...]] = {
 FP8_MIN_CUDA_ARCH = 89
 
 
+def backend_rejected_fp8(backend: str) -> frozenset[str]:
+    """fp8 flavours that no listed target of a backend compiles (e4m3fnuz on cuda): a case in one of them is
+    not a case for that backend at all, whatever the implementation. Empty for backends without targets."""
+    names = [t.name for t in TARGETS.values() if t.backend == backend]
+    if not names:
+        return frozenset()
+    return frozenset.intersection(*(frozenset(FP8_REJECTED[n]) for n in names))
+
+
 def fp8_rejection(backend: str, arch: int | str, fmt: str) -> str | None:
     """Why a target cannot run fp8 flavour `fmt` (None if it can): the table first, the CUDA rule after."""
     t = next((t for t in TARGETS.values() if t.backend == backend and t.arch == arch), None)

@@ -1,6 +1,6 @@
 """Tile sweep of the two grouped GEMMs on a GPU (not a test): finds the table rows of kernels/configs/cuda.json.
 
-    python ci/gpu/tune.py [--points deepseek-v3:4096 qwen2-57b-a14b:2048 ...] [--json OUT.json]
+    python ci/gpu/tune.py [--points deepseek-v3:4096 qwen2-57b-a14b:2048 ...] [--block-ms 32,64] [--json OUT.json]
 
 For each (preset, T) and each BLOCK_M it aligns once, then times gate_up and down alone for every candidate
 tile (triton.testing.do_bench median, L2 flushed), and prints the best pair per BLOCK_M with the bucket
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 
@@ -21,20 +22,33 @@ import moe_cts.kernels
 from moe_cts.kernels.config import GemmTile
 from moe_cts.kernels.grouped_gemm import launch_down, launch_gate_up
 from moe_cts.reference import presets
-from moe_cts.reference.spec import MoEWeights, weight_shapes
+from moe_cts.reference.spec import MoESpec, MoEWeights, weight_shapes
 
 GATE_UP = [  # (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages); two B tiles per stage (gate and up)
     (64, 64, 8, 4, 4), (64, 128, 8, 4, 3), (128, 64, 8, 8, 3), (128, 64, 8, 4, 4), (64, 64, 8, 8, 5),
     (128, 128, 8, 8, 2), (64, 128, 8, 8, 4), (128, 64, 16, 8, 4),
+    # mid-size buckets (m = 16..128 tokens per expert, where vLLM's BLOCK_M 64 rows led in session 6's run):
+    # narrower effective N (2 x 64) with deeper pipelines, one M block per expert (GROUP_M 1)
+    (64, 64, 1, 8, 3), (64, 64, 1, 4, 4), (128, 64, 1, 8, 3),
 ]  # fmt: skip
 DOWN = [
     (128, 64, 8, 8, 3), (128, 64, 8, 4, 4), (256, 64, 8, 8, 3), (128, 128, 8, 8, 3), (64, 128, 8, 4, 4),
     (256, 64, 16, 8, 4), (128, 128, 8, 4, 3), (64, 64, 8, 4, 5),
+    (128, 64, 1, 8, 3), (128, 64, 1, 4, 4), (64, 128, 1, 4, 3),
 ]  # fmt: skip
 BLOCK_MS = {"small": (16, 32), "large": (64, 128)}
 
 
+SHAPE = re.compile(r"E(\d+)k(\d+)H(\d+)I(\d+)")
+
+
 def routed(name):
+    """A preset's routed experts, or a bare softmax top-k layer named by its shape, `E128k8H4096I1536`
+    (Qwen3-235B's routed experts: a layer the benchmark has and presets.json does not)."""
+    m = SHAPE.fullmatch(name)
+    if m:
+        E, k, H, I = map(int, m.groups())
+        return MoESpec(hidden_size=H, intermediate_size=I, num_experts=E, top_k=k)
     return presets.get(name).replace(n_shared_experts=0, shared_intermediate_size=0, shared_gate=False)
 
 
@@ -46,7 +60,7 @@ def _launcher(kind, tile, x, w, act, ws, meta, twf):
     return lambda: launch_down(act, w.w2, None, ws, meta, tile=tile, route_weights=twf)
 
 
-def sweep(name: str, T: int, out: list) -> None:
+def sweep(name: str, T: int, out: list, block_ms: tuple[int, ...] | None = None) -> None:
     spec = routed(name)
     g = torch.Generator(device="cuda").manual_seed(0)
     weights = MoEWeights(**{
@@ -60,7 +74,7 @@ def sweep(name: str, T: int, out: list) -> None:
     act = torch.empty((T * spec.top_k, I), device="cuda", dtype=torch.bfloat16)
     ws = torch.empty((T * spec.top_k, H), device="cuda", dtype=torch.bfloat16)
     twf = r.topk_weights.reshape(-1).float()
-    for bm in BLOCK_MS["small" if m <= 32 else "large"]:
+    for bm in block_ms or BLOCK_MS["small" if m <= 32 else "large"]:
         meta = moe_cts.kernels.align(spec, r.topk_ids, bm)
         best = {}
         for kind, cands in (("gate_up", GATE_UP), ("down", DOWN)):
@@ -90,13 +104,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--points", nargs="*", default=["deepseek-v3:4096", "qwen2-57b-a14b:2048",
                                                      "deepseek-v3:2048", "deepseek-v3:512", "qwen2-57b-a14b:512"])  # fmt: skip
+    ap.add_argument(
+        "--block-ms", help="BLOCK_M values to try at every point (default: 16,32 for m <= 32, else 64,128)"
+    )
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    block_ms = tuple(int(b) for b in args.block_ms.split(",")) if args.block_ms else None
     out: list = []
     t0 = time.time()
     for p in args.points:
         name, T = p.split(":")
-        sweep(name, int(T), out)
+        sweep(name, int(T), out, block_ms)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(out, f)

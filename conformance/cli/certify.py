@@ -34,10 +34,12 @@ from moe_cts.conformance.cli.common import (
     err,
     usage_error,
 )
+from moe_cts.conformance.engine.devices import THREAD_VARS
 from moe_cts.conformance.engine.log import iter_events
 from moe_cts.conformance.engine.must_pass import must_pass_cases, must_pass_for
 from moe_cts.conformance.engine.results import Outcome
 from moe_cts.conformance.harness import shard as shardmod
+from moe_cts.conformance.harness.capture import CaptureTask, capture_all
 from moe_cts.conformance.harness.replay import write_failure_dir
 from moe_cts.conformance.report.certificate import pack
 from moe_cts.conformance.report.compile import (
@@ -93,13 +95,10 @@ def _progress_counts(shard_dir: Path) -> tuple[int, int, int, int | None]:
     return done, passed, failed, planned
 
 
-#: BLAS / OpenMP threads per pytest worker unless the user set them: jobs x shards workers, each with a pool per
-#: core, oversubscribe the host on the judge's float64 GEMMs; the thread count also moves the judge's last bits
-#: (docs/certify.md), so it is fixed per run and recorded in the report's environment
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
 def _worker_env(workers: int) -> dict[str, str]:
+    """BLAS / OpenMP threads per pytest worker unless the user set them: jobs x shards workers, each with a pool
+    per core, oversubscribe the host on the judge's float64 GEMMs; the thread count also moves the judge's last
+    bits (docs/certify.md), so it is fixed per run and recorded in the report's environment."""
     threads = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
     return {**{k: threads for k in THREAD_VARS}, **os.environ}
 
@@ -171,26 +170,20 @@ def _signal_group(p: subprocess.Popen, sig: int) -> None:
 
 
 def _capture_failures(report: dict, out: Path) -> None:
-    """failures/<case>/ for every non-conformant case; tensors (re-run in a subprocess) for the first few."""
-    n = 0
+    """failures/<case>/ for every non-conformant case; tensors (re-run in one child process) for the first few."""
+    tasks = []
     for dev in report["devices"]:
         for c in dev["cases"]:
             if c["conformant"]:
                 continue
             root = out / "failures" / (dev["label"] if len(report["devices"]) > 1 else "")
             d = write_failure_dir(root, c, impl=report["run"]["impl"], device=dev["device_arg"])
-            if n >= MAX_CAPTURED_FAILURES:
-                continue
-            n += 1
-            extra = ["inputs-only"] if c["outcome"] in ("crash", "timeout") else []
-            cmd = [sys.executable, "-m", "moe_cts.conformance.harness.replay", "capture", str(d), c["case_id"],
-                   report["run"]["impl"], dev["device_arg"], *extra]  # fmt: skip
-            try:
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-                if r.returncode != 0:
-                    (d / "capture-error.txt").write_text(r.stdout + r.stderr)
-            except subprocess.TimeoutExpired:
-                (d / "capture-error.txt").write_text("capturing the tensors exceeded 300 s\n")
+            if len(tasks) < MAX_CAPTURED_FAILURES:
+                outputs = c["outcome"] not in ("crash", "timeout")  # a crashing case: its inputs only
+                tasks.append(
+                    CaptureTask(str(d), c["case_id"], report["run"]["impl"], dev["device_arg"], outputs)
+                )
+    capture_all(tasks, timeout_s=300.0)
 
 
 def _summary_table(report: dict) -> Table:

@@ -27,6 +27,9 @@ MATRIX_PATH = Path(__file__).parents[1] / "data" / "device_matrix.json"
 BACKENDS = ("cuda", "hip", "interpreter", "cpu")
 #: backends whose tensors live on the host CPU (no GPU memory, no GPU-sized cases)
 HOST_BACKENDS = ("interpreter", "cpu")
+#: the environment variables that size the BLAS / OpenMP thread pools of a host judge's worker processes
+#: (certify's pytest workers, the soak pool): set before the worker imports NumPy, they decide its pool size
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass(frozen=True)

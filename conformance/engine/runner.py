@@ -477,10 +477,17 @@ def _explain(
     session: _Session, verdicts: list[StageVerdict], outcome: Outcome, msg: str
 ) -> tuple[Outcome, str]:
     """A waived stage makes a conformant case Waived (never Pass); a case the implementation declined keeps
-    the implementation's own reason; a Fail on a device with a silent known limit names the limit."""
+    the implementation's own reason; a Fail on a device with a silent known limit names the limit.
+
+    A case whose end_to_end the implementation declined (it raised NotSupportedError for the forward: an
+    e4m3fnuz case on CUDA) is NotSupported as a whole even when its router stage passed: the stages that
+    carry the case's point (the quantized GEMMs) never ran, so the case must not count as executed."""
     waived = [v for v in verdicts if v.outcome == Outcome.WAIVED]
     if waived and outcome.conformant:
         return Outcome.WAIVED, waived[0].message
+    e2e = next((v for v in verdicts if v.stage == "end_to_end"), None)
+    if outcome.conformant and session.declined and e2e is not None and e2e.outcome == Outcome.NOT_SUPPORTED:
+        return Outcome.NOT_SUPPORTED, session.declined[0]
     if outcome == Outcome.NOT_SUPPORTED and not msg:
         return outcome, (session.declined or [next((v.message for v in verdicts if v.message), "")])[0]
     if outcome == Outcome.FAIL:

@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 from moe_cts.conformance.engine.cases import Case
-from moe_cts.conformance.engine.devices import Device
+from moe_cts.conformance.engine.devices import THREAD_VARS, Device
 from moe_cts.conformance.engine.session import replay_command
 from moe_cts.conformance.engine.soak_judge import SoakJob, spec_pool
 from moe_cts.conformance.engine.soak_worker import BatchResult, run_batch
@@ -159,17 +159,14 @@ def soak(impl, device: Device, plan: SoakPlan, progress: Callable[[str], None] |
     return report
 
 
-#: BLAS/OpenMP pools of one thread in the workers: W workers each with a pool per core would oversubscribe the
-#: host W-fold on the judge's small NumPy and torch operations
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
 @contextlib.contextmanager
 def _one_thread_each():
-    """Spawned workers copy the environment when they start, before they import NumPy: set it while the pool
-    runs (a worker the pool restarts gets it too), then restore this process's own."""
-    old = {k: os.environ.get(k) for k in _THREAD_VARS}
-    os.environ.update({k: "1" for k in _THREAD_VARS})
+    """BLAS/OpenMP pools of one thread in the workers: W workers each with a pool per core would oversubscribe
+    the host W-fold on the judge's small NumPy and torch operations. Spawned workers copy the environment when
+    they start, before they import NumPy: set it while the pool runs (a worker the pool restarts gets it too),
+    then restore this process's own."""
+    old = {k: os.environ.get(k) for k in THREAD_VARS}
+    os.environ.update({k: "1" for k in THREAD_VARS})
     try:
         yield
     finally:

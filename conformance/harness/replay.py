@@ -3,10 +3,11 @@
     replay(case_id, impl, device)          -> CaseResult, the same verdict as in the run (ids replay bit for bit)
     write_failure_dir(dir, record, ...)    -> failures/<case>/: case.json, worst.json, replay.txt
     capture_tensors(dir, case_id, ...)     -> inputs.safetensors, outputs.safetensors (got: implementation,
-                                              want: float64 oracle), run in a subprocess by certify because the
-                                              case may crash its process
+                                              want: float64 oracle), run in a child process by certify because
+                                              the case may crash its process (capture.py)
 
-`python -m moe_cts.conformance.harness.replay capture DIR CASE_ID IMPL DEVICE` is that subprocess.
+`python -m moe_cts.conformance.harness.replay capture-many TASKS.json` is that child: every task of the list
+in turn, "done" printed after each (capture.py reads them).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import json
 import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -77,37 +79,49 @@ def write_failure_dir(root: Path, record: dict[str, Any], *, impl: str, device: 
 
 
 def capture_tensors(d: Path, case_id: str, impl_name: str, device_arg: str, *, outputs: bool = True) -> None:
-    """inputs.safetensors (x and every weight), then outputs.safetensors: got (the implementation's forward
-    output) and want (the float64 oracle on the same rounded inputs)."""
+    """inputs.safetensors (x and every weight; a quantized case's stored codes and scales too, as
+    `<name>.codes` / `<name>.scales`, and its static activation scales), then outputs.safetensors: got (the
+    implementation's forward output) and want (the float64 oracle on the same rounded inputs: on the
+    quantized weights when the case has them)."""
     device = select_device(device_arg)
     case = Case.from_id(case_id)
     inputs = case.build_inputs(device.torch_device)
     tensors = {"x": inputs.x}
     tensors |= {k: v for k, v in vars(inputs.weights).items() if isinstance(v, torch.Tensor)}
+    qw = inputs.qweights
+    if qw is not None:
+        for name, v in vars(qw).items():
+            if hasattr(v, "codes"):  # a QuantTensor
+                tensors |= {f"{name}.codes": v.codes, f"{name}.scales": v.scales}
+            elif isinstance(v, float):  # a13_scale / a2_scale
+                tensors[name] = torch.tensor([v], dtype=torch.float64)
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(d / "inputs.safetensors"))
     if not outputs:
         return
-    want = torch.from_numpy(moe_forward(inputs.spec, inputs.weights, inputs.x).y)
+    want = torch.from_numpy(moe_forward(inputs.spec, qw if qw is not None else inputs.weights, inputs.x).y)
     got = load_implementation(impl_name).run(inputs, "forward", device)
     save_file(
         {"got": got.detach().cpu().contiguous(), "want": want.contiguous()}, str(d / "outputs.safetensors")
     )
 
 
+def capture_many(tasks_json: Path) -> None:
+    """The child of capture.capture_all: each task's tensors, a task's exception written beside them."""
+    for t in json.loads(Path(tasks_json).read_text()):
+        try:
+            capture_tensors(Path(t["dir"]), t["case_id"], t["impl"], t["device"], outputs=t["outputs"])
+        except Exception:
+            (Path(t["dir"]) / "capture-error.txt").write_text(traceback.format_exc())
+        print("done", flush=True)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 6 or argv[1] != "capture":
-        print(
-            "usage: python -m moe_cts.conformance.harness.replay capture DIR CASE_ID IMPL DEVICE [inputs-only]",
-            file=sys.stderr,
-        )
+    if len(argv) != 3 or argv[1] != "capture-many":
+        print("usage: python -m moe_cts.conformance.harness.replay capture-many TASKS.json", file=sys.stderr)
         return 2
-    _, _, d, case_id, impl, device = argv[:6]
-    capture_tensors(Path(d), case_id, impl, device)
+    capture_many(Path(argv[2]))
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[6] == "inputs-only":
-        capture_tensors(Path(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], outputs=False)
-        sys.exit(0)
     sys.exit(main(sys.argv))

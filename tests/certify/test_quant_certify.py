@@ -1,6 +1,12 @@
 """Quantized MoE through `moe-cts certify` on the interpreter (issue: quantized MoE part 1, acceptance 4): the
-reference implementation with quantization (torch-eager) is CONFORMANT on the smoke profile, and each broken
-quantized implementation is NOT CONFORMANT at its stage on the quantized must-pass cases."""
+reference implementation with quantization (torch-eager) is CONFORMANT on the quantized must-pass cases, and a
+broken quantized implementation is NOT CONFORMANT at its stage on them.
+
+The CLI path runs for two of the seven broken implementations (a scale read from the neighbouring block, and
+fp8 codes that wrap instead of saturating: the two ways a quantized kernel goes wrong, scale bookkeeping and
+code arithmetic); tests/conformance/test_quant_conformance.py judges all seven on the same cases in-process
+(the same judge), so the CLI's fixed cost (about 20 s of process start-up per run) is paid twice, not seven
+times."""
 
 from __future__ import annotations
 
@@ -10,12 +16,12 @@ from moe_cts.conformance.engine.must_pass import must_pass_cases
 from moe_cts.conformance.impls.broken_quant import QUANT_TABLE
 
 QUANT_IDS = ",".join(c.case_id for c in must_pass_cases("smoke") if c.spec.quant is not None)
-NAMES = [row[0] for row in QUANT_TABLE]
+NAMES = ["scale-neighbour-block", "no-saturation"]
 STAGE = {row[0]: row[2] for row in QUANT_TABLE}
 
 
-def test_torch_eager_with_quantization_is_conformant_on_smoke(certified):
-    run = certified("torch-eager-smoke", ["--impl", "torch-eager", "--jobs", "1"])
+def test_torch_eager_with_quantization_is_conformant_on_the_quantized_cases(certified):
+    run = certified("torch-eager-quant", ["--impl", "torch-eager", "--cases", QUANT_IDS, "--jobs", "1"])
     assert run.returncode == 0, run.stdout[-3000:]
     cases = run.report["devices"][0]["cases"]
     quantized = [c for c in cases if c["params"].get("quant")]

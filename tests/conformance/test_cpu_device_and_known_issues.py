@@ -50,6 +50,17 @@ class _DeclinesForward(TorchEagerImplementation):
         raise NotSupportedError("num_tokens: at least 8 tokens needed by this kernel")
 
 
+class _DeclinesOnlyForward(TorchEagerImplementation):
+    """Runs the router and every stage, declines the forward (an e4m3fnuz case's on CUDA, say)."""
+
+    name = "declines-forward"
+
+    def run(self, inputs, stage, device=None, *, out=None):
+        if stage == "forward":
+            raise NotSupportedError("quant.fp8_format: e4m3fnuz is not supported on target sm90")
+        return super().run(inputs, stage, device, out=out)
+
+
 # -- the cpu device
 def test_cpu_device_runs_on_the_host_without_the_interpreter():
     before = os.environ.get("TRITON_INTERPRET")
@@ -84,6 +95,15 @@ def test_a_not_supported_error_from_run_keeps_its_message():
     r = run_case(_DeclinesForward(), SMALL, select_device("cpu"))
     assert r.outcome == Outcome.NOT_SUPPORTED
     assert "at least 8 tokens" in r.message
+
+
+def test_a_declined_forward_makes_the_case_not_supported_though_other_stages_passed():
+    # the stages it ran pass, so without the rule the case would count as an executed Pass (recall: a fault
+    # whose only case is such a case would "survive" instead of being not exercised)
+    r = run_case(_DeclinesOnlyForward(), SMALL_BF16, select_device("cpu"))
+    assert r.outcome == Outcome.NOT_SUPPORTED
+    assert "e4m3fnuz" in r.message
+    assert any(v.outcome == Outcome.PASS for v in r.stages)
 
 
 # -- known issues of the interpreter

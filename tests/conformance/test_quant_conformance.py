@@ -83,6 +83,20 @@ def test_quantized_broken_implementation_is_caught_at_its_stage(name, device):
     )
 
 
+QUANT_SMOKE = [c for c in must_pass_cases("smoke") if c.spec.quant is not None]
+
+
+@pytest.mark.parametrize("name", QUANT_NAMES)
+def test_a_quantized_broken_implementation_fails_only_at_its_stage_on_the_must_pass_cases(name, device):
+    # what `certify --impl broken:NAME --cases <the quantized must-pass cases>` judges, in this process (two of
+    # them also go through the CLI: tests/certify/test_quant_certify.py)
+    impl, stage = get_implementation(f"broken:{name}"), BROKEN[name].stage
+    results = [run_case(impl, c, device) for c in QUANT_SMOKE]
+    failed = [r for r in results if not r.outcome.conformant]
+    assert failed, f"broken:{name} passed every quantized must-pass case"
+    assert {r.failing_stage for r in failed} == {stage}, [(r.outcome.value, r.failing_stage) for r in failed]
+
+
 class DroppedScale(TorchEagerImplementation):
     def weight_scales(self, qt, e):
         return super().weight_scales(qt, e) * 0 + 1
@@ -95,7 +109,7 @@ def test_a_dropped_weight_scale_fails_loudly(device):
     assert gemm1.max_ratio > 1e3
 
 
-@pytest.mark.parametrize("case", [c for c in must_pass_cases("smoke") if c.spec.quant is not None], ids=str)
+@pytest.mark.parametrize("case", QUANT_SMOKE, ids=str)
 def test_honest_eager_is_conformant_on_the_quantized_smoke_cases(case, device, eager):
     r = run_case(eager, case, device)
     assert r.outcome == Outcome.PASS, f"{r.outcome.value} at {r.failing_stage}: {r.message}"
@@ -110,3 +124,25 @@ def test_code_steps_count_format_steps_and_the_budget_allows_rare_single_flips()
     got[5] = 1.5  # two steps
     assert not within_flip_budget(code_steps("e4m3fn", got, want))
     assert np.isnan(code_steps("e4m3fn", np.array([1.06]), np.array([1.0])))[0]
+
+
+def test_a_cuda_run_leaves_out_the_fp8_flavour_no_cuda_target_compiles():
+    # e4m3fnuz is an AMD format: on cuda the case is not run at all (it would be declined, and a declined
+    # must-pass case inside the claims voids the run); the interpreter and hip keep it
+    from moe_cts.conformance.engine.must_pass import must_pass_for
+    from moe_cts.kernels.target_info import backend_rejected_fp8
+
+    assert backend_rejected_fp8("cuda") == {"e4m3fnuz"} and backend_rejected_fp8("hip") == frozenset()
+
+    def fnuz(backend):
+        return [
+            c.name
+            for c in must_pass_for("quick", backend)
+            if c.spec.quant
+            and c.spec.quant.fp8_format == "e4m3fnuz"
+            and c.spec.quant.method.startswith("fp8")
+        ]
+
+    assert fnuz("cuda") == [] and fnuz("hip") and fnuz("interpreter")
+    others = {c.name for c in must_pass_for("quick", "cuda") if c.spec.quant is not None}
+    assert "quant-mixtral-fp8-per-tensor" in others and "quant-gpt-oss-mxfp4" in others
