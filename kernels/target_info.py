@@ -134,6 +134,20 @@ def backend_rejected_fp8(backend: str) -> frozenset[str]:
     return frozenset.intersection(*(frozenset(FP8_REJECTED[n]) for n in names))
 
 
+def device_rejects_fp8(backend: str, device_arch: str | None, fmt: str) -> bool:
+    """Whether a device cannot run fp8 flavour `fmt`: its target's row when listed (device_arch as torch names
+    it: "sm_90", "gfx942", "cpu"), the CUDA rule for an unlisted sm_NN, the whole backend's rejections when
+    device_arch is None (backend_rejected_fp8)."""
+    if device_arch is None:
+        return fmt in backend_rejected_fp8(backend)
+    t = by_device(backend, device_arch)
+    if t is not None:
+        return fmt in FP8_REJECTED[t.name]
+    if backend == "cuda" and device_arch.startswith("sm_") and device_arch[3:].isdigit():
+        return fp8_rejection("cuda", int(device_arch[3:]), fmt) is not None
+    return fmt in backend_rejected_fp8(backend)
+
+
 def fp8_rejection(backend: str, arch: int | str, fmt: str) -> str | None:
     """Why a target cannot run fp8 flavour `fmt` (None if it can): the table first, the CUDA rule after."""
     t = next((t for t in TARGETS.values() if t.backend == backend and t.arch == arch), None)

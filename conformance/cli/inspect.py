@@ -44,7 +44,7 @@ def list_(
     console.print(t)
     console.print(f"this machine: {dev}", markup=False)
     _print_implementations()
-    cases = must_pass_for(profile.value, dev.backend)
+    cases = must_pass_for(profile.value, dev.backend, dev.arch)
     t = Table(title=f"must-pass cases of profile {profile.value} on {dev.backend} ({len(cases)})")
     for col in ("name", "profiles", "case"):
         t.add_column(col, overflow="fold")

@@ -1,9 +1,9 @@
 """The curated, versioned must-pass list (data/must_pass.json) and the cases a profile runs on a backend.
 
 must_pass_cases(profile)         the cases tagged with a profile (smoke | quick | full | gpu), in file order
-must_pass_for(profile, backend)  what a certify run of that profile executes on that backend: the tagged
-                                 cases the backend's hardware can express, plus the tile-table cases of the
-                                 backend (tile_cases.py)
+must_pass_for(profile, backend, arch)  what a certify run of that profile executes on that backend (and
+                                 device arch, when known): the tagged cases the hardware can express, plus
+                                 the tile-table cases of the backend (tile_cases.py)
 MUST_PASS_VERSION, must_pass_hash()   recorded in every report and certificate
 """
 
@@ -61,27 +61,28 @@ def must_pass_profiles(case: Case) -> tuple[str, ...]:
     return ()
 
 
-def must_pass_for(profile: str, backend: str) -> list[Case]:
+def must_pass_for(profile: str, backend: str, arch: str | None = None) -> list[Case]:
     """Must-pass cases of a profile. Cases tagged "gpu" (real-model presets at the sizes a GPU holds) join the
     quick and full profiles on a GPU, and are left out on the interpreter and the cpu (they need device memory or time the
-    CPU does not have) and from smoke (a few minutes anywhere)."""
+    CPU does not have) and from smoke (a few minutes anywhere). `arch` (torch's name: "sm_80", "gfx942") also
+    leaves out the fp8 flavours that device cannot compile (e4m3fn on sm80); without it, those of the backend."""
     host = backend in HOST_BACKENDS  # the interpreter and the plain cpu: no GPU-sized presets
     cases = [c for c in must_pass_cases(profile) if not (host and "gpu" in must_pass_profiles(c))]
     if not host and profile in ("quick", "full"):
         seen = {c.case_id for c in cases}
         cases += [c for c in must_pass_cases("gpu") if c.case_id not in seen]
-    cases = [c for c in cases if _expressible(c, backend)]
-    return cases + tile_cases(backend)  # every tile-table row at its bucket edges, in every profile
+    cases += tile_cases(backend)  # every tile-table row at its bucket edges, in every profile
+    return [c for c in cases if _expressible(c, backend, arch)]
 
 
-def _expressible(case: Case, backend: str) -> bool:
-    """False for an fp8 case in a flavour no target of the backend compiles (e4m3fnuz, an AMD format, on
-    cuda). Such a case is not run there: an implementation that claims the flavour would decline it on that
+def _expressible(case: Case, backend: str, arch: str | None) -> bool:
+    """False for an fp8 case in a flavour the device cannot compile (e4m3fnuz, an AMD format, on cuda; any fp8
+    on sm80). Such a case is not run there: an implementation that claims the flavour would decline it on that
     hardware, and a declined must-pass case inside the claims voids the run (report/coverage.py). Before this
     rule the CUDA certify runs counted the e4m3fnuz case as an executed Pass on its router stage alone."""
     q = case.spec.quant
     if q is None or not q.method.startswith("fp8"):
         return True
-    from moe_cts.kernels.target_info import backend_rejected_fp8  # lazily: kernels imports triton
+    from moe_cts.kernels.target_info import device_rejects_fp8  # lazily: kernels imports triton
 
-    return q.fp8_format not in backend_rejected_fp8(backend)
+    return not device_rejects_fp8(backend, arch, q.fp8_format)

@@ -106,7 +106,7 @@ class MoECts:
         return min(GENERATED_BATCHES, max(1, self.examples // MIN_EXAMPLES_PER_BATCH))
 
     def must_pass_ids(self) -> list[str]:
-        ids = [c.case_id for c in must_pass_for(self.profile, self.device.backend)]
+        ids = [c.case_id for c in must_pass_for(self.profile, self.device.backend, self.device.arch)]
         return [i for i in ids if i in self.only] if self.only else ids
 
     def replay_command(self, case_id: str) -> str:

@@ -99,13 +99,14 @@ def check_manifest(blobs: dict[str, bytes]) -> list[str]:
 
 
 def expected_must_pass(report: dict[str, Any], dev: dict[str, Any]) -> tuple[list[str] | None, str | None]:
-    """The must-pass ids this installation expects for the report's profile on that device's backend."""
+    """The must-pass ids this installation expects for the report's profile on that device (backend, arch)."""
     ours = must_pass_hash()
     theirs = report.get("suite", {}).get("must_pass_hash")
     if theirs != ours:
         return None, f"the report's must-pass hash {theirs} is not this installation's {ours}"
     backend = dev.get("device", {}).get("backend") or dev.get("device_arg", "").split(":")[0]
-    return [c.case_id for c in must_pass_for(report["run"]["profile"], backend)], None
+    arch = dev.get("device", {}).get("arch")
+    return [c.case_id for c in must_pass_for(report["run"]["profile"], backend, arch)], None
 
 
 def check_cases(report: dict[str, Any]) -> list[str]:

@@ -32,7 +32,7 @@ def _task(tmp_path: Path, name: str, case_id: str, impl: str) -> CaptureTask:
     ("impl", "timeout_s", "says"),
     [
         ("cts_test_impls:AbortOnOneToken", 300.0, "exited with code"),
-        ("cts_test_impls:HangOnOneToken", 25.0, "exceeded 25 s"),
+        ("cts_test_impls:HangOnOneToken", 15.0, "exceeded 15 s"),
     ],
     ids=["abort", "hang"],
 )

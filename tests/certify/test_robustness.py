@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from certify_helpers import MOE_CTS, cli_env
+from filelock import FileLock
 from typer.testing import CliRunner
 
 from moe_cts.conformance.cli.app import app
@@ -70,10 +71,22 @@ def test_ctrl_c_stops_cleanly_and_writes_a_partial_report(tmp_path):
     assert not (tmp_path / "moe-cts-out" / "certificate.tgz").exists()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def two_devices(tmp_path_factory):
-    """Two simulated devices; the second shard's process group is killed after its first result."""
-    cwd = tmp_path_factory.mktemp("two-devices")
+    """Two simulated devices; the second shard's process group is killed after its first result. Run once for
+    the session even under xdist (a file lock in the workers' shared temp directory: a module fixture is
+    per worker, and the three tests that read it were measured running it twice, 68 s and 63 s)."""
+    shared = tmp_path_factory.getbasetemp().parent
+    cwd, done = shared / "two-devices", shared / "two-devices.json"
+    with FileLock(str(done) + ".lock"):
+        if not done.exists():
+            cwd.mkdir(exist_ok=True)
+            done.write_text(json.dumps(_run_two_devices(cwd)))
+    meta = json.loads(done.read_text())
+    return meta["rc"], meta["out"], json.loads((cwd / "moe-cts-out" / "report.json").read_text()), cwd
+
+
+def _run_two_devices(cwd: Path) -> dict:
     p = subprocess.Popen(
         [*MOE_CTS, "certify", "--devices", "all", "--impl", "cts_test_impls:Slow", *QUIET],
         cwd=cwd,
@@ -89,7 +102,7 @@ def two_devices(tmp_path_factory):
         out, _ = p.communicate(timeout=400)
     finally:
         p.kill()
-    return p.returncode, out, json.loads((cwd / "moe-cts-out" / "report.json").read_text()), cwd
+    return {"rc": p.returncode, "out": out}
 
 
 def test_a_dead_device_shard_does_not_stop_the_other_device(two_devices):

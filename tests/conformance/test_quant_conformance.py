@@ -146,3 +146,16 @@ def test_a_cuda_run_leaves_out_the_fp8_flavour_no_cuda_target_compiles():
     assert fnuz("cuda") == [] and fnuz("hip") and fnuz("interpreter")
     others = {c.name for c in must_pass_for("quick", "cuda") if c.spec.quant is not None}
     assert "quant-mixtral-fp8-per-tensor" in others and "quant-gpt-oss-mxfp4" in others
+
+
+@pytest.mark.parametrize(
+    ("arch", "fp8_kept"),
+    [("sm_80", False), ("sm_89", True), ("sm_90", True), (None, True)],  # sm_89: not listed, the CUDA rule
+)
+def test_a_device_without_an_fp8_dot_runs_no_fp8_must_pass_case(arch, fp8_kept):
+    from moe_cts.conformance.engine.must_pass import must_pass_for
+
+    quant = [c.spec.quant for c in must_pass_for("quick", "cuda", arch) if c.spec.quant is not None]
+    fp8 = [q for q in quant if q.method.startswith("fp8")]
+    assert bool(fp8) == fp8_kept and all(q.fp8_format != "e4m3fnuz" for q in fp8)
+    assert any(q.method == "mxfp4" for q in quant)  # MXFP4 dequantizes to a bf16 dot: every arch runs it
