@@ -138,14 +138,12 @@ def device_rejects_fp8(backend: str, device_arch: str | None, fmt: str) -> bool:
     """Whether a device cannot run fp8 flavour `fmt`: its target's row when listed (device_arch as torch names
     it: "sm_90", "gfx942", "cpu"), the CUDA rule for an unlisted sm_NN, the whole backend's rejections when
     device_arch is None (backend_rejected_fp8)."""
-    if device_arch is None:
+    t = by_device(backend, device_arch) if device_arch is not None else None
+    sm = (device_arch or "").removeprefix("sm_")
+    arch = t.arch if t is not None else int(sm) if backend == "cuda" and sm.isdigit() else None
+    if arch is None:  # no arch, or one neither listed nor an sm_NN: what the whole backend rejects
         return fmt in backend_rejected_fp8(backend)
-    t = by_device(backend, device_arch)
-    if t is not None:
-        return fmt in FP8_REJECTED[t.name]
-    if backend == "cuda" and device_arch.startswith("sm_") and device_arch[3:].isdigit():
-        return fp8_rejection("cuda", int(device_arch[3:]), fmt) is not None
-    return fmt in backend_rejected_fp8(backend)
+    return fp8_rejection(backend, arch, fmt) is not None
 
 
 def fp8_rejection(backend: str, arch: int | str, fmt: str) -> str | None:

@@ -5,6 +5,10 @@
 #                              at most S seconds, its exit and wall time appended to the log
 #   certify_summary OUT        the log's verdict, coverage and non-passing lines
 #   slot_left SLOT             seconds left of a SLOT-second call
+#   recall_gpu OUT S           `moe-cts recall --profile gpu` on cuda:0 (RECALL_JOBS workers) into OUT/recall (log
+#                              OUT/recall.log), at most S seconds; prints its exit and wall time
+#   peer_bench OUT S           .peer/bench.py (vLLM's Triton path beside ours, BENCH_ARGS) into OUT/peer (log
+#                              OUT/peer.log), at most S seconds; prints its exit and wall time
 gpu_setup() {
   mkdir -p "$1"
   export PYTHONUNBUFFERED=1
@@ -26,4 +30,16 @@ certify_summary() {
 
 slot_left() {
   echo $(( $1 - ($(date +%s) - T0) ))
+}
+
+recall_gpu() {
+  local s; s=$(date +%s)
+  timeout "$2" moe-cts recall --profile gpu --device cuda:0 --jobs ${RECALL_JOBS:-8} --out "$1/recall" > "$1/recall.log" 2>&1
+  echo "recall exit $? in $(( $(date +%s) - s )) s"
+}
+
+peer_bench() {
+  local s; s=$(date +%s)
+  (cd .peer && timeout "$2" env MOE_CTS_SRC=.. python3 bench.py --out "$1/peer" ${BENCH_ARGS:-}) > "$1/peer.log" 2>"$1/peer-stderr.log"
+  echo "peer bench exit $? in $(( $(date +%s) - s )) s"
 }

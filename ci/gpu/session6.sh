@@ -17,13 +17,9 @@ source "$(dirname "$0")/common.sh"
 gpu_setup "$OUT"
 case "$MODE" in
 a)
-  s=$(date +%s)
-  timeout "${RECALL_TIMEOUT:-200}" moe-cts recall --profile gpu --device cuda:0 --jobs ${RECALL_JOBS:-8} --out "$OUT/recall" > "$OUT/recall.log" 2>&1
-  echo "recall exit $? in $(( $(date +%s) - s )) s"
+  recall_gpu "$OUT" "${RECALL_TIMEOUT:-200}"
   grep -vE "^\s*$" "$OUT/recall.log" | grep -v " killed " | tail -16
-  s=$(date +%s)
-  (cd .peer && timeout "${BENCH_TIMEOUT:-150}" env MOE_CTS_SRC=.. python3 bench.py --out "$OUT/peer" ${BENCH_ARGS:-}) > "$OUT/peer.log" 2>"$OUT/peer-stderr.log"
-  echo "peer bench exit $? in $(( $(date +%s) - s )) s"
+  peer_bench "$OUT" "${BENCH_TIMEOUT:-150}"
   tail -48 "$OUT/peer.log"
   certify_quick "$OUT" "${CERT_JOBS:-10}" "$(( $(slot_left ${SLOT:-585}) ))"
   certify_summary "$OUT"
@@ -34,9 +30,7 @@ b)
   tail -5 "$OUT/full-stderr.log"
   ;;
 c)
-  s=$(date +%s)
-  timeout "${RECALL_TIMEOUT:-200}" moe-cts recall --profile gpu --device cuda:0 --jobs ${RECALL_JOBS:-8} --out "$OUT/recall" > "$OUT/recall.log" 2>&1
-  echo "recall exit $? in $(( $(date +%s) - s )) s"
+  recall_gpu "$OUT" "${RECALL_TIMEOUT:-200}"
   grep -vE "^\s*$" "$OUT/recall.log" | grep -v " killed " | tail -12
   s=$(date +%s)
   timeout "${TUNE_TIMEOUT:-220}" python3 ci/gpu/tune.py ${TUNE_ARGS:-} --json "$OUT/tune.json" > "$OUT/tune.log" 2>&1
@@ -45,9 +39,7 @@ c)
   echo "quant_bench exit $?"; tail -3 "$OUT/quant-stderr.log"
   ;;
 d)
-  s=$(date +%s)
-  (cd .peer && timeout "${BENCH_TIMEOUT:-170}" env MOE_CTS_SRC=.. python3 bench.py --out "$OUT/peer" ${BENCH_ARGS:-}) > "$OUT/peer.log" 2>"$OUT/peer-stderr.log"
-  echo "peer bench exit $? in $(( $(date +%s) - s )) s"
+  peer_bench "$OUT" "${BENCH_TIMEOUT:-170}"
   grep -E "=>|geomean" "$OUT/peer.log" | tail -44
   certify_quick "$OUT" "${CERT_JOBS:-10}" "$(( $(slot_left ${SLOT:-585}) ))"
   certify_summary "$OUT"

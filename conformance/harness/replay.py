@@ -29,6 +29,7 @@ from moe_cts.conformance.engine.results import CaseResult
 from moe_cts.conformance.engine.session import DEFAULT_TIMEOUT_S, Session
 from moe_cts.conformance.impls.registry import load_implementation
 from moe_cts.reference.layer import moe_forward
+from moe_cts.reference.qweights import QuantTensor
 
 _SAFE = re.compile(r"[^\w.-]")
 
@@ -91,7 +92,7 @@ def capture_tensors(d: Path, case_id: str, impl_name: str, device_arg: str, *, o
     qw = inputs.qweights
     if qw is not None:
         for name, v in vars(qw).items():
-            if hasattr(v, "codes"):  # a QuantTensor
+            if isinstance(v, QuantTensor):
                 tensors |= {f"{name}.codes": v.codes, f"{name}.scales": v.scales}
             elif isinstance(v, float):  # a13_scale / a2_scale
                 tensors[name] = torch.tensor([v], dtype=torch.float64)
