@@ -85,11 +85,18 @@ def chunk_scan_kernel(
     block_m,
     HAS_LOCAL: tl.constexpr,
     BLOCK_E: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
+    """Both passes read BLOCK_C chunks' rows per step, a (BLOCK_C, BLOCK_E) tile: ceil(C / BLOCK_C) dependent
+    steps instead of C (the per-step latency, not the bytes, is this kernel's cost)."""
     offs_e, in_e, local = _expert_lanes(local_ptr, E, HAS_LOCAL, BLOCK_E)
+    offs_c = tl.arange(0, BLOCK_C)
     total = tl.zeros((BLOCK_E,), tl.int32)
-    for c in range(C):
-        total += tl.load(hist_ptr + c * E + offs_e, mask=in_e, other=0)
+    for c0 in range(0, C, BLOCK_C):
+        rows = c0 + offs_c
+        ok = (rows < C)[:, None] & in_e[None, :]
+        h = tl.load(hist_ptr + rows[:, None] * E + offs_e[None, :], mask=ok, other=0)
+        total += tl.sum(h, axis=0)
     kept = tl.where(local, total, 0)
     padded = (kept + block_m - 1) // block_m * block_m
     pend = tl.cumsum(padded, axis=0)
@@ -98,11 +105,17 @@ def chunk_scan_kernel(
     tl.store(pend_ptr + offs_e, pend, mask=in_e)
     tl.store(num_padded_ptr, tl.sum(padded, axis=0))
 
-    # Second pass: chunk c's run of expert e starts after the earlier chunks' assignments of e.
+    # Second pass: chunk c's run of expert e starts after the earlier chunks' assignments of e: an exclusive
+    # cumsum down each tile's chunk axis on top of the running start.
     running = pend - padded  # start slot of each expert's run
-    for c in range(C):
-        tl.store(base_ptr + c * E + offs_e, running, mask=in_e)
-        running += tl.where(local, tl.load(hist_ptr + c * E + offs_e, mask=in_e, other=0), 0)
+    for c0 in range(0, C, BLOCK_C):
+        rows = c0 + offs_c
+        ok = (rows < C)[:, None] & in_e[None, :]
+        h = tl.load(hist_ptr + rows[:, None] * E + offs_e[None, :], mask=ok, other=0)
+        h = tl.where(local[None, :], h, 0)
+        inclusive = tl.cumsum(h, axis=0)
+        tl.store(base_ptr + rows[:, None] * E + offs_e[None, :], running[None, :] + inclusive - h, mask=ok)
+        running += tl.sum(h, axis=0)
 
 
 @triton.jit(do_not_specialize=["N"])

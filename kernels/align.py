@@ -40,12 +40,28 @@ class Permutation:
     offsets: torch.Tensor  # (E+1,) order[offsets[e]:offsets[e+1]] are expert e's assignments
 
 
-def _block_sizes() -> tuple[int, int, int]:
-    """(BLOCK_N assignments per chunk, SUB ids ranked at once, BLOCK_S slots per pad-fill program).
+#: GPU chunking of the multi-launch path: ~CHUNKS_TARGET chunks, each at least MIN_CHUNK ids. The scatter runs
+#: one program per chunk and ranks a chunk's ids serially, SUB at a time; one program per 4096 ids (the old
+#: fixed chunk) left most of the GPU idle: on an H200 the one-program kernel took 265 us for T*k = 4096
+#: (Qwen2-57B, T = 512) and the scatter 308 us for 16384 (DeepSeek-V3, T = 2048), next to GEMMs of ~1 and
+#: ~6.4 ms (ci/gpu/perf_probe.py, session 7).
+CHUNKS_TARGET = 128
+MIN_CHUNK, MAX_CHUNK = 256, 4096
+#: elements of the scan kernel's (BLOCK_C, BLOCK_E) tile
+SCAN_TILE = 8192
 
-    4096-id chunks keep the serial scan at 98 steps for T*k = 400k. The interpreter pays per
-    operation, not per element, so it ranks a whole 512-id chunk in one all-pairs step."""
-    return (512, 512, 16384) if INTERPRET else (4096, 128, 1024)
+
+def _block_sizes(n: int) -> tuple[int, int, int]:
+    """(BLOCK_N assignments per chunk, SUB ids ranked at once, BLOCK_S slots per pad-fill program) for n ids.
+
+    GPU: BLOCK_N = next_pow2(n / CHUNKS_TARGET) within [MIN_CHUNK, MAX_CHUNK]: n <= 256 is one chunk (one
+    launch, decode), up to 32k ids ~128 chunks of 256 (two SUB steps each), 400k ids 98 chunks of 4096 (the
+    scan's step count stays bounded). The interpreter pays per operation, not per element, so it ranks a
+    whole 512-id chunk in one all-pairs step."""
+    if INTERPRET:
+        return (512, 512, 16384)
+    block_n = min(MAX_CHUNK, max(MIN_CHUNK, triton.next_power_of_2(-(-n // CHUNKS_TARGET))))
+    return (block_n, 128, 1024)
 
 
 @functools.lru_cache(maxsize=64)
@@ -122,7 +138,7 @@ def align(
     N, E, dev = T * k, spec.num_experts, topk_ids.device
     if N == 0:
         return _empty(spec, topk_ids, block_m)
-    BLOCK_N, SUB, BLOCK_S = tiles or _block_sizes()
+    BLOCK_N, SUB, BLOCK_S = tiles or _block_sizes(N)
     BLOCK_E = max(16, triton.next_power_of_2(E))
     C = triton.cdiv(N, BLOCK_N)
     P = padded_capacity(N, E, block_m)
@@ -170,7 +186,7 @@ def align(
             # sizes
             C=C, E=E, block_m=block_m,
             # constexprs
-            HAS_LOCAL=has_local, BLOCK_E=BLOCK_E,
+            HAS_LOCAL=has_local, BLOCK_E=BLOCK_E, BLOCK_C=max(1, SCAN_TILE // BLOCK_E),
             # launch options
             num_warps=8 if BLOCK_E >= 1024 else 4,
         )  # fmt: skip

@@ -248,6 +248,8 @@ def _launch_select(spec, weights, part, n_split, ids, topw, logits, scores, bloc
     keep_scores = logits is not None
     rb = weights.router_bias if spec.router_bias else weights.router
     cb = weights.correction_bias if spec.correction_bias else weights.router
+    g = spec.n_group
+    tiled = spec.grouped and E == BLOCK_E and g & (g - 1) == 0  # _group_keep_tiled reshape
     router_select_kernel[(triton.cdiv(T, BLOCK_T),)](
         # inputs
         part_ptr=part, rbias_ptr=rb, cbias_ptr=cb,
@@ -255,7 +257,7 @@ def _launch_select(spec, weights, part, n_split, ids, topw, logits, scores, bloc
         ids_ptr=ids, topw_ptr=topw,
         logits_ptr=logits if keep_scores else topw, scores_ptr=scores if keep_scores else topw,
         # sizes and scalars
-        T=T, E=E, K=k, n_split=n_split,
+        T=T, E=E, K=k,
         stride_rbias=rb.stride(0), stride_cbias=cb.stride(0),
         group_size=E // spec.n_group, n_group=spec.n_group, topk_group=spec.topk_group,
         scaling=float(spec.routed_scaling_factor),
@@ -267,6 +269,7 @@ def _launch_select(spec, weights, part, n_split, ids, topw, logits, scores, bloc
         GROUP_TOP2=spec.group_score == "top2_sum",
         RENORMALIZE=spec.renormalize,
         STORE_SCORES=keep_scores,
+        N_SPLIT=n_split, GROUP_TILED=tiled, N_GROUP=spec.n_group if tiled else 1,
         BLOCK_T=BLOCK_T, BLOCK_E=BLOCK_E,
         # launch options
         num_warps=num_warps, num_stages=1,

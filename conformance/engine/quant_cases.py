@@ -46,6 +46,8 @@ def _block_exponents(nb: int, kb: int, e: int) -> np.ndarray:
 def adversarial_matrix(w: np.ndarray, spec: MoESpec, first: int = 0) -> np.ndarray:
     """(..., N, K) float64 weights reshaped block by block (module docstring); leading dims are experts,
     the first of them expert `first` (a slice of the experts gets the pattern of its place in the whole)."""
+    # torch twin, one expert on the device: quant_large._adversarial_expert (test_quant_large.py holds
+    # the two equal bit for bit): a change here goes there too
     q = spec.quant
     *lead, N, K = w.shape
     bn, bk = q.block_for(N, K)

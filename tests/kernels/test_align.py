@@ -42,7 +42,8 @@ class Case:
     tiles: tuple[int, int, int] | None = None  # force (BLOCK_N, SUB, BLOCK_S)
 
 
-GPU_TILES = (4096, 128, 1024)  # moe_cts.kernels.align._block_sizes() off the interpreter
+GPU_TILES = (4096, 128, 1024)  # moe_cts.kernels.align._block_sizes(n) off the interpreter, n >= 512k
+GPU_SMALL_TILES = (256, 128, 1024)  # the same for n <= 32k: ~128 chunks of 256 ids
 
 
 def _cases() -> list[Case]:
@@ -72,6 +73,9 @@ def _cases() -> list[Case]:
         Case("gpu_tiles", 64, 8, 700, 16, tiles=GPU_TILES),  # 5600 ids: 2 chunks of 32 steps
         Case("gpu_tiles_local", 257, 6, 300, 32, local=tuple(range(0, 257, 3)), tiles=GPU_TILES),  # one chunk
         Case("gpu_tiles_one_token", 256, 8, 1, 64, tiles=GPU_TILES),  # decode: the one-launch path
+        Case("gpu_small_chunks", 64, 8, 300, 16, tiles=GPU_SMALL_TILES),  # 2400 ids: 10 chunks, one scan step
+        # BLOCK_E 1024 leaves 8 chunk rows per scan step: 10 chunks take two, the second one partial
+        Case("gpu_small_chunks_scan_steps", 1024, 8, 300, 16, tiles=GPU_SMALL_TILES),
     ]
 
 

@@ -73,6 +73,10 @@ def _cases() -> list[Case]:
         Case("one_token", mixtral, 1),
         Case("H_not_a_block_multiple", replace(qwen, hidden_size=200), 11),  # BLOCK_H 128: 2 steps, masked
         Case("several_programs", dsv3, 37, block_t=16),
+        # grouped selection off the (T, n_group, E / n_group) tiles: E = 48 is not BLOCK_E (64), so the
+        # per-group loop runs (dsv3 above takes the tiled one); both must pick the oracle's groups
+        Case("grouped_untiled_E48", replace(dsv3, num_experts=48, n_group=4, topk_group=2, top_k=6), 19),
+        Case("grouped_three_groups", replace(dsv3, num_experts=48, n_group=3, topk_group=2, top_k=6), 19),
         Case("strided_inputs", dsv3, 23, strided=True),
         # -- dtypes
         Case("fp16", mixtral, 37, torch.float16),

@@ -1,0 +1,279 @@
+"""Where the forward's time goes, and tile candidates for the quantized paths (a GPU diagnostic, not a test).
+
+    python ci/gpu/perf_probe.py --out DIR [--parts profile,fp8,mxfp4,bf16]
+
+profile   torch.profiler (CUPTI kernel records) of eager calls, per kernel mean device microseconds:
+          route() at T = 1 for the wide-E presets; the ids-given bf16 forward where vLLM led in session 6
+          (Qwen2-57B / Qwen3-235B / Mixtral T = 512, DeepSeek-V3 T = 2048); the fp8 and MXFP4 forwards at
+          decode and at T = 4096
+fp8       block fp8 at DeepSeek-V3 width, ids given: the table's row and candidates per T (CUDA-graph
+          replays, do_bench median, L2 flushed; our bf16 path in the same run)
+mxfp4     the same for gpt-oss-120b MXFP4 (tiles, decodes, dot_scaled)
+bf16      the 16-bit forward at the mid-size points under the table row and BLOCK_M 128 candidates
+          (sm90-only 4-stage tiles included: recorded as such, not for the shared cuda table)
+
+Every record is one JSON line in DIR/probe.jsonl; a compact table goes to stdout at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "bench")]
+
+from bench_timing import Timer, capture_graph  # noqa: E402
+from quant_bench import _base, quantized, routing  # noqa: E402
+from tune import routed  # noqa: E402
+
+import moe_cts.kernels  # noqa: E402
+from moe_cts.kernels import fused_moe  # noqa: E402
+from moe_cts.kernels.config import last_config  # noqa: E402
+from moe_cts.reference import presets  # noqa: E402
+from moe_cts.reference.quant import QuantScheme  # noqa: E402
+
+OUT: list[dict] = []
+LOG = None
+
+
+def emit(rec: dict) -> None:
+    OUT.append(rec)
+    LOG.write(json.dumps(rec) + "\n")
+    LOG.flush()
+    print(json.dumps(rec)[:400], flush=True)
+
+
+def kernel_us(fn, iters: int = 20) -> dict[str, float]:
+    """Mean device microseconds per call of each kernel fn launches (eager; CUPTI records)."""
+    fn()
+    torch.cuda.synchronize()
+    acts = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    out: dict[str, float] = defaultdict(float)
+    for e in prof.events():
+        t = getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0)
+        if e.device_type == torch.autograd.DeviceType.CUDA and t:
+            out[e.name[:60]] += t / iters
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def tile(bn, bk, w, st, gm=8):
+    return {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": gm, "num_warps": w, "num_stages": st}
+
+
+def replay_ms(timer, fn) -> float:
+    g = capture_graph(fn)
+    try:
+        return timer(g[0].replay)["ms"]
+    finally:
+        del g
+
+
+def bf16_inputs(name: str, T: int, gen):
+    spec = routed(name)
+    base = _base(spec, torch.bfloat16, "cuda", gen)
+    x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+    return spec, base, x
+
+
+def _profile_route(timer, name, gen) -> None:
+    spec, base, x = bf16_inputs(name, 1, gen)
+    r = routing(spec, 1, "cuda", gen)
+    emit({"part": "profile", "what": "route", "preset": name, "T": 1,
+          "kernels": kernel_us(lambda: moe_cts.kernels.route(spec, base, x)),
+          "route_graph_ms": replay_ms(timer, lambda: moe_cts.kernels.route(spec, base, x)),
+          "fwd_ids_graph_ms": replay_ms(timer, lambda: fused_moe(spec, base, x, routing=r)),
+          "fwd_router_graph_ms": replay_ms(timer, lambda: fused_moe(spec, base, x))})  # fmt: skip
+
+
+def _profile_fwd(timer, what, name, T, spec, weights, x, r) -> None:
+    def fn():
+        return fused_moe(spec, weights, x, routing=r)
+
+    k = kernel_us(fn)
+    emit({"part": "profile", "what": what, "preset": name, "T": T, "kernels": k, "sum_us": sum(k.values()),
+          "graph_ms": replay_ms(timer, fn), "config": last_config().to_dict()})  # fmt: skip
+
+
+def part_profile(timer) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for name in ("deepseek-v3", "E128k8H4096I1536", "gpt-oss-120b"):
+        _profile_route(timer, name, gen)
+    for name, T in (
+        ("qwen2-57b-a14b", 512),
+        ("E128k8H4096I1536", 512),
+        ("mixtral-8x7b", 512),
+        ("deepseek-v3", 2048),
+    ):
+        spec, base, x = bf16_inputs(name, T, gen)
+        _profile_fwd(timer, "bf16 fwd ids", name, T, spec, base, x, routing(spec, T, "cuda", gen))
+        base = None  # the next preset's weights need the memory
+    for name, scheme, Ts in (
+        ("deepseek-v3", QuantScheme.fp8_block(), (1, 4096)),
+        ("gpt-oss-120b", QuantScheme.mxfp4(), (1, 16, 4096)),
+    ):
+        spec = presets.get(name)
+        qspec = spec.replace(quant=scheme)
+        qw = quantized(qspec, _base(spec, torch.bfloat16, "cuda", gen), gen)
+        for T in Ts:
+            x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+            _profile_fwd(
+                timer, f"{scheme.method} fwd ids", name, T, qspec, qw, x, routing(spec, T, "cuda", gen)
+            )
+        qw = None
+
+
+def sweep(part, timer, spec, qspec, weights_b, weights_q, T, cands, gen) -> None:
+    x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+    r = routing(spec, T, "cuda", gen)
+    bf = replay_ms(timer, lambda: fused_moe(spec, weights_b, x, routing=r))
+    q = replay_ms(timer, lambda: fused_moe(qspec, weights_q, x, routing=r))
+    emit({"part": part, "T": T, "cfg": "table", "ms": q, "bf16_ms": bf, "speedup": bf / q,
+          "table": last_config().to_dict() if hasattr(last_config(), "to_dict") else None})  # fmt: skip
+    ref = fused_moe(qspec, weights_q, x, routing=r)
+    for cfg in cands:
+        rec = {"part": part, "T": T, "cfg": cfg, "bf16_ms": bf}
+        try:
+            y = fused_moe(qspec, weights_q, x, routing=r, config=cfg)
+            # same inputs, another tile: must agree to the quantized path's own rounding, never be wild
+            rec["rel_diff"] = float((y.float() - ref.float()).norm() / ref.float().norm().clamp(min=1e-30))
+            rec["ms"] = replay_ms(
+                timer, lambda cfg=cfg: fused_moe(qspec, weights_q, x, routing=r, config=cfg)
+            )
+            rec["speedup"] = bf / rec["ms"]
+        except Exception as e:  # a config that does not compile or fit is recorded, the sweep goes on
+            rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        emit(rec)
+
+
+def part_fp8(timer) -> None:
+    spec = presets.get("deepseek-v3")
+    qspec = spec.replace(quant=QuantScheme.fp8_block())
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    base = _base(spec, torch.bfloat16, "cuda", gen)
+    qw = quantized(qspec, base, gen)
+
+    def c(bm, gu, dn):
+        return {"BLOCK_M": bm, "gate_up": gu, "down": dn}
+
+    cands = {
+        1: [c(16, tile(32, 128, 4, 8, 1), tile(64, 128, 4, 8, 1)), c(16, tile(32, 128, 2, 6, 1), tile(32, 128, 2, 6, 1)),
+            c(16, tile(16, 128, 2, 8, 1), tile(32, 128, 2, 8, 1)), c(16, tile(32, 128, 4, 4, 1), tile(32, 128, 4, 4, 1))],
+        512: [c(64, tile(64, 128, 4, 4), tile(128, 128, 4, 4)), c(64, tile(64, 128, 8, 4), tile(128, 128, 8, 4)),
+              c(32, tile(64, 128, 4, 4), tile(128, 128, 4, 4))],
+        4096: [c(128, tile(64, 128, 8, 3), tile(128, 128, 8, 3)), c(128, tile(64, 128, 8, 4), tile(128, 128, 8, 4)),
+               c(128, tile(64, 128, 4, 4), tile(64, 128, 4, 4)), c(64, tile(64, 128, 4, 4), tile(128, 128, 4, 4)),
+               c(64, tile(64, 128, 8, 4), tile(128, 128, 8, 4)), c(128, tile(32, 128, 4, 4), tile(64, 128, 4, 4)),
+               c(64, tile(128, 128, 8, 3), tile(128, 128, 8, 3))],
+    }  # fmt: skip
+    for T, cs in cands.items():
+        sweep("fp8", timer, spec, qspec, base, qw, T, cs, gen)
+
+
+def part_mxfp4(timer) -> None:
+    spec = presets.get("gpt-oss-120b")
+    qspec = spec.replace(quant=QuantScheme.mxfp4())
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    base = _base(spec, torch.bfloat16, "cuda", gen)
+    qw = quantized(qspec, base, gen)
+
+    def c(bm, gu, dn, **kw):
+        return {"BLOCK_M": bm, "gate_up": gu, "down": dn, **kw}
+
+    small = [
+        c(16, tile(32, 128, 4, 4, 1), tile(32, 128, 4, 4, 1)),
+        c(16, tile(32, 128, 4, 6, 1), tile(64, 128, 4, 6, 1)),
+        c(16, tile(32, 256, 4, 3, 1), tile(64, 256, 4, 3, 1)),
+        c(16, tile(64, 128, 8, 4, 1), tile(64, 128, 8, 4, 1)),
+        c(16, tile(32, 128, 2, 6, 1), tile(32, 128, 2, 6, 1)),
+        c(16, tile(64, 256, 8, 3, 1), tile(128, 256, 8, 3, 1)),
+        c(16, tile(32, 128, 4, 4, 1), tile(64, 128, 4, 4, 1), dot="dot_scaled"),
+        c(16, tile(64, 128, 4, 4, 1), tile(64, 128, 4, 4, 1), dot="dot_scaled"),
+        c(16, tile(32, 128, 4, 4, 1), tile(64, 128, 4, 4, 1), decode="native"),
+    ]
+    large = [
+        c(64, tile(64, 128, 4, 4), tile(128, 128, 4, 4)),
+        c(64, tile(64, 128, 8, 3), tile(128, 128, 8, 3)),
+        c(128, tile(64, 128, 8, 3), tile(128, 128, 8, 3)),
+        c(64, tile(64, 128, 4, 4), tile(128, 128, 4, 4), dot="dot_scaled"),
+        c(128, tile(128, 128, 8, 3), tile(128, 128, 8, 3), dot="dot_scaled"),
+    ]
+    for T, cs in ((1, small), (16, small), (4096, large)):
+        sweep("mxfp4", timer, spec, qspec, base, qw, T, cs, gen)
+
+
+def part_bf16(timer) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def c(bm, gu, dn):
+        return {"BLOCK_M": bm, "gate_up": gu, "down": dn}
+
+    cands = [
+        c(128, tile(128, 64, 8, 3), tile(128, 64, 8, 3)),  # the cuda table's large row
+        c(128, tile(64, 64, 8, 4), tile(128, 64, 8, 4)),
+        c(128, tile(128, 64, 8, 4), tile(256, 64, 8, 4)),  # vLLM's H200 row shape (sm90 smem only)
+        c(64, tile(128, 64, 8, 4), tile(128, 64, 8, 4)),
+        c(128, tile(64, 64, 4, 4), tile(128, 64, 4, 4)),
+    ]
+    for name, T in (("qwen2-57b-a14b", 512), ("E128k8H4096I1536", 512), ("mixtral-8x7b", 512),
+                    ("qwen2-57b-a14b", 2048), ("deepseek-v3", 2048)):  # fmt: skip
+        _bf16_point(timer, name, T, cands, gen)
+
+
+def _bf16_point(timer, name, T, cands, gen) -> None:
+    spec, base, x = bf16_inputs(name, T, gen)
+    r = routing(spec, T, "cuda", gen)
+    ms = replay_ms(timer, lambda: fused_moe(spec, base, x, routing=r))
+    emit({"part": "bf16", "preset": name, "T": T, "cfg": "table", "ms": ms, "table": last_config().to_dict()})
+    for cfg in cands:
+        rec = {"part": "bf16", "preset": name, "T": T, "cfg": cfg, "table_ms": ms}
+        try:
+            rec["ms"] = replay_ms(timer, lambda cfg=cfg: fused_moe(spec, base, x, routing=r, config=cfg))
+            rec["vs_table"] = ms / rec["ms"]
+        except Exception as e:
+            rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        emit(rec)
+
+
+def main() -> int:
+    global LOG
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--parts", default="profile,fp8,mxfp4,bf16")
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    LOG = open(a.out / "probe.jsonl", "a")  # noqa: SIM115 (module-level log, closed at exit)
+    timer = Timer(cpu=False, warmup_ms=10, rep_ms=40)
+    parts = {"profile": part_profile, "fp8": part_fp8, "mxfp4": part_mxfp4, "bf16": part_bf16}
+    for p in a.parts.split(","):
+        try:
+            parts[p](timer)
+        except Exception as e:  # one part's failure does not lose the others
+            emit({"part": p, "error": f"{type(e).__name__}: {str(e)[:500]}"})
+        torch.cuda.empty_cache()
+    print("\n== summary ==")
+    for r in OUT:
+        if r.get("part") == "profile":
+            top = ", ".join(f"{k[:28]} {v:.1f}" for k, v in list(r.get("kernels", {}).items())[:6])
+            extra = {k: round(v, 4) for k, v in r.items() if k.endswith("_ms")}
+            print(f"profile {r.get('what')} {r.get('preset')} T={r.get('T')} {extra} | {top}")
+        elif "ms" in r or "error" in r:
+            cfg = r.get("cfg")
+            cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
+            ms = r.get("ms")
+            print(f"{r.get('part')} {r.get('preset', '')} T={r.get('T')} {'-' if ms is None else f'{ms:.3f}'} ms "
+                  f"x{r.get('speedup', r.get('vs_table', 0)):.2f} {r.get('error', '')[:60]} {cs[:150]}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
