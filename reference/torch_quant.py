@@ -3,7 +3,7 @@
     piece             numpy side (numpy_quant / formats)            this module
     fp8 decode        bit fields -> value table                      torch's float8 dtypes (.view(...).double())
     e2m1 decode       bit fields                                     the literal 16-value table (as transformers)
-    E8M0 decode       ldexp(1, code - 127)                           2.0 ** (code - 127), 0xFF -> NaN
+    E8M0 decode       ldexp(1, code - 127)                           pow2(code - 127) (bits), 0xFF -> NaN
     RTNE-saturate     frexp quantum + np.rint                        nearest neighbour in the sorted value
                                                                      table, ties to the even code
     ue8m0 ceil        frexp guess + exact correction                 log2 guess + exact correction
@@ -58,22 +58,29 @@ def round_sat(fmt: str, x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(x), x, out)
 
 
+def pow2(e: torch.Tensor) -> torch.Tensor:
+    """2^e in float64 for integer-valued e, assembled from the exponent bits: exact on every device, where
+    `2.0 ** e` is not (an H200 gave 0.06249999999999999 for 2^-4, session 7). e is clamped to float64's
+    normal exponents [-1022, 1023]; the scales here live in [-127, 127]."""
+    return ((e.clamp(-1022, 1023).long() + 1023) << 52).view(F64)
+
+
 def _ue8m0(amax: torch.Tensor, elem_max: float, elem_emax: int, rounding: str) -> torch.Tensor:
     """Power-of-two scale of amax (formats.ue8m0_scale's contract, computed another way)."""
     a = amax.clamp(min=0)
     safe = torch.where(torch.isfinite(a) & (a > 0), a, torch.ones_like(a))
     fl = torch.floor(torch.log2(safe))
-    fl = torch.where(2.0**fl > safe, fl - 1, fl)
-    fl = torch.where(2.0 ** (fl + 1) <= safe, fl + 1, fl)  # now 2^fl <= safe < 2^(fl+1) exactly
+    fl = torch.where(pow2(fl) > safe, fl - 1, fl)
+    fl = torch.where(pow2(fl + 1) <= safe, fl + 1, fl)  # now 2^fl <= safe < 2^(fl+1) exactly
     if rounding == "floor":
         e = fl - elem_emax
     elif rounding == "threshold_1p75":
-        e = fl + (safe >= 1.75 * 2.0**fl).to(F64) - elem_emax
+        e = fl + (safe >= 1.75 * pow2(fl)).to(F64) - elem_emax
     else:
         e = torch.ceil(torch.log2(safe / elem_max))
-        e = torch.where(elem_max * 2.0 ** (e - 1) >= safe, e - 1, e)
-        e = torch.where(elem_max * 2.0**e < safe, e + 1, e)
-    s = 2.0 ** e.clamp(-127, 127)
+        e = torch.where(elem_max * pow2(e - 1) >= safe, e - 1, e)
+        e = torch.where(elem_max * pow2(e) < safe, e + 1, e)
+    s = pow2(e.clamp(-127, 127))
     s = torch.where(amax == 0, torch.zeros_like(s), s)
     return torch.where(torch.isnan(amax), amax, s)
 
@@ -111,7 +118,7 @@ def _weight_parts(qt: QuantTensor, e: int | None) -> tuple[torch.Tensor, torch.T
     if qt.packed:
         codes = torch.stack([codes & 0xF, codes >> 4], dim=-1).flatten(-2)
     if qt.scale_dtype == "e8m0":
-        s = torch.where(scales == 0xFF, torch.nan, 2.0 ** (scales.to(F64) - 127))
+        s = torch.where(scales == 0xFF, torch.nan, pow2(scales.to(F64) - 127))
     else:
         s = scales.to(F64)
     return decode(qt.fmt, codes), s

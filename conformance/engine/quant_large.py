@@ -112,7 +112,7 @@ def quantize_routed(
 
 # ------------------------------------------------------------------------------------ the device path
 # The numpy path's steps in torch float64, on the device, one expert at a time. Bit for bit the same:
-#   - powers of two are built from their bits (_pow2), never by pow: a device's pow need not be exact;
+#   - powers of two are built from their bits (torch_quant.pow2), never by pow: a device's pow need not be exact;
 #   - a tensor divided by a Python float is, on CUDA, a multiplication by the float's reciprocal (one
 #     rounding more); _div divides by a device tensor instead, an IEEE division as numpy's;
 #   - every other step is one IEEE operation per element (multiply, divide, max, compare), or exact
@@ -126,11 +126,6 @@ def _use_torch(device, torch_path: bool | None) -> bool:
     if torch_path is not None:
         return torch_path
     return device is not None and torch.device(device).type == "cuda"
-
-
-def _pow2(e: torch.Tensor) -> torch.Tensor:
-    """2^e in float64 of integer exponents in [-1022, 1023] (e any integer tensor), from the bits."""
-    return ((e.long() + 1023) << 52).view(torch.float64)
 
 
 def _div(a: torch.Tensor, v: float) -> torch.Tensor:
@@ -168,7 +163,7 @@ def _adversarial_expert(w: torch.Tensor, q, elem: formats.Format, e: int) -> Non
     bn, bk = q.block_for(N, K)
     nb, kb = -(-N // bn), -(-K // bk)
     i, j = torch.meshgrid(torch.arange(nb, device=w.device), torch.arange(kb, device=w.device), indexing="ij")
-    p = _pow2((3 * i + j + 2 * e) % 7 - 3)  # quant_cases._block_exponents
+    p = tq.pow2((3 * i + j + 2 * e) % 7 - 3)  # quant_cases._block_exponents
     for r0, r1 in _row_chunks(N, K):
         w[r0:r1] *= _expand(p, bn, bk, r0, r1, K)
     # quant_cases._subnormal_elements: all blocks at once, each from its own amax before the change
