@@ -49,7 +49,7 @@ from moe_cts.reference import formats
 from moe_cts.reference import numpy_quant as npq
 from moe_cts.reference import torch_quant as tq
 from moe_cts.reference.errors import SpecError
-from moe_cts.reference.qweights import QuantizedMoEWeights, QuantTensor, quantize_tensor
+from moe_cts.reference.qweights import QUANT_FIELDS, QuantizedMoEWeights, QuantTensor, quantize_tensor
 from moe_cts.reference.spec import MoEWeights
 
 #: experts per slice (one task of the thread pool)
@@ -241,6 +241,25 @@ def _quantize_torch(spec, w: torch.Tensor, e0: int, dtype: torch.dtype, device: 
         e8 = formats.e8m0_encode(s) if q.scale_format == "ue8m0" else None
         scales[i] = torch.from_numpy(e8 if packed else s.astype(np.float32))
     return QuantTensor(codes, scales, elem.name, (bn, bk), "e8m0" if packed else "float32"), deq
+
+
+def quantize_fields_on_device(spec, tensors: dict[str, torch.Tensor], device):
+    """({field: QuantTensor}, {field: exact dequantized float64 (host)}) of the QUANT_FIELDS among a case's
+    float32 draws, quantized on `device` expert by expert: quant_cases.quantized_inputs's weights, the same
+    bits as its numpy path (tests/conformance/test_quant_large.py), without the host minutes (the
+    DeepSeek-V3-width must-pass case spent ~2 of its ~2 minutes there: the certify run's longest case)."""
+    dev = torch.device(device)
+    qts, deq = {}, {}
+    for n in QUANT_FIELDS:
+        w = tensors.get(n)
+        if w is None:
+            continue
+        stack = w if w.dim() == 3 else w[None]  # a shared expert: a one-expert stack, expert 0's pattern
+        qt, d = _quantize_torch(spec, stack, 0, torch.float64, dev)
+        if w.dim() == 2:
+            qt, d = QuantTensor(qt.codes[0], qt.scales[0], qt.fmt, qt.block, qt.scale_dtype), d[0]
+        qts[n], deq[n] = qt, d
+    return qts, deq
 
 
 def routed_experts(case: Case, device=None, *, torch_path: bool | None = None):

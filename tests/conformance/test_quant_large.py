@@ -136,3 +136,41 @@ def test_lean_inputs_are_the_same_on_either_path(case):
         a, b = getattr(want.qweights, n), getattr(got.qweights, n)
         _assert_same(a, getattr(want.qweights.base, n), b, getattr(got.qweights.base, n))
     assert torch.equal(want.x, got.x)
+
+
+DEVICES = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+@pytest.mark.parametrize(
+    "name,scheme",
+    [
+        ("deepseek-v3", QuantScheme.fp8_block()),
+        ("deepseek-v3", QuantScheme.fp8_block(scale_format="ue8m0")),
+        ("gpt-oss-120b", QuantScheme.mxfp4()),
+    ],
+    ids=["fp8-block", "fp8-block-ue8m0", "mxfp4"],
+)
+def test_quantized_inputs_device_fields_equal_the_host_quantization(name, scheme, device):
+    """quant_cases.quantized_inputs quantizes on a CUDA device (quantize_fields_on_device): its codes, scales
+    and float64 base equal QuantizedMoEWeights.quantize of the numpy adversarial weights, routed and shared
+    experts alike. On a GPU host the cuda parameter runs the real device arithmetic."""
+    from moe_cts.conformance.engine.quant_cases import adversarial_matrix
+    from moe_cts.reference.qweights import QUANT_FIELDS, QuantizedMoEWeights
+    from moe_cts.reference.spec import MoEWeights
+
+    H, I = (256, 128) if scheme.method != "mxfp4" else (64, 96)
+    spec = presets.scaled(name, hidden_size=H, intermediate_size=I, num_experts=16).replace(quant=scheme)
+    if spec.shared_width:
+        spec = spec.replace(shared_intermediate_size=I)
+    case = Case(spec, 3, "bfloat16", seed=5)
+    _, tensors = case.build_tensors()
+    qts, deq = quant_large.quantize_fields_on_device(spec, tensors, device)
+    f64 = {n: t.double() for n, t in tensors.items()}
+    for n in QUANT_FIELDS:
+        if n in f64:
+            f64[n] = torch.from_numpy(adversarial_matrix(f64[n].numpy(), spec))
+    host = QuantizedMoEWeights.quantize(spec, MoEWeights(**f64))
+    assert set(qts) == {n for n in QUANT_FIELDS if getattr(host, n) is not None} and qts
+    for n, qt in qts.items():
+        _assert_same(qt, deq[n], getattr(host, n), getattr(host.base, n))
