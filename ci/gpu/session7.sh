@@ -7,7 +7,7 @@
 #   c   `moe-cts certify --profile quick --jobs 10`, then vLLM's Triton path side by side (.peer/bench.py),
 #       then ci/gpu/quant_bench.py in the time left
 #   d   the device-side checks of this session's changes (pytest on cuda: quant_large's device quantization
-#       against numpy, align, the router's split / batch invariance), then `moe-cts certify --profile quick`
+#       against numpy, the router's split / batch invariance), then `moe-cts certify --profile quick`
 set -u
 MODE=${1:-a}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -36,7 +36,7 @@ c)
 d)
   s=$(date +%s)
   timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -x -p no:cacheprovider tests/conformance/test_quant_large.py \
-    tests/kernels/test_align.py tests/kernels/test_router_split.py > "$OUT/pytest.log" 2>&1
+    tests/kernels/test_router_split.py > "$OUT/pytest.log" 2>&1
   echo "pytest exit $? in $(( $(date +%s) - s )) s"; tail -4 "$OUT/pytest.log"
   certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left ${SLOT:-585})"
   certify_summary "$OUT"
