@@ -215,8 +215,12 @@ class Case:
         dt = self.torch_dtype
         if self.spec.quant is not None:  # codes + scales beside the weights (quant_cases.py)
             from moe_cts.conformance.engine.quant_cases import quantized_inputs
+            from moe_cts.conformance.engine.quant_device import device_quantized_inputs, use_device_path
 
-            xq, wq, qw = quantized_inputs(self.spec, x, tensors, dt, device)
+            dynamic = self.spec.quant.activation_scale != "static"
+            # on a GPU the weights are quantized there (quant_device.py: the same bits, seconds not minutes)
+            build = device_quantized_inputs if dynamic and use_device_path(device, None) else quantized_inputs
+            xq, wq, qw = build(self.spec, x, tensors, dt, device)
             return CaseInputs(spec=self.spec, x=xq, weights=wq, qweights=qw)
         w = MoEWeights(**{k: v.to(dt).to(device) for k, v in tensors.items()}).validate(self.spec)
         return CaseInputs(spec=self.spec, x=x.to(dt).to(device), weights=w)

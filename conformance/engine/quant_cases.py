@@ -119,26 +119,17 @@ def quantized_inputs(
     spec: MoESpec, x: torch.Tensor, tensors: dict[str, torch.Tensor], dtype: torch.dtype, device
 ) -> tuple[torch.Tensor, MoEWeights, QuantizedMoEWeights]:
     """(x, weights, qweights) of a quantized case from its float32 draws (module docstring). On a CUDA device
-    (ROCm's too) dynamic-scale weights are quantized there (quant_large.quantize_fields_on_device: the same
-    codes, scales and values as this host path, bit for bit)."""
+    Case.build_inputs takes quant_device.device_quantized_inputs instead (the same outputs)."""
+    f64 = {n: t.double() for n, t in tensors.items()}
+    for n in QUANT_FIELDS:
+        if n in f64:
+            f64[n] = torch.from_numpy(adversarial_matrix(f64[n].numpy(), spec))
+    base = MoEWeights(**f64).validate(spec)
+    adversarial_x(spec, x)
     static = spec.quant.activation_scale == "static"
-    if not static and torch.device(device).type == "cuda":
-        from moe_cts.conformance.engine.quant_large import quantize_fields_on_device  # imports this module
-
-        qts, deq = quantize_fields_on_device(spec, tensors, device)
-        f64 = {n: t.double() for n, t in tensors.items() if n not in deq}
-        qw = QuantizedMoEWeights(base=MoEWeights(**f64, **deq).validate(spec), **qts).validate(spec)
-        adversarial_x(spec, x)
-    else:
-        f64 = {n: t.double() for n, t in tensors.items()}
-        for n in QUANT_FIELDS:
-            if n in f64:
-                f64[n] = torch.from_numpy(adversarial_matrix(f64[n].numpy(), spec))
-        base = MoEWeights(**f64).validate(spec)
-        adversarial_x(spec, x)
-        qw = QuantizedMoEWeights.quantize(
-            spec, base, a13_scale=1.0 if static else None, a2_scale=1.0 if static else None
-        )
+    qw = QuantizedMoEWeights.quantize(
+        spec, base, a13_scale=1.0 if static else None, a2_scale=1.0 if static else None
+    )
     xs = x.double().numpy()
     if static:  # provisional 1.0 above, now half the amax of x and of the activation
         a13, a2 = _static_scales(spec, qw, xs)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from moe_cts.conformance.engine import quant_large
+from moe_cts.conformance.engine import quant_device, quant_large
 from moe_cts.conformance.engine.cases import Case
 from moe_cts.reference import formats, presets
 from moe_cts.reference.quant import QuantScheme
@@ -65,7 +65,7 @@ def test_torch_encode_gives_formats_encode_codes(fmt):
     vals = formats.decode(f, np.arange(1 << f.bits))
     v = np.unique(vals[np.isfinite(vals)])
     x = np.concatenate([v, (v[1:] + v[:-1]) / 2, [f.max * 1.01, -f.max * 7, 0.0, -0.0, 1e-30, -1e-30]])
-    got = quant_large._encode(f, torch.from_numpy(x))
+    got = quant_device._encode(f, torch.from_numpy(x))
     np.testing.assert_array_equal(got.numpy(), formats.encode(f, x))
 
 
@@ -95,7 +95,7 @@ def test_a_slice_gets_the_pattern_of_its_place(name):
     q, shape = SCHEMES[name]
     spec, w = BASE.replace(quant=q), _draws(shape)
     a, da = quant_large._quantize_slice(spec, w[2:4], 2, torch.bfloat16)
-    b, db = quant_large._quantize_torch(spec, w[2:4], 2, torch.bfloat16, CPU)
+    b, db = quant_device.quantize_experts(spec, w[2:4], 2, torch.bfloat16, CPU)
     _assert_same(a, da, b, db)
     whole, dw = quant_large.quantize_routed(spec, w, torch.bfloat16, device=CPU, torch_path=True)
     assert torch.equal(whole.codes[2:4], b.codes) and torch.equal(whole.scales[2:4], b.scales)
@@ -103,9 +103,11 @@ def test_a_slice_gets_the_pattern_of_its_place(name):
 
 
 def test_a_cuda_case_device_picks_the_device_path():
-    assert quant_large._use_torch(torch.device("cuda", 0), None) and quant_large._use_torch("cuda", None)
-    assert not quant_large._use_torch("cpu", None) and not quant_large._use_torch(None, None)
-    assert quant_large._use_torch("cpu", True) and not quant_large._use_torch("cuda", False)
+    assert quant_device.use_device_path(torch.device("cuda", 0), None) and quant_device.use_device_path(
+        "cuda", None
+    )
+    assert not quant_device.use_device_path("cpu", None) and not quant_device.use_device_path(None, None)
+    assert quant_device.use_device_path("cpu", True) and not quant_device.use_device_path("cuda", False)
 
 
 DS = presets.scaled("deepseek-v3", hidden_size=256, intermediate_size=128, num_experts=32)
@@ -165,7 +167,7 @@ def test_quantized_inputs_device_fields_equal_the_host_quantization(name, scheme
         spec = spec.replace(shared_intermediate_size=I)
     case = Case(spec, 3, "bfloat16", seed=5)
     _, tensors = case.build_tensors()
-    qts, deq = quant_large.quantize_fields_on_device(spec, tensors, device)
+    qts, deq = quant_device.quantize_fields_on_device(spec, tensors, device)
     f64 = {n: t.double() for n, t in tensors.items()}
     for n in QUANT_FIELDS:
         if n in f64:
