@@ -115,16 +115,25 @@ def _run_shards(shards, out: Path, cmds: list[list[str]], workers: int) -> bool:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         (d / "pid").write_text(str(p.pid))
         procs.append((sh, d, p, log))
-    interrupted = False
+    # SIGINT / SIGTERM only record themselves while the progress display runs, and the loop polls: a
+    # KeyboardInterrupt raised at an arbitrary point inside rich's rendering could leave its refresh thread
+    # waiting on a lock the main thread never releases (the suspected cause of a ctrl-c test that hung past
+    # 120 s under load). A plain list, not a threading.Event: the handler must take no lock the interrupted
+    # code might hold.
+    stop: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, _: stop.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("[green]{task.fields[passed]} pass[/] [red]{task.fields[failed]} fail[/]"),
         TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
     )  # fmt: skip
-    with Progress(*columns, console=console, transient=False) as progress:
-        tasks = {sh.label: progress.add_task(sh.label, total=None, passed=0, failed=0) for sh in shards}
-        try:
-            while True:
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            tasks = {sh.label: progress.add_task(sh.label, total=None, passed=0, failed=0) for sh in shards}
+            while not stop:
                 running = [p for _, _, p, _ in procs if p.poll() is None]
                 for sh, d, p, _ in procs:
                     done, ok, bad, planned = _progress_counts(d)
@@ -141,10 +150,13 @@ def _run_shards(shards, out: Path, cmds: list[list[str]], workers: int) -> bool:
                 if not running:
                     break
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            interrupted = True
-            console.print("interrupted: stopping the shards and writing a partial report")
-            _stop(procs)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    interrupted = bool(stop)
+    if interrupted:
+        console.print("interrupted: stopping the shards and writing a partial report")
+        _stop(procs)
     for *_, log in procs:
         log.close()
     return interrupted
