@@ -66,6 +66,11 @@ def kernel_us(fn, iters: int = 20) -> dict[str, float]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
+def c(bm, gu, dn, **kw):
+    """A forced config: BLOCK_M, the two GEMM tiles, and (MXFP4) decode / dot keys."""
+    return {"BLOCK_M": bm, "gate_up": gu, "down": dn, **kw}
+
+
 def tile(bn, bk, w, st, gm=8):
     return {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": gm, "num_warps": w, "num_stages": st}
 
@@ -162,9 +167,6 @@ def part_fp8(timer) -> None:
     base = _base(spec, torch.bfloat16, "cuda", gen)
     qw = quantized(qspec, base, gen)
 
-    def c(bm, gu, dn):
-        return {"BLOCK_M": bm, "gate_up": gu, "down": dn}
-
     cands = {
         1: [c(16, tile(32, 128, 4, 8, 1), tile(64, 128, 4, 8, 1)), c(16, tile(32, 128, 2, 6, 1), tile(32, 128, 2, 6, 1)),
             c(16, tile(16, 128, 2, 8, 1), tile(32, 128, 2, 8, 1)), c(16, tile(32, 128, 4, 4, 1), tile(32, 128, 4, 4, 1))],
@@ -185,9 +187,6 @@ def part_mxfp4(timer) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     base = _base(spec, torch.bfloat16, "cuda", gen)
     qw = quantized(qspec, base, gen)
-
-    def c(bm, gu, dn, **kw):
-        return {"BLOCK_M": bm, "gate_up": gu, "down": dn, **kw}
 
     small = [
         c(16, tile(32, 128, 4, 4, 1), tile(32, 128, 4, 4, 1)),
@@ -213,9 +212,6 @@ def part_mxfp4(timer) -> None:
 
 def part_bf16(timer) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
-
-    def c(bm, gu, dn):
-        return {"BLOCK_M": bm, "gate_up": gu, "down": dn}
 
     cands = [
         c(128, tile(128, 64, 8, 3), tile(128, 64, 8, 3)),  # the cuda table's large row
