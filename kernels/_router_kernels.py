@@ -237,11 +237,11 @@ def router_select_kernel(
         keys = keys + cb[None, :]
 
     rank_key = tl.where(valid, _rank_key(keys), KEY_TAKEN)
-    if GROUPED and GROUP_TILED:
-        keep = _group_keep_tiled(keys, valid, topk_group, BLOCK_T, BLOCK_E, N_GROUP, GROUP_TOP2)
-    elif GROUPED:
-        keep = _group_keep(keys, valid, offs_e, group_size, n_group, topk_group, GROUP_TOP2)
     if GROUPED:
+        if GROUP_TILED:
+            keep = _group_keep_tiled(keys, valid, topk_group, BLOCK_T, BLOCK_E, N_GROUP, GROUP_TOP2)
+        else:
+            keep = _group_keep(keys, valid, offs_e, group_size, n_group, topk_group, GROUP_TOP2)
         rank_key = tl.where(keep | ~valid, rank_key, KEY_MASKED)
 
     # Iterated argmax: slot j takes the best remaining lane; rank[t, e] = j, or -1 if not chosen.

@@ -160,12 +160,17 @@ def sweep(part, timer, spec, qspec, weights_b, weights_q, T, cands, gen) -> None
         emit(rec)
 
 
-def part_fp8(timer) -> None:
-    spec = presets.get("deepseek-v3")
-    qspec = spec.replace(quant=QuantScheme.fp8_block())
+def _quant_preset(name: str, scheme):
+    """(spec, quantized spec, generator, bf16 weights, quantized weights) of a full-size preset on the GPU."""
+    spec = presets.get(name)
+    qspec = spec.replace(quant=scheme)
     gen = torch.Generator(device="cuda").manual_seed(0)
     base = _base(spec, torch.bfloat16, "cuda", gen)
-    qw = quantized(qspec, base, gen)
+    return spec, qspec, gen, base, quantized(qspec, base, gen)
+
+
+def part_fp8(timer) -> None:
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
 
     cands = {
         1: [c(16, tile(32, 128, 4, 8, 1), tile(64, 128, 4, 8, 1)), c(16, tile(32, 128, 2, 6, 1), tile(32, 128, 2, 6, 1)),
@@ -182,11 +187,7 @@ def part_fp8(timer) -> None:
 
 
 def part_mxfp4(timer) -> None:
-    spec = presets.get("gpt-oss-120b")
-    qspec = spec.replace(quant=QuantScheme.mxfp4())
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    base = _base(spec, torch.bfloat16, "cuda", gen)
-    qw = quantized(qspec, base, gen)
+    spec, qspec, gen, base, qw = _quant_preset("gpt-oss-120b", QuantScheme.mxfp4())
 
     small = [
         c(16, tile(32, 128, 4, 4, 1), tile(32, 128, 4, 4, 1)),

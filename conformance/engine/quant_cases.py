@@ -46,7 +46,7 @@ def _block_exponents(nb: int, kb: int, e: int) -> np.ndarray:
 def adversarial_matrix(w: np.ndarray, spec: MoESpec, first: int = 0) -> np.ndarray:
     """(..., N, K) float64 weights reshaped block by block (module docstring); leading dims are experts,
     the first of them expert `first` (a slice of the experts gets the pattern of its place in the whole)."""
-    # torch twin, one expert on the device: quant_large._adversarial_expert (test_quant_large.py holds
+    # torch twin, one expert on the device: quant_device._adversarial_expert (test_quant_large.py holds
     # the two equal bit for bit): a change here goes there too
     q = spec.quant
     *lead, N, K = w.shape
@@ -113,6 +113,18 @@ def _static_scales(spec: MoESpec, qw: QuantizedMoEWeights, x: np.ndarray) -> tup
     act = npq.gate_up(spec.replace(top_k=E, n_group=1, topk_group=1), qw.replace(a13_scale=a13), xs, ids).act
     a2 = _fp32(STATIC_FRACTION * max(float(np.nanmax(np.abs(act), initial=0.0)), 1e-3) / fmax)
     return a13, a2
+
+
+def dynamic_x(
+    spec: MoESpec, x: torch.Tensor, a13_scale: float | None, dtype: torch.dtype, device
+) -> torch.Tensor:
+    """x of a dynamic-scale quantized case on the device: adversarial_x, then snapped to the oracle's own
+    activation quantization when GEMM1 quantizes its input (module docstring)."""
+    adversarial_x(spec, x)
+    xs = x.double().numpy()
+    if "gemm1" in spec.quant.quantize_inputs and xs.shape[0]:
+        xs = npq.quantize_act(spec, xs, a13_scale)
+    return torch.from_numpy(xs).to(dtype).to(device)
 
 
 def quantized_inputs(

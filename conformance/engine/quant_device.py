@@ -20,9 +20,8 @@ import math
 import numpy as np
 import torch
 
-from moe_cts.conformance.engine.quant_cases import TINY_BLOCK, adversarial_x
+from moe_cts.conformance.engine.quant_cases import TINY_BLOCK, dynamic_x
 from moe_cts.reference import formats
-from moe_cts.reference import numpy_quant as npq
 from moe_cts.reference import torch_quant as tq
 from moe_cts.reference.errors import SpecError
 from moe_cts.reference.qweights import QUANT_FIELDS, QuantizedMoEWeights, QuantTensor
@@ -190,9 +189,5 @@ def device_quantized_inputs(spec, x: torch.Tensor, tensors: dict[str, torch.Tens
     qts, deq = quantize_fields_on_device(spec, tensors, device)
     f64 = {n: t.double() for n, t in tensors.items() if n not in deq}
     qw = QuantizedMoEWeights(base=MoEWeights(**f64, **deq).validate(spec), **qts).validate(spec)
-    adversarial_x(spec, x)
-    xs = x.double().numpy()
-    if "gemm1" in spec.quant.quantize_inputs and xs.shape[0]:
-        xs = npq.quantize_act(spec, xs, qw.a13_scale)
-    xt = torch.from_numpy(xs).to(dtype).to(device)
+    xt = dynamic_x(spec, x, qw.a13_scale, dtype, device)
     return xt, qw.base.map(lambda t: t.to(dtype).to(device)).validate(spec), qw

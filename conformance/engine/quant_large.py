@@ -10,8 +10,8 @@ time, with no float64 base of the routed experts.
         quantize_tensor                            codes + scales, per expert (blocks never span experts)
         dequantize -> case dtype                   the values a reader of `weights` sees
     or, when the case device is CUDA (or torch_path=True), the same three steps in torch float64 on the
-    device, one expert at a time (quant_device.quantize_experts): the same codes, scales and case-dtype values, bit for bit
-    (tests/conformance/test_quant_large.py)
+    device, one expert at a time (quant_device.quantize_experts): the same codes, scales and case-dtype
+    values, bit for bit (tests/conformance/test_quant_large.py)
     shared experts, router, biases            whole, as quantized_inputs builds them (shared: the device
                                               path too, as one expert 0)
 
@@ -28,9 +28,10 @@ Static activation scales need the activation of every (token, expert) pair: refu
 Host cost at full size (DeepSeek-V3, bf16): float32 draws 45 GB, codes 11 GB, case-dtype experts 22.5 GB,
 slices in flight <= WORK_BYTES: ~92 GB at the peak (w13's slices). quantize_tensor ran at 3.3 M values/s
 per thread on a CI core (DeepSeek-V3: ~57 CPU-minutes; gpt-oss-120b MXFP4 at 1.8 M/s: ~29); how far the
-threads scale on the GPU host is not measured. The device path (H200, session 7: DeepSeek-V3 T = 1 in 145 s with the whole build) holds one expert's float64 values and
-row chunks of quant_device.ROW_CHUNK values on the device (DeepSeek-V3's w13 expert: under 1 GB); the host holds the
-same outputs as the numpy path.
+threads scale on the GPU host is not measured. The device path (H200, session 7: DeepSeek-V3 T = 1 in
+145 s with the whole build) holds one expert's float64 values and row chunks of quant_device.ROW_CHUNK
+values on the device (DeepSeek-V3's w13 expert: under 1 GB); the host holds the same outputs as the numpy
+path.
 """
 
 from __future__ import annotations
@@ -43,8 +44,7 @@ import torch
 
 from moe_cts.conformance.engine import quant_device as qd
 from moe_cts.conformance.engine.cases import Case, CaseInputs
-from moe_cts.conformance.engine.quant_cases import adversarial_matrix, adversarial_x
-from moe_cts.reference import numpy_quant as npq
+from moe_cts.conformance.engine.quant_cases import adversarial_matrix, dynamic_x
 from moe_cts.reference.errors import SpecError
 from moe_cts.reference.qweights import QuantizedMoEWeights, QuantTensor, quantize_tensor
 from moe_cts.reference.spec import MoEWeights
@@ -139,25 +139,15 @@ def lean_quantized_inputs(case: Case, device, *, torch_path: bool | None = None)
     tensors = {n: t.clone() for n, t in drawn.items()}
     x = case.draw_x(g, tensors)  # the scenario edits x and the router tensors only
     f64 = {n: t.double() for n, t in tensors.items()}
-    shared = {}
-    for n in ("shared_w13", "shared_w2"):
-        if n not in f64:
-            continue
-        if qd.use_device_path(
-            device, torch_path
-        ):  # a one-expert stack: expert 0's pattern, as adversarial_matrix's
-            qt, d = qd.quantize_experts(spec, tensors[n][None], 0, torch.float64, torch.device(device))
-            shared[n] = QuantTensor(qt.codes[0], qt.scales[0], qt.fmt, qt.block, qt.scale_dtype)
-            f64[n] = d[0]
-        else:
-            shared[n] = quantize_tensor(adversarial_matrix(f64[n].numpy(), spec), q)
-            f64[n] = torch.from_numpy(shared[n].dequantize())
+    shared_names = [n for n in ("shared_w13", "shared_w2") if n in f64]
+    if qd.use_device_path(device, torch_path):  # each shared matrix as expert 0, as adversarial_matrix's
+        shared, deq = qd.quantize_fields_on_device(spec, {n: tensors[n] for n in shared_names}, device)
+        f64.update(deq)
+    else:
+        shared = {n: quantize_tensor(adversarial_matrix(f64[n].numpy(), spec), q) for n in shared_names}
+        f64.update({n: torch.from_numpy(qt.dequantize()) for n, qt in shared.items()})
     base = MoEWeights(**f64, **{n: deq for n, (_, deq) in routed.items()})
     qw = QuantizedMoEWeights(base=base, **{n: qt for n, (qt, _) in routed.items()}, **shared).validate(spec)
-    adversarial_x(spec, x)
-    xs = x.double().numpy()
-    if "gemm1" in q.quantize_inputs and xs.shape[0]:
-        xs = npq.quantize_act(spec, xs, qw.a13_scale)
-    xt = torch.from_numpy(xs).to(dt).to(device)
+    xt = dynamic_x(spec, x, qw.a13_scale, dt, device)
     weights = base.map(lambda t: t.to(dt).to(device)).validate(spec)
     return CaseInputs(spec=spec, x=xt, weights=weights, qweights=qw)
