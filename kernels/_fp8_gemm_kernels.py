@@ -33,7 +33,13 @@ import triton.language as tl
 
 from moe_cts.kernels._common import INTERPRET
 from moe_cts.kernels._fp8_quant_kernels import _act_scale, _decode_fp8, _round_fp8, _store_round
-from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_rows
+from moe_cts.kernels._grouped_gemm_kernels import (
+    _activate,
+    _split_gate_up,
+    _tile_coords,
+    _tile_rows,
+    _w13_rows,
+)
 
 
 @triton.jit
@@ -77,60 +83,43 @@ def fp8_gate_up_kernel(
     expert = tl.load(expert_of_block_ptr + pid_m)
     if expert < 0:
         return
-    ids, row_ok, tok, offs_n, offs_n_w, offs_k = _tile_rows(
+    ids, row_ok, tok, offs_n, _, offs_k = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
     )
-    if INTERLEAVED:
-        gate_rows = offs_n_w * 2
-        up_rows = gate_rows + 1
-    else:
-        gate_rows = offs_n_w
-        up_rows = offs_n_w + I
+    # Gate rows then up rows as one (BLOCK_K, NB * BLOCK_N) B tile: one dot per K tile, as in gate_up_kernel
+    # (_grouped_gemm_kernels.py says why); the scales are gathered per B column the same way.
+    NB: tl.constexpr = 2 if GATED else 1
+    cols = tl.arange(0, NB * BLOCK_N)
+    rows = _w13_rows(pid_n * BLOCK_N + cols % BLOCK_N, cols >= BLOCK_N, I, INTERLEAVED)
     a_ptrs = a_ptr + tok[:, None] * stride_a_t + offs_k[None, :] * stride_a_h
-    w_base = w_ptr + expert.to(tl.int64) * stride_w_e
-    g_ptrs = w_base + gate_rows[None, :] * stride_w_r + offs_k[:, None] * stride_w_h
-    u_ptrs = w_base + up_rows[None, :] * stride_w_r + offs_k[:, None] * stride_w_h
+    w_ptrs = (
+        w_ptr + expert.to(tl.int64) * stride_w_e + rows[None, :] * stride_w_r + offs_k[:, None] * stride_w_h
+    )
     sw_base = sw_ptr + expert.to(tl.int64) * stride_sw_e
     sa_rows = sa_ptr + tok * stride_sa_t
 
-    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, NB * BLOCK_N), dtype=tl.float32)
     for kk in range(0, tl.cdiv(H, BLOCK_K)):
         k_ok = offs_k < H - kk * BLOCK_K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        wg = _load_w(g_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
-        if GATED:
-            wu = _load_w(u_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
+        w = _load_w(w_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
         if BLOCKWISE:  # fp32 partial per K tile, scaled by its group's scales
             g = (kk * BLOCK_K) // GROUP_K
             sa = tl.load(sa_rows + g * stride_sa_g, mask=row_ok, other=0.0)
-            sg = _w_scale(sw_base, gate_rows, g, BN_W, stride_sw_n, stride_sw_k)
-            acc_g += tl.dot(a, wg) * (sa[:, None] * sg[None, :])
-            if GATED:
-                su = _w_scale(sw_base, up_rows, g, BN_W, stride_sw_n, stride_sw_k)
-                acc_u += tl.dot(a, wu) * (sa[:, None] * su[None, :])
+            sw = _w_scale(sw_base, rows, g, BN_W, stride_sw_n, stride_sw_k)
+            acc += tl.dot(a, w) * (sa[:, None] * sw[None, :])
         else:  # promoted per K tile, as for blocks: fp8 MMAs accumulate in ~13 bits (module docstring)
-            acc_g += tl.dot(a, wg)
-            if GATED:
-                acc_u += tl.dot(a, wu)
+            acc += tl.dot(a, w)
         a_ptrs += BLOCK_K * stride_a_h
-        g_ptrs += BLOCK_K * stride_w_h
-        u_ptrs += BLOCK_K * stride_w_h
+        w_ptrs += BLOCK_K * stride_w_h
     if not BLOCKWISE:  # one scale per row of x and per weight row: dequantize once
         sa = tl.load(sa_rows, mask=row_ok, other=0.0)
-        acc_g = acc_g * (
-            sa[:, None] * _w_scale(sw_base, gate_rows, 0, BN_W, stride_sw_n, stride_sw_k)[None, :]
-        )
-        if GATED:
-            acc_u = acc_u * (
-                sa[:, None] * _w_scale(sw_base, up_rows, 0, BN_W, stride_sw_n, stride_sw_k)[None, :]
-            )
+        acc = acc * (sa[:, None] * _w_scale(sw_base, rows, 0, BN_W, stride_sw_n, stride_sw_k)[None, :])
 
     if HAS_BIAS:  # after dequantization (docs/bugs.md#bug-03-bias-before-dequant)
         b_base = b_ptr + expert.to(tl.int64) * stride_b_e
-        acc_g += tl.load(b_base + gate_rows * stride_b_r).to(tl.float32)[None, :]
-        if GATED:
-            acc_u += tl.load(b_base + up_rows * stride_b_r).to(tl.float32)[None, :]
+        acc += tl.load(b_base + rows * stride_b_r).to(tl.float32)[None, :]
+    acc_g, acc_u = _split_gate_up(acc, GATED, BLOCK_M, BLOCK_N)
     act = _activate(acc_g, acc_u, swiglu_alpha, swiglu_limit, GATED, ACTIVATION)
     col_ok = offs_n < I
     out_mask = row_ok[:, None] & col_ok[None, :]

@@ -82,6 +82,31 @@ def _tile_rows(
 
 
 @triton.jit
+def _w13_rows(n, is_up, I, INTERLEAVED: tl.constexpr):
+    """Weight row of output column n (wrapped modulo I: its loads need no mask, the store masks it) in the
+    gate (is_up False) or up (is_up True) projection of a gated w13::
+
+        concat       gate = n,   up = n + I       (rows [0, I) then [I, 2I))
+        interleaved  gate = 2n,  up = 2n + 1      (rows 0::2 and 1::2)"""
+    n = n % I
+    up = is_up.to(tl.int32)
+    if INTERLEAVED:
+        return 2 * n + up
+    else:
+        return n + up * I
+
+
+@triton.jit
+def _split_gate_up(acc, GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(BLOCK_M, 2 * BLOCK_N) -> the gate and up halves (GATED); a non-gated tile is the gate (up unused)."""
+    if GATED:
+        g, u = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1)))
+        return g, u
+    else:
+        return acc, acc
+
+
+@triton.jit
 def _activate(gate, up, alpha, limit, GATED: tl.constexpr, ACTIVATION: tl.constexpr):
     """The expert activation in fp32 registers (moe_cts.reference.numpy_oracle.activate)."""
     if ACTIVATION == ACT_SWIGLU_OAI:  # (clamp(up, -l, l) + 1) * g * sigmoid(alpha * g), g = min(gate, l)
@@ -146,54 +171,43 @@ def gate_up_kernel(
     expert = tl.load(expert_of_block_ptr + pid_m)
     if expert < 0:  # unused tile
         return
-    ids, row_ok, tok, offs_n, offs_n_w, offs_k = _tile_rows(
+    ids, row_ok, tok, offs_n, _, offs_k = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
     )
 
     x_ptrs = x_ptr + tok[:, None] * stride_x_t + offs_k[None, :] * stride_x_h
     w_base = w13_ptr + expert.to(tl.int64) * stride_w13_e
-    if INTERLEAVED:  # gate = rows 0::2, up = rows 1::2
-        gate_rows = offs_n_w * 2
-        up_rows = gate_rows + 1
-    else:  # gate = rows [0, I), up = rows [I, 2I)
-        gate_rows = offs_n_w
-        up_rows = offs_n_w + I
-    g_ptrs = w_base + gate_rows[None, :] * stride_w13_r + offs_k[:, None] * stride_w13_h
-    u_ptrs = w_base + up_rows[None, :] * stride_w13_r + offs_k[:, None] * stride_w13_h
+    # The B tile: gate rows then up rows (GATED), one (BLOCK_K, NB * BLOCK_N) tile and one dot per K step.
+    # One dot of twice the width, not two dots, halves the MMA issues that re-read the x tile from shared
+    # memory; each output still sums its own K products in K order (same bits as two dots: the MMA's
+    # accumulation order for an element does not depend on the tile's width).
+    NB: tl.constexpr = 2 if GATED else 1
+    cols = tl.arange(0, NB * BLOCK_N)
+    rows = _w13_rows(pid_n * BLOCK_N + cols % BLOCK_N, cols >= BLOCK_N, I, INTERLEAVED)
+    w_ptrs = w_base + rows[None, :] * stride_w13_r + offs_k[:, None] * stride_w13_h
 
-    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, NB * BLOCK_N), dtype=tl.float32)
     for kk in range(0, tl.cdiv(H, BLOCK_K)):
         if EVEN_K:
             x = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
-            wg = tl.load(g_ptrs)
+            w = tl.load(w_ptrs)
         else:
             k_ok = offs_k < H - kk * BLOCK_K
             x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            wg = tl.load(g_ptrs, mask=k_ok[:, None], other=0.0)
+            w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
         if (
             INTERPRET
         ):  # the interpreter computes bf16 on raw bit patterns (docs/bugs.md#facts-triton-interpreter)
             x = x.to(tl.float32)
-            wg = wg.to(tl.float32)
-        acc_g = dot_acc(x, wg, acc_g, DOT_PRECISION)
-        if GATED:  # the up tile reuses the x tile already in registers: x is read once for both
-            if EVEN_K:
-                wu = tl.load(u_ptrs)
-            else:
-                wu = tl.load(u_ptrs, mask=k_ok[:, None], other=0.0)
-            if INTERPRET:
-                wu = wu.to(tl.float32)
-            acc_u = dot_acc(x, wu, acc_u, DOT_PRECISION)
-            u_ptrs += BLOCK_K * stride_w13_h
+            w = w.to(tl.float32)
+        acc = dot_acc(x, w, acc, DOT_PRECISION)
         x_ptrs += BLOCK_K * stride_x_h
-        g_ptrs += BLOCK_K * stride_w13_h
+        w_ptrs += BLOCK_K * stride_w13_h
 
     if HAS_BIAS:
         b_base = b13_ptr + expert.to(tl.int64) * stride_b13_e
-        acc_g += tl.load(b_base + gate_rows * stride_b13_r).to(tl.float32)[None, :]
-        if GATED:
-            acc_u += tl.load(b_base + up_rows * stride_b13_r).to(tl.float32)[None, :]
+        acc += tl.load(b_base + rows * stride_b13_r).to(tl.float32)[None, :]
+    acc_g, acc_u = _split_gate_up(acc, GATED, BLOCK_M, BLOCK_N)
     act = _activate(acc_g, acc_u, swiglu_alpha, swiglu_limit, GATED, ACTIVATION)
 
     out_ptrs = act_ptr + ids.to(tl.int64)[:, None] * stride_act_a + offs_n[None, :] * stride_act_i

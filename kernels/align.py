@@ -64,6 +64,24 @@ def _block_sizes(n: int) -> tuple[int, int, int]:
     return (block_n, 128, 1024)
 
 
+def _one_chunk_tiles(n: int, p: int, tiles: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(SUB, BLOCK_S, num_warps) of the one-program kernel for n ids and p padded slots on a GPU.
+
+    Tiles no wider than the data: at T = 1 (n = k, p <= k * block_m) the fixed (128, 1024) tiles made the
+    decode's only alignment launch rank 128 lanes and binary-search 1024 slots for 8 ids (11 us on an
+    H200, ci/gpu/perf_probe.py, session 7); the lanes past n and p are masked work on the critical path."""
+    _, sub, block_s = tiles
+    if INTERPRET:
+        return sub, block_s, 8
+    sub = min(sub, max(16, triton.next_power_of_2(n)))
+    block_s = min(block_s, max(16, triton.next_power_of_2(p)))
+    return sub, block_s, ONE_CHUNK_WARPS if block_s <= 256 else 8
+
+
+#: warps of the one-program kernel at decode sizes (BLOCK_S <= 256)
+ONE_CHUNK_WARPS = 4
+
+
 @functools.lru_cache(maxsize=64)
 def _local_mask(local_experts: tuple[int, ...], E: int, device: str) -> torch.Tensor:
     """(E,) int8 mask of local experts, built once per spec and device: a host-to-device copy
@@ -153,6 +171,9 @@ def align(
     s_t, s_k = topk_ids.stride()
 
     if C == 1:  # decode-sized T: one launch instead of four
+        SUB, BLOCK_S, warps = (
+            _one_chunk_tiles(N, P, (BLOCK_N, SUB, BLOCK_S)) if tiles is None else (SUB, BLOCK_S, 8)
+        )
         align_one_chunk_kernel[(1,)](
             # inputs
             ids_ptr=topk_ids, local_ptr=local,
@@ -164,7 +185,7 @@ def align(
             # constexprs
             HAS_LOCAL=has_local, BLOCK_E=BLOCK_E, SUB=SUB, BLOCK_S=BLOCK_S,
             # launch options
-            num_warps=8,
+            num_warps=warps,
         )  # fmt: skip
     else:
         hist, base, pend = torch.empty((C, E), **i32), torch.empty((C, E), **i32), torch.empty(E, **i32)

@@ -1,6 +1,8 @@
-"""Tile configurations of the grouped GEMMs: data per backend (kernels/configs/*.json) plus one rule.
+"""Tile configurations of the grouped GEMMs: data per table (kernels/configs/*.json) plus one rule.
 
-    choose(backend, dtype, T, k, E, H, I, batch_invariant) -> TileConfig
+    table  = the table naming the device's target (cuda-sm90 on Hopper), else its backend's (cuda | hip |
+             interpreter): TABLES, table_for(backend, target), current_table()
+    choose(table, dtype, T, k, E, H, I, batch_invariant) -> TileConfig
       m    = ceil(T * k / E)                   # mean tokens per expert: the M of each expert's GEMM
       row  = first table row with m <= max_tokens_per_expert   (batch_invariant: the fixed row)
              of the dtype class's table: fp32 | 16bit | fp8 (fp8 x fp8 GEMMs; a backend without an fp8
@@ -8,8 +10,9 @@
       BLOCK_N, BLOCK_K shrink to next_pow2(N), next_pow2(K) (>= 16) so tiny layers waste no tile
 
 Tests and the harness force a config with `fused_moe(..., config=cfg)` or `with forced(cfg): ...`.
-`all_configs()` lists every table entry (the AOT engineer compiles each); `last_config()` is what the
-last launch used and `last_table()` the target its table was tuned for (reports record both).
+`all_configs()` lists every table entry (the AOT engineer compiles each for the targets that read its table);
+`last_config()` is what the last launch used and `last_table()` the target its table was tuned for, "cuda" or
+"cuda@sm90" (reports record both; conformance/engine/provenance.py checks it against the device).
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from moe_cts.reference.spec import SpecError
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 BACKENDS = target_info.BACKENDS
+#: Every tile table (kernels/configs/<name>.json). A table whose JSON lists "targets" is read by devices of those
+#: targets only (cuda-sm90: Hopper's 227 KiB of shared memory per block allows pipelines sm80's 163 KiB does
+#: not); a backend's own table serves its other targets.
+TABLES = ("cuda", "cuda-sm90", "hip", "interpreter")
 #: shared memory / LDS per block each backend's table must fit (tests/kernels/test_capabilities.py checks):
 #: the smallest limit of the backend's targets (kernels/target_info.py); None = no limit (the interpreter).
 SMEM_LIMIT_BYTES = {b: target_info.backend_shared_limit(b) for b in BACKENDS}
@@ -104,12 +111,61 @@ def dtype_class(dtype: torch.dtype) -> str:
 
 
 @functools.cache
-def load_table(backend_name: str) -> dict[str, Any]:
-    """The tile table of a backend. Its `backend` field names the target it was tuned for: choose() reports
-    it (last_table) so a run can check that the table it read is the running device's (bug-27)."""
-    if backend_name not in BACKENDS:
-        raise SpecError("backend", f"one of {BACKENDS}", backend_name)
-    return json.loads((CONFIG_DIR / f"{backend_name}.json").read_text())
+def load_table(name: str) -> dict[str, Any]:
+    """A tile table (TABLES). Its `backend` and optional `targets` fields name what it was tuned for: choose()
+    reports them (last_table) so a run can check that the table it read is the running device's (bug-27)."""
+    if name not in TABLES:
+        raise SpecError("table", f"one of {TABLES}", name)
+    return json.loads((CONFIG_DIR / f"{name}.json").read_text())
+
+
+def table_targets(name: str) -> tuple[str, ...]:
+    """Targets (kernels/target_info.py names) whose devices read table `name`: its own "targets", or every
+    target of its backend that no other table names."""
+    table = load_table(name)
+    if "targets" in table:
+        return tuple(table["targets"])
+    claimed = {t for n in TABLES if n != name for t in load_table(n).get("targets", ())}
+    return tuple(
+        t.name
+        for t in target_info.TARGETS.values()
+        if t.backend == table["backend"] and t.name not in claimed
+    )
+
+
+def table_for(backend_name: str, target: str | None) -> str:
+    """The table a device of `target` (e.g. "sm90"; None: unknown) on `backend_name` reads."""
+    for name in TABLES:
+        table = load_table(name)
+        if table["backend"] == backend_name and target in table.get("targets", ()):
+            return name
+    return backend_name
+
+
+def current_table() -> str:
+    """The table of the device kernels launch on: backend() and, on CUDA, the current device's capability."""
+    b = backend()
+    if b != "cuda" or not torch.cuda.is_available():
+        return b
+    return _cuda_table(torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_table(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
+    return table_for("cuda", f"sm{10 * major + minor}")
+
+
+def table_shared_limit(name: str) -> int | None:
+    """Shared memory every entry of table `name` must fit: the smallest limit of the targets that read it."""
+    limits = [target_info.get(t).shared_limit_bytes for t in table_targets(name)]
+    return None if not limits or None in limits else min(limits)
+
+
+def _table_label(table: Mapping[str, Any]) -> str:
+    """ "cuda", or "cuda@sm90" for a table of named targets (what last_table() reports)."""
+    targets = table.get("targets")
+    return table["backend"] + ("@" + "+".join(targets) if targets else "")
 
 
 def _row_config(row: Mapping[str, Any]) -> TileConfig:
@@ -117,9 +173,9 @@ def _row_config(row: Mapping[str, Any]) -> TileConfig:
 
 
 def all_configs() -> list[tuple[str, str, str, TileConfig]]:
-    """Every table entry as (backend, dtype class, bucket name, config)."""
+    """Every table entry as (table name, dtype class, bucket name, config)."""
     out = []
-    for b in BACKENDS:
+    for b in TABLES:
         table = load_table(b)
         for dc, rows in table["tables"].items():
             for row in rows:
@@ -156,13 +212,14 @@ def choose(
     batch_invariant: bool = False,
     backend_name: str | None = None,
 ) -> TileConfig:
-    """The deterministic heuristic (module docstring). A forced config wins over it."""
+    """The deterministic heuristic (module docstring) on table `backend_name` (a TABLES name; default: the
+    current device's, current_table()). A forced config wins over it."""
     forced_cfg = _FORCED[-1] if _FORCED else None
     if forced_cfg is not None:
         _TABLE[0] = None
         return forced_cfg
-    table = load_table(backend_name or backend())
-    _TABLE[0] = table["backend"]
+    table = load_table(backend_name or current_table())
+    _TABLE[0] = _table_label(table)
     dc = dtype_class(dtype)
     if batch_invariant:  # independent of T by construction: batch composition cannot change a row's bits
         row = table["batch_invariant"].get(dc) or table["batch_invariant"]["16bit"]
@@ -208,5 +265,6 @@ def last_config() -> TileConfig | None:
 
 
 def last_table() -> str | None:
-    """The `backend` field of the table the most recent choose() read (None: a forced config, or none yet)."""
+    """What the table the most recent choose() read was tuned for: its backend, and "@targets" when it names
+    them ("cuda@sm90"); None: a forced config, or none yet."""
     return _TABLE[0]

@@ -213,16 +213,28 @@ def active_target(target) -> Iterator[None]:
     from triton.runtime.driver import driver
 
     from moe_cts.kernels import config as cfgmod
+    from moe_cts.kernels import target_info
 
-    previous_driver, previous_backend = getattr(driver, "_active", None), cfgmod.backend
+    previous = getattr(driver, "_active", None), cfgmod.backend, cfgmod.current_table
+    name = next(
+        (
+            t.name
+            for t in target_info.TARGETS.values()
+            if (t.backend, t.arch) == (target.backend, target.arch)
+        ),
+        None,
+    )
     driver.set_active(FakeDriver(target))
     cfgmod.backend = lambda: target.backend
+    cfgmod.current_table = lambda: cfgmod.table_for(
+        target.backend, name
+    )  # cuda-sm90 for sm90, as on the device
     _clear_launcher_caches()
     try:
         yield
     finally:
-        driver._active = previous_driver  # reset_active() would look for a real GPU driver and raise on a CPU
-        cfgmod.backend = previous_backend
+        # reset_active() would look for a real GPU driver and raise on a CPU
+        driver._active, cfgmod.backend, cfgmod.current_table = previous
         _clear_launcher_caches()
 
 
@@ -318,8 +330,20 @@ def capture(
     return launches
 
 
-def table_configs() -> list[tuple[str, str, str, dict[str, Any]]]:
-    """(backend, dtype class, bucket, config dict) of every GPU table entry (kernels/configs/{cuda,hip}.json)."""
-    from moe_cts.kernels.config import all_configs
+def table_targets(table: str) -> tuple[str, ...]:
+    """Targets (kernels/target_info.py names) that read a table (config.table_targets)."""
+    from moe_cts.kernels.config import table_targets as targets
 
-    return [(b, dc, bucket, cfg.to_dict()) for b, dc, bucket, cfg in all_configs() if b in ("cuda", "hip")]
+    return targets(table)
+
+
+def table_configs() -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(table, dtype class, bucket, config dict) of every GPU table entry (kernels/configs/*.json but the
+    interpreter's)."""
+    from moe_cts.kernels.config import all_configs, load_table
+
+    return [
+        (b, dc, bucket, cfg.to_dict())
+        for b, dc, bucket, cfg in all_configs()
+        if load_table(b)["backend"] != "interpreter"
+    ]

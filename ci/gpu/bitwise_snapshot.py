@@ -9,6 +9,8 @@
         align(ids) (one-chunk and multi-chunk tiles) -> sorted_ids, expert_of_block, inverse, counts, ...
         gate_up(x, ids) -> act   down(act, ids) -> out   shared_expert(x)   combine(out, w, kept, shared)
         fused_moe(x) -> y
+    on cuda also QUANT_CASES (block fp8 concat and interleaved, MXFP4; weights quantized on the device from a
+    seeded generator, so two runs on one GPU see the same codes): fused_moe(qspec, qweights, x) -> y
     saved as {"<case>/<stage>/<field>": tensor on the CPU} with torch.save; --compare checks equal keys,
     dtypes, shapes and bytes (torch.equal on the raw bits, so NaN == NaN and -0.0 != +0.0).
 
@@ -127,6 +129,35 @@ def run_case(case: Case, device: str, seed: int) -> dict:
     return snap
 
 
+#: (name, preset, scheme, hidden = intermediate width): widths of whole 128-blocks (fp8) / MX blocks (MXFP4),
+#: two K groups at least, so a scale read from the wrong block changes bits.
+QUANT_CASES = (
+    ("quant-fp8-block-deepseek", "deepseek-v3", "fp8_block", 256),
+    ("quant-fp8-block-gpt-oss-interleaved", "gpt-oss-20b", "fp8_block", 256),
+    ("quant-mxfp4-gpt-oss", "gpt-oss-20b", "mxfp4", 128),
+)
+
+
+def run_quant_case(name: str, preset: str, scheme: str, width: int, device: str, seed: int) -> dict:
+    import torch
+    from quant_bench import _base, quantized
+
+    from moe_cts import kernels
+    from moe_cts.reference import presets
+    from moe_cts.reference.quant import QuantScheme
+
+    spec = presets.scaled(preset).replace(hidden_size=width, intermediate_size=width)
+    if spec.shared_width:
+        spec = spec.replace(shared_intermediate_size=width)
+    qspec = spec.replace(quant=getattr(QuantScheme, scheme)())
+    gen = torch.Generator(device=device).manual_seed(seed)
+    qw = quantized(qspec, _base(spec, torch.bfloat16, device, gen), gen)
+    x = torch.randn((TOKENS, spec.hidden_size), generator=gen, device=device).to(torch.bfloat16)
+    snap: dict = {}
+    _put(snap, f"{name}/fused", y=kernels.fused_moe(qspec, qw, x))
+    return snap
+
+
 def compare(got: dict, want: dict) -> list[str]:
     """Differences as lines: missing / extra keys, dtype, shape or any differing bit."""
     import torch
@@ -161,6 +192,13 @@ def main(argv: list[str]) -> int:
             continue
         snap.update(run_case(case, args.device, args.seed + i))
         print(f"{case.name}: ok", flush=True)
+    if args.device != "cpu":  # the interpreter runs these in tests/kernels (minutes per case here)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        for i, qc in enumerate(QUANT_CASES):
+            if args.only and args.only not in qc[0]:
+                continue
+            snap.update(run_quant_case(*qc, args.device, args.seed + 100 + i))
+            print(f"{qc[0]}: ok", flush=True)
     print(f"{len(snap)} tensors, {sum(t.numel() for t in snap.values())} elements")
     if args.out:
         torch.save(snap, args.out)

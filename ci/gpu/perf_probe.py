@@ -11,6 +11,12 @@ fp8       block fp8 at DeepSeek-V3 width, ids given: the table's row and candida
 mxfp4     the same for gpt-oss-120b MXFP4 (tiles, decodes, dot_scaled)
 bf16      the 16-bit forward at the mid-size points under the table row and BLOCK_M 128 candidates
           (sm90-only 4-stage tiles included: recorded as such, not for the shared cuda table)
+ab        the GEMM kernels against a baseline copy of their modules (--baseline DIR holding
+          old_grouped_gemm_kernels.py / old_fp8_gemm_kernels.py, e.g. `git show REV:kernels/...`), in one
+          process: outputs bitwise equal? graph-replay times of both (bf16 presets and block fp8, ids given)
+decode    T = 1 with the router: CUPTI kernel records of the whole forward per preset, and the one-program
+          alignment alone (graph replays) under each warp count
+sweep90   sm90-only tiles (shared memory over sm80's 163 KiB) for the BLOCK_M 128 row at T = 2048 / 4096
 
 Every record is one JSON line in DIR/probe.jsonl; a compact table goes to stdout at the end.
 """
@@ -18,6 +24,8 @@ Every record is one JSON line in DIR/probe.jsonl; a compact table goes to stdout
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import sys
 from collections import defaultdict
@@ -241,16 +249,117 @@ def _bf16_point(timer, name, T, cands, gen) -> None:
         emit(rec)
 
 
+PEER_PRESETS = ("mixtral-8x7b", "qwen2-57b-a14b", "deepseek-v3", "E128k8H4096I1536", "gpt-oss-120b")
+
+
+@contextlib.contextmanager
+def _baseline_kernels(base_dir: Path):
+    """The launchers' kernel modules swapped for the baseline copies (same signatures) inside the block."""
+    from moe_cts.kernels import fp8_gemm, grouped_gemm
+
+    mods = {}
+    for name in ("old_grouped_gemm_kernels", "old_fp8_gemm_kernels"):
+        spec = importlib.util.spec_from_file_location(name, base_dir / f"{name}.py")
+        mods[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mods[name])
+    saved = grouped_gemm.K, fp8_gemm.K
+    grouped_gemm.K, fp8_gemm.K = mods["old_grouped_gemm_kernels"], mods["old_fp8_gemm_kernels"]
+    try:
+        yield
+    finally:
+        grouped_gemm.K, fp8_gemm.K = saved
+
+
+def _ab_point(timer, part, name, T, spec, weights, x, r, base_dir) -> None:
+    def fn():
+        return fused_moe(spec, weights, x, routing=r)
+
+    new = fn()
+    cfg = last_config().to_dict()
+    ms_new = replay_ms(timer, fn)
+    with _baseline_kernels(base_dir):
+        old = fn()
+        ms_old = replay_ms(timer, fn)
+    same = bool(torch.equal(new.view(torch.int16), old.view(torch.int16)))
+    emit({"part": part, "preset": name, "T": T, "bitwise_equal": same, "ms": ms_new, "baseline_ms": ms_old,
+          "speedup": ms_old / ms_new, "max_abs_diff": float((new.float() - old.float()).abs().max()),
+          "config": cfg})  # fmt: skip
+
+
+def part_ab(timer, base_dir: Path) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for name in PEER_PRESETS:
+        spec = routed(name)
+        base = _base(spec, torch.bfloat16, "cuda", gen)
+        for T in (1, 16, 512, 2048, 4096):
+            x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+            _ab_point(timer, "ab-bf16", name, T, spec, base, x, routing(spec, T, "cuda", gen), base_dir)
+        base = None
+        torch.cuda.empty_cache()
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
+    base = None
+    for T in (1, 16, 512, 4096):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        _ab_point(timer, "ab-fp8", "deepseek-v3", T, qspec, qw, x, routing(spec, T, "cuda", gen), base_dir)
+
+
+def _decode_point(timer, name, gen) -> None:
+    align_mod = importlib.import_module("moe_cts.kernels.align")  # the module: kernels.align is the function
+
+    spec, base, x = bf16_inputs(name, 1, gen)
+    r = routing(spec, 1, "cuda", gen)
+    emit({"part": "decode", "what": "fwd router", "preset": name, "T": 1,
+          "kernels": kernel_us(lambda: fused_moe(spec, base, x)),
+          "fwd_ids_graph_ms": replay_ms(timer, lambda: fused_moe(spec, base, x, routing=r)),
+          "fwd_router_graph_ms": replay_ms(timer, lambda: fused_moe(spec, base, x)),
+          "route_graph_ms": replay_ms(timer, lambda: moe_cts.kernels.route(spec, base, x))})  # fmt: skip
+    bm = last_config().BLOCK_M
+    saved = align_mod._one_chunk_tiles, align_mod.ONE_CHUNK_WARPS
+    try:
+        for label, warps, old in (("old 128/1024 w8", 8, True), ("w1", 1, False), ("w2", 2, False),
+                                  ("w4", 4, False), ("w8", 8, False)):  # fmt: skip
+            align_mod.ONE_CHUNK_WARPS = warps
+            align_mod._one_chunk_tiles = (lambda n, p, t: (t[1], t[2], 8)) if old else saved[0]
+            ms = replay_ms(timer, lambda: moe_cts.kernels.align(spec, r.topk_ids, bm))
+            emit({"part": "decode", "what": f"align {label}", "preset": name, "T": 1, "ms": ms})
+    finally:
+        align_mod._one_chunk_tiles, align_mod.ONE_CHUNK_WARPS = saved
+
+
+def part_decode(timer) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for name in PEER_PRESETS:
+        _decode_point(timer, name, gen)
+        torch.cuda.empty_cache()
+
+
+def part_sweep90(timer) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    cands = [
+        c(128, tile(128, 64, 8, 4), tile(128, 64, 8, 4)),
+        c(128, tile(128, 64, 8, 4), tile(256, 64, 8, 4)),
+        c(128, tile(64, 64, 8, 5), tile(256, 64, 8, 4)),
+        c(128, tile(128, 64, 8, 5), tile(256, 64, 8, 3)),
+        c(128, tile(64, 64, 4, 5), tile(128, 64, 4, 5)),
+    ]
+    for T in (4096, 2048):
+        for name in PEER_PRESETS:
+            _bf16_point(timer, name, T, cands, gen)
+            torch.cuda.empty_cache()
+
+
 def main() -> int:
     global LOG
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--parts", default="profile,fp8,mxfp4,bf16")
+    ap.add_argument("--baseline", type=Path, help="folder of the baseline kernel modules (part ab)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     LOG = open(a.out / "probe.jsonl", "a")  # noqa: SIM115 (module-level log, closed at exit)
     timer = Timer(cpu=False, warmup_ms=10, rep_ms=40)
-    parts = {"profile": part_profile, "fp8": part_fp8, "mxfp4": part_mxfp4, "bf16": part_bf16}
+    parts = {"profile": part_profile, "fp8": part_fp8, "mxfp4": part_mxfp4, "bf16": part_bf16,
+             "ab": lambda t: part_ab(t, a.baseline), "decode": part_decode, "sweep90": part_sweep90}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -259,7 +368,12 @@ def main() -> int:
         torch.cuda.empty_cache()
     print("\n== summary ==")
     for r in OUT:
-        if r.get("part") == "profile":
+        if r.get("part", "").startswith("ab-"):
+            print(f"{r['part']} {r['preset']} T={r['T']} equal={r['bitwise_equal']} new {r['ms']:.4f} "
+                  f"old {r['baseline_ms']:.4f} x{r['speedup']:.3f}")  # fmt: skip
+        elif r.get("part") == "decode" and "ms" in r:
+            print(f"decode {r['preset']} {r['what']} {r['ms'] * 1000:.1f} us")
+        elif r.get("part") in ("profile", "decode"):
             top = ", ".join(f"{k[:28]} {v:.1f}" for k, v in list(r.get("kernels", {}).items())[:6])
             extra = {k: round(v, 4) for k, v in r.items() if k.endswith("_ms")}
             print(f"profile {r.get('what')} {r.get('preset')} T={r.get('T')} {extra} | {top}")

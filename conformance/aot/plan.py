@@ -6,7 +6,8 @@ plan(scenarios, target)    -> [job]        in a subprocess without TRITON_INTERP
     one job per distinct compile (Triton's launch binder: signature, constexprs, specializations, options);
     a job keeps every scenario that asked for it in `origins`
 
-tier      what it compiles (each on the targets of the config table's backend)
+tier      what it compiles (each table row on the targets that read its table: cuda-sm90 on sm90, cuda on the
+          other CUDA targets)
 default   per dtype class: the decode row, the largest row and the batch-invariant row of the table
           (fp32; 16-bit in fp16); the heuristic's choices for Mixtral-8x7B, Qwen2-57B and DeepSeek-V3
           at T in {1, 512} (DeepSeek also 4096) in bf16; the GEMMs with both fp8 flavours. Every kernel, each dtype, each
@@ -115,11 +116,26 @@ def _by_backend(targets: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _table_rows(backend: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(dtype class, bucket, config dict) of every row of the backend's table, in table order."""
+def _table_rows(table: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(dtype class, bucket, config dict) of every row of a table, in table order."""
     table_configs = registry_ref.registry().table_configs
 
-    return [(dc, bucket, cfg) for b, dc, bucket, cfg in table_configs() if b == backend]
+    return [(dc, bucket, cfg) for b, dc, bucket, cfg in table_configs() if b == table]
+
+
+def _tables(backend: str, tnames: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    """(table, the targets of tnames that read it) for a backend's targets. A registry with `table_targets`
+    (ours: cuda-sm90 is read by sm90 alone) splits them; one without it has one table per backend."""
+    reg = registry_ref.registry()
+    names = list(dict.fromkeys(b for b, *_ in reg.table_configs()))
+    if not hasattr(reg, "table_targets"):
+        return [(backend, tnames)] if backend in names else []
+    out = []
+    for name in names:
+        reads = tuple(t for t in tnames if t in reg.table_targets(name))
+        if reads:
+            out.append((name, reads))
+    return out
 
 
 def _gemm_kernels() -> tuple[str, ...]:
@@ -128,10 +144,10 @@ def _gemm_kernels() -> tuple[str, ...]:
     return tuple(name for name, info in KERNELS.items() if info.matrix)
 
 
-def _table_plan(tier: str, backend: str) -> list[tuple[str, str, dict[str, Any], tuple[str, ...]]]:
+def _table_plan(tier: str, table: str) -> list[tuple[str, str, dict[str, Any], tuple[str, ...]]]:
     """(dtype class, bucket, config, dtypes) to compile. default: the decode row, the largest row and the
     batch-invariant row of each class, 16-bit rows in fp16 (the presets' heuristic choices add bf16)."""
-    rows = _table_rows(backend)
+    rows = _table_rows(table)
     out = []
     for dc, bucket, cfg in rows:
         family = [r for r in rows if r[0] == dc and r[1] != "batch_invariant"]
@@ -155,21 +171,22 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
 
     out: list[Scenario] = []
     for backend, tnames in _by_backend(targets).items():
-        for dc, bucket, cfg, dtypes in _table_plan(tier, backend):
-            for dt in dtypes:
-                quant = CLASS_QUANT.get(dc)
-                out.append(
-                    Scenario(
-                        origin=f"table:{backend}/{dc}/{bucket}",
-                        preset=FP8_MOE_PRESET if quant else TABLE_PRESET,
-                        num_tokens=TABLE_TOKENS,
-                        dtype=dt,
-                        targets=tnames,
-                        config=cfg,
-                        kernels=_gemm_kernels() if tier == "tables" and not quant else None,
-                        quant=quant,
+        for table, readers in _tables(backend, tnames):
+            for dc, bucket, cfg, dtypes in _table_plan(tier, table):
+                for dt in dtypes:
+                    quant = CLASS_QUANT.get(dc)
+                    out.append(
+                        Scenario(
+                            origin=f"table:{table}/{dc}/{bucket}",
+                            preset=FP8_MOE_PRESET if quant else TABLE_PRESET,
+                            num_tokens=TABLE_TOKENS,
+                            dtype=dt,
+                            targets=readers,
+                            config=cfg,
+                            kernels=_gemm_kernels() if tier == "tables" and not quant else None,
+                            quant=quant,
+                        )
                     )
-                )
         if tier == "tables":
             continue
         plan = DEFAULT_PRESETS if tier == "default" else dict.fromkeys(presets.names(), FULL_TOKENS)

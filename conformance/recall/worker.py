@@ -167,7 +167,7 @@ def smem_violations() -> list[str]:
             cfg.gate_up.smem_bytes(cfg.BLOCK_M, elem[dc], n_b=2),
             cfg.down.smem_bytes(cfg.BLOCK_M, elem[dc], n_b=1),
         )
-        limit = cfgmod.SMEM_LIMIT_BYTES[backend]
+        limit = cfgmod.table_shared_limit(backend)
         if limit is not None and need > limit:  # None: the interpreter's table, no shared memory to overflow
             out.append(f"{backend}-{dc}-{bucket}: {need} B > {limit} B")
     return out

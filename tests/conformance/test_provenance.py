@@ -68,3 +68,17 @@ def test_a_given_config_reports_no_table():
 @pytest.mark.parametrize("backend", cfgmod.BACKENDS)
 def test_every_table_names_its_backend(backend):
     assert cfgmod.load_table(backend)["backend"] == backend
+
+
+def test_a_table_for_named_targets_fails_on_another_target_of_its_backend():
+    """cuda@sm90 (kernels/configs/cuda-sm90.json) on an sm_80 device is the cross-device drift of bug-27."""
+
+    class _Dev:
+        backend, arch = "cuda", "sm_80"
+
+    assert "tuned for cuda@sm90 ran on a cuda device (sm_80)" in provenance.check(
+        {"table": "cuda@sm90"}, _Dev()
+    )
+    _Dev.arch = "sm_90"
+    assert provenance.check({"table": "cuda@sm90"}, _Dev()) is None
+    assert provenance.check({"table": "cuda"}, _Dev()) is None

@@ -21,7 +21,7 @@ def _id(entry) -> str:
 @pytest.mark.parametrize("entry", ALL, ids=[_id(e) for e in ALL])
 def test_every_table_entry_fits_its_backends_shared_memory(entry) -> None:
     backend, dc, _, cfg = entry
-    limit = cfgmod.SMEM_LIMIT_BYTES[backend]
+    limit = cfgmod.table_shared_limit(backend)
     gate_up = cfg.gate_up.smem_bytes(cfg.BLOCK_M, ELEM_BYTES[dc], n_b=2)  # gate and up tiles
     down = cfg.down.smem_bytes(cfg.BLOCK_M, ELEM_BYTES[dc], n_b=1)
     if limit is None:  # the interpreter: no shared memory, only a sanity bound on the table entry
@@ -109,3 +109,35 @@ def test_capacity_dropping_raises_not_supported_naming_the_field() -> None:
     with pytest.raises(NotSupportedError, match="capacity_factor") as err:
         check_supported(spec)
     assert err.value.field == "capacity_factor"
+
+
+# ------------------------------------------------------------------------------------- per-target tables
+def test_sm90_reads_its_own_table_and_other_cuda_targets_the_shared_one() -> None:
+    assert cfgmod.table_for("cuda", "sm90") == "cuda-sm90"
+    assert cfgmod.table_for("cuda", "sm80") == cfgmod.table_for("cuda", "sm100") == "cuda"
+    assert cfgmod.table_for("hip", "gfx942") == "hip"
+    assert cfgmod.table_targets("cuda-sm90") == ("sm90",)
+    assert cfgmod.table_targets("cuda") == ("sm80", "sm100")
+    # each table is checked against the smallest shared memory of the targets that read it
+    assert cfgmod.table_shared_limit("cuda-sm90") == 232448
+    assert cfgmod.table_shared_limit("cuda") == cfgmod.SMEM_LIMIT_BYTES["cuda"] == 166912
+
+
+def test_the_sm90_table_holds_pipelines_over_sm80s_shared_memory_and_reports_its_target() -> None:
+    pick = dict(dtype=torch.bfloat16, num_tokens=4096, top_k=2, num_experts=8, hidden_size=4096,
+                intermediate_size=14336)  # fmt: skip
+    sm90 = cfgmod.choose(**pick, backend_name="cuda-sm90")
+    assert cfgmod.last_table() == "cuda@sm90"
+    need = sm90.down.smem_bytes(sm90.BLOCK_M, 2, n_b=1)
+    assert cfgmod.SMEM_LIMIT_BYTES["cuda"] < need <= cfgmod.table_shared_limit("cuda-sm90")
+    shared = cfgmod.choose(**pick, backend_name="cuda")
+    assert cfgmod.last_table() == "cuda" and shared != sm90
+
+
+@pytest.mark.parametrize("name", cfgmod.TABLES)
+def test_every_table_names_its_backend_and_known_targets(name) -> None:
+    from moe_cts.kernels import target_info
+
+    table = cfgmod.load_table(name)
+    assert table["backend"] in cfgmod.BACKENDS and name.split("-")[0] == table["backend"]
+    assert all(target_info.get(t).backend == table["backend"] for t in table.get("targets", ()))
