@@ -54,18 +54,33 @@ def router_logits_kernel(
     stride_x_h,
     stride_w_e,
     stride_w_h,
+    # FUSE_SELECT: the select's arguments (router_select_kernel's), and one int32 counter per token tile
+    counter_ptr,  # (cdiv(T, BLOCK_T),) int32, zero on entry; left zero on exit
+    rbias_ptr, cbias_ptr, ids_ptr, topw_ptr, logits_ptr, scores_ptr,
+    K, stride_rbias, stride_cbias, group_size, n_group, topk_group, scaling,
+    SIGMOID: tl.constexpr, HAS_RBIAS: tl.constexpr, HAS_CBIAS: tl.constexpr, GROUPED: tl.constexpr,
+    GROUP_TOP2: tl.constexpr, RENORMALIZE: tl.constexpr, STORE_SCORES: tl.constexpr, N_SPLIT: tl.constexpr,
+    GROUP_TILED: tl.constexpr, N_GROUP: tl.constexpr, SEL_BLOCK_T: tl.constexpr, SEL_BLOCK_E: tl.constexpr,
+    FUSE_SELECT: tl.constexpr,
     UPCAST: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_H: tl.constexpr,
-):
+):  # fmt: skip
     """One (BLOCK_T, BLOCK_E) tile of one split's partial logits, accumulated in fp32 over the split's
-    columns in BLOCK_H steps:
+    columns in BLOCK_H steps; with FUSE_SELECT the last program of each token tile also runs the select:
 
         pid -> (e tile, split s, t tile), e fastest: programs running together share the x chunk (L2)
         acc = 0; for h0 in [s * h_chunk, min(H, (s + 1) * h_chunk)) step BLOCK_H: acc = dot(x, w.T, acc)
         part[s, t, e] = acc                                  (rows t < T, lanes e < E)
+        FUSE_SELECT: if atomic_add(counter[t tile], 1) == E tiles * splits - 1:   (acq_rel: the last one
+                         counter[t tile] = 0                                       sees every partial)
+                         select rows [t0, t0 + BLOCK_T) in SEL_BLOCK_T-row steps   (router_select_kernel's)
+
+    One launch instead of two: at decode the select's own launch and its wait on the GEMM were a tenth of
+    a DeepSeek-V3 / gpt-oss-120b forward (H200, graph replays, session 8). The select reads the partials in
+    split order whichever program runs it, so the bits do not depend on which program finished last.
     """
     n_e = tl.cdiv(E, BLOCK_E)
     n_s = tl.cdiv(H, h_chunk)
@@ -103,6 +118,22 @@ def router_logits_kernel(
         acc = dot_acc(a, tl.trans(b), acc, INPUT_PRECISION)
     out = (pid_s * T + offs_t).to(tl.int64)[:, None] * E + offs_e[None, :]
     tl.store(part_ptr + out, acc, mask=(offs_t < T)[:, None] & (offs_e < E)[None, :])
+    if FUSE_SELECT:
+        # Every thread's stores come before the release of the counter (a CTA barrier, then the atomic's
+        # acq_rel fence, which is cumulative over what the barrier ordered); the last program's acquire
+        # orders its loads (through L2: cache ".cg") after every other program's release.
+        tl.debug_barrier()
+        done = tl.atomic_add(counter_ptr + pid_t, 1, sem="acq_rel")
+        if done == n_e * n_s - 1:
+            tl.store(counter_ptr + pid_t, 0)
+            for sub in tl.static_range(BLOCK_T // SEL_BLOCK_T):
+                _select_rows(
+                    part_ptr, rbias_ptr, cbias_ptr, ids_ptr, topw_ptr, logits_ptr, scores_ptr,
+                    pid_t * BLOCK_T + sub * SEL_BLOCK_T + tl.arange(0, SEL_BLOCK_T),
+                    T, E, K, stride_rbias, stride_cbias, group_size, n_group, topk_group, scaling,
+                    SIGMOID, HAS_RBIAS, HAS_CBIAS, GROUPED, GROUP_TOP2, RENORMALIZE, STORE_SCORES, N_SPLIT,
+                    GROUP_TILED, N_GROUP, SEL_BLOCK_T, SEL_BLOCK_E, ".cg",
+                )  # fmt: skip
 
 
 @triton.jit
@@ -178,40 +209,18 @@ def _group_keep_tiled(
     return tl.reshape(keep3, (BLOCK_T, BLOCK_E))
 
 
-@triton.jit(do_not_specialize=["T"])
-def router_select_kernel(
-    part_ptr,  # (n_split, T, E) fp32 partial logits (router_logits_kernel)
-    rbias_ptr,  # (E,) router bias (HAS_RBIAS)
-    cbias_ptr,  # (E,) correction bias, selection only (HAS_CBIAS)
-    ids_ptr,  # (T, k) int32 out, contiguous
-    topw_ptr,  # (T, k) fp32 out, contiguous
-    logits_ptr,  # (T, E) fp32 out, contiguous (STORE_SCORES)
-    scores_ptr,  # (T, E) fp32 out, contiguous (STORE_SCORES)
-    T,
-    E,
-    K,
-    stride_rbias,
-    stride_cbias,
-    group_size,  # E // n_group
-    n_group,
-    topk_group,
-    scaling,  # routed_scaling_factor
-    SIGMOID: tl.constexpr,
-    HAS_RBIAS: tl.constexpr,
-    HAS_CBIAS: tl.constexpr,
-    GROUPED: tl.constexpr,
-    GROUP_TOP2: tl.constexpr,
-    RENORMALIZE: tl.constexpr,
-    STORE_SCORES: tl.constexpr,
-    N_SPLIT: tl.constexpr,  # SPLIT_H
-    GROUP_TILED: tl.constexpr,  # E == BLOCK_E and a power-of-two group count: _group_keep_tiled
-    N_GROUP: tl.constexpr,  # n_group when GROUP_TILED (else 1)
-    BLOCK_T: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-):
-    """Sum the partial logits in split order, then score, select and weight (module docstring)."""
-    pid = tl.program_id(0)
-    offs_t = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+@triton.jit
+def _select_rows(
+    part_ptr, rbias_ptr, cbias_ptr, ids_ptr, topw_ptr, logits_ptr, scores_ptr, offs_t,
+    T, E, K, stride_rbias, stride_cbias, group_size, n_group, topk_group, scaling,
+    SIGMOID: tl.constexpr, HAS_RBIAS: tl.constexpr, HAS_CBIAS: tl.constexpr, GROUPED: tl.constexpr,
+    GROUP_TOP2: tl.constexpr, RENORMALIZE: tl.constexpr, STORE_SCORES: tl.constexpr, N_SPLIT: tl.constexpr,
+    GROUP_TILED: tl.constexpr, N_GROUP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+    CACHE: tl.constexpr,
+):  # fmt: skip
+    """Rows offs_t (BLOCK_T,): sum the partial logits in split order, then score, select and weight (module
+    docstring). CACHE: the partials' load cache modifier, ".cg" (L2, not the SM's L1) when other programs of
+    the same launch wrote them (router_logits_kernel's FUSE_SELECT)."""
     offs_e = tl.arange(0, BLOCK_E)
     row_ok = offs_t < T
     valid = (offs_e < E)[None, :] & (offs_t >= 0)[:, None]  # (BLOCK_T, BLOCK_E): real expert lanes
@@ -221,9 +230,9 @@ def router_select_kernel(
     # what keeps a token's logits independent of T and of how the programs were scheduled. The loop is
     # unrolled (N_SPLIT constexpr) so the N_SPLIT loads need not wait for each other's adds: a runtime loop
     # made 14 dependent global round trips of DeepSeek-V3's decode select (most of its 24 us on an H200).
-    logits = tl.load(part_ptr + te, mask=m, other=0.0)
+    logits = tl.load(part_ptr + te, mask=m, other=0.0, cache_modifier=CACHE)
     for s in tl.static_range(1, N_SPLIT):
-        logits += tl.load(part_ptr + (s * T).to(tl.int64) * E + te, mask=m, other=0.0)
+        logits += tl.load(part_ptr + (s * T).to(tl.int64) * E + te, mask=m, other=0.0, cache_modifier=CACHE)
     if HAS_RBIAS:
         rb = tl.load(rbias_ptr + offs_e * stride_rbias, mask=offs_e < E, other=0.0).to(tl.float32)
         logits = logits + rb[None, :]
@@ -266,3 +275,44 @@ def router_select_kernel(
     if STORE_SCORES:
         tl.store(logits_ptr + te, logits, mask=m)
         tl.store(scores_ptr + te, scores, mask=m)
+
+
+@triton.jit(do_not_specialize=["T"])
+def router_select_kernel(
+    part_ptr,  # (n_split, T, E) fp32 partial logits (router_logits_kernel)
+    rbias_ptr,  # (E,) router bias (HAS_RBIAS)
+    cbias_ptr,  # (E,) correction bias, selection only (HAS_CBIAS)
+    ids_ptr,  # (T, k) int32 out, contiguous
+    topw_ptr,  # (T, k) fp32 out, contiguous
+    logits_ptr,  # (T, E) fp32 out, contiguous (STORE_SCORES)
+    scores_ptr,  # (T, E) fp32 out, contiguous (STORE_SCORES)
+    T,
+    E,
+    K,
+    stride_rbias,
+    stride_cbias,
+    group_size,  # E // n_group
+    n_group,
+    topk_group,
+    scaling,  # routed_scaling_factor
+    SIGMOID: tl.constexpr,
+    HAS_RBIAS: tl.constexpr,
+    HAS_CBIAS: tl.constexpr,
+    GROUPED: tl.constexpr,
+    GROUP_TOP2: tl.constexpr,
+    RENORMALIZE: tl.constexpr,
+    STORE_SCORES: tl.constexpr,
+    N_SPLIT: tl.constexpr,  # SPLIT_H
+    GROUP_TILED: tl.constexpr,  # E == BLOCK_E and a power-of-two group count: _group_keep_tiled
+    N_GROUP: tl.constexpr,  # n_group when GROUP_TILED (else 1)
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
+    """The select as its own launch, one program per BLOCK_T token rows (forced token tiles, the interpreter)."""
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    _select_rows(
+        part_ptr, rbias_ptr, cbias_ptr, ids_ptr, topw_ptr, logits_ptr, scores_ptr, offs_t,
+        T, E, K, stride_rbias, stride_cbias, group_size, n_group, topk_group, scaling,
+        SIGMOID, HAS_RBIAS, HAS_CBIAS, GROUPED, GROUP_TOP2, RENORMALIZE, STORE_SCORES, N_SPLIT,
+        GROUP_TILED, N_GROUP, BLOCK_T, BLOCK_E, "",
+    )  # fmt: skip

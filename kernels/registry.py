@@ -305,9 +305,11 @@ def capture(
     target: Any,
     config: Any = None,
     batch_invariant: bool = False,
+    fused_select: bool = True,
 ) -> list[Launch]:
     """The kernel launches of one fused_moe forward on `target` (a triton GPUTarget), module docstring.
-    config=None lets the launchers' heuristic choose, reading the target backend's table.
+    config=None lets the launchers' heuristic choose, reading the target backend's table; fused_select=False
+    routes with the separate select launch (kernels/router.py FUSED_SELECT).
 
     Launchers' functools caches are cleared around it (active_target), so one process can capture for
     several targets."""
@@ -325,8 +327,16 @@ def capture(
         weights = meta_qweights(spec, dtype)
     else:
         weights = meta_fp8_qweights(spec)
-    with _recording(launches), active_target(target):  # fused_moe dispatches quantized specs (kernels/moe.py)
-        fused_moe(spec, weights, x, config=config, batch_invariant=batch_invariant)
+    router = importlib.import_module("moe_cts.kernels.router")
+    saved, router.FUSED_SELECT = router.FUSED_SELECT, fused_select  # False: the separate select launch
+    try:
+        with (
+            _recording(launches),
+            active_target(target),
+        ):  # fused_moe dispatches quantized specs (kernels/moe.py)
+            fused_moe(spec, weights, x, config=config, batch_invariant=batch_invariant)
+    finally:
+        router.FUSED_SELECT = saved
     return launches
 
 

@@ -1,10 +1,15 @@
-"""Router stage: logits, scores, grouped / plain top-k and weights in two Triton launches.
+"""Router stage: logits, scores, grouped / plain top-k and weights in one Triton launch on GPUs.
 
 The twin of `moe_cts.reference.numpy_oracle.route`; the kernel bodies are in `_router_kernels`:
 
     part   = router_logits_kernel(x, router)     # (SPLIT_H, T, E) fp32, grid: E tiles x H splits x T tiles
-    logits = sum_s part[s] (+ router_bias)       # router_select_kernel, s = 0, 1, ... in that order,
+    logits = sum_s part[s] (+ router_bias)       # the select, s = 0, 1, ... in that order,
     ids, w = select(logits)                      #   then softmax / sigmoid, top-k, weights
+
+On GPUs the select runs in the logits launch (FUSED_SELECT): the last program of each token tile to store its
+partials (an int32 counter per tile, acq_rel atomics) selects that tile's rows. A forced `block_t` and the
+interpreter (whose per-operation cost favours 64-row select tiles) launch router_select_kernel instead; both
+run the same `_select_rows`.
 
 Why two launches: one program per token tile cannot use the GPU at decode sizes. At T <= 16 the old single
 kernel ran ONE program that read the whole router matrix on one SM (DeepSeek-V3, E 256, H 7168, bf16: 3.7 MB;
@@ -21,6 +26,7 @@ that it stays at most the bytes of x itself (T * H * element size).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +47,9 @@ MAX_EXPERTS = 1024
 DECODE_PROGRAMS = 128
 #: Token rows of one select program: no tl.dot there, so fewer than 16 (_select_sizes).
 SELECT_BLOCK_T = 4
+#: The select inside the logits launch (module docstring); off on the interpreter, where programs run one
+#: after another and a 64-row select tile costs a quarter of the operations.
+FUSED_SELECT = not INTERPRET
 #: Token rows of one logits tile: tl.dot's minimum M, so a decode call computes one tile row of 16.
 LOGITS_BLOCK_T = 16
 #: Largest E tile of the logits GEMM: E / BLOCK_E tiles times SPLIT_H splits make the decode programs.
@@ -218,59 +227,97 @@ def route(
     if T == 0:
         return Routing(topk_ids=ids, topk_weights=topw, logits=logits, scores=scores)
     lt = logits_tile or logits_tile_for(E, H, x.dtype, weights.router.dtype)
-    part = _launch_logits(x, weights.router, lt, allow_tf32)
-    _launch_select(spec, weights, part, lt.SPLIT_H, ids, topw, logits, scores, block_t)
+    fused = FUSED_SELECT and block_t is None
+    sel = _select_args(
+        spec, weights, lt.SPLIT_H, ids, topw, logits, scores, SELECT_BLOCK_T if fused else block_t
+    )
+    part = _launch_logits(x, weights.router, lt, allow_tf32, sel if fused else None)
+    if not fused:
+        router_select_kernel[(triton.cdiv(T, sel["BLOCK_T"]),)](
+            part_ptr=part, **sel, T=T, E=E, num_warps=_select_sizes(E, block_t)[2], num_stages=1
+        )
     return Routing(topk_ids=ids, topk_weights=topw, logits=logits, scores=scores)
 
 
-def _launch_logits(x: torch.Tensor, w: torch.Tensor, lt: LogitsTile, allow_tf32: bool) -> torch.Tensor:
-    """part (SPLIT_H, T, E) fp32 from router_logits_kernel, one program per (E tile, split, T tile)."""
+@functools.cache
+def _counter_pool(device: str, stream: int) -> list[torch.Tensor]:
+    return [torch.zeros(0, dtype=torch.int32, device=device)]
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    """n zeroed int32 counters for the fused select. The kernel leaves them zero, so one buffer per device
+    and stream serves every call (launches on one stream run one after another; a memset per call would be
+    a graph node of its own). Grown outside a CUDA-graph capture only: a buffer allocated inside one
+    belongs to the graph's pool, so it is used there and not kept."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    pool = _counter_pool(str(device), stream)
+    if pool[0].numel() < n:
+        fresh = torch.zeros(max(n, 2 * pool[0].numel(), 64), dtype=torch.int32, device=device)
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return fresh
+        pool[0] = fresh
+    return pool[0]
+
+
+_SELECT_POINTERS = ("rbias_ptr", "cbias_ptr", "ids_ptr", "topw_ptr", "logits_ptr", "scores_ptr")
+#: The select's scalars and constexprs when the logits launch does not select (one compiled variant).
+_NO_SELECT = dict(
+    K=1, stride_rbias=0, stride_cbias=0, group_size=1, n_group=1, topk_group=1, scaling=1.0,
+    SIGMOID=False, HAS_RBIAS=False, HAS_CBIAS=False, GROUPED=False, GROUP_TOP2=False, RENORMALIZE=False,
+    STORE_SCORES=False, N_SPLIT=1, GROUP_TILED=False, N_GROUP=1, BLOCK_T=SELECT_BLOCK_T, BLOCK_E=16,
+)  # fmt: skip
+
+
+def _select_args(spec, weights, n_split, ids, topw, logits, scores, block_t) -> dict:
+    """The select's arguments and constexprs (router_select_kernel's, also FUSE_SELECT's in the logits launch)."""
+    E, k = spec.num_experts, spec.top_k
+    BLOCK_T, BLOCK_E, _ = _select_sizes(E, block_t)
+    keep_scores = logits is not None
+    rb = weights.router_bias if spec.router_bias else weights.router
+    cb = weights.correction_bias if spec.correction_bias else weights.router
+    g = spec.n_group
+    tiled = spec.grouped and E == BLOCK_E and g & (g - 1) == 0  # _group_keep_tiled reshape
+    return dict(
+        # inputs
+        rbias_ptr=rb, cbias_ptr=cb,
+        # outputs
+        ids_ptr=ids, topw_ptr=topw,
+        logits_ptr=logits if keep_scores else topw, scores_ptr=scores if keep_scores else topw,
+        # sizes and scalars
+        K=k, stride_rbias=rb.stride(0), stride_cbias=cb.stride(0),
+        group_size=E // spec.n_group, n_group=spec.n_group, topk_group=spec.topk_group,
+        scaling=float(spec.routed_scaling_factor),
+        # constexprs
+        SIGMOID=spec.scoring == "sigmoid", HAS_RBIAS=spec.router_bias, HAS_CBIAS=spec.correction_bias,
+        GROUPED=spec.grouped, GROUP_TOP2=spec.group_score == "top2_sum", RENORMALIZE=spec.renormalize,
+        STORE_SCORES=keep_scores, N_SPLIT=n_split, GROUP_TILED=tiled, N_GROUP=spec.n_group if tiled else 1,
+        BLOCK_T=BLOCK_T, BLOCK_E=BLOCK_E,
+    )  # fmt: skip
+
+
+def _launch_logits(
+    x: torch.Tensor, w: torch.Tensor, lt: LogitsTile, allow_tf32: bool, sel: dict | None
+) -> torch.Tensor:
+    """part (SPLIT_H, T, E) fp32 from router_logits_kernel, one program per (E tile, split, T tile); with
+    `sel` (the select's arguments) the last program of each token tile selects its rows."""
     T, H = x.shape
     E = w.shape[0]
     part = torch.empty((lt.SPLIT_H, T, E), dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(E, lt.BLOCK_E) * lt.SPLIT_H * triton.cdiv(T, lt.BLOCK_T),)
+    n_t = triton.cdiv(T, lt.BLOCK_T)
+    grid = (triton.cdiv(E, lt.BLOCK_E) * lt.SPLIT_H * n_t,)
+    if sel is None:  # FUSE_SELECT False: the select's arguments are never read
+        fuse, counters, sel = False, part, _NO_SELECT | dict.fromkeys(_SELECT_POINTERS, part)
+    else:
+        fuse, counters, sel = True, _counters(x.device, n_t), dict(sel)
+    sel["SEL_BLOCK_T"], sel["SEL_BLOCK_E"] = sel.pop("BLOCK_T"), sel.pop("BLOCK_E")
     router_logits_kernel[grid](
         x_ptr=x, w_ptr=w, part_ptr=part,
         T=T, E=E, H=H, h_chunk=lt.H_CHUNK,
         stride_x_t=x.stride(0), stride_x_h=x.stride(1), stride_w_e=w.stride(0), stride_w_h=w.stride(1),
+        counter_ptr=counters, **sel, FUSE_SELECT=fuse,
         UPCAST=x.dtype != w.dtype,
         INPUT_PRECISION="tf32" if allow_tf32 else "ieee",
         BLOCK_T=lt.BLOCK_T, BLOCK_E=lt.BLOCK_E, BLOCK_H=lt.BLOCK_H,
         num_warps=lt.num_warps, num_stages=lt.num_stages,
     )  # fmt: skip
     return part
-
-
-def _launch_select(spec, weights, part, n_split, ids, topw, logits, scores, block_t) -> None:
-    """router_select_kernel over cdiv(T, BLOCK_T) token tiles: sum the partials, score, select, weight."""
-    T, E, k = part.shape[1], spec.num_experts, spec.top_k
-    BLOCK_T, BLOCK_E, num_warps = _select_sizes(E, block_t)
-    keep_scores = logits is not None
-    rb = weights.router_bias if spec.router_bias else weights.router
-    cb = weights.correction_bias if spec.correction_bias else weights.router
-    g = spec.n_group
-    tiled = spec.grouped and E == BLOCK_E and g & (g - 1) == 0  # _group_keep_tiled reshape
-    router_select_kernel[(triton.cdiv(T, BLOCK_T),)](
-        # inputs
-        part_ptr=part, rbias_ptr=rb, cbias_ptr=cb,
-        # outputs
-        ids_ptr=ids, topw_ptr=topw,
-        logits_ptr=logits if keep_scores else topw, scores_ptr=scores if keep_scores else topw,
-        # sizes and scalars
-        T=T, E=E, K=k,
-        stride_rbias=rb.stride(0), stride_cbias=cb.stride(0),
-        group_size=E // spec.n_group, n_group=spec.n_group, topk_group=spec.topk_group,
-        scaling=float(spec.routed_scaling_factor),
-        # constexprs
-        SIGMOID=spec.scoring == "sigmoid",
-        HAS_RBIAS=spec.router_bias,
-        HAS_CBIAS=spec.correction_bias,
-        GROUPED=spec.grouped,
-        GROUP_TOP2=spec.group_score == "top2_sum",
-        RENORMALIZE=spec.renormalize,
-        STORE_SCORES=keep_scores,
-        N_SPLIT=n_split, GROUP_TILED=tiled, N_GROUP=spec.n_group if tiled else 1,
-        BLOCK_T=BLOCK_T, BLOCK_E=BLOCK_E,
-        # launch options
-        num_warps=num_warps, num_stages=1,
-    )  # fmt: skip

@@ -17,6 +17,7 @@ ab        the GEMM kernels against a baseline copy of their modules (--baseline 
 decode    T = 1 with the router: CUPTI kernel records of the whole forward per preset, and the one-program
           alignment alone (graph replays) under each warp count
 sweep90   sm90-only tiles (shared memory over sm80's 163 KiB) for the BLOCK_M 128 row at T = 2048 / 4096
+bf16dec   the 16-bit decode row against narrower / deeper tiles at T = 1
 
 Every record is one JSON line in DIR/probe.jsonl; a compact table goes to stdout at the end.
 """
@@ -178,17 +179,17 @@ def _quant_preset(name: str, scheme):
 
 
 def part_fp8(timer) -> None:
+    """Block fp8 tiles for the one-dot gate_up kernel (session 8): its B tile is twice BLOCK_N wide."""
     spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
 
     cands = {
-        1: [c(16, tile(32, 128, 4, 8, 1), tile(64, 128, 4, 8, 1)), c(16, tile(32, 128, 2, 6, 1), tile(32, 128, 2, 6, 1)),
-            c(16, tile(16, 128, 2, 8, 1), tile(32, 128, 2, 8, 1)), c(16, tile(32, 128, 4, 4, 1), tile(32, 128, 4, 4, 1))],
-        512: [c(64, tile(64, 128, 4, 4), tile(128, 128, 4, 4)), c(64, tile(64, 128, 8, 4), tile(128, 128, 8, 4)),
-              c(32, tile(64, 128, 4, 4), tile(128, 128, 4, 4))],
-        4096: [c(128, tile(64, 128, 8, 3), tile(128, 128, 8, 3)), c(128, tile(64, 128, 8, 4), tile(128, 128, 8, 4)),
-               c(128, tile(64, 128, 4, 4), tile(64, 128, 4, 4)), c(64, tile(64, 128, 4, 4), tile(128, 128, 4, 4)),
-               c(64, tile(64, 128, 8, 4), tile(128, 128, 8, 4)), c(128, tile(32, 128, 4, 4), tile(64, 128, 4, 4)),
-               c(64, tile(128, 128, 8, 3), tile(128, 128, 8, 3))],
+        4096: [c(128, tile(64, 128, 8, 4), tile(128, 128, 8, 4)), c(128, tile(64, 128, 8, 5), tile(128, 128, 8, 5)),
+               c(64, tile(128, 128, 8, 3), tile(128, 128, 4, 4)), c(64, tile(64, 128, 4, 6), tile(128, 128, 4, 6)),
+               c(64, tile(64, 128, 4, 4), tile(128, 128, 8, 4)), c(128, tile(32, 128, 4, 4), tile(64, 128, 4, 4))],
+        512: [c(32, tile(64, 128, 4, 4), tile(128, 128, 4, 4)), c(32, tile(128, 128, 4, 5), tile(128, 128, 4, 5)),
+              c(64, tile(64, 128, 4, 4), tile(128, 128, 4, 4))],
+        1: [c(16, tile(16, 128, 4, 6, 1), tile(64, 128, 4, 6, 1)), c(16, tile(64, 128, 4, 6, 1), tile(64, 128, 4, 6, 1)),
+            c(16, tile(32, 128, 2, 6, 1), tile(32, 128, 2, 6, 1)), c(16, tile(32, 128, 4, 4, 1), tile(32, 128, 4, 4, 1))],
     }  # fmt: skip
     for T, cs in cands.items():
         sweep("fp8", timer, spec, qspec, base, qw, T, cs, gen)
@@ -333,6 +334,21 @@ def part_decode(timer) -> None:
         torch.cuda.empty_cache()
 
 
+def part_bf16dec(timer) -> None:
+    """The 16-bit decode row (m <= 8) against narrower / deeper tiles at T = 1 (the one-dot gate_up)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    cands = [
+        c(16, tile(32, 128, 4, 4, 1), tile(64, 128, 4, 4, 1)),
+        c(16, tile(32, 128, 4, 4, 1), tile(32, 128, 4, 4, 1)),
+        c(16, tile(64, 128, 4, 3, 1), tile(64, 128, 4, 3, 1)),
+        c(16, tile(32, 256, 4, 3, 1), tile(64, 256, 4, 3, 1)),
+        c(16, tile(64, 128, 4, 6, 1), tile(64, 128, 4, 6, 1)),
+    ]
+    for name in PEER_PRESETS:
+        _bf16_point(timer, name, 1, cands, gen)
+        torch.cuda.empty_cache()
+
+
 def part_sweep90(timer) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     cands = [
@@ -359,7 +375,8 @@ def main() -> int:
     LOG = open(a.out / "probe.jsonl", "a")  # noqa: SIM115 (module-level log, closed at exit)
     timer = Timer(cpu=False, warmup_ms=10, rep_ms=40)
     parts = {"profile": part_profile, "fp8": part_fp8, "mxfp4": part_mxfp4, "bf16": part_bf16,
-             "ab": lambda t: part_ab(t, a.baseline), "decode": part_decode, "sweep90": part_sweep90}  # fmt: skip
+             "ab": lambda t: part_ab(t, a.baseline), "decode": part_decode, "sweep90": part_sweep90,
+             "bf16dec": part_bf16dec}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)

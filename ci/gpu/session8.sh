@@ -5,6 +5,8 @@
 #       router kernel by kernel and the one-program alignment per warp count, sm90-only tiles at T >= 2048
 #   c   the decode probe (perf_probe.py --parts decode), `moe-cts certify --profile quick --jobs 10`, then vLLM's
 #       Triton path side by side (.peer/bench.py), then ci/gpu/quant_bench.py in the time left
+#   d   GPU pytest of this session's kernel changes (router with the fused select, router split / batch
+#       invariance, alignment tiles), then perf_probe.py --parts decode,fp8,bf16dec
 set -u
 MODE=${1:-a}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -27,6 +29,17 @@ c)
   grep -E "=>|geomean" "$OUT/peer.log" | tail -44
   timeout "$(slot_left ${SLOT:-585})" python3 ci/gpu/quant_bench.py --out "$OUT/quant" ${QB_ARGS:-} 2>"$OUT/quant-stderr.log" | tail -24
   echo "quant_bench exit $?"; tail -3 "$OUT/quant-stderr.log"
+  ;;
+d)
+  s=$(date +%s)
+  timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -p no:cacheprovider tests/kernels/test_router.py \
+    tests/kernels/test_router_split.py tests/kernels/test_align.py > "$OUT/pytest.log" 2>&1
+  echo "pytest exit $? in $(( $(date +%s) - s )) s"; grep -E "FAILED|passed|failed" "$OUT/pytest.log" | head -20
+  timeout "$(slot_left ${SLOT:-585})" python3 ci/gpu/perf_probe.py --out "$OUT/probe" \
+    --parts "${PROBE_PARTS:-decode,fp8,bf16dec}" > "$OUT/probe.log" 2>"$OUT/probe-stderr.log"
+  echo "probe exit $?"
+  sed -n '/== summary ==/,$p' "$OUT/probe.log" | cut -c1-300
+  tail -3 "$OUT/probe-stderr.log"
   ;;
 esac
 echo "total $(( $(date +%s) - T0 )) s"

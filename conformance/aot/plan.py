@@ -101,6 +101,9 @@ class Scenario:
     # "mxfp4": the preset with QuantScheme.mxfp4(activation_dtype=dtype);
     # "fp8_block:<fp8_format>": the preset under QuantScheme.fp8_block(fp8_format=...)
     quant: str | None = None
+    # False: the router's select in its own launch (router_select_kernel: forced token tiles), not inside
+    # the logits launch as GPUs run it by default (kernels/router.py FUSED_SELECT)
+    fused_select: bool = True
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -205,6 +208,17 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
                         )
                     )
         out += _quant_scenarios(tier, tnames)
+        if "router_select_kernel" in registry_ref.registry().KERNELS:
+            # ours: the separate select launch (forced token tiles), DeepSeek-V3's grouped top-k at E 256
+            out.append(Scenario(
+                origin="router:separate-select",
+                preset="deepseek-v3",
+                num_tokens=1,
+                dtype="bfloat16",
+                targets=tnames,
+                kernels=("router_select_kernel",),
+                fused_select=False,
+            ))  # fmt: skip
         out.append(
             Scenario(
                 origin="fp8",
@@ -319,6 +333,9 @@ def _scenario_launches(s: dict[str, Any], target):
         target=target,
         config=s["config"],
         batch_invariant=s["batch_invariant"],
+        **(
+            {} if s.get("fused_select", True) else {"fused_select": False}
+        ),  # ours only (router_select_kernel)
     )
     if s["kernels"] is not None:
         launches = [ln for ln in launches if ln.kernel in s["kernels"]]

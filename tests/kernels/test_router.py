@@ -196,6 +196,47 @@ def test_grouped_routing_never_picks_a_masked_group(case: Case):
     assert max(len(set(row)) for row in groups) <= case.spec.topk_group
 
 
+# -- the select inside the logits launch (kernels/router.py FUSED_SELECT: the GPUs' path)
+FUSED_NAMES = (
+    "softmax_renormalize", "dsv3_grouped_sigmoid_bias_scaling", "grouped_one_expert_groups", "gpt_oss_router_bias",
+    "sigmoid_without_renormalize", "prime_E_257", "single_expert", "one_token", "grouped_untiled_E48",
+    "strided_inputs", "bf16_grouped",
+)  # fmt: skip
+FUSED = [c for c in CASES if c.block_t is None and c.name in FUSED_NAMES]
+
+
+@pytest.mark.parametrize("case", FUSED, ids=lambda c: c.name)
+def test_the_fused_select_gives_the_separate_selects_results(case: Case, monkeypatch):
+    """The last program of each token tile selects its rows (an atomic counter per tile) and leaves the
+    counters zero for the next call. Bit for bit on the interpreter; on a GPU the fused select reduces on
+    the logits launch's warps, so weights may differ there in the last bit (ids and logits may not)."""
+    import moe_cts.kernels.router as router_mod
+
+    w, x = _inputs(case)
+    monkeypatch.setattr(router_mod, "FUSED_SELECT", False)
+    want = route(case.spec, w, x)
+    monkeypatch.setattr(router_mod, "FUSED_SELECT", True)
+    got = route(case.spec, w, x)
+    assert torch.equal(got.topk_ids, want.topk_ids) and torch.equal(got.logits, want.logits)
+    if DEVICE == "cpu":
+        assert torch.equal(got.topk_weights, want.topk_weights) and torch.equal(got.scores, want.scores)
+    else:
+        torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=2**-22, atol=0)
+    assert not router_mod._counters(x.device, 1).any(), "the kernel must leave its counters zero"
+    assert_routing_matches(case.spec, w, x, got)
+
+
+def test_a_forced_token_tile_runs_the_separate_select(monkeypatch):
+    import moe_cts.kernels.router as router_mod
+
+    monkeypatch.setattr(router_mod, "FUSED_SELECT", True)
+    monkeypatch.setattr(router_mod, "router_select_kernel", None)  # the separate launch would raise
+    w, x = _inputs(CASES[0])
+    route(CASES[0].spec, w, x)  # fused: no separate launch
+    with pytest.raises(TypeError):
+        route(CASES[0].spec, w, x, block_t=16)
+
+
 def test_zero_tokens_give_empty_outputs_without_a_launch(monkeypatch):
     import moe_cts.kernels.router as router_mod
 
