@@ -7,6 +7,7 @@
 #       Triton path side by side (.peer/bench.py), then ci/gpu/quant_bench.py in the time left
 #   d   GPU pytest of this session's kernel changes (router with the fused select, router split / batch
 #       invariance, alignment tiles), then perf_probe.py --parts decode,fp8,bf16dec
+#   e   the GPU pytest of d, then `moe-cts certify --profile quick`, then vLLM's Triton path side by side
 set -u
 MODE=${1:-a}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -40,6 +41,16 @@ d)
   echo "probe exit $?"
   sed -n '/== summary ==/,$p' "$OUT/probe.log" | cut -c1-300
   tail -3 "$OUT/probe-stderr.log"
+  ;;
+e)
+  s=$(date +%s)
+  timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -p no:cacheprovider tests/kernels/test_router.py \
+    tests/kernels/test_router_split.py tests/kernels/test_align.py > "$OUT/pytest.log" 2>&1
+  echo "pytest exit $? in $(( $(date +%s) - s )) s"; grep -E "FAILED|passed|failed" "$OUT/pytest.log" | head -20
+  certify_quick "$OUT" "${CERT_JOBS:-10}" "${CERT_TIMEOUT:-200}"
+  certify_summary "$OUT"
+  peer_bench "$OUT" "$(slot_left ${SLOT:-585})"
+  grep -E "=>|geomean" "$OUT/peer.log" | tail -44
   ;;
 esac
 echo "total $(( $(date +%s) - T0 )) s"
