@@ -27,7 +27,7 @@ that it stays at most the bytes of x itself (T * H * element size).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -239,24 +239,47 @@ def route(
     return Routing(topk_ids=ids, topk_weights=topw, logits=logits, scores=scores)
 
 
+#: Counter slots of the fused select per device: eager calls take the next of EAGER_SLOTS in turn, each CUDA-graph
+#: capture one of GRAPH_SLOTS for good (its replays reuse it). A slot is zero again when its launch ends (the
+#: last program of each tile resets its counter), so two launches race only if they share a slot while both
+#: run: eager calls would need EAGER_SLOTS launches in flight, and a graph's slot is no one else's.
+EAGER_SLOTS, GRAPH_SLOTS = 64, 64
+
+
+@dataclass
+class _CounterPool:
+    buf: torch.Tensor  # (EAGER_SLOTS + GRAPH_SLOTS, width) int32, zero between launches
+    next_eager: int = 0
+    next_graph: int = EAGER_SLOTS
+    retired: list = field(
+        default_factory=list
+    )  # outgrown buffers, kept: a launch in flight may still use one
+
+
 @functools.cache
-def _counter_pool(device: str, stream: int) -> list[torch.Tensor]:
-    return [torch.zeros(0, dtype=torch.int32, device=device)]
+def _counter_pool(device: str) -> _CounterPool:
+    return _CounterPool(torch.zeros((EAGER_SLOTS + GRAPH_SLOTS, 0), dtype=torch.int32, device=device))
 
 
 def _counters(device: torch.device, n: int) -> torch.Tensor:
-    """n zeroed int32 counters for the fused select. The kernel leaves them zero, so one buffer per device
-    and stream serves every call (launches on one stream run one after another; a memset per call would be
-    a graph node of its own). Grown outside a CUDA-graph capture only: a buffer allocated inside one
-    belongs to the graph's pool, so it is used there and not kept."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    pool = _counter_pool(str(device), stream)
-    if pool[0].numel() < n:
-        fresh = torch.zeros(max(n, 2 * pool[0].numel(), 64), dtype=torch.int32, device=device)
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return fresh
-        pool[0] = fresh
-    return pool[0]
+    """n zeroed int32 counters of a free slot (EAGER_SLOTS): no memset per call, which would be a launch (a
+    graph node) of its own. The buffer grows outside a capture only; a capture that needs more than it holds
+    (or finds no graph slot left) gets fresh zeros allocated in the graph, a memset per replay but correct."""
+    pool = _counter_pool(str(device))
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if pool.buf.shape[1] < n:
+        if capturing:
+            return torch.zeros(n, dtype=torch.int32, device=device)
+        pool.retired.append(pool.buf)
+        width = max(n, 2 * pool.buf.shape[1], 64)
+        pool.buf = torch.zeros((EAGER_SLOTS + GRAPH_SLOTS, width), dtype=torch.int32, device=device)
+    if capturing:
+        if pool.next_graph == EAGER_SLOTS + GRAPH_SLOTS:
+            return torch.zeros(n, dtype=torch.int32, device=device)
+        slot, pool.next_graph = pool.next_graph, pool.next_graph + 1
+    else:
+        slot, pool.next_eager = pool.next_eager, (pool.next_eager + 1) % EAGER_SLOTS
+    return pool.buf[slot]
 
 
 _SELECT_POINTERS = ("rbias_ptr", "cbias_ptr", "ids_ptr", "topw_ptr", "logits_ptr", "scores_ptr")

@@ -222,7 +222,7 @@ def test_the_fused_select_gives_the_separate_selects_results(case: Case, monkeyp
         assert torch.equal(got.topk_weights, want.topk_weights) and torch.equal(got.scores, want.scores)
     else:
         torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=2**-22, atol=0)
-    assert not router_mod._counters(x.device, 1).any(), "the kernel must leave its counters zero"
+    assert not router_mod._counter_pool(str(x.device)).buf.any(), "the kernel must leave its counters zero"
     assert_routing_matches(case.spec, w, x, got)
 
 
@@ -382,3 +382,19 @@ def test_bad_token_tile_is_rejected():
     w, x = _inputs(Case("bt", spec, 4))
     with pytest.raises(SpecError, match="block_t"):
         route(spec, w, x, block_t=24)
+
+
+def test_eager_calls_take_the_counter_slots_in_turn_and_growth_keeps_the_old_buffer():
+    """Two launches in flight on different streams must not share a slot (kernels/router.py _counters)."""
+    import moe_cts.kernels.router as router_mod
+
+    dev = torch.device("cpu")
+    pool = router_mod._counter_pool("cpu")
+    first = router_mod._counters(dev, 3)
+    second = router_mod._counters(dev, 3)
+    assert first.data_ptr() != second.data_ptr() and first.numel() >= 3
+    ptrs = {router_mod._counters(dev, 3).data_ptr() for _ in range(router_mod.EAGER_SLOTS)}
+    assert len(ptrs) == router_mod.EAGER_SLOTS  # every eager slot once, none of the graph slots
+    old = pool.buf
+    router_mod._counters(dev, old.shape[1] + 1)
+    assert pool.buf.shape[1] > old.shape[1] and any(t is old for t in pool.retired)
