@@ -76,7 +76,7 @@ def router_logits_kernel(
         part[s, t, e] = acc                                  (rows t < T, lanes e < E)
         FUSE_SELECT: if atomic_add(counter[t tile], 1) == E tiles * splits - 1:   (acq_rel: the last one
                          counter[t tile] = 0                                       sees every partial)
-                         select rows [t0, t0 + BLOCK_T) in SEL_BLOCK_T-row steps   (router_select_kernel's)
+                         select rows [t0, min(T, t0 + BLOCK_T)) SEL_BLOCK_T at a time (_select_rows)
 
     One launch instead of two: at decode the select's own launch and its wait on the GEMM were a tenth of
     a DeepSeek-V3 / gpt-oss-120b forward (H200, graph replays, session 8). The select reads the partials in
@@ -126,10 +126,12 @@ def router_logits_kernel(
         done = tl.atomic_add(counter_ptr + pid_t, 1, sem="acq_rel")
         if done == n_e * n_s - 1:
             tl.store(counter_ptr + pid_t, 0)
-            for sub in tl.static_range(BLOCK_T // SEL_BLOCK_T):
+            # only the row groups that hold tokens: at T = 1 one of the tile's BLOCK_T / SEL_BLOCK_T
+            rows = tl.minimum(T - pid_t * BLOCK_T, BLOCK_T)
+            for sub in range(0, rows, SEL_BLOCK_T):
                 _select_rows(
                     part_ptr, rbias_ptr, cbias_ptr, ids_ptr, topw_ptr, logits_ptr, scores_ptr,
-                    pid_t * BLOCK_T + sub * SEL_BLOCK_T + tl.arange(0, SEL_BLOCK_T),
+                    pid_t * BLOCK_T + sub + tl.arange(0, SEL_BLOCK_T),
                     T, E, K, stride_rbias, stride_cbias, group_size, n_group, topk_group, scaling,
                     SIGMOID, HAS_RBIAS, HAS_CBIAS, GROUPED, GROUP_TOP2, RENORMALIZE, STORE_SCORES, N_SPLIT,
                     GROUP_TILED, N_GROUP, SEL_BLOCK_T, SEL_BLOCK_E, ".cg",

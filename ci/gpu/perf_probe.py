@@ -18,6 +18,8 @@ decode    T = 1 with the router: CUPTI kernel records of the whole forward per p
           alignment alone (graph replays) under each warp count
 sweep90   sm90-only tiles (shared memory over sm80's 163 KiB) for the BLOCK_M 128 row at T = 2048 / 4096
 bf16dec   the 16-bit decode row against narrower / deeper tiles at T = 1
+router    the fused select against the separate select launch (graph replays of route and of the forward
+          with the router, against the ids-given forward; routing outputs compared)
 
 Every record is one JSON line in DIR/probe.jsonl; a compact table goes to stdout at the end.
 """
@@ -327,6 +329,44 @@ def _decode_point(timer, name, gen) -> None:
         align_mod._one_chunk_tiles, align_mod.ONE_CHUNK_WARPS = saved
 
 
+def _router_ab_point(timer, name, T, gen) -> None:
+    router_mod = importlib.import_module("moe_cts.kernels.router")
+    spec, base, x = bf16_inputs(name, T, gen)
+    r = routing(spec, T, "cuda", gen)
+    rec = {"part": "router-ab", "preset": name, "T": T,
+           "ids_ms": replay_ms(timer, lambda: fused_moe(spec, base, x, routing=r))}  # fmt: skip
+    saved = router_mod.FUSED_SELECT
+    try:
+        outs = {}
+        for fused in (True, False):
+            router_mod.FUSED_SELECT = fused
+            outs[fused] = moe_cts.kernels.route(spec, base, x)
+            rec[f"fwd_ms_{'fused' if fused else 'separate'}"] = replay_ms(
+                timer, lambda: fused_moe(spec, base, x)
+            )
+            rec[f"route_ms_{'fused' if fused else 'separate'}"] = replay_ms(
+                timer, lambda: moe_cts.kernels.route(spec, base, x)
+            )
+        a, b = outs[True], outs[False]
+        rec["ids_equal"] = bool(torch.equal(a.topk_ids, b.topk_ids))
+        rec["logits_equal"] = bool(torch.equal(a.logits, b.logits))
+        rec["w_max_rel"] = float(((a.topk_weights - b.topk_weights).abs() / b.topk_weights.abs()).max())
+    finally:
+        router_mod.FUSED_SELECT = saved
+    for k in ("fused", "separate"):
+        rec[f"overhead_{k}"] = rec[f"fwd_ms_{k}"] / rec["ids_ms"] - 1
+    emit(rec)
+
+
+def part_router(timer) -> None:
+    """The fused select against the separate launch, same process: graph replays and their outputs."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for name in PEER_PRESETS:
+        for T in (1, 16, 512):
+            _router_ab_point(timer, name, T, gen)
+        torch.cuda.empty_cache()
+
+
 def part_decode(timer) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     for name in PEER_PRESETS:
@@ -376,7 +416,7 @@ def main() -> int:
     timer = Timer(cpu=False, warmup_ms=10, rep_ms=40)
     parts = {"profile": part_profile, "fp8": part_fp8, "mxfp4": part_mxfp4, "bf16": part_bf16,
              "ab": lambda t: part_ab(t, a.baseline), "decode": part_decode, "sweep90": part_sweep90,
-             "bf16dec": part_bf16dec}  # fmt: skip
+             "bf16dec": part_bf16dec, "router": part_router}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -388,6 +428,12 @@ def main() -> int:
         if r.get("part", "").startswith("ab-"):
             print(f"{r['part']} {r['preset']} T={r['T']} equal={r['bitwise_equal']} new {r['ms']:.4f} "
                   f"old {r['baseline_ms']:.4f} x{r['speedup']:.3f}")  # fmt: skip
+        elif r.get("part") == "router-ab":
+            print(f"router {r['preset']} T={r['T']} ids {r['ids_ms']:.4f} fused {r['fwd_ms_fused']:.4f} "
+                  f"({r['overhead_fused'] * 100:+.1f}%) separate {r['fwd_ms_separate']:.4f} "
+                  f"({r['overhead_separate'] * 100:+.1f}%) route {r['route_ms_fused'] * 1e3:.1f} / "
+                  f"{r['route_ms_separate'] * 1e3:.1f} us ids={r['ids_equal']} logits={r['logits_equal']} "
+                  f"w {r['w_max_rel']:.1e}")  # fmt: skip
         elif r.get("part") == "decode" and "ms" in r:
             print(f"decode {r['preset']} {r['what']} {r['ms'] * 1000:.1f} us")
         elif r.get("part") in ("profile", "decode"):

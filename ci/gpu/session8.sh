@@ -7,6 +7,7 @@
 #       Triton path side by side (.peer/bench.py), then ci/gpu/quant_bench.py in the time left
 #   d   GPU pytest of this session's kernel changes (router with the fused select, router split / batch
 #       invariance, alignment tiles), then perf_probe.py --parts decode,fp8,bf16dec
+#   r   perf_probe.py --parts router,fp8 (PROBE_PARTS): the fused select against the separate launch, then fp8 tiles
 #   e   the GPU pytest of d, then `moe-cts certify --profile quick`, then vLLM's Triton path side by side
 set -u
 MODE=${1:-a}
@@ -38,6 +39,13 @@ d)
   echo "pytest exit $? in $(( $(date +%s) - s )) s"; grep -E "FAILED|passed|failed" "$OUT/pytest.log" | head -20
   timeout "$(slot_left ${SLOT:-585})" python3 ci/gpu/perf_probe.py --out "$OUT/probe" \
     --parts "${PROBE_PARTS:-decode,fp8,bf16dec}" > "$OUT/probe.log" 2>"$OUT/probe-stderr.log"
+  echo "probe exit $?"
+  sed -n '/== summary ==/,$p' "$OUT/probe.log" | cut -c1-300
+  tail -3 "$OUT/probe-stderr.log"
+  ;;
+r)
+  timeout "$(slot_left ${SLOT:-585})" python3 ci/gpu/perf_probe.py --out "$OUT/probe" \
+    --parts "${PROBE_PARTS:-router,fp8}" > "$OUT/probe.log" 2>"$OUT/probe-stderr.log"
   echo "probe exit $?"
   sed -n '/== summary ==/,$p' "$OUT/probe.log" | cut -c1-300
   tail -3 "$OUT/probe-stderr.log"

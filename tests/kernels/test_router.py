@@ -221,7 +221,11 @@ def test_the_fused_select_gives_the_separate_selects_results(case: Case, monkeyp
     if DEVICE == "cpu":
         assert torch.equal(got.topk_weights, want.topk_weights) and torch.equal(got.scores, want.scores)
     else:
-        torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=2**-22, atol=0)
+        # two summation orders of the k renormalized weights: |dw| / w <= 2 k u (u = 2^-24), measured up to
+        # 2.8e-7 at k = 6 and 8 on an H200
+        torch.testing.assert_close(
+            got.topk_weights, want.topk_weights, rtol=2 * case.spec.top_k * 2**-24, atol=0
+        )
     assert not router_mod._counter_pool(str(x.device)).buf.any(), "the kernel must leave its counters zero"
     assert_routing_matches(case.spec, w, x, got)
 
