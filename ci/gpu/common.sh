@@ -7,6 +7,10 @@
 #   slot_left SLOT             seconds left of a SLOT-second call
 #   recall_gpu OUT S           `moe-cts recall --profile gpu` on cuda:0 (RECALL_JOBS workers) into OUT/recall (log
 #                              OUT/recall.log), at most S seconds; prints its exit and wall time
+#   probe OUT PARTS S          ci/gpu/perf_probe.py --parts PARTS into OUT/probe (log OUT/probe.log), at most S
+#                              seconds; prints its exit and the summary
+#   quant_bench OUT            ci/gpu/quant_bench.py (QB_ARGS) in the rest of the slot; prints its table
+#   gpu_pytest OUT S FILES...  pytest FILES on the GPU (log OUT/pytest.log), at most S seconds; prints the verdicts
 #   peer_bench OUT S           .peer/bench.py (vLLM's Triton path beside ours, BENCH_ARGS) into OUT/peer (log
 #                              OUT/peer.log), at most S seconds; prints its exit and wall time
 gpu_setup() {
@@ -42,4 +46,23 @@ peer_bench() {
   local s; s=$(date +%s)
   (cd .peer && timeout "$2" env MOE_CTS_SRC=.. python3 bench.py --out "$1/peer" ${BENCH_ARGS:-}) > "$1/peer.log" 2>"$1/peer-stderr.log"
   echo "peer bench exit $? in $(( $(date +%s) - s )) s"
+}
+
+probe() {
+  timeout "$3" python3 ci/gpu/perf_probe.py --out "$1/probe" --baseline .probe_old --parts "$2" \
+    > "$1/probe.log" 2>"$1/probe-stderr.log"
+  echo "probe exit $?"
+  sed -n '/== summary ==/,$p' "$1/probe.log" | cut -c1-300
+  tail -3 "$1/probe-stderr.log"
+}
+
+quant_bench() {
+  timeout "$(slot_left ${SLOT:-585})" python3 ci/gpu/quant_bench.py --out "$1/quant" ${QB_ARGS:-} 2>"$1/quant-stderr.log" | tail -24
+  echo "quant_bench exit $?"; tail -3 "$1/quant-stderr.log"
+}
+
+gpu_pytest() {
+  local out=$1 limit=$2 s; shift 2; s=$(date +%s)
+  timeout "$limit" python3 -m pytest -q -p no:cacheprovider "$@" > "$out/pytest.log" 2>&1
+  echo "pytest exit $? in $(( $(date +%s) - s )) s"; grep -E "FAILED|passed|failed" "$out/pytest.log" | head -20
 }

@@ -3,6 +3,8 @@
 #   a   ci/gpu/perf_probe.py (PROBE_PARTS, default ab,decode,sweep90): the one-dot gate_up kernels against the
 #       previous kernel modules in .probe_old/ (bitwise and time, one process), the decode forward with the
 #       router kernel by kernel and the one-program alignment per warp count, sm90-only tiles at T >= 2048
+#       (.probe_old/: `git show REV:kernels/_grouped_gemm_kernels.py > .probe_old/old_grouped_gemm_kernels.py`
+#       and the same for _fp8_gemm_kernels.py, untracked so that it travels to the device; session 8: ad7a2f9)
 #   c   the decode probe (perf_probe.py --parts decode), `moe-cts certify --profile quick --jobs 10`, then vLLM's
 #       Triton path side by side (.peer/bench.py), then ci/gpu/quant_bench.py in the time left
 #   d   GPU pytest of this session's kernel changes (router with the fused select, router split / batch
@@ -14,13 +16,10 @@ MODE=${1:-a}
 OUT=${2:-/tmp/moe-cts-gpu}
 source "$(dirname "$0")/common.sh"
 gpu_setup "$OUT"
+GPU_TESTS="tests/kernels/test_router.py tests/kernels/test_router_split.py tests/kernels/test_align.py"
 case "$MODE" in
 a)
-  timeout "$(slot_left ${SLOT:-585})" python3 ci/gpu/perf_probe.py --out "$OUT/probe" --baseline .probe_old \
-    --parts "${PROBE_PARTS:-ab,decode,sweep90}" > "$OUT/probe.log" 2>"$OUT/probe-stderr.log"
-  echo "probe exit $?"
-  sed -n '/== summary ==/,$p' "$OUT/probe.log" | cut -c1-300
-  tail -3 "$OUT/probe-stderr.log"
+  probe "$OUT" "${PROBE_PARTS:-ab,decode,sweep90}" "$(slot_left ${SLOT:-585})"
   ;;
 c)
   timeout 90 python3 ci/gpu/perf_probe.py --out "$OUT/probe" --parts decode > "$OUT/decode.log" 2>&1
@@ -29,32 +28,17 @@ c)
   certify_summary "$OUT"
   peer_bench "$OUT" "${BENCH_TIMEOUT:-160}"
   grep -E "=>|geomean" "$OUT/peer.log" | tail -44
-  timeout "$(slot_left ${SLOT:-585})" python3 ci/gpu/quant_bench.py --out "$OUT/quant" ${QB_ARGS:-} 2>"$OUT/quant-stderr.log" | tail -24
-  echo "quant_bench exit $?"; tail -3 "$OUT/quant-stderr.log"
+  quant_bench "$OUT"
   ;;
 d)
-  s=$(date +%s)
-  timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -p no:cacheprovider tests/kernels/test_router.py \
-    tests/kernels/test_router_split.py tests/kernels/test_align.py > "$OUT/pytest.log" 2>&1
-  echo "pytest exit $? in $(( $(date +%s) - s )) s"; grep -E "FAILED|passed|failed" "$OUT/pytest.log" | head -20
-  timeout "$(slot_left ${SLOT:-585})" python3 ci/gpu/perf_probe.py --out "$OUT/probe" \
-    --parts "${PROBE_PARTS:-decode,fp8,bf16dec}" > "$OUT/probe.log" 2>"$OUT/probe-stderr.log"
-  echo "probe exit $?"
-  sed -n '/== summary ==/,$p' "$OUT/probe.log" | cut -c1-300
-  tail -3 "$OUT/probe-stderr.log"
+  gpu_pytest "$OUT" "${TEST_TIMEOUT:-200}" $GPU_TESTS
+  probe "$OUT" "${PROBE_PARTS:-decode,fp8,bf16dec}" "$(slot_left ${SLOT:-585})"
   ;;
 r)
-  timeout "$(slot_left ${SLOT:-585})" python3 ci/gpu/perf_probe.py --out "$OUT/probe" \
-    --parts "${PROBE_PARTS:-router,fp8}" > "$OUT/probe.log" 2>"$OUT/probe-stderr.log"
-  echo "probe exit $?"
-  sed -n '/== summary ==/,$p' "$OUT/probe.log" | cut -c1-300
-  tail -3 "$OUT/probe-stderr.log"
+  probe "$OUT" "${PROBE_PARTS:-router,fp8}" "$(slot_left ${SLOT:-585})"
   ;;
 e)
-  s=$(date +%s)
-  timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -p no:cacheprovider tests/kernels/test_router.py \
-    tests/kernels/test_router_split.py tests/kernels/test_align.py > "$OUT/pytest.log" 2>&1
-  echo "pytest exit $? in $(( $(date +%s) - s )) s"; grep -E "FAILED|passed|failed" "$OUT/pytest.log" | head -20
+  gpu_pytest "$OUT" "${TEST_TIMEOUT:-200}" $GPU_TESTS
   certify_quick "$OUT" "${CERT_JOBS:-10}" "${CERT_TIMEOUT:-200}"
   certify_summary "$OUT"
   peer_bench "$OUT" "$(slot_left ${SLOT:-585})"
