@@ -1,8 +1,11 @@
-"""Triton bodies of the router, two launches (kernels/router.py chooses the tiles):
+"""Triton bodies of the router (kernels/router.py chooses the tiles and the path):
 
     router_logits_kernel   grid (E tiles x H splits x T tiles,) flattened, E tile fastest
         part[s, t, e] = sum_{h in split s} x[t, h] * router[e, h]     fp32, (SPLIT_H, T, E)
-    router_select_kernel   grid (cdiv(T, SEL_BLOCK_T),)
+        FUSE_SELECT (GPUs): the last program of each token tile runs _select_rows on the tile's rows
+    router_select_kernel   grid (cdiv(T, SEL_BLOCK_T),): _select_rows in a launch of its own
+                           (forced token tiles, the interpreter)
+    _select_rows
         logits = ((part[0] + part[1]) + ...) + router_bias           fixed order s = 0, 1, ...
         scores, grouped / plain top-k, weights                        as the oracle's route
 
@@ -10,7 +13,7 @@ The GEMM is spread over many programs so that a decode-size call (T <= 16: one t
 router matrix with many SMs / CUs; every tile size and the split depend on (E, H, dtypes, backend) only, never
 on T, so a token's logits are the same bits whatever batch it is in (kernels/router.py says why).
 
-One select program owns SEL_BLOCK_T tokens and every expert (BLOCK_E lanes, E padded to a power of two), so
+One select step owns SEL_BLOCK_T tokens and every expert (BLOCK_E lanes, E padded to a power of two), so
 the softmax, the group scores and the k iterated argmaxes all run on one register tile without a second pass.
 
 Selection runs on int32 "rank keys": the fp32 key's bits mapped to an int whose order is the float order,

@@ -11,12 +11,13 @@ partials (an int32 counter per tile, acq_rel atomics) selects that tile's rows. 
 interpreter (whose per-operation cost favours 64-row select tiles) launch router_select_kernel instead; both
 run the same `_select_rows`.
 
-Why two launches: one program per token tile cannot use the GPU at decode sizes. At T <= 16 the old single
+Why a split GEMM: one program per token tile cannot use the GPU at decode sizes. At T <= 16 the old single
 kernel ran ONE program that read the whole router matrix on one SM (DeepSeek-V3, E 256, H 7168, bf16: 3.7 MB;
 at T = 1 the forward with that router took 0.42 ms against 0.19 ms with the ids given: H200, CUDA-graph replay).
 The logits GEMM is now split over E tiles and H splits, so a decode call runs E/BLOCK_E * SPLIT_H programs.
 
-Why one path for every T (no fused kernel kept for large T): batch invariance. The tiles and the split are a
+Why one path for every T (no single-program kernel kept for large T; the GPUs fuse the select at every T):
+batch invariance. The tiles and the split are a
 function of (E, H, dtypes, backend) only (`logits_tile_for`), and the partials are summed in one fixed order, so
 a token's logits are the same bits whether it is routed alone or inside 4096 tokens. A second path for large T
 would need bitwise-equal logits from another tl.dot shape, which nothing guarantees. The price at large T is
