@@ -100,10 +100,17 @@ def import_from(pkg: Path) -> None:
 
 @contextlib.contextmanager
 def mutated_kernels(root: Path, edits: Sequence[Edit], tmp: Path) -> Iterator[Path]:
-    """moe_cts.kernels is the mutated copy inside the block; the real package is re-imported lazily after."""
+    """moe_cts.kernels is the mutated copy inside the block. After it, the real package's modules that were
+    loaded before come back as the same objects (code and tests that imported them keep patching and reading
+    the modules the rest of the process uses); the others are re-imported lazily."""
+    saved = {m: mod for m, mod in sys.modules.items() if m == PACKAGE or m.startswith(PACKAGE + ".")}
     pkg = write_mutated_copy(root, edits, tmp)
     import_from(pkg)
     try:
         yield pkg
     finally:
         _drop_kernels()
+        sys.modules.update(saved)
+        parent = sys.modules.get("moe_cts")
+        if parent is not None and PACKAGE in saved:
+            parent.kernels = saved[PACKAGE]

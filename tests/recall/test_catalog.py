@@ -99,6 +99,8 @@ def test_an_entry_without_edits_names_the_field() -> None:
 
 def test_a_mutated_copy_replaces_the_package_and_goes_away(tmp_path) -> None:
     root = kernels_root()
+    before = importlib.import_module("moe_cts.kernels.target_info")  # loaded before: must come back as is
+    combine_before = sys.modules.get("moe_cts.kernels.combine")  # None: re-imported lazily after
     edit = Edit("combine.py", "COMBINE_BLOCK_H = 1024", "COMBINE_BLOCK_H = 512")
     with mutated_kernels(root, [edit], tmp_path):
         mutated = importlib.import_module(
@@ -106,7 +108,9 @@ def test_a_mutated_copy_replaces_the_package_and_goes_away(tmp_path) -> None:
         )  # the package rebinds .combine to the function
         assert mutated.COMBINE_BLOCK_H == 512
         assert Path(mutated.__file__).is_relative_to(tmp_path)
-    assert "moe_cts.kernels.combine" not in sys.modules
+        assert importlib.import_module("moe_cts.kernels.target_info") is not before
+    assert sys.modules.get("moe_cts.kernels.combine") is combine_before
+    assert importlib.import_module("moe_cts.kernels.target_info") is before
     real = importlib.import_module("moe_cts.kernels.combine")
     assert real.COMBINE_BLOCK_H == 1024
     assert Path(real.__file__).is_relative_to(root)
