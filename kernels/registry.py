@@ -226,9 +226,8 @@ def active_target(target) -> Iterator[None]:
     )
     driver.set_active(FakeDriver(target))
     cfgmod.backend = lambda: target.backend
-    cfgmod.current_table = lambda: cfgmod.table_for(
-        target.backend, name
-    )  # cuda-sm90 for sm90, as on the device
+    # the table the target's device reads: cuda-sm90 for sm90, as on the device
+    cfgmod.current_table = lambda: cfgmod.table_for(target.backend, name)
     _clear_launcher_caches()
     try:
         yield
@@ -330,10 +329,8 @@ def capture(
     router = importlib.import_module("moe_cts.kernels.router")
     saved, router.FUSED_SELECT = router.FUSED_SELECT, fused_select  # False: the separate select launch
     try:
-        with (
-            _recording(launches),
-            active_target(target),
-        ):  # fused_moe dispatches quantized specs (kernels/moe.py)
+        # fused_moe dispatches quantized specs (kernels/moe.py)
+        with _recording(launches), active_target(target):
             fused_moe(spec, weights, x, config=config, batch_invariant=batch_invariant)
     finally:
         router.FUSED_SELECT = saved

@@ -229,13 +229,12 @@ def route(
         return Routing(topk_ids=ids, topk_weights=topw, logits=logits, scores=scores)
     lt = logits_tile or logits_tile_for(E, H, x.dtype, weights.router.dtype)
     fused = FUSED_SELECT and block_t is None
-    sel = _select_args(
-        spec, weights, lt.SPLIT_H, ids, topw, logits, scores, SELECT_BLOCK_T if fused else block_t
-    )
+    sizes = _select_sizes(E, SELECT_BLOCK_T if fused else block_t)  # (BLOCK_T, BLOCK_E, num_warps)
+    sel = _select_args(spec, weights, lt.SPLIT_H, ids, topw, logits, scores, *sizes[:2])
     part = _launch_logits(x, weights.router, lt, allow_tf32, sel if fused else None)
     if not fused:
-        router_select_kernel[(triton.cdiv(T, sel["BLOCK_T"]),)](
-            part_ptr=part, **sel, T=T, E=E, num_warps=_select_sizes(E, block_t)[2], num_stages=1
+        router_select_kernel[(triton.cdiv(T, sizes[0]),)](
+            part_ptr=part, **sel, T=T, E=E, num_warps=sizes[2], num_stages=1
         )
     return Routing(topk_ids=ids, topk_weights=topw, logits=logits, scores=scores)
 
@@ -252,9 +251,8 @@ class _CounterPool:
     buf: torch.Tensor  # (EAGER_SLOTS + GRAPH_SLOTS, width) int32, zero between launches
     next_eager: int = 0
     next_graph: int = EAGER_SLOTS
-    retired: list = field(
-        default_factory=list
-    )  # outgrown buffers, kept: a launch in flight may still use one
+    # outgrown buffers, kept: a launch in flight may still use one
+    retired: list = field(default_factory=list)
 
 
 @functools.cache
@@ -292,10 +290,9 @@ _NO_SELECT = dict(
 )  # fmt: skip
 
 
-def _select_args(spec, weights, n_split, ids, topw, logits, scores, block_t) -> dict:
+def _select_args(spec, weights, n_split, ids, topw, logits, scores, BLOCK_T, BLOCK_E) -> dict:
     """The select's arguments and constexprs (router_select_kernel's, also FUSE_SELECT's in the logits launch)."""
     E, k = spec.num_experts, spec.top_k
-    BLOCK_T, BLOCK_E, _ = _select_sizes(E, block_t)
     keep_scores = logits is not None
     rb = weights.router_bias if spec.router_bias else weights.router
     cb = weights.correction_bias if spec.correction_bias else weights.router

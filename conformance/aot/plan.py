@@ -326,6 +326,8 @@ def _scenario_launches(s: dict[str, Any], target):
 
         method, fmt = s["quant"].split(":")
         spec = spec.replace(quant=getattr(QuantScheme, method)(fp8_format=fmt))
+    # only ours knows fused_select (router_select_kernel); another registry's capture never gets it
+    separate = {} if s.get("fused_select", True) else {"fused_select": False}
     launches = capture(
         spec,
         s["num_tokens"],
@@ -333,9 +335,7 @@ def _scenario_launches(s: dict[str, Any], target):
         target=target,
         config=s["config"],
         batch_invariant=s["batch_invariant"],
-        **(
-            {} if s.get("fused_select", True) else {"fused_select": False}
-        ),  # ours only (router_select_kernel)
+        **separate,
     )
     if s["kernels"] is not None:
         launches = [ln for ln in launches if ln.kernel in s["kernels"]]
