@@ -9,6 +9,7 @@ profile   torch.profiler (CUPTI kernel records) of eager calls, per kernel mean 
 fp8       block fp8 at DeepSeek-V3 width, ids given: the table's row and candidates per T (CUDA-graph
           replays, do_bench median, L2 flushed; our bf16 path in the same run)
 mxfp4     the same for gpt-oss-120b MXFP4 (tiles, decodes, dot_scaled)
+fp8dec    block fp8 at T = 1 / 16 / 128 with gate_up BLOCK_N 128 (act quantized in GEMM1's epilogue)
 swap      MXFP4 decode="swap" (weights as the dot's first operand) tiles against the table, T = 1 .. 4096
 bf16      the 16-bit forward at the mid-size points under the table row and BLOCK_M 128 candidates
           (sm90-only 4-stage tiles included: recorded as such, not for the shared cuda table)
@@ -221,6 +222,27 @@ def part_mxfp4(timer) -> None:
     ]
     for T, cs in ((1, small), (16, small), (4096, large)):
         sweep("mxfp4", timer, spec, qspec, base, qw, T, cs, gen)
+
+
+def part_fp8dec(timer) -> None:
+    """Block fp8 at decode sizes (DeepSeek-V3, T = 1 / 16 / 128: one table bucket): gate_up BLOCK_N 128 lets
+    GEMM1's epilogue quantize the act per 128-group (no fp32 act workspace, no second quantize launch), against
+    the table's BLOCK_N 32 row; kernel records of both at T = 1."""
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
+    cands = [
+        c(16, tile(128, 128, 4, 4, 1), tile(64, 128, 4, 6, 1)),
+        c(16, tile(128, 128, 4, 5, 1), tile(64, 128, 4, 6, 1)),
+        c(16, tile(128, 128, 8, 4, 1), tile(64, 128, 4, 6, 1)),
+        c(16, tile(128, 128, 4, 3, 1), tile(32, 128, 2, 6, 1)),
+        c(16, tile(32, 128, 2, 6, 1), tile(32, 128, 2, 6, 1)),
+    ]
+    for T in (1, 16, 128):
+        sweep("fp8dec", timer, spec, qspec, base, qw, T, cands, gen)
+    x = torch.randn((1, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+    r = routing(spec, 1, "cuda", gen)
+    for cfg in (None, cands[0]):
+        emit({"part": "profile", "what": f"fp8 {'table' if cfg is None else 'BN128'}", "preset": "deepseek-v3",
+              "T": 1, "cfg": cfg, "kernels": kernel_us(lambda cfg=cfg: fused_moe(qspec, qw, x, routing=r, config=cfg))})  # fmt: skip
 
 
 def part_swap(timer) -> None:
@@ -457,7 +479,8 @@ def main() -> int:
     timer = Timer(cpu=False, warmup_ms=10, rep_ms=40)
     parts = {"profile": part_profile, "fp8": part_fp8, "mxfp4": part_mxfp4, "bf16": part_bf16,
              "ab": lambda t: part_ab(t, a.baseline), "decode": part_decode, "sweep90": part_sweep90,
-             "bf16dec": part_bf16dec, "router": part_router, "swap": part_swap}  # fmt: skip
+             "bf16dec": part_bf16dec, "router": part_router, "swap": part_swap,
+             "fp8dec": part_fp8dec}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)

@@ -2,6 +2,8 @@
 # Session 9's GPU calls (one 590 s slot each), chosen by the first argument:
 #   a   GPU pytest of the MXFP4 decodes (swap included: every code and scale bit on the device's multiply),
 #       then perf_probe.py --parts swap (PROBE_PARTS): decode="swap" tiles against the swar table row and bf16
+#   b   Nsight Compute (ncu, clocks left alone) on one ids-given forward per case (NCU_CASES): block fp8 and bf16
+#       at DeepSeek-V3 width, T = 4096 and 1; MXFP4 gpt-oss-120b T = 16; then perf_probe.py --parts fp8dec
 set -u
 MODE=${1:-a}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -11,5 +13,17 @@ case "$MODE" in
 a)
   gpu_pytest "$OUT" "${TEST_TIMEOUT:-150}" tests/kernels/test_mxfp4_decode.py
   probe "$OUT" "${PROBE_PARTS:-swap}" "$(slot_left ${SLOT:-585})"
+  ;;
+b)
+  s=$(date +%s)
+  timeout 240 ncu --profile-from-start off --clock-control none --kernel-name regex:"gate_up|down|quantize" \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section SchedulerStats --section MemoryWorkloadAnalysis \
+    python3 ci/gpu/ncu_probe.py ${NCU_CASES:-fp8:deepseek-v3:4096 bf16:deepseek-v3:4096 fp8:deepseek-v3:1 mxfp4:gpt-oss-120b:16} \
+    > "$OUT/ncu.txt" 2> "$OUT/ncu-stderr.txt"
+  echo "ncu exit $? in $(( $(date +%s) - s )) s"
+  grep -E "profiled|==PROF==|==ERROR==|==WARNING==" "$OUT/ncu.txt" "$OUT/ncu-stderr.txt" | head -20
+  grep -E "^  [a-z_0-9]+_kernel|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Theoretical Occupancy|No Eligible|Issued Warp|Warp Cycles Per Issued" "$OUT/ncu.txt" | head -120
+  probe "$OUT" "${PROBE_PARTS:-fp8dec}" "$(slot_left ${SLOT:-585})"
   ;;
 esac
