@@ -43,6 +43,9 @@ SCALE_CODES = {
     ("ue8m0", "threshold_1p75"): Q.SCALE_UE8M0_T175.value,
 }
 QUANT_BLOCK = 128  # columns per program-iteration of quantize_rows_kernel
+#: rows per program of quantize_rows_kernel: groups that fit one BLOCK (one pass, the tile stays in registers)
+#: and groups wider than BLOCK (per token / tensor: two passes over the row)
+QUANT_ROWS, QUANT_ROWS_LOOP = 16, 4
 
 
 def interpreting() -> bool:
@@ -98,13 +101,16 @@ def quantize_rows(
         scale_in = torch.full((1,), float(static), dtype=torch.float32, device=x.device)
     elif q.method == "fp8_per_tensor":
         scale_in = _per_tensor_scale(spec, x)
-    Q.quantize_rows_kernel[(R, G)](
+    block = min(QUANT_BLOCK, triton.next_power_of_2(max(min(gw, Kd), 16)))
+    one_pass = min(gw, Kd) <= block
+    rows = QUANT_ROWS if one_pass else QUANT_ROWS_LOOP
+    Q.quantize_rows_kernel[(triton.cdiv(R, rows), G)](
         x_ptr=x, q_ptr=xq, s_ptr=s, scale_in_ptr=scale_in if scale_in is not None else s,
-        K=Kd, GW=gw, stride_x_r=x.stride(0), stride_x_k=x.stride(1), stride_q_r=xq.stride(0),
+        R=R, K=Kd, GW=gw, stride_x_r=x.stride(0), stride_x_k=x.stride(1), stride_q_r=xq.stride(0),
         stride_q_k=xq.stride(1), stride_s_r=s.stride(0), stride_s_g=s.stride(1),
         amax_eps=float(q.amax_eps or 0.0), STATIC=scale_in is not None, **scale_constexprs(spec),
         **{k: v for k, v in fmt_constexprs(q.fp8_format).items() if k in ("FP8_MBITS", "FP8_EMIN", "FP8_MAX", "FP8_EMAX")},
-        BLOCK=min(QUANT_BLOCK, triton.next_power_of_2(max(min(gw, Kd), 16))),
+        ROWS=rows, BLOCK=block, ONE_PASS=one_pass,
     )  # fmt: skip
     return xq, s
 

@@ -4,6 +4,9 @@
 #       then perf_probe.py --parts swap (PROBE_PARTS): decode="swap" tiles against the swar table row and bf16
 #   b   Nsight Compute (ncu, clocks left alone) on one ids-given forward per case (NCU_CASES): block fp8 and bf16
 #       at DeepSeek-V3 width, T = 4096 and 1; MXFP4 gpt-oss-120b T = 16; then perf_probe.py --parts fp8dec
+#   c   perf_probe.py --parts fp8dec (PROBE_PARTS) in at most 200 s, then ci/gpu/quant_bench.py (QB_ARGS) in the
+#       rest of the slot (the row-tiled quantize_rows_kernel)
+#   d   GPU pytest of the fp8 and MXFP4 kernels, `moe-cts certify --profile quick`, then quant_bench (QB_ARGS)
 set -u
 MODE=${1:-a}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -25,5 +28,15 @@ b)
   grep -E "profiled|==PROF==|==ERROR==|==WARNING==" "$OUT/ncu.txt" "$OUT/ncu-stderr.txt" | head -20
   grep -E "^  [a-z_0-9]+_kernel|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Theoretical Occupancy|No Eligible|Issued Warp|Warp Cycles Per Issued" "$OUT/ncu.txt" | head -120
   probe "$OUT" "${PROBE_PARTS:-fp8dec}" "$(slot_left ${SLOT:-585})"
+  ;;
+c)
+  probe "$OUT" "${PROBE_PARTS:-fp8dec}" 200
+  quant_bench "$OUT"
+  ;;
+d)
+  gpu_pytest "$OUT" "${TEST_TIMEOUT:-150}" tests/kernels/test_fp8_moe.py tests/kernels/test_mxfp4_decode.py
+  certify_quick "$OUT" "${CERT_JOBS:-10}" "${CERT_TIMEOUT:-200}"
+  certify_summary "$OUT"
+  quant_bench "$OUT"
   ;;
 esac

@@ -10,6 +10,7 @@ dropped K tile) must fail the same check.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -149,6 +150,34 @@ def test_ue8m0_group_scales_equal_the_reference_powers_of_two(rounding):
     _, s = fp8_gemm.quantize_rows(spec, x)
     amax = np.maximum(np.abs(x.double().numpy()).reshape(8, 3, 128).max(axis=2), q.amax_eps)
     np.testing.assert_array_equal(s.double().numpy(), formats.ue8m0_scale(amax, "e4m3fn", rounding))
+
+
+@pytest.mark.parametrize(
+    "scheme",
+    [QuantScheme.fp8_block(), QuantScheme.fp8_block(scale_format="ue8m0"), QuantScheme.fp8_per_token()],
+    ids=["block-fp32", "block-ue8m0", "per-token"],
+)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the zero row: 0 / 0
+def test_quantize_rows_tiles_of_rows_equal_the_oracle_row_by_row(scheme):
+    """quantize_rows_kernel takes QUANT_ROWS (one pass) or QUANT_ROWS_LOOP rows per program: a row count that
+    is no multiple of either, rows of very different magnitudes side by side and a zero row (NaN scale in the
+    oracle, as DeepSeek's kernel) must give the oracle's codes and scales exactly, row by row."""
+    from moe_cts.reference import numpy_quant
+
+    g = torch.Generator().manual_seed(11)
+    R, K = 37, 200  # K = 200: a ragged last 128-group
+    x = torch.randn(R, K, generator=g) * torch.logspace(-20, 10, R).reshape(R, 1)
+    x[5] = 0.0
+    spec = BASE.replace(hidden_size=K, quant=dataclasses.replace(scheme, amax_eps=None))
+    q, s = fp8_gemm.quantize_rows(spec, x.to("cpu" if fp8_gemm.interpreting() else "cuda"))
+    xs = x.double().numpy()
+    want_s = numpy_quant.act_scales(spec, xs, None)
+    np.testing.assert_array_equal(s.cpu().double().numpy(), want_s)
+    want_q = numpy_quant.quantize_act(spec, xs, None)
+    got_s = np.repeat(want_s, K if want_s.shape[1] == 1 else scheme.act_group, axis=1)[:, :K]
+    got = q.cpu().double().numpy() * got_s
+    np.testing.assert_array_equal(got, want_q)
+    assert np.isnan(got[5]).all() and np.isfinite(np.delete(got, 5, axis=0)).all()
 
 
 # ----------------------------------------------------------------------------------------------- dispatch and targets
