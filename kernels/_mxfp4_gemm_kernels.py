@@ -42,7 +42,6 @@ import triton.language as tl
 from moe_cts.kernels._common import INTERPRET
 from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_rows
 from moe_cts.kernels._mxfp4_decode import mx_accumulate_native
-from moe_cts.kernels._mxfp4_swap import mx_gemm_swap
 from moe_cts.kernels._mxfp4_swar import mx_gemm_swar
 
 SCALE_ON_WEIGHTS = tl.constexpr(0)
@@ -53,10 +52,9 @@ SCALE_AT = {"weights": SCALE_ON_WEIGHTS.value, "accumulator": SCALE_ON_ACC.value
 #: Mxfp4Config.decode -> the int passed as DECODE=: "fp32" = _mx_accumulate below, "native" =
 #: _mxfp4_decode.mx_accumulate_native (bits of the dot dtype, one scale per 32-block and column), "swar" =
 #: _mxfp4_swar.mx_gemm_swar (32-bit words, two codes per integer op; bf16, SCALE_ON_WEIGHTS)
-DECODE = {"fp32": 0, "native": 1, "swar": 2, "swap": 3}
+DECODE = {"fp32": 0, "native": 1, "swar": 2}
 DECODE_NATIVE = tl.constexpr(1)
 DECODE_SWAR = tl.constexpr(2)
-DECODE_SWAP = tl.constexpr(3)
 MX_BLOCK = tl.constexpr(32)  # elements along K per E8M0 scale (OCP MX)
 
 
@@ -216,11 +214,6 @@ def _mx_gemm(
                 )  # fmt: skip
     elif DECODE == DECODE_SWAR:  # packed codes read as 32-bit words (the launcher checks 4-byte alignment)
         acc1, acc2 = mx_gemm_swar(
-            acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, K,
-            TWO, BLOCK_K, EVEN_K,
-        )  # fmt: skip
-    elif DECODE == DECODE_SWAP:  # swar's words, the weights as the dot's first operand (_mxfp4_swap.py)
-        acc1, acc2 = mx_gemm_swap(
             acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, K,
             TWO, BLOCK_K, EVEN_K,
         )  # fmt: skip

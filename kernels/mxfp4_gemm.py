@@ -47,7 +47,7 @@ DOT_KINDS = ("portable", "dot_scaled")
 #:   "fp32"    the first version: fp32 bits, a per-element scale gather, fp32 multiply, cast
 #: SASS instructions per weight element in the sm90 K loop (gpt-oss-120b, T = 1, docs/mxfp4.md): fp32 17.7 /
 #: 18.4 (gate_up / down), native 14.4 / 15.2, swar 5.0 / 5.6
-DECODE_KINDS = ("swar", "swap", "native", "fp32")
+DECODE_KINDS = ("swar", "native", "fp32")
 X_FMT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -74,15 +74,12 @@ class Mxfp4Config:
             raise SpecError("config.dot", f"one of {DOT_KINDS}", self.dot)
         if self.decode not in DECODE_KINDS:
             raise SpecError("config.decode", f"one of {DECODE_KINDS}", self.decode)
-        if self.decode in ("swar", "swap") and self.dot == "portable" and self.scale_at != "weights":
-            raise SpecError("config.decode", "'native' or 'fp32' with scale_at='accumulator'", self.decode)
+        if self.decode == "swar" and self.dot == "portable" and self.scale_at != "weights":
+            raise SpecError("config.decode", "'native' or 'fp32' with scale_at='accumulator'", "swar")
         for name in ("gate_up", "down"):
             bk = getattr(self.tile, name).BLOCK_K
             if bk < 32:
                 raise SpecError(f"config.{name}.BLOCK_K", "a power of two >= 32 (one MX block)", bk)
-            if self.decode == "swap" and self.dot == "portable" and bk < 64:
-                # 4 phase dots per K step, each BLOCK_K / 4 deep: tl.dot needs K >= 16
-                raise SpecError(f"config.{name}.BLOCK_K", "a power of two >= 64 with decode='swap'", bk)
 
     @property
     def BLOCK_M(self) -> int:
@@ -125,7 +122,7 @@ class Mxfp4Config:
 #: tiles (BLOCK_K / 2, BLOCK_N) live in fp32 registers; at BLOCK_K 128, BLOCK_N 128 both GEMMs hit 255 registers
 #: and spill 72-136 B on sm90. The native decode spills 8-16 B at 128 in fp16 (sm90 / sm100). swar at 128: no
 #: spill on sm80 / sm90 / sm100 (68-167 registers). The interpreter has no registers: its table's BLOCK_K stays.
-GPU_MAX_BLOCK_K = {"fp32": 64, "native": 64, "swar": 128, "swap": 256}
+GPU_MAX_BLOCK_K = {"fp32": 64, "native": 64, "swar": 128}
 
 
 def default_decode(dtype: torch.dtype, scale_at: str, dot: str, backend: str) -> str:
@@ -196,11 +193,9 @@ def check_dot_kind(cfg: Mxfp4Config, dtype: torch.dtype) -> None:
     Triton lowers it through fp8 conversions that ptxas rejects there ("cvt with .e4m3x2 requires sm_89",
     AOT with triton 3.9). bf16 compiles on all six AOT targets. decode='swar' builds bf16 bits: float16
     activations with it raise SpecError."""
-    if cfg.dot == "portable" and cfg.decode in ("swar", "swap") and dtype != torch.bfloat16:
+    if cfg.dot == "portable" and cfg.decode == "swar" and dtype != torch.bfloat16:
         raise SpecError(
-            "config.decode",
-            f"'native' or 'fp32' for float16 activations ({cfg.decode!r} decodes to bf16)",
-            cfg.decode,
+            "config.decode", "'native' or 'fp32' for float16 activations ('swar' decodes to bf16)", "swar"
         )
     if cfg.dot != "dot_scaled" or dtype != torch.float16:
         return
@@ -241,19 +236,13 @@ def check_activations(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> Non
 
 
 # ----------------------------------------------------------------------------------------------- launches
-#: bytes a decode reads the packed codes in (swar: 32-bit words, swap: 16-bit halfwords): rows must be aligned
-#: to it and contiguous along K, else the launch takes the native decode (same values)
-CODE_WORD_BYTES = {"swar": 4, "swap": 2}
-
-
 def _decode_code(cfg: Mxfp4Config, codes: torch.Tensor) -> int:
-    """cfg's DECODE, or the native decode where the codes cannot be read in the decode's words (the weights the
-    reference builds always can)."""
-    word = CODE_WORD_BYTES.get(cfg.decode)
-    if word is None or cfg.dot != "portable":
+    """cfg's DECODE, or the native decode where the codes cannot be read as 32-bit words (swar needs rows
+    4-byte aligned and contiguous along K; the weights the reference builds always are)."""
+    if cfg.decode != "swar":
         return cfg.decode_code
     st = codes.stride()
-    aligned = st[-1] == 1 and codes.data_ptr() % word == 0 and all(s % word == 0 for s in st[:-1])
+    aligned = st[-1] == 1 and codes.data_ptr() % 4 == 0 and all(s % 4 == 0 for s in st[:-1])
     return cfg.decode_code if aligned else MK.DECODE["native"]
 
 

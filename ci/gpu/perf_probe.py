@@ -10,7 +10,6 @@ fp8       block fp8 at DeepSeek-V3 width, ids given: the table's row and candida
           replays, do_bench median, L2 flushed; our bf16 path in the same run)
 mxfp4     the same for gpt-oss-120b MXFP4 (tiles, decodes, dot_scaled)
 fp8dec    block fp8 at T = 1 / 16 / 128 with gate_up BLOCK_N 128 (act quantized in GEMM1's epilogue)
-swap      MXFP4 decode="swap" (weights as the dot's first operand) tiles against the table, T = 1 .. 4096
 bf16      the 16-bit forward at the mid-size points under the table row and BLOCK_M 128 candidates
           (sm90-only 4-stage tiles included: recorded as such, not for the shared cuda table)
 ab        the GEMM kernels against a baseline copy of their modules (--baseline DIR holding
@@ -245,46 +244,6 @@ def part_fp8dec(timer) -> None:
               "T": 1, "cfg": cfg, "kernels": kernel_us(lambda cfg=cfg: fused_moe(qspec, qw, x, routing=r, config=cfg))})  # fmt: skip
 
 
-def part_swap(timer) -> None:
-    """MXFP4 with the weights as the dot's first operand (decode="swap", session 9) against the table's swar
-    row and our bf16, gpt-oss-120b, T = 1 .. 4096, and the kernel split of the T = 16 candidates."""
-    spec, qspec, gen, base, qw = _quant_preset("gpt-oss-120b", QuantScheme.mxfp4())
-
-    def sw(bm, gu, dn):
-        return c(bm, gu, dn, decode="swap")
-
-    small = [
-        sw(16, tile(64, 128, 4, 3, 1), tile(64, 128, 4, 3, 1)),
-        sw(16, tile(64, 128, 4, 4, 1), tile(64, 128, 4, 4, 1)),
-        sw(16, tile(64, 128, 4, 6, 1), tile(64, 128, 4, 6, 1)),
-        sw(16, tile(64, 64, 4, 6, 1), tile(64, 64, 4, 6, 1)),
-        sw(16, tile(64, 256, 4, 3, 1), tile(64, 256, 4, 3, 1)),
-        sw(16, tile(128, 128, 4, 4, 1), tile(128, 128, 4, 4, 1)),
-        sw(16, tile(128, 128, 8, 4, 1), tile(128, 128, 8, 4, 1)),
-        sw(16, tile(32, 128, 4, 4, 1), tile(32, 128, 4, 4, 1)),
-        sw(16, tile(32, 128, 2, 4, 1), tile(32, 128, 2, 4, 1)),
-    ]
-    mid = [
-        sw(32, tile(64, 128, 4, 4), tile(64, 128, 4, 4)),
-        sw(32, tile(128, 128, 8, 4), tile(128, 128, 8, 4)),
-        sw(64, tile(64, 128, 4, 4), tile(64, 128, 4, 4)),
-        sw(64, tile(128, 128, 8, 3), tile(128, 128, 8, 3)),
-    ]
-    large = [
-        sw(64, tile(128, 128, 8, 3), tile(128, 128, 8, 3)),
-        sw(128, tile(128, 128, 8, 3), tile(128, 128, 8, 3)),
-        sw(128, tile(128, 64, 8, 4), tile(128, 64, 8, 4)),
-        sw(128, tile(64, 128, 8, 3), tile(64, 128, 8, 3)),
-    ]
-    for T, cs in ((1, small), (16, small), (128, small[:3] + mid), (512, mid), (4096, large)):
-        sweep("swap", timer, spec, qspec, base, qw, T, cs, gen)
-    x = torch.randn((16, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
-    r = routing(spec, 16, "cuda", gen)
-    for cfg in (None, small[1], small[4]):
-        emit({"part": "profile", "what": f"mxfp4 {'table' if cfg is None else 'swap'}", "preset": "gpt-oss-120b",
-              "T": 16, "cfg": cfg, "kernels": kernel_us(lambda cfg=cfg: fused_moe(qspec, qw, x, routing=r, config=cfg))})  # fmt: skip
-
-
 def part_bf16(timer) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
 
@@ -479,7 +438,7 @@ def main() -> int:
     timer = Timer(cpu=False, warmup_ms=10, rep_ms=40)
     parts = {"profile": part_profile, "fp8": part_fp8, "mxfp4": part_mxfp4, "bf16": part_bf16,
              "ab": lambda t: part_ab(t, a.baseline), "decode": part_decode, "sweep90": part_sweep90,
-             "bf16dec": part_bf16dec, "router": part_router, "swap": part_swap,
+             "bf16dec": part_bf16dec, "router": part_router,
              "fp8dec": part_fp8dec}  # fmt: skip
     for p in a.parts.split(","):
         try:

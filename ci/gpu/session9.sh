@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 9's GPU calls (one 590 s slot each), chosen by the first argument:
-#   a   GPU pytest of the MXFP4 decodes (swap included: every code and scale bit on the device's multiply),
-#       then perf_probe.py --parts swap (PROBE_PARTS): decode="swap" tiles against the swar table row and bf16
+#   a   GPU pytest of the MXFP4 decodes, then perf_probe.py --parts PROBE_PARTS. Session 9 ran it at 552ea80
+#       with the "swap" decode and its probe part (removed after they lost to swar: docs/mxfp4.md)
 #   b   Nsight Compute (ncu, clocks left alone) on one ids-given forward per case (NCU_CASES): block fp8 and bf16
 #       at DeepSeek-V3 width, T = 4096 and 1; MXFP4 gpt-oss-120b T = 16; then perf_probe.py --parts fp8dec
 #   c   perf_probe.py --parts fp8dec (PROBE_PARTS) in at most 200 s, then ci/gpu/quant_bench.py (QB_ARGS) in the
@@ -15,7 +15,7 @@ gpu_setup "$OUT"
 case "$MODE" in
 a)
   gpu_pytest "$OUT" "${TEST_TIMEOUT:-150}" tests/kernels/test_mxfp4_decode.py
-  probe "$OUT" "${PROBE_PARTS:-swap}" "$(slot_left ${SLOT:-585})"
+  probe "$OUT" "${PROBE_PARTS:-mxfp4}" "$(slot_left ${SLOT:-585})"
   ;;
 b)
   s=$(date +%s)

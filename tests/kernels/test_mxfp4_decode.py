@@ -1,16 +1,12 @@
-"""The MXFP4 decodes (Mxfp4Config.decode: "swar" kernels/_mxfp4_swar.py, "swap" kernels/_mxfp4_swap.py,
-"native" kernels/_mxfp4_decode.py, "fp32" the first version) against the bit-exact reference formats and
-against each other.
+"""The MXFP4 decodes (Mxfp4Config.decode: "swar" kernels/_mxfp4_swar.py, "native" kernels/_mxfp4_decode.py,
+"fp32" the first version) against the bit-exact reference formats and against each other.
 
     every byte 0..255          -> native (lo, hi) bits in bf16 and fp16   == formats.decode("e2m1", nibbles)
     every nibble, every place  -> swar values (bits * 2^126)              == formats.decode("e2m1", nibbles)
     every E8M0 code 0..255     -> bf16 bits of 2^(s-127)                  == formats.e8m0_decode (NaN for 255)
     every (nibble, code) pair  -> native and swar products in the dtype   == the float64 product where finite
-    every halfword place, code -> swap's integer-only bits                == swar's bits (all 16 nibbles x 4
-                                  places; all 256 E8M0 codes, 0 and 255 included)
-    whole GEMMs, K tails       -> swar == swap == native == fp32 bit for bit (inputs whose fp32 sums are
-                                  exact in any order), NaN where a scale code is 255; on plain random codes
-                                  native == fp32
+    whole GEMMs, K tails       -> swar == native == fp32 bit for bit (inputs whose fp32 sums are exact in any
+                                  order), NaN where a scale code is 255; on plain random codes native == fp32
 
 Runs on the device the tests run on: on a GPU the probes check the hardware's bf16 multiply (the swar decode
 multiplies bf16 subnormals by 2^126; the native one the subnormal scale 2^-127), on the interpreter the fp32
@@ -31,7 +27,6 @@ from _moe_testlib import DEVICE
 import moe_cts.kernels.config as cfgmod
 from moe_cts.kernels import mxfp4_gemm as mg
 from moe_cts.kernels._mxfp4_decode import _decode_pair, _e8m0_bf16_bits, _scale_tile
-from moe_cts.kernels._mxfp4_swap import _code_bits, _scale_bits
 from moe_cts.kernels._mxfp4_swar import _e2m1_pair_bits, _half_as_float
 from moe_cts.kernels.mxfp4_gemm import Mxfp4Config
 from moe_cts.kernels.mxfp4_moe import down_mxfp4, gate_up_mxfp4
@@ -170,7 +165,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 #: (dtype, scale_at, decodes that apply): swar is bf16 with the scale on the weights only
 PLACEMENTS = [
-    pytest.param(BF16, "weights", ("fp32", "native", "swar", "swap"), id="bf16-weights"),
+    pytest.param(BF16, "weights", ("fp32", "native", "swar"), id="bf16-weights"),
     pytest.param(BF16, "accumulator", ("fp32", "native"), id="bf16-accumulator"),
     pytest.param(F16, "accumulator", ("fp32", "native"), id="fp16-accumulator"),
 ]
@@ -180,7 +175,6 @@ PLACEMENTS = [
 @pytest.mark.parametrize(("dtype", "scale_at", "decodes"), PLACEMENTS)
 @pytest.mark.parametrize("block_k", [32, 64, 128, 256])  # H 96, I 160: K tails in both GEMMs
 def test_every_decode_gives_the_same_bits_when_the_sums_are_exact(dtype, scale_at, decodes, block_k):
-    decodes = tuple(d for d in decodes if d != "swap" or block_k >= 64)  # swap: 4 phase dots of K >= 16
     inputs = _inputs(dtype, seed=block_k, scales=(124, 128), x_ints=True)
     outs = {d: _run(inputs, dtype, scale_at, d, block_k) for d in decodes}
     for d in decodes[1:]:
@@ -203,52 +197,13 @@ def test_native_and_fp32_decodes_agree_bit_for_bit_over_every_scale_code(dtype, 
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-@pytest.mark.parametrize("decode", ["swar", "swap"])
-def test_a_nan_scale_code_poisons_exactly_the_same_outputs_in_swar_and_swap(decode):
+def test_a_nan_scale_code_poisons_exactly_the_same_outputs_in_swar():
     inputs = _inputs(BF16, seed=5, scales=(124, 128), x_ints=True)
     _, qw, *_ = inputs
     qw.w13.scales.view(-1)[::37] = 255
-    got, fp32 = _run(inputs, BF16, "weights", decode, 128), _run(inputs, BF16, "weights", "fp32", 128)
-    assert got[0].isnan().any() and torch.equal(got[0].isnan(), fp32[0].isnan())
-    assert _same(got[0], fp32[0])
-
-
-@triton.jit
-def _swap_probe(h_ptr, s_ptr, out_ptr, sb_ptr):
-    """out[q, i] = bf16 bits of e2m1 code q of halfword i (times 2^-126) as swap builds them; sb[i] = the bf16
-    bits of 2^(s[i] - 127)."""
-    i = tl.arange(0, 256)
-    h = tl.load(h_ptr + i)
-    for q in tl.static_range(4):
-        tl.store(out_ptr + q * 256 + i, _code_bits(h, q))
-    tl.store(sb_ptr + i, _scale_bits(tl.load(s_ptr + i).to(tl.uint16)))
-
-
-def test_swap_builds_swars_bits_for_every_nibble_in_every_place_and_every_scale_code():
-    """swap decodes with integer ops only (no select: a select stops the compiler from keeping the tile in
-    the MMA operand layout); its bits must be swar's for each of the 16 codes in each of the 4 places of a
-    halfword, and _e8m0_bf16_bits' for every scale code (0 = bf16's subnormal 2^-127, 255 = NaN)."""
-    nib = torch.arange(256) % 16
-    place = torch.arange(256) // 16 % 4
-    h = (nib << (4 * place)).to(torch.int16)  # 16 codes x 4 places, the other nibbles 0
-    out, sb = (
-        torch.empty(4 * 256, dtype=torch.int16, device=DEVICE),
-        torch.empty(256, dtype=torch.int16, device=DEVICE),
-    )
-    codes = torch.arange(256, dtype=torch.uint8, device=DEVICE)
-    _swap_probe[(1,)](h.to(DEVICE).view(torch.uint16), codes, out.view(torch.uint16), sb.view(torch.uint16))
-    got = out.cpu().view(4, 256)
-    for q in range(4):
-        want = torch.where(place == q, _SWAR_BITS[nib], 0).to(torch.int16)  # code q of each halfword
-        assert torch.equal(got[q], want), q
-    want_sb = torch.tensor(
-        [(0x0040 if s == 0 else 0x7FC0 if s == 255 else s << 7) for s in range(256)], dtype=torch.int32
-    ).to(torch.int16)
-    assert torch.equal(sb.cpu(), want_sb)
-
-
-#: bf16 bits swar builds for e2m1 code c (e e m at bits 8-6 = e2m1 * 2^-126, the sign at bit 15)
-_SWAR_BITS = torch.tensor([((c & 7) << 6) | ((c & 8) << 12) for c in range(16)], dtype=torch.int32)
+    swar, fp32 = _run(inputs, BF16, "weights", "swar", 128), _run(inputs, BF16, "weights", "fp32", 128)
+    assert swar[0].isnan().any() and torch.equal(swar[0].isnan(), fp32[0].isnan())
+    assert _same(swar[0], fp32[0])
 
 
 def _tile(block_k: int):
@@ -288,12 +243,6 @@ def test_a_decode_that_does_not_apply_is_refused_naming_its_field():
         gate_up_mxfp4(spec, qw, x, ids, config=_config(BF16, "accumulator", "swar", 128))
     with pytest.raises(SpecError, match=r"config\.decode.*float16"):
         gate_up_mxfp4(spec, qw, x.to(F16), ids, config=_config(F16, "weights", "swar", 128))
-    with pytest.raises(SpecError, match=r"config\.decode.*accumulator"):
-        gate_up_mxfp4(spec, qw, x, ids, config=_config(BF16, "accumulator", "swap", 128))
-    with pytest.raises(SpecError, match=r"config\.decode.*float16"):
-        gate_up_mxfp4(spec, qw, x.to(F16), ids, config=_config(F16, "weights", "swap", 128))
-    with pytest.raises(SpecError, match=r"config\.gate_up\.BLOCK_K.*>= 64"):
-        gate_up_mxfp4(spec, qw, x, ids, config=_config(BF16, "weights", "swap", 32))
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
@@ -313,8 +262,3 @@ def test_unaligned_codes_fall_back_to_the_native_decode():
     assert torch.equal(
         got[0], want[0]
     )  # exact sums: the fallback's other summation order gives the same bits
-    # swap reads halfwords: 2-byte aligned rows keep it, odd ones fall back
-    swap = mg.choose_config(spec, BF16, 5, _config(BF16, "weights", "swap", 128))
-    assert mg._decode_code(swap, moved.codes) == mg.MK.DECODE["swap"]
-    wide1 = torch.zeros((*c.shape[:-1], c.shape[-1] + 1), dtype=torch.uint8)
-    assert mg._decode_code(swap, wide1[..., 1:]) == mg.MK.DECODE["native"]
