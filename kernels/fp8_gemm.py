@@ -46,6 +46,7 @@ QUANT_BLOCK = 128  # columns per program-iteration of quantize_rows_kernel
 #: rows per program of quantize_rows_kernel: groups that fit one BLOCK (one pass, the tile stays in registers)
 #: and groups wider than BLOCK (per token / tensor: two passes over the row)
 QUANT_ROWS, QUANT_ROWS_LOOP = 16, 4
+QUANT_PROGRAMS = 1024  # (row, group) pairs per row of a program before programs take more than one row
 
 
 def interpreting() -> bool:
@@ -103,7 +104,11 @@ def quantize_rows(
         scale_in = _per_tensor_scale(spec, x)
     block = min(QUANT_BLOCK, triton.next_power_of_2(max(min(gw, Kd), 16)))
     one_pass = min(gw, Kd) <= block
-    rows = QUANT_ROWS if one_pass else QUANT_ROWS_LOOP
+    # rows per program: up to QUANT_ROWS once the grid has work for every SM several times over; small batches
+    # keep one row per program (16 rows at T = 1 took the two quantize launches from 4.5 us in session 7's
+    # kernel records to 11.4 us on the H200: 15 of 16 rows masked, one long program per group)
+    cap = QUANT_ROWS if one_pass else QUANT_ROWS_LOOP
+    rows = min(cap, triton.next_power_of_2(max(1, R * G // QUANT_PROGRAMS)))
     Q.quantize_rows_kernel[(triton.cdiv(R, rows), G)](
         x_ptr=x, q_ptr=xq, s_ptr=s, scale_in_ptr=scale_in if scale_in is not None else s,
         R=R, K=Kd, GW=gw, stride_x_r=x.stride(0), stride_x_k=x.stride(1), stride_q_r=xq.stride(0),

@@ -158,9 +158,12 @@ def test_ue8m0_group_scales_equal_the_reference_powers_of_two(rounding):
     ids=["block-fp32", "block-ue8m0", "per-token"],
 )
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the zero row: 0 / 0
-def test_quantize_rows_tiles_of_rows_equal_the_oracle_row_by_row(scheme):
-    """quantize_rows_kernel takes QUANT_ROWS (one pass) or QUANT_ROWS_LOOP rows per program: a row count that
-    is no multiple of either, rows of very different magnitudes side by side and a zero row (NaN scale in the
+@pytest.mark.parametrize(
+    "programs", [1, fp8_gemm.QUANT_PROGRAMS], ids=["rows-per-program", "row-per-program"]
+)
+def test_quantize_rows_tiles_of_rows_equal_the_oracle_row_by_row(scheme, programs, monkeypatch):
+    """quantize_rows_kernel takes up to QUANT_ROWS (one pass) or QUANT_ROWS_LOOP rows per program, one on
+    small grids: a row count that is no multiple of either, rows of very different magnitudes side by side and a zero row (NaN scale in the
     oracle, as DeepSeek's kernel) must give the oracle's codes and scales exactly, row by row."""
     from moe_cts.reference import numpy_quant
 
@@ -169,6 +172,7 @@ def test_quantize_rows_tiles_of_rows_equal_the_oracle_row_by_row(scheme):
     x = torch.randn(R, K, generator=g) * torch.logspace(-20, 10, R).reshape(R, 1)
     x[5] = 0.0
     spec = BASE.replace(hidden_size=K, quant=dataclasses.replace(scheme, amax_eps=None))
+    monkeypatch.setattr(fp8_gemm, "QUANT_PROGRAMS", programs)  # 1: as many rows per program as allowed
     q, s = fp8_gemm.quantize_rows(spec, x.to("cpu" if fp8_gemm.interpreting() else "cuda"))
     xs = x.double().numpy()
     want_s = numpy_quant.act_scales(spec, xs, None)
