@@ -8,6 +8,8 @@
              of the dtype class's table: fp32 | 16bit | fp8 (fp8 x fp8 GEMMs; a backend without an fp8
              table uses its 16bit rows, whose 2-byte buffers hold the 1-byte fp8 tiles)
       BLOCK_N, BLOCK_K shrink to next_pow2(N), next_pow2(K) (>= 16) so tiny layers waste no tile
+      fill   a table's optional "fill" rule (fill_grid): at m <= its bucket, BLOCK_N halves while a GEMM's
+             grid would leave the device's SMs under-filled (decode sizes of wide-E models)
 
 Tests and the harness force a config with `fused_moe(..., config=cfg)` or `with forced(cfg): ...`.
 `all_configs()` lists every table entry (the AOT engineer compiles each for the targets that read its table);
@@ -29,6 +31,7 @@ from typing import Any
 import torch
 
 from moe_cts.kernels import target_info
+from moe_cts.kernels.metadata import padded_capacity
 from moe_cts.reference.spec import SpecError
 
 CONFIG_DIR = Path(__file__).with_name("configs")
@@ -183,6 +186,18 @@ def all_configs() -> list[tuple[str, str, str, TileConfig]]:
                 out.append((b, dc, f"m<={limit}" if limit is not None else "m>any", _row_config(row)))
         for dc, row in table["batch_invariant"].items():
             out.append((b, dc, "batch_invariant", _row_config(row)))
+        fill = table.get("fill")
+        if fill:  # the narrowest tiles fill_grid can reach, from each row it applies to
+            for dc, rows in table["tables"].items():
+                for row in rows:
+                    limit = row["max_tokens_per_expert"]
+                    if limit is not None and limit <= fill["max_tokens_per_expert"]:
+                        cfg = _row_config(row)
+                        narrow = {"BLOCK_N": fill["min_block_n"]}
+                        cfg = replace(
+                            cfg, gate_up=replace(cfg.gate_up, **narrow), down=replace(cfg.down, **narrow)
+                        )
+                        out.append((b, dc, f"m<={limit} filled", cfg))
     return out
 
 
@@ -230,7 +245,53 @@ def choose(
             (r for r in rows if r["max_tokens_per_expert"] is None or m <= r["max_tokens_per_expert"]),
             rows[-1],
         )
-    return fit_to_shape(_row_config(row), hidden_size, intermediate_size)
+    cfg = fit_to_shape(_row_config(row), hidden_size, intermediate_size)
+    if batch_invariant:
+        return cfg
+    return fill_grid(cfg, table.get("fill"), num_tokens * top_k, num_experts, hidden_size, intermediate_size)
+
+
+def fill_grid(
+    cfg: TileConfig,
+    rule: Mapping[str, Any] | None,
+    num_assignments: int,
+    num_experts: int,
+    H: int,
+    I: int,
+    sm_count: int | None = None,
+) -> TileConfig:
+    """A table's "fill" rule: at decode sizes a GEMM's grid can hold fewer programs than the device has SMs
+    (gpt-oss-120b at T = 1: 4 tiles of 16 slots x 45 column tiles = 180 programs for 132 SMs, a second wave a
+    third full). Where m <= rule["max_tokens_per_expert"], each GEMM's BLOCK_N halves, down to
+    rule["min_block_n"], while its grid (the launch's tile count: padded_capacity / BLOCK_M tiles x column
+    tiles) stays under rule["programs_per_sm"] x the device's SMs. No rule, no GPU (sm_count None): cfg."""
+    sm_count = sm_count if sm_count is not None else _sm_count()
+    if not rule or sm_count is None:
+        return cfg
+    if -(-num_assignments // max(num_experts, 1)) > rule["max_tokens_per_expert"]:
+        return cfg
+    blocks = padded_capacity(num_assignments, num_experts, cfg.BLOCK_M) // cfg.BLOCK_M
+    want = rule["programs_per_sm"] * sm_count
+
+    def narrow(t: GemmTile, N: int) -> GemmTile:
+        bn = t.BLOCK_N
+        while blocks * -(-N // bn) < want and bn // 2 >= rule["min_block_n"]:
+            bn //= 2
+        return replace(t, BLOCK_N=bn)
+
+    return replace(cfg, gate_up=narrow(cfg.gate_up, I), down=narrow(cfg.down, H))
+
+
+def _sm_count() -> int | None:
+    """Multiprocessors of the device kernels launch on (CUDA and ROCm builds of torch), None without one."""
+    if backend() == "interpreter" or not torch.cuda.is_available():
+        return None
+    return _device_sm_count(torch.cuda.current_device())
+
+
+@functools.cache
+def _device_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 _FORCED: list[TileConfig] = []

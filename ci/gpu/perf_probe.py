@@ -9,6 +9,7 @@ profile   torch.profiler (CUPTI kernel records) of eager calls, per kernel mean 
 fp8       block fp8 at DeepSeek-V3 width, ids given: the table's row and candidates per T (CUDA-graph
           replays, do_bench median, L2 flushed; our bf16 path in the same run)
 mxfp4     the same for gpt-oss-120b MXFP4 (tiles, decodes, dot_scaled)
+fill      the sm90 table's fill rule at T = 1 (bf16, five presets) and MXFP4 T = 1 / 16, against the row as written
 fp8dec    block fp8 at T = 1 / 16 / 128 with gate_up BLOCK_N 128 (act quantized in GEMM1's epilogue)
 bf16      the 16-bit forward at the mid-size points under the table row and BLOCK_M 128 candidates
           (sm90-only 4-stage tiles included: recorded as such, not for the shared cuda table)
@@ -411,6 +412,25 @@ def part_bf16dec(timer) -> None:
         torch.cuda.empty_cache()
 
 
+def part_fill(timer) -> None:
+    """The sm90 table's fill rule (config.fill_grid) at T = 1: the heuristic's choice ("table", BLOCK_N halved
+    where the grid is under 2 programs per SM) against the m <= 8 row as written (BLOCK_N 64 in both GEMMs)
+    and the 32-wide tiles, bf16 on the five peer presets and MXFP4 gpt-oss-120b (T = 1 and 16)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    row = c(16, tile(64, 128, 4, 4, 1), tile(64, 128, 4, 4, 1))
+    cands = [
+        row,
+        c(16, tile(32, 128, 4, 4, 1), tile(64, 128, 4, 4, 1)),
+        c(16, tile(32, 128, 4, 4, 1), tile(32, 128, 4, 4, 1)),
+    ]
+    for name in PEER_PRESETS:
+        _bf16_point(timer, name, 1, cands, gen)
+        torch.cuda.empty_cache()
+    spec, qspec, gen, base, qw = _quant_preset("gpt-oss-120b", QuantScheme.mxfp4())
+    for T in (1, 16):
+        sweep("fill-mxfp4", timer, spec, qspec, base, qw, T, cands, gen)
+
+
 def part_sweep90(timer) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     cands = [
@@ -439,7 +459,7 @@ def main() -> int:
     parts = {"profile": part_profile, "fp8": part_fp8, "mxfp4": part_mxfp4, "bf16": part_bf16,
              "ab": lambda t: part_ab(t, a.baseline), "decode": part_decode, "sweep90": part_sweep90,
              "bf16dec": part_bf16dec, "router": part_router,
-             "fp8dec": part_fp8dec}  # fmt: skip
+             "fp8dec": part_fp8dec, "fill": part_fill}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)

@@ -7,6 +7,8 @@
 #   c   perf_probe.py --parts fp8dec (PROBE_PARTS) in at most 200 s, then ci/gpu/quant_bench.py (QB_ARGS) in the
 #       rest of the slot (the row-tiled quantize_rows_kernel)
 #   d   GPU pytest of the fp8 and MXFP4 kernels, `moe-cts certify --profile quick`, then quant_bench (QB_ARGS)
+#   e   perf_probe.py --parts fill (the sm90 table's fill rule at T = 1 against the row as written), then vLLM's
+#       Triton path side by side (.peer/bench.py; carry .peer) in the rest of the slot
 set -u
 MODE=${1:-a}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -38,5 +40,10 @@ d)
   certify_quick "$OUT" "${CERT_JOBS:-10}" "${CERT_TIMEOUT:-200}"
   certify_summary "$OUT"
   quant_bench "$OUT"
+  ;;
+e)
+  probe "$OUT" "${PROBE_PARTS:-fill}" 230
+  peer_bench "$OUT" "$(slot_left ${SLOT:-585})"
+  grep -E "=>|geomean" "$OUT/peer.log" | tail -44
   ;;
 esac

@@ -141,3 +141,49 @@ def test_every_table_names_its_backend_and_known_targets(name) -> None:
     table = cfgmod.load_table(name)
     assert table["backend"] in cfgmod.BACKENDS and name.split("-")[0] == table["backend"]
     assert all(target_info.get(t).backend == table["backend"] for t in table.get("targets", ()))
+
+
+def test_the_fill_rule_narrows_block_n_only_where_the_grid_leaves_sms_idle() -> None:
+    import unittest.mock as mock
+
+    """config.fill_grid (the sm90 table's "fill"): gpt-oss-120b at T = 1 has 4 tiles of 16 slots x 45 column
+    tiles = 180 programs per GEMM, under 2 per SM of a 132-SM H200, so both GEMMs go to BLOCK_N 32; T = 2
+    (8 tiles, 360 programs), a bucket past the rule's, a device with few SMs' worth of work already, and
+    no GPU (sm_count None) keep the row as written."""
+    rule = cfgmod.load_table("cuda-sm90")["fill"]
+    row = cfgmod.TileConfig.from_dict(
+        {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 64, "BLOCK_K": 128}, "down": {"BLOCK_N": 64, "BLOCK_K": 128}}
+    )
+    H = I = 2880  # gpt-oss-120b: E 128, k 4
+
+    def fill(T, sms=132, cfg=row, E=128, k=4):
+        f = cfgmod.fill_grid(cfg, rule, T * k, E, H, I, sm_count=sms)
+        return f.gate_up.BLOCK_N, f.down.BLOCK_N
+
+    assert fill(1) == (32, 32)
+    assert fill(2) == (64, 64)
+    assert fill(1, sms=80) == (64, 64)  # 180 programs >= 2 x 80
+    assert fill(1, sms=1000) == (32, 32)  # never below min_block_n
+    assert fill(512) == (64, 64)  # m = 16 > the rule's bucket
+    with mock.patch.object(cfgmod, "_sm_count", return_value=None):  # no GPU: nothing to fill
+        assert fill(1, sms=None) == (64, 64)
+    assert cfgmod.fill_grid(row, None, 4, 128, H, I, sm_count=132) == row
+    # the AOT tables tier compiles the narrowest tiles the rule can reach
+    filled = [e for e in ALL if e[2].endswith("filled")]
+    assert filled and all(e[0] == "cuda-sm90" and rule["min_block_n"] == e[3].gate_up.BLOCK_N for e in filled)
+
+
+def test_batch_invariant_rows_never_fill() -> None:
+    import unittest.mock as mock
+
+    pick = dict(dtype=torch.bfloat16, num_tokens=1, top_k=4, num_experts=128, hidden_size=2880,
+                intermediate_size=2880)  # fmt: skip
+
+    with mock.patch.object(cfgmod, "_sm_count", return_value=132):
+        assert cfgmod.choose(**pick, backend_name="cuda-sm90").gate_up.BLOCK_N == 32
+        inv = cfgmod.choose(**pick, backend_name="cuda-sm90", batch_invariant=True)
+    assert inv == cfgmod.choose(**pick, backend_name="cuda-sm90", batch_invariant=True)
+    assert (
+        cfgmod.load_table("cuda-sm90")["batch_invariant"]["16bit"]["gate_up"]["BLOCK_N"]
+        == inv.gate_up.BLOCK_N
+    )
