@@ -9,6 +9,7 @@
 #   d   GPU pytest of the fp8 and MXFP4 kernels, `moe-cts certify --profile quick`, then quant_bench (QB_ARGS)
 #   e   perf_probe.py --parts fill (the sm90 table's fill rule at T = 1 against the row as written), then vLLM's
 #       Triton path side by side (.peer/bench.py; carry .peer) in the rest of the slot
+#   f   vLLM's Triton path side by side, then quant_bench for MXFP4 only (the fill rule at 1.5 programs per SM)
 set -u
 MODE=${1:-a}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -45,5 +46,10 @@ e)
   probe "$OUT" "${PROBE_PARTS:-fill}" 230
   peer_bench "$OUT" "$(slot_left ${SLOT:-585})"
   grep -E "=>|geomean" "$OUT/peer.log" | tail -44
+  ;;
+f)
+  peer_bench "$OUT" 200
+  grep -E "=>|geomean" "$OUT/peer.log" | tail -44
+  QB_ARGS="--kinds mxfp4 --no-50k" quant_bench "$OUT"
   ;;
 esac

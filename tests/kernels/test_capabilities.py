@@ -147,9 +147,9 @@ def test_the_fill_rule_narrows_block_n_only_where_the_grid_leaves_sms_idle() -> 
     import unittest.mock as mock
 
     """config.fill_grid (the sm90 table's "fill"): gpt-oss-120b at T = 1 has 4 tiles of 16 slots x 45 column
-    tiles = 180 programs per GEMM, under 2 per SM of a 132-SM H200, so both GEMMs go to BLOCK_N 32; T = 2
-    (8 tiles, 360 programs), a bucket past the rule's, a device with few SMs' worth of work already, and
-    no GPU (sm_count None) keep the row as written."""
+    tiles = 180 programs per GEMM, under 1.5 per SM of a 132-SM H200 (198), so both GEMMs go to BLOCK_N 32;
+    DeepSeek-V3's gate_up at T = 1 (8 tiles x 32 = 256 programs) stays; T = 2 (8 tiles, 360 programs), a
+    bucket past the rule's, a device with few SMs' worth of work already, and no GPU keep the row."""
     rule = cfgmod.load_table("cuda-sm90")["fill"]
     row = cfgmod.TileConfig.from_dict(
         {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 64, "BLOCK_K": 128}, "down": {"BLOCK_N": 64, "BLOCK_K": 128}}
@@ -162,7 +162,9 @@ def test_the_fill_rule_narrows_block_n_only_where_the_grid_leaves_sms_idle() -> 
 
     assert fill(1) == (32, 32)
     assert fill(2) == (64, 64)
-    assert fill(1, sms=80) == (64, 64)  # 180 programs >= 2 x 80
+    assert fill(1, sms=80) == (64, 64)  # 180 programs >= 1.5 x 80
+    ds = cfgmod.fill_grid(row, rule, 8, 256, 7168, 2048, sm_count=132)  # DeepSeek-V3 routed, T = 1
+    assert (ds.gate_up.BLOCK_N, ds.down.BLOCK_N) == (64, 64)
     assert fill(1, sms=1000) == (32, 32)  # never below min_block_n
     assert fill(512) == (64, 64)  # m = 16 > the rule's bucket
     with mock.patch.object(cfgmod, "_sm_count", return_value=None):  # no GPU: nothing to fill
