@@ -168,31 +168,37 @@ def quantize_rows_kernel(
     offs = tl.arange(0, BLOCK)
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_x_r
     q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_q_r
+    if STATIC:
+        s = tl.load(scale_in_ptr) + tl.zeros((ROWS,), dtype=tl.float32)
     if ONE_PASS:
-        kk = k0 + offs
-        ok = row_ok[:, None] & (kk < k1)[None, :]
-        v = tl.load(x_rows + kk[None, :] * stride_x_k, mask=ok, other=0.0).to(tl.float32)
-        if STATIC:
-            s = tl.load(scale_in_ptr) + tl.zeros((ROWS,), dtype=tl.float32)
-        else:
+        v, ok = _load_tile(x_rows, stride_x_k, k0 + offs, k1, row_ok)
+        if not STATIC:
             s = _act_scale(tl.max(tl.abs(v), axis=1), amax_eps, HAS_EPS, SCALE_FMT, FP8_MAX, FP8_EMAX)
-        q = _round_fp8(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v)), FP8_MBITS, FP8_EMIN, FP8_MAX)
-        tl.store(q_rows + kk[None, :] * stride_q_k, q.to(q_ptr.dtype.element_ty), mask=ok)
+        _quantize_store(v, s, q_rows, stride_q_k, k0 + offs, ok, FP8_MBITS, FP8_EMIN, FP8_MAX)
     else:
-        if STATIC:
-            s = tl.load(scale_in_ptr) + tl.zeros((ROWS,), dtype=tl.float32)
-        else:
+        if not STATIC:
             amax = tl.zeros((ROWS, BLOCK), dtype=tl.float32)
             for k in range(k0, k1, BLOCK):
-                kk = k + offs
-                ok = row_ok[:, None] & (kk < k1)[None, :]
-                v = tl.load(x_rows + kk[None, :] * stride_x_k, mask=ok, other=0.0).to(tl.float32)
+                v, _ = _load_tile(x_rows, stride_x_k, k + offs, k1, row_ok)
                 amax = tl.maximum(amax, tl.abs(v))
             s = _act_scale(tl.max(amax, axis=1), amax_eps, HAS_EPS, SCALE_FMT, FP8_MAX, FP8_EMAX)
         for k in range(k0, k1, BLOCK):
-            kk = k + offs
-            ok = row_ok[:, None] & (kk < k1)[None, :]
-            v = tl.load(x_rows + kk[None, :] * stride_x_k, mask=ok, other=0.0).to(tl.float32)
-            q = _round_fp8(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v)), FP8_MBITS, FP8_EMIN, FP8_MAX)
-            tl.store(q_rows + kk[None, :] * stride_q_k, q.to(q_ptr.dtype.element_ty), mask=ok)
+            v, ok = _load_tile(x_rows, stride_x_k, k + offs, k1, row_ok)
+            _quantize_store(v, s, q_rows, stride_q_k, k + offs, ok, FP8_MBITS, FP8_EMIN, FP8_MAX)
     tl.store(s_ptr + rows * stride_s_r + g * stride_s_g, s, mask=row_ok)
+
+
+@triton.jit
+def _load_tile(x_rows, stride_x_k, kk, k1, row_ok):
+    """(v, ok): columns kk (< k1) of the rows x_rows (ROWS, 1) pointers as fp32, 0 outside, and the mask."""
+    ok = row_ok[:, None] & (kk < k1)[None, :]
+    return tl.load(x_rows + kk[None, :] * stride_x_k, mask=ok, other=0.0).to(tl.float32), ok
+
+
+@triton.jit
+def _quantize_store(
+    v, s, q_rows, stride_q_k, kk, ok, MBITS: tl.constexpr, EMIN: tl.constexpr, FMAX: tl.constexpr
+):
+    """q[row, kk] = _round_fp8(v / s[row]) (correctly rounded division), stored where ok."""
+    q = _round_fp8(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v)), MBITS, EMIN, FMAX)
+    tl.store(q_rows + kk[None, :] * stride_q_k, q.to(q_rows.dtype.element_ty), mask=ok)
