@@ -183,21 +183,18 @@ def all_configs() -> list[tuple[str, str, str, TileConfig]]:
         for dc, rows in table["tables"].items():
             for row in rows:
                 limit = row["max_tokens_per_expert"]
-                out.append((b, dc, f"m<={limit}" if limit is not None else "m>any", _row_config(row)))
+                cfg = _row_config(row)
+                out.append((b, dc, f"m<={limit}" if limit is not None else "m>any", cfg))
+                fill = table.get("fill")
+                if fill and limit is not None and limit <= fill["max_tokens_per_expert"]:
+                    # the narrowest tiles fill_grid can reach from this row
+                    narrow = {"BLOCK_N": fill["min_block_n"]}
+                    cfg = replace(
+                        cfg, gate_up=replace(cfg.gate_up, **narrow), down=replace(cfg.down, **narrow)
+                    )
+                    out.append((b, dc, f"m<={limit} filled", cfg))
         for dc, row in table["batch_invariant"].items():
             out.append((b, dc, "batch_invariant", _row_config(row)))
-        fill = table.get("fill")
-        if fill:  # the narrowest tiles fill_grid can reach, from each row it applies to
-            for dc, rows in table["tables"].items():
-                for row in rows:
-                    limit = row["max_tokens_per_expert"]
-                    if limit is not None and limit <= fill["max_tokens_per_expert"]:
-                        cfg = _row_config(row)
-                        narrow = {"BLOCK_N": fill["min_block_n"]}
-                        cfg = replace(
-                            cfg, gate_up=replace(cfg.gate_up, **narrow), down=replace(cfg.down, **narrow)
-                        )
-                        out.append((b, dc, f"m<={limit} filled", cfg))
     return out
 
 
@@ -239,7 +236,7 @@ def choose(
     if batch_invariant:  # independent of T by construction: batch composition cannot change a row's bits
         row = table["batch_invariant"].get(dc) or table["batch_invariant"]["16bit"]
     else:
-        m = -(-num_tokens * top_k // max(num_experts, 1))
+        m = tokens_per_expert(num_tokens * top_k, num_experts)
         rows = table["tables"].get(dc) or table["tables"]["16bit"]
         row = next(
             (r for r in rows if r["max_tokens_per_expert"] is None or m <= r["max_tokens_per_expert"]),
@@ -249,6 +246,11 @@ def choose(
     if batch_invariant:
         return cfg
     return fill_grid(cfg, table.get("fill"), num_tokens * top_k, num_experts, hidden_size, intermediate_size)
+
+
+def tokens_per_expert(num_assignments: int, num_experts: int) -> int:
+    """m = ceil(T * k / E): the mean rows of each expert's GEMM, the key of the table buckets."""
+    return -(-num_assignments // max(num_experts, 1))
 
 
 def fill_grid(
@@ -265,10 +267,11 @@ def fill_grid(
     third full). Where m <= rule["max_tokens_per_expert"], each GEMM's BLOCK_N halves, down to
     rule["min_block_n"], while its grid (the launch's tile count: padded_capacity / BLOCK_M tiles x column
     tiles) stays under rule["programs_per_sm"] x the device's SMs. No rule, no GPU (sm_count None): cfg."""
-    sm_count = sm_count if sm_count is not None else _sm_count()
-    if not rule or sm_count is None:
+    # the bucket first: the device query is only made where the rule can apply
+    if not rule or tokens_per_expert(num_assignments, num_experts) > rule["max_tokens_per_expert"]:
         return cfg
-    if -(-num_assignments // max(num_experts, 1)) > rule["max_tokens_per_expert"]:
+    sm_count = sm_count if sm_count is not None else _sm_count()
+    if sm_count is None:
         return cfg
     blocks = padded_capacity(num_assignments, num_experts, cfg.BLOCK_M) // cfg.BLOCK_M
     want = rule["programs_per_sm"] * sm_count
