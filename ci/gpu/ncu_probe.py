@@ -19,9 +19,10 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "bench")]
 
 from perf_probe import _quant_preset  # noqa: E402
-from quant_bench import routing  # noqa: E402
+from quant_bench import _base, routing  # noqa: E402
 
 from moe_cts.kernels import fused_moe  # noqa: E402
+from moe_cts.reference import presets  # noqa: E402
 from moe_cts.reference.quant import QuantScheme  # noqa: E402
 
 SCHEMES = {"bf16": None, "fp8": QuantScheme.fp8_block, "mxfp4": QuantScheme.mxfp4}
@@ -31,9 +32,11 @@ def main(cases: list[str]) -> int:
     for case in cases:
         kind, preset, T = case.split(":")
         scheme = SCHEMES[kind]
-        spec, qspec, gen, base, qw = _quant_preset(preset, (scheme or QuantScheme.fp8_block)())
-        if scheme is None:
-            qspec, qw = spec, base
+        if scheme is None:  # bf16: the weights as built, nothing quantized
+            spec, gen = presets.get(preset), torch.Generator(device="cuda").manual_seed(0)
+            qspec, qw = spec, _base(spec, torch.bfloat16, "cuda", gen)
+        else:
+            spec, qspec, gen, _, qw = _quant_preset(preset, scheme())
         x = torch.randn((int(T), spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
         r = routing(spec, int(T), "cuda", gen)
         fused_moe(qspec, qw, x, routing=r)
@@ -43,7 +46,7 @@ def main(cases: list[str]) -> int:
         torch.cuda.synchronize()
         torch.cuda.profiler.stop()
         print(f"profiled {case}", flush=True)
-        del qw, base
+        del qw
         torch.cuda.empty_cache()
     return 0
 

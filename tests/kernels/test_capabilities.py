@@ -143,9 +143,7 @@ def test_every_table_names_its_backend_and_known_targets(name) -> None:
     assert all(target_info.get(t).backend == table["backend"] for t in table.get("targets", ()))
 
 
-def test_the_fill_rule_narrows_block_n_only_where_the_grid_leaves_sms_idle() -> None:
-    import unittest.mock as mock
-
+def test_the_fill_rule_narrows_block_n_only_where_the_grid_leaves_sms_idle(monkeypatch) -> None:
     """config.fill_grid (the sm90 table's "fill"): gpt-oss-120b at T = 1 has 4 tiles of 16 slots x 45 column
     tiles = 180 programs per GEMM, under 1.5 per SM of a 132-SM H200 (198), so both GEMMs go to BLOCK_N 32;
     DeepSeek-V3's gate_up at T = 1 (8 tiles x 32 = 256 programs) stays; T = 2 (8 tiles, 360 programs), a
@@ -167,7 +165,8 @@ def test_the_fill_rule_narrows_block_n_only_where_the_grid_leaves_sms_idle() -> 
     assert (ds.gate_up.BLOCK_N, ds.down.BLOCK_N) == (64, 64)
     assert fill(1, sms=1000) == (32, 32)  # never below min_block_n
     assert fill(512) == (64, 64)  # m = 16 > the rule's bucket
-    with mock.patch.object(cfgmod, "_sm_count", return_value=None):  # no GPU: nothing to fill
+    with monkeypatch.context() as mp:  # no GPU: nothing to fill
+        mp.setattr(cfgmod, "_sm_count", lambda: None)
         assert fill(1, sms=None) == (64, 64)
     assert cfgmod.fill_grid(row, None, 4, 128, H, I, sm_count=132) == row
     # the AOT tables tier compiles the narrowest tiles the rule can reach
@@ -175,13 +174,12 @@ def test_the_fill_rule_narrows_block_n_only_where_the_grid_leaves_sms_idle() -> 
     assert filled and all(e[0] == "cuda-sm90" and rule["min_block_n"] == e[3].gate_up.BLOCK_N for e in filled)
 
 
-def test_batch_invariant_rows_never_fill() -> None:
-    import unittest.mock as mock
-
+def test_batch_invariant_rows_never_fill(monkeypatch) -> None:
     pick = dict(dtype=torch.bfloat16, num_tokens=1, top_k=4, num_experts=128, hidden_size=2880,
                 intermediate_size=2880)  # fmt: skip
 
-    with mock.patch.object(cfgmod, "_sm_count", return_value=132):
+    with monkeypatch.context() as mp:
+        mp.setattr(cfgmod, "_sm_count", lambda: 132)
         assert cfgmod.choose(**pick, backend_name="cuda-sm90").gate_up.BLOCK_N == 32
         inv = cfgmod.choose(**pick, backend_name="cuda-sm90", batch_invariant=True)
     assert inv == cfgmod.choose(**pick, backend_name="cuda-sm90", batch_invariant=True)

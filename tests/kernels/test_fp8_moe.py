@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from _moe_testlib import DEVICE
 
 from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.results import Outcome
@@ -72,14 +73,9 @@ def _judge(case: Case, device, impl=None):
     return r, ran
 
 
-def _torch_device() -> str:
-    """Where the launchers take their tensors: the CPU under the interpreter, else the GPU."""
-    return "cpu" if fp8_gemm.interpreting() else "cuda"
-
-
 def _rejection(fmt: str) -> str | None:
     """Why this run's target cannot run fp8 flavour fmt (e4m3fnuz on CUDA, e4m3fn on sm80), or None."""
-    return target_info.fp8_rejection(*target_info.device_target(_torch_device()), fmt)
+    return target_info.fp8_rejection(*target_info.device_target(DEVICE), fmt)
 
 
 @pytest.mark.parametrize("case", [c for _, c in GRID], ids=[n for n, _ in GRID])
@@ -148,7 +144,7 @@ def test_rounding_to_fp8_is_rtne_with_saturation_on_every_code_and_midpoint(fmt)
     )
     x = torch.tensor(probe, dtype=torch.float32).reshape(1, -1)
     spec = BASE.replace(quant=QuantScheme.fp8_per_tensor(fp8_format=fmt, activation_scale="static"))
-    q, s = fp8_gemm.quantize_rows(spec, x.to(_torch_device()), 1.0)
+    q, s = fp8_gemm.quantize_rows(spec, x.to(DEVICE), 1.0)
     want = formats.round_to(fmt, x.double().numpy())
     np.testing.assert_array_equal(q.cpu().double().numpy(), want)
     assert float(s.max()) == 1.0
@@ -162,7 +158,7 @@ def test_ue8m0_group_scales_equal_the_reference_powers_of_two(rounding):
     x[1, :128] = 448.0 * 2.0**-5  # amax exactly at a power-of-two boundary of the ceil rounding
     q = QuantScheme.fp8_block(scale_format="ue8m0", scale_rounding=rounding)
     spec = BASE.replace(hidden_size=384, quant=q)
-    _, s = fp8_gemm.quantize_rows(spec, x.to(_torch_device()))
+    _, s = fp8_gemm.quantize_rows(spec, x.to(DEVICE))
     s = s.cpu()
     amax = np.maximum(np.abs(x.double().numpy()).reshape(8, 3, 128).max(axis=2), q.amax_eps)
     np.testing.assert_array_equal(s.double().numpy(), formats.ue8m0_scale(amax, "e4m3fn", rounding))
@@ -189,7 +185,7 @@ def test_quantize_rows_tiles_of_rows_equal_the_oracle_row_by_row(scheme, program
     x[5] = 0.0
     spec = BASE.replace(hidden_size=K, quant=dataclasses.replace(scheme, amax_eps=None))
     monkeypatch.setattr(fp8_gemm, "QUANT_PROGRAMS", programs)  # 1: as many rows per program as allowed
-    q, s = fp8_gemm.quantize_rows(spec, x.to(_torch_device()))
+    q, s = fp8_gemm.quantize_rows(spec, x.to(DEVICE))
     xs = x.double().numpy()
     want_s = numpy_quant.act_scales(spec, xs, None)
     np.testing.assert_array_equal(s.cpu().double().numpy(), want_s)
@@ -204,7 +200,7 @@ def test_quantize_rows_tiles_of_rows_equal_the_oracle_row_by_row(scheme, program
 def test_fused_moe_delegates_an_fp8_spec_to_fused_moe_fp8():
     case = _case(QuantScheme.fp8_per_token(), seed=2)
     inp = case.build_inputs()
-    x = inp.x.to(_torch_device())
+    x = inp.x.to(DEVICE)
     y = fused_moe(case.spec, inp.qweights, x)
     torch.testing.assert_close(y, fp8_moe.fused_moe_fp8(case.spec, inp.qweights, x), rtol=0, atol=0)
 
