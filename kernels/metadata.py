@@ -24,7 +24,10 @@ import torch
 def padded_capacity(num_assignments: int, num_experts: int, block_m: int) -> int:
     """Upper bound of used padded slots: every expert wastes at most block_m - 1 slots.
 
-    Rounded up to a multiple of block_m so the tile count is exact."""
+    Rounded up to a multiple of block_m so the tile count is exact. One expert (the shared expert's dense
+    alignment) wastes only its last tile's tail: ceil(n / block_m) tiles, exactly."""
+    if num_experts == 1:
+        return max(1, -(-num_assignments // block_m)) * block_m
     worst = num_assignments + min(num_experts, max(num_assignments, 1)) * (block_m - 1)
     return -(-worst // block_m) * block_m
 

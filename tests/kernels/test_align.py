@@ -226,3 +226,33 @@ def test_bad_input_is_rejected_before_launch(field, spec, ids, block_m, error, m
         monkeypatch.setattr(align_mod, name, None)  # any launch would raise TypeError
     with pytest.raises(error, match=f"^{re.escape(field)}"):
         align(spec, ids, block_m)
+
+
+# -- the dense alignment of the shared expert: views of one per-device buffer, no launch
+@pytest.mark.parametrize("T, block_m", [(1, 16), (5, 16), (64, 64), (100, 32)])
+def test_dense_meta_holds_every_token_in_order(T, block_m):
+    from moe_cts.kernels.grouped_gemm import dense_meta
+
+    meta = dense_meta(T, block_m, torch.device(DEVICE))
+    P = padded_capacity(T, 1, block_m)
+    assert P == -(-T // block_m) * block_m, "one expert's tiles are exact"
+    ids = meta.sorted_ids.cpu()
+    assert ids.numel() == P and torch.equal(ids[:T], torch.arange(T, dtype=torch.int32))
+    assert bool((ids[T:] >= T).all()), "pad slots must hold ids >= T (the kernels mask them)"
+    assert meta.expert_of_block.numel() == P // block_m and not meta.expert_of_block.cpu().any()
+    assert int(meta.num_padded.cpu()[0]) == P and meta.expert_counts.cpu().tolist() == [T]
+    assert torch.equal(meta.inverse.cpu(), torch.arange(T, dtype=torch.int32))
+
+
+def test_dense_meta_launches_nothing_and_outgrown_buffers_stay_valid(monkeypatch):
+    import moe_cts.kernels.grouped_gemm as gg
+
+    small = gg.dense_meta(3, 16, torch.device(DEVICE))
+    capacity = gg._dense_slots(1, torch.device(DEVICE))[1].numel()
+    big = gg.dense_meta(capacity + 5, 16, torch.device(DEVICE))  # the buffer grows; `small` keeps its views
+    assert small.sorted_ids.cpu()[:3].tolist() == [0, 1, 2] and int(small.num_padded.cpu()[0]) == 16
+    assert int(big.num_padded.cpu()[0]) == padded_capacity(capacity + 5, 1, 16)
+    for name in ("arange", "zeros", "full", "clamp"):
+        monkeypatch.setattr(torch, name, None)  # any tensor built now would raise TypeError
+    again = gg.dense_meta(capacity, 32, torch.device(DEVICE))
+    assert int(again.expert_counts.cpu()[0]) == capacity
