@@ -41,13 +41,13 @@ def launch_combine(
         # outputs
         y_ptr=y,
         # sizes
-        top_k=k, H=H,
+        H=H,
         # strides
         stride_eo_t=expert_out.stride(0), stride_eo_j=expert_out.stride(1), stride_eo_h=expert_out.stride(2),
         stride_w_t=w.stride(0), stride_w_j=w.stride(1), stride_sh_t=sh.stride(0), stride_sh_h=sh.stride(1),
         stride_y_t=y.stride(0), stride_y_h=y.stride(1),
         # constexprs
-        HAS_SHARED=shared_out is not None, WEIGHTED=topk_weights is not None, BLOCK_H=block_h,
+        HAS_SHARED=shared_out is not None, WEIGHTED=topk_weights is not None, BLOCK_H=block_h, TOP_K=k,
         # launch options
         num_warps=4,
     )  # fmt: skip

@@ -20,6 +20,10 @@ decode    T = 1 with the router: CUPTI kernel records of the whole forward per p
           alignment alone (graph replays) under each warp count
 sweep90   sm90-only tiles (shared memory over sm80's 163 KiB) for the BLOCK_M 128 row at T = 2048 / 4096
 bf16dec   the 16-bit decode row against narrower / deeper tiles at T = 1
+dec10     decode launches (session 10): each kernel of one forward in launch order (block fp8 and bf16
+          DeepSeek-V3, MXFP4 gpt-oss-120b, T = 1), graph replays of the table against the shared expert's
+          metadata built by launches (the old dense_meta), the fill rule down to BLOCK_N 16, and fp8 decode
+          tiles (T = 1 / 16); fp8 kernel records at T = 4096
 router    the fused select against the separate select launch (graph replays of route and of the forward
           with the router, against the ids-given forward; routing outputs compared)
 
@@ -446,6 +450,120 @@ def part_sweep90(timer) -> None:
             torch.cuda.empty_cache()
 
 
+def _launches(fn, iters: int = 5) -> list[list]:
+    """Each kernel of one call of fn, in launch order: [name, device us, us since the previous kernel's end]."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+
+    def dt(e):
+        return getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0)
+
+    ev = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and dt(e)]
+    ev.sort(key=lambda e: e.time_range.start)
+    ev = ev[-(len(ev) // iters) :]
+    out, end = [], None
+    for e in ev:
+        gap = 0.0 if end is None else e.time_range.start - end
+        out.append([e.name[:40], round(dt(e), 2), round(gap, 2)])
+        end = e.time_range.end
+    return out
+
+
+@contextlib.contextmanager
+def _fill_min(n: int):
+    """The sm90 table's fill rule with min_block_n n inside the block (the cached table dict, restored after)."""
+    from moe_cts.kernels import config as cfgmod
+
+    rule = cfgmod.load_table("cuda-sm90")["fill"]
+    old = rule["min_block_n"]
+    rule["min_block_n"] = n
+    try:
+        yield
+    finally:
+        rule["min_block_n"] = old
+
+
+@contextlib.contextmanager
+def _old_dense_meta():
+    """dense_meta built by launches (session 9's five tiny kernels) inside the block."""
+    import moe_cts.kernels.grouped_gemm as gg
+
+    keep = gg._dense_slots
+    gg._dense_slots = lambda P, device: None
+    try:
+        yield
+    finally:
+        gg._dense_slots = keep
+
+
+def part_dec10(timer) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    spec = presets.get("deepseek-v3")
+    qspec = spec.replace(quant=QuantScheme.fp8_block())
+    base = _base(spec, torch.bfloat16, "cuda", gen)
+    qw = quantized(qspec, base, gen)
+    fp8_cands = [
+        c(16, tile(32, 128, 2, 8, 1), tile(32, 128, 2, 8, 1)),
+        c(16, tile(32, 128, 1, 6, 1), tile(32, 128, 1, 6, 1)),
+        c(16, tile(32, 128, 2, 4, 1), tile(32, 128, 2, 4, 1)),
+        c(16, tile(16, 128, 2, 8, 1), tile(32, 128, 2, 8, 1)),
+    ]
+    for T in (1, 16):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+        for kind, sp, w in (("fp8", qspec, qw), ("bf16", spec, base)):
+
+            def fwd(cfg=None, sp=sp, w=w, x=x, r=r):
+                return fused_moe(sp, w, x, routing=r, config=cfg)
+
+            rec = {"part": "dec10", "kind": kind, "preset": "deepseek-v3", "T": T, "cfg": "table"}
+            rec["ms"] = replay_ms(timer, fwd)
+            rec["table"] = last_config().to_dict()
+            if T == 1:
+                rec["launches"] = _launches(fwd)
+            emit(rec)
+            with _old_dense_meta():
+                emit({"part": "dec10", "kind": kind, "preset": "deepseek-v3", "T": T, "cfg": "old dense_meta",
+                      "ms": replay_ms(timer, fwd), "table_ms": rec["ms"]})  # fmt: skip
+            with _fill_min(16):
+                ms = replay_ms(timer, fwd)
+                emit({"part": "dec10", "kind": kind, "preset": "deepseek-v3", "T": T, "cfg": "fill min 16",
+                      "ms": ms, "table_ms": rec["ms"], "vs_table": rec["ms"] / ms,
+                      "launches": _launches(fwd) if T == 1 else None})  # fmt: skip
+            for cfg in fp8_cands if kind == "fp8" else ():
+                r2 = {
+                    "part": "dec10",
+                    "kind": kind,
+                    "preset": "deepseek-v3",
+                    "T": T,
+                    "cfg": cfg,
+                    "table_ms": rec["ms"],
+                }
+                try:
+                    r2["ms"] = replay_ms(timer, lambda cfg=cfg: fwd(cfg))
+                    r2["vs_table"] = rec["ms"] / r2["ms"]
+                except Exception as e:
+                    r2["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                emit(r2)
+    x = torch.randn((4096, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+    r = routing(spec, 4096, "cuda", gen)
+    emit({"part": "profile", "what": "fp8 T=4096", "preset": "deepseek-v3", "T": 4096,
+          "kernels": kernel_us(lambda: fused_moe(qspec, qw, x, routing=r), iters=5)})  # fmt: skip
+    base = qw = None
+    torch.cuda.empty_cache()
+    spec, qspec, gen, base, qw = _quant_preset("gpt-oss-120b", QuantScheme.mxfp4())
+    x = torch.randn((1, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+    r = routing(spec, 1, "cuda", gen)
+    for kind, sp, w in (("mxfp4", qspec, qw), ("bf16", spec, base)):
+        fwd = lambda sp=sp, w=w: fused_moe(sp, w, x, routing=r)
+        emit({"part": "dec10", "kind": kind, "preset": "gpt-oss-120b", "T": 1, "cfg": "table",
+              "ms": replay_ms(timer, fwd), "launches": _launches(fwd)})  # fmt: skip
+
+
 def main() -> int:
     global LOG
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -459,7 +577,7 @@ def main() -> int:
     parts = {"profile": part_profile, "fp8": part_fp8, "mxfp4": part_mxfp4, "bf16": part_bf16,
              "ab": lambda t: part_ab(t, a.baseline), "decode": part_decode, "sweep90": part_sweep90,
              "bf16dec": part_bf16dec, "router": part_router,
-             "fp8dec": part_fp8dec, "fill": part_fill}  # fmt: skip
+             "fp8dec": part_fp8dec, "fill": part_fill, "dec10": part_dec10}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -483,6 +601,13 @@ def main() -> int:
             top = ", ".join(f"{k[:28]} {v:.1f}" for k, v in list(r.get("kernels", {}).items())[:6])
             extra = {k: round(v, 4) for k, v in r.items() if k.endswith("_ms")}
             print(f"profile {r.get('what')} {r.get('preset')} T={r.get('T')} {extra} | {top}")
+        elif r.get("part") == "dec10":
+            cfg = r.get("cfg")
+            cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
+            print(f"dec10 {r['kind']} {r['preset']} T={r['T']} {r.get('ms', float('nan')):.4f} ms "
+                  f"x{r.get('vs_table', 1.0):.3f} {r.get('error', '')[:60]} {cs[:120]}")  # fmt: skip
+            for name, us, gap in r.get("launches") or ():
+                print(f"      {us:7.2f} us  gap {gap:5.2f}  {name}")
         elif "ms" in r or "error" in r:
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

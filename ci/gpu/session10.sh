@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Session 10's GPU calls (one 590 s slot each), chosen by the first argument:
+#   a   GPU pytest of the alignment and combine kernels (dense_meta views, the unrolled combine), then
+#       perf_probe.py --parts dec10 (decode launches, the old dense_meta, the fill rule to BLOCK_N 16, fp8
+#       decode tiles), then quant_bench (QB_ARGS, default fp8 only) in the rest of the slot
+#   b   GPU pytest of the fp8 / MXFP4 / grouped GEMM kernels, `moe-cts certify --profile quick`, then
+#       quant_bench (QB_ARGS)
+#   c   vLLM's Triton path side by side (.peer/bench.py; carry .peer), then quant_bench (QB_ARGS)
+set -u
+MODE=${1:-a}
+OUT=${2:-/tmp/moe-cts-gpu}
+source "$(dirname "$0")/common.sh"
+gpu_setup "$OUT"
+case "$MODE" in
+a)
+  gpu_pytest "$OUT" "${TEST_TIMEOUT:-90}" tests/kernels/test_align.py tests/kernels/test_combine.py
+  probe "$OUT" "${PROBE_PARTS:-dec10}" "${PROBE_S:-300}"
+  QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} quant_bench "$OUT"
+  ;;
+b)
+  gpu_pytest "$OUT" "${TEST_TIMEOUT:-150}" tests/kernels/test_fp8_moe.py tests/kernels/test_grouped_gemm.py \
+    tests/kernels/test_mxfp4_decode.py
+  certify_quick "$OUT" "${CERT_JOBS:-10}" "${CERT_TIMEOUT:-200}"
+  certify_summary "$OUT"
+  quant_bench "$OUT"
+  ;;
+c)
+  peer_bench "$OUT" "${PEER_S:-300}"
+  grep -E "=>|geomean" "$OUT/peer.log" | tail -44
+  quant_bench "$OUT"
+  ;;
+esac
