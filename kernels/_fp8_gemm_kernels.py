@@ -21,6 +21,13 @@ On the GPU the dot is fp8 x fp8 with fp32 accumulation (weights streamed as fp8,
 wgmma / MFMA want it); under the interpreter both operands are fp32 and products are exact, so the sums
 differ only by accumulation order.
 
+Scale prefetch: the software pipeliner streams the a and w tiles through shared memory (cp.async, num_stages
+deep) but issues the scale gathers in the iteration that uses them, so each K step waited for a global load
+after its dot (Triton 3.6 TTGIR: plain tt.load in the loop). At decode sizes, where a launch has a few
+programs per SM, that latency was the K step's time: the shared expert's GEMM1 at T = 1 (64 programs) moved
+29 MB in 24.8 us on the H200, 1.2 TB/s. The loop loads group g + 1's scales before group g's dot (the last
+group's are read again at the end), so the gather's latency hides behind the MMA. Same values, same bits.
+
 GEMM1's fused requantization (QUANT_OUT, fp8_block with BLOCK_N a multiple of the group width): the tile's
 activation (BLOCK_M, BLOCK_N) is viewed as (BLOCK_M, BLOCK_N / G2, G2), amax per group, _act_scale, _round_fp8,
 and the codes and scales are stored for GEMM2. Columns past I are zeroed before the amax.
@@ -55,6 +62,14 @@ def _load_w(ptrs, mask, MBITS: tl.constexpr, EBITS: tl.constexpr, BIAS: tl.const
 def _w_scale(sw_base, rows, g, BN_W, stride_sw_n, stride_sw_k):
     """(BLOCK_N,) fp32 weight scales of weight rows `rows` in K group g."""
     return tl.load(sw_base + (rows // BN_W) * stride_sw_n + g * stride_sw_k)
+
+
+@triton.jit
+def _group_scales(sa_ptr, in_rows, stride_sa_t, stride_sa_g, row_ok, sw_base, w_rows, g, BN_W, stride_sw_n,
+                  stride_sw_k):  # fmt: skip
+    """(s_a (BLOCK_M,), s_w (BLOCK_N,)) fp32: K group g's scales of the tile's input rows and weight rows."""
+    sa = tl.load(sa_ptr + in_rows * stride_sa_t + g * stride_sa_g, mask=row_ok, other=0.0)
+    return sa, _w_scale(sw_base, w_rows, g, BN_W, stride_sw_n, stride_sw_k)
 
 
 @triton.jit
@@ -99,15 +114,20 @@ def fp8_gate_up_kernel(
     sa_rows = sa_ptr + tok * stride_sa_t
 
     acc = tl.zeros((BLOCK_M, NB * BLOCK_N), dtype=tl.float32)
+    if BLOCKWISE:  # group 0's scales; the loop fetches each next group's one step ahead (module docstring)
+        last_g = (H - 1) // GROUP_K
+        sa, sw = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, rows, 0, BN_W,
+                               stride_sw_n, stride_sw_k)  # fmt: skip
     for kk in range(0, tl.cdiv(H, BLOCK_K)):
         k_ok = offs_k < H - kk * BLOCK_K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w = _load_w(w_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
         if BLOCKWISE:  # fp32 partial per K tile, scaled by its group's scales
-            g = (kk * BLOCK_K) // GROUP_K
-            sa = tl.load(sa_rows + g * stride_sa_g, mask=row_ok, other=0.0)
-            sw = _w_scale(sw_base, rows, g, BN_W, stride_sw_n, stride_sw_k)
+            g_next = tl.minimum(((kk + 1) * BLOCK_K) // GROUP_K, last_g)
+            sa_next, sw_next = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, rows,
+                                             g_next, BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
             acc += tl.dot(a, w) * (sa[:, None] * sw[None, :])
+            sa, sw = sa_next, sw_next
         else:  # promoted per K tile, as for blocks: fp8 MMAs accumulate in ~13 bits (module docstring)
             acc += tl.dot(a, w)
         a_ptrs += BLOCK_K * stride_a_h
@@ -178,15 +198,20 @@ def fp8_down_kernel(
     sw_base = sw_ptr + expert.to(tl.int64) * stride_sw_e
     sa_rows = sa_ptr + rows * stride_sa_a
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if BLOCKWISE:  # as in fp8_gate_up_kernel: each next group's scales one step ahead
+        last_g = (I - 1) // GROUP_K
+        sa, sw = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, offs_n_w, 0, BN_W,
+                               stride_sw_n, stride_sw_k)  # fmt: skip
     for kk in range(0, tl.cdiv(I, BLOCK_K)):
         k_ok = offs_k < I - kk * BLOCK_K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w = _load_w(w_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
         if BLOCKWISE:
-            g = (kk * BLOCK_K) // GROUP_K
-            sa = tl.load(sa_rows + g * stride_sa_g, mask=row_ok, other=0.0)
-            sw = _w_scale(sw_base, offs_n_w, g, BN_W, stride_sw_n, stride_sw_k)
+            g_next = tl.minimum(((kk + 1) * BLOCK_K) // GROUP_K, last_g)
+            sa_next, sw_next = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, offs_n_w,
+                                             g_next, BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
             acc += tl.dot(a, w) * (sa[:, None] * sw[None, :])
+            sa, sw = sa_next, sw_next
         else:  # promoted per K tile (module docstring)
             acc += tl.dot(a, w)
         a_ptrs += BLOCK_K * stride_a_i
