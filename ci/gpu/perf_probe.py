@@ -13,6 +13,7 @@ fill      the sm90 table's fill rule at T = 1 (bf16, five presets) and MXFP4 T =
 fp8dec    block fp8 at T = 1 / 16 / 128 with gate_up BLOCK_N 128 (act quantized in GEMM1's epilogue)
 bf16      the 16-bit forward at the mid-size points under the table row and BLOCK_M 128 candidates
           (sm90-only 4-stage tiles included: recorded as such, not for the shared cuda table)
+ab8       the block fp8 half of ab (T = 1 / 16 / 128 / 512 / 4096), with each kernel of one T = 1 forward
 ab        the GEMM kernels against a baseline copy of their modules (--baseline DIR holding
           old_grouped_gemm_kernels.py / old_fp8_gemm_kernels.py, e.g. `git show REV:kernels/...`), in one
           process: outputs bitwise equal? graph-replay times of both (bf16 presets and block fp8, ids given)
@@ -326,11 +327,31 @@ def part_ab(timer, base_dir: Path) -> None:
             _ab_point(timer, "ab-bf16", name, T, spec, base, x, routing(spec, T, "cuda", gen), base_dir)
         base = None
         torch.cuda.empty_cache()
+    part_ab8(timer, base_dir, tokens=(1, 16, 512, 4096))
+
+
+def part_ab8(timer, base_dir: Path, tokens=(1, 16, 128, 512, 4096)) -> None:
+    """The block fp8 half of part ab: DeepSeek-V3 with its shared expert, ids given; at T = 1 also each
+    kernel of one forward under both modules."""
     spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
-    base = None
-    for T in (1, 16, 512, 4096):
+    del base  # the bf16 weights are not timed here; their memory goes back
+    for T in tokens:
         x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
-        _ab_point(timer, "ab-fp8", "deepseek-v3", T, qspec, qw, x, routing(spec, T, "cuda", gen), base_dir)
+        r = routing(spec, T, "cuda", gen)
+        _ab_point(timer, "ab-fp8", "deepseek-v3", T, qspec, qw, x, r, base_dir)
+        if T == 1:
+            fwd = lambda x=x, r=r: fused_moe(qspec, qw, x, routing=r)
+            rec = {"part": "dec10", "kind": "fp8", "preset": "deepseek-v3", "T": 1, "cfg": "new kernels"}
+            emit({**rec, "ms": replay_ms(timer, fwd), "launches": _launches(fwd)})
+            with _baseline_kernels(base_dir):
+                emit(
+                    {
+                        **rec,
+                        "cfg": "baseline kernels",
+                        "ms": replay_ms(timer, fwd),
+                        "launches": _launches(fwd),
+                    }
+                )
 
 
 def _decode_point(timer, name, gen) -> None:
@@ -577,7 +598,8 @@ def main() -> int:
     parts = {"profile": part_profile, "fp8": part_fp8, "mxfp4": part_mxfp4, "bf16": part_bf16,
              "ab": lambda t: part_ab(t, a.baseline), "decode": part_decode, "sweep90": part_sweep90,
              "bf16dec": part_bf16dec, "router": part_router,
-             "fp8dec": part_fp8dec, "fill": part_fill, "dec10": part_dec10}  # fmt: skip
+             "fp8dec": part_fp8dec, "fill": part_fill, "dec10": part_dec10,
+             "ab8": lambda t: part_ab8(t, a.baseline)}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)

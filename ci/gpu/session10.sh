@@ -5,6 +5,8 @@
 #       decode tiles), then quant_bench (QB_ARGS, default fp8 only) in the rest of the slot
 #   b   GPU pytest of the fp8 / MXFP4 / grouped GEMM kernels, `moe-cts certify --profile quick`, then
 #       quant_bench (QB_ARGS)
+#   d   perf_probe.py --parts ab8 (carry .probe_old: old_fp8_gemm_kernels.py / old_grouped_gemm_kernels.py, the
+#       kernels before the scale prefetch), then quant_bench (QB_ARGS, default fp8 only)
 #   c   vLLM's Triton path side by side (.peer/bench.py; carry .peer), then quant_bench (QB_ARGS)
 set -u
 MODE=${1:-a}
@@ -23,6 +25,10 @@ b)
   certify_quick "$OUT" "${CERT_JOBS:-10}" "${CERT_TIMEOUT:-200}"
   certify_summary "$OUT"
   quant_bench "$OUT"
+  ;;
+d)
+  probe "$OUT" "${PROBE_PARTS:-ab8}" "${PROBE_S:-240}"
+  QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} quant_bench "$OUT"
   ;;
 c)
   peer_bench "$OUT" "${PEER_S:-300}"
