@@ -13,6 +13,8 @@ fill      the sm90 table's fill rule at T = 1 (bf16, five presets) and MXFP4 T =
 fp8dec    block fp8 at T = 1 / 16 / 128 with gate_up BLOCK_N 128 (act quantized in GEMM1's epilogue)
 bf16      the 16-bit forward at the mid-size points under the table row and BLOCK_M 128 candidates
           (sm90-only 4-stage tiles included: recorded as such, not for the shared cuda table)
+fill10    the fill rule's warps and the rule past its bucket (shared experts), block fp8 / bf16 DeepSeek-V3
+          and bf16 Qwen2-57B at T = 1 .. 512
 ab8       the block fp8 half of ab (T = 1 / 16 / 128 / 512 / 4096), with each kernel of one T = 1 forward
 ab        the GEMM kernels against a baseline copy of their modules (--baseline DIR holding
           old_grouped_gemm_kernels.py / old_fp8_gemm_kernels.py, e.g. `git show REV:kernels/...`), in one
@@ -495,17 +497,18 @@ def _launches(fn, iters: int = 5) -> list[list]:
 
 
 @contextlib.contextmanager
-def _fill_min(n: int):
-    """The sm90 table's fill rule with min_block_n n inside the block (the cached table dict, restored after)."""
+def _fill_rule(**keys):
+    """The sm90 table's fill rule with `keys` replaced inside the block (the cached table dict, restored after)."""
     from moe_cts.kernels import config as cfgmod
 
     rule = cfgmod.load_table("cuda-sm90")["fill"]
-    old = rule["min_block_n"]
-    rule["min_block_n"] = n
+    old = dict(rule)
+    rule.update(keys)
     try:
         yield
     finally:
-        rule["min_block_n"] = old
+        rule.clear()
+        rule.update(old)
 
 
 @contextlib.contextmanager
@@ -550,7 +553,7 @@ def part_dec10(timer) -> None:
             with _old_dense_meta():
                 emit({"part": "dec10", "kind": kind, "preset": "deepseek-v3", "T": T, "cfg": "old dense_meta",
                       "ms": replay_ms(timer, fwd), "table_ms": rec["ms"]})  # fmt: skip
-            with _fill_min(16):
+            with _fill_rule(min_block_n=16):
                 ms = replay_ms(timer, fwd)
                 emit({"part": "dec10", "kind": kind, "preset": "deepseek-v3", "T": T, "cfg": "fill min 16",
                       "ms": ms, "table_ms": rec["ms"], "vs_table": rec["ms"] / ms,
@@ -585,6 +588,55 @@ def part_dec10(timer) -> None:
               "ms": replay_ms(timer, fwd), "launches": _launches(fwd)})  # fmt: skip
 
 
+FILL10 = {
+    "table": {},
+    "no warps": {"max_warps": 0},
+    "any bucket": {"max_tokens_per_expert": 1_000_000},
+    "any bucket, 8 warps/SM": {"max_tokens_per_expert": 1_000_000, "warps_per_sm": 8},
+}
+
+
+def part_fill10(timer) -> None:
+    """The fill rule's warps (session 10) and the rule past its bucket (the shared expert's one-expert GEMMs at
+    T = 16 .. 512): graph replays of block fp8 and bf16 DeepSeek-V3 with its shared expert, and bf16
+    Qwen2-57B (shared width 20480), under each FILL10 variant; kernel records at T = 1."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    spec = presets.get("deepseek-v3")
+    qspec = spec.replace(quant=QuantScheme.fp8_block())
+    base = _base(spec, torch.bfloat16, "cuda", gen)
+    qw = quantized(qspec, base, gen)
+    for T in (1, 16, 128, 512):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+        for kind, sp, w in (("fp8", qspec, qw), ("bf16", spec, base)):
+            fwd = lambda sp=sp, w=w, x=x, r=r: fused_moe(sp, w, x, routing=r)
+            table_ms = None
+            for label, keys in FILL10.items():
+                with _fill_rule(**keys):
+                    rec = {"part": "fill10", "kind": kind, "preset": "deepseek-v3", "T": T, "cfg": label}
+                    rec["ms"] = replay_ms(timer, fwd)
+                    table_ms = table_ms or rec["ms"]
+                    rec["vs_table"] = table_ms / rec["ms"]
+                    if T == 1 and kind == "fp8" and label in ("table", "no warps"):
+                        rec["launches"] = _launches(fwd)
+                    emit(rec)
+    base = qw = None
+    torch.cuda.empty_cache()
+    spec = presets.get("qwen2-57b-a14b")
+    base = _base(spec, torch.bfloat16, "cuda", gen)
+    for T in (1, 16, 128):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+        fwd = lambda x=x, r=r: fused_moe(spec, base, x, routing=r)
+        table_ms = None
+        for label, keys in FILL10.items():
+            with _fill_rule(**keys):
+                ms = replay_ms(timer, fwd)
+                table_ms = table_ms or ms
+                emit({"part": "fill10", "kind": "bf16", "preset": "qwen2-57b-a14b", "T": T, "cfg": label,
+                      "ms": ms, "vs_table": table_ms / ms})  # fmt: skip
+
+
 def main() -> int:
     global LOG
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -599,7 +651,7 @@ def main() -> int:
              "ab": lambda t: part_ab(t, a.baseline), "decode": part_decode, "sweep90": part_sweep90,
              "bf16dec": part_bf16dec, "router": part_router,
              "fp8dec": part_fp8dec, "fill": part_fill, "dec10": part_dec10,
-             "ab8": lambda t: part_ab8(t, a.baseline)}  # fmt: skip
+             "ab8": lambda t: part_ab8(t, a.baseline), "fill10": part_fill10}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -623,10 +675,10 @@ def main() -> int:
             top = ", ".join(f"{k[:28]} {v:.1f}" for k, v in list(r.get("kernels", {}).items())[:6])
             extra = {k: round(v, 4) for k, v in r.items() if k.endswith("_ms")}
             print(f"profile {r.get('what')} {r.get('preset')} T={r.get('T')} {extra} | {top}")
-        elif r.get("part") == "dec10":
+        elif r.get("part") in ("dec10", "fill10"):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
-            print(f"dec10 {r['kind']} {r['preset']} T={r['T']} {r.get('ms', float('nan')):.4f} ms "
+            print(f"{r['part']} {r['kind']} {r['preset']} T={r['T']} {r.get('ms', float('nan')):.4f} ms "
                   f"x{r.get('vs_table', 1.0):.3f} {r.get('error', '')[:60]} {cs[:120]}")  # fmt: skip
             for name, us, gap in r.get("launches") or ():
                 print(f"      {us:7.2f} us  gap {gap:5.2f}  {name}")

@@ -7,6 +7,8 @@
 #       quant_bench (QB_ARGS)
 #   d   perf_probe.py --parts ab8 (carry .probe_old: old_fp8_gemm_kernels.py / old_grouped_gemm_kernels.py, the
 #       kernels before the scale prefetch), then quant_bench (QB_ARGS, default fp8 only)
+#   e   perf_probe.py --parts fill10 (the fill rule's warps, the rule past its bucket), then quant_bench (QB_ARGS,
+#       default fp8 only)
 #   c   vLLM's Triton path side by side (.peer/bench.py; carry .peer), then quant_bench (QB_ARGS)
 set -u
 MODE=${1:-a}
@@ -28,6 +30,10 @@ b)
   ;;
 d)
   probe "$OUT" "${PROBE_PARTS:-ab8}" "${PROBE_S:-240}"
+  QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} quant_bench "$OUT"
+  ;;
+e)
+  probe "$OUT" "${PROBE_PARTS:-fill10}" "${PROBE_S:-300}"
   QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} quant_bench "$OUT"
   ;;
 c)
