@@ -9,8 +9,7 @@
              table uses its 16bit rows, whose 2-byte buffers hold the 1-byte fp8 tiles)
       BLOCK_N, BLOCK_K shrink to next_pow2(N), next_pow2(K) (>= 16) so tiny layers waste no tile
       fill   a table's optional "fill" rule (fill_grid): at m <= its bucket, BLOCK_N halves while a GEMM's
-             grid would leave the device's SMs under-filled (decode sizes of wide-E models), then num_warps
-             doubles while too few warps would be in flight per SM (the shared expert's one-tile GEMMs)
+             grid would leave the device's SMs under-filled (decode sizes of wide-E models)
 
 Tests and the harness force a config with `fused_moe(..., config=cfg)` or `with forced(cfg): ...`.
 `all_configs()` lists every table entry (the AOT engineer compiles each for the targets that read its table);
@@ -188,16 +187,12 @@ def all_configs() -> list[tuple[str, str, str, TileConfig]]:
                 out.append((b, dc, f"m<={limit}" if limit is not None else "m>any", cfg))
                 fill = table.get("fill")
                 if fill and limit is not None and limit <= fill["max_tokens_per_expert"]:
-                    # the narrowest tiles fill_grid can reach from this row, with the row's warps and with
-                    # the most warps the rule gives
-                    for label, more in (
-                        ("filled", {}),
-                        ("filled max warps", {"num_warps": fill["max_warps"]}),
-                    ):
-                        narrow = {"BLOCK_N": fill["min_block_n"], **more}
-                        out.append((b, dc, f"m<={limit} {label}", replace(
-                            cfg, gate_up=replace(cfg.gate_up, **narrow), down=replace(cfg.down, **narrow)
-                        )))  # fmt: skip
+                    # the narrowest tiles fill_grid can reach from this row
+                    narrow = {"BLOCK_N": fill["min_block_n"]}
+                    cfg = replace(
+                        cfg, gate_up=replace(cfg.gate_up, **narrow), down=replace(cfg.down, **narrow)
+                    )
+                    out.append((b, dc, f"m<={limit} filled", cfg))
         for dc, row in table["batch_invariant"].items():
             out.append((b, dc, "batch_invariant", _row_config(row)))
     return out
@@ -271,11 +266,7 @@ def fill_grid(
     (gpt-oss-120b at T = 1: 4 tiles of 16 slots x 45 column tiles = 180 programs for 132 SMs, a second wave a
     third full). Where m <= rule["max_tokens_per_expert"], each GEMM's BLOCK_N halves, down to
     rule["min_block_n"], while its grid (the launch's tile count: padded_capacity / BLOCK_M tiles x column
-    tiles) stays under rule["programs_per_sm"] x the device's SMs. Then num_warps doubles, up to
-    rule["max_warps"], while grid x num_warps stays under rule["warps_per_sm"] x the SMs: DeepSeek-V3's shared
-    expert at T = 1 is one tile of 16 slots, 64 programs of 2 warps for GEMM1 at the fp8 row's BLOCK_N 32,
-    so most of the H200's SMs ran one warp or none (23.5 us for 29 MB, against 60 us for the routed GEMM1's
-    235 MB, session 10). No rule, no GPU (sm_count None): cfg."""
+    tiles) stays under rule["programs_per_sm"] x the device's SMs. No rule, no GPU (sm_count None): cfg."""
     # the bucket first: the device query is only made where the rule can apply
     if not rule or tokens_per_expert(num_assignments, num_experts) > rule["max_tokens_per_expert"]:
         return cfg
@@ -285,15 +276,11 @@ def fill_grid(
     blocks = padded_capacity(num_assignments, num_experts, cfg.BLOCK_M) // cfg.BLOCK_M
     want = rule["programs_per_sm"] * sm_count
 
-    want_warps = rule["warps_per_sm"] * sm_count
-
     def narrow(t: GemmTile, N: int) -> GemmTile:
-        bn, warps = t.BLOCK_N, t.num_warps
+        bn = t.BLOCK_N
         while blocks * -(-N // bn) < want and bn // 2 >= rule["min_block_n"]:
             bn //= 2
-        while blocks * -(-N // bn) * warps < want_warps and warps * 2 <= rule["max_warps"]:
-            warps *= 2
-        return replace(t, BLOCK_N=bn, num_warps=warps)
+        return replace(t, BLOCK_N=bn)
 
     return replace(cfg, gate_up=narrow(cfg.gate_up, I), down=narrow(cfg.down, H))
 
