@@ -8,8 +8,9 @@
              of the dtype class's table: fp32 | 16bit | fp8 (fp8 x fp8 GEMMs; a backend without an fp8
              table uses its 16bit rows, whose 2-byte buffers hold the 1-byte fp8 tiles)
       BLOCK_N, BLOCK_K shrink to next_pow2(N), next_pow2(K) (>= 16) so tiny layers waste no tile
-      fill   a table's optional "fill" rule (fill_grid): at m <= its bucket, BLOCK_N halves while a GEMM's
-             grid would leave the device's SMs under-filled (decode sizes of wide-E models)
+      fill   a table's optional "fill" rule (fill_grid): at m <= its bucket (null: any m), BLOCK_N halves
+             while a GEMM's grid would leave the device's SMs under-filled (decode sizes of wide-E models,
+             the shared expert's one-expert GEMMs)
 
 Tests and the harness force a config with `fused_moe(..., config=cfg)` or `with forced(cfg): ...`.
 `all_configs()` lists every table entry (the AOT engineer compiles each for the targets that read its table);
@@ -186,7 +187,8 @@ def all_configs() -> list[tuple[str, str, str, TileConfig]]:
                 cfg = _row_config(row)
                 out.append((b, dc, f"m<={limit}" if limit is not None else "m>any", cfg))
                 fill = table.get("fill")
-                if fill and limit is not None and limit <= fill["max_tokens_per_expert"]:
+                reach = None if not fill else fill["max_tokens_per_expert"]
+                if fill and (reach is None or (limit is not None and limit <= reach)):
                     # the narrowest tiles fill_grid can reach from this row
                     narrow = {"BLOCK_N": fill["min_block_n"]}
                     cfg = replace(
@@ -264,11 +266,17 @@ def fill_grid(
 ) -> TileConfig:
     """A table's "fill" rule: at decode sizes a GEMM's grid can hold fewer programs than the device has SMs
     (gpt-oss-120b at T = 1: 4 tiles of 16 slots x 45 column tiles = 180 programs for 132 SMs, a second wave a
-    third full). Where m <= rule["max_tokens_per_expert"], each GEMM's BLOCK_N halves, down to
-    rule["min_block_n"], while its grid (the launch's tile count: padded_capacity / BLOCK_M tiles x column
-    tiles) stays under rule["programs_per_sm"] x the device's SMs. No rule, no GPU (sm_count None): cfg."""
-    # the bucket first: the device query is only made where the rule can apply
-    if not rule or tokens_per_expert(num_assignments, num_experts) > rule["max_tokens_per_expert"]:
+    third full). Where m <= rule["max_tokens_per_expert"] (null: at every m), each GEMM's BLOCK_N halves, down
+    to rule["min_block_n"], while its grid (the launch's tile count: padded_capacity / BLOCK_M tiles x column
+    tiles) stays under rule["programs_per_sm"] x the device's SMs. The sm90 rule has no bucket: past decode
+    sizes only the shared expert's one-expert GEMMs are that small (DeepSeek-V3's GEMM1 is 16 programs at
+    T = 16 to 512 under the fp8 and 16-bit rows; Qwen2-57B's bf16 T = 128 forward gained x1.13 from filling
+    it on the H200, session 10); routed grids are full there. No rule, no GPU (sm_count None): cfg."""
+    # the bucket first: the device query is only made where the rule can apply (null: every bucket)
+    if not rule:
+        return cfg
+    reach = rule["max_tokens_per_expert"]
+    if reach is not None and tokens_per_expert(num_assignments, num_experts) > reach:
         return cfg
     sm_count = sm_count if sm_count is not None else _sm_count()
     if sm_count is None:

@@ -235,7 +235,7 @@ def test_dense_meta_holds_every_token_in_order(T, block_m):
 
     meta = dense_meta(T, block_m, torch.device(DEVICE))
     P = padded_capacity(T, 1, block_m)
-    assert P == -(-T // block_m) * block_m, "one expert's tiles are exact"
+    assert -(-T // block_m) * block_m == P, "one expert's tiles are exact"
     ids = meta.sorted_ids.cpu()
     assert ids.numel() == P and torch.equal(ids[:T], torch.arange(T, dtype=torch.int32))
     assert bool((ids[T:] >= T).all()), "pad slots must hold ids >= T (the kernels mask them)"

@@ -147,7 +147,8 @@ def test_the_fill_rule_narrows_block_n_only_where_the_grid_leaves_sms_idle(monke
     """config.fill_grid (the sm90 table's "fill"): gpt-oss-120b at T = 1 has 4 tiles of 16 slots x 45 column
     tiles = 180 programs per GEMM, under 1.5 per SM of a 132-SM H200 (198), so both GEMMs go to BLOCK_N 32;
     DeepSeek-V3's gate_up at T = 1 (8 tiles x 32 = 256 programs) stays; T = 2 (8 tiles, 360 programs), a
-    bucket past the rule's, a device with few SMs' worth of work already, and no GPU keep the row."""
+    device with few SMs' worth of work already, and no GPU keep the row. The rule has no bucket: a shared
+    expert (one expert, T rows) fills at T = 16 and 512, not at 8192."""
     rule = cfgmod.load_table("cuda-sm90")["fill"]
     row = cfgmod.TileConfig.from_dict(
         {"BLOCK_M": 16, "gate_up": {"BLOCK_N": 64, "BLOCK_K": 128}, "down": {"BLOCK_N": 64, "BLOCK_K": 128}}
@@ -164,7 +165,15 @@ def test_the_fill_rule_narrows_block_n_only_where_the_grid_leaves_sms_idle(monke
     ds = cfgmod.fill_grid(row, rule, 8, 256, 7168, 2048, sm_count=132)  # DeepSeek-V3 routed, T = 1
     assert (ds.gate_up.BLOCK_N, ds.down.BLOCK_N) == (64, 64)
     assert fill(1, sms=1000) == (32, 32)  # never below min_block_n
-    assert fill(512) == (64, 64)  # m = 16 > the rule's bucket
+    assert fill(512) == (64, 64)  # 248 tiles x 45: full
+    with monkeypatch.context() as mp:  # DeepSeek-V3's shared expert in bf16: rows of m <= 16 and m > 64
+        mp.setattr(cfgmod, "_sm_count", lambda: 132)
+        pick = dict(dtype=torch.bfloat16, top_k=1, num_experts=1, hidden_size=7168, intermediate_size=2048)
+        shared = [cfgmod.choose(num_tokens=T, backend_name="cuda-sm90", **pick) for T in (16, 512, 8192)]
+    assert [(f.gate_up.BLOCK_N, f.down.BLOCK_N) for f in shared] == [(32, 32), (32, 128), (128, 256)]
+    with monkeypatch.context() as mp:  # a rule with a bucket keeps larger m as written
+        mp.setitem(rule, "max_tokens_per_expert", 8)
+        assert cfgmod.fill_grid(row, rule, 16, 1, 7168, 2048, sm_count=132) == row
     with monkeypatch.context() as mp:  # no GPU: nothing to fill
         mp.setattr(cfgmod, "_sm_count", lambda: None)
         assert fill(1, sms=None) == (64, 64)
