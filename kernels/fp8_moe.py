@@ -37,6 +37,7 @@ from moe_cts.kernels.fp8_gemm import (
 )
 from moe_cts.kernels.grouped_gemm import align_all, check_ids, dense_meta
 from moe_cts.kernels.metadata import AlignMeta, Routing
+from moe_cts.kernels.streams import SideBranch
 from moe_cts.reference.errors import NotSupportedError
 from moe_cts.reference.qweights import QuantizedMoEWeights
 from moe_cts.reference.spec import MoESpec, SpecError
@@ -160,15 +161,18 @@ def fused_moe_fp8(
     qw = qweights
     meta = align(spec, routing.topk_ids, cfg.BLOCK_M)
     xq, sx = quantize_rows(spec, x, qw.a13_scale)
+    shared, branch = None, SideBranch(x.device, enabled=bool(spec.shared_width))
+    if spec.shared_width:
+        scfg = fp8_config(spec, T, config, batch_invariant, shared=True)
+        with branch:  # beside the routed experts in a captured graph (kernels/streams.py)
+            shared = _shared(spec, qw, x, xq, sx, scfg)
     b13 = _bias(qw.base.b13, x.device)
     aq, sa = _gemm1(spec, qw.w13, b13, xq, sx, meta, cfg.gate_up, T * k, I, x.device, qw.a2_scale)
     ws = torch.empty((T * k, H), dtype=x.dtype, device=x.device)
     route_w = routing.topk_weights.reshape(T * k).to(F32)
     launch_fp8_down(spec, aq, sa, weight_operands(qw.w2, x.device), _bias(qw.base.b2, x.device), ws, meta,
                     cfg.down, route_weights=route_w)  # fmt: skip
-    shared = None
-    if spec.shared_width:
-        shared = _shared(spec, qw, x, xq, sx, fp8_config(spec, T, config, batch_invariant, shared=True))
+    branch.join()
     y = out if out is not None else torch.empty((T, H), dtype=x.dtype, device=x.device)
     launch_combine(ws.view(T, k, H), meta.inverse, y, shared_out=shared)
     return y

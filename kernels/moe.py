@@ -30,6 +30,7 @@ from moe_cts.kernels.grouped_gemm import (
     stage_config,
 )
 from moe_cts.kernels.metadata import AlignMeta, Routing
+from moe_cts.kernels.streams import SideBranch
 from moe_cts.reference.errors import NotSupportedError
 from moe_cts.reference.spec import MoESpec, MoEWeights, SpecError
 
@@ -105,6 +106,11 @@ def fused_moe(
     cfgmod.record(cfg)
 
     r = routing if routing is not None else _route(spec, weights, x)
+    shared, branch = None, SideBranch(x.device, enabled=bool(spec.shared_width))
+    if spec.shared_width:
+        scfg = shared_config(spec, x.dtype, T, config, batch_invariant)
+        with branch:  # beside the routed experts in a captured graph (kernels/streams.py)
+            shared = shared_forward(spec, weights, x, scfg, allow_tf32=allow_tf32)
     meta = _align(spec, r.topk_ids, cfg.BLOCK_M)
     act = torch.empty((T * k, I), dtype=x.dtype, device=x.device)
     launch_gate_up(
@@ -118,11 +124,7 @@ def fused_moe(
     launch_down(
         act, weights.w2, weights.b2, ws, meta, tile=cfg.down, route_weights=route_w, allow_tf32=allow_tf32
     )
-
-    shared = None
-    if spec.shared_width:
-        scfg = shared_config(spec, x.dtype, T, config, batch_invariant)
-        shared = shared_forward(spec, weights, x, scfg, allow_tf32=allow_tf32)
+    branch.join()
     y = out if out is not None else torch.empty((T, H), dtype=x.dtype, device=x.device)
     launch_combine(ws.view(T, k, H), meta.inverse, y, shared_out=shared)
     return y

@@ -40,6 +40,7 @@ from moe_cts.kernels.mxfp4_gemm import (
     launch_mx_down,
     launch_mx_gate_up,
 )
+from moe_cts.kernels.streams import SideBranch
 from moe_cts.reference.qweights import QuantizedMoEWeights, QuantTensor
 from moe_cts.reference.spec import MoESpec, MoEWeights, SpecError
 
@@ -133,6 +134,10 @@ def fused_moe_mxfp4(
         routing = route(spec, router_weights(qw.base, x), x)
     from moe_cts.kernels.align import align
 
+    shared, branch = None, SideBranch(x.device, enabled=bool(spec.shared_width))
+    if spec.shared_width:
+        with branch:  # beside the routed experts in a captured graph (kernels/streams.py)
+            shared = shared_forward_mxfp4(spec, qw, x, cfg)
     meta = align(spec, routing.topk_ids, cfg.BLOCK_M)
     b13, b2 = _biases(spec, qw.base)
     act = torch.empty((T * k, I), dtype=x.dtype, device=x.device)
@@ -141,7 +146,7 @@ def fused_moe_mxfp4(
     ws = torch.empty((T * k, H), dtype=x.dtype, device=x.device)
     route_w = routing.topk_weights.reshape(T * k).to(torch.float32)
     launch_mx_down(act, qw.w2, b2, ws, meta, cfg, route_weights=route_w)
-    shared = shared_forward_mxfp4(spec, qw, x, cfg) if spec.shared_width else None
+    branch.join()
     y = out if out is not None else torch.empty((T, H), dtype=x.dtype, device=x.device)
     launch_combine(ws.view(T, k, H), meta.inverse, y, shared_out=shared)
     return y

@@ -13,6 +13,8 @@ fill      the sm90 table's fill rule at T = 1 (bf16, five presets) and MXFP4 T =
 fp8dec    block fp8 at T = 1 / 16 / 128 with gate_up BLOCK_N 128 (act quantized in GEMM1's epilogue)
 bf16      the 16-bit forward at the mid-size points under the table row and BLOCK_M 128 candidates
           (sm90-only 4-stage tiles included: recorded as such, not for the shared cuda table)
+side10    the shared expert on a side branch of the captured graph against the serial order (DeepSeek-V3
+          block fp8 / bf16, Qwen2-57B bf16, T = 1 / 16 / 128), outputs compared bitwise
 fill10    the fill rule's warps and the rule past its bucket (shared experts), block fp8 / bf16 DeepSeek-V3
           and bf16 Qwen2-57B at T = 1 .. 512
 ab8       the block fp8 half of ab (T = 1 / 16 / 128 / 512 / 4096), with each kernel of one T = 1 forward
@@ -637,6 +639,47 @@ def part_fill10(timer) -> None:
                       "ms": ms, "vs_table": table_ms / ms})  # fmt: skip
 
 
+def part_side10(timer) -> None:
+    """The shared expert on a side branch of the captured graph against the serial order (streams.ENABLED
+    off): graph replays of block fp8 and bf16 DeepSeek-V3 and bf16 Qwen2-57B at T = 1 / 16 / 128, outputs of
+    both graphs compared bitwise."""
+    from moe_cts.kernels import streams
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def point(kind, name, T, sp, w, x, r) -> None:
+        fwd = lambda: fused_moe(sp, w, x, routing=r)  # noqa: E731
+        outs, ms = {}, {}
+        for on in (True, False):
+            streams.ENABLED = on
+            try:
+                g, outs[on] = capture_graph(fwd)
+                g.replay()
+                ms[on] = timer(g.replay)["ms"]
+            finally:
+                streams.ENABLED = True
+        emit({"part": "side10", "kind": kind, "preset": name, "T": T, "cfg": "side branch", "ms": ms[True],
+              "serial_ms": ms[False], "vs_table": ms[False] / ms[True],
+              "bitwise_equal": bool(torch.equal(outs[True].view(torch.int16), outs[False].view(torch.int16)))})  # fmt: skip
+
+    spec = presets.get("deepseek-v3")
+    qspec = spec.replace(quant=QuantScheme.fp8_block())
+    base = _base(spec, torch.bfloat16, "cuda", gen)
+    qw = quantized(qspec, base, gen)
+    for T in (1, 16, 128):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+        point("fp8", "deepseek-v3", T, qspec, qw, x, r)
+        point("bf16", "deepseek-v3", T, spec, base, x, r)
+    base = qw = None
+    torch.cuda.empty_cache()
+    spec = presets.get("qwen2-57b-a14b")
+    base = _base(spec, torch.bfloat16, "cuda", gen)
+    for T in (1, 16, 128):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        point("bf16", "qwen2-57b-a14b", T, spec, base, x, routing(spec, T, "cuda", gen))
+
+
 def main() -> int:
     global LOG
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -651,7 +694,8 @@ def main() -> int:
              "ab": lambda t: part_ab(t, a.baseline), "decode": part_decode, "sweep90": part_sweep90,
              "bf16dec": part_bf16dec, "router": part_router,
              "fp8dec": part_fp8dec, "fill": part_fill, "dec10": part_dec10,
-             "ab8": lambda t: part_ab8(t, a.baseline), "fill10": part_fill10}  # fmt: skip
+             "ab8": lambda t: part_ab8(t, a.baseline), "fill10": part_fill10,
+             "side10": part_side10}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -675,7 +719,7 @@ def main() -> int:
             top = ", ".join(f"{k[:28]} {v:.1f}" for k, v in list(r.get("kernels", {}).items())[:6])
             extra = {k: round(v, 4) for k, v in r.items() if k.endswith("_ms")}
             print(f"profile {r.get('what')} {r.get('preset')} T={r.get('T')} {extra} | {top}")
-        elif r.get("part") in ("dec10", "fill10"):
+        elif r.get("part") in ("dec10", "fill10", "side10"):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
             print(f"{r['part']} {r['kind']} {r['preset']} T={r['T']} {r.get('ms', float('nan')):.4f} ms "

@@ -9,6 +9,8 @@
 #       kernels before the scale prefetch), then quant_bench (QB_ARGS, default fp8 only)
 #   e   perf_probe.py --parts fill10 (the fill rule's warps, the rule past its bucket), then quant_bench (QB_ARGS,
 #       default fp8 only)
+#   f   GPU pytest (streams, capabilities, fp8, grouped GEMM), perf_probe.py --parts side10, then quant_bench
+#       (QB_ARGS, default fp8 only)
 #   c   vLLM's Triton path side by side (.peer/bench.py; carry .peer), then quant_bench (QB_ARGS)
 set -u
 MODE=${1:-a}
@@ -34,6 +36,12 @@ d)
   ;;
 e)
   probe "$OUT" "${PROBE_PARTS:-fill10}" "${PROBE_S:-300}"
+  QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} quant_bench "$OUT"
+  ;;
+f)
+  gpu_pytest "$OUT" "${TEST_TIMEOUT:-150}" tests/kernels/test_streams.py tests/kernels/test_capabilities.py \
+    tests/kernels/test_fp8_moe.py tests/kernels/test_grouped_gemm.py
+  probe "$OUT" "${PROBE_PARTS:-side10}" "${PROBE_S:-200}"
   QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} quant_bench "$OUT"
   ;;
 c)
