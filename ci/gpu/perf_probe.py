@@ -648,7 +648,7 @@ def part_side10(timer) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
 
     def point(kind, name, T, sp, w, x, r) -> None:
-        fwd = lambda: fused_moe(sp, w, x, routing=r)  # noqa: E731
+        fwd = lambda: fused_moe(sp, w, x, routing=r)
         outs, ms = {}, {}
         for on in (True, False):
             streams.ENABLED = on
