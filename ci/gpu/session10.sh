@@ -3,8 +3,8 @@
 #   a   GPU pytest of the alignment and combine kernels (dense_meta views, the unrolled combine), then
 #       perf_probe.py --parts dec10 (decode launches, the old dense_meta, the fill rule to BLOCK_N 16, fp8
 #       decode tiles), then quant_bench (QB_ARGS, default fp8 only) in the rest of the slot
-#   b   GPU pytest of the fp8 / MXFP4 / grouped GEMM kernels, `moe-cts certify --profile quick`, then
-#       quant_bench (QB_ARGS)
+#   b   GPU pytest of the fp8 / MXFP4 / grouped GEMM / stream / alignment / combine kernels, `moe-cts certify
+#       --profile quick`, then quant_bench (QB_ARGS)
 #   d   perf_probe.py --parts ab8 (carry .probe_old: old_fp8_gemm_kernels.py / old_grouped_gemm_kernels.py, the
 #       kernels before the scale prefetch), then quant_bench (QB_ARGS, default fp8 only)
 #   e   perf_probe.py --parts fill10 (the fill rule's warps, the rule past its bucket), then quant_bench (QB_ARGS,
@@ -25,7 +25,8 @@ a)
   ;;
 b)
   gpu_pytest "$OUT" "${TEST_TIMEOUT:-150}" tests/kernels/test_fp8_moe.py tests/kernels/test_grouped_gemm.py \
-    tests/kernels/test_mxfp4_decode.py
+    tests/kernels/test_mxfp4_decode.py tests/kernels/test_streams.py tests/kernels/test_align.py \
+    tests/kernels/test_combine.py
   certify_quick "$OUT" "${CERT_JOBS:-10}" "${CERT_TIMEOUT:-200}"
   certify_summary "$OUT"
   quant_bench "$OUT"
