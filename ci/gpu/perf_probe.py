@@ -13,6 +13,7 @@ fill      the sm90 table's fill rule at T = 1 (bf16, five presets) and MXFP4 T =
 fp8dec    block fp8 at T = 1 / 16 / 128 with gate_up BLOCK_N 128 (act quantized in GEMM1's epilogue)
 bf16      the 16-bit forward at the mid-size points under the table row and BLOCK_M 128 candidates
           (sm90-only 4-stage tiles included: recorded as such, not for the shared cuda table)
+stages16  the 16-bit decode row at 2 and 3 pipeline stages against its 4 (five peer presets, T = 1 / 16)
 side10    the shared expert on a side branch of the captured graph against the serial order (DeepSeek-V3
           block fp8 / bf16, Qwen2-57B bf16, T = 1 / 16 / 128), outputs compared bitwise
 fill10    the fill rule's warps and the rule past its bucket (shared experts), block fp8 / bf16 DeepSeek-V3
@@ -680,6 +681,57 @@ def part_side10(timer) -> None:
         point("bf16", "qwen2-57b-a14b", T, spec, base, x, routing(spec, T, "cuda", gen))
 
 
+@contextlib.contextmanager
+def _decode_row(dc: str, **gemm_keys):
+    """The sm90 table's first `dc` row (m <= 8) with gemm_keys set in both GEMM tiles inside the block; the
+    fill rule still applies (the cached table dict, restored after)."""
+    from moe_cts.kernels import config as cfgmod
+
+    row = cfgmod.load_table("cuda-sm90")["tables"][dc][0]
+    old = {g: dict(row[g]) for g in ("gate_up", "down")}
+    for g in old:
+        row[g].update(gemm_keys)
+    try:
+        yield
+    finally:
+        for g, v in old.items():
+            row[g].clear()
+            row[g].update(v)
+
+
+STAGES16 = {"table": {}, "2 stages": {"num_stages": 2}, "3 stages": {"num_stages": 3}}
+
+
+def part_stages16(timer) -> None:
+    """The 16-bit decode row's pipeline depth (session 10): at BLOCK_N 64 its 4 stages hold 144 KiB of shared
+    memory in GEMM1 (one program per SM), where vLLM's tuned Qwen2 row runs 2. Graph replays, ids given, the
+    five peer presets (routed) at T = 1 and 16 and DeepSeek-V3 with its shared expert at T = 1, under each
+    STAGES16 variant of the row (the fill rule applied on top)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    points = [(name, routed(name), (1, 16)) for name in PEER_PRESETS]
+    points.append(("deepseek-v3 full", presets.get("deepseek-v3"), (1,)))
+    for name, spec, Ts in points:
+        base = _base(spec, torch.bfloat16, "cuda", gen)
+        for T in Ts:
+            x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+            r = routing(spec, T, "cuda", gen)
+            fwd = lambda spec=spec, base=base, x=x, r=r: fused_moe(spec, base, x, routing=r)
+            table_ms = None
+            for label, keys in STAGES16.items():
+                with _decode_row("16bit", **keys):
+                    rec = {"part": "stages16", "kind": "bf16", "preset": name, "T": T, "cfg": label}
+                    try:
+                        rec["ms"] = replay_ms(timer, fwd)
+                        rec["config"] = last_config().to_dict()
+                        table_ms = table_ms or rec["ms"]
+                        rec["vs_table"] = table_ms / rec["ms"]
+                    except Exception as e:
+                        rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                    emit(rec)
+        base = None
+        torch.cuda.empty_cache()
+
+
 def main() -> int:
     global LOG
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -695,7 +747,7 @@ def main() -> int:
              "bf16dec": part_bf16dec, "router": part_router,
              "fp8dec": part_fp8dec, "fill": part_fill, "dec10": part_dec10,
              "ab8": lambda t: part_ab8(t, a.baseline), "fill10": part_fill10,
-             "side10": part_side10}  # fmt: skip
+             "side10": part_side10, "stages16": part_stages16}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -719,7 +771,7 @@ def main() -> int:
             top = ", ".join(f"{k[:28]} {v:.1f}" for k, v in list(r.get("kernels", {}).items())[:6])
             extra = {k: round(v, 4) for k, v in r.items() if k.endswith("_ms")}
             print(f"profile {r.get('what')} {r.get('preset')} T={r.get('T')} {extra} | {top}")
-        elif r.get("part") in ("dec10", "fill10", "side10"):
+        elif r.get("part") in ("dec10", "fill10", "side10", "stages16"):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
             print(f"{r['part']} {r['kind']} {r['preset']} T={r['T']} {r.get('ms', float('nan')):.4f} ms "
