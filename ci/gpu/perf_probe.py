@@ -13,6 +13,8 @@ fill      the sm90 table's fill rule at T = 1 (bf16, five presets) and MXFP4 T =
 fp8dec    block fp8 at T = 1 / 16 / 128 with gate_up BLOCK_N 128 (act quantized in GEMM1's epilogue)
 bf16      the 16-bit forward at the mid-size points under the table row and BLOCK_M 128 candidates
           (sm90-only 4-stage tiles included: recorded as such, not for the shared cuda table)
+stages8   the fp8 decode row at 5 / 4 / 3 stages against its 6 (DeepSeek-V3 with its shared expert, T = 1 / 16 /
+          128), the bf16 row at 3 stages in the same run
 stages16  the 16-bit decode row at 2 and 3 pipeline stages against its 4 (five peer presets, T = 1 / 16)
 side10    the shared expert on a side branch of the captured graph against the serial order (DeepSeek-V3
           block fp8 / bf16, Qwen2-57B bf16, T = 1 / 16 / 128), outputs compared bitwise
@@ -732,6 +734,37 @@ def part_stages16(timer) -> None:
         torch.cuda.empty_cache()
 
 
+STAGES8 = {
+    "table": {},
+    "5 stages": {"num_stages": 5},
+    "4 stages": {"num_stages": 4},
+    "3 stages": {"num_stages": 3},
+}
+
+
+def part_stages8(timer) -> None:
+    """The fp8 decode row's pipeline depth (6 stages: three 60 KiB programs per SM leave no room for a shared
+    expert program beside them): block fp8 DeepSeek-V3 with its shared expert at T = 1 / 16 / 128 under each
+    STAGES8 variant, and the bf16 forward under the 16-bit row at 4 and 3 stages in the same run."""
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
+    for T in (1, 16, 128):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+        for kind, sp, w, dc, variants in (
+            ("fp8", qspec, qw, "fp8", STAGES8),
+            ("bf16", spec, base, "16bit", {"table": {}, "3 stages": {"num_stages": 3}}),
+        ):
+            fwd = lambda sp=sp, w=w, x=x, r=r: fused_moe(sp, w, x, routing=r)
+            table_ms = None
+            for label, keys in variants.items():
+                with _decode_row(dc, **keys):
+                    rec = {"part": "stages8", "kind": kind, "preset": "deepseek-v3", "T": T, "cfg": label}
+                    rec["ms"] = replay_ms(timer, fwd)
+                    table_ms = table_ms or rec["ms"]
+                    rec["vs_table"] = table_ms / rec["ms"]
+                    emit(rec)
+
+
 def main() -> int:
     global LOG
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -747,7 +780,8 @@ def main() -> int:
              "bf16dec": part_bf16dec, "router": part_router,
              "fp8dec": part_fp8dec, "fill": part_fill, "dec10": part_dec10,
              "ab8": lambda t: part_ab8(t, a.baseline), "fill10": part_fill10,
-             "side10": part_side10, "stages16": part_stages16}  # fmt: skip
+             "side10": part_side10, "stages16": part_stages16,
+             "stages8": part_stages8}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -771,7 +805,7 @@ def main() -> int:
             top = ", ".join(f"{k[:28]} {v:.1f}" for k, v in list(r.get("kernels", {}).items())[:6])
             extra = {k: round(v, 4) for k, v in r.items() if k.endswith("_ms")}
             print(f"profile {r.get('what')} {r.get('preset')} T={r.get('T')} {extra} | {top}")
-        elif r.get("part") in ("dec10", "fill10", "side10", "stages16"):
+        elif r.get("part") in ("dec10", "fill10", "side10", "stages16", "stages8"):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
             print(f"{r['part']} {r['kind']} {r['preset']} T={r['T']} {r.get('ms', float('nan')):.4f} ms "
