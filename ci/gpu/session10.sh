@@ -11,6 +11,8 @@
 #       default fp8 only)
 #   f   GPU pytest (streams, capabilities, fp8, grouped GEMM), perf_probe.py --parts side10, then quant_bench
 #       (QB_ARGS, default fp8 only)
+#   g   quant_bench (QB_ARGS, default fp8 only, no T = 50,000), vLLM's Triton path side by side (carry .peer),
+#       then `moe-cts certify --profile quick` in the rest of the slot
 #   c   vLLM's Triton path side by side (.peer/bench.py; carry .peer), then quant_bench (QB_ARGS)
 set -u
 MODE=${1:-a}
@@ -44,6 +46,13 @@ f)
     tests/kernels/test_fp8_moe.py tests/kernels/test_grouped_gemm.py
   probe "$OUT" "${PROBE_PARTS:-side10}" "${PROBE_S:-200}"
   QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} quant_bench "$OUT"
+  ;;
+g)
+  QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} SLOT=200 quant_bench "$OUT"
+  peer_bench "$OUT" "${PEER_S:-150}"
+  grep -E "=>|geomean" "$OUT/peer.log" | tail -44
+  certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left ${SLOT:-500})"
+  certify_summary "$OUT"
   ;;
 c)
   peer_bench "$OUT" "${PEER_S:-300}"
