@@ -530,11 +530,7 @@ def _old_dense_meta():
 
 
 def part_dec10(timer) -> None:
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    spec = presets.get("deepseek-v3")
-    qspec = spec.replace(quant=QuantScheme.fp8_block())
-    base = _base(spec, torch.bfloat16, "cuda", gen)
-    qw = quantized(qspec, base, gen)
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
     fp8_cands = [
         c(16, tile(32, 128, 2, 8, 1), tile(32, 128, 2, 8, 1)),
         c(16, tile(32, 128, 1, 6, 1), tile(32, 128, 1, 6, 1)),
@@ -593,6 +589,25 @@ def part_dec10(timer) -> None:
               "ms": replay_ms(timer, fwd), "launches": _launches(fwd)})  # fmt: skip
 
 
+def _variants(timer, rec: dict, fwd, variants: dict, ctx, launches=()) -> None:
+    """One record per variant: fwd's graph-replay ms under `ctx(**keys)`, vs_table = the first variant's ms over
+    this one's; kernel records for the labels in `launches`. A variant that fails is recorded, the rest run."""
+    table_ms = None
+    for label, keys in variants.items():
+        with ctx(**keys):
+            r = {**rec, "cfg": label}
+            try:
+                r["ms"] = replay_ms(timer, fwd)
+                r["config"] = last_config().to_dict()
+                table_ms = table_ms or r["ms"]
+                r["vs_table"] = table_ms / r["ms"]
+                if label in launches:
+                    r["launches"] = _launches(fwd)
+            except Exception as e:
+                r["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            emit(r)
+
+
 FILL10 = {
     "table": {},
     "no warps": {"max_warps": 0},
@@ -605,26 +620,15 @@ def part_fill10(timer) -> None:
     """The fill rule's warps (session 10) and the rule past its bucket (the shared expert's one-expert GEMMs at
     T = 16 .. 512): graph replays of block fp8 and bf16 DeepSeek-V3 with its shared expert, and bf16
     Qwen2-57B (shared width 20480), under each FILL10 variant; kernel records at T = 1."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    spec = presets.get("deepseek-v3")
-    qspec = spec.replace(quant=QuantScheme.fp8_block())
-    base = _base(spec, torch.bfloat16, "cuda", gen)
-    qw = quantized(qspec, base, gen)
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
     for T in (1, 16, 128, 512):
         x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
         r = routing(spec, T, "cuda", gen)
         for kind, sp, w in (("fp8", qspec, qw), ("bf16", spec, base)):
             fwd = lambda sp=sp, w=w, x=x, r=r: fused_moe(sp, w, x, routing=r)
-            table_ms = None
-            for label, keys in FILL10.items():
-                with _fill_rule(**keys):
-                    rec = {"part": "fill10", "kind": kind, "preset": "deepseek-v3", "T": T, "cfg": label}
-                    rec["ms"] = replay_ms(timer, fwd)
-                    table_ms = table_ms or rec["ms"]
-                    rec["vs_table"] = table_ms / rec["ms"]
-                    if T == 1 and kind == "fp8" and label in ("table", "no warps"):
-                        rec["launches"] = _launches(fwd)
-                    emit(rec)
+            rec = {"part": "fill10", "kind": kind, "preset": "deepseek-v3", "T": T}
+            launches = ("table", "no warps") if T == 1 and kind == "fp8" else ()
+            _variants(timer, rec, fwd, FILL10, _fill_rule, launches)
     base = qw = None
     torch.cuda.empty_cache()
     spec = presets.get("qwen2-57b-a14b")
@@ -633,13 +637,8 @@ def part_fill10(timer) -> None:
         x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
         r = routing(spec, T, "cuda", gen)
         fwd = lambda x=x, r=r: fused_moe(spec, base, x, routing=r)
-        table_ms = None
-        for label, keys in FILL10.items():
-            with _fill_rule(**keys):
-                ms = replay_ms(timer, fwd)
-                table_ms = table_ms or ms
-                emit({"part": "fill10", "kind": "bf16", "preset": "qwen2-57b-a14b", "T": T, "cfg": label,
-                      "ms": ms, "vs_table": table_ms / ms})  # fmt: skip
+        rec = {"part": "fill10", "kind": "bf16", "preset": "qwen2-57b-a14b", "T": T}
+        _variants(timer, rec, fwd, FILL10, _fill_rule)
 
 
 def part_side10(timer) -> None:
@@ -647,8 +646,6 @@ def part_side10(timer) -> None:
     off): graph replays of block fp8 and bf16 DeepSeek-V3 and bf16 Qwen2-57B at T = 1 / 16 / 128, outputs of
     both graphs compared bitwise."""
     from moe_cts.kernels import streams
-
-    gen = torch.Generator(device="cuda").manual_seed(0)
 
     def point(kind, name, T, sp, w, x, r) -> None:
         fwd = lambda: fused_moe(sp, w, x, routing=r)
@@ -665,10 +662,7 @@ def part_side10(timer) -> None:
               "serial_ms": ms[False], "vs_table": ms[False] / ms[True],
               "bitwise_equal": bool(torch.equal(outs[True].view(torch.int16), outs[False].view(torch.int16)))})  # fmt: skip
 
-    spec = presets.get("deepseek-v3")
-    qspec = spec.replace(quant=QuantScheme.fp8_block())
-    base = _base(spec, torch.bfloat16, "cuda", gen)
-    qw = quantized(qspec, base, gen)
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
     for T in (1, 16, 128):
         x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
         r = routing(spec, T, "cuda", gen)
@@ -718,18 +712,8 @@ def part_stages16(timer) -> None:
             x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
             r = routing(spec, T, "cuda", gen)
             fwd = lambda spec=spec, base=base, x=x, r=r: fused_moe(spec, base, x, routing=r)
-            table_ms = None
-            for label, keys in STAGES16.items():
-                with _decode_row("16bit", **keys):
-                    rec = {"part": "stages16", "kind": "bf16", "preset": name, "T": T, "cfg": label}
-                    try:
-                        rec["ms"] = replay_ms(timer, fwd)
-                        rec["config"] = last_config().to_dict()
-                        table_ms = table_ms or rec["ms"]
-                        rec["vs_table"] = table_ms / rec["ms"]
-                    except Exception as e:
-                        rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-                    emit(rec)
+            rec = {"part": "stages16", "kind": "bf16", "preset": name, "T": T}
+            _variants(timer, rec, fwd, STAGES16, lambda **k: _decode_row("16bit", **k))
         base = None
         torch.cuda.empty_cache()
 
@@ -755,14 +739,8 @@ def part_stages8(timer) -> None:
             ("bf16", spec, base, "16bit", {"table": {}, "3 stages": {"num_stages": 3}}),
         ):
             fwd = lambda sp=sp, w=w, x=x, r=r: fused_moe(sp, w, x, routing=r)
-            table_ms = None
-            for label, keys in variants.items():
-                with _decode_row(dc, **keys):
-                    rec = {"part": "stages8", "kind": kind, "preset": "deepseek-v3", "T": T, "cfg": label}
-                    rec["ms"] = replay_ms(timer, fwd)
-                    table_ms = table_ms or rec["ms"]
-                    rec["vs_table"] = table_ms / rec["ms"]
-                    emit(rec)
+            rec = {"part": "stages8", "kind": kind, "preset": "deepseek-v3", "T": T}
+            _variants(timer, rec, fwd, variants, lambda dc=dc, **k: _decode_row(dc, **k))
 
 
 def main() -> int:
