@@ -746,7 +746,7 @@ def part_stages8(timer) -> None:
 
 def _warm_clocks(seconds: float = 1.0) -> None:
     """Busy the GPU before the first timed point: a device call starts at idle clocks (345 MHz on the H200) and
-    session 10's first points came out 4-7% slower than the same configs timed later in the run (dec10, ab8,
+    session 10's first points came out 5-7% slower than the same code timed later in the run (dec10, ab8,
     fill10: the table row measured first)."""
     a = torch.randn((4096, 4096), device="cuda", dtype=torch.bfloat16)
     end = time.perf_counter() + seconds
