@@ -187,8 +187,7 @@ def all_configs() -> list[tuple[str, str, str, TileConfig]]:
                 cfg = _row_config(row)
                 out.append((b, dc, f"m<={limit}" if limit is not None else "m>any", cfg))
                 fill = table.get("fill")
-                reach = None if not fill else fill["max_tokens_per_expert"]
-                if fill and (reach is None or (limit is not None and limit <= reach)):
+                if _fill_reaches(fill, limit):
                     # the narrowest tiles fill_grid can reach from this row
                     narrow = {"BLOCK_N": fill["min_block_n"]}
                     cfg = replace(
@@ -255,6 +254,15 @@ def tokens_per_expert(num_assignments: int, num_experts: int) -> int:
     return -(-num_assignments // max(num_experts, 1))
 
 
+def _fill_reaches(rule: Mapping[str, Any] | None, m: int | None) -> bool:
+    """Whether a fill rule applies at m tokens per expert (None: a row for any m, the table's last); the rule's
+    max_tokens_per_expert null means every m."""
+    if not rule:
+        return False
+    reach = rule["max_tokens_per_expert"]
+    return reach is None or (m is not None and m <= reach)
+
+
 def fill_grid(
     cfg: TileConfig,
     rule: Mapping[str, Any] | None,
@@ -272,11 +280,8 @@ def fill_grid(
     sizes only the shared expert's one-expert GEMMs are that small (DeepSeek-V3's GEMM1 is 16 programs at
     T = 16 to 512 under the fp8 and 16-bit rows; Qwen2-57B's bf16 T = 128 forward gained x1.13 from filling
     it on the H200, session 10); routed grids are full there. No rule, no GPU (sm_count None): cfg."""
-    # the bucket first: the device query is only made where the rule can apply (null: every bucket)
-    if not rule:
-        return cfg
-    reach = rule["max_tokens_per_expert"]
-    if reach is not None and tokens_per_expert(num_assignments, num_experts) > reach:
+    # the bucket first: the device query is only made where the rule can apply
+    if not _fill_reaches(rule, tokens_per_expert(num_assignments, num_experts)):
         return cfg
     sm_count = sm_count if sm_count is not None else _sm_count()
     if sm_count is None:

@@ -37,7 +37,7 @@ from moe_cts.kernels.fp8_gemm import (
 )
 from moe_cts.kernels.grouped_gemm import align_all, check_ids, dense_meta
 from moe_cts.kernels.metadata import AlignMeta, Routing
-from moe_cts.kernels.streams import SideBranch
+from moe_cts.kernels.streams import beside
 from moe_cts.reference.errors import NotSupportedError
 from moe_cts.reference.qweights import QuantizedMoEWeights
 from moe_cts.reference.spec import MoESpec, SpecError
@@ -161,11 +161,12 @@ def fused_moe_fp8(
     qw = qweights
     meta = align(spec, routing.topk_ids, cfg.BLOCK_M)
     xq, sx = quantize_rows(spec, x, qw.a13_scale)
-    shared, branch = None, SideBranch(x.device, enabled=bool(spec.shared_width))
+    work = None
     if spec.shared_width:
         scfg = fp8_config(spec, T, config, batch_invariant, shared=True)
-        with branch:  # beside the routed experts in a captured graph (kernels/streams.py)
-            shared = _shared(spec, qw, x, xq, sx, scfg)
+        work = lambda: _shared(spec, qw, x, xq, sx, scfg)
+    # the shared expert beside the routed experts in a captured graph (kernels/streams.py)
+    shared, branch = beside(x.device, work)
     b13 = _bias(qw.base.b13, x.device)
     aq, sa = _gemm1(spec, qw.w13, b13, xq, sx, meta, cfg.gate_up, T * k, I, x.device, qw.a2_scale)
     ws = torch.empty((T * k, H), dtype=x.dtype, device=x.device)

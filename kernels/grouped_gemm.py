@@ -243,6 +243,10 @@ def _dense_slots(P: int, device: torch.device) -> tuple[torch.Tensor, torch.Tens
     """(slots = arange(C + 1), zeros(C)) int32 on device with C >= P; None while a CUDA graph is being
     captured and the buffer must grow (a buffer filled inside a capture holds its values only after a
     replay, so it cannot serve the eager calls that follow)."""
+    if (
+        device.type == "cuda" and device.index is None
+    ):  # "cuda" and "cuda:N" of the current device: one buffer
+        device = torch.device("cuda", torch.cuda.current_device())
     key = (device.type, device.index)
     have = _DENSE_SLOTS.get(key)
     if have is not None and have[1].numel() >= P:

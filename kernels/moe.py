@@ -30,7 +30,7 @@ from moe_cts.kernels.grouped_gemm import (
     stage_config,
 )
 from moe_cts.kernels.metadata import AlignMeta, Routing
-from moe_cts.kernels.streams import SideBranch
+from moe_cts.kernels.streams import beside
 from moe_cts.reference.errors import NotSupportedError
 from moe_cts.reference.spec import MoESpec, MoEWeights, SpecError
 
@@ -106,11 +106,12 @@ def fused_moe(
     cfgmod.record(cfg)
 
     r = routing if routing is not None else _route(spec, weights, x)
-    shared, branch = None, SideBranch(x.device, enabled=bool(spec.shared_width))
+    work = None
     if spec.shared_width:
         scfg = shared_config(spec, x.dtype, T, config, batch_invariant)
-        with branch:  # beside the routed experts in a captured graph (kernels/streams.py)
-            shared = shared_forward(spec, weights, x, scfg, allow_tf32=allow_tf32)
+        work = lambda: shared_forward(spec, weights, x, scfg, allow_tf32=allow_tf32)
+    # the shared expert beside the routed experts in a captured graph (kernels/streams.py)
+    shared, branch = beside(x.device, work)
     meta = _align(spec, r.topk_ids, cfg.BLOCK_M)
     act = torch.empty((T * k, I), dtype=x.dtype, device=x.device)
     launch_gate_up(

@@ -40,7 +40,7 @@ from moe_cts.kernels.mxfp4_gemm import (
     launch_mx_down,
     launch_mx_gate_up,
 )
-from moe_cts.kernels.streams import SideBranch
+from moe_cts.kernels.streams import beside
 from moe_cts.reference.qweights import QuantizedMoEWeights, QuantTensor
 from moe_cts.reference.spec import MoESpec, MoEWeights, SpecError
 
@@ -134,10 +134,9 @@ def fused_moe_mxfp4(
         routing = route(spec, router_weights(qw.base, x), x)
     from moe_cts.kernels.align import align
 
-    shared, branch = None, SideBranch(x.device, enabled=bool(spec.shared_width))
-    if spec.shared_width:
-        with branch:  # beside the routed experts in a captured graph (kernels/streams.py)
-            shared = shared_forward_mxfp4(spec, qw, x, cfg)
+    work = (lambda: shared_forward_mxfp4(spec, qw, x, cfg)) if spec.shared_width else None
+    # the shared expert beside the routed experts in a captured graph (kernels/streams.py)
+    shared, branch = beside(x.device, work)
     meta = align(spec, routing.topk_ids, cfg.BLOCK_M)
     b13, b2 = _biases(spec, qw.base)
     act = torch.empty((T * k, I), dtype=x.dtype, device=x.device)

@@ -1,8 +1,7 @@
 """A side branch for work independent of the routed experts: the shared expert beside them.
 
-    branch = SideBranch(device, enabled)   # forks from the current stream while a CUDA graph is captured
-    with branch:
-        shared = ...                       # issued on the device's side stream (inline otherwise)
+    shared, branch = beside(device, work)  # work() on the side stream while a CUDA graph is captured
+                                           # (inline otherwise); work None: nothing, shared None
     ... routed experts on the current stream ...
     branch.join()                          # the current stream waits for the side stream
 
@@ -19,8 +18,12 @@ same inputs either way: the outputs are bitwise equal (tests/kernels/test_stream
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 #: The side branch is taken while capturing; perf probes switch it off to time the serial order.
 ENABLED = True
@@ -60,3 +63,12 @@ class SideBranch:
         """The current stream waits for the side work (a graph capture must end joined)."""
         if self.side is not None:
             self.main.wait_stream(self.side)
+
+
+def beside(device: torch.device, work: Callable[[], T] | None) -> tuple[T | None, SideBranch]:
+    """(work() issued on a side branch, the branch to join before its result is read); (None, a branch with
+    nothing to join) when work is None (a layer without a shared expert)."""
+    branch = SideBranch(device, enabled=work is not None)
+    with branch:
+        out = work() if work is not None else None
+    return out, branch
