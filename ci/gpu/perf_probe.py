@@ -75,20 +75,27 @@ def emit(rec: dict) -> None:
     print(json.dumps(rec)[:400], flush=True)
 
 
-def kernel_us(fn, iters: int = 20) -> dict[str, float]:
-    """Mean device microseconds per call of each kernel fn launches (eager; CUPTI records)."""
+def _device_us(e) -> float:
+    return getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0)
+
+
+def _kernel_events(fn, iters: int) -> list:
+    """The CUPTI kernel records of iters eager calls of fn (after one warm call), in launch order."""
     fn()
     torch.cuda.synchronize()
-    acts = [torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=acts) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
+    ev = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and _device_us(e)]
+    return sorted(ev, key=lambda e: e.time_range.start)
+
+
+def kernel_us(fn, iters: int = 20) -> dict[str, float]:
+    """Mean device microseconds per call of each kernel fn launches (eager; CUPTI records)."""
     out: dict[str, float] = defaultdict(float)
-    for e in prof.events():
-        t = getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0)
-        if e.device_type == torch.autograd.DeviceType.CUDA and t:
-            out[e.name[:60]] += t / iters
+    for e in _kernel_events(fn, iters):
+        out[e.name[:60]] += _device_us(e) / iters
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
@@ -481,23 +488,11 @@ def part_sweep90(timer) -> None:
 
 def _launches(fn, iters: int = 5) -> list[list]:
     """Each kernel of one call of fn, in launch order: [name, device us, us since the previous kernel's end]."""
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-
-    def dt(e):
-        return getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0)
-
-    ev = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and dt(e)]
-    ev.sort(key=lambda e: e.time_range.start)
-    ev = ev[-(len(ev) // iters) :]
+    ev = _kernel_events(fn, iters)
     out, end = [], None
-    for e in ev:
+    for e in ev[-(len(ev) // iters) :]:  # the last call's kernels
         gap = 0.0 if end is None else e.time_range.start - end
-        out.append([e.name[:40], round(dt(e), 2), round(gap, 2)])
+        out.append([e.name[:40], round(_device_us(e), 2), round(gap, 2)])
         end = e.time_range.end
     return out
 
