@@ -51,3 +51,17 @@ def require_tensor(
             raise SpecError(f"{name}.dtype", " or ".join(map(str, dtypes)), t.dtype)
     if device is not None and t.device != device:
         raise SpecError(f"{name}.device", str(device), str(t.device))
+
+
+@triton.jit
+def trans_tile(w):
+    """w.T of a (N, K) weight tile read through a tensor descriptor, as the (K, N) operand of a dot. On the
+    interpreter the transposed numpy view is copied into row-major order (flattened and reshaped): numpy sums
+    and multiplies a transposed view in another order, a few ulp apart, and the descriptor path must give the
+    pointer path's bits. On GPUs it is a view (the MMA reads the K-major tile from shared memory)."""
+    t = w.T
+    if INTERPRET:
+        K: tl.constexpr = t.shape[0]
+        N: tl.constexpr = t.shape[1]
+        t = tl.reshape(tl.reshape(t, (K * N,)), (K, N))
+    return t

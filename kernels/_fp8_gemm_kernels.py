@@ -38,10 +38,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moe_cts.kernels._common import INTERPRET
+from moe_cts.kernels._common import INTERPRET, trans_tile
 from moe_cts.kernels._fp8_quant_kernels import _act_scale, _decode_fp8, _round_fp8, _store_round
 from moe_cts.kernels._grouped_gemm_kernels import (
     _activate,
+    _gate_up_bias,
     _split_gate_up,
     _tile_coords,
     _tile_rows,
@@ -73,34 +74,26 @@ def _group_scales(sa_ptr, in_rows, stride_sa_t, stride_sa_g, row_ok, sw_base, w_
 
 
 @triton.jit
-def fp8_gate_up_kernel(
-    a_ptr, sa_ptr,  # (T, H) quantized x, (T, G1) scales
-    w_ptr, sw_ptr,  # (E, R, H) codes, (E, Rb, Hb) scales; R = 2I gated / I
-    b_ptr,  # (E, R) fp32 bias or any pointer
-    act_ptr,  # (T*k, I) out: activation (not QUANT_OUT) or its quantized values (QUANT_OUT)
-    sq_ptr,  # (T*k, G2) out: scales of the quantized activation (QUANT_OUT), or any pointer
-    sorted_ids_ptr, expert_of_block_ptr, num_padded_ptr,
-    num_assignments, top_k, I, H, num_m_blocks, BN_W, GROUP_K,
-    stride_a_t, stride_a_h, stride_sa_t, stride_sa_g,
-    stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k,
-    stride_b_e, stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g,
-    swiglu_alpha, swiglu_limit, amax_eps,
-    GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-    BLOCKWISE: tl.constexpr, QUANT_OUT: tl.constexpr, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr,
+def _desc_w(desc, e, row0, k0, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, MBITS: tl.constexpr,
+            EBITS: tl.constexpr, BIAS: tl.constexpr, NAN: tl.constexpr):  # fmt: skip
+    """The (BLOCK_K, ROWS) B operand of weight rows row0 .. row0 + ROWS of expert e at K offset k0, read through
+    a tensor descriptor (W_DESC; zeros out of bounds): fp8 as stored (GPU), uint8 codes decoded (interpreter)."""
+    w = desc.load([e, row0, k0]).reshape(ROWS, BLOCK_K)
+    if INTERPRET:
+        w = _decode_fp8(w, MBITS, EBITS, BIAS, NAN)
+    return trans_tile(w)
+
+
+@triton.jit
+def _fp8_gate_up_ptr_loop(
+    a_ptr, sa_ptr, w_ptr, sw_ptr, tok, row_ok, offs_k, expert, pid_n, I, H, BN_W, GROUP_K,
+    stride_a_t, stride_a_h, stride_sa_t, stride_sa_g, stride_w_e, stride_w_r, stride_w_h,
+    stride_sw_e, stride_sw_n, stride_sw_k, GATED: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCKWISE: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, G2: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """act[a] = activation(dequant(x_q[a // k] @ w13_q[e, gate].T) + b, dequant(... up ...) + b)."""
-    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
-        return
-    expert = tl.load(expert_of_block_ptr + pid_m)
-    if expert < 0:
-        return
-    ids, row_ok, tok, offs_n, _, offs_k = _tile_rows(
-        sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
-    )
+    """fp8_gate_up_kernel's K loop with pointer loads of the weight tiles, dequantized; returns the (gate, up)
+    fp32 accumulators."""
     # Gate rows then up rows as one (BLOCK_K, NB * BLOCK_N) B tile: one dot per K tile, as in gate_up_kernel
     # (_grouped_gemm_kernels.py says why); the scales are gathered per B column the same way.
     NB: tl.constexpr = 2 if GATED else 1
@@ -111,7 +104,6 @@ def fp8_gate_up_kernel(
         w_ptr + expert.to(tl.int64) * stride_w_e + rows[None, :] * stride_w_r + offs_k[:, None] * stride_w_h
     )
     sw_base = sw_ptr + expert.to(tl.int64) * stride_sw_e
-    sa_rows = sa_ptr + tok * stride_sa_t
 
     acc = tl.zeros((BLOCK_M, NB * BLOCK_N), dtype=tl.float32)
     if BLOCKWISE:  # group 0's scales; the loop fetches each next group's one step ahead (module docstring)
@@ -133,13 +125,125 @@ def fp8_gate_up_kernel(
         a_ptrs += BLOCK_K * stride_a_h
         w_ptrs += BLOCK_K * stride_w_h
     if not BLOCKWISE:  # one scale per row of x and per weight row: dequantize once
-        sa = tl.load(sa_rows, mask=row_ok, other=0.0)
+        sa = tl.load(sa_ptr + tok * stride_sa_t, mask=row_ok, other=0.0)
         acc = acc * (sa[:, None] * _w_scale(sw_base, rows, 0, BN_W, stride_sw_n, stride_sw_k)[None, :])
+    return _split_gate_up(acc, GATED, BLOCK_M, BLOCK_N)
 
+
+@triton.jit
+def _fp8_gate_up_desc_loop(
+    a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
+    expert, n0, I, H, stride_a_h, BN_W, GROUP_K,
+    GATED: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCKWISE: tl.constexpr,
+    FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """fp8_gate_up_kernel's K loop with the weight tiles read through a tensor descriptor (W_DESC: TMA on sm90+),
+    dequantized; returns the (gate, up) fp32 accumulators. Boxes as in _gate_up_desc_loop: interleaved rows
+    one (2 BLOCK_N)-row box (gate and up columns alternate, split at the end), concat a gate box and an up box
+    with a dot each, non-gated one box. The scales of each accumulator column are gathered at its weight row,
+    wrapped modulo I as in the pointer loop (columns past I stay in bounds; the store masks them)."""
+    WIDE: tl.constexpr = GATED and INTERLEAVED
+    TWO: tl.constexpr = GATED and not INTERLEAVED
+    NW: tl.constexpr = 2 if WIDE else 1
+    cols = tl.arange(0, NW * BLOCK_N)
+    if WIDE:  # column c: gate (c even) or up (c odd) row of output n0 + c // 2
+        rows = _w13_rows(n0 + cols // 2, cols % 2 == 1, I, True)
+    else:
+        rows = _w13_rows(n0 + cols, cols < 0, I, False)
+    up_rows = _w13_rows(n0 + cols, cols >= 0, I, False)  # TWO: the up box's rows
+    gate0 = _w13_rows(n0, n0 < 0, I, INTERLEAVED)  # first row of the box: n0 (concat) or 2 n0 (interleaved)
+    up0 = _w13_rows(n0, n0 >= 0, I, INTERLEAVED)  # first row of the concat layout's up box: I + n0
+    acc = tl.zeros((BLOCK_M, NW * BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
+    if BLOCKWISE:  # group 0's scales; each next group's one step ahead (module docstring)
+        last_g = (H - 1) // GROUP_K
+        sa, sw = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, rows, 0, BN_W,
+                               stride_sw_n, stride_sw_k)  # fmt: skip
+        sw_u = _w_scale(sw_base, up_rows, 0, BN_W, stride_sw_n, stride_sw_k)
+    for kk in range(0, tl.cdiv(H, BLOCK_K)):
+        k0 = kk * BLOCK_K
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_k < H - k0)[None, :], other=0.0)
+        w = _desc_w(w_desc, expert, gate0, k0, NW * BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
+        if TWO:
+            wu = _desc_w(w_desc, expert, up0, k0, BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
+        if BLOCKWISE:
+            g_next = tl.minimum((k0 + BLOCK_K) // GROUP_K, last_g)
+            sa_next, sw_next = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, rows, g_next,
+                                             BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
+            acc += tl.dot(a, w) * (sa[:, None] * sw[None, :])
+            if TWO:
+                sw_u_next = _w_scale(sw_base, up_rows, g_next, BN_W, stride_sw_n, stride_sw_k)
+                acc_u += tl.dot(a, wu) * (sa[:, None] * sw_u[None, :])
+                sw_u = sw_u_next
+            sa, sw = sa_next, sw_next
+        else:  # promoted per K tile (module docstring)
+            acc += tl.dot(a, w)
+            if TWO:
+                acc_u += tl.dot(a, wu)
+        a_ptrs += BLOCK_K * stride_a_h
+    if not BLOCKWISE:  # one scale per row of x and per weight row: dequantize once
+        sa = tl.load(sa_ptr + tok * stride_sa_t, mask=row_ok, other=0.0)
+        acc = acc * (sa[:, None] * _w_scale(sw_base, rows, 0, BN_W, stride_sw_n, stride_sw_k)[None, :])
+        if TWO:
+            acc_u = acc_u * (
+                sa[:, None] * _w_scale(sw_base, up_rows, 0, BN_W, stride_sw_n, stride_sw_k)[None, :]
+            )
+    if WIDE:
+        g, u = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N, 2)))
+        return g, u
+    else:
+        return acc, acc_u
+
+
+@triton.jit
+def fp8_gate_up_kernel(
+    a_ptr, sa_ptr,  # (T, H) quantized x, (T, G1) scales
+    w_ptr, sw_ptr,  # (E, R, H) codes, (E, Rb, Hb) scales; R = 2I gated / I
+    w_desc,  # tensor descriptor of the codes (W_DESC: _fp8_gate_up_desc_loop), else None
+    b_ptr,  # (E, R) fp32 bias or any pointer
+    act_ptr,  # (T*k, I) out: activation (not QUANT_OUT) or its quantized values (QUANT_OUT)
+    sq_ptr,  # (T*k, G2) out: scales of the quantized activation (QUANT_OUT), or any pointer
+    sorted_ids_ptr, expert_of_block_ptr, num_padded_ptr,
+    num_assignments, top_k, I, H, num_m_blocks, BN_W, GROUP_K,
+    stride_a_t, stride_a_h, stride_sa_t, stride_sa_g,
+    stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k,
+    stride_b_e, stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g,
+    swiglu_alpha, swiglu_limit, amax_eps,
+    GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    BLOCKWISE: tl.constexpr, QUANT_OUT: tl.constexpr, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr,
+    FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
+    FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, W_DESC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, G2: tl.constexpr,
+):  # fmt: skip
+    """act[a] = activation(dequant(x_q[a // k] @ w13_q[e, gate].T) + b, dequant(... up ...) + b)."""
+    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
+        return
+    expert = tl.load(expert_of_block_ptr + pid_m)
+    if expert < 0:
+        return
+    ids, row_ok, tok, offs_n, _, offs_k = _tile_rows(
+        sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
+    )
+    if W_DESC:
+        acc_g, acc_u = _fp8_gate_up_desc_loop(
+            a_ptr + tok[:, None] * stride_a_t + offs_k[None, :] * stride_a_h, row_ok, tok, w_desc,
+            sa_ptr, stride_sa_t, stride_sa_g, sw_ptr + expert.to(tl.int64) * stride_sw_e, stride_sw_n, stride_sw_k,
+            expert, pid_n * BLOCK_N, I, H, stride_a_h, BN_W, GROUP_K, GATED, INTERLEAVED, BLOCKWISE,
+            FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+    else:
+        acc_g, acc_u = _fp8_gate_up_ptr_loop(
+            a_ptr, sa_ptr, w_ptr, sw_ptr, tok, row_ok, offs_k, expert, pid_n, I, H, BN_W, GROUP_K,
+            stride_a_t, stride_a_h, stride_sa_t, stride_sa_g, stride_w_e, stride_w_r, stride_w_h,
+            stride_sw_e, stride_sw_n, stride_sw_k, GATED, INTERLEAVED, BLOCKWISE,
+            FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
     if HAS_BIAS:  # after dequantization (docs/bugs.md#bug-03-bias-before-dequant)
         b_base = b_ptr + expert.to(tl.int64) * stride_b_e
-        acc += tl.load(b_base + rows * stride_b_r).to(tl.float32)[None, :]
-    acc_g, acc_u = _split_gate_up(acc, GATED, BLOCK_M, BLOCK_N)
+        acc_g, acc_u = _gate_up_bias(acc_g, acc_u, b_base, offs_n, I, stride_b_r, GATED, INTERLEAVED)
     act = _activate(acc_g, acc_u, swiglu_alpha, swiglu_limit, GATED, ACTIVATION)
     col_ok = offs_n < I
     out_mask = row_ok[:, None] & col_ok[None, :]
@@ -166,6 +270,7 @@ def fp8_gate_up_kernel(
 def fp8_down_kernel(
     a_ptr, sa_ptr,  # (T*k, I) quantized act, (T*k, G2) scales
     w_ptr, sw_ptr,  # (E, H, I) codes, (E, Hb, Ib) scales
+    w_desc,  # tensor descriptor of the codes in (1, BLOCK_N, BLOCK_K) boxes (W_DESC), else None
     b_ptr,  # (E, H) fp32 bias or any pointer
     out_ptr,  # (T*k, H)
     route_w_ptr,  # (T*k,) fp32 router weights (MUL_WEIGHT), or any pointer
@@ -176,7 +281,7 @@ def fp8_down_kernel(
     stride_b_e, stride_b_h, stride_out_a, stride_out_h,
     HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr, BLOCKWISE: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    W_DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     """out[a] = (dequant(act_q[a] @ w2_q[e].T) + b2[e]) * (route_w[a] if MUL_WEIGHT), all in fp32, one cast."""
     pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
@@ -205,7 +310,11 @@ def fp8_down_kernel(
     for kk in range(0, tl.cdiv(I, BLOCK_K)):
         k_ok = offs_k < I - kk * BLOCK_K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w = _load_w(w_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
+        if W_DESC:  # rows past H and columns past I read as zeros
+            w = _desc_w(w_desc, expert, pid_n * BLOCK_N, kk * BLOCK_K, BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS,
+                        FP8_BIAS, FP8_NAN)  # fmt: skip
+        else:
+            w = _load_w(w_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
         if BLOCKWISE:
             g_next = tl.minimum(((kk + 1) * BLOCK_K) // GROUP_K, last_g)
             sa_next, sw_next = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, offs_n_w,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moe_cts.kernels._common import INTERPRET, dot_acc
+from moe_cts.kernels._common import INTERPRET, dot_acc, trans_tile
 
 # The ACTIVATION constexpr: named codes, read by _activate below and (through ACTIVATIONS) by the launcher.
 # Ints, not strings: they keep AOT signatures and compile keys simple. Module globals read inside a
@@ -129,53 +129,33 @@ def _activate(gate, up, alpha, limit, GATED: tl.constexpr, ACTIVATION: tl.conste
 
 
 @triton.jit
-def gate_up_kernel(
-    x_ptr,  # (T, H) input rows
-    w13_ptr,  # (E, R, H), R = 2I gated (concat or interleaved rows) / I non-gated
-    b13_ptr,  # (E, R) bias, or any pointer when not HAS_BIAS
-    act_ptr,  # (T*k, I) output, row = flat assignment id
-    sorted_ids_ptr,  # (P,) int32 flat id per slot, num_assignments = pad
-    expert_of_block_ptr,  # (P // BLOCK_M,) int32, -1 = unused tile
-    num_padded_ptr,  # (1,) int32 used slots
-    num_assignments,  # T * k
-    top_k,
-    I,
-    H,
-    num_m_blocks,
-    stride_x_t,
-    stride_x_h,
-    stride_w13_e,
-    stride_w13_r,
-    stride_w13_h,
-    stride_b13_e,
-    stride_b13_r,
-    stride_act_a,
-    stride_act_i,
-    swiglu_alpha,
-    swiglu_limit,
-    GATED: tl.constexpr,
-    INTERLEAVED: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    ACTIVATION: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    EVEN_K: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
+def _gate_up_bias(
+    acc_g, acc_u, b_base, offs_n, I, stride_b_r, GATED: tl.constexpr, INTERLEAVED: tl.constexpr
 ):
-    """act[a] = activation(x[a // k] @ w13[e, gate rows].T (+b), x[a // k] @ w13[e, up rows].T (+b))."""
-    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
-        return
-    expert = tl.load(expert_of_block_ptr + pid_m)
-    if expert < 0:  # unused tile
-        return
-    ids, row_ok, tok, offs_n, _, offs_k = _tile_rows(
-        sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
-    )
+    """acc_g + b13[gate row of each column], acc_u + b13[its up row] (GATED), in fp32 (rows as _w13_rows)."""
+    n = offs_n % I
+    if INTERLEAVED:
+        gate_rows = 2 * n
+    else:
+        gate_rows = n
+    acc_g += tl.load(b_base + gate_rows * stride_b_r).to(tl.float32)[None, :]
+    if GATED:
+        if INTERLEAVED:
+            up_rows = gate_rows + 1
+        else:
+            up_rows = gate_rows + I
+        acc_u += tl.load(b_base + up_rows * stride_b_r).to(tl.float32)[None, :]
+    return acc_g, acc_u
 
-    x_ptrs = x_ptr + tok[:, None] * stride_x_t + offs_k[None, :] * stride_x_h
+
+@triton.jit
+def _gate_up_ptr_loop(
+    x_ptrs, row_ok, w13_ptr, expert, pid_n, I, H, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
+    GATED: tl.constexpr, INTERLEAVED: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """gate_up_kernel's K loop with pointer loads of the weight tiles; returns the (gate, up) accumulators."""
+    offs_k = tl.arange(0, BLOCK_K)
     w_base = w13_ptr + expert.to(tl.int64) * stride_w13_e
     # The B tile: gate rows then up rows (GATED), one (BLOCK_K, NB * BLOCK_N) tile and one dot per K step.
     # One dot of twice the width, not two dots, halves the MMA issues that re-read the x tile from shared
@@ -203,11 +183,119 @@ def gate_up_kernel(
         acc = dot_acc(x, w, acc, DOT_PRECISION)
         x_ptrs += BLOCK_K * stride_x_h
         w_ptrs += BLOCK_K * stride_w13_h
+    return _split_gate_up(acc, GATED, BLOCK_M, BLOCK_N)
 
+
+@triton.jit
+def _gate_up_desc_loop(
+    x_ptrs, row_ok, w_desc, expert, n0, I, H, stride_x_h,
+    GATED: tl.constexpr, INTERLEAVED: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """gate_up_kernel's K loop with the weight tiles read through a tensor descriptor (W_DESC: TMA on sm90+,
+    pointer loads where the target has none); returns the (gate, up) fp32 accumulators.
+
+        w_desc   w13 (E, R, H) in boxes of (1, NW BLOCK_N, BLOCK_K): one box per K step at rows
+                 2 n0 .. (interleaved: gate and up columns alternate, NW = 2), or n0 .. (NW = 1; the concat
+                 layout adds a second box at I + n0 for the up rows, and a second dot)
+        for each K step: x tile (BLOCK_M, BLOCK_K) gathered as in the pointer loop; acc += x @ box.T
+
+    Rows past a weight's R read as zeros (the descriptor's bounds) and rows past I of the last N tile read
+    the up rows: both only reach output columns >= I, which the store masks."""
+    WIDE: tl.constexpr = GATED and INTERLEAVED
+    NW: tl.constexpr = 2 if WIDE else 1
+    gate0 = _w13_rows(n0, n0 < 0, I, INTERLEAVED)  # first row of the box: n0 (concat) or 2 n0 (interleaved)
+    up0 = _w13_rows(n0, n0 >= 0, I, INTERLEAVED)  # first row of the concat layout's up box: I + n0
+    acc = tl.zeros((BLOCK_M, NW * BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # the concat layout's up rows
+    offs_k = tl.arange(0, BLOCK_K)
+    for kk in range(0, tl.cdiv(H, BLOCK_K)):
+        k0 = kk * BLOCK_K
+        if EVEN_K:
+            x = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+        else:
+            x = tl.load(x_ptrs, mask=row_ok[:, None] & (offs_k < H - k0)[None, :], other=0.0)
+        w = w_desc.load([expert, gate0, k0]).reshape(NW * BLOCK_N, BLOCK_K)
+        if INTERPRET:  # as in gate_up_kernel's pointer loop
+            x = x.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = dot_acc(x, trans_tile(w), acc, DOT_PRECISION)
+        if GATED and not INTERLEAVED:
+            wu = w_desc.load([expert, up0, k0]).reshape(BLOCK_N, BLOCK_K)
+            if INTERPRET:
+                wu = wu.to(tl.float32)
+            acc_u = dot_acc(x, trans_tile(wu), acc_u, DOT_PRECISION)
+        x_ptrs += BLOCK_K * stride_x_h
+    if WIDE:  # columns 2j, 2j + 1 = gate j, up j
+        g, u = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N, 2)))
+        return g, u
+    else:
+        return acc, acc_u
+
+
+@triton.jit
+def gate_up_kernel(
+    x_ptr,  # (T, H) input rows
+    w13_ptr,  # (E, R, H), R = 2I gated (concat or interleaved rows) / I non-gated
+    w13_desc,  # tensor descriptor of w13 (W_DESC: _gate_up_desc_loop), else None
+    b13_ptr,  # (E, R) bias, or any pointer when not HAS_BIAS
+    act_ptr,  # (T*k, I) output, row = flat assignment id
+    sorted_ids_ptr,  # (P,) int32 flat id per slot, num_assignments = pad
+    expert_of_block_ptr,  # (P // BLOCK_M,) int32, -1 = unused tile
+    num_padded_ptr,  # (1,) int32 used slots
+    num_assignments,  # T * k
+    top_k,
+    I,
+    H,
+    num_m_blocks,
+    stride_x_t,
+    stride_x_h,
+    stride_w13_e,
+    stride_w13_r,
+    stride_w13_h,
+    stride_b13_e,
+    stride_b13_r,
+    stride_act_a,
+    stride_act_i,
+    swiglu_alpha,
+    swiglu_limit,
+    GATED: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    W_DESC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """act[a] = activation(x[a // k] @ w13[e, gate rows].T (+b), x[a // k] @ w13[e, up rows].T (+b))."""
+    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
+        return
+    expert = tl.load(expert_of_block_ptr + pid_m)
+    if expert < 0:  # unused tile
+        return
+    ids, row_ok, tok, offs_n, _, offs_k = _tile_rows(
+        sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
+    )
+
+    x_ptrs = x_ptr + tok[:, None] * stride_x_t + offs_k[None, :] * stride_x_h
+    if W_DESC:
+        acc_g, acc_u = _gate_up_desc_loop(
+            x_ptrs, row_ok, w13_desc, expert, pid_n * BLOCK_N, I, H, stride_x_h,
+            GATED, INTERLEAVED, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+    else:
+        acc_g, acc_u = _gate_up_ptr_loop(
+            x_ptrs, row_ok, w13_ptr, expert, pid_n, I, H, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
+            GATED, INTERLEAVED, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
     if HAS_BIAS:
         b_base = b13_ptr + expert.to(tl.int64) * stride_b13_e
-        acc += tl.load(b_base + rows * stride_b13_r).to(tl.float32)[None, :]
-    acc_g, acc_u = _split_gate_up(acc, GATED, BLOCK_M, BLOCK_N)
+        acc_g, acc_u = _gate_up_bias(acc_g, acc_u, b_base, offs_n, I, stride_b13_r, GATED, INTERLEAVED)
     act = _activate(acc_g, acc_u, swiglu_alpha, swiglu_limit, GATED, ACTIVATION)
 
     out_ptrs = act_ptr + ids.to(tl.int64)[:, None] * stride_act_a + offs_n[None, :] * stride_act_i
@@ -218,6 +306,7 @@ def gate_up_kernel(
 def down_kernel(
     a_ptr,  # (T*k, I) activations, row = flat assignment id
     w2_ptr,  # (E, H, I)
+    w2_desc,  # tensor descriptor of w2 in (1, BLOCK_N, BLOCK_K) boxes (W_DESC), else None
     b2_ptr,  # (E, H) bias, or any pointer when not HAS_BIAS
     out_ptr,  # (T*k, H) output, row = flat assignment id
     route_w_ptr,  # (T*k,) float32 router weights, or any pointer when not MUL_WEIGHT
@@ -241,12 +330,16 @@ def down_kernel(
     MUL_WEIGHT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     EVEN_K: tl.constexpr,
+    W_DESC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    """out[a] = (act[a] @ w2[e].T + b2[e]) * (route_w[a] if MUL_WEIGHT), weight applied in fp32."""
+    """out[a] = (act[a] @ w2[e].T + b2[e]) * (route_w[a] if MUL_WEIGHT), weight applied in fp32.
+
+    W_DESC: each K step's weight tile is the box w2[e, n0 : n0 + BLOCK_N, k0 : k0 + BLOCK_K] of w2_desc (TMA on
+    sm90+), rows past H and columns past I read as zeros; else pointer loads of w2[e, n % H, k]."""
     pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
         return
@@ -268,10 +361,14 @@ def down_kernel(
     for kk in range(0, tl.cdiv(I, BLOCK_K)):
         if EVEN_K:
             a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            w = tl.load(w_ptrs)
         else:
             k_ok = offs_k < I - kk * BLOCK_K
             a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        if W_DESC:
+            w = trans_tile(w2_desc.load([expert, pid_n * BLOCK_N, kk * BLOCK_K]).reshape(BLOCK_N, BLOCK_K))
+        elif EVEN_K:
+            w = tl.load(w_ptrs)
+        else:
             w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
         if INTERPRET:
             a = a.to(tl.float32)

@@ -60,6 +60,9 @@ class GemmTile:
     GROUP_M: int = 8
     num_warps: int = 4
     num_stages: int = 3
+    #: weight tiles through a tensor descriptor (TMA on sm90+; Triton rewrites it to pointer loads on
+    #: targets without one), where the weight's strides allow it (grouped_gemm.weight_desc)
+    tma: bool = False
 
     def smem_bytes(self, block_m: int, elem_bytes: int, n_b: int) -> int:
         """Operand buffers of the software pipeline: num_stages copies of the A tile and n_b B tiles."""
@@ -93,6 +96,8 @@ class TileConfig:
                 v = getattr(t, f)
                 if not (isinstance(v, int) and v >= 1):
                     raise SpecError(f"config.{name}.{f}", "an int >= 1", v)
+            if not isinstance(t.tma, bool):
+                raise SpecError(f"config.{name}.tma", "a bool", t.tma)
         for field_name, v in blocks.items():
             # tl.dot needs every dimension >= 16; tl.arange needs powers of two
             if not (isinstance(v, int) and v >= 16 and v & (v - 1) == 0):

@@ -27,6 +27,7 @@ from moe_cts.kernels import _fp8_gemm_kernels as K
 from moe_cts.kernels import _fp8_quant_kernels as Q
 from moe_cts.kernels._grouped_gemm_kernels import ACTIVATIONS
 from moe_cts.kernels.config import GemmTile
+from moe_cts.kernels.grouped_gemm import weight_desc
 from moe_cts.kernels.metadata import AlignMeta
 from moe_cts.reference import formats
 from moe_cts.reference.errors import NotSupportedError
@@ -167,18 +168,20 @@ def launch_fp8_gate_up(
     grid = (meta.num_blocks * triton.cdiv(I, tile.BLOCK_N),)
     b = bias if bias is not None else scales
     so = sq if sq is not None else sx
+    il = spec.w13_layout == "interleaved" if interleaved is None else interleaved
+    w_desc = weight_desc(codes, (2 if spec.gated and il else 1) * tile.BLOCK_N, block_k) if tile.tma else None
     K.fp8_gate_up_kernel[grid](
-        xq, sx, codes, scales, b, act, so,
+        xq, sx, codes, scales, w_desc, b, act, so,
         meta.sorted_ids, meta.expert_of_block, meta.num_padded,
         meta.num_tokens * meta.top_k, meta.top_k, I, H, meta.num_blocks, bn, group_width(spec, H),
         xq.stride(0), xq.stride(1), sx.stride(0), sx.stride(1),
         codes.stride(0), codes.stride(1), codes.stride(2), scales.stride(0), scales.stride(1), scales.stride(2),
         b.stride(0), b.stride(1) if bias is not None else 0, act.stride(0), act.stride(1), so.stride(0), so.stride(1),
         float(spec.swiglu_alpha), float(spec.swiglu_limit), float(q.amax_eps or 0.0),
-        GATED=spec.gated, INTERLEAVED=spec.w13_layout == "interleaved" if interleaved is None else interleaved,
+        GATED=spec.gated, INTERLEAVED=il,
         HAS_BIAS=bias is not None, ACTIVATION=ACTIVATIONS[spec.activation],
         BLOCKWISE=q.method == "fp8_block", QUANT_OUT=sq is not None, **scale_constexprs(spec),
-        **fmt_constexprs(q.fp8_format),
+        **fmt_constexprs(q.fp8_format), W_DESC=w_desc is not None,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
         G2=q.act_group if sq is not None else 16,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
@@ -196,8 +199,10 @@ def launch_fp8_down(
     b = bias if bias is not None else scales
     rw = route_weights if route_weights is not None else meta.sorted_ids
     fc = fmt_constexprs(q.fp8_format)
+    block_k = k_block(spec, tile.BLOCK_K)
+    w_desc = weight_desc(codes, tile.BLOCK_N, block_k) if tile.tma else None
     K.fp8_down_kernel[grid](
-        aq, sa, codes, scales, b, out, rw,
+        aq, sa, codes, scales, w_desc, b, out, rw,
         meta.sorted_ids, meta.expert_of_block, meta.num_padded,
         meta.num_tokens * meta.top_k, H, I, meta.num_blocks, bn, group_width(spec, I),
         aq.stride(0), aq.stride(1), sa.stride(0), sa.stride(1),
@@ -205,7 +210,8 @@ def launch_fp8_down(
         b.stride(0), b.stride(1) if bias is not None else 0, out.stride(0), out.stride(1),
         HAS_BIAS=bias is not None, MUL_WEIGHT=route_weights is not None, BLOCKWISE=q.method == "fp8_block",
         FP8_MBITS=fc["FP8_MBITS"], FP8_EBITS=fc["FP8_EBITS"], FP8_BIAS=fc["FP8_BIAS"], FP8_NAN=fc["FP8_NAN"],
-        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=k_block(spec, tile.BLOCK_K), GROUP_M=tile.GROUP_M,
+        W_DESC=w_desc is not None,
+        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from moe_cts.kernels import _grouped_gemm_kernels as K
 from moe_cts.kernels import config as cfgmod
@@ -34,6 +35,32 @@ def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str | None:
 
 def _even(n: int, block: int) -> bool:
     return n % block == 0
+
+
+#: TMA's box: at most 256 elements per dimension
+_MAX_BOX = 256
+
+
+def weight_desc(w: torch.Tensor, block_rows: int, block_k: int) -> TensorDescriptor | None:
+    """A tensor descriptor of expert weights w (E, R, K) in (1, block_rows, block_k) boxes, or None where TMA
+    cannot address w (the launch then reads the tiles through pointers, same values):
+
+        w.stride(2) == 1, the other strides and w's address multiples of 16 bytes, block_rows <= 256,
+        block_k * itemsize a multiple of 16 bytes (and block_k <= 256)
+
+    Out-of-bounds box elements (rows past R, columns past K) read as zeros."""
+    item = w.element_size()
+    if (
+        w.dim() != 3
+        or w.stride(2) != 1
+        or any(s * item % 16 for s in (w.stride(0), w.stride(1)))
+        or w.data_ptr() % 16
+        or block_rows > _MAX_BOX
+        or block_k > _MAX_BOX
+        or block_k * item % 16
+    ):
+        return None
+    return TensorDescriptor(w, list(w.shape), list(w.stride()), [1, block_rows, block_k])
 
 
 def launch_gate_up(
@@ -56,9 +83,15 @@ def launch_gate_up(
     num_m_blocks = meta.num_blocks
     grid = (num_m_blocks * triton.cdiv(I, tile.BLOCK_N),)
     bias = b13 if b13 is not None else w13
+    # interleaved gate / up rows: one box of both (K._gate_up_desc_loop); concat: a box each
+    w_desc = (
+        weight_desc(w13, (2 if gated and interleaved else 1) * tile.BLOCK_N, tile.BLOCK_K)
+        if tile.tma
+        else None
+    )
     K.gate_up_kernel[grid](
         # inputs
-        x_ptr=x, w13_ptr=w13, b13_ptr=bias,
+        x_ptr=x, w13_ptr=w13, w13_desc=w_desc, b13_ptr=bias,
         sorted_ids_ptr=meta.sorted_ids, expert_of_block_ptr=meta.expert_of_block, num_padded_ptr=meta.num_padded,
         # outputs
         act_ptr=act,
@@ -73,7 +106,7 @@ def launch_gate_up(
         # constexprs
         GATED=gated, INTERLEAVED=interleaved, HAS_BIAS=b13 is not None,
         ACTIVATION=K.ACTIVATIONS[activation], DOT_PRECISION=dot_precision(x.dtype, allow_tf32),
-        EVEN_K=_even(H, tile.BLOCK_K),
+        EVEN_K=_even(H, tile.BLOCK_K), W_DESC=w_desc is not None,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M,
         # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
@@ -97,9 +130,10 @@ def launch_down(
     grid = (num_m_blocks * triton.cdiv(H, tile.BLOCK_N),)
     bias = b2 if b2 is not None else w2
     rw = route_weights if route_weights is not None else meta.sorted_ids
+    w_desc = weight_desc(w2, tile.BLOCK_N, tile.BLOCK_K) if tile.tma else None
     K.down_kernel[grid](
         # inputs
-        a_ptr=act, w2_ptr=w2, b2_ptr=bias, route_w_ptr=rw,
+        a_ptr=act, w2_ptr=w2, w2_desc=w_desc, b2_ptr=bias, route_w_ptr=rw,
         sorted_ids_ptr=meta.sorted_ids, expert_of_block_ptr=meta.expert_of_block, num_padded_ptr=meta.num_padded,
         # outputs
         out_ptr=out,
@@ -113,7 +147,7 @@ def launch_down(
         # constexprs
         HAS_BIAS=b2 is not None, MUL_WEIGHT=route_weights is not None,
         DOT_PRECISION=dot_precision(act.dtype, allow_tf32), EVEN_K=_even(I, tile.BLOCK_K),
-        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M,
+        W_DESC=w_desc is not None, BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M,
         # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip

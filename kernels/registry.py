@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from moe_cts.reference.spec import MoESpec, MoEWeights, weight_shapes
 
@@ -58,10 +59,16 @@ KERNELS: dict[str, KernelInfo] = {
     "chunk_scatter_kernel": KernelInfo("moe_cts.kernels._align_kernels", "align", matrix=False),
     "pad_fill_kernel": KernelInfo("moe_cts.kernels._align_kernels", "align", matrix=False),
     "gate_up_kernel": KernelInfo(
-        "moe_cts.kernels._grouped_gemm_kernels", "gate_up", matrix=True, fp8_operands=("x_ptr", "w13_ptr")
+        "moe_cts.kernels._grouped_gemm_kernels",
+        "gate_up",
+        matrix=True,
+        fp8_operands=("x_ptr", "w13_ptr", "w13_desc"),
     ),
     "down_kernel": KernelInfo(
-        "moe_cts.kernels._grouped_gemm_kernels", "down", matrix=True, fp8_operands=("a_ptr", "w2_ptr")
+        "moe_cts.kernels._grouped_gemm_kernels",
+        "down",
+        matrix=True,
+        fp8_operands=("a_ptr", "w2_ptr", "w2_desc"),
     ),
     "row_gate_kernel": KernelInfo("moe_cts.kernels._grouped_gemm_kernels", "shared_expert", matrix=False),
     "combine_kernel": KernelInfo("moe_cts.kernels._combine_kernels", "combine", matrix=False),
@@ -129,6 +136,9 @@ def describe_arg(a: Any) -> Any:
             "shape": list(a.shape),
             "stride": list(a.stride()),
         }
+    if isinstance(a, TensorDescriptor):
+        return {"tensor_desc": describe_arg(a.base), "shape": list(a.shape), "stride": list(a.strides),
+                "block_shape": list(a.block_shape)}  # fmt: skip
     if a is None or isinstance(a, (bool, int, float, str)):
         return a
     raise TypeError(f"kernel argument of type {type(a).__name__} cannot be described for AOT compilation")
@@ -138,6 +148,8 @@ def materialize_arg(d: Any) -> Any:
     """A meta tensor (data_ptr 0: 16-byte aligned, like every CUDA/HIP allocation) or the scalar itself."""
     if isinstance(d, dict) and "tensor" in d:
         return torch.empty_strided(d["shape"], d["stride"], dtype=getattr(torch, d["tensor"]), device="meta")
+    if isinstance(d, dict) and "tensor_desc" in d:
+        return TensorDescriptor(materialize_arg(d["tensor_desc"]), d["shape"], d["stride"], d["block_shape"])
     return d
 
 

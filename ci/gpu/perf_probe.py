@@ -32,6 +32,8 @@ dec10     decode launches (session 10): each kernel of one forward in launch ord
           DeepSeek-V3, MXFP4 gpt-oss-120b, T = 1), graph replays of the table against the shared expert's
           metadata built by launches (the old dense_meta), the fill rule down to BLOCK_N 16, and fp8 decode
           tiles (T = 1 / 16); fp8 kernel records at T = 4096
+tma11     weight tiles through tensor descriptors (TMA) against the table's pointer loads: bf16 peer presets and
+          block fp8 DeepSeek-V3 at T = 1 .. 4096, larger fp8 tiles with descriptors, outputs compared bitwise
 router    the fused select against the separate select launch (graph replays of route and of the forward
           with the router, against the ids-given forward; routing outputs compared)
 
@@ -739,6 +741,96 @@ def part_stages8(timer) -> None:
             _variants(timer, rec, fwd, variants, lambda dc=dc, **k: _decode_row(dc, **k))
 
 
+@contextlib.contextmanager
+def _sm90_rows(dc: str, **gemm_keys):
+    """Every row of the sm90 table's `dc` class with gemm_keys set in both GEMM tiles inside the block (the
+    cached table dict, restored after); the fill rule still applies."""
+    from moe_cts.kernels import config as cfgmod
+
+    rows = cfgmod.load_table("cuda-sm90")["tables"][dc]
+    old = [{g: dict(row[g]) for g in ("gate_up", "down")} for row in rows]
+    for row in rows:
+        for g in ("gate_up", "down"):
+            row[g].update(gemm_keys)
+    try:
+        yield
+    finally:
+        for row, saved in zip(rows, old):
+            for g, v in saved.items():
+                row[g].clear()
+                row[g].update(v)
+
+
+def _bits_variants(timer, rec: dict, fwd, variants: dict, dc: str) -> None:
+    """One record per variant (label: (sm90 row keys, forced config or None)): graph-replay ms, vs_table, and
+    whether its output has the first variant's bits (same tiles: the weight path alone changed)."""
+    first = None
+    for label, (keys, cfg) in variants.items():
+        r = {**rec, "cfg": label}
+        try:
+            with _sm90_rows(dc, **keys):
+                out = fwd(cfg).clone()
+                r["config"] = last_config().to_dict()
+                r["ms"] = replay_ms(timer, lambda cfg=cfg: fwd(cfg))
+            if first is None:
+                first = (out, r["ms"])
+            r["vs_table"] = first[1] / r["ms"]
+            r["bitwise_equal"] = bool(torch.equal(out, first[0]))
+            r["finite"] = bool(torch.isfinite(out).all())
+        except Exception as e:
+            r["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        emit(r)
+
+
+TMA11 = {"table": ({}, None), "tma": ({"tma": True}, None)}
+
+
+def _fp8_large(bm, gu_bn, gu_w, gu_st, dn_w, dn_st):
+    """A forced block fp8 config with descriptor weights (BLOCK_K 128: one scale group per K tile)."""
+    gu = {**tile(gu_bn, 128, gu_w, gu_st), "tma": True}
+    dn = {**tile(128, 128, dn_w, dn_st), "tma": True}
+    return c(bm, gu, dn)
+
+
+TMA11_FP8_LARGE = {
+    "tma bm128 gu64 w8 s4": ({}, _fp8_large(128, 64, 8, 4, 8, 4)),
+    "tma bm64 gu128 w4 s3": ({}, _fp8_large(64, 128, 4, 3, 4, 4)),
+    "tma bm128 gu128 w8 s3": ({}, _fp8_large(128, 128, 8, 3, 8, 3)),
+}
+
+
+def part_tma11(timer) -> None:
+    """Weight tiles through tensor descriptors (GemmTile.tma: TMA copies on sm90) against the pointer loads of the
+    same table rows (session 11). bf16: the five peer presets (routed) at T = 1 .. 4096; block fp8 at
+    DeepSeek-V3 width with its shared expert at T = 1 .. 4096 (and bf16 there, for the fp8 / bf16 ratio), plus
+    larger fp8 tiles that the freed registers might allow at T >= 512. Graph replays, ids given; outputs
+    compared bitwise with the table's."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for name in PEER_PRESETS:
+        spec = routed(name)
+        base = _base(spec, torch.bfloat16, "cuda", gen)
+        for T in (1, 16, 128, 512, 2048, 4096):
+            x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+            r = routing(spec, T, "cuda", gen)
+            fwd = lambda cfg, spec=spec, base=base, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg)
+            _bits_variants(
+                timer, {"part": "tma11", "kind": "bf16", "preset": name, "T": T}, fwd, TMA11, "16bit"
+            )
+        base = None
+        torch.cuda.empty_cache()
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
+    for T in (1, 16, 128, 512, 4096):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+        fwd8 = lambda cfg, x=x, r=r: fused_moe(qspec, qw, x, routing=r, config=cfg)
+        variants = {**TMA11, **(TMA11_FP8_LARGE if T >= 512 else {})}
+        _bits_variants(timer, {"part": "tma11", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd8, variants,
+                       "fp8")  # fmt: skip
+        fwd16 = lambda cfg, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg)
+        _bits_variants(timer, {"part": "tma11", "kind": "bf16", "preset": "deepseek-v3 full", "T": T}, fwd16,
+                       TMA11, "16bit")  # fmt: skip
+
+
 def _warm_clocks(seconds: float = 1.0) -> None:
     """Busy the GPU before the first timed point: a device call starts at idle clocks (345 MHz on the H200) and
     session 10's first points came out 5-7% slower than the same code timed later in the run (dec10, ab8,
@@ -768,7 +860,7 @@ def main() -> int:
              "fp8dec": part_fp8dec, "fill": part_fill, "dec10": part_dec10,
              "ab8": lambda t: part_ab8(t, a.baseline), "fill10": part_fill10,
              "side10": part_side10, "stages16": part_stages16,
-             "stages8": part_stages8}  # fmt: skip
+             "stages8": part_stages8, "tma11": part_tma11}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -792,11 +884,12 @@ def main() -> int:
             top = ", ".join(f"{k[:28]} {v:.1f}" for k, v in list(r.get("kernels", {}).items())[:6])
             extra = {k: round(v, 4) for k, v in r.items() if k.endswith("_ms")}
             print(f"profile {r.get('what')} {r.get('preset')} T={r.get('T')} {extra} | {top}")
-        elif r.get("part") in ("dec10", "fill10", "side10", "stages16", "stages8"):
+        elif r.get("part") in ("dec10", "fill10", "side10", "stages16", "stages8", "tma11"):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
+            bits = {True: " same-bits", False: " BITS DIFFER"}.get(r.get("bitwise_equal"), "")
             print(f"{r['part']} {r['kind']} {r['preset']} T={r['T']} {r.get('ms', float('nan')):.4f} ms "
-                  f"x{r.get('vs_table', 1.0):.3f} {r.get('error', '')[:60]} {cs[:120]}")  # fmt: skip
+                  f"x{r.get('vs_table', 1.0):.3f}{bits} {r.get('error', '')[:60]} {cs[:120]}")  # fmt: skip
             for name, us, gap in r.get("launches") or ():
                 print(f"      {us:7.2f} us  gap {gap:5.2f}  {name}")
         elif "ms" in r or "error" in r:

@@ -293,7 +293,12 @@ def _retyped(launch, names: tuple[str, ...], dtype: str):
     args = list(launch.args)
     for n in names:
         i = arg_names.index(n)
-        args[i] = {**args[i], "tensor": dtype}
+        if args[i] is None:  # a descriptor the launch did not use
+            continue
+        if "tensor_desc" in args[i]:
+            args[i] = {**args[i], "tensor_desc": {**args[i]["tensor_desc"], "tensor": dtype}}
+        else:
+            args[i] = {**args[i], "tensor": dtype}
     return Launch(launch.kernel, tuple(args), launch.kwargs)
 
 

@@ -99,6 +99,43 @@ def test_the_unfused_requantization_path_matches_too(device):
     assert r.outcome == Outcome.PASS, f"{r.outcome.value} at {r.failing_stage}: {r.message}"
 
 
+@pytest.mark.parametrize("layout", ["concat", "interleaved"])
+def test_descriptor_weights_give_the_pointer_bits(layout, device, monkeypatch):
+    """GemmTile.tma (weight tiles through tensor descriptors: TMA on sm90+) in the block scheme: the same bits
+    as the pointer loads (each K tile's product is exact before its scales), and PASS. H 192 / I 144: rows of
+    whole 16-byte units, so both GEMMs take descriptors."""
+    case = _case(QuantScheme.fp8_block(), hidden_size=192, intermediate_size=144, w13_layout=layout,
+                 activation="swiglu_oai" if layout == "interleaved" else "silu", expert_bias=layout == "interleaved")  # fmt: skip
+    outs: dict[bool, list[torch.Tensor]] = {False: [], True: []}
+    descs = []
+    real_desc, real_gu, real_down = fp8_gemm.weight_desc, fp8_moe.launch_fp8_gate_up, fp8_moe.launch_fp8_down
+
+    def spy_desc(w, rows, block_k):
+        descs.append(real_desc(w, rows, block_k))
+        return descs[-1]
+
+    def spy_gate_up(spec, xq, sx, w, bias, act, *a, **kw):
+        real_gu(spec, xq, sx, w, bias, act, *a, **kw)
+        outs[tma].append(act.clone())
+
+    def spy_down(spec, aq, sa, w, bias, out, *a, **kw):
+        real_down(spec, aq, sa, w, bias, out, *a, **kw)
+        outs[tma].append(out.clone())
+
+    monkeypatch.setattr(fp8_gemm, "weight_desc", spy_desc)
+    monkeypatch.setattr(fp8_moe, "launch_fp8_gate_up", spy_gate_up)
+    monkeypatch.setattr(fp8_moe, "launch_fp8_down", spy_down)
+    for tma in (False, True):
+        tile = GemmTile(BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=2, tma=tma)
+        with cfgmod.forced(TileConfig(BLOCK_M=16, gate_up=tile, down=tile)):
+            r, _ = _judge(case, device)
+        assert r.outcome == Outcome.PASS, f"tma={tma}: {r.outcome.value} at {r.failing_stage}: {r.message}"
+    assert descs and all(d is not None for d in descs), descs
+    assert len(outs[False]) == len(outs[True]) >= 2
+    for i, (a, b) in enumerate(zip(outs[False], outs[True])):
+        assert torch.equal(a, b), f"launch {i}: descriptor and pointer weights differ"
+
+
 # ----------------------------------------------------------------------------------------------- broken variants
 def _rolled_scales(real):
     def weight_operands(qt, dev):
