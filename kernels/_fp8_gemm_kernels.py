@@ -74,11 +74,11 @@ def _group_scales(sa_ptr, in_rows, stride_sa_t, stride_sa_g, row_ok, sw_base, w_
 
 
 @triton.jit
-def _desc_w(desc, e, row0, k0, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, MBITS: tl.constexpr,
-            EBITS: tl.constexpr, BIAS: tl.constexpr, NAN: tl.constexpr):  # fmt: skip
-    """The (BLOCK_K, ROWS) B operand of weight rows row0 .. row0 + ROWS of expert e at K offset k0, read through
-    a tensor descriptor (W_DESC; zeros out of bounds): fp8 as stored (GPU), uint8 codes decoded (interpreter)."""
-    w = desc.load([e, row0, k0]).reshape(ROWS, BLOCK_K)
+def _desc_w(desc, offsets, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, MBITS: tl.constexpr, EBITS: tl.constexpr,
+            BIAS: tl.constexpr, NAN: tl.constexpr):  # fmt: skip
+    """The (BLOCK_K, ROWS) B operand of the box at `offsets` of a tensor descriptor (W_DESC; zeros out of
+    bounds), ROWS weight rows of BLOCK_K codes: fp8 as stored (GPU), uint8 codes decoded (interpreter)."""
+    w = desc.load(offsets).reshape(ROWS, BLOCK_K)
     if INTERPRET:
         w = _decode_fp8(w, MBITS, EBITS, BIAS, NAN)
     return trans_tile(w)
@@ -139,62 +139,51 @@ def _fp8_gate_up_desc_loop(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """fp8_gate_up_kernel's K loop with the weight tiles read through a tensor descriptor (W_DESC: TMA on sm90+),
-    dequantized; returns the (gate, up) fp32 accumulators. Boxes as in _gate_up_desc_loop: interleaved rows
-    one (2 BLOCK_N)-row box (gate and up columns alternate, split at the end), concat a gate box and an up box
-    with a dot each, non-gated one box. The scales of each accumulator column are gathered at its weight row,
-    wrapped modulo I as in the pointer loop (columns past I stay in bounds; the store masks them)."""
-    WIDE: tl.constexpr = GATED and INTERLEAVED
-    TWO: tl.constexpr = GATED and not INTERLEAVED
-    NW: tl.constexpr = 2 if WIDE else 1
-    cols = tl.arange(0, NW * BLOCK_N)
-    if WIDE:  # column c: gate (c even) or up (c odd) row of output n0 + c // 2
+    dequantized; returns the (gate, up) fp32 accumulators. One box and one dot per K step, with the boxes and
+    column order of _gate_up_desc_loop (_grouped_gemm_kernels.py): concat gate block then up block,
+    interleaved gate / up pairs (split at the end), non-gated rows. The scales of each accumulator column are
+    gathered at its weight row, wrapped modulo I as in the pointer loop (columns past I stay in bounds; the
+    store masks them)."""
+    CONCAT: tl.constexpr = GATED and not INTERLEAVED
+    NB: tl.constexpr = 2 if GATED else 1
+    cols = tl.arange(0, NB * BLOCK_N)
+    if GATED and INTERLEAVED:  # column c: gate (c even) or up (c odd) row of output n0 + c // 2
         rows = _w13_rows(n0 + cols // 2, cols % 2 == 1, I, True)
-    else:
-        rows = _w13_rows(n0 + cols, cols < 0, I, False)
-    up_rows = _w13_rows(n0 + cols, cols >= 0, I, False)  # TWO: the up box's rows
-    gate0 = _w13_rows(n0, n0 < 0, I, INTERLEAVED)  # first row of the box: n0 (concat) or 2 n0 (interleaved)
-    up0 = _w13_rows(n0, n0 >= 0, I, INTERLEAVED)  # first row of the concat layout's up box: I + n0
-    acc = tl.zeros((BLOCK_M, NW * BLOCK_N), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:  # the pointer loop's columns: gate rows, then up rows
+        rows = _w13_rows(n0 + cols % BLOCK_N, cols >= BLOCK_N, I, False)
+    acc = tl.zeros((BLOCK_M, NB * BLOCK_N), dtype=tl.float32)
     offs_k = tl.arange(0, BLOCK_K)
     if BLOCKWISE:  # group 0's scales; each next group's one step ahead (module docstring)
         last_g = (H - 1) // GROUP_K
         sa, sw = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, rows, 0, BN_W,
                                stride_sw_n, stride_sw_k)  # fmt: skip
-        sw_u = _w_scale(sw_base, up_rows, 0, BN_W, stride_sw_n, stride_sw_k)
     for kk in range(0, tl.cdiv(H, BLOCK_K)):
         k0 = kk * BLOCK_K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_k < H - k0)[None, :], other=0.0)
-        w = _desc_w(w_desc, expert, gate0, k0, NW * BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
-        if TWO:
-            wu = _desc_w(w_desc, expert, up0, k0, BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
+        if CONCAT:
+            w = _desc_w(
+                w_desc, [expert, 0, n0, k0], 2 * BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN
+            )
+        else:
+            w = _desc_w(w_desc, [expert, NB * n0, k0], NB * BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS, FP8_BIAS,
+                        FP8_NAN)  # fmt: skip
         if BLOCKWISE:
             g_next = tl.minimum((k0 + BLOCK_K) // GROUP_K, last_g)
             sa_next, sw_next = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, rows, g_next,
                                              BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
             acc += tl.dot(a, w) * (sa[:, None] * sw[None, :])
-            if TWO:
-                sw_u_next = _w_scale(sw_base, up_rows, g_next, BN_W, stride_sw_n, stride_sw_k)
-                acc_u += tl.dot(a, wu) * (sa[:, None] * sw_u[None, :])
-                sw_u = sw_u_next
             sa, sw = sa_next, sw_next
         else:  # promoted per K tile (module docstring)
             acc += tl.dot(a, w)
-            if TWO:
-                acc_u += tl.dot(a, wu)
         a_ptrs += BLOCK_K * stride_a_h
     if not BLOCKWISE:  # one scale per row of x and per weight row: dequantize once
         sa = tl.load(sa_ptr + tok * stride_sa_t, mask=row_ok, other=0.0)
         acc = acc * (sa[:, None] * _w_scale(sw_base, rows, 0, BN_W, stride_sw_n, stride_sw_k)[None, :])
-        if TWO:
-            acc_u = acc_u * (
-                sa[:, None] * _w_scale(sw_base, up_rows, 0, BN_W, stride_sw_n, stride_sw_k)[None, :]
-            )
-    if WIDE:
+    if GATED and INTERLEAVED:  # columns 2j, 2j + 1 = gate j, up j
         g, u = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N, 2)))
-        return g, u
     else:
-        return acc, acc_u
+        g, u = _split_gate_up(acc, GATED, BLOCK_M, BLOCK_N)
+    return g, u
 
 
 @triton.jit
@@ -311,7 +300,7 @@ def fp8_down_kernel(
         k_ok = offs_k < I - kk * BLOCK_K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         if W_DESC:  # rows past H and columns past I read as zeros
-            w = _desc_w(w_desc, expert, pid_n * BLOCK_N, kk * BLOCK_K, BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS,
+            w = _desc_w(w_desc, [expert, pid_n * BLOCK_N, kk * BLOCK_K], BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS,
                         FP8_BIAS, FP8_NAN)  # fmt: skip
         else:
             w = _load_w(w_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)

@@ -193,21 +193,21 @@ def _gate_up_desc_loop(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """gate_up_kernel's K loop with the weight tiles read through a tensor descriptor (W_DESC: TMA on sm90+,
-    pointer loads where the target has none); returns the (gate, up) fp32 accumulators.
+    pointer loads where the target has none); returns the (gate, up) fp32 accumulators. One box and one dot
+    per K step, NB BLOCK_N weight rows wide (NB = 2 gated, 1 not), as the pointer loop's B tile:
 
-        w_desc   w13 (E, R, H) in boxes of (1, NW BLOCK_N, BLOCK_K): one box per K step at rows
-                 2 n0 .. (interleaved: gate and up columns alternate, NW = 2), or n0 .. (NW = 1; the concat
-                 layout adds a second box at I + n0 for the up rows, and a second dot)
+        layout        w_desc views w13 as        box                     box rows (= acc columns)
+        concat        (E, 2, I, H)               (1, 2, BLOCK_N, BLOCK_K)  gate n0 .., then up I + n0 ..
+        interleaved   (E, 2I, H)                 (1, 2 BLOCK_N, BLOCK_K)   2 n0, 2 n0 + 1, ...: gate and up
+                                                                           alternate (split in pairs)
+        non-gated     (E, I, H)                  (1, BLOCK_N, BLOCK_K)     n0 ..
         for each K step: x tile (BLOCK_M, BLOCK_K) gathered as in the pointer loop; acc += x @ box.T
 
-    Rows past a weight's R read as zeros (the descriptor's bounds) and rows past I of the last N tile read
-    the up rows: both only reach output columns >= I, which the store masks."""
-    WIDE: tl.constexpr = GATED and INTERLEAVED
-    NW: tl.constexpr = 2 if WIDE else 1
-    gate0 = _w13_rows(n0, n0 < 0, I, INTERLEAVED)  # first row of the box: n0 (concat) or 2 n0 (interleaved)
-    up0 = _w13_rows(n0, n0 >= 0, I, INTERLEAVED)  # first row of the concat layout's up box: I + n0
-    acc = tl.zeros((BLOCK_M, NW * BLOCK_N), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # the concat layout's up rows
+    Rows past a half's (or the weight's) end and columns past H read as zeros (the descriptor's bounds); they
+    reach only output columns >= I, which the store masks, or add zero products."""
+    CONCAT: tl.constexpr = GATED and not INTERLEAVED
+    NB: tl.constexpr = 2 if GATED else 1
+    acc = tl.zeros((BLOCK_M, NB * BLOCK_N), dtype=tl.float32)
     offs_k = tl.arange(0, BLOCK_K)
     for kk in range(0, tl.cdiv(H, BLOCK_K)):
         k0 = kk * BLOCK_K
@@ -215,22 +215,20 @@ def _gate_up_desc_loop(
             x = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
         else:
             x = tl.load(x_ptrs, mask=row_ok[:, None] & (offs_k < H - k0)[None, :], other=0.0)
-        w = w_desc.load([expert, gate0, k0]).reshape(NW * BLOCK_N, BLOCK_K)
+        if CONCAT:
+            w = w_desc.load([expert, 0, n0, k0]).reshape(2 * BLOCK_N, BLOCK_K)
+        else:
+            w = w_desc.load([expert, NB * n0, k0]).reshape(NB * BLOCK_N, BLOCK_K)
         if INTERPRET:  # as in gate_up_kernel's pointer loop
             x = x.to(tl.float32)
             w = w.to(tl.float32)
         acc = dot_acc(x, trans_tile(w), acc, DOT_PRECISION)
-        if GATED and not INTERLEAVED:
-            wu = w_desc.load([expert, up0, k0]).reshape(BLOCK_N, BLOCK_K)
-            if INTERPRET:
-                wu = wu.to(tl.float32)
-            acc_u = dot_acc(x, trans_tile(wu), acc_u, DOT_PRECISION)
         x_ptrs += BLOCK_K * stride_x_h
-    if WIDE:  # columns 2j, 2j + 1 = gate j, up j
+    if GATED and INTERLEAVED:  # columns 2j, 2j + 1 = gate j, up j
         g, u = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N, 2)))
-        return g, u
-    else:
-        return acc, acc_u
+    else:  # the gate block, then the up block (as the pointer loop's)
+        g, u = _split_gate_up(acc, GATED, BLOCK_M, BLOCK_N)
+    return g, u
 
 
 @triton.jit

@@ -27,7 +27,7 @@ from moe_cts.kernels import _fp8_gemm_kernels as K
 from moe_cts.kernels import _fp8_quant_kernels as Q
 from moe_cts.kernels._grouped_gemm_kernels import ACTIVATIONS
 from moe_cts.kernels.config import GemmTile
-from moe_cts.kernels.grouped_gemm import weight_desc
+from moe_cts.kernels.grouped_gemm import w13_desc, weight_desc
 from moe_cts.kernels.metadata import AlignMeta
 from moe_cts.reference import formats
 from moe_cts.reference.errors import NotSupportedError
@@ -169,7 +169,7 @@ def launch_fp8_gate_up(
     b = bias if bias is not None else scales
     so = sq if sq is not None else sx
     il = spec.w13_layout == "interleaved" if interleaved is None else interleaved
-    w_desc = weight_desc(codes, (2 if spec.gated and il else 1) * tile.BLOCK_N, block_k) if tile.tma else None
+    w_desc = w13_desc(codes, tile.BLOCK_N, block_k, spec.gated, il) if tile.tma else None
     K.fp8_gate_up_kernel[grid](
         xq, sx, codes, scales, w_desc, b, act, so,
         meta.sorted_ids, meta.expert_of_block, meta.num_padded,

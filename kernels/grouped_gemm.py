@@ -41,14 +41,17 @@ def _even(n: int, block: int) -> bool:
 _MAX_BOX = 256
 
 
-def weight_desc(w: torch.Tensor, block_rows: int, block_k: int) -> TensorDescriptor | None:
+def weight_desc(
+    w: torch.Tensor, block_rows: int, block_k: int, *, halves: bool = False
+) -> TensorDescriptor | None:
     """A tensor descriptor of expert weights w (E, R, K) in (1, block_rows, block_k) boxes, or None where TMA
-    cannot address w (the launch then reads the tiles through pointers, same values):
+    cannot address w (the launch then reads the tiles through pointers, same values). halves: w viewed as
+    (E, 2, R / 2, K) in (1, 2, block_rows, block_k) boxes (a concat w13: gate rows and up rows in one box).
 
-        w.stride(2) == 1, the other strides and w's address multiples of 16 bytes, block_rows <= 256,
+        needs w.stride(2) == 1, the other strides and w's address multiples of 16 bytes, block_rows <= 256,
         block_k * itemsize a multiple of 16 bytes (and block_k <= 256)
 
-    Out-of-bounds box elements (rows past R, columns past K) read as zeros."""
+    Out-of-bounds box elements (rows past R or R / 2, columns past K) read as zeros."""
     item = w.element_size()
     if (
         w.dim() != 3
@@ -58,9 +61,27 @@ def weight_desc(w: torch.Tensor, block_rows: int, block_k: int) -> TensorDescrip
         or block_rows > _MAX_BOX
         or block_k > _MAX_BOX
         or block_k * item % 16
+        or (halves and w.shape[1] % 2)
     ):
         return None
-    return TensorDescriptor(w, list(w.shape), list(w.stride()), [1, block_rows, block_k])
+    E, R, K = w.shape
+    if halves:
+        half = R // 2
+        return TensorDescriptor(
+            w, [E, 2, half, K], [w.stride(0), half * w.stride(1), w.stride(1), 1], [1, 2, block_rows, block_k]
+        )
+    return TensorDescriptor(w, [E, R, K], list(w.stride()), [1, block_rows, block_k])
+
+
+def w13_desc(
+    w13: torch.Tensor, block_n: int, block_k: int, gated: bool, interleaved: bool
+) -> TensorDescriptor | None:
+    """w13's descriptor for the GEMM1 descriptor loops: concat gated rows as (E, 2, I, H) halves (a box holds
+    block_n gate rows and the matching up rows), interleaved ones in 2 block_n-row boxes, non-gated rows in
+    block_n-row boxes."""
+    if gated and not interleaved:
+        return weight_desc(w13, block_n, block_k, halves=True)
+    return weight_desc(w13, (2 if gated else 1) * block_n, block_k)
 
 
 def launch_gate_up(
@@ -83,12 +104,7 @@ def launch_gate_up(
     num_m_blocks = meta.num_blocks
     grid = (num_m_blocks * triton.cdiv(I, tile.BLOCK_N),)
     bias = b13 if b13 is not None else w13
-    # interleaved gate / up rows: one box of both (K._gate_up_desc_loop); concat: a box each
-    w_desc = (
-        weight_desc(w13, (2 if gated and interleaved else 1) * tile.BLOCK_N, tile.BLOCK_K)
-        if tile.tma
-        else None
-    )
+    w_desc = w13_desc(w13, tile.BLOCK_N, tile.BLOCK_K, gated, interleaved) if tile.tma else None
     K.gate_up_kernel[grid](
         # inputs
         x_ptr=x, w13_ptr=w13, w13_desc=w_desc, b13_ptr=bias,
