@@ -66,6 +66,16 @@ def _w_scale(sw_base, rows, g, BN_W, stride_sw_n, stride_sw_k):
 
 
 @triton.jit
+def _outer(sa, sw, SW_SCALAR: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) or (BLOCK_M, 1) factors s_a[row] * s_w[col] of a K tile's partial (s_w a scalar under
+    SW_SCALAR): the same fp32 product per element either way."""
+    if SW_SCALAR:
+        return (sa * sw)[:, None]
+    else:
+        return sa[:, None] * sw[None, :]
+
+
+@triton.jit
 def _group_scales(sa_ptr, in_rows, stride_sa_t, stride_sa_g, row_ok, sw_base, w_rows, g, BN_W, stride_sw_n,
                   stride_sw_k):  # fmt: skip
     """(s_a (BLOCK_M,), s_w (BLOCK_N,)) fp32: K group g's scales of the tile's input rows and weight rows."""
@@ -136,14 +146,20 @@ def _fp8_gate_up_desc_loop(
     expert, n0, I, H, stride_a_h, BN_W, GROUP_K,
     GATED: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCKWISE: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SW_SCALAR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """fp8_gate_up_kernel's K loop with the weight tiles read through a tensor descriptor (W_DESC: TMA on sm90+),
     dequantized; returns the (gate, up) fp32 accumulators. One box and one dot per K step, with the boxes and
     column order of _gate_up_desc_loop (_grouped_gemm_kernels.py): concat gate block then up block,
     interleaved gate / up pairs (split at the end), non-gated rows. The scales of each accumulator column are
     gathered at its weight row, wrapped modulo I as in the pointer loop (columns past I stay in bounds; the
-    store masks them)."""
+    store masks them).
+
+    SW_SCALAR (block scheme, concat or non-gated, BLOCK_N dividing the weight block and, gated, I a multiple of
+    it: fp8_gemm.scalar_weight_scales): the gate rows of a tile lie in one weight block and so do its up rows,
+    so each K group has one gate and one up scale. They are loaded as two scalars and the dot's halves are
+    scaled apart, instead of a scale per column: the same products (s_a * s_w, then the dot times it), and
+    the (2 BLOCK_N,) scale vector and its prefetched twin no longer hold registers."""
     CONCAT: tl.constexpr = GATED and not INTERLEAVED
     NB: tl.constexpr = 2 if GATED else 1
     cols = tl.arange(0, NB * BLOCK_N)
@@ -153,6 +169,12 @@ def _fp8_gate_up_desc_loop(
         rows = _w13_rows(n0 + cols % BLOCK_N, cols >= BLOCK_N, I, False)
     acc = tl.zeros((BLOCK_M, NB * BLOCK_N), dtype=tl.float32)
     offs_k = tl.arange(0, BLOCK_K)
+    if SW_SCALAR:
+        return _fp8_gate_up_desc_scalar(
+            a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
+            expert, n0, I, H, stride_a_h, BN_W, GROUP_K, GATED, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN,
+            BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
     if BLOCKWISE:  # group 0's scales; each next group's one step ahead (module docstring)
         last_g = (H - 1) // GROUP_K
         sa, sw = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, rows, 0, BN_W,
@@ -187,6 +209,50 @@ def _fp8_gate_up_desc_loop(
 
 
 @triton.jit
+def _fp8_gate_up_desc_scalar(
+    a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
+    expert, n0, I, H, stride_a_h, BN_W, GROUP_K, GATED: tl.constexpr,
+    FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """_fp8_gate_up_desc_loop under SW_SCALAR (its docstring): block scheme, concat or non-gated rows, one gate
+    and one up weight scale per K group; returns the (gate, up) fp32 accumulators."""
+    gate0 = n0 % I  # first gate row (the tile's rows share its weight block)
+    up0 = gate0 + I  # first up row (GATED)
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
+    last_g = (H - 1) // GROUP_K
+    sa, sw_g = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0, 0, BN_W, stride_sw_n,
+                             stride_sw_k)  # fmt: skip
+    sw_u = _w_scale(sw_base, up0, 0, BN_W, stride_sw_n, stride_sw_k)
+    for kk in range(0, tl.cdiv(H, BLOCK_K)):
+        k0 = kk * BLOCK_K
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_k < H - k0)[None, :], other=0.0)
+        if GATED:
+            w = _desc_w(
+                w_desc, [expert, 0, n0, k0], 2 * BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN
+            )
+        else:
+            w = _desc_w(w_desc, [expert, n0, k0], BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
+        g_next = tl.minimum((k0 + BLOCK_K) // GROUP_K, last_g)
+        sa_next, sw_g_next = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0, g_next,
+                                           BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
+        d = tl.dot(a, w)
+        if GATED:
+            sw_u_next = _w_scale(sw_base, up0, g_next, BN_W, stride_sw_n, stride_sw_k)
+            d_g, d_u = _split_gate_up(d, True, BLOCK_M, BLOCK_N)
+            acc_g += d_g * (sa * sw_g)[:, None]
+            acc_u += d_u * (sa * sw_u)[:, None]
+            sw_u = sw_u_next
+        else:
+            acc_g += d * (sa * sw_g)[:, None]
+        sa, sw_g = sa_next, sw_g_next
+        a_ptrs += BLOCK_K * stride_a_h
+    return acc_g, acc_u
+
+
+@triton.jit
 def fp8_gate_up_kernel(
     a_ptr, sa_ptr,  # (T, H) quantized x, (T, G1) scales
     w_ptr, sw_ptr,  # (E, R, H) codes, (E, Rb, Hb) scales; R = 2I gated / I
@@ -204,6 +270,7 @@ def fp8_gate_up_kernel(
     BLOCKWISE: tl.constexpr, QUANT_OUT: tl.constexpr, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
     FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, W_DESC: tl.constexpr,
+    SW_SCALAR: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, G2: tl.constexpr,
 ):  # fmt: skip
     """act[a] = activation(dequant(x_q[a // k] @ w13_q[e, gate].T) + b, dequant(... up ...) + b)."""
@@ -221,7 +288,7 @@ def fp8_gate_up_kernel(
             a_ptr + tok[:, None] * stride_a_t + offs_k[None, :] * stride_a_h, row_ok, tok, w_desc,
             sa_ptr, stride_sa_t, stride_sa_g, sw_ptr + expert.to(tl.int64) * stride_sw_e, stride_sw_n, stride_sw_k,
             expert, pid_n * BLOCK_N, I, H, stride_a_h, BN_W, GROUP_K, GATED, INTERLEAVED, BLOCKWISE,
-            FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, BLOCK_M, BLOCK_N, BLOCK_K,
+            FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, SW_SCALAR, BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
     else:
         acc_g, acc_u = _fp8_gate_up_ptr_loop(
@@ -270,7 +337,7 @@ def fp8_down_kernel(
     stride_b_e, stride_b_h, stride_out_a, stride_out_h,
     HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr, BLOCKWISE: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    W_DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     """out[a] = (dequant(act_q[a] @ w2_q[e].T) + b2[e]) * (route_w[a] if MUL_WEIGHT), all in fp32, one cast."""
     pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
@@ -292,9 +359,12 @@ def fp8_down_kernel(
     sw_base = sw_ptr + expert.to(tl.int64) * stride_sw_e
     sa_rows = sa_ptr + rows * stride_sa_a
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # SW_SCALAR (BLOCK_N divides the weight block): the tile's rows share one weight scale per K group, a
+    # scalar instead of a (BLOCK_N,) vector (_fp8_gate_up_desc_loop says why)
+    w_rows = pid_n * BLOCK_N if SW_SCALAR else offs_n_w
     if BLOCKWISE:  # as in fp8_gate_up_kernel: each next group's scales one step ahead
         last_g = (I - 1) // GROUP_K
-        sa, sw = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, offs_n_w, 0, BN_W,
+        sa, sw = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows, 0, BN_W,
                                stride_sw_n, stride_sw_k)  # fmt: skip
     for kk in range(0, tl.cdiv(I, BLOCK_K)):
         k_ok = offs_k < I - kk * BLOCK_K
@@ -306,9 +376,9 @@ def fp8_down_kernel(
             w = _load_w(w_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
         if BLOCKWISE:
             g_next = tl.minimum(((kk + 1) * BLOCK_K) // GROUP_K, last_g)
-            sa_next, sw_next = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, offs_n_w,
+            sa_next, sw_next = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows,
                                              g_next, BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
-            acc += tl.dot(a, w) * (sa[:, None] * sw[None, :])
+            acc += tl.dot(a, w) * _outer(sa, sw, SW_SCALAR)
             sa, sw = sa_next, sw_next
         else:  # promoted per K tile (module docstring)
             acc += tl.dot(a, w)

@@ -155,6 +155,13 @@ def k_block(spec: MoESpec, tile_k: int) -> int:
     return min(tile_k, g, FP8_PROMOTION)
 
 
+def scalar_weight_scales(spec: MoESpec, bn: int, block_n: int, up_offset: int) -> bool:
+    """Block scheme with every N tile's weight rows inside one weight block (the kernels' SW_SCALAR): block_n
+    divides the weight block's bn rows, and a gated GEMM1's up rows (up_offset = I rows further) start on a
+    block boundary too. Then a K group has one weight scale per tile (per half: gate, up), loaded as a scalar."""
+    return spec.quant.method == "fp8_block" and bn % block_n == 0 and up_offset % bn == 0
+
+
 # ----------------------------------------------------------------------------------------------- GEMMs
 def launch_fp8_gate_up(
     spec: MoESpec, xq, sx, w, bias, act, meta: AlignMeta, tile: GemmTile, *, sq=None, interleaved=None
@@ -170,6 +177,9 @@ def launch_fp8_gate_up(
     so = sq if sq is not None else sx
     il = spec.w13_layout == "interleaved" if interleaved is None else interleaved
     w_desc = w13_desc(codes, tile.BLOCK_N, block_k, spec.gated, il) if tile.tma else None
+    sw_scalar = (
+        w_desc is not None and not il and scalar_weight_scales(spec, bn, tile.BLOCK_N, I if spec.gated else 0)
+    )
     K.fp8_gate_up_kernel[grid](
         xq, sx, codes, scales, w_desc, b, act, so,
         meta.sorted_ids, meta.expert_of_block, meta.num_padded,
@@ -181,7 +191,7 @@ def launch_fp8_gate_up(
         GATED=spec.gated, INTERLEAVED=il,
         HAS_BIAS=bias is not None, ACTIVATION=ACTIVATIONS[spec.activation],
         BLOCKWISE=q.method == "fp8_block", QUANT_OUT=sq is not None, **scale_constexprs(spec),
-        **fmt_constexprs(q.fp8_format), W_DESC=w_desc is not None,
+        **fmt_constexprs(q.fp8_format), W_DESC=w_desc is not None, SW_SCALAR=sw_scalar,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
         G2=q.act_group if sq is not None else 16,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
@@ -210,7 +220,7 @@ def launch_fp8_down(
         b.stride(0), b.stride(1) if bias is not None else 0, out.stride(0), out.stride(1),
         HAS_BIAS=bias is not None, MUL_WEIGHT=route_weights is not None, BLOCKWISE=q.method == "fp8_block",
         FP8_MBITS=fc["FP8_MBITS"], FP8_EBITS=fc["FP8_EBITS"], FP8_BIAS=fc["FP8_BIAS"], FP8_NAN=fc["FP8_NAN"],
-        W_DESC=w_desc is not None,
+        W_DESC=w_desc is not None, SW_SCALAR=scalar_weight_scales(spec, bn, tile.BLOCK_N, 0),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip

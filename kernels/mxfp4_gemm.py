@@ -138,8 +138,10 @@ def default_decode(dtype: torch.dtype, scale_at: str, dot: str, backend: str) ->
 
 
 def _mx_tile(t: GemmTile, max_k: int | None) -> GemmTile:
+    """A float table's tile for the MXFP4 GEMMs: BLOCK_K capped per decode; tma off (the packed codes and their
+    scales are read through pointers: a row's tma key does not reach these kernels, so the config says so)."""
     bk = max(t.BLOCK_K, 32)
-    return replace(t, BLOCK_K=bk if max_k is None else min(bk, max_k))
+    return replace(t, BLOCK_K=bk if max_k is None else min(bk, max_k), tma=False)
 
 
 _MX_KEYS = ("scale_at", "dot", "decode", "quant")  # Mxfp4Config keys of a config dict beyond the tiles

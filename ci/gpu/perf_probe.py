@@ -34,6 +34,8 @@ dec10     decode launches (session 10): each kernel of one forward in launch ord
           tiles (T = 1 / 16); fp8 kernel records at T = 4096
 tma11     weight tiles through tensor descriptors (TMA) against the table's pointer loads: bf16 peer presets and
           block fp8 DeepSeek-V3 at T = 1 .. 4096, outputs compared bitwise
+fp8s11    block fp8 with scalar weight scales per tile half (the table) against pointer loads and BLOCK_M 128
+          tiles, DeepSeek-V3 with its shared expert at T = 1 .. 4096, bf16 in the same run
 router    the fused select against the separate select launch (graph replays of route and of the forward
           with the router, against the ids-given forward; routing outputs compared)
 
@@ -817,6 +819,40 @@ def part_tma11(timer) -> None:
                        TMA11, "16bit")  # fmt: skip
 
 
+def _fp8_large(bm, gu_bn, gu_w, gu_st, dn_bn, dn_w, dn_st):
+    """A forced block fp8 config with descriptor weights (BLOCK_K 128: one scale group per K tile)."""
+    return c(
+        bm, {**tile(gu_bn, 128, gu_w, gu_st), "tma": True}, {**tile(dn_bn, 128, dn_w, dn_st), "tma": True}
+    )
+
+
+FP8S11 = {
+    "table": ({}, None),
+    "pointers": ({"tma": False}, None),
+    "bm128 w8 s4": ({}, _fp8_large(128, 64, 8, 4, 128, 8, 4)),
+    "bm128 w8 s5": ({}, _fp8_large(128, 64, 8, 5, 128, 8, 5)),
+    "bm64 w4 s3": ({}, _fp8_large(64, 64, 4, 3, 128, 4, 3)),
+}
+
+
+def part_fp8s11(timer) -> None:
+    """Block fp8 with one weight scale per tile half and K group (SW_SCALAR: 221 -> 175 registers at the m > 32
+    row on sm90, AOT triton 3.9), session 11: the table (descriptors + scalar scales) against its pointer loads
+    (the gate_up pointer loop keeps per-column scales) and BLOCK_M 128 tiles the freed registers allow
+    (206 registers, no spill), at DeepSeek-V3 width with its shared expert; bf16 in the same run."""
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
+    for T in (1, 16, 128, 512, 4096):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+        fwd8 = lambda cfg, x=x, r=r: fused_moe(qspec, qw, x, routing=r, config=cfg)
+        variants = FP8S11 if T >= 512 else {k: FP8S11[k] for k in ("table", "pointers")}
+        _bits_variants(timer, {"part": "fp8s11", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd8, variants,
+                       "fp8")  # fmt: skip
+        fwd16 = lambda cfg, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg)
+        _bits_variants(timer, {"part": "fp8s11", "kind": "bf16", "preset": "deepseek-v3 full", "T": T}, fwd16,
+                       {"table": ({}, None)}, "16bit")  # fmt: skip
+
+
 def _warm_clocks(seconds: float = 1.0) -> None:
     """Busy the GPU before the first timed point: a device call starts at idle clocks (345 MHz on the H200) and
     session 10's first points came out 5-7% slower than the same code timed later in the run (dec10, ab8,
@@ -846,7 +882,7 @@ def main() -> int:
              "fp8dec": part_fp8dec, "fill": part_fill, "dec10": part_dec10,
              "ab8": lambda t: part_ab8(t, a.baseline), "fill10": part_fill10,
              "side10": part_side10, "stages16": part_stages16,
-             "stages8": part_stages8, "tma11": part_tma11}  # fmt: skip
+             "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -870,7 +906,7 @@ def main() -> int:
             top = ", ".join(f"{k[:28]} {v:.1f}" for k, v in list(r.get("kernels", {}).items())[:6])
             extra = {k: round(v, 4) for k, v in r.items() if k.endswith("_ms")}
             print(f"profile {r.get('what')} {r.get('preset')} T={r.get('T')} {extra} | {top}")
-        elif r.get("part") in ("dec10", "fill10", "side10", "stages16", "stages8", "tma11"):
+        elif r.get("part") in ("dec10", "fill10", "side10", "stages16", "stages8", "tma11", "fp8s11"):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
             bits = {True: " same-bits", False: " BITS DIFFER"}.get(r.get("bitwise_equal"), "")

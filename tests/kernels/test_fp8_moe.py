@@ -99,13 +99,19 @@ def test_the_unfused_requantization_path_matches_too(device):
     assert r.outcome == Outcome.PASS, f"{r.outcome.value} at {r.failing_stage}: {r.message}"
 
 
-@pytest.mark.parametrize("layout", ["concat", "interleaved"])
-def test_descriptor_weights_give_the_pointer_bits(layout, device, monkeypatch):
+@pytest.mark.parametrize(
+    "layout, inter",
+    [("concat", 144), ("concat", 256), ("interleaved", 144)],
+    ids=["concat", "concat-scalar", "il"],
+)
+def test_descriptor_weights_give_the_pointer_bits(layout, inter, device, monkeypatch):
     """GemmTile.tma (weight tiles through tensor descriptors: TMA on sm90+) in the block scheme: the same bits
-    as the pointer loads (each K tile's product is exact before its scales), and PASS. H 192 / I 144: rows of
-    whole 16-byte units, so both GEMMs take descriptors."""
-    case = _case(QuantScheme.fp8_block(), hidden_size=192, intermediate_size=144, w13_layout=layout,
+    as the pointer loads (each K tile's product is exact before its scales), and PASS. H 192: rows of whole
+    16-byte units, so both GEMMs take descriptors. I 256 (two whole 128-row weight blocks) lets GEMM1 take one
+    scalar scale per half and K group (SW_SCALAR); I 144 gathers a scale per column."""
+    case = _case(QuantScheme.fp8_block(), hidden_size=192, intermediate_size=inter, w13_layout=layout,
                  activation="swiglu_oai" if layout == "interleaved" else "silu", expert_bias=layout == "interleaved")  # fmt: skip
+    assert fp8_gemm.scalar_weight_scales(case.spec, 128, 128, inter) == (inter == 256)
     outs: dict[bool, list[torch.Tensor]] = {False: [], True: []}
     descs = []
     real_w13, real_w2 = fp8_gemm.w13_desc, fp8_gemm.weight_desc
