@@ -11,6 +11,10 @@
       fill   a table's optional "fill" rule (fill_grid): at m <= its bucket (null: any m), BLOCK_N halves
              while a GEMM's grid would leave the device's SMs under-filled (decode sizes of wide-E models,
              the shared expert's one-expert GEMMs)
+      tma    a GEMM tile's optional "tma": true (the sm90 table's rows): its weight tiles are read through
+             tensor descriptors (TMA boxes on sm90+, one per K step; Triton rewrites them to pointer loads on
+             targets without TMA), where the weight's strides allow it (grouped_gemm.weight_desc). Same bits
+             as the pointer loads (tests/kernels/test_weight_desc.py, on the H200 at every probed point).
 
 Tests and the harness force a config with `fused_moe(..., config=cfg)` or `with forced(cfg): ...`.
 `all_configs()` lists every table entry (the AOT engineer compiles each for the targets that read its table);

@@ -58,7 +58,8 @@ class AotRecord:
 
 
 def config_label(cfg: dict[str, Any]) -> str:
-    """'M16 N64 K128 G1 w4 s4' for GEMM tiles; 'BLOCK_T=16 BLOCK_E=256 ... w4 s2' for the other kernels."""
+    """'M16 N64 K128 G1 w4 s4' for GEMM tiles ('... tma' with descriptor weights: W_DESC); 'BLOCK_T=16
+    BLOCK_E=256 ... w4 s2' for the other kernels."""
     short = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K", "GROUP_M": "G"}
     if "BLOCK_K" in cfg and "BLOCK_M" in cfg:
         parts = [f"{short[k]}{cfg[k]}" for k in short if k in cfg]
@@ -67,5 +68,6 @@ def config_label(cfg: dict[str, Any]) -> str:
     parts += [
         f"w{cfg['num_warps']}" if "num_warps" in cfg else "",
         f"s{cfg['num_stages']}" if "num_stages" in cfg else "",
+        "tma" if cfg.get("W_DESC") else "",
     ]
     return " ".join(p for p in parts if p)
