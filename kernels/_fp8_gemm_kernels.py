@@ -337,7 +337,8 @@ def fp8_down_kernel(
     stride_b_e, stride_b_h, stride_out_a, stride_out_h,
     HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr, BLOCKWISE: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     """out[a] = (dequant(act_q[a] @ w2_q[e].T) + b2[e]) * (route_w[a] if MUL_WEIGHT), all in fp32, one cast."""
     pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
