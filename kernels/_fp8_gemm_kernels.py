@@ -46,6 +46,7 @@ from moe_cts.kernels._grouped_gemm_kernels import (
     _split_gate_up,
     _tile_coords,
     _tile_rows,
+    _w13_box,
     _w13_rows,
 )
 
@@ -84,11 +85,9 @@ def _group_scales(sa_ptr, in_rows, stride_sa_t, stride_sa_g, row_ok, sw_base, w_
 
 
 @triton.jit
-def _desc_w(desc, offsets, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, MBITS: tl.constexpr, EBITS: tl.constexpr,
-            BIAS: tl.constexpr, NAN: tl.constexpr):  # fmt: skip
-    """The (BLOCK_K, ROWS) B operand of the box at `offsets` of a tensor descriptor (W_DESC; zeros out of
-    bounds), ROWS weight rows of BLOCK_K codes: fp8 as stored (GPU), uint8 codes decoded (interpreter)."""
-    w = desc.load(offsets).reshape(ROWS, BLOCK_K)
+def _fp8_b(w, MBITS: tl.constexpr, EBITS: tl.constexpr, BIAS: tl.constexpr, NAN: tl.constexpr):
+    """The (BLOCK_K, ROWS) B operand of a (ROWS, BLOCK_K) weight box read through a tensor descriptor (W_DESC;
+    zeros out of bounds): fp8 as stored (GPU), uint8 codes decoded (interpreter)."""
     if INTERPRET:
         w = _decode_fp8(w, MBITS, EBITS, BIAS, NAN)
     return trans_tile(w)
@@ -146,7 +145,7 @@ def _fp8_gate_up_desc_loop(
     expert, n0, I, H, stride_a_h, BN_W, GROUP_K,
     GATED: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCKWISE: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    SW_SCALAR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """fp8_gate_up_kernel's K loop with the weight tiles read through a tensor descriptor (W_DESC: TMA on sm90+),
     dequantized; returns the (gate, up) fp32 accumulators. One box and one dot per K step, with the boxes and
@@ -159,8 +158,8 @@ def _fp8_gate_up_desc_loop(
     it: fp8_gemm.scalar_weight_scales): the gate rows of a tile lie in one weight block and so do its up rows,
     so each K group has one gate and one up scale. They are loaded as two scalars and the dot's halves are
     scaled apart, instead of a scale per column: the same products (s_a * s_w, then the dot times it), and
-    the (2 BLOCK_N,) scale vector and its prefetched twin no longer hold registers."""
-    CONCAT: tl.constexpr = GATED and not INTERLEAVED
+    the (2 BLOCK_N,) scale vector and its prefetched twin no longer hold registers. The kernel then takes
+    _fp8_gate_up_desc_scalar instead of this loop."""
     NB: tl.constexpr = 2 if GATED else 1
     cols = tl.arange(0, NB * BLOCK_N)
     if GATED and INTERLEAVED:  # column c: gate (c even) or up (c odd) row of output n0 + c // 2
@@ -169,12 +168,6 @@ def _fp8_gate_up_desc_loop(
         rows = _w13_rows(n0 + cols % BLOCK_N, cols >= BLOCK_N, I, False)
     acc = tl.zeros((BLOCK_M, NB * BLOCK_N), dtype=tl.float32)
     offs_k = tl.arange(0, BLOCK_K)
-    if SW_SCALAR:
-        return _fp8_gate_up_desc_scalar(
-            a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
-            expert, n0, I, H, stride_a_h, BN_W, GROUP_K, GATED, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN,
-            BLOCK_M, BLOCK_N, BLOCK_K,
-        )  # fmt: skip
     if BLOCKWISE:  # group 0's scales; each next group's one step ahead (module docstring)
         last_g = (H - 1) // GROUP_K
         sa, sw = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, rows, 0, BN_W,
@@ -182,13 +175,8 @@ def _fp8_gate_up_desc_loop(
     for kk in range(0, tl.cdiv(H, BLOCK_K)):
         k0 = kk * BLOCK_K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_k < H - k0)[None, :], other=0.0)
-        if CONCAT:
-            w = _desc_w(
-                w_desc, [expert, 0, n0, k0], 2 * BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN
-            )
-        else:
-            w = _desc_w(w_desc, [expert, NB * n0, k0], NB * BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS, FP8_BIAS,
-                        FP8_NAN)  # fmt: skip
+        w = _fp8_b(_w13_box(w_desc, expert, n0, k0, GATED, INTERLEAVED, BLOCK_N, BLOCK_K), FP8_MBITS, FP8_EBITS,
+                   FP8_BIAS, FP8_NAN)  # fmt: skip
         if BLOCKWISE:
             g_next = tl.minimum((k0 + BLOCK_K) // GROUP_K, last_g)
             sa_next, sw_next = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, rows, g_next,
@@ -229,12 +217,8 @@ def _fp8_gate_up_desc_scalar(
     for kk in range(0, tl.cdiv(H, BLOCK_K)):
         k0 = kk * BLOCK_K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_k < H - k0)[None, :], other=0.0)
-        if GATED:
-            w = _desc_w(
-                w_desc, [expert, 0, n0, k0], 2 * BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN
-            )
-        else:
-            w = _desc_w(w_desc, [expert, n0, k0], BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
+        w = _fp8_b(_w13_box(w_desc, expert, n0, k0, GATED, False, BLOCK_N, BLOCK_K), FP8_MBITS, FP8_EBITS,
+                   FP8_BIAS, FP8_NAN)  # fmt: skip
         g_next = tl.minimum((k0 + BLOCK_K) // GROUP_K, last_g)
         sa_next, sw_g_next = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0, g_next,
                                            BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
@@ -242,11 +226,11 @@ def _fp8_gate_up_desc_scalar(
         if GATED:
             sw_u_next = _w_scale(sw_base, up0, g_next, BN_W, stride_sw_n, stride_sw_k)
             d_g, d_u = _split_gate_up(d, True, BLOCK_M, BLOCK_N)
-            acc_g += d_g * (sa * sw_g)[:, None]
-            acc_u += d_u * (sa * sw_u)[:, None]
+            acc_g += d_g * _outer(sa, sw_g, True)
+            acc_u += d_u * _outer(sa, sw_u, True)
             sw_u = sw_u_next
         else:
-            acc_g += d * (sa * sw_g)[:, None]
+            acc_g += d * _outer(sa, sw_g, True)
         sa, sw_g = sa_next, sw_g_next
         a_ptrs += BLOCK_K * stride_a_h
     return acc_g, acc_u
@@ -283,12 +267,19 @@ def fp8_gate_up_kernel(
     ids, row_ok, tok, offs_n, _, offs_k = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
     )
-    if W_DESC:
+    a_ptrs = a_ptr + tok[:, None] * stride_a_t + offs_k[None, :] * stride_a_h
+    sw_base = sw_ptr + expert.to(tl.int64) * stride_sw_e
+    if W_DESC and SW_SCALAR:
+        acc_g, acc_u = _fp8_gate_up_desc_scalar(
+            a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
+            expert, pid_n * BLOCK_N, I, H, stride_a_h, BN_W, GROUP_K, GATED, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN,
+            BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+    elif W_DESC:
         acc_g, acc_u = _fp8_gate_up_desc_loop(
-            a_ptr + tok[:, None] * stride_a_t + offs_k[None, :] * stride_a_h, row_ok, tok, w_desc,
-            sa_ptr, stride_sa_t, stride_sa_g, sw_ptr + expert.to(tl.int64) * stride_sw_e, stride_sw_n, stride_sw_k,
+            a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
             expert, pid_n * BLOCK_N, I, H, stride_a_h, BN_W, GROUP_K, GATED, INTERLEAVED, BLOCKWISE,
-            FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, SW_SCALAR, BLOCK_M, BLOCK_N, BLOCK_K,
+            FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
     else:
         acc_g, acc_u = _fp8_gate_up_ptr_loop(
@@ -371,8 +362,8 @@ def fp8_down_kernel(
         k_ok = offs_k < I - kk * BLOCK_K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         if W_DESC:  # rows past H and columns past I read as zeros
-            w = _desc_w(w_desc, [expert, pid_n * BLOCK_N, kk * BLOCK_K], BLOCK_N, BLOCK_K, FP8_MBITS, FP8_EBITS,
-                        FP8_BIAS, FP8_NAN)  # fmt: skip
+            box = w_desc.load([expert, pid_n * BLOCK_N, kk * BLOCK_K]).reshape(BLOCK_N, BLOCK_K)
+            w = _fp8_b(box, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
         else:
             w = _load_w(w_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
         if BLOCKWISE:

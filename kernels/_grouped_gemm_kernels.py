@@ -187,6 +187,19 @@ def _gate_up_ptr_loop(
 
 
 @triton.jit
+def _w13_box(w_desc, expert, n0, k0, GATED: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_K: tl.constexpr):  # fmt: skip
+    """The (NB BLOCK_N, BLOCK_K) weight rows of output columns n0 .. n0 + BLOCK_N at K offset k0, one box of
+    grouped_gemm.w13_desc's descriptor (NB = 2 gated, 1 not; rows in the order _gate_up_desc_loop describes):
+    concat halves (E, 2, I, H) at [e, 0, n0, k0], else rows NB n0 .. of (E, R, H)."""
+    NB: tl.constexpr = 2 if GATED else 1
+    if GATED and not INTERLEAVED:
+        return w_desc.load([expert, 0, n0, k0]).reshape(2 * BLOCK_N, BLOCK_K)
+    else:
+        return w_desc.load([expert, NB * n0, k0]).reshape(NB * BLOCK_N, BLOCK_K)
+
+
+@triton.jit
 def _gate_up_desc_loop(
     x_ptrs, row_ok, w_desc, expert, n0, I, H, stride_x_h,
     GATED: tl.constexpr, INTERLEAVED: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
@@ -205,7 +218,6 @@ def _gate_up_desc_loop(
 
     Rows past a half's (or the weight's) end and columns past H read as zeros (the descriptor's bounds); they
     reach only output columns >= I, which the store masks, or add zero products."""
-    CONCAT: tl.constexpr = GATED and not INTERLEAVED
     NB: tl.constexpr = 2 if GATED else 1
     acc = tl.zeros((BLOCK_M, NB * BLOCK_N), dtype=tl.float32)
     offs_k = tl.arange(0, BLOCK_K)
@@ -215,10 +227,7 @@ def _gate_up_desc_loop(
             x = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
         else:
             x = tl.load(x_ptrs, mask=row_ok[:, None] & (offs_k < H - k0)[None, :], other=0.0)
-        if CONCAT:
-            w = w_desc.load([expert, 0, n0, k0]).reshape(2 * BLOCK_N, BLOCK_K)
-        else:
-            w = w_desc.load([expert, NB * n0, k0]).reshape(NB * BLOCK_N, BLOCK_K)
+        w = _w13_box(w_desc, expert, n0, k0, GATED, INTERLEAVED, BLOCK_N, BLOCK_K)
         if INTERPRET:  # as in gate_up_kernel's pointer loop
             x = x.to(tl.float32)
             w = w.to(tl.float32)

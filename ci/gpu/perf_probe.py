@@ -677,22 +677,10 @@ def part_side10(timer) -> None:
         point("bf16", "qwen2-57b-a14b", T, spec, base, x, routing(spec, T, "cuda", gen))
 
 
-@contextlib.contextmanager
 def _decode_row(dc: str, **gemm_keys):
-    """The sm90 table's first `dc` row (m <= 8) with gemm_keys set in both GEMM tiles inside the block; the
-    fill rule still applies (the cached table dict, restored after)."""
-    from moe_cts.kernels import config as cfgmod
-
-    row = cfgmod.load_table("cuda-sm90")["tables"][dc][0]
-    old = {g: dict(row[g]) for g in ("gate_up", "down")}
-    for g in old:
-        row[g].update(gemm_keys)
-    try:
-        yield
-    finally:
-        for g, v in old.items():
-            row[g].clear()
-            row[g].update(v)
+    """The sm90 table's first `dc` row (m <= 8) with gemm_keys set in both GEMM tiles inside the block (the
+    fill rule still applies): _sm90_rows of that row alone."""
+    return _sm90_rows(dc, slice(0, 1), **gemm_keys)
 
 
 STAGES16 = {"table": {}, "2 stages": {"num_stages": 2}, "3 stages": {"num_stages": 3}}
@@ -744,12 +732,12 @@ def part_stages8(timer) -> None:
 
 
 @contextlib.contextmanager
-def _sm90_rows(dc: str, **gemm_keys):
-    """Every row of the sm90 table's `dc` class with gemm_keys set in both GEMM tiles inside the block (the
-    cached table dict, restored after); the fill rule still applies."""
+def _sm90_rows(dc: str, which: slice = slice(None), **gemm_keys):
+    """The rows `which` (default every row) of the sm90 table's `dc` class with gemm_keys set in both GEMM tiles
+    inside the block (the cached table dict, restored after); the fill rule still applies."""
     from moe_cts.kernels import config as cfgmod
 
-    rows = cfgmod.load_table("cuda-sm90")["tables"][dc]
+    rows = cfgmod.load_table("cuda-sm90")["tables"][dc][which]
     old = [{g: dict(row[g]) for g in ("gate_up", "down")} for row in rows]
     for row in rows:
         for g in ("gate_up", "down"):
