@@ -45,6 +45,7 @@ from moe_cts.kernels._grouped_gemm_kernels import (
     _gate_up_bias,
     _split_gate_up,
     _tile_coords,
+    _tile_expert,
     _tile_rows,
     _w13_box,
     _w13_rows,
@@ -254,19 +255,64 @@ def fp8_gate_up_kernel(
     BLOCKWISE: tl.constexpr, QUANT_OUT: tl.constexpr, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
     FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, W_DESC: tl.constexpr,
-    SW_SCALAR: tl.constexpr,
+    SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, G2: tl.constexpr,
 ):  # fmt: skip
-    """act[a] = activation(dequant(x_q[a // k] @ w13_q[e, gate].T) + b, dequant(... up ...) + b)."""
-    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
-        return
-    expert = tl.load(expert_of_block_ptr + pid_m)
-    if expert < 0:
-        return
+    """act[a] = activation(dequant(x_q[a // k] @ w13_q[e, gate].T) + b, dequant(... up ...) + b).
+
+    One tile per program, or PERSISTENT: a few programs per SM walk the used tiles (_grouped_gemm_kernels.py's
+    module docstring)."""
+    if PERSISTENT:
+        used_m = tl.load(num_padded_ptr) // BLOCK_M
+        for tile in tl.range(
+            tl.program_id(0), used_m * tl.cdiv(I, BLOCK_N), tl.num_programs(0), flatten=True
+        ):
+            pid_m, pid_n = _tile_coords(tile, used_m, I, BLOCK_N, GROUP_M)
+            _fp8_gate_up_tile(
+                a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert_of_block_ptr,
+                pid_m, pid_n, num_assignments, top_k, I, H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t,
+                stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e,
+                stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
+                amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, QUANT_OUT, HAS_EPS, SCALE_FMT,
+                FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, True,
+                BLOCK_M, BLOCK_N, BLOCK_K, G2,
+            )  # fmt: skip
+    else:
+        pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
+        if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
+            return
+        if tl.load(expert_of_block_ptr + pid_m) < 0:
+            return
+        _fp8_gate_up_tile(
+            a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert_of_block_ptr,
+            pid_m, pid_n, num_assignments, top_k, I, H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t,
+            stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e,
+            stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
+            amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, QUANT_OUT, HAS_EPS, SCALE_FMT,
+            FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, False,
+            BLOCK_M, BLOCK_N, BLOCK_K, G2,
+        )  # fmt: skip
+
+
+@triton.jit
+def _fp8_gate_up_tile(
+    a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert_of_block_ptr,
+    pid_m, pid_n, num_assignments, top_k, I, H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t,
+    stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e,
+    stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit, amax_eps,
+    GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    BLOCKWISE: tl.constexpr, QUANT_OUT: tl.constexpr, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr,
+    FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
+    FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, W_DESC: tl.constexpr,
+    SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, G2: tl.constexpr,
+):  # fmt: skip
+    """fp8_gate_up_kernel's work on the live tile (pid_m, pid_n): K loop, dequant, bias, activation, store
+    (quantized under QUANT_OUT)."""
     ids, row_ok, tok, offs_n, _, offs_k = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
     )
+    expert, row_ok = _tile_expert(expert_of_block_ptr, pid_m, row_ok, PERSISTENT)
     a_ptrs = a_ptr + tok[:, None] * stride_a_t + offs_k[None, :] * stride_a_h
     sw_base = sw_ptr + expert.to(tl.int64) * stride_sw_e
     if W_DESC and SW_SCALAR:
@@ -328,19 +374,55 @@ def fp8_down_kernel(
     stride_b_e, stride_b_h, stride_out_a, stride_out_h,
     HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr, BLOCKWISE: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr,
+    W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    """out[a] = (dequant(act_q[a] @ w2_q[e].T) + b2[e]) * (route_w[a] if MUL_WEIGHT), all in fp32, one cast."""
-    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
-        return
-    expert = tl.load(expert_of_block_ptr + pid_m)
-    if expert < 0:
-        return
+    """out[a] = (dequant(act_q[a] @ w2_q[e].T) + b2[e]) * (route_w[a] if MUL_WEIGHT), all in fp32, one cast.
+
+    One tile per program, or PERSISTENT (as fp8_gate_up_kernel)."""
+    if PERSISTENT:
+        used_m = tl.load(num_padded_ptr) // BLOCK_M
+        for tile in tl.range(
+            tl.program_id(0), used_m * tl.cdiv(H, BLOCK_N), tl.num_programs(0), flatten=True
+        ):
+            pid_m, pid_n = _tile_coords(tile, used_m, H, BLOCK_N, GROUP_M)
+            _fp8_down_tile(
+                a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert_of_block_ptr,
+                pid_m, pid_n, num_assignments, H, I, BN_W, GROUP_K, stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
+                stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
+                stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
+                FP8_NAN, W_DESC, SW_SCALAR, True, BLOCK_M, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
+    else:
+        pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
+        if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
+            return
+        if tl.load(expert_of_block_ptr + pid_m) < 0:
+            return
+        _fp8_down_tile(
+            a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert_of_block_ptr,
+            pid_m, pid_n, num_assignments, H, I, BN_W, GROUP_K, stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
+            stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
+            stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
+            FP8_NAN, W_DESC, SW_SCALAR, False, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+
+
+@triton.jit
+def _fp8_down_tile(
+    a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert_of_block_ptr,
+    pid_m, pid_n, num_assignments, H, I, BN_W, GROUP_K, stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
+    stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
+    stride_out_a, stride_out_h, HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr, BLOCKWISE: tl.constexpr,
+    FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
+    W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """fp8_down_kernel's work on the live tile (pid_m, pid_n): K loop, dequant, bias, router weight, store."""
     _, row_ok, rows, offs_n, offs_n_w, offs_k = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, 1, H, False, BLOCK_M, BLOCK_N, BLOCK_K
     )
+    expert, row_ok = _tile_expert(expert_of_block_ptr, pid_m, row_ok, PERSISTENT)
     a_ptrs = a_ptr + rows[:, None] * stride_a_a + offs_k[None, :] * stride_a_i
     w_ptrs = (
         w_ptr

@@ -5,6 +5,19 @@ Both kernels walk the aligned slot list of moe_cts.kernels.metadata.AlignMeta: M
 flat assignment id a = t * k + j, or the pad sentinel T * k, which is masked on every load and store.
 Rows are addressed with 64-bit offsets: a * stride passes 2^31 at T = 50k, k = 8, H = 7168
 (docs/bugs.md#bug-01-int32-address-overflow).
+
+PERSISTENT (GemmTile.persistent > 0): the grid holds a few programs per SM instead of one per tile, and each
+walks tiles pid, pid + grid, ... below num_padded (the used tiles only, in the GROUP_M order the one-tile grid
+has):
+
+    for tile in tl.range(pid, used_m_tiles * n_tiles, num_programs, flatten=True):
+        pid_m, pid_n = _tile_coords(tile, used_m_tiles, N, BLOCK_N, GROUP_M)
+        the one-tile kernel's body on (pid_m, pid_n)        # same loads, same dots: same bits per tile
+
+flatten=True asks Triton to fuse the tile loop and the K loop into one loop and pipeline it, so the next
+tile's first operand loads are in flight during this tile's epilogue (stores, activation, router weight):
+the gain of persistent GEMMs where K loops are short (GEMM2's K = I). The tile body holds no branch around
+its K loop (_tile_expert says why).
 """
 
 from __future__ import annotations
@@ -79,6 +92,22 @@ def _tile_rows(
     offs_n_w = offs_n % N
     offs_k = tl.arange(0, BLOCK_K)
     return ids, row_ok, in_rows, offs_n, offs_n_w, offs_k
+
+
+@triton.jit
+def _tile_expert(expert_of_block_ptr, pid_m, row_ok, PERSISTENT: tl.constexpr):
+    """(expert, row_ok) of a tile. One tile per program: the kernel has returned on an unused tile (expert
+    -1). PERSISTENT: the walk covers the used tiles only (tiles below num_padded, whose expert align sets);
+    an expert read as -1 anyway (metadata built elsewhere) masks every row and reads expert 0's weights in
+    bounds, so the tile computes zeros it never stores. The persistent walk cannot skip a tile with a branch:
+    an `if` around the K loop keeps Triton from flattening the tile loop and the K loop into one pipelined
+    loop (FuseNestedLoops does not look inside scf.if)."""
+    expert = tl.load(expert_of_block_ptr + pid_m)
+    if PERSISTENT:
+        # broadcast before the compare: the interpreter's bool scalar & bool block is no valid mask dtype
+        row_ok = row_ok & (tl.zeros_like(row_ok.to(tl.int32)) + expert >= 0)
+        expert = tl.maximum(expert, 0)
+    return expert, row_ok
 
 
 @triton.jit
@@ -273,21 +302,55 @@ def gate_up_kernel(
     DOT_PRECISION: tl.constexpr,
     EVEN_K: tl.constexpr,
     W_DESC: tl.constexpr,
+    PERSISTENT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    """act[a] = activation(x[a // k] @ w13[e, gate rows].T (+b), x[a // k] @ w13[e, up rows].T (+b))."""
-    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
-        return
-    expert = tl.load(expert_of_block_ptr + pid_m)
-    if expert < 0:  # unused tile
-        return
+    """act[a] = activation(x[a // k] @ w13[e, gate rows].T (+b), x[a // k] @ w13[e, up rows].T (+b)).
+
+    One tile per program, or PERSISTENT: a grid of a few programs per SM walks the used tiles (module docstring)."""
+    if PERSISTENT:
+        used_m = tl.load(num_padded_ptr) // BLOCK_M
+        for tile in tl.range(
+            tl.program_id(0), used_m * tl.cdiv(I, BLOCK_N), tl.num_programs(0), flatten=True
+        ):
+            pid_m, pid_n = _tile_coords(tile, used_m, I, BLOCK_N, GROUP_M)
+            _gate_up_tile(
+                x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert_of_block_ptr, pid_m, pid_n,
+                num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
+                stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
+                INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, True, BLOCK_M, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
+    else:
+        pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
+        if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
+            return
+        if tl.load(expert_of_block_ptr + pid_m) < 0:  # unused tile
+            return
+        _gate_up_tile(
+            x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert_of_block_ptr, pid_m, pid_n,
+            num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
+            stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
+            INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+
+
+@triton.jit
+def _gate_up_tile(
+    x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert_of_block_ptr, pid_m, pid_n,
+    num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
+    stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit,
+    GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, W_DESC: tl.constexpr, PERSISTENT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """gate_up_kernel's work on the live tile (pid_m, pid_n): K loop, bias, activation, store."""
     ids, row_ok, tok, offs_n, _, offs_k = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
     )
+    expert, row_ok = _tile_expert(expert_of_block_ptr, pid_m, row_ok, PERSISTENT)
 
     x_ptrs = x_ptr + tok[:, None] * stride_x_t + offs_k[None, :] * stride_x_h
     if W_DESC:
@@ -338,6 +401,7 @@ def down_kernel(
     DOT_PRECISION: tl.constexpr,
     EVEN_K: tl.constexpr,
     W_DESC: tl.constexpr,
+    PERSISTENT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -346,16 +410,47 @@ def down_kernel(
     """out[a] = (act[a] @ w2[e].T + b2[e]) * (route_w[a] if MUL_WEIGHT), weight applied in fp32.
 
     W_DESC: each K step's weight tile is the box w2[e, n0 : n0 + BLOCK_N, k0 : k0 + BLOCK_K] of w2_desc (TMA on
-    sm90+), rows past H and columns past I read as zeros; else pointer loads of w2[e, n % H, k]."""
-    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
-    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
-        return
-    expert = tl.load(expert_of_block_ptr + pid_m)
-    if expert < 0:  # unused tile
-        return
+    sm90+), rows past H and columns past I read as zeros; else pointer loads of w2[e, n % H, k].
+    One tile per program, or PERSISTENT: a grid of a few programs per SM walks the used tiles (module docstring)."""
+    if PERSISTENT:
+        used_m = tl.load(num_padded_ptr) // BLOCK_M
+        for tile in tl.range(
+            tl.program_id(0), used_m * tl.cdiv(H, BLOCK_N), tl.num_programs(0), flatten=True
+        ):
+            pid_m, pid_n = _tile_coords(tile, used_m, H, BLOCK_N, GROUP_M)
+            _down_tile(
+                a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert_of_block_ptr, pid_m,
+                pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
+                stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
+                W_DESC, True, BLOCK_M, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
+    else:
+        pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
+        if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
+            return
+        if tl.load(expert_of_block_ptr + pid_m) < 0:  # unused tile
+            return
+        _down_tile(
+            a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert_of_block_ptr, pid_m,
+            pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
+            stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
+            W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+
+
+@triton.jit
+def _down_tile(
+    a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert_of_block_ptr, pid_m, pid_n,
+    num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i, stride_b2_e,
+    stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, W_DESC: tl.constexpr, PERSISTENT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """down_kernel's work on the live tile (pid_m, pid_n): K loop, bias, router weight, store."""
     _, row_ok, rows, offs_n, offs_n_w, offs_k = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, 1, H, False, BLOCK_M, BLOCK_N, BLOCK_K
     )
+    expert, row_ok = _tile_expert(expert_of_block_ptr, pid_m, row_ok, PERSISTENT)
 
     a_ptrs = a_ptr + rows[:, None] * stride_a_a + offs_k[None, :] * stride_a_i
     w_ptrs = (

@@ -11,6 +11,8 @@
       fill   a table's optional "fill" rule (fill_grid): at m <= its bucket (null: any m), BLOCK_N halves
              while a GEMM's grid would leave the device's SMs under-filled (decode sizes of wide-E models,
              the shared expert's one-expert GEMMs)
+      persistent  a GEMM tile's optional "persistent": n (programs per SM; GemmTile.grid): a grid of n x SMs
+             programs walks the tiles, the tile loop flattened with the K loop (same bits per tile)
       tma    a GEMM tile's optional "tma": true (the sm90 table's rows): its weight tiles are read through
              tensor descriptors (TMA boxes on sm90+, one per K step; Triton rewrites them to pointer loads on
              targets without TMA), where the weight's strides allow it (grouped_gemm.weight_desc). Same bits
@@ -48,6 +50,8 @@ TABLES = ("cuda", "cuda-sm90", "hip", "interpreter")
 #: shared memory / LDS per block each backend's table must fit (tests/kernels/test_capabilities.py checks):
 #: the smallest limit of the backend's targets (kernels/target_info.py); None = no limit (the interpreter).
 SMEM_LIMIT_BYTES = {b: target_info.backend_shared_limit(b) for b in BACKENDS}
+#: programs of a persistent GEMM where no SM count is known (GemmTile.grid)
+PERSISTENT_PROGRAMS = 3
 #: bytes per operand element of each dtype class's tiles (the shared-memory check of every table entry)
 ELEM_BYTES = {"fp32": 4, "16bit": 2, "fp8": 1}
 FP8_DTYPES = tuple(
@@ -67,6 +71,20 @@ class GemmTile:
     #: weight tiles through a tensor descriptor (TMA on sm90+; Triton rewrites it to pointer loads on
     #: targets without one), where the weight's strides allow it (grouped_gemm.weight_desc)
     tma: bool = False
+    #: 0: one program per tile. n > 0: n programs per SM (at most one per tile) walk the used tiles in a
+    #: persistent loop that Triton flattens with the K loop, so a tile's epilogue overlaps the next tile's
+    #: loads (kernels/_grouped_gemm_kernels.py); the same dots per tile, so the same bits
+    persistent: int = 0
+
+    def grid(self, num_tiles: int) -> tuple[int]:
+        """The launch grid of a GEMM of num_tiles tiles (an upper bound: tiles past the used slots exit or are
+        never walked): one program per tile, or min(num_tiles, persistent x the device's SMs). With no SM
+        count (the interpreter, AOT capture on meta tensors) PERSISTENT_PROGRAMS programs stand for the
+        device, so the interpreter's tests walk several tiles per program."""
+        if not self.persistent:
+            return (num_tiles,)
+        sms = _sm_count() or PERSISTENT_PROGRAMS
+        return (max(1, min(num_tiles, self.persistent * sms)),)
 
     def smem_bytes(self, block_m: int, elem_bytes: int, n_b: int) -> int:
         """Operand buffers of the software pipeline: num_stages copies of the A tile and n_b B tiles."""
@@ -102,6 +120,11 @@ class TileConfig:
                     raise SpecError(f"config.{name}.{f}", "an int >= 1", v)
             if not isinstance(t.tma, bool):
                 raise SpecError(f"config.{name}.tma", "a bool", t.tma)
+            if not (
+                isinstance(t.persistent, int) and not isinstance(t.persistent, bool) and t.persistent >= 0
+            ):
+                raise SpecError(f"config.{name}.persistent", "an int >= 0 (programs per SM; 0 = one per tile)",
+                                t.persistent)  # fmt: skip
         for field_name, v in blocks.items():
             # tl.dot needs every dimension >= 16; tl.arange needs powers of two
             if not (isinstance(v, int) and v >= 16 and v & (v - 1) == 0):

@@ -172,7 +172,7 @@ def launch_fp8_gate_up(
     I, H = act.shape[1], xq.shape[1]
     q = spec.quant
     block_k = k_block(spec, tile.BLOCK_K)
-    grid = (meta.num_blocks * triton.cdiv(I, tile.BLOCK_N),)
+    grid = tile.grid(meta.num_blocks * triton.cdiv(I, tile.BLOCK_N))
     b = bias if bias is not None else scales
     so = sq if sq is not None else sx
     il = spec.w13_layout == "interleaved" if interleaved is None else interleaved
@@ -192,6 +192,7 @@ def launch_fp8_gate_up(
         HAS_BIAS=bias is not None, ACTIVATION=ACTIVATIONS[spec.activation],
         BLOCKWISE=q.method == "fp8_block", QUANT_OUT=sq is not None, **scale_constexprs(spec),
         **fmt_constexprs(q.fp8_format), W_DESC=w_desc is not None, SW_SCALAR=sw_scalar,
+        PERSISTENT=tile.persistent > 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
         G2=q.act_group if sq is not None else 16,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
@@ -205,7 +206,7 @@ def launch_fp8_down(
     codes, scales, bn = w
     H, I = out.shape[1], aq.shape[1]
     q = spec.quant
-    grid = (meta.num_blocks * triton.cdiv(H, tile.BLOCK_N),)
+    grid = tile.grid(meta.num_blocks * triton.cdiv(H, tile.BLOCK_N))
     b = bias if bias is not None else scales
     rw = route_weights if route_weights is not None else meta.sorted_ids
     fc = fmt_constexprs(q.fp8_format)
@@ -221,6 +222,7 @@ def launch_fp8_down(
         HAS_BIAS=bias is not None, MUL_WEIGHT=route_weights is not None, BLOCKWISE=q.method == "fp8_block",
         FP8_MBITS=fc["FP8_MBITS"], FP8_EBITS=fc["FP8_EBITS"], FP8_BIAS=fc["FP8_BIAS"], FP8_NAN=fc["FP8_NAN"],
         W_DESC=w_desc is not None, SW_SCALAR=scalar_weight_scales(spec, bn, tile.BLOCK_N, 0),
+        PERSISTENT=tile.persistent > 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip

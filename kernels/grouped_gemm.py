@@ -102,7 +102,7 @@ def launch_gate_up(
     """act[a] for every slot a of meta (x (T, H), w13 (E, R, H), act (T*k, I)); pad slots untouched."""
     I, H = act.shape[1], x.shape[1]
     num_m_blocks = meta.num_blocks
-    grid = (num_m_blocks * triton.cdiv(I, tile.BLOCK_N),)
+    grid = tile.grid(num_m_blocks * triton.cdiv(I, tile.BLOCK_N))
     bias = b13 if b13 is not None else w13
     w_desc = w13_desc(w13, tile.BLOCK_N, tile.BLOCK_K, gated, interleaved) if tile.tma else None
     K.gate_up_kernel[grid](
@@ -122,7 +122,7 @@ def launch_gate_up(
         # constexprs
         GATED=gated, INTERLEAVED=interleaved, HAS_BIAS=b13 is not None,
         ACTIVATION=K.ACTIVATIONS[activation], DOT_PRECISION=dot_precision(x.dtype, allow_tf32),
-        EVEN_K=_even(H, tile.BLOCK_K), W_DESC=w_desc is not None,
+        EVEN_K=_even(H, tile.BLOCK_K), W_DESC=w_desc is not None, PERSISTENT=tile.persistent > 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M,
         # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
@@ -143,7 +143,7 @@ def launch_down(
     """out[a] = act[a] @ w2[e].T + b2[e] (times route_weights[a] in fp32 if given) for every slot a."""
     H, I = out.shape[1], act.shape[1]
     num_m_blocks = meta.num_blocks
-    grid = (num_m_blocks * triton.cdiv(H, tile.BLOCK_N),)
+    grid = tile.grid(num_m_blocks * triton.cdiv(H, tile.BLOCK_N))
     bias = b2 if b2 is not None else w2
     rw = route_weights if route_weights is not None else meta.sorted_ids
     w_desc = weight_desc(w2, tile.BLOCK_N, tile.BLOCK_K) if tile.tma else None
@@ -163,7 +163,8 @@ def launch_down(
         # constexprs
         HAS_BIAS=b2 is not None, MUL_WEIGHT=route_weights is not None,
         DOT_PRECISION=dot_precision(act.dtype, allow_tf32), EVEN_K=_even(I, tile.BLOCK_K),
-        W_DESC=w_desc is not None, BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M,
+        W_DESC=w_desc is not None, PERSISTENT=tile.persistent > 0,
+        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M,
         # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip

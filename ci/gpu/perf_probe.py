@@ -36,6 +36,9 @@ tma11     weight tiles through tensor descriptors (TMA) against the table's poin
           block fp8 DeepSeek-V3 at T = 1 .. 4096, outputs compared bitwise
 fp8s11    block fp8 with scalar weight scales per tile half (the table) against pointer loads and BLOCK_M 128
           tiles, DeepSeek-V3 with its shared expert at T = 1 .. 4096, bf16 in the same run
+pers12    persistent GEMMs (GemmTile.persistent 1 / 2 programs per SM, both GEMMs or GEMM2 alone) against the
+          table's one program per tile: bf16 peer presets at T = 128 .. 4096, block fp8 DeepSeek-V3 at T = 128 /
+          512 / 4096, outputs compared bitwise
 router    the fused select against the separate select launch (graph replays of route and of the forward
           with the router, against the ids-given forward; routing outputs compared)
 
@@ -732,7 +735,7 @@ def part_stages8(timer) -> None:
 
 
 @contextlib.contextmanager
-def _sm90_rows(dc: str, which: slice = slice(None), **gemm_keys):
+def _sm90_rows(dc: str, which: slice = slice(None), _gemms=("gate_up", "down"), **gemm_keys):
     """The rows `which` (default every row) of the sm90 table's `dc` class with gemm_keys set in both GEMM tiles
     inside the block (the cached table dict, restored after); the fill rule still applies."""
     from moe_cts.kernels import config as cfgmod
@@ -740,7 +743,7 @@ def _sm90_rows(dc: str, which: slice = slice(None), **gemm_keys):
     rows = cfgmod.load_table("cuda-sm90")["tables"][dc][which]
     old = [{g: dict(row[g]) for g in ("gate_up", "down")} for row in rows]
     for row in rows:
-        for g in ("gate_up", "down"):
+        for g in _gemms:
             row[g].update(gemm_keys)
     try:
         yield
@@ -841,6 +844,46 @@ def part_fp8s11(timer) -> None:
                        {"table": ({}, None)}, "16bit")  # fmt: skip
 
 
+PERS12 = {
+    "table": ({}, None),
+    "p1": ({"persistent": 1}, None),
+    "p2": ({"persistent": 2}, None),
+    "p1 down": ({"persistent": 1, "_gemms": ("down",)}, None),
+    "p2 down": ({"persistent": 2, "_gemms": ("down",)}, None),
+}
+
+
+def part_pers12(timer) -> None:
+    """Persistent GEMMs (GemmTile.persistent: n programs per SM walk the tiles in a loop Triton flattens with the
+    K loop), session 12: the table's rows one program per tile against 1 and 2 programs per SM, in both GEMMs
+    and in GEMM2 alone, graph replays, ids given, outputs compared bitwise. bf16: the five peer presets (routed)
+    at T = 128 .. 4096; block fp8 at DeepSeek-V3 width with its shared expert at T = 128 / 512 / 4096 (bf16
+    there too, for the fp8 / bf16 ratio)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for name in PEER_PRESETS:
+        spec = routed(name)
+        base = _base(spec, torch.bfloat16, "cuda", gen)
+        for T in (128, 512, 2048, 4096):
+            x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+            r = routing(spec, T, "cuda", gen)
+            fwd = lambda cfg, spec=spec, base=base, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg)
+            _bits_variants(
+                timer, {"part": "pers12", "kind": "bf16", "preset": name, "T": T}, fwd, PERS12, "16bit"
+            )
+        base = None
+        torch.cuda.empty_cache()
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
+    for T in (128, 512, 4096):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+        fwd8 = lambda cfg, x=x, r=r: fused_moe(qspec, qw, x, routing=r, config=cfg)
+        _bits_variants(timer, {"part": "pers12", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd8, PERS12,
+                       "fp8")  # fmt: skip
+        fwd16 = lambda cfg, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg)
+        _bits_variants(timer, {"part": "pers12", "kind": "bf16", "preset": "deepseek-v3 full", "T": T}, fwd16,
+                       PERS12, "16bit")  # fmt: skip
+
+
 def _warm_clocks(seconds: float = 1.0) -> None:
     """Busy the GPU before the first timed point: a device call starts at idle clocks (345 MHz on the H200) and
     session 10's first points came out 5-7% slower than the same code timed later in the run (dec10, ab8,
@@ -870,7 +913,8 @@ def main() -> int:
              "fp8dec": part_fp8dec, "fill": part_fill, "dec10": part_dec10,
              "ab8": lambda t: part_ab8(t, a.baseline), "fill10": part_fill10,
              "side10": part_side10, "stages16": part_stages16,
-             "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11}  # fmt: skip
+             "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11,
+             "pers12": part_pers12}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -894,7 +938,16 @@ def main() -> int:
             top = ", ".join(f"{k[:28]} {v:.1f}" for k, v in list(r.get("kernels", {}).items())[:6])
             extra = {k: round(v, 4) for k, v in r.items() if k.endswith("_ms")}
             print(f"profile {r.get('what')} {r.get('preset')} T={r.get('T')} {extra} | {top}")
-        elif r.get("part") in ("dec10", "fill10", "side10", "stages16", "stages8", "tma11", "fp8s11"):
+        elif r.get("part") in (
+            "dec10",
+            "fill10",
+            "side10",
+            "stages16",
+            "stages8",
+            "tma11",
+            "fp8s11",
+            "pers12",
+        ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
             bits = {True: " same-bits", False: " BITS DIFFER"}.get(r.get("bitwise_equal"), "")
