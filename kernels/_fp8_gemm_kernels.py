@@ -255,30 +255,30 @@ def fp8_gate_up_kernel(
     BLOCKWISE: tl.constexpr, QUANT_OUT: tl.constexpr, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
     FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, W_DESC: tl.constexpr,
-    SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr,
+    SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr, PAIRED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, G2: tl.constexpr,
 ):  # fmt: skip
     """act[a] = activation(dequant(x_q[a // k] @ w13_q[e, gate].T) + b, dequant(... up ...) + b).
+    PAIRED: each tile is 2 BLOCK_N columns wide, two column tiles in turn (_fp8_gate_up_tile).
 
     One tile per program, or PERSISTENT: a few programs per SM walk the used tiles (_grouped_gemm_kernels.py's
     module docstring)."""
+    TILE_N: tl.constexpr = (2 if PAIRED else 1) * BLOCK_N
     if PERSISTENT:
         used_m = tl.load(num_padded_ptr) // BLOCK_M
-        for tile in tl.range(
-            tl.program_id(0), used_m * tl.cdiv(I, BLOCK_N), tl.num_programs(0), flatten=True
-        ):
-            pid_m, pid_n = _tile_coords(tile, used_m, I, BLOCK_N, GROUP_M)
+        for tile in tl.range(tl.program_id(0), used_m * tl.cdiv(I, TILE_N), tl.num_programs(0), flatten=True):
+            pid_m, pid_n = _tile_coords(tile, used_m, I, TILE_N, GROUP_M)
             _fp8_gate_up_tile(
                 a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert_of_block_ptr,
                 pid_m, pid_n, num_assignments, top_k, I, H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t,
                 stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e,
                 stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
                 amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, QUANT_OUT, HAS_EPS, SCALE_FMT,
-                FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, True,
+                FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, True, PAIRED,
                 BLOCK_M, BLOCK_N, BLOCK_K, G2,
             )  # fmt: skip
     else:
-        pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
+        pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, TILE_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
         if tl.load(expert_of_block_ptr + pid_m) < 0:
@@ -289,9 +289,47 @@ def fp8_gate_up_kernel(
             stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e,
             stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
             amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, QUANT_OUT, HAS_EPS, SCALE_FMT,
-            FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, False,
+            FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, False, PAIRED,
             BLOCK_M, BLOCK_N, BLOCK_K, G2,
         )  # fmt: skip
+
+
+@triton.jit
+def _fp8_gate_up_act(
+    a_ptr, a_ptrs, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, tok, row_ok, offs_k, expert, sw_base, j, I, H, BN_W,
+    GROUP_K, stride_a_t, stride_a_h, stride_sa_t, stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e,
+    stride_sw_n, stride_sw_k, stride_b_e, stride_b_r, swiglu_alpha, swiglu_limit,
+    GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    BLOCKWISE: tl.constexpr, FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr,
+    FP8_NAN: tl.constexpr, W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """The fp32 activation (BLOCK_M, BLOCK_N) of output columns j BLOCK_N .. (j + 1) BLOCK_N: K loop, dequant,
+    bias, activation."""
+    if W_DESC and SW_SCALAR:
+        acc_g, acc_u = _fp8_gate_up_desc_scalar(
+            a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
+            expert, j * BLOCK_N, I, H, stride_a_h, BN_W, GROUP_K, GATED, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN,
+            BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+    elif W_DESC:
+        acc_g, acc_u = _fp8_gate_up_desc_loop(
+            a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
+            expert, j * BLOCK_N, I, H, stride_a_h, BN_W, GROUP_K, GATED, INTERLEAVED, BLOCKWISE,
+            FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+    else:
+        acc_g, acc_u = _fp8_gate_up_ptr_loop(
+            a_ptr, sa_ptr, w_ptr, sw_ptr, tok, row_ok, offs_k, expert, j, I, H, BN_W, GROUP_K,
+            stride_a_t, stride_a_h, stride_sa_t, stride_sa_g, stride_w_e, stride_w_r, stride_w_h,
+            stride_sw_e, stride_sw_n, stride_sw_k, GATED, INTERLEAVED, BLOCKWISE,
+            FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+    if HAS_BIAS:  # after dequantization (docs/bugs.md#bug-03-bias-before-dequant)
+        b_base = b_ptr + expert.to(tl.int64) * stride_b_e
+        offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc_g, acc_u = _gate_up_bias(acc_g, acc_u, b_base, offs_n, I, stride_b_r, GATED, INTERLEAVED)
+    return _activate(acc_g, acc_u, swiglu_alpha, swiglu_limit, GATED, ACTIVATION)
 
 
 @triton.jit
@@ -304,52 +342,51 @@ def _fp8_gate_up_tile(
     BLOCKWISE: tl.constexpr, QUANT_OUT: tl.constexpr, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
     FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, W_DESC: tl.constexpr,
-    SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr,
+    SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr, PAIRED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, G2: tl.constexpr,
 ):  # fmt: skip
     """fp8_gate_up_kernel's work on the live tile (pid_m, pid_n): K loop, dequant, bias, activation, store
-    (quantized under QUANT_OUT)."""
+    (quantized under QUANT_OUT). PAIRED: the tile is two column tiles of BLOCK_N, 2 pid_n and 2 pid_n + 1, one
+    after the other (each its own K loop, as two programs would run them), joined into one (BLOCK_M, 2 BLOCK_N)
+    activation, so that a 128-wide quantization group (G2 = 2 BLOCK_N) lies in one program and GEMM1's
+    epilogue quantizes it: no fp32 act workspace and no quantize_rows launch for tiles of 64 columns."""
+    NP: tl.constexpr = 2 if PAIRED else 1
+    TILE_N: tl.constexpr = NP * BLOCK_N
     ids, row_ok, tok, offs_n, _, offs_k = _tile_rows(
-        sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
+        sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, TILE_N, BLOCK_K
     )
     expert, row_ok = _tile_expert(expert_of_block_ptr, pid_m, row_ok, PERSISTENT)
     a_ptrs = a_ptr + tok[:, None] * stride_a_t + offs_k[None, :] * stride_a_h
     sw_base = sw_ptr + expert.to(tl.int64) * stride_sw_e
-    if W_DESC and SW_SCALAR:
-        acc_g, acc_u = _fp8_gate_up_desc_scalar(
-            a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
-            expert, pid_n * BLOCK_N, I, H, stride_a_h, BN_W, GROUP_K, GATED, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN,
-            BLOCK_M, BLOCK_N, BLOCK_K,
+    act = _fp8_gate_up_act(
+        a_ptr, a_ptrs, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, tok, row_ok, offs_k, expert, sw_base, NP * pid_n, I,
+        H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t, stride_sa_g, stride_w_e, stride_w_r, stride_w_h,
+        stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_r, swiglu_alpha, swiglu_limit, GATED,
+        INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, W_DESC, SW_SCALAR,
+        BLOCK_M, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
+    if PAIRED:
+        act1 = _fp8_gate_up_act(
+            a_ptr, a_ptrs, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, tok, row_ok, offs_k, expert, sw_base,
+            2 * pid_n + 1, I, H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t, stride_sa_g, stride_w_e,
+            stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_r, swiglu_alpha,
+            swiglu_limit, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
+            FP8_NAN, W_DESC, SW_SCALAR, BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
-    elif W_DESC:
-        acc_g, acc_u = _fp8_gate_up_desc_loop(
-            a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
-            expert, pid_n * BLOCK_N, I, H, stride_a_h, BN_W, GROUP_K, GATED, INTERLEAVED, BLOCKWISE,
-            FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, BLOCK_M, BLOCK_N, BLOCK_K,
-        )  # fmt: skip
-    else:
-        acc_g, acc_u = _fp8_gate_up_ptr_loop(
-            a_ptr, sa_ptr, w_ptr, sw_ptr, tok, row_ok, offs_k, expert, pid_n, I, H, BN_W, GROUP_K,
-            stride_a_t, stride_a_h, stride_sa_t, stride_sa_g, stride_w_e, stride_w_r, stride_w_h,
-            stride_sw_e, stride_sw_n, stride_sw_k, GATED, INTERLEAVED, BLOCKWISE,
-            FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, BLOCK_M, BLOCK_N, BLOCK_K,
-        )  # fmt: skip
-    if HAS_BIAS:  # after dequantization (docs/bugs.md#bug-03-bias-before-dequant)
-        b_base = b_ptr + expert.to(tl.int64) * stride_b_e
-        acc_g, acc_u = _gate_up_bias(acc_g, acc_u, b_base, offs_n, I, stride_b_r, GATED, INTERLEAVED)
-    act = _activate(acc_g, acc_u, swiglu_alpha, swiglu_limit, GATED, ACTIVATION)
+        # columns 2 pid_n BLOCK_N .. in order: (BLOCK_M, BLOCK_N, 2) -> (BLOCK_M, 2, BLOCK_N) -> one row each
+        act = tl.reshape(tl.permute(tl.join(act, act1), (0, 2, 1)), (BLOCK_M, TILE_N))
     col_ok = offs_n < I
     out_mask = row_ok[:, None] & col_ok[None, :]
     out_ptrs = act_ptr + ids.to(tl.int64)[:, None] * stride_act_a + offs_n[None, :] * stride_act_i
     if QUANT_OUT:
         act = tl.where(col_ok[None, :], act, 0.0)
-        NG: tl.constexpr = BLOCK_N // G2
+        NG: tl.constexpr = TILE_N // G2
         act3 = tl.reshape(act, (BLOCK_M, NG, G2))
         s = _act_scale(tl.max(tl.abs(act3), axis=2), amax_eps, HAS_EPS, SCALE_FMT, FP8_MAX, FP8_EMAX)
         q3 = _round_fp8(
             tl.math.div_rn(act3, s[:, :, None] + tl.zeros_like(act3)), FP8_MBITS, FP8_EMIN, FP8_MAX
         )
-        q = tl.reshape(q3, (BLOCK_M, BLOCK_N))
+        q = tl.reshape(q3, (BLOCK_M, TILE_N))
         tl.store(out_ptrs, q.to(act_ptr.dtype.element_ty), mask=out_mask)
         offs_g = pid_n * NG + tl.arange(0, NG)
         sq_ptrs = sq_ptr + ids.to(tl.int64)[:, None] * stride_sq_a + offs_g[None, :] * stride_sq_g

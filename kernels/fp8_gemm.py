@@ -31,7 +31,7 @@ from moe_cts.kernels.grouped_gemm import w13_desc, weight_desc
 from moe_cts.kernels.metadata import AlignMeta
 from moe_cts.reference import formats
 from moe_cts.reference.errors import NotSupportedError
-from moe_cts.reference.spec import MoESpec
+from moe_cts.reference.spec import MoESpec, SpecError
 
 FP8_METHODS = ("fp8_per_tensor", "fp8_per_token", "fp8_block")
 FP8_TORCH = {"e4m3fn": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz, "e5m2": torch.float8_e5m2}
@@ -172,7 +172,12 @@ def launch_fp8_gate_up(
     I, H = act.shape[1], xq.shape[1]
     q = spec.quant
     block_k = k_block(spec, tile.BLOCK_K)
-    grid = tile.grid(meta.num_blocks * triton.cdiv(I, tile.BLOCK_N))
+    paired = sq is not None and tile.BLOCK_N % q.act_group != 0  # fused_requant's pairs (2 BLOCK_N = group)
+    if paired and q.act_group != 2 * tile.BLOCK_N:
+        raise SpecError(
+            "config.gate_up.BLOCK_N", f"a multiple or half of act_group {q.act_group}", tile.BLOCK_N
+        )
+    grid = tile.grid(meta.num_blocks * triton.cdiv(I, tile.BLOCK_N * (2 if paired else 1)))
     b = bias if bias is not None else scales
     so = sq if sq is not None else sx
     il = spec.w13_layout == "interleaved" if interleaved is None else interleaved
@@ -192,7 +197,7 @@ def launch_fp8_gate_up(
         HAS_BIAS=bias is not None, ACTIVATION=ACTIVATIONS[spec.activation],
         BLOCKWISE=q.method == "fp8_block", QUANT_OUT=sq is not None, **scale_constexprs(spec),
         **fmt_constexprs(q.fp8_format), W_DESC=w_desc is not None, SW_SCALAR=sw_scalar,
-        PERSISTENT=tile.persistent > 0,
+        PERSISTENT=tile.persistent > 0, PAIRED=paired,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
         G2=q.act_group if sq is not None else 16,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
@@ -228,8 +233,17 @@ def launch_fp8_down(
     )  # fmt: skip
 
 
+#: GEMM1 tiles of half a quantization group run in pairs (PAIRED) so their epilogue quantizes the activation
+#: (fused_requant); False: they write the fp32 activation for quantize_rows (the A/B switch of the H200 probes)
+PAIRED_REQUANT = True
+
+
 def fused_requant(spec: MoESpec, tile: GemmTile) -> bool:
-    """GEMM1 quantizes its activation in the epilogue when a tile holds whole groups (the block scheme with
-    BLOCK_N a multiple of the group width); otherwise quantize_rows runs on the fp32 activation."""
+    """GEMM1 quantizes its activation in the epilogue when a tile holds whole groups: the block scheme with
+    BLOCK_N a multiple of the group width, or (PAIRED_REQUANT) half of it, two column tiles per program
+    (fp8_gate_up_kernel's PAIRED). Otherwise quantize_rows runs on the fp32 activation. Same bits either way:
+    the same fp32 activation, group amax and rounding."""
     q = spec.quant
-    return q.method == "fp8_block" and "gemm2" in q.quantize_inputs and tile.BLOCK_N % q.act_group == 0
+    if not (q.method == "fp8_block" and "gemm2" in q.quantize_inputs):
+        return False
+    return tile.BLOCK_N % q.act_group == 0 or (PAIRED_REQUANT and q.act_group == 2 * tile.BLOCK_N)

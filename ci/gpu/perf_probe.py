@@ -39,6 +39,8 @@ fp8s11    block fp8 with scalar weight scales per tile half (the table) against 
 pers12    persistent GEMMs (GemmTile.persistent 1 / 2 programs per SM, both GEMMs or GEMM2 alone) against the
           table's one program per tile: bf16 peer presets at T = 128 .. 4096, block fp8 DeepSeek-V3 at T = 128 /
           512 / 4096, outputs compared bitwise
+pair12    block fp8 GEMM1 tiles of 64 columns in pairs (activation quantized in GEMM1's epilogue) against
+          unpaired ones, DeepSeek-V3 at T = 128 .. 4096; pers12's winners re-timed (Qwen2-57B, Qwen3-235B-like)
 router    the fused select against the separate select launch (graph replays of route and of the forward
           with the router, against the ids-given forward; routing outputs compared)
 
@@ -884,6 +886,54 @@ def part_pers12(timer) -> None:
                        PERS12, "16bit")  # fmt: skip
 
 
+def part_pair12(timer) -> None:
+    """Session 12. (1) Block fp8 GEMM1 tiles of 64 columns in pairs (fp8_gemm.PAIRED_REQUANT: the activation
+    quantized in GEMM1's epilogue, no fp32 act workspace and no quantize_rows launch) against the unpaired
+    tiles, DeepSeek-V3 with its shared expert at T = 128 .. 4096, graph replays, ids given, bits compared; the
+    paired table measured again last (drift), bf16 in the same run. (2) The persistent rows of pers12 that won
+    (Qwen2-57B, Qwen3-235B-like at T = 2048 / 4096) again, the table first and last."""
+    from moe_cts.kernels import fp8_gemm
+
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
+    for T in (128, 512, 2048, 4096):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+        first = None
+        for label, paired in (("paired", True), ("unpaired", False), ("paired again", True)):
+            rec = {"part": "pair12", "kind": "fp8", "preset": "deepseek-v3", "T": T, "cfg": label}
+            fp8_gemm.PAIRED_REQUANT = paired
+            try:
+                out = fused_moe(qspec, qw, x, routing=r).clone()
+                rec["ms"] = replay_ms(timer, lambda x=x, r=r: fused_moe(qspec, qw, x, routing=r))
+                first = first or (out, rec["ms"])
+                rec["vs_table"] = first[1] / rec["ms"]
+                rec["bitwise_equal"] = bool(torch.equal(out, first[0]))
+            except Exception as e:
+                rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            finally:
+                fp8_gemm.PAIRED_REQUANT = True
+            emit(rec)
+        fwd16 = lambda cfg, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg)
+        _bits_variants(timer, {"part": "pair12", "kind": "bf16", "preset": "deepseek-v3 full", "T": T}, fwd16,
+                       {"table": ({}, None)}, "16bit")  # fmt: skip
+    base = qw = None
+    torch.cuda.empty_cache()
+    again = {**{k: PERS12[k] for k in ("table", "p1", "p2", "p1 down")}, "table again": ({}, None)}
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    for name in ("qwen2-57b-a14b", "E128k8H4096I1536"):
+        spec = routed(name)
+        base = _base(spec, torch.bfloat16, "cuda", gen)
+        for T in (2048, 4096):
+            x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+            r = routing(spec, T, "cuda", gen)
+            fwd = lambda cfg, spec=spec, base=base, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg)
+            _bits_variants(
+                timer, {"part": "pair12", "kind": "bf16", "preset": name, "T": T}, fwd, again, "16bit"
+            )
+        base = None
+        torch.cuda.empty_cache()
+
+
 def _warm_clocks(seconds: float = 1.0) -> None:
     """Busy the GPU before the first timed point: a device call starts at idle clocks (345 MHz on the H200) and
     session 10's first points came out 5-7% slower than the same code timed later in the run (dec10, ab8,
@@ -914,7 +964,7 @@ def main() -> int:
              "ab8": lambda t: part_ab8(t, a.baseline), "fill10": part_fill10,
              "side10": part_side10, "stages16": part_stages16,
              "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11,
-             "pers12": part_pers12}  # fmt: skip
+             "pers12": part_pers12, "pair12": part_pair12}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)

@@ -2,6 +2,8 @@
 # Session 12's GPU calls (one 590 s slot each), chosen by the first argument:
 #   a   GPU pytest of the persistent-GEMM, descriptor-weight and fp8 tests, then perf_probe.py --parts pers12
 #       (persistent grouped GEMMs against the table's one program per tile)
+#   p   GPU pytest of the persistent / paired tests, perf_probe.py --parts pair12, quant_bench (QB_ARGS, default
+#       fp8 only, no T = 50,000)
 #   b   quant_bench (QB_ARGS, default fp8 only, no T = 50,000), vLLM's Triton path side by side (carry .peer),
 #       then `moe-cts certify --profile quick` in the rest of the slot
 set -u
@@ -14,6 +16,11 @@ a)
   gpu_pytest "$OUT" "${TEST_TIMEOUT:-120}" tests/kernels/test_persistent.py tests/kernels/test_weight_desc.py \
     tests/kernels/test_fp8_moe.py
   probe "$OUT" "${PROBE_PARTS:-pers12}" "${PROBE_S:-420}"
+  ;;
+p)
+  gpu_pytest "$OUT" "${TEST_TIMEOUT:-150}" tests/kernels/test_persistent.py
+  probe "$OUT" "${PROBE_PARTS:-pair12}" "${PROBE_S:-200}"
+  QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} quant_bench "$OUT"
   ;;
 b)
   QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} SLOT=200 quant_bench "$OUT"
