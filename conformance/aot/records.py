@@ -58,8 +58,9 @@ class AotRecord:
 
 
 def config_label(cfg: dict[str, Any]) -> str:
-    """'M16 N64 K128 G1 w4 s4' for GEMM tiles ('... tma' with descriptor weights: W_DESC); 'BLOCK_T=16
-    BLOCK_E=256 ... w4 s2' for the other kernels."""
+    """'M16 N64 K128 G1 w4 s4' for GEMM tiles ('... tma' with descriptor weights: W_DESC; 'persistent' for a
+    persistent tile walk; 'paired' for fp8 GEMM1 column tiles in pairs); 'BLOCK_T=16 BLOCK_E=256 ... w4 s2' for
+    the other kernels."""
     short = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K", "GROUP_M": "G"}
     if "BLOCK_K" in cfg and "BLOCK_M" in cfg:
         parts = [f"{short[k]}{cfg[k]}" for k in short if k in cfg]
@@ -69,5 +70,7 @@ def config_label(cfg: dict[str, Any]) -> str:
         f"w{cfg['num_warps']}" if "num_warps" in cfg else "",
         f"s{cfg['num_stages']}" if "num_stages" in cfg else "",
         "tma" if cfg.get("W_DESC") else "",
+        "persistent" if cfg.get("PERSISTENT") else "",
+        "paired" if cfg.get("PAIRED") else "",
     ]
     return " ".join(p for p in parts if p)
