@@ -75,6 +75,11 @@ class GemmTile:
     #: persistent loop that Triton flattens with the K loop, so a tile's epilogue overlaps the next tile's
     #: loads (kernels/_grouped_gemm_kernels.py); the same dots per tile, so the same bits
     persistent: int = 0
+    #: fp8 GEMM1 only: a tile of half a quantization group (BLOCK_N = 64, groups of 128) runs in pairs, two
+    #: column tiles per program, so its epilogue quantizes the activation (fp8_gemm.fused_requant); no effect
+    #: elsewhere. Off by default: it holds a tile's activation through the second K loop (sm90: 175 -> 233
+    #: registers; sm100 spills 336 B; AOT, triton 3.9)
+    paired: bool = False
 
     def grid(self, num_tiles: int) -> tuple[int]:
         """The launch grid of a GEMM of num_tiles tiles (an upper bound: tiles past the used slots exit or are
@@ -118,8 +123,9 @@ class TileConfig:
                 v = getattr(t, f)
                 if not (isinstance(v, int) and v >= 1):
                     raise SpecError(f"config.{name}.{f}", "an int >= 1", v)
-            if not isinstance(t.tma, bool):
-                raise SpecError(f"config.{name}.tma", "a bool", t.tma)
+            for flag in ("tma", "paired"):
+                if not isinstance(getattr(t, flag), bool):
+                    raise SpecError(f"config.{name}.{flag}", "a bool", getattr(t, flag))
             if not (
                 isinstance(t.persistent, int) and not isinstance(t.persistent, bool) and t.persistent >= 0
             ):

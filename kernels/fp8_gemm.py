@@ -233,17 +233,12 @@ def launch_fp8_down(
     )  # fmt: skip
 
 
-#: GEMM1 tiles of half a quantization group run in pairs (PAIRED) so their epilogue quantizes the activation
-#: (fused_requant); False: they write the fp32 activation for quantize_rows (the A/B switch of the H200 probes)
-PAIRED_REQUANT = True
-
-
 def fused_requant(spec: MoESpec, tile: GemmTile) -> bool:
     """GEMM1 quantizes its activation in the epilogue when a tile holds whole groups: the block scheme with
-    BLOCK_N a multiple of the group width, or (PAIRED_REQUANT) half of it, two column tiles per program
+    BLOCK_N a multiple of the group width, or (tile.paired) half of it, two column tiles per program
     (fp8_gate_up_kernel's PAIRED). Otherwise quantize_rows runs on the fp32 activation. Same bits either way:
     the same fp32 activation, group amax and rounding."""
     q = spec.quant
     if not (q.method == "fp8_block" and "gemm2" in q.quantize_inputs):
         return False
-    return tile.BLOCK_N % q.act_group == 0 or (PAIRED_REQUANT and q.act_group == 2 * tile.BLOCK_N)
+    return tile.BLOCK_N % q.act_group == 0 or (tile.paired and q.act_group == 2 * tile.BLOCK_N)

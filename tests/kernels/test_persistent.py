@@ -32,9 +32,11 @@ def device():
     return select_device("interpreter" if fp8_gemm.interpreting() else "cuda:0")
 
 
-def _config(persistent: int, *, tma: bool = False, block_n: int = 32, block_k: int = 32) -> TileConfig:
+def _config(
+    persistent: int, *, tma: bool = False, block_n: int = 32, block_k: int = 32, paired: bool = False
+) -> TileConfig:
     tile = GemmTile(BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=2, num_warps=4, num_stages=2, tma=tma,
-                    persistent=persistent)  # fmt: skip
+                    persistent=persistent, paired=paired)  # fmt: skip
     return TileConfig(BLOCK_M=16, gate_up=tile, down=tile)
 
 
@@ -138,8 +140,8 @@ def test_paired_gemm1_tiles_quantize_in_the_epilogue_with_the_unfused_bits(devic
     from moe_cts.reference.quant import QuantScheme
 
     case = _case(QuantScheme.fp8_block(), hidden_size=192, intermediate_size=320)  # I: 2.5 groups, a tail
-    tile = _config(0, tma=tma, block_n=64, block_k=128).gate_up
-    assert fp8_gemm.fused_requant(case.spec, tile)
+    assert fp8_gemm.fused_requant(case.spec, _config(0, block_n=64, paired=True).gate_up)
+    assert not fp8_gemm.fused_requant(case.spec, _config(0, block_n=64).gate_up)
     got: dict[str, list[torch.Tensor]] = {}
     real_gemm1, real_down = fp8_moe._gemm1, fp8_moe.launch_fp8_down
 
@@ -156,8 +158,7 @@ def test_paired_gemm1_tiles_quantize_in_the_epilogue_with_the_unfused_bits(devic
     monkeypatch.setattr(fp8_moe, "launch_fp8_down", spy_down)
     for key, paired, p in (("unfused", False, 0), ("paired", True, 0), ("paired persistent", True, 1)):
         got[key] = []
-        monkeypatch.setattr(fp8_gemm, "PAIRED_REQUANT", paired)
-        with cfgmod.forced(_config(p, tma=tma, block_n=64, block_k=128)):
+        with cfgmod.forced(_config(p, tma=tma, block_n=64, block_k=128, paired=paired)):
             r, _ = _judge(case, device)
         assert r.outcome == Outcome.PASS, f"{key}: {r.outcome.value} at {r.failing_stage}: {r.message}"
     assert len(got["unfused"]) >= 3
@@ -174,4 +175,8 @@ def test_a_gemm1_tile_neither_a_multiple_nor_half_of_the_group_is_not_fused() ->
 
     spec = _case(QuantScheme.fp8_block()).spec
     for bn, fused in ((32, False), (64, True), (128, True), (256, True)):
-        assert fp8_gemm.fused_requant(spec, _config(0, block_n=bn).gate_up) is fused, bn
+        assert fp8_gemm.fused_requant(spec, _config(0, block_n=bn, paired=True).gate_up) is fused, bn
+        assert fp8_gemm.fused_requant(spec, _config(0, block_n=bn).gate_up) is (fused and bn != 64), bn
+    bad = dataclasses.replace(_config(0).gate_up, paired=1)
+    with pytest.raises(SpecError, match=r"config\.gate_up\.paired"):
+        TileConfig(BLOCK_M=16, gate_up=bad, down=bad).validate()
