@@ -29,6 +29,11 @@ import sys
 import time
 from pathlib import Path
 
+# --cpu-smoke runs the kernels on the interpreter: TRITON_INTERPRET must be set before triton and the kernels
+# are imported (they read it at import), not in main()
+if "--cpu-smoke" in sys.argv:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
