@@ -4,6 +4,8 @@
 #       (persistent grouped GEMMs against the table's one program per tile)
 #   p   GPU pytest of the persistent / paired tests, perf_probe.py --parts pair12, quant_bench (QB_ARGS, default
 #       fp8 only, no T = 50,000)
+#   f   the final call: perf_probe.py --parts pair12 (paired fp8 GEMM1 tiles and persistent rows in alternating
+#       rounds), quant_bench (fp8, no T = 50,000), `moe-cts certify --profile quick` in the rest of the slot
 #   b   quant_bench (QB_ARGS, default fp8 only, no T = 50,000), vLLM's Triton path side by side (carry .peer),
 #       then `moe-cts certify --profile quick` in the rest of the slot
 set -u
@@ -21,6 +23,12 @@ p)
   gpu_pytest "$OUT" "${TEST_TIMEOUT:-150}" tests/kernels/test_persistent.py
   probe "$OUT" "${PROBE_PARTS:-pair12}" "${PROBE_S:-200}"
   QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} quant_bench "$OUT"
+  ;;
+f)
+  probe "$OUT" "${PROBE_PARTS:-pair12}" "${PROBE_S:-170}"
+  QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} SLOT=360 quant_bench "$OUT"
+  certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left ${SLOT:-580})"
+  certify_summary "$OUT"
   ;;
 b)
   QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} SLOT=200 quant_bench "$OUT"
