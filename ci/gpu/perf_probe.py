@@ -1014,6 +1014,7 @@ def main() -> int:
             "tma11",
             "fp8s11",
             "pers12",
+            "pair12",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
