@@ -43,9 +43,9 @@ from moe_cts.kernels._fp8_quant_kernels import _act_scale, _decode_fp8, _round_f
 from moe_cts.kernels._grouped_gemm_kernels import (
     _activate,
     _gate_up_bias,
+    _live_expert,
     _split_gate_up,
     _tile_coords,
-    _tile_expert,
     _tile_rows,
     _w13_box,
     _w13_rows,
@@ -268,8 +268,9 @@ def fp8_gate_up_kernel(
         used_m = tl.load(num_padded_ptr) // BLOCK_M
         for tile in tl.range(tl.program_id(0), used_m * tl.cdiv(I, TILE_N), tl.num_programs(0), flatten=True):
             pid_m, pid_n = _tile_coords(tile, used_m, I, TILE_N, GROUP_M)
+            expert = tl.load(expert_of_block_ptr + pid_m)
             _fp8_gate_up_tile(
-                a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert_of_block_ptr,
+                a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert,
                 pid_m, pid_n, num_assignments, top_k, I, H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t,
                 stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e,
                 stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
@@ -281,10 +282,11 @@ def fp8_gate_up_kernel(
         pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, TILE_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
-        if tl.load(expert_of_block_ptr + pid_m) < 0:
+        expert = tl.load(expert_of_block_ptr + pid_m)
+        if expert < 0:
             return
         _fp8_gate_up_tile(
-            a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert_of_block_ptr,
+            a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert,
             pid_m, pid_n, num_assignments, top_k, I, H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t,
             stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e,
             stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
@@ -334,7 +336,7 @@ def _fp8_gate_up_act(
 
 @triton.jit
 def _fp8_gate_up_tile(
-    a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert_of_block_ptr,
+    a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert,
     pid_m, pid_n, num_assignments, top_k, I, H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t,
     stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e,
     stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit, amax_eps,
@@ -345,8 +347,8 @@ def _fp8_gate_up_tile(
     SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr, PAIRED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, G2: tl.constexpr,
 ):  # fmt: skip
-    """fp8_gate_up_kernel's work on the live tile (pid_m, pid_n): K loop, dequant, bias, activation, store
-    (quantized under QUANT_OUT). PAIRED: the tile is two column tiles of BLOCK_N, 2 pid_n and 2 pid_n + 1, one
+    """fp8_gate_up_kernel's work on the live tile (pid_m, pid_n) of `expert`: K loop, dequant, bias, activation,
+    store (quantized under QUANT_OUT). PAIRED: the tile is two column tiles of BLOCK_N, 2 pid_n and 2 pid_n + 1, one
     after the other (each its own K loop, as two programs would run them), joined into one (BLOCK_M, 2 BLOCK_N)
     activation, so that a 128-wide quantization group (G2 = 2 BLOCK_N) lies in one program and GEMM1's
     epilogue quantizes it: no fp32 act workspace and no quantize_rows launch for tiles of 64 columns."""
@@ -355,7 +357,7 @@ def _fp8_gate_up_tile(
     ids, row_ok, tok, offs_n, _, offs_k = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, TILE_N, BLOCK_K
     )
-    expert, row_ok = _tile_expert(expert_of_block_ptr, pid_m, row_ok, PERSISTENT)
+    expert, row_ok = _live_expert(expert, row_ok, PERSISTENT)
     a_ptrs = a_ptr + tok[:, None] * stride_a_t + offs_k[None, :] * stride_a_h
     sw_base = sw_ptr + expert.to(tl.int64) * stride_sw_e
     act = _fp8_gate_up_act(
@@ -423,8 +425,9 @@ def fp8_down_kernel(
             tl.program_id(0), used_m * tl.cdiv(H, BLOCK_N), tl.num_programs(0), flatten=True
         ):
             pid_m, pid_n = _tile_coords(tile, used_m, H, BLOCK_N, GROUP_M)
+            expert = tl.load(expert_of_block_ptr + pid_m)
             _fp8_down_tile(
-                a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert_of_block_ptr,
+                a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert,
                 pid_m, pid_n, num_assignments, H, I, BN_W, GROUP_K, stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
                 stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
                 stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
@@ -434,10 +437,11 @@ def fp8_down_kernel(
         pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
-        if tl.load(expert_of_block_ptr + pid_m) < 0:
+        expert = tl.load(expert_of_block_ptr + pid_m)
+        if expert < 0:
             return
         _fp8_down_tile(
-            a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert_of_block_ptr,
+            a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert,
             pid_m, pid_n, num_assignments, H, I, BN_W, GROUP_K, stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
             stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
             stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
@@ -447,7 +451,7 @@ def fp8_down_kernel(
 
 @triton.jit
 def _fp8_down_tile(
-    a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert_of_block_ptr,
+    a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert,
     pid_m, pid_n, num_assignments, H, I, BN_W, GROUP_K, stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
     stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
     stride_out_a, stride_out_h, HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr, BLOCKWISE: tl.constexpr,
@@ -455,11 +459,12 @@ def _fp8_down_tile(
     W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """fp8_down_kernel's work on the live tile (pid_m, pid_n): K loop, dequant, bias, router weight, store."""
+    """fp8_down_kernel's work on the live tile (pid_m, pid_n) of `expert`: K loop, dequant, bias, router weight,
+    store."""
     _, row_ok, rows, offs_n, offs_n_w, offs_k = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, 1, H, False, BLOCK_M, BLOCK_N, BLOCK_K
     )
-    expert, row_ok = _tile_expert(expert_of_block_ptr, pid_m, row_ok, PERSISTENT)
+    expert, row_ok = _live_expert(expert, row_ok, PERSISTENT)
     a_ptrs = a_ptr + rows[:, None] * stride_a_a + offs_k[None, :] * stride_a_i
     w_ptrs = (
         w_ptr

@@ -17,7 +17,7 @@ has):
 flatten=True asks Triton to fuse the tile loop and the K loop into one loop and pipeline it, so the next
 tile's first operand loads are in flight during this tile's epilogue (stores, activation, router weight):
 the gain of persistent GEMMs where K loops are short (GEMM2's K = I). The tile body holds no branch around
-its K loop (_tile_expert says why).
+its K loop (_live_expert says why).
 """
 
 from __future__ import annotations
@@ -95,14 +95,13 @@ def _tile_rows(
 
 
 @triton.jit
-def _tile_expert(expert_of_block_ptr, pid_m, row_ok, PERSISTENT: tl.constexpr):
-    """(expert, row_ok) of a tile. One tile per program: the kernel has returned on an unused tile (expert
-    -1). PERSISTENT: the walk covers the used tiles only (tiles below num_padded, whose expert align sets);
-    an expert read as -1 anyway (metadata built elsewhere) masks every row and reads expert 0's weights in
-    bounds, so the tile computes zeros it never stores. The persistent walk cannot skip a tile with a branch:
-    an `if` around the K loop keeps Triton from flattening the tile loop and the K loop into one pipelined
-    loop (FuseNestedLoops does not look inside scf.if)."""
-    expert = tl.load(expert_of_block_ptr + pid_m)
+def _live_expert(expert, row_ok, PERSISTENT: tl.constexpr):
+    """(expert, row_ok) of a tile whose expert_of_block entry the kernel has read. One tile per program: the
+    kernel has returned on an unused tile (expert -1). PERSISTENT: the walk covers the used tiles only (tiles
+    below num_padded, whose expert align sets); an expert read as -1 anyway (metadata built elsewhere) masks
+    every row and reads expert 0's weights in bounds, so the tile computes zeros it never stores. The
+    persistent walk cannot skip a tile with a branch: an `if` around the K loop keeps Triton from flattening
+    the tile loop and the K loop into one pipelined loop (FuseNestedLoops does not look inside scf.if)."""
     if PERSISTENT:
         # broadcast before the compare: the interpreter's bool scalar & bool block is no valid mask dtype
         row_ok = row_ok & (tl.zeros_like(row_ok.to(tl.int32)) + expert >= 0)
@@ -317,8 +316,9 @@ def gate_up_kernel(
             tl.program_id(0), used_m * tl.cdiv(I, BLOCK_N), tl.num_programs(0), flatten=True
         ):
             pid_m, pid_n = _tile_coords(tile, used_m, I, BLOCK_N, GROUP_M)
+            expert = tl.load(expert_of_block_ptr + pid_m)
             _gate_up_tile(
-                x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert_of_block_ptr, pid_m, pid_n,
+                x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
                 num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
                 stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
                 INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, True, BLOCK_M, BLOCK_N, BLOCK_K,
@@ -327,10 +327,11 @@ def gate_up_kernel(
         pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
             return
-        if tl.load(expert_of_block_ptr + pid_m) < 0:  # unused tile
+        expert = tl.load(expert_of_block_ptr + pid_m)
+        if expert < 0:  # unused tile
             return
         _gate_up_tile(
-            x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert_of_block_ptr, pid_m, pid_n,
+            x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
             num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
             stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
             INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
@@ -339,18 +340,18 @@ def gate_up_kernel(
 
 @triton.jit
 def _gate_up_tile(
-    x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert_of_block_ptr, pid_m, pid_n,
+    x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
     num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
     stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit,
     GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, W_DESC: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """gate_up_kernel's work on the live tile (pid_m, pid_n): K loop, bias, activation, store."""
+    """gate_up_kernel's work on the live tile (pid_m, pid_n) of `expert`: K loop, bias, activation, store."""
     ids, row_ok, tok, offs_n, _, offs_k = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
     )
-    expert, row_ok = _tile_expert(expert_of_block_ptr, pid_m, row_ok, PERSISTENT)
+    expert, row_ok = _live_expert(expert, row_ok, PERSISTENT)
 
     x_ptrs = x_ptr + tok[:, None] * stride_x_t + offs_k[None, :] * stride_x_h
     if W_DESC:
@@ -418,8 +419,9 @@ def down_kernel(
             tl.program_id(0), used_m * tl.cdiv(H, BLOCK_N), tl.num_programs(0), flatten=True
         ):
             pid_m, pid_n = _tile_coords(tile, used_m, H, BLOCK_N, GROUP_M)
+            expert = tl.load(expert_of_block_ptr + pid_m)
             _down_tile(
-                a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert_of_block_ptr, pid_m,
+                a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m,
                 pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
                 stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
                 W_DESC, True, BLOCK_M, BLOCK_N, BLOCK_K,
@@ -428,10 +430,11 @@ def down_kernel(
         pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
             return
-        if tl.load(expert_of_block_ptr + pid_m) < 0:  # unused tile
+        expert = tl.load(expert_of_block_ptr + pid_m)
+        if expert < 0:  # unused tile
             return
         _down_tile(
-            a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert_of_block_ptr, pid_m,
+            a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m,
             pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
             stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
             W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
@@ -440,17 +443,17 @@ def down_kernel(
 
 @triton.jit
 def _down_tile(
-    a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert_of_block_ptr, pid_m, pid_n,
+    a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
     num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i, stride_b2_e,
     stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, W_DESC: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """down_kernel's work on the live tile (pid_m, pid_n): K loop, bias, router weight, store."""
+    """down_kernel's work on the live tile (pid_m, pid_n) of `expert`: K loop, bias, router weight, store."""
     _, row_ok, rows, offs_n, offs_n_w, offs_k = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, 1, H, False, BLOCK_M, BLOCK_N, BLOCK_K
     )
-    expert, row_ok = _tile_expert(expert_of_block_ptr, pid_m, row_ok, PERSISTENT)
+    expert, row_ok = _live_expert(expert, row_ok, PERSISTENT)
 
     a_ptrs = a_ptr + rows[:, None] * stride_a_a + offs_k[None, :] * stride_a_i
     w_ptrs = (

@@ -172,11 +172,9 @@ def launch_fp8_gate_up(
     I, H = act.shape[1], xq.shape[1]
     q = spec.quant
     block_k = k_block(spec, tile.BLOCK_K)
+    if sq is not None and not fused_requant(spec, tile):  # no epilogue quantization for this tile
+        raise SpecError("config.gate_up", f"a tile fused_requant accepts (act_group {q.act_group})", tile)
     paired = sq is not None and tile.BLOCK_N % q.act_group != 0  # fused_requant's pairs (2 BLOCK_N = group)
-    if paired and q.act_group != 2 * tile.BLOCK_N:
-        raise SpecError(
-            "config.gate_up.BLOCK_N", f"a multiple or half of act_group {q.act_group}", tile.BLOCK_N
-        )
     grid = tile.grid(meta.num_blocks * triton.cdiv(I, tile.BLOCK_N * (2 if paired else 1)))
     b = bias if bias is not None else scales
     so = sq if sq is not None else sx
