@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
-from _moe_testlib import assert_within, gate_up_expected
+from _moe_testlib import assert_within, down_expected, forward_expected, gate_up_expected
 from test_grouped_gemm import Case
 
 import moe_cts.kernels
+from moe_cts.kernels import Routing, fp8_gemm, fp8_moe
 from moe_cts.kernels import config as cfgmod
-from moe_cts.kernels import fp8_gemm, fp8_moe
 from moe_cts.kernels.config import GemmTile, TileConfig
 from moe_cts.reference.spec import SpecError
 
@@ -65,11 +66,13 @@ def test_a_persistent_walk_gives_one_program_per_tile_bits(case: Case, tma: bool
     assert torch.equal(outs[0], outs[1]), "down: persistent and one-tile grids differ"
     want, bound = gate_up_expected(inp)
     assert_within(acts[1], want, bound, f"gate_up[{case.id}] persistent")
+    want, bound = down_expected(inp, acts[1].cpu().double().numpy())
+    assert_within(outs[1], want, bound, f"down[{case.id}] persistent")
 
 
 def test_the_persistent_grid_is_smaller_than_the_tiles_and_the_forward_keeps_its_bits() -> None:
-    """The whole forward (router, shared expert, combine) with a grid of PERSISTENT_PROGRAMS programs (the
-    interpreter has no SM count): each walks several tiles."""
+    """The whole forward (ids given, shared expert, combine) with a grid of PERSISTENT_PROGRAMS programs (the
+    interpreter has no SM count): each walks several tiles; same bits, and within the oracle's bound."""
     case = Case(
         "forward",
         spec=dict(n_shared_experts=1, shared_intermediate_size=48, shared_gate=True),
@@ -79,8 +82,14 @@ def test_the_persistent_grid_is_smaller_than_the_tiles_and_the_forward_keeps_its
     spec, inp = case.build()
     assert _config(1).gate_up.grid(40) == (min(40, cfgmod._sm_count() or cfgmod.PERSISTENT_PROGRAMS),)
     assert _config(0).gate_up.grid(40) == (40,)
-    got = [moe_cts.kernels.fused_moe(spec, inp.weights, inp.x, config=_config(p)) for p in (0, 2)]
+    routing = Routing(inp.topk_ids, inp.topk_weights)
+    got = [
+        moe_cts.kernels.fused_moe(spec, inp.weights, inp.x, routing=routing, config=_config(p))
+        for p in (0, 2)
+    ]
     assert torch.equal(got[0], got[1])
+    want, bound = forward_expected(inp, np.ones(tuple(inp.topk_ids.shape), bool))
+    assert_within(got[1], want, bound, "forward persistent")
 
 
 def test_block_fp8_persistent_gives_the_one_tile_bits(device, monkeypatch) -> None:
