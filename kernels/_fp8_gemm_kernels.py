@@ -44,6 +44,7 @@ from moe_cts.kernels._grouped_gemm_kernels import (
     _activate,
     _gate_up_bias,
     _live_expert,
+    _pad_tail,
     _split_gate_up,
     _tile_coords,
     _tile_rows,
@@ -255,7 +256,7 @@ def fp8_gate_up_kernel(
     BLOCKWISE: tl.constexpr, QUANT_OUT: tl.constexpr, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
     FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, W_DESC: tl.constexpr,
-    SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr, PAIRED: tl.constexpr,
+    SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr, PAIRED: tl.constexpr, HALF_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, G2: tl.constexpr,
 ):  # fmt: skip
     """act[a] = activation(dequant(x_q[a // k] @ w13_q[e, gate].T) + b, dequant(... up ...) + b).
@@ -285,15 +286,29 @@ def fp8_gate_up_kernel(
         expert = tl.load(expert_of_block_ptr + pid_m)
         if expert < 0:
             return
-        _fp8_gate_up_tile(
-            a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert,
-            pid_m, pid_n, num_assignments, top_k, I, H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t,
-            stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e,
-            stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
-            amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, QUANT_OUT, HAS_EPS, SCALE_FMT,
-            FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, False, PAIRED,
-            BLOCK_M, BLOCK_N, BLOCK_K, G2,
-        )  # fmt: skip
+        half = False
+        if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)
+            half = _pad_tail(sorted_ids_ptr, pid_m, num_assignments, BLOCK_M)
+        if half:
+            _fp8_gate_up_tile(
+                a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert,
+                2 * pid_m, pid_n, num_assignments, top_k, I, H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t,
+                stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e,
+                stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
+                amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, QUANT_OUT, HAS_EPS, SCALE_FMT,
+                FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, False, PAIRED,
+                BLOCK_M // 2, BLOCK_N, BLOCK_K, G2,
+            )  # fmt: skip
+        else:
+            _fp8_gate_up_tile(
+                a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert,
+                pid_m, pid_n, num_assignments, top_k, I, H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t,
+                stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e,
+                stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
+                amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, QUANT_OUT, HAS_EPS, SCALE_FMT,
+                FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, False, PAIRED,
+                BLOCK_M, BLOCK_N, BLOCK_K, G2,
+            )  # fmt: skip
 
 
 @triton.jit
@@ -413,7 +428,7 @@ def fp8_down_kernel(
     stride_b_e, stride_b_h, stride_out_a, stride_out_h,
     HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr, BLOCKWISE: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr,
+    W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     """out[a] = (dequant(act_q[a] @ w2_q[e].T) + b2[e]) * (route_w[a] if MUL_WEIGHT), all in fp32, one cast.
@@ -440,13 +455,25 @@ def fp8_down_kernel(
         expert = tl.load(expert_of_block_ptr + pid_m)
         if expert < 0:
             return
-        _fp8_down_tile(
-            a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert,
-            pid_m, pid_n, num_assignments, H, I, BN_W, GROUP_K, stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
-            stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
-            stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
-            FP8_NAN, W_DESC, SW_SCALAR, False, BLOCK_M, BLOCK_N, BLOCK_K,
-        )  # fmt: skip
+        half = False
+        if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)
+            half = _pad_tail(sorted_ids_ptr, pid_m, num_assignments, BLOCK_M)
+        if half:
+            _fp8_down_tile(
+                a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert,
+                2 * pid_m, pid_n, num_assignments, H, I, BN_W, GROUP_K, stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
+                stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
+                stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
+                FP8_NAN, W_DESC, SW_SCALAR, False, BLOCK_M // 2, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
+        else:
+            _fp8_down_tile(
+                a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert,
+                pid_m, pid_n, num_assignments, H, I, BN_W, GROUP_K, stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
+                stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
+                stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
+                FP8_NAN, W_DESC, SW_SCALAR, False, BLOCK_M, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
 
 
 @triton.jit

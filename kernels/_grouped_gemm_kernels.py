@@ -18,6 +18,17 @@ flatten=True asks Triton to fuse the tile loop and the K loop into one loop and 
 tile's first operand loads are in flight during this tile's epilogue (stores, activation, router weight):
 the gain of persistent GEMMs where K loops are short (GEMM2's K = I). The tile body holds no branch around
 its K loop (_live_expert says why).
+
+HALF_TAIL (GemmTile.half_tail, one tile per program): the last M tile of an expert's slot run is padded to
+BLOCK_M, and where its second half holds pad slots only it runs as a tile of BLOCK_M / 2 rows:
+
+    if _pad_tail(pid_m):  tile body on (2 pid_m, pid_n) with BLOCK_M / 2    # slots pid_m BLOCK_M .. + BLOCK_M / 2
+    else:                 tile body on (pid_m, pid_n) with BLOCK_M
+
+Half the MMA work for such a tile; the same K order per output element. Why: at m = T k / E near BLOCK_M about
+half the experts end in a tile of a few rows (DeepSeek-V3 at T = 4096 with BLOCK_M 128: counts ~ 128 +- 11), and
+a compute-bound GEMM spends a full tile's MMAs on them. Both bodies are compiled into the kernel (registers and
+shared memory: the larger one's).
 """
 
 from __future__ import annotations
@@ -92,6 +103,16 @@ def _tile_rows(
     offs_n_w = offs_n % N
     offs_k = tl.arange(0, BLOCK_K)
     return ids, row_ok, in_rows, offs_n, offs_n_w, offs_k
+
+
+@triton.jit
+def _pad_tail(sorted_ids_ptr, pid_m, num_assignments, BLOCK_M: tl.constexpr):
+    """True when the second half of M tile pid_m, slots [BLOCK_M / 2, BLOCK_M), holds pad slots only: the tail
+    of an expert's slot run (HALF_TAIL). One (BLOCK_M / 2,) load of the slot ids and a min, whatever the
+    metadata's layout: any live id there (dropped or non-local slots included) keeps the whole tile."""
+    HALF: tl.constexpr = BLOCK_M // 2
+    ids = tl.load(sorted_ids_ptr + pid_m * BLOCK_M + HALF + tl.arange(0, HALF))
+    return tl.min(ids, axis=0) >= num_assignments
 
 
 @triton.jit
@@ -302,6 +323,7 @@ def gate_up_kernel(
     EVEN_K: tl.constexpr,
     W_DESC: tl.constexpr,
     PERSISTENT: tl.constexpr,
+    HALF_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -330,12 +352,23 @@ def gate_up_kernel(
         expert = tl.load(expert_of_block_ptr + pid_m)
         if expert < 0:  # unused tile
             return
-        _gate_up_tile(
-            x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
-            num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
-            stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
-            INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
-        )  # fmt: skip
+        half = False
+        if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)
+            half = _pad_tail(sorted_ids_ptr, pid_m, num_assignments, BLOCK_M)
+        if half:
+            _gate_up_tile(
+                x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, 2 * pid_m, pid_n,
+                num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
+                stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
+                INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, False, BLOCK_M // 2, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
+        else:
+            _gate_up_tile(
+                x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
+                num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
+                stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
+                INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
 
 
 @triton.jit
@@ -403,6 +436,7 @@ def down_kernel(
     EVEN_K: tl.constexpr,
     W_DESC: tl.constexpr,
     PERSISTENT: tl.constexpr,
+    HALF_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -433,12 +467,23 @@ def down_kernel(
         expert = tl.load(expert_of_block_ptr + pid_m)
         if expert < 0:  # unused tile
             return
-        _down_tile(
-            a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m,
-            pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
-            stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
-            W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
-        )  # fmt: skip
+        half = False
+        if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)
+            half = _pad_tail(sorted_ids_ptr, pid_m, num_assignments, BLOCK_M)
+        if half:
+            _down_tile(
+                a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, 2 * pid_m,
+                pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
+                stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
+                W_DESC, False, BLOCK_M // 2, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
+        else:
+            _down_tile(
+                a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m,
+                pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
+                stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
+                W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
 
 
 @triton.jit

@@ -80,6 +80,10 @@ class GemmTile:
     #: elsewhere. Off by default: it holds a tile's activation through the second K loop (sm90: 175 -> 233
     #: registers; sm100 spills 336 B; AOT, triton 3.9)
     paired: bool = False
+    #: one program per tile only: an M tile whose second half holds pad slots only (an expert's last tile,
+    #: padded to BLOCK_M) runs as a tile of BLOCK_M / 2 rows, half the MMA work; the same K order per output
+    #: element (kernels/_grouped_gemm_kernels.py, HALF_TAIL). Needs BLOCK_M >= 32 and persistent = 0
+    half_tail: bool = False
 
     def grid(self, num_tiles: int) -> tuple[int]:
         """The launch grid of a GEMM of num_tiles tiles (an upper bound: tiles past the used slots exit or are
@@ -123,7 +127,7 @@ class TileConfig:
                 v = getattr(t, f)
                 if not (isinstance(v, int) and v >= 1):
                     raise SpecError(f"config.{name}.{f}", "an int >= 1", v)
-            for flag in ("tma", "paired"):
+            for flag in ("tma", "paired", "half_tail"):
                 if not isinstance(getattr(t, flag), bool):
                     raise SpecError(f"config.{name}.{flag}", "a bool", getattr(t, flag))
             if not (
@@ -131,6 +135,12 @@ class TileConfig:
             ):
                 raise SpecError(f"config.{name}.persistent", "an int >= 0 (programs per SM; 0 = one per tile)",
                                 t.persistent)  # fmt: skip
+            if t.half_tail and t.persistent:
+                raise SpecError(f"config.{name}.half_tail", "false with persistent > 0 (one program per tile only)",
+                                t.half_tail)  # fmt: skip
+            if t.half_tail and not self.BLOCK_M >= 32:
+                raise SpecError(f"config.{name}.half_tail", "false with BLOCK_M < 32 (half a tile is < 16 rows)",
+                                t.half_tail)  # fmt: skip
         for field_name, v in blocks.items():
             # tl.dot needs every dimension >= 16; tl.arange needs powers of two
             if not (isinstance(v, int) and v >= 16 and v & (v - 1) == 0):

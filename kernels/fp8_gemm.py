@@ -27,7 +27,7 @@ from moe_cts.kernels import _fp8_gemm_kernels as K
 from moe_cts.kernels import _fp8_quant_kernels as Q
 from moe_cts.kernels._grouped_gemm_kernels import ACTIVATIONS
 from moe_cts.kernels.config import GemmTile
-from moe_cts.kernels.grouped_gemm import w13_desc, weight_desc
+from moe_cts.kernels.grouped_gemm import half_tail, w13_desc, weight_desc
 from moe_cts.kernels.metadata import AlignMeta
 from moe_cts.reference import formats
 from moe_cts.reference.errors import NotSupportedError
@@ -195,7 +195,7 @@ def launch_fp8_gate_up(
         HAS_BIAS=bias is not None, ACTIVATION=ACTIVATIONS[spec.activation],
         BLOCKWISE=q.method == "fp8_block", QUANT_OUT=sq is not None, **scale_constexprs(spec),
         **fmt_constexprs(q.fp8_format), W_DESC=w_desc is not None, SW_SCALAR=sw_scalar,
-        PERSISTENT=tile.persistent > 0, PAIRED=paired,
+        PERSISTENT=tile.persistent > 0, PAIRED=paired, HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
         G2=q.act_group if sq is not None else 16,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
@@ -225,7 +225,7 @@ def launch_fp8_down(
         HAS_BIAS=bias is not None, MUL_WEIGHT=route_weights is not None, BLOCKWISE=q.method == "fp8_block",
         FP8_MBITS=fc["FP8_MBITS"], FP8_EBITS=fc["FP8_EBITS"], FP8_BIAS=fc["FP8_BIAS"], FP8_NAN=fc["FP8_NAN"],
         W_DESC=w_desc is not None, SW_SCALAR=scalar_weight_scales(spec, bn, tile.BLOCK_N, 0),
-        PERSISTENT=tile.persistent > 0,
+        PERSISTENT=tile.persistent > 0, HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip

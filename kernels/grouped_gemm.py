@@ -37,6 +37,12 @@ def _even(n: int, block: int) -> bool:
     return n % block == 0
 
 
+def half_tail(tile: GemmTile, meta: AlignMeta) -> bool:
+    """The HALF_TAIL constexpr of a launch: tile.half_tail on a one-program-per-tile grid whose half tile still
+    has the 16 rows a dot needs (TileConfig.validate refuses the other cases in a table or a forced config)."""
+    return tile.half_tail and not tile.persistent and meta.block_m >= 32
+
+
 #: TMA's box: at most 256 elements per dimension
 _MAX_BOX = 256
 
@@ -122,7 +128,7 @@ def launch_gate_up(
         # constexprs
         GATED=gated, INTERLEAVED=interleaved, HAS_BIAS=b13 is not None,
         ACTIVATION=K.ACTIVATIONS[activation], DOT_PRECISION=dot_precision(x.dtype, allow_tf32),
-        EVEN_K=_even(H, tile.BLOCK_K), W_DESC=w_desc is not None, PERSISTENT=tile.persistent > 0,
+        EVEN_K=_even(H, tile.BLOCK_K), W_DESC=w_desc is not None, PERSISTENT=tile.persistent > 0, HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M,
         # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,
@@ -163,7 +169,7 @@ def launch_down(
         # constexprs
         HAS_BIAS=b2 is not None, MUL_WEIGHT=route_weights is not None,
         DOT_PRECISION=dot_precision(act.dtype, allow_tf32), EVEN_K=_even(I, tile.BLOCK_K),
-        W_DESC=w_desc is not None, PERSISTENT=tile.persistent > 0,
+        W_DESC=w_desc is not None, PERSISTENT=tile.persistent > 0, HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M,
         # launch options
         num_warps=tile.num_warps, num_stages=tile.num_stages,

@@ -138,11 +138,13 @@ def default_decode(dtype: torch.dtype, scale_at: str, dot: str, backend: str) ->
 
 
 def _mx_tile(t: GemmTile, max_k: int | None) -> GemmTile:
-    """A float table's tile for the MXFP4 GEMMs: BLOCK_K capped per decode; tma and persistent off (the packed
-    codes and their scales are read through pointers, one tile per program: a row's tma and persistent keys do
-    not reach these kernels, so the config says so)."""
+    """A float table's tile for the MXFP4 GEMMs: BLOCK_K capped per decode; tma, persistent and half_tail off
+    (the packed codes and their scales are read through pointers, one full tile per program: a row's tma,
+    persistent and half_tail keys do not reach these kernels, so the config says so)."""
     bk = max(t.BLOCK_K, 32)
-    return replace(t, BLOCK_K=bk if max_k is None else min(bk, max_k), tma=False, persistent=0)
+    return replace(
+        t, BLOCK_K=bk if max_k is None else min(bk, max_k), tma=False, persistent=0, half_tail=False
+    )
 
 
 _MX_KEYS = ("scale_at", "dot", "decode", "quant")  # Mxfp4Config keys of a config dict beyond the tiles

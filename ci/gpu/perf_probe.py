@@ -894,8 +894,9 @@ def _rounds_variants(timer, rec: dict, fwd, variants: dict, dc: str, rounds: int
     5-9% between consecutive points at T = 4096 (session 12); alternating rounds see the drift on both sides."""
     graphs, outs = {}, {}
     for label, (keys, cfg) in variants.items():
+        keys = dict(keys)
         try:
-            with _sm90_rows(dc, **keys):
+            with _sm90_rows(keys.pop("_dc", dc), **keys):
                 outs[label] = fwd(cfg).clone()
                 graphs[label] = capture_graph(lambda cfg=cfg: fwd(cfg))
         except Exception as e:
@@ -951,6 +952,53 @@ def part_pair12(timer) -> None:
         torch.cuda.empty_cache()
 
 
+#: half tails (GemmTile.half_tail) on every row whose BLOCK_M allows it (BLOCK_M >= 32: rows 1 ..)
+HALF13 = {"table": ({}, None), "half": ({"which": slice(1, None), "half_tail": True}, None)}
+
+
+def part_half13(timer) -> None:
+    """Session 13. Half tail tiles (GemmTile.half_tail: an expert's last M tile whose second half is pad only
+    runs as BLOCK_M / 2 rows) against the table's full tiles, in alternating rounds of graph replays, ids given,
+    bits compared. bf16: the five peer presets (routed) at T = 128 .. 4096. Block fp8 at DeepSeek-V3 width with
+    its shared expert at T = 512 .. 4096, bf16 with and without half tails in the same rounds (the fp8 / bf16
+    ratio), and BLOCK_M 128 fp8 tiles at 8 warps with half tails (x0.91 without them in session 11)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for name in PEER_PRESETS:
+        spec = routed(name)
+        base = _base(spec, torch.bfloat16, "cuda", gen)
+        for T in (128, 512, 2048, 4096):
+            x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+            r = routing(spec, T, "cuda", gen)
+            fwd = lambda cfg, spec=spec, base=base, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg)
+            _rounds_variants(timer, {"part": "half13", "kind": "bf16", "preset": name, "T": T}, fwd, HALF13,
+                             "16bit", rounds=3)  # fmt: skip
+        base = None
+        torch.cuda.empty_cache()
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
+    half = {"which": slice(1, None), "half_tail": True}
+    bm128 = _fp8_large(128, 64, 8, 4, 128, 8, 4)
+    bm128 = {**bm128, "gate_up": {**bm128["gate_up"], "paired": True, "half_tail": True},
+             "down": {**bm128["down"], "half_tail": True}}  # fmt: skip
+    for T in (512, 2048, 4096):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+
+        def fwd(cfg, x=x, r=r):
+            if cfg == "bf16":
+                return fused_moe(spec, base, x, routing=r)
+            return fused_moe(qspec, qw, x, routing=r, config=cfg)
+
+        variants = {
+            "fp8 table": ({}, None),
+            "fp8 half": (half, None),
+            "fp8 bm128 half": ({}, bm128),
+            "bf16 table": ({"_dc": "16bit"}, "bf16"),
+            "bf16 half": ({**half, "_dc": "16bit"}, "bf16"),
+        }
+        _rounds_variants(timer, {"part": "half13", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd,
+                         variants, "fp8", rounds=3)  # fmt: skip
+
+
 def _warm_clocks(seconds: float = 1.0) -> None:
     """Busy the GPU before the first timed point: a device call starts at idle clocks (345 MHz on the H200) and
     session 10's first points came out 5-7% slower than the same code timed later in the run (dec10, ab8,
@@ -981,7 +1029,7 @@ def main() -> int:
              "ab8": lambda t: part_ab8(t, a.baseline), "fill10": part_fill10,
              "side10": part_side10, "stages16": part_stages16,
              "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11,
-             "pers12": part_pers12, "pair12": part_pair12}  # fmt: skip
+             "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1015,6 +1063,7 @@ def main() -> int:
             "fp8s11",
             "pers12",
             "pair12",
+            "half13",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

@@ -59,7 +59,8 @@ class AotRecord:
 
 def config_label(cfg: dict[str, Any]) -> str:
     """'M16 N64 K128 G1 w4 s4' for GEMM tiles ('... tma' with descriptor weights: W_DESC; 'persistent' for a
-    persistent tile walk; 'paired' for fp8 GEMM1 column tiles in pairs); 'BLOCK_T=16 BLOCK_E=256 ... w4 s2' for
+    persistent tile walk; 'paired' for fp8 GEMM1 column tiles in pairs; 'half-tail' for half tiles at an
+    expert's pad-only tail); 'BLOCK_T=16 BLOCK_E=256 ... w4 s2' for
     the other kernels."""
     short = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K", "GROUP_M": "G"}
     if "BLOCK_K" in cfg and "BLOCK_M" in cfg:
@@ -72,5 +73,6 @@ def config_label(cfg: dict[str, Any]) -> str:
         "tma" if cfg.get("W_DESC") else "",
         "persistent" if cfg.get("PERSISTENT") else "",
         "paired" if cfg.get("PAIRED") else "",
+        "half-tail" if cfg.get("HALF_TAIL") else "",
     ]
     return " ".join(p for p in parts if p)
