@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import statistics
@@ -999,6 +1000,56 @@ def part_half13(timer) -> None:
                          variants, "fp8", rounds=3)  # fmt: skip
 
 
+def part_stack13(timer) -> None:
+    """Session 13, a question before any code: what would DeepSeek-V3's shared expert cost at decode sizes as one
+    more routed expert (E + 1 experts, k + 1 slots per token, the shared expert's id for every token) instead of
+    one-expert GEMMs on a side branch? Block fp8, graph replays, ids given, alternating rounds at T = 1 and 16:
+    the table's forward with its shared expert, the routed experts alone, and a random E = 257, k = 9 layer of
+    the same widths (the stacked layout's work: the same launches as the routed forward, 9 experts per token);
+    bf16 with its shared expert in the same rounds (the fp8 / bf16 ratio)."""
+    from moe_cts.reference.spec import MoESpec
+
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
+    rspec = routed("deepseek-v3").replace(quant=QuantScheme.fp8_block())
+    rbase = dataclasses.replace(base, shared_w13=None, shared_w2=None, shared_gate=None)
+    rqw = dataclasses.replace(qw, base=rbase, shared_w13=None, shared_w2=None)
+    sspec = MoESpec(hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+                    num_experts=spec.num_experts + 1, top_k=spec.top_k + 1, quant=QuantScheme.fp8_block())  # fmt: skip
+    sbase = _base(sspec, torch.bfloat16, "cuda", gen)
+    sqw = quantized(sspec, sbase, gen)
+    torch.cuda.empty_cache()
+    for T in (1, 16):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+        ids = torch.cat(
+            [r.topk_ids, torch.full((T, 1), spec.num_experts, dtype=torch.int32, device="cuda")], 1
+        )
+        ws = torch.cat([r.topk_weights, torch.ones((T, 1), dtype=torch.float32, device="cuda")], 1)
+        rs = type(r)(ids.contiguous(), ws.contiguous())
+
+        def fwd(cfg, x=x, r=r, rs=rs):
+            if cfg == "bf16":
+                return fused_moe(spec, base, x, routing=r)
+            if cfg == "routed":
+                return fused_moe(rspec, rqw, x, routing=r)
+            if cfg == "stacked":
+                return fused_moe(sspec, sqw, x, routing=rs)
+            return fused_moe(qspec, qw, x, routing=r)
+
+        variants = {
+            "fp8 table": ({}, None),
+            "fp8 routed only": ({}, "routed"),
+            "fp8 E257 k9": ({}, "stacked"),
+            "bf16 table": ({"_dc": "16bit"}, "bf16"),
+        }
+        _rounds_variants(timer, {"part": "stack13", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd,
+                         variants, "fp8", rounds=5)  # fmt: skip
+        for label, cfg in (("fp8 table", None), ("fp8 routed only", "routed"), ("fp8 E257 k9", "stacked")):
+            if T == 1:  # each kernel's time (torch.profiler), in launch order
+                emit({"part": "stack13", "kind": "fp8", "preset": "deepseek-v3", "T": T, "cfg": f"{label} kernels",
+                      "launches": _launches(lambda cfg=cfg: fwd(cfg))})  # fmt: skip
+
+
 def _warm_clocks(seconds: float = 1.0) -> None:
     """Busy the GPU before the first timed point: a device call starts at idle clocks (345 MHz on the H200) and
     session 10's first points came out 5-7% slower than the same code timed later in the run (dec10, ab8,
@@ -1029,7 +1080,8 @@ def main() -> int:
              "ab8": lambda t: part_ab8(t, a.baseline), "fill10": part_fill10,
              "side10": part_side10, "stages16": part_stages16,
              "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11,
-             "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13}  # fmt: skip
+             "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
+             "stack13": part_stack13}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1064,6 +1116,7 @@ def main() -> int:
             "pers12",
             "pair12",
             "half13",
+            "stack13",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

@@ -2,6 +2,8 @@
 # Session 13's GPU calls (one 590 s slot each), chosen by the first argument:
 #   a   GPU pytest of the half-tail, persistent and fp8 tests, then perf_probe.py --parts half13 (half tail tiles
 #       against the table's full tiles, alternating rounds; fp8 / bf16 at DeepSeek-V3 width)
+#   s   perf_probe.py --parts stack13 (DeepSeek-V3's shared expert as one more routed expert at T = 1 / 16: the
+#       work of a stacked layout measured before writing it)
 #   f   the final call: quant_bench (QB_ARGS, default fp8 only, no T = 50,000), vLLM's Triton path side by side
 #       (carry .peer), then `moe-cts certify --profile quick` in the rest of the slot
 set -u
@@ -14,6 +16,9 @@ a)
   gpu_pytest "$OUT" "${TEST_TIMEOUT:-120}" tests/kernels/test_half_tail.py tests/kernels/test_persistent.py \
     tests/kernels/test_fp8_moe.py
   probe "$OUT" "${PROBE_PARTS:-half13}" "${PROBE_S:-430}"
+  ;;
+s)
+  probe "$OUT" "${PROBE_PARTS:-stack13}" "${PROBE_S:-400}"
   ;;
 f)
   QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} SLOT=200 quant_bench "$OUT"
