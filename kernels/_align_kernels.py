@@ -19,6 +19,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from moe_cts.kernels._common import pdl_enter
+
 
 @triton.jit
 def _load_ids(ids_ptr, flat, N, K, stride_ids_t, stride_ids_k):
@@ -214,10 +216,12 @@ def align_one_chunk_kernel(
     BLOCK_E: tl.constexpr,
     SUB: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """The four kernels above in one program when all ids fit one chunk (decode-sized T): one launch
     instead of four, which is most of the alignment's cost there. Per-expert values stay in registers
     and are read back with tl.gather, so no write-then-read of global memory needs a barrier."""
+    pdl_enter(PDL)
     offs_e, in_e, local = _expert_lanes(local_ptr, E, HAS_LOCAL, BLOCK_E)
     i = tl.arange(0, SUB)
     routed = tl.zeros((BLOCK_E,), tl.int32)

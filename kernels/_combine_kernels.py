@@ -11,6 +11,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from moe_cts.kernels._common import pdl_enter
+
 
 @triton.jit
 def combine_kernel(
@@ -33,8 +35,10 @@ def combine_kernel(
     WEIGHTED: tl.constexpr,
     BLOCK_H: tl.constexpr,
     TOP_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """y[t] = shared[t] + sum_j (kept ? w[t, j] * eo[t, j] : 0), in fp32, one cast at the end."""
+    pdl_enter(PDL)
     t = tl.program_id(0).to(tl.int64)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     h_ok = offs_h < H

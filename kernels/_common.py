@@ -10,6 +10,11 @@ import triton.language as tl
 
 from moe_cts.reference.spec import SpecError
 
+try:  # grid dependency control (Triton >= 3.3); traced only under PDL, which only CUDA sm90+ tables set
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover (a Triton build without the CUDA extras: PDL stays off)
+    gdc_launch_dependents = gdc_wait = None
+
 #: True under the Triton CPU interpreter. Kernels upcast bf16 right after each load when it is set,
 #: because the interpreter computes bf16 arithmetic on raw 16-bit patterns
 #: (docs/bugs.md#facts-triton-interpreter, triton #11584). The GPU build prunes the branch.
@@ -30,6 +35,28 @@ def dot_acc(a, b, acc, INPUT_PRECISION: tl.constexpr):
         return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
     else:
         return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
+def pdl_enter(PDL: tl.constexpr):
+    """First statement of a kernel launched with programmatic dependent launch (PDL; config.pdl()):
+
+        gdc_wait()                # every earlier kernel of the stream has finished; its writes are visible
+        gdc_launch_dependents()   # the next kernel may launch: its programs start and wait in their gdc_wait
+
+    Why: at decode sizes a forward is a chain of short kernels, and each launch's latency sat between them
+    (about 2-3 us per kernel boundary in a CUDA graph on the H200, ci/gpu/perf_probe.py stack13). Under PDL the
+    next kernel's programs are already resident when this one ends. Nothing is read before the wait, so the
+    values are those of a serial launch. Without PDL (other targets, the interpreter) nothing is traced."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+def pdl_options(pdl: bool) -> dict:
+    """Launch options of a kernel whose PDL constexpr is `pdl`: launch_pdl only when set (HIP's and the
+    interpreter's options have no such field)."""
+    return {"launch_pdl": True} if pdl else {}
 
 
 def require_tensor(

@@ -38,7 +38,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moe_cts.kernels._common import INTERPRET, trans_tile
+from moe_cts.kernels._common import INTERPRET, pdl_enter, trans_tile
 from moe_cts.kernels._fp8_quant_kernels import _act_scale, _decode_fp8, _round_fp8, _store_round
 from moe_cts.kernels._grouped_gemm_kernels import (
     _activate,
@@ -258,12 +258,14 @@ def fp8_gate_up_kernel(
     FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, W_DESC: tl.constexpr,
     SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr, PAIRED: tl.constexpr, HALF_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, G2: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """act[a] = activation(dequant(x_q[a // k] @ w13_q[e, gate].T) + b, dequant(... up ...) + b).
     PAIRED: each tile is 2 BLOCK_N columns wide, two column tiles in turn (_fp8_gate_up_tile).
 
     One tile per program, or PERSISTENT: a few programs per SM walk the used tiles (_grouped_gemm_kernels.py's
     module docstring)."""
+    pdl_enter(PDL)
     TILE_N: tl.constexpr = (2 if PAIRED else 1) * BLOCK_N
     if PERSISTENT:
         used_m = tl.load(num_padded_ptr) // BLOCK_M
@@ -430,10 +432,12 @@ def fp8_down_kernel(
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
     W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """out[a] = (dequant(act_q[a] @ w2_q[e].T) + b2[e]) * (route_w[a] if MUL_WEIGHT), all in fp32, one cast.
 
     One tile per program, or PERSISTENT (as fp8_gate_up_kernel)."""
+    pdl_enter(PDL)
     if PERSISTENT:
         used_m = tl.load(num_padded_ptr) // BLOCK_M
         for tile in tl.range(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moe_cts.kernels._common import INTERPRET
+from moe_cts.kernels._common import INTERPRET, pdl_enter
 
 # SCALE_FMT constexpr codes (launcher: fp8_gemm.SCALE_CODES)
 SCALE_FP32 = tl.constexpr(0)
@@ -151,6 +151,7 @@ def quantize_rows_kernel(
     ROWS: tl.constexpr,  # rows per program
     BLOCK: tl.constexpr,  # columns per step; ONE_PASS: the whole group (GW <= BLOCK)
     ONE_PASS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """q[r, k] = _round_fp8(x[r, k] / s[r, g]) for k in group g, s = _act_scale(amax of the group);
     program (i, g) quantizes group g of rows [i ROWS, (i + 1) ROWS).
@@ -160,6 +161,7 @@ def quantize_rows_kernel(
     busy for 58 MB moved). ONE_PASS (the block scheme's 128-wide groups) keeps the tile in registers between
     the amax and the rounding instead of loading it twice. Bits are those of one row at a time: the amax is
     a maximum (exact in any order), each element is rounded on its own."""
+    pdl_enter(PDL)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < R
     g = tl.program_id(1)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moe_cts.kernels._common import INTERPRET, dot_acc, trans_tile
+from moe_cts.kernels._common import INTERPRET, dot_acc, pdl_enter, trans_tile
 
 # The ACTIVATION constexpr: named codes, read by _activate below and (through ACTIVATIONS) by the launcher.
 # Ints, not strings: they keep AOT signatures and compile keys simple. Module globals read inside a
@@ -328,10 +328,12 @@ def gate_up_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """act[a] = activation(x[a // k] @ w13[e, gate rows].T (+b), x[a // k] @ w13[e, up rows].T (+b)).
 
     One tile per program, or PERSISTENT: a grid of a few programs per SM walks the used tiles (module docstring)."""
+    pdl_enter(PDL)
     if PERSISTENT:
         used_m = tl.load(num_padded_ptr) // BLOCK_M
         for tile in tl.range(
@@ -441,12 +443,14 @@ def down_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """out[a] = (act[a] @ w2[e].T + b2[e]) * (route_w[a] if MUL_WEIGHT), weight applied in fp32.
 
     W_DESC: each K step's weight tile is the box w2[e, n0 : n0 + BLOCK_N, k0 : k0 + BLOCK_K] of w2_desc (TMA on
     sm90+), rows past H and columns past I read as zeros; else pointer loads of w2[e, n % H, k].
     One tile per program, or PERSISTENT: a grid of a few programs per SM walks the used tiles (module docstring)."""
+    pdl_enter(PDL)
     if PERSISTENT:
         used_m = tl.load(num_padded_ptr) // BLOCK_M
         for tile in tl.range(

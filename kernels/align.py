@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from moe_cts.kernels import config as cfgmod
 from moe_cts.kernels._align_kernels import (
     align_one_chunk_kernel,
     chunk_hist_kernel,
@@ -20,7 +21,7 @@ from moe_cts.kernels._align_kernels import (
     chunk_scatter_kernel,
     pad_fill_kernel,
 )
-from moe_cts.kernels._common import INTERPRET, require_tensor
+from moe_cts.kernels._common import INTERPRET, pdl_options, require_tensor
 from moe_cts.kernels.metadata import AlignMeta, padded_capacity
 from moe_cts.reference.spec import MoESpec, SpecError
 
@@ -174,6 +175,7 @@ def align(
         SUB, BLOCK_S, warps = (
             _one_chunk_tiles(N, P, (BLOCK_N, SUB, BLOCK_S)) if tiles is None else (SUB, BLOCK_S, 8)
         )
+        pdl = cfgmod.pdl()
         align_one_chunk_kernel[(1,)](
             # inputs
             ids_ptr=topk_ids, local_ptr=local,
@@ -183,9 +185,9 @@ def align(
             # sizes and strides
             N=N, K=k, E=E, P=P, block_m=block_m, stride_ids_t=s_t, stride_ids_k=s_k, search_steps=E.bit_length(),
             # constexprs
-            HAS_LOCAL=has_local, BLOCK_E=BLOCK_E, SUB=SUB, BLOCK_S=BLOCK_S,
+            HAS_LOCAL=has_local, BLOCK_E=BLOCK_E, SUB=SUB, BLOCK_S=BLOCK_S, PDL=pdl,
             # launch options
-            num_warps=warps,
+            num_warps=warps, **pdl_options(pdl),
         )  # fmt: skip
     else:
         hist, base, pend = torch.empty((C, E), **i32), torch.empty((C, E), **i32), torch.empty(E, **i32)

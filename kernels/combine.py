@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 import triton
 
+from moe_cts.kernels import config as cfgmod
 from moe_cts.kernels._combine_kernels import combine_kernel
-from moe_cts.kernels._common import SUPPORTED_DTYPES, require_tensor
+from moe_cts.kernels._common import SUPPORTED_DTYPES, pdl_options, require_tensor
 from moe_cts.kernels.capabilities import check_supported
 from moe_cts.reference.spec import MoESpec
 
@@ -35,6 +36,7 @@ def launch_combine(
     block_h = min(COMBINE_BLOCK_H, triton.next_power_of_2(H))
     w = topk_weights if topk_weights is not None else slot_of.view(T, k)
     sh = shared_out if shared_out is not None else y
+    pdl = cfgmod.pdl()
     combine_kernel[(T, triton.cdiv(H, block_h))](
         # inputs
         eo_ptr=expert_out, w_ptr=w, slot_ptr=slot_of, shared_ptr=sh,
@@ -47,9 +49,9 @@ def launch_combine(
         stride_w_t=w.stride(0), stride_w_j=w.stride(1), stride_sh_t=sh.stride(0), stride_sh_h=sh.stride(1),
         stride_y_t=y.stride(0), stride_y_h=y.stride(1),
         # constexprs
-        HAS_SHARED=shared_out is not None, WEIGHTED=topk_weights is not None, BLOCK_H=block_h, TOP_K=k,
+        HAS_SHARED=shared_out is not None, WEIGHTED=topk_weights is not None, BLOCK_H=block_h, TOP_K=k, PDL=pdl,
         # launch options
-        num_warps=4,
+        num_warps=4, **pdl_options(pdl),
     )  # fmt: skip
 
 

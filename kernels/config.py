@@ -148,6 +148,20 @@ class TileConfig:
         return self
 
 
+#: "0" turns programmatic dependent launch off where a table sets it (perf probes time both)
+PDL_ENV = "MOE_CTS_PDL"
+
+
+def pdl() -> bool:
+    """Launch the decode chain's kernels with programmatic dependent launch (_common.pdl_enter): the current
+    table's optional top-level "pdl": true (the cuda-sm90 table: grid dependency control exists on sm90+),
+    on the CUDA backend only, unless MOE_CTS_PDL=0. Same values either way: each kernel waits for the earlier
+    ones before its first load."""
+    if os.environ.get(PDL_ENV) == "0" or backend() != "cuda":
+        return False
+    return bool(load_table(current_table()).get("pdl", False))
+
+
 def backend() -> str:
     """'interpreter' under TRITON_INTERPRET=1, else 'hip' on ROCm torch, else 'cuda'."""
     if os.environ.get("TRITON_INTERPRET") == "1":

@@ -25,6 +25,8 @@ import triton
 
 from moe_cts.kernels import _fp8_gemm_kernels as K
 from moe_cts.kernels import _fp8_quant_kernels as Q
+from moe_cts.kernels import config as cfgmod
+from moe_cts.kernels._common import pdl_options
 from moe_cts.kernels._grouped_gemm_kernels import ACTIVATIONS
 from moe_cts.kernels.config import GemmTile
 from moe_cts.kernels.grouped_gemm import half_tail, w13_desc, weight_desc
@@ -110,13 +112,14 @@ def quantize_rows(
     # kernel records to 11.4 us on the H200: 15 of 16 rows masked, one long program per group)
     cap = QUANT_ROWS if one_pass else QUANT_ROWS_LOOP
     rows = min(cap, triton.next_power_of_2(max(1, R * G // QUANT_PROGRAMS)))
+    pdl = cfgmod.pdl()
     Q.quantize_rows_kernel[(triton.cdiv(R, rows), G)](
         x_ptr=x, q_ptr=xq, s_ptr=s, scale_in_ptr=scale_in if scale_in is not None else s,
         R=R, K=Kd, GW=gw, stride_x_r=x.stride(0), stride_x_k=x.stride(1), stride_q_r=xq.stride(0),
         stride_q_k=xq.stride(1), stride_s_r=s.stride(0), stride_s_g=s.stride(1),
         amax_eps=float(q.amax_eps or 0.0), STATIC=scale_in is not None, **scale_constexprs(spec),
         **{k: v for k, v in fmt_constexprs(q.fp8_format).items() if k in ("FP8_MBITS", "FP8_EMIN", "FP8_MAX", "FP8_EMAX")},
-        ROWS=rows, BLOCK=block, ONE_PASS=one_pass,
+        ROWS=rows, BLOCK=block, ONE_PASS=one_pass, PDL=pdl, **pdl_options(pdl),
     )  # fmt: skip
     return xq, s
 
@@ -183,6 +186,7 @@ def launch_fp8_gate_up(
     sw_scalar = (
         w_desc is not None and not il and scalar_weight_scales(spec, bn, tile.BLOCK_N, I if spec.gated else 0)
     )
+    pdl = cfgmod.pdl()
     K.fp8_gate_up_kernel[grid](
         xq, sx, codes, scales, w_desc, b, act, so,
         meta.sorted_ids, meta.expert_of_block, meta.num_padded,
@@ -197,8 +201,8 @@ def launch_fp8_gate_up(
         **fmt_constexprs(q.fp8_format), W_DESC=w_desc is not None, SW_SCALAR=sw_scalar,
         PERSISTENT=tile.persistent > 0, PAIRED=paired, HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
-        G2=q.act_group if sq is not None else 16,
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        G2=q.act_group if sq is not None else 16, PDL=pdl,
+        num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl_options(pdl),
     )  # fmt: skip
 
 
@@ -215,6 +219,7 @@ def launch_fp8_down(
     fc = fmt_constexprs(q.fp8_format)
     block_k = k_block(spec, tile.BLOCK_K)
     w_desc = weight_desc(codes, tile.BLOCK_N, block_k) if tile.tma else None
+    pdl = cfgmod.pdl()
     K.fp8_down_kernel[grid](
         aq, sa, codes, scales, w_desc, b, out, rw,
         meta.sorted_ids, meta.expert_of_block, meta.num_padded,
@@ -226,8 +231,8 @@ def launch_fp8_down(
         FP8_MBITS=fc["FP8_MBITS"], FP8_EBITS=fc["FP8_EBITS"], FP8_BIAS=fc["FP8_BIAS"], FP8_NAN=fc["FP8_NAN"],
         W_DESC=w_desc is not None, SW_SCALAR=scalar_weight_scales(spec, bn, tile.BLOCK_N, 0),
         PERSISTENT=tile.persistent > 0, HALF_TAIL=half_tail(tile, meta),
-        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M, PDL=pdl,
+        num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl_options(pdl),
     )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from moe_cts.kernels import _grouped_gemm_kernels as K
 from moe_cts.kernels import config as cfgmod
+from moe_cts.kernels._common import pdl_options
 from moe_cts.kernels.capabilities import check_supported
 from moe_cts.kernels.config import GemmTile, TileConfig
 from moe_cts.kernels.metadata import AlignMeta, padded_capacity
@@ -111,6 +112,7 @@ def launch_gate_up(
     grid = tile.grid(num_m_blocks * triton.cdiv(I, tile.BLOCK_N))
     bias = b13 if b13 is not None else w13
     w_desc = w13_desc(w13, tile.BLOCK_N, tile.BLOCK_K, gated, interleaved) if tile.tma else None
+    pdl = cfgmod.pdl()
     K.gate_up_kernel[grid](
         # inputs
         x_ptr=x, w13_ptr=w13, w13_desc=w_desc, b13_ptr=bias,
@@ -128,10 +130,11 @@ def launch_gate_up(
         # constexprs
         GATED=gated, INTERLEAVED=interleaved, HAS_BIAS=b13 is not None,
         ACTIVATION=K.ACTIVATIONS[activation], DOT_PRECISION=dot_precision(x.dtype, allow_tf32),
-        EVEN_K=_even(H, tile.BLOCK_K), W_DESC=w_desc is not None, PERSISTENT=tile.persistent > 0, HALF_TAIL=half_tail(tile, meta),
-        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M,
+        EVEN_K=_even(H, tile.BLOCK_K), W_DESC=w_desc is not None, PERSISTENT=tile.persistent > 0,
+        HALF_TAIL=half_tail(tile, meta),
+        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M, PDL=pdl,
         # launch options
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl_options(pdl),
     )  # fmt: skip
 
 
@@ -153,6 +156,7 @@ def launch_down(
     bias = b2 if b2 is not None else w2
     rw = route_weights if route_weights is not None else meta.sorted_ids
     w_desc = weight_desc(w2, tile.BLOCK_N, tile.BLOCK_K) if tile.tma else None
+    pdl = cfgmod.pdl()
     K.down_kernel[grid](
         # inputs
         a_ptr=act, w2_ptr=w2, w2_desc=w_desc, b2_ptr=bias, route_w_ptr=rw,
@@ -170,9 +174,9 @@ def launch_down(
         HAS_BIAS=b2 is not None, MUL_WEIGHT=route_weights is not None,
         DOT_PRECISION=dot_precision(act.dtype, allow_tf32), EVEN_K=_even(I, tile.BLOCK_K),
         W_DESC=w_desc is not None, PERSISTENT=tile.persistent > 0, HALF_TAIL=half_tail(tile, meta),
-        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M,
+        BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M, PDL=pdl,
         # launch options
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl_options(pdl),
     )  # fmt: skip
 
 

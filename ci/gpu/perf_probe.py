@@ -54,6 +54,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
@@ -896,12 +897,21 @@ def _rounds_variants(timer, rec: dict, fwd, variants: dict, dc: str, rounds: int
     graphs, outs = {}, {}
     for label, (keys, cfg) in variants.items():
         keys = dict(keys)
+        env = keys.pop("_env", {})
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # read at launch (capture) time, e.g. MOE_CTS_PDL
         try:
             with _sm90_rows(keys.pop("_dc", dc), **keys):
                 outs[label] = fwd(cfg).clone()
                 graphs[label] = capture_graph(lambda cfg=cfg: fwd(cfg))
         except Exception as e:
             emit({**rec, "cfg": label, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     if not graphs:
         return
     ms = {label: [] for label in graphs}
@@ -1009,15 +1019,28 @@ def part_stack13(timer) -> None:
     bf16 with its shared expert in the same rounds (the fp8 / bf16 ratio)."""
     from moe_cts.reference.spec import MoESpec
 
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    sspec = MoESpec(hidden_size=7168, intermediate_size=2048, num_experts=257, top_k=9,
+                    quant=QuantScheme.fp8_block())  # fmt: skip
+    sbase = _base(sspec, torch.bfloat16, "cuda", gen)
+    sqw = quantized(sspec, sbase, gen)
+    # the quantized path reads the router and biases of its base, never its experts: keep views, free 22 GB
+    thin = dataclasses.replace(
+        sbase, w13=sbase.w13[:1].expand_as(sbase.w13), w2=sbase.w2[:1].expand_as(sbase.w2)
+    )
+    sqw = dataclasses.replace(sqw, base=thin)
+    sbase = thin = None
+    torch.cuda.empty_cache()
     spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
+    assert (spec.hidden_size, spec.intermediate_size, spec.num_experts + 1, spec.top_k + 1) == (
+        7168,
+        2048,
+        257,
+        9,
+    )
     rspec = routed("deepseek-v3").replace(quant=QuantScheme.fp8_block())
     rbase = dataclasses.replace(base, shared_w13=None, shared_w2=None, shared_gate=None)
     rqw = dataclasses.replace(qw, base=rbase, shared_w13=None, shared_w2=None)
-    sspec = MoESpec(hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-                    num_experts=spec.num_experts + 1, top_k=spec.top_k + 1, quant=QuantScheme.fp8_block())  # fmt: skip
-    sbase = _base(sspec, torch.bfloat16, "cuda", gen)
-    sqw = quantized(sspec, sbase, gen)
-    torch.cuda.empty_cache()
     for T in (1, 16):
         x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
         r = routing(spec, T, "cuda", gen)
@@ -1048,6 +1071,68 @@ def part_stack13(timer) -> None:
             if T == 1:  # each kernel's time (torch.profiler), in launch order
                 emit({"part": "stack13", "kind": "fp8", "preset": "deepseek-v3", "T": T, "cfg": f"{label} kernels",
                       "launches": _launches(lambda cfg=cfg: fwd(cfg))})  # fmt: skip
+
+
+def part_dec13(timer) -> None:
+    """Session 13: block fp8 GEMM2 at decode sizes (DeepSeek-V3 with its shared expert, T = 1 / 16; the m <= 8
+    row's GEMM2 moved 117 MB in 35.8 us at T = 1, 77% of the copy rate, in stack13): the row against a
+    persistent GEMM2 (1 .. 4 programs per SM walking its 1792 short tiles: the next tile's loads overlap this
+    tile's end) and wider GEMM2 tiles, alternating rounds of graph replays, ids given, bits compared."""
+    spec, qspec, gen, _base16, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
+    row0 = {"which": slice(0, 1), "_gemms": ("down",)}
+    variants = {"table": ({}, None)}
+    for n in (1, 2, 4, 8):
+        variants[f"down p{n}"] = ({**row0, "persistent": n}, None)
+    variants["down bn64 w4"] = ({**row0, "BLOCK_N": 64, "num_warps": 4}, None)
+    variants["down s3"] = ({**row0, "num_stages": 3}, None)
+    variants["down p2 s3"] = ({**row0, "num_stages": 3, "persistent": 2}, None)
+    for T in (1, 16):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+        fwd = lambda cfg, x=x, r=r: fused_moe(qspec, qw, x, routing=r, config=cfg)
+        _rounds_variants(timer, {"part": "dec13", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
+                         "fp8", rounds=5)  # fmt: skip
+
+
+PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
+
+
+def part_pdl13(timer) -> None:
+    """Session 13: programmatic dependent launch (the sm90 table's "pdl": each kernel of the chain waits for the
+    earlier ones in gdc_wait, and the next one launches early) against serial launches (MOE_CTS_PDL=0), in
+    alternating rounds of graph replays, bits compared. bf16: the five peer presets (routed) at T = 1, 16 and 4096
+    with the ids given and at T = 1 with the router; block fp8 at DeepSeek-V3 width with
+    its shared expert at T = 1, 16, 4096, and bf16 there (the fp8 / bf16 ratio)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for name in PEER_PRESETS:
+        spec = routed(name)
+        base = _base(spec, torch.bfloat16, "cuda", gen)
+        for T in (1, 16, 4096):
+            x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+            r = routing(spec, T, "cuda", gen)
+            fwd = lambda cfg, spec=spec, base=base, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg)
+            _rounds_variants(timer, {"part": "pdl13", "kind": "bf16", "preset": name, "T": T}, fwd, PDL13,
+                             "16bit", rounds=3)  # fmt: skip
+            if T == 1:
+                fwd = lambda cfg, spec=spec, base=base, x=x: fused_moe(spec, base, x, config=cfg)
+                _rounds_variants(timer, {"part": "pdl13", "kind": "bf16 router", "preset": name, "T": T}, fwd,
+                                 PDL13, "16bit", rounds=3)  # fmt: skip
+        base = None
+        torch.cuda.empty_cache()
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
+    for T in (1, 16, 4096):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+
+        def fwd(cfg, x=x, r=r):
+            if cfg == "bf16":
+                return fused_moe(spec, base, x, routing=r)
+            return fused_moe(qspec, qw, x, routing=r, config=cfg)
+
+        variants = {**PDL13, "bf16 pdl": ({"_dc": "16bit"}, "bf16"),
+                    "bf16 no pdl": ({"_dc": "16bit", "_env": {"MOE_CTS_PDL": "0"}}, "bf16")}  # fmt: skip
+        _rounds_variants(timer, {"part": "pdl13", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
+                         "fp8", rounds=5)  # fmt: skip
 
 
 def _warm_clocks(seconds: float = 1.0) -> None:
@@ -1081,7 +1166,8 @@ def main() -> int:
              "side10": part_side10, "stages16": part_stages16,
              "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11,
              "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
-             "stack13": part_stack13}  # fmt: skip
+             "stack13": part_stack13, "dec13": part_dec13,
+             "pdl13": part_pdl13}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1117,11 +1203,13 @@ def main() -> int:
             "pair12",
             "half13",
             "stack13",
+            "dec13",
+            "pdl13",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
             bits = {True: " same-bits", False: " BITS DIFFER"}.get(r.get("bitwise_equal"), "")
-            print(f"{r['part']} {r['kind']} {r['preset']} T={r['T']} {r.get('ms', float('nan')):.4f} ms "
+            print(f"{r['part']} {r.get('kind')} {r.get('preset')} T={r.get('T')} {r.get('ms', float('nan')):.4f} ms "
                   f"x{r.get('vs_table', 1.0):.3f}{bits} {r.get('error', '')[:60]} {cs[:120]}")  # fmt: skip
             for name, us, gap in r.get("launches") or ():
                 print(f"      {us:7.2f} us  gap {gap:5.2f}  {name}")

@@ -4,6 +4,8 @@
 #       against the table's full tiles, alternating rounds; fp8 / bf16 at DeepSeek-V3 width)
 #   s   perf_probe.py --parts stack13 (DeepSeek-V3's shared expert as one more routed expert at T = 1 / 16: the
 #       work of a stacked layout measured before writing it)
+#   d   GPU pytest of the PDL and half-tail tests, then perf_probe.py --parts pdl13 (programmatic dependent
+#       launch against serial launches)
 #   f   the final call: quant_bench (QB_ARGS, default fp8 only, no T = 50,000), vLLM's Triton path side by side
 #       (carry .peer), then `moe-cts certify --profile quick` in the rest of the slot
 set -u
@@ -18,7 +20,11 @@ a)
   probe "$OUT" "${PROBE_PARTS:-half13}" "${PROBE_S:-430}"
   ;;
 s)
-  probe "$OUT" "${PROBE_PARTS:-stack13}" "${PROBE_S:-400}"
+  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True probe "$OUT" "${PROBE_PARTS:-stack13}" "${PROBE_S:-400}"
+  ;;
+d)
+  gpu_pytest "$OUT" "${TEST_TIMEOUT:-100}" tests/kernels/test_pdl.py tests/kernels/test_half_tail.py
+  probe "$OUT" "${PROBE_PARTS:-pdl13}" "${PROBE_S:-400}"
   ;;
 f)
   QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} SLOT=200 quant_bench "$OUT"

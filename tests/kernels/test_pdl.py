@@ -1,0 +1,109 @@
+"""Programmatic dependent launch (config.pdl(): the cuda-sm90 table's "pdl", _common.pdl_enter).
+
+Where PDL is on, each kernel of the chain waits for the earlier ones before its first load, so the outputs are
+those of serial launches: bitwise, eager and as a CUDA-graph replay, bf16 and block fp8 (GPU part). Everywhere
+else it must stay off: the interpreter, CUDA targets whose table does not set it, ROCm, and MOE_CTS_PDL=0
+(CPU part: the tile heuristic's view of each target, as the AOT compiler sets it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _moe_testlib import assert_within, forward_expected, make_inputs
+from triton.backends.compiler import GPUTarget
+
+import moe_cts.kernels
+from moe_cts.kernels import Routing, fp8_gemm
+from moe_cts.kernels import config as cfgmod
+from moe_cts.kernels.registry import active_target
+from moe_cts.reference.spec import MoESpec
+
+BF16 = torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("target", "want"),
+    [(GPUTarget("cuda", 90, 32), True), (GPUTarget("cuda", 80, 32), False), (GPUTarget("cuda", 100, 32), False),
+     (GPUTarget("hip", "gfx942", 64), False)],
+    ids=["sm90", "sm80", "sm100", "gfx942"],
+)  # fmt: skip
+def test_pdl_follows_the_targets_table_and_the_switch(target, want, monkeypatch) -> None:
+    monkeypatch.delenv(cfgmod.PDL_ENV, raising=False)
+    with active_target(target):
+        assert cfgmod.pdl() is want
+        monkeypatch.setenv(cfgmod.PDL_ENV, "0")
+        assert cfgmod.pdl() is False
+
+
+def test_pdl_is_off_on_the_interpreter() -> None:
+    if not fp8_gemm.interpreting():
+        pytest.skip("the interpreter's view")
+    assert cfgmod.backend() == "interpreter" and cfgmod.pdl() is False
+
+
+def _needs_pdl() -> None:
+    if fp8_gemm.interpreting() or not torch.cuda.is_available() or not cfgmod.pdl():
+        pytest.skip("a CUDA device whose table sets pdl (sm90)")
+
+
+def _graph(fn):
+    fn()  # compile outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn()
+    g.replay()
+    torch.cuda.synchronize()
+    return out.clone()
+
+
+@pytest.mark.parametrize("T", [1, 40])
+def test_pdl_launches_give_the_serial_bits_and_pass_the_oracle(T, monkeypatch) -> None:
+    _needs_pdl()
+    spec = MoESpec(hidden_size=256, intermediate_size=128, num_experts=8, top_k=2, n_shared_experts=1,
+                   shared_intermediate_size=128)  # fmt: skip
+    inp = make_inputs(spec, BF16, T, seed=5)
+    routing = Routing(inp.topk_ids, inp.topk_weights)
+    fwd = lambda: moe_cts.kernels.fused_moe(spec, inp.weights, inp.x, routing=routing)
+    got = {}
+    for pdl in ("1", "0"):
+        monkeypatch.setenv(cfgmod.PDL_ENV, pdl)
+        got[pdl] = (fwd().clone(), _graph(fwd))
+    for a, b in zip(got["1"], got["0"]):
+        assert torch.equal(a, b), "PDL launches changed the bits"
+    want, bound = forward_expected(inp, np.ones(tuple(inp.topk_ids.shape), bool))
+    assert_within(got["1"][1], want, bound, "forward with PDL (graph)")
+
+
+def test_block_fp8_with_pdl_gives_the_serial_bits_and_passes(monkeypatch) -> None:
+    """Block fp8 with its quantize launches (eager, through the conformance harness): every GEMM2 output keeps
+    its bits with PDL, and the case passes."""
+    _needs_pdl()
+    from test_fp8_moe import _case, _judge
+
+    from moe_cts.conformance.engine.devices import select_device
+    from moe_cts.conformance.engine.results import Outcome
+    from moe_cts.kernels import fp8_moe
+    from moe_cts.reference.quant import QuantScheme
+
+    case = _case(QuantScheme.fp8_block(), hidden_size=256, intermediate_size=256)
+    got: dict[str, list[torch.Tensor]] = {}
+    real_down = fp8_moe.launch_fp8_down
+
+    def spy_down(spec, aq, sa, w, bias, out, *a, **kw):
+        real_down(spec, aq, sa, w, bias, out, *a, **kw)
+        got[pdl].append(out.clone())
+
+    monkeypatch.setattr(fp8_moe, "launch_fp8_down", spy_down)
+    for pdl in ("1", "0"):
+        got[pdl] = []
+        monkeypatch.setenv(cfgmod.PDL_ENV, pdl)
+        r, _ = _judge(case, select_device("cuda:0"))
+        assert r.outcome == Outcome.PASS, (
+            f"MOE_CTS_PDL={pdl}: {r.outcome.value} at {r.failing_stage}: {r.message}"
+        )
+    assert len(got["1"]) == len(got["0"]) >= 1
+    for i, (a, b) in enumerate(zip(got["1"], got["0"])):
+        assert torch.equal(a, b), f"launch {i}: PDL launches changed the fp8 bits"
