@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from moe_cts.kernels import config as cfgmod
 from moe_cts.kernels._align_kernels import (
     align_one_chunk_kernel,
     chunk_hist_kernel,
@@ -138,7 +137,12 @@ def _empty(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta:
 
 
 def align(
-    spec: MoESpec, topk_ids: torch.Tensor, block_m: int, *, tiles: tuple[int, int, int] | None = None
+    spec: MoESpec,
+    topk_ids: torch.Tensor,
+    block_m: int,
+    *,
+    tiles: tuple[int, int, int] | None = None,
+    pdl: bool = False,
 ) -> AlignMeta:
     """Group the T*k assignments by expert into runs padded to multiples of block_m::
 
@@ -175,7 +179,6 @@ def align(
         SUB, BLOCK_S, warps = (
             _one_chunk_tiles(N, P, (BLOCK_N, SUB, BLOCK_S)) if tiles is None else (SUB, BLOCK_S, 8)
         )
-        pdl = cfgmod.pdl()
         align_one_chunk_kernel[(1,)](
             # inputs
             ids_ptr=topk_ids, local_ptr=local,

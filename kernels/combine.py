@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import triton
 
-from moe_cts.kernels import config as cfgmod
 from moe_cts.kernels._combine_kernels import combine_kernel
 from moe_cts.kernels._common import SUPPORTED_DTYPES, pdl_options, require_tensor
 from moe_cts.kernels.capabilities import check_supported
@@ -28,15 +27,16 @@ def launch_combine(
     *,
     topk_weights: torch.Tensor | None = None,
     shared_out: torch.Tensor | None = None,
+    pdl: bool = False,
 ) -> None:
-    """y = shared + sum of kept rows (weighted by topk_weights if given); expert_out (T, k, H)."""
+    """y = shared + sum of kept rows (weighted by topk_weights if given); expert_out (T, k, H). pdl: launch in a
+    programmatic-dependent chain (config.pdl of the forward's dtype class)."""
     T, k, H = expert_out.shape
     if T == 0:
         return
     block_h = min(COMBINE_BLOCK_H, triton.next_power_of_2(H))
     w = topk_weights if topk_weights is not None else slot_of.view(T, k)
     sh = shared_out if shared_out is not None else y
-    pdl = cfgmod.pdl()
     combine_kernel[(T, triton.cdiv(H, block_h))](
         # inputs
         eo_ptr=expert_out, w_ptr=w, slot_ptr=slot_of, shared_ptr=sh,

@@ -17,6 +17,10 @@
              tensor descriptors (TMA boxes on sm90+, one per K step; Triton rewrites them to pointer loads on
              targets without TMA), where the weight's strides allow it (grouped_gemm.weight_desc). Same bits
              as the pointer loads (tests/kernels/test_weight_desc.py, on the H200 at every probed point).
+      half_tail  a GEMM tile's optional "half_tail": true: an expert's last M tile whose second half is pad only
+             runs as BLOCK_M / 2 rows (kernels/_grouped_gemm_kernels.py, HALF_TAIL)
+      pdl    a table's optional top-level "pdl": [dtype classes]: those forwards launch their kernel chain with
+             programmatic dependent launch (pdl(), _common.pdl_enter; CUDA sm90+)
 
 Tests and the harness force a config with `fused_moe(..., config=cfg)` or `with forced(cfg): ...`.
 `all_configs()` lists every table entry (the AOT engineer compiles each for the targets that read its table);
@@ -152,14 +156,15 @@ class TileConfig:
 PDL_ENV = "MOE_CTS_PDL"
 
 
-def pdl() -> bool:
-    """Launch the decode chain's kernels with programmatic dependent launch (_common.pdl_enter): the current
-    table's optional top-level "pdl": true (the cuda-sm90 table: grid dependency control exists on sm90+),
-    on the CUDA backend only, unless MOE_CTS_PDL=0. Same values either way: each kernel waits for the earlier
-    ones before its first load."""
+def pdl(dtype_class_name: str) -> bool:
+    """Launch a forward's kernel chain of dtype class `dtype_class_name` (fp8 | 16bit | fp32: the class of its
+    GEMM operands) with programmatic dependent launch (_common.pdl_enter): the current table's optional
+    top-level "pdl", a list of the classes it applies to (the cuda-sm90 table: grid dependency control exists
+    on sm90+), on the CUDA backend only, unless MOE_CTS_PDL=0. Same values either way: each kernel waits for
+    the earlier ones before its first load."""
     if os.environ.get(PDL_ENV) == "0" or backend() != "cuda":
         return False
-    return bool(load_table(current_table()).get("pdl", False))
+    return dtype_class_name in load_table(current_table()).get("pdl", ())
 
 
 def backend() -> str:

@@ -112,7 +112,7 @@ def quantize_rows(
     # kernel records to 11.4 us on the H200: 15 of 16 rows masked, one long program per group)
     cap = QUANT_ROWS if one_pass else QUANT_ROWS_LOOP
     rows = min(cap, triton.next_power_of_2(max(1, R * G // QUANT_PROGRAMS)))
-    pdl = cfgmod.pdl()
+    pdl = cfgmod.pdl("fp8")
     Q.quantize_rows_kernel[(triton.cdiv(R, rows), G)](
         x_ptr=x, q_ptr=xq, s_ptr=s, scale_in_ptr=scale_in if scale_in is not None else s,
         R=R, K=Kd, GW=gw, stride_x_r=x.stride(0), stride_x_k=x.stride(1), stride_q_r=xq.stride(0),
@@ -186,7 +186,7 @@ def launch_fp8_gate_up(
     sw_scalar = (
         w_desc is not None and not il and scalar_weight_scales(spec, bn, tile.BLOCK_N, I if spec.gated else 0)
     )
-    pdl = cfgmod.pdl()
+    pdl = cfgmod.pdl("fp8")
     K.fp8_gate_up_kernel[grid](
         xq, sx, codes, scales, w_desc, b, act, so,
         meta.sorted_ids, meta.expert_of_block, meta.num_padded,
@@ -219,7 +219,7 @@ def launch_fp8_down(
     fc = fmt_constexprs(q.fp8_format)
     block_k = k_block(spec, tile.BLOCK_K)
     w_desc = weight_desc(codes, tile.BLOCK_N, block_k) if tile.tma else None
-    pdl = cfgmod.pdl()
+    pdl = cfgmod.pdl("fp8")
     K.fp8_down_kernel[grid](
         aq, sa, codes, scales, w_desc, b, out, rw,
         meta.sorted_ids, meta.expert_of_block, meta.num_padded,

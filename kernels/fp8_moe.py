@@ -159,7 +159,8 @@ def fused_moe_fp8(
         routing = route(spec, router_weights(qweights.base, x), x)
     check_ids(spec, routing.topk_ids, T, x.device)
     qw = qweights
-    meta = align(spec, routing.topk_ids, cfg.BLOCK_M)
+    pdl = cfgmod.pdl("fp8")  # the chain's other kernels (quantize, GEMMs) read it in their launchers
+    meta = align(spec, routing.topk_ids, cfg.BLOCK_M, pdl=pdl)
     xq, sx = quantize_rows(spec, x, qw.a13_scale)
     work = None
     if spec.shared_width:
@@ -175,7 +176,7 @@ def fused_moe_fp8(
                     cfg.down, route_weights=route_w)  # fmt: skip
     branch.join()
     y = out if out is not None else torch.empty((T, H), dtype=x.dtype, device=x.device)
-    launch_combine(ws.view(T, k, H), meta.inverse, y, shared_out=shared)
+    launch_combine(ws.view(T, k, H), meta.inverse, y, shared_out=shared, pdl=pdl)
     return y
 
 

@@ -112,7 +112,7 @@ def launch_gate_up(
     grid = tile.grid(num_m_blocks * triton.cdiv(I, tile.BLOCK_N))
     bias = b13 if b13 is not None else w13
     w_desc = w13_desc(w13, tile.BLOCK_N, tile.BLOCK_K, gated, interleaved) if tile.tma else None
-    pdl = cfgmod.pdl()
+    pdl = cfgmod.pdl(cfgmod.dtype_class(x.dtype))
     K.gate_up_kernel[grid](
         # inputs
         x_ptr=x, w13_ptr=w13, w13_desc=w_desc, b13_ptr=bias,
@@ -156,7 +156,7 @@ def launch_down(
     bias = b2 if b2 is not None else w2
     rw = route_weights if route_weights is not None else meta.sorted_ids
     w_desc = weight_desc(w2, tile.BLOCK_N, tile.BLOCK_K) if tile.tma else None
-    pdl = cfgmod.pdl()
+    pdl = cfgmod.pdl(cfgmod.dtype_class(act.dtype))
     K.down_kernel[grid](
         # inputs
         a_ptr=act, w2_ptr=w2, w2_desc=w_desc, b2_ptr=bias, route_w_ptr=rw,

@@ -60,10 +60,10 @@ def _route(spec: MoESpec, weights: MoEWeights, x: torch.Tensor) -> Routing:
     return route(spec, weights, x)
 
 
-def _align(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta:
+def _align(spec: MoESpec, topk_ids: torch.Tensor, block_m: int, pdl: bool = False) -> AlignMeta:
     from moe_cts.kernels.align import align
 
-    return align(spec, topk_ids, block_m)
+    return align(spec, topk_ids, block_m, pdl=pdl)
 
 
 def _check_routing(spec: MoESpec, routing: Routing, x: torch.Tensor) -> None:
@@ -112,7 +112,8 @@ def fused_moe(
         work = lambda: shared_forward(spec, weights, x, scfg, allow_tf32=allow_tf32)
     # the shared expert beside the routed experts in a captured graph (kernels/streams.py)
     shared, branch = beside(x.device, work)
-    meta = _align(spec, r.topk_ids, cfg.BLOCK_M)
+    pdl = cfgmod.pdl(cfgmod.dtype_class(x.dtype))  # the GEMM launchers read it too
+    meta = _align(spec, r.topk_ids, cfg.BLOCK_M, pdl)
     act = torch.empty((T * k, I), dtype=x.dtype, device=x.device)
     launch_gate_up(
         x, weights.w13, weights.b13, act, meta,
@@ -127,5 +128,5 @@ def fused_moe(
     )
     branch.join()
     y = out if out is not None else torch.empty((T, H), dtype=x.dtype, device=x.device)
-    launch_combine(ws.view(T, k, H), meta.inverse, y, shared_out=shared)
+    launch_combine(ws.view(T, k, H), meta.inverse, y, shared_out=shared, pdl=pdl)
     return y

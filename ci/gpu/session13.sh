@@ -6,6 +6,8 @@
 #       work of a stacked layout measured before writing it)
 #   d   GPU pytest of the PDL and half-tail tests, then perf_probe.py --parts pdl13 (programmatic dependent
 #       launch against serial launches)
+#   g   GPU pytest of the PDL / half-tail / fp8 tests, quant_bench (fp8, no T = 50,000), certify quick: the final
+#       kernels (pdl for fp8 only)
 #   f   the final call: quant_bench (QB_ARGS, default fp8 only, no T = 50,000), vLLM's Triton path side by side
 #       (carry .peer), then `moe-cts certify --profile quick` in the rest of the slot
 set -u
@@ -25,6 +27,12 @@ s)
 d)
   gpu_pytest "$OUT" "${TEST_TIMEOUT:-100}" tests/kernels/test_pdl.py tests/kernels/test_half_tail.py
   probe "$OUT" "${PROBE_PARTS:-pdl13}" "${PROBE_S:-400}"
+  ;;
+g)
+  gpu_pytest "$OUT" "${TEST_TIMEOUT:-100}" tests/kernels/test_pdl.py tests/kernels/test_half_tail.py
+  QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} SLOT=230 quant_bench "$OUT"
+  certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left ${SLOT:-440})"
+  certify_summary "$OUT"
   ;;
 f)
   QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} SLOT=200 quant_bench "$OUT"
