@@ -892,7 +892,8 @@ def part_pers12(timer) -> None:
 def _rounds_variants(timer, rec: dict, fwd, variants: dict, dc: str, rounds: int = 5) -> None:
     """Like _bits_variants, but each variant's forward is captured once (under its sm90 row keys) and the
     graphs are replayed in `rounds` alternating rounds (v1, v2, ..., v1, v2, ...): ms = the median over the
-    rounds, vs_table = the median of the rounds' ratios to the first variant. One median per variant drifted
+    rounds, vs_table = the median of the rounds' ratios to the first variant, bitwise_equal against the first
+    variant of the same dtype (labels "fp8 ..." / "bf16 ...", else the first). One median per variant drifted
     5-9% between consecutive points at T = 4096 (session 12); alternating rounds see the drift on both sides."""
     graphs, outs = {}, {}
     for label, (keys, cfg) in variants.items():
@@ -919,11 +920,16 @@ def _rounds_variants(timer, rec: dict, fwd, variants: dict, dc: str, rounds: int
         for label, g in graphs.items():
             ms[label].append(timer(g[0].replay)["ms"])
     first = next(iter(graphs))
+    # bits compare within a dtype: labels "fp8 ..." / "bf16 ..." against the first label of their dtype
+    dtype_of = lambda label: label.split()[0] if label.split()[0] in ("fp8", "bf16") else ""
+    same_dtype = {}
+    for label in graphs:
+        same_dtype.setdefault(dtype_of(label), label)
     for label in graphs:
         ratios = [a / b for a, b in zip(ms[first], ms[label])]
         emit({**rec, "cfg": label, "ms": statistics.median(ms[label]), "rounds_ms": ms[label],
               "vs_table": statistics.median(ratios), "vs_table_range": [min(ratios), max(ratios)],
-              "bitwise_equal": bool(torch.equal(outs[label], outs[first]))})  # fmt: skip
+              "bitwise_equal": bool(torch.equal(outs[label], outs[same_dtype[dtype_of(label)]]))})  # fmt: skip
     graphs.clear()
 
 
