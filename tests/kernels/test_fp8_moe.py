@@ -73,6 +73,34 @@ def _judge(case: Case, device, impl=None):
     return r, ran
 
 
+class Fp8Launches:
+    """Records, per key, what the fp8 forward's GEMMs hand on: GEMM1's act codes (as floats) and scales
+    (fp8_moe._gemm1) and every GEMM2 output (fp8_moe.launch_fp8_down), so that runs under two configs can be
+    compared bitwise launch by launch (tests of tile variants that must not change a bit)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.got: dict = {}
+        self.key = None
+        real_gemm1, real_down = fp8_moe._gemm1, fp8_moe.launch_fp8_down
+
+        def gemm1(*a, **kw):
+            aq, sa = real_gemm1(*a, **kw)
+            self.got[self.key] += [aq.float().clone(), sa.clone()]
+            return aq, sa
+
+        def down(spec, aq, sa, w, bias, out, *a, **kw):
+            real_down(spec, aq, sa, w, bias, out, *a, **kw)
+            self.got[self.key].append(out.clone())
+
+        monkeypatch.setattr(fp8_moe, "_gemm1", gemm1)
+        monkeypatch.setattr(fp8_moe, "launch_fp8_down", down)
+
+    def under(self, key) -> None:
+        """Record the launches that follow under `key`."""
+        self.key = key
+        self.got[key] = []
+
+
 def _rejection(fmt: str) -> str | None:
     """Why this run's target cannot run fp8 flavour fmt (e4m3fnuz on CUDA, e4m3fn on sm80), or None."""
     return target_info.fp8_rejection(*target_info.device_target(DEVICE), fmt)

@@ -18,7 +18,7 @@ import torch
 from _moe_testlib import assert_within, down_expected, forward_expected, gate_up_expected, make_inputs
 
 import moe_cts.kernels
-from moe_cts.kernels import Routing, fp8_gemm, fp8_moe
+from moe_cts.kernels import Routing, fp8_gemm
 from moe_cts.kernels import config as cfgmod
 from moe_cts.kernels.config import GemmTile, TileConfig
 from moe_cts.reference.spec import MoESpec, SpecError
@@ -86,28 +86,16 @@ def test_block_fp8_half_tails_pass_and_quantize_the_same_groups(device, monkeypa
     tiles. (The pointer path runs half tails in every interpreter fp8 case past 8 tokens per expert: the
     interpreter table's BLOCK_M 32 rows set half_tail.)"""
     tma = True
-    from test_fp8_moe import _case, _judge
+    from test_fp8_moe import Fp8Launches, _case, _judge
 
     from moe_cts.conformance.engine.results import Outcome
     from moe_cts.reference.quant import QuantScheme
 
     case = _case(QuantScheme.fp8_block(), hidden_size=192, intermediate_size=256)
-    got: dict[bool, list[torch.Tensor]] = {}
-    real_gemm1, real_down = fp8_moe._gemm1, fp8_moe.launch_fp8_down
-
-    def spy_gemm1(*a, **kw):
-        aq, sa = real_gemm1(*a, **kw)
-        got[half] += [aq.float().clone(), sa.clone()]
-        return aq, sa
-
-    def spy_down(spec, aq, sa, w, bias, out, *a, **kw):
-        real_down(spec, aq, sa, w, bias, out, *a, **kw)
-        got[half].append(out.clone())
-
-    monkeypatch.setattr(fp8_moe, "_gemm1", spy_gemm1)
-    monkeypatch.setattr(fp8_moe, "launch_fp8_down", spy_down)
+    launches = Fp8Launches(monkeypatch)
+    got = launches.got
     for half in (False, True):
-        got[half] = []
+        launches.under(half)
         with cfgmod.forced(_config(half, tma=tma, block_n=128, block_k=128)):
             r, _ = _judge(case, device)
         assert r.outcome == Outcome.PASS, (

@@ -85,27 +85,20 @@ def test_pdl_launches_give_the_serial_bits_and_pass_the_oracle(T, monkeypatch) -
 
 
 def test_block_fp8_with_pdl_gives_the_serial_bits_and_passes(monkeypatch) -> None:
-    """Block fp8 with its quantize launches (eager, through the conformance harness): every GEMM2 output keeps
-    its bits with PDL, and the case passes."""
+    """Block fp8 with its quantize launches (eager, through the conformance harness): GEMM1's act codes and
+    scales and every GEMM2 output keep their bits with PDL, and the case passes."""
     _needs_pdl("fp8")
-    from test_fp8_moe import _case, _judge
+    from test_fp8_moe import Fp8Launches, _case, _judge
 
     from moe_cts.conformance.engine.devices import select_device
     from moe_cts.conformance.engine.results import Outcome
-    from moe_cts.kernels import fp8_moe
     from moe_cts.reference.quant import QuantScheme
 
     case = _case(QuantScheme.fp8_block(), hidden_size=256, intermediate_size=256)
-    got: dict[str, list[torch.Tensor]] = {}
-    real_down = fp8_moe.launch_fp8_down
-
-    def spy_down(spec, aq, sa, w, bias, out, *a, **kw):
-        real_down(spec, aq, sa, w, bias, out, *a, **kw)
-        got[pdl].append(out.clone())
-
-    monkeypatch.setattr(fp8_moe, "launch_fp8_down", spy_down)
+    launches = Fp8Launches(monkeypatch)
+    got = launches.got
     for pdl in ("1", "0"):
-        got[pdl] = []
+        launches.under(pdl)
         monkeypatch.setenv(cfgmod.PDL_ENV, pdl)
         r, _ = _judge(case, select_device("cuda:0"))
         assert r.outcome == Outcome.PASS, (

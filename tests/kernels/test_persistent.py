@@ -143,7 +143,7 @@ def test_paired_gemm1_tiles_quantize_in_the_epilogue_with_the_unfused_bits(devic
     """Block fp8 with GEMM1 tiles of 64 columns (half the 128 group): PAIRED runs two of them per program and
     quantizes the activation in GEMM1's epilogue. Same act codes, scales and outputs as the unfused path (fp32
     act + quantize_rows), with one program per tile and persistent; the case passes."""
-    from test_fp8_moe import _case, _judge
+    from test_fp8_moe import Fp8Launches, _case, _judge
 
     from moe_cts.conformance.engine.results import Outcome
     from moe_cts.reference.quant import QuantScheme
@@ -151,22 +151,10 @@ def test_paired_gemm1_tiles_quantize_in_the_epilogue_with_the_unfused_bits(devic
     case = _case(QuantScheme.fp8_block(), hidden_size=192, intermediate_size=320)  # I: 2.5 groups, a tail
     assert fp8_gemm.fused_requant(case.spec, _config(0, block_n=64, paired=True).gate_up)
     assert not fp8_gemm.fused_requant(case.spec, _config(0, block_n=64).gate_up)
-    got: dict[str, list[torch.Tensor]] = {}
-    real_gemm1, real_down = fp8_moe._gemm1, fp8_moe.launch_fp8_down
-
-    def spy_gemm1(*a, **kw):
-        aq, sa = real_gemm1(*a, **kw)
-        got[key] += [aq.float().clone(), sa.clone()]
-        return aq, sa
-
-    def spy_down(spec, aq, sa, w, bias, out, *a, **kw):
-        real_down(spec, aq, sa, w, bias, out, *a, **kw)
-        got[key].append(out.clone())
-
-    monkeypatch.setattr(fp8_moe, "_gemm1", spy_gemm1)
-    monkeypatch.setattr(fp8_moe, "launch_fp8_down", spy_down)
+    launches = Fp8Launches(monkeypatch)
+    got = launches.got
     for key, paired, p in (("unfused", False, 0), ("paired", True, 0), ("paired persistent", True, 1)):
-        got[key] = []
+        launches.under(key)
         with cfgmod.forced(_config(p, tma=tma, block_n=64, block_k=128, paired=paired)):
             r, _ = _judge(case, device)
         assert r.outcome == Outcome.PASS, f"{key}: {r.outcome.value} at {r.failing_stage}: {r.message}"
