@@ -858,35 +858,56 @@ PERS12 = {
 }
 
 
+def _bf16_points(names, tokens, seed: int = 0):
+    """(name, T, fwd, fwd_router) per routed preset `name` (its bf16 weights at full size on the GPU, built once
+    and freed after its points) and T, inputs drawn from one generator in that order: fwd(cfg) is the forward
+    with the ids given and config cfg (None: the table's), fwd_router(cfg) the same with our router."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    for name in names:
+        spec = routed(name)
+        base = _base(spec, torch.bfloat16, "cuda", gen)
+        for T in tokens:
+            x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+            r = routing(spec, T, "cuda", gen)
+            yield (name, T, lambda cfg, spec=spec, base=base, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg),
+                   lambda cfg, spec=spec, base=base, x=x: fused_moe(spec, base, x, config=cfg))  # fmt: skip
+        base = None
+        torch.cuda.empty_cache()
+
+
+def _fp8_points(tokens):
+    """(T, fwd) at DeepSeek-V3 width with its shared expert, ids given: fwd(cfg) runs its block fp8 weights
+    (config cfg, None: the table's), fwd("bf16") the bf16 weights they were quantized from (the fp8 / bf16
+    ratio in the same rounds)."""
+    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
+    for T in tokens:
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+
+        def fwd(cfg, x=x, r=r):
+            if cfg == "bf16":
+                return fused_moe(spec, base, x, routing=r)
+            return fused_moe(qspec, qw, x, routing=r, config=cfg)
+
+        yield T, fwd
+
+
 def part_pers12(timer) -> None:
     """Persistent GEMMs (GemmTile.persistent: n programs per SM walk the tiles in a loop Triton flattens with the
     K loop), session 12: the table's rows one program per tile against 1 and 2 programs per SM, in both GEMMs
     and in GEMM2 alone, graph replays, ids given, outputs compared bitwise. bf16: the five peer presets (routed)
     at T = 128 .. 4096; block fp8 at DeepSeek-V3 width with its shared expert at T = 128 / 512 / 4096 (bf16
     there too, for the fp8 / bf16 ratio)."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    for name in PEER_PRESETS:
-        spec = routed(name)
-        base = _base(spec, torch.bfloat16, "cuda", gen)
-        for T in (128, 512, 2048, 4096):
-            x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
-            r = routing(spec, T, "cuda", gen)
-            fwd = lambda cfg, spec=spec, base=base, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg)
-            _bits_variants(
-                timer, {"part": "pers12", "kind": "bf16", "preset": name, "T": T}, fwd, PERS12, "16bit"
-            )
-        base = None
-        torch.cuda.empty_cache()
-    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
-    for T in (128, 512, 4096):
-        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
-        r = routing(spec, T, "cuda", gen)
-        fwd8 = lambda cfg, x=x, r=r: fused_moe(qspec, qw, x, routing=r, config=cfg)
-        _bits_variants(timer, {"part": "pers12", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd8, PERS12,
+    for name, T, fwd, _ in _bf16_points(PEER_PRESETS, (128, 512, 2048, 4096)):
+        _bits_variants(
+            timer, {"part": "pers12", "kind": "bf16", "preset": name, "T": T}, fwd, PERS12, "16bit"
+        )
+    for T, fwd in _fp8_points((128, 512, 4096)):
+        _bits_variants(timer, {"part": "pers12", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, PERS12,
                        "fp8")  # fmt: skip
-        fwd16 = lambda cfg, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg)
-        _bits_variants(timer, {"part": "pers12", "kind": "bf16", "preset": "deepseek-v3 full", "T": T}, fwd16,
-                       PERS12, "16bit")  # fmt: skip
+        # PERS12's variants force no config: the bf16 forward reads its rows with the variant's keys
+        _bits_variants(timer, {"part": "pers12", "kind": "bf16", "preset": "deepseek-v3 full", "T": T},
+                       lambda _cfg, fwd=fwd: fwd("bf16"), PERS12, "16bit")  # fmt: skip
 
 
 def _rounds_variants(timer, rec: dict, fwd, variants: dict, dc: str, rounds: int = 5) -> None:
@@ -939,34 +960,15 @@ def part_pair12(timer) -> None:
     same row unpaired, DeepSeek-V3 with its shared expert at T = 2048 / 4096, alternating rounds, bits
     compared; bf16 in the same rounds (the fp8 / bf16 ratio). (2) The persistent rows of pers12 that won
     (Qwen2-57B, Qwen3-235B-like at T = 2048 / 4096) in alternating rounds."""
-    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
-    for T in (2048, 4096):
-        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
-        r = routing(spec, T, "cuda", gen)
-
-        def fwd(cfg, x=x, r=r):
-            if cfg == "bf16":
-                return fused_moe(spec, base, x, routing=r)
-            return fused_moe(qspec, qw, x, routing=r, config=cfg)
-
+    for T, fwd in _fp8_points((2048, 4096)):
         variants = {"fp8 table": ({}, None), "fp8 unpaired": ({"paired": False}, None), "bf16": ({}, "bf16")}
         _rounds_variants(timer, {"part": "pair12", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
                          "fp8")  # fmt: skip
-    base = qw = None
     torch.cuda.empty_cache()
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    for name in ("qwen2-57b-a14b", "E128k8H4096I1536"):
-        spec = routed(name)
-        base = _base(spec, torch.bfloat16, "cuda", gen)
-        for T in (2048, 4096):
-            x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
-            r = routing(spec, T, "cuda", gen)
-            fwd = lambda cfg, spec=spec, base=base, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg)
-            variants = {k: PERS12[k] for k in ("table", "p1", "p2")}
-            _rounds_variants(timer, {"part": "pair12", "kind": "bf16", "preset": name, "T": T}, fwd, variants,
-                             "16bit")  # fmt: skip
-        base = None
-        torch.cuda.empty_cache()
+    variants = {k: PERS12[k] for k in ("table", "p1", "p2")}
+    for name, T, fwd, _ in _bf16_points(("qwen2-57b-a14b", "E128k8H4096I1536"), (2048, 4096), seed=1):
+        _rounds_variants(timer, {"part": "pair12", "kind": "bf16", "preset": name, "T": T}, fwd, variants,
+                         "16bit")  # fmt: skip
 
 
 #: half tails (GemmTile.half_tail) on every row whose BLOCK_M allows it (BLOCK_M >= 32: rows 1 ..)
@@ -979,32 +981,14 @@ def part_half13(timer) -> None:
     bits compared. bf16: the five peer presets (routed) at T = 128 .. 4096. Block fp8 at DeepSeek-V3 width with
     its shared expert at T = 512 .. 4096, bf16 with and without half tails in the same rounds (the fp8 / bf16
     ratio), and BLOCK_M 128 fp8 tiles at 8 warps with half tails (x0.91 without them in session 11)."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    for name in PEER_PRESETS:
-        spec = routed(name)
-        base = _base(spec, torch.bfloat16, "cuda", gen)
-        for T in (128, 512, 2048, 4096):
-            x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
-            r = routing(spec, T, "cuda", gen)
-            fwd = lambda cfg, spec=spec, base=base, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg)
-            _rounds_variants(timer, {"part": "half13", "kind": "bf16", "preset": name, "T": T}, fwd, HALF13,
-                             "16bit", rounds=3)  # fmt: skip
-        base = None
-        torch.cuda.empty_cache()
-    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
+    for name, T, fwd, _ in _bf16_points(PEER_PRESETS, (128, 512, 2048, 4096)):
+        _rounds_variants(timer, {"part": "half13", "kind": "bf16", "preset": name, "T": T}, fwd, HALF13,
+                         "16bit", rounds=3)  # fmt: skip
     half = {"which": slice(1, None), "half_tail": True}
     bm128 = _fp8_large(128, 64, 8, 4, 128, 8, 4)
     bm128 = {**bm128, "gate_up": {**bm128["gate_up"], "paired": True, "half_tail": True},
              "down": {**bm128["down"], "half_tail": True}}  # fmt: skip
-    for T in (512, 2048, 4096):
-        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
-        r = routing(spec, T, "cuda", gen)
-
-        def fwd(cfg, x=x, r=r):
-            if cfg == "bf16":
-                return fused_moe(spec, base, x, routing=r)
-            return fused_moe(qspec, qw, x, routing=r, config=cfg)
-
+    for T, fwd in _fp8_points((512, 2048, 4096)):
         variants = {
             "fp8 table": ({}, None),
             "fp8 half": (half, None),
@@ -1084,7 +1068,6 @@ def part_dec13(timer) -> None:
     row's GEMM2 moved 117 MB in 35.8 us at T = 1, 77% of the copy rate, in stack13): the row against a
     persistent GEMM2 (1 .. 4 programs per SM walking its 1792 short tiles: the next tile's loads overlap this
     tile's end) and wider GEMM2 tiles, alternating rounds of graph replays, ids given, bits compared."""
-    spec, qspec, gen, _base16, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
     row0 = {"which": slice(0, 1), "_gemms": ("down",)}
     variants = {"table": ({}, None)}
     for n in (1, 2, 4, 8):
@@ -1092,10 +1075,7 @@ def part_dec13(timer) -> None:
     variants["down bn64 w4"] = ({**row0, "BLOCK_N": 64, "num_warps": 4}, None)
     variants["down s3"] = ({**row0, "num_stages": 3}, None)
     variants["down p2 s3"] = ({**row0, "num_stages": 3, "persistent": 2}, None)
-    for T in (1, 16):
-        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
-        r = routing(spec, T, "cuda", gen)
-        fwd = lambda cfg, x=x, r=r: fused_moe(qspec, qw, x, routing=r, config=cfg)
+    for T, fwd in _fp8_points((1, 16)):
         _rounds_variants(timer, {"part": "dec13", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
                          "fp8", rounds=5)  # fmt: skip
 
@@ -1109,32 +1089,13 @@ def part_pdl13(timer) -> None:
     alternating rounds of graph replays, bits compared. bf16: the five peer presets (routed) at T = 1, 16 and 4096
     with the ids given and at T = 1 with the router; block fp8 at DeepSeek-V3 width with
     its shared expert at T = 1, 16, 4096, and bf16 there (the fp8 / bf16 ratio)."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    for name in PEER_PRESETS:
-        spec = routed(name)
-        base = _base(spec, torch.bfloat16, "cuda", gen)
-        for T in (1, 16, 4096):
-            x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
-            r = routing(spec, T, "cuda", gen)
-            fwd = lambda cfg, spec=spec, base=base, x=x, r=r: fused_moe(spec, base, x, routing=r, config=cfg)
-            _rounds_variants(timer, {"part": "pdl13", "kind": "bf16", "preset": name, "T": T}, fwd, PDL13,
-                             "16bit", rounds=3)  # fmt: skip
-            if T == 1:
-                fwd = lambda cfg, spec=spec, base=base, x=x: fused_moe(spec, base, x, config=cfg)
-                _rounds_variants(timer, {"part": "pdl13", "kind": "bf16 router", "preset": name, "T": T}, fwd,
-                                 PDL13, "16bit", rounds=3)  # fmt: skip
-        base = None
-        torch.cuda.empty_cache()
-    spec, qspec, gen, base, qw = _quant_preset("deepseek-v3", QuantScheme.fp8_block())
-    for T in (1, 16, 4096):
-        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
-        r = routing(spec, T, "cuda", gen)
-
-        def fwd(cfg, x=x, r=r):
-            if cfg == "bf16":
-                return fused_moe(spec, base, x, routing=r)
-            return fused_moe(qspec, qw, x, routing=r, config=cfg)
-
+    for name, T, fwd, fwd_router in _bf16_points(PEER_PRESETS, (1, 16, 4096)):
+        _rounds_variants(timer, {"part": "pdl13", "kind": "bf16", "preset": name, "T": T}, fwd, PDL13, "16bit",
+                         rounds=3)  # fmt: skip
+        if T == 1:
+            _rounds_variants(timer, {"part": "pdl13", "kind": "bf16 router", "preset": name, "T": T}, fwd_router,
+                             PDL13, "16bit", rounds=3)  # fmt: skip
+    for T, fwd in _fp8_points((1, 16, 4096)):
         variants = {**PDL13, "bf16 pdl": ({"_dc": "16bit"}, "bf16"),
                     "bf16 no pdl": ({"_dc": "16bit", "_env": {"MOE_CTS_PDL": "0"}}, "bf16")}  # fmt: skip
         _rounds_variants(timer, {"part": "pdl13", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
