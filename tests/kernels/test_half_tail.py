@@ -62,6 +62,7 @@ def test_the_case_has_tails_on_both_sides_of_half() -> None:
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
 def test_half_tail_tiles_pass_the_oracle_like_full_tiles(dtype, tma) -> None:
     spec, inp = _inputs(dtype, w13_layout="interleaved", activation="swiglu_oai", expert_bias=True)
+    got = {}
     for half in (False, True):
         cfg = _config(half, tma=tma)
         act = moe_cts.kernels.gate_up(spec, inp.weights, inp.x, inp.topk_ids, config=cfg)
@@ -70,6 +71,11 @@ def test_half_tail_tiles_pass_the_oracle_like_full_tiles(dtype, tma) -> None:
         out = moe_cts.kernels.down(spec, inp.weights, act, inp.topk_ids, config=cfg)
         want, bound = down_expected(inp, act.cpu().double().numpy())
         assert_within(out, want, bound, f"down half_tail={half}")
+        got[half] = (act, out)
+    # and bit for bit: tiles of 32 and 16 rows use one kind of product (per-row sums on the interpreter,
+    # mma.sync on sm90, where wgmma needs 64 rows), in the same K order
+    for what, a, b in zip(("gate_up", "down"), got[False], got[True]):
+        assert torch.equal(a, b), f"{what}: half tails changed the bits"
 
 
 def test_the_forward_with_half_tails_and_a_shared_expert_passes() -> None:
