@@ -13,6 +13,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from moe_cts.conformance.engine.profiles import register_profiles
+from moe_cts.conformance.impls.checkout_path import unshadow_checkout
+
+# The README's `python -m pytest` puts the checkout root on sys.path, where our kernels/ shadows Hugging Face's
+# `kernels`, which transformers >= 5.25 imports (conformance/impls/checkout_path.py).
+unshadow_checkout()
 
 register_profiles()
 

@@ -29,6 +29,7 @@ import torch
 
 from moe_cts.conformance.engine.bundles import BUNDLES
 from moe_cts.conformance.engine.protocol import FORWARD, Capabilities
+from moe_cts.conformance.impls.checkout_path import unshadow_checkout
 from moe_cts.reference.errors import NotSupportedError
 from moe_cts.reference.spec import MoESpec, MoEWeights
 
@@ -39,6 +40,8 @@ HIDDEN_ACT = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
 
 
 def _transformers():
+    # transformers >= 5.25 imports Hugging Face's `kernels`; from a checkout's root our kernels/ would answer
+    unshadow_checkout()
     try:
         import transformers
     except ImportError as err:
