@@ -60,6 +60,15 @@ def _e8m0_bf16_bits(s):
 
 
 @triton.jit
+def e8m0_f32(s):
+    """2^(s - 127) as fp32 for E8M0 codes s (uint32): the exponent field is s itself; s = 0 is the fp32
+    subnormal 2^-127 (bit 22), s = 255 is NaN (formats.e8m0_decode)."""
+    bits = tl.where(s == 0, 1 << 22, s << 23)
+    bits = tl.where(s == 255, 0x7FC00000, bits)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _decode_pair(b, X_FMT: tl.constexpr):
     """(lo, hi): the dot dtype's bits (uint16) of the low / high nibbles of packed bytes b (uint16)."""
     if X_FMT == "bf16":
@@ -93,10 +102,8 @@ def _as_float(bits, X_FMT: tl.constexpr):
 def _scale_tile(s, X_FMT: tl.constexpr):
     """2^(s - 127) in the dot dtype (fp32 under the interpreter) for E8M0 codes s (uint8)."""
     s = s.to(tl.uint16)
-    if INTERPRET:  # fp32 bits: the exponent field is s, s = 0 the subnormal 2^-127, 255 NaN
-        s32 = s.to(tl.uint32)
-        bits = tl.where(s32 == 0, 1 << 22, s32 << 23)
-        sc = tl.where(s32 == 255, 0x7FC00000, bits).to(tl.float32, bitcast=True)
+    if INTERPRET:
+        sc = e8m0_f32(s.to(tl.uint32))
     else:
         sc = _e8m0_bf16_bits(s).to(tl.bfloat16, bitcast=True)
     return sc
@@ -141,8 +148,5 @@ def mx_accumulate_native(
     else:  # one return for both branches: the compiler types every return, taken or not
         part = tl.dot(xe, tl.reshape(lo, (HALF_K, BLOCK_N)))
         part = tl.dot(xo, tl.reshape(hi, (HALF_K, BLOCK_N)), part)
-        s32 = tl.reshape(s, (BLOCK_N,)).to(tl.uint32)  # NB == 1
-        bits = tl.where(s32 == 0, 1 << 22, s32 << 23)  # fp32 2^(s-127), as _mxfp4_gemm_kernels._e8m0_to_f32
-        bits = tl.where(s32 == 255, 0x7FC00000, bits)
-        acc += part * bits.to(tl.float32, bitcast=True)[None, :]
+        acc += part * e8m0_f32(tl.reshape(s, (BLOCK_N,)).to(tl.uint32))[None, :]  # NB == 1
     return acc
