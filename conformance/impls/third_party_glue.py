@@ -75,8 +75,10 @@ def interpreter_env(device, name: str, value: str) -> None:
 
 def optional_import(module: str, install_hint: str):
     """importlib.import_module(module), or NotSupportedError naming the package and how to install it."""
+    from moe_cts.conformance.impls.checkout_path import unshadow_checkout
     from moe_cts.reference.errors import NotSupportedError
 
+    unshadow_checkout()  # third-party packages may import Hugging Face's `kernels` (transformers >= 5.25)
     try:
         return importlib.import_module(module)
     except ImportError as err:
