@@ -13,6 +13,8 @@
 #   gpu_pytest OUT S FILES...  pytest FILES on the GPU (log OUT/pytest.log), at most S seconds; prints the verdicts
 #   peer_bench OUT S           .peer/bench.py (vLLM's Triton path beside ours, BENCH_ARGS) into OUT/peer (log
 #                              OUT/peer.log), at most S seconds; prints its exit and wall time
+#   final_call OUT             a session's last call: quant_bench (QB_ARGS) in the first QB_SLOT seconds, the peer
+#                              bench (PEER_S seconds; carry .peer), then certify quick in the rest of a 560 s slot
 gpu_setup() {
   mkdir -p "$1"
   export PYTHONUNBUFFERED=1
@@ -65,4 +67,12 @@ gpu_pytest() {
   local out=$1 limit=$2 s; shift 2; s=$(date +%s)
   timeout "$limit" python3 -m pytest -q -p no:cacheprovider "$@" > "$out/pytest.log" 2>&1
   echo "pytest exit $? in $(( $(date +%s) - s )) s"; grep -E "FAILED|passed|failed" "$out/pytest.log" | head -20
+}
+
+final_call() {
+  SLOT=${QB_SLOT:-230} quant_bench "$1"
+  peer_bench "$1" "${PEER_S:-150}"
+  grep -E "=>|geomean" "$1/peer.log" | tail -44
+  certify_quick "$1" "${CERT_JOBS:-10}" "$(slot_left ${SLOT:-560})"
+  certify_summary "$1"
 }

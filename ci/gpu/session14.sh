@@ -22,10 +22,6 @@ g)
   certify_summary "$OUT"
   ;;
 f)
-  QB_ARGS=${QB_ARGS:-"--kinds fp8,mxfp4 --no-50k"} SLOT=230 quant_bench "$OUT"
-  peer_bench "$OUT" "${PEER_S:-150}"
-  grep -E "=>|geomean" "$OUT/peer.log" | tail -44
-  certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left ${SLOT:-560})"
-  certify_summary "$OUT"
+  QB_ARGS=${QB_ARGS:-"--kinds fp8,mxfp4 --no-50k"} final_call "$OUT"
   ;;
 esac
