@@ -21,7 +21,17 @@ import triton
 import triton.language as tl
 from _moe_testlib import DEVICE
 from test_mxfp4_decode import SPEC, _config, _inputs, _run, _same
-from test_mxfp4_moe import GPT_OSS, UNALIGNED, MxImplementation, _scale_of_next_block, _verdicts, mx
+from test_mxfp4_moe import (
+    GPT_OSS,
+    UNALIGNED,
+    MxImplementation,
+    _judge_stage,
+    _scale_of_next_block,
+    _shift_scales,
+    _stage_inputs,
+    _verdicts,
+    mx,
+)
 
 import moe_cts.kernels.config as cfgmod
 from moe_cts.conformance.engine.cases import Case
@@ -130,6 +140,23 @@ def test_a_nan_scale_code_poisons_the_same_outputs_as_the_fp32_decode():
     qw.w13.scales.view(-1)[::37] = 255
     fma, fp32 = _run_fma(inputs, BF16, 2, 128), _run(inputs, BF16, "weights", "fp32", 128)
     assert fma[0].isnan().any() and _same(fma[0], fp32[0])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # sigmoid of -1e30: 0
+@pytest.mark.parametrize(
+    ("lo", "hi", "net"), [(0, None, 0), (None, 254, 27)], ids=["codes down to 0", "up to 254"]
+)
+def test_extreme_scale_codes_stay_within_the_bound_in_bf16(lo, hi, net, device):
+    """The scale multiplies fp32 partials: codes 253 / 254, which overflow bf16 weights scaled in bf16 (the
+    swar path needs scale_at='accumulator' for them), and the subnormal 2^-127 of code 0 stay in range."""
+    spec = mx(UNALIGNED.replace(expert_bias=False), BF16)
+    qw, x, ids = _stage_inputs(spec, BF16, 4, seed=11)
+    qt, shift = _shift_scales(qw.w13, lo, hi)
+    qw = QuantizedMoEWeights.from_codes(spec, qw.base, w13=qt, w2=qw.w2)
+    x64 = torch.ldexp(x.double(), torch.tensor(float(net - shift))).to(BF16).double().numpy()
+    c, got = _judge_stage("gate_up", spec, qw, x64, ids, BF16, device, _fma(BF16, 2, 64))
+    assert torch.isfinite(got).all() and c.within_bound and c.quality_ok, c.summary()
+    assert np.abs(got.double().cpu().numpy()).max() > 0
 
 
 @pytest.mark.parametrize(
