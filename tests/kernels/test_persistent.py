@@ -18,7 +18,7 @@ from _moe_testlib import assert_within, down_expected, forward_expected, gate_up
 from test_grouped_gemm import Case
 
 import moe_cts.kernels
-from moe_cts.kernels import Routing, fp8_gemm, fp8_moe
+from moe_cts.kernels import Routing, fp8_gemm
 from moe_cts.kernels import config as cfgmod
 from moe_cts.kernels.config import GemmTile, TileConfig
 from moe_cts.reference.spec import SpecError
@@ -93,38 +93,27 @@ def test_the_persistent_grid_is_smaller_than_the_tiles_and_the_forward_keeps_its
 
 
 def test_block_fp8_persistent_gives_the_one_tile_bits(device, monkeypatch) -> None:
-    """fp8_gate_up_kernel / fp8_down_kernel walk tiles under PERSISTENT: GEMM1's act (quantized in its epilogue)
-    and GEMM2's output keep their bits, with descriptors and scalar weight scales (I 256) and with pointers;
-    the case passes against the oracle."""
-    from test_fp8_moe import _case, _judge, forward
+    """fp8_gate_up_kernel / fp8_down_kernel walk tiles under PERSISTENT: GEMM1's act codes and scales (quantized
+    in its epilogue) and GEMM2's outputs keep their bits (test_fp8_moe.Fp8Launches), with descriptors and scalar
+    weight scales (I 256) and with pointers; the case passes against the oracle."""
+    from test_fp8_moe import Fp8Launches, _case, _judge, forward
 
     from moe_cts.conformance.engine.results import Outcome
     from moe_cts.reference.quant import QuantScheme
 
     case = _case(QuantScheme.fp8_block(), hidden_size=192, intermediate_size=256)
     assert fp8_gemm.scalar_weight_scales(case.spec, 128, 128, 256)
-    outs: dict[int, list[torch.Tensor]] = {0: [], 1: []}
-    real_gu, real_down = fp8_moe.launch_fp8_gate_up, fp8_moe.launch_fp8_down
-
-    def spy_gate_up(spec, xq, sx, w, bias, act, *a, **kw):
-        real_gu(spec, xq, sx, w, bias, act, *a, **kw)
-        outs[p].append(act.clone())
-
-    def spy_down(spec, aq, sa, w, bias, out, *a, **kw):
-        real_down(spec, aq, sa, w, bias, out, *a, **kw)
-        outs[p].append(out.clone())
-
-    monkeypatch.setattr(fp8_moe, "launch_fp8_gate_up", spy_gate_up)
-    monkeypatch.setattr(fp8_moe, "launch_fp8_down", spy_down)
+    launches = Fp8Launches(monkeypatch)
     for tma in (False, True):
         for p in (0, 1):
+            launches.under((tma, p))
             with cfgmod.forced(_config(p, tma=tma, block_n=128, block_k=128)):
                 forward(case, device)
-        assert len(outs[0]) == len(outs[1]) >= 2
-        for i, (a, b) in enumerate(zip(outs[0], outs[1])):
+        one_tile, walked = launches.got[(tma, 0)], launches.got[(tma, 1)]
+        assert len(one_tile) == len(walked) >= 3
+        for i, (a, b) in enumerate(zip(one_tile, walked)):
             assert torch.equal(a, b), f"tma={tma} launch {i}: persistent and one-tile grids differ"
-        outs[0].clear()
-        outs[1].clear()
+    launches.under("judged")
     with cfgmod.forced(_config(1, tma=True, block_n=128, block_k=128)):  # and against the oracle, every stage
         r, _ = _judge(case, device)
     assert r.outcome == Outcome.PASS, f"persistent: {r.outcome.value} at {r.failing_stage}: {r.message}"
