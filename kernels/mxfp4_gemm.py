@@ -176,7 +176,7 @@ def choose_config(
         decode = config.get("decode", decode)
         config = {k: v for k, v in config.items() if k not in _MX_KEYS} or None
     if config is not None:
-        tile = cfgmod.as_config(config, min_block_m=1 if dot == "fma" else 16)
+        tile = cfgmod.as_config(config, min_block_m=1)  # BLOCK_M's rule per dot kind: Mxfp4Config
     else:
         tile = cfgmod.choose(
             dtype=dtype,
