@@ -148,10 +148,8 @@ def test_descriptor_weights_give_the_pointer_bits(layout, inter, device, monkeyp
     case = _case(QuantScheme.fp8_block(), hidden_size=192, intermediate_size=inter, w13_layout=layout,
                  activation="swiglu_oai" if layout == "interleaved" else "silu", expert_bias=layout == "interleaved")  # fmt: skip
     assert fp8_gemm.scalar_weight_scales(case.spec, 128, 128, inter) == (inter == 256)
-    outs: dict[bool, list[torch.Tensor]] = {False: [], True: []}
     descs = []
     real_w13, real_w2 = fp8_gemm.w13_desc, fp8_gemm.weight_desc
-    real_gu, real_down = fp8_moe.launch_fp8_gate_up, fp8_moe.launch_fp8_down
 
     def spy_w13(*a, **kw):
         descs.append(real_w13(*a, **kw))
@@ -161,32 +159,25 @@ def test_descriptor_weights_give_the_pointer_bits(layout, inter, device, monkeyp
         descs.append(real_w2(*a, **kw))
         return descs[-1]
 
-    def spy_gate_up(spec, xq, sx, w, bias, act, *a, **kw):
-        real_gu(spec, xq, sx, w, bias, act, *a, **kw)
-        outs[tma].append(act.clone())
-
-    def spy_down(spec, aq, sa, w, bias, out, *a, **kw):
-        real_down(spec, aq, sa, w, bias, out, *a, **kw)
-        outs[tma].append(out.clone())
-
     monkeypatch.setattr(fp8_gemm, "w13_desc", spy_w13)
     monkeypatch.setattr(fp8_gemm, "weight_desc", spy_w2)
-    monkeypatch.setattr(fp8_moe, "launch_fp8_gate_up", spy_gate_up)
-    monkeypatch.setattr(fp8_moe, "launch_fp8_down", spy_down)
+    launches = Fp8Launches(monkeypatch)
     tiles = {
         t: GemmTile(BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=2, tma=t)
         for t in (False, True)
     }
     for tma in (False, True):
+        launches.under(tma)
         with cfgmod.forced(TileConfig(BLOCK_M=16, gate_up=tiles[tma], down=tiles[tma])):
             forward(case, device)
     assert len(descs) >= 2 and all(d is not None for d in descs), descs  # GEMM1s and GEMM2s, each run
-    tma, outs[None] = None, []  # the descriptor config also against the oracle, every stage (not recorded)
+    launches.under("judged")  # the descriptor config also against the oracle, every stage
     with cfgmod.forced(TileConfig(BLOCK_M=16, gate_up=tiles[True], down=tiles[True])):
         r, _ = _judge(case, device)
     assert r.outcome == Outcome.PASS, f"descriptors: {r.outcome.value} at {r.failing_stage}: {r.message}"
-    assert len(outs[False]) == len(outs[True]) >= 2
-    for i, (a, b) in enumerate(zip(outs[False], outs[True])):
+    pointers, descriptors = launches.got[False], launches.got[True]
+    assert len(pointers) == len(descriptors) >= 3
+    for i, (a, b) in enumerate(zip(pointers, descriptors)):
         assert torch.equal(a, b), f"launch {i}: descriptor and pointer weights differ"
 
 
