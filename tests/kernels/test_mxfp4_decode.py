@@ -151,12 +151,26 @@ def _config(dtype, scale_at: str, decode: str, block_k: int) -> dict:
     return {**d, "scale_at": scale_at, "decode": decode}
 
 
-def _run(inputs, dtype, scale_at: str, decode: str, block_k: int):
+def run_stages(inputs, cfg: dict):
+    """(gate_up output, down output) on the CPU under config cfg, and the config gate_up recorded."""
     spec, qw, x, act, ids = inputs
-    cfg = _config(dtype, scale_at, decode, block_k)
     g = gate_up_mxfp4(spec, qw, x.to(DEVICE), ids.to(DEVICE), config=cfg)
-    assert cfgmod.last_config().to_dict()["decode"] == decode
-    return g.cpu(), down_mxfp4(spec, qw, act.to(DEVICE), ids.to(DEVICE), config=cfg).cpu()
+    used = cfgmod.last_config().to_dict()
+    return (g.cpu(), down_mxfp4(spec, qw, act.to(DEVICE), ids.to(DEVICE), config=cfg).cpu()), used
+
+
+def _run(inputs, dtype, scale_at: str, decode: str, block_k: int):
+    outs, used = run_stages(inputs, _config(dtype, scale_at, decode, block_k))
+    assert used["decode"] == decode
+    return outs
+
+
+def unaligned_codes(qt):
+    """qt with its codes 2 bytes into wider rows: not 4-byte aligned, so no 32-bit word reads."""
+    c = qt.codes
+    wide = torch.zeros((*c.shape[:-1], c.shape[-1] + 2), dtype=torch.uint8)
+    wide[..., 2:] = c
+    return dataclasses.replace(qt, codes=wide[..., 2:])
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -250,10 +264,7 @@ def test_unaligned_codes_fall_back_to_the_native_decode():
     inputs = _inputs(BF16, seed=9, scales=(124, 128), x_ints=True)
     spec, qw, x, act, ids = inputs
     want = _run(inputs, BF16, "weights", "swar", 128)
-    c = qw.w13.codes
-    wide = torch.zeros((*c.shape[:-1], c.shape[-1] + 2), dtype=torch.uint8)
-    wide[..., 2:] = c  # rows 2 bytes into a wider buffer: not 4-byte aligned
-    moved = dataclasses.replace(qw.w13, codes=wide[..., 2:])
+    moved = unaligned_codes(qw.w13)
     qw2 = QuantizedMoEWeights.from_codes(spec, qw.base, w13=moved, w2=qw.w2)
     cfg = mg.choose_config(spec, BF16, 5, _config(BF16, "weights", "swar", 128))
     assert mg._decode_code(cfg, moved.codes) == mg.MK.DECODE["native"]

@@ -12,15 +12,13 @@ Runs on the interpreter (CI) and on a GPU.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 import triton
 import triton.language as tl
 from _moe_testlib import DEVICE
-from test_mxfp4_decode import SPEC, _config, _inputs, _run, _same
+from test_mxfp4_decode import SPEC, _config, _inputs, _run, _same, run_stages, unaligned_codes
 from test_mxfp4_moe import (
     GPT_OSS,
     UNALIGNED,
@@ -33,14 +31,13 @@ from test_mxfp4_moe import (
     mx,
 )
 
-import moe_cts.kernels.config as cfgmod
 from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.devices import select_device
 from moe_cts.conformance.engine.results import Outcome
 from moe_cts.conformance.engine.runner import run_case
 from moe_cts.kernels import mxfp4_gemm as mg
 from moe_cts.kernels._mxfp4_fma import _e2m1_f32
-from moe_cts.kernels.mxfp4_moe import fused_moe_mxfp4, gate_up_mxfp4
+from moe_cts.kernels.mxfp4_moe import fused_moe_mxfp4
 from moe_cts.reference import formats
 from moe_cts.reference.qweights import QuantizedMoEWeights
 from moe_cts.reference.spec import SpecError
@@ -81,27 +78,10 @@ def _fma(dtype, rows: int, block_k: int) -> dict:
     return {**d, "BLOCK_M": rows, "dot": "fma"}
 
 
-def _unaligned(qw: QuantizedMoEWeights, spec) -> QuantizedMoEWeights:
-    """Both weights' codes 2 bytes into wider rows: not 4-byte aligned, so the FMA path reads bytes."""
-
-    def moved(qt):
-        c = qt.codes
-        wide = torch.zeros((*c.shape[:-1], c.shape[-1] + 2), dtype=torch.uint8)
-        wide[..., 2:] = c
-        return dataclasses.replace(qt, codes=wide[..., 2:])
-
-    return QuantizedMoEWeights.from_codes(spec, qw.base, w13=moved(qw.w13), w2=moved(qw.w2))
-
-
 def _run_fma(inputs, dtype, rows, block_k):
-    spec, qw, x, act, ids = inputs
-    cfg = _fma(dtype, rows, block_k)
-    g = gate_up_mxfp4(spec, qw, x.to(DEVICE), ids.to(DEVICE), config=cfg)
-    d = cfgmod.last_config().to_dict()
-    assert (d["dot"], d["BLOCK_M"]) == ("fma", rows)
-    from moe_cts.kernels.mxfp4_moe import down_mxfp4
-
-    return g.cpu(), down_mxfp4(spec, qw, act.to(DEVICE), ids.to(DEVICE), config=cfg).cpu()
+    outs, used = run_stages(inputs, _fma(dtype, rows, block_k))
+    assert (used["dot"], used["BLOCK_M"]) == ("fma", rows)
+    return outs
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
@@ -121,7 +101,9 @@ def test_the_fma_path_gives_the_fp32_decodes_bits_when_the_sums_are_exact(codes,
     want = _run(inputs, dtype, "weights" if dtype == BF16 else "accumulator", "fp32", 64)
     if codes == "bytes":
         spec, qw, *rest = inputs
-        qw = _unaligned(qw, spec)
+        qw = QuantizedMoEWeights.from_codes(
+            spec, qw.base, w13=unaligned_codes(qw.w13), w2=unaligned_codes(qw.w2)
+        )  # both weights: the FMA path reads bytes
         assert (
             mg._decode_code(mg.choose_config(spec, dtype, 5, _fma(dtype, rows, block_k)), qw.w13.codes)
             == (mg.MK.DECODE["native"])
