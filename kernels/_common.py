@@ -20,6 +20,11 @@ except ImportError:  # pragma: no cover (a Triton build without the CUDA extras:
 #: (docs/bugs.md#facts-triton-interpreter, triton #11584). The GPU build prunes the branch.
 INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
+#: Whether host (cpu) tensors may reach a launch: only under the interpreter. On a GPU build Triton refuses them
+#: at the launch ("Pointer argument (at 0) cannot be accessed from Triton (cpu tensor?)"), after the forward's
+#: earlier launches ran, so `require_tensor(..., launch=True)` names the field first. Tests monkeypatch it.
+HOST_TENSORS_LAUNCH = os.environ.get("TRITON_INTERPRET") == "1"
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -66,8 +71,11 @@ def require_tensor(
     shape: tuple[int, ...] | None = None,
     dtype: torch.dtype | tuple[torch.dtype, ...] | None = None,
     device: torch.device | None = None,
+    launch: bool = False,
 ) -> None:
-    """Raise SpecError naming `name` unless t has the shape, dtype and device asked for."""
+    """Raise SpecError naming `name` unless t has the shape, dtype and device asked for. `launch`: t is the
+    tensor a launcher takes its device from (x, act, ids), so it must be on a device the kernels can read: a GPU,
+    or the host under the interpreter."""
     if not isinstance(t, torch.Tensor):
         raise SpecError(name, "a torch.Tensor", type(t).__name__)
     if shape is not None and tuple(t.shape) != tuple(shape):
@@ -78,6 +86,10 @@ def require_tensor(
             raise SpecError(f"{name}.dtype", " or ".join(map(str, dtypes)), t.dtype)
     if device is not None and t.device != device:
         raise SpecError(f"{name}.device", str(device), str(t.device))
+    if launch and t.device.type == "cpu" and not HOST_TENSORS_LAUNCH:
+        raise SpecError(
+            f"{name}.device", "a GPU device (cpu tensors run only under TRITON_INTERPRET=1)", "cpu"
+        )
 
 
 @triton.jit

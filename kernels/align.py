@@ -102,7 +102,7 @@ def _check(spec: MoESpec, topk_ids: torch.Tensor, block_m: int, tiles: tuple[int
         raise NotSupportedError(
             f"capacity_factor: the align kernels do not drop overflow tokens; expected None, got {spec.capacity_factor}"
         )
-    require_tensor("topk_ids", topk_ids, dtype=(torch.int32, torch.int64))
+    require_tensor("topk_ids", topk_ids, dtype=(torch.int32, torch.int64), launch=True)
     if topk_ids.dim() != 2 or topk_ids.shape[1] != spec.top_k:
         raise SpecError("topk_ids.shape", f"(T, {spec.top_k})", tuple(topk_ids.shape))
     if not isinstance(block_m, int) or isinstance(block_m, bool) or block_m < 1:

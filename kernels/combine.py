@@ -65,7 +65,7 @@ def combine(
     """Stage twin of moe_cts.reference.combine (module docstring); the weights are applied here in fp32."""
     check_supported(spec)
     T, k, H = topk_weights.shape[0] if topk_weights.dim() == 2 else -1, spec.top_k, spec.hidden_size
-    require_tensor("topk_weights", topk_weights, shape=(T, k), dtype=torch.float32)
+    require_tensor("topk_weights", topk_weights, shape=(T, k), dtype=torch.float32, launch=True)
     dev = topk_weights.device
     require_tensor("expert_out", expert_out, shape=(T, k, H), dtype=SUPPORTED_DTYPES, device=dev)
     require_tensor("kept", kept, shape=(T, k), dtype=torch.bool, device=dev)

@@ -144,7 +144,11 @@ def fused_moe_fp8(
 
     check_fp8(spec, qweights, x.device)
     require_tensor(
-        "x", x, shape=(x.shape[0], spec.hidden_size) if x.dim() == 2 else None, dtype=SUPPORTED_DTYPES
+        "x",
+        x,
+        shape=(x.shape[0], spec.hidden_size) if x.dim() == 2 else None,
+        dtype=SUPPORTED_DTYPES,
+        launch=True,
     )
     T, H, I, k = x.shape[0], spec.hidden_size, spec.intermediate_size, spec.top_k
     if out is not None:
@@ -187,7 +191,7 @@ def gate_up_fp8(
     """GEMM1 on the quantized x for every assignment: act (T, k, I) in x.dtype, before its requantization
     (the staged twin of numpy_quant.gate_up; conformance stage gemm1)."""
     check_fp8(spec, qweights, x.device)
-    require_tensor("x", x, shape=(x.shape[0], spec.hidden_size), dtype=SUPPORTED_DTYPES)
+    require_tensor("x", x, shape=(x.shape[0], spec.hidden_size), dtype=SUPPORTED_DTYPES, launch=True)
     T, k, I = x.shape[0], spec.top_k, spec.intermediate_size
     check_ids(spec, topk_ids, T, x.device)
     act = torch.empty((T * k, I), dtype=x.dtype, device=x.device)
@@ -209,7 +213,7 @@ def down_fp8(
     (the staged twin of numpy_quant.down; conformance stage gemm2)."""
     check_fp8(spec, qweights, act.device)
     T, k, H, I = topk_ids.shape[0], spec.top_k, spec.hidden_size, spec.intermediate_size
-    require_tensor("act", act, shape=(T, k, I), dtype=SUPPORTED_DTYPES)
+    require_tensor("act", act, shape=(T, k, I), dtype=SUPPORTED_DTYPES, launch=True)
     check_ids(spec, topk_ids, T, act.device)
     out = torch.empty((T * k, H), dtype=act.dtype, device=act.device)
     if T == 0:

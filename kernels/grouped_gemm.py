@@ -187,7 +187,11 @@ def check_weights(spec: MoESpec, weights: MoEWeights, x: torch.Tensor) -> None:
 
     check_supported(spec)
     require_tensor(
-        "x", x, shape=(x.shape[0], spec.hidden_size) if x.dim() == 2 else None, dtype=SUPPORTED_DTYPES
+        "x",
+        x,
+        shape=(x.shape[0], spec.hidden_size) if x.dim() == 2 else None,
+        dtype=SUPPORTED_DTYPES,
+        launch=True,
     )
     if x.dim() != 2:
         raise SpecError("x.shape", f"(T, {spec.hidden_size})", tuple(x.shape))
@@ -275,7 +279,7 @@ def down(
     T, k, H, I = topk_ids.shape[0], spec.top_k, spec.hidden_size, spec.intermediate_size
     from moe_cts.kernels._common import require_tensor
 
-    require_tensor("act", act, shape=(T, k, I), dtype=weights.w2.dtype, device=weights.w2.device)
+    require_tensor("act", act, shape=(T, k, I), dtype=weights.w2.dtype, device=weights.w2.device, launch=True)
     check_weights(spec, weights, torch.empty((0, H), dtype=act.dtype, device=act.device))
     check_ids(spec, topk_ids, T, act.device)
     out = torch.empty((T * k, H), dtype=act.dtype, device=act.device)

@@ -245,7 +245,7 @@ def check_mx_tensor(name: str, qt: QuantTensor, shape: tuple[int, ...], device: 
 
 def check_activations(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
     """bf16 / fp16 only: fp32 activations x MXFP4 are not a gpt-oss path (NotSupportedError)."""
-    require_tensor(name, t, shape=shape)
+    require_tensor(name, t, shape=shape, launch=True)
     if t.dtype not in MX_DTYPES:
         raise NotSupportedError(
             f"{name}.dtype: MXFP4 weights take bfloat16 or float16 activations, got {t.dtype}"

@@ -162,7 +162,7 @@ def _check(
 
     check_input(spec, x)
     E, H = spec.num_experts, spec.hidden_size
-    require_tensor("x", x, dtype=SUPPORTED_DTYPES)
+    require_tensor("x", x, dtype=SUPPORTED_DTYPES, launch=True)
     require_tensor("router", weights.router, shape=(E, H), dtype=SUPPORTED_DTYPES, device=x.device)
     for name, used in (("router_bias", spec.router_bias), ("correction_bias", spec.correction_bias)):
         t = getattr(weights, name)

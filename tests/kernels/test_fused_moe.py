@@ -12,9 +12,21 @@ from _moe_testlib import DEVICE, Inputs, assert_within, forward_expected, make_i
 import moe_cts.kernels
 import moe_cts.kernels.config as cfgmod
 import moe_cts.reference.numpy_oracle as ref
-from moe_cts.kernels import _combine_kernels, _grouped_gemm_kernels, moe
+from moe_cts.conformance.engine.cases import Case
+from moe_cts.kernels import (
+    _align_kernels,
+    _combine_kernels,
+    _common,
+    _fp8_gemm_kernels,
+    _fp8_quant_kernels,
+    _grouped_gemm_kernels,
+    _mxfp4_gemm_kernels,
+    _router_kernels,
+    moe,
+)
 from moe_cts.kernels.metadata import Routing
 from moe_cts.reference import presets
+from moe_cts.reference.quant import QuantScheme
 from moe_cts.reference.spec import MoESpec, SpecError
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -108,14 +120,17 @@ def test_non_local_experts_are_never_read() -> None:
     _check(inp, y, "fused_moe[local experts]")
 
 
+class NoLaunch:
+    """Stands in for a kernel (kernel[grid](...)) or a stage function: any use fails the test."""
+
+    def __getitem__(self, grid):
+        raise AssertionError("a kernel was launched")
+
+    def __call__(self, *a, **k):
+        raise AssertionError("a stage ran")
+
+
 def test_zero_tokens_give_an_empty_output_without_any_launch(monkeypatch) -> None:
-    class NoLaunch:
-        def __getitem__(self, grid):
-            raise AssertionError("a kernel was launched for T = 0")
-
-        def __call__(self, *a, **k):
-            raise AssertionError("a stage ran for T = 0")
-
     for mod, name in [(_grouped_gemm_kernels, "gate_up_kernel"), (_grouped_gemm_kernels, "down_kernel"),
                       (_combine_kernels, "combine_kernel"), (moe, "_route"), (moe, "_align")]:  # fmt: skip
         monkeypatch.setattr(mod, name, NoLaunch())
@@ -171,6 +186,31 @@ def test_wrong_x_width_raises_before_any_launch() -> None:
     inp = make_inputs(spec, F32, 3)
     with pytest.raises(SpecError, match=r"x\.shape"):
         moe_cts.kernels.fused_moe(spec, inp.weights, inp.x[:, :32])
+
+
+HOST_QUANT = {"16-bit": None, "block fp8": QuantScheme.fp8_block(), "mxfp4": QuantScheme.mxfp4()}
+
+
+@pytest.mark.parametrize("quant", list(HOST_QUANT))
+def test_host_tensors_outside_the_interpreter_are_refused_naming_the_field(quant, monkeypatch) -> None:
+    """On a GPU build Triton itself refuses a cpu pointer, at the launch, after the forward's earlier launches
+    ran; the launchers name the field first (kernels/_common.HOST_TENSORS_LAUNCH, set only under the
+    interpreter)."""
+    spec = presets.scaled("gpt-oss-20b", hidden_size=64, intermediate_size=96).replace(
+        quant=HOST_QUANT[quant]
+    )
+    inp = Case(spec, 3, "bfloat16", seed=1).build_inputs("cpu")
+    weights = inp.weights if quant == "16-bit" else inp.qweights
+    monkeypatch.setattr(_common, "HOST_TENSORS_LAUNCH", False)
+    kernels = (_align_kernels, _combine_kernels, _fp8_gemm_kernels, _fp8_quant_kernels, _grouped_gemm_kernels)
+    for mod in (*kernels, _mxfp4_gemm_kernels, _router_kernels):  # launches through module attributes fail
+        for name in [n for n in vars(mod) if n.endswith("_kernel")]:
+            monkeypatch.setattr(mod, name, NoLaunch())
+    with pytest.raises(SpecError, match=r"^x\.device: expected a GPU device .*TRITON_INTERPRET=1.*got 'cpu'"):
+        moe_cts.kernels.fused_moe(spec, weights, inp.x)
+    ids = torch.zeros((3, spec.top_k), dtype=torch.int32)
+    with pytest.raises(SpecError, match=r"^topk_ids\.device"):
+        moe_cts.kernels.align(spec, ids, 16)
 
 
 # ----------------------------------------------------------------------------------------------- the check can fail

@@ -129,7 +129,7 @@ def test_the_adversarial_case_has_zero_tiny_and_subnormal_blocks():
 
 def test_bf16_and_fp16_record_where_the_scale_is_applied():
     spec = mx(GPT_OSS)
-    inp = Case(spec, 3, "bfloat16", seed=1).build_inputs()
+    inp = Case(spec, 3, "bfloat16", seed=1).build_inputs(DEVICE)
     fused_moe_mxfp4(spec, inp.qweights, inp.x)
     assert cfgmod.last_config().to_dict()["scale_at"] == "weights"
     fused_moe_mxfp4(spec, inp.qweights, inp.x.to(F16))
@@ -170,7 +170,7 @@ def test_fp16_dot_scaled_is_refused_below_sm89_before_any_launch(monkeypatch):
 
 def test_zero_tokens_give_an_empty_output():
     spec = mx(GPT_OSS)
-    inp = Case(spec, 2, "bfloat16", seed=1).build_inputs()
+    inp = Case(spec, 2, "bfloat16", seed=1).build_inputs(DEVICE)
     y = fused_moe_mxfp4(spec, inp.qweights, inp.x[:0])
     assert y.shape == (0, spec.hidden_size) and y.dtype == BF16
 
@@ -284,7 +284,7 @@ def test_a_scale_from_the_next_block_fails_the_stage_check_on_plain_random_weigh
 # ----------------------------------------------------------------------------------------------- validation
 def _gpt_inputs():
     spec = mx(GPT_OSS)
-    inp = Case(spec, 2, "bfloat16", seed=1).build_inputs()
+    inp = Case(spec, 2, "bfloat16", seed=1).build_inputs(DEVICE)
     return spec, inp.qweights, inp.x
 
 
