@@ -1080,6 +1080,29 @@ def part_dec13(timer) -> None:
                          "fp8", rounds=5)  # fmt: skip
 
 
+def part_dec15(timer) -> None:
+    """Session 15: the block fp8 decode row (m <= 8) with fewer warps per program, so more programs (and their
+    loads) fit on an SM beside the shared expert's branch: GEMM2 streamed 117 MB in 35.9 us at T = 1 (77% of the
+    copy rate, stack13), GEMM1 at 93%. DeepSeek-V3 with its shared expert at T = 1 / 16, alternating rounds of
+    graph replays, ids given, bits compared (a warp count changes the MMA's K order per thread: other bits are
+    possible)."""
+    row0 = {"which": slice(0, 1)}
+    down = {**row0, "_gemms": ("down",)}
+    variants = {
+        "table": ({}, None),
+        "down w1": ({**down, "num_warps": 1}, None),
+        "down w1 s7": ({**down, "num_warps": 1, "num_stages": 7}, None),
+        "down s7": ({**down, "num_stages": 7}, None),
+        "down bn16 w1": ({**down, "num_warps": 1, "BLOCK_N": 16}, None),
+        "gate_up w1": ({**row0, "_gemms": ("gate_up",), "num_warps": 1}, None),
+        "both w1": ({**row0, "num_warps": 1}, None),
+    }
+    for T, fwd in _fp8_points((1, 16)):
+        variants_T = {**variants, "bf16": ({"_dc": "16bit"}, "bf16")}
+        _rounds_variants(timer, {"part": "dec15", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants_T,
+                         "fp8", rounds=5)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1164,7 +1187,7 @@ def main() -> int:
              "side10": part_side10, "stages16": part_stages16,
              "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11,
              "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
-             "stack13": part_stack13, "dec13": part_dec13,
+             "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15,
              "pdl13": part_pdl13, "fma14": part_fma14}  # fmt: skip
     for p in a.parts.split(","):
         try:
@@ -1203,6 +1226,7 @@ def main() -> int:
             "stack13",
             "dec13",
             "pdl13",
+            "dec15",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
