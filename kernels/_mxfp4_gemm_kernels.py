@@ -27,8 +27,6 @@ Where the scale goes (SCALE_AT, chosen by the launcher and recorded in the confi
                        the E8M0 codes go to the dot as stored. Native scaled MMA on sm100 / gfx950; Triton
                        decomposes it (upcast, then a plain dot) elsewhere. Opt-in (config dot="dot_scaled"):
                        compiled for every target, checked on the interpreter, never timed on a GPU here.
-    SCALE_IN_FMA       no dot (config dot="fma", _mxfp4_fma.py): fp32 FMAs per row on weights decoded in
-                       registers, the scale on each word's fp32 partial; for tiles of 1-4 rows at decode sizes.
 
 Under the Triton interpreter (INTERPRET) the activations are upcast to fp32 right after their loads and the
 decoded weights stay fp32: the interpreter computes bf16 arithmetic on raw bit patterns
@@ -44,20 +42,13 @@ import triton.language as tl
 from moe_cts.kernels._common import INTERPRET
 from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_rows
 from moe_cts.kernels._mxfp4_decode import e8m0_f32, mx_accumulate_native
-from moe_cts.kernels._mxfp4_fma import mx_gemm_fma
 from moe_cts.kernels._mxfp4_swar import mx_gemm_swar
 
 SCALE_ON_WEIGHTS = tl.constexpr(0)
 SCALE_ON_ACC = tl.constexpr(1)
 SCALE_IN_MMA = tl.constexpr(2)  # tl.dot_scaled: packed codes and scale codes straight into the dot
-SCALE_IN_FMA = tl.constexpr(3)  # no dot: fp32 FMAs, the scale on each word's partial (_mxfp4_fma.py)
-#: Mxfp4Config.scale_at -> the int passed as SCALE_AT= ("mma" / "fma": the config's dot kind decides)
-SCALE_AT = {
-    "weights": SCALE_ON_WEIGHTS.value,
-    "accumulator": SCALE_ON_ACC.value,
-    "mma": SCALE_IN_MMA.value,
-    "fma": SCALE_IN_FMA.value,
-}
+#: Mxfp4Config.scale_at -> the int passed as SCALE_AT=
+SCALE_AT = {"weights": SCALE_ON_WEIGHTS.value, "accumulator": SCALE_ON_ACC.value, "mma": SCALE_IN_MMA.value}
 #: Mxfp4Config.decode -> the int passed as DECODE=: "fp32" = _mx_accumulate below, "native" =
 #: _mxfp4_decode.mx_accumulate_native (bits of the dot dtype, one scale per 32-block and column), "swar" =
 #: _mxfp4_swar.mx_gemm_swar (32-bit words, two codes per integer op; bf16, SCALE_ON_WEIGHTS)
@@ -212,11 +203,6 @@ def _mx_gemm(
                     acc2, x_rows, x_ok, stride_x_k, w2_rows, s2_rows, stride_w_k, stride_s_k, k0, K,
                     X_FMT, BLOCK_K, EVEN_K,
                 )  # fmt: skip
-    elif SCALE_AT == SCALE_IN_FMA:  # few rows: fp32 FMAs, codes as 32-bit words where swar could read them
-        acc1, acc2 = mx_gemm_fma(
-            acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_w_k, stride_s_k, K,
-            TWO, BLOCK_K, EVEN_K, DECODE == DECODE_SWAR,
-        )  # fmt: skip
     elif DECODE == DECODE_SWAR:  # packed codes read as 32-bit words (the launcher checks 4-byte alignment)
         acc1, acc2 = mx_gemm_swar(
             acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, K,

@@ -122,9 +122,7 @@ class TileConfig:
         except (KeyError, TypeError) as err:
             raise SpecError("config", "BLOCK_M, gate_up{BLOCK_N, BLOCK_K, ...}, down{...}", dict(d)) from err
 
-    def validate(self, min_block_m: int = 16) -> TileConfig:
-        """SpecError naming the first bad field. min_block_m: 16 for tl.dot tiles; 1 for the MXFP4 FMA tiles
-        (kernels/_mxfp4_fma.py), whose rows meet no matrix instruction."""
+    def validate(self) -> TileConfig:
         blocks = {"BLOCK_M": self.BLOCK_M}
         for name in ("gate_up", "down"):
             t = getattr(self, name)
@@ -149,9 +147,8 @@ class TileConfig:
                                 t.half_tail)  # fmt: skip
         for field_name, v in blocks.items():
             # tl.dot needs every dimension >= 16; tl.arange needs powers of two
-            least = min_block_m if field_name == "BLOCK_M" else 16
-            if not (isinstance(v, int) and v >= least and v & (v - 1) == 0):
-                raise SpecError(f"config.{field_name}", f"a power of two >= {least}", v)
+            if not (isinstance(v, int) and v >= 16 and v & (v - 1) == 0):
+                raise SpecError(f"config.{field_name}", "a power of two >= 16", v)
         return self
 
 
@@ -385,11 +382,10 @@ _LAST: list[TileConfig | None] = [None]
 _TABLE: list[str | None] = [None]
 
 
-def as_config(cfg: TileConfig | Mapping[str, Any], min_block_m: int = 16) -> TileConfig:
-    """A config the caller gives (no table row): last_table() reads None until the next choose().
-    min_block_m: TileConfig.validate's."""
+def as_config(cfg: TileConfig | Mapping[str, Any]) -> TileConfig:
+    """A config the caller gives (no table row): last_table() reads None until the next choose()."""
     _TABLE[0] = None
-    return (cfg if isinstance(cfg, TileConfig) else TileConfig.from_dict(cfg)).validate(min_block_m)
+    return (cfg if isinstance(cfg, TileConfig) else TileConfig.from_dict(cfg)).validate()
 
 
 @contextlib.contextmanager

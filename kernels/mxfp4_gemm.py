@@ -39,11 +39,8 @@ from moe_cts.reference.spec import MoESpec, SpecError
 MX_DTYPES = (torch.bfloat16, torch.float16)
 SCALE_AT_CHOICES = ("weights", "accumulator")
 #: "portable": bf16/fp16 tl.dot on weights decoded in registers; "dot_scaled": tl.dot_scaled (scaled MMA on
-#: sm100 / gfx950, decomposed by Triton elsewhere), opt-in: never timed on a GPU here; "fma": no dot, fp32 FMAs
-#: per row on weights decoded in registers (_mxfp4_fma.py), for tiles of a few rows (BLOCK_M may be < 16)
-DOT_KINDS = ("portable", "dot_scaled", "fma")
-#: BLOCK_M of the "fma" tiles: _mxfp4_fma.py unrolls the rows of a tile (each row's partials in registers)
-FMA_ROWS = (1, 2, 4)
+#: sm100 / gfx950, decomposed by Triton elsewhere), opt-in: never timed on a GPU here
+DOT_KINDS = ("portable", "dot_scaled")
 #: how the portable path decodes the weights (the default: default_decode):
 #:   "swar"    32-bit words, two codes per integer op, bf16 with the scale on the weights (_mxfp4_swar.py)
 #:   "native"  bytes, straight to the dot dtype's bits, one E8M0 code per (32-block, column) (_mxfp4_decode.py)
@@ -68,9 +65,7 @@ class Mxfp4Config:
     tile: TileConfig  # BLOCK_K of both GEMMs a power of two >= 32 (whole MX blocks per K step)
     scale_at: str  # "weights" | "accumulator": where 2^(s-127) is applied (SCALE_AT_CHOICES)
     dot: str = "portable"  # "portable": bf16/fp16 tl.dot on decoded weights (DOT_KINDS)
-    # the portable path's weight decode (DECODE_KINDS); dot_scaled ignores it; "fma" has its own decode and
-    # reads the codes as 32-bit words with "swar", as bytes otherwise (its scale always goes on fp32 partials)
-    decode: str = "native"
+    decode: str = "native"  # the portable path's weight decode (DECODE_KINDS); dot_scaled ignores it
 
     def __post_init__(self) -> None:
         if self.scale_at not in SCALE_AT_CHOICES:
@@ -85,10 +80,7 @@ class Mxfp4Config:
             bk = getattr(self.tile, name).BLOCK_K
             if bk < 32:
                 raise SpecError(f"config.{name}.BLOCK_K", "a power of two >= 32 (one MX block)", bk)
-        self.tile.validate(min_block_m=1 if self.dot == "fma" else 16)
-        if self.dot == "fma" and self.tile.BLOCK_M not in FMA_ROWS:
-            raise SpecError("config.BLOCK_M", f"one of {FMA_ROWS} with dot='fma' (rows unrolled per tile)",
-                            self.tile.BLOCK_M)  # fmt: skip
+        self.tile.validate()  # BLOCK_M a power of two >= 16 (tl.dot), ...: a Mxfp4Config built directly too
 
     @property
     def BLOCK_M(self) -> int:
@@ -104,9 +96,8 @@ class Mxfp4Config:
 
     @property
     def scale_code(self) -> int:
-        """SCALE_AT constexpr of the kernels: dot_scaled puts the scale in the MMA, fma on fp32 partials,
-        whatever scale_at says."""
-        return MK.SCALE_AT[{"dot_scaled": "mma", "fma": "fma"}.get(self.dot, self.scale_at)]
+        """SCALE_AT constexpr of the kernels: dot_scaled puts the scale in the MMA whatever scale_at says."""
+        return MK.SCALE_AT["mma" if self.dot == "dot_scaled" else self.scale_at]
 
     @property
     def sub_k(self) -> int:
@@ -140,8 +131,6 @@ def default_decode(dtype: torch.dtype, scale_at: str, dot: str, backend: str) ->
     'native'. ROCm: 'fp32' as before, nothing was timed there (AOT registers: docs/mxfp4.md). All decodes are
     exact; they differ in the fp32 summation order only (fp32 / native: even and odd columns in two dots per K
     step, swar: one dot in K order)."""
-    if dot == "fma":  # its own decode; "swar" = the codes read as 32-bit words (bytes where unaligned)
-        return "swar"
     if backend == "hip":
         return "fp32"
     if dtype == torch.bfloat16 and scale_at == "weights" and dot == "portable":
@@ -176,7 +165,7 @@ def choose_config(
         decode = config.get("decode", decode)
         config = {k: v for k, v in config.items() if k not in _MX_KEYS} or None
     if config is not None:
-        tile = cfgmod.as_config(config, min_block_m=1)  # BLOCK_M's rule per dot kind: Mxfp4Config
+        tile = cfgmod.as_config(config)
     else:
         tile = cfgmod.choose(
             dtype=dtype,

@@ -1125,37 +1125,6 @@ def part_pdl13(timer) -> None:
                          "fp8", rounds=5)  # fmt: skip
 
 
-def _fma(bm, bn, bk, w, st, dn_bn=None, dn_bk=None):
-    """A forced MXFP4 config on the FMA path (dot="fma", kernels/_mxfp4_fma.py); the down GEMM's tile may differ."""
-    return c(bm, tile(bn, bk, w, st, 1), tile(dn_bn or bn, dn_bk or bk, w, st, 1), dot="fma")
-
-
-FMA14 = {
-    1: [_fma(1, 64, 128, 4, 1), _fma(1, 32, 128, 4, 1), _fma(1, 32, 256, 4, 1), _fma(1, 16, 256, 4, 1),
-        _fma(1, 16, 512, 4, 1), _fma(1, 32, 256, 2, 1), _fma(1, 16, 256, 2, 1), _fma(1, 64, 256, 8, 1),
-        _fma(1, 32, 512, 8, 1), _fma(1, 32, 128, 2, 1), _fma(1, 32, 256, 4, 3), _fma(1, 8, 256, 2, 1)],
-    16: [_fma(1, 32, 256, 4, 1), _fma(1, 16, 256, 4, 1), _fma(1, 32, 128, 4, 1), _fma(1, 64, 128, 4, 1),
-         _fma(2, 32, 256, 4, 1), _fma(2, 16, 256, 4, 1), _fma(2, 64, 128, 4, 1), _fma(2, 32, 128, 4, 1),
-         _fma(1, 16, 256, 2, 1), _fma(2, 16, 256, 2, 1)],
-    64: [_fma(1, 32, 256, 4, 1), _fma(2, 32, 256, 4, 1), _fma(2, 64, 128, 4, 1), _fma(4, 32, 128, 4, 1)],
-    128: [_fma(2, 32, 256, 4, 1), _fma(2, 64, 128, 4, 1), _fma(4, 32, 128, 4, 1)],
-}  # fmt: skip
-
-
-def part_fma14(timer) -> None:
-    """MXFP4 without a matrix instruction at decode sizes (session 14): fp32 FMAs on weights decoded in registers,
-    1-4 rows per tile, against the table's swar + mma row; gpt-oss-120b, ids given, graph replays; each record has
-    the kernels' device times of its first config and the output's distance to the table's."""
-    spec, qspec, gen, base, qw = _quant_preset("gpt-oss-120b", QuantScheme.mxfp4())
-    for T, cands in FMA14.items():
-        sweep("fma14", timer, spec, qspec, base, qw, T, cands, gen)
-        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
-        r = routing(spec, T, "cuda", gen)
-        for label, cfg in (("table", None), ("fma", cands[0])):
-            emit({"part": "fma14-kernels", "T": T, "cfg": label,
-                  "kernels": kernel_us(lambda cfg=cfg, x=x, r=r: fused_moe(qspec, qw, x, routing=r, config=cfg))})  # fmt: skip
-
-
 def _warm_clocks(seconds: float = 1.0) -> None:
     """Busy the GPU before the first timed point: a device call starts at idle clocks (345 MHz on the H200) and
     session 10's first points came out 5-7% slower than the same code timed later in the run (dec10, ab8,
@@ -1188,7 +1157,7 @@ def main() -> int:
              "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11,
              "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
              "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15,
-             "pdl13": part_pdl13, "fma14": part_fma14}  # fmt: skip
+             "pdl13": part_pdl13}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)

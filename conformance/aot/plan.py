@@ -52,8 +52,6 @@ FULL_TOKENS = (1, 16, 128, 512, 4096)
 MXFP4_PRESET = "gpt-oss-120b"
 MXFP4_TOKENS = {"default": (1, 512), "full": FULL_TOKENS}
 MXFP4_DTYPES = ("bfloat16", "float16")
-#: (rows, BLOCK_N, BLOCK_K) of the full tier's MXFP4 FMA-path tiles (config dot="fma")
-MXFP4_FMA_TILES = ((1, 32, 256), (2, 32, 128))
 #: The fp8 w8a8 MoE (kernels/fp8_moe.py) is compiled for DeepSeek-V3 block fp8 in both e4m3 flavours; the
 #: targets that refuse a flavour are expected rejections (aot_targets.json fp8_flavours, target_info.FP8_REJECTED).
 FP8_MOE_PRESET = "deepseek-v3"
@@ -269,22 +267,6 @@ def _quant_scenarios(tier: str, tnames: tuple[str, ...]) -> list[Scenario]:
             },
         )
     )
-    if tier == "full":  # the opt-in FMA path (kernels/_mxfp4_fma.py): decode-size tiles of 1 and 2 rows
-        for rows, bn, bk in MXFP4_FMA_TILES:
-            gemm = {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 1, "num_warps": 4, "num_stages": 1}
-            for dt in MXFP4_DTYPES:
-                out.append(
-                    Scenario(
-                        origin=f"mxfp4-fma:{MXFP4_PRESET}@T=16",
-                        preset=MXFP4_PRESET,
-                        num_tokens=16,
-                        dtype=dt,
-                        targets=tnames,
-                        config={"BLOCK_M": rows, "gate_up": gemm, "down": gemm, "dot": "fma"},
-                        quant="mxfp4",
-                        meta={"preset": MXFP4_PRESET, "T": 16, "quant": "mxfp4", "dot": "fma"},
-                    )
-                )
     for fmt in FP8_MOE_FLAVOURS:  # the fp8 w8a8 kernels in their own fp8 operands
         out.append(
             Scenario(

@@ -60,7 +60,7 @@ class AotRecord:
 def config_label(cfg: dict[str, Any]) -> str:
     """'M16 N64 K128 G1 w4 s4' for GEMM tiles ('... tma' with descriptor weights: W_DESC; 'persistent' for a
     persistent tile walk; 'paired' for fp8 GEMM1 column tiles in pairs; 'half-tail' for half tiles at an
-    expert's pad-only tail; 'dot_scaled' / 'fma' for the MXFP4 dot kinds); 'BLOCK_T=16 BLOCK_E=256 ... w4 s2' for
+    expert's pad-only tail; 'dot_scaled' for that MXFP4 dot kind); 'BLOCK_T=16 BLOCK_E=256 ... w4 s2' for
     the other kernels."""
     short = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K", "GROUP_M": "G"}
     if "BLOCK_K" in cfg and "BLOCK_M" in cfg:
@@ -74,6 +74,6 @@ def config_label(cfg: dict[str, Any]) -> str:
         "persistent" if cfg.get("PERSISTENT") else "",
         "paired" if cfg.get("PAIRED") else "",
         "half-tail" if cfg.get("HALF_TAIL") else "",
-        {2: "dot_scaled", 3: "fma"}.get(cfg.get("SCALE_AT"), ""),  # the MXFP4 kernels' dot kind
+        "dot_scaled" if cfg.get("SCALE_AT") == 2 else "",  # the MXFP4 kernels' dot kind (SCALE_IN_MMA)
     ]
     return " ".join(p for p in parts if p)

@@ -333,3 +333,7 @@ def test_a_bad_config_names_its_field():
     )
     with pytest.raises(SpecError, match=r"config\.scale_at"):
         fused_moe_mxfp4(spec, qw, x, config={**base.to_dict(), "scale_at": "registers"})
+    with pytest.raises(SpecError, match=r"config\.dot.*\('portable', 'dot_scaled'\).*'fma'"):
+        fused_moe_mxfp4(spec, qw, x, config={**base.to_dict(), "dot": "fma"})  # removed: docs/mxfp4.md
+    with pytest.raises(SpecError, match=r"config\.BLOCK_M.*power of two >= 16"):
+        fused_moe_mxfp4(spec, qw, x, config={**base.to_dict(), "BLOCK_M": 2})
