@@ -4,6 +4,8 @@
 #       ci/gpu/quant_fullsize.py for DeepSeek-V3 block fp8 (issue 13: full size against the float64 oracle)
 #   b   ci/gpu/quant_fullsize.py for gpt-oss-120b MXFP4, T = 50,000 block fp8 at DeepSeek-V3 width
 #       (quant_bench --kinds none), then `moe-cts certify --profile quick` in the rest of the slot
+#   c   GPU pytest of the MXFP4 tests after the FMA path's removal, then perf_probe.py --parts dec15 (the block fp8
+#       decode row with 1-warp tiles, DeepSeek-V3 with its shared expert, T = 1 / 16)
 set -u
 MODE=${1:-a}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -25,5 +27,9 @@ b)
   QB_ARGS="--kinds none" SLOT=360 quant_bench "$OUT"
   certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 585)"
   certify_summary "$OUT"
+  ;;
+c)
+  gpu_pytest "$OUT" 180 tests/kernels/test_mxfp4_decode.py tests/kernels/test_mxfp4_moe.py
+  probe "$OUT" "${PROBE_PARTS:-dec15}" "$(slot_left 585)"
   ;;
 esac
