@@ -251,6 +251,7 @@ def test_the_gpu_caps_block_k_by_decode(monkeypatch):
 
 def test_a_decode_that_does_not_apply_is_refused_naming_its_field():
     spec, qw, x, _, ids = _inputs(BF16, seed=0, scales=(124, 128), x_ints=True)
+    x, ids = x.to(DEVICE), ids.to(DEVICE)  # a host x on a GPU is refused first (x.device)
     with pytest.raises(SpecError, match=r"config\.decode"):
         gate_up_mxfp4(spec, qw, x, ids, config={"decode": "fp8"})
     with pytest.raises(SpecError, match=r"config\.decode.*accumulator"):
