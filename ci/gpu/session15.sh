@@ -6,6 +6,7 @@
 #       (quant_bench --kinds none), then `moe-cts certify --profile quick` in the rest of the slot
 #   c   GPU pytest of the MXFP4 tests after the FMA path's removal, then perf_probe.py --parts dec15 (the block fp8
 #       decode row with 1-warp tiles, DeepSeek-V3 with its shared expert, T = 1 / 16)
+#   v   GPU pytest of the validation tests (errors raised before any launch) after the host-tensor refusal
 set -u
 MODE=${1:-a}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -31,5 +32,11 @@ b)
 c)
   gpu_pytest "$OUT" 180 tests/kernels/test_mxfp4_decode.py tests/kernels/test_mxfp4_moe.py
   probe "$OUT" "${PROBE_PARTS:-dec15}" "$(slot_left 585)"
+  ;;
+v)
+  gpu_pytest "$OUT" 300 tests/kernels/test_mxfp4_decode.py tests/kernels/test_mxfp4_moe.py tests/kernels/test_router.py \
+    tests/kernels/test_router_split.py tests/kernels/test_fp8_moe.py tests/kernels/test_grouped_gemm.py \
+    tests/kernels/test_combine.py tests/kernels/test_fused_moe.py tests/kernels/test_capabilities.py \
+    -k "refused or rejected or bad or raises or delegates or host or dtype or shape or capacity or without"
   ;;
 esac
