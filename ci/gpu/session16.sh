@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Prepared in session 15 for the next GPU session (not run yet), one 590 s slot each:
+#   n   Nsight Compute (ncu, clocks left alone) on one ids-given forward per case (NCU_CASES): MXFP4 gpt-oss-120b
+#       at T = 1 and 16 beside bf16 at T = 1 (the same shapes: MXFP4's GEMMs take the bf16 time for a quarter of
+#       the bytes, and the FMA decode took the swar decode's time, so the limit is not the decode's instruction
+#       count alone: docs/mxfp4.md), and block fp8 DeepSeek-V3 at T = 1 (GEMM2 at 77% of the copy rate)
+#   f   the final call: quant_bench (QB_ARGS), vLLM's Triton path side by side (carry .peer), certify quick
+set -u
+MODE=${1:-n}
+OUT=${2:-/tmp/moe-cts-gpu}
+source "$(dirname "$0")/common.sh"
+gpu_setup "$OUT"
+case "$MODE" in
+n)
+  s=$(date +%s)
+  timeout 400 ncu --profile-from-start off --clock-control none --kernel-name regex:"gate_up|down" \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section SchedulerStats --section MemoryWorkloadAnalysis \
+    python3 ci/gpu/ncu_probe.py ${NCU_CASES:-mxfp4:gpt-oss-120b:1 bf16:gpt-oss-120b:1 mxfp4:gpt-oss-120b:16 fp8:deepseek-v3:1} \
+    > "$OUT/ncu.txt" 2> "$OUT/ncu-stderr.txt"
+  echo "ncu exit $? in $(( $(date +%s) - s )) s"
+  grep -E "profiled|==PROF==|==ERROR==|==WARNING==" "$OUT/ncu.txt" "$OUT/ncu-stderr.txt" | head -20
+  grep -E "^  [a-z_0-9]+_kernel|Duration|Compute \(SM\) Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Theoretical Occupancy|No Eligible|Issued Warp|Warp Cycles Per Issued|Stall" "$OUT/ncu.txt" | head -150
+  ;;
+f)
+  QB_ARGS=${QB_ARGS:-"--kinds fp8,mxfp4 --no-50k"} final_call "$OUT"
+  ;;
+esac
