@@ -23,7 +23,7 @@ INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 #: Whether host (cpu) tensors may reach a launch: only under the interpreter. On a GPU build Triton refuses them
 #: at the launch ("Pointer argument (at 0) cannot be accessed from Triton (cpu tensor?)"), after the forward's
 #: earlier launches ran, so `require_tensor(..., launch=True)` names the field first. Tests monkeypatch it.
-HOST_TENSORS_LAUNCH = os.environ.get("TRITON_INTERPRET") == "1"
+HOST_TENSORS_LAUNCH = INTERPRET.value
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
