@@ -80,7 +80,6 @@ class Mxfp4Config:
             bk = getattr(self.tile, name).BLOCK_K
             if bk < 32:
                 raise SpecError(f"config.{name}.BLOCK_K", "a power of two >= 32 (one MX block)", bk)
-        self.tile.validate()  # BLOCK_M a power of two >= 16 (tl.dot), ...: a Mxfp4Config built directly too
 
     @property
     def BLOCK_M(self) -> int:
