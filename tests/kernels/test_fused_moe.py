@@ -202,8 +202,9 @@ def test_host_tensors_outside_the_interpreter_are_refused_naming_the_field(quant
     inp = Case(spec, 3, "bfloat16", seed=1).build_inputs("cpu")
     weights = inp.weights if quant == "16-bit" else inp.qweights
     monkeypatch.setattr(_common, "HOST_TENSORS_LAUNCH", False)
-    kernels = (_align_kernels, _combine_kernels, _fp8_gemm_kernels, _fp8_quant_kernels, _grouped_gemm_kernels)
-    for mod in (*kernels, _mxfp4_gemm_kernels, _router_kernels):  # launches through module attributes fail
+    kernels = (_align_kernels, _combine_kernels, _fp8_gemm_kernels, _fp8_quant_kernels, _grouped_gemm_kernels,
+               _mxfp4_gemm_kernels, _router_kernels)  # fmt: skip
+    for mod in kernels:  # launches through module attributes fail
         for name in [n for n in vars(mod) if n.endswith("_kernel")]:
             monkeypatch.setattr(mod, name, NoLaunch())
     with pytest.raises(SpecError, match=r"^x\.device: expected a GPU device .*TRITON_INTERPRET=1.*got 'cpu'"):
