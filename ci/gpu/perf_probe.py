@@ -41,6 +41,8 @@ pers12    persistent GEMMs (GemmTile.persistent 1 / 2 programs per SM, both GEMM
           512 / 4096, outputs compared bitwise
 pair12    block fp8 GEMM1 tiles of 64 columns in pairs (activation quantized in GEMM1's epilogue) against
           unpaired ones, DeepSeek-V3 at T = 128 .. 4096; pers12's winners re-timed (Qwen2-57B, Qwen3-235B-like)
+dec16     after Nsight Compute (session 16): block fp8 decode GEMM2 tiles that fill whole waves, wider GEMM1
+          tiles (T = 1 / 16), and the m > 32 row with 8 warps (T = 4096); DeepSeek-V3 with its shared expert
 router    the fused select against the separate select launch (graph replays of route and of the forward
           with the router, against the ids-given forward; routing outputs compared)
 
@@ -1103,6 +1105,43 @@ def part_dec15(timer) -> None:
                          "fp8", rounds=5)  # fmt: skip
 
 
+def part_dec16(timer) -> None:
+    """Session 16, after Nsight Compute (docs/measured/h200-session16/ncu.txt). At T = 1 the block fp8 GEMM2
+    (1792 programs of 16 x 32, 2 warps, 5 stages; 9 per SM by shared memory) ran 1.51 waves at 62% of the DRAM
+    peak, GEMM1 (512 programs, 0.78 waves) at 76%. Candidates: GEMM2 tiles whose grid fills whole waves (6
+    stages: 7 per SM, 1.94 waves; BLOCK_N 64 / 128 with 3 stages: 0.97 / 0.85 waves), wider GEMM1 tiles; at
+    T = 4096 the m > 32 row with 8 warps (two warp groups, so one's scale FMAs can overlap the other's wgmma).
+    DeepSeek-V3 with its shared expert, alternating rounds of graph replays, ids given, bits compared."""
+    row0 = {"which": slice(0, 1)}
+    down, gate_up = {**row0, "_gemms": ("down",)}, {**row0, "_gemms": ("gate_up",)}
+    variants = {
+        "fp8 table": ({}, None),
+        "fp8 down s6": ({**down, "num_stages": 6}, None),
+        "fp8 down bn64 s3": ({**down, "BLOCK_N": 64, "num_stages": 3}, None),
+        "fp8 down bn64 w4 s3": ({**down, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}, None),
+        "fp8 down bn64 w4 s4": ({**down, "BLOCK_N": 64, "num_warps": 4, "num_stages": 4}, None),
+        "fp8 down bn128 w4 s3": ({**down, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}, None),
+        "fp8 gate_up bn64 w4 s3": ({**gate_up, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}, None),
+        "fp8 gate_up s6": ({**gate_up, "num_stages": 6}, None),
+        "bf16": ({"_dc": "16bit"}, "bf16"),  # the fp8 / bf16 ratio in the same rounds
+    }
+    for T, fwd in _fp8_points((1, 16)):
+        _rounds_variants(timer, {"part": "dec16", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
+                         "fp8", rounds=5)  # fmt: skip
+    row2 = {"which": slice(2, 3)}
+    variants = {
+        "fp8 table": ({}, None),
+        "fp8 w8": ({**row2, "num_warps": 8}, None),
+        "fp8 down w8": ({**row2, "_gemms": ("down",), "num_warps": 8}, None),
+        "fp8 gate_up w8": ({**row2, "_gemms": ("gate_up",), "num_warps": 8}, None),
+        "fp8 down bn256 w8": ({**row2, "_gemms": ("down",), "BLOCK_N": 256, "num_warps": 8}, None),
+        "bf16": ({"_dc": "16bit"}, "bf16"),
+    }
+    for T, fwd in _fp8_points((4096,)):
+        _rounds_variants(timer, {"part": "dec16", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
+                         "fp8", rounds=5)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1156,7 +1195,7 @@ def main() -> int:
              "side10": part_side10, "stages16": part_stages16,
              "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11,
              "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
-             "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15,
+             "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15, "dec16": part_dec16,
              "pdl13": part_pdl13}  # fmt: skip
     for p in a.parts.split(","):
         try:
@@ -1196,6 +1235,7 @@ def main() -> int:
             "dec13",
             "pdl13",
             "dec15",
+            "dec16",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

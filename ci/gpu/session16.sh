@@ -4,6 +4,7 @@
 #       at T = 1 and 16 beside bf16 at T = 1 (the same shapes: MXFP4's GEMMs take the bf16 time for a quarter of
 #       the bytes, and the FMA decode took the swar decode's time, so the limit is not the decode's instruction
 #       count alone: docs/mxfp4.md), and block fp8 DeepSeek-V3 at T = 1 (GEMM2 at 77% of the copy rate)
+#   p   perf_probe.py --parts dec16 (PROBE_PARTS): block fp8 tiles after the profile of mode n
 #   f   the final call: quant_bench (QB_ARGS), vLLM's Triton path side by side (carry .peer), certify quick
 set -u
 MODE=${1:-n}
@@ -21,6 +22,9 @@ n)
   echo "ncu exit $? in $(( $(date +%s) - s )) s"
   grep -E "profiled|==PROF==|==ERROR==|==WARNING==" "$OUT/ncu.txt" "$OUT/ncu-stderr.txt" | head -20
   grep -E "^  [a-z_0-9]+_kernel|Duration|Compute \(SM\) Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Theoretical Occupancy|No Eligible|Issued Warp|Warp Cycles Per Issued|Stall" "$OUT/ncu.txt" | head -150
+  ;;
+p)
+  probe "$OUT" "${PROBE_PARTS:-dec16}" "$(slot_left 585)"
   ;;
 f)
   QB_ARGS=${QB_ARGS:-"--kinds fp8,mxfp4 --no-50k"} final_call "$OUT"
