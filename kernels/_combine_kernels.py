@@ -18,7 +18,7 @@ from moe_cts.kernels._common import pdl_enter
 def combine_kernel(
     eo_ptr,  # (T, k, H) expert outputs (flat assignment rows), weighted already unless WEIGHTED
     w_ptr,  # (T, k) float32 router weights, or any pointer when not WEIGHTED
-    slot_ptr,  # (T*k,) int32: slot of assignment t*k+j, -1 = not kept (its row was never written)
+    slot_ptr,  # (T*k,) int32: kept iff 0 <= slot_ptr[t*k+j] < slot_end (a dropped row was never written)
     shared_ptr,  # (T, H) shared-expert output, or any pointer when not HAS_SHARED
     y_ptr,  # (T, H) output
     H,
@@ -31,6 +31,7 @@ def combine_kernel(
     stride_sh_h,
     stride_y_t,
     stride_y_h,
+    slot_end,
     HAS_SHARED: tl.constexpr,
     WEIGHTED: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -50,9 +51,8 @@ def combine_kernel(
         acc = tl.zeros((BLOCK_H,), dtype=tl.float32)
     for j in tl.static_range(TOP_K):
         slot = tl.load(slot_ptr + t * TOP_K + j)
-        kept = (
-            tl.full((BLOCK_H,), 0, tl.int32) + slot >= 0
-        )  # as a vector: a scalar mask breaks the interpreter
+        slot = tl.full((BLOCK_H,), 0, tl.int32) + slot  # as a vector: a scalar mask breaks the interpreter
+        kept = (slot >= 0) & (slot < slot_end)
         # A dropped row is never read (masked load): it may hold stale data from another call
         # (docs/bugs.md#bug-09-stale-workspace-rows).
         v = tl.load(

@@ -247,7 +247,7 @@ def fp8_gate_up_kernel(
     act_ptr,  # (T*k, I) out: activation (not QUANT_OUT) or its quantized values (QUANT_OUT)
     sq_ptr,  # (T*k, G2) out: scales of the quantized activation (QUANT_OUT), or any pointer
     sorted_ids_ptr, expert_of_block_ptr, num_padded_ptr,
-    num_assignments, top_k, I, H, num_m_blocks, BN_W, GROUP_K,
+    num_assignments, top_k, I, H, num_m_blocks, num_experts, BN_W, GROUP_K,
     stride_a_t, stride_a_h, stride_sa_t, stride_sa_g,
     stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k,
     stride_b_e, stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g,
@@ -272,6 +272,7 @@ def fp8_gate_up_kernel(
         for tile in tl.range(tl.program_id(0), used_m * tl.cdiv(I, TILE_N), tl.num_programs(0), flatten=True):
             pid_m, pid_n = _tile_coords(tile, used_m, I, TILE_N, GROUP_M)
             expert = tl.load(expert_of_block_ptr + pid_m)
+            expert = tl.where((expert >= 0) & (expert < num_experts), expert, -1)  # slot_meta: ids unchecked
             _fp8_gate_up_tile(
                 a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert,
                 pid_m, pid_n, num_assignments, top_k, I, H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t,
@@ -286,7 +287,7 @@ def fp8_gate_up_kernel(
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
         expert = tl.load(expert_of_block_ptr + pid_m)
-        if expert < 0:
+        if (expert < 0) | (expert >= num_experts):  # unused tile, or slot_meta's out-of-range id
             return
         half = False
         if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)
@@ -424,7 +425,7 @@ def fp8_down_kernel(
     out_ptr,  # (T*k, H)
     route_w_ptr,  # (T*k,) fp32 router weights (MUL_WEIGHT), or any pointer
     sorted_ids_ptr, expert_of_block_ptr, num_padded_ptr,
-    num_assignments, H, I, num_m_blocks, BN_W, GROUP_K,
+    num_assignments, H, I, num_m_blocks, num_experts, BN_W, GROUP_K,
     stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
     stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k,
     stride_b_e, stride_b_h, stride_out_a, stride_out_h,
@@ -445,6 +446,7 @@ def fp8_down_kernel(
         ):
             pid_m, pid_n = _tile_coords(tile, used_m, H, BLOCK_N, GROUP_M)
             expert = tl.load(expert_of_block_ptr + pid_m)
+            expert = tl.where((expert >= 0) & (expert < num_experts), expert, -1)  # slot_meta: ids unchecked
             _fp8_down_tile(
                 a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert,
                 pid_m, pid_n, num_assignments, H, I, BN_W, GROUP_K, stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
@@ -457,7 +459,7 @@ def fp8_down_kernel(
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
         expert = tl.load(expert_of_block_ptr + pid_m)
-        if expert < 0:
+        if (expert < 0) | (expert >= num_experts):  # unused tile, or slot_meta's out-of-range id
             return
         half = False
         if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)

@@ -304,6 +304,7 @@ def gate_up_kernel(
     I,
     H,
     num_m_blocks,
+    num_experts,  # E: a tile whose expert is outside [0, E) is skipped (align.slot_meta)
     stride_x_t,
     stride_x_h,
     stride_w13_e,
@@ -341,6 +342,7 @@ def gate_up_kernel(
         ):
             pid_m, pid_n = _tile_coords(tile, used_m, I, BLOCK_N, GROUP_M)
             expert = tl.load(expert_of_block_ptr + pid_m)
+            expert = tl.where((expert >= 0) & (expert < num_experts), expert, -1)  # slot_meta: ids unchecked
             _gate_up_tile(
                 x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
                 num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
@@ -352,7 +354,7 @@ def gate_up_kernel(
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
             return
         expert = tl.load(expert_of_block_ptr + pid_m)
-        if expert < 0:  # unused tile
+        if (expert < 0) | (expert >= num_experts):  # unused tile, or slot_meta's out-of-range id
             return
         half = False
         if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)
@@ -423,6 +425,7 @@ def down_kernel(
     H,
     I,
     num_m_blocks,
+    num_experts,  # E: a tile whose expert is outside [0, E) is skipped (align.slot_meta)
     stride_a_a,
     stride_a_i,
     stride_w2_e,
@@ -458,6 +461,7 @@ def down_kernel(
         ):
             pid_m, pid_n = _tile_coords(tile, used_m, H, BLOCK_N, GROUP_M)
             expert = tl.load(expert_of_block_ptr + pid_m)
+            expert = tl.where((expert >= 0) & (expert < num_experts), expert, -1)  # slot_meta: ids unchecked
             _down_tile(
                 a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m,
                 pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
@@ -469,7 +473,7 @@ def down_kernel(
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
             return
         expert = tl.load(expert_of_block_ptr + pid_m)
-        if expert < 0:  # unused tile
+        if (expert < 0) | (expert >= num_experts):  # unused tile, or slot_meta's out-of-range id
             return
         half = False
         if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)

@@ -265,6 +265,7 @@ def mx_gate_up_kernel(
     I,
     H,
     num_m_blocks,
+    num_experts,  # E: a tile whose expert is outside [0, E) is skipped (align.slot_meta)
     stride_x_t,
     stride_x_h,
     stride_w13_e,
@@ -299,7 +300,7 @@ def mx_gate_up_kernel(
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
         return
     expert = tl.load(expert_of_block_ptr + pid_m)
-    if expert < 0:  # unused tile
+    if (expert < 0) | (expert >= num_experts):  # unused tile, or slot_meta's out-of-range id
         return
     ids, row_ok, tok, offs_n, offs_n_w, _ = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
@@ -347,6 +348,7 @@ def mx_down_kernel(
     H,
     I,
     num_m_blocks,
+    num_experts,  # E: a tile whose expert is outside [0, E) is skipped (align.slot_meta)
     stride_a_a,
     stride_a_i,
     stride_w2_e,
@@ -376,7 +378,7 @@ def mx_down_kernel(
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
         return
     expert = tl.load(expert_of_block_ptr + pid_m)
-    if expert < 0:  # unused tile
+    if (expert < 0) | (expert >= num_experts):  # unused tile, or slot_meta's out-of-range id
         return
     _, row_ok, rows, offs_n, offs_n_w, _ = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, 1, H, False, BLOCK_M, BLOCK_N, BLOCK_K

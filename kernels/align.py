@@ -251,6 +251,82 @@ def align(
     )
 
 
+#: slot_meta's per-device constants, keyed by (device, T*k, block_m): built by the first eager call
+_SLOT_TILES: dict[tuple[str, int | None, int, int], torch.Tensor] = {}
+#: T up to which slot_meta lays one tile per assignment (a token's k experts are distinct, so no expert's
+#: weights are read twice); past one token two tokens may share an expert and align's grouping wins
+SLOT_META_MAX_TOKENS = 1
+
+
+def _slot_tiles(n: int, block_m: int, device: torch.device) -> torch.Tensor | None:
+    """[sorted_ids (n * block_m) | num_padded (1) | inverse (n)] int32 on device for one tile per assignment;
+    None while a CUDA graph is being captured and the buffer does not exist yet (a buffer filled inside a
+    capture holds its values only after a replay; grouped_gemm._dense_slots has the same rule)."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (device.type, device.index, n, block_m)
+    have = _SLOT_TILES.get(key)
+    if have is not None:
+        return have
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    P = n * block_m
+    sorted_ids = torch.full((n, block_m), n, dtype=torch.int32)  # pad slots hold the sentinel n
+    sorted_ids[:, 0] = torch.arange(n, dtype=torch.int32)
+    inverse = torch.arange(n, dtype=torch.int32) * block_m
+    buf = torch.cat([sorted_ids.reshape(P), torch.tensor([P], dtype=torch.int32), inverse]).to(device)
+    _SLOT_TILES[key] = buf
+    return buf
+
+
+def slot_meta(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta | None:
+    """One M tile per assignment, without a launch, where that is align's own grouping (one token: its k
+    experts are distinct, one slot each)::
+
+        tile j = assignment j alone: sorted_ids[j * block_m] = j, the other block_m - 1 slots the sentinel T*k
+        expert_of_block = topk_ids.view(-1)          inverse[j] = j * block_m          num_padded = T*k*block_m
+
+    The tiles hold what align's hold (each expert's one slot first in its tile), in assignment order instead
+    of expert order, so every GEMM output has the same bits. The ids are not looked at: the GEMMs skip a tile
+    whose expert is outside [0, E), and the combine drops it (AlignMeta.combine_slots), as align's -1 would.
+
+    None (use align) past SLOT_META_MAX_TOKENS tokens, with local experts or a capacity factor (align drops
+    assignments there), for ids that are not a contiguous int32 tensor, or inside a CUDA graph capture that
+    would have to build the constants."""
+    T = topk_ids.shape[0] if topk_ids.dim() == 2 else 0
+    if (
+        not (1 <= T <= SLOT_META_MAX_TOKENS)
+        or spec.local_experts is not None
+        or spec.capacity_factor is not None
+    ):
+        return None
+    if topk_ids.dtype != torch.int32 or not topk_ids.is_contiguous() or topk_ids.shape[1] != spec.top_k:
+        return None
+    n = topk_ids.numel()
+    buf = _slot_tiles(n, block_m, topk_ids.device)
+    if buf is None:
+        return None
+    P = n * block_m
+    ids = topk_ids.view(n)
+    return AlignMeta(
+        block_m=block_m,
+        num_tokens=T,
+        top_k=spec.top_k,
+        expert_counts=None,
+        sorted_ids=buf[:P],
+        expert_of_block=ids,
+        num_padded=buf[P : P + 1],
+        inverse=buf[P + 1 :],
+        expert_ids=ids,
+        num_experts=spec.num_experts,
+    )
+
+
+def align_or_slots(spec: MoESpec, topk_ids: torch.Tensor, block_m: int, *, pdl: bool = False) -> AlignMeta:
+    """The forward's alignment: slot_meta where it applies (no launch), else align."""
+    return slot_meta(spec, topk_ids, block_m) or align(spec, topk_ids, block_m, pdl=pdl)
+
+
 def permute(
     spec: MoESpec, topk_ids: torch.Tensor, *, block_m: int = 16, tiles: tuple[int, int, int] | None = None
 ) -> Permutation:

@@ -14,6 +14,7 @@ import triton
 from moe_cts.kernels._combine_kernels import combine_kernel
 from moe_cts.kernels._common import SUPPORTED_DTYPES, pdl_options, require_tensor
 from moe_cts.kernels.capabilities import check_supported
+from moe_cts.kernels.metadata import SLOT_END
 from moe_cts.reference.spec import MoESpec
 
 #: H block of one combine program; 1024 fp32 lanes keep 4 warps busy without spilling.
@@ -27,10 +28,12 @@ def launch_combine(
     *,
     topk_weights: torch.Tensor | None = None,
     shared_out: torch.Tensor | None = None,
+    slot_end: int = SLOT_END,
     pdl: bool = False,
 ) -> None:
-    """y = shared + sum of kept rows (weighted by topk_weights if given); expert_out (T, k, H). pdl: launch in a
-    programmatic-dependent chain (config.pdl of the forward's dtype class)."""
+    """y = shared + sum of kept rows (weighted by topk_weights if given); expert_out (T, k, H). Row t*k+j is
+    kept iff 0 <= slot_of[t*k+j] < slot_end (AlignMeta.combine_slots). pdl: launch in a programmatic-dependent
+    chain (config.pdl of the forward's dtype class)."""
     T, k, H = expert_out.shape
     if T == 0:
         return
@@ -47,7 +50,7 @@ def launch_combine(
         # strides
         stride_eo_t=expert_out.stride(0), stride_eo_j=expert_out.stride(1), stride_eo_h=expert_out.stride(2),
         stride_w_t=w.stride(0), stride_w_j=w.stride(1), stride_sh_t=sh.stride(0), stride_sh_h=sh.stride(1),
-        stride_y_t=y.stride(0), stride_y_h=y.stride(1),
+        stride_y_t=y.stride(0), stride_y_h=y.stride(1), slot_end=slot_end,
         # constexprs
         HAS_SHARED=shared_out is not None, WEIGHTED=topk_weights is not None, BLOCK_H=block_h, TOP_K=k, PDL=pdl,
         # launch options

@@ -190,7 +190,8 @@ def launch_fp8_gate_up(
     K.fp8_gate_up_kernel[grid](
         xq, sx, codes, scales, w_desc, b, act, so,
         meta.sorted_ids, meta.expert_of_block, meta.num_padded,
-        meta.num_tokens * meta.top_k, meta.top_k, I, H, meta.num_blocks, bn, group_width(spec, H),
+        meta.num_tokens * meta.top_k, meta.top_k, I, H, meta.num_blocks, codes.shape[0], bn,
+        group_width(spec, H),
         xq.stride(0), xq.stride(1), sx.stride(0), sx.stride(1),
         codes.stride(0), codes.stride(1), codes.stride(2), scales.stride(0), scales.stride(1), scales.stride(2),
         b.stride(0), b.stride(1) if bias is not None else 0, act.stride(0), act.stride(1), so.stride(0), so.stride(1),
@@ -223,7 +224,7 @@ def launch_fp8_down(
     K.fp8_down_kernel[grid](
         aq, sa, codes, scales, w_desc, b, out, rw,
         meta.sorted_ids, meta.expert_of_block, meta.num_padded,
-        meta.num_tokens * meta.top_k, H, I, meta.num_blocks, bn, group_width(spec, I),
+        meta.num_tokens * meta.top_k, H, I, meta.num_blocks, codes.shape[0], bn, group_width(spec, I),
         aq.stride(0), aq.stride(1), sa.stride(0), sa.stride(1),
         codes.stride(0), codes.stride(1), codes.stride(2), scales.stride(0), scales.stride(1), scales.stride(2),
         b.stride(0), b.stride(1) if bias is not None else 0, out.stride(0), out.stride(1),

@@ -140,7 +140,7 @@ def fused_moe_fp8(
 ) -> torch.Tensor:
     """The fp8 MoE layer (module docstring). `routing` skips the router; `config` forces a tile config;
     `out` (T, H) in x.dtype receives y."""
-    from moe_cts.kernels.align import align
+    from moe_cts.kernels.align import align_or_slots
 
     check_fp8(spec, qweights, x.device)
     require_tensor(
@@ -164,7 +164,7 @@ def fused_moe_fp8(
     check_ids(spec, routing.topk_ids, T, x.device)
     qw = qweights
     pdl = cfgmod.pdl("fp8")  # the chain's other kernels (quantize, GEMMs) read it in their launchers
-    meta = align(spec, routing.topk_ids, cfg.BLOCK_M, pdl=pdl)
+    meta = align_or_slots(spec, routing.topk_ids, cfg.BLOCK_M, pdl=pdl)
     xq, sx = quantize_rows(spec, x, qw.a13_scale)
     work = None
     if spec.shared_width:
@@ -180,7 +180,8 @@ def fused_moe_fp8(
                     cfg.down, route_weights=route_w)  # fmt: skip
     branch.join()
     y = out if out is not None else torch.empty((T, H), dtype=x.dtype, device=x.device)
-    launch_combine(ws.view(T, k, H), meta.inverse, y, shared_out=shared, pdl=pdl)
+    slots, slot_end = meta.combine_slots()
+    launch_combine(ws.view(T, k, H), slots, y, shared_out=shared, slot_end=slot_end, pdl=pdl)
     return y
 
 

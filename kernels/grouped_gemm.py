@@ -121,6 +121,7 @@ def launch_gate_up(
         act_ptr=act,
         # sizes and scalars
         num_assignments=meta.num_tokens * meta.top_k, top_k=meta.top_k, I=I, H=H, num_m_blocks=num_m_blocks,
+        num_experts=w13.shape[0],
         swiglu_alpha=float(swiglu_alpha), swiglu_limit=float(swiglu_limit),
         # strides
         stride_x_t=x.stride(0), stride_x_h=x.stride(1),
@@ -165,6 +166,7 @@ def launch_down(
         out_ptr=out,
         # sizes
         num_assignments=meta.num_tokens * meta.top_k, H=H, I=I, num_m_blocks=num_m_blocks,
+        num_experts=w2.shape[0],
         # strides
         stride_a_a=act.stride(0), stride_a_i=act.stride(1),
         stride_w2_e=w2.stride(0), stride_w2_h=w2.stride(1), stride_w2_i=w2.stride(2),

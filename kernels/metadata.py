@@ -9,6 +9,10 @@
     num_padded         (1,) int32             used slots: sum over e of ceil(count_e / block_m) * block_m
     inverse            (T*k,) int32           slot of assignment t*k+j in sorted_ids; -1 if not kept
     routed_counts      (E,) int32             all assignments of expert e, before the local mask (optional)
+    expert_ids         (T*k,) int32           topk_ids flattened, where no kernel marked dropped ids
+                                              (align.slot_meta; optional)
+
+expert_counts is None where the tiles were laid out without counting (align.slot_meta).
 
 P = padded_capacity(T*k, E, block_m) is a host-side upper bound known without reading the counts, so
 no host synchronization is needed: tiles past num_padded exit at once.
@@ -19,6 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+#: the combine's slot_end for align's inverse, whose dropped entries are -1: every slot >= 0 is kept
+SLOT_END = 2**31 - 1
 
 
 def padded_capacity(num_assignments: int, num_experts: int, block_m: int) -> int:
@@ -56,12 +63,17 @@ class AlignMeta:
     block_m: int  # M tile of the grouped GEMMs; every expert's slot run is padded to a multiple of it
     num_tokens: int  # T
     top_k: int  # k
-    expert_counts: torch.Tensor  # (E,) int32: kept assignments per expert
+    expert_counts: (
+        torch.Tensor | None
+    )  # (E,) int32: kept assignments per expert (None: slot_meta, not counted)
     sorted_ids: torch.Tensor  # (P,) int32: flat assignment id per slot, T*k = pad sentinel
     expert_of_block: torch.Tensor  # (P // block_m,) int32: expert of each tile, -1 = unused tile
     num_padded: torch.Tensor  # (1,) int32: used slots (device scalar, never read on the host)
     inverse: torch.Tensor  # (T*k,) int32: slot of each assignment, -1 if dropped
     routed_counts: torch.Tensor | None = None  # (E,) int32: all assignments per expert, before the local mask
+    # slot_meta's tiles: the (T*k,) expert ids and E, so the combine drops ids outside [0, E) itself
+    expert_ids: torch.Tensor | None = None
+    num_experts: int = 0
 
     def __post_init__(self) -> None:
         P = self.sorted_ids.numel()
@@ -94,3 +106,11 @@ class AlignMeta:
     @property
     def num_blocks(self) -> int:
         return self.expert_of_block.numel()
+
+    def combine_slots(self) -> tuple[torch.Tensor, int]:
+        """(slots, end) of the combine's kept test 0 <= slots[t*k+j] < end (combine.launch_combine): align's
+        inverse, -1 where it dropped an assignment; or, for slot_meta's tiles (no kernel looked at the ids),
+        the expert ids themselves against E, so an out-of-range id is dropped as align would drop it."""
+        if self.expert_ids is not None:
+            return self.expert_ids, self.num_experts
+        return self.inverse, SLOT_END

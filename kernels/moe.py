@@ -1,7 +1,8 @@
 """The whole MoE layer on the device: route -> align -> gate_up -> down -> combine (+ shared).
 
 r    = route(spec, weights, x)                        # topk_ids (T, k) int32, topk_weights (T, k) fp32
-meta = align(spec, r.topk_ids, BLOCK_M)               # slots grouped by expert, padded per expert
+meta = align(spec, r.topk_ids, BLOCK_M)               # slots grouped by expert, padded per expert (one token:
+                                                      #   align.slot_meta, one tile per slot, no launch)
 act[a] = activation(x[a // k] @ w13[e].T + b13)       # (T*k, I) workspace, rows by flat id a
 ws[a]  = w[a] * (act[a] @ w2[e].T + b2)               # (T*k, H), weight applied in fp32 before the cast
 y[t]   = shared(x)[t] + sum_j kept(t, j) ? ws[t*k+j] : 0   # fp32, slot order, one cast
@@ -61,9 +62,9 @@ def _route(spec: MoESpec, weights: MoEWeights, x: torch.Tensor) -> Routing:
 
 
 def _align(spec: MoESpec, topk_ids: torch.Tensor, block_m: int, pdl: bool = False) -> AlignMeta:
-    from moe_cts.kernels.align import align
+    from moe_cts.kernels.align import align_or_slots
 
-    return align(spec, topk_ids, block_m, pdl=pdl)
+    return align_or_slots(spec, topk_ids, block_m, pdl=pdl)
 
 
 def _check_routing(spec: MoESpec, routing: Routing, x: torch.Tensor) -> None:
@@ -128,5 +129,6 @@ def fused_moe(
     )
     branch.join()
     y = out if out is not None else torch.empty((T, H), dtype=x.dtype, device=x.device)
-    launch_combine(ws.view(T, k, H), meta.inverse, y, shared_out=shared, pdl=pdl)
+    slots, slot_end = meta.combine_slots()
+    launch_combine(ws.view(T, k, H), slots, y, shared_out=shared, slot_end=slot_end, pdl=pdl)
     return y

@@ -283,6 +283,7 @@ def launch_mx_gate_up(
         act_ptr=act,
         # sizes and scalars
         num_assignments=meta.num_tokens * meta.top_k, top_k=meta.top_k, I=I, H=H, num_m_blocks=meta.num_blocks,
+        num_experts=c.shape[0],
         swiglu_alpha=float(spec.swiglu_alpha), swiglu_limit=float(spec.swiglu_limit),
         # strides
         stride_x_t=x.stride(0), stride_x_h=x.stride(1),
@@ -325,6 +326,7 @@ def launch_mx_down(
         out_ptr=out,
         # sizes
         num_assignments=meta.num_tokens * meta.top_k, H=H, I=I, num_m_blocks=meta.num_blocks,
+        num_experts=c.shape[0],
         # strides
         stride_a_a=act.stride(0), stride_a_i=act.stride(1),
         stride_w2_e=c.stride(0), stride_w2_h=c.stride(1), stride_w2_ib=c.stride(2),

@@ -132,12 +132,12 @@ def fused_moe_mxfp4(
         from moe_cts.kernels.router import route, router_weights
 
         routing = route(spec, router_weights(qw.base, x), x)
-    from moe_cts.kernels.align import align
+    from moe_cts.kernels.align import align_or_slots
 
     work = (lambda: shared_forward_mxfp4(spec, qw, x, cfg)) if spec.shared_width else None
     # the shared expert beside the routed experts in a captured graph (kernels/streams.py)
     shared, branch = beside(x.device, work)
-    meta = align(spec, routing.topk_ids, cfg.BLOCK_M)
+    meta = align_or_slots(spec, routing.topk_ids, cfg.BLOCK_M)
     b13, b2 = _biases(spec, qw.base)
     act = torch.empty((T * k, I), dtype=x.dtype, device=x.device)
     launch_mx_gate_up(x, qw.w13, b13, act, meta, cfg, spec=spec)
@@ -147,7 +147,8 @@ def fused_moe_mxfp4(
     launch_mx_down(act, qw.w2, b2, ws, meta, cfg, route_weights=route_w)
     branch.join()
     y = out if out is not None else torch.empty((T, H), dtype=x.dtype, device=x.device)
-    launch_combine(ws.view(T, k, H), meta.inverse, y, shared_out=shared)
+    slots, slot_end = meta.combine_slots()
+    launch_combine(ws.view(T, k, H), slots, y, shared_out=shared, slot_end=slot_end)
     return y
 
 

@@ -43,6 +43,8 @@ pair12    block fp8 GEMM1 tiles of 64 columns in pairs (activation quantized in 
           unpaired ones, DeepSeek-V3 at T = 128 .. 4096; pers12's winners re-timed (Qwen2-57B, Qwen3-235B-like)
 dec16     after Nsight Compute (session 16): block fp8 decode GEMM2 tiles that fill whole waves, wider GEMM1
           tiles (T = 1 / 16), and the m > 32 row with 8 warps (T = 4096); DeepSeek-V3 with its shared expert
+slot16    one token without the alignment launch (align.slot_meta) against align's launch: bf16 peer presets,
+          block fp8 DeepSeek-V3, MXFP4 gpt-oss-120b at T = 1; block fp8 GEMM2 with 8 warps at T = 2048 / 4096
 router    the fused select against the separate select launch (graph replays of route and of the forward
           with the router, against the ids-given forward; routing outputs compared)
 
@@ -590,7 +592,7 @@ def part_dec10(timer) -> None:
           "kernels": kernel_us(lambda: fused_moe(qspec, qw, x, routing=r), iters=5)})  # fmt: skip
     base = qw = None
     torch.cuda.empty_cache()
-    spec, qspec, gen, base, qw = _quant_preset("gpt-oss-120b", QuantScheme.mxfp4())
+    spec, qspec, gen, _, qw = _quant_preset("gpt-oss-120b", QuantScheme.mxfp4())
     x = torch.randn((1, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
     r = routing(spec, 1, "cuda", gen)
     for kind, sp, w in (("mxfp4", qspec, qw), ("bf16", spec, base)):
@@ -924,6 +926,9 @@ def _rounds_variants(timer, rec: dict, fwd, variants: dict, dc: str, rounds: int
         env = keys.pop("_env", {})
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # read at launch (capture) time, e.g. MOE_CTS_PDL
+        align_mod = importlib.import_module("moe_cts.kernels.align")
+        slots = align_mod.SLOT_META_MAX_TOKENS
+        align_mod.SLOT_META_MAX_TOKENS = keys.pop("_slots", slots)  # 0: align at T = 1 (the old launch)
         try:
             with _sm90_rows(keys.pop("_dc", dc), **keys):
                 outs[label] = fwd(cfg).clone()
@@ -931,6 +936,7 @@ def _rounds_variants(timer, rec: dict, fwd, variants: dict, dc: str, rounds: int
         except Exception as e:
             emit({**rec, "cfg": label, "error": f"{type(e).__name__}: {str(e)[:200]}"})
         finally:
+            align_mod.SLOT_META_MAX_TOKENS = slots
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -1142,6 +1148,38 @@ def part_dec16(timer) -> None:
                          "fp8", rounds=5)  # fmt: skip
 
 
+def part_slot16(timer) -> None:
+    """Session 16: one token without the alignment launch (align.slot_meta: one tile per assignment from views
+    and cached constants) against align's launch (SLOT_META_MAX_TOKENS = 0), alternating rounds of graph
+    replays, ids given, bits compared (they must be equal): bf16 on the five peer presets, block fp8 at
+    DeepSeek-V3 width with its shared expert (bf16 there too, the fp8 / bf16 ratio), MXFP4 gpt-oss-120b at
+    T = 1. Then block fp8 GEMM2 with 8 warps in the m > 32 row (dec16: x1.016 at T = 4096) at T = 2048 / 4096."""
+    slots = {"slots": ({}, None), "align": ({"_slots": 0}, None)}
+    for name, T, fwd, _ in _bf16_points(PEER_PRESETS, (1,)):
+        _rounds_variants(timer, {"part": "slot16", "kind": "bf16", "preset": name, "T": T}, fwd, slots, "16bit",
+                         rounds=5)  # fmt: skip
+    for T, fwd in _fp8_points((1,)):
+        variants = {"fp8 slots": ({}, None), "fp8 align": ({"_slots": 0}, None),
+                    "bf16 slots": ({"_dc": "16bit"}, "bf16"), "bf16 align": ({"_dc": "16bit", "_slots": 0}, "bf16")}  # fmt: skip
+        _rounds_variants(timer, {"part": "slot16", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
+                         "fp8", rounds=5)  # fmt: skip
+    torch.cuda.empty_cache()
+    spec, qspec, gen, _, qw = _quant_preset("gpt-oss-120b", QuantScheme.mxfp4())
+    x = torch.randn((1, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+    r = routing(spec, 1, "cuda", gen)
+    fwd = lambda cfg: fused_moe(qspec, qw, x, routing=r, config=cfg)
+    _rounds_variants(timer, {"part": "slot16", "kind": "mxfp4", "preset": "gpt-oss-120b", "T": 1}, fwd, slots,
+                     "16bit", rounds=5)  # fmt: skip
+    spec = qspec = qw = None
+    torch.cuda.empty_cache()
+    row2 = {"which": slice(2, 3), "_gemms": ("down",)}
+    variants = {"fp8 table": ({}, None), "fp8 down w8": ({**row2, "num_warps": 8}, None),
+                "bf16": ({"_dc": "16bit"}, "bf16")}  # fmt: skip
+    for T, fwd in _fp8_points((2048, 4096)):
+        _rounds_variants(timer, {"part": "slot16", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
+                         "fp8", rounds=5)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1195,7 +1233,7 @@ def main() -> int:
              "side10": part_side10, "stages16": part_stages16,
              "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11,
              "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
-             "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15, "dec16": part_dec16,
+             "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15, "dec16": part_dec16, "slot16": part_slot16,
              "pdl13": part_pdl13}  # fmt: skip
     for p in a.parts.split(","):
         try:
@@ -1236,6 +1274,7 @@ def main() -> int:
             "pdl13",
             "dec15",
             "dec16",
+            "slot16",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
