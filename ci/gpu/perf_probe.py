@@ -44,7 +44,8 @@ pair12    block fp8 GEMM1 tiles of 64 columns in pairs (activation quantized in 
 dec16     after Nsight Compute (session 16): block fp8 decode GEMM2 tiles that fill whole waves, wider GEMM1
           tiles (T = 1 / 16), and the m > 32 row with 8 warps (T = 4096); DeepSeek-V3 with its shared expert
 slot16    one token without the alignment launch (align.slot_meta) against align's launch: bf16 peer presets,
-          block fp8 DeepSeek-V3, MXFP4 gpt-oss-120b at T = 1; block fp8 GEMM2 with 8 warps at T = 2048 / 4096
+          block fp8 DeepSeek-V3, MXFP4 gpt-oss-120b at T = 1
+down16    block fp8 GEMM2 with 8 warps in the m > 32 row at T = 2048 / 4096
 router    the fused select against the separate select launch (graph replays of route and of the forward
           with the router, against the ids-given forward; routing outputs compared)
 
@@ -1153,7 +1154,7 @@ def part_slot16(timer) -> None:
     and cached constants) against align's launch (SLOT_META_MAX_TOKENS = 0), alternating rounds of graph
     replays, ids given, bits compared (they must be equal): bf16 on the five peer presets, block fp8 at
     DeepSeek-V3 width with its shared expert (bf16 there too, the fp8 / bf16 ratio), MXFP4 gpt-oss-120b at
-    T = 1. Then block fp8 GEMM2 with 8 warps in the m > 32 row (dec16: x1.016 at T = 4096) at T = 2048 / 4096."""
+    T = 1."""
     slots = {"slots": ({}, None), "align": ({"_slots": 0}, None)}
     for name, T, fwd, _ in _bf16_points(PEER_PRESETS, (1,)):
         _rounds_variants(timer, {"part": "slot16", "kind": "bf16", "preset": name, "T": T}, fwd, slots, "16bit",
@@ -1170,8 +1171,11 @@ def part_slot16(timer) -> None:
     fwd = lambda cfg: fused_moe(qspec, qw, x, routing=r, config=cfg)
     _rounds_variants(timer, {"part": "slot16", "kind": "mxfp4", "preset": "gpt-oss-120b", "T": 1}, fwd, slots,
                      "16bit", rounds=5)  # fmt: skip
-    spec = qspec = qw = None
-    torch.cuda.empty_cache()
+
+
+def part_down16(timer) -> None:
+    """Session 16: block fp8 GEMM2 with 8 warps in the m > 32 row (two warp groups; dec16: x1.016 at T = 4096)
+    at T = 2048 / 4096, DeepSeek-V3 with its shared expert, bf16 in the same rounds."""
     row2 = {"which": slice(2, 3), "_gemms": ("down",)}
     variants = {"fp8 table": ({}, None), "fp8 down w8": ({**row2, "num_warps": 8}, None),
                 "bf16": ({"_dc": "16bit"}, "bf16")}  # fmt: skip
@@ -1233,7 +1237,7 @@ def main() -> int:
              "side10": part_side10, "stages16": part_stages16,
              "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11,
              "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
-             "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15, "dec16": part_dec16, "slot16": part_slot16,
+             "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16,
              "pdl13": part_pdl13}  # fmt: skip
     for p in a.parts.split(","):
         try:
@@ -1275,6 +1279,7 @@ def main() -> int:
             "dec15",
             "dec16",
             "slot16",
+            "down16",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

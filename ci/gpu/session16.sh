@@ -6,6 +6,7 @@
 #       count alone: docs/mxfp4.md), and block fp8 DeepSeek-V3 at T = 1 (GEMM2 at 77% of the copy rate)
 #   p   perf_probe.py --parts dec16 (PROBE_PARTS): block fp8 tiles after the profile of mode n
 #   s   GPU pytest of the one-token slot layout and its neighbours, then perf_probe.py --parts slot16
+#   d   test_slot_meta.py on the GPU, then perf_probe.py --parts down16
 #   f   the final call: quant_bench (QB_ARGS), vLLM's Triton path side by side (carry .peer), certify quick
 set -u
 MODE=${1:-n}
@@ -31,6 +32,10 @@ s)
   gpu_pytest "$OUT" 200 tests/kernels/test_slot_meta.py tests/kernels/test_combine.py tests/kernels/test_align.py \
     tests/kernels/test_pdl.py tests/kernels/test_streams.py tests/kernels/test_half_tail.py tests/kernels/test_persistent.py
   probe "$OUT" "${PROBE_PARTS:-slot16}" "$(slot_left 585)"
+  ;;
+d)
+  gpu_pytest "$OUT" 120 tests/kernels/test_slot_meta.py
+  probe "$OUT" "${PROBE_PARTS:-down16}" "$(slot_left 300)"
   ;;
 f)
   QB_ARGS=${QB_ARGS:-"--kinds fp8,mxfp4 --no-50k"} final_call "$OUT"
