@@ -1180,7 +1180,7 @@ def part_down16(timer) -> None:
     variants = {"fp8 table": ({}, None), "fp8 down w8": ({**row2, "num_warps": 8}, None),
                 "bf16": ({"_dc": "16bit"}, "bf16")}  # fmt: skip
     for T, fwd in _fp8_points((2048, 4096)):
-        _rounds_variants(timer, {"part": "slot16", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
+        _rounds_variants(timer, {"part": "down16", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
                          "fp8", rounds=5)  # fmt: skip
 
 
