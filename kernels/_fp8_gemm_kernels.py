@@ -238,7 +238,7 @@ def _fp8_gate_up_desc_scalar(
     return acc_g, acc_u
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_experts"])  # E = 1 (shared expert) keeps the routed binary
 def fp8_gate_up_kernel(
     a_ptr, sa_ptr,  # (T, H) quantized x, (T, G1) scales
     w_ptr, sw_ptr,  # (E, R, H) codes, (E, Rb, Hb) scales; R = 2I gated / I
@@ -416,7 +416,7 @@ def _fp8_gate_up_tile(
         tl.store(out_ptrs, act.to(act_ptr.dtype.element_ty), mask=out_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_experts"])  # E = 1 (shared expert) keeps the routed binary
 def fp8_down_kernel(
     a_ptr, sa_ptr,  # (T*k, I) quantized act, (T*k, G2) scales
     w_ptr, sw_ptr,  # (E, H, I) codes, (E, Hb, Ib) scales

@@ -289,7 +289,7 @@ def _gate_up_desc_loop(
     return g, u
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_experts"])  # E = 1 (shared expert) keeps the routed binary
 def gate_up_kernel(
     x_ptr,  # (T, H) input rows
     w13_ptr,  # (E, R, H), R = 2I gated (concat or interleaved rows) / I non-gated
@@ -410,7 +410,7 @@ def _gate_up_tile(
     tl.store(out_ptrs, act.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < I))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_experts"])  # E = 1 (shared expert) keeps the routed binary
 def down_kernel(
     a_ptr,  # (T*k, I) activations, row = flat assignment id
     w2_ptr,  # (E, H, I)

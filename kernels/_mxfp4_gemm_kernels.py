@@ -250,7 +250,7 @@ def _mx_portable(
     return acc1, acc2
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_experts"])  # E = 1 (shared expert) keeps the routed binary
 def mx_gate_up_kernel(
     x_ptr,  # (T, H) bf16 / fp16 input rows
     w13_ptr,  # (E, R, H / 2) uint8 packed e2m1, R = 2I gated (concat or interleaved rows) / I non-gated
@@ -333,7 +333,7 @@ def mx_gate_up_kernel(
     tl.store(out_ptrs, act.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < I))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_experts"])  # E = 1 (shared expert) keeps the routed binary
 def mx_down_kernel(
     a_ptr,  # (T*k, I) activations, row = flat assignment id
     w2_ptr,  # (E, H, I / 2) uint8 packed e2m1

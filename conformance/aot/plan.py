@@ -10,7 +10,7 @@ tier      what it compiles (each table row on the targets that read its table: c
           other CUDA targets)
 default   per dtype class: the decode row, the largest row and the batch-invariant row of the table
           (fp32; 16-bit in fp16); the heuristic's choices for Mixtral-8x7B, Qwen2-57B and DeepSeek-V3
-          at T in {1, 512} (DeepSeek also 4096) in bf16; the GEMMs with both fp8 flavours. Every kernel, each dtype, each
+          at T in {1, 512} (Mixtral also 16, DeepSeek also 4096) in bf16; the GEMMs with both fp8 flavours. Every kernel, each dtype, each
           config family: the CI tier.
 full      every table row for every dtype of its class, and the heuristic's choices for every preset
           at T in {1, 16, 128, 512, 4096} and every dtype; the fp8 GEMMs.
@@ -44,8 +44,9 @@ TABLE_PRESET = "mixtral-8x7b"
 TABLE_TOKENS = 512
 #: Presets and token counts whose heuristic choices the default tier compiles: the H100 acceptance presets,
 #: which between them hit the decode, mid and large rows, the grouped router, the shared expert and its
-#: gate; DeepSeek-V3 also at T = 4096, where T*k passes one alignment chunk (the multi-chunk kernels).
-DEFAULT_PRESETS = {"mixtral-8x7b": (1, 512), "qwen2-57b-a14b": (1, 512), "deepseek-v3": (1, 512, 4096)}
+#: gate; DeepSeek-V3 also at T = 4096, where T*k passes one alignment chunk (the multi-chunk kernels); Mixtral
+#: also at T = 16, the one-launch alignment (one token takes align.slot_meta's tiles, no alignment launch).
+DEFAULT_PRESETS = {"mixtral-8x7b": (1, 16, 512), "qwen2-57b-a14b": (1, 512), "deepseek-v3": (1, 512, 4096)}
 FULL_TOKENS = (1, 16, 128, 512, 4096)
 #: MXFP4 scenarios (kernels/mxfp4_moe.py): gpt-oss-120b at these T, in bf16 (scale on the weights) and fp16
 #: (scale on the fp32 partial of each 32-block): both SCALE_AT variants of both MXFP4 GEMMs
