@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepared in session 15 for the next GPU session (not run yet), one 590 s slot each:
+# Session 16's GPU calls, in the order they ran (n, p, s, d, f; docs/h200.md "Session 16"), one 590 s slot each:
 #   n   Nsight Compute (ncu, clocks left alone) on one ids-given forward per case (NCU_CASES): MXFP4 gpt-oss-120b
 #       at T = 1 and 16 beside bf16 at T = 1 (the same shapes: MXFP4's GEMMs take the bf16 time for a quarter of
 #       the bytes, and the FMA decode took the swar decode's time, so the limit is not the decode's instruction
