@@ -119,3 +119,33 @@ def test_the_comparison_catches_tiles_matched_to_the_wrong_experts(monkeypatch) 
     monkeypatch.setattr(ALIGN, "slot_meta", rolled)
     got = _forward(spec, weights, x, ids, slots=True, monkeypatch=monkeypatch)
     assert not torch.equal(got, want)
+
+
+class _PoisonedTorch:
+    """The torch module as kernels/moe.py sees it, with every float workspace from torch.empty NaN-filled: a row
+    no kernel writes then shows in the output (fresh host memory is often zeros, which would hide it)."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(*args, **kwargs):
+        t = torch.empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+
+def test_the_comparison_catches_a_combine_that_keeps_out_of_range_ids(monkeypatch) -> None:
+    """A combine that tests align's kept rule (slot >= 0) on slot_meta's tiles reads the unwritten rows of the
+    skipped out-of-range ids: the out-of-range check above must fail on it."""
+    moe_mod = importlib.import_module("moe_cts.kernels.moe")
+    meta_mod = importlib.import_module("moe_cts.kernels.metadata")
+    _, spec, weights, x = LAYERS[0]
+    ids = torch.tensor([[2, spec.num_experts, -1]], dtype=torch.int32, device=DEVICE)
+    want = _forward(spec, weights, x, ids, slots=False, monkeypatch=monkeypatch)
+    monkeypatch.setattr(moe_mod, "torch", _PoisonedTorch())
+    assert torch.equal(
+        _forward(spec, weights, x, ids, slots=True, monkeypatch=monkeypatch), want
+    )  # as shipped
+    monkeypatch.setattr(meta_mod.AlignMeta, "combine_slots", lambda m: (m.inverse, meta_mod.SLOT_END))
+    got = _forward(spec, weights, x, ids, slots=True, monkeypatch=monkeypatch)
+    assert not torch.equal(got, want)
