@@ -593,7 +593,7 @@ def part_dec10(timer) -> None:
           "kernels": kernel_us(lambda: fused_moe(qspec, qw, x, routing=r), iters=5)})  # fmt: skip
     base = qw = None
     torch.cuda.empty_cache()
-    spec, qspec, gen, _, qw = _quant_preset("gpt-oss-120b", QuantScheme.mxfp4())
+    spec, qspec, gen, base, qw = _quant_preset("gpt-oss-120b", QuantScheme.mxfp4())
     x = torch.randn((1, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
     r = routing(spec, 1, "cuda", gen)
     for kind, sp, w in (("mxfp4", qspec, qw), ("bf16", spec, base)):
@@ -1237,8 +1237,8 @@ def main() -> int:
              "side10": part_side10, "stages16": part_stages16,
              "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11,
              "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
-             "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16,
-             "pdl13": part_pdl13}  # fmt: skip
+             "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15,
+             "pdl13": part_pdl13, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
