@@ -47,6 +47,7 @@ from moe_cts.kernels._grouped_gemm_kernels import (
     _pad_tail,
     _split_gate_up,
     _tile_coords,
+    _tile_expert,
     _tile_rows,
     _w13_box,
     _w13_rows,
@@ -271,8 +272,7 @@ def fp8_gate_up_kernel(
         used_m = tl.load(num_padded_ptr) // BLOCK_M
         for tile in tl.range(tl.program_id(0), used_m * tl.cdiv(I, TILE_N), tl.num_programs(0), flatten=True):
             pid_m, pid_n = _tile_coords(tile, used_m, I, TILE_N, GROUP_M)
-            expert = tl.load(expert_of_block_ptr + pid_m)
-            expert = tl.where((expert >= 0) & (expert < num_experts), expert, -1)  # slot_meta: ids unchecked
+            expert = _tile_expert(expert_of_block_ptr, pid_m, num_experts)
             _fp8_gate_up_tile(
                 a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, act_ptr, sq_ptr, sorted_ids_ptr, expert,
                 pid_m, pid_n, num_assignments, top_k, I, H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t,
@@ -286,8 +286,8 @@ def fp8_gate_up_kernel(
         pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, TILE_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
-        expert = tl.load(expert_of_block_ptr + pid_m)
-        if (expert < 0) | (expert >= num_experts):  # unused tile, or slot_meta's out-of-range id
+        expert = _tile_expert(expert_of_block_ptr, pid_m, num_experts)
+        if expert < 0:  # unused tile
             return
         half = False
         if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)
@@ -445,8 +445,7 @@ def fp8_down_kernel(
             tl.program_id(0), used_m * tl.cdiv(H, BLOCK_N), tl.num_programs(0), flatten=True
         ):
             pid_m, pid_n = _tile_coords(tile, used_m, H, BLOCK_N, GROUP_M)
-            expert = tl.load(expert_of_block_ptr + pid_m)
-            expert = tl.where((expert >= 0) & (expert < num_experts), expert, -1)  # slot_meta: ids unchecked
+            expert = _tile_expert(expert_of_block_ptr, pid_m, num_experts)
             _fp8_down_tile(
                 a_ptr, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert,
                 pid_m, pid_n, num_assignments, H, I, BN_W, GROUP_K, stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
@@ -458,8 +457,8 @@ def fp8_down_kernel(
         pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
-        expert = tl.load(expert_of_block_ptr + pid_m)
-        if (expert < 0) | (expert >= num_experts):  # unused tile, or slot_meta's out-of-range id
+        expert = _tile_expert(expert_of_block_ptr, pid_m, num_experts)
+        if expert < 0:  # unused tile
             return
         half = False
         if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)

@@ -116,6 +116,15 @@ def _pad_tail(sorted_ids_ptr, pid_m, num_assignments, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _tile_expert(expert_of_block_ptr, pid_m, num_experts):
+    """The expert of M tile pid_m, -1 for an unused tile or an id outside [0, E): align writes only ids in
+    range, but align.slot_meta's tiles are the caller's ids, unchecked (reading them on the host would sync),
+    so the range test lives here, where every GEMM reads the id, and a bad id is one more unused tile."""
+    expert = tl.load(expert_of_block_ptr + pid_m)
+    return tl.where((expert >= 0) & (expert < num_experts), expert, -1)
+
+
+@triton.jit
 def _live_expert(expert, row_ok, PERSISTENT: tl.constexpr):
     """(expert, row_ok) of a tile whose expert_of_block entry the kernel has read. One tile per program: the
     kernel has returned on an unused tile (expert -1). PERSISTENT: the walk covers the used tiles only (tiles
@@ -304,7 +313,7 @@ def gate_up_kernel(
     I,
     H,
     num_m_blocks,
-    num_experts,  # E: a tile whose expert is outside [0, E) is skipped (align.slot_meta)
+    num_experts,  # E: a tile whose expert is outside [0, E) is unused (_tile_expert)
     stride_x_t,
     stride_x_h,
     stride_w13_e,
@@ -341,8 +350,7 @@ def gate_up_kernel(
             tl.program_id(0), used_m * tl.cdiv(I, BLOCK_N), tl.num_programs(0), flatten=True
         ):
             pid_m, pid_n = _tile_coords(tile, used_m, I, BLOCK_N, GROUP_M)
-            expert = tl.load(expert_of_block_ptr + pid_m)
-            expert = tl.where((expert >= 0) & (expert < num_experts), expert, -1)  # slot_meta: ids unchecked
+            expert = _tile_expert(expert_of_block_ptr, pid_m, num_experts)
             _gate_up_tile(
                 x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
                 num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
@@ -353,8 +361,8 @@ def gate_up_kernel(
         pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
             return
-        expert = tl.load(expert_of_block_ptr + pid_m)
-        if (expert < 0) | (expert >= num_experts):  # unused tile, or slot_meta's out-of-range id
+        expert = _tile_expert(expert_of_block_ptr, pid_m, num_experts)
+        if expert < 0:  # unused tile
             return
         half = False
         if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)
@@ -425,7 +433,7 @@ def down_kernel(
     H,
     I,
     num_m_blocks,
-    num_experts,  # E: a tile whose expert is outside [0, E) is skipped (align.slot_meta)
+    num_experts,  # E: a tile whose expert is outside [0, E) is unused (_tile_expert)
     stride_a_a,
     stride_a_i,
     stride_w2_e,
@@ -460,8 +468,7 @@ def down_kernel(
             tl.program_id(0), used_m * tl.cdiv(H, BLOCK_N), tl.num_programs(0), flatten=True
         ):
             pid_m, pid_n = _tile_coords(tile, used_m, H, BLOCK_N, GROUP_M)
-            expert = tl.load(expert_of_block_ptr + pid_m)
-            expert = tl.where((expert >= 0) & (expert < num_experts), expert, -1)  # slot_meta: ids unchecked
+            expert = _tile_expert(expert_of_block_ptr, pid_m, num_experts)
             _down_tile(
                 a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m,
                 pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
@@ -472,8 +479,8 @@ def down_kernel(
         pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
             return
-        expert = tl.load(expert_of_block_ptr + pid_m)
-        if (expert < 0) | (expert >= num_experts):  # unused tile, or slot_meta's out-of-range id
+        expert = _tile_expert(expert_of_block_ptr, pid_m, num_experts)
+        if expert < 0:  # unused tile
             return
         half = False
         if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)

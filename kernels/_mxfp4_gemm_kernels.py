@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 
 from moe_cts.kernels._common import INTERPRET
-from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_rows
+from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_expert, _tile_rows
 from moe_cts.kernels._mxfp4_decode import e8m0_f32, mx_accumulate_native
 from moe_cts.kernels._mxfp4_swar import mx_gemm_swar
 
@@ -265,7 +265,7 @@ def mx_gate_up_kernel(
     I,
     H,
     num_m_blocks,
-    num_experts,  # E: a tile whose expert is outside [0, E) is skipped (align.slot_meta)
+    num_experts,  # E: a tile whose expert is outside [0, E) is unused (_tile_expert)
     stride_x_t,
     stride_x_h,
     stride_w13_e,
@@ -299,8 +299,8 @@ def mx_gate_up_kernel(
     pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
         return
-    expert = tl.load(expert_of_block_ptr + pid_m)
-    if (expert < 0) | (expert >= num_experts):  # unused tile, or slot_meta's out-of-range id
+    expert = _tile_expert(expert_of_block_ptr, pid_m, num_experts)
+    if expert < 0:  # unused tile
         return
     ids, row_ok, tok, offs_n, offs_n_w, _ = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
@@ -348,7 +348,7 @@ def mx_down_kernel(
     H,
     I,
     num_m_blocks,
-    num_experts,  # E: a tile whose expert is outside [0, E) is skipped (align.slot_meta)
+    num_experts,  # E: a tile whose expert is outside [0, E) is unused (_tile_expert)
     stride_a_a,
     stride_a_i,
     stride_w2_e,
@@ -377,8 +377,8 @@ def mx_down_kernel(
     pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
         return
-    expert = tl.load(expert_of_block_ptr + pid_m)
-    if (expert < 0) | (expert >= num_experts):  # unused tile, or slot_meta's out-of-range id
+    expert = _tile_expert(expert_of_block_ptr, pid_m, num_experts)
+    if expert < 0:  # unused tile
         return
     _, row_ok, rows, offs_n, offs_n_w, _ = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, 1, H, False, BLOCK_M, BLOCK_N, BLOCK_K

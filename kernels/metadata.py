@@ -63,9 +63,7 @@ class AlignMeta:
     block_m: int  # M tile of the grouped GEMMs; every expert's slot run is padded to a multiple of it
     num_tokens: int  # T
     top_k: int  # k
-    expert_counts: (
-        torch.Tensor | None
-    )  # (E,) int32: kept assignments per expert (None: slot_meta, not counted)
+    expert_counts: torch.Tensor | None  # (E,) int32: kept assignments per expert; None from slot_meta
     sorted_ids: torch.Tensor  # (P,) int32: flat assignment id per slot, T*k = pad sentinel
     expert_of_block: torch.Tensor  # (P // block_m,) int32: expert of each tile, -1 = unused tile
     num_padded: torch.Tensor  # (1,) int32: used slots (device scalar, never read on the host)
