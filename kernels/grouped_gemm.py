@@ -357,6 +357,7 @@ def dense_meta(num_tokens: int, block_m: int, device: torch.device) -> AlignMeta
         expert_of_block=zeros[: P // block_m],
         num_padded=slots[P : P + 1],
         inverse=slots[:T],
+        single_row=T == 1,
     )
 
 
