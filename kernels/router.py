@@ -338,7 +338,7 @@ def _launch_logits(
         counter_ptr=counters, **sel, FUSE_SELECT=fuse,
         UPCAST=x.dtype != w.dtype,
         INPUT_PRECISION="tf32" if allow_tf32 else "ieee",
-        BLOCK_T=lt.BLOCK_T, BLOCK_E=lt.BLOCK_E, BLOCK_H=lt.BLOCK_H,
+        BLOCK_T=lt.BLOCK_T, BLOCK_E=lt.BLOCK_E, BLOCK_H=lt.BLOCK_H, PDL=_config.router_pdl(),
         num_warps=lt.num_warps, num_stages=lt.num_stages,
     )  # fmt: skip
     return part
