@@ -31,7 +31,7 @@ group's are read again at the end), so the gather's latency hides behind the MMA
 One-row tiles (ROW_QUANT: AlignMeta.single_row, the block scheme with dynamic scales, BLOCK_K = the group
 width; fp8_gemm.row_quant): the tile's only live row is its first slot, so the K loop reads that input row
 unquantized (x in GEMM1, the fp32 activation in GEMM2) and quantizes it in registers, one group per K tile
-(_row_quant: the quantize_rows_kernel arithmetic on a (BLOCK_K,) vector), instead of reading codes and scales a
+(_row_quant: the quantize_rows_kernel arithmetic on a (BLOCK_K,) vector, loaded a step ahead), instead of reading codes and scales a
 quantize_rows launch wrote. The same codes and scales, so the same bits; one launch and one kernel boundary
 fewer on each GEMM's input at T = 1.
 
@@ -116,17 +116,24 @@ def _first_row(
 
 
 @triton.jit
-def _row_quant(
-    x0, stride_k, k0, K, row0, amax_eps, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr, MBITS: tl.constexpr,
-    EMIN: tl.constexpr, FMAX: tl.constexpr, EMAX: tl.constexpr, A_DTYPE: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """(a (BLOCK_M, BLOCK_K), s_a (BLOCK_M,)) of a one-row tile's K tile [k0, k0 + BLOCK_K), one quantization
-    group (ROW_QUANT, module docstring): input row x0 (a scalar pointer) as fp32, its group scale and codes by
-    quantize_rows_kernel's arithmetic (_act_scale, then _round_fp8 of the correctly rounded quotient), placed
-    in row 0 where row0 says it is live; the other rows are zeros with scale 0, as the masked loads of the
-    quantized path give them. A_DTYPE: the fp8 operand dtype (the interpreter keeps the fp32 values)."""
+def _row_load(x0, stride_k, k0, K, BLOCK_K: tl.constexpr):
+    """Columns [k0, k0 + BLOCK_K) of the one-row tile's input row x0 (a scalar pointer) as fp32, 0 past K. The
+    K loops load the next step's columns while this step's dot runs (the pipeliner streams only the dots'
+    operands: a load that feeds the quantizer would be waited for once per step)."""
     offs = k0 + tl.arange(0, BLOCK_K)
-    v = tl.load(x0 + offs * stride_k, mask=offs < K, other=0.0).to(tl.float32)
+    return tl.load(x0 + offs * stride_k, mask=offs < K, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _row_quant(
+    v, row0, amax_eps, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
+    FMAX: tl.constexpr, EMAX: tl.constexpr, A_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """(a (BLOCK_M, BLOCK_K), s_a (BLOCK_M,)) of a one-row tile's K tile, one quantization group (ROW_QUANT,
+    module docstring): the row's values v (_row_load), their group scale and codes by quantize_rows_kernel's
+    arithmetic (_act_scale, then _round_fp8 of the correctly rounded quotient), placed in row 0 where row0 says
+    it is live; the other rows are zeros with scale 0, as the masked loads of the quantized path give them.
+    A_DTYPE: the fp8 operand dtype (the interpreter keeps the fp32 values)."""
     s = _act_scale(tl.max(tl.abs(v), axis=0), amax_eps, HAS_EPS, SCALE_FMT, FMAX, EMAX)
     q = _round_fp8(tl.math.div_rn(v, s + tl.zeros_like(v)), MBITS, EMIN, FMAX)
     a = tl.where(row0[:, None], q[None, :], 0.0)
@@ -258,6 +265,7 @@ def _fp8_gate_up_desc_scalar(
     last_g = (H - 1) // GROUP_K
     if ROW_QUANT:
         sw_g = _w_scale(sw_base, gate0, 0, BN_W, stride_sw_n, stride_sw_k)
+        v = _row_load(x0, stride_a_h, 0, H, BLOCK_K)
     else:
         sa, sw_g = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0, 0, BN_W,
                                  stride_sw_n, stride_sw_k)  # fmt: skip
@@ -265,8 +273,10 @@ def _fp8_gate_up_desc_scalar(
     for kk in range(0, tl.cdiv(H, BLOCK_K)):
         k0 = kk * BLOCK_K
         if ROW_QUANT:
-            a, sa = _row_quant(x0, stride_a_h, k0, H, row0, amax_eps, HAS_EPS, SCALE_FMT, FP8_MBITS, FP8_EMIN,
-                               FP8_MAX, FP8_EMAX, A_DTYPE, BLOCK_K)  # fmt: skip
+            v_next = _row_load(x0, stride_a_h, k0 + BLOCK_K, H, BLOCK_K)
+            a, sa = _row_quant(v, row0, amax_eps, HAS_EPS, SCALE_FMT, FP8_MBITS, FP8_EMIN, FP8_MAX, FP8_EMAX,
+                               A_DTYPE)  # fmt: skip
+            v = v_next
         else:
             a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_k < H - k0)[None, :], other=0.0)
         w = _fp8_b(_w13_box(w_desc, expert, n0, k0, GATED, False, BLOCK_N, BLOCK_K), FP8_MBITS, FP8_EBITS,
@@ -589,14 +599,17 @@ def _fp8_down_tile(
         last_g = (I - 1) // GROUP_K
         if ROW_QUANT:
             sw = _w_scale(sw_base, w_rows, 0, BN_W, stride_sw_n, stride_sw_k)
+            v = _row_load(x0, stride_a_i, 0, I, BLOCK_K)
         else:
             sa, sw = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows, 0, BN_W,
                                    stride_sw_n, stride_sw_k)  # fmt: skip
     for kk in range(0, tl.cdiv(I, BLOCK_K)):
         k_ok = offs_k < I - kk * BLOCK_K
         if ROW_QUANT:  # BLOCKWISE, BLOCK_K = the group width (fp8_gemm.row_quant)
-            a, sa = _row_quant(x0, stride_a_i, kk * BLOCK_K, I, row0, amax_eps, HAS_EPS, SCALE_FMT, FP8_MBITS,
-                               FP8_EMIN, FP8_MAX, FP8_EMAX, w_ptr.dtype.element_ty, BLOCK_K)  # fmt: skip
+            v_next = _row_load(x0, stride_a_i, (kk + 1) * BLOCK_K, I, BLOCK_K)
+            a, sa = _row_quant(v, row0, amax_eps, HAS_EPS, SCALE_FMT, FP8_MBITS, FP8_EMIN, FP8_MAX, FP8_EMAX,
+                               w_ptr.dtype.element_ty)  # fmt: skip
+            v = v_next
         else:
             a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         if W_DESC:  # rows past H and columns past I read as zeros

@@ -172,11 +172,14 @@ def scalar_weight_scales(spec: MoESpec, bn: int, block_n: int, up_offset: int) -
 
 
 # ----------------------------------------------------------------------------------------------- GEMMs
-#: "0" turns the one-row tiles' quantization in the K loop off (row_quant; perf probes time both)
+#: "0" turns the one-row tiles' quantization in the K loop off, "gemm1" / "gemm2" leaves it in that GEMM only
+#: (row_quant; perf probes time them)
 ROW_QUANT_ENV = "MOE_CTS_ROW_QUANT"
 
 
-def row_quant(spec: MoESpec, meta: AlignMeta, tile: GemmTile, codes: torch.Tensor, K: int) -> bool:
+def row_quant(
+    spec: MoESpec, meta: AlignMeta, tile: GemmTile, codes: torch.Tensor, K: int, gemm: str = "gemm2"
+) -> bool:
     """A GEMM whose input arrives unquantized quantizes it in its K loop (the kernels' ROW_QUANT) when:
 
         meta.single_row            every used tile has one live slot, its first (one token: align.slot_meta;
@@ -188,8 +191,9 @@ def row_quant(spec: MoESpec, meta: AlignMeta, tile: GemmTile, codes: torch.Tenso
     and MOE_CTS_ROW_QUANT is not "0". Otherwise the launcher runs quantize_rows first. Same codes and scales
     either way (the kernels' module docstring); callers pass unquantized inputs only with dynamic scales."""
     q = spec.quant
+    env = os.environ.get(ROW_QUANT_ENV)
     return (
-        os.environ.get(ROW_QUANT_ENV) != "0"
+        env not in ("0", {"gemm1": "gemm2", "gemm2": "gemm1"}[gemm])
         and meta.single_row
         and q.method == "fp8_block"
         and not tile.persistent
@@ -220,7 +224,9 @@ def gate_up_row_quant(
 ) -> bool:
     """Whether launch_fp8_gate_up given x unquantized quantizes it in the K loop (row_quant, in the SW_SCALAR
     descriptor loop) rather than by a quantize_rows launch: the forward quantizes x once up front otherwise."""
-    return _gate_up_weights(spec, w, tile, I, interleaved)[1] and row_quant(spec, meta, tile, w[0], H)
+    return _gate_up_weights(spec, w, tile, I, interleaved)[1] and row_quant(
+        spec, meta, tile, w[0], H, "gemm1"
+    )
 
 
 def launch_fp8_gate_up(
@@ -241,7 +247,7 @@ def launch_fp8_gate_up(
     b = bias if bias is not None else scales
     il = spec.w13_layout == "interleaved" if interleaved is None else interleaved
     w_desc, sw_scalar = _gate_up_weights(spec, w, tile, I, il)
-    rq = sx is None and sw_scalar and row_quant(spec, meta, tile, codes, H)
+    rq = sx is None and sw_scalar and row_quant(spec, meta, tile, codes, H, "gemm1")
     if sx is None and not rq:
         xq, sx = quantize_rows(spec, xq)
     if rq:

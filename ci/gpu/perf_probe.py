@@ -1199,16 +1199,23 @@ def part_s17(timer) -> None:
     variants = {
         "fp8 table": ({}, None),
         "fp8 no row quant": (no_rq, None),
-        "fp8 gate_up bn64 w4 s3": ({**row0, "_gemms": ("gate_up",), "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
-                                   None),
-        "fp8 down s6": ({**row0, "_gemms": ("down",), "num_stages": 6}, None),
-        "fp8 both s6": ({**row0, "num_stages": 6}, None),
+        "fp8 gemm1 only": ({"_env": {"MOE_CTS_ROW_QUANT": "gemm1"}}, None),
+        "fp8 gemm2 only": ({"_env": {"MOE_CTS_ROW_QUANT": "gemm2"}}, None),
         "bf16": ({"_dc": "16bit"}, "bf16"),
     }  # fmt: skip
+    if os.environ.get("S17_TILES", "0") == "1":  # the first call's tile candidates (docs/h200.md, Session 17)
+        variants |= {
+            "fp8 gate_up bn64 w4 s3": ({**row0, "_gemms": ("gate_up",), "BLOCK_N": 64, "num_warps": 4,
+                                        "num_stages": 3}, None),
+            "fp8 down s6": ({**row0, "_gemms": ("down",), "num_stages": 6}, None),
+            "fp8 both s6": ({**row0, "num_stages": 6}, None),
+        }  # fmt: skip
     for T, fwd in _fp8_points((1,)):
         _rounds_variants(timer, {"part": "s17", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
                          "fp8", rounds=7)  # fmt: skip
     torch.cuda.empty_cache()
+    if os.environ.get("S17_ROUTER", "1") == "0":
+        return
     router = {
         "ids": ({}, "ids"),
         "bf16 router": ({"_env": {"MOE_CTS_ROUTER_PDL": "0"}}, "router"),

@@ -3,6 +3,8 @@
 #   p   GPU pytest of the one-row quantization (test_row_quant.py) and its neighbours (slot layout, PDL, router,
 #       streams), then perf_probe.py --parts s17 (PROBE_PARTS): block fp8 at T = 1 with / without the quantize
 #       launches, and the router -> GEMM1 PDL edge at T = 1 on the five peer presets
+#   q   the same probe after the row loads went one step ahead (S17_ROUTER=0: the fp8 part alone), GPU pytest of
+#       test_row_quant.py first
 #   f   the final call: quant_bench (QB_ARGS), vLLM's Triton path side by side (carry .peer), certify quick
 set -u
 MODE=${1:-p}
@@ -14,6 +16,10 @@ p)
   gpu_pytest "$OUT" 170 tests/kernels/test_row_quant.py tests/kernels/test_slot_meta.py tests/kernels/test_pdl.py \
     tests/kernels/test_router.py tests/kernels/test_router_split.py tests/kernels/test_streams.py
   probe "$OUT" "${PROBE_PARTS:-s17}" "$(slot_left 585)"
+  ;;
+q)
+  gpu_pytest "$OUT" 120 tests/kernels/test_row_quant.py tests/kernels/test_slot_meta.py
+  S17_ROUTER=0 probe "$OUT" "${PROBE_PARTS:-s17}" "$(slot_left 585)"
   ;;
 f)
   QB_ARGS=${QB_ARGS:-"--kinds fp8,mxfp4 --no-50k"} final_call "$OUT"
