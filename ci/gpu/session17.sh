@@ -19,7 +19,7 @@ p)
   ;;
 q)
   gpu_pytest "$OUT" 120 tests/kernels/test_row_quant.py tests/kernels/test_slot_meta.py
-  S17_ROUTER=0 probe "$OUT" "${PROBE_PARTS:-s17}" "$(slot_left 585)"
+  export S17_ROUTER=0; probe "$OUT" "${PROBE_PARTS:-s17}" "$(slot_left 585)"
   ;;
 f)
   QB_ARGS=${QB_ARGS:-"--kinds fp8,mxfp4 --no-50k"} final_call "$OUT"
