@@ -48,6 +48,8 @@ slot16    one token without the alignment launch (align.slot_meta) against align
 down16    block fp8 GEMM2 with 8 warps in the m > 32 row at T = 2048 / 4096
 s17       block fp8 at T = 1 without quantize launches (row_quant) against them, with tile candidates; the
           router -> GEMM1 PDL edge at T = 1 on the five peer presets (with / without, beside the ids-given forward)
+router17  the router's logits split at T = 1 / 16 (one or two dot steps per split, 32-expert tiles) against the
+          table's, with / without the router beside the ids-given forward, the five peer presets
 router    the fused select against the separate select launch (graph replays of route and of the forward
           with the router, against the ids-given forward; routing outputs compared)
 
@@ -932,6 +934,10 @@ def _rounds_variants(timer, rec: dict, fwd, variants: dict, dc: str, rounds: int
         align_mod = importlib.import_module("moe_cts.kernels.align")
         slots = align_mod.SLOT_META_MAX_TOKENS
         align_mod.SLOT_META_MAX_TOKENS = keys.pop("_slots", slots)  # 0: align at T = 1 (the old launch)
+        patches = keys.pop("_patch", ())  # (object, attribute, value) set while the variant is captured
+        restore = [(o, n, getattr(o, n)) for o, n, _ in patches]
+        for o, n, v in patches:
+            setattr(o, n, v)
         try:
             with _sm90_rows(keys.pop("_dc", dc), **keys):
                 outs[label] = fwd(cfg).clone()
@@ -940,6 +946,8 @@ def _rounds_variants(timer, rec: dict, fwd, variants: dict, dc: str, rounds: int
             emit({**rec, "cfg": label, "error": f"{type(e).__name__}: {str(e)[:200]}"})
         finally:
             align_mod.SLOT_META_MAX_TOKENS = slots
+            for o, n, v in restore:
+                setattr(o, n, v)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -1227,6 +1235,46 @@ def part_s17(timer) -> None:
                          "16bit", rounds=7)  # fmt: skip
 
 
+def _router_tile(block_e=None, steps=None):
+    """router.logits_tile_for with BLOCK_E and / or the dot steps per H split forced (BLOCK_H from the tile-bytes
+    rule, as the table's): a T-independent tile like the table's, so still batch invariant."""
+    import triton
+
+    from moe_cts.kernels import router as rmod
+
+    real = rmod.logits_tile_for
+
+    def tile_for(E, H, x_dtype, w_dtype):
+        lt = real(E, H, x_dtype, w_dtype)
+        be = block_e or lt.BLOCK_E
+        bh = max(16, min(128, rmod.ROUTER_TILE_BYTES // (be * 2)))
+        h_chunk = (steps or lt.H_CHUNK // lt.BLOCK_H) * bh
+        return rmod.LogitsTile(
+            lt.BLOCK_T, be, bh, h_chunk, triton.cdiv(H, h_chunk), lt.num_warps, lt.num_stages
+        )
+
+    return ((rmod, "logits_tile_for", tile_for),)
+
+
+def part_router17(timer) -> None:
+    """Session 17: the router's logits split at decode. The table's split is capped so that the partial logits'
+    traffic stays within x's bytes (gpt-oss-120b: 8 splits of 3 dot steps, 16 programs); candidates with one or
+    two steps per split (more programs, a shorter chain of loads before the select), and 32-expert tiles. The
+    forward with our router under each against the ids-given forward, T = 1 and 16, the five peer presets;
+    alternating rounds of graph replays."""
+    router = {
+        "ids": ({}, "ids"),
+        "bf16 router": ({}, "router"),
+        "bf16 router 1 step": ({"_patch": _router_tile(steps=1)}, "router"),
+        "bf16 router 2 steps": ({"_patch": _router_tile(steps=2)}, "router"),
+        "bf16 router E32 1 step": ({"_patch": _router_tile(block_e=32, steps=1)}, "router"),
+    }
+    for name, T, fwd_ids, fwd_router in _bf16_points(PEER_PRESETS, (1, 16)):
+        fwd = lambda cfg, a=fwd_ids, b=fwd_router: a(None) if cfg == "ids" else b(None)
+        _rounds_variants(timer, {"part": "router17", "kind": "bf16 router", "preset": name, "T": T}, fwd, router,
+                         "16bit", rounds=7)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1281,7 +1329,7 @@ def main() -> int:
              "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11,
              "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
              "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15,
-             "pdl13": part_pdl13, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16, "s17": part_s17}  # fmt: skip
+             "pdl13": part_pdl13, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16, "s17": part_s17, "router17": part_router17}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1324,6 +1372,7 @@ def main() -> int:
             "slot16",
             "down16",
             "s17",
+            "router17",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

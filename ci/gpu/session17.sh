@@ -5,6 +5,7 @@
 #       launches, and the router -> GEMM1 PDL edge at T = 1 on the five peer presets
 #   q   the same probe after the row loads went one step ahead (S17_ROUTER=0: the fp8 part alone), GPU pytest of
 #       test_row_quant.py first
+#   r   perf_probe.py --parts router17: the router's logits split at T = 1 / 16
 #   f   the final call: quant_bench (QB_ARGS), vLLM's Triton path side by side (carry .peer), certify quick
 set -u
 MODE=${1:-p}
@@ -20,6 +21,9 @@ p)
 q)
   gpu_pytest "$OUT" 120 tests/kernels/test_row_quant.py tests/kernels/test_slot_meta.py
   export S17_ROUTER=0; probe "$OUT" "${PROBE_PARTS:-s17}" "$(slot_left 585)"
+  ;;
+r)
+  probe "$OUT" "${PROBE_PARTS:-router17}" "$(slot_left 585)"
   ;;
 f)
   QB_ARGS=${QB_ARGS:-"--kinds fp8,mxfp4 --no-50k"} final_call "$OUT"
