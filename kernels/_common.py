@@ -58,15 +58,6 @@ def pdl_enter(PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
-@triton.jit
-def pdl_trigger(PDL: tl.constexpr):
-    """gdc_launch_dependents() alone, first in a kernel that is not itself launched with PDL but whose next
-    kernel may be (the router before GEMM1 at one token: config.router_pdl). The dependent's gdc_wait still
-    waits for this whole grid and its writes, so the trigger's place changes no value."""
-    if PDL:
-        gdc_launch_dependents()
-
-
 def pdl_options(pdl: bool) -> dict:
     """Launch options of a kernel whose PDL constexpr is `pdl`: launch_pdl only when set (HIP's and the
     interpreter's options have no such field)."""

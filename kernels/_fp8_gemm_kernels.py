@@ -28,13 +28,6 @@ programs per SM, that latency was the K step's time: the shared expert's GEMM1 a
 29 MB in 24.8 us on the H200, 1.2 TB/s. The loop loads group g + 1's scales before group g's dot (the last
 group's are read again at the end), so the gather's latency hides behind the MMA. Same values, same bits.
 
-One-row tiles (ROW_QUANT: AlignMeta.single_row, the block scheme with dynamic scales, BLOCK_K = the group
-width; fp8_gemm.row_quant): the tile's only live row is its first slot, so the K loop reads that input row
-unquantized (x in GEMM1, the fp32 activation in GEMM2) and quantizes it in registers, one group per K tile
-(_row_quant: the quantize_rows_kernel arithmetic on a (BLOCK_K,) vector, loaded a step ahead), instead of reading codes and scales a
-quantize_rows launch wrote. The same codes and scales, so the same bits; one launch and one kernel boundary
-fewer on each GEMM's input at T = 1.
-
 GEMM1's fused requantization (QUANT_OUT, fp8_block with BLOCK_N a multiple of the group width): the tile's
 activation (BLOCK_M, BLOCK_N) is viewed as (BLOCK_M, BLOCK_N / G2, G2), amax per group, _act_scale, _round_fp8,
 and the codes and scales are stored for GEMM2. Columns past I are zeroed before the amax.
@@ -101,45 +94,6 @@ def _fp8_b(w, MBITS: tl.constexpr, EBITS: tl.constexpr, BIAS: tl.constexpr, NAN:
     if INTERPRET:
         w = _decode_fp8(w, MBITS, EBITS, BIAS, NAN)
     return trans_tile(w)
-
-
-@triton.jit
-def _first_row(
-    a_ptr, sorted_ids_ptr, pid_m, row_ok, num_assignments, top_k, stride_a_t, BLOCK_M: tl.constexpr
-):
-    """(x0, row0) of a one-row tile (ROW_QUANT): a pointer to the input row of the tile's first slot (row
-    id // top_k; a pad id is clamped to a real row, whose values row0 then masks) and the (BLOCK_M,) mask of the
-    live first row."""
-    first = tl.minimum(tl.load(sorted_ids_ptr + pid_m * BLOCK_M), num_assignments - 1)
-    x0 = a_ptr + (first // top_k).to(tl.int64) * stride_a_t
-    return x0, row_ok & (tl.arange(0, BLOCK_M) == 0)
-
-
-@triton.jit
-def _row_load(x0, stride_k, k0, K, BLOCK_K: tl.constexpr):
-    """Columns [k0, k0 + BLOCK_K) of the one-row tile's input row x0 (a scalar pointer) as fp32, 0 past K. The
-    K loops load the next step's columns while this step's dot runs (the pipeliner streams only the dots'
-    operands: a load that feeds the quantizer would be waited for once per step)."""
-    offs = k0 + tl.arange(0, BLOCK_K)
-    return tl.load(x0 + offs * stride_k, mask=offs < K, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _row_quant(
-    v, row0, amax_eps, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
-    FMAX: tl.constexpr, EMAX: tl.constexpr, A_DTYPE: tl.constexpr,
-):  # fmt: skip
-    """(a (BLOCK_M, BLOCK_K), s_a (BLOCK_M,)) of a one-row tile's K tile, one quantization group (ROW_QUANT,
-    module docstring): the row's values v (_row_load), their group scale and codes by quantize_rows_kernel's
-    arithmetic (_act_scale, then _round_fp8 of the correctly rounded quotient), placed in row 0 where row0 says
-    it is live; the other rows are zeros with scale 0, as the masked loads of the quantized path give them.
-    A_DTYPE: the fp8 operand dtype (the interpreter keeps the fp32 values)."""
-    s = _act_scale(tl.max(tl.abs(v), axis=0), amax_eps, HAS_EPS, SCALE_FMT, FMAX, EMAX)
-    q = _round_fp8(tl.math.div_rn(v, s + tl.zeros_like(v)), MBITS, EMIN, FMAX)
-    a = tl.where(row0[:, None], q[None, :], 0.0)
-    if not INTERPRET:
-        a = a.to(A_DTYPE)
-    return a, tl.where(row0, s, 0.0)
 
 
 @triton.jit
@@ -248,46 +202,29 @@ def _fp8_gate_up_desc_loop(
 @triton.jit
 def _fp8_gate_up_desc_scalar(
     a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
-    expert, n0, I, H, stride_a_h, BN_W, GROUP_K, x0, row0, amax_eps, GATED: tl.constexpr,
+    expert, n0, I, H, stride_a_h, BN_W, GROUP_K, GATED: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    ROW_QUANT: tl.constexpr, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr, FP8_EMIN: tl.constexpr,
-    FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, A_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """_fp8_gate_up_desc_loop under SW_SCALAR (its docstring): block scheme, concat or non-gated rows, one gate
-    and one up weight scale per K group; returns the (gate, up) fp32 accumulators. ROW_QUANT: the input row x0
-    is quantized in the loop (_row_quant; a_ptrs and sa_ptr are not read)."""
+    and one up weight scale per K group; returns the (gate, up) fp32 accumulators."""
     gate0 = n0 % I  # first gate row (the tile's rows share its weight block)
     up0 = gate0 + I  # first up row (GATED)
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     offs_k = tl.arange(0, BLOCK_K)
     last_g = (H - 1) // GROUP_K
-    if ROW_QUANT:
-        sw_g = _w_scale(sw_base, gate0, 0, BN_W, stride_sw_n, stride_sw_k)
-        v = _row_load(x0, stride_a_h, 0, H, BLOCK_K)
-    else:
-        sa, sw_g = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0, 0, BN_W,
-                                 stride_sw_n, stride_sw_k)  # fmt: skip
+    sa, sw_g = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0, 0, BN_W, stride_sw_n,
+                             stride_sw_k)  # fmt: skip
     sw_u = _w_scale(sw_base, up0, 0, BN_W, stride_sw_n, stride_sw_k)
     for kk in range(0, tl.cdiv(H, BLOCK_K)):
         k0 = kk * BLOCK_K
-        if ROW_QUANT:
-            v_next = _row_load(x0, stride_a_h, k0 + BLOCK_K, H, BLOCK_K)
-            a, sa = _row_quant(v, row0, amax_eps, HAS_EPS, SCALE_FMT, FP8_MBITS, FP8_EMIN, FP8_MAX, FP8_EMAX,
-                               A_DTYPE)  # fmt: skip
-            v = v_next
-        else:
-            a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_k < H - k0)[None, :], other=0.0)
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_k < H - k0)[None, :], other=0.0)
         w = _fp8_b(_w13_box(w_desc, expert, n0, k0, GATED, False, BLOCK_N, BLOCK_K), FP8_MBITS, FP8_EBITS,
                    FP8_BIAS, FP8_NAN)  # fmt: skip
         g_next = tl.minimum((k0 + BLOCK_K) // GROUP_K, last_g)
-        if ROW_QUANT:
-            sw_g_next = _w_scale(sw_base, gate0, g_next, BN_W, stride_sw_n, stride_sw_k)
-            sa_next = sa
-        else:
-            sa_next, sw_g_next = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0,
-                                               g_next, BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
+        sa_next, sw_g_next = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0, g_next,
+                                           BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
         d = tl.dot(a, w)
         if GATED:
             sw_u_next = _w_scale(sw_base, up0, g_next, BN_W, stride_sw_n, stride_sw_k)
@@ -322,10 +259,9 @@ def fp8_gate_up_kernel(
     FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, W_DESC: tl.constexpr,
     SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr, PAIRED: tl.constexpr, HALF_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, G2: tl.constexpr,
-    PDL: tl.constexpr, ROW_QUANT: tl.constexpr = False,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """act[a] = activation(dequant(x_q[a // k] @ w13_q[e, gate].T) + b, dequant(... up ...) + b).
-    ROW_QUANT (module docstring): a_ptr is x itself (one live row per tile), quantized in the K loop.
     PAIRED: each tile is 2 BLOCK_N columns wide, two column tiles in turn (_fp8_gate_up_tile).
 
     One tile per program, or PERSISTENT: a few programs per SM walk the used tiles (_grouped_gemm_kernels.py's
@@ -344,7 +280,7 @@ def fp8_gate_up_kernel(
                 stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
                 amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, QUANT_OUT, HAS_EPS, SCALE_FMT,
                 FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, True, PAIRED,
-                BLOCK_M, BLOCK_N, BLOCK_K, G2, ROW_QUANT,
+                BLOCK_M, BLOCK_N, BLOCK_K, G2,
             )  # fmt: skip
     else:
         pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, TILE_N, GROUP_M)
@@ -364,7 +300,7 @@ def fp8_gate_up_kernel(
                 stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
                 amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, QUANT_OUT, HAS_EPS, SCALE_FMT,
                 FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, False, PAIRED,
-                BLOCK_M // 2, BLOCK_N, BLOCK_K, G2, ROW_QUANT,
+                BLOCK_M // 2, BLOCK_N, BLOCK_K, G2,
             )  # fmt: skip
         else:
             _fp8_gate_up_tile(
@@ -374,7 +310,7 @@ def fp8_gate_up_kernel(
                 stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
                 amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, QUANT_OUT, HAS_EPS, SCALE_FMT,
                 FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, False, PAIRED,
-                BLOCK_M, BLOCK_N, BLOCK_K, G2, ROW_QUANT,
+                BLOCK_M, BLOCK_N, BLOCK_K, G2,
             )  # fmt: skip
 
 
@@ -382,20 +318,18 @@ def fp8_gate_up_kernel(
 def _fp8_gate_up_act(
     a_ptr, a_ptrs, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, tok, row_ok, offs_k, expert, sw_base, j, I, H, BN_W,
     GROUP_K, stride_a_t, stride_a_h, stride_sa_t, stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e,
-    stride_sw_n, stride_sw_k, stride_b_e, stride_b_r, swiglu_alpha, swiglu_limit, x0, row0, amax_eps,
+    stride_sw_n, stride_sw_k, stride_b_e, stride_b_r, swiglu_alpha, swiglu_limit,
     GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCKWISE: tl.constexpr, FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr,
-    FP8_NAN: tl.constexpr, W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, ROW_QUANT: tl.constexpr,
-    HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr, FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr,
-    FP8_EMAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    FP8_NAN: tl.constexpr, W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """The fp32 activation (BLOCK_M, BLOCK_N) of output columns j BLOCK_N .. (j + 1) BLOCK_N: K loop, dequant,
-    bias, activation. ROW_QUANT runs in the SW_SCALAR descriptor loop only (fp8_gemm.row_quant checks)."""
+    bias, activation."""
     if W_DESC and SW_SCALAR:
         acc_g, acc_u = _fp8_gate_up_desc_scalar(
             a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
-            expert, j * BLOCK_N, I, H, stride_a_h, BN_W, GROUP_K, x0, row0, amax_eps, GATED, FP8_MBITS, FP8_EBITS,
-            FP8_BIAS, FP8_NAN, ROW_QUANT, HAS_EPS, SCALE_FMT, FP8_EMIN, FP8_MAX, FP8_EMAX, w_ptr.dtype.element_ty,
+            expert, j * BLOCK_N, I, H, stride_a_h, BN_W, GROUP_K, GATED, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN,
             BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
     elif W_DESC:
@@ -429,7 +363,7 @@ def _fp8_gate_up_tile(
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
     FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, W_DESC: tl.constexpr,
     SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr, PAIRED: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, G2: tl.constexpr, ROW_QUANT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, G2: tl.constexpr,
 ):  # fmt: skip
     """fp8_gate_up_kernel's work on the live tile (pid_m, pid_n) of `expert`: K loop, dequant, bias, activation,
     store (quantized under QUANT_OUT). PAIRED: the tile is two column tiles of BLOCK_N, 2 pid_n and 2 pid_n + 1, one
@@ -444,27 +378,20 @@ def _fp8_gate_up_tile(
     expert, row_ok = _live_expert(expert, row_ok, PERSISTENT)
     a_ptrs = a_ptr + tok[:, None] * stride_a_t + offs_k[None, :] * stride_a_h
     sw_base = sw_ptr + expert.to(tl.int64) * stride_sw_e
-    if ROW_QUANT:
-        x0, row0 = _first_row(
-            a_ptr, sorted_ids_ptr, pid_m, row_ok, num_assignments, top_k, stride_a_t, BLOCK_M
-        )
-    else:
-        x0, row0 = a_ptr, row_ok
     act = _fp8_gate_up_act(
         a_ptr, a_ptrs, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, tok, row_ok, offs_k, expert, sw_base, NP * pid_n, I,
         H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t, stride_sa_g, stride_w_e, stride_w_r, stride_w_h,
-        stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_r, swiglu_alpha, swiglu_limit, x0, row0,
-        amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN,
-        W_DESC, SW_SCALAR, ROW_QUANT, HAS_EPS, SCALE_FMT, FP8_EMIN, FP8_MAX, FP8_EMAX, BLOCK_M, BLOCK_N, BLOCK_K,
+        stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_r, swiglu_alpha, swiglu_limit, GATED,
+        INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, W_DESC, SW_SCALAR,
+        BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
     if PAIRED:
         act1 = _fp8_gate_up_act(
             a_ptr, a_ptrs, sa_ptr, w_ptr, sw_ptr, w_desc, b_ptr, tok, row_ok, offs_k, expert, sw_base,
             2 * pid_n + 1, I, H, BN_W, GROUP_K, stride_a_t, stride_a_h, stride_sa_t, stride_sa_g, stride_w_e,
             stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_r, swiglu_alpha,
-            swiglu_limit, x0, row0, amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, FP8_MBITS,
-            FP8_EBITS, FP8_BIAS, FP8_NAN, W_DESC, SW_SCALAR, ROW_QUANT, HAS_EPS, SCALE_FMT, FP8_EMIN, FP8_MAX,
-            FP8_EMAX, BLOCK_M, BLOCK_N, BLOCK_K,
+            swiglu_limit, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
+            FP8_NAN, W_DESC, SW_SCALAR, BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
         # columns 2 pid_n BLOCK_N .. in order: (BLOCK_M, BLOCK_N, 2) -> (BLOCK_M, 2, BLOCK_N) -> one row each
         act = tl.reshape(tl.permute(tl.join(act, act1), (0, 2, 1)), (BLOCK_M, TILE_N))
@@ -501,19 +428,16 @@ def fp8_down_kernel(
     num_assignments, H, I, num_m_blocks, num_experts, BN_W, GROUP_K,
     stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
     stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k,
-    stride_b_e, stride_b_h, stride_out_a, stride_out_h, amax_eps,
+    stride_b_e, stride_b_h, stride_out_a, stride_out_h,
     HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr, BLOCKWISE: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
     W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    PDL: tl.constexpr, ROW_QUANT: tl.constexpr = False, HAS_EPS: tl.constexpr = False,
-    SCALE_FMT: tl.constexpr = 0, FP8_EMIN: tl.constexpr = 0, FP8_MAX: tl.constexpr = 0.0,
-    FP8_EMAX: tl.constexpr = 0,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """out[a] = (dequant(act_q[a] @ w2_q[e].T) + b2[e]) * (route_w[a] if MUL_WEIGHT), all in fp32, one cast.
 
-    One tile per program, or PERSISTENT (as fp8_gate_up_kernel). ROW_QUANT (module docstring): a_ptr is the
-    fp32 activation (one live row per tile), quantized in the K loop (amax_eps and the constexprs after PDL: the activation quantizer's)."""
+    One tile per program, or PERSISTENT (as fp8_gate_up_kernel)."""
     pdl_enter(PDL)
     if PERSISTENT:
         used_m = tl.load(num_padded_ptr) // BLOCK_M
@@ -528,7 +452,6 @@ def fp8_down_kernel(
                 stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
                 stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
                 FP8_NAN, W_DESC, SW_SCALAR, True, BLOCK_M, BLOCK_N, BLOCK_K,
-                amax_eps, ROW_QUANT, HAS_EPS, SCALE_FMT, FP8_EMIN, FP8_MAX, FP8_EMAX,
             )  # fmt: skip
     else:
         pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
@@ -547,7 +470,6 @@ def fp8_down_kernel(
                 stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
                 stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
                 FP8_NAN, W_DESC, SW_SCALAR, False, BLOCK_M // 2, BLOCK_N, BLOCK_K,
-                amax_eps, ROW_QUANT, HAS_EPS, SCALE_FMT, FP8_EMIN, FP8_MAX, FP8_EMAX,
             )  # fmt: skip
         else:
             _fp8_down_tile(
@@ -556,7 +478,6 @@ def fp8_down_kernel(
                 stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
                 stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
                 FP8_NAN, W_DESC, SW_SCALAR, False, BLOCK_M, BLOCK_N, BLOCK_K,
-                amax_eps, ROW_QUANT, HAS_EPS, SCALE_FMT, FP8_EMIN, FP8_MAX, FP8_EMAX,
             )  # fmt: skip
 
 
@@ -568,12 +489,10 @@ def _fp8_down_tile(
     stride_out_a, stride_out_h, HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr, BLOCKWISE: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
     W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, amax_eps, ROW_QUANT: tl.constexpr,
-    HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr, FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr,
-    FP8_EMAX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """fp8_down_kernel's work on the live tile (pid_m, pid_n) of `expert`: K loop, dequant, bias, router weight,
-    store. ROW_QUANT: the tile's one activation row is quantized in the loop (_row_quant)."""
+    store."""
     _, row_ok, rows, offs_n, offs_n_w, offs_k = _tile_rows(
         sorted_ids_ptr, pid_m, pid_n, num_assignments, 1, H, False, BLOCK_M, BLOCK_N, BLOCK_K
     )
@@ -591,27 +510,13 @@ def _fp8_down_tile(
     # SW_SCALAR (BLOCK_N divides the weight block): the tile's rows share one weight scale per K group, a
     # scalar instead of a (BLOCK_N,) vector (_fp8_gate_up_desc_loop says why)
     w_rows = pid_n * BLOCK_N if SW_SCALAR else offs_n_w
-    if ROW_QUANT:
-        x0, row0 = _first_row(a_ptr, sorted_ids_ptr, pid_m, row_ok, num_assignments, 1, stride_a_a, BLOCK_M)
-    else:
-        x0, row0 = a_ptr, row_ok
     if BLOCKWISE:  # as in fp8_gate_up_kernel: each next group's scales one step ahead
         last_g = (I - 1) // GROUP_K
-        if ROW_QUANT:
-            sw = _w_scale(sw_base, w_rows, 0, BN_W, stride_sw_n, stride_sw_k)
-            v = _row_load(x0, stride_a_i, 0, I, BLOCK_K)
-        else:
-            sa, sw = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows, 0, BN_W,
-                                   stride_sw_n, stride_sw_k)  # fmt: skip
+        sa, sw = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows, 0, BN_W,
+                               stride_sw_n, stride_sw_k)  # fmt: skip
     for kk in range(0, tl.cdiv(I, BLOCK_K)):
         k_ok = offs_k < I - kk * BLOCK_K
-        if ROW_QUANT:  # BLOCKWISE, BLOCK_K = the group width (fp8_gemm.row_quant)
-            v_next = _row_load(x0, stride_a_i, (kk + 1) * BLOCK_K, I, BLOCK_K)
-            a, sa = _row_quant(v, row0, amax_eps, HAS_EPS, SCALE_FMT, FP8_MBITS, FP8_EMIN, FP8_MAX, FP8_EMAX,
-                               w_ptr.dtype.element_ty)  # fmt: skip
-            v = v_next
-        else:
-            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         if W_DESC:  # rows past H and columns past I read as zeros
             box = w_desc.load([expert, pid_n * BLOCK_N, kk * BLOCK_K]).reshape(BLOCK_N, BLOCK_K)
             w = _fp8_b(box, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
@@ -619,12 +524,8 @@ def _fp8_down_tile(
             w = _load_w(w_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
         if BLOCKWISE:
             g_next = tl.minimum(((kk + 1) * BLOCK_K) // GROUP_K, last_g)
-            if ROW_QUANT:
-                sw_next = _w_scale(sw_base, w_rows, g_next, BN_W, stride_sw_n, stride_sw_k)
-                sa_next = sa
-            else:
-                sa_next, sw_next = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows,
-                                                 g_next, BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
+            sa_next, sw_next = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows,
+                                             g_next, BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
             acc += tl.dot(a, w) * _outer(sa, sw, SW_SCALAR)
             sa, sw = sa_next, sw_next
         else:  # promoted per K tile (module docstring)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moe_cts.kernels._common import INTERPRET, dot_acc, pdl_trigger
+from moe_cts.kernels._common import INTERPRET, dot_acc
 
 # Rank keys below every float's key (-inf maps to -2139095041): taken < masked group < NaN.
 KEY_TAKEN = tl.constexpr(-2147483648)
@@ -70,7 +70,6 @@ def router_logits_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    PDL: tl.constexpr = False,
 ):  # fmt: skip
     """One (BLOCK_T, BLOCK_E) tile of one split's partial logits, accumulated in fp32 over the split's
     columns in BLOCK_H steps; with FUSE_SELECT the last program of each token tile also runs the select:
@@ -86,7 +85,6 @@ def router_logits_kernel(
     a DeepSeek-V3 / gpt-oss-120b forward (H200, graph replays, session 8). The select reads the partials in
     split order whichever program runs it, so the bits do not depend on which program finished last.
     """
-    pdl_trigger(PDL)  # config.router_pdl: GEMM1 may launch now and wait in its gdc_wait
     n_e = tl.cdiv(E, BLOCK_E)
     n_s = tl.cdiv(H, h_chunk)
     pid = tl.program_id(0)

@@ -319,7 +319,6 @@ def slot_meta(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta 
         inverse=buf[P + 1 :],
         expert_ids=ids,
         num_experts=spec.num_experts,
-        single_row=True,
     )
 
 

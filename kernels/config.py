@@ -167,23 +167,6 @@ def pdl(dtype_class_name: str) -> bool:
     return dtype_class_name in load_table(current_table()).get("pdl", ())
 
 
-#: "1" / "0" force the router -> GEMM1 edge of PDL on / off, whatever the table says (perf probes time both)
-ROUTER_PDL_ENV = "MOE_CTS_ROUTER_PDL"
-
-
-def router_pdl() -> bool:
-    """The router's launch triggers its dependents at once and a one-token 16-bit forward launches GEMM1 with
-    PDL right after it (kernels/moe.py; _common.pdl_trigger): the current table's optional top-level
-    "router_pdl": true, on the CUDA backend only; MOE_CTS_ROUTER_PDL=1 / 0 overrides. Same values either way.
-    Apart from pdl(): the 16-bit chain under PDL lost at decode (sm90 table), this one edge is not that chain."""
-    if backend() != "cuda":
-        return False
-    env = os.environ.get(ROUTER_PDL_ENV)
-    if env in ("0", "1"):
-        return env == "1"
-    return bool(load_table(current_table()).get("router_pdl", False))
-
-
 def backend() -> str:
     """'interpreter' under TRITON_INTERPRET=1, else 'hip' on ROCm torch, else 'cuda'."""
     if os.environ.get("TRITON_INTERPRET") == "1":

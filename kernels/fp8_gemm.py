@@ -74,12 +74,6 @@ def scale_constexprs(spec: MoESpec) -> dict:
     return {"SCALE_FMT": SCALE_CODES[(q.scale_format, q.scale_rounding)], "HAS_EPS": q.amax_eps is not None}
 
 
-def quant_constexprs(spec: MoESpec) -> dict:
-    """The activation quantizer's constexprs beyond the weight format's (fp8_down_kernel's ROW_QUANT)."""
-    f = fmt_constexprs(spec.quant.fp8_format)
-    return scale_constexprs(spec) | {k: f[k] for k in ("FP8_EMIN", "FP8_MAX", "FP8_EMAX")}
-
-
 def group_width(spec: MoESpec, K: int) -> int:
     """Activation group along K: act_group for the block scheme, the whole row otherwise."""
     return spec.quant.act_group if spec.quant.method == "fp8_block" else max(K, 1)
@@ -172,70 +166,11 @@ def scalar_weight_scales(spec: MoESpec, bn: int, block_n: int, up_offset: int) -
 
 
 # ----------------------------------------------------------------------------------------------- GEMMs
-#: "0" turns the one-row tiles' quantization in the K loop off, "gemm1" / "gemm2" leaves it in that GEMM only
-#: (row_quant; perf probes time them)
-ROW_QUANT_ENV = "MOE_CTS_ROW_QUANT"
-
-
-def row_quant(
-    spec: MoESpec, meta: AlignMeta, tile: GemmTile, codes: torch.Tensor, K: int, gemm: str = "gemm2"
-) -> bool:
-    """A GEMM whose input arrives unquantized quantizes it in its K loop (the kernels' ROW_QUANT) when:
-
-        meta.single_row            every used tile has one live slot, its first (one token: align.slot_meta;
-                                   the shared expert's dense tiles at T = 1), so a tile quantizes one row
-        block scheme, BLOCK_K = group width   one quantization group per K tile
-        one program per tile       (not persistent: _first_row reads the tile's first slot)
-        fp8 operands of the activation format (the interpreter keeps fp32 values)
-
-    and MOE_CTS_ROW_QUANT is not "0". Otherwise the launcher runs quantize_rows first. Same codes and scales
-    either way (the kernels' module docstring); callers pass unquantized inputs only with dynamic scales."""
-    q = spec.quant
-    env = os.environ.get(ROW_QUANT_ENV)
-    return (
-        env not in ("0", {"gemm1": "gemm2", "gemm2": "gemm1"}[gemm])
-        and meta.single_row
-        and q.method == "fp8_block"
-        and not tile.persistent
-        and k_block(spec, tile.BLOCK_K) == group_width(spec, K)
-        and (interpreting() or codes.dtype == operand_dtype(q.fp8_format))
-    )
-
-
-def _gate_up_weights(spec: MoESpec, w, tile: GemmTile, I: int, interleaved: bool):
-    """(w_desc, sw_scalar) of GEMM1's launch: the weight descriptor (tile.tma, strides permitting) and whether
-    its loop loads one weight scale per tile half (SW_SCALAR)."""
-    codes, _, bn = w
-    w_desc = (
-        w13_desc(codes, tile.BLOCK_N, k_block(spec, tile.BLOCK_K), spec.gated, interleaved)
-        if tile.tma
-        else None
-    )
-    sw_scalar = (
-        w_desc is not None
-        and not interleaved
-        and scalar_weight_scales(spec, bn, tile.BLOCK_N, I if spec.gated else 0)
-    )
-    return w_desc, sw_scalar
-
-
-def gate_up_row_quant(
-    spec: MoESpec, w, meta: AlignMeta, tile: GemmTile, I: int, H: int, interleaved: bool
-) -> bool:
-    """Whether launch_fp8_gate_up given x unquantized quantizes it in the K loop (row_quant, in the SW_SCALAR
-    descriptor loop) rather than by a quantize_rows launch: the forward quantizes x once up front otherwise."""
-    return _gate_up_weights(spec, w, tile, I, interleaved)[1] and row_quant(
-        spec, meta, tile, w[0], H, "gemm1"
-    )
-
-
 def launch_fp8_gate_up(
     spec: MoESpec, xq, sx, w, bias, act, meta: AlignMeta, tile: GemmTile, *, sq=None, interleaved=None
 ) -> None:
     """act[a] for every slot of meta. w = weight_operands(w13); bias fp32 (E, R) or None. With sq (R, G2)
-    the activation is quantized in the epilogue: act receives fp8 values, sq their scales (QUANT_OUT).
-    sx None: xq is x itself (dynamic scales), quantized in the K loop where row_quant allows it (the SW_SCALAR
-    descriptor loop only), else by quantize_rows here."""
+    the activation is quantized in the epilogue: act receives fp8 values, sq their scales (QUANT_OUT)."""
     codes, scales, bn = w
     I, H = act.shape[1], xq.shape[1]
     q = spec.quant
@@ -245,14 +180,12 @@ def launch_fp8_gate_up(
     paired = sq is not None and tile.BLOCK_N % q.act_group != 0  # fused_requant's pairs (2 BLOCK_N = group)
     grid = tile.grid(meta.num_blocks * triton.cdiv(I, tile.BLOCK_N * (2 if paired else 1)))
     b = bias if bias is not None else scales
-    il = spec.w13_layout == "interleaved" if interleaved is None else interleaved
-    w_desc, sw_scalar = _gate_up_weights(spec, w, tile, I, il)
-    rq = sx is None and sw_scalar and row_quant(spec, meta, tile, codes, H, "gemm1")
-    if sx is None and not rq:
-        xq, sx = quantize_rows(spec, xq)
-    if rq:
-        sx = scales  # not read: the kernel quantizes xq's rows itself
     so = sq if sq is not None else sx
+    il = spec.w13_layout == "interleaved" if interleaved is None else interleaved
+    w_desc = w13_desc(codes, tile.BLOCK_N, block_k, spec.gated, il) if tile.tma else None
+    sw_scalar = (
+        w_desc is not None and not il and scalar_weight_scales(spec, bn, tile.BLOCK_N, I if spec.gated else 0)
+    )
     pdl = cfgmod.pdl("fp8")
     K.fp8_gate_up_kernel[grid](
         xq, sx, codes, scales, w_desc, b, act, so,
@@ -269,7 +202,7 @@ def launch_fp8_gate_up(
         **fmt_constexprs(q.fp8_format), W_DESC=w_desc is not None, SW_SCALAR=sw_scalar,
         PERSISTENT=tile.persistent > 0, PAIRED=paired, HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
-        G2=q.act_group if sq is not None else 16, PDL=pdl, ROW_QUANT=rq,
+        G2=q.act_group if sq is not None else 16, PDL=pdl,
         num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl_options(pdl),
     )  # fmt: skip
 
@@ -277,17 +210,10 @@ def launch_fp8_gate_up(
 def launch_fp8_down(
     spec: MoESpec, aq, sa, w, bias, out, meta: AlignMeta, tile: GemmTile, *, route_weights=None
 ) -> None:
-    """out[a] = dequant(aq[a] @ w2_q[e].T) + b2[e] (times route_weights[a] in fp32 if given). sa None: aq is
-    the fp32 activation (dynamic scales), quantized in the K loop where row_quant allows it, else by
-    quantize_rows here."""
+    """out[a] = dequant(aq[a] @ w2_q[e].T) + b2[e] (times route_weights[a] in fp32 if given)."""
     codes, scales, bn = w
     H, I = out.shape[1], aq.shape[1]
     q = spec.quant
-    rq = sa is None and row_quant(spec, meta, tile, codes, I)
-    if sa is None and not rq:
-        aq, sa = quantize_rows(spec, aq)
-    if rq:
-        sa = scales  # not read: the kernel quantizes aq's rows itself
     grid = tile.grid(meta.num_blocks * triton.cdiv(H, tile.BLOCK_N))
     b = bias if bias is not None else scales
     rw = route_weights if route_weights is not None else meta.sorted_ids
@@ -301,13 +227,12 @@ def launch_fp8_down(
         meta.num_tokens * meta.top_k, H, I, meta.num_blocks, codes.shape[0], bn, group_width(spec, I),
         aq.stride(0), aq.stride(1), sa.stride(0), sa.stride(1),
         codes.stride(0), codes.stride(1), codes.stride(2), scales.stride(0), scales.stride(1), scales.stride(2),
-        b.stride(0), b.stride(1) if bias is not None else 0, out.stride(0), out.stride(1), float(q.amax_eps or 0.0),
+        b.stride(0), b.stride(1) if bias is not None else 0, out.stride(0), out.stride(1),
         HAS_BIAS=bias is not None, MUL_WEIGHT=route_weights is not None, BLOCKWISE=q.method == "fp8_block",
         FP8_MBITS=fc["FP8_MBITS"], FP8_EBITS=fc["FP8_EBITS"], FP8_BIAS=fc["FP8_BIAS"], FP8_NAN=fc["FP8_NAN"],
         W_DESC=w_desc is not None, SW_SCALAR=scalar_weight_scales(spec, bn, tile.BLOCK_N, 0),
         PERSISTENT=tile.persistent > 0, HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M, PDL=pdl,
-        ROW_QUANT=rq, **(quant_constexprs(spec) if rq else {}),
         num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl_options(pdl),
     )  # fmt: skip
 

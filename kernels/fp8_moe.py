@@ -29,7 +29,6 @@ from moe_cts.kernels.config import TileConfig
 from moe_cts.kernels.fp8_gemm import (
     FP8_METHODS,
     fused_requant,
-    gate_up_row_quant,
     launch_fp8_down,
     launch_fp8_gate_up,
     operand_dtype,
@@ -92,7 +91,7 @@ def _gemm1(
     """(aq, sa): GEMM1 + activation + the activation's quantization for GEMM2 (fused when possible;
     a2_scale: the static scale of GEMM2's input, or None)."""
     fmt = spec.quant.fp8_format
-    w = qw_w13 if isinstance(qw_w13, tuple) else weight_operands(qw_w13, device)
+    w = weight_operands(qw_w13, device)
     if fused_requant(spec, tile):
         aq = torch.empty((rows, I), dtype=operand_dtype(fmt), device=device)
         sa = torch.empty((rows, -(-I // spec.quant.act_group)), dtype=F32, device=device)
@@ -100,17 +99,8 @@ def _gemm1(
         return aq, sa
     act = torch.empty((rows, I), dtype=F32, device=device)
     launch_fp8_gate_up(spec, xq, sx, w, b13, act, meta, tile, interleaved=interleaved)
-    if _unquantized_ok(spec, meta, a2_scale):  # GEMM2's launcher quantizes it (fp8_gemm.row_quant)
-        return act, None
     # dynamic per tensor reads every row: never with a local mask or capacity (reference/quant.check_spec)
     return quantize_rows(spec, act, a2_scale)
-
-
-def _unquantized_ok(spec: MoESpec, meta: AlignMeta, static) -> bool:
-    """A GEMM's input may go to its launcher unquantized (sx / sa None): one-row tiles of the block scheme with
-    dynamic scales, where the GEMM quantizes it in its K loop (fp8_gemm.row_quant; the launcher falls back to
-    quantize_rows for a tile that cannot)."""
-    return meta.single_row and static is None and spec.quant.method == "fp8_block"
 
 
 def _shared(spec: MoESpec, qw: QuantizedMoEWeights, x, xq, sx, cfg: TileConfig) -> torch.Tensor:
@@ -175,13 +165,7 @@ def fused_moe_fp8(
     qw = qweights
     pdl = cfgmod.pdl("fp8")  # the chain's other kernels (quantize, GEMMs) read it in their launchers
     meta = align_or_slots(spec, routing.topk_ids, cfg.BLOCK_M, pdl=pdl)
-    w13 = weight_operands(qw.w13, x.device)
-    if _unquantized_ok(spec, meta, qw.a13_scale) and gate_up_row_quant(
-        spec, w13, meta, cfg.gate_up, I, H, spec.w13_layout == "interleaved"
-    ):  # one token: the GEMM1 launches quantize x's row in their K loops (the shared one, or its launcher)
-        xq, sx = x, None
-    else:
-        xq, sx = quantize_rows(spec, x, qw.a13_scale)
+    xq, sx = quantize_rows(spec, x, qw.a13_scale)
     work = None
     if spec.shared_width:
         scfg = fp8_config(spec, T, config, batch_invariant, shared=True)
@@ -189,7 +173,7 @@ def fused_moe_fp8(
     # the shared expert beside the routed experts in a captured graph (kernels/streams.py)
     shared, branch = beside(x.device, work)
     b13 = _bias(qw.base.b13, x.device)
-    aq, sa = _gemm1(spec, w13, b13, xq, sx, meta, cfg.gate_up, T * k, I, x.device, qw.a2_scale)
+    aq, sa = _gemm1(spec, qw.w13, b13, xq, sx, meta, cfg.gate_up, T * k, I, x.device, qw.a2_scale)
     ws = torch.empty((T * k, H), dtype=x.dtype, device=x.device)
     route_w = routing.topk_weights.reshape(T * k).to(F32)
     launch_fp8_down(spec, aq, sa, weight_operands(qw.w2, x.device), _bias(qw.base.b2, x.device), ws, meta,

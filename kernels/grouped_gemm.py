@@ -105,17 +105,14 @@ def launch_gate_up(
     swiglu_alpha: float = 1.702,
     swiglu_limit: float = 7.0,
     allow_tf32: bool = False,
-    pdl: bool | None = None,
 ) -> None:
-    """act[a] for every slot a of meta (x (T, H), w13 (E, R, H), act (T*k, I)); pad slots untouched. pdl: launch
-    with programmatic dependent launch (None: the table's chain setting, config.pdl)."""
+    """act[a] for every slot a of meta (x (T, H), w13 (E, R, H), act (T*k, I)); pad slots untouched."""
     I, H = act.shape[1], x.shape[1]
     num_m_blocks = meta.num_blocks
     grid = tile.grid(num_m_blocks * triton.cdiv(I, tile.BLOCK_N))
     bias = b13 if b13 is not None else w13
     w_desc = w13_desc(w13, tile.BLOCK_N, tile.BLOCK_K, gated, interleaved) if tile.tma else None
-    if pdl is None:
-        pdl = cfgmod.pdl(cfgmod.dtype_class(x.dtype))
+    pdl = cfgmod.pdl(cfgmod.dtype_class(x.dtype))
     K.gate_up_kernel[grid](
         # inputs
         x_ptr=x, w13_ptr=w13, w13_desc=w_desc, b13_ptr=bias,
@@ -360,7 +357,6 @@ def dense_meta(num_tokens: int, block_m: int, device: torch.device) -> AlignMeta
         expert_of_block=zeros[: P // block_m],
         num_padded=slots[P : P + 1],
         inverse=slots[:T],
-        single_row=T == 1,
     )
 
 

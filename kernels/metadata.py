@@ -12,8 +12,7 @@
     expert_ids         (T*k,) int32           topk_ids flattened, where no kernel marked dropped ids
                                               (align.slot_meta; optional)
 
-expert_counts is None where the tiles were laid out without counting (align.slot_meta). single_row marks
-tiles whose only live slot is their first (slot_meta; the shared expert's dense tiles at T = 1).
+expert_counts is None where the tiles were laid out without counting (align.slot_meta).
 
 P = padded_capacity(T*k, E, block_m) is a host-side upper bound known without reading the counts, so
 no host synchronization is needed: tiles past num_padded exit at once.
@@ -73,9 +72,6 @@ class AlignMeta:
     # slot_meta's tiles: the (T*k,) expert ids and E, so the combine drops ids outside [0, E) itself
     expert_ids: torch.Tensor | None = None
     num_experts: int = 0
-    #: every used tile holds one live slot, its first (align.slot_meta; dense_meta at T = 1): the fp8 GEMMs
-    #: may quantize that one input row inside their K loop (fp8_gemm.row_quant)
-    single_row: bool = False
 
     def __post_init__(self) -> None:
         P = self.sorted_ids.numel()

@@ -115,14 +115,11 @@ def fused_moe(
     shared, branch = beside(x.device, work)
     pdl = cfgmod.pdl(cfgmod.dtype_class(x.dtype))  # the GEMM launchers read it too
     meta = _align(spec, r.topk_ids, cfg.BLOCK_M, pdl)
-    # one token routed here: no align launch, so GEMM1 is the router's next kernel (config.router_pdl)
-    gu_pdl = pdl or (routing is None and meta.single_row and cfgmod.router_pdl())
     act = torch.empty((T * k, I), dtype=x.dtype, device=x.device)
     launch_gate_up(
         x, weights.w13, weights.b13, act, meta,
         gated=spec.gated, interleaved=spec.w13_layout == "interleaved", activation=spec.activation,
         tile=cfg.gate_up, swiglu_alpha=spec.swiglu_alpha, swiglu_limit=spec.swiglu_limit, allow_tf32=allow_tf32,
-        pdl=gu_pdl,
     )  # fmt: skip
     # Rows of dropped / non-local assignments are never written here, and never read by the combine.
     ws = torch.empty((T * k, H), dtype=x.dtype, device=x.device)

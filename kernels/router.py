@@ -51,6 +51,9 @@ SELECT_BLOCK_T = 4
 #: The select inside the logits launch (module docstring); off on the interpreter, where programs run one
 #: after another and a 64-row select tile costs a quarter of the operations.
 FUSED_SELECT = not INTERPRET
+#: Fewest programs a decode call of the logits GEMM may run before the traffic cap yields (logits_tile_for): with
+#: gpt-oss-120b's H = 2880 the cap left 16 programs of 3 dot steps each (H200, perf_probe.py router17).
+MIN_DECODE_PROGRAMS = 32
 #: Token rows of one logits tile: tl.dot's minimum M, so a decode call computes one tile row of 16.
 LOGITS_BLOCK_T = 16
 #: Largest E tile of the logits GEMM: E / BLOCK_E tiles times SPLIT_H splits make the decode programs.
@@ -116,6 +119,13 @@ def logits_tile_for(E: int, H: int, x_dtype: torch.dtype, w_dtype: torch.dtype) 
                       H * x bytes // (E * 4),          partial traffic <= x's own bytes (large T),
                       steps), >= 1
         H_CHUNK = cdiv(steps, split) * BLOCK_H;  SPLIT_H = cdiv(H, H_CHUNK)   (no empty split)
+        if E tiles * SPLIT_H < MIN_DECODE_PROGRAMS: H_CHUNK = BLOCK_H       (one dot step per split: the cap
+                                                                             yields where it starved decode)
+
+    The last rule is gpt-oss-120b's (E 128, H 2880): the cap gave 8 splits of 3 steps, 16 programs; one step per
+    split (23 splits, 46 programs, partial traffic about twice x's bytes) took the T = 1 forward with the router from
+    0.0768 to 0.0757 ms against 0.0695 with the ids given (H200, triton 3.6, 7 alternating rounds of graph
+    replays, perf_probe.py router17); at the other peer presets one step per split was no faster.
 
     Examples (bf16): DeepSeek-V3 E 256, H 7168 -> BLOCK_E 64, BLOCK_H 128, SPLIT_H 14 (56 programs at decode);
     Mixtral E 8, H 4096 -> BLOCK_E 16, SPLIT_H 32 (32 programs). num_warps: 128 threads (4 warps of 32, or 2
@@ -128,6 +138,8 @@ def logits_tile_for(E: int, H: int, x_dtype: torch.dtype, w_dtype: torch.dtype) 
     e_tiles = triton.cdiv(E, BLOCK_E)
     split = max(1, min(triton.cdiv(DECODE_PROGRAMS, e_tiles), (H * elt_x) // (E * 4), steps))
     h_chunk = triton.cdiv(steps, split) * BLOCK_H
+    if e_tiles * triton.cdiv(H, h_chunk) < MIN_DECODE_PROGRAMS:
+        h_chunk = BLOCK_H
     num_warps = max(1, 128 // _warp_size())
     return LogitsTile(LOGITS_BLOCK_T, BLOCK_E, BLOCK_H, h_chunk, triton.cdiv(H, h_chunk), num_warps, 2)
 
@@ -338,7 +350,7 @@ def _launch_logits(
         counter_ptr=counters, **sel, FUSE_SELECT=fuse,
         UPCAST=x.dtype != w.dtype,
         INPUT_PRECISION="tf32" if allow_tf32 else "ieee",
-        BLOCK_T=lt.BLOCK_T, BLOCK_E=lt.BLOCK_E, BLOCK_H=lt.BLOCK_H, PDL=_config.router_pdl(),
+        BLOCK_T=lt.BLOCK_T, BLOCK_E=lt.BLOCK_E, BLOCK_H=lt.BLOCK_H,
         num_warps=lt.num_warps, num_stages=lt.num_stages,
     )  # fmt: skip
     return part

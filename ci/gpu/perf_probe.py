@@ -46,8 +46,6 @@ dec16     after Nsight Compute (session 16): block fp8 decode GEMM2 tiles that f
 slot16    one token without the alignment launch (align.slot_meta) against align's launch: bf16 peer presets,
           block fp8 DeepSeek-V3, MXFP4 gpt-oss-120b at T = 1
 down16    block fp8 GEMM2 with 8 warps in the m > 32 row at T = 2048 / 4096
-s17       block fp8 at T = 1 without quantize launches (row_quant) against them, with tile candidates; the
-          router -> GEMM1 PDL edge at T = 1 on the five peer presets (with / without, beside the ids-given forward)
 router17  the router's logits split at T = 1 / 16 (one or two dot steps per split, 32-expert tiles) against the
           table's, with / without the router beside the ids-given forward, the five peer presets
 router    the fused select against the separate select launch (graph replays of route and of the forward
@@ -1194,47 +1192,6 @@ def part_down16(timer) -> None:
                          "fp8", rounds=5)  # fmt: skip
 
 
-def part_s17(timer) -> None:
-    """Session 17. (1) Block fp8 at one token without quantize launches (fp8_gemm.row_quant: GEMM1 and GEMM2
-    quantize their one live input row in the K loop) against MOE_CTS_ROW_QUANT=0 (x and the activation
-    quantized by quantize_rows launches, as before), beside wider GEMM1 / deeper GEMM2 tiles that the smaller
-    shared-memory footprint may now favour; DeepSeek-V3 with its shared expert, bf16 in the same rounds.
-    (2) The router -> GEMM1 edge under PDL (config.router_pdl) at T = 1 on the five peer presets: the forward
-    with our router under MOE_CTS_ROUTER_PDL=1 and =0 beside the ids-given forward, so each round gives the
-    router's overhead both ways. Alternating rounds of graph replays; bits compared within each kind."""
-    row0 = {"which": slice(0, 1)}
-    no_rq = {"_env": {"MOE_CTS_ROW_QUANT": "0"}}
-    variants = {
-        "fp8 table": ({}, None),
-        "fp8 no row quant": (no_rq, None),
-        "fp8 gemm1 only": ({"_env": {"MOE_CTS_ROW_QUANT": "gemm1"}}, None),
-        "fp8 gemm2 only": ({"_env": {"MOE_CTS_ROW_QUANT": "gemm2"}}, None),
-        "bf16": ({"_dc": "16bit"}, "bf16"),
-    }  # fmt: skip
-    if os.environ.get("S17_TILES", "0") == "1":  # the first call's tile candidates (docs/h200.md, Session 17)
-        variants |= {
-            "fp8 gate_up bn64 w4 s3": ({**row0, "_gemms": ("gate_up",), "BLOCK_N": 64, "num_warps": 4,
-                                        "num_stages": 3}, None),
-            "fp8 down s6": ({**row0, "_gemms": ("down",), "num_stages": 6}, None),
-            "fp8 both s6": ({**row0, "num_stages": 6}, None),
-        }  # fmt: skip
-    for T, fwd in _fp8_points((1,)):
-        _rounds_variants(timer, {"part": "s17", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
-                         "fp8", rounds=7)  # fmt: skip
-    torch.cuda.empty_cache()
-    if os.environ.get("S17_ROUTER", "1") == "0":
-        return
-    router = {
-        "ids": ({}, "ids"),
-        "bf16 router": ({"_env": {"MOE_CTS_ROUTER_PDL": "0"}}, "router"),
-        "bf16 router pdl": ({"_env": {"MOE_CTS_ROUTER_PDL": "1"}}, "router"),
-    }
-    for name, T, fwd_ids, fwd_router in _bf16_points(PEER_PRESETS, (1,)):
-        fwd = lambda cfg, a=fwd_ids, b=fwd_router: a(None) if cfg == "ids" else b(None)
-        _rounds_variants(timer, {"part": "s17", "kind": "bf16 router", "preset": name, "T": T}, fwd, router,
-                         "16bit", rounds=7)  # fmt: skip
-
-
 def _router_tile(block_e=None, steps=None):
     """router.logits_tile_for with BLOCK_E and / or the dot steps per H split forced (BLOCK_H from the tile-bytes
     rule, as the table's): a T-independent tile like the table's, so still batch invariant."""
@@ -1329,7 +1286,7 @@ def main() -> int:
              "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11,
              "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
              "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15,
-             "pdl13": part_pdl13, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16, "s17": part_s17, "router17": part_router17}  # fmt: skip
+             "pdl13": part_pdl13, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16, "router17": part_router17}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1371,7 +1328,6 @@ def main() -> int:
             "dec16",
             "slot16",
             "down16",
-            "s17",
             "router17",
         ):
             cfg = r.get("cfg")

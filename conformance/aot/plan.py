@@ -269,19 +269,16 @@ def _quant_scenarios(tier: str, tnames: tuple[str, ...]) -> list[Scenario]:
         )
     )
     for fmt in FP8_MOE_FLAVOURS:  # the fp8 w8a8 kernels in their own fp8 operands
-        # TABLE_TOKENS: the kernels as most tiles run them; T = 1: the one-row tiles, which quantize their input
-        # in the K loop (fp8_gemm.row_quant: other kernels, no quantize_rows launch)
-        for T in (TABLE_TOKENS, 1):
-            out.append(
-                Scenario(
-                    origin=f"fp8-moe:{fmt}" + ("@T=1" if T == 1 else ""),
-                    preset=FP8_MOE_PRESET,
-                    num_tokens=T,
-                    dtype="bfloat16",
-                    targets=tnames,
-                    quant=f"fp8_block:{fmt}",
-                )
+        out.append(
+            Scenario(
+                origin=f"fp8-moe:{fmt}",
+                preset=FP8_MOE_PRESET,
+                num_tokens=TABLE_TOKENS,
+                dtype="bfloat16",
+                targets=tnames,
+                quant=f"fp8_block:{fmt}",
             )
+        )
     return out
 
 

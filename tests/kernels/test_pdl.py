@@ -107,35 +107,3 @@ def test_block_fp8_with_pdl_gives_the_serial_bits_and_passes(monkeypatch) -> Non
     assert len(got["1"]) == len(got["0"]) >= 1
     for i, (a, b) in enumerate(zip(got["1"], got["0"])):
         assert torch.equal(a, b), f"launch {i}: PDL launches changed the fp8 bits"
-
-
-def test_the_router_edge_follows_the_table_and_the_switch(monkeypatch) -> None:
-    """config.router_pdl: CUDA only, the table's "router_pdl" unless MOE_CTS_ROUTER_PDL says 1 / 0."""
-    monkeypatch.delenv(cfgmod.ROUTER_PDL_ENV, raising=False)
-    with active_target(GPUTarget("hip", "gfx942", 64)):
-        monkeypatch.setenv(cfgmod.ROUTER_PDL_ENV, "1")
-        assert cfgmod.router_pdl() is False  # no grid dependency control on ROCm
-    if cfgmod.backend() == "interpreter":
-        assert cfgmod.router_pdl() is False
-    else:
-        monkeypatch.setenv(cfgmod.ROUTER_PDL_ENV, "0")
-        assert cfgmod.router_pdl() is False
-
-
-@pytest.mark.parametrize("shared", [False, True], ids=["routed", "shared expert"])
-def test_the_router_edge_gives_the_serial_bits(shared, monkeypatch) -> None:
-    """One token routed by our router, GEMM1 launched with PDL right after it (MOE_CTS_ROUTER_PDL=1): the same
-    bits as serial launches, eager and as a graph replay."""
-    if fp8_gemm.interpreting() or not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("a CUDA device of sm90 or later")
-    spec = MoESpec(hidden_size=256, intermediate_size=128, num_experts=8, top_k=2, renormalize=True,
-                   **(dict(n_shared_experts=1, shared_intermediate_size=128) if shared else {}))  # fmt: skip
-    inp = make_inputs(spec, BF16, 1, seed=6)
-    fwd = lambda: moe_cts.kernels.fused_moe(spec, inp.weights, inp.x)
-    got = {}
-    for on in ("1", "0"):
-        monkeypatch.setenv(cfgmod.ROUTER_PDL_ENV, on)
-        got[on] = (fwd().clone(), _graph(fwd))
-    assert got["1"][0].abs().max() > 0.01
-    for a, b in zip(got["1"], got["0"]):
-        assert torch.equal(a, b), "the router edge under PDL changed the bits"

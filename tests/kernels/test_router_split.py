@@ -19,7 +19,7 @@ from test_router import DEVICE, _bounds, assert_routing_matches
 import moe_cts.reference.numpy_oracle as ref
 from moe_cts.kernels import config as kconfig
 from moe_cts.kernels import router as router_mod
-from moe_cts.kernels.router import LogitsTile, logits_tile_for, route
+from moe_cts.kernels.router import MIN_DECODE_PROGRAMS, LogitsTile, logits_tile_for, route
 from moe_cts.reference import presets
 from moe_cts.reference.spec import MoESpec, MoEWeights, SpecError
 
@@ -123,8 +123,18 @@ def test_the_heuristic_fits_lds_threads_and_has_no_empty_split(monkeypatch, back
         assert lt.num_stages * stage <= 48 * 1024, f"{xd}/{wd}: {lt} needs {lt.num_stages * stage} B of LDS"
         assert lt.num_warps * warp == 128
         assert (lt.SPLIT_H - 1) * lt.H_CHUNK < H, f"{lt}: the last split is empty"
-        if lt.SPLIT_H > 1:  # the cap on partial-logit traffic: at most x's own bytes per token
-            assert H * xd.itemsize >= lt.SPLIT_H * E * 4
+        if lt.SPLIT_H > 1 and lt.H_CHUNK > lt.BLOCK_H:  # the cap on partial-logit traffic: at most x's own
+            assert H * xd.itemsize >= lt.SPLIT_H * E * 4  # bytes per token (it yields to one step per split)
+        programs = -(-E // lt.BLOCK_E) * lt.SPLIT_H
+        assert programs >= min(MIN_DECODE_PROGRAMS, -(-E // lt.BLOCK_E) * -(-H // lt.BLOCK_H)), lt
+
+
+def test_gpt_oss_decode_takes_one_dot_step_per_split():
+    """The traffic cap left gpt-oss-120b (E 128, H 2880) 16 decode programs of 3 steps; it yields below
+    MIN_DECODE_PROGRAMS: 23 splits of one step, 46 programs, partials about twice x's bytes."""
+    lt = logits_tile_for(128, 2880, torch.bfloat16, torch.bfloat16)
+    assert (lt.BLOCK_E, lt.BLOCK_H, lt.H_CHUNK, lt.SPLIT_H) == (64, 128, 128, 23)
+    assert 2 * lt.SPLIT_H >= MIN_DECODE_PROGRAMS and lt.SPLIT_H * 128 * 4 <= 3 * 2880 * 2
 
 
 def test_deepseek_v3_decode_runs_many_logits_programs():
