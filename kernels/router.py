@@ -22,7 +22,8 @@ function of (E, H, dtypes, backend) only (`logits_tile_for`), and the partials a
 a token's logits are the same bits whether it is routed alone or inside 4096 tokens. A second path for large T
 would need bitwise-equal logits from another tl.dot shape, which nothing guarantees. The price at large T is
 the partial-logits traffic, SPLIT_H * T * E * 4 bytes written and read once: `logits_tile_for` caps SPLIT_H so
-that it stays at most the bytes of x itself (T * H * element size).
+that it stays at most the bytes of x itself (T * H * element size), unless that cap would leave a decode call
+fewer than MIN_DECODE_PROGRAMS programs (gpt-oss-120b: about twice x's bytes then).
 """
 
 from __future__ import annotations

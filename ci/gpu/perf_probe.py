@@ -1286,7 +1286,8 @@ def main() -> int:
              "stages8": part_stages8, "tma11": part_tma11, "fp8s11": part_fp8s11,
              "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
              "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15,
-             "pdl13": part_pdl13, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16, "router17": part_router17}  # fmt: skip
+             "pdl13": part_pdl13, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16,
+             "router17": part_router17}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
