@@ -123,8 +123,10 @@ def test_the_heuristic_fits_lds_threads_and_has_no_empty_split(monkeypatch, back
         assert lt.num_stages * stage <= 48 * 1024, f"{xd}/{wd}: {lt} needs {lt.num_stages * stage} B of LDS"
         assert lt.num_warps * warp == 128
         assert (lt.SPLIT_H - 1) * lt.H_CHUNK < H, f"{lt}: the last split is empty"
-        if lt.SPLIT_H > 1 and lt.H_CHUNK > lt.BLOCK_H:  # the cap on partial-logit traffic: at most x's own
-            assert H * xd.itemsize >= lt.SPLIT_H * E * 4  # bytes per token (it yields to one step per split)
+        # the cap on partial-logit traffic: at most x's own bytes per token; only gpt-oss-120b's H leaves the
+        # capped split under MIN_DECODE_PROGRAMS, where it yields (test_gpt_oss_decode_takes_one_dot_step_per_split)
+        if lt.SPLIT_H > 1 and name != "gpt-oss-120b":
+            assert H * xd.itemsize >= lt.SPLIT_H * E * 4, f"{xd}: {lt} breaks the traffic cap"
         programs = -(-E // lt.BLOCK_E) * lt.SPLIT_H
         assert programs >= min(MIN_DECODE_PROGRAMS, -(-E // lt.BLOCK_E) * -(-H // lt.BLOCK_H)), lt
 
