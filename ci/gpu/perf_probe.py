@@ -1193,8 +1193,9 @@ def part_down16(timer) -> None:
 
 
 def _router_tile(block_e=None, steps=None):
-    """router.logits_tile_for with BLOCK_E and / or the dot steps per H split forced (BLOCK_H from the tile-bytes
-    rule, as the table's): a T-independent tile like the table's, so still batch invariant."""
+    """router.logits_tile_for with BLOCK_E and / or the dot steps per H split forced (BLOCK_H from its tile-bytes
+    rule for 2-byte operands: part router17 routes bf16 only): a T-independent tile like the table's, so still
+    batch invariant."""
     import triton
 
     from moe_cts.kernels import router as rmod
