@@ -48,6 +48,8 @@ slot16    one token without the alignment launch (align.slot_meta) against align
 down16    block fp8 GEMM2 with 8 warps in the m > 32 row at T = 2048 / 4096
 router17  the router's logits split at T = 1 / 16 (one or two dot steps per split, 32-expert tiles) against the
           table's, with / without the router beside the ids-given forward, the five peer presets
+drop18    upper bounds of launch fusion at T = 1 / 16: the forward with the combine (block fp8: and the quantize
+          launches) replaced by no-ops, bf16 peer presets, block fp8 DeepSeek-V3, MXFP4 gpt-oss-120b
 router    the fused select against the separate select launch (graph replays of route and of the forward
           with the router, against the ids-given forward; routing outputs compared)
 
@@ -1233,6 +1235,64 @@ def part_router17(timer) -> None:
                          "16bit", rounds=7)  # fmt: skip
 
 
+def _memo_launch(fn):
+    """fn (quantize_rows) run once per (spec, input shape, dtype) and its outputs returned after that: a variant
+    captured under it has no quantize launch (the GEMMs read the first call's codes: timing only)."""
+    memo = {}
+
+    def once(spec, t, *a, **kw):
+        key = (id(spec), tuple(t.shape), t.dtype)
+        if key not in memo:
+            memo[key] = fn(spec, t, *a, **kw)
+        return memo[key]
+
+    return once
+
+
+def _drop_variants(kind: str) -> dict:
+    """Upper bounds of launch fusion (session 18): the forward with the combine and / or the fp8 quantize launches
+    replaced by no-ops (their outputs wrong, their time gone)."""
+    from moe_cts.kernels import fp8_moe, moe, mxfp4_moe
+
+    skip = lambda *a, **k: None
+    no_combine = [
+        (moe, "launch_combine", skip),
+        (fp8_moe, "launch_combine", skip),
+        (mxfp4_moe, "launch_combine", skip),
+    ]
+    if kind != "fp8":
+        return {f"{kind} table": ({}, None), f"{kind} no combine": ({"_patch": no_combine}, None)}
+    return {
+        "fp8 table": ({}, None),
+        "fp8 no combine": ({"_patch": no_combine}, None),
+        "fp8 no quantize": ({"_patch": [(fp8_moe, "quantize_rows", _memo_launch(fp8_moe.quantize_rows))]}, None),
+        "fp8 no combine, no quantize": (
+            {"_patch": [*no_combine, (fp8_moe, "quantize_rows", _memo_launch(fp8_moe.quantize_rows))]}, None),
+        "bf16 table": ({"_dc": "16bit"}, "bf16"),
+        "bf16 no combine": ({"_dc": "16bit", "_patch": no_combine}, "bf16"),
+    }  # fmt: skip
+
+
+def part_drop18(timer) -> None:
+    """Session 18: what the decode chain's small launches cost, as upper bounds: the forward with the combine (and
+    for block fp8 the quantize_rows launches) replaced by no-ops, alternating rounds of graph replays, ids given.
+    bf16: the five peer presets at T = 1 / 16; block fp8 at DeepSeek-V3 width with its shared expert (bf16 in the
+    same rounds) at T = 1 / 16; MXFP4 gpt-oss-120b at T = 1 / 16. Outputs of the no-op variants are wrong."""
+    for name, T, fwd, _ in _bf16_points(PEER_PRESETS, (1, 16)):
+        _rounds_variants(timer, {"part": "drop18", "kind": "bf16", "preset": name, "T": T}, fwd,
+                         _drop_variants("bf16"), "16bit", rounds=5)  # fmt: skip
+    for T, fwd in _fp8_points((1, 16)):
+        _rounds_variants(timer, {"part": "drop18", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd,
+                         _drop_variants("fp8"), "fp8", rounds=5)  # fmt: skip
+    spec, qspec, gen, _, qw = _quant_preset("gpt-oss-120b", QuantScheme.mxfp4())
+    for T in (1, 16):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+        fwd = lambda cfg, x=x, r=r: fused_moe(qspec, qw, x, routing=r, config=cfg)
+        _rounds_variants(timer, {"part": "drop18", "kind": "mxfp4", "preset": "gpt-oss-120b", "T": T}, fwd,
+                         _drop_variants("mxfp4"), "16bit", rounds=5)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1288,7 +1348,7 @@ def main() -> int:
              "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
              "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15,
              "pdl13": part_pdl13, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16,
-             "router17": part_router17}  # fmt: skip
+             "router17": part_router17, "drop18": part_drop18}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1331,6 +1391,7 @@ def main() -> int:
             "slot16",
             "down16",
             "router17",
+            "drop18",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
