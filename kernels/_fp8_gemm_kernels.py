@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from moe_cts.kernels._common import INTERPRET, pdl_enter, trans_tile
-from moe_cts.kernels._fp8_quant_kernels import _act_scale, _decode_fp8, _round_fp8, _store_round
+from moe_cts.kernels._fp8_quant_kernels import _act_scale, _decode_fp8, _quantize_values, _store_round
 from moe_cts.kernels._grouped_gemm_kernels import (
     _activate,
     _gate_up_bias,
@@ -256,7 +256,8 @@ def fp8_gate_up_kernel(
     GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCKWISE: tl.constexpr, QUANT_OUT: tl.constexpr, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, W_DESC: tl.constexpr,
+    FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, FP8_HW_ROUND: tl.constexpr,
+    W_DESC: tl.constexpr,
     SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr, PAIRED: tl.constexpr, HALF_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, G2: tl.constexpr,
     PDL: tl.constexpr,
@@ -279,7 +280,7 @@ def fp8_gate_up_kernel(
                 stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e,
                 stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
                 amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, QUANT_OUT, HAS_EPS, SCALE_FMT,
-                FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, True, PAIRED,
+                FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, FP8_HW_ROUND, W_DESC, SW_SCALAR, True, PAIRED,
                 BLOCK_M, BLOCK_N, BLOCK_K, G2,
             )  # fmt: skip
     else:
@@ -299,7 +300,7 @@ def fp8_gate_up_kernel(
                 stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e,
                 stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
                 amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, QUANT_OUT, HAS_EPS, SCALE_FMT,
-                FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, False, PAIRED,
+                FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, FP8_HW_ROUND, W_DESC, SW_SCALAR, False, PAIRED,
                 BLOCK_M // 2, BLOCK_N, BLOCK_K, G2,
             )  # fmt: skip
         else:
@@ -309,7 +310,7 @@ def fp8_gate_up_kernel(
                 stride_sa_g, stride_w_e, stride_w_r, stride_w_h, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e,
                 stride_b_r, stride_act_a, stride_act_i, stride_sq_a, stride_sq_g, swiglu_alpha, swiglu_limit,
                 amax_eps, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, BLOCKWISE, QUANT_OUT, HAS_EPS, SCALE_FMT,
-                FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, W_DESC, SW_SCALAR, False, PAIRED,
+                FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN, FP8_EMIN, FP8_MAX, FP8_EMAX, FP8_HW_ROUND, W_DESC, SW_SCALAR, False, PAIRED,
                 BLOCK_M, BLOCK_N, BLOCK_K, G2,
             )  # fmt: skip
 
@@ -361,7 +362,8 @@ def _fp8_gate_up_tile(
     GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     BLOCKWISE: tl.constexpr, QUANT_OUT: tl.constexpr, HAS_EPS: tl.constexpr, SCALE_FMT: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, W_DESC: tl.constexpr,
+    FP8_EMIN: tl.constexpr, FP8_MAX: tl.constexpr, FP8_EMAX: tl.constexpr, FP8_HW_ROUND: tl.constexpr,
+    W_DESC: tl.constexpr,
     SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr, PAIRED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, G2: tl.constexpr,
 ):  # fmt: skip
@@ -403,8 +405,8 @@ def _fp8_gate_up_tile(
         NG: tl.constexpr = TILE_N // G2
         act3 = tl.reshape(act, (BLOCK_M, NG, G2))
         s = _act_scale(tl.max(tl.abs(act3), axis=2), amax_eps, HAS_EPS, SCALE_FMT, FP8_MAX, FP8_EMAX)
-        q3 = _round_fp8(
-            tl.math.div_rn(act3, s[:, :, None] + tl.zeros_like(act3)), FP8_MBITS, FP8_EMIN, FP8_MAX
+        q3 = _quantize_values(
+            act3, s[:, :, None] + tl.zeros_like(act3), FP8_MBITS, FP8_EMIN, FP8_MAX, FP8_HW_ROUND
         )
         q = tl.reshape(q3, (BLOCK_M, TILE_N))
         tl.store(out_ptrs, q.to(act_ptr.dtype.element_ty), mask=out_mask)

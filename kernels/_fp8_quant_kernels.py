@@ -6,13 +6,21 @@ Everything is fp32 arithmetic the Triton interpreter computes right (its fp32 ->
     _round_fp8(v)   e = max(floor(log2 |v|), EMIN)        from the fp32 exponent bits (exact)
                    q = 2^(e - MBITS)                     the format's quantum at |v| (a power of two)
                    r = ((|v| / q + 2^23) - 2^23) * q     RTNE of |v| / q < 2^(MBITS+1): the 2^23 trick
-                   r = min(r, FMAX), sign of v           saturate (the OCP "satfinite" conversion)
+                   r = min(r, FMAX), sign of v           saturate (the OCP "satfinite" conversion); the sign
+                                                         bit of v, so -tiny is -0 (not in e4m3fnuz: no -0)
     _act_scale(amax)  fp32: amax / FMAX (div_rn);  ue8m0: 2^e by the scheme's rounding, e exact from bits
     _decode_fp8(c)  uint8 code -> fp32 value from the bit fields (the interpreter's fp8 loads turn NaN
                    codes into finite values, so it reads codes as uint8)
 
 On the GPU the rounded value is representable, so its cast to fp8 is exact; under the interpreter the
 kernels keep the fp32 value (products of fp8 values are exact in fp32).
+
+FP8_HW_ROUND (fp8_gemm.round_constexprs: CUDA sm89+, e4m3fn / e5m2 codes): the store's own cast is
+`cvt.rn.satfinite.{e4m3,e5m2}x2.f32`, round to nearest even with saturation at the format's largest finite
+value, NaN kept: _round_fp8's result, so _quantize_values skips it and the cast does the rounding (two
+elements per instruction instead of ~20 integer / float ops per element; same codes, checked on the GPU by
+tests/kernels/test_fp8_hw_round.py). ROCm (e4m3fnuz, gfx950's conversions) and the interpreter keep the
+arithmetic.
 
     quantize_rows_kernel   grid (R / ROWS, G)   x (R, K) -> q (R, K) fp8 (GPU) | fp32 (interpreter), s (R, G)
                            fp32; group g covers columns [g GW, min((g+1) GW, K)); STATIC reads one scale
@@ -58,7 +66,13 @@ def _round_fp8(v, MBITS: tl.constexpr, EMIN: tl.constexpr, FMAX: tl.constexpr):
     r = ((y + 8388608.0) - 8388608.0) * _pow2(e - MBITS)
     r = tl.minimum(r, FMAX)
     r = tl.where(a >= FMAX, FMAX, r)
-    r = tl.where(v < 0, -r, r)
+    if FMAX == 240.0:  # e4m3fnuz has no -0 (its code 0x80 is NaN): a negative value rounding to 0 is +0
+        r = tl.where(v < 0, 0.0 - r, r)  # 0 - (+0) = +0 (the interpreter's numpy `-r` would give -0)
+    else:  # the sign bit of v, as the oracle's copysign and the CUDA cast: -tiny rounds to -0 (code 0x80),
+        # where `-r` on r = +0 gave +0 (found by tests/kernels/test_fp8_hw_round.py on the H200)
+        r = (r.to(tl.int32, bitcast=True) | (v.to(tl.int32, bitcast=True) & -2147483648)).to(
+            tl.float32, bitcast=True
+        )
     return tl.where(v != v, v, r)
 
 
@@ -148,6 +162,7 @@ def quantize_rows_kernel(
     FP8_EMIN: tl.constexpr,
     FP8_MAX: tl.constexpr,
     FP8_EMAX: tl.constexpr,
+    FP8_HW_ROUND: tl.constexpr,  # the store's cast rounds (module docstring)
     ROWS: tl.constexpr,  # rows per program
     BLOCK: tl.constexpr,  # columns per step; ONE_PASS: the whole group (GW <= BLOCK)
     ONE_PASS: tl.constexpr,
@@ -176,7 +191,7 @@ def quantize_rows_kernel(
         v, ok = _load_tile(x_rows, stride_x_k, k0 + offs, k1, row_ok)
         if not STATIC:
             s = _act_scale(tl.max(tl.abs(v), axis=1), amax_eps, HAS_EPS, SCALE_FMT, FP8_MAX, FP8_EMAX)
-        _quantize_store(v, s, q_rows, stride_q_k, k0 + offs, ok, FP8_MBITS, FP8_EMIN, FP8_MAX)
+        _quantize_store(v, s, q_rows, stride_q_k, k0 + offs, ok, FP8_MBITS, FP8_EMIN, FP8_MAX, FP8_HW_ROUND)
     else:
         if not STATIC:
             amax = tl.zeros((ROWS, BLOCK), dtype=tl.float32)
@@ -186,7 +201,9 @@ def quantize_rows_kernel(
             s = _act_scale(tl.max(amax, axis=1), amax_eps, HAS_EPS, SCALE_FMT, FP8_MAX, FP8_EMAX)
         for k in range(k0, k1, BLOCK):
             v, ok = _load_tile(x_rows, stride_x_k, k + offs, k1, row_ok)
-            _quantize_store(v, s, q_rows, stride_q_k, k + offs, ok, FP8_MBITS, FP8_EMIN, FP8_MAX)
+            _quantize_store(
+                v, s, q_rows, stride_q_k, k + offs, ok, FP8_MBITS, FP8_EMIN, FP8_MAX, FP8_HW_ROUND
+            )
     tl.store(s_ptr + rows * stride_s_r + g * stride_s_g, s, mask=row_ok)
 
 
@@ -198,9 +215,22 @@ def _load_tile(x_rows, stride_x_k, kk, k1, row_ok):
 
 
 @triton.jit
-def _quantize_store(
-    v, s, q_rows, stride_q_k, kk, ok, MBITS: tl.constexpr, EMIN: tl.constexpr, FMAX: tl.constexpr
+def _quantize_values(
+    v, s, MBITS: tl.constexpr, EMIN: tl.constexpr, FMAX: tl.constexpr, HW_ROUND: tl.constexpr
 ):
-    """q[row, kk] = _round_fp8(v / s[row]) (correctly rounded division), stored where ok."""
-    q = _round_fp8(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v)), MBITS, EMIN, FMAX)
+    """v / s (correctly rounded fp32 division, s broadcast to v's shape by the caller) on the fp8 grid: by
+    _round_fp8, or (HW_ROUND) left to the store's cast, which rounds the same way (module docstring)."""
+    q = tl.math.div_rn(v, s)
+    if not HW_ROUND:
+        q = _round_fp8(q, MBITS, EMIN, FMAX)
+    return q
+
+
+@triton.jit
+def _quantize_store(
+    v, s, q_rows, stride_q_k, kk, ok, MBITS: tl.constexpr, EMIN: tl.constexpr, FMAX: tl.constexpr,
+    HW_ROUND: tl.constexpr,
+):  # fmt: skip
+    """q[row, kk] = round_fp8(v / s[row]) (correctly rounded division), stored where ok."""
+    q = _quantize_values(v, s[:, None] + tl.zeros_like(v), MBITS, EMIN, FMAX, HW_ROUND)
     tl.store(q_rows + kk[None, :] * stride_q_k, q.to(q_rows.dtype.element_ty), mask=ok)

@@ -69,6 +69,27 @@ def fmt_constexprs(fmt: str) -> dict[str, int | float]:
     }  # fmt: skip
 
 
+#: fp8 formats whose CUDA cast from fp32 on sm89+ (`cvt.rn.satfinite.{e4m3,e5m2}x2.f32`) rounds as
+#: _fp8_quant_kernels._round_fp8 does: to nearest even, saturating at the largest finite value, NaN kept
+HW_ROUND_FORMATS = ("e4m3fn", "e5m2")
+#: "0": the arithmetic rounding on every target (the A/B of tests/kernels/test_fp8_hw_round.py and the probes)
+HW_ROUND_ENV = "MOE_CTS_FP8_HW_ROUND"
+
+
+def hw_round(fmt: str) -> bool:
+    """The quantizing kernels leave the rounding to the store's cast (FP8_HW_ROUND): CUDA sm89+ and a format of
+    HW_ROUND_FORMATS. The target is the driver's (the compile target during AOT capture). Not on ROCm: its
+    conversions are not the ones measured here; not under the interpreter: its fp8 casts are wrong."""
+    if os.environ.get(HW_ROUND_ENV) == "0" or cfgmod.backend() != "cuda" or fmt not in HW_ROUND_FORMATS:
+        return False
+    arch = triton.runtime.driver.active.get_current_target().arch
+    return isinstance(arch, int) and arch >= 89
+
+
+def round_constexprs(fmt: str) -> dict[str, bool]:
+    return {"FP8_HW_ROUND": hw_round(fmt)}
+
+
 def scale_constexprs(spec: MoESpec) -> dict:
     q = spec.quant
     return {"SCALE_FMT": SCALE_CODES[(q.scale_format, q.scale_rounding)], "HAS_EPS": q.amax_eps is not None}
@@ -119,6 +140,7 @@ def quantize_rows(
         stride_q_k=xq.stride(1), stride_s_r=s.stride(0), stride_s_g=s.stride(1),
         amax_eps=float(q.amax_eps or 0.0), STATIC=scale_in is not None, **scale_constexprs(spec),
         **{k: v for k, v in fmt_constexprs(q.fp8_format).items() if k in ("FP8_MBITS", "FP8_EMIN", "FP8_MAX", "FP8_EMAX")},
+        **round_constexprs(q.fp8_format),
         ROWS=rows, BLOCK=block, ONE_PASS=one_pass, PDL=pdl, **pdl_options(pdl),
     )  # fmt: skip
     return xq, s
@@ -199,7 +221,8 @@ def launch_fp8_gate_up(
         GATED=spec.gated, INTERLEAVED=il,
         HAS_BIAS=bias is not None, ACTIVATION=ACTIVATIONS[spec.activation],
         BLOCKWISE=q.method == "fp8_block", QUANT_OUT=sq is not None, **scale_constexprs(spec),
-        **fmt_constexprs(q.fp8_format), W_DESC=w_desc is not None, SW_SCALAR=sw_scalar,
+        **fmt_constexprs(q.fp8_format), **round_constexprs(q.fp8_format), W_DESC=w_desc is not None,
+        SW_SCALAR=sw_scalar,
         PERSISTENT=tile.persistent > 0, PAIRED=paired, HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
         G2=q.act_group if sq is not None else 16, PDL=pdl,

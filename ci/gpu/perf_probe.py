@@ -50,6 +50,8 @@ router17  the router's logits split at T = 1 / 16 (one or two dot steps per spli
           table's, with / without the router beside the ids-given forward, the five peer presets
 drop18    upper bounds of launch fusion at T = 1 / 16: the forward with the combine (block fp8: and the quantize
           launches) replaced by no-ops, bf16 peer presets, block fp8 DeepSeek-V3, MXFP4 gpt-oss-120b
+hw18      the fp8 rounding left to the store's cast (CUDA sm89+) against the arithmetic rounding, block fp8
+          DeepSeek-V3 with its shared expert at T = 1 .. 4096 (bf16 in the same rounds)
 router    the fused select against the separate select launch (graph replays of route and of the forward
           with the router, against the ids-given forward; routing outputs compared)
 
@@ -1293,6 +1295,41 @@ def part_drop18(timer) -> None:
                          _drop_variants("mxfp4"), "16bit", rounds=5)  # fmt: skip
 
 
+def part_hw18(timer) -> None:
+    """Session 18: the fp8 rounding left to the store's cast (fp8_gemm.hw_round, CUDA sm89+) against the
+    arithmetic rounding (MOE_CTS_FP8_HW_ROUND=0): block fp8 at DeepSeek-V3 width with its shared expert, ids
+    given, T = 1 .. 4096, alternating rounds of graph replays, bits compared; bf16 in the same rounds (the fp8 /
+    bf16 ratio); the quantize kernels' CUPTI records at T = 4096 both ways."""
+    from moe_cts.kernels import fp8_gemm
+
+    off = {fp8_gemm.HW_ROUND_ENV: "0"}
+    variants = {
+        "fp8 cast rounds": ({}, None),
+        "fp8 arithmetic": ({"_env": off}, None),
+        "bf16": ({"_dc": "16bit"}, "bf16"),
+    }
+    for T, fwd in _fp8_points((1, 16, 128, 512, 2048, 4096)):
+        _rounds_variants(timer, {"part": "hw18", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
+                         "fp8", rounds=7 if T >= 2048 else 5)  # fmt: skip
+        if T == 4096:
+            for label, env in (("cast rounds", {}), ("arithmetic", off)):
+                saved = {k: os.environ.get(k) for k in off}
+                os.environ.update(env)
+                try:
+                    k = {
+                        n: v
+                        for n, v in kernel_us(lambda f=fwd: f(None), iters=5).items()
+                        if "quantize" in n or "gate_up" in n
+                    }
+                finally:
+                    for n, v in saved.items():
+                        if v is None:
+                            os.environ.pop(n, None)
+                        else:
+                            os.environ[n] = v
+                emit({"part": "hw18-kernels", "kind": label, "preset": "deepseek-v3", "T": T, "kernels": k})
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1348,7 +1385,7 @@ def main() -> int:
              "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
              "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15,
              "pdl13": part_pdl13, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16,
-             "router17": part_router17, "drop18": part_drop18}  # fmt: skip
+             "router17": part_router17, "drop18": part_drop18, "hw18": part_hw18}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1368,7 +1405,7 @@ def main() -> int:
                   f"w {r['w_max_rel']:.1e}")  # fmt: skip
         elif r.get("part") == "decode" and "ms" in r:
             print(f"decode {r['preset']} {r['what']} {r['ms'] * 1000:.1f} us")
-        elif r.get("part") in ("profile", "decode"):
+        elif r.get("part") in ("profile", "decode", "hw18-kernels"):
             top = ", ".join(f"{k[:28]} {v:.1f}" for k, v in list(r.get("kernels", {}).items())[:6])
             extra = {k: round(v, 4) for k, v in r.items() if k.endswith("_ms")}
             print(f"profile {r.get('what')} {r.get('preset')} T={r.get('T')} {extra} | {top}")
@@ -1392,6 +1429,7 @@ def main() -> int:
             "down16",
             "router17",
             "drop18",
+            "hw18",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

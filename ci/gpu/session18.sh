@@ -4,6 +4,9 @@
 #       m > 32 tiles, bf16, the ten T >= 2048 points of the peer presets (WS_POINTS overrides)
 #   d   perf_probe.py --parts drop18 (PROBE_PARTS overrides): upper bounds of launch fusion at decode sizes (the
 #       combine / the fp8 quantize launches replaced by no-ops)
+#   h   GPU pytest of the fp8 rounding left to the store's cast (test_fp8_hw_round.py, test_fp8_moe.py), then
+#       perf_probe.py --parts hw18: the cast rounding against the arithmetic, block fp8 DeepSeek-V3, T = 1 .. 4096
+#   g   the last call: those tests again, quant_bench (fp8), certify quick
 set -u
 MODE=${1:-w}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -17,5 +20,17 @@ w)
   ;;
 d)
   probe "$OUT" "${PROBE_PARTS:-drop18}" "$(slot_left 585)"
+  ;;
+h)
+  gpu_pytest "$OUT" 200 tests/kernels/test_fp8_hw_round.py tests/kernels/test_fp8_moe.py
+  probe "$OUT" "${PROBE_PARTS:-hw18}" "$(slot_left 585)"
+  ;;
+g)
+  # the last call: the fp8 tests after the -0 fix, quant_bench (fp8 only: the 16-bit and MXFP4 kernels did not
+  # change this session), certify quick
+  gpu_pytest "$OUT" 150 tests/kernels/test_fp8_hw_round.py tests/kernels/test_fp8_moe.py
+  SLOT=${QB_SLOT:-330} QB_ARGS=${QB_ARGS:-"--kinds fp8 --no-50k"} quant_bench "$OUT"
+  certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 575)"
+  certify_summary "$OUT"
   ;;
 esac
