@@ -52,6 +52,7 @@ drop18    upper bounds of launch fusion at T = 1 / 16: the forward with the comb
           launches) replaced by no-ops, bf16 peer presets, block fp8 DeepSeek-V3, MXFP4 gpt-oss-120b
 hw18      the fp8 rounding left to the store's cast (CUDA sm89+) against the arithmetic rounding, block fp8
           DeepSeek-V3 with its shared expert at T = 1 .. 4096 (bf16 in the same rounds)
+dec18     one token: narrower combine programs, and block fp8 GEMM1 BLOCK_N 64 at 4 warps in the decode row
 router    the fused select against the separate select launch (graph replays of route and of the forward
           with the router, against the ids-given forward; routing outputs compared)
 
@@ -941,7 +942,7 @@ def _rounds_variants(timer, rec: dict, fwd, variants: dict, dc: str, rounds: int
         for o, n, v in patches:
             setattr(o, n, v)
         try:
-            with _sm90_rows(keys.pop("_dc", dc), **keys):
+            with _sm90_rows(keys.pop("_dc", dc), _gemms=keys.pop("_gemms", ("gate_up", "down")), **keys):
                 outs[label] = fwd(cfg).clone()
                 graphs[label] = capture_graph(lambda cfg=cfg: fwd(cfg))
         except Exception as e:
@@ -1330,6 +1331,38 @@ def part_hw18(timer) -> None:
                 emit({"part": "hw18-kernels", "kind": label, "preset": "deepseek-v3", "T": T, "kernels": k})
 
 
+def part_dec18(timer) -> None:
+    """Session 18, one token: narrower combine programs (COMBINE_BLOCK_H 256 / 128 instead of 1024: 28 / 56
+    programs instead of 7 at H = 7168) and, for block fp8, GEMM1 BLOCK_N 64 at 4 warps in the decode row
+    (session 16: x1.014 at T = 1, x0.993 at T = 16). Alternating rounds of graph replays, ids given, bits
+    compared: bf16 peer presets at T = 1, block fp8 DeepSeek-V3 with its shared expert at T = 1 / 16 (bf16 in the
+    same rounds), MXFP4 gpt-oss-120b at T = 1."""
+    combine = importlib.import_module("moe_cts.kernels.combine")  # the package's `combine` is the function
+
+    def cb(n):
+        return [(combine, "COMBINE_BLOCK_H", n)]
+
+    bf16 = {"bf16 table": ({}, None), "bf16 combine 256": ({"_patch": cb(256)}, None),
+            "bf16 combine 128": ({"_patch": cb(128)}, None)}  # fmt: skip
+    for name, T, fwd, _ in _bf16_points(PEER_PRESETS, (1,)):
+        _rounds_variants(timer, {"part": "dec18", "kind": "bf16", "preset": name, "T": T}, fwd, bf16, "16bit",
+                         rounds=7)  # fmt: skip
+    gu64 = {"_gemms": ("gate_up",), "BLOCK_N": 64, "num_warps": 4}
+    fp8 = {"fp8 table": ({}, None), "fp8 combine 256": ({"_patch": cb(256)}, None),
+           "fp8 combine 128": ({"_patch": cb(128)}, None), "fp8 gate_up 64 w4": (dict(gu64), None),
+           "fp8 gate_up 64 w4, combine 128": ({**gu64, "_patch": cb(128)}, None),
+           "bf16 table": ({"_dc": "16bit"}, "bf16"), "bf16 combine 128": ({"_dc": "16bit", "_patch": cb(128)}, "bf16")}  # fmt: skip
+    for T, fwd in _fp8_points((1, 16)):
+        _rounds_variants(timer, {"part": "dec18", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, fp8, "fp8",
+                         rounds=7)  # fmt: skip
+    spec, qspec, gen, _, qw = _quant_preset("gpt-oss-120b", QuantScheme.mxfp4())
+    x = torch.randn((1, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+    r = routing(spec, 1, "cuda", gen)
+    mx = {"mxfp4 table": ({}, None), "mxfp4 combine 128": ({"_patch": cb(128)}, None)}
+    _rounds_variants(timer, {"part": "dec18", "kind": "mxfp4", "preset": "gpt-oss-120b", "T": 1},
+                     lambda cfg: fused_moe(qspec, qw, x, routing=r, config=cfg), mx, "16bit", rounds=7)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1385,7 +1418,7 @@ def main() -> int:
              "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
              "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15,
              "pdl13": part_pdl13, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16,
-             "router17": part_router17, "drop18": part_drop18, "hw18": part_hw18}  # fmt: skip
+             "router17": part_router17, "drop18": part_drop18, "hw18": part_hw18, "dec18": part_dec18}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1430,6 +1463,7 @@ def main() -> int:
             "router17",
             "drop18",
             "hw18",
+            "dec18",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

@@ -6,6 +6,7 @@
 #       combine / the fp8 quantize launches replaced by no-ops)
 #   h   GPU pytest of the fp8 rounding left to the store's cast (test_fp8_hw_round.py, test_fp8_moe.py), then
 #       perf_probe.py --parts hw18: the cast rounding against the arithmetic, block fp8 DeepSeek-V3, T = 1 .. 4096
+#   p   perf_probe.py --parts dec18: narrower combine programs and block fp8 GEMM1 BLOCK_N 64 at one token
 #   g   the last call: those tests again, quant_bench (fp8), certify quick
 set -u
 MODE=${1:-w}
@@ -24,6 +25,9 @@ d)
 h)
   gpu_pytest "$OUT" 200 tests/kernels/test_fp8_hw_round.py tests/kernels/test_fp8_moe.py
   probe "$OUT" "${PROBE_PARTS:-hw18}" "$(slot_left 585)"
+  ;;
+p)
+  probe "$OUT" "${PROBE_PARTS:-dec18}" "$(slot_left 585)"
   ;;
 g)
   # the last call: the fp8 tests after the -0 fix, quant_bench (fp8 only: the 16-bit and MXFP4 kernels did not

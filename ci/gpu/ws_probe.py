@@ -185,53 +185,37 @@ def point(log, name: str, T: int) -> None:
                "ms": bench(lambda: torch.index_select(x, 0, src, out=x_slots))})  # fmt: skip
     act_slots = act_ref[torch.where(valid, meta.sorted_ids, 0).long()].contiguous()
 
-    for label, bn, nw, ws, st in GU:
-        act.zero_()
+    def gu_ws(bn, nw, ws, st):
         grid = (nmb * triton.cdiv(I, bn),)
+        return lambda: gate_up_ws_kernel[grid](x_slots, w.w13, act, meta.sorted_ids, meta.expert_of_block,
+                                               meta.num_padded, A, I, H, P, E, nmb, act.stride(0), BLOCK_M=128,
+                                               BLOCK_N=bn, BLOCK_K=64, GROUP_M=8, WS=ws, STAGES=st, num_warps=nw)  # fmt: skip
 
-        def f(bn=bn, nw=nw, ws=ws, st=st, grid=grid):
-            return gate_up_ws_kernel[grid](x_slots, w.w13, act, meta.sorted_ids, meta.expert_of_block,
-                                           meta.num_padded, A, I, H, P, E, nmb, act.stride(0), BLOCK_M=128,
-                                           BLOCK_N=bn, BLOCK_K=64, GROUP_M=8, WS=ws, STAGES=st, num_warps=nw)  # fmt: skip
-
-        try:
-            ck = f()
-            torch.cuda.synchronize()
-            same = bool(torch.equal(act, act_ref))
-            ms = bench(f)
-            emit(log, {**base, "kernel": "gate_up", "variant": label, "ms": ms, "vs_table": ref["gate_up"] / ms,
-                       "same_bits": same, "ir": _ws_info(ck)})  # fmt: skip
-        except Exception as err:  # record, go on
-            emit(
-                log,
-                {
-                    **base,
-                    "kernel": "gate_up",
-                    "variant": label,
-                    "error": f"{type(err).__name__}: {err}"[:300],
-                },
-            )
-    for label, bn, nw, ws, st in DN:
-        out.zero_()
+    def dn_ws(bn, nw, ws, st):
         grid = (nmb * triton.cdiv(H, bn),)
+        return lambda: down_ws_kernel[grid](act_slots, w.w2, out, twf, meta.sorted_ids, meta.expert_of_block,
+                                            meta.num_padded, A, H, I, P, E, nmb, out.stride(0), BLOCK_M=128,
+                                            BLOCK_N=bn, BLOCK_K=64, GROUP_M=8, WS=ws, STAGES=st, num_warps=nw)  # fmt: skip
 
-        def f(bn=bn, nw=nw, ws=ws, st=st, grid=grid):
-            return down_ws_kernel[grid](act_slots, w.w2, out, twf, meta.sorted_ids, meta.expert_of_block,
-                                        meta.num_padded, A, H, I, P, E, nmb, out.stride(0), BLOCK_M=128,
-                                        BLOCK_N=bn, BLOCK_K=64, GROUP_M=8, WS=ws, STAGES=st, num_warps=nw)  # fmt: skip
-
-        try:
-            ck = f()
-            torch.cuda.synchronize()
-            same = bool(torch.equal(out, out_ref))
-            ms = bench(f)
-            emit(log, {**base, "kernel": "down", "variant": label, "ms": ms, "vs_table": ref["down"] / ms,
-                       "same_bits": same, "ir": _ws_info(ck)})  # fmt: skip
-        except Exception as err:
-            emit(
-                log,
-                {**base, "kernel": "down", "variant": label, "error": f"{type(err).__name__}: {err}"[:300]},
-            )
+    for kind, variants, make, dst, want in (
+        ("gate_up", GU, gu_ws, act, act_ref),
+        ("down", DN, dn_ws, out, out_ref),
+    ):
+        for label, *tile in variants:
+            dst.zero_()
+            f = make(*tile)
+            try:
+                ck = f()
+                torch.cuda.synchronize()
+                same = bool(torch.equal(dst, want))
+                ms = bench(f)
+                emit(log, {**base, "kernel": kind, "variant": label, "ms": ms, "vs_table": ref[kind] / ms,
+                           "same_bits": same, "ir": _ws_info(ck)})  # fmt: skip
+            except Exception as err:  # record, go on
+                emit(
+                    log,
+                    {**base, "kernel": kind, "variant": label, "error": f"{type(err).__name__}: {err}"[:300]},
+                )
     for kind, fn_of, tab in (("gate_up", gu, TABLE_GU), ("down", dn, TABLE_DN)):  # drift check
         ms = bench(fn_of(tab))
         emit(log, {**base, "kernel": kind, "variant": "table again", "ms": ms, "vs_table": ref[kind] / ms})
