@@ -29,8 +29,9 @@ programs per SM, that latency was the K step's time: the shared expert's GEMM1 a
 group's are read again at the end), so the gather's latency hides behind the MMA. Same values, same bits.
 
 GEMM1's fused requantization (QUANT_OUT, fp8_block with BLOCK_N a multiple of the group width): the tile's
-activation (BLOCK_M, BLOCK_N) is viewed as (BLOCK_M, BLOCK_N / G2, G2), amax per group, _act_scale, _round_fp8,
-and the codes and scales are stored for GEMM2. Columns past I are zeroed before the amax.
+activation (BLOCK_M, BLOCK_N) is viewed as (BLOCK_M, BLOCK_N / G2, G2), amax per group, _act_scale,
+_quantize_values (the rounding by _round_fp8, or by the store's cast under FP8_HW_ROUND), and the codes and scales
+are stored for GEMM2. Columns past I are zeroed before the amax.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ _fp8_quant_kernels.py and _fp8_gemm_kernels.py). Stage twins of reference/numpy_
     fp8_block        (R, ceil(K/g)) per 1 x g group       (E, ceil(N/bn), ceil(K/bk)) per K tile (fp32 partials)
 
 Quantized operand storage: fp8 (torch.float8_*) on a GPU, fp32 values under the Triton interpreter (its
-fp32 -> fp8 casts are wrong; the rounding is done in fp32 arithmetic either way, see _fp8_quant_kernels.py).
+fp32 -> fp8 casts are wrong; the rounding is done in fp32 arithmetic, see _fp8_quant_kernels.py). On CUDA sm89+
+the store's conversion rounds instead, the same way (hw_round).
 Weight codes are passed as fp8 views on a GPU and as uint8 (decoded in the kernel) under the interpreter.
 """
 
