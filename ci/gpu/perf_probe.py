@@ -72,6 +72,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -929,33 +930,25 @@ def _rounds_variants(timer, rec: dict, fwd, variants: dict, dc: str, rounds: int
     variant of the same dtype (labels "fp8 ..." / "bf16 ...", else the first). One median per variant drifted
     5-9% between consecutive points at T = 4096 (session 12); alternating rounds see the drift on both sides."""
     graphs, outs = {}, {}
+    align_mod = importlib.import_module("moe_cts.kernels.align")
     for label, (keys, cfg) in variants.items():
         keys = dict(keys)
-        env = keys.pop("_env", {})
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # read at launch (capture) time, e.g. MOE_CTS_PDL
-        align_mod = importlib.import_module("moe_cts.kernels.align")
-        slots = align_mod.SLOT_META_MAX_TOKENS
-        align_mod.SLOT_META_MAX_TOKENS = keys.pop("_slots", slots)  # 0: align at T = 1 (the old launch)
-        patches = keys.pop("_patch", ())  # (object, attribute, value) set while the variant is captured
-        restore = [(o, n, getattr(o, n)) for o, n, _ in patches]
-        for o, n, v in patches:
-            setattr(o, n, v)
+        # "_slots" 0: align at T = 1 (the old launch); "_patch": (object, attribute, value) set while captured
+        patches = [(align_mod, "SLOT_META_MAX_TOKENS", keys.pop("_slots", align_mod.SLOT_META_MAX_TOKENS))]
+        patches += keys.pop("_patch", ())
         try:
-            with _sm90_rows(keys.pop("_dc", dc), _gemms=keys.pop("_gemms", ("gate_up", "down")), **keys):
+            with contextlib.ExitStack() as stack:
+                # "_env" is read at launch (capture) time, e.g. MOE_CTS_PDL
+                stack.enter_context(mock.patch.dict(os.environ, keys.pop("_env", {})))
+                for o, n, v in patches:
+                    stack.enter_context(mock.patch.object(o, n, v))
+                stack.enter_context(
+                    _sm90_rows(keys.pop("_dc", dc), _gemms=keys.pop("_gemms", ("gate_up", "down")), **keys)
+                )
                 outs[label] = fwd(cfg).clone()
                 graphs[label] = capture_graph(lambda cfg=cfg: fwd(cfg))
         except Exception as e:
             emit({**rec, "cfg": label, "error": f"{type(e).__name__}: {str(e)[:200]}"})
-        finally:
-            align_mod.SLOT_META_MAX_TOKENS = slots
-            for o, n, v in restore:
-                setattr(o, n, v)
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     if not graphs:
         return
     ms = {label: [] for label in graphs}
@@ -1314,20 +1307,12 @@ def part_hw18(timer) -> None:
                          "fp8", rounds=7 if T >= 2048 else 5)  # fmt: skip
         if T == 4096:
             for label, env in (("cast rounds", {}), ("arithmetic", off)):
-                saved = {k: os.environ.get(k) for k in off}
-                os.environ.update(env)
-                try:
+                with mock.patch.dict(os.environ, env):
                     k = {
                         n: v
                         for n, v in kernel_us(lambda f=fwd: f(None), iters=5).items()
                         if "quantize" in n or "gate_up" in n
                     }
-                finally:
-                    for n, v in saved.items():
-                        if v is None:
-                            os.environ.pop(n, None)
-                        else:
-                            os.environ[n] = v
                 emit({"part": "hw18-kernels", "kind": label, "preset": "deepseek-v3", "T": T, "kernels": k})
 
 
