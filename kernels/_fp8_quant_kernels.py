@@ -42,6 +42,9 @@ SCALE_UE8M0_T175 = tl.constexpr(3)
 NAN_FN = tl.constexpr(0)  # e4m3fn: S.1111.111
 NAN_FNUZ = tl.constexpr(1)  # e4m3fnuz: 0x80 only
 NAN_IEEE = tl.constexpr(2)  # e5m2: exponent all ones (mantissa 0 = inf)
+#: e4m3fnuz's largest value: among the formats the kernels take (formats.py) it alone has this FMAX, and it alone
+#: has no -0 (_round_fp8 tells it apart by FMAX, the format constexpr it already receives)
+E4M3FNUZ_MAX = tl.constexpr(240.0)
 
 
 @triton.jit
@@ -66,7 +69,9 @@ def _round_fp8(v, MBITS: tl.constexpr, EMIN: tl.constexpr, FMAX: tl.constexpr):
     r = ((y + 8388608.0) - 8388608.0) * _pow2(e - MBITS)
     r = tl.minimum(r, FMAX)
     r = tl.where(a >= FMAX, FMAX, r)
-    if FMAX == 240.0:  # e4m3fnuz has no -0 (its code 0x80 is NaN): a negative value rounding to 0 is +0
+    if (
+        FMAX == E4M3FNUZ_MAX
+    ):  # e4m3fnuz has no -0 (its code 0x80 is NaN): a negative value rounding to 0 is +0
         r = tl.where(v < 0, 0.0 - r, r)  # 0 - (+0) = +0 (the interpreter's numpy `-r` would give -0)
     else:  # the sign bit of v, as the oracle's copysign and the CUDA cast: -tiny rounds to -0 (code 0x80),
         # where `-r` on r = +0 gave +0 (found by tests/kernels/test_fp8_hw_round.py on the H200)
