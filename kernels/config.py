@@ -88,6 +88,17 @@ class GemmTile:
     #: padded to BLOCK_M) runs as a tile of BLOCK_M / 2 rows, half the MMA work; the same K order per output
     #: element (kernels/_grouped_gemm_kernels.py, HALF_TAIL). Needs BLOCK_M >= 32 and persistent = 0
     half_tail: bool = False
+    #: CUDA only: ptxas's register cap per thread (launch option maxnreg), 0 = the compiler's choice. A cap
+    #: lets one more program share an SM: 3 programs of 128 threads need <= 170 (65,536 registers per SM).
+    #: Other backends' options have no such field, so launch_options leaves it out there
+    maxnreg: int = 0
+
+    def launch_options(self) -> dict[str, int]:
+        """The tile's Triton launch options: num_warps, num_stages and, on CUDA where set, maxnreg."""
+        opts = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.maxnreg and backend() == "cuda":
+            opts["maxnreg"] = self.maxnreg
+        return opts
 
     def grid(self, num_tiles: int) -> tuple[int]:
         """The launch grid of a GEMM of num_tiles tiles (an upper bound: tiles past the used slots exit or are
@@ -139,6 +150,9 @@ class TileConfig:
             ):
                 raise SpecError(f"config.{name}.persistent", "an int >= 0 (programs per SM; 0 = one per tile)",
                                 t.persistent)  # fmt: skip
+            if not (isinstance(t.maxnreg, int) and not isinstance(t.maxnreg, bool) and 0 <= t.maxnreg <= 255):
+                raise SpecError(f"config.{name}.maxnreg", "an int in [0, 255] (0 = the compiler's choice)",
+                                t.maxnreg)  # fmt: skip
             if t.half_tail and t.persistent:
                 raise SpecError(f"config.{name}.half_tail", "false with persistent > 0 (one program per tile only)",
                                 t.half_tail)  # fmt: skip

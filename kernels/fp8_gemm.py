@@ -227,7 +227,7 @@ def launch_fp8_gate_up(
         PERSISTENT=tile.persistent > 0, PAIRED=paired, HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
         G2=q.act_group if sq is not None else 16, PDL=pdl,
-        num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl_options(pdl),
+        **tile.launch_options(), **pdl_options(pdl),
     )  # fmt: skip
 
 
@@ -257,7 +257,7 @@ def launch_fp8_down(
         W_DESC=w_desc is not None, SW_SCALAR=scalar_weight_scales(spec, bn, tile.BLOCK_N, 0),
         PERSISTENT=tile.persistent > 0, HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M, PDL=pdl,
-        num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl_options(pdl),
+        **tile.launch_options(), **pdl_options(pdl),
     )  # fmt: skip
 
 

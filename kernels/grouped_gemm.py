@@ -135,7 +135,7 @@ def launch_gate_up(
         HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M, PDL=pdl,
         # launch options
-        num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl_options(pdl),
+        **tile.launch_options(), **pdl_options(pdl),
     )  # fmt: skip
 
 
@@ -178,7 +178,7 @@ def launch_down(
         W_DESC=w_desc is not None, PERSISTENT=tile.persistent > 0, HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M, PDL=pdl,
         # launch options
-        num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl_options(pdl),
+        **tile.launch_options(), **pdl_options(pdl),
     )  # fmt: skip
 
 

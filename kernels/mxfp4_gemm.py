@@ -297,7 +297,7 @@ def launch_mx_gate_up(
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
         GROUP_M=tile.GROUP_M, X_FMT=X_FMT[x.dtype], DECODE=_decode_code(cfg, c),
         # launch options
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        **tile.launch_options(),
     )  # fmt: skip
 
 
@@ -339,5 +339,5 @@ def launch_mx_down(
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
         GROUP_M=tile.GROUP_M, X_FMT=X_FMT[act.dtype], DECODE=_decode_code(cfg, c),
         # launch options
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        **tile.launch_options(),
     )  # fmt: skip

@@ -1348,6 +1348,29 @@ def part_dec18(timer) -> None:
                      lambda cfg: fused_moe(qspec, qw, x, routing=r, config=cfg), mx, "16bit", rounds=7)  # fmt: skip
 
 
+def part_occ19(timer) -> None:
+    """Session 19: one more program per SM for the promotion-bound fp8 GEMMs. Triton waits for each K tile's
+    wgmma before its fp32 promotion (a dot whose result is not its own loop-carried accumulator is not kept
+    async: TTGIR warp_group_dot_wait pendings = 0 right after it), so the MMA idles while its warp group scales;
+    other programs on the SM fill that gap. The m > 32 row holds 2 per SM (4 stages: 96 KiB of shared memory;
+    233 / 174 registers); 3 stages and maxnreg 168 fit 3 (AOT, triton 3.9: GEMM1 168 B of spill around its
+    loops, GEMM2 16-24 B). Block fp8 DeepSeek-V3 with its shared expert at T = 512 / 2048 / 4096 (bf16 in the
+    same rounds). Alternating rounds of graph replays, ids given, bits compared."""
+    r3 = {"num_stages": 3, "maxnreg": 168}
+    fp8 = {"fp8 table": ({}, None), "fp8 down s3 r168": ({"_gemms": ("down",), **r3}, None),
+           "fp8 gate_up s3 r168": ({"_gemms": ("gate_up",), **r3}, None), "fp8 both s3 r168": (dict(r3), None),
+           "fp8 both s3": ({"num_stages": 3}, None), "bf16 table": ({"_dc": "16bit"}, "bf16")}  # fmt: skip
+    # one token: GEMM2 runs 1.51 waves of 16-step programs at 62% of the DRAM peak (session 16's profile), GEMM1
+    # 76%; persistent programs (the K loop flattened with the tile walk) keep the pipeline full across tiles
+    dec = {"fp8 table": ({}, None), "fp8 down pers 4": ({"_gemms": ("down",), "persistent": 4}, None),
+           "fp8 down pers 7": ({"_gemms": ("down",), "persistent": 7}, None),
+           "fp8 gate_up pers 4": ({"_gemms": ("gate_up",), "persistent": 4}, None),
+           "fp8 both pers 4": ({"persistent": 4}, None), "bf16 table": ({"_dc": "16bit"}, "bf16")}  # fmt: skip
+    for T, fwd in _fp8_points((1, 16, 512, 2048, 4096)):
+        _rounds_variants(timer, {"part": "occ19", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd,
+                         dec if T <= 16 else fp8, "fp8", rounds=7)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1403,7 +1426,8 @@ def main() -> int:
              "pers12": part_pers12, "pair12": part_pair12, "half13": part_half13,
              "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15,
              "pdl13": part_pdl13, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16,
-             "router17": part_router17, "drop18": part_drop18, "hw18": part_hw18, "dec18": part_dec18}  # fmt: skip
+             "router17": part_router17, "drop18": part_drop18, "hw18": part_hw18, "dec18": part_dec18,
+             "occ19": part_occ19}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1449,6 +1473,7 @@ def main() -> int:
             "drop18",
             "hw18",
             "dec18",
+            "occ19",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
