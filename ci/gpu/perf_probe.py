@@ -942,8 +942,12 @@ def _rounds_variants(timer, rec: dict, fwd, variants: dict, dc: str, rounds: int
                 stack.enter_context(mock.patch.dict(os.environ, keys.pop("_env", {})))
                 for o, n, v in patches:
                     stack.enter_context(mock.patch.object(o, n, v))
+                # "_rows": (start, stop) of the table rows the keys go to (default every row)
+                rows = slice(*keys.pop("_rows", (None, None)))
                 stack.enter_context(
-                    _sm90_rows(keys.pop("_dc", dc), _gemms=keys.pop("_gemms", ("gate_up", "down")), **keys)
+                    _sm90_rows(
+                        keys.pop("_dc", dc), rows, _gemms=keys.pop("_gemms", ("gate_up", "down")), **keys
+                    )
                 )
                 outs[label] = fwd(cfg).clone()
                 graphs[label] = capture_graph(lambda cfg=cfg: fwd(cfg))
@@ -1371,6 +1375,18 @@ def part_occ19(timer) -> None:
                          dec if T <= 16 else fp8, "fp8", rounds=7)  # fmt: skip
 
 
+def part_occ19b(timer) -> None:
+    """part_occ19's winners on the fp8 m > 32 row alone (the last row: the m <= 32 row's GEMM1, a 256-wide dot,
+    lost x0.73 at T = 512 under the cap): GEMM2, or both GEMMs, at 3 stages and maxnreg 168, T = 2048 / 4096 /
+    8192, 9 alternating rounds."""
+    r3 = {"num_stages": 3, "maxnreg": 168, "_rows": (-1, None)}
+    fp8 = {"fp8 table": ({}, None), "fp8 down s3 r168": ({"_gemms": ("down",), **r3}, None),
+           "fp8 both s3 r168": (dict(r3), None), "bf16 table": ({"_dc": "16bit"}, "bf16")}  # fmt: skip
+    for T, fwd in _fp8_points((2048, 4096, 8192)):
+        _rounds_variants(timer, {"part": "occ19b", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, fp8, "fp8",
+                         rounds=9)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1427,7 +1443,7 @@ def main() -> int:
              "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15,
              "pdl13": part_pdl13, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16,
              "router17": part_router17, "drop18": part_drop18, "hw18": part_hw18, "dec18": part_dec18,
-             "occ19": part_occ19}  # fmt: skip
+             "occ19": part_occ19, "occ19b": part_occ19b}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1474,6 +1490,7 @@ def main() -> int:
             "hw18",
             "dec18",
             "occ19",
+            "occ19b",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
