@@ -96,6 +96,34 @@ def test_a_bad_forced_config_is_rejected_naming_the_field() -> None:
         cfgmod.as_config(bad)
 
 
+def test_a_register_cap_is_a_cuda_launch_option_in_range(monkeypatch) -> None:
+    """GemmTile.maxnreg: ptxas's cap, passed as Triton's `maxnreg` launch option on CUDA only (HIP's and the
+    interpreter's options have no such field); out of [0, 255] it is a SpecError naming the field."""
+    tile = {"BLOCK_N": 64, "BLOCK_K": 64}
+    for bad in (-1, 256, 1.5, True):
+        with pytest.raises(SpecError, match=r"config\.down\.maxnreg.*\[0, 255\]"):
+            cfgmod.as_config({"BLOCK_M": 64, "gate_up": tile, "down": {**tile, "maxnreg": bad}})
+    capped = cfgmod.GemmTile(64, 64, num_warps=4, num_stages=3, maxnreg=168)
+    monkeypatch.setattr(cfgmod, "backend", lambda: "interpreter")
+    assert capped.launch_options() == {"num_warps": 4, "num_stages": 3}
+    monkeypatch.setattr(cfgmod, "backend", lambda: "cuda")
+    assert capped.launch_options() == {"num_warps": 4, "num_stages": 3, "maxnreg": 168}
+    assert "maxnreg" not in cfgmod.GemmTile(64, 64).launch_options()
+    monkeypatch.setattr(cfgmod, "backend", lambda: "hip")
+    assert "maxnreg" not in capped.launch_options()
+
+
+@pytest.mark.parametrize("entry", [e for e in ALL if e[3].gate_up.maxnreg or e[3].down.maxnreg], ids=_id)
+def test_register_caps_sit_in_cuda_tables_and_leave_room_for_another_program(entry) -> None:
+    """A cap exists to fit more programs per SM (65,536 registers): at least two programs of the tile's
+    threads fit under it, and only CUDA tables carry one."""
+    backend, _, _, cfg = entry
+    assert backend.startswith("cuda")
+    for t in (cfg.gate_up, cfg.down):
+        if t.maxnreg:
+            assert 2 * 32 * t.num_warps * t.maxnreg <= 65536
+
+
 def test_capability_table_declares_what_the_kernels_do() -> None:
     assert CAPABILITIES["capacity_dropping"] is False
     assert CAPABILITIES["deterministic"] is True and CAPABILITIES["batch_invariant"] is True
