@@ -1387,6 +1387,24 @@ def part_occ19b(timer) -> None:
                          rounds=9)  # fmt: skip
 
 
+def part_dec19(timer) -> None:
+    """Session 19, block fp8 decode row (m <= 8): GEMM2's 1,792 programs at T = 1 run 1.51 waves (shared memory:
+    9 per SM at 5 stages of 6 KiB; session 16's profile, 62% of the DRAM peak). Shallower pipelines fit the
+    grid in one wave (2 stages: 14 per SM; BLOCK_N 16 at 2-3 stages: 3,584 programs, up to 28 per SM).
+    DeepSeek-V3 with its shared expert at T = 1 / 16, 9 alternating rounds of graph replays, ids given."""
+    row = {"_rows": (0, 1)}
+    dn = {**row, "_gemms": ("down",)}
+    fp8 = {"fp8 table": ({}, None), "fp8 down s2": ({**dn, "num_stages": 2}, None),
+           "fp8 down s3": ({**dn, "num_stages": 3}, None),
+           "fp8 down bn16 s2": ({**dn, "num_stages": 2, "BLOCK_N": 16}, None),
+           "fp8 down bn16 s3": ({**dn, "num_stages": 3, "BLOCK_N": 16}, None),
+           "fp8 gate_up s3": ({**row, "_gemms": ("gate_up",), "num_stages": 3}, None),
+           "bf16 table": ({"_dc": "16bit"}, "bf16")}  # fmt: skip
+    for T, fwd in _fp8_points((1, 16)):
+        _rounds_variants(timer, {"part": "dec19", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, fp8, "fp8",
+                         rounds=9)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1443,7 +1461,8 @@ def main() -> int:
              "stack13": part_stack13, "dec13": part_dec13, "dec15": part_dec15,
              "pdl13": part_pdl13, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16,
              "router17": part_router17, "drop18": part_drop18, "hw18": part_hw18, "dec18": part_dec18,
-             "occ19": part_occ19, "occ19b": part_occ19b}  # fmt: skip
+             "occ19": part_occ19, "occ19b": part_occ19b,
+             "dec19": part_dec19}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1491,6 +1510,7 @@ def main() -> int:
             "dec18",
             "occ19",
             "occ19b",
+            "dec19",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
