@@ -181,6 +181,27 @@ def test_descriptor_weights_give_the_pointer_bits(layout, inter, device, monkeyp
         assert torch.equal(a, b), f"launch {i}: descriptor and pointer weights differ"
 
 
+def test_a_register_cap_gives_the_uncapped_bits(device, monkeypatch):
+    """GemmTile.maxnreg (the sm90 fp8 m > 32 row's GEMM2: ptxas's cap, so 3 programs share an SM) changes only
+    register allocation: the same bits launch by launch, and PASS. On the interpreter the cap is not a launch
+    option (config.GemmTile.launch_options), so this runs the same code twice there."""
+    case = _case(QuantScheme.fp8_block(), hidden_size=256, intermediate_size=256)
+    launches = Fp8Launches(monkeypatch)
+    tiles = {cap: GemmTile(BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=3, maxnreg=cap)
+             for cap in (0, 168)}  # fmt: skip
+    for cap, tile in tiles.items():
+        launches.under(cap)
+        with cfgmod.forced(TileConfig(BLOCK_M=64, gate_up=tile, down=tile)):
+            forward(case, device)
+    launches.under("judged")
+    with cfgmod.forced(TileConfig(BLOCK_M=64, gate_up=tiles[168], down=tiles[168])):
+        r, _ = _judge(case, device)
+    assert r.outcome == Outcome.PASS, f"{r.outcome.value} at {r.failing_stage}: {r.message}"
+    assert len(launches.got[0]) == len(launches.got[168]) >= 3
+    for i, (a, b) in enumerate(zip(launches.got[0], launches.got[168])):
+        assert torch.equal(a, b), f"launch {i}: the register cap changed the bits"
+
+
 # ----------------------------------------------------------------------------------------------- broken variants
 def _rolled_scales(real):
     def weight_operands(qt, dev):
