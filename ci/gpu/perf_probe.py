@@ -1405,6 +1405,20 @@ def part_dec19(timer) -> None:
                          rounds=9)  # fmt: skip
 
 
+def part_occ19c(timer) -> None:
+    """GEMM1 of the fp8 m > 32 row at 3 programs per SM: paired (168-176 B spilled under maxnreg 168) or
+    unpaired (one 64-column tile per program, the fp32 act requantized by quantize_rows: 24 B spilled; AOT,
+    triton 3.9), against the table (GEMM2 already at 3 stages / maxnreg 168). T = 2048 / 4096 / 8192, 9 rounds."""
+    gu = {"_gemms": ("gate_up",), "_rows": (-1, None)}
+    cap = {"num_stages": 3, "maxnreg": 168}
+    fp8 = {"fp8 table": ({}, None), "fp8 gate_up s3 r168": ({**gu, **cap}, None),
+           "fp8 gate_up unpaired s3 r168": ({**gu, **cap, "paired": False}, None),
+           "fp8 gate_up unpaired": ({**gu, "paired": False}, None), "bf16 table": ({"_dc": "16bit"}, "bf16")}  # fmt: skip
+    for T, fwd in _fp8_points((2048, 4096, 8192)):
+        _rounds_variants(timer, {"part": "occ19c", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, fp8, "fp8",
+                         rounds=9)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1462,7 +1476,8 @@ def main() -> int:
              "pdl13": part_pdl13, "dec16": part_dec16, "slot16": part_slot16, "down16": part_down16,
              "router17": part_router17, "drop18": part_drop18, "hw18": part_hw18, "dec18": part_dec18,
              "occ19": part_occ19, "occ19b": part_occ19b,
-             "dec19": part_dec19}  # fmt: skip
+             "dec19": part_dec19,
+             "occ19c": part_occ19c}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1511,6 +1526,7 @@ def main() -> int:
             "occ19",
             "occ19b",
             "dec19",
+            "occ19c",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
