@@ -1419,6 +1419,33 @@ def part_occ19c(timer) -> None:
                          rounds=9)  # fmt: skip
 
 
+def _bm_row(bm, gu_bn, dn_bn, w, st, gm_dn=8, half=True):
+    t = {"BLOCK_K": 64, "GROUP_M": 8, "num_warps": w, "num_stages": st, "tma": True, "half_tail": half}
+    return {
+        "BLOCK_M": bm,
+        "gate_up": {**t, "BLOCK_N": gu_bn},
+        "down": {**t, "BLOCK_N": dn_bn, "GROUP_M": gm_dn},
+    }
+
+
+def part_mid19(timer) -> None:
+    """Session 19, bf16 where the 16-bit m > 32 row (BLOCK_M 128, 8 warps, 4 stages of 48 KiB: one program per SM)
+    leaves the floor furthest at T = 512 (Mixtral-8x7B 64%, Qwen2-57B 86%; session 17's peer run). Forced
+    configs against the table: BLOCK_M 128 tiles of 128 x 128 (gate_up BLOCK_N 64) at 3 stages, two programs per SM
+    (100 / 113 registers, 96 KiB; AOT triton 3.9), in both GEMMs or GEMM2 alone; the m <= 32 row (BLOCK_M 64, 4
+    warps). The five peer presets at T = 512 / 2048 / 4096, 5 alternating rounds of graph replays, ids given."""
+    two = _bm_row(128, 64, 128, 8, 3)
+    dn2 = {**_bm_row(128, 128, 128, 8, 3), "gate_up": _bm_row(128, 128, 256, 8, 4)["gate_up"]}
+    bm64 = {"BLOCK_M": 64,
+            "gate_up": {"BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "tma": True},
+            "down": {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 1, "num_warps": 4, "num_stages": 4, "tma": True}}  # fmt: skip
+    variants = {"bf16 table": ({}, None), "bf16 2/SM 128x128 s3": ({}, two), "bf16 down 2/SM": ({}, dn2),
+                "bf16 bm64 row": ({}, bm64)}  # fmt: skip
+    for name, T, fwd, _ in _bf16_points(PEER_PRESETS, (512, 2048, 4096)):
+        _rounds_variants(timer, {"part": "mid19", "kind": "bf16", "preset": name, "T": T}, fwd, variants, "16bit",
+                         rounds=5)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1477,7 +1504,8 @@ def main() -> int:
              "router17": part_router17, "drop18": part_drop18, "hw18": part_hw18, "dec18": part_dec18,
              "occ19": part_occ19, "occ19b": part_occ19b,
              "dec19": part_dec19,
-             "occ19c": part_occ19c}  # fmt: skip
+             "occ19c": part_occ19c,
+             "mid19": part_mid19}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1527,6 +1555,7 @@ def main() -> int:
             "occ19b",
             "dec19",
             "occ19c",
+            "mid19",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
