@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 19's GPU calls (docs/h200.md "Session 19"), one 590 s slot each:
-#   o   perf_probe.py --parts occ19 (PROBE_PARTS overrides): one more program per SM for the promotion-bound
-#       block fp8 GEMMs (3 stages, maxnreg 168) at T = 512 .. 4096, persistent decode GEMMs at T = 1 / 16
+#   o   perf_probe.py --parts occ19 (PROBE_PARTS overrides; the session ran occ19, occ19b, dec19, occ19c, mid19):
+#       one more program per SM for the promotion-bound block fp8 GEMMs (3 stages, maxnreg 168) at T = 512 ..
+#       8192, persistent and shallower decode GEMMs at T = 1 / 16, bf16 tiles of two programs per SM
 #   g   the last call: GPU pytest (GPU_TESTS), quant_bench (QB_ARGS), certify quick
 set -u
 MODE=${1:-o}
