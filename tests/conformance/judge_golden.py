@@ -5,7 +5,9 @@
         rewrite data/judge_golden.json from the current tree; --check: compare instead, exit 1 on a difference
 
 One BLAS thread: OpenBLAS's float64 GEMM gives other last bits with two threads than with one (measured: bias_z
--1.6479099115216689 vs -1.647909911521664 on the same case), so the numbers are pinned at one thread. Recorded
+-1.6479099115216689 vs -1.647909911521664 on the same case), so the numbers are pinned at one thread. AVX2 code
+paths: on an AVX-512 machine torch, oneDNN, OpenBLAS and NumPy take kernels that round differently, so the test
+caps them (test_judge_golden.avx2_paths; run this script with that environment there). Recorded
 at 91ebd48 (before the speed-ups) on a 2-core x86-64 CPU machine, numpy 2.4.6 (scipy-openblas 0.3.31), torch 2.13.0.
 Re-recorded in session 5 after the split router and `_common.dot_acc` changed what the Triton kernels compute on
 the interpreter: only the two triton@interpreter entries moved (their router weights' error statistics); the
