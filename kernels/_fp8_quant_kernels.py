@@ -69,9 +69,8 @@ def _round_fp8(v, MBITS: tl.constexpr, EMIN: tl.constexpr, FMAX: tl.constexpr):
     r = ((y + 8388608.0) - 8388608.0) * _pow2(e - MBITS)
     r = tl.minimum(r, FMAX)
     r = tl.where(a >= FMAX, FMAX, r)
-    if (
-        FMAX == E4M3FNUZ_MAX
-    ):  # e4m3fnuz has no -0 (its code 0x80 is NaN): a negative value rounding to 0 is +0
+    # e4m3fnuz has no -0 (its code 0x80 is NaN): a negative value rounding to 0 is +0
+    if FMAX == E4M3FNUZ_MAX:
         r = tl.where(v < 0, 0.0 - r, r)  # 0 - (+0) = +0 (the interpreter's numpy `-r` would give -0)
     else:  # the sign bit of v, as the oracle's copysign and the CUDA cast: -tiny rounds to -0 (code 0x80),
         # where `-r` on r = +0 gave +0 (found by tests/kernels/test_fp8_hw_round.py on the H200)
