@@ -434,8 +434,7 @@ def fp8_down_kernel(
     stride_b_e, stride_b_h, stride_out_a, stride_out_h,
     HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr, BLOCKWISE: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, DEFER: tl.constexpr, PERSISTENT: tl.constexpr,
-    HALF_TAIL: tl.constexpr,
+    W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr, HALF_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PDL: tl.constexpr,
 ):  # fmt: skip
@@ -455,7 +454,7 @@ def fp8_down_kernel(
                 pid_m, pid_n, num_assignments, H, I, BN_W, GROUP_K, stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
                 stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
                 stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
-                FP8_NAN, W_DESC, SW_SCALAR, DEFER, True, BLOCK_M, BLOCK_N, BLOCK_K,
+                FP8_NAN, W_DESC, SW_SCALAR, True, BLOCK_M, BLOCK_N, BLOCK_K,
             )  # fmt: skip
     else:
         pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
@@ -473,7 +472,7 @@ def fp8_down_kernel(
                 2 * pid_m, pid_n, num_assignments, H, I, BN_W, GROUP_K, stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
                 stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
                 stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
-                FP8_NAN, W_DESC, SW_SCALAR, DEFER, False, BLOCK_M // 2, BLOCK_N, BLOCK_K,
+                FP8_NAN, W_DESC, SW_SCALAR, False, BLOCK_M // 2, BLOCK_N, BLOCK_K,
             )  # fmt: skip
         else:
             _fp8_down_tile(
@@ -481,7 +480,7 @@ def fp8_down_kernel(
                 pid_m, pid_n, num_assignments, H, I, BN_W, GROUP_K, stride_a_a, stride_a_i, stride_sa_a, stride_sa_g,
                 stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
                 stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
-                FP8_NAN, W_DESC, SW_SCALAR, DEFER, False, BLOCK_M, BLOCK_N, BLOCK_K,
+                FP8_NAN, W_DESC, SW_SCALAR, False, BLOCK_M, BLOCK_N, BLOCK_K,
             )  # fmt: skip
 
 
@@ -492,7 +491,7 @@ def _fp8_down_tile(
     stride_w_e, stride_w_h, stride_w_i, stride_sw_e, stride_sw_n, stride_sw_k, stride_b_e, stride_b_h,
     stride_out_a, stride_out_h, HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr, BLOCKWISE: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, DEFER: tl.constexpr, PERSISTENT: tl.constexpr,
+    W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """fp8_down_kernel's work on the live tile (pid_m, pid_n) of `expert`: K loop, dequant, bias, router weight,
@@ -518,9 +517,6 @@ def _fp8_down_tile(
         last_g = (I - 1) // GROUP_K
         sa, sw = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows, 0, BN_W,
                                stride_sw_n, stride_sw_k)  # fmt: skip
-        if DEFER:  # step kk scales step kk - 1's partial after issuing its own dot (zero before the first)
-            d_prev = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            f_prev = _outer(tl.zeros_like(sa), tl.zeros_like(sw), SW_SCALAR)
     for kk in range(0, tl.cdiv(I, BLOCK_K)):
         k_ok = offs_k < I - kk * BLOCK_K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
@@ -533,19 +529,12 @@ def _fp8_down_tile(
             g_next = tl.minimum(((kk + 1) * BLOCK_K) // GROUP_K, last_g)
             sa_next, sw_next = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows,
                                              g_next, BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
-            if DEFER:
-                d = tl.dot(a, w)
-                acc += d_prev * f_prev
-                d_prev, f_prev = d, _outer(sa, sw, SW_SCALAR)
-            else:
-                acc += tl.dot(a, w) * _outer(sa, sw, SW_SCALAR)
+            acc += tl.dot(a, w) * _outer(sa, sw, SW_SCALAR)
             sa, sw = sa_next, sw_next
         else:  # promoted per K tile (module docstring)
             acc += tl.dot(a, w)
         a_ptrs += BLOCK_K * stride_a_i
         w_ptrs += BLOCK_K * stride_w_i
-    if BLOCKWISE and DEFER:
-        acc += d_prev * f_prev
     if not BLOCKWISE:
         sa = tl.load(sa_rows, mask=row_ok, other=0.0)
         acc = acc * (sa[:, None] * _w_scale(sw_base, offs_n_w, 0, BN_W, stride_sw_n, stride_sw_k)[None, :])

@@ -51,8 +51,6 @@ QUANT_BLOCK = 128  # columns per program-iteration of quantize_rows_kernel
 #: and groups wider than BLOCK (per token / tensor: two passes over the row)
 QUANT_ROWS, QUANT_ROWS_LOOP = 16, 4
 QUANT_PROGRAMS = 1024  # (row, group) pairs per row of a program before programs take more than one row
-#: GEMM2's block-scheme loop scales step kk - 1's partial after issuing step kk's dot (probe knob; read per launch)
-DOWN_DEFER = False
 
 
 def interpreting() -> bool:
@@ -257,7 +255,7 @@ def launch_fp8_down(
         HAS_BIAS=bias is not None, MUL_WEIGHT=route_weights is not None, BLOCKWISE=q.method == "fp8_block",
         FP8_MBITS=fc["FP8_MBITS"], FP8_EBITS=fc["FP8_EBITS"], FP8_BIAS=fc["FP8_BIAS"], FP8_NAN=fc["FP8_NAN"],
         W_DESC=w_desc is not None, SW_SCALAR=scalar_weight_scales(spec, bn, tile.BLOCK_N, 0),
-        DEFER=DOWN_DEFER, PERSISTENT=tile.persistent > 0, HALF_TAIL=half_tail(tile, meta),
+        PERSISTENT=tile.persistent > 0, HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M, PDL=pdl,
         **tile.launch_options(), **pdl_options(pdl),
     )  # fmt: skip

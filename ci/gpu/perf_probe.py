@@ -1446,20 +1446,6 @@ def part_mid19(timer) -> None:
                          rounds=5)  # fmt: skip
 
 
-def part_defer19(timer) -> None:
-    """fp8 GEMM2 of the m > 32 row scaling step kk - 1's partial after issuing step kk's wgmma (fp8_gemm.DOWN_DEFER:
-    ptxas then interleaves 38 of the 64 scaling FFMAs with the QGMMAs; a second 64-register partial, so 252-255
-    registers and two programs per SM at 4 stages) against the table's three programs per SM and the old
-    two-program row. DeepSeek-V3 with its shared expert, T = 2048 / 4096 / 8192, 9 alternating rounds."""
-    fp8g = importlib.import_module("moe_cts.kernels.fp8_gemm")
-    two = {"_gemms": ("down",), "_rows": (-1, None), "num_stages": 4, "maxnreg": 0}
-    fp8 = {"fp8 table": ({}, None), "fp8 down defer s4": ({**two, "_patch": [(fp8g, "DOWN_DEFER", True)]}, None),
-           "fp8 down s4 (session 18 row)": (dict(two), None), "bf16 table": ({"_dc": "16bit"}, "bf16")}  # fmt: skip
-    for T, fwd in _fp8_points((2048, 4096, 8192)):
-        _rounds_variants(timer, {"part": "defer19", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, fp8, "fp8",
-                         rounds=9)  # fmt: skip
-
-
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1519,8 +1505,7 @@ def main() -> int:
              "occ19": part_occ19, "occ19b": part_occ19b,
              "dec19": part_dec19,
              "occ19c": part_occ19c,
-             "mid19": part_mid19,
-             "defer19": part_defer19}  # fmt: skip
+             "mid19": part_mid19}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1571,7 +1556,6 @@ def main() -> int:
             "dec19",
             "occ19c",
             "mid19",
-            "defer19",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
