@@ -115,6 +115,11 @@ class GemmTile:
         return self.num_stages * (block_m * self.BLOCK_K + n_b * self.BLOCK_N * self.BLOCK_K) * elem_bytes
 
 
+def _count(v: Any) -> bool:
+    """An int >= 0 and not a bool (True is an int to isinstance, but no count of programs or registers)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 @dataclass(frozen=True)
 class TileConfig:
     BLOCK_M: int  # alignment block: every expert's slot run is padded to a multiple of it
@@ -145,12 +150,10 @@ class TileConfig:
             for flag in ("tma", "paired", "half_tail"):
                 if not isinstance(getattr(t, flag), bool):
                     raise SpecError(f"config.{name}.{flag}", "a bool", getattr(t, flag))
-            if not (
-                isinstance(t.persistent, int) and not isinstance(t.persistent, bool) and t.persistent >= 0
-            ):
+            if not _count(t.persistent):
                 raise SpecError(f"config.{name}.persistent", "an int >= 0 (programs per SM; 0 = one per tile)",
                                 t.persistent)  # fmt: skip
-            if not (isinstance(t.maxnreg, int) and not isinstance(t.maxnreg, bool) and 0 <= t.maxnreg <= 255):
+            if not (_count(t.maxnreg) and t.maxnreg <= 255):
                 raise SpecError(f"config.{name}.maxnreg", "an int in [0, 255] (0 = the compiler's choice)",
                                 t.maxnreg)  # fmt: skip
             if t.half_tail and t.persistent:
