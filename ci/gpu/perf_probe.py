@@ -942,6 +942,8 @@ def _rounds_variants(timer, rec: dict, fwd, variants: dict, dc: str, rounds: int
                 stack.enter_context(mock.patch.dict(os.environ, keys.pop("_env", {})))
                 for o, n, v in patches:
                     stack.enter_context(mock.patch.object(o, n, v))
+                # "_fill": keys of the sm90 table's fill rule replaced while captured
+                stack.enter_context(_fill_rule(**keys.pop("_fill", {})))
                 # "_rows": (start, stop) of the table rows the keys go to (default every row)
                 rows = slice(*keys.pop("_rows", (None, None)))
                 stack.enter_context(
@@ -1446,6 +1448,38 @@ def part_mid19(timer) -> None:
                          rounds=5)  # fmt: skip
 
 
+def part_big20(timer) -> None:
+    """Session 20, bf16 at T >= 2048 (issue 15: 75% of the floor): BLOCK_M 256 tiles of 256 x 128 (gate_up BLOCK_N
+    64, its B tile 128 wide; down BLOCK_N 128) at 8 warps, against the table's BLOCK_M 128 row of 128 x 256. The
+    same tile area and shared memory per stage (48 KiB), but each weight tile feeds twice the rows, so an
+    expert's weights cross L2 -> SM half as often where it holds hundreds of rows (Mixtral-8x7B m = 1024 / 2048,
+    Qwen2-57B 256 / 512 at T = 2048 / 4096). AOT (triton 3.9, sm90): 176 / 199 registers, no spill, 192 KiB at 4
+    stages, 144 KiB at 3; 16 warps cannot hold a 256 x 256 accumulator (ptxas: 128 registers per thread). The
+    five peer presets, 5 alternating rounds of graph replays, ids given."""
+    variants = {"bf16 table": ({}, None), "bf16 bm256 s4": ({}, _bm_row(256, 64, 128, 8, 4)),
+                "bf16 bm256 s3": ({}, _bm_row(256, 64, 128, 8, 3))}  # fmt: skip
+    for name, T, fwd, _ in _bf16_points(PEER_PRESETS, (2048, 4096)):
+        _rounds_variants(timer, {"part": "big20", "kind": "bf16", "preset": name, "T": T}, fwd, variants, "16bit",
+                         rounds=5)  # fmt: skip
+
+
+def part_late20(timer) -> None:
+    """Session 20: the shared expert's branch forked after the routed GEMM1 (config.late_shared, here through
+    MOE_CTS_LATE_SHARED=1) instead of before it. At T = 1 the routed block fp8 GEMM1 streams at 93% of the copy
+    rate and the GEMM2 at 77% (stack13), so the shared expert's 44 MB may find more room beside the GEMM2. Also
+    the fill rule's min_block_n 16, which gives the shared GEMM1 at one token 128 programs instead of 64 (the
+    routed launches have >= 1.5 programs per SM and keep their tiles). DeepSeek-V3 with its shared expert, block
+    fp8 and bf16, alternating rounds of graph replays, ids given, bits compared within a dtype."""
+    late = {"_env": {"MOE_CTS_LATE_SHARED": "1"}}
+    fill16 = {"_fill": {"min_block_n": 16}}
+    variants = {"fp8 table": ({}, None), "fp8 late": (late, None), "fp8 late fill16": ({**late, **fill16}, None),
+                "fp8 fill16": (fill16, None), "bf16 table": ({"_dc": "16bit"}, "bf16"),
+                "bf16 late": ({"_dc": "16bit", **late}, "bf16")}  # fmt: skip
+    for T, fwd in _fp8_points((1, 16, 128, 4096)):
+        _rounds_variants(timer, {"part": "late20", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
+                         "fp8", rounds=9 if T <= 16 else 5)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1505,7 +1539,8 @@ def main() -> int:
              "occ19": part_occ19, "occ19b": part_occ19b,
              "dec19": part_dec19,
              "occ19c": part_occ19c,
-             "mid19": part_mid19}  # fmt: skip
+             "mid19": part_mid19, "big20": part_big20,
+             "late20": part_late20}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1556,6 +1591,8 @@ def main() -> int:
             "dec19",
             "occ19c",
             "mid19",
+            "big20",
+            "late20",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))
