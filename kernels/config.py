@@ -184,21 +184,6 @@ def pdl(dtype_class_name: str) -> bool:
     return dtype_class_name in load_table(current_table()).get("pdl", ())
 
 
-#: "1" / "0" forces the shared expert's late fork on / off where a table does not say so (perf probes time both)
-LATE_SHARED_ENV = "MOE_CTS_LATE_SHARED"
-
-
-def late_shared(dtype_class_name: str) -> bool:
-    """Fork a captured forward's shared-expert branch after the routed GEMM1 instead of before it
-    (kernels/streams.py): the current table's optional top-level "late_shared", a list of the dtype classes it
-    applies to, unless MOE_CTS_LATE_SHARED says otherwise. Same kernels and inputs either way, so the same bits;
-    only which routed launch the shared expert's programs share the GPU with changes."""
-    forced = os.environ.get(LATE_SHARED_ENV)
-    if forced in ("0", "1"):
-        return forced == "1"
-    return dtype_class_name in load_table(current_table()).get("late_shared", ())
-
-
 def backend() -> str:
     """'interpreter' under TRITON_INTERPRET=1, else 'hip' on ROCm torch, else 'cuda'."""
     if os.environ.get("TRITON_INTERPRET") == "1":

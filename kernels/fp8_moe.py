@@ -170,14 +170,10 @@ def fused_moe_fp8(
     if spec.shared_width:
         scfg = fp8_config(spec, T, config, batch_invariant, shared=True)
         work = lambda: _shared(spec, qw, x, xq, sx, scfg)
-    # the shared expert beside the routed experts in a captured graph, forked before or after the routed GEMM1
-    # (kernels/streams.py, config.late_shared)
-    late = cfgmod.late_shared("fp8")
-    shared, branch = beside(x.device, None if late else work)
+    # the shared expert beside the routed experts in a captured graph (kernels/streams.py)
+    shared, branch = beside(x.device, work)
     b13 = _bias(qw.base.b13, x.device)
     aq, sa = _gemm1(spec, qw.w13, b13, xq, sx, meta, cfg.gate_up, T * k, I, x.device, qw.a2_scale)
-    if late:
-        shared, branch = beside(x.device, work)
     ws = torch.empty((T * k, H), dtype=x.dtype, device=x.device)
     route_w = routing.topk_weights.reshape(T * k).to(F32)
     launch_fp8_down(spec, aq, sa, weight_operands(qw.w2, x.device), _bias(qw.base.b2, x.device), ws, meta,

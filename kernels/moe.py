@@ -111,10 +111,8 @@ def fused_moe(
     if spec.shared_width:
         scfg = shared_config(spec, x.dtype, T, config, batch_invariant)
         work = lambda: shared_forward(spec, weights, x, scfg, allow_tf32=allow_tf32)
-    # the shared expert beside the routed experts in a captured graph, forked before or after the routed GEMM1
-    # (kernels/streams.py, config.late_shared)
-    late = cfgmod.late_shared(cfgmod.dtype_class(x.dtype))
-    shared, branch = beside(x.device, None if late else work)
+    # the shared expert beside the routed experts in a captured graph (kernels/streams.py)
+    shared, branch = beside(x.device, work)
     pdl = cfgmod.pdl(cfgmod.dtype_class(x.dtype))  # the GEMM launchers read it too
     meta = _align(spec, r.topk_ids, cfg.BLOCK_M, pdl)
     act = torch.empty((T * k, I), dtype=x.dtype, device=x.device)
@@ -123,8 +121,6 @@ def fused_moe(
         gated=spec.gated, interleaved=spec.w13_layout == "interleaved", activation=spec.activation,
         tile=cfg.gate_up, swiglu_alpha=spec.swiglu_alpha, swiglu_limit=spec.swiglu_limit, allow_tf32=allow_tf32,
     )  # fmt: skip
-    if late:
-        shared, branch = beside(x.device, work)
     # Rows of dropped / non-local assignments are never written here, and never read by the combine.
     ws = torch.empty((T * k, H), dtype=x.dtype, device=x.device)
     route_w = r.topk_weights.reshape(T * k).to(torch.float32)

@@ -10,12 +10,6 @@ T = 1: 64 programs for GEMM1, one per SM at most; 23.5 us for its 29 MB of fp8 w
 the routed GEMM1 moved 235 MB in 60 us). In a captured graph the two launches become parallel branches and
 the shared programs take SMs the routed launch leaves idle.
 
-Where to fork (config.late_shared, per dtype class in a table's top-level "late_shared"): before the routed
-GEMM1 (the default), or after it, so that the shared programs run beside the routed GEMM2 and the small
-launches around it instead of beside the routed GEMM1. At one token the routed GEMM1 streams its weights near
-the copy rate and the GEMM2 does not (block fp8 on the H200: 93% against 77%), so the shared expert's bytes
-have more room beside the GEMM2.
-
 Why only while capturing: production decode replays graphs; an eager forward pays the stream switch and the
 event on the host for every call, more than the overlap gains when launches are host-bound. Same kernels,
 same inputs either way: the outputs are bitwise equal (tests/kernels/test_streams.py on a GPU).

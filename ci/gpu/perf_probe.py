@@ -1463,23 +1463,6 @@ def part_big20(timer) -> None:
                          rounds=5)  # fmt: skip
 
 
-def part_late20(timer) -> None:
-    """Session 20: the shared expert's branch forked after the routed GEMM1 (config.late_shared, here through
-    MOE_CTS_LATE_SHARED=1) instead of before it. At T = 1 the routed block fp8 GEMM1 streams at 93% of the copy
-    rate and the GEMM2 at 77% (stack13), so the shared expert's 44 MB may find more room beside the GEMM2. Also
-    the fill rule's min_block_n 16, which gives the shared GEMM1 at one token 128 programs instead of 64 (the
-    routed launches have >= 1.5 programs per SM and keep their tiles). DeepSeek-V3 with its shared expert, block
-    fp8 and bf16, alternating rounds of graph replays, ids given, bits compared within a dtype."""
-    late = {"_env": {"MOE_CTS_LATE_SHARED": "1"}}
-    fill16 = {"_fill": {"min_block_n": 16}}
-    variants = {"fp8 table": ({}, None), "fp8 late": (late, None), "fp8 late fill16": ({**late, **fill16}, None),
-                "fp8 fill16": (fill16, None), "bf16 table": ({"_dc": "16bit"}, "bf16"),
-                "bf16 late": ({"_dc": "16bit", **late}, "bf16")}  # fmt: skip
-    for T, fwd in _fp8_points((1, 16, 128, 4096)):
-        _rounds_variants(timer, {"part": "late20", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
-                         "fp8", rounds=9 if T <= 16 else 5)  # fmt: skip
-
-
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1539,8 +1522,7 @@ def main() -> int:
              "occ19": part_occ19, "occ19b": part_occ19b,
              "dec19": part_dec19,
              "occ19c": part_occ19c,
-             "mid19": part_mid19, "big20": part_big20,
-             "late20": part_late20}  # fmt: skip
+             "mid19": part_mid19, "big20": part_big20}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1592,7 +1574,6 @@ def main() -> int:
             "occ19c",
             "mid19",
             "big20",
-            "late20",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

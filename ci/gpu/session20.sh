@@ -2,8 +2,9 @@
 # Session 20's GPU calls (docs/h200.md "Session 20"), one 590 s slot each:
 #   p   vLLM's Triton path side by side with ours (carry .peer; BENCH_ARGS) on the current code, then perf_probe.py
 #       --parts big20 (PROBE_PARTS overrides): bf16 BLOCK_M 256 tiles at T = 2048 / 4096
-#   l   GPU pytest of test_streams.py (the late fork's bits, captured), then perf_probe.py --parts late20: the
-#       shared expert's branch forked after the routed GEMM1 (config.late_shared), block fp8 and bf16, T = 1 .. 4096
+#   l   (at commit 301e769, where config.late_shared and perf_probe part late20 live; removed after they lost)
+#       GPU pytest of test_streams.py, then perf_probe.py --parts late20: the shared expert's branch forked after
+#       the routed GEMM1, block fp8 and bf16, T = 1 .. 4096
 #   g   the last call: GPU pytest (GPU_TESTS), quant_bench (QB_ARGS), certify quick
 set -u
 MODE=${1:-p}

@@ -36,13 +36,14 @@ def _fp8_block(t: torch.Tensor) -> QuantTensor:
     return QuantTensor(q.contiguous(), s.contiguous(), "e4m3fn", (128, 128), "float32")
 
 
-def _layer(quant, device: str):
-    """(spec, weights, x, routing): DeepSeek-V3 semantics (shared expert, grouped routing) at H 256, I 128."""
+@pytest.mark.skipif(not GPU, reason="a CUDA graph needs a GPU")
+@pytest.mark.parametrize("quant", [None, "fp8_block"])
+def test_a_captured_forward_with_a_shared_expert_equals_the_eager_one_bitwise(quant):
     spec = presets.scaled("deepseek-v3", hidden_size=256, intermediate_size=128)
     assert spec.shared_width == 128
-    gen = torch.Generator(device=device).manual_seed(3)
+    gen = torch.Generator(device="cuda").manual_seed(3)
     base = MoEWeights(**{
-        n: (torch.randn(s, generator=gen, device=device) * 0.05).to(torch.bfloat16)
+        n: (torch.randn(s, generator=gen, device="cuda") * 0.05).to(torch.bfloat16)
         for n, s in weight_shapes(spec).items()
     })  # fmt: skip
     weights = base
@@ -51,51 +52,10 @@ def _layer(quant, device: str):
         names = ("w13", "w2", "shared_w13", "shared_w2")
         weights = QuantizedMoEWeights(base=base, **{n: _fp8_block(getattr(base, n)) for n in names})
     T = 3
-    x = torch.randn((T, spec.hidden_size), generator=gen, device=device).to(torch.bfloat16)
-    ids = torch.rand((T, spec.num_experts), generator=gen, device=device).topk(spec.top_k, dim=1).indices
-    w = torch.rand((T, spec.top_k), generator=gen, device=device)
-    return spec, weights, x, Routing(ids.int(), w / w.sum(1, keepdim=True))
-
-
-def test_the_late_fork_follows_the_table_unless_the_environment_forces_it(monkeypatch):
-    from moe_cts.kernels import config as cfgmod
-
-    table = cfgmod.load_table(cfgmod.current_table())
-    monkeypatch.delenv(cfgmod.LATE_SHARED_ENV, raising=False)
-    monkeypatch.setitem(table, "late_shared", ["fp8"])
-    assert cfgmod.late_shared("fp8") and not cfgmod.late_shared("16bit")
-    monkeypatch.setenv(cfgmod.LATE_SHARED_ENV, "0")
-    assert not cfgmod.late_shared("fp8")
-    monkeypatch.setenv(cfgmod.LATE_SHARED_ENV, "1")
-    assert cfgmod.late_shared("16bit")
-    monkeypatch.delitem(table, "late_shared")
-    monkeypatch.delenv(cfgmod.LATE_SHARED_ENV)
-    assert not cfgmod.late_shared("fp8")  # no key: the fork stays before the routed GEMM1
-
-
-@pytest.mark.parametrize("quant", [None, "fp8_block"])
-def test_the_late_fork_gives_the_same_bits(quant, monkeypatch):
-    """Forking the shared expert after the routed GEMM1 changes when its kernels run (inline here, off a
-    capture), never what they compute."""
-    from moe_cts.kernels import config as cfgmod
-
-    spec, weights, x, routing = _layer(quant, "cuda" if GPU else "cpu")
-    outs = []
-    for late in ("0", "1"):
-        monkeypatch.setenv(cfgmod.LATE_SHARED_ENV, late)
-        outs.append(fused_moe(spec, weights, x, routing=routing))
-    assert bool(torch.isfinite(outs[0].float()).all()) and float(outs[0].float().abs().amax()) > 0
-    assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
-
-
-@pytest.mark.skipif(not GPU, reason="a CUDA graph needs a GPU")
-@pytest.mark.parametrize("late", ["0", "1"])
-@pytest.mark.parametrize("quant", [None, "fp8_block"])
-def test_a_captured_forward_with_a_shared_expert_equals_the_eager_one_bitwise(quant, late, monkeypatch):
-    from moe_cts.kernels import config as cfgmod
-
-    monkeypatch.setenv(cfgmod.LATE_SHARED_ENV, late)  # the branch forked before / after the routed GEMM1
-    spec, weights, x, routing = _layer(quant, "cuda")
+    x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+    ids = torch.rand((T, spec.num_experts), generator=gen, device="cuda").topk(spec.top_k, dim=1).indices
+    w = torch.rand((T, spec.top_k), generator=gen, device="cuda")
+    routing = Routing(ids.int(), w / w.sum(1, keepdim=True))
     eager = fused_moe(spec, weights, x, routing=routing)
     # a forward that wrote nothing (or NaN) would compare equal to itself: the output must be finite, nonzero
     assert bool(torch.isfinite(eager.float()).all()) and float(eager.float().abs().amax()) > 0
