@@ -1463,6 +1463,20 @@ def part_big20(timer) -> None:
                          rounds=5)  # fmt: skip
 
 
+def part_fill20(timer) -> None:
+    """Session 20: the fill rule's min_block_n 16 at decode sizes. At T <= 8 it narrows only one-expert launches:
+    DeepSeek-V3's shared GEMM1 (I 2048; fp8 BLOCK_N 32 -> 16, 64 -> 128 programs; bf16 64 -> 16) while the routed
+    grids hold >= 1.5 programs per SM already. late20 had block fp8 T = 1 at x1.010 [1.009-1.011] and T = 16 at
+    x0.984: here T = 1 / 2 / 4 / 8 (the m <= 8 bucket), block fp8 and bf16 each against its own table, 9
+    alternating rounds of graph replays, ids given."""
+    fill16 = {"_fill": {"min_block_n": 16}}
+    variants = {"fp8 table": ({}, None), "fp8 fill16": (fill16, None), "bf16 table": ({"_dc": "16bit"}, "bf16"),
+                "bf16 fill16": ({"_dc": "16bit", **fill16}, "bf16")}  # fmt: skip
+    for T, fwd in _fp8_points((1, 2, 4, 8)):
+        _rounds_variants(timer, {"part": "fill20", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
+                         "fp8", rounds=9)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1522,7 +1536,8 @@ def main() -> int:
              "occ19": part_occ19, "occ19b": part_occ19b,
              "dec19": part_dec19,
              "occ19c": part_occ19c,
-             "mid19": part_mid19, "big20": part_big20}  # fmt: skip
+             "mid19": part_mid19, "big20": part_big20,
+             "fill20": part_fill20}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1574,6 +1589,7 @@ def main() -> int:
             "occ19c",
             "mid19",
             "big20",
+            "fill20",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

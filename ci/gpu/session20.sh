@@ -5,6 +5,7 @@
 #   l   (at commit 301e769, where config.late_shared and perf_probe part late20 live; removed after they lost)
 #       GPU pytest of test_streams.py, then perf_probe.py --parts late20: the shared expert's branch forked after
 #       the routed GEMM1, block fp8 and bf16, T = 1 .. 4096
+#   f   perf_probe.py --parts fill20: the fill rule's min_block_n 16 at T <= 8, block fp8 and bf16
 #   g   the last call: GPU pytest (GPU_TESTS), quant_bench (QB_ARGS), certify quick
 set -u
 MODE=${1:-p}
@@ -20,6 +21,9 @@ p)
 l)
   gpu_pytest "$OUT" 120 tests/kernels/test_streams.py
   probe "$OUT" "${PROBE_PARTS:-late20}" "$(slot_left 585)"
+  ;;
+f)
+  probe "$OUT" "${PROBE_PARTS:-fill20}" "$(slot_left 585)"
   ;;
 g)
   gpu_pytest "$OUT" 150 ${GPU_TESTS:-tests/kernels/test_fp8_moe.py}
