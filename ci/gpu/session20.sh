@@ -6,6 +6,8 @@
 #       GPU pytest of test_streams.py, then perf_probe.py --parts late20: the shared expert's branch forked after
 #       the routed GEMM1, block fp8 and bf16, T = 1 .. 4096
 #   f   perf_probe.py --parts fill20: the fill rule's min_block_n 16 at T <= 8, block fp8 and bf16
+#   n   Nsight Compute (ncu, clocks left alone) on one ids-given bf16 forward per case (NCU_CASES): DeepSeek-V3
+#       and Mixtral-8x7B at T = 4096, the routed and shared GEMMs (why T >= 2048 sits at 52-78% of the floor)
 #   g   the last call: GPU pytest (GPU_TESTS), quant_bench (QB_ARGS), certify quick
 set -u
 MODE=${1:-p}
@@ -24,6 +26,17 @@ l)
   ;;
 f)
   probe "$OUT" "${PROBE_PARTS:-fill20}" "$(slot_left 585)"
+  ;;
+n)
+  s=$(date +%s)
+  timeout 420 ncu --profile-from-start off --clock-control none --kernel-name regex:"gate_up|down" \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+    python3 ci/gpu/ncu_probe.py ${NCU_CASES:-bf16:deepseek-v3:4096 bf16:mixtral-8x7b:4096} \
+    > "$OUT/ncu.txt" 2> "$OUT/ncu-stderr.txt"
+  echo "ncu exit $? in $(( $(date +%s) - s )) s"
+  grep -E "profiled|==PROF==|==ERROR==|==WARNING==" "$OUT/ncu.txt" "$OUT/ncu-stderr.txt" | head -20
+  grep -E "^  [a-z_0-9]+_kernel|Duration|Throughput|Hit Rate|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible|Issued Warp|Warp Cycles Per Issued|Pipe|Stall" "$OUT/ncu.txt" | head -200
   ;;
 g)
   gpu_pytest "$OUT" 150 ${GPU_TESTS:-tests/kernels/test_fp8_moe.py}
