@@ -1477,6 +1477,51 @@ def part_fill20(timer) -> None:
                          "fp8", rounds=9)  # fmt: skip
 
 
+def _balanced(spec, T: int, gen):
+    """Routing with exactly T k / E rows per expert (token t takes experts (t k + j) mod E, j < k: distinct, k <= E),
+    weights drawn as routing() draws them."""
+    from moe_cts.kernels.metadata import Routing
+
+    k, E = spec.top_k, spec.num_experts
+    ids = ((torch.arange(T, device="cuda")[:, None] * k + torch.arange(k, device="cuda")[None, :]) % E).int()
+    w = torch.rand((T, k), generator=gen, device="cuda")
+    return Routing(ids, (w / w.sum(1, keepdim=True)).float())
+
+
+def part_bal20(timer) -> None:
+    """Session 20, after Nsight Compute (ncu-bf16-t4096.txt): DeepSeek-V3's bf16 gate_up at T = 4096 moved 18.9 GB
+    from DRAM (80% of its peak, L2 at 98%, hit rate 27%) for 15.0 GB of weights. Where an expert's rows span two
+    M tiles (m ~ 128 = BLOCK_M: about half the experts), both tiles stream its weights, and the second read misses
+    L2 when the tiles drift apart. The question before any kernel work: how much faster is the same forward
+    when every expert holds exactly m = T k / E rows (one full tile at m = 128, no tails)? Random ids (the peer
+    bench's draw) against balanced ids, the table's config, and random ids with half tails off; the m ~ 128
+    points (DeepSeek-V3 and gpt-oss-120b T = 4096, Qwen3-235B-like T = 2048) and DeepSeek-V3 T = 2048 (m = 64).
+    5 alternating rounds of graph replays, ids given."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for name, tokens in (
+        ("deepseek-v3", (2048, 4096)),
+        ("gpt-oss-120b", (4096,)),
+        ("E128k8H4096I1536", (2048,)),
+    ):
+        spec = routed(name)
+        base = _base(spec, torch.bfloat16, "cuda", gen)
+        for T in tokens:
+            x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+            r, rb = routing(spec, T, "cuda", gen), _balanced(spec, T, gen)
+
+            def fwd(cfg, spec=spec, base=base, x=x, r=r, rb=rb):
+                if cfg == "balanced":
+                    return fused_moe(spec, base, x, routing=rb)
+                return fused_moe(spec, base, x, routing=r, config=cfg)
+
+            variants = {"random ids": ({}, None), "balanced ids": ({}, "balanced"),
+                        "random ids, no half tails": ({"half_tail": False, "_rows": (-1, None)}, None)}  # fmt: skip
+            _rounds_variants(timer, {"part": "bal20", "kind": "bf16", "preset": name, "T": T}, fwd, variants,
+                             "16bit", rounds=5)  # fmt: skip
+        base = None
+        torch.cuda.empty_cache()
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1537,7 +1582,8 @@ def main() -> int:
              "dec19": part_dec19,
              "occ19c": part_occ19c,
              "mid19": part_mid19, "big20": part_big20,
-             "fill20": part_fill20}  # fmt: skip
+             "fill20": part_fill20,
+             "bal20": part_bal20}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1590,6 +1636,7 @@ def main() -> int:
             "mid19",
             "big20",
             "fill20",
+            "bal20",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

@@ -5,7 +5,8 @@
 #   l   (at commit 301e769, where config.late_shared and perf_probe part late20 live; removed after they lost)
 #       GPU pytest of test_streams.py, then perf_probe.py --parts late20: the shared expert's branch forked after
 #       the routed GEMM1, block fp8 and bf16, T = 1 .. 4096
-#   f   perf_probe.py --parts fill20: the fill rule's min_block_n 16 at T <= 8, block fp8 and bf16
+#   f   perf_probe.py --parts fill20 (PROBE_PARTS overrides; also ran bal20): the fill rule's min_block_n 16 at
+#       T <= 8, block fp8 and bf16; balanced against random ids at m ~ 128
 #   n   Nsight Compute (ncu, clocks left alone) on one ids-given bf16 forward per case (NCU_CASES): DeepSeek-V3
 #       and Mixtral-8x7B at T = 4096, the routed and shared GEMMs (why T >= 2048 sits at 52-78% of the floor)
 #   g   the last call: GPU pytest (GPU_TESTS), quant_bench (QB_ARGS), certify quick
