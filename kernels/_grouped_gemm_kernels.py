@@ -29,6 +29,18 @@ Half the MMA work for such a tile; the same K order per output element. Why: at 
 half the experts end in a tile of a few rows (DeepSeek-V3 at T = 4096 with BLOCK_M 128: counts ~ 128 +- 11), and
 a compute-bound GEMM spends a full tile's MMAs on them. Both bodies are compiled into the kernel (registers and
 shared memory: the larger one's).
+
+MERGE_TAIL (GemmTile.merge_tail, with HALF_TAIL and descriptor weights): such a half tail is run by the program
+of its expert's previous tile, in the same K loop, so the expert's weights stream once:
+
+    if _merge_tail(pid_m) absorbed:  return                  # the previous program runs this half tail
+    if merge:  one K loop, each weight box feeding two dots: slots pid_m BLOCK_M .. + BLOCK_M (acc) and
+               the next tile's first BLOCK_M / 2 slots (acc2)
+
+Why: in DeepSeek-V3's bf16 GEMM1 at T = 4096 both tiles of such an expert read its weights, and the second
+read missed L2 when the two programs drifted apart: 18.9 GB from DRAM for 15.0 GB of weights, L2 at 98% of its
+throughput (Nsight Compute on the H200, docs/measured/h200-session20/). The two dots are the ones the two
+programs would run (same shapes, same K order): the same bits.
 """
 
 from __future__ import annotations
@@ -298,6 +310,47 @@ def _gate_up_desc_loop(
     return g, u
 
 
+@triton.jit
+def _gate_up_desc_loop2(
+    x_ptrs, row_ok, x2_ptrs, row2_ok, w_desc, expert, n0, I, H, stride_x_h,
+    GATED: tl.constexpr, INTERLEAVED: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """_gate_up_desc_loop on BLOCK_M rows (x_ptrs) and BLOCK_M / 2 more (x2_ptrs, MERGE_TAIL) of one expert: each
+    K step's weight box feeds both dots. Returns (gate, up) of the first rows, then of the second."""
+    NB: tl.constexpr = 2 if GATED else 1
+    HALF: tl.constexpr = BLOCK_M // 2
+    acc = tl.zeros((BLOCK_M, NB * BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((HALF, NB * BLOCK_N), dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
+    for kk in range(0, tl.cdiv(H, BLOCK_K)):
+        k0 = kk * BLOCK_K
+        if EVEN_K:
+            x = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+            x2 = tl.load(x2_ptrs, mask=row2_ok[:, None], other=0.0)
+        else:
+            k_ok = (offs_k < H - k0)[None, :]
+            x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok, other=0.0)
+            x2 = tl.load(x2_ptrs, mask=row2_ok[:, None] & k_ok, other=0.0)
+        w = _w13_box(w_desc, expert, n0, k0, GATED, INTERLEAVED, BLOCK_N, BLOCK_K)
+        if INTERPRET:  # as in gate_up_kernel's pointer loop
+            x = x.to(tl.float32)
+            x2 = x2.to(tl.float32)
+            w = w.to(tl.float32)
+        wt = trans_tile(w)
+        acc = dot_acc(x, wt, acc, DOT_PRECISION)
+        acc2 = dot_acc(x2, wt, acc2, DOT_PRECISION)
+        x_ptrs += BLOCK_K * stride_x_h
+        x2_ptrs += BLOCK_K * stride_x_h
+    if GATED and INTERLEAVED:  # columns 2j, 2j + 1 = gate j, up j
+        g, u = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N, 2)))
+        g2, u2 = tl.split(tl.reshape(acc2, (HALF, BLOCK_N, 2)))
+    else:
+        g, u = _split_gate_up(acc, GATED, BLOCK_M, BLOCK_N)
+        g2, u2 = _split_gate_up(acc2, GATED, HALF, BLOCK_N)
+    return g, u, g2, u2
+
+
 @triton.jit(do_not_specialize=["num_experts"])  # E = 1 (shared expert) keeps the routed binary
 def gate_up_kernel(
     x_ptr,  # (T, H) input rows
@@ -334,6 +387,7 @@ def gate_up_kernel(
     W_DESC: tl.constexpr,
     PERSISTENT: tl.constexpr,
     HALF_TAIL: tl.constexpr,
+    MERGE_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -367,7 +421,20 @@ def gate_up_kernel(
         half = False
         if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)
             half = _pad_tail(sorted_ids_ptr, pid_m, num_assignments, BLOCK_M)
-        if half:
+        merge = False
+        if MERGE_TAIL:  # a half tail runs in its expert's previous tile's program (module docstring)
+            merge, absorbed = _merge_tail(sorted_ids_ptr, expert_of_block_ptr, num_padded_ptr, pid_m, expert, half,
+                                          num_assignments, BLOCK_M)  # fmt: skip
+            if absorbed:
+                return
+        if merge:
+            _gate_up_tile2(
+                x_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n, num_assignments, top_k,
+                I, H, stride_x_t, stride_x_h, stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha,
+                swiglu_limit, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N,
+                BLOCK_K,
+            )  # fmt: skip
+        elif half:
             _gate_up_tile(
                 x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, 2 * pid_m, pid_n,
                 num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
@@ -409,6 +476,18 @@ def _gate_up_tile(
             x_ptrs, row_ok, w13_ptr, expert, pid_n, I, H, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
             GATED, INTERLEAVED, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
+    _gate_up_store(acc_g, acc_u, ids, row_ok, offs_n, expert, b13_ptr, act_ptr, I, stride_b13_e, stride_b13_r,
+                   stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED, INTERLEAVED, HAS_BIAS,
+                   ACTIVATION)  # fmt: skip
+
+
+@triton.jit
+def _gate_up_store(
+    acc_g, acc_u, ids, row_ok, offs_n, expert, b13_ptr, act_ptr, I, stride_b13_e, stride_b13_r, stride_act_a,
+    stride_act_i, swiglu_alpha, swiglu_limit, GATED: tl.constexpr, INTERLEAVED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+):  # fmt: skip
+    """GEMM1's epilogue on a tile's (gate, up) accumulators: bias, activation, store of its live rows."""
     if HAS_BIAS:
         b_base = b13_ptr + expert.to(tl.int64) * stride_b13_e
         acc_g, acc_u = _gate_up_bias(acc_g, acc_u, b_base, offs_n, I, stride_b13_r, GATED, INTERLEAVED)
@@ -416,6 +495,63 @@ def _gate_up_tile(
 
     out_ptrs = act_ptr + ids.to(tl.int64)[:, None] * stride_act_a + offs_n[None, :] * stride_act_i
     tl.store(out_ptrs, act.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < I))
+
+
+@triton.jit
+def _merge_tail(sorted_ids_ptr, expert_of_block_ptr, num_padded_ptr, pid_m, expert, half, num_assignments,
+                BLOCK_M: tl.constexpr):  # fmt: skip
+    """MERGE_TAIL's (merge, absorbed) for the live M tile pid_m of `expert` (half: _pad_tail of it):
+
+        merge     this tile is full and the next one is the same expert's half tail: run both in one K loop
+        absorbed  this tile is such a half tail after a full tile of its expert: that tile's program runs it
+
+    Both programs test the same pair of tiles, so exactly one of them runs the half tail. Under align's layout
+    an expert's half tail is its last tile, after full ones only."""
+    HALF: tl.constexpr = BLOCK_M // 2
+    # indices clamped instead of masked loads: every load stays in bounds and the interpreter takes no scalar mask
+    nxt_live = (pid_m + 1) * BLOCK_M < tl.load(num_padded_ptr)
+    nxt = tl.where(nxt_live, pid_m + 1, pid_m)
+    nxt_half = (
+        tl.min(tl.load(sorted_ids_ptr + nxt * BLOCK_M + HALF + tl.arange(0, HALF)), axis=0) >= num_assignments
+    )
+    prev = tl.maximum(pid_m - 1, 0)
+    prev_full = (
+        tl.min(tl.load(sorted_ids_ptr + prev * BLOCK_M + HALF + tl.arange(0, HALF)), axis=0) < num_assignments
+    )
+    merge = (half == 0) & nxt_live & (tl.load(expert_of_block_ptr + nxt) == expert) & nxt_half
+    absorbed = (half != 0) & (pid_m > 0) & (tl.load(expert_of_block_ptr + prev) == expert) & prev_full
+    return merge, absorbed
+
+
+@triton.jit
+def _gate_up_tile2(
+    x_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n, num_assignments, top_k, I, H,
+    stride_x_t, stride_x_h, stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit,
+    GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """gate_up_kernel under MERGE_TAIL on a full tile pid_m and the next tile's first BLOCK_M / 2 slots (its
+    expert's half tail): one K loop whose weight boxes feed both, then each its epilogue."""
+    HALF: tl.constexpr = BLOCK_M // 2
+    ids, row_ok, tok, offs_n, _, offs_k = _tile_rows(
+        sorted_ids_ptr, pid_m, pid_n, num_assignments, top_k, I, True, BLOCK_M, BLOCK_N, BLOCK_K
+    )
+    ids2, row2_ok, tok2, _, _, _ = _tile_rows(
+        sorted_ids_ptr, 2 * pid_m + 2, pid_n, num_assignments, top_k, I, True, HALF, BLOCK_N, BLOCK_K
+    )
+    x_ptrs = x_ptr + tok[:, None] * stride_x_t + offs_k[None, :] * stride_x_h
+    x2_ptrs = x_ptr + tok2[:, None] * stride_x_t + offs_k[None, :] * stride_x_h
+    g, u, g2, u2 = _gate_up_desc_loop2(
+        x_ptrs, row_ok, x2_ptrs, row2_ok, w13_desc, expert, pid_n * BLOCK_N, I, H, stride_x_h,
+        GATED, INTERLEAVED, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
+    _gate_up_store(g, u, ids, row_ok, offs_n, expert, b13_ptr, act_ptr, I, stride_b13_e, stride_b13_r,
+                   stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED, INTERLEAVED, HAS_BIAS,
+                   ACTIVATION)  # fmt: skip
+    _gate_up_store(g2, u2, ids2, row2_ok, offs_n, expert, b13_ptr, act_ptr, I, stride_b13_e, stride_b13_r,
+                   stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED, INTERLEAVED, HAS_BIAS,
+                   ACTIVATION)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["num_experts"])  # E = 1 (shared expert) keeps the routed binary
@@ -450,6 +586,7 @@ def down_kernel(
     W_DESC: tl.constexpr,
     PERSISTENT: tl.constexpr,
     HALF_TAIL: tl.constexpr,
+    MERGE_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -485,7 +622,19 @@ def down_kernel(
         half = False
         if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)
             half = _pad_tail(sorted_ids_ptr, pid_m, num_assignments, BLOCK_M)
-        if half:
+        merge = False
+        if MERGE_TAIL:  # a half tail runs in its expert's previous tile's program (module docstring)
+            merge, absorbed = _merge_tail(sorted_ids_ptr, expert_of_block_ptr, num_padded_ptr, pid_m, expert, half,
+                                          num_assignments, BLOCK_M)  # fmt: skip
+            if absorbed:
+                return
+        if merge:
+            _down_tile2(
+                a_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m, pid_n, num_assignments,
+                H, I, stride_a_a, stride_a_i, stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS,
+                MUL_WEIGHT, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
+        elif half:
             _down_tile(
                 a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, 2 * pid_m,
                 pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
@@ -542,6 +691,16 @@ def _down_tile(
         a_ptrs += BLOCK_K * stride_a_i
         w_ptrs += BLOCK_K * stride_w2_i
 
+    _down_store(acc, rows, row_ok, offs_n, offs_n_w, expert, b2_ptr, out_ptr, route_w_ptr, H, stride_b2_e,
+                stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT)  # fmt: skip
+
+
+@triton.jit
+def _down_store(
+    acc, rows, row_ok, offs_n, offs_n_w, expert, b2_ptr, out_ptr, route_w_ptr, H, stride_b2_e, stride_b2_h,
+    stride_out_a, stride_out_h, HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr,
+):  # fmt: skip
+    """GEMM2's epilogue on a tile's accumulator: bias, router weight (fp32), store of its live rows."""
     if HAS_BIAS:
         acc += tl.load(b2_ptr + expert.to(tl.int64) * stride_b2_e + offs_n_w * stride_b2_h).to(tl.float32)[
             None, :
@@ -552,6 +711,50 @@ def _down_tile(
         acc = acc * tl.load(route_w_ptr + rows, mask=row_ok, other=0.0)[:, None]
     out_ptrs = out_ptr + rows[:, None] * stride_out_a + offs_n[None, :] * stride_out_h
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < H))
+
+
+@triton.jit
+def _down_tile2(
+    a_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m, pid_n, num_assignments, H, I,
+    stride_a_a, stride_a_i, stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS: tl.constexpr,
+    MUL_WEIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """down_kernel under MERGE_TAIL (descriptor weights) on a full tile pid_m and the next tile's first
+    BLOCK_M / 2 slots (its expert's half tail): one K loop whose weight boxes feed both, then each its
+    epilogue."""
+    HALF: tl.constexpr = BLOCK_M // 2
+    _, row_ok, rows, offs_n, offs_n_w, offs_k = _tile_rows(
+        sorted_ids_ptr, pid_m, pid_n, num_assignments, 1, H, False, BLOCK_M, BLOCK_N, BLOCK_K
+    )
+    _, row2_ok, rows2, _, _, _ = _tile_rows(
+        sorted_ids_ptr, 2 * pid_m + 2, pid_n, num_assignments, 1, H, False, HALF, BLOCK_N, BLOCK_K
+    )
+    a_ptrs = a_ptr + rows[:, None] * stride_a_a + offs_k[None, :] * stride_a_i
+    a2_ptrs = a_ptr + rows2[:, None] * stride_a_a + offs_k[None, :] * stride_a_i
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((HALF, BLOCK_N), dtype=tl.float32)
+    for kk in range(0, tl.cdiv(I, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            a2 = tl.load(a2_ptrs, mask=row2_ok[:, None], other=0.0)
+        else:
+            k_ok = (offs_k < I - kk * BLOCK_K)[None, :]
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok, other=0.0)
+            a2 = tl.load(a2_ptrs, mask=row2_ok[:, None] & k_ok, other=0.0)
+        w = trans_tile(w2_desc.load([expert, pid_n * BLOCK_N, kk * BLOCK_K]).reshape(BLOCK_N, BLOCK_K))
+        if INTERPRET:
+            a = a.to(tl.float32)
+            a2 = a2.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = dot_acc(a, w, acc, DOT_PRECISION)
+        acc2 = dot_acc(a2, w, acc2, DOT_PRECISION)
+        a_ptrs += BLOCK_K * stride_a_i
+        a2_ptrs += BLOCK_K * stride_a_i
+    _down_store(acc, rows, row_ok, offs_n, offs_n_w, expert, b2_ptr, out_ptr, route_w_ptr, H, stride_b2_e,
+                stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT)  # fmt: skip
+    _down_store(acc2, rows2, row2_ok, offs_n, offs_n_w, expert, b2_ptr, out_ptr, route_w_ptr, H, stride_b2_e,
+                stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT)  # fmt: skip
 
 
 @triton.jit

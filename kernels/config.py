@@ -88,6 +88,10 @@ class GemmTile:
     #: padded to BLOCK_M) runs as a tile of BLOCK_M / 2 rows, half the MMA work; the same K order per output
     #: element (kernels/_grouped_gemm_kernels.py, HALF_TAIL). Needs BLOCK_M >= 32 and persistent = 0
     half_tail: bool = False
+    #: with half_tail, 16-bit GEMMs with descriptor weights (no effect elsewhere): an expert's half tail runs in
+    #: the program of its previous tile, one K loop feeding both, so the expert's weights stream once
+    #: (kernels/_grouped_gemm_kernels.py, MERGE_TAIL); the same dots, so the same bits
+    merge_tail: bool = False
     #: CUDA only: ptxas's register cap per thread (launch option maxnreg), 0 = the compiler's choice. A cap
     #: lets one more program share an SM: 3 programs of 128 threads need <= 170 (65,536 registers per SM).
     #: Other backends' options have no such field, so launch_options leaves it out there
@@ -111,8 +115,10 @@ class GemmTile:
         return (max(1, min(num_tiles, self.persistent * sms)),)
 
     def smem_bytes(self, block_m: int, elem_bytes: int, n_b: int) -> int:
-        """Operand buffers of the software pipeline: num_stages copies of the A tile and n_b B tiles."""
-        return self.num_stages * (block_m * self.BLOCK_K + n_b * self.BLOCK_N * self.BLOCK_K) * elem_bytes
+        """Operand buffers of the software pipeline: num_stages copies of the A tile (and, merge_tail, the
+        merged half tail's A tile) and n_b B tiles."""
+        rows = block_m + (block_m // 2 if self.merge_tail else 0)
+        return self.num_stages * (rows * self.BLOCK_K + n_b * self.BLOCK_N * self.BLOCK_K) * elem_bytes
 
 
 def _count(v: Any) -> bool:
@@ -147,7 +153,7 @@ class TileConfig:
                 v = getattr(t, f)
                 if not (isinstance(v, int) and v >= 1):
                     raise SpecError(f"config.{name}.{f}", "an int >= 1", v)
-            for flag in ("tma", "paired", "half_tail"):
+            for flag in ("tma", "paired", "half_tail", "merge_tail"):
                 if not isinstance(getattr(t, flag), bool):
                     raise SpecError(f"config.{name}.{flag}", "a bool", getattr(t, flag))
             if not _count(t.persistent):
@@ -159,6 +165,9 @@ class TileConfig:
             if t.half_tail and t.persistent:
                 raise SpecError(f"config.{name}.half_tail", "false with persistent > 0 (one program per tile only)",
                                 t.half_tail)  # fmt: skip
+            if t.merge_tail and not t.half_tail:
+                raise SpecError(f"config.{name}.merge_tail", "false without half_tail (it merges half tails)",
+                                t.merge_tail)  # fmt: skip
             if t.half_tail and not self.BLOCK_M >= 32:
                 raise SpecError(f"config.{name}.half_tail", "false with BLOCK_M < 32 (half a tile is < 16 rows)",
                                 t.half_tail)  # fmt: skip

@@ -38,6 +38,12 @@ def _even(n: int, block: int) -> bool:
     return n % block == 0
 
 
+def merge_tail(tile: GemmTile, meta: AlignMeta, w_desc) -> bool:
+    """The MERGE_TAIL constexpr of a 16-bit launch: tile.merge_tail where HALF_TAIL holds and the weights go
+    through a descriptor (the merged loop reads its boxes)."""
+    return tile.merge_tail and half_tail(tile, meta) and w_desc is not None
+
+
 def half_tail(tile: GemmTile, meta: AlignMeta) -> bool:
     """The HALF_TAIL constexpr of a launch: tile.half_tail on a one-program-per-tile grid whose half tile still
     has the 16 rows a dot needs (TileConfig.validate refuses the other cases in a table or a forced config)."""
@@ -132,7 +138,7 @@ def launch_gate_up(
         GATED=gated, INTERLEAVED=interleaved, HAS_BIAS=b13 is not None,
         ACTIVATION=K.ACTIVATIONS[activation], DOT_PRECISION=dot_precision(x.dtype, allow_tf32),
         EVEN_K=_even(H, tile.BLOCK_K), W_DESC=w_desc is not None, PERSISTENT=tile.persistent > 0,
-        HALF_TAIL=half_tail(tile, meta),
+        HALF_TAIL=half_tail(tile, meta), MERGE_TAIL=merge_tail(tile, meta, w_desc),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M, PDL=pdl,
         # launch options
         **tile.launch_options(), **pdl_options(pdl),
@@ -176,6 +182,7 @@ def launch_down(
         HAS_BIAS=b2 is not None, MUL_WEIGHT=route_weights is not None,
         DOT_PRECISION=dot_precision(act.dtype, allow_tf32), EVEN_K=_even(I, tile.BLOCK_K),
         W_DESC=w_desc is not None, PERSISTENT=tile.persistent > 0, HALF_TAIL=half_tail(tile, meta),
+        MERGE_TAIL=merge_tail(tile, meta, w_desc),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, GROUP_M=tile.GROUP_M, PDL=pdl,
         # launch options
         **tile.launch_options(), **pdl_options(pdl),

@@ -1522,6 +1522,21 @@ def part_bal20(timer) -> None:
         torch.cuda.empty_cache()
 
 
+def part_merge20(timer) -> None:
+    """Session 20: merged half tails (GemmTile.merge_tail) in the 16-bit m > 32 row: an expert's half tail runs in
+    its previous tile's program, so its weights stream once (bal20: balanced ids were x1.16-1.28 at m ~ 128).
+    AOT (triton 3.9, sm90): 254-255 registers, 224 KiB of shared memory at 4 stages (168 KiB at 3), GEMM2 spills
+    8 B. Both GEMMs, GEMM1 alone, both at 3 stages, against the table; the five peer presets at T = 512 / 2048 /
+    4096, 5 alternating rounds of graph replays, ids given, bits compared."""
+    last = {"_rows": (-1, None), "merge_tail": True}
+    variants = {"bf16 table": ({}, None), "bf16 merge": (last, None),
+                "bf16 merge gate_up": ({**last, "_gemms": ("gate_up",)}, None),
+                "bf16 merge s3": ({**last, "num_stages": 3}, None)}  # fmt: skip
+    for name, T, fwd, _ in _bf16_points(PEER_PRESETS, (512, 2048, 4096)):
+        _rounds_variants(timer, {"part": "merge20", "kind": "bf16", "preset": name, "T": T}, fwd, variants, "16bit",
+                         rounds=5)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1583,7 +1598,8 @@ def main() -> int:
              "occ19c": part_occ19c,
              "mid19": part_mid19, "big20": part_big20,
              "fill20": part_fill20,
-             "bal20": part_bal20}  # fmt: skip
+             "bal20": part_bal20,
+             "merge20": part_merge20}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
@@ -1637,6 +1653,7 @@ def main() -> int:
             "big20",
             "fill20",
             "bal20",
+            "merge20",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

@@ -9,6 +9,8 @@
 #       T <= 8, block fp8 and bf16; balanced against random ids at m ~ 128
 #   n   Nsight Compute (ncu, clocks left alone) on one ids-given bf16 forward per case (NCU_CASES): DeepSeek-V3
 #       and Mixtral-8x7B at T = 4096, the routed and shared GEMMs (why T >= 2048 sits at 52-78% of the floor)
+#   m   GPU pytest of the merged half tails (test_merge_tail.py, test_half_tail.py), then perf_probe.py --parts
+#       merge20: GemmTile.merge_tail in the 16-bit m > 32 row, the five peer presets at T = 512 .. 4096
 #   g   the last call: GPU pytest (GPU_TESTS), quant_bench (QB_ARGS), certify quick
 set -u
 MODE=${1:-p}
@@ -38,6 +40,10 @@ n)
   echo "ncu exit $? in $(( $(date +%s) - s )) s"
   grep -E "profiled|==PROF==|==ERROR==|==WARNING==" "$OUT/ncu.txt" "$OUT/ncu-stderr.txt" | head -20
   grep -E "^  [a-z_0-9]+_kernel|Duration|Throughput|Hit Rate|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible|Issued Warp|Warp Cycles Per Issued|Pipe|Stall" "$OUT/ncu.txt" | head -200
+  ;;
+m)
+  gpu_pytest "$OUT" 150 tests/kernels/test_merge_tail.py tests/kernels/test_half_tail.py
+  probe "$OUT" "${PROBE_PARTS:-merge20}" "$(slot_left 585)"
   ;;
 g)
   gpu_pytest "$OUT" 150 ${GPU_TESTS:-tests/kernels/test_fp8_moe.py}
