@@ -320,11 +320,11 @@ def _gate_up_desc_loop2(
     K step's weight box feeds both dots. Returns (gate, up) of the first rows, then of the second."""
     NB: tl.constexpr = 2 if GATED else 1
     HALF: tl.constexpr = BLOCK_M // 2
-    acc = tl.zeros((BLOCK_M, NB * BLOCK_N), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, NB * BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((HALF, NB * BLOCK_N), dtype=tl.float32)
     offs_k = tl.arange(0, BLOCK_K)
-    for kk in range(0, tl.cdiv(H, BLOCK_K)):
-        k0 = kk * BLOCK_K
+    for k_step in range(0, tl.cdiv(H, BLOCK_K)):  # the names differ from _gate_up_desc_loop's: the recall
+        k0 = k_step * BLOCK_K  # catalog's mutations of that loop match one line each (conformance/recall)
         if EVEN_K:
             x = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
             x2 = tl.load(x2_ptrs, mask=row2_ok[:, None], other=0.0)
@@ -338,15 +338,15 @@ def _gate_up_desc_loop2(
             x2 = x2.to(tl.float32)
             w = w.to(tl.float32)
         wt = trans_tile(w)
-        acc = dot_acc(x, wt, acc, DOT_PRECISION)
+        acc1 = dot_acc(x, wt, acc1, DOT_PRECISION)
         acc2 = dot_acc(x2, wt, acc2, DOT_PRECISION)
         x_ptrs += BLOCK_K * stride_x_h
         x2_ptrs += BLOCK_K * stride_x_h
     if GATED and INTERLEAVED:  # columns 2j, 2j + 1 = gate j, up j
-        g, u = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N, 2)))
+        g, u = tl.split(tl.reshape(acc1, (BLOCK_M, BLOCK_N, 2)))
         g2, u2 = tl.split(tl.reshape(acc2, (HALF, BLOCK_N, 2)))
     else:
-        g, u = _split_gate_up(acc, GATED, BLOCK_M, BLOCK_N)
+        g, u = _split_gate_up(acc1, GATED, BLOCK_M, BLOCK_N)
         g2, u2 = _split_gate_up(acc2, GATED, HALF, BLOCK_N)
     return g, u, g2, u2
 
@@ -421,19 +421,35 @@ def gate_up_kernel(
         half = False
         if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)
             half = _pad_tail(sorted_ids_ptr, pid_m, num_assignments, BLOCK_M)
-        merge = False
         if MERGE_TAIL:  # a half tail runs in its expert's previous tile's program (module docstring)
+            # every call of the merged body sits in this constexpr branch: a flag set here and tested outside it
+            # was a tensor to Triton's code generator even with MERGE_TAIL off (triton 3.6 and 3.9), and the
+            # merged body's descriptor loads would then compile on pointer weights
             merge, absorbed = _merge_tail(sorted_ids_ptr, expert_of_block_ptr, num_padded_ptr, pid_m, expert, half,
                                           num_assignments, BLOCK_M)  # fmt: skip
             if absorbed:
                 return
-        if merge:
-            _gate_up_tile2(
-                x_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n, num_assignments, top_k,
-                I, H, stride_x_t, stride_x_h, stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha,
-                swiglu_limit, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N,
-                BLOCK_K,
-            )  # fmt: skip
+            if merge:
+                _gate_up_tile2(
+                    x_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n, num_assignments, top_k,
+                    I, H, stride_x_t, stride_x_h, stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha,
+                    swiglu_limit, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N,
+                    BLOCK_K,
+                )  # fmt: skip
+            elif half:
+                _gate_up_tile(
+                    x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, 2 * pid_m, pid_n,
+                    num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
+                    stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
+                    INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, False, BLOCK_M // 2, BLOCK_N, BLOCK_K,
+                )  # fmt: skip
+            else:
+                _gate_up_tile(
+                    x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
+                    num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
+                    stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
+                    INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
+                )  # fmt: skip
         elif half:
             _gate_up_tile(
                 x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, 2 * pid_m, pid_n,
@@ -622,18 +638,34 @@ def down_kernel(
         half = False
         if HALF_TAIL:  # the tile's second half is pad only: its first half alone (module docstring)
             half = _pad_tail(sorted_ids_ptr, pid_m, num_assignments, BLOCK_M)
-        merge = False
         if MERGE_TAIL:  # a half tail runs in its expert's previous tile's program (module docstring)
+            # every call of the merged body sits in this constexpr branch: a flag set here and tested outside it
+            # was a tensor to Triton's code generator even with MERGE_TAIL off (triton 3.6 and 3.9), and the
+            # merged body's descriptor loads would then compile on pointer weights
             merge, absorbed = _merge_tail(sorted_ids_ptr, expert_of_block_ptr, num_padded_ptr, pid_m, expert, half,
                                           num_assignments, BLOCK_M)  # fmt: skip
             if absorbed:
                 return
-        if merge:
-            _down_tile2(
-                a_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m, pid_n, num_assignments,
-                H, I, stride_a_a, stride_a_i, stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS,
-                MUL_WEIGHT, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K,
-            )  # fmt: skip
+            if merge:
+                _down_tile2(
+                    a_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m, pid_n, num_assignments,
+                    H, I, stride_a_a, stride_a_i, stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS,
+                    MUL_WEIGHT, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K,
+                )  # fmt: skip
+            elif half:
+                _down_tile(
+                    a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, 2 * pid_m,
+                    pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
+                    stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
+                    W_DESC, False, BLOCK_M // 2, BLOCK_N, BLOCK_K,
+                )  # fmt: skip
+            else:
+                _down_tile(
+                    a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m,
+                    pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
+                    stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
+                    W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
+                )  # fmt: skip
         elif half:
             _down_tile(
                 a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, 2 * pid_m,
@@ -732,26 +764,26 @@ def _down_tile2(
     )
     a_ptrs = a_ptr + rows[:, None] * stride_a_a + offs_k[None, :] * stride_a_i
     a2_ptrs = a_ptr + rows2[:, None] * stride_a_a + offs_k[None, :] * stride_a_i
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((HALF, BLOCK_N), dtype=tl.float32)
-    for kk in range(0, tl.cdiv(I, BLOCK_K)):
+    for k_step in range(0, tl.cdiv(I, BLOCK_K)):  # names apart from _down_tile's (recall mutations)
         if EVEN_K:
             a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
             a2 = tl.load(a2_ptrs, mask=row2_ok[:, None], other=0.0)
         else:
-            k_ok = (offs_k < I - kk * BLOCK_K)[None, :]
+            k_ok = (offs_k < I - k_step * BLOCK_K)[None, :]
             a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok, other=0.0)
             a2 = tl.load(a2_ptrs, mask=row2_ok[:, None] & k_ok, other=0.0)
-        w = trans_tile(w2_desc.load([expert, pid_n * BLOCK_N, kk * BLOCK_K]).reshape(BLOCK_N, BLOCK_K))
+        w = trans_tile(w2_desc.load([expert, pid_n * BLOCK_N, k_step * BLOCK_K]).reshape(BLOCK_N, BLOCK_K))
         if INTERPRET:
             a = a.to(tl.float32)
             a2 = a2.to(tl.float32)
             w = w.to(tl.float32)
-        acc = dot_acc(a, w, acc, DOT_PRECISION)
+        acc1 = dot_acc(a, w, acc1, DOT_PRECISION)
         acc2 = dot_acc(a2, w, acc2, DOT_PRECISION)
         a_ptrs += BLOCK_K * stride_a_i
         a2_ptrs += BLOCK_K * stride_a_i
-    _down_store(acc, rows, row_ok, offs_n, offs_n_w, expert, b2_ptr, out_ptr, route_w_ptr, H, stride_b2_e,
+    _down_store(acc1, rows, row_ok, offs_n, offs_n_w, expert, b2_ptr, out_ptr, route_w_ptr, H, stride_b2_e,
                 stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT)  # fmt: skip
     _down_store(acc2, rows2, row2_ok, offs_n, offs_n_w, expert, b2_ptr, out_ptr, route_w_ptr, H, stride_b2_e,
                 stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT)  # fmt: skip

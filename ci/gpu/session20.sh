@@ -11,6 +11,8 @@
 #       and Mixtral-8x7B at T = 4096, the routed and shared GEMMs (why T >= 2048 sits at 52-78% of the floor)
 #   m   GPU pytest of the merged half tails (test_merge_tail.py, test_half_tail.py), then perf_probe.py --parts
 #       merge20: GemmTile.merge_tail in the 16-bit m > 32 row, the five peer presets at T = 512 .. 4096
+#   z   after the merged half tails went into the sm90 table: GPU pytest (merge_tail, half_tail, fused_moe,
+#       grouped_gemm, weight_desc, capabilities), vLLM's Triton path side by side (carry .peer), certify quick
 #   g   the last call: GPU pytest (GPU_TESTS), quant_bench (QB_ARGS), certify quick
 set -u
 MODE=${1:-p}
@@ -44,6 +46,14 @@ n)
 m)
   gpu_pytest "$OUT" 150 tests/kernels/test_merge_tail.py tests/kernels/test_half_tail.py
   probe "$OUT" "${PROBE_PARTS:-merge20}" "$(slot_left 585)"
+  ;;
+z)
+  gpu_pytest "$OUT" 170 tests/kernels/test_merge_tail.py tests/kernels/test_half_tail.py tests/kernels/test_fused_moe.py \
+    tests/kernels/test_grouped_gemm.py tests/kernels/test_weight_desc.py tests/kernels/test_capabilities.py
+  peer_bench "$OUT" "${PEER_S:-170}"
+  grep -E "=>|geomean" "$OUT/peer.log" | tail -44
+  certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 575)"
+  certify_summary "$OUT"
   ;;
 g)
   gpu_pytest "$OUT" 150 ${GPU_TESTS:-tests/kernels/test_fp8_moe.py}
