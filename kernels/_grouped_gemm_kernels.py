@@ -436,34 +436,45 @@ def gate_up_kernel(
                     swiglu_limit, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N,
                     BLOCK_K,
                 )  # fmt: skip
-            elif half:
-                _gate_up_tile(
-                    x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, 2 * pid_m, pid_n,
-                    num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
-                    stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
-                    INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, False, BLOCK_M // 2, BLOCK_N, BLOCK_K,
-                )  # fmt: skip
             else:
-                _gate_up_tile(
-                    x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
-                    num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
-                    stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
-                    INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
+                _gate_up_half_or_full(
+                    half, x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n, num_assignments,
+                    top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h, stride_b13_e, stride_b13_r,
+                    stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION,
+                    DOT_PRECISION, EVEN_K, W_DESC, BLOCK_M, BLOCK_N, BLOCK_K,
                 )  # fmt: skip
-        elif half:
-            _gate_up_tile(
-                x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, 2 * pid_m, pid_n,
-                num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
-                stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
-                INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, False, BLOCK_M // 2, BLOCK_N, BLOCK_K,
-            )  # fmt: skip
         else:
-            _gate_up_tile(
-                x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
-                num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
-                stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
-                INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
+            _gate_up_half_or_full(
+                half, x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n, num_assignments,
+                top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h, stride_b13_e, stride_b13_r,
+                stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED, INTERLEAVED, HAS_BIAS, ACTIVATION,
+                DOT_PRECISION, EVEN_K, W_DESC, BLOCK_M, BLOCK_N, BLOCK_K,
             )  # fmt: skip
+
+
+@triton.jit
+def _gate_up_half_or_full(
+    half, x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n, num_assignments, top_k,
+    I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h, stride_b13_e, stride_b13_r, stride_act_a,
+    stride_act_i, swiglu_alpha, swiglu_limit, GATED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, W_DESC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """gate_up_kernel's one-program tile pid_m: its first half alone where `half` (HALF_TAIL), else whole."""
+    if half:
+        _gate_up_tile(
+            x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, 2 * pid_m, pid_n,
+            num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
+            stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
+            INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, False, BLOCK_M // 2, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+    else:
+        _gate_up_tile(
+            x_ptr, w13_ptr, w13_desc, b13_ptr, act_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
+            num_assignments, top_k, I, H, stride_x_t, stride_x_h, stride_w13_e, stride_w13_r, stride_w13_h,
+            stride_b13_e, stride_b13_r, stride_act_a, stride_act_i, swiglu_alpha, swiglu_limit, GATED,
+            INTERLEAVED, HAS_BIAS, ACTIVATION, DOT_PRECISION, EVEN_K, W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -652,34 +663,44 @@ def down_kernel(
                     H, I, stride_a_a, stride_a_i, stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS,
                     MUL_WEIGHT, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K,
                 )  # fmt: skip
-            elif half:
-                _down_tile(
-                    a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, 2 * pid_m,
-                    pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
-                    stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
-                    W_DESC, False, BLOCK_M // 2, BLOCK_N, BLOCK_K,
-                )  # fmt: skip
             else:
-                _down_tile(
-                    a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m,
-                    pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
-                    stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
-                    W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
+                _down_half_or_full(
+                    half, a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
+                    num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i, stride_b2_e,
+                    stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K, W_DESC, BLOCK_M,
+                    BLOCK_N, BLOCK_K,
                 )  # fmt: skip
-        elif half:
-            _down_tile(
-                a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, 2 * pid_m,
-                pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
-                stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
-                W_DESC, False, BLOCK_M // 2, BLOCK_N, BLOCK_K,
-            )  # fmt: skip
         else:
-            _down_tile(
-                a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m,
-                pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
-                stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
-                W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
+            _down_half_or_full(
+                half, a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
+                num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i, stride_b2_e,
+                stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K, W_DESC, BLOCK_M,
+                BLOCK_N, BLOCK_K,
             )  # fmt: skip
+
+
+@triton.jit
+def _down_half_or_full(
+    half, a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m, pid_n,
+    num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i, stride_b2_e, stride_b2_h,
+    stride_out_a, stride_out_h, HAS_BIAS: tl.constexpr, MUL_WEIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr, W_DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """down_kernel's one-program tile pid_m: its first half alone where `half` (HALF_TAIL), else whole."""
+    if half:
+        _down_tile(
+            a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, 2 * pid_m,
+            pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
+            stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
+            W_DESC, False, BLOCK_M // 2, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+    else:
+        _down_tile(
+            a_ptr, w2_ptr, w2_desc, b2_ptr, out_ptr, route_w_ptr, sorted_ids_ptr, expert, pid_m,
+            pid_n, num_assignments, H, I, stride_a_a, stride_a_i, stride_w2_e, stride_w2_h, stride_w2_i,
+            stride_b2_e, stride_b2_h, stride_out_a, stride_out_h, HAS_BIAS, MUL_WEIGHT, DOT_PRECISION, EVEN_K,
+            W_DESC, False, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
 
 
 @triton.jit
