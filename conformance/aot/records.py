@@ -74,6 +74,7 @@ def config_label(cfg: dict[str, Any]) -> str:
         "persistent" if cfg.get("PERSISTENT") else "",
         "paired" if cfg.get("PAIRED") else "",
         "half-tail" if cfg.get("HALF_TAIL") else "",
+        "merge-tail" if cfg.get("MERGE_TAIL") else "",
         "dot_scaled" if cfg.get("SCALE_AT") == 2 else "",  # the MXFP4 kernels' dot kind (SCALE_IN_MMA)
     ]
     return " ".join(p for p in parts if p)
