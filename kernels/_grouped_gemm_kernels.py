@@ -534,19 +534,14 @@ def _merge_tail(sorted_ids_ptr, expert_of_block_ptr, num_padded_ptr, pid_m, expe
 
     Both programs test the same pair of tiles, so exactly one of them runs the half tail. Under align's layout
     an expert's half tail is its last tile, after full ones only."""
-    HALF: tl.constexpr = BLOCK_M // 2
     # indices clamped instead of masked loads: every load stays in bounds and the interpreter takes no scalar mask
     nxt_live = (pid_m + 1) * BLOCK_M < tl.load(num_padded_ptr)
     nxt = tl.where(nxt_live, pid_m + 1, pid_m)
-    nxt_half = (
-        tl.min(tl.load(sorted_ids_ptr + nxt * BLOCK_M + HALF + tl.arange(0, HALF)), axis=0) >= num_assignments
-    )
+    nxt_half = _pad_tail(sorted_ids_ptr, nxt, num_assignments, BLOCK_M)
     prev = tl.maximum(pid_m - 1, 0)
-    prev_full = (
-        tl.min(tl.load(sorted_ids_ptr + prev * BLOCK_M + HALF + tl.arange(0, HALF)), axis=0) < num_assignments
-    )
+    prev_half = _pad_tail(sorted_ids_ptr, prev, num_assignments, BLOCK_M)
     merge = (half == 0) & nxt_live & (tl.load(expert_of_block_ptr + nxt) == expert) & nxt_half
-    absorbed = (half != 0) & (pid_m > 0) & (tl.load(expert_of_block_ptr + prev) == expert) & prev_full
+    absorbed = (half != 0) & (pid_m > 0) & (tl.load(expert_of_block_ptr + prev) == expert) & (prev_half == 0)
     return merge, absorbed
 
 
