@@ -43,13 +43,30 @@ def _config(half_tail: bool, *, tma: bool = False, block_n: int = 32, block_k: i
     return TileConfig(BLOCK_M=BLOCK_M, gate_up=tile, down=tile).validate()
 
 
-def _inputs(dtype: torch.dtype, **spec):
-    spec = MoESpec(**{**dict(hidden_size=72, intermediate_size=40, num_experts=len(COUNTS), top_k=1), **spec})
-    inp = make_inputs(spec, dtype, sum(COUNTS), seed=11)
-    ids = np.repeat(np.arange(len(COUNTS)), COUNTS)
-    np.random.default_rng(0).shuffle(ids)  # tokens of one expert are not adjacent
+def tail_inputs(dtype: torch.dtype, counts, *, seed: int, order_seed: int, **spec):
+    """(spec, inputs) of a k = 1 layer whose expert e holds counts[e] tokens, in shuffled order (also the merged
+    tails' tests, test_merge_tail.py)."""
+    spec = MoESpec(**{**dict(hidden_size=72, intermediate_size=40, num_experts=len(counts), top_k=1), **spec})
+    inp = make_inputs(spec, dtype, sum(counts), seed=seed)
+    ids = np.repeat(np.arange(len(counts)), counts)
+    np.random.default_rng(order_seed).shuffle(ids)  # tokens of one expert are not adjacent
     topk = torch.as_tensor(ids[:, None], dtype=torch.int32, device=inp.topk_ids.device)
     return spec, dataclasses.replace(inp, topk_ids=topk)
+
+
+def _inputs(dtype: torch.dtype, **spec):
+    return tail_inputs(dtype, COUNTS, seed=11, order_seed=0, **spec)
+
+
+def gemms_within_the_oracle(spec, inp, cfg: TileConfig, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(act, out) of gate_up and down under cfg, each asserted within the oracle's bound."""
+    act = moe_cts.kernels.gate_up(spec, inp.weights, inp.x, inp.topk_ids, config=cfg)
+    want, bound = gate_up_expected(inp)
+    assert_within(act, want, bound, f"gate_up {what}")
+    out = moe_cts.kernels.down(spec, inp.weights, act, inp.topk_ids, config=cfg)
+    want, bound = down_expected(inp, act.cpu().double().numpy())
+    assert_within(out, want, bound, f"down {what}")
+    return act, out
 
 
 def test_the_case_has_tails_on_both_sides_of_half() -> None:
@@ -62,16 +79,10 @@ def test_the_case_has_tails_on_both_sides_of_half() -> None:
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
 def test_half_tail_tiles_pass_the_oracle_like_full_tiles(dtype, tma) -> None:
     spec, inp = _inputs(dtype, w13_layout="interleaved", activation="swiglu_oai", expert_bias=True)
-    got = {}
-    for half in (False, True):
-        cfg = _config(half, tma=tma)
-        act = moe_cts.kernels.gate_up(spec, inp.weights, inp.x, inp.topk_ids, config=cfg)
-        want, bound = gate_up_expected(inp)
-        assert_within(act, want, bound, f"gate_up half_tail={half}")
-        out = moe_cts.kernels.down(spec, inp.weights, act, inp.topk_ids, config=cfg)
-        want, bound = down_expected(inp, act.cpu().double().numpy())
-        assert_within(out, want, bound, f"down half_tail={half}")
-        got[half] = (act, out)
+    got = {
+        half: gemms_within_the_oracle(spec, inp, _config(half, tma=tma), f"half_tail={half}")
+        for half in (False, True)
+    }
     # and bit for bit: tiles of 32 and 16 rows use one kind of product (per-row sums on the interpreter,
     # mma.sync on sm90, where wgmma needs 64 rows), in the same K order
     for what, a, b in zip(("gate_up", "down"), got[False], got[True]):

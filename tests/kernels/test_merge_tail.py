@@ -15,7 +15,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from _moe_testlib import assert_within, down_expected, forward_expected, gate_up_expected, make_inputs
+from _moe_testlib import assert_within, forward_expected
+from test_half_tail import gemms_within_the_oracle, tail_inputs
 
 import moe_cts.kernels
 from moe_cts.kernels import Routing
@@ -23,7 +24,7 @@ from moe_cts.kernels import config as cfgmod
 from moe_cts.kernels.align import align
 from moe_cts.kernels.config import GemmTile, TileConfig
 from moe_cts.kernels.grouped_gemm import merge_tail, w13_desc
-from moe_cts.reference.spec import MoESpec, SpecError
+from moe_cts.reference.spec import SpecError
 
 BF16, F16 = torch.bfloat16, torch.float16
 BLOCK_M = 32
@@ -40,12 +41,7 @@ def _config(merge: bool) -> TileConfig:
 
 
 def _inputs(dtype: torch.dtype, **spec):
-    spec = MoESpec(**{**dict(hidden_size=72, intermediate_size=40, num_experts=len(COUNTS), top_k=1), **spec})
-    inp = make_inputs(spec, dtype, sum(COUNTS), seed=5)
-    ids = np.repeat(np.arange(len(COUNTS)), COUNTS)
-    np.random.default_rng(1).shuffle(ids)  # tokens of one expert are not adjacent
-    topk = torch.as_tensor(ids[:, None], dtype=torch.int32, device=inp.topk_ids.device)
-    return spec, dataclasses.replace(inp, topk_ids=topk)
+    return tail_inputs(dtype, COUNTS, seed=5, order_seed=1, **spec)
 
 
 def test_the_case_covers_every_side_of_the_rule() -> None:
@@ -74,16 +70,10 @@ def test_the_merged_path_is_the_one_launched() -> None:
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
 def test_merged_half_tails_pass_the_oracle_and_keep_the_bits(dtype, layout) -> None:
     spec, inp = _inputs(dtype, **layout)
-    got = {}
-    for merge in (False, True):
-        cfg = _config(merge)
-        act = moe_cts.kernels.gate_up(spec, inp.weights, inp.x, inp.topk_ids, config=cfg)
-        want, bound = gate_up_expected(inp)
-        assert_within(act, want, bound, f"gate_up merge_tail={merge}")
-        out = moe_cts.kernels.down(spec, inp.weights, act, inp.topk_ids, config=cfg)
-        want, bound = down_expected(inp, act.cpu().double().numpy())
-        assert_within(out, want, bound, f"down merge_tail={merge}")
-        got[merge] = (act, out)
+    got = {
+        merge: gemms_within_the_oracle(spec, inp, _config(merge), f"merge_tail={merge}")
+        for merge in (False, True)
+    }
     for what, a, b in zip(("gate_up", "down"), got[False], got[True]):
         assert torch.equal(a, b), f"{what}: merged half tails changed the bits"
 
