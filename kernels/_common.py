@@ -44,23 +44,32 @@ def dot_acc(a, b, acc, INPUT_PRECISION: tl.constexpr):
 
 @triton.jit
 def pdl_enter(PDL: tl.constexpr):
-    """First statement of a kernel launched with programmatic dependent launch (PDL; config.pdl()):
+    """First statement of a kernel launched with programmatic dependent launch (PDL; config.pdl() gives the
+    mode, config.PDL_WAIT_FIRST or config.PDL_LAUNCH_FIRST):
 
-        gdc_wait()                # every earlier kernel of the stream has finished; its writes are visible
-        gdc_launch_dependents()   # the next kernel may launch: its programs start and wait in their gdc_wait
+        PDL_WAIT_FIRST:   gdc_wait()               # every earlier kernel of the stream has finished
+                          gdc_launch_dependents()  # the next kernel may launch; its programs wait in gdc_wait
+        PDL_LAUNCH_FIRST: gdc_launch_dependents()  # the next kernel may launch once this one's programs started
+                          gdc_wait()
 
     Why: at decode sizes a forward is a chain of short kernels, and each launch's latency sat between them
     (about 2-3 us per kernel boundary in a CUDA graph on the H200, ci/gpu/perf_probe.py stack13). Under PDL the
-    next kernel's programs are already resident when this one ends. Nothing is read before the wait, so the
+    next kernel's programs are already resident when this one ends. With the wait first, kernel n + 1 launches
+    only when kernel n - 1 has finished (n's programs trigger after their wait); launching first lets a chain
+    of short kernels line up behind a long one. Either way nothing is read or written before the wait, and a
+    kernel finishes only after its own wait returned, so finishing implies every earlier kernel finished: the
     values are those of a serial launch. Without PDL (other targets, the interpreter) nothing is traced."""
-    if PDL:
+    if PDL == 2:  # config.PDL_LAUNCH_FIRST (a literal: a jit function reads no module constant)
+        gdc_launch_dependents()
+        gdc_wait()
+    elif PDL:
         gdc_wait()
         gdc_launch_dependents()
 
 
-def pdl_options(pdl: bool) -> dict:
-    """Launch options of a kernel whose PDL constexpr is `pdl`: launch_pdl only when set (HIP's and the
-    interpreter's options have no such field)."""
+def pdl_options(pdl: int) -> dict:
+    """Launch options of a kernel whose PDL constexpr is `pdl` (config.pdl()'s mode): launch_pdl only when
+    set (HIP's and the interpreter's options have no such field)."""
     return {"launch_pdl": True} if pdl else {}
 
 

@@ -142,7 +142,7 @@ def align(
     block_m: int,
     *,
     tiles: tuple[int, int, int] | None = None,
-    pdl: bool = False,
+    pdl: int = 0,
 ) -> AlignMeta:
     """Group the T*k assignments by expert into runs padded to multiples of block_m::
 
@@ -322,7 +322,7 @@ def slot_meta(spec: MoESpec, topk_ids: torch.Tensor, block_m: int) -> AlignMeta 
     )
 
 
-def align_or_slots(spec: MoESpec, topk_ids: torch.Tensor, block_m: int, *, pdl: bool = False) -> AlignMeta:
+def align_or_slots(spec: MoESpec, topk_ids: torch.Tensor, block_m: int, *, pdl: int = 0) -> AlignMeta:
     """The forward's alignment: slot_meta where it applies (no launch), else align."""
     return slot_meta(spec, topk_ids, block_m) or align(spec, topk_ids, block_m, pdl=pdl)
 

@@ -29,7 +29,7 @@ def launch_combine(
     topk_weights: torch.Tensor | None = None,
     shared_out: torch.Tensor | None = None,
     slot_end: int = SLOT_END,
-    pdl: bool = False,
+    pdl: int = 0,
 ) -> None:
     """y = shared + sum of kept rows (weighted by topk_weights if given); expert_out (T, k, H). Row t*k+j is
     kept iff 0 <= slot_of[t*k+j] < slot_end (AlignMeta.combine_slots). pdl: launch in a programmatic-dependent

@@ -178,19 +178,31 @@ class TileConfig:
         return self
 
 
-#: "0" turns programmatic dependent launch off where a table sets it (perf probes time both)
+#: MOE_CTS_PDL: "0" turns programmatic dependent launch off where a table sets it; "wait" / "launch" override
+#: the table's order (perf probes time all three)
 PDL_ENV = "MOE_CTS_PDL"
+#: config.pdl()'s modes, the PDL constexpr of every chained kernel (_common.pdl_enter)
+PDL_OFF, PDL_WAIT_FIRST, PDL_LAUNCH_FIRST = 0, 1, 2
+_PDL_ORDERS = {"wait": PDL_WAIT_FIRST, "launch": PDL_LAUNCH_FIRST}
 
 
-def pdl(dtype_class_name: str) -> bool:
-    """Launch a forward's kernel chain of dtype class `dtype_class_name` (fp8 | 16bit | fp32: the class of its
-    GEMM operands) with programmatic dependent launch (_common.pdl_enter): the current table's optional
-    top-level "pdl", a list of the classes it applies to (the cuda-sm90 table: grid dependency control exists
-    on sm90+), on the CUDA backend only, unless MOE_CTS_PDL=0. Same values either way: each kernel waits for
-    the earlier ones before its first load."""
-    if os.environ.get(PDL_ENV) == "0" or backend() != "cuda":
-        return False
-    return dtype_class_name in load_table(current_table()).get("pdl", ())
+def pdl(dtype_class_name: str) -> int:
+    """How a forward's kernel chain of dtype class `dtype_class_name` (fp8 | 16bit | fp32: the class of its
+    GEMM operands) uses programmatic dependent launch (_common.pdl_enter): PDL_OFF, or PDL_WAIT_FIRST /
+    PDL_LAUNCH_FIRST where the current table's optional top-level "pdl" lists the class (the cuda-sm90 table:
+    grid dependency control exists on sm90+), in the order of its optional "pdl_order" ("wait", the default,
+    or "launch"), on the CUDA backend only. MOE_CTS_PDL=0 turns it off, MOE_CTS_PDL=wait / launch sets the
+    order. Same values in every mode: each kernel waits for the earlier ones before its first load."""
+    env = os.environ.get(PDL_ENV)
+    if env == "0" or backend() != "cuda":
+        return PDL_OFF
+    table = load_table(current_table())
+    if dtype_class_name not in table.get("pdl", ()):
+        return PDL_OFF
+    order = env if env in _PDL_ORDERS else table.get("pdl_order", "wait")
+    if order not in _PDL_ORDERS:
+        raise SpecError("pdl_order", f"one of {sorted(_PDL_ORDERS)}", order)
+    return _PDL_ORDERS[order]
 
 
 def backend() -> str:

@@ -61,7 +61,7 @@ def _route(spec: MoESpec, weights: MoEWeights, x: torch.Tensor) -> Routing:
     return route(spec, weights, x)
 
 
-def _align(spec: MoESpec, topk_ids: torch.Tensor, block_m: int, pdl: bool = False) -> AlignMeta:
+def _align(spec: MoESpec, topk_ids: torch.Tensor, block_m: int, pdl: int = 0) -> AlignMeta:
     from moe_cts.kernels.align import align_or_slots
 
     return align_or_slots(spec, topk_ids, block_m, pdl=pdl)

@@ -1537,6 +1537,34 @@ def part_merge20(timer) -> None:
                          rounds=5)  # fmt: skip
 
 
+def _pdl_mode(mode: int) -> list:
+    """A "_patch" that sets config.pdl() to `mode` for every dtype class (the 16-bit chain has no table entry)."""
+    from moe_cts.kernels import config as cfgmod
+
+    return [(cfgmod, "pdl", lambda _dc: mode)]
+
+
+def part_pdl21(timer) -> None:
+    """Session 21: programmatic dependent launch with the trigger first (config.PDL_LAUNCH_FIRST: each kernel lets
+    the next one launch as soon as its own programs have started, then waits), against the table's order (wait,
+    then trigger: kernel n + 1 launches only when n - 1 has finished) and serial launches. 5 alternating rounds of
+    graph replays, ids given, bits compared. Block fp8 at DeepSeek-V3 width with its shared expert at T = 1 / 2 /
+    4 / 8 / 16 / 4096 (and the bf16 forward in the same rounds, serial and launch first); the five peer presets in bf16 at T = 1 / 16 / 512 / 4096 in each order
+    (the sm90 table leaves the 16-bit chain serial: session 13 measured wait-first PDL at x0.68-1.02 at T = 1)."""
+    for T, fwd in _fp8_points((1, 2, 4, 8, 16, 4096)):
+        variants = {"fp8 table": ({}, None), "fp8 launch first": ({"_env": {"MOE_CTS_PDL": "launch"}}, None),
+                    "fp8 no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}  # fmt: skip
+        variants["bf16 table"] = ({"_dc": "16bit"}, "bf16")
+        variants["bf16 launch first"] = ({"_dc": "16bit", "_patch": _pdl_mode(2)}, "bf16")
+        _rounds_variants(timer, {"part": "pdl21", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
+                         "fp8", rounds=5)  # fmt: skip
+    variants = {"bf16 table": ({}, None), "bf16 wait first": ({"_patch": _pdl_mode(1)}, None),
+                "bf16 launch first": ({"_patch": _pdl_mode(2)}, None)}  # fmt: skip
+    for name, T, fwd, _ in _bf16_points(PEER_PRESETS, (1, 16, 512, 4096)):
+        _rounds_variants(timer, {"part": "pdl21", "kind": "bf16", "preset": name, "T": T}, fwd, variants, "16bit",
+                         rounds=5)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1599,7 +1627,8 @@ def main() -> int:
              "mid19": part_mid19, "big20": part_big20,
              "fill20": part_fill20,
              "bal20": part_bal20,
-             "merge20": part_merge20}  # fmt: skip
+             "merge20": part_merge20,
+             "pdl21": part_pdl21}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)

@@ -2,7 +2,8 @@
 
 Where PDL is on, each kernel of the chain waits for the earlier ones before its first load, so the outputs are
 those of serial launches: bitwise, eager and as a CUDA-graph replay (GPU part: block fp8 as the sm90 table sets
-it, and the 16-bit chain forced on, which the table leaves off for speed). Everywhere else it must stay off: the
+it, and the 16-bit chain forced on, which the table leaves off for speed; both orders, wait first and launch
+first). Everywhere else it must stay off: the
 interpreter, CUDA targets whose table does not set it, ROCm, 16-bit chains on sm90, and MOE_CTS_PDL=0 (CPU part:
 the tile heuristic's view of each target, as the AOT compiler sets it).
 """
@@ -21,7 +22,7 @@ import moe_cts.kernels
 from moe_cts.kernels import Routing, fp8_gemm
 from moe_cts.kernels import config as cfgmod
 from moe_cts.kernels.registry import active_target
-from moe_cts.reference.spec import MoESpec
+from moe_cts.reference.spec import MoESpec, SpecError
 
 BF16 = torch.bfloat16
 
@@ -34,11 +35,31 @@ BF16 = torch.bfloat16
 )  # fmt: skip
 def test_pdl_follows_the_targets_table_and_the_switch(target, want, monkeypatch) -> None:
     monkeypatch.delenv(cfgmod.PDL_ENV, raising=False)
+    on = (
+        cfgmod.PDL_WAIT_FIRST if want else cfgmod.PDL_OFF
+    )  # the sm90 table's order: wait first (no pdl_order)
     with active_target(target):
-        assert cfgmod.pdl("fp8") is want
-        assert cfgmod.pdl("16bit") is False  # the sm90 table sets it for the fp8 chain only (docs/h200.md)
+        assert cfgmod.pdl("fp8") == on
+        assert (
+            cfgmod.pdl("16bit") == cfgmod.PDL_OFF
+        )  # the sm90 table sets it for the fp8 chain only (docs/h200.md)
+        monkeypatch.setenv(cfgmod.PDL_ENV, "launch")
+        assert cfgmod.pdl("fp8") == (cfgmod.PDL_LAUNCH_FIRST if want else cfgmod.PDL_OFF)
+        assert cfgmod.pdl("16bit") == cfgmod.PDL_OFF  # the order does not turn a chain on
         monkeypatch.setenv(cfgmod.PDL_ENV, "0")
-        assert cfgmod.pdl("fp8") is False
+        assert cfgmod.pdl("fp8") == cfgmod.PDL_OFF
+
+
+def test_pdl_order_comes_from_the_table_and_a_bad_one_is_named(monkeypatch) -> None:
+    monkeypatch.delenv(cfgmod.PDL_ENV, raising=False)
+    monkeypatch.setattr(cfgmod, "backend", lambda: "cuda")
+    monkeypatch.setattr(cfgmod, "current_table", lambda: "t")
+    for order, want in (("launch", cfgmod.PDL_LAUNCH_FIRST), ("wait", cfgmod.PDL_WAIT_FIRST)):
+        monkeypatch.setattr(cfgmod, "load_table", lambda _n, o=order: {"pdl": ["fp8"], "pdl_order": o})
+        assert cfgmod.pdl("fp8") == want
+    monkeypatch.setattr(cfgmod, "load_table", lambda _n: {"pdl": ["fp8"], "pdl_order": "early"})
+    with pytest.raises(SpecError, match="pdl_order"):
+        cfgmod.pdl("fp8")
 
 
 def test_pdl_is_off_on_the_interpreter() -> None:
@@ -68,20 +89,22 @@ def test_pdl_launches_give_the_serial_bits_and_pass_the_oracle(T, monkeypatch) -
     """The 16-bit chain with PDL forced on (grid dependency control needs sm90+)."""
     if fp8_gemm.interpreting() or not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("a CUDA device of sm90 or later")
-    monkeypatch.setattr(cfgmod, "pdl", lambda _cls: os.environ.get(cfgmod.PDL_ENV) != "0")
+    modes = {"wait": cfgmod.PDL_WAIT_FIRST, "launch": cfgmod.PDL_LAUNCH_FIRST, "0": cfgmod.PDL_OFF}
+    monkeypatch.setattr(cfgmod, "pdl", lambda _cls: modes[os.environ[cfgmod.PDL_ENV]])
     spec = MoESpec(hidden_size=256, intermediate_size=128, num_experts=8, top_k=2, n_shared_experts=1,
                    shared_intermediate_size=128)  # fmt: skip
     inp = make_inputs(spec, BF16, T, seed=5)
     routing = Routing(inp.topk_ids, inp.topk_weights)
     fwd = lambda: moe_cts.kernels.fused_moe(spec, inp.weights, inp.x, routing=routing)
     got = {}
-    for pdl in ("1", "0"):
+    for pdl in modes:
         monkeypatch.setenv(cfgmod.PDL_ENV, pdl)
         got[pdl] = (fwd().clone(), _graph(fwd))
-    for a, b in zip(got["1"], got["0"]):
-        assert torch.equal(a, b), "PDL launches changed the bits"
+    for pdl in ("wait", "launch"):
+        for a, b in zip(got[pdl], got["0"]):
+            assert torch.equal(a, b), f"PDL launches ({pdl} first) changed the bits"
     want, bound = forward_expected(inp, np.ones(tuple(inp.topk_ids.shape), bool))
-    assert_within(got["1"][1], want, bound, "forward with PDL (graph)")
+    assert_within(got["launch"][1], want, bound, "forward with PDL (graph)")
 
 
 def test_block_fp8_with_pdl_gives_the_serial_bits_and_passes(monkeypatch) -> None:
@@ -97,13 +120,14 @@ def test_block_fp8_with_pdl_gives_the_serial_bits_and_passes(monkeypatch) -> Non
     case = _case(QuantScheme.fp8_block(), hidden_size=256, intermediate_size=256)
     launches = Fp8Launches(monkeypatch)
     got = launches.got
-    for pdl in ("1", "0"):
+    for pdl in ("wait", "launch", "0"):
         launches.under(pdl)
         monkeypatch.setenv(cfgmod.PDL_ENV, pdl)
         r, _ = _judge(case, select_device("cuda:0"))
         assert r.outcome == Outcome.PASS, (
             f"MOE_CTS_PDL={pdl}: {r.outcome.value} at {r.failing_stage}: {r.message}"
         )
-    assert len(got["1"]) == len(got["0"]) >= 1
-    for i, (a, b) in enumerate(zip(got["1"], got["0"])):
-        assert torch.equal(a, b), f"launch {i}: PDL launches changed the fp8 bits"
+    for pdl in ("wait", "launch"):
+        assert len(got[pdl]) == len(got["0"]) >= 1
+        for i, (a, b) in enumerate(zip(got[pdl], got["0"])):
+            assert torch.equal(a, b), f"launch {i}: PDL launches ({pdl} first) changed the fp8 bits"
