@@ -178,21 +178,21 @@ class TileConfig:
         return self
 
 
-#: MOE_CTS_PDL: "0" turns programmatic dependent launch off where a table sets it; "wait" / "launch" override
+#: MOE_CTS_PDL: "0" turns programmatic dependent launch off where a table sets it; "wait" / "launch" / "exit" override
 #: the table's order (perf probes time all three)
 PDL_ENV = "MOE_CTS_PDL"
 #: config.pdl()'s modes, the PDL constexpr of every chained kernel (_common.pdl_enter)
-PDL_OFF, PDL_WAIT_FIRST, PDL_LAUNCH_FIRST = 0, 1, 2
-_PDL_ORDERS = {"wait": PDL_WAIT_FIRST, "launch": PDL_LAUNCH_FIRST}
+PDL_OFF, PDL_WAIT_FIRST, PDL_LAUNCH_FIRST, PDL_AT_EXIT = 0, 1, 2, 3
+_PDL_ORDERS = {"wait": PDL_WAIT_FIRST, "launch": PDL_LAUNCH_FIRST, "exit": PDL_AT_EXIT}
 
 
 def pdl(dtype_class_name: str) -> int:
     """How a forward's kernel chain of dtype class `dtype_class_name` (fp8 | 16bit | fp32: the class of its
     GEMM operands) uses programmatic dependent launch (_common.pdl_enter): PDL_OFF, or PDL_WAIT_FIRST /
-    PDL_LAUNCH_FIRST where the current table's optional top-level "pdl" lists the class (the cuda-sm90 table:
-    grid dependency control exists on sm90+), in the order of its optional "pdl_order" ("wait", the default,
-    or "launch"), on the CUDA backend only. MOE_CTS_PDL=0 turns it off, MOE_CTS_PDL=wait / launch sets the
-    order. Same values in every mode: each kernel waits for the earlier ones before its first load."""
+    PDL_LAUNCH_FIRST / PDL_AT_EXIT where the current table's optional top-level "pdl" lists the class (the
+    cuda-sm90 table: grid dependency control exists on sm90+), in the order of its optional "pdl_order" ("wait",
+    the default, "launch" or "exit"), on the CUDA backend only. MOE_CTS_PDL=0 turns it off, MOE_CTS_PDL=wait /
+    launch / exit sets the order. Same values in every mode: each kernel waits for the earlier ones before its first load."""
     env = os.environ.get(PDL_ENV)
     if env == "0" or backend() != "cuda":
         return PDL_OFF

@@ -1565,6 +1565,28 @@ def part_pdl21(timer) -> None:
                          rounds=5)  # fmt: skip
 
 
+def part_pdl21b(timer) -> None:
+    """Session 21, after pdl21 (launch first: no change; 16-bit PDL in either order x0.68 at Mixtral-8x7B T = 1
+    and x1.03 at gpt-oss-120b T = 1). When a kernel triggers while the one before it still runs (GEMM1 in 1.7
+    waves at Mixtral T = 1), the next kernel's programs are placed on the SMs that are free then, perhaps many
+    per SM, and stream from few SMs. config.PDL_AT_EXIT (no trigger: the next kernel launches when every program
+    has exited, before the grid's completion) keeps the placement of a serial launch. 5 alternating rounds of
+    graph replays, ids given, bits compared: block fp8 DeepSeek-V3 with its shared expert at T = 1 / 2 / 4 / 8 /
+    16 (bf16 in the same rounds), the five peer presets in bf16 at T = 1 / 16 / 512."""
+    for T, fwd in _fp8_points((1, 2, 4, 8, 16)):
+        variants = {"fp8 table": ({}, None), "fp8 at exit": ({"_env": {"MOE_CTS_PDL": "exit"}}, None),
+                    "fp8 no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None),
+                    "bf16 table": ({"_dc": "16bit"}, "bf16"),
+                    "bf16 at exit": ({"_dc": "16bit", "_patch": _pdl_mode(3)}, "bf16")}  # fmt: skip
+        _rounds_variants(timer, {"part": "pdl21b", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
+                         "fp8", rounds=5)  # fmt: skip
+    variants = {"bf16 table": ({}, None), "bf16 wait first": ({"_patch": _pdl_mode(1)}, None),
+                "bf16 at exit": ({"_patch": _pdl_mode(3)}, None)}  # fmt: skip
+    for name, T, fwd, _ in _bf16_points(PEER_PRESETS, (1, 16, 512)):
+        _rounds_variants(timer, {"part": "pdl21b", "kind": "bf16", "preset": name, "T": T}, fwd, variants, "16bit",
+                         rounds=5)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1628,7 +1650,7 @@ def main() -> int:
              "fill20": part_fill20,
              "bal20": part_bal20,
              "merge20": part_merge20,
-             "pdl21": part_pdl21}  # fmt: skip
+             "pdl21": part_pdl21, "pdl21b": part_pdl21b}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)

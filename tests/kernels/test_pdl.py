@@ -89,7 +89,12 @@ def test_pdl_launches_give_the_serial_bits_and_pass_the_oracle(T, monkeypatch) -
     """The 16-bit chain with PDL forced on (grid dependency control needs sm90+)."""
     if fp8_gemm.interpreting() or not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("a CUDA device of sm90 or later")
-    modes = {"wait": cfgmod.PDL_WAIT_FIRST, "launch": cfgmod.PDL_LAUNCH_FIRST, "0": cfgmod.PDL_OFF}
+    modes = {
+        "wait": cfgmod.PDL_WAIT_FIRST,
+        "launch": cfgmod.PDL_LAUNCH_FIRST,
+        "exit": cfgmod.PDL_AT_EXIT,
+        "0": 0,
+    }
     monkeypatch.setattr(cfgmod, "pdl", lambda _cls: modes[os.environ[cfgmod.PDL_ENV]])
     spec = MoESpec(hidden_size=256, intermediate_size=128, num_experts=8, top_k=2, n_shared_experts=1,
                    shared_intermediate_size=128)  # fmt: skip
@@ -100,7 +105,7 @@ def test_pdl_launches_give_the_serial_bits_and_pass_the_oracle(T, monkeypatch) -
     for pdl in modes:
         monkeypatch.setenv(cfgmod.PDL_ENV, pdl)
         got[pdl] = (fwd().clone(), _graph(fwd))
-    for pdl in ("wait", "launch"):
+    for pdl in ("wait", "launch", "exit"):
         for a, b in zip(got[pdl], got["0"]):
             assert torch.equal(a, b), f"PDL launches ({pdl} first) changed the bits"
     want, bound = forward_expected(inp, np.ones(tuple(inp.topk_ids.shape), bool))
@@ -120,14 +125,14 @@ def test_block_fp8_with_pdl_gives_the_serial_bits_and_passes(monkeypatch) -> Non
     case = _case(QuantScheme.fp8_block(), hidden_size=256, intermediate_size=256)
     launches = Fp8Launches(monkeypatch)
     got = launches.got
-    for pdl in ("wait", "launch", "0"):
+    for pdl in ("wait", "launch", "exit", "0"):
         launches.under(pdl)
         monkeypatch.setenv(cfgmod.PDL_ENV, pdl)
         r, _ = _judge(case, select_device("cuda:0"))
         assert r.outcome == Outcome.PASS, (
             f"MOE_CTS_PDL={pdl}: {r.outcome.value} at {r.failing_stage}: {r.message}"
         )
-    for pdl in ("wait", "launch"):
+    for pdl in ("wait", "launch", "exit"):
         assert len(got[pdl]) == len(got["0"]) >= 1
         for i, (a, b) in enumerate(zip(got[pdl], got["0"])):
             assert torch.equal(a, b), f"launch {i}: PDL launches ({pdl} first) changed the fp8 bits"
