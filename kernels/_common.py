@@ -45,26 +45,21 @@ def dot_acc(a, b, acc, INPUT_PRECISION: tl.constexpr):
 @triton.jit
 def pdl_enter(PDL: tl.constexpr):
     """First statement of a kernel launched with programmatic dependent launch (PDL; config.pdl() gives the
-    mode, config.PDL_WAIT_FIRST, PDL_LAUNCH_FIRST or PDL_AT_EXIT):
+    mode, config.PDL_WAIT_FIRST or PDL_AT_EXIT):
 
-        PDL_WAIT_FIRST:   gdc_wait()               # every earlier kernel of the stream has finished
-                          gdc_launch_dependents()  # the next kernel may launch; its programs wait in gdc_wait
-        PDL_LAUNCH_FIRST: gdc_launch_dependents()  # the next kernel may launch once this one's programs started
-                          gdc_wait()
-        PDL_AT_EXIT:      gdc_wait()               # no trigger: the next kernel launches when every program of
-                                                   # this one has exited, before the grid's completion
+        PDL_WAIT_FIRST: gdc_wait()               # every earlier kernel of the stream has finished
+                        gdc_launch_dependents()  # the next kernel may launch; its programs wait in gdc_wait
+        PDL_AT_EXIT:    gdc_wait()               # no trigger: the next kernel launches when every program of
+                                                 # this one has exited, ahead of the grid's completion
 
     Why: at decode sizes a forward is a chain of short kernels, and each launch's latency sat between them
     (about 2-3 us per kernel boundary in a CUDA graph on the H200, ci/gpu/perf_probe.py stack13). Under PDL the
-    next kernel's programs are already resident when this one ends. With the wait first, kernel n + 1 launches
-    only when kernel n - 1 has finished (n's programs trigger after their wait); launching first lets a chain
-    of short kernels line up behind a long one. Either way nothing is read or written before the wait, and a
-    kernel finishes only after its own wait returned, so finishing implies every earlier kernel finished: the
-    values are those of a serial launch. Without PDL (other targets, the interpreter) nothing is traced."""
-    if PDL == 2:  # config.PDL_LAUNCH_FIRST (literals: a jit function reads no module constant)
-        gdc_launch_dependents()
-        gdc_wait()
-    elif PDL == 3:  # config.PDL_AT_EXIT: no trigger, so the next kernel launches as this one's programs exit
+    next kernel's programs are already resident when this one ends. An early trigger also places them early,
+    on the SMs that are free while this kernel's last wave runs, several to an SM: the 16-bit chain at
+    Mixtral-8x7B T = 1 (GEMM1 in 1.7 waves) took x1.47 the serial time that way, and at exit it is x0.995
+    (docs/h200.md, session 21). Nothing is read or written before the wait, so the values are those of a
+    serial launch. Without PDL (other targets, the interpreter) nothing is traced."""
+    if PDL == 3:  # config.PDL_AT_EXIT (a literal: a jit function reads no module constant)
         gdc_wait()
     elif PDL:
         gdc_wait()

@@ -178,31 +178,32 @@ class TileConfig:
         return self
 
 
-#: MOE_CTS_PDL: "0" turns programmatic dependent launch off where a table sets it; "wait" / "launch" / "exit" override
-#: the table's order (perf probes time all three)
+#: MOE_CTS_PDL: "0" turns programmatic dependent launch off where a table sets it; "wait" / "exit" set the trigger
+#: (perf probes time them against each other)
 PDL_ENV = "MOE_CTS_PDL"
-#: config.pdl()'s modes, the PDL constexpr of every chained kernel (_common.pdl_enter)
-PDL_OFF, PDL_WAIT_FIRST, PDL_LAUNCH_FIRST, PDL_AT_EXIT = 0, 1, 2, 3
-_PDL_ORDERS = {"wait": PDL_WAIT_FIRST, "launch": PDL_LAUNCH_FIRST, "exit": PDL_AT_EXIT}
+#: config.pdl()'s modes, the PDL constexpr of every chained kernel (_common.pdl_enter). 2 was "launch first"
+#: (trigger, then wait), measured in session 21 and removed: docs/h200.md.
+PDL_OFF, PDL_WAIT_FIRST, PDL_AT_EXIT = 0, 1, 3
+_PDL_MODES = {"wait": PDL_WAIT_FIRST, "exit": PDL_AT_EXIT}
 
 
 def pdl(dtype_class_name: str) -> int:
     """How a forward's kernel chain of dtype class `dtype_class_name` (fp8 | 16bit | fp32: the class of its
-    GEMM operands) uses programmatic dependent launch (_common.pdl_enter): PDL_OFF, or PDL_WAIT_FIRST /
-    PDL_LAUNCH_FIRST / PDL_AT_EXIT where the current table's optional top-level "pdl" lists the class (the
-    cuda-sm90 table: grid dependency control exists on sm90+), in the order of its optional "pdl_order" ("wait",
-    the default, "launch" or "exit"), on the CUDA backend only. MOE_CTS_PDL=0 turns it off, MOE_CTS_PDL=wait /
-    launch / exit sets the order. Same values in every mode: each kernel waits for the earlier ones before its first load."""
+    GEMM operands) uses programmatic dependent launch (_common.pdl_enter): the current table's optional
+    top-level "pdl", {class: "wait" | "exit"} (the cuda-sm90 table: grid dependency control exists on sm90+),
+    on the CUDA backend only; PDL_OFF for a class it does not name. MOE_CTS_PDL=0 turns it off, MOE_CTS_PDL=wait
+    / exit sets the mode of the classes the table names. Same values in every mode: each kernel waits for the
+    earlier ones before its first load or store."""
     env = os.environ.get(PDL_ENV)
     if env == "0" or backend() != "cuda":
         return PDL_OFF
-    table = load_table(current_table())
-    if dtype_class_name not in table.get("pdl", ()):
+    mode = load_table(current_table()).get("pdl", {}).get(dtype_class_name)
+    if mode is None:
         return PDL_OFF
-    order = env if env in _PDL_ORDERS else table.get("pdl_order", "wait")
-    if order not in _PDL_ORDERS:
-        raise SpecError("pdl_order", f"one of {sorted(_PDL_ORDERS)}", order)
-    return _PDL_ORDERS[order]
+    mode = env if env in _PDL_MODES else mode
+    if mode not in _PDL_MODES:
+        raise SpecError(f"pdl.{dtype_class_name}", f"one of {sorted(_PDL_MODES)}", mode)
+    return _PDL_MODES[mode]
 
 
 def backend() -> str:

@@ -1545,7 +1545,8 @@ def _pdl_mode(mode: int) -> list:
 
 
 def part_pdl21(timer) -> None:
-    """Session 21: programmatic dependent launch with the trigger first (config.PDL_LAUNCH_FIRST: each kernel lets
+    """Ran at commit f03916f, where MOE_CTS_PDL=launch and PDL mode 2 existed (removed after it: they now mean the
+    table's mode and wait first). Session 21: programmatic dependent launch with the trigger first (each kernel lets
     the next one launch as soon as its own programs have started, then waits), against the table's order (wait,
     then trigger: kernel n + 1 launches only when n - 1 has finished) and serial launches. 5 alternating rounds of
     graph replays, ids given, bits compared. Block fp8 at DeepSeek-V3 width with its shared expert at T = 1 / 2 /

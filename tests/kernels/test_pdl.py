@@ -1,11 +1,10 @@
 """Programmatic dependent launch (config.pdl(dtype class): the cuda-sm90 table's "pdl", _common.pdl_enter).
 
 Where PDL is on, each kernel of the chain waits for the earlier ones before its first load, so the outputs are
-those of serial launches: bitwise, eager and as a CUDA-graph replay (GPU part: block fp8 as the sm90 table sets
-it, and the 16-bit chain forced on, which the table leaves off for speed; both orders, wait first and launch
-first). Everywhere else it must stay off: the
-interpreter, CUDA targets whose table does not set it, ROCm, 16-bit chains on sm90, and MOE_CTS_PDL=0 (CPU part:
-the tile heuristic's view of each target, as the AOT compiler sets it).
+those of serial launches: bitwise, eager and as a CUDA-graph replay, in both modes (wait first, then trigger;
+wait and never trigger). GPU part: block fp8 through the conformance harness, and the 16-bit chain. Everywhere
+else it must stay off: the interpreter, CUDA targets whose table does not set it, ROCm, and MOE_CTS_PDL=0 (CPU
+part: the tile heuristic's view of each target, as the AOT compiler sets it).
 """
 
 from __future__ import annotations
@@ -35,30 +34,28 @@ BF16 = torch.bfloat16
 )  # fmt: skip
 def test_pdl_follows_the_targets_table_and_the_switch(target, want, monkeypatch) -> None:
     monkeypatch.delenv(cfgmod.PDL_ENV, raising=False)
-    on = (
-        cfgmod.PDL_WAIT_FIRST if want else cfgmod.PDL_OFF
-    )  # the sm90 table's order: wait first (no pdl_order)
     with active_target(target):
-        assert cfgmod.pdl("fp8") == on
-        assert (
-            cfgmod.pdl("16bit") == cfgmod.PDL_OFF
-        )  # the sm90 table sets it for the fp8 chain only (docs/h200.md)
-        monkeypatch.setenv(cfgmod.PDL_ENV, "launch")
-        assert cfgmod.pdl("fp8") == (cfgmod.PDL_LAUNCH_FIRST if want else cfgmod.PDL_OFF)
-        assert cfgmod.pdl("16bit") == cfgmod.PDL_OFF  # the order does not turn a chain on
+        # the sm90 table: fp8 waits, then triggers; the 16-bit chain waits and never triggers (docs/h200.md)
+        assert cfgmod.pdl("fp8") == (cfgmod.PDL_WAIT_FIRST if want else cfgmod.PDL_OFF)
+        assert cfgmod.pdl("16bit") == (cfgmod.PDL_AT_EXIT if want else cfgmod.PDL_OFF)
+        assert cfgmod.pdl("fp32") == cfgmod.PDL_OFF
+        monkeypatch.setenv(cfgmod.PDL_ENV, "exit")
+        assert cfgmod.pdl("fp8") == (cfgmod.PDL_AT_EXIT if want else cfgmod.PDL_OFF)
+        assert cfgmod.pdl("fp32") == cfgmod.PDL_OFF  # the mode does not turn a chain on
         monkeypatch.setenv(cfgmod.PDL_ENV, "0")
-        assert cfgmod.pdl("fp8") == cfgmod.PDL_OFF
+        assert cfgmod.pdl("fp8") == cfgmod.pdl("16bit") == cfgmod.PDL_OFF
 
 
-def test_pdl_order_comes_from_the_table_and_a_bad_one_is_named(monkeypatch) -> None:
+def test_pdl_mode_comes_from_the_table_and_a_bad_one_is_named(monkeypatch) -> None:
     monkeypatch.delenv(cfgmod.PDL_ENV, raising=False)
     monkeypatch.setattr(cfgmod, "backend", lambda: "cuda")
     monkeypatch.setattr(cfgmod, "current_table", lambda: "t")
-    for order, want in (("launch", cfgmod.PDL_LAUNCH_FIRST), ("wait", cfgmod.PDL_WAIT_FIRST)):
-        monkeypatch.setattr(cfgmod, "load_table", lambda _n, o=order: {"pdl": ["fp8"], "pdl_order": o})
+    for mode, want in (("exit", cfgmod.PDL_AT_EXIT), ("wait", cfgmod.PDL_WAIT_FIRST)):
+        monkeypatch.setattr(cfgmod, "load_table", lambda _n, m=mode: {"pdl": {"fp8": m}})
         assert cfgmod.pdl("fp8") == want
-    monkeypatch.setattr(cfgmod, "load_table", lambda _n: {"pdl": ["fp8"], "pdl_order": "early"})
-    with pytest.raises(SpecError, match="pdl_order"):
+        assert cfgmod.pdl("16bit") == cfgmod.PDL_OFF
+    monkeypatch.setattr(cfgmod, "load_table", lambda _n: {"pdl": {"fp8": "launch"}})
+    with pytest.raises(SpecError, match=r"pdl\.fp8"):
         cfgmod.pdl("fp8")
 
 
@@ -86,15 +83,10 @@ def _graph(fn):
 
 @pytest.mark.parametrize("T", [1, 40])
 def test_pdl_launches_give_the_serial_bits_and_pass_the_oracle(T, monkeypatch) -> None:
-    """The 16-bit chain with PDL forced on (grid dependency control needs sm90+)."""
+    """The 16-bit chain in each mode, forced (grid dependency control needs sm90+; the sm90 table's is "exit")."""
     if fp8_gemm.interpreting() or not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("a CUDA device of sm90 or later")
-    modes = {
-        "wait": cfgmod.PDL_WAIT_FIRST,
-        "launch": cfgmod.PDL_LAUNCH_FIRST,
-        "exit": cfgmod.PDL_AT_EXIT,
-        "0": 0,
-    }
+    modes = {"wait": cfgmod.PDL_WAIT_FIRST, "exit": cfgmod.PDL_AT_EXIT, "0": cfgmod.PDL_OFF}
     monkeypatch.setattr(cfgmod, "pdl", lambda _cls: modes[os.environ[cfgmod.PDL_ENV]])
     spec = MoESpec(hidden_size=256, intermediate_size=128, num_experts=8, top_k=2, n_shared_experts=1,
                    shared_intermediate_size=128)  # fmt: skip
@@ -105,11 +97,11 @@ def test_pdl_launches_give_the_serial_bits_and_pass_the_oracle(T, monkeypatch) -
     for pdl in modes:
         monkeypatch.setenv(cfgmod.PDL_ENV, pdl)
         got[pdl] = (fwd().clone(), _graph(fwd))
-    for pdl in ("wait", "launch", "exit"):
+    for pdl in ("wait", "exit"):
         for a, b in zip(got[pdl], got["0"]):
-            assert torch.equal(a, b), f"PDL launches ({pdl} first) changed the bits"
+            assert torch.equal(a, b), f"PDL launches ({pdl}) changed the bits"
     want, bound = forward_expected(inp, np.ones(tuple(inp.topk_ids.shape), bool))
-    assert_within(got["launch"][1], want, bound, "forward with PDL (graph)")
+    assert_within(got["exit"][1], want, bound, "forward with PDL (graph)")
 
 
 def test_block_fp8_with_pdl_gives_the_serial_bits_and_passes(monkeypatch) -> None:
@@ -125,14 +117,14 @@ def test_block_fp8_with_pdl_gives_the_serial_bits_and_passes(monkeypatch) -> Non
     case = _case(QuantScheme.fp8_block(), hidden_size=256, intermediate_size=256)
     launches = Fp8Launches(monkeypatch)
     got = launches.got
-    for pdl in ("wait", "launch", "exit", "0"):
+    for pdl in ("wait", "exit", "0"):
         launches.under(pdl)
         monkeypatch.setenv(cfgmod.PDL_ENV, pdl)
         r, _ = _judge(case, select_device("cuda:0"))
         assert r.outcome == Outcome.PASS, (
             f"MOE_CTS_PDL={pdl}: {r.outcome.value} at {r.failing_stage}: {r.message}"
         )
-    for pdl in ("wait", "launch", "exit"):
+    for pdl in ("wait", "exit"):
         assert len(got[pdl]) == len(got["0"]) >= 1
         for i, (a, b) in enumerate(zip(got[pdl], got["0"])):
-            assert torch.equal(a, b), f"launch {i}: PDL launches ({pdl} first) changed the fp8 bits"
+            assert torch.equal(a, b), f"launch {i}: PDL launches ({pdl}) changed the fp8 bits"
