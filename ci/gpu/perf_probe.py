@@ -1588,6 +1588,17 @@ def part_pdl21b(timer) -> None:
                          rounds=5)  # fmt: skip
 
 
+def part_pdl21c(timer) -> None:
+    """Session 21, after the 16-bit chain went to PDL at exit: the bf16 forward at DeepSeek-V3 width with its shared
+    expert (quant_bench's baseline) at exit against serial launches, beside block fp8, T = 1 and 4096, 9
+    alternating rounds of graph replays, ids given."""
+    variants = {"fp8 table": ({}, None), "bf16 table": ({"_dc": "16bit"}, "bf16"),
+                "bf16 no pdl": ({"_dc": "16bit", "_env": {"MOE_CTS_PDL": "0"}}, "bf16")}  # fmt: skip
+    for T, fwd in _fp8_points((1, 4096)):
+        _rounds_variants(timer, {"part": "pdl21c", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
+                         "fp8", rounds=9)  # fmt: skip
+
+
 PDL13 = {"pdl": ({}, None), "no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}
 
 
@@ -1651,7 +1662,8 @@ def main() -> int:
              "fill20": part_fill20,
              "bal20": part_bal20,
              "merge20": part_merge20,
-             "pdl21": part_pdl21, "pdl21b": part_pdl21b}  # fmt: skip
+             "pdl21": part_pdl21, "pdl21b": part_pdl21b,
+             "pdl21c": part_pdl21c}  # fmt: skip
     for p in a.parts.split(","):
         try:
             parts[p](timer)
