@@ -59,6 +59,20 @@ from moe_cts.conformance.report.schema import EXIT_CODES, build_report, summary_
 OUTPUTS = ("shards", "failures", "report.json", "report.html", "junit.xml", "certificate.tgz")
 #: Tensors are captured for at most this many failures per run (each costs a re-run in a subprocess).
 MAX_CAPTURED_FAILURES = 20
+#: pytest-xdist workers per GPU when --jobs is not given: one per CPU of the device's share, at least 2 and at most
+#: GPU_JOBS_MAX. A GPU run waits on the host's float64 judge (the full-size must-pass cases take 20-80 s of CPU
+#: each), so the workers parallelize the judge. 10 is the most measured on one GPU: an H200 host with 16 CPUs
+#: ran the quick profile in 120-166 s with 10 workers (docs/h200.md, sessions 19-21). On the device the largest
+#: quick case (int32-offsets at T = 310,000) holds about 35 GB of tensors by their sizes, the others a few GB.
+GPU_JOBS_MAX = 10
+
+
+def default_jobs(on_gpu: bool, devices: int, cpus: int | None = None) -> int:
+    """Workers per device without --jobs: CPUs / devices, on a GPU clamped to [2, GPU_JOBS_MAX]."""
+    per_device = max(1, (cpus if cpus is not None else os.cpu_count() or 1) // max(1, devices))
+    return max(2, min(per_device, GPU_JOBS_MAX)) if on_gpu else per_device
+
+
 INTERRUPT_GRACE_S = 15.0
 #: A run is also void when it is below its coverage minimum, not only on an internal error.
 _TEXT = {**VERDICT_TEXT, "void": "VOID: the run says nothing about the implementation"}
@@ -240,7 +254,7 @@ def certify(
     impl: Annotated[str, typer.Option(help="implementation under test (moe-cts list shows them)")] = "triton",
     profile: Annotated[Profile | None, typer.Option(help="smoke | quick | full; default smoke on the interpreter, quick on a GPU")] = None,
     out: Annotated[str, typer.Option(help="output directory (created; must be writable)")] = "moe-cts-out",
-    jobs: Annotated[int | None, typer.Option(min=1, help="pytest-xdist workers per device (default: CPUs / devices on the interpreter, 2 on a GPU)")] = None,
+    jobs: Annotated[int | None, typer.Option(min=1, help="pytest-xdist workers per device (default: CPUs / devices; on a GPU at least 2, at most 10)")] = None,
     timeout: Annotated[float | None, typer.Option(min=0.0, help="per-case time limit in seconds (0: none)")] = None,
     examples: Annotated[int | None, typer.Option(min=0, help="generated cases per device (default: the profile's)")] = None,
     cases: Annotated[str | None, typer.Option(help="run only these comma-separated must-pass case ids (no certificate)")] = None,
@@ -274,7 +288,7 @@ def certify(
     on_gpu = any(n not in ("interpreter", "cpu") for n in names)
     prof = profile.value if profile else ("quick" if on_gpu else "smoke")
     _check_cases(cases, prof, names)
-    jobs = jobs or (2 if on_gpu else max(1, (os.cpu_count() or 1) // len(shards)))
+    jobs = jobs or default_jobs(on_gpu, len(shards))
     out = out_dir
     _clear_outputs(out)
     cmds = [

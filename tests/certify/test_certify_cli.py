@@ -123,3 +123,17 @@ def test_bad_usage_exits_2_with_one_clear_sentence(args, says):
 def test_every_command_has_help(command):
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+@pytest.mark.parametrize(
+    ("on_gpu", "devices", "cpus", "want"),
+    [(False, 1, 2, 2), (False, 2, 16, 8), (False, 1, 1, 1),  # the interpreter: one worker per CPU
+     (True, 1, 16, 10), (True, 1, 64, 10), (True, 8, 16, 2), (True, 1, 1, 2), (True, 2, 12, 6)],
+)  # fmt: skip
+def test_default_jobs_share_the_cpus_and_cap_a_gpu_at_the_measured_10(on_gpu, devices, cpus, want):
+    """A GPU run waits on the host's float64 judge: one worker per CPU of the device's share, within [2, 10]
+    (10 is what an H200 host with 16 CPUs was measured with, docs/h200.md)."""
+    from moe_cts.conformance.cli.certify import GPU_JOBS_MAX, default_jobs
+
+    assert GPU_JOBS_MAX == 10
+    assert default_jobs(on_gpu, devices, cpus) == want
