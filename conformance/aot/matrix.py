@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -159,14 +160,18 @@ class _Silent:
 
 
 def _run_shard(
-    shard: list[dict[str, Any]], keep_dir: str | None, timeout_s: float, progress: Progress
+    shard: list[dict[str, Any]],
+    keep_dir: str | None,
+    timeout_s: float,
+    progress: Progress,
+    cancel: threading.Event | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Run one worker over `shard`; if it dies or hangs, the job in flight is a Fail and a new worker
-    takes the rest."""
+    takes the rest. Once `cancel` is set the worker is killed and the jobs left are Fails ("cancelled")."""
     results: dict[int, dict[str, Any]] = {}
     pending = list(shard)
     with tempfile.TemporaryDirectory(prefix="moe-cts-aot-shard-") as d:
-        while pending:
+        while pending and not (cancel is not None and cancel.is_set()):
             jobs_file, out_file = Path(d) / "jobs.json", Path(d) / "results.jsonl"
             jobs_file.write_text(json.dumps(pending))
             out_file.write_text("")
@@ -179,7 +184,7 @@ def _run_shard(
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            died = _wait(proc, out_file, timeout_s, progress)
+            died = _wait(proc, out_file, timeout_s, progress, cancel)
             done = [json.loads(line) for line in out_file.read_text().splitlines() if line.strip()]
             results.update({r["id"]: r for r in done})
             pending = pending[len(done) :]
@@ -192,17 +197,29 @@ def _run_shard(
                     results[job["id"]] = {"id": job["id"], "ok": False, "error": "worker exited early"}
                 progress.advance(len(pending))
                 pending = []
+    for job in pending:  # cancelled
+        results[job["id"]] = {"id": job["id"], "ok": False, "error": "cancelled"}
     return results
 
 
-def _wait(proc: subprocess.Popen, out_file: Path, timeout_s: float, progress: Progress) -> str | None:
-    """None when the worker finished; else why the job in flight failed (crash or timeout)."""
+def _wait(
+    proc: subprocess.Popen,
+    out_file: Path,
+    timeout_s: float,
+    progress: Progress,
+    cancel: threading.Event | None = None,
+) -> str | None:
+    """None when the worker finished; else why the job in flight failed (crash, timeout, cancel)."""
     seen, since = 0, time.monotonic()
     while True:
         try:
             proc.wait(timeout=0.5)
             break
         except subprocess.TimeoutExpired:
+            if cancel is not None and cancel.is_set():
+                proc.kill()
+                proc.wait()
+                return "cancelled"
             lines = out_file.read_text().count("\n")
             if lines != seen:
                 progress.advance(lines - seen)
@@ -225,6 +242,7 @@ def run_jobs(
     keep_dir: str | None = None,
     timeout_s: float = JOB_TIMEOUT_S,
     progress: Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> dict[int, dict[str, Any]]:
     n = max(1, min(n_workers, len(jobs)))
     # Interleave by kernel so that the slow ones (big GEMM tiles, chunk_scatter) spread over the workers.
@@ -232,7 +250,9 @@ def run_jobs(
     shards = [ordered[i::n] for i in range(n)]
     results: dict[int, dict[str, Any]] = {}
     with ThreadPoolExecutor(max_workers=n) as pool:
-        for part in pool.map(lambda s: _run_shard(s, keep_dir, timeout_s, progress or _Silent()), shards):
+        for part in pool.map(
+            lambda s: _run_shard(s, keep_dir, timeout_s, progress or _Silent(), cancel), shards
+        ):
             results.update(part)
     return results
 
@@ -242,11 +262,12 @@ def run_scenarios(
     jobs: int = 1,
     keep_dir: str | None = None,
     progress: Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> list[AotRecord]:
     planned = plan_jobs(scenarios)
     if progress is not None:
         progress.planned(len(planned))
-    results = run_jobs(planned, jobs, keep_dir, progress=progress)
+    results = run_jobs(planned, jobs, keep_dir, progress=progress, cancel=cancel)
     targets_data = aot_plan.load_targets()
     return [classify(job, results[job["id"]], targets_data) for job in planned]
 
@@ -271,13 +292,18 @@ def run_matrix(
     jobs: int = 1,
     tier: str | None = None,
     progress: Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> list[AotRecord]:
     """Compile the tier (default, or full with full=True; tier='tables' guards the config tables) for the
-    targets; with `out`, write out/compile.json (the report section) and out/summary.txt."""
+    targets; with `out`, write out/compile.json (the report section) and out/summary.txt. Setting `cancel`
+    stops the compiler processes (certify's interrupted run: its records are then not used)."""
     names = parse_targets(targets)
     start = time.perf_counter()
     records = run_scenarios(
-        aot_plan.scenarios(tier or ("full" if full else "default"), names), jobs, progress=progress
+        aot_plan.scenarios(tier or ("full" if full else "default"), names),
+        jobs,
+        progress=progress,
+        cancel=cancel,
     )
     if out is not None:
         out = Path(out)

@@ -11,6 +11,7 @@ and nothing on the interpreter, so the CPU smoke run stays fast.
 
 from __future__ import annotations
 
+import threading
 import time
 from html import escape
 from typing import Any
@@ -82,14 +83,19 @@ def not_applicable(impl_name: str, targets: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def run_compile(targets: tuple[str, ...], jobs: int, registry: str = registry_ref.DEFAULT) -> dict[str, Any]:
+def run_compile(
+    targets: tuple[str, ...],
+    jobs: int,
+    registry: str = registry_ref.DEFAULT,
+    cancel: threading.Event | None = None,
+) -> dict[str, Any]:
     """The default AOT tier for `targets` as the report's "compile" section, compiling the kernels of
     `registry` (a module path). A planning failure (the launch capture itself broke) is an "error" section:
     the run then says nothing about compilation."""
     start = time.perf_counter()
     try:
         with registry_ref.using(registry):
-            records = aot.run_matrix(targets=targets, full=False, jobs=jobs)
+            records = aot.run_matrix(targets=targets, full=False, jobs=jobs, cancel=cancel)
     except RuntimeError as e:
         section: dict[str, Any] = {"verdict": "error", "error": str(e)[-2000:], "records": [], "failures": []}
     else:

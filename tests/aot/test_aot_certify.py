@@ -44,7 +44,7 @@ def _certify(shared: Path, key: str, args: list[str], compiled: dict) -> dict:
         if not done.exists():
             calls = []
 
-            def fake_run_matrix(targets=None, full=False, out=None, jobs=1, tier=None):
+            def fake_run_matrix(targets=None, full=False, out=None, jobs=1, tier=None, cancel=None):
                 calls.append({"targets": list(targets), "full": full, "jobs": jobs, "tier": tier})
                 return _records_for(compiled, targets)
 
@@ -95,8 +95,12 @@ def _report(run: dict) -> dict:
     return json.loads((run["out"] / "report.json").read_text())
 
 
-def test_certify_compile_sm90_runs_the_default_tier_for_sm90_with_the_certify_jobs(passing):
-    assert passing["calls"] == [{"targets": ["sm90"], "full": False, "jobs": 1, "tier": None}]
+def test_certify_compile_sm90_runs_the_default_tier_for_sm90_on_the_cpus_the_case_workers_leave(passing):
+    from moe_cts.conformance.cli.certify import compile_jobs
+
+    want = compile_jobs(1)  # --jobs 1, one shard
+    assert want == max(1, (os.cpu_count() or 1) - 1)
+    assert passing["calls"] == [{"targets": ["sm90"], "full": False, "jobs": want, "tier": None}]
 
 
 def test_a_passing_compile_tier_keeps_the_run_conformant(passing):
