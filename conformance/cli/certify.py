@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 from rich.progress import (
     BarColumn,
@@ -35,7 +36,7 @@ from moe_cts.conformance.cli.common import (
     err,
     usage_error,
 )
-from moe_cts.conformance.engine.devices import THREAD_VARS
+from moe_cts.conformance.engine.devices import THREAD_VARS, select_device
 from moe_cts.conformance.engine.log import iter_events
 from moe_cts.conformance.engine.must_pass import must_pass_cases, must_pass_for
 from moe_cts.conformance.engine.results import Outcome
@@ -61,17 +62,32 @@ OUTPUTS = ("shards", "failures", "report.json", "report.html", "junit.xml", "cer
 #: Tensors are captured for at most this many failures per run (each costs a re-run in a subprocess).
 MAX_CAPTURED_FAILURES = 20
 #: pytest-xdist workers per GPU when --jobs is not given: one per CPU of the device's share, at least 2 and at most
-#: GPU_JOBS_MAX. A GPU run waits on the host's float64 judge (the full-size must-pass cases take 20-80 s of CPU
-#: each), so the workers parallelize the judge. 10 is the most measured on one GPU: an H200 host with 16 CPUs
-#: ran the quick profile in 120-166 s with 10 workers (docs/h200.md, sessions 19-21). On the device the largest
-#: quick case (int32-offsets at T = 310,000) holds about 35 GB of tensors by their sizes, the others a few GB.
+#: GPU_JOBS_MAX, and one per GPU_GIB_PER_WORKER of the smallest certified GPU's memory. A GPU run waits on the
+#: host's float64 judge (the full-size must-pass cases take 20-80 s of CPU each), so the workers parallelize
+#: the judge. 10 is the most measured on one GPU: an H200 host (16 CPUs, 139 GiB) ran the quick profile in
+#: 120-166 s with 10 workers (docs/h200.md, sessions 19-21). The schedule starts the largest cases together; by
+#: their tensor sizes the int32-offsets case (T = 310,000) holds about 35 GB on the device and the others a few
+#: GB each, so 13 GiB a worker keeps the H200's 10 and gives 6 on an 80 GB card.
 GPU_JOBS_MAX = 10
+GPU_GIB_PER_WORKER = 13
 
 
-def default_jobs(on_gpu: bool, devices: int, cpus: int | None = None) -> int:
-    """Workers per device without --jobs: CPUs / devices, on a GPU clamped to [2, GPU_JOBS_MAX]."""
+def default_jobs(on_gpu: bool, devices: int, cpus: int | None = None, device_gib: float | None = None) -> int:
+    """Workers per device without --jobs: CPUs / devices; on a GPU also at most GPU_JOBS_MAX and one per
+    GPU_GIB_PER_WORKER of `device_gib` (the smallest certified GPU's memory), and at least 2."""
     per_device = max(1, (cpus if cpus is not None else os.cpu_count() or 1) // max(1, devices))
-    return max(2, min(per_device, GPU_JOBS_MAX)) if on_gpu else per_device
+    if not on_gpu:
+        return per_device
+    cap = GPU_JOBS_MAX if device_gib is None else min(GPU_JOBS_MAX, int(device_gib // GPU_GIB_PER_WORKER))
+    return max(2, min(per_device, cap))
+
+
+def smallest_gpu_gib(names: list[str]) -> float | None:
+    """Memory of the smallest GPU among the certified devices (GiB), None without a GPU."""
+    gpus = [d for d in map(select_device, names) if d.is_gpu]
+    if not gpus:
+        return None
+    return min(torch.cuda.get_device_properties(d.index).total_memory for d in gpus) / 2**30
 
 
 INTERRUPT_GRACE_S = 15.0
@@ -255,7 +271,7 @@ def certify(
     impl: Annotated[str, typer.Option(help="implementation under test (moe-cts list shows them)")] = "triton",
     profile: Annotated[Profile | None, typer.Option(help="smoke | quick | full; default smoke on the interpreter, quick on a GPU")] = None,
     out: Annotated[str, typer.Option(help="output directory (created; must be writable)")] = "moe-cts-out",
-    jobs: Annotated[int | None, typer.Option(min=1, help="pytest-xdist workers per device (default: CPUs / devices; on a GPU at least 2, at most 10)")] = None,
+    jobs: Annotated[int | None, typer.Option(min=1, help="pytest-xdist workers per device (default: CPUs / devices; on a GPU 2-10, one per 13 GiB)")] = None,
     timeout: Annotated[float | None, typer.Option(min=0.0, help="per-case time limit in seconds (0: none)")] = None,
     examples: Annotated[int | None, typer.Option(min=0, help="generated cases per device (default: the profile's)")] = None,
     cases: Annotated[str | None, typer.Option(help="run only these comma-separated must-pass case ids (no certificate)")] = None,
@@ -289,7 +305,7 @@ def certify(
     on_gpu = any(n not in ("interpreter", "cpu") for n in names)
     prof = profile.value if profile else ("quick" if on_gpu else "smoke")
     _check_cases(cases, prof, names)
-    jobs = jobs or default_jobs(on_gpu, len(shards))
+    jobs = jobs or default_jobs(on_gpu, len(shards), device_gib=smallest_gpu_gib(names) if on_gpu else None)
     out = out_dir
     _clear_outputs(out)
     cmds = [

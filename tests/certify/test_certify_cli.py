@@ -126,14 +126,23 @@ def test_every_command_has_help(command):
 
 
 @pytest.mark.parametrize(
-    ("on_gpu", "devices", "cpus", "want"),
-    [(False, 1, 2, 2), (False, 2, 16, 8), (False, 1, 1, 1),  # the interpreter: one worker per CPU
-     (True, 1, 16, 10), (True, 1, 64, 10), (True, 8, 16, 2), (True, 1, 1, 2), (True, 2, 12, 6)],
+    ("on_gpu", "devices", "cpus", "gib", "want"),
+    [(False, 1, 2, None, 2), (False, 2, 16, None, 8), (False, 1, 1, None, 1),  # the interpreter: a worker per CPU
+     (True, 1, 16, 139.8, 10), (True, 1, 64, None, 10), (True, 8, 16, 139.8, 2), (True, 1, 1, 139.8, 2),
+     (True, 2, 12, 139.8, 6), (True, 1, 26, 79.2, 6), (True, 1, 16, 23.6, 2)],
+    ids=["cpu-2", "cpu-16-2dev", "cpu-1", "h200-16cpu", "no-mem-info", "h200-8dev", "h200-1cpu", "h200-2dev",
+         "80gb-26cpu", "24gb"],
 )  # fmt: skip
-def test_default_jobs_share_the_cpus_and_cap_a_gpu_at_the_measured_10(on_gpu, devices, cpus, want):
-    """A GPU run waits on the host's float64 judge: one worker per CPU of the device's share, within [2, 10]
-    (10 is what an H200 host with 16 CPUs was measured with, docs/h200.md)."""
-    from moe_cts.conformance.cli.certify import GPU_JOBS_MAX, default_jobs
+def test_default_jobs_share_the_cpus_and_the_gpu_memory(on_gpu, devices, cpus, gib, want):
+    """A GPU run waits on the host's float64 judge: one worker per CPU of the device's share, within [2, 10],
+    and one per 13 GiB of the GPU (10 is what an H200 host with 16 CPUs was measured with, docs/h200.md)."""
+    from moe_cts.conformance.cli.certify import GPU_GIB_PER_WORKER, GPU_JOBS_MAX, default_jobs
 
-    assert GPU_JOBS_MAX == 10
-    assert default_jobs(on_gpu, devices, cpus) == want
+    assert (GPU_JOBS_MAX, GPU_GIB_PER_WORKER) == (10, 13)
+    assert default_jobs(on_gpu, devices, cpus, gib) == want
+
+
+def test_the_gpu_memory_is_not_read_without_a_gpu():
+    from moe_cts.conformance.cli.certify import smallest_gpu_gib
+
+    assert smallest_gpu_gib(["interpreter"]) is None
