@@ -27,6 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from moe_cts.conformance.aot import registry_ref
 from moe_cts.conformance.cli.common import (
     Profile,
     check_devices,
@@ -61,6 +62,9 @@ from moe_cts.conformance.report.schema import EXIT_CODES, build_report, summary_
 OUTPUTS = ("shards", "failures", "report.json", "report.html", "junit.xml", "certificate.tgz")
 #: Tensors are captured for at most this many failures per run (each costs a re-run in a subprocess).
 MAX_CAPTURED_FAILURES = 20
+INTERRUPT_GRACE_S = 15.0
+#: A run is also void when it is below its coverage minimum, not only on an internal error.
+_TEXT = {**VERDICT_TEXT, "void": "VOID: the run says nothing about the implementation"}
 #: pytest-xdist workers per GPU when --jobs is not given: one per CPU of the device's share, at least 2 and at most
 #: GPU_JOBS_MAX, and one per GPU_GIB_PER_WORKER of the smallest certified GPU's memory. A GPU run waits on the
 #: host's float64 judge (the full-size must-pass cases take 20-80 s of CPU each), so the workers parallelize
@@ -88,11 +92,6 @@ def smallest_gpu_gib(names: list[str]) -> float | None:
     if not gpus:
         return None
     return min(torch.cuda.get_device_properties(d.index).total_memory for d in gpus) / 2**30
-
-
-INTERRUPT_GRACE_S = 15.0
-#: A run is also void when it is below its coverage minimum, not only on an internal error.
-_TEXT = {**VERDICT_TEXT, "void": "VOID: the run says nothing about the implementation"}
 
 
 def _clear_outputs(out: Path) -> None:
@@ -333,8 +332,10 @@ def certify(
     except KeyboardInterrupt:  # while the compile tier finishes: the cases are done, the report is partial
         interrupted, section = True, None
     finally:
-        if tier is not None and section is None:
-            tier.cancel()
+        if tier is not None:
+            if section is None:
+                tier.cancel()
+            tier.close()
         signal.signal(signal.SIGTERM, previous)
     report = build_report([sh.directory(out) for sh in shards], partial=interrupted, command=sys.argv,
                           started=started, compile_section=section)  # fmt: skip
@@ -396,11 +397,17 @@ class CompileBeside:
         self._cancel = threading.Event()
         self._section: dict | None = None
         self._error: BaseException | None = None
+        self._env: contextlib.AbstractContextManager | None = None
         registry = kernel_registry_of(loaded)
         if registry is None:
             self._section = not_applicable(impl, targets)
             self._thread = None
             return
+        # The registry reaches the compiler processes through the environment (aot/registry_ref.py). It is set
+        # here, on the caller's thread, before the case shards are spawned: no thread then changes os.environ
+        # while another copies it for a child process (the shards inherit the name; nothing there reads it).
+        self._env = registry_ref.using(registry)
+        self._env.__enter__()
         # daemon: an interrupted run must not wait for it at exit (cancel() stops its compiler processes)
         self._thread = threading.Thread(
             target=self._run, args=(registry,), name="moe-cts-compile", daemon=True
@@ -426,6 +433,12 @@ class CompileBeside:
 
     def cancel(self) -> None:
         self._cancel.set()
+
+    def close(self) -> None:
+        """Restore the environment (after result() or cancel())."""
+        if self._env is not None:
+            self._env.__exit__(None, None, None)
+            self._env = None
 
 
 def _sigterm_as_interrupt(signum, frame):
