@@ -275,7 +275,7 @@ def certify(
     examples: Annotated[int | None, typer.Option(min=0, help="generated cases per device (default: the profile's)")] = None,
     cases: Annotated[str | None, typer.Option(help="run only these comma-separated must-pass case ids (no certificate)")] = None,
     strict_ties: Annotated[bool, typer.Option("--strict-ties", help="one tie rule everywhere (batch invariance, RL rollouts): a tie broken differently from the lower-id rule is a Fail, not a CompatibilityWarning")] = False,
-    compile_spec: Annotated[str, typer.Option("--compile", help="AOT compile tier after the cases: auto (the device's own architecture if it is a target; nothing on the interpreter) | none | all | sm80,sm90,sm100,gfx90a,gfx942,gfx950")] = "auto",
+    compile_spec: Annotated[str, typer.Option("--compile", help="AOT compile tier beside the cases: auto (the device's own architecture if it is a target; nothing on the interpreter) | none | all | sm80,sm90,sm100,gfx90a,gfx942,gfx950")] = "auto",
 ) -> None:  # fmt: skip
     """Run the must-pass list and the generated cases of a profile, then the AOT compile tier (--compile);
     write report.json, report.html, junit.xml, failures/ and certificate.tgz to OUT.
