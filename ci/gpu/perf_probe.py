@@ -1544,31 +1544,9 @@ def _pdl_mode(mode: int) -> list:
     return [(cfgmod, "pdl", lambda _dc: mode)]
 
 
-def part_pdl21(timer) -> None:
-    """Ran at commit f03916f, where MOE_CTS_PDL=launch and PDL mode 2 existed (removed after it: they now mean the
-    table's mode and wait first). Session 21: programmatic dependent launch with the trigger first (each kernel lets
-    the next one launch as soon as its own programs have started, then waits), against the table's order (wait,
-    then trigger: kernel n + 1 launches only when n - 1 has finished) and serial launches. 5 alternating rounds of
-    graph replays, ids given, bits compared. Block fp8 at DeepSeek-V3 width with its shared expert at T = 1 / 2 /
-    4 / 8 / 16 / 4096 (and the bf16 forward in the same rounds, serial and launch first); the five peer presets in bf16 at T = 1 / 16 / 512 / 4096 in each order
-    (the sm90 table leaves the 16-bit chain serial: session 13 measured wait-first PDL at x0.68-1.02 at T = 1)."""
-    for T, fwd in _fp8_points((1, 2, 4, 8, 16, 4096)):
-        variants = {"fp8 table": ({}, None), "fp8 launch first": ({"_env": {"MOE_CTS_PDL": "launch"}}, None),
-                    "fp8 no pdl": ({"_env": {"MOE_CTS_PDL": "0"}}, None)}  # fmt: skip
-        variants["bf16 table"] = ({"_dc": "16bit"}, "bf16")
-        variants["bf16 launch first"] = ({"_dc": "16bit", "_patch": _pdl_mode(2)}, "bf16")
-        _rounds_variants(timer, {"part": "pdl21", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, variants,
-                         "fp8", rounds=5)  # fmt: skip
-    variants = {"bf16 table": ({}, None), "bf16 wait first": ({"_patch": _pdl_mode(1)}, None),
-                "bf16 launch first": ({"_patch": _pdl_mode(2)}, None)}  # fmt: skip
-    for name, T, fwd, _ in _bf16_points(PEER_PRESETS, (1, 16, 512, 4096)):
-        _rounds_variants(timer, {"part": "pdl21", "kind": "bf16", "preset": name, "T": T}, fwd, variants, "16bit",
-                         rounds=5)  # fmt: skip
-
-
 def part_pdl21b(timer) -> None:
-    """Session 21, after pdl21 (launch first: no change; 16-bit PDL in either order x0.68 at Mixtral-8x7B T = 1
-    and x1.03 at gpt-oss-120b T = 1). When a kernel triggers while the one before it still runs (GEMM1 in 1.7
+    """Session 21, after pdl21 (at commit f03916f; removed with the launch-first mode it timed, which changed
+    nothing: 16-bit PDL in either order x0.68 at Mixtral-8x7B T = 1 and x1.03 at gpt-oss-120b T = 1). When a kernel triggers while the one before it still runs (GEMM1 in 1.7
     waves at Mixtral T = 1), the next kernel's programs are placed on the SMs that are free then, perhaps many
     per SM, and stream from few SMs. config.PDL_AT_EXIT (no trigger: the next kernel launches when every program
     has exited, before the grid's completion) keeps the placement of a serial launch. 5 alternating rounds of
@@ -1662,7 +1640,7 @@ def main() -> int:
              "fill20": part_fill20,
              "bal20": part_bal20,
              "merge20": part_merge20,
-             "pdl21": part_pdl21, "pdl21b": part_pdl21b,
+             "pdl21b": part_pdl21b,
              "pdl21c": part_pdl21c}  # fmt: skip
     for p in a.parts.split(","):
         try:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 21's GPU calls (docs/h200.md "Session 21"), one 590 s slot each:
-#   o   GPU pytest of test_pdl.py (both PDL orders give the serial bits), then perf_probe.py --parts pdl21
-#       (PROBE_PARTS overrides): programmatic dependent launch with the trigger first, block fp8 and bf16
+#   o   GPU pytest of test_pdl.py (both PDL modes give the serial bits), then perf_probe.py --parts pdl21b
+#       (PROBE_PARTS overrides): PDL at exit against wait first and serial launches, block fp8 and bf16.
+#       Its first runs (at commit f03916f) timed part pdl21, the trigger before the wait, removed after it lost
 #   z   GPU pytest (GPU_TESTS), vLLM's Triton path side by side (carry .peer), certify quick
 #   g   the last call: GPU pytest (GPU_TESTS), quant_bench (QB_ARGS), certify quick
 set -u
@@ -12,7 +13,7 @@ gpu_setup "$OUT"
 case "$MODE" in
 o)
   gpu_pytest "$OUT" 120 tests/kernels/test_pdl.py
-  probe "$OUT" "${PROBE_PARTS:-pdl21}" "$(slot_left 585)"
+  probe "$OUT" "${PROBE_PARTS:-pdl21b}" "$(slot_left 585)"
   ;;
 z)
   gpu_pytest "$OUT" 170 ${GPU_TESTS:-tests/kernels/test_pdl.py tests/kernels/test_fp8_moe.py}

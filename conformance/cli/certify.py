@@ -315,15 +315,14 @@ def certify(
     console.print(
         f"moe-cts certify: impl {impl}, profile {prof}, devices {', '.join(names)}, {jobs} job(s) each"
     )
+    compilers = compile_jobs(jobs * len(shards))
     if targets:
-        console.print(
-            f"compile tier: {', '.join(targets)}, {compile_jobs(jobs * len(shards))} process(es) beside the cases"
-        )
+        console.print(f"compile tier: {', '.join(targets)}, {compilers} process(es) beside the cases")
     started = time.time()
     previous = signal.signal(
         signal.SIGTERM, _sigterm_as_interrupt
     )  # a scheduler's SIGTERM: partial report too
-    tier = CompileBeside(impl, loaded, targets, compile_jobs(jobs * len(shards))) if targets else None
+    tier = CompileBeside(impl, loaded, targets, compilers) if targets else None
     section = None
     try:
         interrupted = _run_shards(shards, out, cmds, jobs * len(shards))
