@@ -12,7 +12,10 @@ Activations are bf16 / fp16, unquantized. How the weights are decoded in registe
     "native"  (_mxfp4_decode.py) the same split; nibbles straight to the dot dtype's 16-bit bits, one scale
               code per (32-block, column), the scale multiplied in the dot dtype
     "swar"    (_mxfp4_swar.py) bf16 with SCALE_ON_WEIGHTS: codes read as 32-bit words, two codes per integer
-              op, decoded tiles back in K order in registers, one dot per K step (the default on CUDA)
+              op, decoded tiles back in K order in registers, one dot per K step
+    "packed"  (_mxfp4_packed.py) swar's arithmetic on the codes in the packed layout (kernels/mxfp4_pack.py),
+              decoded straight into the MMA operand layout: no shared-memory trip for the decoded tile; the
+              default on CUDA for bf16 with SCALE_ON_WEIGHTS where BLOCK_K is 128
 
 Where the scale goes (SCALE_AT, chosen by the launcher and recorded in the config):
 
@@ -42,6 +45,7 @@ import triton.language as tl
 from moe_cts.kernels._common import INTERPRET
 from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_expert, _tile_rows
 from moe_cts.kernels._mxfp4_decode import e8m0_f32, mx_accumulate_native
+from moe_cts.kernels._mxfp4_packed import mx_gemm_packed
 from moe_cts.kernels._mxfp4_swar import mx_gemm_swar
 
 SCALE_ON_WEIGHTS = tl.constexpr(0)
@@ -51,10 +55,12 @@ SCALE_IN_MMA = tl.constexpr(2)  # tl.dot_scaled: packed codes and scale codes st
 SCALE_AT = {"weights": SCALE_ON_WEIGHTS.value, "accumulator": SCALE_ON_ACC.value, "mma": SCALE_IN_MMA.value}
 #: Mxfp4Config.decode -> the int passed as DECODE=: "fp32" = _mx_accumulate below, "native" =
 #: _mxfp4_decode.mx_accumulate_native (bits of the dot dtype, one scale per 32-block and column), "swar" =
-#: _mxfp4_swar.mx_gemm_swar (32-bit words, two codes per integer op; bf16, SCALE_ON_WEIGHTS)
-DECODE = {"fp32": 0, "native": 1, "swar": 2}
+#: _mxfp4_swar.mx_gemm_swar (32-bit words, two codes per integer op; bf16, SCALE_ON_WEIGHTS), "packed" =
+#: _mxfp4_packed.mx_gemm_packed (swar's arithmetic on packed codes, into the MMA operand layout; BLOCK_K 128)
+DECODE = {"fp32": 0, "native": 1, "swar": 2, "packed": 3}
 DECODE_NATIVE = tl.constexpr(1)
 DECODE_SWAR = tl.constexpr(2)
+DECODE_PACKED = tl.constexpr(3)
 MX_BLOCK = tl.constexpr(32)  # elements along K per E8M0 scale (OCP MX)
 
 
@@ -184,7 +190,7 @@ def _mx_gemm(
     SCALE_AT: tl.constexpr,
     EVEN_K: tl.constexpr,
     X_FMT: tl.constexpr,  # "bf16" | "fp16": the activation format (tl.dot_scaled, the native decode)
-    DECODE: tl.constexpr,  # 0 = fp32 decode (_mx_accumulate), DECODE_NATIVE = _mxfp4_decode
+    DECODE: tl.constexpr,  # 0 = fp32 decode (_mx_accumulate), DECODE_NATIVE, DECODE_SWAR, DECODE_PACKED
 ):
     """(x @ W1.T, x @ W2.T) in fp32 over the whole K (acc2 stays zero unless TWO)."""
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -205,6 +211,11 @@ def _mx_gemm(
                 )  # fmt: skip
     elif DECODE == DECODE_SWAR:  # packed codes read as 32-bit words (the launcher checks 4-byte alignment)
         acc1, acc2 = mx_gemm_swar(
+            acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, K,
+            TWO, BLOCK_K, EVEN_K,
+        )  # fmt: skip
+    elif DECODE == DECODE_PACKED:  # w*_rows point into the packed copy (the launcher passes it)
+        acc1, acc2 = mx_gemm_packed(
             acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, K,
             TWO, BLOCK_K, EVEN_K,
         )  # fmt: skip

@@ -32,6 +32,7 @@ from moe_cts.kernels._common import require_tensor
 from moe_cts.kernels._grouped_gemm_kernels import ACTIVATIONS
 from moe_cts.kernels.config import GemmTile, TileConfig
 from moe_cts.kernels.metadata import AlignMeta
+from moe_cts.kernels.mxfp4_pack import packed_codes
 from moe_cts.reference.errors import NotSupportedError
 from moe_cts.reference.qweights import QuantTensor
 from moe_cts.reference.spec import MoESpec, SpecError
@@ -42,12 +43,21 @@ SCALE_AT_CHOICES = ("weights", "accumulator")
 #: sm100 / gfx950, decomposed by Triton elsewhere), opt-in: never timed on a GPU here
 DOT_KINDS = ("portable", "dot_scaled")
 #: how the portable path decodes the weights (the default: default_decode):
+#:   "packed"  swar's arithmetic on a packed copy of the codes (mxfp4_pack.py), decoded straight into the MMA
+#:             operand layout, bf16 with the scale on the weights, BLOCK_K 128 (_mxfp4_packed.py)
 #:   "swar"    32-bit words, two codes per integer op, bf16 with the scale on the weights (_mxfp4_swar.py)
 #:   "native"  bytes, straight to the dot dtype's bits, one E8M0 code per (32-block, column) (_mxfp4_decode.py)
 #:   "fp32"    the first version: fp32 bits, a per-element scale gather, fp32 multiply, cast
 #: SASS instructions per weight element in the sm90 K loop (gpt-oss-120b, T = 1, docs/mxfp4.md): fp32 17.7 /
-#: 18.4 (gate_up / down), native 14.4 / 15.2, swar 5.0 / 5.6
-DECODE_KINDS = ("swar", "native", "fp32")
+#: 18.4 (gate_up / down), native 14.4 / 15.2, swar 5.0 / 5.6 (plus the decoded tile's trip through shared
+#: memory), packed 5.4 (down, BLOCK_N 64, triton 3.6; no shared-memory trip)
+DECODE_KINDS = ("packed", "swar", "native", "fp32")
+BF16_DECODES = ("packed", "swar")  # decodes that build bf16 bits with the scale on the weights
+PACKED_BLOCK_K = 128  # the packed decode's BLOCK_K: its packing step (mxfp4_pack.PACK_K)
+#: largest BLOCK_M of the table rows the packed decode is the default for: it holds the whole decoded tile in
+#: registers, and the m > 32 rows' 128 x 128 / 128 x 256 tiles at 8 warps spill 96-176 B on sm90 with it (AOT,
+#: triton 3.9, gpt-oss-120b T = 4096); swar stages the tile through shared memory and keeps those rows
+PACKED_MAX_BLOCK_M = 32
 X_FMT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -74,12 +84,14 @@ class Mxfp4Config:
             raise SpecError("config.dot", f"one of {DOT_KINDS}", self.dot)
         if self.decode not in DECODE_KINDS:
             raise SpecError("config.decode", f"one of {DECODE_KINDS}", self.decode)
-        if self.decode == "swar" and self.dot == "portable" and self.scale_at != "weights":
-            raise SpecError("config.decode", "'native' or 'fp32' with scale_at='accumulator'", "swar")
+        if self.decode in BF16_DECODES and self.dot == "portable" and self.scale_at != "weights":
+            raise SpecError("config.decode", "'native' or 'fp32' with scale_at='accumulator'", self.decode)
         for name in ("gate_up", "down"):
             bk = getattr(self.tile, name).BLOCK_K
             if bk < 32:
                 raise SpecError(f"config.{name}.BLOCK_K", "a power of two >= 32 (one MX block)", bk)
+            if self.decode == "packed" and self.dot == "portable" and bk != PACKED_BLOCK_K:
+                raise SpecError(f"config.{name}.BLOCK_K", f"{PACKED_BLOCK_K} with decode='packed'", bk)
 
     @property
     def BLOCK_M(self) -> int:
@@ -122,18 +134,20 @@ class Mxfp4Config:
 #: tiles (BLOCK_K / 2, BLOCK_N) live in fp32 registers; at BLOCK_K 128, BLOCK_N 128 both GEMMs hit 255 registers
 #: and spill 72-136 B on sm90. The native decode spills 8-16 B at 128 in fp16 (sm90 / sm100). swar at 128: no
 #: spill on sm80 / sm90 / sm100 (68-167 registers). The interpreter has no registers: its table's BLOCK_K stays.
-GPU_MAX_BLOCK_K = {"fp32": 64, "native": 64, "swar": 128}
+GPU_MAX_BLOCK_K = {"fp32": 64, "native": 64, "swar": 128, "packed": PACKED_BLOCK_K}
 
 
 def default_decode(dtype: torch.dtype, scale_at: str, dot: str, backend: str) -> str:
-    """CUDA and the interpreter: 'swar' for bf16 with the scale on the weights (the portable dot), else
-    'native'. ROCm: 'fp32' as before, nothing was timed there (AOT registers: docs/mxfp4.md). All decodes are
-    exact; they differ in the fp32 summation order only (fp32 / native: even and odd columns in two dots per K
-    step, swar: one dot in K order)."""
+    """CUDA and the interpreter: 'packed' for bf16 with the scale on the weights (the portable dot), else
+    'native' (choose_config takes 'swar' instead of 'packed' for a caller's tiles whose BLOCK_K is not 128 and
+    for table rows of BLOCK_M > PACKED_MAX_BLOCK_M).
+    ROCm: 'fp32' as before, nothing was timed there (AOT registers: docs/mxfp4.md). All decodes are exact;
+    they differ in the fp32 summation order only (fp32 / native: even and odd columns in two dots per K step,
+    swar: one dot in K order, packed: one dot per 128 elements in a permuted K order)."""
     if backend == "hip":
         return "fp32"
     if dtype == torch.bfloat16 and scale_at == "weights" and dot == "portable":
-        return "swar"
+        return "packed"
     return "native"
 
 
@@ -175,7 +189,19 @@ def choose_config(
             intermediate_size=spec.intermediate_size,
         )
     backend = cfgmod.backend()
-    decode = decode or default_decode(dtype, scale_at, dot, backend)
+    if decode is None:
+        decode = default_decode(dtype, scale_at, dot, backend)
+        ks = (tile.gate_up.BLOCK_K, tile.down.BLOCK_K)
+        if decode == "packed" and config is not None and ks != (PACKED_BLOCK_K, PACKED_BLOCK_K):
+            decode = "swar"  # the caller's tiles are not the packing step: the same arithmetic in K order
+        elif decode == "packed" and tile.BLOCK_M > PACKED_MAX_BLOCK_M:
+            decode = "swar"  # the large tiles' rows (PACKED_MAX_BLOCK_M)
+    if decode == "packed" and dot == "portable" and config is None:  # its BLOCK_K is the packing step
+        tile = replace(
+            tile,
+            gate_up=replace(tile.gate_up, BLOCK_K=PACKED_BLOCK_K),
+            down=replace(tile.down, BLOCK_K=PACKED_BLOCK_K),
+        )
     # the caller's tiles are not capped; the interpreter has no registers
     max_k = None if config is not None or backend == "interpreter" else GPU_MAX_BLOCK_K.get(decode)
     tile = replace(tile, gate_up=_mx_tile(tile.gate_up, max_k), down=_mx_tile(tile.down, max_k))
@@ -198,9 +224,11 @@ def check_dot_kind(cfg: Mxfp4Config, dtype: torch.dtype) -> None:
     Triton lowers it through fp8 conversions that ptxas rejects there ("cvt with .e4m3x2 requires sm_89",
     AOT with triton 3.9). bf16 compiles on all six AOT targets. decode='swar' builds bf16 bits: float16
     activations with it raise SpecError."""
-    if cfg.dot == "portable" and cfg.decode == "swar" and dtype != torch.bfloat16:
+    if cfg.dot == "portable" and cfg.decode in BF16_DECODES and dtype != torch.bfloat16:
         raise SpecError(
-            "config.decode", "'native' or 'fp32' for float16 activations ('swar' decodes to bf16)", "swar"
+            "config.decode",
+            f"'native' or 'fp32' for float16 activations ('{cfg.decode}' decodes to bf16)",
+            cfg.decode,
         )
     if cfg.dot != "dot_scaled" or dtype != torch.float16:
         return
@@ -241,9 +269,17 @@ def check_activations(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> Non
 
 
 # ----------------------------------------------------------------------------------------------- launches
+def _codes(cfg: Mxfp4Config, qt: QuantTensor) -> torch.Tensor:
+    """The codes the kernels read: the packed copy for the packed decode (mxfp4_pack.py), else as stored."""
+    if cfg.decode == "packed" and cfg.dot == "portable":
+        return packed_codes(qt.codes)
+    return qt.codes
+
+
 def _decode_code(cfg: Mxfp4Config, codes: torch.Tensor) -> int:
     """cfg's DECODE, or the native decode where the codes cannot be read as 32-bit words (swar needs rows
-    4-byte aligned and contiguous along K; the weights the reference builds always are)."""
+    4-byte aligned and contiguous along K; the weights the reference builds always are; the packed copy is
+    built so)."""
     if cfg.decode != "swar":
         return cfg.decode_code
     st = codes.stride()
@@ -272,7 +308,7 @@ def launch_mx_gate_up(
     I, H = act.shape[1], x.shape[1]
     tile = cfg.gate_up
     grid = (meta.num_blocks * triton.cdiv(I, tile.BLOCK_N),)
-    c, s = w13.codes, w13.scales
+    c, s = _codes(cfg, w13), w13.scales
     bias, sb_e, sb_r = _bias_args(b13, c)
     inter = spec.w13_layout == "interleaved" if interleaved is None else interleaved
     MK.mx_gate_up_kernel[grid](
@@ -315,7 +351,7 @@ def launch_mx_down(
     H, I = out.shape[1], act.shape[1]
     tile = cfg.down
     grid = (meta.num_blocks * triton.cdiv(H, tile.BLOCK_N),)
-    c, s = w2.codes, w2.scales
+    c, s = _codes(cfg, w2), w2.scales
     bias, sb_e, sb_h = _bias_args(b2, c)
     rw = route_weights if route_weights is not None else meta.sorted_ids
     MK.mx_down_kernel[grid](

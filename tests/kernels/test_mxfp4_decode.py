@@ -1,12 +1,15 @@
-"""The MXFP4 decodes (Mxfp4Config.decode: "swar" kernels/_mxfp4_swar.py, "native" kernels/_mxfp4_decode.py,
-"fp32" the first version) against the bit-exact reference formats and against each other.
+"""The MXFP4 decodes (Mxfp4Config.decode: "packed" kernels/_mxfp4_packed.py, "swar" kernels/_mxfp4_swar.py,
+"native" kernels/_mxfp4_decode.py, "fp32" the first version) against the bit-exact reference formats and against
+each other.
 
     every byte 0..255          -> native (lo, hi) bits in bf16 and fp16   == formats.decode("e2m1", nibbles)
     every nibble, every place  -> swar values (bits * 2^126)              == formats.decode("e2m1", nibbles)
     every E8M0 code 0..255     -> bf16 bits of 2^(s-127)                  == formats.e8m0_decode (NaN for 255)
     every (nibble, code) pair  -> native and swar products in the dtype   == the float64 product where finite
-    whole GEMMs, K tails       -> swar == native == fp32 bit for bit (inputs whose fp32 sums are exact in any
-                                  order), NaN where a scale code is 255; on plain random codes native == fp32
+    whole GEMMs, K tails       -> packed == swar == native == fp32 bit for bit (inputs whose fp32 sums are exact
+                                  in any order), NaN where a scale code is 255; on plain random codes native ==
+                                  fp32 (packed shares swar's per-element arithmetic: _e2m1_pair_bits, the same
+                                  two multiplies; its own layout is checked in test_mxfp4_pack.py)
 
 Runs on the device the tests run on: on a GPU the probes check the hardware's bf16 multiply (the swar decode
 multiplies bf16 subnormals by 2^126; the native one the subnormal scale 2^-127), on the interpreter the fp32
@@ -177,9 +180,10 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.isnan(), b.isnan()) and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
 
 
-#: (dtype, scale_at, decodes that apply): swar is bf16 with the scale on the weights only
+#: (dtype, scale_at, decodes that apply): swar and packed are bf16 with the scale on the weights only; packed
+#: takes BLOCK_K 128 only (its packing step)
 PLACEMENTS = [
-    pytest.param(BF16, "weights", ("fp32", "native", "swar"), id="bf16-weights"),
+    pytest.param(BF16, "weights", ("fp32", "native", "swar", "packed"), id="bf16-weights"),
     pytest.param(BF16, "accumulator", ("fp32", "native"), id="bf16-accumulator"),
     pytest.param(F16, "accumulator", ("fp32", "native"), id="fp16-accumulator"),
 ]
@@ -189,6 +193,7 @@ PLACEMENTS = [
 @pytest.mark.parametrize(("dtype", "scale_at", "decodes"), PLACEMENTS)
 @pytest.mark.parametrize("block_k", [32, 64, 128, 256])  # H 96, I 160: K tails in both GEMMs
 def test_every_decode_gives_the_same_bits_when_the_sums_are_exact(dtype, scale_at, decodes, block_k):
+    decodes = tuple(d for d in decodes if d != "packed" or block_k == mg.PACKED_BLOCK_K)
     inputs = _inputs(dtype, seed=block_k, scales=(124, 128), x_ints=True)
     outs = {d: _run(inputs, dtype, scale_at, d, block_k) for d in decodes}
     for d in decodes[1:]:
@@ -211,22 +216,23 @@ def test_native_and_fp32_decodes_agree_bit_for_bit_over_every_scale_code(dtype, 
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_a_nan_scale_code_poisons_exactly_the_same_outputs_in_swar():
+@pytest.mark.parametrize("decode", ["swar", "packed"])
+def test_a_nan_scale_code_poisons_exactly_the_same_outputs(decode):
     inputs = _inputs(BF16, seed=5, scales=(124, 128), x_ints=True)
     _, qw, *_ = inputs
     qw.w13.scales.view(-1)[::37] = 255
-    swar, fp32 = _run(inputs, BF16, "weights", "swar", 128), _run(inputs, BF16, "weights", "fp32", 128)
-    assert swar[0].isnan().any() and torch.equal(swar[0].isnan(), fp32[0].isnan())
-    assert _same(swar[0], fp32[0])
+    got, fp32 = _run(inputs, BF16, "weights", decode, 128), _run(inputs, BF16, "weights", "fp32", 128)
+    assert got[0].isnan().any() and torch.equal(got[0].isnan(), fp32[0].isnan())
+    assert _same(got[0], fp32[0])
 
 
 def _tile(block_k: int):
     return mg.choose_config(SPEC, BF16, 5, _config(BF16, "weights", "native", block_k)).tile
 
 
-def test_the_default_decode_is_swar_for_bf16_weights_native_else_and_fp32_on_rocm():
+def test_the_default_decode_is_packed_for_bf16_weights_native_else_and_fp32_on_rocm():
     for backend in ("cuda", "interpreter"):
-        assert mg.default_decode(BF16, "weights", "portable", backend) == "swar"
+        assert mg.default_decode(BF16, "weights", "portable", backend) == "packed"
         assert mg.default_decode(F16, "accumulator", "portable", backend) == "native"
         assert mg.default_decode(BF16, "accumulator", "portable", backend) == "native"
         assert mg.default_decode(BF16, "weights", "dot_scaled", backend) == "native"
@@ -242,11 +248,17 @@ def test_the_gpu_caps_block_k_by_decode(monkeypatch):
     }
     monkeypatch.setattr(cfgmod, "choose", lambda **_: cfgmod.as_config(wide))
     bf16 = mg.choose_config(spec, BF16, 5, None)
-    assert (bf16.decode, bf16.gate_up.BLOCK_K, bf16.down.BLOCK_K) == ("swar", 128, 128)
+    assert (bf16.decode, bf16.gate_up.BLOCK_K, bf16.down.BLOCK_K) == ("packed", 128, 128)
+    swar = mg.choose_config(spec, BF16, 5, {"decode": "swar"})
+    assert (swar.decode, swar.gate_up.BLOCK_K, swar.down.BLOCK_K) == ("swar", 128, 128)
     f16 = mg.choose_config(spec, F16, 5, None)
     assert (f16.decode, f16.gate_up.BLOCK_K) == ("native", 64)
     forced = mg.choose_config(spec, BF16, 5, {**wide, "decode": "swar"})  # the caller's tiles stay
     assert forced.gate_up.BLOCK_K == 256
+    # the caller's tiles without a decode: packed where BLOCK_K is its step, swar's K order otherwise
+    assert mg.choose_config(spec, BF16, 5, wide).decode == "swar"
+    step = {**wide, **{g: {**wide[g], "BLOCK_K": 128} for g in ("gate_up", "down")}}
+    assert mg.choose_config(spec, BF16, 5, step).decode == "packed"
 
 
 def test_a_decode_that_does_not_apply_is_refused_naming_its_field():
@@ -258,6 +270,12 @@ def test_a_decode_that_does_not_apply_is_refused_naming_its_field():
         gate_up_mxfp4(spec, qw, x, ids, config=_config(BF16, "accumulator", "swar", 128))
     with pytest.raises(SpecError, match=r"config\.decode.*float16"):
         gate_up_mxfp4(spec, qw, x.to(F16), ids, config=_config(F16, "weights", "swar", 128))
+    with pytest.raises(SpecError, match=r"config\.decode.*accumulator"):
+        gate_up_mxfp4(spec, qw, x, ids, config=_config(BF16, "accumulator", "packed", 128))
+    with pytest.raises(SpecError, match=r"config\.decode.*float16.*packed"):
+        gate_up_mxfp4(spec, qw, x.to(F16), ids, config=_config(F16, "weights", "packed", 128))
+    with pytest.raises(SpecError, match=r"config\.gate_up\.BLOCK_K.*128"):
+        gate_up_mxfp4(spec, qw, x, ids, config=_config(BF16, "weights", "packed", 64))
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")

@@ -26,6 +26,7 @@ from moe_cts.conformance.engine.devices import accumulator_profile, select_devic
 from moe_cts.conformance.engine.protocol import FORWARD, Capabilities
 from moe_cts.conformance.engine.results import Outcome
 from moe_cts.conformance.engine.runner import run_case
+from moe_cts.kernels import mxfp4_gemm, mxfp4_pack
 from moe_cts.kernels.mxfp4_moe import down_mxfp4, fused_moe_mxfp4, gate_up_mxfp4
 from moe_cts.reference import presets
 from moe_cts.reference.errors import NotSupportedError
@@ -266,6 +267,21 @@ def test_a_broken_mxfp4_variant_fails_at_gemm1(name, device):
         MxImplementation(transform=BROKEN[name]), Case(mx(BROKEN_SPEC), 5, "bfloat16", seed=7), device
     )
     assert r.outcome == Outcome.FAIL and r.failing_stage == "gemm1", _verdicts(r)
+
+
+def _pack_without_the_transpose(codes):
+    """A packer that pads but keeps the reference word order: the packed decode then reads word c of block b
+    where word b of block c is."""
+    kb = codes.shape[-1]
+    return torch.nn.functional.pad(codes, (0, mxfp4_pack.packed_k(2 * kb) // 2 - kb)).contiguous()
+
+
+def test_codes_not_in_the_packed_layout_fail_at_gemm1(device, monkeypatch):
+    monkeypatch.setattr(mxfp4_gemm, "packed_codes", _pack_without_the_transpose)
+    cfg = {"decode": "packed"}
+    r = run_case(MxImplementation(config=cfg), Case(mx(BROKEN_SPEC), 5, "bfloat16", seed=7), device)
+    assert r.outcome == Outcome.FAIL and r.failing_stage == "gemm1", _verdicts(r)
+    assert cfgmod.last_config().decode == "packed"
 
 
 def test_a_scale_from_the_next_block_fails_the_stage_check_on_plain_random_weights(device):

@@ -1,0 +1,119 @@
+"""MXFP4 decode straight into the MMA operand layout (Mxfp4Config.decode == "packed", DECODE_PACKED), bf16 only.
+
+The swar decode (_mxfp4_swar.py) decodes in the layout its code words were loaded in, then joins the tiles
+back to K order; that tile's layout is not the dot's, so every decoded weight goes through shared memory
+before the MMA (a store and a load of 2 bytes per weight; on the H200 the shared-memory pipe was the decode
+sizes' limit, docs/mxfp4.md). This decode reads the codes in the packed layout (kernels/mxfp4_pack.py: per
+128-element step, word c of 32-block b at 4c + b), so a (16 words, BLOCK_N) tile of them is naturally laid
+out with b in a thread's registers, c on lanes 0-1 and the column on lanes 2-4: for Triton's mma.sync B operand
+with kWidth 8 (8 consecutive K per thread, lanes 0-1 over the four 8-element groups of 32, columns on lanes
+2-4) the decoded tile then needs no data movement between threads. TTGIR on sm90, triton 3.6 and 3.9: no
+local_alloc for the weights; the decoded tile feeds tt.dot from registers.
+
+    B    = word c of block b (uint32)            element 8c + q in bits 4q .. 4q + 3
+    r_q  = _e2m1_pair_bits(B, q), q < 4          bf16 bits of elements 8c + q (low half) and 8c + q + 4 (high)
+    w    = bf16(bits) * 2^126 * 2^(s_b - 127)     as in swar: exact, one packed multiply each (HMUL2)
+
+A register r_q holds elements q and q + 4 of the word's 8, not the pair (k, k + 1) an MMA register holds. So
+the K order inside each 8-element group is permuted, k' = 2q + p <- k = q + 4p, in the weights and in the
+activation tile alike (a permutation of the dot's K axis: the same products, another order of the fp32 sums).
+Each r_q is then one B register as decoded. sm90 SASS of the K loop (BLOCK_M 16, BLOCK_N 64, one weight,
+triton 3.6): 5.4 instructions per weight element, no shared-memory store; swar's down GEMM: 5.7 with 8
+128-bit stores and 16 ldmatrix per 64 elements.
+
+BLOCK_K is the packing step, 128. Past K (K % 128 != 0) the packed rows hold code 0, the activation loads 0 and
+the scale loads code 127. Under the interpreter (INTERPRET) the bits widen to fp32 and the multiplies are fp32,
+exact as well (the interpreter computes bf16 arithmetic on raw bit patterns: docs/bugs.md#facts-triton-interpreter).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from moe_cts.kernels._common import INTERPRET
+from moe_cts.kernels._mxfp4_decode import _scale_tile
+from moe_cts.kernels._mxfp4_swar import RENORM, _e2m1_pair_bits
+
+STEP = tl.constexpr(128)  # elements per packed step (kernels/mxfp4_pack.PACK_K)
+BLOCKS = tl.constexpr(4)  # 32-blocks per step, and 32-bit words per block
+
+
+@triton.jit
+def _halves(r):
+    """(..., 2) uint16: the low and high bf16 bits of r (uint32), element q then q + 4 of the word."""
+    return tl.join(r.to(tl.uint16), (r >> 16).to(tl.uint16))
+
+
+@triton.jit
+def _step_order(t, BLOCK_N: tl.constexpr):
+    """(16, BLOCK_N, 2, 2, 2) indexed (4c + b, n, p, q0, q1) -> (128, BLOCK_N) in K' order 32b + 8c + 2q + p,
+    q = 2 q1 + q0 (module docstring)."""
+    t = tl.reshape(t, (BLOCKS, BLOCKS, BLOCK_N, 2, 2, 2))  # (c, b, n, p, q0, q1)
+    return tl.reshape(tl.permute(t, (1, 0, 5, 4, 3, 2)), (STEP, BLOCK_N))  # (b, c, q1, q0, p, n)
+
+
+@triton.jit
+def _weights(B, s, BLOCK_N: tl.constexpr):
+    """(128, BLOCK_N) weights in K' order (bf16; fp32 under the interpreter) from the packed words B
+    (16, BLOCK_N) uint32, rows 4c + b, and the scale codes s (16, BLOCK_N) uint8 of their blocks b."""
+    bits = tl.join(tl.join(_halves(_e2m1_pair_bits(B, 0)), _halves(_e2m1_pair_bits(B, 1))),
+                   tl.join(_halves(_e2m1_pair_bits(B, 2)), _halves(_e2m1_pair_bits(B, 3))))  # fmt: skip
+    bits = _step_order(bits, BLOCK_N)
+    sc = _scale_tile(s, "bf16")
+    sc = tl.join(sc, sc)  # the block's scale for all 8 elements of the word
+    sc = _step_order(tl.join(tl.join(sc, sc), tl.join(sc, sc)), BLOCK_N)
+    if INTERPRET:
+        w = (bits.to(tl.uint32) << 16).to(tl.float32, bitcast=True) * RENORM
+    else:
+        w = bits.to(tl.bfloat16, bitcast=True) * tl.full([], RENORM, tl.bfloat16)
+    return w * sc
+
+
+@triton.jit
+def _step_order_x(x, BLOCK_M: tl.constexpr):
+    """The activation tile (BLOCK_M, 128) in the weights' K' order: k' = 2q + p <- k = q + 4p per 8 columns."""
+    x = tl.reshape(x, (BLOCK_M, STEP // 8, 2, 4))  # (m, group, p, q)
+    return tl.reshape(tl.permute(x, (0, 1, 3, 2)), (BLOCK_M, STEP))
+
+
+@triton.jit
+def _accumulate(acc, x, w_words, s_rows, stride_s_k, k0, K, EVEN_K: tl.constexpr):
+    """acc + x @ W[:, k0:k0+128].T for one weight: w_words (BLOCK_N,) uint32 pointers to its packed rows."""
+    BLOCK_N: tl.constexpr = w_words.shape[0]
+    j = tl.arange(0, BLOCKS * BLOCKS)[:, None]  # 4c + b
+    B = tl.load(w_words[None, :] + (k0 // 8 + j))  # the padded rows hold whole steps: no mask
+    blk = k0 // 32 + j % BLOCKS
+    if EVEN_K:
+        s = tl.load(s_rows[None, :] + blk * stride_s_k)
+    else:  # code 127 (1.0) past K, where the codes are 0
+        s = tl.load(s_rows[None, :] + blk * stride_s_k, mask=blk * 32 < K, other=127)
+    return tl.dot(x, _weights(B, s, BLOCK_N), acc)
+
+
+@triton.jit
+def mx_gemm_packed(
+    acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, K,
+    TWO: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+):  # fmt: skip
+    """(acc1 + x @ W1.T, acc2 + x @ W2.T if TWO) over the whole K; w*_rows byte pointers to the packed code
+    rows (kernels/mxfp4_pack.py: 4-byte aligned, whole steps), s*_rows to the scale rows (reference layout)."""
+    tl.static_assert(BLOCK_K == STEP, "the packed decode's BLOCK_K is its packing step, 128")
+    BLOCK_M: tl.constexpr = x_rows.shape[0]
+    w1_words = w1_rows.to(tl.pointer_type(tl.uint32))
+    w2_words = w2_rows.to(tl.pointer_type(tl.uint32))
+    for kk in range(0, tl.cdiv(K, STEP)):
+        k0 = kk * STEP
+        kel = k0 + tl.arange(0, STEP)
+        if EVEN_K:
+            xm = x_ok[:, None]
+        else:
+            xm = x_ok[:, None] & (kel < K)[None, :]
+        x = tl.load(x_rows[:, None] + kel[None, :] * stride_x_k, mask=xm, other=0.0)
+        if INTERPRET:  # bf16 arithmetic on raw bit patterns there (docs/bugs.md#facts-triton-interpreter)
+            x = x.to(tl.float32)
+        x = _step_order_x(x, BLOCK_M)
+        acc1 = _accumulate(acc1, x, w1_words, s1_rows, stride_s_k, k0, K, EVEN_K)
+        if TWO:  # the up tile reuses the x tile already in registers
+            acc2 = _accumulate(acc2, x, w2_words, s2_rows, stride_s_k, k0, K, EVEN_K)
+    return acc1, acc2

@@ -1,0 +1,73 @@
+"""The packed layout of the MXFP4 codes (kernels/mxfp4_pack.py) and its cache.
+
+pack_codes      per 128-element step, word c of 32-block b at 4c + b; rows padded with code 0 to whole steps
+unpack_codes    its inverse
+packed_codes    one copy per codes tensor while it is unchanged; an in-place change repacks; the entry dies
+                with the tensor
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from moe_cts.kernels import mxfp4_pack as mp
+
+
+def _codes(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+
+
+def _words(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("k", [32, 96, 128, 160, 2880])  # whole steps and tails of 1-3 blocks
+def test_every_step_holds_its_words_word_major_and_the_tail_is_code_zero(k):
+    codes = _codes(3, 5, k // 2)
+    packed = mp.pack_codes(codes)
+    kp = mp.packed_k(k)
+    assert packed.shape == (3, 5, kp // 2) and kp % 128 == 0 and kp - k < 128
+    ref = torch.nn.functional.pad(codes, (0, (kp - k) // 2))
+    got = _words(packed).view(3, 5, kp // 128, 4, 4)  # [step][4c + b]
+    want = _words(ref).view(3, 5, kp // 128, 4, 4)  # [step][4b + c]
+    assert torch.equal(got, want.transpose(-1, -2))
+    assert torch.equal(mp.unpack_codes(packed, k), codes)
+    assert int(packed.count_nonzero()) == int(codes.count_nonzero())  # the padding adds only code 0 bytes
+
+
+def test_a_strided_view_packs_like_its_contiguous_copy():
+    wide = _codes(4, 200)
+    view = wide[:, 8:136]  # K = 256, rows 200 bytes apart
+    assert torch.equal(mp.pack_codes(view), mp.pack_codes(view.contiguous()))
+
+
+def test_meta_tensors_pack_to_their_shape():  # the AOT matrix captures launches on meta tensors
+    meta = torch.empty((2, 8, 48), dtype=torch.uint8, device="meta")
+    assert mp.pack_codes(meta).shape == (2, 8, 64)
+
+
+def test_the_cache_keeps_one_copy_until_the_codes_change_in_place():
+    codes = _codes(2, 3, 64, seed=1)
+    first = mp.packed_codes(codes)
+    assert mp.packed_codes(codes) is first
+    codes[0, 0, 0] ^= 0xFF  # an in-place change bumps the version counter: repacked
+    second = mp.packed_codes(codes)
+    assert second is not first and torch.equal(mp.unpack_codes(second, 128), codes)
+    other = codes.clone()  # an equal tensor is another key: identity, not value
+    assert mp.packed_codes(other) is not second
+    mp.drop_packed(codes)
+    assert mp.packed_codes(codes) is not second
+
+
+def test_the_entry_dies_with_the_codes():
+    mp.drop_packed()
+    codes = _codes(2, 64, seed=2)
+    mp.packed_codes(codes)
+    assert len(mp._CACHE) == 1
+    del codes
+    gc.collect()
+    assert len(mp._CACHE) == 0
