@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Session 22's GPU calls (docs/h200.md "Session 22"), one 590 s slot each:
+#   r   ci/gpu/mx_reg_probe.py: standalone MXFP4 GEMMs, the swar structure against the decode into the MMA
+#       operand layout (reference-layout words, then packed words) and a bf16 loop
+#   m   GPU pytest of the MXFP4 files (the packed decode), quant_bench MXFP4 default against swar
+#       (QB_ARGS), gpt-oss-120b MXFP4 at full size against the float64 oracle (FULL_T)
+#   z   GPU pytest (GPU_TESTS), vLLM's Triton path side by side (carry .peer), certify quick
+set -u
+MODE=${1:-m}
+OUT=${2:-/tmp/moe-cts-gpu}
+source "$(dirname "$0")/common.sh"
+gpu_setup "$OUT"
+case "$MODE" in
+r)
+  python3 ci/gpu/mx_reg_probe.py --out "$OUT/mxreg.json" > "$OUT/mxreg.log" 2>&1
+  sed -n '/summary/,$p' "$OUT/mxreg.log"
+  ;;
+m)
+  gpu_pytest "$OUT" 200 tests/kernels/test_mxfp4_decode.py tests/kernels/test_mxfp4_moe.py tests/kernels/test_mxfp4_pack.py
+  SLOT=${QB_SLOT:-400} QB_ARGS=${QB_ARGS:-"--kinds mxfp4 --no-50k --mxfp4-configs default;swar"} quant_bench "$OUT"
+  timeout "$(slot_left 585)" python3 ci/gpu/quant_fullsize.py --out "$OUT/full" --presets gpt-oss-120b \
+    --tokens "${FULL_T:-1,16,4096}" > "$OUT/full.log" 2> "$OUT/full-stderr.log"
+  echo "quant_fullsize exit $?"; tail -8 "$OUT/full.log"
+  ;;
+z)
+  gpu_pytest "$OUT" 170 ${GPU_TESTS:-tests/kernels/test_mxfp4_pack.py}
+  peer_bench "$OUT" "${PEER_S:-170}"
+  grep -E "=>|geomean" "$OUT/peer.log" | tail -44
+  certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 575)"
+  certify_summary "$OUT"
+  ;;
+esac
