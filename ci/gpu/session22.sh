@@ -5,6 +5,7 @@
 #   m   GPU pytest of the MXFP4 files (the packed decode), quant_bench MXFP4 default against swar
 #       (QB_ARGS), gpt-oss-120b MXFP4 at full size against the float64 oracle (FULL_T)
 #   z   GPU pytest (GPU_TESTS), vLLM's Triton path side by side (carry .peer), certify quick
+#   n   Nsight Compute (clocks left alone) on one ids-given forward of the MXFP4 cases NCU_CASES (the packed decode)
 set -u
 MODE=${1:-m}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -21,6 +22,17 @@ m)
   timeout "$(slot_left 585)" python3 ci/gpu/quant_fullsize.py --out "$OUT/full" --presets gpt-oss-120b \
     --tokens "${FULL_T:-1,16,4096}" > "$OUT/full.log" 2> "$OUT/full-stderr.log"
   echo "quant_fullsize exit $?"; tail -8 "$OUT/full.log"
+  ;;
+n)
+  s=$(date +%s)
+  timeout 420 ncu --profile-from-start off --clock-control none --kernel-name regex:"gate_up|down" \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section SchedulerStats --section MemoryWorkloadAnalysis \
+    python3 ci/gpu/ncu_probe.py ${NCU_CASES:-mxfp4:gpt-oss-120b:1 mxfp4:gpt-oss-120b:16} \
+    > "$OUT/ncu.txt" 2> "$OUT/ncu-stderr.txt"
+  echo "ncu exit $? in $(( $(date +%s) - s )) s"
+  grep -E "profiled|==PROF==|==ERROR==|==WARNING==" "$OUT/ncu.txt" "$OUT/ncu-stderr.txt" | head -20
+  grep -E "^  [a-z_0-9]+_kernel|Duration|Compute \(SM\) Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Theoretical Occupancy|No Eligible|Issued Warp|Warp Cycles Per Issued|Stall|Shared Memory|Block Limit|Grid Size|Block Size" "$OUT/ncu.txt" | head -120
   ;;
 z)
   gpu_pytest "$OUT" 170 ${GPU_TESTS:-tests/kernels/test_mxfp4_pack.py}
