@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Session 22: the packed MXFP4 decode at T = 16 under ptxas register caps (Nsight Compute had its gate_up at
+# 115 registers, 4 programs per SM, 25% occupancy): quant_bench, each config beside the default
+set -u
+source ci/gpu/common.sh; gpu_setup $OUT
+timeout 300 python3 ci/gpu/quant_bench.py --out $OUT/qr --kinds mxfp4 --no-50k --tokens 16 --mxfp4-configs 'default;{"decode":"packed","BLOCK_M":16,"gate_up":{"BLOCK_N":64,"BLOCK_K":128,"GROUP_M":1,"num_warps":4,"num_stages":3,"maxnreg":0},"down":{"BLOCK_N":64,"BLOCK_K":128,"GROUP_M":1,"num_warps":4,"num_stages":3,"maxnreg":0}};{"decode":"packed","BLOCK_M":16,"gate_up":{"BLOCK_N":64,"BLOCK_K":128,"GROUP_M":1,"num_warps":4,"num_stages":3,"maxnreg":104},"down":{"BLOCK_N":64,"BLOCK_K":128,"GROUP_M":1,"num_warps":4,"num_stages":3,"maxnreg":0}};{"decode":"packed","BLOCK_M":16,"gate_up":{"BLOCK_N":64,"BLOCK_K":128,"GROUP_M":1,"num_warps":4,"num_stages":3,"maxnreg":96},"down":{"BLOCK_N":64,"BLOCK_K":128,"GROUP_M":1,"num_warps":4,"num_stages":3,"maxnreg":0}};{"decode":"packed","BLOCK_M":16,"gate_up":{"BLOCK_N":64,"BLOCK_K":128,"GROUP_M":1,"num_warps":4,"num_stages":3,"maxnreg":104},"down":{"BLOCK_N":64,"BLOCK_K":128,"GROUP_M":1,"num_warps":4,"num_stages":3,"maxnreg":64}}' 2>$OUT/qr-stderr.log | grep -v '^{' | tail -8
