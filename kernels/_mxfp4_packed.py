@@ -33,7 +33,7 @@ import triton.language as tl
 
 from moe_cts.kernels._common import INTERPRET
 from moe_cts.kernels._mxfp4_decode import _scale_tile
-from moe_cts.kernels._mxfp4_swar import RENORM, _e2m1_pair_bits
+from moe_cts.kernels._mxfp4_swar import RENORM, _e2m1_pair_bits, load_x_tile
 
 STEP = tl.constexpr(128)  # elements per packed step (kernels/mxfp4_pack.PACK_K)
 BLOCKS = tl.constexpr(4)  # 32-blocks per step, and 32-bit words per block
@@ -104,15 +104,7 @@ def mx_gemm_packed(
     w2_words = w2_rows.to(tl.pointer_type(tl.uint32))
     for kk in range(0, tl.cdiv(K, STEP)):
         k0 = kk * STEP
-        kel = k0 + tl.arange(0, STEP)
-        if EVEN_K:
-            xm = x_ok[:, None]
-        else:
-            xm = x_ok[:, None] & (kel < K)[None, :]
-        x = tl.load(x_rows[:, None] + kel[None, :] * stride_x_k, mask=xm, other=0.0)
-        if INTERPRET:  # bf16 arithmetic on raw bit patterns there (docs/bugs.md#facts-triton-interpreter)
-            x = x.to(tl.float32)
-        x = _step_order_x(x, BLOCK_M)
+        x = _step_order_x(load_x_tile(x_rows, x_ok, stride_x_k, k0, K, STEP, EVEN_K), BLOCK_M)
         acc1 = _accumulate(acc1, x, w1_words, s1_rows, stride_s_k, k0, K, EVEN_K)
         if TWO:  # the up tile reuses the x tile already in registers
             acc2 = _accumulate(acc2, x, w2_words, s2_rows, stride_s_k, k0, K, EVEN_K)

@@ -108,6 +108,22 @@ def _load_scales(s_rows, stride_s_k, k0, K, NB: tl.constexpr):
 
 
 @triton.jit
+def load_x_tile(x_rows, x_ok, stride_x_k, k0, K, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """(BLOCK_M, BLOCK_K) activation columns [k0, k0 + BLOCK_K) of the live rows (0 past K and on dead rows), in
+    their dtype on a GPU and in fp32 under the interpreter (it computes bf16 arithmetic on raw bit patterns:
+    docs/bugs.md#facts-triton-interpreter). Shared by the swar and packed decodes."""
+    kel = k0 + tl.arange(0, BLOCK_K)
+    if EVEN_K:
+        xm = x_ok[:, None]
+    else:
+        xm = x_ok[:, None] & (kel < K)[None, :]
+    x = tl.load(x_rows[:, None] + kel[None, :] * stride_x_k, mask=xm, other=0.0)
+    if INTERPRET:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def _accumulate(acc, x, w_rows, s, k0, K, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
     """acc + x @ W[:, k0:k0+BLOCK_K].T for one weight: x (BLOCK_M, BLOCK_K), s its scale codes."""
     b = _load_words(w_rows, k0, K, BLOCK_K // 32, EVEN_K)
@@ -133,14 +149,7 @@ def mx_gemm_swar(
         k0 = kk * BLOCK_K
         s1_next = _load_scales(s1_rows, stride_s_k, k0 + BLOCK_K, K, NB)
         s2_next = _load_scales(s2_rows, stride_s_k, k0 + BLOCK_K, K, NB) if TWO else s1_next
-        kel = k0 + tl.arange(0, BLOCK_K)
-        if EVEN_K:
-            xm = x_ok[:, None]
-        else:
-            xm = x_ok[:, None] & (kel < K)[None, :]
-        x = tl.load(x_rows[:, None] + kel[None, :] * stride_x_k, mask=xm, other=0.0)
-        if INTERPRET:  # bf16 arithmetic on raw bit patterns there (docs/bugs.md#facts-triton-interpreter)
-            x = x.to(tl.float32)
+        x = load_x_tile(x_rows, x_ok, stride_x_k, k0, K, BLOCK_K, EVEN_K)
         acc1 = _accumulate(acc1, x, w1_words, s1, k0, K, BLOCK_K, EVEN_K)
         if TWO:  # the up tile reuses the x tile already in registers
             acc2 = _accumulate(acc2, x, w2_words, s2, k0, K, BLOCK_K, EVEN_K)
