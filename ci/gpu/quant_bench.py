@@ -184,7 +184,7 @@ def main() -> None:
     ap.add_argument(
         "--mxfp4-configs",
         default="default",
-        help="';'-separated MXFP4 configs to time: default (the heuristic), a weight decode (swar, native, fp32), "
+        help="';'-separated MXFP4 configs to time: default (the heuristic), a weight decode (packed, swar, native, fp32), "
         'or a config dict as JSON, e.g. \'{"decode": "swar", "BLOCK_M": 16, "gate_up": {...}, "down": {...}}\'',
     )
     args = ap.parse_args()
