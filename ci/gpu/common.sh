@@ -13,6 +13,8 @@
 #   gpu_pytest OUT S FILES...  pytest FILES on the GPU (log OUT/pytest.log), at most S seconds; prints the verdicts
 #   peer_bench OUT S           .peer/bench.py (vLLM's Triton path beside ours, BENCH_ARGS) into OUT/peer (log
 #                              OUT/peer.log), at most S seconds; prints its exit and wall time
+#   peer_and_certify OUT P S   peer_bench (at most P seconds; carry .peer) and its table lines, then certify quick
+#                              (CERT_JOBS workers) in the rest of an S-second slot and its summary
 #   final_call OUT             a session's last call: quant_bench (QB_ARGS) in the first QB_SLOT seconds, the peer
 #                              bench (PEER_S seconds; carry .peer), then certify quick in the rest of a 560 s slot
 gpu_setup() {
@@ -69,10 +71,14 @@ gpu_pytest() {
   echo "pytest exit $? in $(( $(date +%s) - s )) s"; grep -E "FAILED|passed|failed" "$out/pytest.log" | head -20
 }
 
+peer_and_certify() {
+  peer_bench "$1" "$2"
+  grep -E "=>|geomean" "$1/peer.log" | tail -44
+  certify_quick "$1" "${CERT_JOBS:-10}" "$(slot_left "$3")"
+  certify_summary "$1"
+}
+
 final_call() {
   SLOT=${QB_SLOT:-230} quant_bench "$1"
-  peer_bench "$1" "${PEER_S:-150}"
-  grep -E "=>|geomean" "$1/peer.log" | tail -44
-  certify_quick "$1" "${CERT_JOBS:-10}" "$(slot_left ${SLOT:-560})"
-  certify_summary "$1"
+  peer_and_certify "$1" "${PEER_S:-150}" "${SLOT:-560}"
 }

@@ -17,10 +17,7 @@ o)
   ;;
 z)
   gpu_pytest "$OUT" 170 ${GPU_TESTS:-tests/kernels/test_pdl.py tests/kernels/test_fp8_moe.py}
-  peer_bench "$OUT" "${PEER_S:-170}"
-  grep -E "=>|geomean" "$OUT/peer.log" | tail -44
-  certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 575)"
-  certify_summary "$OUT"
+  peer_and_certify "$OUT" "${PEER_S:-170}" 575
   ;;
 g)
   gpu_pytest "$OUT" 150 ${GPU_TESTS:-tests/kernels/test_fp8_moe.py}

@@ -36,9 +36,6 @@ n)
   ;;
 z)
   gpu_pytest "$OUT" 170 ${GPU_TESTS:-tests/kernels/test_mxfp4_pack.py}
-  peer_bench "$OUT" "${PEER_S:-170}"
-  grep -E "=>|geomean" "$OUT/peer.log" | tail -44
-  certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 575)"
-  certify_summary "$OUT"
+  peer_and_certify "$OUT" "${PEER_S:-170}" 575
   ;;
 esac
