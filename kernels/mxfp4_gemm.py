@@ -222,8 +222,8 @@ def _active_target():
 def check_dot_kind(cfg: Mxfp4Config, dtype: torch.dtype) -> None:
     """dot_scaled with fp16 activations on CUDA below sm89 is refused (NotSupportedError) before any launch:
     Triton lowers it through fp8 conversions that ptxas rejects there ("cvt with .e4m3x2 requires sm_89",
-    AOT with triton 3.9). bf16 compiles on all six AOT targets. decode='swar' builds bf16 bits: float16
-    activations with it raise SpecError."""
+    AOT with triton 3.9). bf16 compiles on all six AOT targets. decode='swar' and 'packed' build bf16 bits:
+    float16 activations with either raise SpecError."""
     if cfg.dot == "portable" and cfg.decode in BF16_DECODES and dtype != torch.bfloat16:
         raise SpecError(
             "config.decode",

@@ -43,9 +43,9 @@ def pack_codes(codes: torch.Tensor) -> torch.Tensor:
     (module docstring): zero-padded to whole steps, each step's 4 x 4 words transposed. Byte views only, so
     any device (meta included) and any storage offset."""
     *lead, n, kb = codes.shape
-    pad = packed_k(2 * kb) // 2 - kb
-    c = torch.nn.functional.pad(codes, (0, pad)) if pad else codes
-    steps = (2 * kb + 2 * pad) // PACK_K
+    kp = packed_k(2 * kb)
+    c = torch.nn.functional.pad(codes, (0, kp // 2 - kb)) if kp != 2 * kb else codes
+    steps = kp // PACK_K
     c = c.contiguous().view(*lead, n, steps, WORDS, WORDS, 4)  # (step, block b, word c, byte)
     return c.transpose(-3, -2).contiguous().view(*lead, n, steps * PACK_K // 2)
 
@@ -60,9 +60,8 @@ def unpack_codes(packed: torch.Tensor, k: int) -> torch.Tensor:
 def _version(t: torch.Tensor) -> int:
     try:
         return t._version
-    except (
-        RuntimeError
-    ):  # inference tensors keep no version counter (they cannot change outside inference mode)
+    # inference tensors keep no version counter (they cannot change outside inference mode)
+    except RuntimeError:
         return -1
 
 
@@ -73,9 +72,8 @@ def packed_codes(codes: torch.Tensor) -> torch.Tensor:
     if hit is not None and hit[0]() is codes and hit[1] == version:
         return hit[2]
     packed = pack_codes(codes)
-    if (
-        hit is None or hit[0]() is not codes
-    ):  # a new tensor (or a dead one's reused id): drop it with the codes
+    # a tensor seen for the first time (or a dead one's reused id): its entry goes when it does
+    if hit is None or hit[0]() is not codes:
         weakref.finalize(codes, _CACHE.pop, key, None)
     _CACHE[key] = (weakref.ref(codes), version, packed)
     return packed
