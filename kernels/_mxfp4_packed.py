@@ -11,19 +11,28 @@ with kWidth 8 (8 consecutive K per thread, lanes 0-1 over the four 8-element gro
 local_alloc for the weights; the decoded tile feeds tt.dot from registers.
 
     B    = word c of block b (uint32)            element 8c + q in bits 4q .. 4q + 3
-    r_q  = _e2m1_pair_bits(B, q), q < 4          bf16 bits of elements 8c + q (low half) and 8c + q + 4 (high)
-    w    = bf16(bits) * 2^126 * 2^(s_b - 127)     as in swar: exact, one packed multiply each (HMUL2)
+    r_q  = _e2m1_pair_bits(B, q), q < 4          bf16 bits of e2m1 * 2^-126 of elements 8c + q (low half)
+                                                 and 8c + q + 4 (high)
+    s_b  = the E8M0 code of block b              a thread's 4 codes: one 32-bit load (mxfp4_pack.pack_scales)
+    FOLD:  w = bf16(r_q) * bf16(2^(s_b - 1))                       one packed multiply (HMUL2) per pair
+    else:  w = bf16(r_q) * 2^126 * 2^(s_b - 127)                   two (a scale code > 128, or NaN)
+
+r_q's bits read as bf16 are e2m1 * 2^-126 exactly (_mxfp4_swar.py); times 2^(s - 1) that is e2m1 * 2^(s - 127)
+exactly, and 2^(s - 1) is a normal bf16 for every code s <= 128 (e8m0_folded_bits). The packer tells which
+kernel a tensor needs (PackedScales.fold: every code <= 128, no NaN code); both give the same bits. Real
+checkpoints' MXFP4 scales sit far below 2^1, so the one-multiply kernel is the one that runs.
 
 A register r_q holds elements q and q + 4 of the word's 8, not the pair (k, k + 1) an MMA register holds. So
 the K order inside each 8-element group is permuted, k' = 2q + p <- k = q + 4p, in the weights and in the
 activation tile alike (a permutation of the dot's K axis: the same products, another order of the fp32 sums).
-Each r_q is then one B register as decoded. sm90 SASS of the K loop (BLOCK_M 16, BLOCK_N 64, one weight,
-triton 3.6): 5.4 instructions per weight element, no shared-memory store; swar's down GEMM: 5.7 with 8
-128-bit stores and 16 ldmatrix per 64 elements.
+Each r_q is then one B register as decoded. sm90 SASS per K step (BLOCK_M 16, BLOCK_N 64, triton 3.9): gate_up
+585 instructions, down 334 (the two-multiply kernel 625 / 354; session 22's, with byte-wise masked scale
+loads and two multiplies, 677 / 381).
 
 BLOCK_K is the packing step, 128. Past K (K % 128 != 0) the packed rows hold code 0, the activation loads 0 and
-the scale loads code 127. Under the interpreter (INTERPRET) the bits widen to fp32 and the multiplies are fp32,
-exact as well (the interpreter computes bf16 arithmetic on raw bit patterns: docs/bugs.md#facts-triton-interpreter).
+the packed scales hold code 127; no load but the activation's is masked. Under the interpreter (INTERPRET) the
+bits widen to fp32 and the multiplies are fp32, exact as well (the interpreter computes bf16 arithmetic on raw
+bit patterns: docs/bugs.md#facts-triton-interpreter).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import triton
 import triton.language as tl
 
 from moe_cts.kernels._common import INTERPRET
-from moe_cts.kernels._mxfp4_decode import _scale_tile
+from moe_cts.kernels._mxfp4_decode import _scale_tile, e8m0_folded_bits
 from moe_cts.kernels._mxfp4_swar import RENORM, _e2m1_pair_bits, load_x_tile
 
 STEP = tl.constexpr(128)  # elements per packed step (kernels/mxfp4_pack.PACK_K)
@@ -41,32 +50,58 @@ BLOCKS = tl.constexpr(4)  # 32-blocks per step, and 32-bit words per block
 
 @triton.jit
 def _halves(r):
-    """(..., 2) uint16: the low and high bf16 bits of r (uint32), element q then q + 4 of the word."""
+    """(..., 2) uint16: the low and high 16 bits of r (uint32): elements q and q + 4 of a decoded word."""
     return tl.join(r.to(tl.uint16), (r >> 16).to(tl.uint16))
 
 
 @triton.jit
 def _step_order(t, BLOCK_N: tl.constexpr):
-    """(16, BLOCK_N, 2, 2, 2) indexed (4c + b, n, p, q0, q1) -> (128, BLOCK_N) in K' order 32b + 8c + 2q + p,
+    """(16, BLOCK_N, 2, 2, 2) indexed (4c + b, n, p, q0, q1) -> (128, BLOCK_N) in K order 32b + 8c + 2q + p,
     q = 2 q1 + q0 (module docstring)."""
     t = tl.reshape(t, (BLOCKS, BLOCKS, BLOCK_N, 2, 2, 2))  # (c, b, n, p, q0, q1)
     return tl.reshape(tl.permute(t, (1, 0, 5, 4, 3, 2)), (STEP, BLOCK_N))  # (b, c, q1, q0, p, n)
 
 
 @triton.jit
-def _weights(B, s, BLOCK_N: tl.constexpr):
+def _per_element(t, BLOCK_N: tl.constexpr):
+    """(16, BLOCK_N) values of rows 4c + b -> (128, BLOCK_N) in K' order: a word's value for its 8 elements."""
+    t = tl.join(t, t)
+    return _step_order(tl.join(tl.join(t, t), tl.join(t, t)), BLOCK_N)
+
+
+@triton.jit
+def _per_element_pairs(t, BLOCK_N: tl.constexpr):
+    """(16, BLOCK_N) uint32 holding a 16-bit value twice (low and high half) -> (128, BLOCK_N) uint16 in K'
+    order, the halves split as the decoded bits' are (_halves)."""
+    h = _halves(t)
+    return _step_order(tl.join(tl.join(h, h), tl.join(h, h)), BLOCK_N)
+
+
+@triton.jit
+def _as_float(bits16):
+    """uint32 / uint16 holding bf16 bits in the low 16 -> bf16 (fp32 under the interpreter, the same value)."""
+    if INTERPRET:
+        v = (bits16.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        v = bits16.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return v
+
+
+@triton.jit
+def _weights(B, s, BLOCK_N: tl.constexpr, FOLD: tl.constexpr):
     """(128, BLOCK_N) weights in K' order (bf16; fp32 under the interpreter) from the packed words B
     (16, BLOCK_N) uint32, rows 4c + b, and the scale codes s (16, BLOCK_N) uint8 of their blocks b."""
     bits = tl.join(tl.join(_halves(_e2m1_pair_bits(B, 0)), _halves(_e2m1_pair_bits(B, 1))),
                    tl.join(_halves(_e2m1_pair_bits(B, 2)), _halves(_e2m1_pair_bits(B, 3))))  # fmt: skip
-    bits = _step_order(bits, BLOCK_N)
-    sc = _scale_tile(s, "bf16")
-    sc = tl.join(sc, sc)  # the block's scale for all 8 elements of the word
-    sc = _step_order(tl.join(tl.join(sc, sc), tl.join(sc, sc)), BLOCK_N)
-    if INTERPRET:
-        w = (bits.to(tl.uint32) << 16).to(tl.float32, bitcast=True) * RENORM
+    w = _as_float(_step_order(bits, BLOCK_N))
+    if FOLD:
+        # The folded scale's bits in both halves of a uint32, split like the weights' bits: LLVM then sees
+        # two 32-bit values meet in the multiply and packs most pairs into one bf16x2 multiply (with the
+        # scale split off as a 16-bit scalar it packed none, and the compiler swapped halves around each).
+        sc = _as_float(_per_element_pairs(e8m0_folded_bits(s.to(tl.uint32) * 0x10001), BLOCK_N))
     else:
-        w = bits.to(tl.bfloat16, bitcast=True) * tl.full([], RENORM, tl.bfloat16)
+        w = w * (RENORM if INTERPRET else tl.full([], RENORM, tl.bfloat16))
+        sc = _per_element(_scale_tile(s, "bf16"), BLOCK_N)
     return w * sc
 
 
@@ -78,34 +113,34 @@ def _step_order_x(x, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _accumulate(acc, x, w_words, s_rows, stride_s_k, k0, K, EVEN_K: tl.constexpr):
-    """acc + x @ W[:, k0:k0+128].T for one weight: w_words (BLOCK_N,) uint32 pointers to its packed rows."""
+def _accumulate(acc, x, w_words, s_rows, kk, FOLD: tl.constexpr):
+    """acc + x @ W[:, 128 kk : 128 kk + 128].T for one weight: w_words (BLOCK_N,) uint32 pointers to its packed
+    code rows, s_rows (uint8) to its packed scale rows. The padded rows hold whole steps: no mask."""
     BLOCK_N: tl.constexpr = w_words.shape[0]
     j = tl.arange(0, BLOCKS * BLOCKS)[:, None]  # 4c + b
-    B = tl.load(w_words[None, :] + (k0 // 8 + j))  # the padded rows hold whole steps: no mask
-    blk = k0 // 32 + j % BLOCKS
-    if EVEN_K:
-        s = tl.load(s_rows[None, :] + blk * stride_s_k)
-    else:  # code 127 (1.0) past K, where the codes are 0
-        s = tl.load(s_rows[None, :] + blk * stride_s_k, mask=blk * 32 < K, other=127)
-    return tl.dot(x, _weights(B, s, BLOCK_N), acc)
+    B = tl.load(w_words[None, :] + (kk * (BLOCKS * BLOCKS) + j))
+    # A thread's four codes (b = 0..3) are 4 consecutive bytes: one 32-bit load where the rows are 16-byte
+    # aligned (pack_scales pads them so). Loaded as uint8 on purpose: Triton sizes the dot operand's kWidth
+    # from the narrowest load that feeds it, and 8 bits give kWidth 8, a whole code word per thread (with
+    # 16 it picks 4, and the decoded tile goes through warp shuffles).
+    s = tl.load(s_rows[None, :] + (kk * BLOCKS + j % BLOCKS))
+    return tl.dot(x, _weights(B, s, BLOCK_N, FOLD), acc)
 
 
 @triton.jit
 def mx_gemm_packed(
-    acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, K,
-    TWO: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, K,
+    TWO: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
     """(acc1 + x @ W1.T, acc2 + x @ W2.T if TWO) over the whole K; w*_rows byte pointers to the packed code
-    rows (kernels/mxfp4_pack.py: 4-byte aligned, whole steps), s*_rows to the scale rows (reference layout)."""
+    rows (kernels/mxfp4_pack.py: 4-byte aligned, whole steps), s*_rows to the packed scale rows (uint8)."""
     tl.static_assert(BLOCK_K == STEP, "the packed decode's BLOCK_K is its packing step, 128")
     BLOCK_M: tl.constexpr = x_rows.shape[0]
     w1_words = w1_rows.to(tl.pointer_type(tl.uint32))
     w2_words = w2_rows.to(tl.pointer_type(tl.uint32))
     for kk in range(0, tl.cdiv(K, STEP)):
-        k0 = kk * STEP
-        x = _step_order_x(load_x_tile(x_rows, x_ok, stride_x_k, k0, K, STEP, EVEN_K), BLOCK_M)
-        acc1 = _accumulate(acc1, x, w1_words, s1_rows, stride_s_k, k0, K, EVEN_K)
+        x = _step_order_x(load_x_tile(x_rows, x_ok, stride_x_k, kk * STEP, K, STEP, EVEN_K), BLOCK_M)
+        acc1 = _accumulate(acc1, x, w1_words, s1_rows, kk, FOLD)
         if TWO:  # the up tile reuses the x tile already in registers
-            acc2 = _accumulate(acc2, x, w2_words, s2_rows, stride_s_k, k0, K, EVEN_K)
+            acc2 = _accumulate(acc2, x, w2_words, s2_rows, kk, FOLD)
     return acc1, acc2

@@ -32,7 +32,7 @@ from moe_cts.kernels._common import require_tensor
 from moe_cts.kernels._grouped_gemm_kernels import ACTIVATIONS
 from moe_cts.kernels.config import GemmTile, TileConfig
 from moe_cts.kernels.metadata import AlignMeta
-from moe_cts.kernels.mxfp4_pack import packed_codes
+from moe_cts.kernels.mxfp4_pack import packed_codes, packed_scales
 from moe_cts.reference.errors import NotSupportedError
 from moe_cts.reference.qweights import QuantTensor
 from moe_cts.reference.spec import MoESpec, SpecError
@@ -269,22 +269,23 @@ def check_activations(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> Non
 
 
 # ----------------------------------------------------------------------------------------------- launches
-def _codes(cfg: Mxfp4Config, qt: QuantTensor) -> torch.Tensor:
-    """The codes the kernels read: the packed copy for the packed decode (mxfp4_pack.py), else as stored."""
+def _operands(cfg: Mxfp4Config, qt: QuantTensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(codes, scales, DECODE) as the kernels read them:
+    - packed: the packed copies (mxfp4_pack.py), and DECODE_PACKED where every scale code is <= 128 (one
+      multiply per pair), DECODE_PACKED_WIDE otherwise (the same bits);
+    - swar: the codes as stored, or the native decode where they cannot be read as 32-bit words (swar needs
+      rows 4-byte aligned and contiguous along K; the weights the reference builds always are);
+    - else cfg's DECODE on the stored tensors."""
     if cfg.decode == "packed" and cfg.dot == "portable":
-        return packed_codes(qt.codes)
-    return qt.codes
-
-
-def _decode_code(cfg: Mxfp4Config, codes: torch.Tensor) -> int:
-    """cfg's DECODE, or the native decode where the codes cannot be read as 32-bit words (swar needs rows
-    4-byte aligned and contiguous along K; the weights the reference builds always are; the packed copy is
-    built so)."""
+        ps = packed_scales(qt.scales)
+        code = cfg.decode_code if ps.fold else MK.DECODE_PACKED_WIDE.value
+        return packed_codes(qt.codes), ps.scales, code
+    codes = qt.codes
     if cfg.decode != "swar":
-        return cfg.decode_code
+        return codes, qt.scales, cfg.decode_code
     st = codes.stride()
     aligned = st[-1] == 1 and codes.data_ptr() % 4 == 0 and all(s % 4 == 0 for s in st[:-1])
-    return cfg.decode_code if aligned else MK.DECODE["native"]
+    return codes, qt.scales, cfg.decode_code if aligned else MK.DECODE["native"]
 
 
 def _bias_args(b: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -308,7 +309,7 @@ def launch_mx_gate_up(
     I, H = act.shape[1], x.shape[1]
     tile = cfg.gate_up
     grid = (meta.num_blocks * triton.cdiv(I, tile.BLOCK_N),)
-    c, s = _codes(cfg, w13), w13.scales
+    c, s, decode = _operands(cfg, w13)
     bias, sb_e, sb_r = _bias_args(b13, c)
     inter = spec.w13_layout == "interleaved" if interleaved is None else interleaved
     MK.mx_gate_up_kernel[grid](
@@ -331,7 +332,7 @@ def launch_mx_gate_up(
         GATED=spec.gated, INTERLEAVED=inter, HAS_BIAS=b13 is not None, ACTIVATION=ACTIVATIONS[spec.activation],
         SCALE_AT=cfg.scale_code, EVEN_K=H % tile.BLOCK_K == 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
-        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[x.dtype], DECODE=_decode_code(cfg, c),
+        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[x.dtype], DECODE=decode,
         # launch options
         **tile.launch_options(),
     )  # fmt: skip
@@ -351,7 +352,7 @@ def launch_mx_down(
     H, I = out.shape[1], act.shape[1]
     tile = cfg.down
     grid = (meta.num_blocks * triton.cdiv(H, tile.BLOCK_N),)
-    c, s = _codes(cfg, w2), w2.scales
+    c, s, decode = _operands(cfg, w2)
     bias, sb_e, sb_h = _bias_args(b2, c)
     rw = route_weights if route_weights is not None else meta.sorted_ids
     MK.mx_down_kernel[grid](
@@ -373,7 +374,7 @@ def launch_mx_down(
         HAS_BIAS=b2 is not None, MUL_WEIGHT=route_weights is not None,
         SCALE_AT=cfg.scale_code, EVEN_K=I % tile.BLOCK_K == 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
-        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[act.dtype], DECODE=_decode_code(cfg, c),
+        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[act.dtype], DECODE=decode,
         # launch options
         **tile.launch_options(),
     )  # fmt: skip
