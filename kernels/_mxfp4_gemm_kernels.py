@@ -219,7 +219,7 @@ def _mx_gemm(
             acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, K,
             TWO, BLOCK_K, EVEN_K,
         )  # fmt: skip
-    elif DECODE == DECODE_PACKED or DECODE == DECODE_PACKED_WIDE:  # w*_rows, s*_rows: the packed copies
+    elif DECODE >= DECODE_PACKED:  # DECODE_PACKED or _PACKED_WIDE; w*_rows, s*_rows: the packed copies
         acc1, acc2 = mx_gemm_packed(
             acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, K,
             TWO, BLOCK_K, EVEN_K, DECODE == DECODE_PACKED,
