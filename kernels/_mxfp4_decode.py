@@ -60,16 +60,6 @@ def _e8m0_bf16_bits(s):
 
 
 @triton.jit
-def e8m0_folded_bits(s):
-    """bf16 bits of 2^(s - 1) = 2^(s - 127) * 2^126 for E8M0 codes s <= 128, in each 16-bit half of s (uint32,
-    a code per half): the exponent field s + 126 lies in [126, 254], so every such scale is a normal bf16,
-    s = 0 included (no select), and no half carries into the other (254 << 7 < 2^16). The packed decode's
-    one-multiply scale (_mxfp4_packed.py, mxfp4_pack.FOLD_MAX_CODE); a half's bits shifted left by 16 are
-    the fp32 of the value."""
-    return (s + 126 * 0x10001) << 7
-
-
-@triton.jit
 def e8m0_f32(s):
     """2^(s - 127) as fp32 for E8M0 codes s (uint32): the exponent field is s itself; s = 0 is the fp32
     subnormal 2^-127 (bit 22), s = 255 is NaN (formats.e8m0_decode)."""

@@ -16,8 +16,7 @@ Activations are bf16 / fp16, unquantized. How the weights are decoded in registe
     "packed"  (_mxfp4_packed.py) swar's arithmetic on the codes in the packed layout (kernels/mxfp4_pack.py),
               decoded straight into the MMA operand layout: no shared-memory trip for the decoded tile; the
               default on CUDA for bf16 with SCALE_ON_WEIGHTS where BLOCK_K is 128. Its scales are a padded
-              copy too, and where every code is <= 128 one multiply per pair applies 2^126 and the scale
-              together (DECODE_PACKED; DECODE_PACKED_WIDE otherwise, chosen by the launcher from the data)
+              copy too (rows of whole 16-byte words: a thread's four codes in one load, no mask)
 
 Where the scale goes (SCALE_AT, chosen by the launcher and recorded in the config):
 
@@ -62,10 +61,7 @@ SCALE_AT = {"weights": SCALE_ON_WEIGHTS.value, "accumulator": SCALE_ON_ACC.value
 DECODE = {"fp32": 0, "native": 1, "swar": 2, "packed": 3}
 DECODE_NATIVE = tl.constexpr(1)
 DECODE_SWAR = tl.constexpr(2)
-DECODE_PACKED = tl.constexpr(3)  # one multiply per pair: the scale codes are all <= 128 (PackedScales.fold)
-#: "packed" for scales the one-multiply arithmetic cannot take (a code > 128 or NaN): the launcher picks it
-#: from the data, as it picks the native decode for code rows swar cannot read as words
-DECODE_PACKED_WIDE = tl.constexpr(4)
+DECODE_PACKED = tl.constexpr(3)
 MX_BLOCK = tl.constexpr(32)  # elements along K per E8M0 scale (OCP MX)
 
 
@@ -195,7 +191,7 @@ def _mx_gemm(
     SCALE_AT: tl.constexpr,
     EVEN_K: tl.constexpr,
     X_FMT: tl.constexpr,  # "bf16" | "fp16": the activation format (tl.dot_scaled, the native decode)
-    DECODE: tl.constexpr,  # 0 = fp32 (_mx_accumulate), DECODE_NATIVE, _SWAR, _PACKED, _PACKED_WIDE
+    DECODE: tl.constexpr,  # 0 = fp32 decode (_mx_accumulate), DECODE_NATIVE, DECODE_SWAR, DECODE_PACKED
 ):
     """(x @ W1.T, x @ W2.T) in fp32 over the whole K (acc2 stays zero unless TWO)."""
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -219,10 +215,9 @@ def _mx_gemm(
             acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, K,
             TWO, BLOCK_K, EVEN_K,
         )  # fmt: skip
-    elif DECODE >= DECODE_PACKED:  # DECODE_PACKED or _PACKED_WIDE; w*_rows, s*_rows: the packed copies
+    elif DECODE == DECODE_PACKED:  # w*_rows, s*_rows point into the packed copies (the launcher passes them)
         acc1, acc2 = mx_gemm_packed(
-            acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, K,
-            TWO, BLOCK_K, EVEN_K, DECODE == DECODE_PACKED,
+            acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, K, TWO, BLOCK_K, EVEN_K,
         )  # fmt: skip
     else:
         acc1, acc2 = _mx_portable(

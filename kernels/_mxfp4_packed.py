@@ -14,20 +14,19 @@ local_alloc for the weights; the decoded tile feeds tt.dot from registers.
     r_q  = _e2m1_pair_bits(B, q), q < 4          bf16 bits of e2m1 * 2^-126 of elements 8c + q (low half)
                                                  and 8c + q + 4 (high)
     s_b  = the E8M0 code of block b              a thread's 4 codes: one 32-bit load (mxfp4_pack.pack_scales)
-    FOLD:  w = bf16(r_q) * bf16(2^(s_b - 1))                       one packed multiply (HMUL2) per pair
-    else:  w = bf16(r_q) * 2^126 * 2^(s_b - 127)                   two (a scale code > 128, or NaN)
-
-r_q's bits read as bf16 are e2m1 * 2^-126 exactly (_mxfp4_swar.py); times 2^(s - 1) that is e2m1 * 2^(s - 127)
-exactly, and 2^(s - 1) is a normal bf16 for every code s <= 128 (e8m0_folded_bits). The packer tells which
-kernel a tensor needs (PackedScales.fold: every code <= 128, no NaN code); both give the same bits. Real
-checkpoints' MXFP4 scales sit far below 2^1, so the one-multiply kernel is the one that runs.
+    w    = bf16(r_q) * 2^126 * 2^(s_b - 127)     as in swar: exact, one packed multiply (HMUL2) each
 
 A register r_q holds elements q and q + 4 of the word's 8, not the pair (k, k + 1) an MMA register holds. So
 the K order inside each 8-element group is permuted, k' = 2q + p <- k = q + 4p, in the weights and in the
 activation tile alike (a permutation of the dot's K axis: the same products, another order of the fp32 sums).
 Each r_q is then one B register as decoded. sm90 SASS per K step (BLOCK_M 16, BLOCK_N 64, triton 3.9): gate_up
-585 instructions, down 334 (the two-multiply kernel 625 / 354; session 22's, with byte-wise masked scale
-loads and two multiplies, 677 / 381).
+625 instructions, down 354 (session 22's, with four masked byte loads of the scales per thread and weight,
+677 / 381).
+
+The 2^126 cannot be folded into the scale in general: 2^(s - 1) leaves bf16's range for codes above 128.
+Folding it where every code allows (one multiply per pair) measured no faster on the H200 (session 23,
+docs/mxfp4.md): LLVM packed only part of those multiplies into bf16x2 ones and the compiler swapped register
+halves around the rest, and the BLOCK_M 32 kernels grew from 173 to 242 registers (triton 3.6).
 
 BLOCK_K is the packing step, 128. Past K (K % 128 != 0) the packed rows hold code 0, the activation loads 0 and
 the packed scales hold code 127; no load but the activation's is masked. Under the interpreter (INTERPRET) the
@@ -41,7 +40,7 @@ import triton
 import triton.language as tl
 
 from moe_cts.kernels._common import INTERPRET
-from moe_cts.kernels._mxfp4_decode import _scale_tile, e8m0_folded_bits
+from moe_cts.kernels._mxfp4_decode import _scale_tile
 from moe_cts.kernels._mxfp4_swar import RENORM, _e2m1_pair_bits, load_x_tile
 
 STEP = tl.constexpr(128)  # elements per packed step (kernels/mxfp4_pack.PACK_K)
@@ -70,14 +69,6 @@ def _per_element(t, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _per_element_pairs(t, BLOCK_N: tl.constexpr):
-    """(16, BLOCK_N) uint32 holding a 16-bit value twice (low and high half) -> (128, BLOCK_N) uint16 in K'
-    order, the halves split as the decoded bits' are (_halves)."""
-    h = _halves(t)
-    return _step_order(tl.join(tl.join(h, h), tl.join(h, h)), BLOCK_N)
-
-
-@triton.jit
 def _as_float(bits16):
     """uint32 / uint16 holding bf16 bits in the low 16 -> bf16 (fp32 under the interpreter, the same value)."""
     if INTERPRET:
@@ -88,21 +79,14 @@ def _as_float(bits16):
 
 
 @triton.jit
-def _weights(B, s, BLOCK_N: tl.constexpr, FOLD: tl.constexpr):
+def _weights(B, s, BLOCK_N: tl.constexpr):
     """(128, BLOCK_N) weights in K' order (bf16; fp32 under the interpreter) from the packed words B
     (16, BLOCK_N) uint32, rows 4c + b, and the scale codes s (16, BLOCK_N) uint8 of their blocks b."""
     bits = tl.join(tl.join(_halves(_e2m1_pair_bits(B, 0)), _halves(_e2m1_pair_bits(B, 1))),
                    tl.join(_halves(_e2m1_pair_bits(B, 2)), _halves(_e2m1_pair_bits(B, 3))))  # fmt: skip
     w = _as_float(_step_order(bits, BLOCK_N))
-    if FOLD:
-        # The folded scale's bits in both halves of a uint32, split like the weights' bits: LLVM then sees
-        # two 32-bit values meet in the multiply and packs most pairs into one bf16x2 multiply (with the
-        # scale split off as a 16-bit scalar it packed none, and the compiler swapped halves around each).
-        sc = _as_float(_per_element_pairs(e8m0_folded_bits(s.to(tl.uint32) * 0x10001), BLOCK_N))
-    else:
-        w = w * (RENORM if INTERPRET else tl.full([], RENORM, tl.bfloat16))
-        sc = _per_element(_scale_tile(s, "bf16"), BLOCK_N)
-    return w * sc
+    w = w * (RENORM if INTERPRET else tl.full([], RENORM, tl.bfloat16))
+    return w * _per_element(_scale_tile(s, "bf16"), BLOCK_N)
 
 
 @triton.jit
@@ -113,7 +97,7 @@ def _step_order_x(x, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _accumulate(acc, x, w_words, s_rows, kk, FOLD: tl.constexpr):
+def _accumulate(acc, x, w_words, s_rows, kk):
     """acc + x @ W[:, 128 kk : 128 kk + 128].T for one weight: w_words (BLOCK_N,) uint32 pointers to its packed
     code rows, s_rows (uint8) to its packed scale rows. The padded rows hold whole steps: no mask."""
     BLOCK_N: tl.constexpr = w_words.shape[0]
@@ -124,13 +108,13 @@ def _accumulate(acc, x, w_words, s_rows, kk, FOLD: tl.constexpr):
     # from the narrowest load that feeds it, and 8 bits give kWidth 8, a whole code word per thread (with
     # 16 it picks 4, and the decoded tile goes through warp shuffles).
     s = tl.load(s_rows[None, :] + (kk * BLOCKS + j % BLOCKS))
-    return tl.dot(x, _weights(B, s, BLOCK_N, FOLD), acc)
+    return tl.dot(x, _weights(B, s, BLOCK_N), acc)
 
 
 @triton.jit
 def mx_gemm_packed(
     acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, K,
-    TWO: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, FOLD: tl.constexpr,
+    TWO: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
 ):  # fmt: skip
     """(acc1 + x @ W1.T, acc2 + x @ W2.T if TWO) over the whole K; w*_rows byte pointers to the packed code
     rows (kernels/mxfp4_pack.py: 4-byte aligned, whole steps), s*_rows to the packed scale rows (uint8)."""
@@ -140,7 +124,7 @@ def mx_gemm_packed(
     w2_words = w2_rows.to(tl.pointer_type(tl.uint32))
     for kk in range(0, tl.cdiv(K, STEP)):
         x = _step_order_x(load_x_tile(x_rows, x_ok, stride_x_k, kk * STEP, K, STEP, EVEN_K), BLOCK_M)
-        acc1 = _accumulate(acc1, x, w1_words, s1_rows, kk, FOLD)
+        acc1 = _accumulate(acc1, x, w1_words, s1_rows, kk)
         if TWO:  # the up tile reuses the x tile already in registers
-            acc2 = _accumulate(acc2, x, w2_words, s2_rows, kk, FOLD)
+            acc2 = _accumulate(acc2, x, w2_words, s2_rows, kk)
     return acc1, acc2

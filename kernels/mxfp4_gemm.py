@@ -271,15 +271,12 @@ def check_activations(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> Non
 # ----------------------------------------------------------------------------------------------- launches
 def _operands(cfg: Mxfp4Config, qt: QuantTensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(codes, scales, DECODE) as the kernels read them:
-    - packed: the packed copies (mxfp4_pack.py), and DECODE_PACKED where every scale code is <= 128 (one
-      multiply per pair), DECODE_PACKED_WIDE otherwise (the same bits);
+    - packed: the packed copies of both (mxfp4_pack.py);
     - swar: the codes as stored, or the native decode where they cannot be read as 32-bit words (swar needs
       rows 4-byte aligned and contiguous along K; the weights the reference builds always are);
     - else cfg's DECODE on the stored tensors."""
     if cfg.decode == "packed" and cfg.dot == "portable":
-        ps = packed_scales(qt.scales)
-        code = cfg.decode_code if ps.fold else MK.DECODE_PACKED_WIDE.value
-        return packed_codes(qt.codes), ps.scales, code
+        return packed_codes(qt.codes), packed_scales(qt.scales), cfg.decode_code
     codes = qt.codes
     if cfg.decode != "swar":
         return codes, qt.scales, cfg.decode_code

@@ -22,22 +22,18 @@ that the kernel reads a step's four E8M0 codes of a row without a mask as one al
     codes     uint8 (..., N, K / 2)      reference layout, K a multiple of 32
     packed    uint8 (..., N, Kp / 2)     Kp = K rounded up to 128; the padding is code 0 (e2m1 +0)
     scales    uint8 (..., N, Ks)         reference order, Ks = K / 32 rounded up to 16; the padding is code 127
-    fold      bool                       every scale code <= 128: the decode folds the 2^126 of its bit trick
-                                         into the scale (2^(s - 1) is then a normal bf16), one multiply per
-                                         element pair instead of two (_mxfp4_packed.py)
 
 A layer call finds the packed copies in a cache keyed by the codes or scales tensor (weakly: a copy dies
 with its tensor) and checked against the tensor's version counter, so an in-place change repacks. The codes'
 copy costs their memory once more (half a byte per weight), the scales' a 32nd of a byte per weight;
 `drop_packed` frees them. The first call packs outside any CUDA graph capture as every call compiles its
-kernels there (and `fold` reads one bool back): the benchmarks and certify warm up before they capture.
+kernels there: the benchmarks and certify warm up before they capture.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,19 +44,10 @@ MX_BLOCK = 32  # elements per E8M0 scale
 #: scale codes per packed row are a multiple of this: rows 16-byte aligned, so that Triton can prove a step's
 #: four codes one 32-bit load (a multiple of 4, whole steps, as well)
 SCALE_ROW_ALIGN = 16
-FOLD_MAX_CODE = 128  # largest scale code whose 2^(s - 1) is a finite bf16 (exponent field s + 126 <= 254)
 # (id(tensor), kind) -> (weak reference to the tensor, its version, packed copy). Keyed by identity: a
 # WeakKeyDictionary compares live keys with ==, which a tensor answers elementwise. A finalizer drops the
 # entry with the tensor.
 _CACHE: dict[tuple[int, str], tuple[weakref.ref, int, Any]] = {}
-
-
-@dataclass(frozen=True)
-class PackedScales:
-    """The E8M0 scales as the packed decode reads them (module docstring)."""
-
-    scales: torch.Tensor  # uint8 (..., N, Ks): reference order, padded with code 127 to SCALE_ROW_ALIGN codes
-    fold: bool  # every code <= FOLD_MAX_CODE (no NaN code 255): the one-multiply decode is exact
 
 
 def packed_k(k: int) -> int:
@@ -86,16 +73,13 @@ def unpack_codes(packed: torch.Tensor, k: int) -> torch.Tensor:
     return c.transpose(-3, -2).contiguous().view(*lead, n, kpb)[..., : k // 2]
 
 
-def pack_scales(scales: torch.Tensor) -> PackedScales:
-    """scales (..., N, K/32) uint8 E8M0 codes -> PackedScales: padded with code 127 to rows of a multiple of
-    SCALE_ROW_ALIGN codes, and
-    whether the one-multiply decode is exact for them (meta tensors: assumed, as the AOT matrix compiles the
-    common kernel)."""
+def pack_scales(scales: torch.Tensor) -> torch.Tensor:
+    """scales (..., N, K/32) uint8 E8M0 codes -> (..., N, Ks) uint8, contiguous: padded with code 127 to rows of
+    a multiple of SCALE_ROW_ALIGN codes."""
     kb = scales.shape[-1]
     pad = -(-kb // SCALE_ROW_ALIGN) * SCALE_ROW_ALIGN - kb
-    s = torch.nn.functional.pad(scales, (0, pad), value=127) if pad else scales.contiguous()
-    fold = True if s.is_meta else bool((scales <= FOLD_MAX_CODE).all())
-    return PackedScales(s.contiguous(), fold)
+    s = torch.nn.functional.pad(scales, (0, pad), value=127) if pad else scales
+    return s.contiguous()
 
 
 def _version(t: torch.Tensor) -> int:
@@ -125,7 +109,7 @@ def packed_codes(codes: torch.Tensor) -> torch.Tensor:
     return _cached(codes, "codes", pack_codes)
 
 
-def packed_scales(scales: torch.Tensor) -> PackedScales:
+def packed_scales(scales: torch.Tensor) -> torch.Tensor:
     """The packed copy of `scales` (pack_scales), cached."""
     return _cached(scales, "scales", pack_scales)
 

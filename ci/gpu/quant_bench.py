@@ -22,7 +22,6 @@ oracle is the conformance suite's job (`moe-cts certify`: the quantized must-pas
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -40,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from bench_timing import Timer, capture_graph, measure_ceilings
 
-from moe_cts.kernels import Routing, fused_moe, mxfp4_pack
+from moe_cts.kernels import Routing, fused_moe
 from moe_cts.reference import presets
 from moe_cts.reference.quant import QuantScheme
 from moe_cts.reference.qweights import QuantizedMoEWeights, QuantTensor
@@ -94,24 +93,6 @@ def routing(spec, T, dev, gen) -> Routing:
     ids = torch.rand((T, spec.num_experts), generator=gen, device=dev).topk(spec.top_k, dim=1).indices.int()
     w = torch.rand((T, spec.top_k), generator=gen, device=dev)
     return Routing(ids, (w / w.sum(1, keepdim=True)).float())
-
-
-@contextlib.contextmanager
-def _packed_wide(on: bool):
-    """With on: scale tensors pack as if they held a code > 128 (mxfp4_pack.FOLD_MAX_CODE = 0: only all-zero
-    scales still fold, exact either way), so the packed decode runs its two-multiply kernel (DECODE_PACKED_WIDE)
-    on weights the one-multiply kernel takes (this bench's scales sit near code 121)."""
-    if not on:
-        yield
-        return
-    saved = mxfp4_pack.FOLD_MAX_CODE
-    mxfp4_pack.FOLD_MAX_CODE = 0
-    mxfp4_pack.drop_packed()
-    try:
-        yield
-    finally:
-        mxfp4_pack.FOLD_MAX_CODE = saved
-        mxfp4_pack.drop_packed()
 
 
 def bench_preset(name, qscheme, kind, tokens, timer, ceil, dev, cpu, config=None) -> list[dict]:
@@ -204,7 +185,6 @@ def main() -> None:
         "--mxfp4-configs",
         default="default",
         help="';'-separated MXFP4 configs to time: default (the heuristic), a weight decode (packed, swar, native, fp32), "
-        "packed-wide (the packed decode's two-multiply kernel), "
         'or a config dict as JSON, e.g. \'{"decode": "swar", "BLOCK_M": 16, "gate_up": {...}, "down": {...}}\'',
     )
     args = ap.parse_args()
@@ -225,16 +205,10 @@ def main() -> None:
         rows += bench_preset("deepseek-v3", QuantScheme.fp8_block(), "fp8", tokens, timer, ceil, dev, cpu)
     if "mxfp4" in kinds:
         for d in args.mxfp4_configs.split(";"):  # Mxfp4Config fields (kernels/mxfp4_gemm.py choose_config)
-            wide = d == "packed-wide"  # the packed decode's two-multiply kernel on the same weights
-            cfg = (None if d in ("default", "packed-wide") else json.loads(d) if d.lstrip().startswith("{")
-                   else {"decode": d})  # fmt: skip
-            with _packed_wide(wide):
-                rows += bench_preset(
-                    "gpt-oss-120b", QuantScheme.mxfp4(), "mxfp4", tokens, timer, ceil, dev, cpu, cfg
-                )
-            if wide:
-                for r in rows[-len(tokens) :]:
-                    r["config"] = "packed-wide"
+            cfg = None if d == "default" else json.loads(d) if d.lstrip().startswith("{") else {"decode": d}
+            rows += bench_preset(
+                "gpt-oss-120b", QuantScheme.mxfp4(), "mxfp4", tokens, timer, ceil, dev, cpu, cfg
+            )
     big = None if args.no_50k else fifty_thousand(timer, dev, cpu)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "quant_bench.json").write_text(

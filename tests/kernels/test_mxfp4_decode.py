@@ -226,22 +226,6 @@ def test_a_nan_scale_code_poisons_exactly_the_same_outputs(decode):
     assert _same(got[0], fp32[0])
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
-@pytest.mark.parametrize(
-    ("scales", "decode"), [((124, 129), "DECODE_PACKED"), ((126, 140), "DECODE_PACKED_WIDE")]
-)
-def test_packed_folds_the_scale_where_every_code_allows_it_with_the_same_bits(scales, decode):
-    """Codes <= 128: one multiply by 2^(s - 1); a code above: 2^126, then 2^(s - 127). fp32's bits either way."""
-    inputs = _inputs(BF16, seed=11, scales=scales, x_ints=True)
-    _, qw, *_ = inputs
-    cfg = mg.choose_config(SPEC, BF16, 5, _config(BF16, "weights", "packed", 128))
-    assert {mg._operands(cfg, qw.w13)[2], mg._operands(cfg, qw.w2)[2]} == {getattr(mg.MK, decode).value}
-    got, fp32 = _run(inputs, BF16, "weights", "packed", 128), _run(inputs, BF16, "weights", "fp32", 128)
-    for a, b in zip(got, fp32, strict=True):
-        assert torch.equal(a, b)
-        assert a.abs().max() > 1
-
-
 def _tile(block_k: int):
     return mg.choose_config(SPEC, BF16, 5, _config(BF16, "weights", "native", block_k)).tile
 

@@ -2,7 +2,7 @@
 
 pack_codes      per 128-element step, word c of 32-block b at 4c + b; rows padded with code 0 to whole steps
 unpack_codes    its inverse
-pack_scales     padded with code 127 to rows of a multiple of 16 codes; fold when every code is <= 128
+pack_scales     padded with code 127 to rows of a multiple of 16 codes
 packed_codes    one copy per tensor while it is unchanged (packed_scales alike); an in-place change repacks;
                 the entry dies with the tensor
 """
@@ -49,8 +49,7 @@ def test_a_strided_view_packs_like_its_contiguous_copy():
 def test_meta_tensors_pack_to_their_shape():  # the AOT matrix captures launches on meta tensors
     meta = torch.empty((2, 8, 48), dtype=torch.uint8, device="meta")
     assert mp.pack_codes(meta).shape == (2, 8, 64)
-    ps = mp.pack_scales(torch.empty((2, 8, 3), dtype=torch.uint8, device="meta"))
-    assert ps.scales.shape == (2, 8, 16) and ps.fold  # the common kernel
+    assert mp.pack_scales(torch.empty((2, 8, 3), dtype=torch.uint8, device="meta")).shape == (2, 8, 16)
 
 
 def test_the_cache_keeps_one_copy_until_the_codes_change_in_place():
@@ -76,19 +75,14 @@ def test_the_entry_dies_with_the_codes():
     assert len(mp._CACHE) == 0
 
 
-@pytest.mark.parametrize(("kb", "fold"), [(3, True), (4, True), (90, True), (5, False)])
-def test_scales_pad_with_code_127_to_16_byte_rows_and_fold_only_up_to_code_128(kb, fold):
+@pytest.mark.parametrize("kb", [3, 4, 16, 90])
+def test_scales_pad_with_code_127_to_16_byte_rows(kb):
     g = torch.Generator().manual_seed(kb)
-    scales = torch.randint(0, 129, (2, 3, kb), generator=g).to(torch.uint8)
-    if not fold:
-        scales[1, 2, 0] = 129
-    ps = mp.pack_scales(scales)
-    assert ps.scales.shape == (2, 3, -(-kb // 16) * 16) and ps.scales.is_contiguous()
-    assert torch.equal(ps.scales[..., :kb], scales) and bool((ps.scales[..., kb:] == 127).all())
-    assert ps.fold is fold
-    nan = scales.clone()
-    nan[0, 0, 0] = 255
-    assert mp.pack_scales(nan).fold is False  # the NaN code takes the two-multiply kernel
+    scales = torch.randint(0, 256, (2, 3, kb), generator=g).to(torch.uint8)
+    packed = mp.pack_scales(scales)
+    assert packed.shape == (2, 3, -(-kb // 16) * 16) and packed.is_contiguous()
+    assert torch.equal(packed[..., :kb], scales) and bool((packed[..., kb:] == 127).all())
+    assert torch.equal(mp.pack_scales(scales.transpose(0, 1)), packed.transpose(0, 1))  # any strides
 
 
 def test_scales_are_cached_apart_from_codes_and_dropped_together():
