@@ -318,8 +318,6 @@ def mx_gate_up_kernel(
     s13_ptr,  # (E, R, H / 32) uint8 E8M0 scale codes
     b13_ptr,  # (E, R) bias (any float dtype), or any pointer when not HAS_BIAS
     act_ptr,  # (T*k, I) output, row = flat assignment id
-    ws_ptr,  # SPLIT_K > 1: fp32 partials (_split_k_store); else any pointer
-    cnt_ptr,  # SPLIT_K > 1: int32 (tiles,) zeros; else any pointer
     sorted_ids_ptr,  # (P,) int32 flat id per slot, num_assignments = pad
     expert_of_block_ptr,  # (P // BLOCK_M,) int32, -1 = unused tile
     num_padded_ptr,  # (1,) int32 used slots
@@ -356,6 +354,8 @@ def mx_gate_up_kernel(
     GROUP_M: tl.constexpr,
     X_FMT: tl.constexpr,  # "bf16" | "fp16" (read by SCALE_IN_MMA and the native decode)
     DECODE: tl.constexpr,  # Mxfp4Config.decode as DECODE[...]
+    ws_ptr,  # SPLIT_K > 1: fp32 partials (_split_k_store); else any pointer
+    cnt_ptr,  # SPLIT_K > 1: int32 (tiles,) zeros; else any pointer
     SPLIT_K: tl.constexpr,  # programs per tile, each over a run of K's steps (DECODE_PACKED only)
 ):
     """act[a] = activation(x[a // k] @ W13[e, gate rows].T (+b), x[a // k] @ W13[e, up rows].T (+b)),
@@ -416,8 +416,6 @@ def mx_down_kernel(
     s2_ptr,  # (E, H, I / 32) uint8 E8M0 scale codes
     b2_ptr,  # (E, H) bias, or any pointer when not HAS_BIAS
     out_ptr,  # (T*k, H) output, row = flat assignment id
-    ws_ptr,  # SPLIT_K > 1: fp32 partials (_split_k_store); else any pointer
-    cnt_ptr,  # SPLIT_K > 1: int32 (tiles,) zeros; else any pointer
     route_w_ptr,  # (T*k,) float32 router weights, or any pointer when not MUL_WEIGHT
     sorted_ids_ptr,  # (P,) int32
     expert_of_block_ptr,  # (P // BLOCK_M,) int32
@@ -450,6 +448,8 @@ def mx_down_kernel(
     GROUP_M: tl.constexpr,
     X_FMT: tl.constexpr,
     DECODE: tl.constexpr,
+    ws_ptr,  # SPLIT_K > 1: fp32 partials (_split_k_store); else any pointer
+    cnt_ptr,  # SPLIT_K > 1: int32 (tiles,) zeros; else any pointer
     SPLIT_K: tl.constexpr,  # programs per tile, each over a run of K's steps (DECODE_PACKED only)
 ):
     """out[a] = (act[a] @ W2[e].T + b2[e]) * (route_w[a] if MUL_WEIGHT): dequant -> bias -> weight in fp32."""
