@@ -192,10 +192,8 @@ def _mx_gemm(
     EVEN_K: tl.constexpr,
     X_FMT: tl.constexpr,  # "bf16" | "fp16": the activation format (tl.dot_scaled, the native decode)
     DECODE: tl.constexpr,  # 0 = fp32 decode (_mx_accumulate), DECODE_NATIVE, DECODE_SWAR, DECODE_PACKED
-    split=0,  # DECODE_PACKED: this program's split of K's steps
-    SPLIT_K: tl.constexpr = 1,  # DECODE_PACKED only (the launcher checks)
 ):
-    """(x @ W1.T, x @ W2.T) in fp32 over the whole K, or one split of it (acc2 stays zero unless TWO)."""
+    """(x @ W1.T, x @ W2.T) in fp32 over the whole K (acc2 stays zero unless TWO)."""
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # One if / elif / else and one return: the compiler generates code after a taken early return too, and
@@ -219,8 +217,7 @@ def _mx_gemm(
         )  # fmt: skip
     elif DECODE == DECODE_PACKED:  # w*_rows, s*_rows point into the packed copies (the launcher passes them)
         acc1, acc2 = mx_gemm_packed(
-            acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, K, split,
-            TWO, BLOCK_K, EVEN_K, SPLIT_K,
+            acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, K, TWO, BLOCK_K, EVEN_K,
         )  # fmt: skip
     else:
         acc1, acc2 = _mx_portable(
@@ -228,53 +225,6 @@ def _mx_gemm(
             K, TWO, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE,
         )  # fmt: skip
     return acc1, acc2
-
-
-@triton.jit
-def _split_k_store(acc, ws_ptr, tile, split, row_ok, SPLIT_K: tl.constexpr, PARTS: tl.constexpr, part):
-    """Split-K, step 1 of 3: this program's partial sums acc (BLOCK_M, BLOCK_N) of `part` to the fp32
-    workspace (live rows only). Returns (base, offs, live) for _split_k_total. Deterministic split-K:
-
-        ws      fp32 (tiles, SPLIT_K, PARTS, BLOCK_M, BLOCK_N)      PARTS = 2 for gate_up's gate and up
-        cnt     int32 (tiles,), zero at launch                      _split_k_arrive: one add per program
-        last    the program that counts last reads every split's partials back in split order
-                (_split_k_total), so the order of the sum never depends on which program finished last
-
-    Ordering: the block barrier puts every thread's partial store before the counter's add, whose release
-    (gpu scope) publishes them; the last program's add acquires them, and its reads bypass L1 (.cg)."""
-    BLOCK_M: tl.constexpr = acc.shape[0]
-    BLOCK_N: tl.constexpr = acc.shape[1]
-    offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-    live = row_ok[:, None]
-    base = ws_ptr + (tile.to(tl.int64) * SPLIT_K * PARTS + part) * (BLOCK_M * BLOCK_N)
-    tl.store(base + split * (PARTS * BLOCK_M * BLOCK_N) + offs, acc, mask=live)
-    return base, offs, live
-
-
-@triton.jit
-def _split_k_arrive(cnt_ptr, tile, SPLIT_K: tl.constexpr):
-    """Split-K, step 2 of 3: count this program in (after its stores); True for the tile's last program."""
-    tl.debug_barrier()
-    return tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1
-
-
-@triton.jit
-def and_flag(mask, flag):
-    """mask & flag for a scalar flag, broadcast explicitly: the interpreter's `&` of a mask and an atomic's
-    result gives integers, which a load refuses as a mask."""
-    return mask & ((mask.to(tl.int32) * 0 + flag.to(tl.int32)) != 0)
-
-
-@triton.jit
-def _split_k_total(base, offs, live, last, SPLIT_K: tl.constexpr, PARTS: tl.constexpr):
-    """Split-K, step 3 of 3: the sum of the SPLIT_K partials at base in split order (zeros unless `last`)."""
-    BLOCK_M: tl.constexpr = offs.shape[0]
-    BLOCK_N: tl.constexpr = offs.shape[1]
-    total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for s in tl.static_range(SPLIT_K):
-        total += tl.load(base + s * (PARTS * BLOCK_M * BLOCK_N) + offs, mask=and_flag(live, last), other=0.0,
-                         cache_modifier=".cg")  # fmt: skip
-    return total
 
 
 @triton.jit
@@ -354,14 +304,10 @@ def mx_gate_up_kernel(
     GROUP_M: tl.constexpr,
     X_FMT: tl.constexpr,  # "bf16" | "fp16" (read by SCALE_IN_MMA and the native decode)
     DECODE: tl.constexpr,  # Mxfp4Config.decode as DECODE[...]
-    ws_ptr,  # SPLIT_K > 1: fp32 partials (_split_k_store); else any pointer
-    cnt_ptr,  # SPLIT_K > 1: int32 (tiles,) zeros; else any pointer
-    SPLIT_K: tl.constexpr,  # programs per tile, each over a run of K's steps (DECODE_PACKED only)
 ):
     """act[a] = activation(x[a // k] @ W13[e, gate rows].T (+b), x[a // k] @ W13[e, up rows].T (+b)),
     W13 the dequantized MXFP4 weight; dequant -> bias -> activation in fp32 -> cast."""
-    split = tl.program_id(0) % SPLIT_K
-    pid_m, pid_n = _tile_coords(tl.program_id(0) // SPLIT_K, num_m_blocks, I, BLOCK_N, GROUP_M)
+    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, I, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
         return
     expert = _tile_expert(expert_of_block_ptr, pid_m, num_experts)
@@ -385,19 +331,8 @@ def mx_gate_up_kernel(
 
     acc_g, acc_u = _mx_gemm(
         x_rows, row_ok, stride_x_h, wg, sg, wu, su, stride_w13_hb, stride_s13_hb, H,
-        GATED, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE, split, SPLIT_K,
+        GATED, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE,
     )  # fmt: skip
-    if SPLIT_K > 1:  # the tile's last program sums the splits and runs the epilogue; the others store nothing
-        tile = pid_m * tl.cdiv(I, BLOCK_N) + pid_n
-        PARTS: tl.constexpr = 2 if GATED else 1
-        bg, offs, live = _split_k_store(acc_g, ws_ptr, tile, split, row_ok, SPLIT_K, PARTS, 0)
-        if GATED:
-            bu, _, _ = _split_k_store(acc_u, ws_ptr, tile, split, row_ok, SPLIT_K, PARTS, 1)
-        last = _split_k_arrive(cnt_ptr, tile, SPLIT_K)
-        acc_g = _split_k_total(bg, offs, live, last, SPLIT_K, PARTS)
-        if GATED:
-            acc_u = _split_k_total(bu, offs, live, last, SPLIT_K, PARTS)
-        row_ok = and_flag(row_ok, last)
 
     if HAS_BIAS:  # after the dequantized product (docs/bugs.md#bug-03-bias-before-dequant)
         b_base = b13_ptr + e64 * stride_b13_e
@@ -448,13 +383,9 @@ def mx_down_kernel(
     GROUP_M: tl.constexpr,
     X_FMT: tl.constexpr,
     DECODE: tl.constexpr,
-    ws_ptr,  # SPLIT_K > 1: fp32 partials (_split_k_store); else any pointer
-    cnt_ptr,  # SPLIT_K > 1: int32 (tiles,) zeros; else any pointer
-    SPLIT_K: tl.constexpr,  # programs per tile, each over a run of K's steps (DECODE_PACKED only)
 ):
     """out[a] = (act[a] @ W2[e].T + b2[e]) * (route_w[a] if MUL_WEIGHT): dequant -> bias -> weight in fp32."""
-    split = tl.program_id(0) % SPLIT_K
-    pid_m, pid_n = _tile_coords(tl.program_id(0) // SPLIT_K, num_m_blocks, H, BLOCK_N, GROUP_M)
+    pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):  # past the used slots
         return
     expert = _tile_expert(expert_of_block_ptr, pid_m, num_experts)
@@ -469,14 +400,8 @@ def mx_down_kernel(
     s = s2_ptr + e64 * stride_s2_e + offs_n_w * stride_s2_h
     acc, _ = _mx_gemm(
         a_rows, row_ok, stride_a_i, w, s, w, s, stride_w2_ib, stride_s2_ib, I,
-        False, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE, split, SPLIT_K,
+        False, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE,
     )  # fmt: skip
-    if SPLIT_K > 1:  # the tile's last program sums the splits and runs the epilogue (_split_k_store)
-        tile = pid_m * tl.cdiv(H, BLOCK_N) + pid_n
-        base, offs, live = _split_k_store(acc, ws_ptr, tile, split, row_ok, SPLIT_K, 1, 0)
-        last = _split_k_arrive(cnt_ptr, tile, SPLIT_K)
-        acc = _split_k_total(base, offs, live, last, SPLIT_K, 1)
-        row_ok = and_flag(row_ok, last)
 
     if HAS_BIAS:
         acc += tl.load(b2_ptr + e64 * stride_b2_e + offs_n_w * stride_b2_h).to(tl.float32)[None, :]

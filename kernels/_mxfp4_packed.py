@@ -112,28 +112,17 @@ def _accumulate(acc, x, w_words, s_rows, kk):
 
 
 @triton.jit
-def split_steps(K, split, SPLIT_K: tl.constexpr):
-    """[lo, hi): the 128-element K steps of split `split` of SPLIT_K (equal runs, the last one shorter)."""
-    steps = tl.cdiv(K, STEP)
-    per = tl.cdiv(steps, SPLIT_K)
-    lo = split * per
-    return lo, tl.minimum(lo + per, steps)
-
-
-@triton.jit
 def mx_gemm_packed(
-    acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, K, split,
-    TWO: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, K,
+    TWO: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
 ):  # fmt: skip
-    """(acc1 + x @ W1.T, acc2 + x @ W2.T if TWO) over split `split` of SPLIT_K of K's steps (the whole K when
-    SPLIT_K = 1); w*_rows byte pointers to the packed code rows (kernels/mxfp4_pack.py: 4-byte aligned, whole
-    steps), s*_rows to the packed scale rows (uint8)."""
+    """(acc1 + x @ W1.T, acc2 + x @ W2.T if TWO) over the whole K; w*_rows byte pointers to the packed code
+    rows (kernels/mxfp4_pack.py: 4-byte aligned, whole steps), s*_rows to the packed scale rows (uint8)."""
     tl.static_assert(BLOCK_K == STEP, "the packed decode's BLOCK_K is its packing step, 128")
     BLOCK_M: tl.constexpr = x_rows.shape[0]
     w1_words = w1_rows.to(tl.pointer_type(tl.uint32))
     w2_words = w2_rows.to(tl.pointer_type(tl.uint32))
-    lo, hi = split_steps(K, split, SPLIT_K)
-    for kk in range(lo, hi):
+    for kk in range(0, tl.cdiv(K, STEP)):
         x = _step_order_x(load_x_tile(x_rows, x_ok, stride_x_k, kk * STEP, K, STEP, EVEN_K), BLOCK_M)
         acc1 = _accumulate(acc1, x, w1_words, s1_rows, kk)
         if TWO:  # the up tile reuses the x tile already in registers

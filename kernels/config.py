@@ -96,10 +96,6 @@ class GemmTile:
     #: lets one more program share an SM: 3 programs of 128 threads need <= 170 (65,536 registers per SM).
     #: Other backends' options have no such field, so launch_options leaves it out there
     maxnreg: int = 0
-    #: MXFP4 GEMMs with the packed decode only: programs per tile, each over a run of the K steps; the tile's
-    #: last program sums the fp32 partials in split order (deterministic) and runs the epilogue
-    #: (kernels/_mxfp4_gemm_kernels.py, _split_k_store). More programs where a decode-size grid leaves SMs idle
-    split_k: int = 1
 
     def launch_options(self) -> dict[str, int]:
         """The tile's Triton launch options: num_warps, num_stages and, on CUDA where set, maxnreg."""
@@ -163,10 +159,6 @@ class TileConfig:
             if not _count(t.persistent):
                 raise SpecError(f"config.{name}.persistent", "an int >= 0 (programs per SM; 0 = one per tile)",
                                 t.persistent)  # fmt: skip
-            if not (isinstance(t.split_k, int) and 1 <= t.split_k <= 16):
-                raise SpecError(
-                    f"config.{name}.split_k", "an int in [1, 16] (1 = one program per tile)", t.split_k
-                )
             if not (_count(t.maxnreg) and t.maxnreg <= 255):
                 raise SpecError(f"config.{name}.maxnreg", "an int in [0, 255] (0 = the compiler's choice)",
                                 t.maxnreg)  # fmt: skip

@@ -92,9 +92,6 @@ class Mxfp4Config:
                 raise SpecError(f"config.{name}.BLOCK_K", "a power of two >= 32 (one MX block)", bk)
             if self.decode == "packed" and self.dot == "portable" and bk != PACKED_BLOCK_K:
                 raise SpecError(f"config.{name}.BLOCK_K", f"{PACKED_BLOCK_K} with decode='packed'", bk)
-            sk = getattr(self.tile, name).split_k
-            if sk != 1 and not (self.decode == "packed" and self.dot == "portable"):
-                raise SpecError(f"config.{name}.split_k", "1 unless decode='packed' (the portable dot)", sk)
 
     @property
     def BLOCK_M(self) -> int:
@@ -288,19 +285,6 @@ def _operands(cfg: Mxfp4Config, qt: QuantTensor) -> tuple[torch.Tensor, torch.Te
     return codes, qt.scales, cfg.decode_code if aligned else MK.DECODE["native"]
 
 
-def _split_k_buffers(tile: GemmTile, meta: AlignMeta, n: int, parts: int, like: torch.Tensor):
-    """(ws, cnt) of a split-K launch (_mxfp4_gemm_kernels._split_k_store), or (like, like) for split_k = 1.
-    Tiles are numbered pid_m * n_tiles + pid_n; a used M tile holds at least one assignment, so
-    pid_m < min(num_blocks, T k) and only that many M tiles get a slot."""
-    if tile.split_k == 1:
-        return like, like
-    tiles = min(meta.num_blocks, meta.num_tokens * meta.top_k) * triton.cdiv(n, tile.BLOCK_N)
-    ws = torch.empty(
-        (tiles * tile.split_k * parts * meta.block_m * tile.BLOCK_N,), dtype=torch.float32, device=like.device
-    )
-    return ws, torch.zeros((tiles,), dtype=torch.int32, device=like.device)
-
-
 def _bias_args(b: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     if b is None:
         return like, 0, 0
@@ -321,11 +305,10 @@ def launch_mx_gate_up(
     """act[a] for every slot a of meta (x (T, H), w13 codes (E, R, H/2), act (T*k, I)); pad slots untouched."""
     I, H = act.shape[1], x.shape[1]
     tile = cfg.gate_up
-    grid = (meta.num_blocks * triton.cdiv(I, tile.BLOCK_N) * tile.split_k,)
+    grid = (meta.num_blocks * triton.cdiv(I, tile.BLOCK_N),)
     c, s, decode = _operands(cfg, w13)
     bias, sb_e, sb_r = _bias_args(b13, c)
     inter = spec.w13_layout == "interleaved" if interleaved is None else interleaved
-    ws, cnt = _split_k_buffers(tile, meta, I, 2 if spec.gated else 1, act)
     MK.mx_gate_up_kernel[grid](
         # inputs
         x_ptr=x, w13_ptr=c, s13_ptr=s, b13_ptr=bias,
@@ -347,7 +330,6 @@ def launch_mx_gate_up(
         SCALE_AT=cfg.scale_code, EVEN_K=H % tile.BLOCK_K == 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
         GROUP_M=tile.GROUP_M, X_FMT=X_FMT[x.dtype], DECODE=decode,
-        ws_ptr=ws, cnt_ptr=cnt, SPLIT_K=tile.split_k,
         # launch options
         **tile.launch_options(),
     )  # fmt: skip
@@ -366,10 +348,9 @@ def launch_mx_down(
     """out[a] = act[a] @ W2[e].T + b2[e] (times route_weights[a] in fp32 if given) for every slot a."""
     H, I = out.shape[1], act.shape[1]
     tile = cfg.down
-    grid = (meta.num_blocks * triton.cdiv(H, tile.BLOCK_N) * tile.split_k,)
+    grid = (meta.num_blocks * triton.cdiv(H, tile.BLOCK_N),)
     c, s, decode = _operands(cfg, w2)
     bias, sb_e, sb_h = _bias_args(b2, c)
-    ws, cnt = _split_k_buffers(tile, meta, H, 1, out)
     rw = route_weights if route_weights is not None else meta.sorted_ids
     MK.mx_down_kernel[grid](
         # inputs
@@ -391,7 +372,6 @@ def launch_mx_down(
         SCALE_AT=cfg.scale_code, EVEN_K=I % tile.BLOCK_K == 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
         GROUP_M=tile.GROUP_M, X_FMT=X_FMT[act.dtype], DECODE=decode,
-        ws_ptr=ws, cnt_ptr=cnt, SPLIT_K=tile.split_k,
         # launch options
         **tile.launch_options(),
     )  # fmt: skip

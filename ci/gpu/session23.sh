@@ -3,8 +3,6 @@
 #   m   GPU pytest of the MXFP4 files, quant_bench MXFP4 against swar in the same run (QB_ARGS), gpt-oss-120b
 #       MXFP4 at full size against the float64 oracle (FULL_T). The first call (commit 13c4ab5) also timed the
 #       packed decode's one-multiply kernel (config "packed-wide" was the two-multiply one, since removed)
-#   s   GPU pytest of the split-K and MXFP4 decode files, then quant_bench MXFP4 at decode sizes (SPLIT_T) over
-#       gate_up:down split_k pairs (SPLIT_PAIRS) on the default tiles of T = 1 (ci/gpu/mx_split_configs.py)
 #   z   GPU pytest (GPU_TESTS), vLLM's Triton path side by side (carry .peer), certify quick
 set -u
 MODE=${1:-m}
@@ -18,11 +16,6 @@ m)
   timeout "$(slot_left 585)" python3 ci/gpu/quant_fullsize.py --out "$OUT/full" --presets gpt-oss-120b \
     --tokens "${FULL_T:-1,16,4096}" > "$OUT/full.log" 2> "$OUT/full-stderr.log"
   echo "quant_fullsize exit $?"; tail -8 "$OUT/full.log"
-  ;;
-s)
-  gpu_pytest "$OUT" 150 tests/kernels/test_mxfp4_split_k.py tests/kernels/test_mxfp4_decode.py tests/kernels/test_mxfp4_moe.py
-  CFGS=$(python3 ci/gpu/mx_split_configs.py --tokens 1 --pairs "${SPLIT_PAIRS:-1:1,1:2,1:4,2:2,2:4,3:4,4:4,4:6}")
-  SLOT=585 QB_ARGS="--kinds mxfp4 --no-50k --tokens ${SPLIT_T:-1,2,4,8,16} --mxfp4-configs default;$CFGS" quant_bench "$OUT"
   ;;
 z)
   gpu_pytest "$OUT" 170 ${GPU_TESTS:-tests/kernels/test_mxfp4_pack.py}
