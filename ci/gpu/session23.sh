@@ -3,6 +3,10 @@
 #   m   GPU pytest of the MXFP4 files, quant_bench MXFP4 against swar in the same run (QB_ARGS), gpt-oss-120b
 #       MXFP4 at full size against the float64 oracle (FULL_T). The first call (commit 13c4ab5) also timed the
 #       packed decode's one-multiply kernel (config "packed-wide" was the two-multiply one, since removed)
+#   s   (at commit a9c0580; split-K since reverted) GPU pytest of the split-K and MXFP4 decode files, then
+#       quant_bench MXFP4 at T = 1, 2, 4, 8, 16 over gate_up:down split_k pairs on the default tiles of T = 1
+#   r   quant_bench MXFP4 at REG_T (default 512) with ptxas register caps (REG_VARIANTS, ci/gpu/mx_configs.py),
+#       then certify quick (CERT_JOBS workers) in the rest of the slot
 #   z   GPU pytest (GPU_TESTS), vLLM's Triton path side by side (carry .peer), certify quick
 set -u
 MODE=${1:-m}
@@ -16,6 +20,13 @@ m)
   timeout "$(slot_left 585)" python3 ci/gpu/quant_fullsize.py --out "$OUT/full" --presets gpt-oss-120b \
     --tokens "${FULL_T:-1,16,4096}" > "$OUT/full.log" 2> "$OUT/full-stderr.log"
   echo "quant_fullsize exit $?"; tail -8 "$OUT/full.log"
+  ;;
+r)
+  CFGS=$(python3 ci/gpu/mx_configs.py --tokens "${REG_T:-512}" \
+    --variants "${REG_VARIANTS:-gate_up.maxnreg=168,down.maxnreg=168;gate_up.maxnreg=168;down.maxnreg=168}")
+  SLOT=200 QB_ARGS="--kinds mxfp4 --no-50k --tokens ${REG_T:-512} --mxfp4-configs default;$CFGS" quant_bench "$OUT"
+  certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 585)"
+  certify_summary "$OUT"
   ;;
 z)
   gpu_pytest "$OUT" 170 ${GPU_TESTS:-tests/kernels/test_mxfp4_pack.py}

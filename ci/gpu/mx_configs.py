@@ -1,0 +1,43 @@
+"""Print ';'-joined MXFP4 config dicts (compact JSON, no spaces) for quant_bench --mxfp4-configs: gpt-oss-120b's
+default config at T on this device's table, with tile fields overridden per variant.
+
+    python ci/gpu/mx_configs.py --tokens 512 --variants "gate_up.maxnreg=168,down.maxnreg=168;down.maxnreg=168"
+
+Each variant is a ','-list of gemm.field=int; an empty variant is the default config written out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from moe_cts.kernels import mxfp4_gemm
+from moe_cts.reference import presets
+from moe_cts.reference.quant import QuantScheme
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=1)
+    ap.add_argument(
+        "--variants", required=True, help="';'-separated variants of ','-separated gemm.field=int"
+    )
+    args = ap.parse_args()
+    spec = presets.get("gpt-oss-120b").replace(quant=QuantScheme.mxfp4())
+    base = mxfp4_gemm.choose_config(spec, torch.bfloat16, args.tokens, None).to_dict()
+    base.pop("quant", None)
+    out = []
+    for variant in args.variants.split(";"):
+        d = json.loads(json.dumps(base))
+        for item in filter(None, variant.split(",")):
+            key, value = item.split("=")
+            gemm, field = key.split(".")
+            d[gemm][field] = int(value)
+        out.append(json.dumps(d, separators=(",", ":")))
+    print(";".join(out))
+
+
+if __name__ == "__main__":
+    main()
