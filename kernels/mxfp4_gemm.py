@@ -58,6 +58,11 @@ PACKED_BLOCK_K = 128  # the packed decode's BLOCK_K: its packing step (mxfp4_pac
 #: registers, and the m > 32 rows' 128 x 128 / 128 x 256 tiles at 8 warps spill 96-176 B on sm90 with it (AOT,
 #: triton 3.9, gpt-oss-120b T = 4096); swar stages the tile through shared memory and keeps those rows
 PACKED_MAX_BLOCK_M = 32
+#: ptxas register cap (GemmTile.maxnreg, CUDA only) of the packed gate_up kernel per (BLOCK_M, BLOCK_N,
+#: num_warps), where the table sets none. BLOCK_M 32 x 64 at 4 warps takes 173 registers on sm90 (triton 3.6):
+#: 2 programs per SM; at 168, 3 fit (65,536 registers). H200, gpt-oss-120b T = 512 against our bf16 path:
+#: 1.22x -> 1.31x (docs/measured/h200-session23/maxnreg-t512.json; capping down as well: 1.30x)
+PACKED_GATE_UP_MAXNREG = {(32, 64, 4): 168}
 X_FMT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -197,9 +202,11 @@ def choose_config(
         elif decode == "packed" and tile.BLOCK_M > PACKED_MAX_BLOCK_M:
             decode = "swar"  # the large tiles' rows (PACKED_MAX_BLOCK_M)
     if decode == "packed" and dot == "portable" and config is None:  # its BLOCK_K is the packing step
+        gu = tile.gate_up
+        cap = PACKED_GATE_UP_MAXNREG.get((tile.BLOCK_M, gu.BLOCK_N, gu.num_warps), 0) if not gu.maxnreg else 0
         tile = replace(
             tile,
-            gate_up=replace(tile.gate_up, BLOCK_K=PACKED_BLOCK_K),
+            gate_up=replace(gu, BLOCK_K=PACKED_BLOCK_K, maxnreg=gu.maxnreg or cap),
             down=replace(tile.down, BLOCK_K=PACKED_BLOCK_K),
         )
     # the caller's tiles are not capped; the interpreter has no registers

@@ -261,6 +261,23 @@ def test_the_gpu_caps_block_k_by_decode(monkeypatch):
     assert mg.choose_config(spec, BF16, 5, step).decode == "packed"
 
 
+def test_the_packed_gate_up_of_block_m_32_gets_its_register_cap_where_the_table_sets_none(monkeypatch):
+    monkeypatch.setattr(cfgmod, "backend", lambda: "cuda")
+    spec = SPEC.replace(quant=QuantScheme.mxfp4())
+    row = _config(BF16, "weights", "packed", 128)
+    row = {"BLOCK_M": 32, "gate_up": {**row["gate_up"], "BLOCK_N": 64, "num_warps": 4}, "down": row["down"]}
+    monkeypatch.setattr(cfgmod, "choose", lambda **_: cfgmod.as_config(row))
+    cfg = mg.choose_config(spec, BF16, 5, None)
+    assert (cfg.decode, cfg.gate_up.maxnreg, cfg.down.maxnreg) == ("packed", 168, 0)
+    assert mg.choose_config(spec, BF16, 5, row).gate_up.maxnreg == 0  # the caller's tiles as given
+    capped = {**row, "gate_up": {**row["gate_up"], "maxnreg": 200}}
+    monkeypatch.setattr(cfgmod, "choose", lambda **_: cfgmod.as_config(capped))
+    assert mg.choose_config(spec, BF16, 5, None).gate_up.maxnreg == 200  # a table's own cap stays
+    narrow = {**row, "BLOCK_M": 16}
+    monkeypatch.setattr(cfgmod, "choose", lambda **_: cfgmod.as_config(narrow))
+    assert mg.choose_config(spec, BF16, 5, None).gate_up.maxnreg == 0
+
+
 def test_a_decode_that_does_not_apply_is_refused_naming_its_field():
     spec, qw, x, _, ids = _inputs(BF16, seed=0, scales=(124, 128), x_ints=True)
     x, ids = x.to(DEVICE), ids.to(DEVICE)  # a host x on a GPU is refused first (x.device)
