@@ -1,0 +1,48 @@
+"""The packed MXFP4 decode's layout, in the compiler's own IR (sm90, this environment's Triton).
+
+The packed decode (kernels/_mxfp4_packed.py) is fast only while Triton lays its decoded tile out as the MMA
+operand: kWidth 8 (a whole code word per thread), which Triton derives from the narrowest load feeding the dot
+(AccelerateMatmul's computeOrigBitWidth: the uint8 scale load), and no trip of the decoded weights through
+shared memory. Nothing in the interpreter sees a layout, so a Triton release that changed the heuristic, or an
+edit that widened the scale load, would pass every numeric test and lose the speed (session 23: a uint32 scale
+load gave kWidth 4 and warp shuffles, 896 instead of 625 instructions per gate_up step). This compiles the
+default gpt-oss-120b T = 1 kernels and reads their TTGIR.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from moe_cts.conformance.aot import matrix as aot
+from moe_cts.conformance.aot import plan as aot_plan
+
+
+@pytest.fixture(scope="module")
+def ttgir(tmp_path_factory) -> dict[str, str]:
+    keep = tmp_path_factory.mktemp("packed-ttgir")
+    scenario = aot_plan.Scenario(
+        origin="test:packed-layout", preset="gpt-oss-120b", num_tokens=1, dtype="bfloat16", targets=("sm90",),
+        quant="mxfp4",
+    )  # fmt: skip
+    jobs = [j for j in aot.plan_jobs([scenario]) if j["kernel"] in ("mx_gate_up_kernel", "mx_down_kernel")]
+    assert {j["launch"]["kwargs"]["DECODE"] for j in jobs} == {3}, "the default at T = 1 is the packed decode"
+    results = aot.run_jobs(jobs, 1, str(keep))
+    assert all(results[j["id"]].get("ok") for j in jobs), [results[j["id"]].get("error") for j in jobs]
+    return {j["kernel"]: (Path(keep) / f"{j['id']}.ttgir").read_text() for j in jobs}
+
+
+@pytest.mark.parametrize("kernel", ["mx_gate_up_kernel", "mx_down_kernel"])
+def test_the_decoded_tile_is_the_mma_operand_with_a_whole_word_per_thread(ttgir, kernel):
+    ir = ttgir[kernel]
+    dots = [ln for ln in ir.splitlines() if re.search(r"= tt\.dot ", ln)]
+    assert dots, "no tt.dot in the packed kernel"
+    for ln in dots:
+        widths = set(re.findall(r"kWidth = (\d+)", ln))
+        assert widths == {"8"}, f"dot operands with kWidth {widths}, expected 8: {ln.strip()[:200]}"
+    # the decoded bf16 weights (128 x BLOCK_N) never go to shared memory; x (BLOCK_M x 128 bf16), the code
+    # words (i32) and the scale codes (i8) do, as the pipeline's buffers
+    stored = re.findall(r"ttg\.local_alloc[^\n]*?memdesc<(?:\d+x)?128x\d+xbf16", ir)
+    assert not stored, stored
