@@ -105,8 +105,9 @@ def _accumulate(acc, x, w_words, s_rows, kk):
     B = tl.load(w_words[None, :] + (kk * (BLOCKS * BLOCKS) + j))
     # A thread's four codes (b = 0..3) are 4 consecutive bytes: one 32-bit load where the rows are 16-byte
     # aligned (pack_scales pads them so). Loaded as uint8 on purpose: Triton sizes the dot operand's kWidth
-    # from the narrowest load that feeds it, and 8 bits give kWidth 8, a whole code word per thread (with
-    # 16 it picks 4, and the decoded tile goes through warp shuffles).
+    # from the narrowest load that feeds it, and 8 bits give kWidth 8, a whole code word per thread (a uint32
+    # load of the four codes gave a smaller kWidth and warp shuffles of the decoded tile;
+    # tests/aot/test_mxfp4_packed_layout.py holds the layout).
     s = tl.load(s_rows[None, :] + (kk * BLOCKS + j % BLOCKS))
     return tl.dot(x, _weights(B, s, BLOCK_N), acc)
 

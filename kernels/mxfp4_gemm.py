@@ -50,7 +50,7 @@ DOT_KINDS = ("portable", "dot_scaled")
 #:   "fp32"    the first version: fp32 bits, a per-element scale gather, fp32 multiply, cast
 #: SASS instructions per weight element in the sm90 K loop (gpt-oss-120b, T = 1, docs/mxfp4.md): fp32 17.7 /
 #: 18.4 (gate_up / down), native 14.4 / 15.2, swar 5.0 / 5.6 (plus the decoded tile's trip through shared
-#: memory), packed 5.4 (down, BLOCK_N 64, triton 3.6; no shared-memory trip)
+#: memory), packed 4.9 / 5.5 (BLOCK_N 64, triton 3.9; no shared-memory trip)
 DECODE_KINDS = ("packed", "swar", "native", "fp32")
 BF16_DECODES = ("packed", "swar")  # decodes that build bf16 bits with the scale on the weights
 PACKED_BLOCK_K = 128  # the packed decode's BLOCK_K: its packing step (mxfp4_pack.PACK_K)
@@ -203,10 +203,10 @@ def choose_config(
             decode = "swar"  # the large tiles' rows (PACKED_MAX_BLOCK_M)
     if decode == "packed" and dot == "portable" and config is None:  # its BLOCK_K is the packing step
         gu = tile.gate_up
-        cap = PACKED_GATE_UP_MAXNREG.get((tile.BLOCK_M, gu.BLOCK_N, gu.num_warps), 0) if not gu.maxnreg else 0
+        cap = gu.maxnreg or PACKED_GATE_UP_MAXNREG.get((tile.BLOCK_M, gu.BLOCK_N, gu.num_warps), 0)
         tile = replace(
             tile,
-            gate_up=replace(gu, BLOCK_K=PACKED_BLOCK_K, maxnreg=gu.maxnreg or cap),
+            gate_up=replace(gu, BLOCK_K=PACKED_BLOCK_K, maxnreg=cap),
             down=replace(tile.down, BLOCK_K=PACKED_BLOCK_K),
         )
     # the caller's tiles are not capped; the interpreter has no registers

@@ -40,9 +40,8 @@ import torch
 
 PACK_K = 128  # elements per packed step: the packed decode's BLOCK_K
 WORDS = 4  # 32-bit words per 32-element block, and blocks per step
-MX_BLOCK = 32  # elements per E8M0 scale
-#: scale codes per packed row are a multiple of this: rows 16-byte aligned, so that Triton can prove a step's
-#: four codes one 32-bit load (a multiple of 4, whole steps, as well)
+#: scale codes per packed row are a multiple of this: every row starts 16-byte aligned, so Triton can prove that
+#: a step's four codes (4-aligned, as 16 is a multiple of a step's 4) are one 32-bit load
 SCALE_ROW_ALIGN = 16
 # (id(tensor), kind) -> (weak reference to the tensor, its version, packed copy). Keyed by identity: a
 # WeakKeyDictionary compares live keys with ==, which a tensor answers elementwise. A finalizer drops the
@@ -57,7 +56,8 @@ def packed_k(k: int) -> int:
 
 def pack_codes(codes: torch.Tensor) -> torch.Tensor:
     """codes (..., N, K/2) uint8 in the reference layout -> (..., N, Kp/2) uint8 in the packed layout
-    (module docstring): zero-padded to whole steps, each step's 4 x 4 words transposed. Byte views only, so any device (meta included) and any storage offset."""
+    (module docstring): zero-padded to whole steps, each step's 4 x 4 words transposed. Byte views only, so
+    any device (meta included) and any storage offset."""
     *lead, n, kb = codes.shape
     kp = packed_k(2 * kb)
     c = torch.nn.functional.pad(codes, (0, kp // 2 - kb)) if kp != 2 * kb else codes

@@ -15,8 +15,20 @@
 #                              OUT/peer.log), at most S seconds; prints its exit and wall time
 #   peer_and_certify OUT P S   peer_bench (at most P seconds; carry .peer) and its table lines, then certify quick
 #                              (CERT_JOBS workers) in the rest of an S-second slot and its summary
+#   mxfp4_check OUT P Q        the MXFP4 files' GPU pytest (at most P s), quant_bench MXFP4 against swar (QB_ARGS, first
+#                              Q s of the slot), gpt-oss-120b MXFP4 at full size against the oracle (FULL_T)
 #   final_call OUT             a session's last call: quant_bench (QB_ARGS) in the first QB_SLOT seconds, the peer
 #                              bench (PEER_S seconds; carry .peer), then certify quick in the rest of a 560 s slot
+mxfp4_check() {
+  # the MXFP4 files' GPU pytest (at most $2 s), quant_bench MXFP4 default against swar (QB_ARGS; first $3 s of
+  # the slot, QB_SLOT overrides), gpt-oss-120b MXFP4 at full size against the float64 oracle (FULL_T)
+  gpu_pytest "$1" "$2" tests/kernels/test_mxfp4_decode.py tests/kernels/test_mxfp4_moe.py tests/kernels/test_mxfp4_pack.py
+  SLOT=${QB_SLOT:-$3} QB_ARGS=${QB_ARGS:-"--kinds mxfp4 --no-50k --mxfp4-configs default;swar"} quant_bench "$1"
+  timeout "$(slot_left 585)" python3 ci/gpu/quant_fullsize.py --out "$1/full" --presets gpt-oss-120b \
+    --tokens "${FULL_T:-1,16,4096}" > "$1/full.log" 2> "$1/full-stderr.log"
+  echo "quant_fullsize exit $?"; tail -8 "$1/full.log"
+}
+
 gpu_setup() {
   mkdir -p "$1"
   export PYTHONUNBUFFERED=1

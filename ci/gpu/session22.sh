@@ -17,11 +17,7 @@ r)
   sed -n '/summary/,$p' "$OUT/mxreg.log"
   ;;
 m)
-  gpu_pytest "$OUT" 200 tests/kernels/test_mxfp4_decode.py tests/kernels/test_mxfp4_moe.py tests/kernels/test_mxfp4_pack.py
-  SLOT=${QB_SLOT:-400} QB_ARGS=${QB_ARGS:-"--kinds mxfp4 --no-50k --mxfp4-configs default;swar"} quant_bench "$OUT"
-  timeout "$(slot_left 585)" python3 ci/gpu/quant_fullsize.py --out "$OUT/full" --presets gpt-oss-120b \
-    --tokens "${FULL_T:-1,16,4096}" > "$OUT/full.log" 2> "$OUT/full-stderr.log"
-  echo "quant_fullsize exit $?"; tail -8 "$OUT/full.log"
+  mxfp4_check "$OUT" 200 400
   ;;
 n)
   s=$(date +%s)

@@ -9,7 +9,6 @@
 #       then certify quick (CERT_JOBS workers) in the rest of the slot
 #   n   Nsight Compute (clocks left alone) on one ids-given forward of the NCU_CASES, every kernel of it (the
 #       MXFP4 forward at one and sixteen tokens): where the time of a decode-size forward goes
-#   z   GPU pytest (GPU_TESTS), vLLM's Triton path side by side (carry .peer), certify quick
 set -u
 MODE=${1:-m}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -17,11 +16,7 @@ source "$(dirname "$0")/common.sh"
 gpu_setup "$OUT"
 case "$MODE" in
 m)
-  gpu_pytest "$OUT" 150 tests/kernels/test_mxfp4_decode.py tests/kernels/test_mxfp4_moe.py tests/kernels/test_mxfp4_pack.py
-  SLOT=${QB_SLOT:-470} QB_ARGS=${QB_ARGS:-"--kinds mxfp4 --no-50k --mxfp4-configs default;swar"} quant_bench "$OUT"
-  timeout "$(slot_left 585)" python3 ci/gpu/quant_fullsize.py --out "$OUT/full" --presets gpt-oss-120b \
-    --tokens "${FULL_T:-1,16,4096}" > "$OUT/full.log" 2> "$OUT/full-stderr.log"
-  echo "quant_fullsize exit $?"; tail -8 "$OUT/full.log"
+  mxfp4_check "$OUT" 150 470
   ;;
 r)
   CFGS=$(python3 ci/gpu/mx_configs.py --tokens "${REG_T:-512}" \
@@ -40,9 +35,5 @@ n)
   grep -E "==PROF==|==ERROR==" "$OUT/ncu.txt" "$OUT/ncu-stderr.txt" | head -10
   grep -E "^  [a-zA-Z_0-9<>:, ]+\(|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Grid Size|Warp Cycles Per Issued" \
     "$OUT/ncu.txt" | head -120
-  ;;
-z)
-  gpu_pytest "$OUT" 170 ${GPU_TESTS:-tests/kernels/test_mxfp4_pack.py}
-  peer_and_certify "$OUT" "${PEER_S:-170}" 575
   ;;
 esac
