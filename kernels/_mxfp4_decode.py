@@ -99,13 +99,21 @@ def _as_float(bits, X_FMT: tl.constexpr):
 
 
 @triton.jit
-def _scale_tile(s, X_FMT: tl.constexpr):
-    """2^(s - 127) in the dot dtype (fp32 under the interpreter) for E8M0 codes s (uint8)."""
+def _scale_tile(s, X_FMT: tl.constexpr, PLAIN: tl.constexpr = False):
+    """2^(s - 127) in the dot dtype (fp32 under the interpreter) for E8M0 codes s (uint8). PLAIN: the caller
+    knows every code is in [1, 254] (mxfp4_pack.PackedScales.plain), so the exponent field is the code
+    itself and the two selects for codes 0 and 255 go (4 of the packed decode's ALU operations per code)."""
     s = s.to(tl.uint16)
     if INTERPRET:
-        sc = e8m0_f32(s.to(tl.uint32))
+        if PLAIN:
+            sc = (s.to(tl.uint32) << 23).to(tl.float32, bitcast=True)
+        else:
+            sc = e8m0_f32(s.to(tl.uint32))
     else:
-        sc = _e8m0_bf16_bits(s).to(tl.bfloat16, bitcast=True)
+        if PLAIN:
+            sc = (s << 7).to(tl.bfloat16, bitcast=True)
+        else:
+            sc = _e8m0_bf16_bits(s).to(tl.bfloat16, bitcast=True)
     return sc
 
 

@@ -62,6 +62,9 @@ DECODE = {"fp32": 0, "native": 1, "swar": 2, "packed": 3}
 DECODE_NATIVE = tl.constexpr(1)
 DECODE_SWAR = tl.constexpr(2)
 DECODE_PACKED = tl.constexpr(3)
+#: the packed decode on scales with no code 0 or 255 (mxfp4_pack.PackedScales.plain), picked by the launcher
+#: from the data, never by a config
+DECODE_PACKED_PLAIN = tl.constexpr(4)
 MX_BLOCK = tl.constexpr(32)  # elements along K per E8M0 scale (OCP MX)
 
 
@@ -191,7 +194,7 @@ def _mx_gemm(
     SCALE_AT: tl.constexpr,
     EVEN_K: tl.constexpr,
     X_FMT: tl.constexpr,  # "bf16" | "fp16": the activation format (tl.dot_scaled, the native decode)
-    DECODE: tl.constexpr,  # 0 = fp32 decode (_mx_accumulate), DECODE_NATIVE, DECODE_SWAR, DECODE_PACKED
+    DECODE: tl.constexpr,  # 0 = fp32 decode (_mx_accumulate), DECODE_NATIVE, DECODE_SWAR, DECODE_PACKED(_PLAIN)
 ):
     """(x @ W1.T, x @ W2.T) in fp32 over the whole K (acc2 stays zero unless TWO)."""
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -215,9 +218,10 @@ def _mx_gemm(
             acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, K,
             TWO, BLOCK_K, EVEN_K,
         )  # fmt: skip
-    elif DECODE == DECODE_PACKED:  # w*_rows, s*_rows point into the packed copies (the launcher passes them)
+    elif DECODE >= DECODE_PACKED:  # w*_rows, s*_rows point into the packed copies (the launcher passes them)
         acc1, acc2 = mx_gemm_packed(
             acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, K, TWO, BLOCK_K, EVEN_K,
+            DECODE == DECODE_PACKED_PLAIN,
         )  # fmt: skip
     else:
         acc1, acc2 = _mx_portable(

@@ -41,10 +41,30 @@ import triton.language as tl
 
 from moe_cts.kernels._common import INTERPRET
 from moe_cts.kernels._mxfp4_decode import _scale_tile
-from moe_cts.kernels._mxfp4_swar import RENORM, _e2m1_pair_bits, load_x_tile
+from moe_cts.kernels._mxfp4_swar import RENORM, load_x_tile
 
 STEP = tl.constexpr(128)  # elements per packed step (kernels/mxfp4_pack.PACK_K)
 BLOCKS = tl.constexpr(4)  # 32-blocks per step, and 32-bit words per block
+
+
+MAG = tl.constexpr(0x01C001C0)  # bf16 bits 6-8 of both halves: e2m1's magnitude (m, e0, e1)
+SIGN = tl.constexpr(0x80008000)  # bit 15 of both halves
+
+
+@triton.jit
+def _pair_bits(B, q: tl.constexpr):
+    """Register q of packed words B (uint32, codes at mxfp4_pack.NIBBLE_PLACES): bf16 bits of e2m1 * 2^-126 of
+    elements 8c + q (low half) and 8c + q + 4 (high half). q = 0, 1: one shift and one mask; q = 2: two masks
+    and a shift; q = 3: two shifts and two masks."""
+    if q == 0:
+        r = (B << 6) & (MAG | SIGN)
+    elif q == 1:
+        r = (B << 3) & (MAG | SIGN)
+    elif q == 2:
+        r = (B & MAG) | ((B << 5) & SIGN)
+    else:
+        r = ((B >> 7) & MAG) | ((B << 4) & SIGN)
+    return r
 
 
 @triton.jit
@@ -79,14 +99,15 @@ def _as_float(bits16):
 
 
 @triton.jit
-def _weights(B, s, BLOCK_N: tl.constexpr):
+def _weights(B, s, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
     """(128, BLOCK_N) weights in K' order (bf16; fp32 under the interpreter) from the packed words B
-    (16, BLOCK_N) uint32, rows 4c + b, and the scale codes s (16, BLOCK_N) uint8 of their blocks b."""
-    bits = tl.join(tl.join(_halves(_e2m1_pair_bits(B, 0)), _halves(_e2m1_pair_bits(B, 1))),
-                   tl.join(_halves(_e2m1_pair_bits(B, 2)), _halves(_e2m1_pair_bits(B, 3))))  # fmt: skip
+    (16, BLOCK_N) uint32, rows 4c + b, and the scale codes s (16, BLOCK_N) uint8 of their blocks b; PLAIN:
+    every code is in [1, 254] (_scale_tile)."""
+    bits = tl.join(tl.join(_halves(_pair_bits(B, 0)), _halves(_pair_bits(B, 1))),
+                   tl.join(_halves(_pair_bits(B, 2)), _halves(_pair_bits(B, 3))))  # fmt: skip
     w = _as_float(_step_order(bits, BLOCK_N))
     w = w * (RENORM if INTERPRET else tl.full([], RENORM, tl.bfloat16))
-    return w * _per_element(_scale_tile(s, "bf16"), BLOCK_N)
+    return w * _per_element(_scale_tile(s, "bf16", PLAIN), BLOCK_N)
 
 
 @triton.jit
@@ -97,7 +118,7 @@ def _step_order_x(x, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _accumulate(acc, x, w_words, s_rows, kk):
+def _accumulate(acc, x, w_words, s_rows, kk, PLAIN: tl.constexpr):
     """acc + x @ W[:, 128 kk : 128 kk + 128].T for one weight: w_words (BLOCK_N,) uint32 pointers to its packed
     code rows, s_rows (uint8) to its packed scale rows. The padded rows hold whole steps: no mask."""
     BLOCK_N: tl.constexpr = w_words.shape[0]
@@ -109,13 +130,13 @@ def _accumulate(acc, x, w_words, s_rows, kk):
     # load of the four codes gave a smaller kWidth and warp shuffles of the decoded tile;
     # tests/aot/test_mxfp4_packed_layout.py holds the layout).
     s = tl.load(s_rows[None, :] + (kk * BLOCKS + j % BLOCKS))
-    return tl.dot(x, _weights(B, s, BLOCK_N), acc)
+    return tl.dot(x, _weights(B, s, BLOCK_N, PLAIN), acc)
 
 
 @triton.jit
 def mx_gemm_packed(
     acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, K,
-    TWO: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    TWO: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, PLAIN: tl.constexpr,
 ):  # fmt: skip
     """(acc1 + x @ W1.T, acc2 + x @ W2.T if TWO) over the whole K; w*_rows byte pointers to the packed code
     rows (kernels/mxfp4_pack.py: 4-byte aligned, whole steps), s*_rows to the packed scale rows (uint8)."""
@@ -125,7 +146,7 @@ def mx_gemm_packed(
     w2_words = w2_rows.to(tl.pointer_type(tl.uint32))
     for kk in range(0, tl.cdiv(K, STEP)):
         x = _step_order_x(load_x_tile(x_rows, x_ok, stride_x_k, kk * STEP, K, STEP, EVEN_K), BLOCK_M)
-        acc1 = _accumulate(acc1, x, w1_words, s1_rows, kk)
+        acc1 = _accumulate(acc1, x, w1_words, s1_rows, kk, PLAIN)
         if TWO:  # the up tile reuses the x tile already in registers
-            acc2 = _accumulate(acc2, x, w2_words, s2_rows, kk)
+            acc2 = _accumulate(acc2, x, w2_words, s2_rows, kk, PLAIN)
     return acc1, acc2

@@ -278,12 +278,18 @@ def check_activations(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> Non
 # ----------------------------------------------------------------------------------------------- launches
 def _operands(cfg: Mxfp4Config, qt: QuantTensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(codes, scales, DECODE) as the kernels read them:
-    - packed: the packed copies of both (mxfp4_pack.py);
+    - packed: the packed copies of both (mxfp4_pack.py), and DECODE_PACKED_PLAIN where every scale code is in
+      [1, 254] (the select-free scale; the same bits);
     - swar: the codes as stored, or the native decode where they cannot be read as 32-bit words (swar needs
       rows 4-byte aligned and contiguous along K; the weights the reference builds always are);
     - else cfg's DECODE on the stored tensors."""
     if cfg.decode == "packed" and cfg.dot == "portable":
-        return packed_codes(qt.codes), packed_scales(qt.scales), cfg.decode_code
+        ps = packed_scales(qt.scales)
+        return (
+            packed_codes(qt.codes),
+            ps.scales,
+            MK.DECODE_PACKED_PLAIN.value if ps.plain else cfg.decode_code,
+        )
     codes = qt.codes
     if cfg.decode != "swar":
         return codes, qt.scales, cfg.decode_code

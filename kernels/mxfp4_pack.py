@@ -5,15 +5,26 @@ The reference layout (reference/qweights.py) stores e2m1 codes two per byte alon
 word j holds elements 8j .. 8j + 7, element 8j + i in nibble i (bits 4i .. 4i + 3). The packed decode reads
 one 128-element step (four 32-blocks, 16 words) of a row at a time, and its tile is laid out so that the
 compiler's natural layout for it is the MMA's operand layout: a thread must hold word c of every block b of
-its column. So within each step the 4 x 4 words are stored word-major (each word as it is):
+its column. So within each step the 4 x 4 words are stored word-major:
 
     packed step  [w(0,0) w(1,0) w(2,0) w(3,0)  w(0,1) ...  w(3,3)]    w(b, c) = word c of 32-block b
     reference    [w(0,0) w(0,1) w(0,2) w(0,3)  w(1,0) ...  w(3,3)]
 
-(Reordering the nibbles inside each word so that a decoded register holds elements (2q, 2q + 1) instead of
-(q, q + 4) spares the kernel its permutation of the activation tile, but the compiler then spends more
-moves on the activation registers than the permutation's byte shuffles: 585 -> 651 SASS instructions per
-gate_up K step on sm90, triton 3.9.)
+and inside each word the eight codes move to the bits where the decode needs the fewest integer operations
+(NIBBLE_PLACES). The decode builds register q from elements q (low half) and q + 4 (high half): the code's
+magnitude bits (m, e0, e1) must land on bf16 bits 6-8 (22-24) and its sign on bit 15 (31). A code whose sign
+sits 9 bits above its magnitude gets there with one shift and one mask. Two of the four registers are placed
+so (q = 0, 1); the other two take a second shift for the sign, and q = 3 a right shift:
+
+    q   magnitude bits (low / high half)   sign bit     decode (_mxfp4_packed._pair_bits)
+    0   0-2 / 16-18                        9 / 25       (B << 6) & 0x81C081C0
+    1   3-5 / 19-21                        12 / 28      (B << 3) & 0x81C081C0
+    2   6-8 / 22-24                        10 / 26      (B & 0x01C001C0) | ((B << 5) & 0x80008000)
+    3   13-15 / 29-31                      11 / 27      ((B >> 7) & 0x01C001C0) | ((B << 4) & 0x80008000)
+
+The reference order's bits take 10 integer operations per word in the ALU pipe (8 masks, 2 right shifts) and
+5 shifts in the FMA pipe; these take 7 and 4. The ALU pipe, at half the issue rate, bounds the decode sizes'
+K loop on sm90 (docs/mxfp4.md, session 24).
 
 The scales are padded too (code 127, 1.0; the padded codes are 0), to rows of a multiple of 16 codes, so
 that the kernel reads a step's four E8M0 codes of a row without a mask as one aligned 32-bit load:
@@ -22,24 +33,31 @@ that the kernel reads a step's four E8M0 codes of a row without a mask as one al
     codes     uint8 (..., N, K / 2)      reference layout, K a multiple of 32
     packed    uint8 (..., N, Kp / 2)     Kp = K rounded up to 128; the padding is code 0 (e2m1 +0)
     scales    uint8 (..., N, Ks)         reference order, Ks = K / 32 rounded up to 16; the padding is code 127
+    plain     bool                       every code in [1, 254]: no subnormal scale (code 0) and no NaN (255),
+                                         so the decode builds 2^(s - 127) as s << 7 (no selects); the kernel
+                                         is chosen by it, and both give the same bits
 
 A layer call finds the packed copies in a cache keyed by the codes or scales tensor (weakly: a copy dies
 with its tensor) and checked against the tensor's version counter, so an in-place change repacks. The codes'
 copy costs their memory once more (half a byte per weight), the scales' a 32nd of a byte per weight;
 `drop_packed` frees them. The first call packs outside any CUDA graph capture as every call compiles its
-kernels there: the benchmarks and certify warm up before they capture.
+kernels there (and `plain` reads one bool back): the benchmarks and certify warm up before they capture.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 PACK_K = 128  # elements per packed step: the packed decode's BLOCK_K
 WORDS = 4  # 32-bit words per 32-element block, and blocks per step
+#: per decoded register q: (first bit of the low element's magnitude, bit of its sign); the high element
+#: (q + 4) sits 16 bits higher (module docstring)
+NIBBLE_PLACES = ((0, 9), (3, 12), (6, 10), (13, 11))
 #: scale codes per packed row are a multiple of this: every row starts 16-byte aligned, so Triton can prove that
 #: a step's four codes (4-aligned, as 16 is a multiple of a step's 4) are one 32-bit load
 SCALE_ROW_ALIGN = 16
@@ -54,32 +72,77 @@ def packed_k(k: int) -> int:
     return -(-k // PACK_K) * PACK_K
 
 
+def _place_nibbles(words: torch.Tensor) -> torch.Tensor:
+    """int32 words holding 8 codes in reference order (element i in bits 4i .. 4i + 3) -> the same 8 codes at
+    NIBBLE_PLACES."""
+    out = torch.zeros_like(words)
+    for q, (mag, sign) in enumerate(NIBBLE_PLACES):
+        for half in range(2):
+            nib = (words >> (4 * (q + 4 * half))) & 0xF
+            out |= (nib & 7) << (mag + 16 * half)
+            out |= (nib >> 3) << (sign + 16 * half)
+    return out
+
+
+def _unplace_nibbles(words: torch.Tensor) -> torch.Tensor:
+    """The inverse of _place_nibbles."""
+    out = torch.zeros_like(words)
+    for q, (mag, sign) in enumerate(NIBBLE_PLACES):
+        for half in range(2):
+            nib = ((words >> (mag + 16 * half)) & 7) | (((words >> (sign + 16 * half)) & 1) << 3)
+            out |= nib << (4 * (q + 4 * half))
+    return out
+
+
+def _bytes_to_words(b: torch.Tensor) -> torch.Tensor:
+    """(..., 4) uint8 -> (...) int32 little-endian words (arithmetic, not a view: meta tensors and any
+    storage offset)."""
+    b = b.to(torch.int32)  # shifts into bit 31 wrap; every read masks after its shift
+    return b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16) | (b[..., 3] << 24)
+
+
+def _words_to_bytes(w: torch.Tensor) -> torch.Tensor:
+    return torch.stack([(w >> (8 * i)) & 0xFF for i in range(4)], dim=-1).to(torch.uint8)
+
+
 def pack_codes(codes: torch.Tensor) -> torch.Tensor:
     """codes (..., N, K/2) uint8 in the reference layout -> (..., N, Kp/2) uint8 in the packed layout
-    (module docstring): zero-padded to whole steps, each step's 4 x 4 words transposed. Byte views only, so
-    any device (meta included) and any storage offset."""
+    (module docstring): zero-padded to whole steps, each step's 4 x 4 words transposed, each word's codes at
+    NIBBLE_PLACES. Any device (meta included) and any storage offset."""
     *lead, n, kb = codes.shape
     kp = packed_k(2 * kb)
     c = torch.nn.functional.pad(codes, (0, kp // 2 - kb)) if kp != 2 * kb else codes
     steps = kp // PACK_K
-    c = c.contiguous().view(*lead, n, steps, WORDS, WORDS, 4)  # (step, block b, word c, byte)
-    return c.transpose(-3, -2).contiguous().view(*lead, n, steps * PACK_K // 2)
+    c = c.reshape(*lead, n, steps, WORDS, WORDS, 4)  # (step, block b, word c, byte)
+    w = _place_nibbles(_bytes_to_words(c.transpose(-3, -2)))
+    return _words_to_bytes(w).reshape(*lead, n, steps * PACK_K // 2)
 
 
 def unpack_codes(packed: torch.Tensor, k: int) -> torch.Tensor:
     """The inverse of pack_codes for rows of k elements (tests)."""
     *lead, n, kpb = packed.shape
-    c = packed.contiguous().view(*lead, n, kpb * 2 // PACK_K, WORDS, WORDS, 4)
-    return c.transpose(-3, -2).contiguous().view(*lead, n, kpb)[..., : k // 2]
+    c = packed.reshape(*lead, n, kpb * 2 // PACK_K, WORDS, WORDS, 4)
+    w = _words_to_bytes(_unplace_nibbles(_bytes_to_words(c)))
+    return w.transpose(-3, -2).reshape(*lead, n, kpb)[..., : k // 2]
 
 
-def pack_scales(scales: torch.Tensor) -> torch.Tensor:
-    """scales (..., N, K/32) uint8 E8M0 codes -> (..., N, Ks) uint8, contiguous: padded with code 127 to rows of
-    a multiple of SCALE_ROW_ALIGN codes."""
+@dataclass(frozen=True)
+class PackedScales:
+    """The E8M0 scales as the packed decode reads them (module docstring)."""
+
+    scales: torch.Tensor  # uint8 (..., N, Ks): reference order, padded with code 127 to SCALE_ROW_ALIGN codes
+    plain: bool  # every code in [1, 254]: the decode's select-free scale is exact
+
+
+def pack_scales(scales: torch.Tensor) -> PackedScales:
+    """scales (..., N, K/32) uint8 E8M0 codes -> PackedScales: padded with code 127 to rows of a multiple of
+    SCALE_ROW_ALIGN codes, contiguous, and whether every code is plain (meta tensors: assumed, so the AOT
+    matrix compiles the kernel real checkpoints run)."""
     kb = scales.shape[-1]
     pad = -(-kb // SCALE_ROW_ALIGN) * SCALE_ROW_ALIGN - kb
     s = torch.nn.functional.pad(scales, (0, pad), value=127) if pad else scales
-    return s.contiguous()
+    plain = True if scales.is_meta else bool(((scales >= 1) & (scales <= 254)).all())
+    return PackedScales(s.contiguous(), plain)
 
 
 def _version(t: torch.Tensor) -> int:
@@ -109,7 +172,7 @@ def packed_codes(codes: torch.Tensor) -> torch.Tensor:
     return _cached(codes, "codes", pack_codes)
 
 
-def packed_scales(scales: torch.Tensor) -> torch.Tensor:
+def packed_scales(scales: torch.Tensor) -> PackedScales:
     """The packed copy of `scales` (pack_scales), cached."""
     return _cached(scales, "scales", pack_scales)
 

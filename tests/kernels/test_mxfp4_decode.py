@@ -4,12 +4,13 @@ each other.
 
     every byte 0..255          -> native (lo, hi) bits in bf16 and fp16   == formats.decode("e2m1", nibbles)
     every nibble, every place  -> swar values (bits * 2^126)              == formats.decode("e2m1", nibbles)
+                                  and packed values from words at mxfp4_pack.NIBBLE_PLACES, likewise
     every E8M0 code 0..255     -> bf16 bits of 2^(s-127)                  == formats.e8m0_decode (NaN for 255)
     every (nibble, code) pair  -> native and swar products in the dtype   == the float64 product where finite
     whole GEMMs, K tails       -> packed == swar == native == fp32 bit for bit (inputs whose fp32 sums are exact
                                   in any order), NaN where a scale code is 255; on plain random codes native ==
-                                  fp32 (packed shares swar's per-element arithmetic: _e2m1_pair_bits, the same
-                                  two multiplies; its own layout is checked in test_mxfp4_pack.py)
+                                  fp32; packed with its select-free (plain) scales == packed with the selects
+                                  (the word order of its layout is checked in test_mxfp4_pack.py)
 
 Runs on the device the tests run on: on a GPU the probes check the hardware's bf16 multiply (the swar decode
 multiplies bf16 subnormals by 2^126; the native one the subnormal scale 2^-127), on the interpreter the fp32
@@ -29,7 +30,9 @@ from _moe_testlib import DEVICE
 
 import moe_cts.kernels.config as cfgmod
 from moe_cts.kernels import mxfp4_gemm as mg
+from moe_cts.kernels import mxfp4_pack
 from moe_cts.kernels._mxfp4_decode import _decode_pair, _e8m0_bf16_bits, _scale_tile
+from moe_cts.kernels._mxfp4_packed import _pair_bits
 from moe_cts.kernels._mxfp4_swar import _e2m1_pair_bits, _half_as_float
 from moe_cts.kernels.mxfp4_gemm import Mxfp4Config
 from moe_cts.kernels.mxfp4_moe import down_mxfp4, gate_up_mxfp4
@@ -116,6 +119,31 @@ def test_swar_words_decode_every_nibble_in_every_place_times_every_scale_exactly
     assert np.array_equal(got[finite], want[finite])
     assert np.isnan(got[..., 255]).all()
     assert np.array_equal(np.signbit(got[..., 127]), np.signbit(want[..., 127]))  # -0 keeps its sign
+
+
+@triton.jit
+def _packed_probe(w_ptr, out_ptr, N: tl.constexpr):
+    """out[q, n] / out[q + 4, n] = the low / high half of packed register q of word n, times 2^126 (fp32)."""
+    words = tl.load(w_ptr + tl.arange(0, N)).to(tl.uint32, bitcast=True)
+    for q in tl.static_range(4):
+        r = _pair_bits(words, q)
+        tl.store(out_ptr + q * N + tl.arange(0, N), _half_as_float(r & 0xFFFF).to(tl.float32))
+        tl.store(out_ptr + (q + 4) * N + tl.arange(0, N), _half_as_float(r >> 16).to(tl.float32))
+
+
+def test_packed_words_decode_every_nibble_in_every_place():
+    """Each register q holds elements q (low half) and q + 4 (high) of the word in reference order, whatever
+    bits mxfp4_pack.NIBBLE_PLACES moved them to."""
+    g = torch.Generator().manual_seed(4)
+    words = torch.cat([torch.arange(16) * 0x11111111, torch.randint(0, 2**31, (48,), generator=g)])
+    words = (words - (words >= 2**31) * 2**32).to(torch.int32)  # reference order, every nibble everywhere
+    placed = mxfp4_pack._place_nibbles(words)
+    out = torch.empty((8, 64), dtype=torch.float32, device=DEVICE)
+    _packed_probe[(1,)](placed.to(DEVICE), out, N=64)
+    nib = (words.numpy().view(np.uint32)[None, :] >> (4 * np.arange(8))[:, None]) & 0xF  # (8, 64)
+    want = formats.decode("e2m1", nib)
+    got = out.cpu().double().numpy()
+    assert np.array_equal(got, want) and np.array_equal(np.signbit(got), np.signbit(want))
 
 
 # ----------------------------------------------------------------------------------------------- whole GEMMs
@@ -309,3 +337,24 @@ def test_unaligned_codes_fall_back_to_the_native_decode():
     assert torch.equal(
         got[0], want[0]
     )  # exact sums: the fallback's other summation order gives the same bits
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # codes near 254 overflow: inf and NaN outputs
+def test_plain_scales_pick_the_select_free_kernel_with_the_same_bits(monkeypatch):
+    """Codes in [1, 254] take DECODE_PACKED_PLAIN (2^(s - 127) as s << 7); the kernel with the selects gives
+    the same bits on them, and is the one a code 0 or 255 gets."""
+    inputs = _inputs(BF16, seed=11, scales=(1, 255), x_ints=False)
+    spec, qw, *_ = inputs
+    cfg = mg.choose_config(spec, BF16, 5, _config(BF16, "weights", "packed", 128))
+    assert mg._operands(cfg, qw.w13)[2] == mg.MK.DECODE_PACKED_PLAIN.value
+    plain = _run(inputs, BF16, "weights", "packed", 128)
+    real = mxfp4_pack.pack_scales
+    monkeypatch.setattr(mxfp4_pack, "_cached", lambda t, kind, make: make(t))  # no cache: the patch applies
+    monkeypatch.setattr(mg, "packed_scales", lambda s: dataclasses.replace(real(s), plain=False))
+    assert mg._operands(cfg, qw.w13)[2] == mg.MK.DECODE_PACKED.value
+    general = _run(inputs, BF16, "weights", "packed", 128)
+    for a, b in zip(plain, general, strict=True):
+        assert _same(a, b) and a.nan_to_num().abs().max() > 0
+    zero = qw.w13.scales.clone()
+    zero.view(-1)[::41] = 0
+    assert not real(zero).plain and real(qw.w13.scales).plain

@@ -1,8 +1,9 @@
 """The packed layout of the MXFP4 codes and scales (kernels/mxfp4_pack.py) and its cache.
 
-pack_codes      per 128-element step, word c of 32-block b at 4c + b; rows padded with code 0 to whole steps
+pack_codes      per 128-element step, word c of 32-block b at 4c + b, its 8 codes at NIBBLE_PLACES; rows padded
+                with code 0 to whole steps
 unpack_codes    its inverse
-pack_scales     padded with code 127 to rows of a multiple of 16 codes
+pack_scales     padded with code 127 to rows of a multiple of 16 codes; plain iff every code is in [1, 254]
 packed_codes    one copy per tensor while it is unchanged (packed_scales alike); an in-place change repacks;
                 the entry dies with the tensor
 """
@@ -26,6 +27,27 @@ def _words(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(torch.int32)
 
 
+def _placed(words: torch.Tensor) -> torch.Tensor:
+    """Reference-order words (int32) with their codes moved to NIBBLE_PLACES, written out bit by bit."""
+    out = torch.zeros_like(words, dtype=torch.int64)
+    w = words.to(torch.int64) & 0xFFFFFFFF
+    for i in range(8):  # element i: register i % 4, half i // 4
+        mag, sign = mp.NIBBLE_PLACES[i % 4]
+        off = 16 * (i // 4)
+        for bit in range(3):
+            out |= ((w >> (4 * i + bit)) & 1) << (mag + bit + off)
+        out |= ((w >> (4 * i + 3)) & 1) << (sign + off)
+    return (out - (out >= 2**31) * 2**32).to(torch.int32)
+
+
+def test_nibble_places_cover_every_bit_of_a_word_once():
+    bits = []
+    for mag, sign in mp.NIBBLE_PLACES:
+        for off in (0, 16):
+            bits += [mag + off, mag + 1 + off, mag + 2 + off, sign + off]
+    assert sorted(bits) == list(range(32))
+
+
 @pytest.mark.parametrize("k", [32, 96, 128, 160, 2880])  # whole steps and tails of 1-3 blocks
 def test_every_step_holds_its_words_word_major_and_the_tail_is_code_zero(k):
     codes = _codes(3, 5, k // 2)
@@ -34,10 +56,10 @@ def test_every_step_holds_its_words_word_major_and_the_tail_is_code_zero(k):
     assert packed.shape == (3, 5, kp // 2) and kp % 128 == 0 and kp - k < 128
     ref = torch.nn.functional.pad(codes, (0, (kp - k) // 2))
     got = _words(packed).view(3, 5, kp // 128, 4, 4)  # [step][4c + b]
-    want = _words(ref).view(3, 5, kp // 128, 4, 4)  # [step][4b + c]
+    want = _placed(_words(ref)).view(3, 5, kp // 128, 4, 4)  # [step][4b + c]
     assert torch.equal(got, want.transpose(-1, -2))
     assert torch.equal(mp.unpack_codes(packed, k), codes)
-    assert int(packed.count_nonzero()) == int(codes.count_nonzero())  # the padding adds only code 0 bytes
+    assert not mp.unpack_codes(packed, kp)[..., k // 2 :].any()  # the padding is code 0
 
 
 def test_a_strided_view_packs_like_its_contiguous_copy():
@@ -49,7 +71,8 @@ def test_a_strided_view_packs_like_its_contiguous_copy():
 def test_meta_tensors_pack_to_their_shape():  # the AOT matrix captures launches on meta tensors
     meta = torch.empty((2, 8, 48), dtype=torch.uint8, device="meta")
     assert mp.pack_codes(meta).shape == (2, 8, 64)
-    assert mp.pack_scales(torch.empty((2, 8, 3), dtype=torch.uint8, device="meta")).shape == (2, 8, 16)
+    ps = mp.pack_scales(torch.empty((2, 8, 3), dtype=torch.uint8, device="meta"))
+    assert ps.scales.shape == (2, 8, 16) and ps.plain  # the kernel real checkpoints run
 
 
 def test_the_cache_keeps_one_copy_until_the_codes_change_in_place():
@@ -79,10 +102,17 @@ def test_the_entry_dies_with_the_codes():
 def test_scales_pad_with_code_127_to_16_byte_rows(kb):
     g = torch.Generator().manual_seed(kb)
     scales = torch.randint(0, 256, (2, 3, kb), generator=g).to(torch.uint8)
-    packed = mp.pack_scales(scales)
+    packed = mp.pack_scales(scales).scales
     assert packed.shape == (2, 3, -(-kb // 16) * 16) and packed.is_contiguous()
     assert torch.equal(packed[..., :kb], scales) and bool((packed[..., kb:] == 127).all())
-    assert torch.equal(mp.pack_scales(scales.transpose(0, 1)), packed.transpose(0, 1))  # any strides
+    assert torch.equal(mp.pack_scales(scales.transpose(0, 1)).scales, packed.transpose(0, 1))  # any strides
+
+
+@pytest.mark.parametrize(("code", "plain"), [(1, True), (254, True), (0, False), (255, False)])
+def test_scales_are_plain_only_without_code_0_or_255(code, plain):
+    scales = torch.full((2, 3, 4), 120, dtype=torch.uint8)
+    scales[1, 2, 3] = code
+    assert mp.pack_scales(scales).plain is plain
 
 
 def test_scales_are_cached_apart_from_codes_and_dropped_together():

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Session 24's GPU calls (docs/h200.md "Session 24"), one 590 s slot each:
+#   m   GPU pytest of the MXFP4 files, quant_bench MXFP4 against swar in the same run (QB_ARGS), gpt-oss-120b
+#       MXFP4 at full size against the float64 oracle (FULL_T): the packed decode with its codes at
+#       mxfp4_pack.NIBBLE_PLACES and the select-free scales
+#   v   quant_bench MXFP4 at T = 1 and 16 over pipeline depths and warp counts of the default tiles
+#       (V_VARIANTS, ci/gpu/mx_configs.py), then certify quick (CERT_JOBS workers) in the rest of the slot
+set -u
+MODE=${1:-m}
+OUT=${2:-/tmp/moe-cts-gpu}
+source "$(dirname "$0")/common.sh"
+gpu_setup "$OUT"
+case "$MODE" in
+m)
+  mxfp4_check "$OUT" 150 470
+  ;;
+v)
+  V=${V_VARIANTS:-gate_up.num_stages=4,down.num_stages=4;gate_up.num_stages=5,down.num_stages=5;gate_up.num_warps=8,down.num_warps=8}
+  for t in 1 16; do
+    mkdir -p "$OUT/t$t"; CFGS=$(python3 ci/gpu/mx_configs.py --tokens "$t" --variants ";$V")
+    SLOT=$(( t == 1 ? 170 : 340 )) QB_ARGS="--kinds mxfp4 --no-50k --tokens $t --mxfp4-configs $CFGS" \
+      quant_bench "$OUT/t$t"
+  done
+  certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 585)"
+  certify_summary "$OUT"
+  ;;
+esac
