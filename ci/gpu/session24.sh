@@ -5,6 +5,8 @@
 #       mxfp4_pack.NIBBLE_PLACES and the select-free scales
 #   v   quant_bench MXFP4 at T = 1 and 16 over pipeline depths and warp counts of the default tiles
 #       (V_VARIANTS, ci/gpu/mx_configs.py), then certify quick (CERT_JOBS workers) in the rest of the slot
+#   t   quant_bench MXFP4 over tile widths at T = 16 and 128 (T_VARIANTS) and register caps of the BLOCK_M 32
+#       gate_up at T = 512 (R_VARIANTS): the table's rows against the new decode's register use
 set -u
 MODE=${1:-m}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -23,5 +25,15 @@ v)
   done
   certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 585)"
   certify_summary "$OUT"
+  ;;
+t)
+  TV=${T_VARIANTS:-gate_up.BLOCK_N=32;down.BLOCK_N=128;down.BLOCK_N=32}
+  RV=${R_VARIANTS:-gate_up.maxnreg=0;gate_up.maxnreg=176;gate_up.maxnreg=160}
+  for t in 16 128 512; do
+    V=$TV; [ "$t" = 512 ] && V=$RV
+    mkdir -p "$OUT/t$t"; CFGS=$(python3 ci/gpu/mx_configs.py --tokens "$t" --variants ";$V")
+    SLOT=$(( t == 16 ? 180 : (t == 128 ? 370 : 585) )) \
+      QB_ARGS="--kinds mxfp4 --no-50k --tokens $t --mxfp4-configs $CFGS" quant_bench "$OUT/t$t"
+  done
   ;;
 esac
