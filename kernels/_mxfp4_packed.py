@@ -1,4 +1,5 @@
-"""MXFP4 decode straight into the MMA operand layout (Mxfp4Config.decode == "packed", DECODE_PACKED), bf16 only.
+"""MXFP4 decode straight into the MMA operand layout (Mxfp4Config.decode == "packed", DECODE_PACKED(_PLAIN)), bf16
+only.
 
 The swar decode (_mxfp4_swar.py) decodes in the layout its code words were loaded in, then joins the tiles
 back to K order; that tile's layout is not the dot's, so every decoded weight goes through shared memory
@@ -10,23 +11,36 @@ with kWidth 8 (8 consecutive K per thread, lanes 0-1 over the four 8-element gro
 2-4) the decoded tile then needs no data movement between threads. TTGIR on sm90, triton 3.6 and 3.9: no
 local_alloc for the weights; the decoded tile feeds tt.dot from registers.
 
-    B    = word c of block b (uint32)            element 8c + q in bits 4q .. 4q + 3
-    r_q  = _e2m1_pair_bits(B, q), q < 4          bf16 bits of e2m1 * 2^-126 of elements 8c + q (low half)
-                                                 and 8c + q + 4 (high)
+    B    = word c of block b (uint32)            its 8 codes at mxfp4_pack.NIBBLE_PLACES
+    r_q  = _pair_bits(B, q), q < 4               bf16 bits of e2m1 * 2^-126 of elements 8c + q (low half)
+                                                 and 8c + q + 4 (high): 1-2 shifts and 1-2 masks (the table
+                                                 in mxfp4_pack's docstring)
     s_b  = the E8M0 code of block b              a thread's 4 codes: one 32-bit load (mxfp4_pack.pack_scales)
-    w    = bf16(r_q) * 2^126 * 2^(s_b - 127)     as in swar: exact, one packed multiply (HMUL2) each
+    w    = bf16(r_q) * 2^126 * 2^(s_b - 127)     as in swar: exact, one packed multiply (HMUL2) each;
+                                                 2^(s_b - 127) as s_b << 7 where every code is in [1, 254]
+                                                 (PLAIN, DECODE_PACKED_PLAIN), else with the selects for 0, 255
 
 A register r_q holds elements q and q + 4 of the word's 8, not the pair (k, k + 1) an MMA register holds. So
 the K order inside each 8-element group is permuted, k' = 2q + p <- k = q + 4p, in the weights and in the
 activation tile alike (a permutation of the dot's K axis: the same products, another order of the fp32 sums).
-Each r_q is then one B register as decoded. sm90 SASS per K step (BLOCK_M 16, BLOCK_N 64, triton 3.9): gate_up
-625 instructions, down 354 (session 22's, with four masked byte loads of the scales per thread and weight,
-677 / 381).
+Each r_q is then one B register as decoded.
+
+Where the K step's instructions go (sm90 SASS per thread, BLOCK_M 16, BLOCK_N 64, AOT; triton 3.6 / 3.9 give
+the same counts within 1%):
+
+    kernel    session 23 (reference nibble order, selects)   session 24 (NIBBLE_PLACES, PLAIN)
+    gate_up   616: LOP3 128, ISETP 40, SEL 38, SHF 32, ...   488: LOP3 96, SHF 24-26, ISETP 3-8, SEL 5-6, ...
+    down      356                                            285-290
+
+Half the issue rate goes to the integer ALU pipe (LOP3, SHF, ISETP, SEL, PRMT) on sm90, and at decode sizes
+these kernels issue mostly ALU work: session 23's ALU count (~290 per gate_up step) was about half its issue
+slots. The placed nibbles and the plain scales take ~90 ALU operations off each gate_up step; the H200 gave
+1.60x -> 1.74x of bf16 at T = 16 for it (docs/mxfp4.md, session 24).
 
 The 2^126 cannot be folded into the scale in general: 2^(s - 1) leaves bf16's range for codes above 128.
 Folding it where every code allows (one multiply per pair) measured no faster on the H200 (session 23,
 docs/mxfp4.md): LLVM packed only part of those multiplies into bf16x2 ones and the compiler swapped register
-halves around the rest, and the BLOCK_M 32 kernels grew from 173 to 242 registers (triton 3.6).
+halves around the rest (session 24, on the placed nibbles: 176 PRMT per gate_up step, 553 instructions).
 
 BLOCK_K is the packing step, 128. Past K (K % 128 != 0) the packed rows hold code 0, the activation loads 0 and
 the packed scales hold code 127; no load but the activation's is masked. Under the interpreter (INTERPRET) the

@@ -43,14 +43,14 @@ SCALE_AT_CHOICES = ("weights", "accumulator")
 #: sm100 / gfx950, decomposed by Triton elsewhere), opt-in: never timed on a GPU here
 DOT_KINDS = ("portable", "dot_scaled")
 #: how the portable path decodes the weights (the default: default_decode):
-#:   "packed"  swar's arithmetic on a packed copy of the codes (mxfp4_pack.py), decoded straight into the MMA
+#:   "packed"  shifts and masks as swar's on a packed copy of the codes (mxfp4_pack.py), straight into the MMA
 #:             operand layout, bf16 with the scale on the weights, BLOCK_K 128 (_mxfp4_packed.py)
 #:   "swar"    32-bit words, two codes per integer op, bf16 with the scale on the weights (_mxfp4_swar.py)
 #:   "native"  bytes, straight to the dot dtype's bits, one E8M0 code per (32-block, column) (_mxfp4_decode.py)
 #:   "fp32"    the first version: fp32 bits, a per-element scale gather, fp32 multiply, cast
 #: SASS instructions per weight element in the sm90 K loop (gpt-oss-120b, T = 1, docs/mxfp4.md): fp32 17.7 /
 #: 18.4 (gate_up / down), native 14.4 / 15.2, swar 5.0 / 5.6 (plus the decoded tile's trip through shared
-#: memory), packed 4.9 / 5.5 (BLOCK_N 64, triton 3.9; no shared-memory trip)
+#: memory), packed 3.8 / 4.5 (BLOCK_N 64, triton 3.9; no shared-memory trip; 4.9 / 5.5 before session 24)
 DECODE_KINDS = ("packed", "swar", "native", "fp32")
 BF16_DECODES = ("packed", "swar")  # decodes that build bf16 bits with the scale on the weights
 PACKED_BLOCK_K = 128  # the packed decode's BLOCK_K: its packing step (mxfp4_pack.PACK_K)
