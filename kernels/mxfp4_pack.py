@@ -23,8 +23,10 @@ so (q = 0, 1); the other two take a second shift for the sign, and q = 3 a right
     3   13-15 / 29-31                      11 / 27      ((B >> 7) & 0x01C001C0) | ((B << 4) & 0x80008000)
 
 The reference order's bits take 10 integer operations per word in the ALU pipe (8 masks, 2 right shifts) and
-5 shifts in the FMA pipe; these take 7 and 4. The ALU pipe, at half the issue rate, bounds the decode sizes'
-K loop on sm90 (docs/mxfp4.md, session 24).
+5 shifts in the FMA pipe; these take 7 and 4. sm90 issues ALU instructions at half rate, and the decode-size
+K loop was about half ALU work (docs/mxfp4.md, session 24). Register q still holds elements q and q + 4: with
+(2q, 2q + 1) instead the activation tile would need no permutation, but the compiler then moves its
+registers with more instructions than the permutation's byte shuffles (541 against 488 per gate_up step).
 
 The scales are padded too (code 127, 1.0; the padded codes are 0), to rows of a multiple of 16 codes, so
 that the kernel reads a step's four E8M0 codes of a row without a mask as one aligned 32-bit load:
