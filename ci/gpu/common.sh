@@ -15,10 +15,18 @@
 #                              OUT/peer.log), at most S seconds; prints its exit and wall time
 #   peer_and_certify OUT P S   peer_bench (at most P seconds; carry .peer) and its table lines, then certify quick
 #                              (CERT_JOBS workers) in the rest of an S-second slot and its summary
+#   mx_variants OUT T V S      quant_bench MXFP4 at T tokens on the default config and its variants V (';'-list of
+#                              ','-lists of gemm.field=int, ci/gpu/mx_configs.py) into OUT/tT, until S s of the slot
 #   mxfp4_check OUT P Q        the MXFP4 files' GPU pytest (at most P s), quant_bench MXFP4 against swar (QB_ARGS, first
 #                              Q s of the slot), gpt-oss-120b MXFP4 at full size against the oracle (FULL_T)
 #   final_call OUT             a session's last call: quant_bench (QB_ARGS) in the first QB_SLOT seconds, the peer
 #                              bench (PEER_S seconds; carry .peer), then certify quick in the rest of a 560 s slot
+mx_variants() {
+  mkdir -p "$1/t$2"
+  local cfgs; cfgs=$(python3 ci/gpu/mx_configs.py --tokens "$2" --variants ";$3")
+  SLOT=$4 QB_ARGS="--kinds mxfp4 --no-50k --tokens $2 --mxfp4-configs $cfgs" quant_bench "$1/t$2"
+}
+
 mxfp4_check() {
   # the MXFP4 files' GPU pytest (at most $2 s), quant_bench MXFP4 default against swar (QB_ARGS; first $3 s of
   # the slot, QB_SLOT overrides), gpt-oss-120b MXFP4 at full size against the float64 oracle (FULL_T)

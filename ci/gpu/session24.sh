@@ -18,22 +18,16 @@ m)
   ;;
 v)
   V=${V_VARIANTS:-gate_up.num_stages=4,down.num_stages=4;gate_up.num_stages=5,down.num_stages=5;gate_up.num_warps=8,down.num_warps=8}
-  for t in 1 16; do
-    mkdir -p "$OUT/t$t"; CFGS=$(python3 ci/gpu/mx_configs.py --tokens "$t" --variants ";$V")
-    SLOT=$(( t == 1 ? 170 : 340 )) QB_ARGS="--kinds mxfp4 --no-50k --tokens $t --mxfp4-configs $CFGS" \
-      quant_bench "$OUT/t$t"
-  done
+  mx_variants "$OUT" 1 "$V" 170
+  mx_variants "$OUT" 16 "$V" 340
   certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 585)"
   certify_summary "$OUT"
   ;;
 t)
   TV=${T_VARIANTS:-gate_up.BLOCK_N=32;down.BLOCK_N=128;down.BLOCK_N=32}
   RV=${R_VARIANTS:-gate_up.maxnreg=0;gate_up.maxnreg=176;gate_up.maxnreg=160}
-  for t in 16 128 512; do
-    V=$TV; [ "$t" = 512 ] && V=$RV
-    mkdir -p "$OUT/t$t"; CFGS=$(python3 ci/gpu/mx_configs.py --tokens "$t" --variants ";$V")
-    SLOT=$(( t == 16 ? 180 : (t == 128 ? 370 : 585) )) \
-      QB_ARGS="--kinds mxfp4 --no-50k --tokens $t --mxfp4-configs $CFGS" quant_bench "$OUT/t$t"
-  done
+  mx_variants "$OUT" 16 "$TV" 180
+  mx_variants "$OUT" 128 "$TV" 370
+  mx_variants "$OUT" 512 "$RV" 585
   ;;
 esac
