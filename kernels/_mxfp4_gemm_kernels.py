@@ -17,6 +17,9 @@ Activations are bf16 / fp16, unquantized. How the weights are decoded in registe
               decoded straight into the MMA operand layout: no shared-memory trip for the decoded tile; the
               default on CUDA for bf16 with SCALE_ON_WEIGHTS where BLOCK_K is 128. Its scales are a padded
               copy too (rows of whole 16-byte words: a thread's four codes in one load, no mask)
+    "swapped" (_mxfp4_swapped.py) the packed decode's arithmetic with the weights as the MMA's first operand,
+              out.T = W @ x.T (wgmma with the weights in registers on sm90), on codes packed in the "mma_a"
+              order; opt-in until timed
 
 Where the scale goes (SCALE_AT, chosen by the launcher and recorded in the config):
 
@@ -47,6 +50,7 @@ from moe_cts.kernels._common import INTERPRET
 from moe_cts.kernels._grouped_gemm_kernels import _activate, _tile_coords, _tile_expert, _tile_rows
 from moe_cts.kernels._mxfp4_decode import e8m0_f32, mx_accumulate_native
 from moe_cts.kernels._mxfp4_packed import mx_gemm_packed
+from moe_cts.kernels._mxfp4_swapped import mx_gemm_swapped
 from moe_cts.kernels._mxfp4_swar import mx_gemm_swar
 
 SCALE_ON_WEIGHTS = tl.constexpr(0)
@@ -57,14 +61,17 @@ SCALE_AT = {"weights": SCALE_ON_WEIGHTS.value, "accumulator": SCALE_ON_ACC.value
 #: Mxfp4Config.decode -> the int passed as DECODE=: "fp32" = _mx_accumulate below, "native" =
 #: _mxfp4_decode.mx_accumulate_native (bits of the dot dtype, one scale per 32-block and column), "swar" =
 #: _mxfp4_swar.mx_gemm_swar (32-bit words, two codes per integer op; bf16, SCALE_ON_WEIGHTS), "packed" =
-#: _mxfp4_packed.mx_gemm_packed (swar's arithmetic on packed codes, into the MMA operand layout; BLOCK_K 128)
-DECODE = {"fp32": 0, "native": 1, "swar": 2, "packed": 3}
+#: _mxfp4_packed.mx_gemm_packed (swar's arithmetic on packed codes, into the MMA operand layout; BLOCK_K 128),
+#: "swapped" = _mxfp4_swapped.mx_gemm_swapped (the same on the weights as the MMA's first operand)
+DECODE = {"fp32": 0, "native": 1, "swar": 2, "packed": 3, "swapped": 5}
 DECODE_NATIVE = tl.constexpr(1)
 DECODE_SWAR = tl.constexpr(2)
 DECODE_PACKED = tl.constexpr(3)
 #: the packed decode on scales with no code 0 or 255 (mxfp4_pack.PackedScales.plain), picked by the launcher
 #: from the data, never by a config
 DECODE_PACKED_PLAIN = tl.constexpr(4)
+DECODE_SWAPPED = tl.constexpr(5)
+DECODE_SWAPPED_PLAIN = tl.constexpr(6)  # as DECODE_PACKED_PLAIN, for the swapped decode
 MX_BLOCK = tl.constexpr(32)  # elements along K per E8M0 scale (OCP MX)
 
 
@@ -183,6 +190,8 @@ def _mx_gemm(
     s1_rows,
     w2_rows,
     s2_rows,
+    w2_step,  # w2_rows - w1_rows and s2_rows - s1_rows as scalars (TWO, the swapped decode)
+    s2_step,
     stride_w_k,
     stride_s_k,
     K,
@@ -194,7 +203,7 @@ def _mx_gemm(
     SCALE_AT: tl.constexpr,
     EVEN_K: tl.constexpr,
     X_FMT: tl.constexpr,  # "bf16" | "fp16": the activation format (tl.dot_scaled, the native decode)
-    DECODE: tl.constexpr,  # 0 = fp32 decode (_mx_accumulate), DECODE_NATIVE, DECODE_SWAR, DECODE_PACKED(_PLAIN)
+    DECODE: tl.constexpr,  # 0 = fp32 (_mx_accumulate), DECODE_NATIVE, _SWAR, _PACKED(_PLAIN), _SWAPPED(_PLAIN)
 ):
     """(x @ W1.T, x @ W2.T) in fp32 over the whole K (acc2 stays zero unless TWO)."""
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -217,6 +226,11 @@ def _mx_gemm(
         acc1, acc2 = mx_gemm_swar(
             acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, stride_s_k, K,
             TWO, BLOCK_K, EVEN_K,
+        )  # fmt: skip
+    elif DECODE >= DECODE_SWAPPED:  # w*_rows into the "mma_a" packed copy, s*_rows into the packed scales
+        acc1, acc2 = mx_gemm_swapped(
+            acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_step, s2_step, K, TWO, BLOCK_K, EVEN_K,
+            DECODE == DECODE_SWAPPED_PLAIN,
         )  # fmt: skip
     elif DECODE >= DECODE_PACKED:  # w*_rows, s*_rows point into the packed copies (the launcher passes them)
         acc1, acc2 = mx_gemm_packed(
@@ -322,10 +336,11 @@ def mx_gate_up_kernel(
     )
     if INTERLEAVED:  # gate = rows 0::2, up = rows 1::2 (gpt-oss)
         gate_rows = offs_n_w * 2
-        up_rows = gate_rows + 1
+        up_step = 1
     else:  # gate = rows [0, I), up = rows [I, 2I)
         gate_rows = offs_n_w
-        up_rows = offs_n_w + I
+        up_step = I
+    up_rows = gate_rows + up_step
     e64 = expert.to(tl.int64)
     x_rows = x_ptr + tok * stride_x_t
     wg = w13_ptr + e64 * stride_w13_e + gate_rows * stride_w13_r
@@ -334,8 +349,8 @@ def mx_gate_up_kernel(
     su = s13_ptr + e64 * stride_s13_e + up_rows * stride_s13_r
 
     acc_g, acc_u = _mx_gemm(
-        x_rows, row_ok, stride_x_h, wg, sg, wu, su, stride_w13_hb, stride_s13_hb, H,
-        GATED, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE,
+        x_rows, row_ok, stride_x_h, wg, sg, wu, su, up_step * stride_w13_r, up_step * stride_s13_r,
+        stride_w13_hb, stride_s13_hb, H, GATED, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE,
     )  # fmt: skip
 
     if HAS_BIAS:  # after the dequantized product (docs/bugs.md#bug-03-bias-before-dequant)
@@ -403,7 +418,7 @@ def mx_down_kernel(
     w = w2_ptr + e64 * stride_w2_e + offs_n_w * stride_w2_h
     s = s2_ptr + e64 * stride_s2_e + offs_n_w * stride_s2_h
     acc, _ = _mx_gemm(
-        a_rows, row_ok, stride_a_i, w, s, w, s, stride_w2_ib, stride_s2_ib, I,
+        a_rows, row_ok, stride_a_i, w, s, w, s, 0, 0, stride_w2_ib, stride_s2_ib, I,
         False, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE,
     )  # fmt: skip
 

@@ -45,15 +45,19 @@ DOT_KINDS = ("portable", "dot_scaled")
 #: how the portable path decodes the weights (the default: default_decode):
 #:   "packed"  shifts and masks as swar's on a packed copy of the codes (mxfp4_pack.py), straight into the MMA
 #:             operand layout, bf16 with the scale on the weights, BLOCK_K 128 (_mxfp4_packed.py)
+#:   "swapped" packed's arithmetic with the weights as the MMA's first operand, out.T = W @ x.T, on codes packed
+#:             in the "mma_a" order (_mxfp4_swapped.py); opt-in, not timed yet
 #:   "swar"    32-bit words, two codes per integer op, bf16 with the scale on the weights (_mxfp4_swar.py)
 #:   "native"  bytes, straight to the dot dtype's bits, one E8M0 code per (32-block, column) (_mxfp4_decode.py)
 #:   "fp32"    the first version: fp32 bits, a per-element scale gather, fp32 multiply, cast
 #: SASS instructions per weight element in the sm90 K loop (gpt-oss-120b, T = 1, docs/mxfp4.md): fp32 17.7 /
 #: 18.4 (gate_up / down), native 14.4 / 15.2, swar 5.0 / 5.6 (plus the decoded tile's trip through shared
 #: memory), packed 3.8 / 4.5 (BLOCK_N 64, triton 3.9; no shared-memory trip; 4.9 / 5.5 before session 24)
-DECODE_KINDS = ("packed", "swar", "native", "fp32")
-BF16_DECODES = ("packed", "swar")  # decodes that build bf16 bits with the scale on the weights
-PACKED_BLOCK_K = 128  # the packed decode's BLOCK_K: its packing step (mxfp4_pack.PACK_K)
+DECODE_KINDS = ("packed", "swapped", "swar", "native", "fp32")
+BF16_DECODES = ("packed", "swapped", "swar")  # decodes that build bf16 bits with the scale on the weights
+#: decodes on the packed copies (mxfp4_pack.py), and the order of their codes
+PACKED_DECODES = {"packed": "mma_b", "swapped": "mma_a"}
+PACKED_BLOCK_K = 128  # the packed decodes' BLOCK_K: their packing step (mxfp4_pack.PACK_K)
 #: largest BLOCK_M of the table rows the packed decode is the default for: it holds the whole decoded tile in
 #: registers, and the m > 32 rows' 128 x 128 / 128 x 256 tiles at 8 warps spill 96-176 B on sm90 with it (AOT,
 #: triton 3.9, gpt-oss-120b T = 4096); swar stages the tile through shared memory and keeps those rows
@@ -95,8 +99,8 @@ class Mxfp4Config:
             bk = getattr(self.tile, name).BLOCK_K
             if bk < 32:
                 raise SpecError(f"config.{name}.BLOCK_K", "a power of two >= 32 (one MX block)", bk)
-            if self.decode == "packed" and self.dot == "portable" and bk != PACKED_BLOCK_K:
-                raise SpecError(f"config.{name}.BLOCK_K", f"{PACKED_BLOCK_K} with decode='packed'", bk)
+            if self.decode in PACKED_DECODES and self.dot == "portable" and bk != PACKED_BLOCK_K:
+                raise SpecError(f"config.{name}.BLOCK_K", f"{PACKED_BLOCK_K} with decode='{self.decode}'", bk)
 
     @property
     def BLOCK_M(self) -> int:
@@ -139,7 +143,7 @@ class Mxfp4Config:
 #: tiles (BLOCK_K / 2, BLOCK_N) live in fp32 registers; at BLOCK_K 128, BLOCK_N 128 both GEMMs hit 255 registers
 #: and spill 72-136 B on sm90. The native decode spills 8-16 B at 128 in fp16 (sm90 / sm100). swar at 128: no
 #: spill on sm80 / sm90 / sm100 (68-167 registers). The interpreter has no registers: its table's BLOCK_K stays.
-GPU_MAX_BLOCK_K = {"fp32": 64, "native": 64, "swar": 128, "packed": PACKED_BLOCK_K}
+GPU_MAX_BLOCK_K = {"fp32": 64, "native": 64, "swar": 128, "packed": PACKED_BLOCK_K, "swapped": PACKED_BLOCK_K}
 
 
 def default_decode(dtype: torch.dtype, scale_at: str, dot: str, backend: str) -> str:
@@ -201,9 +205,10 @@ def choose_config(
             decode = "swar"  # the caller's tiles are not the packing step: the same arithmetic in K order
         elif decode == "packed" and tile.BLOCK_M > PACKED_MAX_BLOCK_M:
             decode = "swar"  # the large tiles' rows (PACKED_MAX_BLOCK_M)
-    if decode == "packed" and dot == "portable" and config is None:  # its BLOCK_K is the packing step
+    if decode in PACKED_DECODES and dot == "portable" and config is None:  # BLOCK_K is the packing step
         gu = tile.gate_up
-        cap = gu.maxnreg or PACKED_GATE_UP_MAXNREG.get((tile.BLOCK_M, gu.BLOCK_N, gu.num_warps), 0)
+        caps = PACKED_GATE_UP_MAXNREG if decode == "packed" else {}
+        cap = gu.maxnreg or caps.get((tile.BLOCK_M, gu.BLOCK_N, gu.num_warps), 0)
         tile = replace(
             tile,
             gate_up=replace(gu, BLOCK_K=PACKED_BLOCK_K, maxnreg=cap),
@@ -229,8 +234,8 @@ def _active_target():
 def check_dot_kind(cfg: Mxfp4Config, dtype: torch.dtype) -> None:
     """dot_scaled with fp16 activations on CUDA below sm89 is refused (NotSupportedError) before any launch:
     Triton lowers it through fp8 conversions that ptxas rejects there ("cvt with .e4m3x2 requires sm_89",
-    AOT with triton 3.9). bf16 compiles on all six AOT targets. decode='swar' and 'packed' build bf16 bits:
-    float16 activations with either raise SpecError."""
+    AOT with triton 3.9). bf16 compiles on all six AOT targets. decode='swar', 'packed' and 'swapped' build
+    bf16 bits: float16 activations with any of them raise SpecError."""
     if cfg.dot == "portable" and cfg.decode in BF16_DECODES and dtype != torch.bfloat16:
         raise SpecError(
             "config.decode",
@@ -278,17 +283,19 @@ def check_activations(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> Non
 # ----------------------------------------------------------------------------------------------- launches
 def _operands(cfg: Mxfp4Config, qt: QuantTensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(codes, scales, DECODE) as the kernels read them:
-    - packed: the packed copies of both (mxfp4_pack.py), and DECODE_PACKED_PLAIN where every scale code is in
-      [1, 254] (the select-free scale; the same bits);
+    - packed / swapped: the packed copies of both (mxfp4_pack.py; the codes in the decode's order), and
+      DECODE_PACKED_PLAIN / DECODE_SWAPPED_PLAIN where every scale code is in [1, 254] (the select-free
+      scale; the same bits);
     - swar: the codes as stored, or the native decode where they cannot be read as 32-bit words (swar needs
       rows 4-byte aligned and contiguous along K; the weights the reference builds always are);
     - else cfg's DECODE on the stored tensors."""
-    if cfg.decode == "packed" and cfg.dot == "portable":
+    if cfg.decode in PACKED_DECODES and cfg.dot == "portable":
         ps = packed_scales(qt.scales)
+        plain = MK.DECODE_PACKED_PLAIN if cfg.decode == "packed" else MK.DECODE_SWAPPED_PLAIN
         return (
-            packed_codes(qt.codes),
+            packed_codes(qt.codes, PACKED_DECODES[cfg.decode]),
             ps.scales,
-            MK.DECODE_PACKED_PLAIN.value if ps.plain else cfg.decode_code,
+            plain.value if ps.plain else cfg.decode_code,
         )
     codes = qt.codes
     if cfg.decode != "swar":

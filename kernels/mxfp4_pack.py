@@ -1,5 +1,5 @@
-"""The MXFP4 codes and scales in the "packed" decode's layout (Mxfp4Config.decode == "packed",
-kernels/_mxfp4_packed.py).
+"""The MXFP4 codes and scales in the packed decodes' layout (Mxfp4Config.decode == "packed",
+kernels/_mxfp4_packed.py, and "swapped", kernels/_mxfp4_swapped.py).
 
 The reference layout (reference/qweights.py) stores e2m1 codes two per byte along K: per weight row, 32-bit
 word j holds elements 8j .. 8j + 7, element 8j + i in nibble i (bits 4i .. 4i + 3). The packed decode reads
@@ -9,6 +9,15 @@ its column. So within each step the 4 x 4 words are stored word-major:
 
     packed step  [w(0,0) w(1,0) w(2,0) w(3,0)  w(0,1) ...  w(3,3)]    w(b, c) = word c of 32-block b
     reference    [w(0,0) w(0,1) w(0,2) w(0,3)  w(1,0) ...  w(3,3)]
+
+Which eight elements of its block word (b, c) holds depends on the MMA operand the decode feeds (the `order`
+of pack_codes, PACK_ORDERS); word element e = q + 4p is decoded into half p of register q:
+
+    order    word (b, c) element q + 4p          the decode                 a thread's MMA register q holds
+    mma_b    block element 8c + q + 4p           packed (weights as B)      elements (8c + q, 8c + q + 4): the
+                                                                            activation's K order is permuted
+    mma_a    block element 8q + 2c + p           swapped (weights as A)     elements (8q + 2c, 8q + 2c + 1):
+                                                                            wgmma's A layout, K order as is
 
 and inside each word the eight codes move to the bits where the decode needs the fewest integer operations
 (NIBBLE_PLACES). The decode builds register q from elements q (low half) and q + 4 (high half): the code's
@@ -60,6 +69,9 @@ WORDS = 4  # 32-bit words per 32-element block, and blocks per step
 #: per decoded register q: (first bit of the low element's magnitude, bit of its sign); the high element
 #: (q + 4) sits 16 bits higher (module docstring)
 NIBBLE_PLACES = ((0, 9), (3, 12), (6, 10), (13, 11))
+#: which 8 elements of its 32-block word (b, c) holds (module docstring): "mma_b" for the packed decode (the
+#: weights as the MMA's second operand), "mma_a" for the swapped decode (as its first operand)
+PACK_ORDERS = ("mma_b", "mma_a")
 #: scale codes per packed row are a multiple of this: every row starts 16-byte aligned, so Triton can prove that
 #: a step's four codes (4-aligned, as 16 is a multiple of a step's 4) are one 32-bit load
 SCALE_ROW_ALIGN = 16
@@ -107,25 +119,54 @@ def _words_to_bytes(w: torch.Tensor) -> torch.Tensor:
     return torch.stack([(w >> (8 * i)) & 0xFF for i in range(4)], dim=-1).to(torch.uint8)
 
 
-def pack_codes(codes: torch.Tensor) -> torch.Tensor:
+def _nibbles(b: torch.Tensor) -> torch.Tensor:
+    """(..., 16) uint8 bytes of one 32-block -> (..., 32) int32 codes, element i = nibble i (low nibble first)."""
+    b = b.to(torch.int32)
+    return torch.stack([b & 0xF, b >> 4], dim=-1).flatten(-2)
+
+
+def _word_codes(blocks: torch.Tensor, order: str) -> torch.Tensor:
+    """(..., 4 blocks b, 32) codes -> (..., 4 b, 4 words c, 8) codes of word (b, c), word element e = q + 4p:
+    "mma_b" block element 8c + e, "mma_a" block element 8q + 2c + p (module docstring)."""
+    if order == "mma_b":
+        return blocks.unflatten(-1, (WORDS, 8))
+    t = blocks.unflatten(-1, (4, WORDS, 2))  # (q, c, p)
+    return t.permute(*range(t.dim() - 3), -2, -1, -3).flatten(-2)  # (c, p, q): e = 4p + q
+
+
+def _block_codes(words: torch.Tensor, order: str) -> torch.Tensor:
+    """The inverse of _word_codes."""
+    if order == "mma_b":
+        return words.flatten(-2)
+    t = words.unflatten(-1, (2, 4))  # (c, p, q)
+    return t.permute(*range(t.dim() - 3), -1, -3, -2).flatten(-3)  # (q, c, p)
+
+
+def pack_codes(codes: torch.Tensor, order: str = "mma_b") -> torch.Tensor:
     """codes (..., N, K/2) uint8 in the reference layout -> (..., N, Kp/2) uint8 in the packed layout
-    (module docstring): zero-padded to whole steps, each step's 4 x 4 words transposed, each word's codes at
-    NIBBLE_PLACES. Any device (meta included) and any storage offset."""
+    (module docstring): zero-padded to whole steps, each step's 4 x 4 words word-major, each word's codes
+    chosen by `order` (PACK_ORDERS) and put at NIBBLE_PLACES. Any device (meta included) and any storage
+    offset."""
+    if order not in PACK_ORDERS:
+        raise ValueError(f"order: expected one of {PACK_ORDERS}, got {order!r}")
     *lead, n, kb = codes.shape
     kp = packed_k(2 * kb)
     c = torch.nn.functional.pad(codes, (0, kp // 2 - kb)) if kp != 2 * kb else codes
     steps = kp // PACK_K
-    c = c.reshape(*lead, n, steps, WORDS, WORDS, 4)  # (step, block b, word c, byte)
-    w = _place_nibbles(_bytes_to_words(c.transpose(-3, -2)))
+    nib = _word_codes(_nibbles(c.reshape(*lead, n, steps, WORDS, 16)), order)  # (step, b, c, e)
+    ref = sum(nib[..., e] << (4 * e) for e in range(8))  # element e in bits 4e .. 4e + 3
+    w = _place_nibbles(ref.transpose(-2, -1))  # (step, c, b)
     return _words_to_bytes(w).reshape(*lead, n, steps * PACK_K // 2)
 
 
-def unpack_codes(packed: torch.Tensor, k: int) -> torch.Tensor:
+def unpack_codes(packed: torch.Tensor, k: int, order: str = "mma_b") -> torch.Tensor:
     """The inverse of pack_codes for rows of k elements (tests)."""
     *lead, n, kpb = packed.shape
-    c = packed.reshape(*lead, n, kpb * 2 // PACK_K, WORDS, WORDS, 4)
-    w = _words_to_bytes(_unplace_nibbles(_bytes_to_words(c)))
-    return w.transpose(-3, -2).reshape(*lead, n, kpb)[..., : k // 2]
+    w = _unplace_nibbles(_bytes_to_words(packed.reshape(*lead, n, kpb * 2 // PACK_K, WORDS, WORDS, 4)))
+    nib = torch.stack([(w.transpose(-2, -1) >> (4 * e)) & 0xF for e in range(8)], dim=-1)  # (step, b, c, e)
+    blocks = _block_codes(nib, order)  # (step, b, 32)
+    b = blocks[..., 0::2] | (blocks[..., 1::2] << 4)
+    return b.to(torch.uint8).reshape(*lead, n, kpb)[..., : k // 2]
 
 
 @dataclass(frozen=True)
@@ -169,9 +210,9 @@ def _cached(t: torch.Tensor, kind: str, make: Callable[[torch.Tensor], Any]) -> 
     return value
 
 
-def packed_codes(codes: torch.Tensor) -> torch.Tensor:
-    """The packed copy of `codes` (pack_codes), cached."""
-    return _cached(codes, "codes", pack_codes)
+def packed_codes(codes: torch.Tensor, order: str = "mma_b") -> torch.Tensor:
+    """The packed copy of `codes` (pack_codes) in `order`, cached."""
+    return _cached(codes, f"codes:{order}", lambda t: pack_codes(t, order))
 
 
 def packed_scales(scales: torch.Tensor) -> PackedScales:
@@ -184,5 +225,5 @@ def drop_packed(t: torch.Tensor | None = None) -> None:
     if t is None:
         _CACHE.clear()
     else:
-        for kind in ("codes", "scales"):
+        for kind in (*(f"codes:{o}" for o in PACK_ORDERS), "scales"):
             _CACHE.pop((id(t), kind), None)

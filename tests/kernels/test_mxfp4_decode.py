@@ -1,4 +1,5 @@
-"""The MXFP4 decodes (Mxfp4Config.decode: "packed" kernels/_mxfp4_packed.py, "swar" kernels/_mxfp4_swar.py,
+"""The MXFP4 decodes (Mxfp4Config.decode: "packed" kernels/_mxfp4_packed.py, "swapped" _mxfp4_swapped.py,
+"swar" kernels/_mxfp4_swar.py,
 "native" kernels/_mxfp4_decode.py, "fp32" the first version) against the bit-exact reference formats and against
 each other.
 
@@ -7,9 +8,10 @@ each other.
                                   and packed values from words at mxfp4_pack.NIBBLE_PLACES, likewise
     every E8M0 code 0..255     -> bf16 bits of 2^(s-127)                  == formats.e8m0_decode (NaN for 255)
     every (nibble, code) pair  -> native and swar products in the dtype   == the float64 product where finite
-    whole GEMMs, K tails       -> packed == swar == native == fp32 bit for bit (inputs whose fp32 sums are exact
+    whole GEMMs, K tails       -> packed == swapped == swar == native == fp32 bit for bit (inputs whose fp32 sums are exact
                                   in any order), NaN where a scale code is 255; on plain random codes native ==
-                                  fp32; packed with its select-free (plain) scales == packed with the selects
+                                  fp32; packed and swapped with their select-free (plain) scales == with the
+                                  selects
                                   (the word order of its layout is checked in test_mxfp4_pack.py)
 
 Runs on the device the tests run on: on a GPU the probes check the hardware's bf16 multiply (the swar decode
@@ -211,7 +213,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 #: (dtype, scale_at, decodes that apply): swar and packed are bf16 with the scale on the weights only; packed
 #: takes BLOCK_K 128 only (its packing step)
 PLACEMENTS = [
-    pytest.param(BF16, "weights", ("fp32", "native", "swar", "packed"), id="bf16-weights"),
+    pytest.param(BF16, "weights", ("fp32", "native", "swar", "packed", "swapped"), id="bf16-weights"),
     pytest.param(BF16, "accumulator", ("fp32", "native"), id="bf16-accumulator"),
     pytest.param(F16, "accumulator", ("fp32", "native"), id="fp16-accumulator"),
 ]
@@ -221,7 +223,7 @@ PLACEMENTS = [
 @pytest.mark.parametrize(("dtype", "scale_at", "decodes"), PLACEMENTS)
 @pytest.mark.parametrize("block_k", [32, 64, 128, 256])  # H 96, I 160: K tails in both GEMMs
 def test_every_decode_gives_the_same_bits_when_the_sums_are_exact(dtype, scale_at, decodes, block_k):
-    decodes = tuple(d for d in decodes if d != "packed" or block_k == mg.PACKED_BLOCK_K)
+    decodes = tuple(d for d in decodes if d not in mg.PACKED_DECODES or block_k == mg.PACKED_BLOCK_K)
     inputs = _inputs(dtype, seed=block_k, scales=(124, 128), x_ints=True)
     outs = {d: _run(inputs, dtype, scale_at, d, block_k) for d in decodes}
     for d in decodes[1:]:
@@ -244,7 +246,7 @@ def test_native_and_fp32_decodes_agree_bit_for_bit_over_every_scale_code(dtype, 
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-@pytest.mark.parametrize("decode", ["swar", "packed"])
+@pytest.mark.parametrize("decode", ["swar", "packed", "swapped"])
 def test_a_nan_scale_code_poisons_exactly_the_same_outputs(decode):
     inputs = _inputs(BF16, seed=5, scales=(124, 128), x_ints=True)
     _, qw, *_ = inputs
@@ -321,6 +323,10 @@ def test_a_decode_that_does_not_apply_is_refused_naming_its_field():
         gate_up_mxfp4(spec, qw, x.to(F16), ids, config=_config(F16, "weights", "packed", 128))
     with pytest.raises(SpecError, match=r"config\.gate_up\.BLOCK_K.*128"):
         gate_up_mxfp4(spec, qw, x, ids, config=_config(BF16, "weights", "packed", 64))
+    with pytest.raises(SpecError, match=r"config\.decode.*float16.*swapped"):
+        gate_up_mxfp4(spec, qw, x.to(F16), ids, config=_config(F16, "weights", "swapped", 128))
+    with pytest.raises(SpecError, match=r"config\.gate_up\.BLOCK_K.*128.*swapped"):
+        gate_up_mxfp4(spec, qw, x, ids, config=_config(BF16, "weights", "swapped", 64))
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
@@ -340,19 +346,24 @@ def test_unaligned_codes_fall_back_to_the_native_decode():
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # codes near 254 overflow: inf and NaN outputs
-def test_plain_scales_pick_the_select_free_kernel_with_the_same_bits(monkeypatch):
+@pytest.mark.parametrize(
+    ("decode", "codes"),
+    [("packed", (mg.MK.DECODE_PACKED, mg.MK.DECODE_PACKED_PLAIN)),
+     ("swapped", (mg.MK.DECODE_SWAPPED, mg.MK.DECODE_SWAPPED_PLAIN))],
+)  # fmt: skip
+def test_plain_scales_pick_the_select_free_kernel_with_the_same_bits(monkeypatch, decode, codes):
     """Codes in [1, 254] take DECODE_PACKED_PLAIN (2^(s - 127) as s << 7); the kernel with the selects gives
-    the same bits on them, and is the one a code 0 or 255 gets."""
+    the same bits on them, and is the one a code 0 or 255 gets. The swapped decode likewise."""
     inputs = _inputs(BF16, seed=11, scales=(1, 255), x_ints=False)
     spec, qw, *_ = inputs
-    cfg = mg.choose_config(spec, BF16, 5, _config(BF16, "weights", "packed", 128))
-    assert mg._operands(cfg, qw.w13)[2] == mg.MK.DECODE_PACKED_PLAIN.value
-    plain = _run(inputs, BF16, "weights", "packed", 128)
+    cfg = mg.choose_config(spec, BF16, 5, _config(BF16, "weights", decode, 128))
+    assert mg._operands(cfg, qw.w13)[2] == codes[1].value
+    plain = _run(inputs, BF16, "weights", decode, 128)
     real = mxfp4_pack.pack_scales
     monkeypatch.setattr(mxfp4_pack, "_cached", lambda t, kind, make: make(t))  # no cache: the patch applies
     monkeypatch.setattr(mg, "packed_scales", lambda s: dataclasses.replace(real(s), plain=False))
-    assert mg._operands(cfg, qw.w13)[2] == mg.MK.DECODE_PACKED.value
-    general = _run(inputs, BF16, "weights", "packed", 128)
+    assert mg._operands(cfg, qw.w13)[2] == codes[0].value
+    general = _run(inputs, BF16, "weights", decode, 128)
     for a, b in zip(plain, general, strict=True):
         assert _same(a, b) and a.nan_to_num().abs().max() > 0
     zero = qw.w13.scales.clone()

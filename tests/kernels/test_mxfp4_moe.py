@@ -269,19 +269,20 @@ def test_a_broken_mxfp4_variant_fails_at_gemm1(name, device):
     assert r.outcome == Outcome.FAIL and r.failing_stage == "gemm1", _verdicts(r)
 
 
-def _pack_without_the_transpose(codes):
-    """A packer that pads but keeps the reference word order: the packed decode then reads word c of block b
-    where word b of block c is."""
+def _pack_without_the_transpose(codes, order="mma_b"):
+    """A packer that pads but keeps the reference word order: the packed decodes then read word c of block b
+    where word b of block c is, with its codes in the reference order."""
     kb = codes.shape[-1]
     return torch.nn.functional.pad(codes, (0, mxfp4_pack.packed_k(2 * kb) // 2 - kb)).contiguous()
 
 
-def test_codes_not_in_the_packed_layout_fail_at_gemm1(device, monkeypatch):
+@pytest.mark.parametrize("decode", ["packed", "swapped"])
+def test_codes_not_in_the_packed_layout_fail_at_gemm1(device, monkeypatch, decode):
     monkeypatch.setattr(mxfp4_gemm, "packed_codes", _pack_without_the_transpose)
-    cfg = {"decode": "packed"}
+    cfg = {"decode": decode}
     r = run_case(MxImplementation(config=cfg), Case(mx(BROKEN_SPEC), 5, "bfloat16", seed=7), device)
     assert r.outcome == Outcome.FAIL and r.failing_stage == "gemm1", _verdicts(r)
-    assert cfgmod.last_config().decode == "packed"
+    assert cfgmod.last_config().decode == decode
 
 
 def test_a_scale_from_the_next_block_fails_the_stage_check_on_plain_random_weights(device):

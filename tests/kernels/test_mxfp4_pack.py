@@ -1,7 +1,8 @@
 """The packed layout of the MXFP4 codes and scales (kernels/mxfp4_pack.py) and its cache.
 
 pack_codes      per 128-element step, word c of 32-block b at 4c + b, its 8 codes at NIBBLE_PLACES; rows padded
-                with code 0 to whole steps
+                with code 0 to whole steps. Order "mma_b": word (b, c) holds elements 8c .. 8c + 7 of its block;
+                "mma_a": word element q + 4p is block element 8q + 2c + p
 unpack_codes    its inverse
 pack_scales     padded with code 127 to rows of a multiple of 16 codes; plain iff every code is in [1, 254]
 packed_codes    one copy per tensor while it is unchanged (packed_scales alike); an in-place change repacks;
@@ -60,6 +61,47 @@ def test_every_step_holds_its_words_word_major_and_the_tail_is_code_zero(k):
     assert torch.equal(got, want.transpose(-1, -2))
     assert torch.equal(mp.unpack_codes(packed, k), codes)
     assert not mp.unpack_codes(packed, kp)[..., k // 2 :].any()  # the padding is code 0
+
+
+def _element_of(order: str, c: int, e: int) -> int:
+    """The block element that word c's element e (register e % 4, half e // 4) holds, written out."""
+    q, p = e % 4, e // 4
+    return 8 * c + e if order == "mma_b" else 8 * q + 2 * c + p
+
+
+@pytest.mark.parametrize("order", mp.PACK_ORDERS)
+@pytest.mark.parametrize("k", [32, 160, 256])
+def test_each_order_puts_each_element_where_its_decoded_register_reads_it(order, k):
+    codes = _codes(2, 3, k // 2, seed=k)
+    nib = torch.stack([codes & 0xF, codes >> 4], dim=-1).flatten(-2).to(torch.int64)  # (.., k) element codes
+    words = _words(mp.pack_codes(codes, order)).to(torch.int64) & 0xFFFFFFFF
+    steps = mp.packed_k(k) // 128
+    for step in range(steps):
+        for b in range(4):
+            for c in range(4):
+                w = words[..., step * 16 + 4 * c + b]
+                for e in range(8):
+                    mag, sign = mp.NIBBLE_PLACES[e % 4]
+                    off = 16 * (e // 4)
+                    got = ((w >> (mag + off)) & 7) | (((w >> (sign + off)) & 1) << 3)
+                    kel = 128 * step + 32 * b + _element_of(order, c, e)
+                    want = nib[..., kel] if kel < k else torch.zeros_like(got)
+                    assert torch.equal(got, want), (step, b, c, e)
+    assert torch.equal(mp.unpack_codes(mp.pack_codes(codes, order), k, order), codes)
+
+
+def test_the_cache_keeps_one_copy_per_order():
+    codes = _codes(2, 3, 64, seed=3)
+    a, b = mp.packed_codes(codes, "mma_a"), mp.packed_codes(codes, "mma_b")
+    assert not torch.equal(a, b)
+    assert mp.packed_codes(codes, "mma_a") is a and mp.packed_codes(codes) is b
+    mp.drop_packed(codes)
+    assert mp.packed_codes(codes, "mma_a") is not a
+
+
+def test_an_unknown_order_is_refused():
+    with pytest.raises(ValueError, match="order"):
+        mp.pack_codes(_codes(1, 1, 16), "mma_c")
 
 
 def test_a_strided_view_packs_like_its_contiguous_copy():
