@@ -19,6 +19,7 @@ whole 32-blocks; BLOCK_K is a power of two >= 32 and the K mask works per packed
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -58,6 +59,10 @@ BF16_DECODES = ("packed", "swapped", "swar")  # decodes that build bf16 bits wit
 #: decodes on the packed copies (mxfp4_pack.py), and the order of their codes
 PACKED_DECODES = {"packed": "mma_b", "swapped": "mma_a"}
 PACKED_BLOCK_K = 128  # the packed decodes' BLOCK_K: their packing step (mxfp4_pack.PACK_K)
+#: MOE_CTS_MXFP4_DECODE: the decode that replaces "packed" as the default where it is one (bf16, scale on the
+#: weights, the portable dot; not ROCm): one of BF16_DECODES. For timing and certifying a decode before a
+#: table adopts it, e.g. MOE_CTS_MXFP4_DECODE=swapped moe-cts certify --profile quick
+DECODE_ENV = "MOE_CTS_MXFP4_DECODE"
 #: largest BLOCK_M of the table rows the packed decode is the default for: it holds the whole decoded tile in
 #: registers, and the m > 32 rows' 128 x 128 / 128 x 256 tiles at 8 warps spill 96-176 B on sm90 with it (AOT,
 #: triton 3.9, gpt-oss-120b T = 4096); swar stages the tile through shared memory and keeps those rows
@@ -152,11 +157,15 @@ def default_decode(dtype: torch.dtype, scale_at: str, dot: str, backend: str) ->
     for table rows of BLOCK_M > PACKED_MAX_BLOCK_M).
     ROCm: 'fp32' as before, nothing was timed there (AOT registers: docs/mxfp4.md). All decodes are exact;
     they differ in the fp32 summation order only (fp32 / native: even and odd columns in two dots per K step,
-    swar: one dot in K order, packed: one dot per 128 elements in a permuted K order)."""
+    swar: one dot in K order, packed: one dot per 128 elements in a permuted K order, swapped: the same in K
+    order). DECODE_ENV replaces 'packed' where it is the default."""
     if backend == "hip":
         return "fp32"
     if dtype == torch.bfloat16 and scale_at == "weights" and dot == "portable":
-        return "packed"
+        env = os.environ.get(DECODE_ENV) or "packed"
+        if env not in BF16_DECODES:
+            raise SpecError(DECODE_ENV, f"one of {BF16_DECODES}", env)
+        return env
     return "native"
 
 

@@ -3,7 +3,9 @@ default config at T on this device's table, with tile fields overridden per vari
 
     python ci/gpu/mx_configs.py --tokens 512 --variants "gate_up.maxnreg=168,down.maxnreg=168;down.maxnreg=168"
 
-Each variant is a ','-list of gemm.field=int; an empty variant is the default config written out.
+Each variant is a ','-list of gemm.field=int or field=value (a top-level field: BLOCK_M=64, decode=swapped); an
+empty variant is the default config written out. decode=swapped (or packed) sets BLOCK_K 128 in both GEMMs and
+drops the default's register caps (a later gemm.maxnreg=... sets one).
 """
 
 from __future__ import annotations
@@ -33,8 +35,16 @@ def main() -> None:
         d = json.loads(json.dumps(base))
         for item in filter(None, variant.split(",")):
             key, value = item.split("=")
-            gemm, field = key.split(".")
-            d[gemm][field] = int(value)
+            if "." in key:
+                gemm, field = key.split(".")
+                d[gemm][field] = int(value)
+            else:
+                d[key] = int(value) if value.lstrip("-").isdigit() else value
+                if key == "decode":  # the default's register caps are its decode's (mxfp4_gemm)
+                    d["gate_up"]["maxnreg"] = d["down"]["maxnreg"] = 0
+        if d.get("decode") in mxfp4_gemm.PACKED_DECODES:  # their BLOCK_K is the packing step
+            for gemm in ("gate_up", "down"):
+                d[gemm]["BLOCK_K"] = mxfp4_gemm.PACKED_BLOCK_K
         out.append(json.dumps(d, separators=(",", ":")))
     print(";".join(out))
 

@@ -17,7 +17,8 @@ full      every table row for every dtype of its class, and the heuristic's choi
 tables    the GEMM kernels only, every table row once per dtype class: guards the tables' shared memory.
 
 default and full also compile the MXFP4 layer (gpt-oss-120b, MXFP4_TOKENS, bf16 and fp16: both scale
-placements of kernels/_mxfp4_gemm_kernels.py), and its opt-in tl.dot_scaled variant in bf16 at the largest T.
+placements of kernels/_mxfp4_gemm_kernels.py), its opt-in swapped decode in bf16 at MXFP4_TOKENS, and its opt-in
+tl.dot_scaled variant in bf16 at the largest T.
 """
 
 from __future__ import annotations
@@ -235,8 +236,8 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
 
 
 def _quant_scenarios(tier: str, tnames: tuple[str, ...]) -> list[Scenario]:
-    """The quantized families in their own operands: MXFP4 (gpt-oss-120b, both scale placements and the opt-in
-    tl.dot_scaled variant) and fp8 w8a8 (DeepSeek-V3 block fp8 in each e4m3 flavour)."""
+    """The quantized families in their own operands: MXFP4 (gpt-oss-120b, both scale placements, the opt-in
+    swapped decode and the opt-in tl.dot_scaled variant) and fp8 w8a8 (DeepSeek-V3 block fp8 in each e4m3 flavour)."""
     out: list[Scenario] = []
     for T in MXFP4_TOKENS[tier]:
         for dt in MXFP4_DTYPES:
@@ -251,6 +252,19 @@ def _quant_scenarios(tier: str, tnames: tuple[str, ...]) -> list[Scenario]:
                     meta={"preset": MXFP4_PRESET, "T": T, "quant": "mxfp4"},
                 )
             )
+    for T in MXFP4_TOKENS[tier]:  # the opt-in swapped decode (bf16 only: it builds bf16 weights)
+        out.append(
+            Scenario(
+                origin=f"mxfp4-swapped:{MXFP4_PRESET}@T={T}",
+                preset=MXFP4_PRESET,
+                num_tokens=T,
+                dtype="bfloat16",
+                targets=tnames,
+                config={"decode": "swapped"},
+                quant="mxfp4",
+                meta={"preset": MXFP4_PRESET, "T": T, "quant": "mxfp4", "decode": "swapped"},
+            )
+        )
     out.append(  # the opt-in tl.dot_scaled variant; bf16 only: fp16 is refused on sm80 (mxfp4_gemm.py)
         Scenario(
             origin=f"mxfp4-dot_scaled:{MXFP4_PRESET}@T={MXFP4_TOKENS[tier][-1]}",

@@ -83,3 +83,17 @@ def test_the_report_section_fails_when_any_record_fails():
 def test_unknown_targets_are_refused_with_the_known_ones_named():
     with pytest.raises(ValueError, match="sm90"):
         aot.parse_targets("sm90,sm42")
+
+
+def test_the_mxfp4_decode_labels_name_the_kernels_decode_codes():
+    """records.py names the MXFP4 decodes without importing the kernels; the names must be the kernels'."""
+    from moe_cts.conformance.aot.records import _MX_DECODES, config_label
+    from moe_cts.kernels import _mxfp4_gemm_kernels as MK
+
+    for name, code in MK.DECODE.items():
+        assert _MX_DECODES[code] == name
+    assert _MX_DECODES[MK.DECODE_PACKED_PLAIN.value] == "packed"
+    assert _MX_DECODES[MK.DECODE_SWAPPED_PLAIN.value] == "swapped"
+    tile = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4, "num_stages": 3}
+    assert config_label({**tile, "SCALE_AT": 0, "DECODE": 6}) == "M16 N64 K128 G1 w4 s3 swapped"
+    assert config_label({**tile, "SCALE_AT": 2, "DECODE": 0}) == "M16 N64 K128 G1 w4 s3 dot_scaled"

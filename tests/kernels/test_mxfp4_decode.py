@@ -270,6 +270,20 @@ def test_the_default_decode_is_packed_for_bf16_weights_native_else_and_fp32_on_r
     assert Mxfp4Config(tile=_tile(64), scale_at="weights").decode == "native"  # the dataclass default
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+def test_the_decode_env_replaces_packed_where_it_is_the_default_and_names_itself_when_wrong(monkeypatch):
+    monkeypatch.setenv(mg.DECODE_ENV, "swapped")
+    assert mg.default_decode(BF16, "weights", "portable", "cuda") == "swapped"
+    assert mg.default_decode(F16, "accumulator", "portable", "cuda") == "native"  # not where packed is not
+    assert mg.default_decode(BF16, "weights", "portable", "hip") == "fp32"
+    inputs = _inputs(BF16, seed=2, scales=(124, 128), x_ints=True)
+    outs, used = run_stages(inputs, None)
+    assert used["decode"] == "swapped" and all(o.abs().max() > 1 for o in outs)
+    monkeypatch.setenv(mg.DECODE_ENV, "native")  # not a bf16 decode of the scaled weights
+    with pytest.raises(SpecError, match=mg.DECODE_ENV):
+        mg.default_decode(BF16, "weights", "portable", "cuda")
+
+
 def test_the_gpu_caps_block_k_by_decode(monkeypatch):
     monkeypatch.setattr(cfgmod, "backend", lambda: "cuda")
     spec = SPEC.replace(quant=QuantScheme.mxfp4())

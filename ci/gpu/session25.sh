@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Session 25's GPU calls (docs/mxfp4.md "Session 25"), one 590 s slot each: the swapped MXFP4 decode
+# (kernels/_mxfp4_swapped.py, config decode="swapped": out.T = W @ x.T, wgmma with the decoded weights in
+# registers) against the packed default.
+#   m   GPU pytest of the MXFP4 files (both decodes), quant_bench MXFP4 default against swapped on the default
+#       tiles at T = 1 .. 4096 (QB_ARGS), gpt-oss-120b MXFP4 at full size against the float64 oracle with the
+#       swapped decode (MOE_CTS_MXFP4_DECODE=swapped, FULL_T)
+#   s   quant_bench MXFP4 over swapped tiles (mx_configs.py variants) at T = 1, 16 (S_SMALL) and 512, 4096
+#       (S_BIG): the fill rule's 32-wide down has 32 weight rows, below wgmma's 64 (mma.sync and a trip
+#       through shared memory), and the m > 32 row's 8-warp tiles spill with this decode (AOT)
+#   c   certify quick with the swapped decode as the default (MOE_CTS_MXFP4_DECODE=swapped), CERT_JOBS workers
+set -u
+MODE=${1:-m}
+OUT=${2:-/tmp/moe-cts-gpu}
+source "$(dirname "$0")/common.sh"
+gpu_setup "$OUT"
+case "$MODE" in
+m)
+  gpu_pytest "$OUT" 170 tests/kernels/test_mxfp4_decode.py tests/kernels/test_mxfp4_moe.py \
+    tests/kernels/test_mxfp4_pack.py
+  SLOT=480 QB_ARGS=${QB_ARGS:-"--kinds mxfp4 --no-50k --mxfp4-configs default;swapped"} quant_bench "$OUT"
+  MOE_CTS_MXFP4_DECODE=swapped timeout "$(slot_left 585)" python3 ci/gpu/quant_fullsize.py --out "$OUT/full" \
+    --presets gpt-oss-120b --tokens "${FULL_T:-1,16,4096}" > "$OUT/full.log" 2> "$OUT/full-stderr.log"
+  echo "quant_fullsize (swapped) exit $?"; tail -8 "$OUT/full.log"
+  ;;
+s)
+  SW=decode=swapped
+  SMALL=${S_SMALL:-"$SW;$SW,down.BLOCK_N=64;$SW,gate_up.BLOCK_N=32,down.BLOCK_N=64;$SW,gate_up.num_stages=4,down.BLOCK_N=64,down.num_stages=4"}
+  BIG512=${S_512:-"$SW;$SW,BLOCK_M=64,gate_up.BLOCK_N=64,down.BLOCK_N=128,down.num_warps=8"}
+  BIG=${S_BIG:-"$SW;$SW,BLOCK_M=128,gate_up.BLOCK_N=64,gate_up.num_warps=8,down.BLOCK_N=128,down.num_warps=8;$SW,BLOCK_M=128,gate_up.BLOCK_N=32,down.BLOCK_N=64,gate_up.num_warps=4,down.num_warps=4"}
+  mx_variants "$OUT" 1 "$SMALL" 150
+  mx_variants "$OUT" 16 "$SMALL" 300
+  mx_variants "$OUT" 512 "$BIG512" 420
+  mx_variants "$OUT" 4096 "$BIG" 585
+  ;;
+c)
+  MOE_CTS_MXFP4_DECODE=swapped certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 585)"
+  certify_summary "$OUT"
+  ;;
+esac
