@@ -28,6 +28,14 @@ programs per SM, that latency was the K step's time: the shared expert's GEMM1 a
 29 MB in 24.8 us on the H200, 1.2 TB/s. The loop loads group g + 1's scales before group g's dot (the last
 group's are read again at the end), so the gather's latency hides behind the MMA. Same values, same bits.
 
+Operand swap (W_DESC == W_BOX_A, GemmTile.swap_ab): the weight box read through the descriptor, (rows, BLOCK_K)
+K-contiguous, is the dot's first operand and the activation tile's transpose its second, acc.T = W @ a.T, with
+the same per-element scaling (s_w * s_a is s_a * s_w in fp32). At decode sizes BLOCK_M is 16, below wgmma's
+64 rows: the unswapped dot is mma.sync, which has no fp8 on sm90, so Triton widens both tiles to fp16 (F2FP per
+element) first. Swapped, the weights fill wgmma's 64 rows and the tokens its N = 16: fp8 wgmma straight from
+shared memory (AOT, sm90, a 64-row tile per K step: 4 QGMMA, 118 instructions against 16 HMMA and 64 F2FP, 150).
+GEMM1 takes it with scalar weight scales (SW_SCALAR), GEMM2 with either.
+
 GEMM1's fused requantization (QUANT_OUT, fp8_block with BLOCK_N a multiple of the group width): the tile's
 activation (BLOCK_M, BLOCK_N) is viewed as (BLOCK_M, BLOCK_N / G2, G2), amax per group, _act_scale,
 _quantize_values (the rounding by _round_fp8, or by the store's cast under FP8_HW_ROUND), and the codes and scales
@@ -53,6 +61,12 @@ from moe_cts.kernels._grouped_gemm_kernels import (
     _w13_box,
     _w13_rows,
 )
+
+#: W_DESC: how the weight tiles are read. Pointers; descriptor boxes transposed into the dot's second
+#: operand; descriptor boxes as its first operand (the operand swap, module docstring)
+W_PTR = tl.constexpr(0)
+W_BOX = tl.constexpr(1)
+W_BOX_A = tl.constexpr(2)
 
 
 @triton.jit
@@ -240,6 +254,60 @@ def _fp8_gate_up_desc_scalar(
     return acc_g, acc_u
 
 
+@triton.jit
+def _fp8_box_a(w, MBITS: tl.constexpr, EBITS: tl.constexpr, BIAS: tl.constexpr, NAN: tl.constexpr):
+    """A weight box (rows, BLOCK_K) as the dot's first operand: fp8 as stored (GPU), uint8 codes decoded
+    (interpreter)."""
+    if INTERPRET:
+        w = _decode_fp8(w, MBITS, EBITS, BIAS, NAN)
+    return w
+
+
+@triton.jit
+def _fp8_gate_up_desc_swap(
+    a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
+    expert, n0, I, H, stride_a_h, BN_W, GROUP_K, GATED: tl.constexpr,
+    FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """_fp8_gate_up_desc_scalar with the operands swapped (W_BOX_A, module docstring): per K step the
+    (NB BLOCK_N, BLOCK_K) box of gate then up rows is the dot's first operand, acc.T (NB BLOCK_N, BLOCK_M) +=
+    (box @ a.T) * s_w[row half] * s_a; the same scale products per element. Returns the (gate, up) fp32
+    accumulators as (BLOCK_M, BLOCK_N), transposed once after the K loop."""
+    NB: tl.constexpr = 2 if GATED else 1
+    gate0 = n0 % I  # first gate row (the tile's rows share its weight block)
+    up0 = gate0 + I  # first up row (GATED)
+    is_up = tl.arange(0, NB * BLOCK_N) >= BLOCK_N  # the box's rows: gate, then up
+    acc = tl.zeros((NB * BLOCK_N, BLOCK_M), dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
+    last_g = (H - 1) // GROUP_K
+    sa, sw_g = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0, 0, BN_W, stride_sw_n,
+                             stride_sw_k)  # fmt: skip
+    sw_u = _w_scale(sw_base, up0, 0, BN_W, stride_sw_n, stride_sw_k)
+    for kk in range(0, tl.cdiv(H, BLOCK_K)):
+        k0 = kk * BLOCK_K
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_k < H - k0)[None, :], other=0.0)
+        w = _fp8_box_a(_w13_box(w_desc, expert, n0, k0, GATED, False, BLOCK_N, BLOCK_K), FP8_MBITS, FP8_EBITS,
+                       FP8_BIAS, FP8_NAN)  # fmt: skip
+        g_next = tl.minimum((k0 + BLOCK_K) // GROUP_K, last_g)
+        sa_next, sw_g_next = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0, g_next,
+                                           BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
+        d = tl.dot(w, trans_tile(a))
+        if GATED:
+            sw_u_next = _w_scale(sw_base, up0, g_next, BN_W, stride_sw_n, stride_sw_k)
+            acc += d * (tl.where(is_up, sw_u, sw_g)[:, None] * sa[None, :])
+            sw_u = sw_u_next
+        else:
+            acc += d * (sw_g * sa)[None, :]
+        sa, sw_g = sa_next, sw_g_next
+        a_ptrs += BLOCK_K * stride_a_h
+    if GATED:
+        g, u = tl.split(tl.permute(tl.reshape(acc, (2, BLOCK_N, BLOCK_M)), (1, 2, 0)))
+        return tl.trans(g), tl.trans(u)
+    else:
+        return tl.trans(acc), tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+
 @triton.jit(do_not_specialize=["num_experts"])  # E = 1 (shared expert) keeps the routed binary
 def fp8_gate_up_kernel(
     a_ptr, sa_ptr,  # (T, H) quantized x, (T, G1) scales
@@ -328,7 +396,13 @@ def _fp8_gate_up_act(
 ):  # fmt: skip
     """The fp32 activation (BLOCK_M, BLOCK_N) of output columns j BLOCK_N .. (j + 1) BLOCK_N: K loop, dequant,
     bias, activation."""
-    if W_DESC and SW_SCALAR:
+    if W_DESC == W_BOX_A and SW_SCALAR:  # the launcher passes W_BOX_A to GEMM1 only with SW_SCALAR
+        acc_g, acc_u = _fp8_gate_up_desc_swap(
+            a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
+            expert, j * BLOCK_N, I, H, stride_a_h, BN_W, GROUP_K, GATED, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN,
+            BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+    elif W_DESC and SW_SCALAR:
         acc_g, acc_u = _fp8_gate_up_desc_scalar(
             a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
             expert, j * BLOCK_N, I, H, stride_a_h, BN_W, GROUP_K, GATED, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN,
@@ -509,10 +583,47 @@ def _fp8_down_tile(
     )
     sw_base = sw_ptr + expert.to(tl.int64) * stride_sw_e
     sa_rows = sa_ptr + rows * stride_sa_a
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # SW_SCALAR (BLOCK_N divides the weight block): the tile's rows share one weight scale per K group, a
     # scalar instead of a (BLOCK_N,) vector (_fp8_gate_up_desc_loop says why)
     w_rows = pid_n * BLOCK_N if SW_SCALAR else offs_n_w
+    if W_DESC == W_BOX_A:
+        acc = _fp8_down_desc_swap(
+            a_ptrs, row_ok, rows, w_desc, sa_ptr, stride_sa_a, stride_sa_g, sw_base, w_rows, stride_sw_n,
+            stride_sw_k, expert, pid_n, I, stride_a_i, BN_W, GROUP_K, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
+            FP8_NAN, SW_SCALAR, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+    else:
+        acc = _fp8_down_loop(
+            a_ptrs, w_ptrs, row_ok, rows, w_desc, sa_ptr, stride_sa_a, stride_sa_g, sw_base, w_rows, stride_sw_n,
+            stride_sw_k, expert, pid_n, I, stride_a_i, stride_w_i, BN_W, GROUP_K, BLOCKWISE, FP8_MBITS, FP8_EBITS,
+            FP8_BIAS, FP8_NAN, W_DESC, SW_SCALAR, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+    if not BLOCKWISE:
+        sa = tl.load(sa_rows, mask=row_ok, other=0.0)
+        acc = acc * (sa[:, None] * _w_scale(sw_base, offs_n_w, 0, BN_W, stride_sw_n, stride_sw_k)[None, :])
+    if HAS_BIAS:
+        b2 = tl.load(b_ptr + expert.to(tl.int64) * stride_b_e + offs_n_w * stride_b_h).to(tl.float32)
+        acc += b2[None, :]
+    # fp32, after dequant and bias, before the cast (docs/bugs.md#bug-02-router-weight-after-cast)
+    if MUL_WEIGHT:
+        acc = acc * tl.load(route_w_ptr + rows, mask=row_ok, other=0.0)[:, None]
+    out_ptrs = out_ptr + rows[:, None] * stride_out_a + offs_n[None, :] * stride_out_h
+    acc = _store_round(acc, out_ptr.dtype.element_ty)
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < H))
+
+
+@triton.jit
+def _fp8_down_loop(
+    a_ptrs, w_ptrs, row_ok, rows, w_desc, sa_ptr, stride_sa_a, stride_sa_g, sw_base, w_rows, stride_sw_n,
+    stride_sw_k, expert, pid_n, I, stride_a_i, stride_w_i, BN_W, GROUP_K, BLOCKWISE: tl.constexpr,
+    FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
+    W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """_fp8_down_tile's K loop (pointer or descriptor weights as the dot's second operand): the (BLOCK_M,
+    BLOCK_N) fp32 accumulator, dequantized per K tile under BLOCKWISE."""
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if BLOCKWISE:  # as in fp8_gate_up_kernel: each next group's scales one step ahead
         last_g = (I - 1) // GROUP_K
         sa, sw = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows, 0, BN_W,
@@ -535,15 +646,39 @@ def _fp8_down_tile(
             acc += tl.dot(a, w)
         a_ptrs += BLOCK_K * stride_a_i
         w_ptrs += BLOCK_K * stride_w_i
-    if not BLOCKWISE:
-        sa = tl.load(sa_rows, mask=row_ok, other=0.0)
-        acc = acc * (sa[:, None] * _w_scale(sw_base, offs_n_w, 0, BN_W, stride_sw_n, stride_sw_k)[None, :])
-    if HAS_BIAS:
-        b2 = tl.load(b_ptr + expert.to(tl.int64) * stride_b_e + offs_n_w * stride_b_h).to(tl.float32)
-        acc += b2[None, :]
-    # fp32, after dequant and bias, before the cast (docs/bugs.md#bug-02-router-weight-after-cast)
-    if MUL_WEIGHT:
-        acc = acc * tl.load(route_w_ptr + rows, mask=row_ok, other=0.0)[:, None]
-    out_ptrs = out_ptr + rows[:, None] * stride_out_a + offs_n[None, :] * stride_out_h
-    acc = _store_round(acc, out_ptr.dtype.element_ty)
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < H))
+    return acc
+
+
+@triton.jit
+def _fp8_down_desc_swap(
+    a_ptrs, row_ok, rows, w_desc, sa_ptr, stride_sa_a, stride_sa_g, sw_base, w_rows, stride_sw_n, stride_sw_k,
+    expert, pid_n, I, stride_a_i, BN_W, GROUP_K, BLOCKWISE: tl.constexpr,
+    FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
+    SW_SCALAR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """_fp8_down_loop with the operands swapped (W_BOX_A, module docstring): acc.T (BLOCK_N, BLOCK_M) +=
+    (box @ a.T) * s_w * s_a per K tile; returned as (BLOCK_M, BLOCK_N), transposed once after the K loop."""
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    if BLOCKWISE:
+        last_g = (I - 1) // GROUP_K
+        sa, sw = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows, 0, BN_W,
+                               stride_sw_n, stride_sw_k)  # fmt: skip
+    for kk in range(0, tl.cdiv(I, BLOCK_K)):
+        k_ok = offs_k < I - kk * BLOCK_K
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        box = w_desc.load([expert, pid_n * BLOCK_N, kk * BLOCK_K]).reshape(BLOCK_N, BLOCK_K)
+        d = tl.dot(_fp8_box_a(box, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN), trans_tile(a))
+        if BLOCKWISE:
+            g_next = tl.minimum(((kk + 1) * BLOCK_K) // GROUP_K, last_g)
+            sa_next, sw_next = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows,
+                                             g_next, BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
+            if SW_SCALAR:
+                acc += d * (sw * sa)[None, :]
+            else:
+                acc += d * (sw[:, None] * sa[None, :])
+            sa, sw = sa_next, sw_next
+        else:  # promoted per K tile (module docstring)
+            acc += d
+        a_ptrs += BLOCK_K * stride_a_i
+    return tl.trans(acc)

@@ -92,6 +92,11 @@ class GemmTile:
     #: the program of its previous tile, one K loop feeding both, so the expert's weights stream once
     #: (kernels/_grouped_gemm_kernels.py, MERGE_TAIL); the same dots, so the same bits
     merge_tail: bool = False
+    #: fp8 GEMMs with descriptor weights (tma; GEMM1 with scalar weight scales: fp8_gemm.w_mode), no effect
+    #: elsewhere: out.T = W @ x.T, the weight box the MMA's first operand. At BLOCK_M 16 the unswapped dot is
+    #: mma.sync, which widens fp8 to fp16 on sm90; swapped, the weight rows fill wgmma's 64 (num_warps 4, >= 64
+    #: rows: GEMM1 2 BLOCK_N, GEMM2 BLOCK_N) and it runs in fp8 (kernels/_fp8_gemm_kernels.py)
+    swap_ab: bool = False
     #: CUDA only: ptxas's register cap per thread (launch option maxnreg), 0 = the compiler's choice. A cap
     #: lets one more program share an SM: 3 programs of 128 threads need <= 170 (65,536 registers per SM).
     #: Other backends' options have no such field, so launch_options leaves it out there
@@ -153,7 +158,7 @@ class TileConfig:
                 v = getattr(t, f)
                 if not (isinstance(v, int) and v >= 1):
                     raise SpecError(f"config.{name}.{f}", "an int >= 1", v)
-            for flag in ("tma", "paired", "half_tail", "merge_tail"):
+            for flag in ("tma", "paired", "half_tail", "merge_tail", "swap_ab"):
                 if not isinstance(getattr(t, flag), bool):
                     raise SpecError(f"config.{name}.{flag}", "a bool", getattr(t, flag))
             if not _count(t.persistent):

@@ -189,6 +189,15 @@ def scalar_weight_scales(spec: MoESpec, bn: int, block_n: int, up_offset: int) -
 
 
 # ----------------------------------------------------------------------------------------------- GEMMs
+def w_mode(w_desc, tile: GemmTile, swappable: bool) -> int:
+    """The kernels' W_DESC: pointers (no descriptor), descriptor boxes as the dot's second operand, or as its
+    first (tile.swap_ab, where the K loop has a swapped form: GEMM2 always, GEMM1 with scalar weight scales;
+    elsewhere swap_ab has no effect, as tma has none where TMA cannot address the weights)."""
+    if w_desc is None:
+        return K.W_PTR.value
+    return K.W_BOX_A.value if tile.swap_ab and swappable else K.W_BOX.value
+
+
 def launch_fp8_gate_up(
     spec: MoESpec, xq, sx, w, bias, act, meta: AlignMeta, tile: GemmTile, *, sq=None, interleaved=None
 ) -> None:
@@ -222,7 +231,7 @@ def launch_fp8_gate_up(
         GATED=spec.gated, INTERLEAVED=il,
         HAS_BIAS=bias is not None, ACTIVATION=ACTIVATIONS[spec.activation],
         BLOCKWISE=q.method == "fp8_block", QUANT_OUT=sq is not None, **scale_constexprs(spec),
-        **fmt_constexprs(q.fp8_format), **round_constexprs(q.fp8_format), W_DESC=w_desc is not None,
+        **fmt_constexprs(q.fp8_format), **round_constexprs(q.fp8_format), W_DESC=w_mode(w_desc, tile, sw_scalar),
         SW_SCALAR=sw_scalar,
         PERSISTENT=tile.persistent > 0, PAIRED=paired, HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M,
@@ -254,7 +263,7 @@ def launch_fp8_down(
         b.stride(0), b.stride(1) if bias is not None else 0, out.stride(0), out.stride(1),
         HAS_BIAS=bias is not None, MUL_WEIGHT=route_weights is not None, BLOCKWISE=q.method == "fp8_block",
         FP8_MBITS=fc["FP8_MBITS"], FP8_EBITS=fc["FP8_EBITS"], FP8_BIAS=fc["FP8_BIAS"], FP8_NAN=fc["FP8_NAN"],
-        W_DESC=w_desc is not None, SW_SCALAR=scalar_weight_scales(spec, bn, tile.BLOCK_N, 0),
+        W_DESC=w_mode(w_desc, tile, True), SW_SCALAR=scalar_weight_scales(spec, bn, tile.BLOCK_N, 0),
         PERSISTENT=tile.persistent > 0, HALF_TAIL=half_tail(tile, meta),
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=block_k, GROUP_M=tile.GROUP_M, PDL=pdl,
         **tile.launch_options(), **pdl_options(pdl),

@@ -19,6 +19,8 @@ tables    the GEMM kernels only, every table row once per dtype class: guards th
 default and full also compile the MXFP4 layer (gpt-oss-120b, MXFP4_TOKENS, bf16 and fp16: both scale
 placements of kernels/_mxfp4_gemm_kernels.py), its opt-in swapped decode in bf16 at MXFP4_TOKENS, and its opt-in
 tl.dot_scaled variant in bf16 at the largest T.
+The fp8 w8a8 layer compiles in both e4m3 flavours at TABLE_TOKENS, and at T = 1 on decode tiles with the opt-in
+operand swap (FP8_SWAP_TILES).
 """
 
 from __future__ import annotations
@@ -58,6 +60,14 @@ MXFP4_DTYPES = ("bfloat16", "float16")
 #: targets that refuse a flavour are expected rejections (aot_targets.json fp8_flavours, target_info.FP8_REJECTED).
 FP8_MOE_PRESET = "deepseek-v3"
 FP8_MOE_FLAVOURS = ("e4m3fn", "e4m3fnuz")
+#: the decode-size tiles with the operand swap: 64 weight rows per GEMM (GEMM1's 32 columns are 64 gate and up
+#: rows) and a warpgroup, so that sm90 can take wgmma
+_SWAP_TILE = {"BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4, "num_stages": 5, "tma": True, "swap_ab": True}
+FP8_SWAP_TILES = {
+    "BLOCK_M": 16,
+    "gate_up": {**_SWAP_TILE, "BLOCK_N": 32},
+    "down": {**_SWAP_TILE, "BLOCK_N": 64},
+}
 #: Fields of a target row that come from moe_cts.kernels.target_info (never from the JSON file).
 HARDWARE_FIELDS = ("backend", "arch", "warp_size", "shared_limit_bytes")
 
@@ -290,6 +300,17 @@ def _quant_scenarios(tier: str, tnames: tuple[str, ...]) -> list[Scenario]:
                 num_tokens=TABLE_TOKENS,
                 dtype="bfloat16",
                 targets=tnames,
+                quant=f"fp8_block:{fmt}",
+            )
+        )
+        out.append(  # the opt-in operand swap (GemmTile.swap_ab) on a decode-size tile: fp8 wgmma on sm90
+            Scenario(
+                origin=f"fp8-moe-swap_ab:{fmt}",
+                preset=FP8_MOE_PRESET,
+                num_tokens=1,
+                dtype="bfloat16",
+                targets=tnames,
+                config=FP8_SWAP_TILES,
                 quant=f"fp8_block:{fmt}",
             )
         )

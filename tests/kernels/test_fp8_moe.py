@@ -181,6 +181,55 @@ def test_descriptor_weights_give_the_pointer_bits(layout, inter, device, monkeyp
         assert torch.equal(a, b), f"launch {i}: descriptor and pointer weights differ"
 
 
+SWAP_CASES = [  # (scheme, I, GEMM2 BLOCK_N, GEMM1 swapped)
+    pytest.param(QuantScheme.fp8_block(), 256, 64, True, id="scalar-scales"),
+    pytest.param(QuantScheme.fp8_block(), 144, 64, False, id="column-scales"),  # GEMM1 gathers per column
+    pytest.param(QuantScheme.fp8_block(), 256, 256, True, id="gemm2-column-scales"),  # 256 rows span 2 blocks
+    pytest.param(QuantScheme.fp8_per_token(), 256, 64, False, id="per-token"),  # no K groups: one scaling
+]
+
+
+@pytest.mark.parametrize(("scheme", "inter", "down_n", "gemm1_swapped"), SWAP_CASES)
+def test_the_operand_swap_passes_and_runs_where_it_applies(scheme, inter, down_n, gemm1_swapped, device,
+                                                            monkeypatch):  # fmt: skip
+    """GemmTile.swap_ab (the weight box as the dot's first operand, fp8 wgmma at BLOCK_M 16 on sm90) at the
+    decode row's shape (BLOCK_M 16, GEMM1 32 columns = 64 weight rows, GEMM2 64 rows): PASS against the oracle,
+    and the swapped K loops ran: GEMM2 always, GEMM1 with scalar weight scales only (block scheme, I a
+    multiple of the 128-row weight block)."""
+    case = _case(scheme, hidden_size=192, intermediate_size=inter)
+    modes = []
+    real = fp8_gemm.w_mode
+    monkeypatch.setattr(fp8_gemm, "w_mode", lambda *a: modes.append(real(*a)) or modes[-1])
+    gu = GemmTile(BLOCK_N=32, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=2, tma=True, swap_ab=True)
+    dn = dataclasses.replace(gu, BLOCK_N=down_n)
+    with cfgmod.forced(TileConfig(BLOCK_M=16, gate_up=gu, down=dn)):
+        r, ran = _judge(case, device)
+    assert r.outcome == Outcome.PASS, f"{r.outcome.value} at {r.failing_stage}: {r.message}"
+    assert ran >= JUDGED, ran
+    swapped, plain = fp8_gemm.K.W_BOX_A.value, fp8_gemm.K.W_BOX.value
+    assert set(modes) == ({swapped} if gemm1_swapped else {swapped, plain}), modes
+
+
+def test_the_operand_swap_gives_the_unswapped_bits_on_the_interpreter(device, monkeypatch):
+    """The interpreter sums both dots in fp32 in the same order: the swapped loops give the unswapped bits launch
+    by launch (GEMM1's codes and scales, GEMM2's output), so any difference is the swap's indexing or scaling.
+    On a GPU the swapped dot is fp8 wgmma and the unswapped one fp16 mma.sync, other sums: PASS is checked
+    there (above)."""
+    if not fp8_gemm.interpreting():
+        pytest.skip("bits compared on the interpreter only (other MMA instructions on a GPU)")
+    case = _case(QuantScheme.fp8_block(), hidden_size=192, intermediate_size=256, seed=5)
+    launches = Fp8Launches(monkeypatch)
+    for swap in (False, True):
+        gu = GemmTile(BLOCK_N=32, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=2, tma=True, swap_ab=swap)
+        launches.under(swap)
+        with cfgmod.forced(TileConfig(BLOCK_M=16, gate_up=gu, down=dataclasses.replace(gu, BLOCK_N=64))):
+            forward(case, device)
+    plain, swapped = launches.got[False], launches.got[True]
+    assert len(plain) == len(swapped) >= 3
+    for i, (a, b) in enumerate(zip(plain, swapped)):
+        assert torch.equal(a, b), f"launch {i}: swapped and unswapped operands differ"
+
+
 def test_a_register_cap_gives_the_uncapped_bits(device, monkeypatch):
     """GemmTile.maxnreg (the sm90 fp8 m > 32 row's GEMM2: ptxas's cap, so 3 programs share an SM) changes only
     register allocation: the same bits launch by launch, and PASS. On the interpreter the cap is not a launch
