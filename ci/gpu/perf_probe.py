@@ -946,11 +946,14 @@ def _rounds_variants(timer, rec: dict, fwd, variants: dict, dc: str, rounds: int
                 stack.enter_context(_fill_rule(**keys.pop("_fill", {})))
                 # "_rows": (start, stop) of the table rows the keys go to (default every row)
                 rows = slice(*keys.pop("_rows", (None, None)))
+                # "_down": keys set in GEMM2's tile only, after the others
+                down_keys = keys.pop("_down", {})
+                row_dc = keys.pop("_dc", dc)
                 stack.enter_context(
-                    _sm90_rows(
-                        keys.pop("_dc", dc), rows, _gemms=keys.pop("_gemms", ("gate_up", "down")), **keys
-                    )
+                    _sm90_rows(row_dc, rows, _gemms=keys.pop("_gemms", ("gate_up", "down")), **keys)
                 )
+                if down_keys:
+                    stack.enter_context(_sm90_rows(row_dc, rows, _gemms=("down",), **down_keys))
                 outs[label] = fwd(cfg).clone()
                 graphs[label] = capture_graph(lambda cfg=cfg: fwd(cfg))
         except Exception as e:
@@ -1354,6 +1357,27 @@ def part_dec18(timer) -> None:
                      lambda cfg: fused_moe(qspec, qw, x, routing=r, config=cfg), mx, "16bit", rounds=7)  # fmt: skip
 
 
+def part_swap25(timer) -> None:
+    """Session 25: the fp8 operand swap (GemmTile.swap_ab) in the block fp8 decode row. Its tiles (BLOCK_M 16,
+    2 warps, GEMM1 32 columns, GEMM2 32 rows) are mma.sync on fp16-widened fp8 tiles on sm90; swapped, the
+    weight box is wgmma's A (64 rows: 4 warps, GEMM2 64 rows) and the dot stays fp8 (AOT: 154 / 149
+    instructions per K step against 273 / 212). DeepSeek-V3 with its shared expert at T = 1 .. 16, 9
+    alternating rounds of graph replays, ids given. The swapped dots sum in another order than the widened
+    mma.sync ones: other bits than the table (both within the oracle's bound: test_fp8_moe.py)."""
+    row = {"_rows": (0, 1)}
+    w4 = {"num_warps": 4, "swap_ab": True}
+    fp8 = {"fp8 table": ({}, None),
+           "fp8 swap both, down 64": ({**row, **w4, "_down": {"BLOCK_N": 64}}, None),
+           "fp8 swap gate_up": ({**row, "_gemms": ("gate_up",), **w4}, None),
+           "fp8 swap down 64": ({**row, "_gemms": ("down",), **w4, "BLOCK_N": 64}, None),
+           "fp8 table w4": ({**row, "num_warps": 4}, None),
+           "fp8 table w4, down 64": ({**row, "num_warps": 4, "_down": {"BLOCK_N": 64}}, None),
+           "bf16 table": ({"_dc": "16bit"}, "bf16")}  # fmt: skip
+    for T, fwd in _fp8_points((1, 2, 4, 8, 16)):
+        _rounds_variants(timer, {"part": "swap25", "kind": "fp8", "preset": "deepseek-v3", "T": T}, fwd, fp8, "fp8",
+                         rounds=9)  # fmt: skip
+
+
 def part_occ19(timer) -> None:
     """Session 19: one more program per SM for the promotion-bound fp8 GEMMs. Triton waits for each K tile's
     wgmma before its fp32 promotion (a dot whose result is not its own loop-carried accumulator is not kept
@@ -1696,6 +1720,7 @@ def main() -> int:
             "fill20",
             "bal20",
             "merge20",
+            "swap25",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

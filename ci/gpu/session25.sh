@@ -8,6 +8,9 @@
 #   s   quant_bench MXFP4 over swapped tiles (mx_configs.py variants) at T = 1, 16 (S_SMALL) and 512, 4096
 #       (S_BIG): the fill rule's 32-wide down has 32 weight rows, below wgmma's 64 (mma.sync and a trip
 #       through shared memory), and the m > 32 row's 8-warp tiles spill with this decode (AOT)
+#   f   perf_probe --parts swap25: the fp8 operand swap (GemmTile.swap_ab) in the block fp8 decode row, DeepSeek-V3
+#       with its shared expert at T = 1 .. 16 (9 alternating rounds; bf16 in the same rounds), then GPU pytest of
+#       test_fp8_moe.py (the swap's PASS cases) in the rest of the slot
 #   c   certify quick with the swapped decode as the default (MOE_CTS_MXFP4_DECODE=swapped), CERT_JOBS workers
 set -u
 MODE=${1:-m}
@@ -32,6 +35,10 @@ s)
   mx_variants "$OUT" 16 "$SMALL" 300
   mx_variants "$OUT" 512 "$BIG512" 420
   mx_variants "$OUT" 4096 "$BIG" 585
+  ;;
+f)
+  probe "$OUT" swap25 430
+  gpu_pytest "$OUT" "$(slot_left 585)" tests/kernels/test_fp8_moe.py
   ;;
 c)
   MOE_CTS_MXFP4_DECODE=swapped certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 585)"
