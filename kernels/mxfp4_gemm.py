@@ -67,6 +67,11 @@ DECODE_ENV = "MOE_CTS_MXFP4_DECODE"
 #: registers, and the m > 32 rows' 128 x 128 / 128 x 256 tiles at 8 warps spill 96-176 B on sm90 with it (AOT,
 #: triton 3.9, gpt-oss-120b T = 4096); swar stages the tile through shared memory and keeps those rows
 PACKED_MAX_BLOCK_M = 32
+#: weight rows per MMA operand of the swapped decode's table tiles (gate_up: 2 BLOCK_N, down: BLOCK_N), where the
+#: caller gives no tiles: at least wgmma's 64 (below it sm90 takes mma.sync and the decoded tile goes through
+#: shared memory: the fill rule's 32-row GEMM2 at T = 1), at most 128 (the m > 32 row's 256- and 512-row operands
+#: spill 88 / 280 B on sm90; 128 rows at 8 warps: none, 222 registers; AOT, triton 3.9)
+SWAPPED_ROWS = (64, 128)
 #: ptxas register cap (GemmTile.maxnreg, CUDA only) of the packed gate_up kernel per (BLOCK_M, BLOCK_N,
 #: num_warps), where the table sets none. BLOCK_M 32 x 64 at 4 warps takes 173 registers on sm90 (triton 3.6):
 #: 2 programs per SM; at 168, 3 fit (65,536 registers). H200, gpt-oss-120b T = 512 against our bf16 path:
@@ -222,6 +227,13 @@ def choose_config(
             tile,
             gate_up=replace(gu, BLOCK_K=PACKED_BLOCK_K, maxnreg=cap),
             down=replace(tile.down, BLOCK_K=PACKED_BLOCK_K),
+        )
+    if decode == "swapped" and dot == "portable" and config is None:
+        lo, hi = SWAPPED_ROWS
+        tile = replace(
+            tile,
+            gate_up=replace(tile.gate_up, BLOCK_N=min(max(tile.gate_up.BLOCK_N, lo // 2), hi // 2)),
+            down=replace(tile.down, BLOCK_N=min(max(tile.down.BLOCK_N, lo), hi)),
         )
     # the caller's tiles are not capped; the interpreter has no registers
     max_k = None if config is not None or backend == "interpreter" else GPU_MAX_BLOCK_K.get(decode)

@@ -5,7 +5,8 @@ default config at T on this device's table, with tile fields overridden per vari
 
 Each variant is a ','-list of gemm.field=int or field=value (a top-level field: BLOCK_M=64, decode=swapped); an
 empty variant is the default config written out. decode=swapped (or packed) sets BLOCK_K 128 in both GEMMs and
-drops the default's register caps (a later gemm.maxnreg=... sets one).
+drops the default's register caps (a later gemm.maxnreg=... sets one); decode=swapped also bounds the tiles as
+choose_config does for it (mxfp4_gemm.SWAPPED_ROWS; a later gemm.BLOCK_N=... overrides).
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ def main() -> None:
                 d[key] = int(value) if value.lstrip("-").isdigit() else value
                 if key == "decode":  # the default's register caps are its decode's (mxfp4_gemm)
                     d["gate_up"]["maxnreg"] = d["down"]["maxnreg"] = 0
+                if key == "decode" and value == "swapped":  # its table tiles' rows (mxfp4_gemm.SWAPPED_ROWS)
+                    lo, hi = mxfp4_gemm.SWAPPED_ROWS
+                    d["gate_up"]["BLOCK_N"] = min(max(d["gate_up"]["BLOCK_N"], lo // 2), hi // 2)
+                    d["down"]["BLOCK_N"] = min(max(d["down"]["BLOCK_N"], lo), hi)
         if d.get("decode") in mxfp4_gemm.PACKED_DECODES:  # their BLOCK_K is the packing step
             for gemm in ("gate_up", "down"):
                 d[gemm]["BLOCK_K"] = mxfp4_gemm.PACKED_BLOCK_K

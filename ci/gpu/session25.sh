@@ -6,8 +6,8 @@
 #       tiles at T = 1 .. 4096 (QB_ARGS), gpt-oss-120b MXFP4 at full size against the float64 oracle with the
 #       swapped decode (MOE_CTS_MXFP4_DECODE=swapped, FULL_T)
 #   s   quant_bench MXFP4 over swapped tiles (mx_configs.py variants) at T = 1, 16 (S_SMALL) and 512, 4096
-#       (S_BIG): the fill rule's 32-wide down has 32 weight rows, below wgmma's 64 (mma.sync and a trip
-#       through shared memory), and the m > 32 row's 8-warp tiles spill with this decode (AOT)
+#       (S_BIG), around its default tiles (mxfp4_gemm.SWAPPED_ROWS: 64 to 128 weight rows per operand; the fill
+#       rule's 32-row down is mma.sync with a trip through shared memory, the m > 32 row's 256-row operands spill)
 #   f   perf_probe --parts swap25: the fp8 operand swap (GemmTile.swap_ab) in the block fp8 decode row, DeepSeek-V3
 #       with its shared expert at T = 1 .. 16 (9 alternating rounds; bf16 in the same rounds), then GPU pytest of
 #       test_fp8_moe.py (the swap's PASS cases) in the rest of the slot
@@ -28,7 +28,7 @@ m)
   ;;
 s)
   SW=decode=swapped
-  SMALL=${S_SMALL:-"$SW;$SW,down.BLOCK_N=64;$SW,gate_up.BLOCK_N=32,down.BLOCK_N=64;$SW,gate_up.num_stages=4,down.BLOCK_N=64,down.num_stages=4"}
+  SMALL=${S_SMALL:-"$SW;$SW,gate_up.BLOCK_N=64;$SW,down.BLOCK_N=32;$SW,gate_up.num_stages=4,down.num_stages=4;$SW,down.BLOCK_N=128"}
   BIG512=${S_512:-"$SW;$SW,BLOCK_M=64,gate_up.BLOCK_N=64,down.BLOCK_N=128,down.num_warps=8"}
   BIG=${S_BIG:-"$SW;$SW,BLOCK_M=128,gate_up.BLOCK_N=64,gate_up.num_warps=8,down.BLOCK_N=128,down.num_warps=8;$SW,BLOCK_M=128,gate_up.BLOCK_N=32,down.BLOCK_N=64,gate_up.num_warps=4,down.num_warps=4"}
   mx_variants "$OUT" 1 "$SMALL" 150

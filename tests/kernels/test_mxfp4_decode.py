@@ -322,6 +322,24 @@ def test_the_packed_gate_up_of_block_m_32_gets_its_register_cap_where_the_table_
     assert mg.choose_config(spec, BF16, 5, None).gate_up.maxnreg == 0
 
 
+@pytest.mark.parametrize(
+    ("widths", "want"), [((32, 32), (32, 64)), ((128, 256), (64, 128)), ((64, 64), (64, 64))]
+)
+def test_the_swapped_decode_keeps_its_table_tiles_operands_between_64_and_128_rows(monkeypatch, widths, want):
+    """gate_up's operand is 2 BLOCK_N weight rows, down's BLOCK_N (mxfp4_gemm.SWAPPED_ROWS); no cap (the packed
+    decode's register cap is its own); the caller's tiles stay as given."""
+    monkeypatch.setattr(cfgmod, "backend", lambda: "cuda")
+    spec = SPEC.replace(quant=QuantScheme.mxfp4())
+    row = _config(BF16, "weights", "packed", 128)
+    row = {"BLOCK_M": 32, **{g: {**row[g], "BLOCK_N": n} for g, n in zip(("gate_up", "down"), widths)}}
+    monkeypatch.setattr(cfgmod, "choose", lambda **_: cfgmod.as_config(row))
+    cfg = mg.choose_config(spec, BF16, 5, {"decode": "swapped"})
+    assert (cfg.decode, cfg.gate_up.BLOCK_N, cfg.down.BLOCK_N) == ("swapped", *want)
+    assert (cfg.gate_up.BLOCK_K, cfg.down.BLOCK_K, cfg.gate_up.maxnreg) == (128, 128, 0)
+    given = mg.choose_config(spec, BF16, 5, {**row, "decode": "swapped"})
+    assert (given.gate_up.BLOCK_N, given.down.BLOCK_N) == widths
+
+
 def test_a_decode_that_does_not_apply_is_refused_naming_its_field():
     spec, qw, x, _, ids = _inputs(BF16, seed=0, scales=(124, 128), x_ints=True)
     x, ids = x.to(DEVICE), ids.to(DEVICE)  # a host x on a GPU is refused first (x.device)
