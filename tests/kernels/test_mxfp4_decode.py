@@ -337,7 +337,7 @@ def test_the_swapped_decode_keeps_its_table_tiles_operands_between_64_and_128_ro
     assert (cfg.decode, cfg.gate_up.BLOCK_N, cfg.down.BLOCK_N) == ("swapped", *want)
     assert (cfg.gate_up.BLOCK_K, cfg.down.BLOCK_K, cfg.gate_up.maxnreg) == (128, 128, 0)
     given = mg.choose_config(spec, BF16, 5, {**row, "decode": "swapped"})
-    assert (given.gate_up.BLOCK_N, given.down.BLOCK_N) == widths
+    assert widths == (given.gate_up.BLOCK_N, given.down.BLOCK_N)
 
 
 def test_a_decode_that_does_not_apply_is_refused_naming_its_field():
