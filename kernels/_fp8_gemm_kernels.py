@@ -219,14 +219,23 @@ def _fp8_gate_up_desc_scalar(
     a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
     expert, n0, I, H, stride_a_h, BN_W, GROUP_K, GATED: tl.constexpr,
     FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SWAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """_fp8_gate_up_desc_loop under SW_SCALAR (its docstring): block scheme, concat or non-gated rows, one gate
-    and one up weight scale per K group; returns the (gate, up) fp32 accumulators."""
+    and one up weight scale per K group; returns the (gate, up) fp32 accumulators (BLOCK_M, BLOCK_N).
+
+    SWAP (W_BOX_A, module docstring): the (NB BLOCK_N, BLOCK_K) box of gate then up rows is the dot's first
+    operand, acc.T (NB BLOCK_N, BLOCK_M) += (box @ a.T) * s_w[row half] * s_a, the same scale product per
+    element; transposed once after the K loop."""
+    NB: tl.constexpr = 2 if GATED else 1
     gate0 = n0 % I  # first gate row (the tile's rows share its weight block)
     up0 = gate0 + I  # first up row (GATED)
-    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if SWAP:
+        is_up = tl.arange(0, NB * BLOCK_N) >= BLOCK_N  # the box's rows: gate, then up
+        acc = tl.zeros((NB * BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     offs_k = tl.arange(0, BLOCK_K)
     last_g = (H - 1) // GROUP_K
     sa, sw_g = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0, 0, BN_W, stride_sw_n,
@@ -235,22 +244,37 @@ def _fp8_gate_up_desc_scalar(
     for kk in range(0, tl.cdiv(H, BLOCK_K)):
         k0 = kk * BLOCK_K
         a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_k < H - k0)[None, :], other=0.0)
-        w = _fp8_b(_w13_box(w_desc, expert, n0, k0, GATED, False, BLOCK_N, BLOCK_K), FP8_MBITS, FP8_EBITS,
-                   FP8_BIAS, FP8_NAN)  # fmt: skip
+        box = _w13_box(w_desc, expert, n0, k0, GATED, False, BLOCK_N, BLOCK_K)
         g_next = tl.minimum((k0 + BLOCK_K) // GROUP_K, last_g)
         sa_next, sw_g_next = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0, g_next,
                                            BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
-        d = tl.dot(a, w)
-        if GATED:
-            sw_u_next = _w_scale(sw_base, up0, g_next, BN_W, stride_sw_n, stride_sw_k)
-            d_g, d_u = _split_gate_up(d, True, BLOCK_M, BLOCK_N)
-            acc_g += d_g * _outer(sa, sw_g, True)
-            acc_u += d_u * _outer(sa, sw_u, True)
-            sw_u = sw_u_next
+        if SWAP:
+            d = tl.dot(_fp8_box_a(box, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN), trans_tile(a))
+            if GATED:
+                sw_u_next = _w_scale(sw_base, up0, g_next, BN_W, stride_sw_n, stride_sw_k)
+                acc += d * (tl.where(is_up, sw_u, sw_g)[:, None] * sa[None, :])
+                sw_u = sw_u_next
+            else:
+                acc += d * (sw_g * sa)[None, :]
         else:
-            acc_g += d * _outer(sa, sw_g, True)
+            d = tl.dot(a, _fp8_b(box, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN))
+            if GATED:
+                sw_u_next = _w_scale(sw_base, up0, g_next, BN_W, stride_sw_n, stride_sw_k)
+                d_g, d_u = _split_gate_up(d, True, BLOCK_M, BLOCK_N)
+                acc_g += d_g * _outer(sa, sw_g, True)
+                acc_u += d_u * _outer(sa, sw_u, True)
+                sw_u = sw_u_next
+            else:
+                acc_g += d * _outer(sa, sw_g, True)
         sa, sw_g = sa_next, sw_g_next
         a_ptrs += BLOCK_K * stride_a_h
+    if SWAP and GATED:
+        g, u = tl.split(tl.permute(tl.reshape(acc, (2, BLOCK_N, BLOCK_M)), (1, 2, 0)))
+        acc_g = tl.trans(g)
+        acc_u = tl.trans(u)
+    elif SWAP:
+        acc_g = tl.trans(acc)
+        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     return acc_g, acc_u
 
 
@@ -261,51 +285,6 @@ def _fp8_box_a(w, MBITS: tl.constexpr, EBITS: tl.constexpr, BIAS: tl.constexpr, 
     if INTERPRET:
         w = _decode_fp8(w, MBITS, EBITS, BIAS, NAN)
     return w
-
-
-@triton.jit
-def _fp8_gate_up_desc_swap(
-    a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
-    expert, n0, I, H, stride_a_h, BN_W, GROUP_K, GATED: tl.constexpr,
-    FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """_fp8_gate_up_desc_scalar with the operands swapped (W_BOX_A, module docstring): per K step the
-    (NB BLOCK_N, BLOCK_K) box of gate then up rows is the dot's first operand, acc.T (NB BLOCK_N, BLOCK_M) +=
-    (box @ a.T) * s_w[row half] * s_a; the same scale products per element. Returns the (gate, up) fp32
-    accumulators as (BLOCK_M, BLOCK_N), transposed once after the K loop."""
-    NB: tl.constexpr = 2 if GATED else 1
-    gate0 = n0 % I  # first gate row (the tile's rows share its weight block)
-    up0 = gate0 + I  # first up row (GATED)
-    is_up = tl.arange(0, NB * BLOCK_N) >= BLOCK_N  # the box's rows: gate, then up
-    acc = tl.zeros((NB * BLOCK_N, BLOCK_M), dtype=tl.float32)
-    offs_k = tl.arange(0, BLOCK_K)
-    last_g = (H - 1) // GROUP_K
-    sa, sw_g = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0, 0, BN_W, stride_sw_n,
-                             stride_sw_k)  # fmt: skip
-    sw_u = _w_scale(sw_base, up0, 0, BN_W, stride_sw_n, stride_sw_k)
-    for kk in range(0, tl.cdiv(H, BLOCK_K)):
-        k0 = kk * BLOCK_K
-        a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_k < H - k0)[None, :], other=0.0)
-        w = _fp8_box_a(_w13_box(w_desc, expert, n0, k0, GATED, False, BLOCK_N, BLOCK_K), FP8_MBITS, FP8_EBITS,
-                       FP8_BIAS, FP8_NAN)  # fmt: skip
-        g_next = tl.minimum((k0 + BLOCK_K) // GROUP_K, last_g)
-        sa_next, sw_g_next = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0, g_next,
-                                           BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
-        d = tl.dot(w, trans_tile(a))
-        if GATED:
-            sw_u_next = _w_scale(sw_base, up0, g_next, BN_W, stride_sw_n, stride_sw_k)
-            acc += d * (tl.where(is_up, sw_u, sw_g)[:, None] * sa[None, :])
-            sw_u = sw_u_next
-        else:
-            acc += d * (sw_g * sa)[None, :]
-        sa, sw_g = sa_next, sw_g_next
-        a_ptrs += BLOCK_K * stride_a_h
-    if GATED:
-        g, u = tl.split(tl.permute(tl.reshape(acc, (2, BLOCK_N, BLOCK_M)), (1, 2, 0)))
-        return tl.trans(g), tl.trans(u)
-    else:
-        return tl.trans(acc), tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
 
 @triton.jit(do_not_specialize=["num_experts"])  # E = 1 (shared expert) keeps the routed binary
@@ -396,17 +375,11 @@ def _fp8_gate_up_act(
 ):  # fmt: skip
     """The fp32 activation (BLOCK_M, BLOCK_N) of output columns j BLOCK_N .. (j + 1) BLOCK_N: K loop, dequant,
     bias, activation."""
-    if W_DESC == W_BOX_A and SW_SCALAR:  # the launcher passes W_BOX_A to GEMM1 only with SW_SCALAR
-        acc_g, acc_u = _fp8_gate_up_desc_swap(
-            a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
-            expert, j * BLOCK_N, I, H, stride_a_h, BN_W, GROUP_K, GATED, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN,
-            BLOCK_M, BLOCK_N, BLOCK_K,
-        )  # fmt: skip
-    elif W_DESC and SW_SCALAR:
+    if W_DESC and SW_SCALAR:  # W_BOX_A: the launcher passes it to GEMM1 only with SW_SCALAR
         acc_g, acc_u = _fp8_gate_up_desc_scalar(
             a_ptrs, row_ok, tok, w_desc, sa_ptr, stride_sa_t, stride_sa_g, sw_base, stride_sw_n, stride_sw_k,
             expert, j * BLOCK_N, I, H, stride_a_h, BN_W, GROUP_K, GATED, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN,
-            BLOCK_M, BLOCK_N, BLOCK_K,
+            W_DESC == W_BOX_A, BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
     elif W_DESC:
         acc_g, acc_u = _fp8_gate_up_desc_loop(
@@ -586,18 +559,11 @@ def _fp8_down_tile(
     # SW_SCALAR (BLOCK_N divides the weight block): the tile's rows share one weight scale per K group, a
     # scalar instead of a (BLOCK_N,) vector (_fp8_gate_up_desc_loop says why)
     w_rows = pid_n * BLOCK_N if SW_SCALAR else offs_n_w
-    if W_DESC == W_BOX_A:
-        acc = _fp8_down_desc_swap(
-            a_ptrs, row_ok, rows, w_desc, sa_ptr, stride_sa_a, stride_sa_g, sw_base, w_rows, stride_sw_n,
-            stride_sw_k, expert, pid_n, I, stride_a_i, BN_W, GROUP_K, BLOCKWISE, FP8_MBITS, FP8_EBITS, FP8_BIAS,
-            FP8_NAN, SW_SCALAR, BLOCK_M, BLOCK_N, BLOCK_K,
-        )  # fmt: skip
-    else:
-        acc = _fp8_down_loop(
-            a_ptrs, w_ptrs, row_ok, rows, w_desc, sa_ptr, stride_sa_a, stride_sa_g, sw_base, w_rows, stride_sw_n,
-            stride_sw_k, expert, pid_n, I, stride_a_i, stride_w_i, BN_W, GROUP_K, BLOCKWISE, FP8_MBITS, FP8_EBITS,
-            FP8_BIAS, FP8_NAN, W_DESC, SW_SCALAR, BLOCK_M, BLOCK_N, BLOCK_K,
-        )  # fmt: skip
+    acc = _fp8_down_loop(
+        a_ptrs, w_ptrs, row_ok, rows, w_desc, sa_ptr, stride_sa_a, stride_sa_g, sw_base, w_rows, stride_sw_n,
+        stride_sw_k, expert, pid_n, I, stride_a_i, stride_w_i, BN_W, GROUP_K, BLOCKWISE, FP8_MBITS, FP8_EBITS,
+        FP8_BIAS, FP8_NAN, W_DESC, SW_SCALAR, BLOCK_M, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
     if not BLOCKWISE:
         sa = tl.load(sa_rows, mask=row_ok, other=0.0)
         acc = acc * (sa[:, None] * _w_scale(sw_base, offs_n_w, 0, BN_W, stride_sw_n, stride_sw_k)[None, :])
@@ -620,10 +586,16 @@ def _fp8_down_loop(
     W_DESC: tl.constexpr, SW_SCALAR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """_fp8_down_tile's K loop (pointer or descriptor weights as the dot's second operand): the (BLOCK_M,
-    BLOCK_N) fp32 accumulator, dequantized per K tile under BLOCKWISE."""
+    """_fp8_down_tile's K loop: the (BLOCK_M, BLOCK_N) fp32 accumulator, dequantized per K tile under BLOCKWISE.
+    W_DESC == W_BOX_A (module docstring): the descriptor's (BLOCK_N, BLOCK_K) box is the dot's first operand,
+    acc.T (BLOCK_N, BLOCK_M) += (box @ a.T) * s_w * s_a, the same scale product per element, transposed once
+    after the loop."""
+    SWAP: tl.constexpr = W_DESC == W_BOX_A
     offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if SWAP:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if BLOCKWISE:  # as in fp8_gate_up_kernel: each next group's scales one step ahead
         last_g = (I - 1) // GROUP_K
         sa, sw = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows, 0, BN_W,
@@ -633,52 +605,29 @@ def _fp8_down_loop(
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         if W_DESC:  # rows past H and columns past I read as zeros
             box = w_desc.load([expert, pid_n * BLOCK_N, kk * BLOCK_K]).reshape(BLOCK_N, BLOCK_K)
-            w = _fp8_b(box, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
+            if SWAP:
+                w = _fp8_box_a(box, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
+            else:
+                w = _fp8_b(box, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
         else:
             w = _load_w(w_ptrs, k_ok[:, None], FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN)
         if BLOCKWISE:
             g_next = tl.minimum(((kk + 1) * BLOCK_K) // GROUP_K, last_g)
             sa_next, sw_next = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows,
                                              g_next, BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
-            acc += tl.dot(a, w) * _outer(sa, sw, SW_SCALAR)
+            if SWAP and SW_SCALAR:
+                acc += tl.dot(w, trans_tile(a)) * (sw * sa)[None, :]
+            elif SWAP:
+                acc += tl.dot(w, trans_tile(a)) * (sw[:, None] * sa[None, :])
+            else:
+                acc += tl.dot(a, w) * _outer(sa, sw, SW_SCALAR)
             sa, sw = sa_next, sw_next
-        else:  # promoted per K tile (module docstring)
+        elif SWAP:  # promoted per K tile (module docstring)
+            acc += tl.dot(w, trans_tile(a))
+        else:
             acc += tl.dot(a, w)
         a_ptrs += BLOCK_K * stride_a_i
         w_ptrs += BLOCK_K * stride_w_i
+    if SWAP:
+        acc = tl.trans(acc)
     return acc
-
-
-@triton.jit
-def _fp8_down_desc_swap(
-    a_ptrs, row_ok, rows, w_desc, sa_ptr, stride_sa_a, stride_sa_g, sw_base, w_rows, stride_sw_n, stride_sw_k,
-    expert, pid_n, I, stride_a_i, BN_W, GROUP_K, BLOCKWISE: tl.constexpr,
-    FP8_MBITS: tl.constexpr, FP8_EBITS: tl.constexpr, FP8_BIAS: tl.constexpr, FP8_NAN: tl.constexpr,
-    SW_SCALAR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """_fp8_down_loop with the operands swapped (W_BOX_A, module docstring): acc.T (BLOCK_N, BLOCK_M) +=
-    (box @ a.T) * s_w * s_a per K tile; returned as (BLOCK_M, BLOCK_N), transposed once after the K loop."""
-    offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    if BLOCKWISE:
-        last_g = (I - 1) // GROUP_K
-        sa, sw = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows, 0, BN_W,
-                               stride_sw_n, stride_sw_k)  # fmt: skip
-    for kk in range(0, tl.cdiv(I, BLOCK_K)):
-        k_ok = offs_k < I - kk * BLOCK_K
-        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        box = w_desc.load([expert, pid_n * BLOCK_N, kk * BLOCK_K]).reshape(BLOCK_N, BLOCK_K)
-        d = tl.dot(_fp8_box_a(box, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN), trans_tile(a))
-        if BLOCKWISE:
-            g_next = tl.minimum(((kk + 1) * BLOCK_K) // GROUP_K, last_g)
-            sa_next, sw_next = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows,
-                                             g_next, BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
-            if SW_SCALAR:
-                acc += d * (sw * sa)[None, :]
-            else:
-                acc += d * (sw[:, None] * sa[None, :])
-            sa, sw = sa_next, sw_next
-        else:  # promoted per K tile (module docstring)
-            acc += d
-        a_ptrs += BLOCK_K * stride_a_i
-    return tl.trans(acc)

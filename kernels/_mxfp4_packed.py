@@ -96,10 +96,18 @@ def _step_order(t, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _per_element(t, BLOCK_N: tl.constexpr):
-    """(16, BLOCK_N) values of rows 4c + b -> (128, BLOCK_N) in K' order: a word's value for its 8 elements."""
+def word_bits(B):
+    """(..., 2, 2, 2) uint16 indexed (..., p, q0, q1): half p of register q = 2 q1 + q0 of each word of B,
+    the bf16 bits of e2m1 * 2^-126 of its element q + 4p (_pair_bits). Shared with the swapped decode."""
+    return tl.join(tl.join(_halves(_pair_bits(B, 0)), _halves(_pair_bits(B, 1))),
+                   tl.join(_halves(_pair_bits(B, 2)), _halves(_pair_bits(B, 3))))  # fmt: skip
+
+
+@triton.jit
+def word_eightfold(t):
+    """t (...) -> (..., 2, 2, 2): a word's value for each of its 8 elements, in word_bits' order."""
     t = tl.join(t, t)
-    return _step_order(tl.join(tl.join(t, t), tl.join(t, t)), BLOCK_N)
+    return tl.join(tl.join(t, t), tl.join(t, t))
 
 
 @triton.jit
@@ -113,15 +121,23 @@ def _as_float(bits16):
 
 
 @triton.jit
+def scaled_weights(bits, scale):
+    """bf16(bits) * 2^126 * scale: the weights from word_bits and the 2^(s - 127) of word_eightfold(_scale_tile)
+    in the same order (bf16, exact; fp32 under the interpreter). Shared with the swapped decode."""
+    w = _as_float(bits)
+    w = w * (RENORM if INTERPRET else tl.full([], RENORM, tl.bfloat16))
+    return w * scale
+
+
+@triton.jit
 def _weights(B, s, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
     """(128, BLOCK_N) weights in K' order (bf16; fp32 under the interpreter) from the packed words B
     (16, BLOCK_N) uint32, rows 4c + b, and the scale codes s (16, BLOCK_N) uint8 of their blocks b; PLAIN:
     every code is in [1, 254] (_scale_tile)."""
-    bits = tl.join(tl.join(_halves(_pair_bits(B, 0)), _halves(_pair_bits(B, 1))),
-                   tl.join(_halves(_pair_bits(B, 2)), _halves(_pair_bits(B, 3))))  # fmt: skip
-    w = _as_float(_step_order(bits, BLOCK_N))
-    w = w * (RENORM if INTERPRET else tl.full([], RENORM, tl.bfloat16))
-    return w * _per_element(_scale_tile(s, "bf16", PLAIN), BLOCK_N)
+    return scaled_weights(
+        _step_order(word_bits(B), BLOCK_N),
+        _step_order(word_eightfold(_scale_tile(s, "bf16", PLAIN)), BLOCK_N),
+    )
 
 
 @triton.jit

@@ -21,7 +21,7 @@ The wgmma A operand (16-bit, Triton's kWidth 2) gives a thread, per 32-block b o
 mxfp4_pack's "mma_a" order stores exactly those in word (b, c) (word element q + 4p = block element
 8q + 2c + p), so _pair_bits(B, q) is the MMA register holding elements (8q + 2c, 8q + 2c + 1) as decoded:
 no K permutation of either operand. Words are word-major per step (4c + b), the scales as in the packed
-decode: _weights and _scale_tile are shared with it.
+decode: word_bits, word_eightfold, scaled_weights and _scale_tile are shared with it.
 
     per step kk:   B (R, 16) uint32 = words 4c + b of the R rows       one 16-byte load per thread and row
                    s (R, 16) uint8  = their blocks' E8M0 codes          one 4-byte load per thread and row
@@ -39,10 +39,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from moe_cts.kernels._common import INTERPRET
 from moe_cts.kernels._mxfp4_decode import _scale_tile
-from moe_cts.kernels._mxfp4_packed import BLOCKS, STEP, _as_float, _halves, _pair_bits
-from moe_cts.kernels._mxfp4_swar import RENORM, load_x_tile
+from moe_cts.kernels._mxfp4_packed import BLOCKS, STEP, scaled_weights, word_bits, word_eightfold
+from moe_cts.kernels._mxfp4_swar import load_x_tile
 
 
 @triton.jit
@@ -54,22 +53,13 @@ def _a_order(t, R: tl.constexpr):
 
 
 @triton.jit
-def _per_element(t, R: tl.constexpr):
-    """(R, 16) values of words 4c + b -> (R, 128) in K order: a word's value for its 8 elements."""
-    t = tl.join(t, t)
-    return _a_order(tl.join(tl.join(t, t), tl.join(t, t)), R)
-
-
-@triton.jit
 def _weights(B, s, PLAIN: tl.constexpr):
     """(R, 128) weights in K order (bf16; fp32 under the interpreter) from the words B (R, 16) uint32 in the
     "mma_a" order and the scale codes s (R, 16) uint8 of their blocks; PLAIN: every code is in [1, 254]."""
     R: tl.constexpr = B.shape[0]
-    bits = tl.join(tl.join(_halves(_pair_bits(B, 0)), _halves(_pair_bits(B, 1))),
-                   tl.join(_halves(_pair_bits(B, 2)), _halves(_pair_bits(B, 3))))  # fmt: skip
-    w = _as_float(_a_order(bits, R))
-    w = w * (RENORM if INTERPRET else tl.full([], RENORM, tl.bfloat16))
-    return w * _per_element(_scale_tile(s, "bf16", PLAIN), R)
+    return scaled_weights(
+        _a_order(word_bits(B), R), _a_order(word_eightfold(_scale_tile(s, "bf16", PLAIN)), R)
+    )
 
 
 @triton.jit
