@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Session 25's GPU calls (docs/mxfp4.md "Session 25"), one 590 s slot each: the swapped MXFP4 decode
-# (kernels/_mxfp4_swapped.py, config decode="swapped": out.T = W @ x.T, wgmma with the decoded weights in
-# registers) against the packed default.
+# Session 25's GPU calls (docs/mxfp4.md and docs/h200.md "Session 25"), one 590 s slot each: the swapped MXFP4
+# decode (kernels/_mxfp4_swapped.py, config decode="swapped": out.T = W @ x.T, wgmma with the decoded weights in
+# registers) against the packed default, and the fp8 operand swap (GemmTile.swap_ab) against the fp8 table.
+#   a   the first call: quant_bench MXFP4 default against swapped at T = 1 .. 4096 (first 330 s of the slot), then
+#       perf_probe --parts swap25 (the fp8 operand swap at T = 1 .. 16) in the rest; no pytest (modes m, f)
 #   m   GPU pytest of the MXFP4 files (both decodes), quant_bench MXFP4 default against swapped on the default
 #       tiles at T = 1 .. 4096 (QB_ARGS), gpt-oss-120b MXFP4 at full size against the float64 oracle with the
 #       swapped decode (MOE_CTS_MXFP4_DECODE=swapped, FULL_T)
@@ -18,6 +20,10 @@ OUT=${2:-/tmp/moe-cts-gpu}
 source "$(dirname "$0")/common.sh"
 gpu_setup "$OUT"
 case "$MODE" in
+a)
+  SLOT=330 QB_ARGS="--kinds mxfp4 --no-50k --mxfp4-configs default;swapped" quant_bench "$OUT"
+  probe "$OUT" swap25 "$(slot_left 585)"
+  ;;
 m)
   gpu_pytest "$OUT" 170 tests/kernels/test_mxfp4_decode.py tests/kernels/test_mxfp4_moe.py \
     tests/kernels/test_mxfp4_pack.py
