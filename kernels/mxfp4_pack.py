@@ -119,43 +119,40 @@ def _words_to_bytes(w: torch.Tensor) -> torch.Tensor:
     return torch.stack([(w >> (8 * i)) & 0xFF for i in range(4)], dim=-1).to(torch.uint8)
 
 
-def _nibbles(b: torch.Tensor) -> torch.Tensor:
-    """(..., 16) uint8 bytes of one 32-block -> (..., 32) int32 codes, element i = nibble i (low nibble first)."""
-    b = b.to(torch.int32)
-    return torch.stack([b & 0xF, b >> 4], dim=-1).flatten(-2)
-
-
-def _word_codes(blocks: torch.Tensor, order: str) -> torch.Tensor:
-    """(..., 4 blocks b, 32) codes -> (..., 4 b, 4 words c, 8) codes of word (b, c), word element e = q + 4p:
-    "mma_b" block element 8c + e, "mma_a" block element 8q + 2c + p (module docstring)."""
-    if order == "mma_b":
-        return blocks.unflatten(-1, (WORDS, 8))
-    t = blocks.unflatten(-1, (4, WORDS, 2))  # (q, c, p)
-    return t.permute(*range(t.dim() - 3), -2, -1, -3).flatten(-2)  # (c, p, q): e = 4p + q
-
-
-def _block_codes(words: torch.Tensor, order: str) -> torch.Tensor:
-    """The inverse of _word_codes."""
-    if order == "mma_b":
-        return words.flatten(-2)
-    t = words.unflatten(-1, (2, 4))  # (c, p, q)
-    return t.permute(*range(t.dim() - 3), -1, -3, -2).flatten(-3)  # (q, c, p)
+def _a_words(words: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """(..., 4) int32 words of one 32-block in reference order (word q: elements 8q .. 8q + 7, element 8q + n in
+    nibble n) -> the "mma_a" order (word c, element q + 4p = block element 8q + 2c + p: nibble 2c + p of
+    reference word q), or back (inverse). Word-wide shifts and masks: no tensor of one code per element."""
+    out = [torch.zeros_like(words[..., 0]) for _ in range(WORDS)]
+    for c in range(WORDS):
+        for q in range(4):
+            for p in range(2):
+                a, r = (
+                    4 * (q + 4 * p),
+                    4 * (2 * c + p),
+                )  # the code's nibble in mma_a word c / reference word q
+                if inverse:
+                    out[q] |= ((words[..., c] >> a) & 0xF) << r
+                else:
+                    out[c] |= ((words[..., q] >> r) & 0xF) << a
+    return torch.stack(out, dim=-1)
 
 
 def pack_codes(codes: torch.Tensor, order: str = "mma_b") -> torch.Tensor:
     """codes (..., N, K/2) uint8 in the reference layout -> (..., N, Kp/2) uint8 in the packed layout
-    (module docstring): zero-padded to whole steps, each step's 4 x 4 words word-major, each word's codes
-    chosen by `order` (PACK_ORDERS) and put at NIBBLE_PLACES. Any device (meta included) and any storage
-    offset."""
+    (module docstring): zero-padded to whole steps, each word's codes chosen by `order` (PACK_ORDERS), each
+    step's 4 x 4 words word-major, each word's codes at NIBBLE_PLACES. Any device (meta included) and any
+    storage offset."""
     if order not in PACK_ORDERS:
         raise ValueError(f"order: expected one of {PACK_ORDERS}, got {order!r}")
     *lead, n, kb = codes.shape
     kp = packed_k(2 * kb)
     c = torch.nn.functional.pad(codes, (0, kp // 2 - kb)) if kp != 2 * kb else codes
     steps = kp // PACK_K
-    nib = _word_codes(_nibbles(c.reshape(*lead, n, steps, WORDS, 16)), order)  # (step, b, c, e)
-    ref = sum(nib[..., e] << (4 * e) for e in range(8))  # element e in bits 4e .. 4e + 3
-    w = _place_nibbles(ref.transpose(-2, -1))  # (step, c, b)
+    w = _bytes_to_words(c.reshape(*lead, n, steps, WORDS, WORDS, 4))  # (step, block b, word)
+    if order == "mma_a":
+        w = _a_words(w)
+    w = _place_nibbles(w.transpose(-2, -1))  # (step, word c, block b)
     return _words_to_bytes(w).reshape(*lead, n, steps * PACK_K // 2)
 
 
@@ -163,10 +160,10 @@ def unpack_codes(packed: torch.Tensor, k: int, order: str = "mma_b") -> torch.Te
     """The inverse of pack_codes for rows of k elements (tests)."""
     *lead, n, kpb = packed.shape
     w = _unplace_nibbles(_bytes_to_words(packed.reshape(*lead, n, kpb * 2 // PACK_K, WORDS, WORDS, 4)))
-    nib = torch.stack([(w.transpose(-2, -1) >> (4 * e)) & 0xF for e in range(8)], dim=-1)  # (step, b, c, e)
-    blocks = _block_codes(nib, order)  # (step, b, 32)
-    b = blocks[..., 0::2] | (blocks[..., 1::2] << 4)
-    return b.to(torch.uint8).reshape(*lead, n, kpb)[..., : k // 2]
+    w = w.transpose(-2, -1)  # (step, block b, word)
+    if order == "mma_a":
+        w = _a_words(w, inverse=True)
+    return _words_to_bytes(w).reshape(*lead, n, kpb)[..., : k // 2]
 
 
 @dataclass(frozen=True)
