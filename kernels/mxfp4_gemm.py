@@ -174,6 +174,13 @@ def default_decode(dtype: torch.dtype, scale_at: str, dot: str, backend: str) ->
     return "native"
 
 
+def swapped_block_n(gate_up: int, down: int) -> tuple[int, int]:
+    """The (gate_up, down) BLOCK_N of a table row under the swapped decode: operands of SWAPPED_ROWS weight rows
+    (gate_up's operand is its gate and up rows, 2 BLOCK_N)."""
+    lo, hi = SWAPPED_ROWS
+    return min(max(gate_up, lo // 2), hi // 2), min(max(down, lo), hi)
+
+
 def _mx_tile(t: GemmTile, max_k: int | None) -> GemmTile:
     """A float table's tile for the MXFP4 GEMMs: BLOCK_K capped per decode; tma, persistent and half_tail off
     (the packed codes and their scales are read through pointers, one full tile per program: a row's tma,
@@ -220,20 +227,16 @@ def choose_config(
         elif decode == "packed" and tile.BLOCK_M > PACKED_MAX_BLOCK_M:
             decode = "swar"  # the large tiles' rows (PACKED_MAX_BLOCK_M)
     if decode in PACKED_DECODES and dot == "portable" and config is None:  # BLOCK_K is the packing step
-        gu = tile.gate_up
+        gu, dn = tile.gate_up, tile.down
+        if decode == "swapped":
+            gu_n, dn_n = swapped_block_n(gu.BLOCK_N, dn.BLOCK_N)
+            gu, dn = replace(gu, BLOCK_N=gu_n), replace(dn, BLOCK_N=dn_n)
         caps = PACKED_GATE_UP_MAXNREG if decode == "packed" else {}
         cap = gu.maxnreg or caps.get((tile.BLOCK_M, gu.BLOCK_N, gu.num_warps), 0)
         tile = replace(
             tile,
             gate_up=replace(gu, BLOCK_K=PACKED_BLOCK_K, maxnreg=cap),
-            down=replace(tile.down, BLOCK_K=PACKED_BLOCK_K),
-        )
-    if decode == "swapped" and dot == "portable" and config is None:
-        lo, hi = SWAPPED_ROWS
-        tile = replace(
-            tile,
-            gate_up=replace(tile.gate_up, BLOCK_N=min(max(tile.gate_up.BLOCK_N, lo // 2), hi // 2)),
-            down=replace(tile.down, BLOCK_N=min(max(tile.down.BLOCK_N, lo), hi)),
+            down=replace(dn, BLOCK_K=PACKED_BLOCK_K),
         )
     # the caller's tiles are not capped; the interpreter has no registers
     max_k = None if config is not None or backend == "interpreter" else GPU_MAX_BLOCK_K.get(decode)

@@ -43,10 +43,11 @@ def main() -> None:
                 d[key] = int(value) if value.lstrip("-").isdigit() else value
                 if key == "decode":  # the default's register caps are its decode's (mxfp4_gemm)
                     d["gate_up"]["maxnreg"] = d["down"]["maxnreg"] = 0
-                if key == "decode" and value == "swapped":  # its table tiles' rows (mxfp4_gemm.SWAPPED_ROWS)
-                    lo, hi = mxfp4_gemm.SWAPPED_ROWS
-                    d["gate_up"]["BLOCK_N"] = min(max(d["gate_up"]["BLOCK_N"], lo // 2), hi // 2)
-                    d["down"]["BLOCK_N"] = min(max(d["down"]["BLOCK_N"], lo), hi)
+                if (
+                    key == "decode" and value == "swapped"
+                ):  # its table tiles' rows, as choose_config sets them
+                    widths = mxfp4_gemm.swapped_block_n(d["gate_up"]["BLOCK_N"], d["down"]["BLOCK_N"])
+                    d["gate_up"]["BLOCK_N"], d["down"]["BLOCK_N"] = widths
         if d.get("decode") in mxfp4_gemm.PACKED_DECODES:  # their BLOCK_K is the packing step
             for gemm in ("gate_up", "down"):
                 d[gemm]["BLOCK_K"] = mxfp4_gemm.PACKED_BLOCK_K
