@@ -85,13 +85,27 @@ def _w_scale(sw_base, rows, g, BN_W, stride_sw_n, stride_sw_k):
 
 
 @triton.jit
-def _outer(sa, sw, SW_SCALAR: tl.constexpr):
+def _outer(sa, sw, SW_SCALAR: tl.constexpr, SWAP: tl.constexpr = False):
     """(BLOCK_M, BLOCK_N) or (BLOCK_M, 1) factors s_a[row] * s_w[col] of a K tile's partial (s_w a scalar under
-    SW_SCALAR): the same fp32 product per element either way."""
-    if SW_SCALAR:
+    SW_SCALAR): the same fp32 product per element either way. SWAP: the transposed factors, (BLOCK_N, BLOCK_M)
+    or (1, BLOCK_M), of a swapped partial (W_BOX_A); fp32 products commute, so again the same per element."""
+    if SW_SCALAR and SWAP:
+        return (sa * sw)[None, :]
+    elif SW_SCALAR:
         return (sa * sw)[:, None]
+    elif SWAP:
+        return sw[:, None] * sa[None, :]
     else:
         return sa[:, None] * sw[None, :]
+
+
+@triton.jit
+def _mma(a, w, SWAP: tl.constexpr):
+    """A K tile's partial: a @ w, or under SWAP (W_BOX_A) w @ a.T, the weight box w as the first operand."""
+    if SWAP:
+        return tl.dot(w, trans_tile(a))
+    else:
+        return tl.dot(a, w)
 
 
 @triton.jit
@@ -249,13 +263,13 @@ def _fp8_gate_up_desc_scalar(
         sa_next, sw_g_next = _group_scales(sa_ptr, tok, stride_sa_t, stride_sa_g, row_ok, sw_base, gate0, g_next,
                                            BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
         if SWAP:
-            d = tl.dot(_fp8_box_a(box, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN), trans_tile(a))
+            d = _mma(a, _fp8_box_a(box, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN), True)
             if GATED:
                 sw_u_next = _w_scale(sw_base, up0, g_next, BN_W, stride_sw_n, stride_sw_k)
-                acc += d * (tl.where(is_up, sw_u, sw_g)[:, None] * sa[None, :])
+                acc += d * _outer(sa, tl.where(is_up, sw_u, sw_g), False, True)
                 sw_u = sw_u_next
             else:
-                acc += d * (sw_g * sa)[None, :]
+                acc += d * _outer(sa, sw_g, True, True)
         else:
             d = tl.dot(a, _fp8_b(box, FP8_MBITS, FP8_EBITS, FP8_BIAS, FP8_NAN))
             if GATED:
@@ -615,17 +629,10 @@ def _fp8_down_loop(
             g_next = tl.minimum(((kk + 1) * BLOCK_K) // GROUP_K, last_g)
             sa_next, sw_next = _group_scales(sa_ptr, rows, stride_sa_a, stride_sa_g, row_ok, sw_base, w_rows,
                                              g_next, BN_W, stride_sw_n, stride_sw_k)  # fmt: skip
-            if SWAP and SW_SCALAR:
-                acc += tl.dot(w, trans_tile(a)) * (sw * sa)[None, :]
-            elif SWAP:
-                acc += tl.dot(w, trans_tile(a)) * (sw[:, None] * sa[None, :])
-            else:
-                acc += tl.dot(a, w) * _outer(sa, sw, SW_SCALAR)
+            acc += _mma(a, w, SWAP) * _outer(sa, sw, SW_SCALAR, SWAP)
             sa, sw = sa_next, sw_next
-        elif SWAP:  # promoted per K tile (module docstring)
-            acc += tl.dot(w, trans_tile(a))
-        else:
-            acc += tl.dot(a, w)
+        else:  # promoted per K tile (module docstring)
+            acc += _mma(a, w, SWAP)
         a_ptrs += BLOCK_K * stride_a_i
         w_ptrs += BLOCK_K * stride_w_i
     if SWAP:
