@@ -43,9 +43,7 @@ def main() -> None:
                 d[key] = int(value) if value.lstrip("-").isdigit() else value
                 if key == "decode":  # the default's register caps are its decode's (mxfp4_gemm)
                     d["gate_up"]["maxnreg"] = d["down"]["maxnreg"] = 0
-                if (
-                    key == "decode" and value == "swapped"
-                ):  # its table tiles' rows, as choose_config sets them
+                if key == "decode" and value == "swapped":  # its table widths, as choose_config sets them
                     widths = mxfp4_gemm.swapped_block_n(d["gate_up"]["BLOCK_N"], d["down"]["BLOCK_N"])
                     d["gate_up"]["BLOCK_N"], d["down"]["BLOCK_N"] = widths
         if d.get("decode") in mxfp4_gemm.PACKED_DECODES:  # their BLOCK_K is the packing step

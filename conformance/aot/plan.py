@@ -262,8 +262,7 @@ def _quant_scenarios(tier: str, tnames: tuple[str, ...]) -> list[Scenario]:
                     meta={"preset": MXFP4_PRESET, "T": T, "quant": "mxfp4"},
                 )
             )
-    for T in MXFP4_TOKENS[tier]:  # the opt-in swapped decode (bf16 only: it builds bf16 weights)
-        out.append(
+        out.append(  # the opt-in swapped decode (bf16 only: it builds bf16 weights)
             Scenario(
                 origin=f"mxfp4-swapped:{MXFP4_PRESET}@T={T}",
                 preset=MXFP4_PRESET,
