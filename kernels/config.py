@@ -51,6 +51,15 @@ BACKENDS = target_info.BACKENDS
 #: targets only (cuda-sm90: Hopper's 227 KiB of shared memory per block allows pipelines sm80's 163 KiB does
 #: not); a backend's own table serves its other targets.
 TABLES = ("cuda", "cuda-sm90", "hip", "interpreter")
+#: MOE_CTS_TABLE: the path of a candidate tile table, in the schema of kernels/configs/*.json. Devices of its
+#: "backend" (of its "targets", where it names them) read it instead of the shipped table, so a table can be
+#: judged before it ships (`moe-cts certify --table FILE`, docs/certify.md). Read, checked (check_table: every
+#: field, and every entry's shared memory on the targets that read it) and named CANDIDATE; a device it does not
+#: apply to raises at its first choice rather than run the shipped table under the candidate's name.
+TABLE_ENV = "MOE_CTS_TABLE"
+CANDIDATE = "candidate"
+#: the optional top-level fields of a table beyond backend / tables / batch_invariant (check_table)
+_FILL_KEYS = ("max_tokens_per_expert", "programs_per_sm", "min_block_n")
 #: shared memory / LDS per block each backend's table must fit (tests/kernels/test_capabilities.py checks):
 #: the smallest limit of the backend's targets (kernels/target_info.py); None = no limit (the interpreter).
 SMEM_LIMIT_BYTES = {b: target_info.backend_shared_limit(b) for b in BACKENDS}
@@ -225,31 +234,75 @@ def dtype_class(dtype: torch.dtype) -> str:
     return "fp32" if dtype == torch.float32 else "16bit"
 
 
-@functools.cache
 def load_table(name: str) -> dict[str, Any]:
-    """A tile table (TABLES). Its `backend` and optional `targets` fields name what it was tuned for: choose()
-    reports them (last_table) so a run can check that the table it read is the running device's (bug-27)."""
+    """A tile table (TABLES, or CANDIDATE: the file MOE_CTS_TABLE names, checked). Its `backend` and optional
+    `targets` fields name what it was tuned for: choose() reports them (last_table) so a run can check that the
+    table it read is the running device's (bug-27)."""
+    if name == CANDIDATE:
+        path = candidate_path()
+        if path is None:
+            raise SpecError(TABLE_ENV, "the path of a tile table JSON (kernels/configs/*.json)", None)
+        # keyed by the file's state: a table edited between runs of one process is read again
+        stat = path.stat() if path.is_file() else None
+        return _candidate(str(path), (stat.st_mtime_ns, stat.st_size) if stat else None)
     if name not in TABLES:
         raise SpecError("table", f"one of {TABLES}", name)
+    return _shipped(name)
+
+
+@functools.cache
+def _shipped(name: str) -> dict[str, Any]:
     return json.loads((CONFIG_DIR / f"{name}.json").read_text())
+
+
+@functools.cache
+def _candidate(path: str, _state: tuple[int, int] | None) -> dict[str, Any]:
+    try:
+        table = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise SpecError(TABLE_ENV, "a readable tile table JSON file", f"{path} ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise SpecError(TABLE_ENV, "a tile table in JSON", f"{path} (line {e.lineno}: {e.msg})") from None
+    return check_table(table, f"{TABLE_ENV}:")
+
+
+def candidate_path() -> Path | None:
+    """The candidate table's file (MOE_CTS_TABLE), absolute; None when no candidate is set."""
+    value = os.environ.get(TABLE_ENV)
+    return Path(value).expanduser().resolve() if value else None
+
+
+def tables() -> tuple[str, ...]:
+    """The tables devices read now: TABLES, and CANDIDATE when MOE_CTS_TABLE names one."""
+    return (*TABLES, CANDIDATE) if candidate_path() is not None else TABLES
 
 
 def table_targets(name: str) -> tuple[str, ...]:
     """Targets (kernels/target_info.py names) whose devices read table `name`: its own "targets", or every
-    target of its backend that no other table names."""
+    target of its backend that no other table names; the candidate's targets read it and no shipped table."""
     table = load_table(name)
     if "targets" in table:
-        return tuple(table["targets"])
-    claimed = {t for n in TABLES if n != name for t in load_table(n).get("targets", ())}
-    return tuple(
-        t.name
-        for t in target_info.TARGETS.values()
-        if t.backend == table["backend"] and t.name not in claimed
-    )
+        reads = tuple(table["targets"])
+    else:
+        # a candidate without targets takes every target of its backend: the shipped tables' claims do not count
+        others = () if name == CANDIDATE else TABLES
+        claimed = {t for n in others if n != name for t in load_table(n).get("targets", ())}
+        reads = tuple(
+            t.name
+            for t in target_info.TARGETS.values()
+            if t.backend == table["backend"] and t.name not in claimed
+        )
+    if name != CANDIDATE and candidate_path() is not None:
+        taken = set(table_targets(CANDIDATE))
+        reads = tuple(t for t in reads if t not in taken)
+    return reads
 
 
 def table_for(backend_name: str, target: str | None) -> str:
-    """The table a device of `target` (e.g. "sm90"; None: unknown) on `backend_name` reads."""
+    """The table a device of `target` (e.g. "sm90"; None: unknown) on `backend_name` reads: the candidate where
+    it applies, else the shipped table that names the target, else the backend's."""
+    if candidate_path() is not None and _candidate_applies(load_table(CANDIDATE), backend_name, target):
+        return CANDIDATE
     for name in TABLES:
         table = load_table(name)
         if table["backend"] == backend_name and target in table.get("targets", ()):
@@ -257,18 +310,40 @@ def table_for(backend_name: str, target: str | None) -> str:
     return backend_name
 
 
-def current_table() -> str:
-    """The table of the device kernels launch on: backend() and, on CUDA, the current device's capability."""
-    b = backend()
-    if b != "cuda" or not torch.cuda.is_available():
-        return b
-    return _cuda_table(torch.cuda.current_device())
+def _device_target(backend_name: str) -> str | None:
+    """The target name (target_info) of the current GPU: "sm90", "gfx942"; None without one."""
+    if not torch.cuda.is_available():
+        return None
+    return _gpu_target(backend_name, torch.cuda.current_device())
 
 
 @functools.cache
-def _cuda_table(index: int) -> str:
+def _gpu_target(backend_name: str, index: int) -> str:
+    if backend_name == "hip":  # "gfx942:sramecc+:xnack-"
+        return torch.cuda.get_device_properties(index).gcnArchName.split(":")[0]
     major, minor = torch.cuda.get_device_capability(index)
-    return table_for("cuda", f"sm{10 * major + minor}")
+    return f"sm{10 * major + minor}"
+
+
+def _candidate_applies(table: Mapping[str, Any], backend_name: str, target: str | None) -> bool:
+    return table["backend"] == backend_name and ("targets" not in table or target in table["targets"])
+
+
+def current_table() -> str:
+    """The table of the device kernels launch on: backend() and, on CUDA, the current device's capability. With a
+    candidate (MOE_CTS_TABLE) that does not apply to this device: a SpecError naming it, not the shipped table
+    under the candidate's name."""
+    b = backend()
+    target = "interpreter" if b == "interpreter" else _device_target(b)
+    name = table_for(b, target)
+    if candidate_path() is not None and name != CANDIDATE:
+        cand = load_table(CANDIDATE)
+        raise SpecError(
+            TABLE_ENV,
+            f"a table this device reads (backend {b!r}" + (f", target {target!r})" if target else ")"),
+            f"{candidate_path()} (backend {cand['backend']!r}, targets {cand.get('targets', 'all')})",
+        )
+    return name
 
 
 def table_shared_limit(name: str) -> int | None:
@@ -287,10 +362,111 @@ def _row_config(row: Mapping[str, Any]) -> TileConfig:
     return TileConfig.from_dict({k: v for k, v in row.items() if k != "max_tokens_per_expert"}).validate()
 
 
+#: the top-level fields of a tile table; "about" / "tuned" / "fp8_tuned" are the record of how it was measured
+_TABLE_KEYS = (
+    "backend",
+    "targets",
+    "tables",
+    "batch_invariant",
+    "fill",
+    "pdl",
+    "about",
+    "tuned",
+    "fp8_tuned",
+)
+
+
+def check_table(table: Any, where: str = "") -> dict[str, Any]:
+    """A tile table's fields, each against the schema choose() reads; SpecError naming the first field that is
+    wrong (prefixed by `where`, "MOE_CTS_TABLE:" for a candidate), else the table. Shared memory: every entry's
+    pipeline buffers (GemmTile.smem_bytes) within the smallest limit of the targets that read the table
+    (docs/bugs.md#bug-13-lds-overflow). Row order: max_tokens_per_expert ints >= 1 that increase, the last
+    row null (every m has a row)."""
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}table", "a JSON object", type(table).__name__)
+    unknown = sorted(set(table) - set(_TABLE_KEYS))
+    if unknown:
+        raise SpecError(f"{where}{unknown[0]}", f"one of the table fields {_TABLE_KEYS}", unknown[0])
+    b = table.get("backend")
+    if b not in BACKENDS:
+        raise SpecError(f"{where}backend", f"one of {BACKENDS}", b)
+    own = tuple(t.name for t in target_info.TARGETS.values() if t.backend == b)
+    targets = table.get("targets", own)
+    if not (isinstance(targets, list | tuple) and targets and set(targets) <= set(own)):
+        raise SpecError(f"{where}targets", f"a non-empty list of {b} targets {own}", targets)
+    limits = [target_info.get(t).shared_limit_bytes for t in targets]
+    limit = None if None in limits else min(limits)
+    classes = table.get("tables")
+    if not (isinstance(classes, dict) and {"16bit", "fp32"} <= set(classes) <= set(ELEM_BYTES)):
+        raise SpecError(f"{where}tables", "an object of row lists for 16bit, fp32 and optionally fp8",
+                        sorted(classes) if isinstance(classes, dict) else classes)  # fmt: skip
+    for dc, rows in classes.items():
+        if not (isinstance(rows, list) and rows):
+            raise SpecError(f"{where}tables.{dc}", "a non-empty list of rows", rows)
+        last = 0
+        for i, row in enumerate(rows):
+            field = f"{where}tables.{dc}[{i}]"
+            m = row.get("max_tokens_per_expert", "missing") if isinstance(row, dict) else "missing"
+            final = i == len(rows) - 1
+            if final and m is not None:
+                raise SpecError(
+                    f"{field}.max_tokens_per_expert", "null in the last row (every m has a row)", m
+                )
+            if not final and not (_count(m) and m > last):
+                raise SpecError(
+                    f"{field}.max_tokens_per_expert", f"an int > {last} (the rows' limits increase)", m
+                )
+            last = m or last
+            _check_entry(row, field, dc, limit, bucket=True)
+    inv = table.get("batch_invariant")
+    if not (isinstance(inv, dict) and {"16bit", "fp32"} <= set(inv) <= set(ELEM_BYTES)):
+        raise SpecError(f"{where}batch_invariant", "an object of one row each for 16bit and fp32",
+                        sorted(inv) if isinstance(inv, dict) else inv)  # fmt: skip
+    for dc, row in inv.items():
+        _check_entry(row, f"{where}batch_invariant.{dc}", dc, limit, bucket=False)
+    fill = table.get("fill")
+    if fill is not None:
+        ok = isinstance(fill, dict) and set(fill) == set(_FILL_KEYS)
+        reach, per_sm, min_n = (fill.get(k) for k in _FILL_KEYS) if ok else (None, None, None)
+        if not (ok and (reach is None or (_count(reach) and reach >= 1))
+                and isinstance(per_sm, int | float) and not isinstance(per_sm, bool) and per_sm > 0
+                and _count(min_n) and min_n >= 16 and min_n & (min_n - 1) == 0):  # fmt: skip
+            raise SpecError(f"{where}fill", f"{{{', '.join(_FILL_KEYS)}}}: null or an int >= 1, a number > 0, "
+                            "a power of two >= 16", fill)  # fmt: skip
+    pdl_modes = table.get("pdl", {})
+    if not (isinstance(pdl_modes, dict) and set(pdl_modes) <= set(ELEM_BYTES)):
+        raise SpecError(f"{where}pdl", f"an object of dtype classes {tuple(ELEM_BYTES)}", pdl_modes)
+    for dc, mode in pdl_modes.items():
+        if mode not in _PDL_MODES:
+            raise SpecError(f"{where}pdl.{dc}", f"one of {sorted(_PDL_MODES)}", mode)
+    return table
+
+
+def _check_entry(row: Any, field: str, dc: str, limit: int | None, *, bucket: bool) -> None:
+    """One row: a valid TileConfig (its field names prefixed by `field`) within `limit` bytes of shared memory."""
+    if not isinstance(row, dict):
+        raise SpecError(field, "a row object {BLOCK_M, gate_up, down}", row)
+    try:
+        cfg = TileConfig.from_dict(
+            {k: v for k, v in row.items() if not (bucket and k == "max_tokens_per_expert")}
+        )
+        cfg.validate()
+    except SpecError as e:
+        raise SpecError(f"{field}.{e.field.removeprefix('config').lstrip('.')}".rstrip("."), e.expected,
+                        e.got) from None  # fmt: skip
+    if limit is None:
+        return
+    for name, n_b in (("gate_up", 2), ("down", 1)):  # gate_up holds the gate and up tiles
+        used = getattr(cfg, name).smem_bytes(cfg.BLOCK_M, ELEM_BYTES[dc], n_b)
+        if used > limit:
+            raise SpecError(f"{field}.{name}", f"pipeline buffers within {limit} B of shared memory "
+                            "(num_stages x (BLOCK_M + n_B BLOCK_N) x BLOCK_K x bytes)", f"{used} B")  # fmt: skip
+
+
 def all_configs() -> list[tuple[str, str, str, TileConfig]]:
-    """Every table entry as (table name, dtype class, bucket name, config)."""
+    """Every table entry as (table name, dtype class, bucket name, config), the candidate's too (tables())."""
     out = []
-    for b in TABLES:
+    for b in tables():
         table = load_table(b)
         for dc, rows in table["tables"].items():
             for row in rows:

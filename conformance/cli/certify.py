@@ -37,6 +37,7 @@ from moe_cts.conformance.cli.common import (
     err,
     usage_error,
 )
+from moe_cts.conformance.engine import candidate
 from moe_cts.conformance.engine.devices import THREAD_VARS, select_device
 from moe_cts.conformance.engine.log import iter_events
 from moe_cts.conformance.engine.must_pass import must_pass_cases, must_pass_for
@@ -59,7 +60,7 @@ from moe_cts.conformance.report.junit import write_junit
 from moe_cts.conformance.report.schema import EXIT_CODES, build_report, summary_matrix, write_report
 
 #: Outputs of a previous run in --out that certify replaces (nothing else there is touched).
-OUTPUTS = ("shards", "failures", "report.json", "report.html", "junit.xml", "certificate.tgz")
+OUTPUTS = ("shards", "failures", "report.json", "report.html", "junit.xml", "certificate.tgz", "table.json")
 #: Tensors are captured for at most this many failures per run (each costs a re-run in a subprocess).
 MAX_CAPTURED_FAILURES = 20
 INTERRUPT_GRACE_S = 15.0
@@ -276,6 +277,7 @@ def certify(
     cases: Annotated[str | None, typer.Option(help="run only these comma-separated must-pass case ids (no certificate)")] = None,
     strict_ties: Annotated[bool, typer.Option("--strict-ties", help="one tie rule everywhere (batch invariance, RL rollouts): a tie broken differently from the lower-id rule is a Fail, not a CompatibilityWarning")] = False,
     compile_spec: Annotated[str, typer.Option("--compile", help="AOT compile tier beside the cases: auto (the device's own architecture if it is a target; nothing on the interpreter) | none | all | sm80,sm90,sm100,gfx90a,gfx942,gfx950")] = "auto",
+    table: Annotated[str | None, typer.Option(help="certify a candidate tile table (JSON of kernels/configs/*.json; default $MOE_CTS_TABLE): the Triton kernels read it in place of the shipped table on the devices it names")] = None,
 ) -> None:  # fmt: skip
     """Run the must-pass list and the generated cases of a profile, then the AOT compile tier (--compile);
     write report.json, report.html, junit.xml, failures/ and certificate.tgz to OUT.
@@ -297,6 +299,12 @@ def certify(
         )
     loaded = check_impl(impl)
     try:
+        cand = candidate.resolve(table, [select_device(n) for n in names], impl)
+    except candidate.CandidateError as e:
+        raise usage_error(str(e)) from None
+    if cand is not None:
+        cand.export()  # before the shards and the compile tier start: they inherit it
+    try:
         targets = compile_targets(compile_spec, names)
     except CompileSpecError as e:
         raise usage_error(str(e)) from None
@@ -315,6 +323,8 @@ def certify(
     console.print(
         f"moe-cts certify: impl {impl}, profile {prof}, devices {', '.join(names)}, {jobs} job(s) each"
     )
+    if cand is not None:
+        console.print(f"candidate tile table: {cand.path} (sha256 {cand.sha256[:12]})", markup=False)
     compilers = compile_jobs(jobs * len(shards))
     if targets:
         console.print(f"compile tier: {', '.join(targets)}, {compilers} process(es) beside the cases")
@@ -340,6 +350,9 @@ def certify(
                           started=started, compile_section=section)  # fmt: skip
     report["run"]["subset"] = bool(cases)
     report["run"]["compile"] = {"requested": compile_spec, "targets": list(targets)}
+    if cand is not None:  # the certificate carries the table's bytes (verify recomputes the must-pass list)
+        report["run"]["table"] = cand.record()
+        (out / candidate.TABLE_FILE).write_bytes(cand.data)
     write_report(report, out)
     write_html(report, out)
     write_junit(report, out)
@@ -363,7 +376,7 @@ def _check_cases(cases: str | None, profile: str, names: list[str]) -> None:
         return
     ids = [i for i in cases.split(",") if i]
     known = {c.case_id for c in must_pass_cases(profile)} | {
-        c.case_id for n in names for c in must_pass_for(profile, n.split(":")[0])
+        c.case_id for d in map(select_device, names) for c in must_pass_for(profile, d.backend, d.arch)
     }
     unknown = [i for i in ids if i not in known]
     if not ids or unknown:

@@ -1,9 +1,10 @@
 """The curated, versioned must-pass list (data/must_pass.json) and the cases a profile runs on a backend.
 
 must_pass_cases(profile)         the cases tagged with a profile (smoke | quick | full | gpu), in file order
-must_pass_for(profile, backend, arch)  what a certify run of that profile executes on that backend (and
-                                 device arch, when known): the tagged cases the hardware can express, plus
-                                 the tile-table cases of the backend (tile_cases.py)
+must_pass_for(profile, backend, arch, table)  what a certify run of that profile executes on that backend
+                                 (and device arch, when known): the tagged cases the hardware can express, plus
+                                 the tile-table cases of the table that device reads (tile_cases.py; `table`:
+                                 a candidate table given as data, as a certificate records it)
 MUST_PASS_VERSION, must_pass_hash()   recorded in every report and certificate
 """
 
@@ -61,7 +62,9 @@ def must_pass_profiles(case: Case) -> tuple[str, ...]:
     return ()
 
 
-def must_pass_for(profile: str, backend: str, arch: str | None = None) -> list[Case]:
+def must_pass_for(
+    profile: str, backend: str, arch: str | None = None, table: dict[str, Any] | None = None
+) -> list[Case]:
     """Must-pass cases of a profile. Cases tagged "gpu" (real-model presets at the sizes a GPU holds) join the
     quick and full profiles on a GPU, and are left out on the interpreter and the cpu (they need device memory or time the
     CPU does not have) and from smoke (a few minutes anywhere). `arch` (torch's name: "sm_80", "gfx942") also
@@ -71,7 +74,9 @@ def must_pass_for(profile: str, backend: str, arch: str | None = None) -> list[C
     if not host and profile in ("quick", "full"):
         seen = {c.case_id for c in cases}
         cases += [c for c in must_pass_cases("gpu") if c.case_id not in seen]
-    cases += tile_cases(backend)  # every tile-table row at its bucket edges, in every profile
+    # every row of the table this device reads (the candidate's, or `table` as a certificate recorded it) at its
+    # bucket edges, in every profile
+    cases += tile_cases(backend, arch, table)
     return [c for c in cases if _expressible(c, backend, arch)]
 
 

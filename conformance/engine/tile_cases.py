@@ -18,13 +18,19 @@ largest case of a row, a full M tile and a tail per expert (m is the mean load o
 through run_case like a must-pass case (a poisoned out= buffer where the implementation accepts one), on every
 implementation: they are plain shapes, so a non-tiled implementation just runs them too.
 
-    tile_cases(backend) -> list[Case]      backend: interpreter | cpu (the interpreter's table) | cuda | hip
+    tile_cases(backend, arch=None, table=None) -> list[Case]
+        backend: interpreter | cpu (the interpreter's table) | cuda | hip; arch: torch's name of the device
+        ("sm_90", "gfx942"); table: a table given as data (a certificate's candidate), else device_table's
+    device_table(backend, arch) -> dict    the table that device's kernels read (kernels/config.py table_for):
+        the candidate of MOE_CTS_TABLE where it applies, else the shipped table naming the device's target
+        (cuda-sm90 on sm_90), else the backend's. Without arch: the backend's table.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,8 @@ from moe_cts.reference.spec import MoESpec
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "kernels" / "configs"
 #: the table that a backend's kernels read; the plain cpu device has none, it runs the interpreter's shapes
 TABLE_OF = {"interpreter": "interpreter", "cpu": "interpreter", "cuda": "cuda", "hip": "hip"}
+#: kernels/config.py's TABLE_ENV (the name is repeated, not imported: see CONFIG_DIR; a test keeps them equal)
+TABLE_ENV = "MOE_CTS_TABLE"
 DTYPE_OF_CLASS = {"16bit": "bfloat16", "fp32": "float32", "fp8": "bfloat16"}
 #: the quantization of each dtype class's cases (None: float weights)
 QUANT_OF_CLASS = {"fp8": QuantScheme.fp8_block()}
@@ -63,9 +71,27 @@ def bucket_edges(rows: list[dict[str, Any]]) -> list[int]:
     return sorted(out)
 
 
-def tile_cases(backend: str) -> list[Case]:
-    """Cases at both ends of every row's bucket, per dtype class of the backend's table (module docstring)."""
-    table = _table(TABLE_OF.get(backend, backend))
+def device_table(backend: str, arch: str | None = None) -> dict[str, Any]:
+    """The table a device reads (module docstring). The candidate is only read here: kernels/config.py checks
+    it (certify --table checks it before any case)."""
+    name = TABLE_OF.get(backend, backend)
+    # kernels/target_info.py's target names: torch's "sm_90" is "sm90"; the interpreter's target is its own
+    target = "interpreter" if name == "interpreter" else (str(arch).replace("_", "") if arch else None)
+    path = os.environ.get(TABLE_ENV)
+    if path:
+        candidate = json.loads(Path(path).expanduser().read_text())
+        if candidate.get("backend") == name and target in candidate.get("targets", (target,)):
+            return candidate
+    for stem in sorted(f.stem for f in CONFIG_DIR.glob("*.json")):
+        table = _table(stem)
+        if table["backend"] == name and target in table.get("targets", ()):
+            return table
+    return _table(name)
+
+
+def tile_cases(backend: str, arch: str | None = None, table: dict[str, Any] | None = None) -> list[Case]:
+    """Cases at both ends of every row's bucket, per dtype class of the device's table (module docstring)."""
+    table = table if table is not None else device_table(backend, arch)
     spec = MoESpec(
         hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_experts=E, top_k=K, renormalize=True
     )
