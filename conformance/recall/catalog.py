@@ -14,16 +14,21 @@ A fault is one of:
 Each entry names: bug (docs/bugs.md anchor), reference (public thread), stage and outcome expected to catch it,
 profile (smoke | quick | gpu) and device (interpreter | gpu) where it must be caught, checks (what sees it),
 cases (names from `cases` of the catalog or of data/must_pass.json), impl (options of the Triton
-implementation, e.g. batch_invariant), fill (false: run only the named cases) and missing_check: non-empty when the suite is known to lack the check
+implementation, e.g. batch_invariant), env (environment variables set while the fault's cases and their control
+run: the opt-in kernel paths, MOE_CTS_MXFP4_DECODE=swapped or a tile table MOE_CTS_TABLE=data:NAME, a file of
+conformance/data/), fill (false: run only the named cases) and missing_check: non-empty when the suite is known to lack the check
 that would catch the fault (the entry then documents the gap; a kill means the note is out of date).
 `old` / `new` may be a string or a list of lines (joined with newlines), so multi-line snippets stay readable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,13 +73,16 @@ class Fault:
     impl: dict[str, Any] = field(default_factory=dict)  # TritonImplementation options
     missing_check: str = ""  # the suite's known gap that lets this fault survive
     fill: bool = True  # False: only its own cases (the fault is about one input, e.g. fp16 overflow)
+    #: environment of the fault's cases and their control (values "data:NAME" resolved to conformance/data/NAME):
+    #: how a fault reaches a kernel path the defaults do not take (an opt-in decode, a tile table's flag)
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def impl_key(self) -> str:
-        """The implementation a control run of this fault's cases uses."""
+        """The implementation a control run of this fault's cases uses (its options and environment)."""
         if self.kind == "broken":
             return "torch-eager"
-        opts = ",".join(f"{k}={v}" for k, v in sorted(self.impl.items()))
+        opts = ",".join(f"{k}={v}" for k, v in [*sorted(self.impl.items()), *self.env])
         return f"triton[{opts}]" if opts else "triton"
 
 
@@ -120,7 +128,9 @@ class Catalog:
         out += [self.case(n) for n in fault.cases]
         if fault.kind == "config" or not fault.fill:
             return out
-        mp = must_pass_for("quick" if profile == "gpu" else profile, backend)
+        # under a fault's tile table the tile cases are that table's rows (engine/tile_cases.py reads the env)
+        with environment(fault.env):
+            mp = must_pass_for("quick" if profile == "gpu" else profile, backend)
         seen = {c.case_id for c in out}
         for c in mp:
             if len(out) >= max(cap, len(fault.cases) + (fault.kind == "broken")):
@@ -129,6 +139,21 @@ class Catalog:
                 out.append(c)
                 seen.add(c.case_id)
         return out
+
+
+@contextlib.contextmanager
+def environment(env: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    """os.environ with a fault's variables set (restored after): its cases and their control run under it."""
+    saved = {k: os.environ.get(k) for k, _ in env}
+    os.environ.update(dict(env))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @functools.cache
@@ -182,8 +207,25 @@ def parse_fault(d: dict[str, Any]) -> Fault:
         profile=_choice(d, "profile", PROFILES, where), device=_choice(d, "device", DEVICES, where),
         checks=d["checks"], note=d.get("note", ""), cases=tuple(d.get("cases", ())), edits=edits,
         broken=d.get("broken", ""), impl=dict(d.get("impl", {})), missing_check=d.get("missing_check", ""),
-        fill=bool(d.get("fill", True)),
+        fill=bool(d.get("fill", True)), env=_env(d.get("env", {}), f"{where}.env"),
     )  # fmt: skip
+
+
+def _env(d: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """A fault's env: MOE_CTS_* names to strings; "data:NAME" values must name a file of conformance/data."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected an object of MOE_CTS_* variables, got {d!r}")
+    out = []
+    for k, v in sorted(d.items()):
+        if not (k.startswith("MOE_CTS_") and isinstance(v, str)):
+            raise ValueError(f"{where}.{k}: expected a MOE_CTS_* variable with a string value, got {v!r}")
+        if v.startswith("data:"):
+            path = CATALOG_PATH.parent / v.removeprefix("data:")
+            if not path.is_file():
+                raise ValueError(f"{where}.{k}: expected a file of conformance/data, got {v!r}")
+            v = str(path)
+        out.append((k, v))
+    return tuple(out)
 
 
 @functools.cache

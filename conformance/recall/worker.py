@@ -33,7 +33,7 @@ from typing import Any
 
 from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.results import CaseResult, Outcome
-from moe_cts.conformance.recall.catalog import Fault
+from moe_cts.conformance.recall.catalog import Fault, environment
 from moe_cts.conformance.recall.mutate import StaleMutation, kernels_root, mutated_kernels
 
 _STATE: dict[str, Any] = {}
@@ -186,7 +186,7 @@ def run_fault(fault: Fault, cases: list[Case], timeout_s: float) -> FaultResult:
         return done(status, runs, killed)
     try:
         with tempfile.TemporaryDirectory(prefix=f"recall-{fault.name}-") as tmp, \
-                mutated_kernels(_STATE["root"], fault.edits, Path(tmp)):  # fmt: skip
+                mutated_kernels(_STATE["root"], fault.edits, Path(tmp)), environment(fault.env):  # fmt: skip
             if fault.kind == "config":
                 bad = smem_violations()
                 return done("killed" if bad else "survived", killed=bad[:3], message="; ".join(bad[:3]))
@@ -206,7 +206,8 @@ def run_control(fault: Fault, case: Case, timeout_s: float, want_digest: bool = 
 
     t0 = time.perf_counter()
     impl = _impl(fault, control=True)
-    result = run_case(impl, case, _STATE["device"], timeout_s=timeout_s)
-    return CaseRun(_label(case), result.outcome.value, result.failing_stage, "",
-                   round(time.perf_counter() - t0, 3), result.message[:300],
-                   digest(impl, case) if want_digest else "")  # fmt: skip
+    with environment(fault.env):  # the same kernel path as the fault's run
+        result = run_case(impl, case, _STATE["device"], timeout_s=timeout_s)
+        return CaseRun(_label(case), result.outcome.value, result.failing_stage, "",
+                       round(time.perf_counter() - t0, 3), result.message[:300],
+                       digest(impl, case) if want_digest else "")  # fmt: skip
