@@ -14,6 +14,10 @@
 #       with its shared expert at T = 1 .. 16 (9 alternating rounds; bf16 in the same rounds), then GPU pytest of
 #       test_fp8_moe.py (the swap's PASS cases) in the rest of the slot
 #   c   certify quick with the swapped decode as the default (MOE_CTS_MXFP4_DECODE=swapped), CERT_JOBS workers
+#   v   (session 26) vLLM's Triton fused_experts certified on the GPU: `certify --impl vllm-peer --profile quick`
+#       with the peer carried as .peer (MOE_CTS_VLLM_PEER; bf16 is what the interpreter could not judge), then
+#       the plain certify quick with the shipped sm90 table given as a candidate (`--table`): the candidate path
+#       end to end, the tile cases of cuda-sm90's six 16-bit buckets, and the report's run.table
 set -u
 MODE=${1:-m}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -48,6 +52,15 @@ f)
   ;;
 c)
   MOE_CTS_MXFP4_DECODE=swapped certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 585)"
+  certify_summary "$OUT"
+  ;;
+v)
+  MOE_CTS_VLLM_PEER=$PWD/.peer timeout 240 moe-cts certify --impl vllm-peer --profile quick --jobs "${CERT_JOBS:-10}" \
+    --out "$OUT/cert-vllm" > "$OUT/cert-vllm.log" 2>&1
+  echo "certify vllm-peer exit $?"; grep -E "coverage|verdict|CONFORMANT|VOID" "$OUT/cert-vllm.log" | tail -6
+  timeout "$(slot_left 585)" moe-cts certify --profile quick --jobs "${CERT_JOBS:-10}" \
+    --table kernels/configs/cuda-sm90.json --out "$OUT/cert" > "$OUT/cert.log" 2>&1
+  echo "certify exit $? (candidate table)" >> "$OUT/cert.log"
   certify_summary "$OUT"
   ;;
 esac
