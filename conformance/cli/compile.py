@@ -16,9 +16,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from moe_cts.conformance.aot.matrix import FAIL, run_matrix
+from moe_cts.conformance.aot.matrix import FAIL, parse_targets, run_matrix
 from moe_cts.conformance.aot.report import render
 from moe_cts.conformance.cli.common import check_out_dir, console, usage_error
+from moe_cts.conformance.engine import candidate
 
 
 class _Bar:
@@ -48,10 +49,22 @@ def compile_(
     jobs: Annotated[int, typer.Option(min=1, help="compiler processes in parallel")] = max(
         1, os.cpu_count() or 1
     ),
+    table: Annotated[
+        str | None,
+        typer.Option(help="a candidate tile table (default $MOE_CTS_TABLE): its targets compile its entries"),
+    ] = None,
 ) -> None:
     """Compile every kernel ahead of time for CUDA sm80/sm90/sm100 and ROCm gfx90a/gfx942/gfx950 on this CPU:
-    shared memory against each target's limit, registers, spills, matrix instructions. Exit 1 on any Fail."""
+    shared memory against each target's limit, registers, spills, matrix instructions. Exit 1 on any Fail.
+    With --table, the targets that read the candidate compile its entries instead of the shipped table's."""
     out_dir = check_out_dir(out)
+    try:
+        cand = candidate.resolve_for_targets(table, parse_targets(targets))
+    except (ValueError, candidate.CandidateError) as e:
+        raise usage_error(str(e)) from None
+    if cand is not None:
+        cand.export()  # the compiler processes inherit it
+        console.print(f"candidate tile table: {cand.path} (sha256 {cand.sha256[:12]})", markup=False)
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("left"), TimeRemainingColumn())  # fmt: skip

@@ -5,6 +5,7 @@ the LDS, bug-25 one config miscompiled on one target, bug-27 a table tuned for a
 table before it ships runs the whole profile with the candidate read in place of the shipped table:
 
     resolve(path, devices, impl) -> Candidate | None      checked before any shard starts (CandidateError)
+    resolve_for_targets(path, targets) -> Candidate | None   `moe-cts compile --table`: read by one of the targets
       path         --table, else $MOE_CTS_TABLE, else None (no candidate)
       checks       JSON; kernels/config.py check_table (every field, every entry's shared memory on the targets
                    that read it); impl is the Triton kernels (the table is their data); every device reads it
@@ -50,6 +51,13 @@ class Candidate:
         """Set MOE_CTS_TABLE for the processes this one starts (the case shards, the compile tier)."""
         os.environ[TABLE_ENV] = str(self.path)
 
+    def reads(self, backend: str, target: str) -> bool:
+        """Whether a device of `backend` / `target` (target_info's name: sm90, gfx942, interpreter) reads it."""
+        return backend == self.backend and (not self.targets or target in self.targets)
+
+    def named(self) -> str:
+        return self.backend + (f" targets {list(self.targets)}" if self.targets else "")
+
     def record(self) -> dict[str, Any]:
         return {"path": str(self.path), "sha256": self.sha256, "backend": self.backend,
                 "targets": list(self.targets)}  # fmt: skip
@@ -58,6 +66,39 @@ class Candidate:
 def resolve(path: str | None, devices: list[Any], impl: str) -> Candidate | None:
     """The candidate of --table (path) or of MOE_CTS_TABLE, checked against the devices (Device objects of
     engine/devices.py); None when neither names one. CandidateError naming the first problem."""
+    found = _read(path)
+    if found is None:
+        return None
+    cand, where = found
+    if impl != "triton":
+        raise CandidateError(
+            f"{where}: expected --impl triton (a tile table is the Triton kernels' data), got {impl!r}"
+        )
+    for d in devices:
+        target = "interpreter" if d.backend == "interpreter" else str(d.arch).replace("_", "")
+        if not cand.reads(d.backend, target):
+            raise CandidateError(f"{where} {cand.path}: expected a table that {d.arg} ({d.backend}, {d.arch}) reads, "
+                                 f"got one for {cand.named()}")  # fmt: skip
+    return cand
+
+
+def resolve_for_targets(path: str | None, targets: tuple[str, ...]) -> Candidate | None:
+    """The candidate for `moe-cts compile`: at least one of the AOT targets (kernels/target_info names) must read
+    it; the others compile their shipped tables."""
+    found = _read(path)
+    if found is None:
+        return None
+    cand, where = found
+    from moe_cts.kernels import target_info  # lazily, as in _read
+
+    if not any(cand.reads(target_info.get(t).backend, t) for t in targets):
+        raise CandidateError(f"{where} {cand.path}: expected a table one of the targets {list(targets)} reads, "
+                             f"got one for {cand.named()}")  # fmt: skip
+    return cand
+
+
+def _read(path: str | None) -> tuple[Candidate, str] | None:
+    """(the candidate, the option or variable that named it), checked field by field; None when none is named."""
     given = path if path is not None else os.environ.get(TABLE_ENV)
     if not given:
         return None
@@ -80,16 +121,5 @@ def resolve(path: str | None, devices: list[Any], impl: str) -> Candidate | None
         check_table(table, f"{where} ")
     except SpecError as e:
         raise CandidateError(str(e)) from None
-    if impl != "triton":
-        raise CandidateError(
-            f"{where}: expected --impl triton (a tile table is the Triton kernels' data), got {impl!r}"
-        )
     targets = tuple(table.get("targets", ()))
-    for d in devices:
-        target = "interpreter" if d.backend == "interpreter" else str(d.arch).replace("_", "")
-        if d.backend != table["backend"] or (targets and target not in targets):
-            named = f"{table['backend']}" + (f" targets {list(targets)}" if targets else "")
-            raise CandidateError(
-                f"{where} {given}: expected a table that {d.arg} ({d.backend}, {d.arch}) reads, got one for {named}"
-            )
-    return Candidate(file, hashlib.sha256(data).hexdigest(), table["backend"], targets, data)
+    return Candidate(file, hashlib.sha256(data).hexdigest(), table["backend"], targets, data), where
