@@ -269,7 +269,13 @@ def _candidate(path: str, _state: tuple[int, int] | None) -> dict[str, Any]:
 def candidate_path() -> Path | None:
     """The candidate table's file (MOE_CTS_TABLE), absolute; None when no candidate is set."""
     value = os.environ.get(TABLE_ENV)
-    return Path(value).expanduser().resolve() if value else None
+    return _absolute(value) if value else None
+
+
+@functools.cache
+def _absolute(value: str) -> Path:
+    # once per value: resolve() asks the file system, and current_table() runs at every launch
+    return Path(value).expanduser().resolve()
 
 
 def tables() -> tuple[str, ...]:
@@ -335,8 +341,11 @@ def current_table() -> str:
     under the candidate's name."""
     b = backend()
     target = "interpreter" if b == "interpreter" else _device_target(b)
+    value = os.environ.get(TABLE_ENV)
+    if not value:  # the shipped tables: one dict lookup per launch, as before candidates existed
+        return _shipped_table_for(b, target)
     name = table_for(b, target)
-    if candidate_path() is not None and name != CANDIDATE:
+    if name != CANDIDATE:
         cand = load_table(CANDIDATE)
         raise SpecError(
             TABLE_ENV,
@@ -344,6 +353,11 @@ def current_table() -> str:
             f"{candidate_path()} (backend {cand['backend']!r}, targets {cand.get('targets', 'all')})",
         )
     return name
+
+
+@functools.cache
+def _shipped_table_for(backend_name: str, target: str | None) -> str:
+    return table_for(backend_name, target)
 
 
 def table_shared_limit(name: str) -> int | None:
