@@ -67,6 +67,11 @@ HOST_SHAPES = {"max_tokens": 8, "max_hidden": 32, "max_intermediate": 32, "max_e
 SHAPE_KEYS = ("T", "H", "I", "E", "k")
 
 
+#: outcomes whose error ratios are a conformant result's: judged and within the bound (a waived or NotSupported
+#: case is neither; a vllm-peer soak on the interpreter reported 6e13 as the worst "conformant" ratio, a waived bf16 Fail)
+JUDGED_CONFORMANT = ("pass", "quality_warning", "compatibility_warning")
+
+
 @dataclass(frozen=True)
 class SoakPlan:
     cases: int  # cases to run (generated; duplicates of an id are skipped, not counted)
@@ -111,7 +116,9 @@ class SoakReport:
     empty: int = 0  # cases with T = 0: none, as generate_batch leaves them out (kept as a check of that)
     elapsed_s: float = 0.0
     stopped: str = ""  # why the run ended before plan.cases ("time limit", "device lost: ...")
-    worst_ratio: dict = field(default_factory=dict)  # stage -> largest max_ratio among conformant cases
+    worst_ratio: dict = field(
+        default_factory=dict
+    )  # stage -> largest max_ratio among JUDGED_CONFORMANT cases
 
     @property
     def ran(self) -> int:
@@ -246,6 +253,6 @@ class _Loop:
         if rec["outcome"] in ("fail", "crash", "timeout", "internal_error"):
             cmd = replay_command(rec["case_id"], r.impl, self.job.device.arg, self.plan.strict_ties)
             r.fails.append({**rec, "case": str(case), "replay": cmd})
-        else:
+        elif rec["outcome"] in JUDGED_CONFORMANT:  # a waived Fail's ratio is the Fail's: not a conformant one
             for stage, v in rec["max_ratio"].items():
                 r.worst_ratio[stage] = max(r.worst_ratio.get(stage, 0.0), v)

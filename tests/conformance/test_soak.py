@@ -21,6 +21,7 @@ from moe_cts.conformance.impls.broken import BROKEN
 from moe_cts.conformance.impls.broken_quant import QUANT_TABLE
 from moe_cts.conformance.impls.registry import get_implementation
 from moe_cts.reference.errors import NotSupportedError
+from moe_cts.reference.spec import MoESpec
 
 #: the broken implementations on unquantized cases (the soak stream draws no quantized case: docs/soak.md)
 PLAIN_BROKEN = sorted(set(BROKEN) - {row[0] for row in QUANT_TABLE})
@@ -169,3 +170,22 @@ def test_an_implementation_error_is_counted_not_raised(err, kind, device):
         _Raising(err), case, device, get_implementation("torch-eager").capabilities()
     )
     assert got == kind and str(err) in message
+
+
+def test_a_waived_or_unsupported_ratio_is_not_the_worst_conformant_one():
+    """A waived Fail (bf16 of outside Triton code on the interpreter) keeps its Fail's ratio: the report's "worst
+    err/bound (conformant)" must come from cases judged within the bound only."""
+    from moe_cts.conformance.engine.soak import SoakReport, _Loop
+
+    report = SoakReport("x", "interpreter", {})
+    loop = _Loop(None, SoakPlan(cases=3), None, None, None, report, None)
+    case = Case(MoESpec(hidden_size=8, intermediate_size=8, num_experts=2, top_k=1), 2, seed=1)
+    for outcome, ratio in (
+        ("pass", 0.25),
+        ("waived", 6e13),
+        ("not_supported", 9.0),
+        ("quality_warning", 0.5),
+    ):
+        loop._add({"case_id": case.case_id, "outcome": outcome, "max_ratio": {"end_to_end": ratio}}, case)
+    assert report.worst_ratio == {"end_to_end": 0.5}
+    assert report.counts == {"pass": 1, "waived": 1, "not_supported": 1, "quality_warning": 1}
