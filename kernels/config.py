@@ -58,7 +58,7 @@ TABLES = ("cuda", "cuda-sm90", "hip", "interpreter")
 #: apply to raises at its first choice rather than run the shipped table under the candidate's name.
 TABLE_ENV = "MOE_CTS_TABLE"
 CANDIDATE = "candidate"
-#: the optional top-level fields of a table beyond backend / tables / batch_invariant (check_table)
+#: the fields of a table's optional "fill" rule (fill_grid; check_table checks them)
 _FILL_KEYS = ("max_tokens_per_expert", "programs_per_sm", "min_block_n")
 #: shared memory / LDS per block each backend's table must fit (tests/kernels/test_capabilities.py checks):
 #: the smallest limit of the backend's targets (kernels/target_info.py); None = no limit (the interpreter).

@@ -79,7 +79,12 @@ def device_table(backend: str, arch: str | None = None) -> dict[str, Any]:
     target = "interpreter" if name == "interpreter" else (str(arch).replace("_", "") if arch else None)
     path = os.environ.get(TABLE_ENV)
     if path:
-        candidate = json.loads(Path(path).expanduser().read_text())
+        try:
+            candidate = json.loads(Path(path).expanduser().read_text())
+        except (OSError, ValueError) as e:  # one sentence naming the variable, not a traceback in collection
+            raise ValueError(
+                f"{TABLE_ENV}: expected a readable tile table JSON file, got {path} ({e})"
+            ) from None
         if candidate.get("backend") == name and target in candidate.get("targets", (target,)):
             return candidate
     for stem in sorted(f.stem for f in CONFIG_DIR.glob("*.json")):

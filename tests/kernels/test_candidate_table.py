@@ -167,3 +167,9 @@ def test_an_unreadable_or_incomplete_candidate_is_named(tmp_path, monkeypatch, c
 
 def test_the_engine_and_the_kernels_name_the_same_variable():
     assert tc.TABLE_ENV == cfgmod.TABLE_ENV
+
+
+def test_the_engines_reading_of_a_bad_candidate_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv(cfgmod.TABLE_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match=r"^MOE_CTS_TABLE: expected a readable tile table JSON file"):
+        tc.device_table("interpreter")
