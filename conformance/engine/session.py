@@ -87,8 +87,21 @@ class Session:
         os._exit(WATCHDOG_EXIT)
 
 
+#: variables that change what an implementation computes (a candidate tile table, the MXFP4 decode, the fp8
+#: rounding path, programmatic dependent launch, where the vllm-peer file is): a replay command carries the ones
+#: set, or it would replay another kernel path than the one that failed
+REPLAY_ENV = (
+    "MOE_CTS_TABLE",
+    "MOE_CTS_MXFP4_DECODE",
+    "MOE_CTS_FP8_HW_ROUND",
+    "MOE_CTS_PDL",
+    "MOE_CTS_VLLM_PEER",
+)
+
+
 def replay_command(case_id: str, impl: str, device: str, strict_ties: bool = False) -> str:
-    cmd = f"moe-cts replay {shlex.quote(case_id)} --impl {shlex.quote(impl)} --device {shlex.quote(device)}"
+    env = "".join(f"{k}={shlex.quote(os.environ[k])} " for k in REPLAY_ENV if os.environ.get(k))
+    cmd = f"{env}moe-cts replay {shlex.quote(case_id)} --impl {shlex.quote(impl)} --device {shlex.quote(device)}"
     return cmd + (" --strict-ties" if strict_ties else "")
 
 
