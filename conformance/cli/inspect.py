@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from moe_cts.conformance.cli.common import (
 from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.devices import load_matrix, select_device
 from moe_cts.conformance.engine.must_pass import must_pass_for, must_pass_profiles
+from moe_cts.conformance.engine.session import REPLAY_ENV
 from moe_cts.conformance.harness.replay import replay as run_replay
 from moe_cts.conformance.impls.validate import summary, survey
 from moe_cts.conformance.report.certificate import verify as run_verify
@@ -96,6 +98,12 @@ def replay(
             raise usage_error(f"{case} has no case.json: give a case id or a failures/<case>/ directory.")
         meta = json.loads(meta_path.read_text())
         case_id, saved_impl, saved_device = meta["case_id"], meta.get("impl"), meta.get("device")
+        for k, v in meta.get(
+            "env", {}
+        ).items():  # the failing run's kernel path, unless this shell sets its own
+            if k in REPLAY_ENV and k not in os.environ:
+                os.environ[k] = v
+                console.print(f"environment of the failing run: {k}={v}", markup=False, soft_wrap=True)
     impl = impl or saved_impl or "triton"
     device = device or saved_device or "auto"
     try:

@@ -99,8 +99,13 @@ REPLAY_ENV = (
 )
 
 
+def replay_env() -> dict[str, str]:
+    """The REPLAY_ENV variables set in this process."""
+    return {k: os.environ[k] for k in REPLAY_ENV if os.environ.get(k)}
+
+
 def replay_command(case_id: str, impl: str, device: str, strict_ties: bool = False) -> str:
-    env = "".join(f"{k}={shlex.quote(os.environ[k])} " for k in REPLAY_ENV if os.environ.get(k))
+    env = "".join(f"{k}={shlex.quote(v)} " for k, v in replay_env().items())
     cmd = f"{env}moe-cts replay {shlex.quote(case_id)} --impl {shlex.quote(impl)} --device {shlex.quote(device)}"
     return cmd + (" --strict-ties" if strict_ties else "")
 

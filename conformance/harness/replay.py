@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.devices import select_device
 from moe_cts.conformance.engine.results import CaseResult
-from moe_cts.conformance.engine.session import DEFAULT_TIMEOUT_S, Session
+from moe_cts.conformance.engine.session import DEFAULT_TIMEOUT_S, Session, replay_env
 from moe_cts.conformance.impls.registry import load_implementation
 from moe_cts.reference.layer import moe_forward
 from moe_cts.reference.qweights import QuantTensor
@@ -71,6 +71,7 @@ def write_failure_dir(root: Path, record: dict[str, Any], *, impl: str, device: 
         "impl": impl,
         "device": device,
         "record": record,
+        "env": replay_env(),  # the kernel path's variables: `moe-cts replay DIR` sets them again
     }
     (d / "case.json").write_text(json.dumps(doc, indent=1, sort_keys=True, default=str))
     worst = {s["stage"]: s.get("worst", []) for s in record.get("stages", []) if s.get("worst")}

@@ -151,3 +151,26 @@ def test_the_candidates_tile_cases_are_its_own_rows():
     split = {c.name for c in tile_cases("interpreter", table=_split_interpreter_table())}
     assert {"tile-16bit-m4", "tile-16bit-m5"} <= split
     assert not {"tile-16bit-m4", "tile-16bit-m5"} & {c.name for c in tile_cases("interpreter")}
+
+
+def test_a_failure_dir_replays_under_the_candidate_it_failed_with(tmp_path, monkeypatch):
+    """case.json keeps the kernel path's variables; `moe-cts replay DIR` sets them again (unless the shell does)."""
+    from certify_helpers import run_cli
+
+    from moe_cts.conformance.engine.must_pass import must_pass_for
+    from moe_cts.conformance.harness.replay import write_failure_dir
+
+    path = _write(tmp_path / "cand.json", _split_interpreter_table())
+    case = next(c for c in must_pass_for("smoke", "interpreter") if c.name == "tile-16bit-m1")
+    monkeypatch.setenv(candidate.TABLE_ENV, path)
+    record = {
+        "case_id": case.case_id,
+        "replay": f"MOE_CTS_TABLE={path} moe-cts replay {case.case_id}",
+        "stages": [],
+    }
+    d = write_failure_dir(tmp_path / "failures", record, impl="triton", device="interpreter")
+    assert json.loads((d / "case.json").read_text())["env"] == {candidate.TABLE_ENV: path}
+    monkeypatch.delenv(candidate.TABLE_ENV)  # the child inherits this environment: without the variable
+    p = run_cli(["replay", str(d)], cwd=tmp_path)
+    assert f"environment of the failing run: {candidate.TABLE_ENV}={path}" in p.stdout, p.stdout + p.stderr
+    assert p.returncode == 0, p.stdout + p.stderr
