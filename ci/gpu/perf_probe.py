@@ -1472,6 +1472,27 @@ def part_mid19(timer) -> None:
                          rounds=5)  # fmt: skip
 
 
+def part_mix26(timer) -> None:
+    """Session 26 (written without a device), issue 15's slower points beside vLLM: Mixtral-8x7B at T = 1 (1.01x in
+    session 22's peer run) and T = 128 (1.03x). T = 1 reads the m <= 8 row, whose 3 stages (from 4, session 10's
+    stages16: DeepSeek-V3 with its shared expert x1.18) cost Mixtral x0.92 then: the row at 4 and 5 stages (vLLM's
+    H200 table has BLOCK_N 128, BLOCK_K 128, 5 stages at M = 1). T = 128 (m = 32) reads the BLOCK_M 64 row at
+    BLOCK_K 64 and 4 warps; vLLM's table has BLOCK_M 64, BLOCK_N 128, BLOCK_K 128, 8 warps, 4 stages there. AOT
+    (triton 3.9, sm90, Mixtral T = 128): the table's row 96 / 103 registers at 96 KiB; BLOCK_K 128 at 8 warps and
+    4 stages 64 / 64 registers at 192 KiB; at 4 warps and 3 stages 128 / 112 at 144 KiB; no spills. 7 alternating
+    rounds of graph replays, ids given."""
+    row = {"BLOCK_M": 64,
+           "gate_up": {"BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 4, "tma": True},
+           "down": {"BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 8, "num_stages": 4, "tma": True}}  # fmt: skip
+    w4s3 = {"BLOCK_M": 64, **{g: {**row[g], "num_warps": 4, "num_stages": 3} for g in ("gate_up", "down")}}
+    at_1 = {"bf16 table": ({}, None), "bf16 m<=8 s4": ({"num_stages": 4, "_rows": (0, 1)}, None),
+            "bf16 m<=8 s5": ({"num_stages": 5, "_rows": (0, 1)}, None)}  # fmt: skip
+    at_128 = {"bf16 table": ({}, None), "bf16 bk128 w8 s4": ({}, row), "bf16 bk128 w4 s3": ({}, w4s3)}
+    for name, T, fwd, _ in _bf16_points(("mixtral-8x7b",), (1, 128)):
+        _rounds_variants(timer, {"part": "mix26", "kind": "bf16", "preset": name, "T": T}, fwd,
+                         at_1 if T == 1 else at_128, "16bit", rounds=7)  # fmt: skip
+
+
 def part_big20(timer) -> None:
     """Session 20, bf16 at T >= 2048 (issue 15: 75% of the floor): BLOCK_M 256 tiles of 256 x 128 (gate_up BLOCK_N
     64, its B tile 128 wide; down BLOCK_N 128) at 8 warps, against the table's BLOCK_M 128 row of 128 x 256. The
@@ -1660,7 +1681,7 @@ def main() -> int:
              "occ19": part_occ19, "occ19b": part_occ19b,
              "dec19": part_dec19,
              "occ19c": part_occ19c,
-             "mid19": part_mid19, "big20": part_big20,
+             "mid19": part_mid19, "big20": part_big20, "mix26": part_mix26,
              "fill20": part_fill20,
              "bal20": part_bal20,
              "merge20": part_merge20,
@@ -1721,6 +1742,7 @@ def main() -> int:
             "bal20",
             "merge20",
             "swap25",
+            "mix26",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

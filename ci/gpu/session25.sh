@@ -18,6 +18,9 @@
 #       with the peer carried as .peer (MOE_CTS_VLLM_PEER; bf16 is what the interpreter could not judge), then
 #       the plain certify quick with the shipped sm90 table given as a candidate (`--table`): the candidate path
 #       end to end, the tile cases of cuda-sm90's six 16-bit buckets, and the report's run.table
+#   x   (session 26) perf_probe --parts mix26: Mixtral-8x7B at T = 1 and 128 (issue 15's points slower than vLLM)
+#       against the m <= 8 row at 4 / 5 stages and vLLM-like BLOCK_K 128 tiles in the m <= 32 row, then the peer
+#       bench (mode z's, the acceptance table) in the rest of the slot
 set -u
 MODE=${1:-m}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -53,6 +56,11 @@ f)
 c)
   MOE_CTS_MXFP4_DECODE=swapped certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 585)"
   certify_summary "$OUT"
+  ;;
+x)
+  probe "$OUT" mix26 200
+  peer_bench "$OUT" "$(slot_left 585)"
+  grep -E "=>|geomean" "$OUT/peer.log" | tail -44
   ;;
 v)
   MOE_CTS_VLLM_PEER=$PWD/.peer timeout 240 moe-cts certify --impl vllm-peer --profile quick --jobs "${CERT_JOBS:-10}" \
