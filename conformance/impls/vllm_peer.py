@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,13 @@ def _load(path: str) -> Any:
     return module
 
 
+def _version(path: Path) -> str:
+    """VLLM_VERSION as the file writes it, read without importing it: the file imports Triton, which must not happen
+    before the device sets TRITON_INTERPRET (capabilities() runs in processes that never launch a kernel)."""
+    m = re.search(r'^VLLM_VERSION = "([^"]+)"', path.read_text(), re.M)
+    return m.group(1) if m else "?"
+
+
 def peer() -> Any:
     path = peer_path()
     if path is None:
@@ -111,7 +119,7 @@ class VllmPeer:
             fp32_dot="tf32",
             weight_before_cast=True,
             notes={
-                "source": f"{path} (vLLM {getattr(_load(str(path)), 'VLLM_VERSION', '?')})",
+                "source": f"{path} (vLLM {_version(path)})",
                 "router": "moe-cts glue (fp32 softmax top-k, as vLLM's fused_topk); vLLM's op takes ids and weights",
                 "stand-ins": "moe_align_block_size, the activation and moe_sum are the file's Triton stand-ins "
                 "for vLLM's CUDA ops",

@@ -153,3 +153,11 @@ def test_the_real_peer_passes_what_the_interpreter_can_compute(tmp_path):
     outcomes = {(c["outcome"], c["params"]["dtype"]) for c in report["devices"][0]["cases"]}
     assert ("pass", "float32") in outcomes and ("pass", "float16") in outcomes, p.stdout[-2000:]
     assert {o for o, _ in outcomes} <= {"pass", "not_supported", "waived"}, p.stdout[-2000:]
+
+
+def test_capabilities_read_the_version_without_importing_the_file(tmp_path, monkeypatch):
+    """The file imports Triton; capabilities() runs in processes (certify's parent, `moe-cts list`) that must not
+    import it before the device sets TRITON_INTERPRET."""
+    (tmp_path / "vllm_peer.py").write_text('VLLM_VERSION = "9.9.9"\nraise RuntimeError("imported")\n')
+    monkeypatch.setenv(vllm_peer.PEER_ENV, str(tmp_path))
+    assert vllm_peer.VllmPeer().capabilities().notes["source"].endswith("(vLLM 9.9.9)")
