@@ -135,6 +135,10 @@ class GemmTile:
         return self.num_stages * (rows * self.BLOCK_K + n_b * self.BLOCK_N * self.BLOCK_K) * elem_bytes
 
 
+#: B tiles per pipeline stage of each GEMM: gate_up holds the gate and the up tile
+N_B = {"gate_up": 2, "down": 1}
+
+
 def _count(v: Any) -> bool:
     """An int >= 0 and not a bool (True is an int to isinstance, but no count of programs or registers)."""
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
@@ -148,6 +152,10 @@ class TileConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def pipeline_bytes(self, elem_bytes: int) -> dict[str, int]:
+        """Shared memory of each GEMM's pipeline buffers (GemmTile.smem_bytes, N_B tiles of B per stage)."""
+        return {g: getattr(self, g).smem_bytes(self.BLOCK_M, elem_bytes, n_b) for g, n_b in N_B.items()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TileConfig:
@@ -470,8 +478,7 @@ def _check_entry(row: Any, field: str, dc: str, limit: int | None, *, bucket: bo
                         e.got) from None  # fmt: skip
     if limit is None:
         return
-    for name, n_b in (("gate_up", 2), ("down", 1)):  # gate_up holds the gate and up tiles
-        used = getattr(cfg, name).smem_bytes(cfg.BLOCK_M, ELEM_BYTES[dc], n_b)
+    for name, used in cfg.pipeline_bytes(ELEM_BYTES[dc]).items():
         if used > limit:
             raise SpecError(f"{field}.{name}", f"pipeline buffers within {limit} B of shared memory "
                             "(num_stages x (BLOCK_M + n_B BLOCK_N) x BLOCK_K x bytes)", f"{used} B")  # fmt: skip

@@ -101,8 +101,9 @@ def bucket_row(rows: list[dict], m: int) -> int:
 def _fits(r: dict, limit: int | None) -> bool:
     """Whether a record's tile fits `limit` bytes of shared memory (the table's targets: a tile this GPU ran may
     not fit another target that reads the table)."""
-    n_b = 2 if r["kernel"] == "gate_up" else 1  # gate and up tiles
-    return limit is None or GemmTile(**r["tile"]).smem_bytes(r["BLOCK_M"], 2, n_b) <= limit
+    return (
+        limit is None or GemmTile(**r["tile"]).smem_bytes(r["BLOCK_M"], 2, cfgmod.N_B[r["kernel"]]) <= limit
+    )
 
 
 def _best(records: list[dict], kind: str, n_points: int) -> tuple[float, dict] | None:

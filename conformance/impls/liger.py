@@ -36,7 +36,6 @@ import torch
 
 from moe_cts.conformance.engine.protocol import FORWARD, Capabilities
 from moe_cts.conformance.impls import third_party_glue as glue
-from moe_cts.reference.errors import NotSupportedError
 
 INSTALL = "pip install 'moe-cts[liger]' (liger-kernel >= 0.8)"
 AUTOTUNE_KNOB = "LIGER_FUSED_MOE_AUTOTUNE"
@@ -104,12 +103,8 @@ class LigerFusedMoE:
 
     def run(self, inputs, stage: str, device=None, *, out=None) -> Any:
         spec = inputs.spec
-        why = self.capabilities().unsupported(spec, str(inputs.x.dtype).removeprefix("torch."))
-        if why is None and stage != FORWARD:
-            why = f"stage: {stage} not exposed (LigerFusedMoEFunction is one forward)"
-        why = why or glue.triton_device(device, "Liger's fused MoE")
-        if why:
-            raise NotSupportedError(why)
+        glue.refuse_unless_forward(self.capabilities(), inputs, stage, device,
+                                   one_forward="LigerFusedMoEFunction is one forward", who="Liger's fused MoE")  # fmt: skip
         glue.interpreter_env(device, AUTOTUNE_KNOB, "0")
         op = _liger_op()
         self._last = {"kind": "liger", "liger_kernel": _version(), "autotune": _autotune()}

@@ -5,6 +5,7 @@ router a model runs before calling an experts op, and exact re-indexings of the 
     rows_concat(t, spec)             -> t with the gate/up axis (dim -2 of w13, -1 of b13) as gate then up
     rows_interleaved(t, spec)        -> the same axis as gate, up alternating (gpt-oss)
     interpreter_env(device, name, v) -> set an environment knob before a package is first imported
+    refuse_unless_forward(caps, inputs, stage, device, ...)   NotSupportedError before a launch, with the reason
 
 The router is moe-cts code, not the third party's: it is what Mixtral/Qwen3-MoE compute in transformers
 (fp32 logits, fp32 softmax over E, top-k, optional renormalization), so a verdict on such an adapter judges
@@ -23,6 +24,8 @@ import os
 
 import torch
 
+from moe_cts.conformance.engine.protocol import FORWARD
+from moe_cts.reference.errors import NotSupportedError
 from moe_cts.reference.spec import MoESpec, MoEWeights
 
 
@@ -59,6 +62,20 @@ def _every_other(t: torch.Tensor, spec: MoESpec, start: int) -> torch.Tensor:
     return torch.arange(start, 2 * spec.intermediate_size, 2, device=t.device)
 
 
+def refuse_unless_forward(
+    caps, inputs, stage: str, device, *, one_forward: str, who: str, limit: str | None = None
+) -> None:
+    """NotSupportedError with the first reason a forward-only outside op cannot run this call, before any launch:
+    outside its claims (caps), a stage other than the forward (one_forward says why: "X is one forward"), the
+    adapter's own `limit` (a reason or None), a device its Triton code cannot run on (`who` names the code)."""
+    why = caps.unsupported(inputs.spec, str(inputs.x.dtype).removeprefix("torch."))
+    if why is None and stage != FORWARD:
+        why = f"stage: {stage} not exposed ({one_forward})"
+    why = why or limit or triton_device(device, who)
+    if why:
+        raise NotSupportedError(why)
+
+
 def triton_device(device, who: str) -> str | None:
     """Why `who` (Triton code) cannot run on `device`, or None: the plain cpu device runs PyTorch only."""
     if getattr(device, "backend", None) == "cpu":
@@ -76,7 +93,6 @@ def interpreter_env(device, name: str, value: str) -> None:
 def optional_import(module: str, install_hint: str):
     """importlib.import_module(module), or NotSupportedError naming the package and how to install it."""
     from moe_cts.conformance.impls.checkout_path import unshadow_checkout
-    from moe_cts.reference.errors import NotSupportedError
 
     unshadow_checkout()  # third-party packages may import Hugging Face's `kernels` (transformers >= 5.25)
     try:

@@ -128,12 +128,8 @@ class TritonKernelsMoE:
 
     def run(self, inputs, stage: str, device=None, *, out=None) -> Any:
         spec, x = inputs.spec, inputs.x
-        why = self.capabilities().unsupported(spec, str(x.dtype).removeprefix("torch."))
-        if why is None and stage != FORWARD:
-            why = f"stage: {stage} not exposed (routing + two matmul_ogs calls are one forward)"
-        why = why or glue.triton_device(device, "triton_kernels")
-        if why:
-            raise NotSupportedError(why)
+        glue.refuse_unless_forward(self.capabilities(), inputs, stage, device,
+                                   one_forward="routing + two matmul_ogs calls are one forward", who="triton_kernels")  # fmt: skip
         routing, mo, swiglu = import_triton_kernels()
         self._last = {"kind": "triton_kernels", "triton_kernels": _version()}
         T, H = x.shape

@@ -132,18 +132,10 @@ class VllmPeer:
 
     def run(self, inputs, stage: str, device=None, *, out=None) -> Any:
         spec = inputs.spec
-        why = self.capabilities().unsupported(spec, str(inputs.x.dtype).removeprefix("torch."))
-        if why is None and stage != FORWARD:
-            why = f"stage: {stage} not exposed (fused_experts is one forward)"
-        if (
-            why is None
-            and spec.activation == "swiglu_oai"
-            and (spec.swiglu_alpha, spec.swiglu_limit) != SWIGLUOAI
-        ):
-            why = f"swiglu_alpha, swiglu_limit: vLLM's swigluoai computes {SWIGLUOAI}"
-        why = why or glue.triton_device(device, "vLLM's fused MoE")
-        if why:
-            raise NotSupportedError(why)
+        other = spec.activation == "swiglu_oai" and (spec.swiglu_alpha, spec.swiglu_limit) != SWIGLUOAI
+        glue.refuse_unless_forward(self.capabilities(), inputs, stage, device,
+                                   one_forward="fused_experts is one forward", who="vLLM's fused MoE",
+                                   limit=f"swiglu_alpha, swiglu_limit: vLLM's swigluoai computes {SWIGLUOAI}" if other else None)  # fmt: skip
         mod = peer()
         w = inputs.weights
         act, layout = ACTIVATIONS[spec.activation]

@@ -163,10 +163,7 @@ def smem_violations() -> list[str]:
     elem = cfgmod.ELEM_BYTES
     out = []
     for backend, dc, bucket, cfg in cfgmod.all_configs():
-        need = max(
-            cfg.gate_up.smem_bytes(cfg.BLOCK_M, elem[dc], n_b=2),
-            cfg.down.smem_bytes(cfg.BLOCK_M, elem[dc], n_b=1),
-        )
+        need = max(cfg.pipeline_bytes(elem[dc]).values())
         limit = cfgmod.table_shared_limit(backend)
         if limit is not None and need > limit:  # None: the interpreter's table, no shared memory to overflow
             out.append(f"{backend}-{dc}-{bucket}: {need} B > {limit} B")
