@@ -98,9 +98,8 @@ def replay(
             raise usage_error(f"{case} has no case.json: give a case id or a failures/<case>/ directory.")
         meta = json.loads(meta_path.read_text())
         case_id, saved_impl, saved_device = meta["case_id"], meta.get("impl"), meta.get("device")
-        for k, v in meta.get(
-            "env", {}
-        ).items():  # the failing run's kernel path, unless this shell sets its own
+        # the failing run's kernel path, unless this shell sets its own
+        for k, v in meta.get("env", {}).items():
             if k in REPLAY_ENV and k not in os.environ:
                 os.environ[k] = v
                 console.print(f"environment of the failing run: {k}={v}", markup=False, soft_wrap=True)

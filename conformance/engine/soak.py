@@ -56,6 +56,7 @@ import torch
 
 from moe_cts.conformance.engine.cases import Case
 from moe_cts.conformance.engine.devices import THREAD_VARS, Device
+from moe_cts.conformance.engine.environ import setenv
 from moe_cts.conformance.engine.session import replay_command
 from moe_cts.conformance.engine.soak_judge import SoakJob, spec_pool
 from moe_cts.conformance.engine.soak_worker import BatchResult, run_batch
@@ -116,9 +117,7 @@ class SoakReport:
     empty: int = 0  # cases with T = 0: none, as generate_batch leaves them out (kept as a check of that)
     elapsed_s: float = 0.0
     stopped: str = ""  # why the run ended before plan.cases ("time limit", "device lost: ...")
-    worst_ratio: dict = field(
-        default_factory=dict
-    )  # stage -> largest max_ratio among JUDGED_CONFORMANT cases
+    worst_ratio: dict = field(default_factory=dict)  # stage -> largest max_ratio, JUDGED_CONFORMANT cases
 
     @property
     def ran(self) -> int:
@@ -172,16 +171,8 @@ def _one_thread_each():
     the host W-fold on the judge's small NumPy and torch operations. Spawned workers copy the environment when
     they start, before they import NumPy: set it while the pool runs (a worker the pool restarts gets it too),
     then restore this process's own."""
-    old = {k: os.environ.get(k) for k in THREAD_VARS}
-    os.environ.update({k: "1" for k in THREAD_VARS})
-    try:
+    with setenv(dict.fromkeys(THREAD_VARS, "1")):
         yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _worker_init() -> None:

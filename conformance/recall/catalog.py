@@ -27,13 +27,12 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from moe_cts.conformance.engine.cases import Case
+from moe_cts.conformance.engine.environ import setenv
 from moe_cts.conformance.engine.must_pass import must_pass_cases, must_pass_for
 from moe_cts.conformance.engine.results import STAGES, Outcome
 from moe_cts.conformance.engine.tile_cases import tile_cases
@@ -141,19 +140,9 @@ class Catalog:
         return out
 
 
-@contextlib.contextmanager
-def environment(env: tuple[tuple[str, str], ...]) -> Iterator[None]:
+def environment(env: tuple[tuple[str, str], ...]) -> contextlib.AbstractContextManager[None]:
     """os.environ with a fault's variables set (restored after): its cases and their control run under it."""
-    saved = {k: os.environ.get(k) for k, _ in env}
-    os.environ.update(dict(env))
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return setenv(dict(env))
 
 
 @functools.cache
