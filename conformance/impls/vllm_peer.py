@@ -75,6 +75,7 @@ def _load(path: str) -> Any:
     return module
 
 
+@functools.cache  # capabilities() runs for every case: the file is read once per path
 def _version(path: Path) -> str:
     """VLLM_VERSION as the file writes it, read without importing it: the file imports Triton, which must not happen
     before the device sets TRITON_INTERPRET (capabilities() runs in processes that never launch a kernel)."""
@@ -132,10 +133,11 @@ class VllmPeer:
 
     def run(self, inputs, stage: str, device=None, *, out=None) -> Any:
         spec = inputs.spec
-        other = spec.activation == "swiglu_oai" and (spec.swiglu_alpha, spec.swiglu_limit) != SWIGLUOAI
-        glue.refuse_unless_forward(self.capabilities(), inputs, stage, device,
-                                   one_forward="fused_experts is one forward", who="vLLM's fused MoE",
-                                   limit=f"swiglu_alpha, swiglu_limit: vLLM's swigluoai computes {SWIGLUOAI}" if other else None)  # fmt: skip
+        limit = None
+        if spec.activation == "swiglu_oai" and (spec.swiglu_alpha, spec.swiglu_limit) != SWIGLUOAI:
+            limit = f"swiglu_alpha, swiglu_limit: vLLM's swigluoai computes {SWIGLUOAI}"
+        glue.refuse_unless_forward(self.capabilities(), inputs, stage, device, limit=limit,
+                                   one_forward="fused_experts is one forward", who="vLLM's fused MoE")  # fmt: skip
         mod = peer()
         w = inputs.weights
         act, layout = ACTIVATIONS[spec.activation]
