@@ -547,14 +547,24 @@ def choose(
     else:
         m = tokens_per_expert(num_tokens * top_k, num_experts)
         rows = table["tables"].get(dc) or table["tables"]["16bit"]
-        row = next(
-            (r for r in rows if r["max_tokens_per_expert"] is None or m <= r["max_tokens_per_expert"]),
-            rows[-1],
-        )
+        row = rows[bucket_row(rows, m)]
     cfg = fit_to_shape(_row_config(row), hidden_size, intermediate_size)
     if batch_invariant:
         return cfg
     return fill_grid(cfg, table.get("fill"), num_tokens * top_k, num_experts, hidden_size, intermediate_size)
+
+
+def bucket_row(rows: list[Mapping[str, Any]], m: int) -> int:
+    """The index of the row choose() reads at m tokens per expert: the first whose max_tokens_per_expert holds m
+    (null: any m), else the last."""
+    return next(
+        (
+            i
+            for i, r in enumerate(rows)
+            if r["max_tokens_per_expert"] is None or m <= r["max_tokens_per_expert"]
+        ),
+        len(rows) - 1,
+    )
 
 
 def tokens_per_expert(num_assignments: int, num_experts: int) -> int:

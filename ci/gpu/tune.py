@@ -30,7 +30,7 @@ import triton.testing
 
 import moe_cts.kernels
 from moe_cts.kernels import config as cfgmod
-from moe_cts.kernels.config import GemmTile
+from moe_cts.kernels.config import GemmTile, bucket_row
 from moe_cts.kernels.grouped_gemm import launch_down, launch_gate_up
 from moe_cts.reference import presets
 from moe_cts.reference.spec import MoESpec, MoEWeights, weight_shapes
@@ -89,13 +89,6 @@ def with_flags(tile: dict, base_tile: dict, block_m: int) -> dict:
         flags.pop("half_tail", None)
         flags.pop("merge_tail", None)
     return {**tile, **flags}
-
-
-def bucket_row(rows: list[dict], m: int) -> int:
-    """The index of the row choose() reads at m tokens per expert."""
-    return next(
-        i for i, r in enumerate(rows) if r["max_tokens_per_expert"] is None or m <= r["max_tokens_per_expert"]
-    )
 
 
 def _fits(r: dict, limit: int | None) -> bool:
@@ -204,11 +197,11 @@ def sweep(
         meta = moe_cts.kernels.align(spec, r.topk_ids, bm)
         best = {}
         for kind, cands in (("gate_up", GATE_UP), ("down", DOWN)):
-            tiles = [(_fields(c), False) for c in cands]
-            if row is not None:
-                tiles = [(with_flags(t, row[kind], bm), False) for t, _ in tiles]
-                if bm == row["BLOCK_M"]:
-                    tiles.append((dict(row[kind]), True))
+            tiles = [
+                (_fields(c) if row is None else with_flags(_fields(c), row[kind], bm), False) for c in cands
+            ]
+            if row is not None and bm == row["BLOCK_M"]:
+                tiles.append((dict(row[kind]), True))
             for tile, is_base in tiles:
                 fn = _launcher(kind, GemmTile(**tile), x, weights, act, ws, meta, twf)
                 try:
