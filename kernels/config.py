@@ -250,9 +250,13 @@ def load_table(name: str) -> dict[str, Any]:
         path = candidate_path()
         if path is None:
             raise SpecError(TABLE_ENV, "the path of a tile table JSON (kernels/configs/*.json)", None)
-        # keyed by the file's state: a table edited between runs of one process is read again
-        stat = path.stat() if path.is_file() else None
-        return _candidate(str(path), (stat.st_mtime_ns, stat.st_size) if stat else None)
+        # keyed by the file's state: a table edited between runs of one process is read again (one stat per call)
+        try:
+            st = path.stat()
+            state = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            state = None  # _candidate names the file it cannot read
+        return _candidate(str(path), state)
     if name not in TABLES:
         raise SpecError("table", f"one of {TABLES}", name)
     return _shipped(name)
