@@ -2,7 +2,7 @@
 
     load_catalog() -> Catalog                 parsed and checked; ValueError naming the entry and field
     catalog.runnable(profile, device)         faults a recall run of that profile on that device executes
-    catalog.cases_for(fault, profile, backend, cap)   named cases first, then must-pass cases up to cap
+    catalog.cases_for(fault, profile, backend, cap, arch)   named cases first, then must-pass cases up to cap
 
 A fault is one of:
 
@@ -116,9 +116,12 @@ class Catalog:
             )
         return found
 
-    def cases_for(self, fault: Fault, profile: str, backend: str, cap: int) -> list[Case]:
+    def cases_for(
+        self, fault: Fault, profile: str, backend: str, cap: int, arch: str | None = None
+    ) -> list[Case]:
         """The fault's exposing cases, then the profile's must-pass cases up to `cap` in all (no repeats).
-        A broken implementation's own exposing case (BROKEN[name].case) comes first for that kind."""
+        A broken implementation's own exposing case (BROKEN[name].case) comes first for that kind. `arch`
+        (torch's name, "sm_90") picks the tile cases of the table that device reads, as certify does."""
         out: list[Case] = []
         if fault.kind == "broken":
             from moe_cts.conformance.impls.broken import BROKEN
@@ -129,7 +132,7 @@ class Catalog:
             return out
         # under a fault's tile table the tile cases are that table's rows (engine/tile_cases.py reads the env)
         with environment(fault.env):
-            mp = must_pass_for("quick" if profile == "gpu" else profile, backend)
+            mp = must_pass_for("quick" if profile == "gpu" else profile, backend, arch)
         seen = {c.case_id for c in out}
         for c in mp:
             if len(out) >= max(cap, len(fault.cases) + (fault.kind == "broken")):

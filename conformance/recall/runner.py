@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moe_cts.conformance.engine.cases import Case
+from moe_cts.conformance.engine.devices import select_device
 from moe_cts.conformance.recall import worker
 from moe_cts.conformance.recall.catalog import Catalog, Fault, load_catalog
 from moe_cts.conformance.recall.worker import CaseRun, FaultResult
@@ -90,9 +91,9 @@ _CONFORMANT = {"pass", "quality_warning", "compatibility_warning", "not_supporte
 
 
 def plan(
-    catalog: Catalog, faults: list[Fault], profile: str, backend: str, cap: int
+    catalog: Catalog, faults: list[Fault], profile: str, backend: str, cap: int, arch: str | None = None
 ) -> dict[str, list[Case]]:
-    return {f.name: catalog.cases_for(f, profile, backend, cap) for f in faults}
+    return {f.name: catalog.cases_for(f, profile, backend, cap, arch) for f in faults}
 
 
 def _pool(device: str, jobs: int) -> cf.ProcessPoolExecutor:
@@ -154,7 +155,10 @@ def run_recall(
     cat = catalog or load_catalog()
     backend = "interpreter" if device == "interpreter" else "gpu"
     faults = cat.by_name(names) if names else cat.runnable(profile, backend)
-    cases = plan(cat, faults, profile, "interpreter" if backend == "interpreter" else "cuda", cap)
+    # on a GPU, that device's backend (cuda / hip) and arch: the tile cases are the rows of the table it reads
+    # (cuda-sm90's on an H200), as in a certify run there
+    dev = None if backend == "interpreter" else select_device(device)
+    cases = plan(cat, faults, profile, dev.backend if dev else "interpreter", cap, dev.arch if dev else None)
     say = progress or (lambda s: None)
 
     say(f"faults: {len(faults)} in {jobs} workers")

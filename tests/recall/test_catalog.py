@@ -114,3 +114,18 @@ def test_a_mutated_copy_replaces_the_package_and_goes_away(tmp_path) -> None:
     real = importlib.import_module("moe_cts.kernels.combine")
     assert real.COMBINE_BLOCK_H == 1024
     assert Path(real.__file__).is_relative_to(root)
+
+
+def test_a_gpu_recall_plans_the_tile_cases_of_the_table_its_device_reads() -> None:
+    """On an H200 (sm_90) the recall's filler cases are cuda-sm90's bucket edges, as a certify run's there;
+    without an arch they are the generic cuda table's (the recall's plan before session 27)."""
+    from moe_cts.conformance.engine.tile_cases import tile_cases
+    from moe_cts.conformance.recall.runner import plan
+
+    fault = next(f for f in CATALOG.runnable("gpu", "gpu") if f.fill and f.kind == "broken")
+    names = {c.name for c in plan(CATALOG, [fault], "gpu", "cuda", 500, "sm_90")[fault.name]}
+    sm90 = {c.name for c in tile_cases("cuda", "sm_90")}
+    generic = {c.name for c in tile_cases("cuda")}
+    assert sm90 - generic, "cuda-sm90 has bucket edges of its own"
+    assert sm90 <= names
+    assert not (generic - sm90) & names
