@@ -1681,7 +1681,7 @@ def main() -> int:
              "occ19": part_occ19, "occ19b": part_occ19b,
              "dec19": part_dec19,
              "occ19c": part_occ19c,
-             "mid19": part_mid19, "big20": part_big20, "mix26": part_mix26,
+             "mid19": part_mid19, "big20": part_big20, "mix26": part_mix26, "swap25": part_swap25,
              "fill20": part_fill20,
              "bal20": part_bal20,
              "merge20": part_merge20,

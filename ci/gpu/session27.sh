@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Session 27's GPU calls. Session 25's mode a timed the swapped MXFP4 decode faster than the packed default at
+# every T (docs/mxfp4.md "Session 27"); its fp8 probe part had not been registered in perf_probe (KeyError).
+#   k   perf_probe --parts swap25 (the fp8 operand swap at T = 1 .. 16), certify quick with the swapped decode as
+#       the default (MOE_CTS_MXFP4_DECODE=swapped), the MXFP4 files' GPU pytest, gpt-oss-120b MXFP4 at full size
+#       against the float64 oracle with the swapped decode (FULL_T), each in its share of one 585 s slot
+set -u
+MODE=${1:-k}
+OUT=${2:-/tmp/moe-cts-gpu}
+source "$(dirname "$0")/common.sh"
+gpu_setup "$OUT"
+case "$MODE" in
+k)
+  probe "$OUT" swap25 170
+  MOE_CTS_MXFP4_DECODE=swapped certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 380)"
+  certify_summary "$OUT"
+  gpu_pytest "$OUT" "$(slot_left 470)" tests/kernels/test_mxfp4_decode.py tests/kernels/test_mxfp4_moe.py \
+    tests/kernels/test_mxfp4_pack.py
+  MOE_CTS_MXFP4_DECODE=swapped timeout "$(slot_left 585)" python3 ci/gpu/quant_fullsize.py --out "$OUT/full" \
+    --presets gpt-oss-120b --tokens "${FULL_T:-1,16,128,512,4096}" > "$OUT/full.log" 2> "$OUT/full-stderr.log"
+  echo "quant_fullsize (swapped) exit $?"; tail -8 "$OUT/full.log"
+  ;;
+esac
