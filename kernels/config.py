@@ -335,6 +335,13 @@ def _device_target(backend_name: str) -> str | None:
     return _gpu_target(backend_name, torch.cuda.current_device())
 
 
+def current_target() -> str | None:
+    """The target name (target_info) of the device kernels launch on: "sm90", "gfx942", "interpreter"; None on a
+    GPU backend without a GPU."""
+    b = backend()
+    return "interpreter" if b == "interpreter" else _device_target(b)
+
+
 @functools.cache
 def _gpu_target(backend_name: str, index: int) -> str:
     if backend_name == "hip":  # "gfx942:sramecc+:xnack-"
@@ -352,7 +359,7 @@ def current_table() -> str:
     candidate (MOE_CTS_TABLE) that does not apply to this device: a SpecError naming it, not the shipped table
     under the candidate's name."""
     b = backend()
-    target = "interpreter" if b == "interpreter" else _device_target(b)
+    target = current_target()
     value = os.environ.get(TABLE_ENV)
     if not value:  # the shipped tables: one dict lookup per launch, as before candidates existed
         return _shipped_table_for(b, target)

@@ -260,6 +260,12 @@ def _tile(block_k: int):
     return mg.choose_config(SPEC, BF16, 5, _config(BF16, "weights", "native", block_k)).tile
 
 
+def _on_cuda(monkeypatch, target: str) -> None:
+    """choose_config as on a CUDA GPU of `target` (sm80: no TARGET_DECODE entry, the packed default)."""
+    monkeypatch.setattr(cfgmod, "backend", lambda: "cuda")
+    monkeypatch.setattr(cfgmod, "current_target", lambda: target)
+
+
 def test_the_default_decode_is_packed_for_bf16_weights_native_else_and_fp32_on_rocm():
     for backend in ("cuda", "interpreter"):
         assert mg.default_decode(BF16, "weights", "portable", backend) == "packed"
@@ -268,6 +274,45 @@ def test_the_default_decode_is_packed_for_bf16_weights_native_else_and_fp32_on_r
         assert mg.default_decode(BF16, "weights", "dot_scaled", backend) == "native"
     assert mg.default_decode(BF16, "weights", "portable", "hip") == "fp32"
     assert Mxfp4Config(tile=_tile(64), scale_at="weights").decode == "native"  # the dataclass default
+
+
+def test_sm90_defaults_to_the_swapped_decode_where_packed_is_the_default_elsewhere(monkeypatch):
+    """TARGET_DECODE: the H200 timed swapped faster than packed at every T (session 27). Only CUDA's sm90 reads
+    it; the env still wins; the interpreter and other targets keep packed."""
+    assert mg.default_decode(BF16, "weights", "portable", "cuda", "sm90") == "swapped"
+    assert mg.default_decode(F16, "accumulator", "portable", "cuda", "sm90") == "native"
+    for backend, target in (("cuda", "sm80"), ("cuda", "sm100"), ("cuda", None), ("interpreter", "sm90")):
+        assert mg.default_decode(BF16, "weights", "portable", backend, target) == "packed"
+    assert mg.default_decode(BF16, "weights", "portable", "hip", "gfx942") == "fp32"
+    monkeypatch.setenv(mg.DECODE_ENV, "packed")
+    assert mg.default_decode(BF16, "weights", "portable", "cuda", "sm90") == "packed"
+    monkeypatch.delenv(mg.DECODE_ENV)
+    _on_cuda(monkeypatch, "sm90")
+    spec = SPEC.replace(quant=QuantScheme.mxfp4())
+    row = _config(BF16, "weights", "packed", 128)
+    row = {
+        "BLOCK_M": 16,
+        "gate_up": {**row["gate_up"], "BLOCK_N": 32},
+        "down": {**row["down"], "BLOCK_N": 32},
+    }
+    monkeypatch.setattr(cfgmod, "choose", lambda **_: cfgmod.as_config(row))
+    cfg = mg.choose_config(spec, BF16, 5, None)
+    assert (cfg.decode, cfg.gate_up.BLOCK_N, cfg.down.BLOCK_N, cfg.gate_up.BLOCK_K) == (
+        "swapped",
+        32,
+        64,
+        128,
+    )
+    assert mg.choose_config(spec, BF16, 5, row).decode == "swapped"  # the caller's tiles at the packing step
+    k64 = {**row, **{g: {**row[g], "BLOCK_K": 64} for g in ("gate_up", "down")}}
+    assert mg.choose_config(spec, BF16, 5, k64).decode == "swar"  # not the packing step: swar's K order
+    wide = {**row, "BLOCK_M": 128}
+    monkeypatch.setattr(cfgmod, "choose", lambda **_: cfgmod.as_config(wide))
+    assert (
+        mg.choose_config(spec, BF16, 5, None).decode == "swapped"
+    )  # its large rows too (no spill at 128 rows)
+    monkeypatch.setattr(cfgmod, "current_target", lambda: "sm80")
+    assert mg.choose_config(spec, BF16, 5, None).decode == "swar"  # packed's large rows elsewhere
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
@@ -285,7 +330,7 @@ def test_the_decode_env_replaces_packed_where_it_is_the_default_and_names_itself
 
 
 def test_the_gpu_caps_block_k_by_decode(monkeypatch):
-    monkeypatch.setattr(cfgmod, "backend", lambda: "cuda")
+    _on_cuda(monkeypatch, "sm80")
     spec = SPEC.replace(quant=QuantScheme.mxfp4())
     wide = {
         k: v for k, v in _config(BF16, "weights", "swar", 256).items() if k in ("BLOCK_M", "gate_up", "down")
@@ -306,7 +351,7 @@ def test_the_gpu_caps_block_k_by_decode(monkeypatch):
 
 
 def test_the_packed_gate_up_of_block_m_32_gets_its_register_cap_where_the_table_sets_none(monkeypatch):
-    monkeypatch.setattr(cfgmod, "backend", lambda: "cuda")
+    _on_cuda(monkeypatch, "sm80")
     spec = SPEC.replace(quant=QuantScheme.mxfp4())
     row = _config(BF16, "weights", "packed", 128)
     row = {"BLOCK_M": 32, "gate_up": {**row["gate_up"], "BLOCK_N": 64, "num_warps": 4}, "down": row["down"]}
@@ -328,7 +373,7 @@ def test_the_packed_gate_up_of_block_m_32_gets_its_register_cap_where_the_table_
 def test_the_swapped_decode_keeps_its_table_tiles_operands_between_64_and_128_rows(monkeypatch, widths, want):
     """gate_up's operand is 2 BLOCK_N weight rows, down's BLOCK_N (mxfp4_gemm.SWAPPED_ROWS); no cap (the packed
     decode's register cap is its own); the caller's tiles stay as given."""
-    monkeypatch.setattr(cfgmod, "backend", lambda: "cuda")
+    _on_cuda(monkeypatch, "sm80")
     spec = SPEC.replace(quant=QuantScheme.mxfp4())
     row = _config(BF16, "weights", "packed", 128)
     row = {"BLOCK_M": 32, **{g: {**row[g], "BLOCK_N": n} for g, n in zip(("gate_up", "down"), widths)}}
