@@ -3,7 +3,7 @@
 # every T (docs/mxfp4.md "Session 27"); its fp8 probe part had not been registered in perf_probe (KeyError).
 #   k   perf_probe --parts swap25 (the fp8 operand swap at T = 1 .. 16), certify quick with the swapped decode as
 #       the default (MOE_CTS_MXFP4_DECODE=swapped), the MXFP4 files' GPU pytest, gpt-oss-120b MXFP4 at full size
-#       against the float64 oracle with the swapped decode (FULL_T), each in its share of one 585 s slot
+#       against the float64 oracle with the swapped decode (FULL_T), each in its share of one 520 s slot (mode x of session25.sh follows at once)
 set -u
 MODE=${1:-k}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -11,12 +11,12 @@ source "$(dirname "$0")/common.sh"
 gpu_setup "$OUT"
 case "$MODE" in
 k)
-  probe "$OUT" swap25 170
-  MOE_CTS_MXFP4_DECODE=swapped certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 380)"
+  probe "$OUT" swap25 150
+  MOE_CTS_MXFP4_DECODE=swapped certify_quick "$OUT" "${CERT_JOBS:-10}" "$(slot_left 340)"
   certify_summary "$OUT"
-  gpu_pytest "$OUT" "$(slot_left 470)" tests/kernels/test_mxfp4_decode.py tests/kernels/test_mxfp4_moe.py \
+  gpu_pytest "$OUT" "$(slot_left 420)" tests/kernels/test_mxfp4_decode.py tests/kernels/test_mxfp4_moe.py \
     tests/kernels/test_mxfp4_pack.py
-  MOE_CTS_MXFP4_DECODE=swapped timeout "$(slot_left 585)" python3 ci/gpu/quant_fullsize.py --out "$OUT/full" \
+  MOE_CTS_MXFP4_DECODE=swapped timeout "$(slot_left 520)" python3 ci/gpu/quant_fullsize.py --out "$OUT/full" \
     --presets gpt-oss-120b --tokens "${FULL_T:-1,16,128,512,4096}" > "$OUT/full.log" 2> "$OUT/full-stderr.log"
   echo "quant_fullsize (swapped) exit $?"; tail -8 "$OUT/full.log"
   ;;
