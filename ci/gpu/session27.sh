@@ -3,7 +3,9 @@
 # every T (docs/mxfp4.md "Session 27"); its fp8 probe part had not been registered in perf_probe (KeyError).
 #   k   perf_probe --parts swap25 (the fp8 operand swap at T = 1 .. 16), certify quick with the swapped decode as
 #       the default (MOE_CTS_MXFP4_DECODE=swapped), the MXFP4 files' GPU pytest, gpt-oss-120b MXFP4 at full size
-#       against the float64 oracle with the swapped decode (FULL_T), each in its share of one 520 s slot (mode x of session25.sh follows at once)
+#       against the float64 oracle with the swapped decode (FULL_T), each in its share of one 520 s slot
+#   x   session25.sh's mode x in 520 s: perf_probe --parts mix26 (Mixtral T = 1 and 128, issue 15's points slower
+#       than vLLM, against other tiles), then the peer bench (the acceptance table)
 set -u
 MODE=${1:-k}
 OUT=${2:-/tmp/moe-cts-gpu}
@@ -19,5 +21,10 @@ k)
   MOE_CTS_MXFP4_DECODE=swapped timeout "$(slot_left 520)" python3 ci/gpu/quant_fullsize.py --out "$OUT/full" \
     --presets gpt-oss-120b --tokens "${FULL_T:-1,16,128,512,4096}" > "$OUT/full.log" 2> "$OUT/full-stderr.log"
   echo "quant_fullsize (swapped) exit $?"; tail -8 "$OUT/full.log"
+  ;;
+x)
+  probe "$OUT" mix26 170
+  peer_bench "$OUT" "$(slot_left 520)"
+  grep -E "=>|geomean" "$OUT/peer.log" | tail -44
   ;;
 esac
