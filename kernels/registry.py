@@ -227,7 +227,7 @@ def active_target(target) -> Iterator[None]:
     from moe_cts.kernels import config as cfgmod
     from moe_cts.kernels import target_info
 
-    previous = getattr(driver, "_active", None), cfgmod.backend, cfgmod.current_table
+    previous = getattr(driver, "_active", None), cfgmod.backend, cfgmod.current_table, cfgmod.current_target
     name = next(
         (
             t.name
@@ -240,12 +240,14 @@ def active_target(target) -> Iterator[None]:
     cfgmod.backend = lambda: target.backend
     # the table the target's device reads: cuda-sm90 for sm90, as on the device
     cfgmod.current_table = lambda: cfgmod.table_for(target.backend, name)
+    # and the target's own defaults (mxfp4_gemm.TARGET_DECODE: swapped on sm90)
+    cfgmod.current_target = lambda: name
     _clear_launcher_caches()
     try:
         yield
     finally:
         # reset_active() would look for a real GPU driver and raise on a CPU
-        driver._active, cfgmod.backend, cfgmod.current_table = previous
+        driver._active, cfgmod.backend, cfgmod.current_table, cfgmod.current_target = previous
         _clear_launcher_caches()
 
 

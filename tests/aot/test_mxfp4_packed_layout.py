@@ -26,10 +26,11 @@ def ttgir(tmp_path_factory) -> dict[str, str]:
     keep = tmp_path_factory.mktemp("packed-ttgir")
     scenario = aot_plan.Scenario(
         origin="test:packed-layout", preset="gpt-oss-120b", num_tokens=1, dtype="bfloat16", targets=("sm90",),
-        quant="mxfp4",
+        quant="mxfp4", config={"decode": "packed"},
     )  # fmt: skip
     jobs = [j for j in aot.plan_jobs([scenario]) if j["kernel"] in ("mx_gate_up_kernel", "mx_down_kernel")]
-    # the default at T = 1 is the packed decode; on meta tensors with the plain scales real checkpoints have
+    # the packed decode (the default at T = 1 but on sm90, whose default is swapped: mxfp4_gemm.TARGET_DECODE),
+    # on meta tensors with the plain scales real checkpoints have
     assert {j["launch"]["kwargs"]["DECODE"] for j in jobs} == {MK.DECODE_PACKED_PLAIN.value}
     results = aot.run_jobs(jobs, 1, str(keep))
     assert all(results[j["id"]].get("ok") for j in jobs), [results[j["id"]].get("error") for j in jobs]

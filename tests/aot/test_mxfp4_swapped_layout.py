@@ -84,3 +84,23 @@ def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, kernel, tokens):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     assert "C7515" not in run.stderr and "serialized" not in run.stderr, run.stderr[-2000:]
+
+
+def test_the_ahead_of_time_default_is_each_targets_own_decode():
+    """registry.active_target gives the heuristic the target's name, so an AOT compile of the default config
+    builds what that device would launch: swapped on sm90 (mxfp4_gemm.TARGET_DECODE), packed on sm80 / sm100,
+    at every T (T = 4096's BLOCK_M 128 row too, where packed's default is swar)."""
+    want = {"sm80": MK.DECODE_PACKED_PLAIN.value, "sm90": MK.DECODE_SWAPPED_PLAIN.value}
+    for target, decode in want.items():
+        scenario = aot_plan.Scenario(
+            origin="test:default-decode", preset="gpt-oss-120b", num_tokens=1, dtype="bfloat16",
+            targets=(target,), quant="mxfp4",
+        )  # fmt: skip
+        jobs = [j for j in aot.plan_jobs([scenario]) if j["kernel"] in KERNELS]
+        assert {j["launch"]["kwargs"]["DECODE"] for j in jobs} == {decode}, target
+    big = aot_plan.Scenario(
+        origin="test:default-decode", preset="gpt-oss-120b", num_tokens=4096, dtype="bfloat16", targets=("sm90",),
+        quant="mxfp4",
+    )  # fmt: skip
+    jobs = [j for j in aot.plan_jobs([big]) if j["kernel"] in KERNELS]
+    assert {j["launch"]["kwargs"]["DECODE"] for j in jobs} == {MK.DECODE_SWAPPED_PLAIN.value}
