@@ -47,7 +47,7 @@ DOT_KINDS = ("portable", "dot_scaled")
 #:   "packed"  shifts and masks as swar's on a packed copy of the codes (mxfp4_pack.py), straight into the MMA
 #:             operand layout, bf16 with the scale on the weights, BLOCK_K 128 (_mxfp4_packed.py)
 #:   "swapped" packed's arithmetic with the weights as the MMA's first operand, out.T = W @ x.T, on codes packed
-#:             in the "mma_a" order (_mxfp4_swapped.py); the default on the targets of TARGET_DECODE
+#:             in the "mma_a" order (_mxfp4_swapped.py); opt-in, or a target's default by TARGET_DECODE
 #:   "swar"    32-bit words, two codes per integer op, bf16 with the scale on the weights (_mxfp4_swar.py)
 #:   "native"  bytes, straight to the dot dtype's bits, one E8M0 code per (32-block, column) (_mxfp4_decode.py)
 #:   "fp32"    the first version: fp32 bits, a per-element scale gather, fp32 multiply, cast
@@ -63,13 +63,15 @@ PACKED_BLOCK_K = 128  # the packed decodes' BLOCK_K: their packing step (mxfp4_p
 #: weights, the portable dot; not ROCm): one of BF16_DECODES. For timing and certifying a decode before a
 #: table adopts it, e.g. MOE_CTS_MXFP4_DECODE=swapped moe-cts certify --profile quick
 DECODE_ENV = "MOE_CTS_MXFP4_DECODE"
-#: the decode that replaces "packed" as the default on a GPU target where it was timed faster at every point.
-#: sm90: the swapped decode's wgmma (decoded weights in registers, x.T from shared memory) against packed's
-#: mma.sync, H200 triton 3.6, gpt-oss-120b bf16 activations, same-run ratios to our bf16 path at T = 1 / 16 /
-#: 128 / 512 / 4096: 1.31 / 1.93 / 2.00 / 1.66 / 0.75 against 1.25 / 1.74 / 1.81 / 1.36 / 0.53 (packed; swar at
-#: 4096), docs/measured/session27/quant-bench-mxfp4-swapped.json. Elsewhere nothing was timed: sm80 has no
-#: wgmma, sm100's MMA reads its first operand from shared or tensor memory, not registers.
-TARGET_DECODE = {"sm90": "swapped"}
+#: the decode that replaces "packed" as the default on a GPU target: one that was timed faster there at every point
+#: AND certified there (certify quick, the MXFP4 GPU tests, the full-size oracle check). Empty for now. The
+#: candidate is sm90 -> "swapped": wgmma with the decoded weights in registers, timed against packed's mma.sync
+#: on the H200 (triton 3.6, gpt-oss-120b bf16, same-run ratios to our bf16 path at T = 1 / 16 / 128 / 512 / 4096:
+#: 1.31 / 1.93 / 2.00 / 1.66 / 0.75 against 1.25 / 1.74 / 1.81 / 1.36 / 0.53, packed and swar at 4096;
+#: docs/measured/session27/quant-bench-mxfp4-swapped.json). Its correctness on the GPU is not measured yet
+#: (ci/gpu/session27.sh k), so it stays opt-in (DECODE_ENV) until that run passes. sm80 has no wgmma, sm100's MMA
+#: reads its first operand from shared or tensor memory: nothing was timed there.
+TARGET_DECODE: dict[str, str] = {}
 #: largest BLOCK_M of the table rows the packed decode is the default for: it holds the whole decoded tile in
 #: registers, and the m > 32 rows' 128 x 128 / 128 x 256 tiles at 8 warps spill 96-176 B on sm90 with it (AOT,
 #: triton 3.9, gpt-oss-120b T = 4096); swar stages the tile through shared memory and keeps those rows
@@ -168,8 +170,8 @@ def default_decode(
 ) -> str:
     """CUDA and the interpreter: 'packed' for bf16 with the scale on the weights (the portable dot), else
     'native' (choose_config takes 'swar' instead of 'packed' for a caller's tiles whose BLOCK_K is not 128 and
-    for table rows of BLOCK_M > PACKED_MAX_BLOCK_M). On a CUDA `target` of TARGET_DECODE ("sm90"), its decode
-    replaces 'packed' (swapped on the H200).
+    for table rows of BLOCK_M > PACKED_MAX_BLOCK_M). On a CUDA `target` of TARGET_DECODE, its decode replaces
+    'packed' at every table row.
     ROCm: 'fp32' as before, nothing was timed there (AOT registers: docs/mxfp4.md). All decodes are exact;
     they differ in the fp32 summation order only (fp32 / native: even and odd columns in two dots per K step,
     swar: one dot in K order, packed: one dot per 128 elements in a permuted K order, swapped: the same in K

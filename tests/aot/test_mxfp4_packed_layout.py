@@ -29,7 +29,7 @@ def ttgir(tmp_path_factory) -> dict[str, str]:
         quant="mxfp4", config={"decode": "packed"},
     )  # fmt: skip
     jobs = [j for j in aot.plan_jobs([scenario]) if j["kernel"] in ("mx_gate_up_kernel", "mx_down_kernel")]
-    # the packed decode (the default at T = 1 but on sm90, whose default is swapped: mxfp4_gemm.TARGET_DECODE),
+    # the packed decode (the default at T = 1 where mxfp4_gemm.TARGET_DECODE names no other),
     # on meta tensors with the plain scales real checkpoints have
     assert {j["launch"]["kwargs"]["DECODE"] for j in jobs} == {MK.DECODE_PACKED_PLAIN.value}
     results = aot.run_jobs(jobs, 1, str(keep))

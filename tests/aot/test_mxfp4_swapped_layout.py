@@ -22,6 +22,7 @@ import pytest
 from moe_cts.conformance.aot import matrix as aot
 from moe_cts.conformance.aot import plan as aot_plan
 from moe_cts.kernels import _mxfp4_gemm_kernels as MK
+from moe_cts.kernels.mxfp4_gemm import TARGET_DECODE
 
 KERNELS = ("mx_gate_up_kernel", "mx_down_kernel")
 
@@ -88,9 +89,11 @@ def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, kernel, tokens):
 
 def test_the_ahead_of_time_default_is_each_targets_own_decode():
     """registry.active_target gives the heuristic the target's name, so an AOT compile of the default config
-    builds what that device would launch: swapped on sm90 (mxfp4_gemm.TARGET_DECODE), packed on sm80 / sm100,
-    at every T (T = 4096's BLOCK_M 128 row too, where packed's default is swar)."""
-    want = {"sm80": MK.DECODE_PACKED_PLAIN.value, "sm90": MK.DECODE_SWAPPED_PLAIN.value}
+    builds what that device would launch: its mxfp4_gemm.TARGET_DECODE entry (sm90 -> swapped once certified on
+    the H200), else packed, at every T (where sm90 takes swapped: T = 4096's BLOCK_M 128 row too, where packed's
+    default is swar)."""
+    plain = {"packed": MK.DECODE_PACKED_PLAIN.value, "swapped": MK.DECODE_SWAPPED_PLAIN.value}
+    want = {t: plain[TARGET_DECODE.get(t, "packed")] for t in ("sm80", "sm90")}
     for target, decode in want.items():
         scenario = aot_plan.Scenario(
             origin="test:default-decode", preset="gpt-oss-120b", num_tokens=1, dtype="bfloat16",
@@ -102,5 +105,6 @@ def test_the_ahead_of_time_default_is_each_targets_own_decode():
         origin="test:default-decode", preset="gpt-oss-120b", num_tokens=4096, dtype="bfloat16", targets=("sm90",),
         quant="mxfp4",
     )  # fmt: skip
-    jobs = [j for j in aot.plan_jobs([big]) if j["kernel"] in KERNELS]
-    assert {j["launch"]["kwargs"]["DECODE"] for j in jobs} == {MK.DECODE_SWAPPED_PLAIN.value}
+    if TARGET_DECODE.get("sm90") == "swapped":
+        jobs = [j for j in aot.plan_jobs([big]) if j["kernel"] in KERNELS]
+        assert {j["launch"]["kwargs"]["DECODE"] for j in jobs} == {MK.DECODE_SWAPPED_PLAIN.value}

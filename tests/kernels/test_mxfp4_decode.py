@@ -276,9 +276,13 @@ def test_the_default_decode_is_packed_for_bf16_weights_native_else_and_fp32_on_r
     assert Mxfp4Config(tile=_tile(64), scale_at="weights").decode == "native"  # the dataclass default
 
 
-def test_sm90_defaults_to_the_swapped_decode_where_packed_is_the_default_elsewhere(monkeypatch):
-    """TARGET_DECODE: the H200 timed swapped faster than packed at every T (session 27). Only CUDA's sm90 reads
-    it; the env still wins; the interpreter and other targets keep packed."""
+def test_a_target_decode_replaces_packed_on_that_target_only(monkeypatch):
+    """TARGET_DECODE (empty until the H200 certifies sm90 -> swapped, timed faster there in session 27): only
+    a CUDA device of that target reads it; the env still wins; the interpreter and other targets keep packed."""
+    assert mg.default_decode(BF16, "weights", "portable", "cuda", "sm90") == mg.TARGET_DECODE.get(
+        "sm90", "packed"
+    )
+    monkeypatch.setattr(mg, "TARGET_DECODE", {"sm90": "swapped"})
     assert mg.default_decode(BF16, "weights", "portable", "cuda", "sm90") == "swapped"
     assert mg.default_decode(F16, "accumulator", "portable", "cuda", "sm90") == "native"
     for backend, target in (("cuda", "sm80"), ("cuda", "sm100"), ("cuda", None), ("interpreter", "sm90")):

@@ -20,7 +20,7 @@ def test_the_opt_in_paths_have_faults_of_their_own():
     assert env == {"MOE_CTS_MXFP4_DECODE", "MOE_CTS_TABLE"}
     assert len(OPT_IN) >= 5 and all(f.profile == "smoke" for f in OPT_IN)
     files = {e.file for f in OPT_IN for e in f.edits}
-    # and the packed MXFP4 decode, the default everywhere but sm90 (mxfp4_gemm.TARGET_DECODE): its fault pins it
+    # and the packed MXFP4 decode, which a target's default may replace (mxfp4_gemm.TARGET_DECODE): its fault pins it
     assert files == {"_mxfp4_swapped.py", "_fp8_gemm_kernels.py", "_mxfp4_packed.py"}
     assert {f.name for f in OPT_IN if ("MOE_CTS_MXFP4_DECODE", "packed") in f.env} == {
         "mxfp4-scale-of-previous-block"
