@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Session 27's GPU calls. Session 25's mode a timed the swapped MXFP4 decode faster than the packed default at
 # every T (docs/mxfp4.md "Session 27"); its fp8 probe part had not been registered in perf_probe (KeyError).
-#   k   certify quick with the swapped decode as the default (sm90's default since session 27; the env says so
-#       on any build), the MXFP4 files' GPU pytest, gpt-oss-120b MXFP4 at full size against the float64 oracle
+#   k   certify quick with the swapped decode as the default (MOE_CTS_MXFP4_DECODE=swapped: the run that would let
+#       mxfp4_gemm.TARGET_DECODE name it for sm90), the MXFP4 files' GPU pytest, gpt-oss-120b MXFP4 at full size against the float64 oracle
 #       with the swapped decode (FULL_T), then perf_probe --parts swap25 (the fp8 operand swap at T = 1 .. 16),
 #       each in its share of one 520 s slot
 #   x   session25.sh's mode x in 520 s: perf_probe --parts mix26 (Mixtral T = 1 and 128, issue 15's points slower

@@ -279,9 +279,8 @@ def test_the_default_decode_is_packed_for_bf16_weights_native_else_and_fp32_on_r
 def test_a_target_decode_replaces_packed_on_that_target_only(monkeypatch):
     """TARGET_DECODE (empty until the H200 certifies sm90 -> swapped, timed faster there in session 27): only
     a CUDA device of that target reads it; the env still wins; the interpreter and other targets keep packed."""
-    assert mg.default_decode(BF16, "weights", "portable", "cuda", "sm90") == mg.TARGET_DECODE.get(
-        "sm90", "packed"
-    )
+    shipped = mg.TARGET_DECODE.get("sm90", "packed")
+    assert mg.default_decode(BF16, "weights", "portable", "cuda", "sm90") == shipped
     monkeypatch.setattr(mg, "TARGET_DECODE", {"sm90": "swapped"})
     assert mg.default_decode(BF16, "weights", "portable", "cuda", "sm90") == "swapped"
     assert mg.default_decode(F16, "accumulator", "portable", "cuda", "sm90") == "native"
@@ -301,20 +300,15 @@ def test_a_target_decode_replaces_packed_on_that_target_only(monkeypatch):
     }
     monkeypatch.setattr(cfgmod, "choose", lambda **_: cfgmod.as_config(row))
     cfg = mg.choose_config(spec, BF16, 5, None)
-    assert (cfg.decode, cfg.gate_up.BLOCK_N, cfg.down.BLOCK_N, cfg.gate_up.BLOCK_K) == (
-        "swapped",
-        32,
-        64,
-        128,
-    )
+    got = (cfg.decode, cfg.gate_up.BLOCK_N, cfg.down.BLOCK_N, cfg.gate_up.BLOCK_K)
+    assert got == ("swapped", 32, 64, 128)
     assert mg.choose_config(spec, BF16, 5, row).decode == "swapped"  # the caller's tiles at the packing step
     k64 = {**row, **{g: {**row[g], "BLOCK_K": 64} for g in ("gate_up", "down")}}
     assert mg.choose_config(spec, BF16, 5, k64).decode == "swar"  # not the packing step: swar's K order
     wide = {**row, "BLOCK_M": 128}
     monkeypatch.setattr(cfgmod, "choose", lambda **_: cfgmod.as_config(wide))
-    assert (
-        mg.choose_config(spec, BF16, 5, None).decode == "swapped"
-    )  # its large rows too (no spill at 128 rows)
+    # its large rows too (no spill at 128 weight rows)
+    assert mg.choose_config(spec, BF16, 5, None).decode == "swapped"
     monkeypatch.setattr(cfgmod, "current_target", lambda: "sm80")
     assert mg.choose_config(spec, BF16, 5, None).decode == "swar"  # packed's large rows elsewhere
 
