@@ -13,8 +13,10 @@ Triton's own ptxas on their PTX and reads its notes.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ import pytest
 from moe_cts.conformance.aot import matrix as aot
 from moe_cts.conformance.aot import plan as aot_plan
 from moe_cts.kernels import _mxfp4_gemm_kernels as MK
-from moe_cts.kernels.mxfp4_gemm import TARGET_DECODE
+from moe_cts.kernels import mxfp4_gemm
 
 KERNELS = ("mx_gate_up_kernel", "mx_down_kernel")
 
@@ -87,24 +89,50 @@ def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, kernel, tokens):
     assert "C7515" not in run.stderr and "serialized" not in run.stderr, run.stderr[-2000:]
 
 
-def test_the_ahead_of_time_default_is_each_targets_own_decode():
-    """registry.active_target gives the heuristic the target's name, so an AOT compile of the default config
-    builds what that device would launch: its mxfp4_gemm.TARGET_DECODE entry (sm90 -> swapped once certified on
-    the H200), else packed, at every T (where sm90 takes swapped: T = 4096's BLOCK_M 128 row too, where packed's
-    default is swar)."""
-    plain = {"packed": MK.DECODE_PACKED_PLAIN.value, "swapped": MK.DECODE_SWAPPED_PLAIN.value}
-    want = {t: plain[TARGET_DECODE.get(t, "packed")] for t in ("sm80", "sm90")}
-    for target, decode in want.items():
-        scenario = aot_plan.Scenario(
-            origin="test:default-decode", preset="gpt-oss-120b", num_tokens=1, dtype="bfloat16",
-            targets=(target,), quant="mxfp4",
-        )  # fmt: skip
-        jobs = [j for j in aot.plan_jobs([scenario]) if j["kernel"] in KERNELS]
-        assert {j["launch"]["kwargs"]["DECODE"] for j in jobs} == {decode}, target
-    big = aot_plan.Scenario(
-        origin="test:default-decode", preset="gpt-oss-120b", num_tokens=4096, dtype="bfloat16", targets=("sm90",),
-        quant="mxfp4",
+# The capture needs compiled (not interpreted) kernel objects, so it runs in a child without TRITON_INTERPRET, as
+# `moe-cts compile` plans; this child first sets the table it is given, which a monkeypatch could not reach.
+_PLAN_WITH_TABLE = """
+import json, sys
+from moe_cts.conformance.aot import plan
+from moe_cts.kernels import mxfp4_gemm
+mxfp4_gemm.TARGET_DECODE.clear()
+mxfp4_gemm.TARGET_DECODE.update(json.loads(sys.argv[1]))
+sys.exit(plan.main(sys.argv[2:]))
+"""
+
+
+def _default_decodes(table: dict[str, str], num_tokens: int, tmp_path: Path) -> dict[str, set[int]]:
+    """Per target, the DECODE constants of the MXFP4 GEMM jobs planned for gpt-oss-120b's default config with
+    mxfp4_gemm.TARGET_DECODE = table."""
+    targets = ("sm80", "sm90")
+    scenario = aot_plan.Scenario(
+        origin="test:default-decode", preset="gpt-oss-120b", num_tokens=num_tokens, dtype="bfloat16",
+        targets=targets, quant="mxfp4",
     )  # fmt: skip
-    if TARGET_DECODE.get("sm90") == "swapped":
-        jobs = [j for j in aot.plan_jobs([big]) if j["kernel"] in KERNELS]
-        assert {j["launch"]["kwargs"]["DECODE"] for j in jobs} == {MK.DECODE_SWAPPED_PLAIN.value}
+    src, dst = tmp_path / f"scenarios-{num_tokens}.json", tmp_path / f"jobs-{num_tokens}.json"
+    src.write_text(json.dumps([scenario.to_json()]))
+    run = subprocess.run(
+        [sys.executable, "-c", _PLAN_WITH_TABLE, json.dumps(table), str(src), ",".join(targets), str(dst)],
+        env=aot._child_env(), cwd=aot.ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    jobs = [j for j in json.loads(dst.read_text()) if j["kernel"] in KERNELS]
+    return {t: {j["launch"]["kwargs"]["DECODE"] for j in jobs if j["target_name"] == t} for t in targets}
+
+
+PLAIN = {"packed": MK.DECODE_PACKED_PLAIN.value, "swapped": MK.DECODE_SWAPPED_PLAIN.value}
+
+
+@pytest.mark.parametrize(
+    "table", [mxfp4_gemm.TARGET_DECODE, {"sm90": "swapped"}], ids=["as-shipped", "sm90-swapped"]
+)
+def test_the_ahead_of_time_default_is_each_targets_own_decode(tmp_path, table):
+    """registry.active_target gives the heuristic the target's name, so an AOT compile of the default config
+    builds what that device would launch: its mxfp4_gemm.TARGET_DECODE entry, else packed (swar at T = 4096's
+    BLOCK_M 128 row, where packed is not the default). Checked with the table as shipped (empty until the
+    swapped decode is certified on a GPU) and with sm90 -> swapped, whatever the shipped table holds."""
+    got = _default_decodes(table, 1, tmp_path)
+    assert got == {t: {PLAIN[table.get(t, "packed")]} for t in ("sm80", "sm90")}
+    big = _default_decodes(table, 4096, tmp_path)
+    want_sm90 = PLAIN["swapped"] if table.get("sm90") == "swapped" else MK.DECODE_SWAR.value
+    assert big == {"sm80": {MK.DECODE_SWAR.value}, "sm90": {want_sm90}}
