@@ -92,7 +92,11 @@ def classify(job: dict[str, Any], result: dict[str, Any], targets_data: dict[str
         registers=result.get("registers"),
         spill_bytes=result.get("spill_bytes"),
         matrix_found=tuple(result.get("matrix_found", ())),
-        extra={k: result[k] for k in ("sgprs", "agprs", "stack_bytes", "triton") if k in result},
+        extra={
+            k: result[k]
+            for k in ("sgprs", "agprs", "stack_bytes", "triton", "ptxas_registers", "ptxas_notes")
+            if k in result
+        },
     )
     reasons = []
     if flavour == "rejected":

@@ -2,6 +2,7 @@
 
 AotRecord(kernel, target, dtype, config, status, reason, shared_bytes, registers, spill_bytes, ...)
 status: COMPILED | EXPECTED_REJECTION (the matrix says the target cannot run it) | FAIL
+extra:  per backend (sgprs / agprs on AMD; stack_bytes, ptxas_registers, ptxas_notes on CUDA), triton version
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ class AotRecord:
                 "matrix_found": tuple(d.get("matrix_found", ())),
             }
         )
+
+    @property
+    def ptxas_notes(self) -> tuple[str, ...]:
+        """ptxas's "Potential Performance Loss" notes ("C7515: wgmma.mma_async instructions are serialized ...")
+        of a CUDA compile; they do not fail it (it runs and computes right), the report lists them."""
+        return tuple(self.extra.get("ptxas_notes", ()))
 
     @property
     def config_label(self) -> str:

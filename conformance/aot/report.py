@@ -4,6 +4,7 @@ compile_section(records) -> {"verdict", "counts": {target: {status: n}}, "chosen
 summary_table(records)   -> rich Table: one row per (kernel, config) the heuristic chose for the presets,
                             one column per target: "shared KiB / registers" (red: Fail on that target)
 status_table(records)    -> rich Table: compiled / expected rejections / fails per target
+note_lines(records)      -> one line per ptxas performance note (serialized wgmma, ...): listed, not a fail
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ def compile_section(records) -> dict[str, Any]:
             }
             for r in fails
         ],
+        "ptxas_notes": [
+            {
+                "kernel": r.kernel,
+                "target": r.target,
+                "dtype": r.dtype,
+                "config": r.config_label,
+                "notes": list(notes),
+            }
+            for r in records
+            if (notes := r.ptxas_notes)
+        ],
         "chosen": chosen_rows(records),
         "records": [r.to_json() for r in records],
     }
@@ -134,6 +146,16 @@ def failure_lines(records) -> list[str]:
     ]
 
 
+def note_lines(records) -> list[str]:
+    """ptxas's performance notes: the kernel compiled and computes right, but (C7515) runs its wgmmas one at a
+    time, say. A table row with one is slow on that target; tests/aot holds the shipped tables to none."""
+    return [
+        f"NOTE {r.kernel} [{r.config_label}] {r.dtype} on {r.target}: ptxas {note}"
+        for r in records
+        for note in r.ptxas_notes
+    ]
+
+
 def summary_lines(records) -> list[str]:
     """The summary table as one line per (kernel, dtype, config, target): for logs and narrow pipes, where a
     wide table would fold its cells."""
@@ -155,6 +177,8 @@ def render(console: Console, records) -> None:
     else:
         for line in summary_lines(records):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
+    for line in note_lines(records):
+        console.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
     for line in failure_lines(records):
         console.print(line, style="red", markup=False, highlight=False)
 

@@ -7,7 +7,8 @@
         fresh TRITON_CACHE_DIR                    # a cached binary would hide a compile for another target
         signature, constexprs, attrs = Triton's own launch binder on meta tensors   (what a GPU run compiles)
         triton.compile(ASTSource(...), target)
-        RESULTS += {id, ok, error, shared, static_shared, registers, spill_bytes, matrix_found, seconds}
+        RESULTS += {id, ok, error, shared, static_shared, registers, spill_bytes, matrix_found, seconds,
+                    ptxas_registers, ptxas_notes}         # the last two from ptxas's own log (CUDA)
 
 One line per job, flushed at once: if the compiler kills this process, the parent sees which job did it,
 records a Fail for it and starts a new worker on the rest. TRITON_INTERPRET must be unset here (the parent
@@ -17,6 +18,8 @@ Works with triton 3.6 and 3.9 (same binder and compile API; checked on both whee
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -89,6 +92,25 @@ def cuda_resources(cubin: bytes) -> dict[str, Any]:
     }
 
 
+# ptxas's performance notes, e.g. "ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async
+# instructions are serialized due to ...": a kernel that compiles and computes right but runs its MMAs one at a
+# time (docs/aot.md). The tool's name in the prefix varies by toolkit ("ptxas", "ptxas-blackwell").
+_NOTE = re.compile(r"\((C\d{4})\) Potential Performance Loss: (.*)")
+_USED = re.compile(r"Used (\d+) registers")
+
+
+def ptxas_findings(log: str) -> dict[str, Any]:
+    """From ptxas -v's log of one kernel: {ptxas_registers, ptxas_notes: ["C7515: text", ...]}; {} when the
+    log has no compile in it (a Triton that does not print it, or a cached binary)."""
+    if "Compiling entry function" not in log:
+        return {}
+    used = _USED.search(log)
+    return {
+        "ptxas_registers": int(used.group(1)) if used else None,
+        "ptxas_notes": [f"{code}: {text.strip()}" for code, text in _NOTE.findall(log)],
+    }
+
+
 def amd_resources(amdgcn: str) -> dict[str, Any]:
     """VGPR / SGPR / AGPR counts and spills from the amdhsa kernel metadata in the amdgcn text."""
 
@@ -124,7 +146,10 @@ def compile_job(job: dict[str, Any], keep_dir: str | None = None) -> dict[str, A
         os.environ["TRITON_CACHE_DIR"] = cache
         try:
             fn = jit_function(launch.kernel)
-            with active_target(target):
+            log = io.StringIO()
+            # TRITON_DUMP_PTXAS_LOG (main sets it) has Triton print ptxas -v's log to stdout, where the
+            # results file is not: it is caught here, and nothing reaches the parent's pipe
+            with active_target(target), contextlib.redirect_stdout(log):
                 src, options = compile_source(
                     fn, [materialize_arg(a) for a in launch.args], launch.kwargs, target
                 )
@@ -148,7 +173,10 @@ def compile_job(job: dict[str, Any], keep_dir: str | None = None) -> dict[str, A
         matrix_found=sorted(name for name, pat in t["matrix_patterns"].items() if pat in asm_text),
         triton=triton.__version__,
     )
-    result.update(cuda_resources(ck.asm["cubin"]) if t["backend"] == "cuda" else amd_resources(asm_text))
+    if t["backend"] == "cuda":
+        result.update(cuda_resources(ck.asm["cubin"]), **ptxas_findings(log.getvalue()))
+    else:
+        result.update(amd_resources(asm_text))
     if keep_dir is not None:
         save_binary(ck, Path(keep_dir) / f"{job['id']}")
     return result
@@ -191,6 +219,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # read at each compile (triton.knobs), caught by compile_job
     jobs = json.loads(Path(jobs_path).read_text())
     with open(results_path, "a") as out:
         for job in jobs:

@@ -124,6 +124,15 @@ def failure_lines(section: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def note_lines(section: dict[str, Any] | None) -> list[str]:
+    """ptxas's performance notes (serialized wgmmas, ...): compiles that run right but slow; not a Fail."""
+    return [
+        f"compile NOTE {n['kernel']} [{n['config']}] {n['dtype']} on {n['target']}: ptxas {note}"
+        for n in (section or {}).get("ptxas_notes", [])
+        for note in n["notes"]
+    ]
+
+
 def apply_compile(report: dict[str, Any], section: dict[str, Any] | None) -> None:
     """Put the section into the report; a compile Fail turns a conformant node not conformant, an error
     (no records) makes it void. Partial and void runs keep their verdict."""
@@ -185,6 +194,7 @@ def compile_html(section: dict[str, Any] | None) -> str:
         f'<span class="{cls}">{escape(section["verdict"].upper())}</span></p>'
     )
     fails = "".join(f"<li>{escape(line)}</li>" for line in failure_lines(section))
+    fails += "".join(f'<li class="warn">{escape(line)}</li>' for line in note_lines(section))
     head += f"<ul>{fails}</ul>" if fails else ""
     tables = []
     for target, recs in per_target(section).items():
@@ -218,4 +228,6 @@ def print_compile(console, section: dict[str, Any] | None) -> None:
         console.print(t)
     for line in failure_lines(section):  # the reasons, in full, below the tables
         console.print(line, style="red", markup=False, soft_wrap=True)
+    for line in note_lines(section):
+        console.print(line, style="yellow", markup=False, soft_wrap=True)
     console.print(f"compile: {section['verdict']}", markup=False)

@@ -6,7 +6,7 @@ import pytest
 
 from moe_cts.conformance.aot import matrix as aot
 from moe_cts.conformance.aot import plan as aot_plan
-from moe_cts.conformance.aot.report import compile_section
+from moe_cts.conformance.aot.report import compile_section, render_text
 from moe_cts.kernels import target_info
 
 TARGETS = aot_plan.load_targets()
@@ -78,6 +78,27 @@ def test_the_report_section_fails_when_any_record_fails():
     section = compile_section([good, bad])
     assert section["verdict"] == "fail" and section["counts"]["gfx942"] == {"fail": 1}
     assert aot.AotRecord.from_json(section["records"][1]) == bad
+
+
+def test_a_ptxas_performance_note_is_listed_and_does_not_fail_the_compile():
+    note = "C7515: wgmma.mma_async instructions are serialized due to non wgmma instructions ..."
+    rec = aot.classify(_job(), _ok(ptxas_registers=128, ptxas_notes=[note]), TARGETS)
+    assert rec.status == aot.COMPILED and rec.ptxas_notes == (note,)
+    section = compile_section([rec])
+    assert section["verdict"] == "pass"
+    assert section["ptxas_notes"] == [{"kernel": "gate_up_kernel", "target": "sm90", "dtype": "bfloat16",
+                                       "config": rec.config_label, "notes": [note]}]  # fmt: skip
+    assert f"NOTE gate_up_kernel [{rec.config_label}] bfloat16 on sm90: ptxas {note}" in render_text([rec])
+    assert "NOTE" not in render_text(
+        [aot.classify(_job(), _ok(ptxas_registers=128, ptxas_notes=[]), TARGETS)]
+    )
+    # certify's report: listed in the compile section's HTML, the verdict untouched
+    from moe_cts.conformance.report.compile import compile_html, failure_lines, note_lines
+
+    section.update(tier="default", requested_targets=["sm90"])
+    line = f"compile NOTE gate_up_kernel [{rec.config_label}] bfloat16 on sm90: ptxas {note}"
+    assert note_lines(section) == [line] and failure_lines(section) == []
+    assert "serialized" in compile_html(section) and "PASS" in compile_html(section)
 
 
 def test_unknown_targets_are_refused_with_the_known_ones_named():

@@ -47,6 +47,56 @@ def test_registers_are_read_from_the_binaries(acceptance_records):
     assert all(r.registers and r.registers > 0 and r.spill_bytes is not None for r in recs), recs
 
 
+# ptxas's own words for a kernel whose wgmmas it runs one at a time: the line this environment's ptxas printed
+# for the swapped MXFP4 decode before its first K step was peeled (kernels/_mxfp4_swapped.py), kept verbatim
+C7515_LOG = """\
+ptxas-blackwell info    : 0 bytes gmem
+ptxas-blackwell info    : Compiling entry function 'mx_down_kernel' for 'sm_90a'
+ptxas-blackwell info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are serialized due to \
+non wgmma instructions defining accumulator registers of a wgmma between start and end of the pipeline stage in \
+the function 'mx_down_kernel' in line 2089
+ptxas-blackwell info    : Function properties for mx_down_kernel
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas-blackwell info    : Used 96 registers, used 1 barrier
+"""
+
+
+def test_a_serialized_wgmma_note_is_read_from_the_ptxas_log():
+    from moe_cts.conformance.aot.worker import ptxas_findings
+
+    got = ptxas_findings(C7515_LOG)
+    assert got["ptxas_registers"] == 96
+    assert [n.split(":")[0] for n in got["ptxas_notes"]] == ["C7515"]
+    assert "wgmma.mma_async instructions are serialized" in got["ptxas_notes"][0]
+    assert ptxas_findings(C7515_LOG.replace("(C7515) Potential Performance Loss", "other")) == {
+        "ptxas_registers": 96,
+        "ptxas_notes": [],
+    }
+    assert ptxas_findings("") == {}  # no compile in the log (a cached binary): nothing claimed
+
+
+def _cuda_compiled(acceptance_records, table_records) -> list:
+    recs = [r for rs in acceptance_records.values() for r in rs] + table_records
+    return [r for r in recs if r.status == aot.COMPILED and r.target.startswith("sm")]
+
+
+def test_every_cuda_compile_reads_its_ptxas_log(acceptance_records, table_records):
+    """The worker catches ptxas's log of each compile: its register count is cuobjdump's, so a missing or
+    foreign log (and with it a missed note) cannot pass for a clean one."""
+    recs = _cuda_compiled(acceptance_records, table_records)
+    assert recs
+    wrong = [(r.kernel, r.target, r.registers, r.extra.get("ptxas_registers")) for r in recs]
+    assert all(reg == log_reg for *_, reg, log_reg in wrong), [w for w in wrong if w[2] != w[3]]
+
+
+def test_no_shipped_config_serializes_its_wgmmas(acceptance_records, table_records):
+    """Every table row, the heuristic's choices and the quantized kernels on sm80/sm90/sm100: no ptxas
+    performance note. A C7515 note halves a Hopper GEMM without changing a bit of its output, so only this sees it."""
+    noted = [(r.kernel, r.target, r.dtype, r.config_label, r.ptxas_notes) for r in _cuda_compiled(
+        acceptance_records, table_records) if r.ptxas_notes]  # fmt: skip
+    assert not noted, noted
+
+
 @pytest.mark.parametrize("target", ["gfx942", "sm90"])
 def test_in_kernel_target_checks_see_the_compile_target(acceptance_records, target):
     rec = _one(acceptance_records["test:probe:target_probe"], target=target)
