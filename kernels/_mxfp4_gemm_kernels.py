@@ -204,6 +204,7 @@ def _mx_gemm(
     EVEN_K: tl.constexpr,
     X_FMT: tl.constexpr,  # "bf16" | "fp16": the activation format (tl.dot_scaled, the native decode)
     DECODE: tl.constexpr,  # 0 = fp32 (_mx_accumulate), DECODE_NATIVE, _SWAR, _PACKED(_PLAIN), _SWAPPED(_PLAIN)
+    W_GROUP: tl.constexpr,  # rows per group of the swapped decode's tile-major codes (1: row-major)
 ):
     """(x @ W1.T, x @ W2.T) in fp32 over the whole K (acc2 stays zero unless TWO)."""
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -230,7 +231,7 @@ def _mx_gemm(
     elif DECODE >= DECODE_SWAPPED:  # w*_rows into the "mma_a" packed copy, s*_rows into the packed scales
         acc1, acc2 = mx_gemm_swapped(
             acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_step, s2_step, K, TWO, BLOCK_K, EVEN_K,
-            DECODE == DECODE_SWAPPED_PLAIN,
+            DECODE == DECODE_SWAPPED_PLAIN, W_GROUP,
         )  # fmt: skip
     elif DECODE >= DECODE_PACKED:  # w*_rows, s*_rows point into the packed copies (the launcher passes them)
         acc1, acc2 = mx_gemm_packed(
@@ -279,6 +280,13 @@ def _mx_portable(
     return acc1, acc2
 
 
+@triton.jit
+def _group_offset(rows, stride_group, W_GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Byte offset of each row's first step in codes stored tile-major (mxfp4_pack.pack_codes, group > 1):
+    group rows // W_GROUP, then the row's BLOCK_K / 2 bytes inside the group's step."""
+    return (rows // W_GROUP) * stride_group + (rows % W_GROUP) * (BLOCK_K // 2)
+
+
 @triton.jit(do_not_specialize=["num_experts"])  # E = 1 (shared expert) keeps the routed binary
 def mx_gate_up_kernel(
     x_ptr,  # (T, H) bf16 / fp16 input rows
@@ -322,6 +330,7 @@ def mx_gate_up_kernel(
     GROUP_M: tl.constexpr,
     X_FMT: tl.constexpr,  # "bf16" | "fp16" (read by SCALE_IN_MMA and the native decode)
     DECODE: tl.constexpr,  # Mxfp4Config.decode as DECODE[...]
+    W_GROUP: tl.constexpr,  # Mxfp4Config.row_group: the swapped decode's tile-major codes (1: row-major)
 ):
     """act[a] = activation(x[a // k] @ W13[e, gate rows].T (+b), x[a // k] @ W13[e, up rows].T (+b)),
     W13 the dequantized MXFP4 weight; dequant -> bias -> activation in fp32 -> cast."""
@@ -343,14 +352,26 @@ def mx_gate_up_kernel(
     up_rows = gate_rows + up_step
     e64 = expert.to(tl.int64)
     x_rows = x_ptr + tok * stride_x_t
-    wg = w13_ptr + e64 * stride_w13_e + gate_rows * stride_w13_r
-    wu = w13_ptr + e64 * stride_w13_e + up_rows * stride_w13_r
+    if W_GROUP == 1:
+        wg = w13_ptr + e64 * stride_w13_e + gate_rows * stride_w13_r
+        wu = w13_ptr + e64 * stride_w13_e + up_rows * stride_w13_r
+        w_up = up_step * stride_w13_r
+    else:  # tile-major groups of W_GROUP rows (swapped decode): stride_w13_r is a group's stride
+        wg = w13_ptr + e64 * stride_w13_e + _group_offset(gate_rows, stride_w13_r, W_GROUP, BLOCK_K)
+        # interleaved: the up row follows its (even) gate row in the same group; concatenated: I / W_GROUP
+        # groups on (the launcher checks that W_GROUP divides I)
+        if INTERLEAVED:
+            w_up = BLOCK_K // 2
+        else:
+            w_up = (I // W_GROUP) * stride_w13_r
+        wu = wg + w_up
     sg = s13_ptr + e64 * stride_s13_e + gate_rows * stride_s13_r
     su = s13_ptr + e64 * stride_s13_e + up_rows * stride_s13_r
 
     acc_g, acc_u = _mx_gemm(
-        x_rows, row_ok, stride_x_h, wg, sg, wu, su, up_step * stride_w13_r, up_step * stride_s13_r,
+        x_rows, row_ok, stride_x_h, wg, sg, wu, su, w_up, up_step * stride_s13_r,
         stride_w13_hb, stride_s13_hb, H, GATED, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE,
+        W_GROUP,
     )  # fmt: skip
 
     if HAS_BIAS:  # after the dequantized product (docs/bugs.md#bug-03-bias-before-dequant)
@@ -402,6 +423,7 @@ def mx_down_kernel(
     GROUP_M: tl.constexpr,
     X_FMT: tl.constexpr,
     DECODE: tl.constexpr,
+    W_GROUP: tl.constexpr,
 ):
     """out[a] = (act[a] @ W2[e].T + b2[e]) * (route_w[a] if MUL_WEIGHT): dequant -> bias -> weight in fp32."""
     pid_m, pid_n = _tile_coords(tl.program_id(0), num_m_blocks, H, BLOCK_N, GROUP_M)
@@ -415,11 +437,14 @@ def mx_down_kernel(
     )
     e64 = expert.to(tl.int64)
     a_rows = a_ptr + rows * stride_a_a
-    w = w2_ptr + e64 * stride_w2_e + offs_n_w * stride_w2_h
+    if W_GROUP == 1:
+        w = w2_ptr + e64 * stride_w2_e + offs_n_w * stride_w2_h
+    else:  # tile-major groups of W_GROUP rows (swapped decode): stride_w2_h is a group's stride
+        w = w2_ptr + e64 * stride_w2_e + _group_offset(offs_n_w, stride_w2_h, W_GROUP, BLOCK_K)
     s = s2_ptr + e64 * stride_s2_e + offs_n_w * stride_s2_h
     acc, _ = _mx_gemm(
         a_rows, row_ok, stride_a_i, w, s, w, s, 0, 0, stride_w2_ib, stride_s2_ib, I,
-        False, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE,
+        False, BLOCK_M, BLOCK_N, BLOCK_K, SUB_K, SCALE_AT, EVEN_K, X_FMT, DECODE, W_GROUP,
     )  # fmt: skip
 
     if HAS_BIAS:

@@ -63,14 +63,15 @@ def _weights(B, s, PLAIN: tl.constexpr):
 
 
 @triton.jit
-def _rows_step(words, s_rows, kk, PLAIN: tl.constexpr):
+def _rows_step(words, s_rows, kk, PLAIN: tl.constexpr, W_GROUP: tl.constexpr):
     """A (R, 128) of K step kk: the decoded rows of words (G, BLOCK_N) uint32 pointers, s_rows (G, BLOCK_N)
     uint8 to their packed scale rows, R = G BLOCK_N (row g BLOCK_N + n = words[g, n]). The rows stay a 2-D
-    tile of pointers up to the loads."""
+    tile of pointers up to the loads. A row's steps are W_GROUP rows' steps apart (mxfp4_pack's tile-major
+    groups; 1: the row-major packed copy)."""
     G: tl.constexpr = words.shape[0]
     BLOCK_N: tl.constexpr = words.shape[1]
     j = tl.arange(0, BLOCKS * BLOCKS)[None, None, :]  # 4c + b
-    B = tl.load(words[:, :, None] + (kk * (BLOCKS * BLOCKS) + j))
+    B = tl.load(words[:, :, None] + (kk * (BLOCKS * BLOCKS * W_GROUP) + j))
     # uint8 on purpose, as in the packed decode: the narrowest load sets the operand's kWidth
     s = tl.load(s_rows[:, :, None] + (kk * BLOCKS + j % BLOCKS))
     R: tl.constexpr = G * BLOCK_N
@@ -80,7 +81,7 @@ def _rows_step(words, s_rows, kk, PLAIN: tl.constexpr):
 @triton.jit
 def mx_gemm_swapped(
     acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_step, s2_step, K,
-    TWO: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, PLAIN: tl.constexpr,
+    TWO: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, PLAIN: tl.constexpr, W_GROUP: tl.constexpr,
 ):  # fmt: skip
     """(x @ W1.T, x @ W2.T if TWO) over the whole K, computed as (W1; W2) @ x.T; w1_rows byte pointers to the
     code rows in the "mma_a" packed order (kernels/mxfp4_pack.py), s1_rows to the packed scale rows (uint8);
@@ -100,10 +101,10 @@ def mx_gemm_swapped(
         s_rows = s1_rows[None, :]
     words = w_rows.to(tl.pointer_type(tl.uint32))
     xt = tl.trans(load_x_tile(x_rows, x_ok, stride_x_k, 0, K, STEP, EVEN_K))
-    acc = tl.dot(_rows_step(words, s_rows, 0, PLAIN), xt)  # the peeled first step (module docstring)
+    acc = tl.dot(_rows_step(words, s_rows, 0, PLAIN, W_GROUP), xt)  # the peeled first step (module docstring)
     for kk in range(1, tl.cdiv(K, STEP)):
         xt = tl.trans(load_x_tile(x_rows, x_ok, stride_x_k, kk * STEP, K, STEP, EVEN_K))
-        acc = tl.dot(_rows_step(words, s_rows, kk, PLAIN), xt, acc)
+        acc = tl.dot(_rows_step(words, s_rows, kk, PLAIN, W_GROUP), xt, acc)
     if TWO:
         gate, up = tl.split(tl.permute(tl.reshape(acc, (2, BLOCK_N, acc.shape[1])), (1, 2, 0)))
         acc1 = tl.trans(gate)

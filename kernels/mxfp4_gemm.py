@@ -72,6 +72,12 @@ DECODE_ENV = "MOE_CTS_MXFP4_DECODE"
 #: (ci/gpu/session27.sh k), so it stays opt-in (DECODE_ENV) until that run passes. sm80 has no wgmma, sm100's MMA
 #: reads its first operand from shared or tensor memory: nothing was timed there.
 TARGET_DECODE: dict[str, str] = {}
+#: Mxfp4Config.row_group: the swapped decode's codes stored tile-major in groups of this many rows
+#: (mxfp4_pack.pack_codes), so a program's K step reads one contiguous run of row_group x 64 bytes where the
+#: row-major copy gives it 64 bytes in each of its rows. 1 (row-major) is the default; opt-in, untimed
+#: (docs/mxfp4.md "Session 28"): MOE_CTS_MXFP4_ROW_GROUP=64 or config={"decode": "swapped", "row_group": 64}
+ROW_GROUPS = (1, 2, 4, 8, 16, 32, 64, 128)
+ROW_GROUP_ENV = "MOE_CTS_MXFP4_ROW_GROUP"
 #: largest BLOCK_M of the table rows the packed decode is the default for: it holds the whole decoded tile in
 #: registers, and the m > 32 rows' 128 x 128 / 128 x 256 tiles at 8 warps spill 96-176 B on sm90 with it (AOT,
 #: triton 3.9, gpt-oss-120b T = 4096); swar stages the tile through shared memory and keeps those rows
@@ -104,6 +110,7 @@ class Mxfp4Config:
     scale_at: str  # "weights" | "accumulator": where 2^(s-127) is applied (SCALE_AT_CHOICES)
     dot: str = "portable"  # "portable": bf16/fp16 tl.dot on decoded weights (DOT_KINDS)
     decode: str = "native"  # the portable path's weight decode (DECODE_KINDS); dot_scaled ignores it
+    row_group: int = 1  # swapped decode only: codes tile-major in groups of this many rows (ROW_GROUPS)
 
     def __post_init__(self) -> None:
         if self.scale_at not in SCALE_AT_CHOICES:
@@ -114,6 +121,12 @@ class Mxfp4Config:
             raise SpecError("config.decode", f"one of {DECODE_KINDS}", self.decode)
         if self.decode in BF16_DECODES and self.dot == "portable" and self.scale_at != "weights":
             raise SpecError("config.decode", "'native' or 'fp32' with scale_at='accumulator'", self.decode)
+        if self.row_group not in ROW_GROUPS:
+            raise SpecError("config.row_group", f"one of {ROW_GROUPS}", self.row_group)
+        if self.row_group > 1 and (self.decode != "swapped" or self.dot != "portable"):
+            raise SpecError(
+                "config.row_group", "1 unless decode='swapped' (the portable dot)", self.row_group
+            )
         for name in ("gate_up", "down"):
             bk = getattr(self.tile, name).BLOCK_K
             if bk < 32:
@@ -154,6 +167,8 @@ class Mxfp4Config:
             "scale_at": self.scale_at,
             "dot": self.dot,
             "decode": self.decode,
+            # only where set: the records and certificates of row-major configs stay as they were
+            **({"row_group": self.row_group} if self.row_group > 1 else {}),
             "quant": "mxfp4",
         }
 
@@ -204,7 +219,7 @@ def _mx_tile(t: GemmTile, max_k: int | None) -> GemmTile:
     )
 
 
-_MX_KEYS = ("scale_at", "dot", "decode", "quant")  # Mxfp4Config keys of a config dict beyond the tiles
+_MX_KEYS = ("scale_at", "dot", "decode", "row_group", "quant")  # Mxfp4Config keys beyond the tiles
 
 
 def choose_config(
@@ -215,10 +230,10 @@ def choose_config(
     raised to 32 but not capped). A dict of only those keys keeps the heuristic's tiles."""
     if isinstance(config, Mxfp4Config):
         return config
-    scale_at, dot, decode = default_scale_at(dtype), "portable", None
+    scale_at, dot, decode, row_group = default_scale_at(dtype), "portable", None, None
     if isinstance(config, Mapping):
         scale_at, dot = config.get("scale_at", scale_at), config.get("dot", dot)
-        decode = config.get("decode", decode)
+        decode, row_group = config.get("decode", decode), config.get("row_group")
         config = {k: v for k, v in config.items() if k not in _MX_KEYS} or None
     if config is not None:
         tile = cfgmod.as_config(config)
@@ -254,7 +269,17 @@ def choose_config(
     # the caller's tiles are not capped; the interpreter has no registers
     max_k = None if config is not None or backend == "interpreter" else GPU_MAX_BLOCK_K.get(decode)
     tile = replace(tile, gate_up=_mx_tile(tile.gate_up, max_k), down=_mx_tile(tile.down, max_k))
-    return Mxfp4Config(tile=tile, scale_at=scale_at, dot=dot, decode=decode)
+    if row_group is None:
+        row_group = _env_row_group() if decode == "swapped" and dot == "portable" else 1
+    return Mxfp4Config(tile=tile, scale_at=scale_at, dot=dot, decode=decode, row_group=row_group)
+
+
+def _env_row_group() -> int:
+    """ROW_GROUP_ENV as an int (1 when unset): a SpecError naming the variable for anything else."""
+    raw = os.environ.get(ROW_GROUP_ENV) or "1"
+    if not raw.isdigit() or int(raw) not in ROW_GROUPS:
+        raise SpecError(ROW_GROUP_ENV, f"one of {ROW_GROUPS}", raw)
+    return int(raw)
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -287,6 +312,19 @@ def check_dot_kind(cfg: Mxfp4Config, dtype: torch.dtype) -> None:
             f"config.dot: 'dot_scaled' with float16 activations needs sm89 or newer, got sm{t.arch}; "
             "expected dot='portable' there"
         )
+
+
+def check_row_group(cfg: Mxfp4Config, *up_offsets: int) -> None:
+    """Tile-major codes (row_group > 1) with concatenated gate / up rows: each up row must sit at its gate row's
+    place in a group `offset` rows on, so row_group must divide every such offset (the routed experts' I, the
+    shared expert's S). SpecError before any launch."""
+    for off in up_offsets:
+        if cfg.row_group > 1 and off % cfg.row_group:
+            raise SpecError(
+                "config.row_group",
+                f"a divisor of {off} (the up rows' offset, concatenated gate/up rows)",
+                cfg.row_group,
+            )
 
 
 def check_mx_tensor(name: str, qt: QuantTensor, shape: tuple[int, ...], device: torch.device) -> None:
@@ -330,7 +368,7 @@ def _operands(cfg: Mxfp4Config, qt: QuantTensor) -> tuple[torch.Tensor, torch.Te
         ps = packed_scales(qt.scales)
         plain = MK.DECODE_PACKED_PLAIN if cfg.decode == "packed" else MK.DECODE_SWAPPED_PLAIN
         return (
-            packed_codes(qt.codes, PACKED_DECODES[cfg.decode]),
+            packed_codes(qt.codes, PACKED_DECODES[cfg.decode], cfg.row_group),
             ps.scales,
             plain.value if ps.plain else cfg.decode_code,
         )
@@ -366,6 +404,8 @@ def launch_mx_gate_up(
     c, s, decode = _operands(cfg, w13)
     bias, sb_e, sb_r = _bias_args(b13, c)
     inter = spec.w13_layout == "interleaved" if interleaved is None else interleaved
+    if spec.gated and not inter:
+        check_row_group(cfg, I)
     MK.mx_gate_up_kernel[grid](
         # inputs
         x_ptr=x, w13_ptr=c, s13_ptr=s, b13_ptr=bias,
@@ -386,7 +426,7 @@ def launch_mx_gate_up(
         GATED=spec.gated, INTERLEAVED=inter, HAS_BIAS=b13 is not None, ACTIVATION=ACTIVATIONS[spec.activation],
         SCALE_AT=cfg.scale_code, EVEN_K=H % tile.BLOCK_K == 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
-        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[x.dtype], DECODE=decode,
+        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[x.dtype], DECODE=decode, W_GROUP=cfg.row_group,
         # launch options
         **tile.launch_options(),
     )  # fmt: skip
@@ -428,7 +468,7 @@ def launch_mx_down(
         HAS_BIAS=b2 is not None, MUL_WEIGHT=route_weights is not None,
         SCALE_AT=cfg.scale_code, EVEN_K=I % tile.BLOCK_K == 0,
         BLOCK_M=meta.block_m, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K, SUB_K=cfg.sub_k or tile.BLOCK_K,
-        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[act.dtype], DECODE=decode,
+        GROUP_M=tile.GROUP_M, X_FMT=X_FMT[act.dtype], DECODE=decode, W_GROUP=cfg.row_group,
         # launch options
         **tile.launch_options(),
     )  # fmt: skip

@@ -36,6 +36,7 @@ from moe_cts.kernels.mxfp4_gemm import (
     check_activations,
     check_dot_kind,
     check_mx_tensor,
+    check_row_group,
     choose_config,
     launch_mx_down,
     launch_mx_gate_up,
@@ -99,6 +100,14 @@ def _prepare(spec: MoESpec, qweights: QuantizedMoEWeights, x: torch.Tensor) -> Q
     return on_device(qweights, x.device)
 
 
+def _up_offsets(spec: MoESpec) -> tuple[int, ...]:
+    """Rows from each gate row to its up row where they are concatenated: routed I, the shared expert's S."""
+    if not spec.gated:
+        return ()
+    routed = () if spec.w13_layout == "interleaved" else (spec.intermediate_size,)
+    return routed + ((spec.shared_width,) if spec.shared_width else ())
+
+
 def _biases(spec: MoESpec, base: MoEWeights) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     return (base.b13, base.b2) if spec.expert_bias else (None, None)
 
@@ -126,6 +135,7 @@ def fused_moe_mxfp4(
         return out if out is not None else torch.empty((0, H), dtype=x.dtype, device=x.device)
     cfg = choose_config(spec, x.dtype, T, config)
     check_dot_kind(cfg, x.dtype)
+    check_row_group(cfg, *_up_offsets(spec))
     cfgmod.record(cfg)
 
     if routing is None:
@@ -203,6 +213,7 @@ def gate_up_mxfp4(
         return act.view(T, k, I)
     cfg = choose_config(spec, x.dtype, T, config)
     check_dot_kind(cfg, x.dtype)
+    check_row_group(cfg, *_up_offsets(spec))
     cfgmod.record(cfg)
     launch_mx_gate_up(
         x, qw.w13, _biases(spec, qw.base)[0], act, _stage_meta(spec, topk_ids, cfg, meta), cfg, spec=spec

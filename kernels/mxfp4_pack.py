@@ -138,13 +138,23 @@ def _a_words(words: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     return torch.stack(out, dim=-1)
 
 
-def pack_codes(codes: torch.Tensor, order: str = "mma_b") -> torch.Tensor:
+def pack_codes(codes: torch.Tensor, order: str = "mma_b", group: int = 1) -> torch.Tensor:
     """codes (..., N, K/2) uint8 in the reference layout -> (..., N, Kp/2) uint8 in the packed layout
     (module docstring): zero-padded to whole steps, each word's codes chosen by `order` (PACK_ORDERS), each
     step's 4 x 4 words word-major, each word's codes at NIBBLE_PLACES. Any device (meta included) and any
-    storage offset."""
+    storage offset.
+
+    group > 1 (the swapped decode's Mxfp4Config.row_group) stores the rows tile-major: (..., Ng, Kp/2 * group)
+    with Ng = ceil(N / group), zero rows padding the last group, and group g's bytes step by step, each step the
+    group's rows one after another (64 bytes each). A program's rows of one K step are then one contiguous run
+    (group x 64 bytes) instead of 64 bytes in each of group rows:
+
+        row-major (group 1)   [r0 s0][r0 s1] ... [r1 s0][r1 s1] ...
+        tile-major            [r0 s0][r1 s0] ... [r63 s0][r0 s1][r1 s1] ...   (group 64)"""
     if order not in PACK_ORDERS:
         raise ValueError(f"order: expected one of {PACK_ORDERS}, got {order!r}")
+    if group < 1 or group & (group - 1):
+        raise ValueError(f"group: expected a power of two >= 1, got {group!r}")
     *lead, n, kb = codes.shape
     kp = packed_k(2 * kb)
     c = torch.nn.functional.pad(codes, (0, kp // 2 - kb)) if kp != 2 * kb else codes
@@ -153,11 +163,26 @@ def pack_codes(codes: torch.Tensor, order: str = "mma_b") -> torch.Tensor:
     if order == "mma_a":
         w = _a_words(w)
     w = _place_nibbles(w.transpose(-2, -1))  # (step, word c, block b)
-    return _words_to_bytes(w).reshape(*lead, n, steps * PACK_K // 2)
+    rows = _words_to_bytes(w).reshape(*lead, n, steps, PACK_K // 2)
+    if group > 1:
+        ng = -(-n // group)
+        rows = torch.nn.functional.pad(rows, (0, 0, 0, 0, 0, ng * group - n))  # zero rows: code +0
+        rows = rows.reshape(*lead, ng, group, steps, PACK_K // 2).transpose(-3, -2)  # (group, step, row)
+        n = ng
+    return rows.contiguous().reshape(*lead, n, steps * group * PACK_K // 2)
 
 
-def unpack_codes(packed: torch.Tensor, k: int, order: str = "mma_b") -> torch.Tensor:
-    """The inverse of pack_codes for rows of k elements (tests)."""
+def unpack_codes(
+    packed: torch.Tensor, k: int, order: str = "mma_b", group: int = 1, rows: int | None = None
+) -> torch.Tensor:
+    """The inverse of pack_codes for rows of k elements (tests); `rows` drops a tile-major copy's padding."""
+    if group > 1:
+        *lead, ng, gb = packed.shape
+        steps = gb // (group * PACK_K // 2)
+        packed = packed.reshape(*lead, ng, steps, group, PACK_K // 2).transpose(-3, -2)
+        packed = packed.reshape(*lead, ng * group, steps * PACK_K // 2)[
+            ..., : rows if rows is not None else ng * group, :
+        ]
     *lead, n, kpb = packed.shape
     w = _unplace_nibbles(_bytes_to_words(packed.reshape(*lead, n, kpb * 2 // PACK_K, WORDS, WORDS, 4)))
     w = w.transpose(-2, -1)  # (step, block b, word)
@@ -207,9 +232,9 @@ def _cached(t: torch.Tensor, kind: str, make: Callable[[torch.Tensor], Any]) -> 
     return value
 
 
-def packed_codes(codes: torch.Tensor, order: str = "mma_b") -> torch.Tensor:
-    """The packed copy of `codes` (pack_codes) in `order`, cached."""
-    return _cached(codes, f"codes:{order}", lambda t: pack_codes(t, order))
+def packed_codes(codes: torch.Tensor, order: str = "mma_b", group: int = 1) -> torch.Tensor:
+    """The packed copy of `codes` (pack_codes) in `order` and row `group`, cached."""
+    return _cached(codes, f"codes:{order}:{group}", lambda t: pack_codes(t, order, group))
 
 
 def packed_scales(scales: torch.Tensor) -> PackedScales:
@@ -222,5 +247,5 @@ def drop_packed(t: torch.Tensor | None = None) -> None:
     if t is None:
         _CACHE.clear()
     else:
-        for kind in (*(f"codes:{o}" for o in PACK_ORDERS), "scales"):
-            _CACHE.pop((id(t), kind), None)
+        for key in [key for key in _CACHE if key[0] == id(t)]:
+            _CACHE.pop(key, None)

@@ -29,35 +29,41 @@ from moe_cts.kernels import mxfp4_gemm
 KERNELS = ("mx_gate_up_kernel", "mx_down_kernel")
 
 
+#: the swapped decode's code layouts: row-major (1) and tile-major groups of 64 rows (Mxfp4Config.row_group)
+GROUPS = (1, 64)
+
+
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory) -> dict[tuple[str, int], Path]:
+def compiled(tmp_path_factory) -> dict[tuple[str, int, int], Path]:
     keep = tmp_path_factory.mktemp("swapped-ir")
     scenarios = [
         aot_plan.Scenario(
-            origin=f"T={t}",
+            origin=f"T={t}/G={g}",
             preset="gpt-oss-120b",
             num_tokens=t,
             dtype="bfloat16",
             targets=("sm90",),
             quant="mxfp4",
-            config={"decode": "swapped"},
+            config={"decode": "swapped", **({"row_group": g} if g > 1 else {})},
         )
         for t in (1, 512)
+        for g in GROUPS
     ]
     jobs = [j for j in aot.plan_jobs(scenarios) if j["kernel"] in KERNELS]
     # on meta tensors with the plain scales real checkpoints have
     assert {j["launch"]["kwargs"]["DECODE"] for j in jobs} == {MK.DECODE_SWAPPED_PLAIN.value}
+    assert {j["launch"]["kwargs"]["W_GROUP"] for j in jobs} == set(GROUPS)
     results = aot.run_jobs(jobs, 1, str(keep))
     assert all(results[j["id"]].get("ok") for j in jobs), [results[j["id"]].get("error") for j in jobs]
-    return {
-        (j["kernel"], int(origin[2:])): Path(keep) / str(j["id"]) for j in jobs for origin in j["origins"]
-    }
+    key = lambda origin: tuple(int(part[2:]) for part in origin.split("/"))
+    return {(j["kernel"], *key(origin)): Path(keep) / str(j["id"]) for j in jobs for origin in j["origins"]}
 
 
+@pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("tokens", [1, 512])
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_the_decoded_weights_are_the_register_operand_of_wgmma(compiled, kernel, tokens):
-    ir = compiled[kernel, tokens].with_suffix(".ttgir").read_text()
+def test_the_decoded_weights_are_the_register_operand_of_wgmma(compiled, kernel, tokens, group):
+    ir = compiled[kernel, tokens, group].with_suffix(".ttgir").read_text()
     assert not re.search(r"= tt\.dot ", ir), "a dot left for mma.sync"
     dots = [ln for ln in ir.splitlines() if re.search(r"= ttng\.warp_group_dot ", ln)]
     assert dots, "no wgmma in the swapped kernel"
@@ -72,12 +78,13 @@ def test_the_decoded_weights_are_the_register_operand_of_wgmma(compiled, kernel,
     assert all(re.search(r"memdesc<(?:\d+x)?(?:16|32|64|128)x128xbf16", s) for s in stored), stored
 
 
+@pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("tokens", [1, 512])
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, kernel, tokens):
+def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, kernel, tokens, group):
     from triton.backends.nvidia.compiler import get_ptxas
 
-    ptx = compiled[kernel, tokens].with_suffix(".ptx")
+    ptx = compiled[kernel, tokens, group].with_suffix(".ptx")
     ptxas = get_ptxas(90).path
     if not Path(ptxas).exists():
         pytest.skip(f"no ptxas at {ptxas}")
@@ -136,3 +143,21 @@ def test_the_ahead_of_time_default_is_each_targets_own_decode(tmp_path, table):
     big = _default_decodes(table, 4096, tmp_path)
     want_sm90 = PLAIN["swapped"] if table.get("sm90") == "swapped" else MK.DECODE_SWAR.value
     assert big == {"sm80": {MK.DECODE_SWAR.value}, "sm90": {want_sm90}}
+
+
+def _async_copies(ptx: str) -> dict[str, int]:
+    """cp.async instructions of a kernel by width (bytes): the pipeline's loads into shared memory."""
+    widths = re.findall(r"cp\.async\.c[ag]\.shared\.global \[[^]]*\], \[[^]]*\], (0x[0-9a-f]+)", ptx)
+    return {w: widths.count(w) for w in set(widths)}
+
+
+@pytest.mark.parametrize("tokens", [1, 512])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_tile_major_codes_keep_the_pipelines_16_byte_copies(compiled, kernel, tokens):
+    """Row groups change only the codes' addresses: the K loop's loads stay the same cp.async copies (16 bytes
+    of codes per thread and row, 4 of scale codes), so the layout cannot cost the vector loads the row pointers'
+    alignment bought (docs/mxfp4.md, session 22's finding)."""
+    row_major, tiled = (
+        _async_copies(compiled[kernel, tokens, g].with_suffix(".ptx").read_text()) for g in GROUPS
+    )
+    assert tiled == row_major and row_major.get("0x10"), (row_major, tiled)

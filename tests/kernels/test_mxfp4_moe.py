@@ -269,7 +269,7 @@ def test_a_broken_mxfp4_variant_fails_at_gemm1(name, device):
     assert r.outcome == Outcome.FAIL and r.failing_stage == "gemm1", _verdicts(r)
 
 
-def _pack_without_the_transpose(codes, order="mma_b"):
+def _pack_without_the_transpose(codes, order="mma_b", group=1):
     """A packer that pads but keeps the reference word order: the packed decodes then read word c of block b
     where word b of block c is, with its codes in the reference order."""
     kb = codes.shape[-1]
