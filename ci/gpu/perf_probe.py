@@ -1493,6 +1493,28 @@ def part_mix26(timer) -> None:
                          at_1 if T == 1 else at_128, "16bit", rounds=7)  # fmt: skip
 
 
+def part_tiles28(timer) -> None:
+    """Session 28 (written without a device): the swapped MXFP4 decode on tile-major codes (Mxfp4Config.row_group,
+    mxfp4_pack.pack_codes(group=...)). Row-major, a program's K step reads 64 bytes in each of its 64-128 weight
+    rows, rows 1440 bytes apart at gpt-oss-120b's width; bf16 weights give the same tiles 256 bytes per row and
+    stream at 68-99% of the copy rate where MXFP4 stays at 23-53% (session 27). Grouped, the step is one run of
+    row_group x 64 bytes. gpt-oss-120b at T = 1, 16, 128, 512, 7 alternating rounds of graph replays, ids given;
+    every row group must give the row-major swapped bits (same arithmetic, same order); packed (other bits) for
+    scale."""
+    spec, qspec, gen, _, qw = _quant_preset("gpt-oss-120b", QuantScheme.mxfp4())
+    sw = {"decode": "swapped"}
+    variants = {"mxfp4 swapped": ({}, sw), "mxfp4 swapped g32": ({}, {**sw, "row_group": 32}),
+                "mxfp4 swapped g64": ({}, {**sw, "row_group": 64}),
+                "mxfp4 swapped g128": ({}, {**sw, "row_group": 128}),
+                "mxfp4 packed": ({}, {"decode": "packed"})}  # fmt: skip
+    for T in (1, 16, 128, 512):
+        x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
+        r = routing(spec, T, "cuda", gen)
+        fwd = lambda cfg, x=x, r=r: fused_moe(qspec, qw, x, routing=r, config=cfg)
+        _rounds_variants(timer, {"part": "tiles28", "kind": "mxfp4", "preset": "gpt-oss-120b", "T": T}, fwd,
+                         variants, "16bit", rounds=7)  # fmt: skip
+
+
 def part_big20(timer) -> None:
     """Session 20, bf16 at T >= 2048 (issue 15: 75% of the floor): BLOCK_M 256 tiles of 256 x 128 (gate_up BLOCK_N
     64, its B tile 128 wide; down BLOCK_N 128) at 8 warps, against the table's BLOCK_M 128 row of 128 x 256. The
@@ -1682,6 +1704,7 @@ def main() -> int:
              "dec19": part_dec19,
              "occ19c": part_occ19c,
              "mid19": part_mid19, "big20": part_big20, "mix26": part_mix26, "swap25": part_swap25,
+             "tiles28": part_tiles28,
              "fill20": part_fill20,
              "bal20": part_bal20,
              "merge20": part_merge20,
@@ -1743,6 +1766,7 @@ def main() -> int:
             "merge20",
             "swap25",
             "mix26",
+            "tiles28",
         ):
             cfg = r.get("cfg")
             cs = cfg if isinstance(cfg, str) else json.dumps(cfg, separators=(",", ":"))

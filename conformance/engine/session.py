@@ -93,6 +93,7 @@ class Session:
 REPLAY_ENV = (
     "MOE_CTS_TABLE",
     "MOE_CTS_MXFP4_DECODE",
+    "MOE_CTS_MXFP4_ROW_GROUP",
     "MOE_CTS_FP8_HW_ROUND",
     "MOE_CTS_PDL",
     "MOE_CTS_VLLM_PEER",

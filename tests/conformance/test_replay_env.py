@@ -10,11 +10,11 @@ from moe_cts.conformance.engine.session import REPLAY_ENV, replay_command
 from moe_cts.conformance.impls.vllm_peer import PEER_ENV
 from moe_cts.kernels.config import PDL_ENV, TABLE_ENV
 from moe_cts.kernels.fp8_gemm import HW_ROUND_ENV
-from moe_cts.kernels.mxfp4_gemm import DECODE_ENV
+from moe_cts.kernels.mxfp4_gemm import DECODE_ENV, ROW_GROUP_ENV
 
 
 def test_the_names_are_the_modules_own():
-    assert set(REPLAY_ENV) == {TABLE_ENV, DECODE_ENV, HW_ROUND_ENV, PDL_ENV, PEER_ENV}
+    assert set(REPLAY_ENV) == {TABLE_ENV, DECODE_ENV, ROW_GROUP_ENV, HW_ROUND_ENV, PDL_ENV, PEER_ENV}
 
 
 def test_the_variables_set_lead_the_command_and_the_others_do_not(monkeypatch):
