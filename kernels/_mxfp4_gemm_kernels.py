@@ -204,7 +204,7 @@ def _mx_gemm(
     EVEN_K: tl.constexpr,
     X_FMT: tl.constexpr,  # "bf16" | "fp16": the activation format (tl.dot_scaled, the native decode)
     DECODE: tl.constexpr,  # 0 = fp32 (_mx_accumulate), DECODE_NATIVE, _SWAR, _PACKED(_PLAIN), _SWAPPED(_PLAIN)
-    W_GROUP: tl.constexpr,  # rows per group of the swapped decode's tile-major codes (1: row-major)
+    W_GROUP: tl.constexpr,  # rows per group of the packed / swapped decodes' tile-major codes (1: row-major)
 ):
     """(x @ W1.T, x @ W2.T) in fp32 over the whole K (acc2 stays zero unless TWO)."""
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -236,7 +236,7 @@ def _mx_gemm(
     elif DECODE >= DECODE_PACKED:  # w*_rows, s*_rows point into the packed copies (the launcher passes them)
         acc1, acc2 = mx_gemm_packed(
             acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, K, TWO, BLOCK_K, EVEN_K,
-            DECODE == DECODE_PACKED_PLAIN,
+            DECODE == DECODE_PACKED_PLAIN, W_GROUP,
         )  # fmt: skip
     else:
         acc1, acc2 = _mx_portable(
@@ -330,7 +330,7 @@ def mx_gate_up_kernel(
     GROUP_M: tl.constexpr,
     X_FMT: tl.constexpr,  # "bf16" | "fp16" (read by SCALE_IN_MMA and the native decode)
     DECODE: tl.constexpr,  # Mxfp4Config.decode as DECODE[...]
-    W_GROUP: tl.constexpr,  # Mxfp4Config.row_group: the swapped decode's tile-major codes (1: row-major)
+    W_GROUP: tl.constexpr,  # Mxfp4Config.row_group: packed / swapped tile-major codes (1: row-major)
 ):
     """act[a] = activation(x[a // k] @ W13[e, gate rows].T (+b), x[a // k] @ W13[e, up rows].T (+b)),
     W13 the dequantized MXFP4 weight; dequant -> bias -> activation in fp32 -> cast."""
@@ -356,7 +356,7 @@ def mx_gate_up_kernel(
         wg = w13_ptr + e64 * stride_w13_e + gate_rows * stride_w13_r
         wu = w13_ptr + e64 * stride_w13_e + up_rows * stride_w13_r
         w_up = up_step * stride_w13_r
-    else:  # tile-major groups of W_GROUP rows (swapped decode): stride_w13_r is a group's stride
+    else:  # tile-major groups of W_GROUP rows (packed / swapped decodes): stride_w13_r is a group's stride
         wg = w13_ptr + e64 * stride_w13_e + _group_offset(gate_rows, stride_w13_r, W_GROUP, BLOCK_K)
         # interleaved: the up row follows its (even) gate row in the same group; concatenated: I / W_GROUP
         # groups on (the launcher checks that W_GROUP divides I)
@@ -439,7 +439,7 @@ def mx_down_kernel(
     a_rows = a_ptr + rows * stride_a_a
     if W_GROUP == 1:
         w = w2_ptr + e64 * stride_w2_e + offs_n_w * stride_w2_h
-    else:  # tile-major groups of W_GROUP rows (swapped decode): stride_w2_h is a group's stride
+    else:  # tile-major groups of W_GROUP rows (packed / swapped decodes): stride_w2_h is a group's stride
         w = w2_ptr + e64 * stride_w2_e + _group_offset(offs_n_w, stride_w2_h, W_GROUP, BLOCK_K)
     s = s2_ptr + e64 * stride_s2_e + offs_n_w * stride_s2_h
     acc, _ = _mx_gemm(

@@ -148,12 +148,13 @@ def _step_order_x(x, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _accumulate(acc, x, w_words, s_rows, kk, PLAIN: tl.constexpr):
+def _accumulate(acc, x, w_words, s_rows, kk, PLAIN: tl.constexpr, W_GROUP: tl.constexpr):
     """acc + x @ W[:, 128 kk : 128 kk + 128].T for one weight: w_words (BLOCK_N,) uint32 pointers to its packed
-    code rows, s_rows (uint8) to its packed scale rows. The padded rows hold whole steps: no mask."""
+    code rows, s_rows (uint8) to its packed scale rows. The padded rows hold whole steps: no mask. A row's steps
+    are W_GROUP rows' steps apart (mxfp4_pack's tile-major groups; 1: row-major)."""
     BLOCK_N: tl.constexpr = w_words.shape[0]
     j = tl.arange(0, BLOCKS * BLOCKS)[:, None]  # 4c + b
-    B = tl.load(w_words[None, :] + (kk * (BLOCKS * BLOCKS) + j))
+    B = tl.load(w_words[None, :] + (kk * (BLOCKS * BLOCKS * W_GROUP) + j))
     # A thread's four codes (b = 0..3) are 4 consecutive bytes: one 32-bit load where the rows are 16-byte
     # aligned (pack_scales pads them so). Loaded as uint8 on purpose: Triton sizes the dot operand's kWidth
     # from the narrowest load that feeds it, and 8 bits give kWidth 8, a whole code word per thread (a uint32
@@ -166,7 +167,7 @@ def _accumulate(acc, x, w_words, s_rows, kk, PLAIN: tl.constexpr):
 @triton.jit
 def mx_gemm_packed(
     acc1, acc2, x_rows, x_ok, stride_x_k, w1_rows, s1_rows, w2_rows, s2_rows, K,
-    TWO: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, PLAIN: tl.constexpr,
+    TWO: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, PLAIN: tl.constexpr, W_GROUP: tl.constexpr,
 ):  # fmt: skip
     """(acc1 + x @ W1.T, acc2 + x @ W2.T if TWO) over the whole K; w*_rows byte pointers to the packed code
     rows (kernels/mxfp4_pack.py: 4-byte aligned, whole steps), s*_rows to the packed scale rows (uint8)."""
@@ -176,7 +177,7 @@ def mx_gemm_packed(
     w2_words = w2_rows.to(tl.pointer_type(tl.uint32))
     for kk in range(0, tl.cdiv(K, STEP)):
         x = _step_order_x(load_x_tile(x_rows, x_ok, stride_x_k, kk * STEP, K, STEP, EVEN_K), BLOCK_M)
-        acc1 = _accumulate(acc1, x, w1_words, s1_rows, kk, PLAIN)
+        acc1 = _accumulate(acc1, x, w1_words, s1_rows, kk, PLAIN, W_GROUP)
         if TWO:  # the up tile reuses the x tile already in registers
-            acc2 = _accumulate(acc2, x, w2_words, s2_rows, kk, PLAIN)
+            acc2 = _accumulate(acc2, x, w2_words, s2_rows, kk, PLAIN, W_GROUP)
     return acc1, acc2

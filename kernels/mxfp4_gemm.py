@@ -72,10 +72,11 @@ DECODE_ENV = "MOE_CTS_MXFP4_DECODE"
 #: (ci/gpu/session27.sh k), so it stays opt-in (DECODE_ENV) until that run passes. sm80 has no wgmma, sm100's MMA
 #: reads its first operand from shared or tensor memory: nothing was timed there.
 TARGET_DECODE: dict[str, str] = {}
-#: Mxfp4Config.row_group: the swapped decode's codes stored tile-major in groups of this many rows
+#: Mxfp4Config.row_group: the packed decodes' codes stored tile-major in groups of this many rows
 #: (mxfp4_pack.pack_codes), so a program's K step reads one contiguous run of row_group x 64 bytes where the
 #: row-major copy gives it 64 bytes in each of its rows. 1 (row-major) is the default; opt-in, untimed
-#: (docs/mxfp4.md "Session 28"): MOE_CTS_MXFP4_ROW_GROUP=64 or config={"decode": "swapped", "row_group": 64}
+#: (docs/mxfp4.md "Session 28"): MOE_CTS_MXFP4_ROW_GROUP=64 (read where the decode is packed or swapped) or
+#: config={"decode": "swapped", "row_group": 64}
 ROW_GROUPS = (1, 2, 4, 8, 16, 32, 64, 128)
 ROW_GROUP_ENV = "MOE_CTS_MXFP4_ROW_GROUP"
 #: largest BLOCK_M of the table rows the packed decode is the default for: it holds the whole decoded tile in
@@ -110,7 +111,7 @@ class Mxfp4Config:
     scale_at: str  # "weights" | "accumulator": where 2^(s-127) is applied (SCALE_AT_CHOICES)
     dot: str = "portable"  # "portable": bf16/fp16 tl.dot on decoded weights (DOT_KINDS)
     decode: str = "native"  # the portable path's weight decode (DECODE_KINDS); dot_scaled ignores it
-    row_group: int = 1  # swapped decode only: codes tile-major in groups of this many rows (ROW_GROUPS)
+    row_group: int = 1  # packed / swapped decodes: codes tile-major in groups of this many rows (ROW_GROUPS)
 
     def __post_init__(self) -> None:
         if self.scale_at not in SCALE_AT_CHOICES:
@@ -123,9 +124,11 @@ class Mxfp4Config:
             raise SpecError("config.decode", "'native' or 'fp32' with scale_at='accumulator'", self.decode)
         if self.row_group not in ROW_GROUPS:
             raise SpecError("config.row_group", f"one of {ROW_GROUPS}", self.row_group)
-        if self.row_group > 1 and (self.decode != "swapped" or self.dot != "portable"):
+        if self.row_group > 1 and (self.decode not in PACKED_DECODES or self.dot != "portable"):
             raise SpecError(
-                "config.row_group", "1 unless decode='swapped' (the portable dot)", self.row_group
+                "config.row_group",
+                "1 unless decode is 'packed' or 'swapped' (the portable dot)",
+                self.row_group,
             )
         for name in ("gate_up", "down"):
             bk = getattr(self.tile, name).BLOCK_K
@@ -270,7 +273,7 @@ def choose_config(
     max_k = None if config is not None or backend == "interpreter" else GPU_MAX_BLOCK_K.get(decode)
     tile = replace(tile, gate_up=_mx_tile(tile.gate_up, max_k), down=_mx_tile(tile.down, max_k))
     if row_group is None:
-        row_group = _env_row_group() if decode == "swapped" and dot == "portable" else 1
+        row_group = _env_row_group() if decode in PACKED_DECODES and dot == "portable" else 1
     return Mxfp4Config(tile=tile, scale_at=scale_at, dot=dot, decode=decode, row_group=row_group)
 
 

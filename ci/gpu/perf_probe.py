@@ -1494,19 +1494,20 @@ def part_mix26(timer) -> None:
 
 
 def part_tiles28(timer) -> None:
-    """Session 28 (written without a device): the swapped MXFP4 decode on tile-major codes (Mxfp4Config.row_group,
+    """Session 28 (written without a device): the packed MXFP4 decodes on tile-major codes (Mxfp4Config.row_group,
     mxfp4_pack.pack_codes(group=...)). Row-major, a program's K step reads 64 bytes in each of its 64-128 weight
     rows, rows 1440 bytes apart at gpt-oss-120b's width; bf16 weights give the same tiles 256 bytes per row and
     stream at 68-99% of the copy rate where MXFP4 stays at 23-53% (session 27). Grouped, the step is one run of
     row_group x 64 bytes. gpt-oss-120b at T = 1, 16, 128, 512, 7 alternating rounds of graph replays, ids given;
-    every row group must give the row-major swapped bits (same arithmetic, same order); packed (other bits) for
-    scale."""
+    every swapped row group must give the row-major swapped bits (same arithmetic, same order); the packed decode
+    (other bits: another K order) row-major and at row group 64."""
     spec, qspec, gen, _, qw = _quant_preset("gpt-oss-120b", QuantScheme.mxfp4())
     sw = {"decode": "swapped"}
     variants = {"mxfp4 swapped": ({}, sw), "mxfp4 swapped g32": ({}, {**sw, "row_group": 32}),
                 "mxfp4 swapped g64": ({}, {**sw, "row_group": 64}),
                 "mxfp4 swapped g128": ({}, {**sw, "row_group": 128}),
-                "mxfp4 packed": ({}, {"decode": "packed"})}  # fmt: skip
+                "mxfp4 packed": ({}, {"decode": "packed"}),
+                "mxfp4 packed g64": ({}, {"decode": "packed", "row_group": 64})}  # fmt: skip
     for T in (1, 16, 128, 512):
         x = torch.randn((T, spec.hidden_size), generator=gen, device="cuda").to(torch.bfloat16)
         r = routing(spec, T, "cuda", gen)

@@ -3,9 +3,9 @@
 # one 585 s slot each.
 #   t   the tile-major MXFP4 codes (Mxfp4Config.row_group): the GPU pytest of test_mxfp4_row_group.py (every group
 #       gives the row-major bits, on CUDA), perf_probe --parts tiles28 (gpt-oss-120b T = 1 .. 512, swapped at row
-#       groups 1 / 32 / 64 / 128 and packed, alternating rounds, bits compared), then quant_bench MXFP4 with the
-#       swapped decode row-major and at row group 64 against our bf16 path at T = 1 .. 4096 (issue 13's ratio and
-#       % of the floor) in the rest of the slot
+#       groups 1 / 32 / 64 / 128, packed at 1 / 64, alternating rounds, bits compared), then quant_bench MXFP4,
+#       swapped row-major and at row group 64 and packed at 64, against our bf16 path at T = 1 .. 4096 (issue 13's
+#       ratio and % of the floor) in the rest of the slot
 #   g   if t wins: certify quick and gpt-oss-120b at full size against the float64 oracle with the swapped decode
 #       at row group 64 (MOE_CTS_MXFP4_DECODE=swapped MOE_CTS_MXFP4_ROW_GROUP=64), the run that would let sm90's
 #       default take it
@@ -17,8 +17,8 @@ gpu_setup "$OUT"
 case "$MODE" in
 t)
   gpu_pytest "$OUT" 90 tests/kernels/test_mxfp4_row_group.py
-  probe "$OUT" tiles28 330
-  SLOT=585 QB_ARGS='--kinds mxfp4 --no-50k --mxfp4-configs swapped;{"decode":"swapped","row_group":64}' quant_bench "$OUT"
+  probe "$OUT" tiles28 300
+  SLOT=585 QB_ARGS='--kinds mxfp4 --no-50k --mxfp4-configs swapped;{"decode":"swapped","row_group":64};{"decode":"packed","row_group":64}' quant_bench "$OUT"
   ;;
 g)
   export MOE_CTS_MXFP4_DECODE=swapped MOE_CTS_MXFP4_ROW_GROUP=64

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _ptx import async_copies
 
 from moe_cts.conformance.aot import matrix as aot
 from moe_cts.conformance.aot import plan as aot_plan
@@ -145,12 +146,6 @@ def test_the_ahead_of_time_default_is_each_targets_own_decode(tmp_path, table):
     assert big == {"sm80": {MK.DECODE_SWAR.value}, "sm90": {want_sm90}}
 
 
-def _async_copies(ptx: str) -> dict[str, int]:
-    """cp.async instructions of a kernel by width (bytes): the pipeline's loads into shared memory."""
-    widths = re.findall(r"cp\.async\.c[ag]\.shared\.global \[[^]]*\], \[[^]]*\], (0x[0-9a-f]+)", ptx)
-    return {w: widths.count(w) for w in set(widths)}
-
-
 @pytest.mark.parametrize("tokens", [1, 512])
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_tile_major_codes_keep_the_pipelines_16_byte_copies(compiled, kernel, tokens):
@@ -158,6 +153,6 @@ def test_tile_major_codes_keep_the_pipelines_16_byte_copies(compiled, kernel, to
     of codes per thread and row, 4 of scale codes), so the layout cannot cost the vector loads the row pointers'
     alignment bought (docs/mxfp4.md, session 22's finding)."""
     row_major, tiled = (
-        _async_copies(compiled[kernel, tokens, g].with_suffix(".ptx").read_text()) for g in GROUPS
+        async_copies(compiled[kernel, tokens, g].with_suffix(".ptx").read_text()) for g in GROUPS
     )
     assert tiled == row_major and row_major.get("0x10"), (row_major, tiled)

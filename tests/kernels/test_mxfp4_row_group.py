@@ -1,4 +1,4 @@
-"""The swapped decode's tile-major codes (Mxfp4Config.row_group, mxfp4_pack.pack_codes(group=...)).
+"""The packed decodes' tile-major codes (Mxfp4Config.row_group, mxfp4_pack.pack_codes(group=...)).
 
     pack_codes(group=G) -> unpack_codes(group=G) == the reference codes (padding rows dropped)
     row_group G          -> the same bits as row_group 1, in every stage and the layer (same arithmetic, same
@@ -56,34 +56,35 @@ def _model(layout: str, seed: int):
     return spec, qw, x.to(DEVICE), act.to(DEVICE), ids.to(torch.int32).to(DEVICE)
 
 
-def _stages(model, **cfg):
+def _stages(model, decode="swapped", **cfg):
     spec, qw, x, act, ids = model
-    config = {"decode": "swapped", **cfg}
+    config = {"decode": decode, **cfg}
     g = gate_up_mxfp4(spec, qw, x, ids, config=config)
     used = cfgmod.last_config().to_dict()
     return (g.cpu(), down_mxfp4(spec, qw, act, ids, config=config).cpu()), used
 
 
+@pytest.mark.parametrize("decode", list(mg.PACKED_DECODES))
 @pytest.mark.parametrize(("layout", "groups"), [("interleaved", (2, 32, 64, 128)), ("concat", (2, 32))])
-def test_every_row_group_gives_the_row_major_bits(layout, groups):
+def test_every_row_group_gives_the_row_major_bits(layout, groups, decode):
     model = _model(layout, seed=len(groups))
-    want, used = _stages(model)
-    assert "row_group" not in used and all(
-        o.abs().max() > 0.1 for o in want
-    )  # the row-major records as before
+    want, used = _stages(model, decode)
+    assert "row_group" not in used  # a row-major config records as before
+    assert all(o.abs().max() > 0.1 for o in want)
     for group in groups:
-        got, used = _stages(model, row_group=group)
-        assert used["row_group"] == group
+        got, used = _stages(model, decode, row_group=group)
+        assert (used["decode"], used["row_group"]) == (decode, group)
         for a, b in zip(got, want, strict=True):
             assert torch.equal(a, b), (layout, group)
 
 
-def test_a_wrong_group_stride_gives_other_outputs(monkeypatch):
+@pytest.mark.parametrize("decode", list(mg.PACKED_DECODES))
+def test_a_wrong_group_stride_gives_other_outputs(monkeypatch, decode):
     """The kernel told row_group 64 but handed the row-major copy: the equality above can fail."""
     model = _model("interleaved", seed=7)
-    want, _ = _stages(model)
+    want, _ = _stages(model, decode)
     monkeypatch.setattr(mg, "packed_codes", lambda codes, order, group: mxfp4_pack.packed_codes(codes, order))
-    got, _ = _stages(model, row_group=64)
+    got, _ = _stages(model, decode, row_group=64)
     assert not torch.equal(got[0], want[0]) and not torch.equal(got[1], want[1])
 
 
@@ -106,12 +107,14 @@ def test_a_row_group_that_does_not_apply_is_refused_naming_its_field(monkeypatch
     spec, qw, x, _, ids = _model("concat", seed=1)
     with pytest.raises(SpecError, match=r"config\.row_group.*one of"):
         mg.choose_config(spec, BF16, 5, {"decode": "swapped", "row_group": 3})
-    with pytest.raises(SpecError, match=r"config\.row_group.*swapped"):
-        mg.choose_config(spec, BF16, 5, {"decode": "packed", "row_group": 64})
+    with pytest.raises(SpecError, match=r"config\.row_group.*'packed' or 'swapped'"):
+        mg.choose_config(spec, BF16, 5, {"decode": "swar", "row_group": 64})
     # concatenated gate / up rows: the up rows' offset I = 160 is no multiple of 64
     with pytest.raises(SpecError, match=r"config\.row_group.*divisor of 160"):
         gate_up_mxfp4(spec, qw, x, ids, config={"decode": "swapped", "row_group": 64})
     monkeypatch.setenv(mg.ROW_GROUP_ENV, "sixty-four")
     with pytest.raises(SpecError, match=mg.ROW_GROUP_ENV):
         mg.choose_config(spec, BF16, 5, {"decode": "swapped"})
-    assert mg.choose_config(spec, BF16, 5, {"decode": "packed"}).row_group == 1  # read for swapped only
+    assert (
+        mg.choose_config(spec, BF16, 5, {"decode": "swar"}).row_group == 1
+    )  # read for the packed copies only
