@@ -247,7 +247,7 @@ def scenarios(tier: str, targets: tuple[str, ...]) -> list[Scenario]:
 
 def _quant_scenarios(tier: str, tnames: tuple[str, ...]) -> list[Scenario]:
     """The quantized families in their own operands: MXFP4 (gpt-oss-120b, both scale placements, the opt-in
-    swapped decode and the opt-in tl.dot_scaled variant) and fp8 w8a8 (DeepSeek-V3 block fp8 in each e4m3 flavour)."""
+    swapped decode, on tile-major codes too, and the opt-in tl.dot_scaled variant) and fp8 w8a8 (DeepSeek-V3 block fp8 in each e4m3 flavour)."""
     out: list[Scenario] = []
     for T in MXFP4_TOKENS[tier]:
         for dt in MXFP4_DTYPES:
@@ -274,6 +274,19 @@ def _quant_scenarios(tier: str, tnames: tuple[str, ...]) -> list[Scenario]:
                 meta={"preset": MXFP4_PRESET, "T": T, "quant": "mxfp4", "decode": "swapped"},
             )
         )
+    T = MXFP4_TOKENS[tier][0]
+    out.append(  # the opt-in tile-major codes (row_group) at a decode size, where they were written to help
+        Scenario(
+            origin=f"mxfp4-swapped-rows64:{MXFP4_PRESET}@T={T}",
+            preset=MXFP4_PRESET,
+            num_tokens=T,
+            dtype="bfloat16",
+            targets=tnames,
+            config={"decode": "swapped", "row_group": 64},
+            quant="mxfp4",
+            meta={"preset": MXFP4_PRESET, "T": T, "quant": "mxfp4", "decode": "swapped", "row_group": 64},
+        )
+    )
     out.append(  # the opt-in tl.dot_scaled variant; bf16 only: fp16 is refused on sm80 (mxfp4_gemm.py)
         Scenario(
             origin=f"mxfp4-dot_scaled:{MXFP4_PRESET}@T={MXFP4_TOKENS[tier][-1]}",

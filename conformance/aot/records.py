@@ -71,7 +71,7 @@ def config_label(cfg: dict[str, Any]) -> str:
     """'M16 N64 K128 G1 w4 s4' for GEMM tiles ('... tma' with descriptor weights: W_DESC; 'persistent' for a
     persistent tile walk; 'paired' for fp8 GEMM1 column tiles in pairs; 'half-tail' for half tiles at an
     expert's pad-only tail; 'swap-ab' for fp8 weight boxes as the dot's first operand; 'dot_scaled' for that
-    MXFP4 dot kind, else the MXFP4 decode); 'BLOCK_T=16 BLOCK_E=256 ... w4 s2' for
+    MXFP4 dot kind, else the MXFP4 decode; 'rows64' for MXFP4 codes tile-major in groups of 64 rows); 'BLOCK_T=16 BLOCK_E=256 ... w4 s2' for
     the other kernels."""
     short = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K", "GROUP_M": "G"}
     if "BLOCK_K" in cfg and "BLOCK_M" in cfg:
@@ -90,5 +90,8 @@ def config_label(cfg: dict[str, Any]) -> str:
         "dot_scaled" if cfg.get("SCALE_AT") == 2 else "",  # the MXFP4 kernels' dot kind (SCALE_IN_MMA)
         # the MXFP4 kernels' weight decode (_mxfp4_gemm_kernels.DECODE; the *_PLAIN codes are their decode's)
         _MX_DECODES.get(cfg["DECODE"], "") if "DECODE" in cfg and cfg.get("SCALE_AT") != 2 else "",
+        f"rows{cfg['W_GROUP']}"
+        if cfg.get("W_GROUP", 1) > 1
+        else "",  # tile-major codes (Mxfp4Config.row_group)
     ]
     return " ".join(p for p in parts if p)
