@@ -17,7 +17,7 @@ OPT_IN = [f for f in load_catalog().faults if f.env]
 
 def test_the_opt_in_paths_have_faults_of_their_own():
     env = {k for f in OPT_IN for k, _ in f.env}
-    assert env == {"MOE_CTS_MXFP4_DECODE", "MOE_CTS_TABLE"}
+    assert env == {"MOE_CTS_MXFP4_DECODE", "MOE_CTS_MXFP4_ROW_GROUP", "MOE_CTS_TABLE"}
     assert len(OPT_IN) >= 5 and all(f.profile == "smoke" for f in OPT_IN)
     files = {e.file for f in OPT_IN for e in f.edits}
     # and the packed MXFP4 decode, which a target's default may replace (mxfp4_gemm.TARGET_DECODE): its fault pins it
