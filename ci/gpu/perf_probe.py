@@ -64,6 +64,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -75,6 +76,8 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+import triton
+import triton.language as tl
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "bench")]
@@ -1493,6 +1496,56 @@ def part_mix26(timer) -> None:
                          at_1 if T == 1 else at_128, "16bit", rounds=7)  # fmt: skip
 
 
+@triton.jit
+def _read_codes(words_ptr, experts_ptr, out_ptr, stride_e, stride_row, STEPS, BLOCK_R: tl.constexpr,
+                GROUP: tl.constexpr, TILES: tl.constexpr):  # fmt: skip
+    """part_reads28: one program reads the code words of BLOCK_R rows of one expert over STEPS K steps (16 words a
+    row a step), as the swapped decode's K loop does, and XORs them; rows at r * stride_row (GROUP 1) or in
+    tile-major groups (stride_row a group's stride)."""
+    pid = tl.program_id(0)
+    e = tl.load(experts_ptr + pid // TILES).to(tl.int64)
+    r = (pid % TILES) * BLOCK_R + tl.arange(0, BLOCK_R)
+    if GROUP == 1:
+        rows = words_ptr + e * stride_e + r * stride_row
+    else:
+        rows = words_ptr + e * stride_e + (r // GROUP) * stride_row + (r % GROUP) * 16
+    j = tl.arange(0, 16)
+    acc = tl.zeros((BLOCK_R, 16), tl.int32)
+    for kk in range(0, STEPS):
+        acc ^= tl.load(rows[:, None] + (kk * 16 * GROUP + j)[None, :])
+    tl.store(out_ptr + pid * BLOCK_R + tl.arange(0, BLOCK_R), tl.xor_sum(acc, axis=1))
+
+
+def part_reads28(timer) -> None:
+    """Session 28 (written without a device), the access shape alone: gpt-oss-120b's gate_up codes (128 experts,
+    5,760 rows, 23 K steps of 64 bytes) read by programs of 128 rows as the swapped decode's K loop reads them,
+    no decode, row-major against tile-major groups of 64 rows, for 4 / 54 / 128 experts touched (T = 1 / 16 /
+    large). GB/s of code bytes read (quant_bench's copy rate of the same call is the ceiling). If tile-major reads
+    faster here, the access shape is a limit of the MXFP4 GEMMs; if not, tiles28's result is the decode's."""
+    E, R, steps, BR = 128, 5760, 23, 128
+    gen = torch.Generator(device="cuda").manual_seed(28)
+    flat = torch.randint(
+        -(2**31), 2**31 - 1, (E, R, steps * 16), dtype=torch.int32, device="cuda", generator=gen
+    )
+    tiled = flat.reshape(E, R // 64, 64, steps, 16).transpose(2, 3).contiguous().reshape(E, R // 64, -1)
+    for touched in (4, 54, 128):
+        experts = torch.randperm(E, device="cuda", generator=gen)[:touched].to(torch.int32)
+        grid, tiles = (touched * (R // BR),), R // BR
+        res = {}
+        for name, words, group in (("row-major", flat, 1), ("tile-major 64", tiled, 64)):
+            out = torch.empty(grid[0] * BR, dtype=torch.int32, device="cuda")
+            fn = functools.partial(
+                _read_codes[grid], words, experts, out, words.stride(0), words.stride(1), steps, BLOCK_R=BR,
+                GROUP=group, TILES=tiles, num_warps=4, num_stages=3,
+            )  # fmt: skip
+            ms = timer(fn)["ms"]
+            res[name] = out.clone()
+            gbs = touched * R * steps * 64 / (ms * 1e-3) / 1e9
+            emit({"part": "reads28", "what": name, "touched": touched, "ms": ms, "GBps": round(gbs, 1)})
+        emit({"part": "reads28", "what": "same xor", "touched": touched,
+              "equal": bool(torch.equal(res["row-major"], res["tile-major 64"]))})  # fmt: skip
+
+
 def part_tiles28(timer) -> None:
     """Session 28 (written without a device): the packed MXFP4 decodes on tile-major codes (Mxfp4Config.row_group,
     mxfp4_pack.pack_codes(group=...)). Row-major, a program's K step reads 64 bytes in each of its 64-128 weight
@@ -1705,7 +1758,7 @@ def main() -> int:
              "dec19": part_dec19,
              "occ19c": part_occ19c,
              "mid19": part_mid19, "big20": part_big20, "mix26": part_mix26, "swap25": part_swap25,
-             "tiles28": part_tiles28,
+             "tiles28": part_tiles28, "reads28": part_reads28,
              "fill20": part_fill20,
              "bal20": part_bal20,
              "merge20": part_merge20,
@@ -1728,6 +1781,9 @@ def main() -> int:
                   f"({r['overhead_separate'] * 100:+.1f}%) route {r['route_ms_fused'] * 1e3:.1f} / "
                   f"{r['route_ms_separate'] * 1e3:.1f} us ids={r['ids_equal']} logits={r['logits_equal']} "
                   f"w {r['w_max_rel']:.1e}")  # fmt: skip
+        elif r.get("part") == "reads28":
+            print(f"reads28 {r['touched']} experts {r['what']}: "
+                  + (f"{r['ms'] * 1000:.1f} us {r['GBps']} GB/s" if "ms" in r else f"equal={r['equal']}"))  # fmt: skip
         elif r.get("part") == "decode" and "ms" in r:
             print(f"decode {r['preset']} {r['what']} {r['ms'] * 1000:.1f} us")
         elif r.get("part") in ("profile", "decode", "hw18-kernels"):

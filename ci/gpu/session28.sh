@@ -2,7 +2,8 @@
 # Session 28's GPU calls (written without a device; docs/mxfp4.md "Session 28"). Run after session27.sh k and x,
 # one 585 s slot each.
 #   t   the tile-major MXFP4 codes (Mxfp4Config.row_group): the GPU pytest of test_mxfp4_row_group.py (every group
-#       gives the row-major bits, on CUDA), perf_probe --parts tiles28 (gpt-oss-120b T = 1 .. 512, swapped at row
+#       gives the row-major bits, on CUDA), perf_probe --parts reads28 (the codes' reads alone, no decode:
+#       row-major against tile-major GB/s) and tiles28 (gpt-oss-120b T = 1 .. 512, swapped at row
 #       groups 1 / 32 / 64 / 128, packed at 1 / 64, alternating rounds, bits compared), then quant_bench MXFP4,
 #       swapped row-major and at row group 64 and packed at 64, against our bf16 path at T = 1 .. 4096 (issue 13's
 #       ratio and % of the floor) in the rest of the slot
@@ -17,7 +18,7 @@ gpu_setup "$OUT"
 case "$MODE" in
 t)
   gpu_pytest "$OUT" 90 tests/kernels/test_mxfp4_row_group.py
-  probe "$OUT" tiles28 300
+  probe "$OUT" reads28,tiles28 300
   SLOT=585 QB_ARGS='--kinds mxfp4 --no-50k --mxfp4-configs swapped;{"decode":"swapped","row_group":64};{"decode":"packed","row_group":64}' quant_bench "$OUT"
   ;;
 g)
