@@ -43,6 +43,7 @@ that the kernel reads a step's four E8M0 codes of a row without a mask as one al
     field     dtype / shape              note
     codes     uint8 (..., N, K / 2)      reference layout, K a multiple of 32
     packed    uint8 (..., N, Kp / 2)     Kp = K rounded up to 128; the padding is code 0 (e2m1 +0)
+              uint8 (..., Ng, G Kp / 2)  with a row group G > 1 (Mxfp4Config.row_group): tile-major, pack_codes
     scales    uint8 (..., N, Ks)         reference order, Ks = K / 32 rounded up to 16; the padding is code 127
     plain     bool                       every code in [1, 254]: no subnormal scale (code 0) and no NaN (255),
                                          so the decode builds 2^(s - 127) as s << 7 (no selects); the kernel
@@ -144,7 +145,7 @@ def pack_codes(codes: torch.Tensor, order: str = "mma_b", group: int = 1) -> tor
     step's 4 x 4 words word-major, each word's codes at NIBBLE_PLACES. Any device (meta included) and any
     storage offset.
 
-    group > 1 (the swapped decode's Mxfp4Config.row_group) stores the rows tile-major: (..., Ng, Kp/2 * group)
+    group > 1 (the packed decodes' Mxfp4Config.row_group) stores the rows tile-major: (..., Ng, Kp/2 * group)
     with Ng = ceil(N / group), zero rows padding the last group, and group g's bytes step by step, each step the
     group's rows one after another (64 bytes each). A program's rows of one K step are then one contiguous run
     (group x 64 bytes) instead of 64 bytes in each of group rows:
