@@ -400,15 +400,15 @@ def launch_mx_gate_up(
     spec: MoESpec,
     interleaved: bool | None = None,
 ) -> None:
-    """act[a] for every slot a of meta (x (T, H), w13 codes (E, R, H/2), act (T*k, I)); pad slots untouched."""
+    """act[a] for every slot a of meta (x (T, H), w13 codes (E, R, H/2), act (T*k, I)); pad slots untouched.
+    The layer and stage entry points (mxfp4_moe.py) check cfg.row_group against concatenated rows (check_row_group)
+    before their first launch."""
     I, H = act.shape[1], x.shape[1]
     tile = cfg.gate_up
     grid = (meta.num_blocks * triton.cdiv(I, tile.BLOCK_N),)
     c, s, decode = _operands(cfg, w13)
     bias, sb_e, sb_r = _bias_args(b13, c)
     inter = spec.w13_layout == "interleaved" if interleaved is None else interleaved
-    if spec.gated and not inter:
-        check_row_group(cfg, I)
     MK.mx_gate_up_kernel[grid](
         # inputs
         x_ptr=x, w13_ptr=c, s13_ptr=s, b13_ptr=bias,
