@@ -164,13 +164,20 @@ def pack_codes(codes: torch.Tensor, order: str = "mma_b", group: int = 1) -> tor
     if order == "mma_a":
         w = _a_words(w)
     w = _place_nibbles(w.transpose(-2, -1))  # (step, word c, block b)
-    rows = _words_to_bytes(w).reshape(*lead, n, steps, PACK_K // 2)
+    return tile_major(_words_to_bytes(w).reshape(*lead, n, steps, PACK_K // 2), group)
+
+
+def tile_major(rows: torch.Tensor, group: int) -> torch.Tensor:
+    """(..., N, steps, run) -> (..., ceil(N / group), steps * group * run), contiguous: per group of rows, step by
+    step, the group's runs one after another; zero rows pad the last group (code +0). group 1: the rows as they
+    are, (..., N, steps * run)."""
+    *lead, n, steps, run = rows.shape
     if group > 1:
         ng = -(-n // group)
-        rows = torch.nn.functional.pad(rows, (0, 0, 0, 0, 0, ng * group - n))  # zero rows: code +0
-        rows = rows.reshape(*lead, ng, group, steps, PACK_K // 2).transpose(-3, -2)  # (group, step, row)
+        rows = torch.nn.functional.pad(rows, (0, 0, 0, 0, 0, ng * group - n))
+        rows = rows.reshape(*lead, ng, group, steps, run).transpose(-3, -2)  # (group, step, row)
         n = ng
-    return rows.contiguous().reshape(*lead, n, steps * group * PACK_K // 2)
+    return rows.contiguous().reshape(*lead, n, steps * group * run)
 
 
 def unpack_codes(

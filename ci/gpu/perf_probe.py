@@ -89,6 +89,7 @@ from tune import routed  # noqa: E402
 import moe_cts.kernels  # noqa: E402
 from moe_cts.kernels import fused_moe  # noqa: E402
 from moe_cts.kernels.config import last_config  # noqa: E402
+from moe_cts.kernels.mxfp4_pack import tile_major  # noqa: E402
 from moe_cts.reference import presets  # noqa: E402
 from moe_cts.reference.quant import QuantScheme  # noqa: E402
 
@@ -1527,7 +1528,7 @@ def part_reads28(timer) -> None:
     flat = torch.randint(
         -(2**31), 2**31 - 1, (E, R, steps * 16), dtype=torch.int32, device="cuda", generator=gen
     )
-    tiled = flat.reshape(E, R // 64, 64, steps, 16).transpose(2, 3).contiguous().reshape(E, R // 64, -1)
+    tiled = tile_major(flat.view(E, R, steps, 16), 64)  # the packed copy's arrangement, on int32 words
     for touched in (4, 54, 128):
         experts = torch.randperm(E, device="cuda", generator=gen)[:touched].to(torch.int32)
         grid, tiles = (touched * (R // BR),), R // BR
